@@ -1,0 +1,35 @@
+/*
+ * accounts.h — the bounded user -> account map learned from `group` calls (SPEC §2: accountId
+ * falls back to "the account that this user was last seen joining through a group call").
+ *
+ * Sharded (64 shards, one mutex each, held only for a hash-table operation: never during I/O),
+ * LRU per shard. At max_entries the least recently used user of the shard is forgotten.
+ * Keys and values are copied in; nothing returned points into the map.
+ */
+#ifndef SLUICE_ACCOUNTS_H
+#define SLUICE_ACCOUNTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct accounts accounts_t;
+
+/* max_entries >= 64. Returns NULL on allocation failure. Free with accounts_free(). */
+accounts_t *accounts_new(size_t max_entries);
+void accounts_free(accounts_t *a);
+
+/* Remembers that user joined account (replacing any earlier account). Returns 0, or -1 when
+ * either string is empty or longer than 255 bytes, or memory is short (the map is unchanged). */
+int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen);
+
+/* Copies the account of user into out (outcap >= 256 always suffices) and sets *outlen.
+ * Returns true when found (and marks it recently used). */
+bool accounts_lookup(accounts_t *a, const char *user, size_t ulen, char *out, size_t outcap,
+                     size_t *outlen);
+
+size_t accounts_count(const accounts_t *a); /* users remembered */
+size_t accounts_bytes(const accounts_t *a); /* memory held, approximately */
+uint64_t accounts_evictions(const accounts_t *a);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * config.h — the collector's configuration: one table of every key (name, type, default, bounds,
+ * doc) from which YAML parsing, validation, CLI overrides, --help and the README's config
+ * reference (collector/CONFIG.md) are all produced, so they cannot drift (librdkafka style).
+ *
+ * Error reporting: every function that can fail fills err (NUL-terminated, truncated to errlen)
+ * with one line naming the file and line ("sluice.yaml:12: limits.body_bytes: expected a size
+ * such as 512KiB") and returns a negative value; on failure the config is left in a state that
+ * config_free() can release and nothing else should be read from it.
+ *
+ * Ownership: all strings inside config_t are owned by it and released by config_free().
+ * A config_t is immutable once loaded; reload builds a new one (issue 5) and swaps.
+ */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct config_write_key {
+    char *key;    /* the secret; never logged whole */
+    char *source; /* name of the source, e.g. "web" */
+} config_write_key_t;
+
+typedef struct config_kv {
+    char *key, *value;
+} config_kv_t;
+
+typedef struct config {
+    /* listen: "ADDR:PORT" (IPv4, or [IPv6]:PORT). */
+    char *listen;
+    uint32_t threads; /* event-loop threads, 1..64, default 2 */
+    char *data_dir;   /* default "./sluice-data" */
+    char *admin_token;
+    config_write_key_t *write_keys;
+    size_t n_write_keys;
+    bool dev; /* --dev: accept any write key (source "dev") */
+    int log_level; /* log_level_t */
+
+    /* limits */
+    uint64_t event_bytes;     /* 32 KiB */
+    uint64_t body_bytes;      /* 512 KiB, before and after decompression */
+    uint32_t max_connections; /* 10000 per process */
+    double rate_per_key;      /* events/s per write key, 0 = unlimited */
+    uint32_t max_events;      /* events per batch, default 10000 */
+    uint64_t header_bytes;    /* all request headers together, 16 KiB */
+    uint32_t header_timeout_ms; /* 10 s: slowloris */
+    uint32_t idle_timeout_ms;   /* 60 s: idle keep-alive */
+    uint32_t max_depth;         /* 16 */
+    uint64_t max_users;         /* user->account map entries, 1,000,000 */
+
+    /* kafka */
+    char *brokers; /* NULL/empty: embedded mock cluster */
+    int kafka_format; /* proto_format_t: msgpack (default) or json */
+    char *topic_events, *topic_rejected, *topic_pql;
+    config_kv_t *kafka_properties; /* passed to librdkafka as-is, after ours */
+    size_t n_kafka_properties;
+    uint32_t delivery_timeout_ms; /* 503 when a request's events are not delivered by then; 5 s */
+    uint64_t kafka_queue_bytes;   /* producer queue cap; full -> 503. 256 MiB */
+
+    uint32_t shutdown_timeout_ms; /* graceful drain bound, 10 s */
+} config_t;
+
+typedef enum {
+    CONFIG_RUN = 0,   /* start the server */
+    CONFIG_CHECK = 1, /* --check-config: print "config ok" and exit 0 */
+    CONFIG_VERSION = 2,
+    CONFIG_HELP = 3,
+} config_action_t;
+
+/* Sets every key to its default. Never fails. */
+void config_init(config_t *c);
+void config_free(config_t *c);
+
+/* Reads YAML file path over c (keys not in the file keep their values). Unknown keys, wrong
+ * types and out-of-bounds values are errors naming the line. Environment indirections
+ * (key_env, admin_token_env) are resolved here; a missing variable is an error. */
+int config_load_file(config_t *c, const char *path, char *err, size_t errlen);
+
+/*
+ * Full start-up parse: defaults, then --config FILE (if given), then the other flags override.
+ * Then validates (config_validate). *action tells what main should do.
+ */
+int config_from_args(config_t *c, int argc, char **argv, config_action_t *action, char *err,
+                     size_t errlen);
+
+/* Cross-key checks: a write key is required unless dev, sizes consistent, ... */
+int config_validate(const config_t *c, char *err, size_t errlen);
+
+/* Splits c->listen into host (NUL-terminated, into host[hostlen]) and port. */
+int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port);
+
+/* --help text (flags and every YAML key with its default and doc). */
+void config_print_help(FILE *out);
+/* Markdown reference of every key, generated from the table (collector/CONFIG.md). */
+void config_print_reference(FILE *out);
+
+#endif

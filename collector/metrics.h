@@ -1,0 +1,66 @@
+/*
+ * metrics.h — process-wide counters, gauges and the request-latency histogram, rendered in the
+ * Prometheus text format for GET /metrics.
+ *
+ * Hot-path calls are lock-free (relaxed atomics) and safe from any thread. Gauge callbacks are
+ * called only from metrics_render(), on the thread that renders.
+ */
+#ifndef SLUICE_METRICS_H
+#define SLUICE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+
+/* X(ID, "name", "help") — counters, all *_total. */
+#define METRICS_COUNTERS(X)                                                                        \
+    X(HTTP_REQUESTS, "sluice_http_requests_total", "HTTP requests parsed")                        \
+    X(HTTP_PARSE_ERRORS, "sluice_http_parse_errors_total", "connections closed for broken HTTP")  \
+    X(CONN_ACCEPTED, "sluice_connections_accepted_total", "TCP connections accepted")             \
+    X(CONN_REFUSED, "sluice_connections_refused_total", "connections answered 503 at the cap")    \
+    X(CONN_TIMEOUTS, "sluice_connection_timeouts_total", "connections closed by header/idle timeout") \
+    X(CLIENT_ABORTS, "sluice_client_aborts_total", "clients that went away mid-request")          \
+    X(BYTES_IN, "sluice_http_body_bytes_total", "request body bytes received (as sent)")          \
+    X(DECOMPRESS_LIMIT, "sluice_decompress_limit_total", "bodies refused at the decompression limit") \
+    X(EVENTS_RECEIVED, "sluice_events_received_total", "events decoded from readable bodies")     \
+    X(EVENTS_ACCEPTED, "sluice_events_accepted_total", "events delivered to the events topic")    \
+    X(EVENTS_REJECTED, "sluice_events_rejected_total", "invalid events (all reasons)")            \
+    X(EVENTS_DUPLICATE, "sluice_events_duplicate_total", "events dropped as duplicates")          \
+    X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")          \
+    X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")          \
+    X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                \
+    X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")     \
+    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
+
+typedef enum {
+#define METRICS_X_ENUM(id, name, help) METRIC_##id,
+    METRICS_COUNTERS(METRICS_X_ENUM)
+#undef METRICS_X_ENUM
+        METRIC_COUNT_
+} metric_id_t;
+
+void metrics_add(metric_id_t id, uint64_t n);
+uint64_t metrics_get(metric_id_t id);
+
+/* sluice_http_responses_total{code="200"}; any code 100..599. */
+void metrics_http_status(int code);
+uint64_t metrics_http_status_get(int code);
+/* sluice_events_rejected_by_reason_total{reason="missing_type"} — also bumps EVENTS_REJECTED. */
+void metrics_rejected(int proto_err);
+uint64_t metrics_rejected_get(int proto_err);
+/* sluice_request_duration_seconds histogram (buckets 0.5ms .. 10s). */
+void metrics_latency_observe(double seconds);
+
+/* A gauge read at render time: sluice_<name> (e.g. "kafka_queue_messages"). name and help must be
+ * static strings. Register at start-up, before serving; up to 64. Returns 0 or -1 when full. */
+typedef double (*metrics_gauge_fn)(void *ud);
+int metrics_gauge_register(const char *name, const char *help, metrics_gauge_fn fn, void *ud);
+
+/* Appends the whole exposition to out. Returns 0 or PROTO_E_NOMEM. */
+int metrics_render(proto_buf_t *out);
+
+/* Test hook: zero every counter and drop registered gauges. */
+void metrics_reset(void);
+
+#endif
