@@ -1,0 +1,93 @@
+/*
+ * kafka_out.h — the Kafka producer side of the collector (SPEC §4).
+ *
+ * One idempotent librdkafka producer (acks=all, zstd, linger batching) shared by every loop
+ * thread; kafka.properties from the config are applied after our defaults. A dedicated poll
+ * thread serves delivery reports, so no event-loop thread ever calls rd_kafka_poll/flush.
+ * With no brokers configured, an in-process librdkafka mock cluster is started (embedded mode)
+ * and its bootstrap address is reported by kafka_out_bootstrap().
+ *
+ * Delivery groups: a request produces its messages into one kafka_group_t and is told once,
+ * through done_cb, when every message of the group has its delivery report. Thread rules:
+ * kafka_out_produce() and kafka_group_seal() may be called from any thread; done_cb runs on the
+ * poll thread or on the thread calling kafka_group_seal(), exactly once per sealed group, and
+ * must not block (hand the group back to its loop with uv_async_send). The group memory belongs
+ * to the caller and must stay valid until done_cb has run.
+ */
+#ifndef SLUICE_KAFKA_OUT_H
+#define SLUICE_KAFKA_OUT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+#define KAFKA_ERRORS(X)                                                                            \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_QUEUE_FULL, -1, "producer queue full")                                                     \
+    X(E_CONFIG, -2, "invalid Kafka configuration")                                                 \
+    X(E_NOMEM, -3, "out of memory")                                                                \
+    X(E_FATAL, -4, "producer in fatal state")                                                      \
+    X(E_STOPPED, -5, "producer stopped")
+
+typedef enum {
+#define KAFKA_X_ENUM(name, val, msg) KAFKA_##name = val,
+    KAFKA_ERRORS(KAFKA_X_ENUM)
+#undef KAFKA_X_ENUM
+} kafka_err_t;
+const char *kafka_strerror(int err);
+
+typedef enum { KAFKA_TOPIC_EVENTS = 0, KAFKA_TOPIC_REJECTED = 1, KAFKA_TOPIC_PQL = 2 } kafka_topic_t;
+
+typedef struct kafka_out kafka_out_t;
+typedef struct kafka_group kafka_group_t;
+typedef void (*kafka_group_done_cb)(kafka_group_t *g);
+
+struct kafka_group {
+    atomic_uint pending;  /* reports outstanding, +1 until sealed */
+    atomic_uint failed;   /* messages whose delivery failed */
+    atomic_uint delivered;
+    atomic_int first_err; /* rd_kafka_resp_err_t of the first failure, 0 if none */
+    kafka_group_done_cb done_cb;
+    void *ud;
+};
+
+typedef struct kafka_header {
+    const char *name;
+    const void *value;
+    size_t len;
+} kafka_header_t;
+
+/* Starts the producer (and the embedded mock cluster when cfg->brokers is empty) and its poll
+ * thread. Returns 0 and *out, or a kafka_err_t with err filled. cfg must outlive ko. */
+int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errlen);
+
+/* Bootstrap servers the producer uses (the mock cluster's address in embedded mode). */
+const char *kafka_out_bootstrap(const kafka_out_t *ko);
+bool kafka_out_embedded(const kafka_out_t *ko);
+
+void kafka_group_init(kafka_group_t *g, kafka_group_done_cb done_cb, void *ud);
+
+/* Queues one message (key/value/headers are copied). On success the message counts in g and will
+ * be reported to it. On failure (queue full, fatal, stopped) it does not count in g. */
+int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, size_t keylen,
+                      const void *value, size_t vallen, const kafka_header_t *headers,
+                      size_t nheaders, kafka_group_t *g);
+
+/* No more messages will be added to g. done_cb runs once all reports are in (maybe right here). */
+void kafka_group_seal(kafka_group_t *g);
+
+/* Readiness for /readyz: true when events can be made durable now; else why (a short reason). */
+bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen);
+/* Messages waiting in the producer (rd_kafka_outq_len). */
+int kafka_out_queue_len(kafka_out_t *ko);
+
+/* Waits up to timeout_ms for every queued message to be reported. Returns messages left. Blocks:
+ * call only from main at shutdown, never from a loop thread. */
+int kafka_out_flush(kafka_out_t *ko, int timeout_ms);
+/* Stops the poll thread, destroys the producer (and mock cluster). Safe with NULL. */
+void kafka_out_free(kafka_out_t *ko);
+
+#endif
