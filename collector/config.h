@@ -19,6 +19,22 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* X(NAME, value, "message"). Append-only. Every failing function also fills err with detail. */
+#define CONFIG_ERRORS(X)                                                                           \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_INVALID, -1, "invalid configuration")                                                      \
+    X(E_NOMEM, -2, "out of memory")                                                                \
+    X(E_IO, -3, "cannot read the configuration file")
+
+typedef enum {
+#define CONFIG_X_ENUM(name, val, msg) CONFIG_##name = val,
+    CONFIG_ERRORS(CONFIG_X_ENUM)
+#undef CONFIG_X_ENUM
+} config_err_t;
+
+/* Message for a config_err_t; "unknown error" for other values. Never NULL. */
+const char *config_strerror(int err);
+
 typedef struct config_write_key {
     char *key;    /* the secret; never logged whole */
     char *source; /* name of the source, e.g. "web" */
@@ -36,23 +52,23 @@ typedef struct config {
     char *admin_token;
     config_write_key_t *write_keys;
     size_t n_write_keys;
-    bool dev; /* --dev: accept any write key (source "dev") */
+    bool dev;      /* --dev: accept any write key (source "dev") */
     int log_level; /* log_level_t */
 
     /* limits */
-    uint64_t event_bytes;     /* 32 KiB */
-    uint64_t body_bytes;      /* 512 KiB, before and after decompression */
-    uint32_t max_connections; /* 10000 per process */
-    double rate_per_key;      /* events/s per write key, 0 = unlimited */
-    uint32_t max_events;      /* events per batch, default 10000 */
-    uint64_t header_bytes;    /* all request headers together, 16 KiB */
+    uint64_t event_bytes;       /* 32 KiB */
+    uint64_t body_bytes;        /* 512 KiB, before and after decompression */
+    uint32_t max_connections;   /* 10000 per process */
+    double rate_per_key;        /* events/s per write key, 0 = unlimited */
+    uint32_t max_events;        /* events per batch, default 10000 */
+    uint64_t header_bytes;      /* all request headers together, 16 KiB */
     uint32_t header_timeout_ms; /* 10 s: slowloris */
     uint32_t idle_timeout_ms;   /* 60 s: idle keep-alive */
     uint32_t max_depth;         /* 16 */
     uint64_t max_users;         /* user->account map entries, 1,000,000 */
 
     /* kafka */
-    char *brokers; /* NULL/empty: embedded mock cluster */
+    char *brokers;    /* NULL/empty: embedded mock cluster */
     int kafka_format; /* proto_format_t: msgpack (default) or json */
     char *topic_events, *topic_rejected, *topic_pql;
     config_kv_t *kafka_properties; /* passed to librdkafka as-is, after ours */
@@ -82,6 +98,12 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen);
 /*
  * Full start-up parse: defaults, then --config FILE (if given), then the other flags override.
  * Then validates (config_validate). *action tells what main should do.
+ * c need not be initialized (config_init is called first); call config_free(c) afterwards
+ * whatever the result. --help/--version return 0 at once with CONFIG_HELP/CONFIG_VERSION (main
+ * prints config_print_help()/the version). --write-key flags replace the file's write_keys;
+ * "KEY=SOURCE" splits at the last '=' when a valid source name ([A-Za-z0-9_.-]{1,64}) follows.
+ * Flag errors name the flag ("--threads: 0 is out of range 1..64"). Does not touch global state
+ * (main applies c->log_level with log_set_level()).
  */
 int config_from_args(config_t *c, int argc, char **argv, config_action_t *action, char *err,
                      size_t errlen);

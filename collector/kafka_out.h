@@ -30,7 +30,8 @@
     X(E_CONFIG, -2, "invalid Kafka configuration")                                                 \
     X(E_NOMEM, -3, "out of memory")                                                                \
     X(E_FATAL, -4, "producer in fatal state")                                                      \
-    X(E_STOPPED, -5, "producer stopped")
+    X(E_STOPPED, -5, "producer stopped")                                                           \
+    X(E_PRODUCE, -6, "message refused by the producer (unknown topic, too large)")
 
 typedef enum {
 #define KAFKA_X_ENUM(name, val, msg) KAFKA_##name = val,
@@ -61,7 +62,10 @@ typedef struct kafka_header {
 } kafka_header_t;
 
 /* Starts the producer (and the embedded mock cluster when cfg->brokers is empty) and its poll
- * thread. Returns 0 and *out, or a kafka_err_t with err filled. cfg must outlive ko. */
+ * thread. Returns 0 and *out, or a kafka_err_t with err filled (an invalid kafka.properties
+ * entry gives KAFKA_E_CONFIG and librdkafka's message naming the property). cfg must outlive
+ * ko. Registers the gauges kafka_queue_messages / kafka_queue_bytes (metrics.h), which read ko:
+ * stop rendering /metrics before kafka_out_free(). */
 int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errlen);
 
 /* Bootstrap servers the producer uses (the mock cluster's address in embedded mode). */
@@ -71,7 +75,10 @@ bool kafka_out_embedded(const kafka_out_t *ko);
 void kafka_group_init(kafka_group_t *g, kafka_group_done_cb done_cb, void *ud);
 
 /* Queues one message (key/value/headers are copied). On success the message counts in g and will
- * be reported to it. On failure (queue full, fatal, stopped) it does not count in g. */
+ * be reported to it. On failure (queue full, fatal, stopped) it does not count in g.
+ * g may be NULL: the message is still delivered and counted in the metrics, nobody is told.
+ * Never blocks. KAFKA_E_QUEUE_FULL / E_FATAL / E_STOPPED / E_PRODUCE all mean "cannot be made
+ * durable now" (503); E_NOMEM is out of memory. */
 int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, size_t keylen,
                       const void *value, size_t vallen, const kafka_header_t *headers,
                       size_t nheaders, kafka_group_t *g);
@@ -79,7 +86,10 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
 /* No more messages will be added to g. done_cb runs once all reports are in (maybe right here). */
 void kafka_group_seal(kafka_group_t *g);
 
-/* Readiness for /readyz: true when events can be made durable now; else why (a short reason). */
+/* Readiness for /readyz: true when events can be made durable now; else why (a short reason).
+ * Not ready: fatal producer error (permanent), all brokers down, the last delivery failed, or
+ * the producer queue >= 90% full. Recovers on a successful delivery or a successful metadata
+ * probe (the poll thread probes once a second while unhealthy). Never blocks. */
 bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen);
 /* Messages waiting in the producer (rd_kafka_outq_len). */
 int kafka_out_queue_len(kafka_out_t *ko);
@@ -87,7 +97,9 @@ int kafka_out_queue_len(kafka_out_t *ko);
 /* Waits up to timeout_ms for every queued message to be reported. Returns messages left. Blocks:
  * call only from main at shutdown, never from a loop thread. */
 int kafka_out_flush(kafka_out_t *ko, int timeout_ms);
-/* Stops the poll thread, destroys the producer (and mock cluster). Safe with NULL. */
+/* Stops the poll thread, destroys the producer (and mock cluster). Safe with NULL. Messages
+ * still queued are purged first: their groups get done_cb with failures (bounded wait, ~1 s),
+ * so no caller waits forever. Blocks: main only, after the loops stopped producing. */
 void kafka_out_free(kafka_out_t *ko);
 
 #endif

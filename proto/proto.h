@@ -7,8 +7,15 @@
  * function here is safe to call concurrently on distinct objects.
  *
  * Memory: a proto_batch_t owns one arena (msgpack_zone) that holds every decoded object and the
- * event array. Strings (proto_str_t, msgpack str objects) point INTO the caller's body buffer, so
- * the body must outlive the batch. proto_batch_free() releases everything at once.
+ * event array. What points where:
+ *   - msgpack body: str/bin/ext objects (and the proto_str_t fields derived from them) point INTO
+ *     the caller's body buffer (zero copy), so the body must outlive the batch;
+ *   - JSON body: jansson's tree is freed before proto_decode() returns; every string and key is
+ *     copied into the batch's arena, so the body may be freed right after the call;
+ *   - proto_str_t fields filled by proto_normalize() (source, a learned account_id) point to
+ *     memory of the caller (proto_norm_ctx_t.source) or of the lookup callback (which copies
+ *     into the batch's zone), see there.
+ * proto_batch_free() releases everything at once.
  *
  * Unified representation: JSON bodies are converted into the same msgpack_object tree that a
  * msgpack body decodes to, so validation, normalization and encoding have one code path.
@@ -44,6 +51,8 @@
     X(E_NOMEM, -8, "no_memory", "out of memory")                                                   \
     X(E_BAD_SENT_AT, -9, "invalid_sent_at", "sentAt must be an ISO-8601 string or epoch ms")       \
     X(E_BAD_WRITE_KEY, -10, "invalid_write_key", "writeKey must be a non-empty string")            \
+    X(E_BAD_BATCH_CONTEXT, -11, "invalid_context",                                                 \
+      "batch context must be an object of valid values")                                           \
     /* event level */                                                                              \
     X(E_EVENT_NOT_A_MAP, -20, "event_not_an_object", "event must be an object")                   \
     X(E_MISSING_TYPE, -21, "missing_type", "type is required")                                     \
@@ -68,7 +77,9 @@
     X(E_BAD_UTF8, -37, "invalid_utf8", "strings must be valid UTF-8")                              \
     X(E_EVENT_TOO_LARGE, -38, "event_too_large", "encoded event larger than allowed")              \
     X(E_BAD_KEY, -39, "invalid_key", "object keys must be strings")                                \
-    X(E_BAD_EVENT_SENT_AT, -40, "invalid_sent_at", "sentAt must be an ISO-8601 string or epoch ms")
+    X(E_BAD_EVENT_SENT_AT, -40, "invalid_sent_at", "sentAt must be an ISO-8601 string or epoch ms") \
+    X(E_DUPLICATE_KEY, -41, "duplicate_key", "an object has the same key twice")                   \
+    X(E_BAD_VALUE, -42, "invalid_value", "binary and extension values are not allowed")
 
 typedef enum {
 #define PROTO_X_ENUM(name, val, code, msg) PROTO_##name = val,
@@ -85,6 +96,8 @@ int proto_err_index(int err);
 /* The error value at dense index i (inverse of proto_err_index). */
 int proto_err_at(int i);
 extern const int PROTO_ERR_COUNT;
+/* True for the event-level codes (value <= -20): they reject one event, not the request. */
+bool proto_err_is_event_level(int err);
 
 typedef enum { PROTO_FMT_MSGPACK = 0, PROTO_FMT_JSON = 1 } proto_format_t;
 
@@ -164,6 +177,37 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
 void proto_batch_free(proto_batch_t *b);
 
 /*
+ * Checks one value tree against the structural rules that apply to everything inside an event:
+ * map keys are strings (E_BAD_KEY), every string and key is valid UTF-8 (E_BAD_UTF8), no
+ * bin/ext values (E_BAD_VALUE), containers nest at most max_depth levels with obj itself, when a
+ * container, counting as level 1 (E_EVENT_TOO_DEEP), no map has the same key twice when
+ * check_dup_keys (E_DUPLICATE_KEY), and the minimal msgpack encoding of obj is at most max_bytes
+ * (E_EVENT_TOO_LARGE). Returns 0 or the first violation in depth-first order; the walk stops
+ * there. *size_out (may be NULL) receives the encoded size on success. Allocates nothing for maps
+ * of up to 256 keys; bigger maps with check_dup_keys use one temporary malloc (E_NOMEM if that
+ * fails). Recursion depth is bounded by max_depth.
+ */
+int proto_value_check(const msgpack_object *obj, uint32_t max_depth, size_t max_bytes,
+                      bool check_dup_keys, size_t *size_out);
+
+/*
+ * Validates the event map obj against SPEC §2 (rule order: proto/README.md) and fills *ev
+ * (overwritten entirely). kind: the type the endpoint implies (PROTO_T_NONE inside a batch).
+ * has_batch_sent_at/batch_sent_at_ms: the batch's sentAt, inherited unless the event has its own.
+ * Returns ev->error. For an invalid event, each proto_str_t field is set only when it passes its
+ * own rule (so it is safe to echo), else ptr is NULL. Allocates nothing (see proto_value_check).
+ */
+int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_type_t kind,
+                         bool has_batch_sent_at, int64_t batch_sent_at_ms,
+                         const proto_limits_t *lim, bool check_dup_keys);
+
+/* Parses a SPEC §2 time value: ISO-8601 string or integer epoch ms, within [2000-01-01,
+ * 2100-01-01). Returns true and sets *ms_out, else false. */
+bool proto_parse_time(const msgpack_object *obj, int64_t *ms_out);
+#define PROTO_TIME_MIN_MS 946684800000LL  /* 2000-01-01T00:00:00Z */
+#define PROTO_TIME_MAX_MS 4102444800000LL /* 2100-01-01T00:00:00Z, exclusive */
+
+/*
  * Account lookup for normalization: returns the account learned for user id (from earlier group
  * calls) in *out (ptr valid until the batch is freed; copy it into the batch arena via zone), or
  * false. May be NULL in proto_norm_ctx_t.
@@ -186,7 +230,12 @@ typedef struct proto_norm_ctx {
 
 /*
  * Normalizes every valid event of b (SPEC §2): receivedAt, corrected timestamp, clamp with
- * originalTimestamp, source, accountId. Does not touch invalid events' error codes.
+ * originalTimestamp, source, accountId. Does not touch invalid events' error codes; invalid events
+ * get received_at_ms and source only (the rejected record carries them).
+ * Account order: groupId of a group call, else context.groupId, else lookup(userId), else absent.
+ * learn() runs right after a valid group event with a userId is normalized, so later events of
+ * the same batch see it. max_future_ms <= 0 means the SPEC default (24 h). ev->source points to
+ * ctx->source.ptr, which must outlive every use of the batch's events.
  */
 void proto_normalize(proto_batch_t *b, const proto_norm_ctx_t *ctx);
 
@@ -199,12 +248,20 @@ typedef struct proto_buf {
     size_t len, cap, max;
 } proto_buf_t;
 void proto_buf_init(proto_buf_t *buf, size_t max);
-/* Returns 0 or PROTO_E_NOMEM (allocation failed or max would be exceeded). */
+/* Returns 0 or PROTO_E_NOMEM (allocation failed or max would be exceeded); on failure buf is
+ * unchanged. */
 int proto_buf_append(proto_buf_t *buf, const void *p, size_t n);
+/* Makes room for n more bytes (len + n <= cap afterwards). 0 or PROTO_E_NOMEM, buf unchanged. */
+int proto_buf_reserve(proto_buf_t *buf, size_t n);
 void proto_buf_reset(proto_buf_t *buf);
 void proto_buf_free(proto_buf_t *buf);
 
 /*
+ * Record rules (proto/README.md): keys writeKey, receivedAt, timestamp, source, accountId of the
+ * event as received are dropped (and originalTimestamp when clamped), then the normalized values
+ * are appended after the event's own keys. On failure (ev invalid: PROTO_E_EVENT_NOT_A_MAP;
+ * out's cap: PROTO_E_NOMEM) out->len is restored to its value before the call.
+ *
  * Appends the normalized record of valid event ev (the event as received with receivedAt,
  * timestamp (ISO-8601 UTC, ms), originalTimestamp when clamped, source, accountId set and the
  * batch-level context merged in when the event has none) to out, as fmt. Returns 0 or an error.
@@ -216,6 +273,9 @@ int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, prot
 /*
  * Appends the rejected record as JSON:
  * {"error":CODE,"message":TEXT,"source":NAME,"receivedAt":ISO,"raw":<event as received>}
+ * raw is written leniently (non-string keys as strings, bad UTF-8 bytes as U+FFFD, bin/ext as
+ * null). When raw does not fit out's cap it becomes null plus "rawTruncated":true. Returns 0 or
+ * PROTO_E_NOMEM (then out->len is restored).
  */
 int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out);
 

@@ -1,0 +1,1225 @@
+/*
+ * config.c — the collector's configuration (contract in config.h, keys in SPEC §7).
+ *
+ * One table, config_keys[], describes every key: its dotted YAML path, type, place in config_t,
+ * bounds, default (spelled exactly as a user would write it in YAML, and parsed by the same code
+ * as user input, so a default can never be out of its own bounds) and doc. Defaults, YAML
+ * loading, CLI flags, --help and collector/CONFIG.md are all produced from it.
+ *
+ * YAML is read with libyaml's document API so that every node carries its line; every error is
+ * one line "FILE:LINE: key: reason" (CLI errors: "--flag: reason").
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "log.h"
+
+/* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
+ * limit. */
+#define CONFIG_MAX_WRITE_KEYS 1024
+#define CONFIG_MAX_PROPERTIES 256
+#define CONFIG_KEY_MAX_LEN    256
+#define CONFIG_SOURCE_MAX_LEN 64
+#define CONFIG_NAME_MAX       128
+
+typedef enum {
+    CT_STRING,
+    CT_BOOL,
+    CT_UINT,     /* uint32_t or uint64_t, by width */
+    CT_DOUBLE,   /* double */
+    CT_SIZE,     /* uint64_t bytes; units B KB KiB MB MiB GB GiB */
+    CT_DURATION, /* uint32_t milliseconds; units ms s m h d */
+    CT_ENUM,     /* int: index into the '|'-separated values */
+    CT_ENV,      /* name of an environment variable whose value goes into a string field */
+    CT_WRITE_KEYS,
+    CT_PROPERTIES,
+} config_type_t;
+
+typedef struct config_key {
+    const char *name; /* dotted YAML path */
+    config_type_t type;
+    size_t offset, width; /* of the field in config_t */
+    double min, max;      /* numeric types (durations in ms, sizes in bytes) */
+    const char *def;      /* default as written in YAML; NULL: unset */
+    const char *values;   /* CT_ENUM: "a|b|c" */
+    const char *doc;
+} config_key_t;
+
+#define F(field) offsetof(config_t, field), sizeof(((config_t *)0)->field)
+#define KiB      1024.0
+#define MiB      (1024.0 * 1024.0)
+#define GiB      (1024.0 * 1024.0 * 1024.0)
+
+static const config_key_t config_keys[] = {
+    {"listen", CT_STRING, F(listen), 0, 0, "0.0.0.0:8080", NULL,
+     "Address to serve HTTP on: IPV4:PORT, [IPV6]:PORT or localhost:PORT (port 0 picks a free "
+     "port)."},
+    {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
+    {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
+     "Directory for the spool and snapshots."},
+    {"admin_token", CT_STRING, F(admin_token), 0, 0, NULL, NULL,
+     "Bearer token for the admin endpoints; unset disables them."},
+    {"admin_token_env", CT_ENV, F(admin_token), 0, 0, NULL, NULL,
+     "Name of an environment variable holding admin_token (exclusive with admin_token)."},
+    {"write_keys", CT_WRITE_KEYS, F(write_keys), 0, CONFIG_MAX_WRITE_KEYS, NULL, NULL,
+     "List of {key: K, source: S} or {key_env: VAR, source: S}; source defaults to \"default\". "
+     "Keys are 1..256 visible ASCII characters without ':'. Required unless dev."},
+    {"dev", CT_BOOL, F(dev), 0, 0, "false", NULL,
+     "Development mode: accept any write key (source \"dev\")."},
+    {"log_level", CT_ENUM, F(log_level), 0, 0, "info", "debug|info|warn|error|off",
+     "Minimum level of the JSON log lines on stderr."},
+    {"limits.event_bytes", CT_SIZE, F(event_bytes), 64, 64 * MiB, "32KiB", NULL,
+     "Largest encoded event; bigger events are rejected (event_too_large)."},
+    {"limits.body_bytes", CT_SIZE, F(body_bytes), 1 * KiB, 1 * GiB, "512KiB", NULL,
+     "Largest request body, before and after decompression (413 beyond)."},
+    {"limits.max_connections", CT_UINT, F(max_connections), 1, 1000000, "10000", NULL,
+     "Open connections per process; beyond it new connections get 503."},
+    {"limits.rate_per_key", CT_DOUBLE, F(rate_per_key), 0, 1e9, "0", NULL,
+     "Events per second per write key (429 beyond); 0 = unlimited."},
+    {"limits.max_events", CT_UINT, F(max_events), 1, 1000000, "10000", NULL, "Events per batch."},
+    {"limits.header_bytes", CT_SIZE, F(header_bytes), 1 * KiB, 1 * MiB, "16KiB", NULL,
+     "All request headers together; a request with more is refused."},
+    {"limits.header_timeout", CT_DURATION, F(header_timeout_ms), 100, 3600000, "10s", NULL,
+     "A request whose headers have not arrived by then is closed (slowloris)."},
+    {"limits.idle_timeout", CT_DURATION, F(idle_timeout_ms), 100, 86400000, "60s", NULL,
+     "Idle keep-alive connections are closed after this."},
+    {"limits.max_depth", CT_UINT, F(max_depth), 1, 64, "16", NULL,
+     "Nesting depth of properties, traits and context."},
+    {"limits.max_users", CT_UINT, F(max_users), 64, 1e9, "1000000", NULL,
+     "Entries of the user->account map learned from group calls (LRU beyond)."},
+    {"kafka.brokers", CT_STRING, F(brokers), 0, 0, NULL, NULL,
+     "Bootstrap servers HOST:PORT,...; unset or empty starts the embedded mock cluster (data in "
+     "memory only)."},
+    {"kafka.format", CT_ENUM, F(kafka_format), 0, 0, "msgpack", "msgpack|json",
+     "Encoding of the events topic's values."},
+    {"kafka.topics.events", CT_STRING, F(topic_events), 0, 0, "events", NULL,
+     "Topic of accepted events."},
+    {"kafka.topics.rejected", CT_STRING, F(topic_rejected), 0, 0, "events_rejected", NULL,
+     "Topic of rejected events, with their reasons."},
+    {"kafka.topics.pql", CT_STRING, F(topic_pql), 0, 0, "pql_signals", NULL,
+     "Topic of PQL tier changes."},
+    {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
+     "Map of librdkafka properties (string values, in order), applied after sluice's own "
+     "(e.g. security.protocol, sasl.*, linger.ms)."},
+    {"kafka.delivery_timeout", CT_DURATION, F(delivery_timeout_ms), 100, 600000, "5s", NULL,
+     "A request whose events are not acknowledged by Kafka by then gets 503."},
+    {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,
+     "Producer queue cap; when full, requests get 503."},
+    {"shutdown_timeout", CT_DURATION, F(shutdown_timeout_ms), 0, 600000, "10s", NULL,
+     "On SIGTERM/SIGINT, how long in-flight requests and Kafka get to finish."},
+};
+#define CONFIG_N_KEYS (sizeof config_keys / sizeof config_keys[0])
+
+/* Sections of SPEC §7 that later versions implement; naming them is a clear error, not an
+ * "unknown key", so an operator knows the file is right but the binary is too old. */
+static const char *const config_unsupported[] = {"dedup", "spool", "filters", "pql"};
+
+typedef struct config_flag {
+    const char *flag;
+    const char *arg; /* NULL: takes no value */
+    const char *key; /* table key it sets, or NULL for the special flags */
+    const char *doc;
+} config_flag_t;
+
+static const config_flag_t config_flags[] = {
+    {"--config", "FILE", NULL, "Read the YAML config FILE first; the other flags override it."},
+    {"--listen", "ADDR:PORT", "listen", NULL},
+    {"--brokers", "LIST", "kafka.brokers", NULL},
+    {"--data-dir", "DIR", "data_dir", NULL},
+    {"--threads", "N", "threads", NULL},
+    {"--write-key", "KEY[=SOURCE]", NULL,
+     "Accept write key KEY for source SOURCE (default \"default\"); repeatable. Given on the "
+     "command line, these replace the file's write_keys. The text is split at its LAST '=' when "
+     "what follows is a valid source name ([A-Za-z0-9_.-], 1..64), so a key may itself contain "
+     "'=' (write KEY=default to be explicit)."},
+    {"--admin-token", "T", "admin_token", NULL},
+    {"--log-level", "L", "log_level", NULL},
+    {"--dev", NULL, "dev", NULL},
+    {"--check-config", NULL, NULL, "Load and validate everything, then exit (0 if valid)."},
+    {"--version", NULL, NULL, "Print the version and exit."},
+    {"--help", NULL, NULL, "Print this help and exit."},
+};
+#define CONFIG_N_FLAGS (sizeof config_flags / sizeof config_flags[0])
+
+const char *config_strerror(int err)
+{
+    switch (err) {
+#define CONFIG_X_STR(name, val, msg)                                                               \
+    case val:                                                                                      \
+        return msg;
+        CONFIG_ERRORS(CONFIG_X_STR)
+#undef CONFIG_X_STR
+    default:
+        return "unknown error";
+    }
+}
+
+__attribute__((format(printf, 4, 5))) static int cfg_fail(int code, char *err, size_t errlen,
+                                                          const char *fmt, ...)
+{
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static const config_key_t *key_find(const char *name)
+{
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
+        if (strcmp(config_keys[i].name, name) == 0) return &config_keys[i];
+    return NULL;
+}
+
+/* True when name is a section: some key is "name.<something>". */
+static bool key_is_section(const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
+        if (strncmp(config_keys[i].name, name, n) == 0 && config_keys[i].name[n] == '.')
+            return true;
+    return false;
+}
+
+static void *field(config_t *c, const config_key_t *k)
+{
+    return (char *)c + k->offset;
+}
+
+static void free_write_keys(config_write_key_t *wk, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (wk[i].key != NULL) /* wipe secrets before handing the memory back */
+            memset(wk[i].key, 0, strlen(wk[i].key));
+        free(wk[i].key);
+        free(wk[i].source);
+    }
+    free(wk);
+}
+
+static void free_properties(config_kv_t *kv, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(kv[i].key);
+        free(kv[i].value);
+    }
+    free(kv);
+}
+
+/* ---- scalar parsing: each returns NULL on success or a reason (static or in why[]) ---- */
+
+typedef struct config_why {
+    char text[160];
+} config_why_t;
+
+static const char *parse_u64(const char *s, uint64_t *out)
+{
+    if (*s < '0' || *s > '9') return "expected a non-negative integer";
+    uint64_t v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10) return "number too large";
+        v = v * 10 + d;
+    }
+    if (*s != '\0') return "expected a non-negative integer";
+    *out = v;
+    return NULL;
+}
+
+/* "<integer><unit>" with unit one of units[] (multipliers mul[]); unit_required says whether a
+ * bare integer is allowed (it then means unit 1; "0" is always allowed). */
+static const char *parse_with_unit(const char *s, const char *const *units, const uint64_t *mul,
+                                   size_t nunits, bool unit_required, uint64_t *out)
+{
+    const char *p = s;
+    uint64_t v = 0;
+    if (*p < '0' || *p > '9') return "expected a number";
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) return "number too large";
+        v = v * 10 + d;
+    }
+    while (*p == ' ')
+        p++;
+    if (*p == '\0') {
+        if (unit_required && v != 0) return "a unit is required";
+        *out = v;
+        return NULL;
+    }
+    for (size_t i = 0; i < nunits; i++) {
+        if (strcmp(p, units[i]) == 0) {
+            if (v != 0 && v > UINT64_MAX / mul[i]) return "number too large";
+            *out = v * mul[i];
+            return NULL;
+        }
+    }
+    return "unknown unit";
+}
+
+static const char *parse_size(const char *s, uint64_t *out)
+{
+    static const char *const units[] = {"B", "KB", "KiB", "MB", "MiB", "GB", "GiB"};
+    static const uint64_t mul[] = {1, 1000, 1024, 1000000, 1048576, 1000000000, 1073741824};
+    const char *why = parse_with_unit(s, units, mul, 7, false, out);
+    return why ? "expected a size such as 512KiB (units B, KB, KiB, MB, MiB, GB, GiB)" : NULL;
+}
+
+static const char *parse_duration(const char *s, uint64_t *out)
+{
+    static const char *const units[] = {"ms", "s", "m", "h", "d"};
+    static const uint64_t mul[] = {1, 1000, 60000, 3600000, 86400000};
+    const char *why = parse_with_unit(s, units, mul, 5, true, out);
+    return why ? "expected a duration such as 10s (integer with unit ms, s, m, h or d)" : NULL;
+}
+
+static const char *parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "on", "On"};
+    static const char *const no[] = {"false", "False", "FALSE", "no", "No", "off", "Off"};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        if (strcmp(s, yes[i]) == 0) {
+            *out = true;
+            return NULL;
+        }
+        if (strcmp(s, no[i]) == 0) {
+            *out = false;
+            return NULL;
+        }
+    }
+    return "expected true or false";
+}
+
+/* Index of s in "a|b|c", or -1. */
+static int enum_index(const char *values, const char *s)
+{
+    size_t n = strlen(s);
+    int i = 0;
+    for (const char *p = values; *p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, s, n) == 0) return i;
+        if (bar == NULL) break;
+        p = bar + 1;
+    }
+    return -1;
+}
+
+static void store_uint(void *dst, size_t width, uint64_t v)
+{
+    if (width == sizeof(uint32_t)) {
+        uint32_t v32 = (uint32_t)v;
+        memcpy(dst, &v32, sizeof v32);
+    } else {
+        memcpy(dst, &v, sizeof v);
+    }
+}
+
+static void format_bound(const config_key_t *k, double v, char *out, size_t outlen)
+{
+    if (k->type == CT_SIZE && v >= GiB && fmod(v, GiB) == 0)
+        snprintf(out, outlen, "%.0fGiB", v / GiB);
+    else if (k->type == CT_SIZE && v >= MiB && fmod(v, MiB) == 0)
+        snprintf(out, outlen, "%.0fMiB", v / MiB);
+    else if (k->type == CT_SIZE && v >= KiB && fmod(v, KiB) == 0)
+        snprintf(out, outlen, "%.0fKiB", v / KiB);
+    else if (k->type == CT_SIZE)
+        snprintf(out, outlen, "%.0fB", v);
+    else if (k->type == CT_DURATION && v >= 86400000 && fmod(v, 86400000) == 0)
+        snprintf(out, outlen, "%.0fd", v / 86400000);
+    else if (k->type == CT_DURATION && v >= 3600000 && fmod(v, 3600000) == 0)
+        snprintf(out, outlen, "%.0fh", v / 3600000);
+    else if (k->type == CT_DURATION && v >= 60000 && fmod(v, 60000) == 0)
+        snprintf(out, outlen, "%.0fm", v / 60000);
+    else if (k->type == CT_DURATION && v >= 1000 && fmod(v, 1000) == 0)
+        snprintf(out, outlen, "%.0fs", v / 1000);
+    else if (k->type == CT_DURATION && v != 0)
+        snprintf(out, outlen, "%.0fms", v);
+    else
+        snprintf(out, outlen, "%.15g", v);
+}
+
+/*
+ * Sets scalar key k from text s. On failure returns CONFIG_E_INVALID (or E_NOMEM) with a reason
+ * in why and leaves the field unchanged. is_null: the YAML value was null/empty.
+ */
+static int set_scalar(config_t *c, const config_key_t *k, const char *s, bool is_null,
+                      config_why_t *why)
+{
+    void *dst = field(c, k);
+    const char *reason = NULL;
+    uint64_t u = 0;
+    double d = 0;
+    why->text[0] = '\0';
+
+    if (is_null && k->type != CT_STRING) {
+        snprintf(why->text, sizeof why->text, "needs a value");
+        return CONFIG_E_INVALID;
+    }
+    switch (k->type) {
+    case CT_STRING: {
+        char *copy = NULL;
+        if (!is_null && (copy = strdup(s)) == NULL) {
+            snprintf(why->text, sizeof why->text, "out of memory");
+            return CONFIG_E_NOMEM;
+        }
+        char **sp = dst;
+        free(*sp);
+        *sp = copy;
+        return CONFIG_OK;
+    }
+    case CT_BOOL: {
+        bool b;
+        if ((reason = parse_bool(s, &b)) != NULL) break;
+        memcpy(dst, &b, sizeof b);
+        return CONFIG_OK;
+    }
+    case CT_ENUM: {
+        int i = enum_index(k->values, s);
+        if (i < 0) {
+            snprintf(why->text, sizeof why->text, "expected one of %s", k->values);
+            return CONFIG_E_INVALID;
+        }
+        memcpy(dst, &i, sizeof i);
+        return CONFIG_OK;
+    }
+    case CT_DOUBLE: {
+        char *end = NULL;
+        errno = 0;
+        d = strtod(s, &end);
+        if (end == s || *end != '\0' || errno != 0 || !isfinite(d)) {
+            reason = "expected a number";
+            break;
+        }
+        if (d < k->min || d > k->max) goto out_of_bounds;
+        memcpy(dst, &d, sizeof d);
+        return CONFIG_OK;
+    }
+    case CT_UINT:
+        reason = parse_u64(s, &u);
+        break;
+    case CT_SIZE:
+        reason = parse_size(s, &u);
+        break;
+    case CT_DURATION:
+        reason = parse_duration(s, &u);
+        break;
+    default:
+        reason = "not a scalar key";
+        break;
+    }
+    if (reason != NULL) {
+        snprintf(why->text, sizeof why->text, "%s", reason);
+        return CONFIG_E_INVALID;
+    }
+    d = (double)u;
+    if (d < k->min || d > k->max) goto out_of_bounds;
+    store_uint(dst, k->width, u);
+    return CONFIG_OK;
+
+out_of_bounds : {
+    char lo[32], hi[32];
+    format_bound(k, k->min, lo, sizeof lo);
+    format_bound(k, k->max, hi, sizeof hi);
+    snprintf(why->text, sizeof why->text, "%s is out of range %s..%s", s, lo, hi);
+    return CONFIG_E_INVALID;
+}
+}
+
+void config_init(config_t *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const config_key_t *k = &config_keys[i];
+        config_why_t why;
+        /* Defaults are checked by the unit tests; a failure here (out of memory for a string)
+         * leaves the field NULL, which config_validate reports. */
+        if (k->def != NULL && k->type != CT_ENV) (void)set_scalar(c, k, k->def, false, &why);
+    }
+}
+
+void config_free(config_t *c)
+{
+    if (c == NULL) return;
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const config_key_t *k = &config_keys[i];
+        if (k->type == CT_STRING) {
+            char **sp = field(c, k);
+            if (*sp != NULL && k->offset == offsetof(config_t, admin_token))
+                memset(*sp, 0, strlen(*sp));
+            free(*sp);
+            *sp = NULL;
+        }
+    }
+    free_write_keys(c->write_keys, c->n_write_keys);
+    c->write_keys = NULL;
+    c->n_write_keys = 0;
+    free_properties(c->kafka_properties, c->n_kafka_properties);
+    c->kafka_properties = NULL;
+    c->n_kafka_properties = 0;
+}
+
+/* ---- validation helpers shared by YAML and CLI ---- */
+
+static bool source_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > CONFIG_SOURCE_MAX_LEN) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* Write keys travel as a Basic user name or a Bearer token: visible ASCII, no ':'. */
+static const char *write_key_problem(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0) return "write key is empty";
+    if (n > CONFIG_KEY_MAX_LEN) return "write key longer than 256 characters";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)k[i];
+        if (ch <= 0x20 || ch >= 0x7F || ch == ':')
+            return "write key must be visible ASCII characters without ':' or spaces";
+    }
+    return NULL;
+}
+
+/* ---- YAML ---- */
+
+typedef struct yctx {
+    yaml_document_t *doc;
+    const char *file;
+    config_t *c;
+    char *err;
+    size_t errlen;
+    int admin_token_line, admin_env_line;
+} yctx_t;
+
+static unsigned long node_line(const yaml_node_t *n)
+{
+    return (unsigned long)n->start_mark.line + 1;
+}
+
+static bool scalar_is_null(const yaml_node_t *n)
+{
+    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
+    const char *v = (const char *)n->data.scalar.value;
+    return v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
+           strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
+}
+
+static const char *scalar_text(const yaml_node_t *n)
+{
+    return (const char *)n->data.scalar.value;
+}
+
+static bool scalar_has_nul(const yaml_node_t *n)
+{
+    return strlen(scalar_text(n)) != n->data.scalar.length;
+}
+
+/* Finds an earlier pair of the mapping with the same scalar key; returns its node or NULL. */
+static yaml_node_t *dup_key(yaml_document_t *doc, yaml_node_t *map, yaml_node_pair_t *upto)
+{
+    yaml_node_t *key = yaml_document_get_node(doc, upto->key);
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < upto; p++) {
+        yaml_node_t *k = yaml_document_get_node(doc, p->key);
+        if (k != NULL && k->type == YAML_SCALAR_NODE &&
+            k->data.scalar.length == key->data.scalar.length &&
+            memcmp(k->data.scalar.value, key->data.scalar.value, key->data.scalar.length) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+/* Checks a mapping's keys: strings, no duplicates. */
+static int check_map_keys(yctx_t *y, yaml_node_t *map, const char *name)
+{
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+        if (k == NULL || k->type != YAML_SCALAR_NODE)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: keys must be strings",
+                            y->file, k ? node_line(k) : node_line(map), name);
+        yaml_node_t *prev = dup_key(y->doc, map, p);
+        if (prev != NULL)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s: duplicate key \"%s\" (first at line %lu)", y->file,
+                            node_line(k), name, scalar_text(k), node_line(prev));
+    }
+    return CONFIG_OK;
+}
+
+static int env_value(yctx_t *y, const yaml_node_t *v, const char *name, const char **out)
+{
+    if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v))
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected the name of an environment variable", y->file,
+                        node_line(v), name);
+    const char *val = getenv(scalar_text(v));
+    if (val == NULL)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: environment variable %s is not set", y->file, node_line(v),
+                        name, scalar_text(v));
+    if (val[0] == '\0')
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: environment variable %s is empty", y->file, node_line(v), name,
+                        scalar_text(v));
+    *out = val;
+    return CONFIG_OK;
+}
+
+static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
+{
+    const char *name = "write_keys";
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected a list of {key: ..., source: ...}", y->file,
+                        node_line(seq), name);
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n > CONFIG_MAX_WRITE_KEYS)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d keys",
+                        y->file, node_line(seq), name, CONFIG_MAX_WRITE_KEYS);
+    config_write_key_t *wk = calloc(n ? n : 1, sizeof *wk);
+    unsigned long *lines = calloc(n ? n : 1, sizeof *lines);
+    if (wk == NULL || lines == NULL) {
+        free(wk);
+        free(lines);
+        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    }
+    int rc = CONFIG_OK;
+    size_t i = 0;
+    for (; i < n && rc == CONFIG_OK; i++) {
+        yaml_node_t *item = yaml_document_get_node(y->doc, seq->data.sequence.items.start[i]);
+        lines[i] = node_line(item);
+        if (item->type != YAML_MAPPING_NODE) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s: expected {key: ..., source: ...}", y->file, lines[i], name);
+            break;
+        }
+        if ((rc = check_map_keys(y, item, name)) != CONFIG_OK) break;
+        const char *key = NULL, *source = "default";
+        for (yaml_node_pair_t *p = item->data.mapping.pairs.start;
+             p < item->data.mapping.pairs.top && rc == CONFIG_OK; p++) {
+            yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+            yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
+            const char *kn = scalar_text(k);
+            bool is_key = strcmp(kn, "key") == 0, is_env = strcmp(kn, "key_env") == 0;
+            if (!is_key && !is_env && strcmp(kn, "source") != 0) {
+                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                              "%s:%lu: %s: unknown key \"%s\" (expected key, key_env or source)",
+                              y->file, node_line(k), name, kn);
+            } else if ((is_key || is_env) && key != NULL) {
+                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                              "%s:%lu: %s: key and key_env are exclusive", y->file, node_line(k),
+                              name);
+            } else if (is_env) {
+                rc = env_value(y, v, "write_keys.key_env", &key);
+            } else if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v)) {
+                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: %s needs a string",
+                              y->file, node_line(v), name, kn);
+            } else if (is_key) {
+                key = scalar_text(v);
+            } else {
+                source = scalar_text(v);
+                if (!source_name_ok(source))
+                    rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                  "%s:%lu: %s: source must be 1..64 of [A-Za-z0-9_.-]", y->file,
+                                  node_line(v), name);
+            }
+        }
+        if (rc != CONFIG_OK) break;
+        if (key == NULL) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s: entry needs key or key_env", y->file, lines[i], name);
+            break;
+        }
+        const char *problem = write_key_problem(key);
+        if (problem != NULL) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: %s", y->file, lines[i],
+                          name, problem);
+            break;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(wk[j].key, key) == 0) {
+                /* The key itself is a secret: name the lines, not the key. */
+                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                              "%s:%lu: %s: duplicate write key (same as line %lu)", y->file,
+                              lines[i], name, lines[j]);
+                break;
+            }
+        }
+        if (rc != CONFIG_OK) break;
+        wk[i].key = strdup(key);
+        wk[i].source = strdup(source);
+        if (wk[i].key == NULL || wk[i].source == NULL) {
+            i++;
+            rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+            break;
+        }
+    }
+    free(lines);
+    if (rc != CONFIG_OK) {
+        free_write_keys(wk, n);
+        return rc;
+    }
+    free_write_keys(y->c->write_keys, y->c->n_write_keys);
+    y->c->write_keys = wk;
+    y->c->n_write_keys = n;
+    return CONFIG_OK;
+}
+
+static int yaml_properties(yctx_t *y, yaml_node_t *map, const char *name)
+{
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected a map of librdkafka property: value", y->file,
+                        node_line(map), name);
+    int rc = check_map_keys(y, map, name);
+    if (rc != CONFIG_OK) return rc;
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (n > CONFIG_MAX_PROPERTIES)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d properties",
+                        y->file, node_line(map), name, CONFIG_MAX_PROPERTIES);
+    config_kv_t *kv = calloc(n ? n : 1, sizeof *kv);
+    if (kv == NULL)
+        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
+        yaml_node_pair_t *p = &map->data.mapping.pairs.start[i];
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
+        if (scalar_text(k)[0] == '\0' || scalar_has_nul(k)) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: empty property name",
+                          y->file, node_line(k), name);
+        } else if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v)) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s.%s: expected a string, number or boolean", y->file,
+                          node_line(v), name, scalar_text(k));
+        } else {
+            kv[i].key = strdup(scalar_text(k));
+            kv[i].value = strdup(scalar_text(v));
+            if (kv[i].key == NULL || kv[i].value == NULL)
+                rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+        }
+    }
+    if (rc != CONFIG_OK) {
+        free_properties(kv, n);
+        return rc;
+    }
+    free_properties(y->c->kafka_properties, y->c->n_kafka_properties);
+    y->c->kafka_properties = kv;
+    y->c->n_kafka_properties = n;
+    return CONFIG_OK;
+}
+
+static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_node_t *v)
+{
+    switch (k->type) {
+    case CT_WRITE_KEYS:
+        return yaml_write_keys(y, v);
+    case CT_PROPERTIES:
+        return yaml_properties(y, v, k->name);
+    case CT_ENV: {
+        const char *val = NULL;
+        int rc = env_value(y, v, k->name, &val);
+        if (rc != CONFIG_OK) return rc;
+        y->admin_env_line = (int)node_line(key);
+        config_why_t why;
+        rc = set_scalar(y->c, key_find("admin_token"), val, false, &why);
+        if (rc != CONFIG_OK)
+            return cfg_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file, node_line(v), k->name,
+                            why.text);
+        break;
+    }
+    default: {
+        if (v->type != YAML_SCALAR_NODE)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s: expected a single value", y->file, node_line(v), k->name);
+        if (scalar_has_nul(v))
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: contains a NUL byte",
+                            y->file, node_line(v), k->name);
+        config_why_t why;
+        int rc = set_scalar(y->c, k, scalar_text(v), scalar_is_null(v), &why);
+        if (rc != CONFIG_OK)
+            return cfg_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file, node_line(v), k->name,
+                            why.text);
+        if (strcmp(k->name, "admin_token") == 0) y->admin_token_line = (int)node_line(key);
+        break;
+    }
+    }
+    if (y->admin_token_line && y->admin_env_line)
+        return cfg_fail(
+            CONFIG_E_INVALID, y->err, y->errlen,
+            "%s:%lu: %s: admin_token and admin_token_env are exclusive (other at line %d)", y->file,
+            node_line(key), k->name, k->type == CT_ENV ? y->admin_token_line : y->admin_env_line);
+    return CONFIG_OK;
+}
+
+/* Applies every pair of mapping map, whose dotted path is prefix ("" at the top). */
+static int yaml_map(yctx_t *y, yaml_node_t *map, const char *prefix)
+{
+    int rc = check_map_keys(y, map, prefix[0] ? prefix : "config");
+    if (rc != CONFIG_OK) return rc;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
+        const char *kn = scalar_text(k);
+        char name[CONFIG_NAME_MAX];
+        int len = snprintf(name, sizeof name, "%s%s%s", prefix, prefix[0] ? "." : "", kn);
+        bool name_ok = len > 0 && (size_t)len < sizeof name && strchr(kn, '.') == NULL &&
+                       kn[0] != '\0' && !scalar_has_nul(k);
+        if (name_ok && prefix[0] == '\0') {
+            for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
+                if (strcmp(kn, config_unsupported[i]) == 0)
+                    return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                    "%s:%lu: %s: not supported by this version of sluice-collector",
+                                    y->file, node_line(k), kn);
+        }
+        const config_key_t *key = name_ok ? key_find(name) : NULL;
+        if (key != NULL) {
+            rc = yaml_key(y, key, k, v);
+        } else if (name_ok && key_is_section(name)) {
+            if (v->type != YAML_MAPPING_NODE)
+                return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                "%s:%lu: %s: expected a mapping", y->file, node_line(v), name);
+            rc = yaml_map(y, v, name);
+        } else {
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s%s%s: unknown key",
+                            y->file, node_line(k), prefix, prefix[0] ? "." : "", kn);
+        }
+        if (rc != CONFIG_OK) return rc;
+    }
+    return CONFIG_OK;
+}
+
+int config_load_file(config_t *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return cfg_fail(CONFIG_E_IO, err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    if (!yaml_parser_initialize(&parser)) {
+        fclose(f);
+        return cfg_fail(CONFIG_E_NOMEM, err, errlen, "%s: out of memory", path);
+    }
+    yaml_parser_set_input_file(&parser, f);
+    int rc = CONFIG_OK;
+    if (!yaml_parser_load(&parser, &doc)) {
+        rc = cfg_fail(parser.error == YAML_MEMORY_ERROR ? CONFIG_E_NOMEM : CONFIG_E_INVALID, err,
+                      errlen, "%s:%lu: YAML: %s%s%s", path,
+                      (unsigned long)parser.problem_mark.line + 1,
+                      parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
+                      parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        return rc;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root != NULL) {
+        yctx_t y = {&doc, path, c, err, errlen, 0, 0};
+        if (root->type == YAML_MAPPING_NODE)
+            rc = yaml_map(&y, root, "");
+        else if (!(root->type == YAML_SCALAR_NODE && scalar_is_null(root)))
+            rc = cfg_fail(CONFIG_E_INVALID, err, errlen, "%s:%lu: the top level must be a mapping",
+                          path, node_line(root));
+    }
+    yaml_document_delete(&doc);
+    if (rc == CONFIG_OK) {
+        /* A second document would be silently ignored; say so instead. */
+        yaml_document_t next;
+        if (!yaml_parser_load(&parser, &next)) {
+            rc = cfg_fail(CONFIG_E_INVALID, err, errlen, "%s:%lu: YAML: %s", path,
+                          (unsigned long)parser.problem_mark.line + 1,
+                          parser.problem ? parser.problem : "syntax error");
+        } else {
+            yaml_node_t *r2 = yaml_document_get_root_node(&next);
+            if (r2 != NULL)
+                rc = cfg_fail(CONFIG_E_INVALID, err, errlen,
+                              "%s:%lu: only one YAML document is allowed", path, node_line(r2));
+            yaml_document_delete(&next);
+        }
+    }
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc;
+}
+
+/* ---- validation ---- */
+
+int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port)
+{
+    const char *s = c->listen;
+    if (s == NULL || host == NULL || hostlen == 0) return CONFIG_E_INVALID;
+    const char *h, *colon;
+    size_t hl;
+    int family;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL || close[1] != ':') return CONFIG_E_INVALID;
+        h = s + 1;
+        hl = (size_t)(close - h);
+        colon = close + 1;
+        family = AF_INET6;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL || memchr(s, ':', (size_t)(colon - s)) != NULL) return CONFIG_E_INVALID;
+        h = s;
+        hl = (size_t)(colon - s);
+        family = AF_INET;
+    }
+    char buf[64];
+    if (hl == 0 || hl >= sizeof buf) return CONFIG_E_INVALID;
+    memcpy(buf, h, hl);
+    buf[hl] = '\0';
+    /* Only numeric addresses (and "localhost"): resolving a name would mean DNS at start-up and
+     * an address that depends on it. */
+    if (family == AF_INET && strcmp(buf, "localhost") == 0) snprintf(buf, sizeof buf, "127.0.0.1");
+    unsigned char addr[16];
+    if (inet_pton(family, buf, addr) != 1) return CONFIG_E_INVALID;
+    uint64_t p;
+    if (colon[1] == '\0' || strlen(colon + 1) > 5 || parse_u64(colon + 1, &p) != NULL || p > 65535)
+        return CONFIG_E_INVALID;
+    if (strlen(buf) >= hostlen) return CONFIG_E_INVALID;
+    memcpy(host, buf, strlen(buf) + 1);
+    if (port) *port = (int)p;
+    return CONFIG_OK;
+}
+
+int config_validate(const config_t *c, char *err, size_t errlen)
+{
+    char host[64];
+    int port;
+    if (config_listen_addr(c, host, sizeof host, &port) != CONFIG_OK)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
+                        c->listen ? c->listen : "");
+    if (c->threads < 1 || c->threads > 64)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "threads: %u is out of range 1..64",
+                        c->threads);
+    if (c->n_write_keys == 0 && !c->dev)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "no write key configured (use --write-key or write_keys, or --dev)");
+    for (size_t i = 0; i < c->n_write_keys; i++) {
+        const char *problem = write_key_problem(c->write_keys[i].key);
+        if (problem != NULL)
+            return cfg_fail(CONFIG_E_INVALID, err, errlen, "write key %zu: %s", i + 1, problem);
+        if (!source_name_ok(c->write_keys[i].source))
+            return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                            "write key %zu: source must be 1..64 of [A-Za-z0-9_.-]", i + 1);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->write_keys[i].key, c->write_keys[j].key) == 0)
+                return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                                "write key %zu: duplicate of write key %zu", i + 1, j + 1);
+    }
+    if (c->event_bytes > c->body_bytes)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "limits.event_bytes (%llu) must not exceed limits.body_bytes (%llu)",
+                        (unsigned long long)c->event_bytes, (unsigned long long)c->body_bytes);
+    if (c->data_dir == NULL || c->data_dir[0] == '\0')
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
+    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql};
+    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql"};
+    for (int i = 0; i < 3; i++) {
+        if (topics[i] == NULL || topics[i][0] == '\0')
+            return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
+        for (int j = 0; j < i; j++)
+            if (strcmp(topics[i], topics[j]) == 0)
+                return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: same topic as %s", tnames[i],
+                                tnames[j]);
+    }
+    if (c->log_level < LOG_DEBUG || c->log_level > LOG_OFF ||
+        (c->kafka_format != 0 && c->kafka_format != 1))
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
+    return CONFIG_OK;
+}
+
+/* ---- command line ---- */
+
+static const config_flag_t *flag_find(const char *arg, size_t len)
+{
+    for (size_t i = 0; i < CONFIG_N_FLAGS; i++)
+        if (strlen(config_flags[i].flag) == len && strncmp(config_flags[i].flag, arg, len) == 0)
+            return &config_flags[i];
+    if (len == 2 && strncmp(arg, "-h", 2) == 0) return flag_find("--help", 6);
+    return NULL;
+}
+
+/* Splits argv[*i] into its flag and value (from "--f=v" or the next argument). */
+static int next_flag(int argc, char **argv, int *i, const config_flag_t **flag, const char **val,
+                     char *err, size_t errlen)
+{
+    const char *a = argv[*i];
+    if (a[0] != '-')
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "unexpected argument \"%s\"", a);
+    const char *eq = strchr(a, '=');
+    size_t len = eq ? (size_t)(eq - a) : strlen(a);
+    const config_flag_t *f = flag_find(a, len);
+    if (f == NULL)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "%.*s: unknown option (see --help)",
+                        (int)len, a);
+    *flag = f;
+    *val = NULL;
+    if (f->arg == NULL) {
+        if (eq != NULL)
+            return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: takes no value", f->flag);
+    } else if (eq != NULL) {
+        *val = eq + 1;
+    } else if (*i + 1 < argc) {
+        *val = argv[++*i];
+    } else {
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: needs a value %s", f->flag, f->arg);
+    }
+    return CONFIG_OK;
+}
+
+/* --write-key KEY[=SOURCE]: split at the last '=' when a valid source name follows it. */
+static int add_cli_write_key(config_t *c, const char *val, char *err, size_t errlen)
+{
+    if (c->n_write_keys >= CONFIG_MAX_WRITE_KEYS)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "--write-key: more than %d keys",
+                        CONFIG_MAX_WRITE_KEYS);
+    const char *eq = strrchr(val, '=');
+    size_t klen = strlen(val);
+    const char *source = "default";
+    if (eq != NULL && eq != val && source_name_ok(eq + 1)) {
+        klen = (size_t)(eq - val);
+        source = eq + 1;
+    }
+    char *key = strndup(val, klen);
+    char *src = strdup(source);
+    config_write_key_t *wk = realloc(c->write_keys, (c->n_write_keys + 1) * sizeof *wk);
+    if (key == NULL || src == NULL || wk == NULL) {
+        free(key);
+        free(src);
+        if (wk != NULL) c->write_keys = wk;
+        return cfg_fail(CONFIG_E_NOMEM, err, errlen, "--write-key: out of memory");
+    }
+    c->write_keys = wk;
+    const char *problem = write_key_problem(key);
+    if (problem != NULL) {
+        free(key);
+        free(src);
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "--write-key: %s", problem);
+    }
+    wk[c->n_write_keys++] = (config_write_key_t){key, src};
+    return CONFIG_OK;
+}
+
+int config_from_args(config_t *c, int argc, char **argv, config_action_t *action, char *err,
+                     size_t errlen)
+{
+    config_init(c);
+    *action = CONFIG_RUN;
+    const char *config_file = NULL;
+    bool check = false;
+    int rc;
+
+    /* Pass 1: syntax of every flag, --help/--version, and which file to read. */
+    for (int i = 1; i < argc; i++) {
+        const config_flag_t *f;
+        const char *val;
+        if ((rc = next_flag(argc, argv, &i, &f, &val, err, errlen)) != CONFIG_OK) return rc;
+        if (strcmp(f->flag, "--help") == 0) {
+            *action = CONFIG_HELP;
+            return CONFIG_OK;
+        }
+        if (strcmp(f->flag, "--version") == 0) {
+            *action = CONFIG_VERSION;
+            return CONFIG_OK;
+        }
+        if (strcmp(f->flag, "--config") == 0) {
+            if (config_file != NULL)
+                return cfg_fail(CONFIG_E_INVALID, err, errlen, "--config: given more than once");
+            config_file = val;
+        }
+        if (strcmp(f->flag, "--check-config") == 0) check = true;
+    }
+    if (config_file != NULL && (rc = config_load_file(c, config_file, err, errlen)) != CONFIG_OK)
+        return rc;
+
+    /* Pass 2: the flags override the file, in order. */
+    bool cli_keys = false;
+    for (int i = 1; i < argc; i++) {
+        const config_flag_t *f;
+        const char *val;
+        if ((rc = next_flag(argc, argv, &i, &f, &val, err, errlen)) != CONFIG_OK) return rc;
+        if (strcmp(f->flag, "--write-key") == 0) {
+            if (!cli_keys) {
+                free_write_keys(c->write_keys, c->n_write_keys);
+                c->write_keys = NULL;
+                c->n_write_keys = 0;
+                cli_keys = true;
+            }
+            if ((rc = add_cli_write_key(c, val, err, errlen)) != CONFIG_OK) return rc;
+            continue;
+        }
+        if (f->key == NULL) continue;
+        const config_key_t *k = key_find(f->key);
+        config_why_t why;
+        rc = set_scalar(c, k, val ? val : "true", false, &why);
+        if (rc != CONFIG_OK) return cfg_fail(rc, err, errlen, "%s: %s", f->flag, why.text);
+    }
+    if ((rc = config_validate(c, err, errlen)) != CONFIG_OK) return rc;
+    *action = check ? CONFIG_CHECK : CONFIG_RUN;
+    return CONFIG_OK;
+}
+
+/* ---- help and reference ---- */
+
+static const char *type_name(const config_key_t *k)
+{
+    switch (k->type) {
+    case CT_STRING:
+        return "string";
+    case CT_BOOL:
+        return "bool";
+    case CT_UINT:
+        return "integer";
+    case CT_DOUBLE:
+        return "number";
+    case CT_SIZE:
+        return "size";
+    case CT_DURATION:
+        return "duration";
+    case CT_ENUM:
+        return "enum";
+    case CT_ENV:
+        return "env var name";
+    case CT_WRITE_KEYS:
+        return "list";
+    case CT_PROPERTIES:
+        return "map";
+    }
+    return "?";
+}
+
+/* "1..64", "one of a, b", or "" */
+static void range_text(const config_key_t *k, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (k->type == CT_ENUM) {
+        /* ", " rather than '|', which would split a Markdown table cell */
+        size_t o = 0;
+        for (const char *p = k->values; *p && o + 3 < outlen; p++) {
+            if (*p == '|') {
+                out[o++] = ',';
+                out[o++] = ' ';
+            } else {
+                out[o++] = *p;
+            }
+        }
+        out[o] = '\0';
+    } else if (k->type == CT_UINT || k->type == CT_DOUBLE || k->type == CT_SIZE ||
+               k->type == CT_DURATION) {
+        char lo[32], hi[32];
+        format_bound(k, k->min, lo, sizeof lo);
+        format_bound(k, k->max, hi, sizeof hi);
+        snprintf(out, outlen, "%s..%s", lo, hi);
+    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES) {
+        snprintf(out, outlen, "≤ %.0f entries", k->max);
+    }
+}
+
+static const char *flag_doc(const config_flag_t *f)
+{
+    if (f->doc != NULL) return f->doc;
+    const config_key_t *k = key_find(f->key);
+    return k ? k->doc : "";
+}
+
+/* Prints text word-wrapped to 100 columns, every line indented by indent spaces. */
+static void print_wrapped(FILE *out, int indent, const char *text)
+{
+    const int width = 100 - indent;
+    while (*text) {
+        int len = (int)strlen(text);
+        if (len > width) {
+            len = width;
+            while (len > 0 && text[len] != ' ')
+                len--;
+            if (len == 0) /* one word longer than the line */
+                len = (int)strcspn(text, " ");
+        }
+        fprintf(out, "%*s%.*s\n", indent, "", len, text);
+        text += len;
+        while (*text == ' ')
+            text++;
+    }
+}
+
+void config_print_help(FILE *out)
+{
+    fprintf(out, "Usage: sluice-collector [OPTIONS]\n\n"
+                 "Takes batched usage events over HTTP and produces them to Kafka.\n\nOptions:\n");
+    for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {
+        const config_flag_t *f = &config_flags[i];
+        char doc[512];
+        fprintf(out, "  %s%s%s\n", f->flag, f->arg ? " " : "", f->arg ? f->arg : "");
+        snprintf(doc, sizeof doc, "%s%s%s%s", flag_doc(f), f->key ? " (YAML: " : "",
+                 f->key ? f->key : "", f->key ? ")" : "");
+        print_wrapped(out, 6, doc);
+    }
+    fprintf(out, "\nYAML config keys (all optional but the write keys; sizes take B, KB, KiB, MB,\n"
+                 "MiB, GB, GiB; durations ms, s, m, h, d):\n");
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const config_key_t *k = &config_keys[i];
+        char range[96];
+        range_text(k, range, sizeof range);
+        fprintf(out, "  %-24s %s", k->name, type_name(k));
+        if (range[0]) fprintf(out, " [%s]", range);
+        fprintf(out, ", default %s\n", k->def ? k->def : "unset");
+        print_wrapped(out, 6, k->doc);
+    }
+    fprintf(out, "\nNot supported by this version: ");
+    for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
+        fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
+    fprintf(out, ".\n");
+}
+
+void config_print_reference(FILE *out)
+{
+    fprintf(out,
+            "# sluice-collector configuration reference\n\n"
+            "<!-- Generated from the key table in collector/config.c by config_print_reference();"
+            " do not edit.\n     Regenerate: build-*/tests/collector/collector_test_config "
+            "--print-reference > collector/CONFIG.md -->\n\n"
+            "Every key is optional except the write keys (unless `dev`). Command-line flags "
+            "override the file.\nSizes are an integer with an optional unit (B, KB, KiB, MB, MiB, "
+            "GB, GiB; none means bytes);\ndurations an integer with a unit (ms, s, m, h, d). "
+            "Errors name the file and line: `sluice.yaml:12: limits.body_bytes: ...`.\n\n"
+            "## YAML keys\n\n"
+            "| key | type | default | range | description |\n"
+            "| --- | --- | --- | --- | --- |\n");
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const config_key_t *k = &config_keys[i];
+        char range[96];
+        range_text(k, range, sizeof range);
+        fprintf(out, "| `%s` | %s | %s%s%s | %s | %s |\n", k->name, type_name(k), k->def ? "`" : "",
+                k->def ? k->def : "unset", k->def ? "`" : "", range, k->doc);
+    }
+    fprintf(out, "\nSections `dedup`, `spool`, `filters` and `pql` (SPEC §5, §6) are refused by "
+                 "this version with\n\"not supported by this version of sluice-collector\".\n\n"
+                 "## Command-line flags\n\n"
+                 "| flag | YAML key | description |\n"
+                 "| --- | --- | --- |\n");
+    for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {
+        const config_flag_t *f = &config_flags[i];
+        fprintf(out, "| `%s%s%s` | %s%s%s | %s |\n", f->flag, f->arg ? " " : "",
+                f->arg ? f->arg : "", f->key ? "`" : "", f->key ? f->key : "", f->key ? "`" : "",
+                flag_doc(f));
+    }
+}

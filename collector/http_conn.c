@@ -1,0 +1,1030 @@
+/*
+ * http_conn.c — one HTTP/1.1 connection (see http_conn.h for the contract).
+ *
+ * Connection states:
+ *   IDLE     between requests (idle timer armed; header timer on a fresh connection)
+ *   HEADERS  a request started, headers not complete (header timer armed: slowloris)
+ *   BODY     headers complete, reading the body (idle timer re-armed on every read)
+ *   BUSY     message complete: parser paused, reading stopped, answer being produced/written
+ * Limits are checked while parsing: header bytes (431), Content-Length (413 before the body),
+ * accumulated chunked body (413); each of those answers and closes the connection.
+ */
+#include "http_conn.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+#include "auth.h"
+#include "body.h"
+#include "kafka_out.h"
+#include "log.h"
+#include "metrics.h"
+#include "proto.h"
+
+/* Appends a string literal (its length known at compile time, no NUL). */
+#define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
+
+#define URL_MAX 256
+#define FIELD_MAX 32
+/* Per-header overhead counted against header_bytes (": " and CRLF), so that many empty
+ * headers cannot slip past the limit. */
+#define HEADER_OVERHEAD 4
+/* Keep a connection's body allocation between requests only up to this size. */
+#define BODY_KEEP_MAX (64 * 1024)
+#define METRICS_MAX (4 * 1024 * 1024)
+
+typedef enum {
+    ROUTE_NONE = 0,
+    ROUTE_BATCH,
+    ROUTE_TRACK,
+    ROUTE_IDENTIFY,
+    ROUTE_GROUP,
+    ROUTE_PAGE,
+    ROUTE_SCREEN,
+    ROUTE_ALIAS,
+    ROUTE_HEALTHZ,
+    ROUTE_READYZ,
+    ROUTE_METRICS,
+} route_t;
+
+typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
+
+/* Headers we capture; values longer than their buffer are flagged, never truncated silently. */
+typedef enum { H_NONE = -1, H_CTYPE, H_CENC, H_AUTHZ, H_EXPECT, H_COUNT } hdr_id_t;
+static const char *const hdr_names[H_COUNT] = {"content-type", "content-encoding",
+                                               "authorization", "expect"};
+static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32};
+
+typedef struct hdr_val {
+    char *buf;
+    size_t len;
+    bool seen, overflow;
+} hdr_val_t;
+
+struct http_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    llhttp_t parser;
+    http_loop_t *hl;
+    http_conn_t *prev, *next; /* hl->conns */
+    int open_handles;
+    bool closing, reading, counted;
+    conn_state_t state;
+    unsigned writes; /* uv_write requests outstanding */
+
+    /* The request being parsed. */
+    uint64_t start_ns;
+    size_t header_bytes;
+    char url[URL_MAX];
+    size_t url_len;
+    bool url_long;
+    char field[FIELD_MAX];
+    size_t field_len;
+    bool field_long;
+    hdr_id_t cur_hdr;
+    char hdr_mem[128 + 64 + 1100 + 32];
+    hdr_val_t hdr[H_COUNT];
+    route_t route;
+    int method;
+    bool keep_alive;
+    /* A refusal decided before the body: answered at message complete, body discarded. */
+    int early_status;
+    const char *early_code, *early_msg;
+    /* A refusal that ends the connection now (413 before body, 431, draining). */
+    int fatal_status;
+    const char *fatal_code, *fatal_msg;
+    bool header_key;
+    const char *source;
+    int key_index;
+    proto_format_t fmt;
+    body_encoding_t enc;
+    char *body;
+    size_t body_len, body_cap;
+    size_t body_seen; /* body bytes of this request, kept or discarded */
+
+    /* Pipelined bytes received beyond the current message. */
+    char *pending;
+    size_t pending_off, pending_len;
+
+    ingest_req_t *req; /* waiting for Kafka, NULL otherwise */
+};
+
+typedef struct conn_write {
+    uv_write_t wr;
+    http_conn_t *c;
+    bool close_after, final;
+    bool observe; /* ingest request: record its latency */
+    uint64_t start_ns;
+    size_t len;
+    char data[];
+} conn_write_t;
+
+static void conn_close(http_conn_t *c);
+static void conn_next(http_conn_t *c);
+static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending);
+
+/* ---- small pure helpers (unit-tested) ---- */
+
+static route_t route_parse(const char *url, size_t len)
+{
+    size_t n = 0;
+    while (n < len && url[n] != '?' && url[n] != '#')
+        n++;
+    static const struct {
+        const char *path;
+        route_t r;
+    } table[] = {
+        {"/v1/batch", ROUTE_BATCH},     {"/v1/track", ROUTE_TRACK},   {"/v1/identify", ROUTE_IDENTIFY},
+        {"/v1/group", ROUTE_GROUP},     {"/v1/page", ROUTE_PAGE},     {"/v1/screen", ROUTE_SCREEN},
+        {"/v1/alias", ROUTE_ALIAS},     {"/healthz", ROUTE_HEALTHZ},  {"/readyz", ROUTE_READYZ},
+        {"/metrics", ROUTE_METRICS},
+    };
+    /* A trailing slash is tolerated ("/v1/batch/"), as most HTTP servers do. */
+    if (n > 1 && url[n - 1] == '/') n--;
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        size_t pl = strlen(table[i].path);
+        if (pl == n && memcmp(url, table[i].path, n) == 0) return table[i].r;
+    }
+    return ROUTE_NONE;
+}
+
+static bool route_is_ingest(route_t r)
+{
+    return r >= ROUTE_BATCH && r <= ROUTE_ALIAS;
+}
+
+static proto_type_t route_kind(route_t r)
+{
+    switch (r) {
+    case ROUTE_TRACK: return PROTO_T_TRACK;
+    case ROUTE_IDENTIFY: return PROTO_T_IDENTIFY;
+    case ROUTE_GROUP: return PROTO_T_GROUP;
+    case ROUTE_PAGE: return PROTO_T_PAGE;
+    case ROUTE_SCREEN: return PROTO_T_SCREEN;
+    case ROUTE_ALIAS: return PROTO_T_ALIAS;
+    default: return PROTO_T_NONE;
+    }
+}
+
+/* Media type of a Content-Type value, parameters (charset...) ignored. Missing or empty: JSON
+ * (Segment-compatible; browsers' sendBeacon also sends text/plain JSON). Returns 0 or -1. */
+static int content_type_parse(const char *s, size_t len, proto_format_t *fmt)
+{
+    size_t end = 0;
+    while (end < len && s[end] != ';')
+        end++;
+    size_t b = 0;
+    while (b < end && (s[b] == ' ' || s[b] == '\t'))
+        b++;
+    while (end > b && (s[end - 1] == ' ' || s[end - 1] == '\t'))
+        end--;
+    const char *t = s + b;
+    size_t n = end - b;
+    *fmt = PROTO_FMT_JSON;
+    if (n == 0) return 0;
+    if (n == 16 && strncasecmp(t, "application/json", 16) == 0) return 0;
+    if (n == 10 && strncasecmp(t, "text/plain", 10) == 0) return 0;
+    *fmt = PROTO_FMT_MSGPACK;
+    if (n == 19 && strncasecmp(t, "application/msgpack", 19) == 0) return 0;
+    if (n == 21 && strncasecmp(t, "application/x-msgpack", 21) == 0) return 0;
+    return -1;
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+/* ---- connection bookkeeping ---- */
+
+static http_conn_t *conn_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+static void timer_arm(http_conn_t *c, uint32_t ms);
+
+static void timer_cb(uv_timer_t *t)
+{
+    http_conn_t *c = t->data;
+    if (c->state == CS_BUSY) return; /* waiting for Kafka: bounded by the delivery timeout */
+    metrics_add(METRIC_CONN_TIMEOUTS, 1);
+    if (c->state == CS_HEADERS || c->state == CS_BODY) metrics_add(METRIC_CLIENT_ABORTS, 1);
+    LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
+    conn_close(c);
+}
+
+static void timer_arm(http_conn_t *c, uint32_t ms)
+{
+    if (c->closing) return;
+    uv_timer_start(&c->timer, timer_cb, ms > 0 ? ms : 1, 0);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    http_conn_t *c = h->data;
+    if (--c->open_handles > 0) return;
+    free(c->body);
+    free(c->pending);
+    free(c);
+}
+
+static void conn_close(http_conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = true;
+    http_loop_t *hl = c->hl;
+    if (c->req != NULL) {
+        /* The request lives on until its delivery group reports; nobody to answer then. */
+        c->req->owner = NULL;
+        c->req = NULL;
+        metrics_add(METRIC_CLIENT_ABORTS, 1);
+    }
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else if (hl->conns == c)
+        hl->conns = c->next;
+    if (c->next != NULL) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (c->counted) atomic_fetch_sub_explicit(hl->n_conns, 1, memory_order_relaxed);
+    c->counted = false;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    http_conn_t *c = h->data;
+    /* One buffer per loop: a read callback consumes (or copies) its bytes before returning. */
+    buf->base = c->hl->readbuf;
+    buf->len = HTTP_READ_BUF;
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    http_conn_t *c = s->data;
+    if (c->closing) return;
+    if (nread > 0) {
+        if (c->state == CS_BODY) timer_arm(c, c->hl->cfg->idle_timeout_ms);
+        conn_feed(c, buf->base, (size_t)nread, false);
+        return;
+    }
+    if (nread == 0) return;
+    if (c->state == CS_HEADERS || c->state == CS_BODY) {
+        metrics_add(METRIC_CLIENT_ABORTS, 1);
+        LOG(LOG_DEBUG, "client_abort", LS("reason", uv_err_name((int)nread)));
+    }
+    conn_close(c);
+}
+
+static void read_start(http_conn_t *c)
+{
+    if (c->reading || c->closing) return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+        c->reading = true;
+    else
+        conn_close(c);
+}
+
+static void read_stop(http_conn_t *c)
+{
+    if (!c->reading) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+/* ---- writing answers ---- */
+
+static void write_cb(uv_write_t *wr, int status)
+{
+    conn_write_t *w = (conn_write_t *)wr;
+    http_conn_t *c = w->c;
+    c->writes--;
+    if (w->observe && status == 0)
+        metrics_latency_observe((double)(uv_hrtime() - w->start_ns) / 1e9);
+    bool close_after = w->close_after, final = w->final;
+    free(w);
+    if (c->closing) return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!final) return;
+    if (close_after)
+        conn_close(c);
+    else
+        conn_next(c);
+}
+
+static void conn_write_raw(http_conn_t *c, conn_write_t *w)
+{
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    w->c = c;
+    c->writes++;
+    if (uv_write(&w->wr, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+        c->writes--;
+        free(w);
+        conn_close(c);
+    }
+}
+
+/*
+ * Writes a complete answer. extra: additional header lines, each ending in CRLF (may be NULL).
+ * After it is written the connection closes (close_after, or the client asked, or draining)
+ * or goes on with the next request.
+ */
+static void conn_respond(http_conn_t *c, int status, const char *ctype, const char *body,
+                         size_t len, const char *extra, bool close_after)
+{
+    if (c->closing) return;
+    http_loop_t *hl = c->hl;
+    if (!c->keep_alive || atomic_load_explicit(hl->draining, memory_order_relaxed))
+        close_after = true;
+    char head[1024];
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\n"
+                      "Content-Length: %zu\r\n"
+                      "%s%s%s"
+                      "%s"
+                      "Connection: %s\r\n\r\n",
+                      status, status_text(status), len, ctype != NULL ? "Content-Type: " : "",
+                      ctype != NULL ? ctype : "", ctype != NULL ? "\r\n" : "",
+                      extra != NULL ? extra : "", close_after ? "close" : "keep-alive");
+    if (hn < 0 || (size_t)hn >= sizeof head) {
+        conn_close(c);
+        return;
+    }
+    conn_write_t *w = malloc(sizeof *w + (size_t)hn + len);
+    if (w == NULL) {
+        conn_close(c);
+        return;
+    }
+    memcpy(w->data, head, (size_t)hn);
+    if (len > 0) memcpy(w->data + hn, body, len);
+    w->len = (size_t)hn + len;
+    w->close_after = close_after;
+    w->final = true;
+    w->observe = route_is_ingest(c->route) && c->start_ns != 0;
+    w->start_ns = c->start_ns;
+    metrics_http_status(status);
+    c->state = CS_BUSY;
+    read_stop(c);
+    uv_timer_stop(&c->timer);
+    conn_write_raw(c, w);
+}
+
+static void respond_error(http_conn_t *c, int status, const char *code, const char *message,
+                          int retry_after, bool close_after)
+{
+    char body[512];
+    proto_buf_t out = {body, 0, sizeof body, sizeof body};
+    /* A stack buffer posing as a full-capacity proto_buf: appends never reallocate it. */
+    if (ingest_error_json(&out, code, message) != 0) out.len = 0;
+    char extra[256];
+    int n = 0;
+    extra[0] = '\0';
+    if (route_is_ingest(c->route))
+        n += snprintf(extra + n, sizeof extra - (size_t)n, "Access-Control-Allow-Origin: *\r\n");
+    if (retry_after > 0)
+        n += snprintf(extra + n, sizeof extra - (size_t)n, "Retry-After: %d\r\n", retry_after);
+    if (status == 405)
+        snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n",
+                 route_is_ingest(c->route) ? "POST, OPTIONS" : "GET");
+    conn_respond(c, status, "application/json", out.data, out.len, extra, close_after);
+}
+
+static void respond_json(http_conn_t *c, int status, const char *json, size_t len)
+{
+    conn_respond(c, status, "application/json", json, len,
+                 route_is_ingest(c->route) ? "Access-Control-Allow-Origin: *\r\n" : NULL, false);
+}
+
+/* ---- llhttp callbacks ---- */
+
+static void request_reset(http_conn_t *c)
+{
+    c->start_ns = 0;
+    c->header_bytes = 0;
+    c->url_len = 0;
+    c->url_long = false;
+    c->field_len = 0;
+    c->field_long = false;
+    c->cur_hdr = H_NONE;
+    for (int i = 0; i < H_COUNT; i++) {
+        c->hdr[i].len = 0;
+        c->hdr[i].seen = false;
+        c->hdr[i].overflow = false;
+    }
+    c->route = ROUTE_NONE;
+    c->early_status = 0;
+    c->fatal_status = 0;
+    c->header_key = false;
+    c->source = NULL;
+    c->key_index = -1;
+    c->body_len = 0;
+    c->body_seen = 0;
+    if (c->body_cap > BODY_KEEP_MAX) {
+        free(c->body);
+        c->body = NULL;
+        c->body_cap = 0;
+    }
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    http_conn_t *c = conn_of(p);
+    request_reset(c);
+    c->start_ns = uv_hrtime();
+    c->state = CS_HEADERS;
+    timer_arm(c, c->hl->cfg->header_timeout_ms);
+    return 0;
+}
+
+static int header_budget(http_conn_t *c, size_t n)
+{
+    c->header_bytes += n;
+    if (c->header_bytes > c->hl->cfg->header_bytes) {
+        c->fatal_status = 431;
+        c->fatal_code = "headers_too_large";
+        c->fatal_msg = "request headers larger than allowed";
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    http_conn_t *c = conn_of(p);
+    if (c->url_len + len > URL_MAX) {
+        c->url_long = true;
+    } else {
+        memcpy(c->url + c->url_len, at, len);
+        c->url_len += len;
+    }
+    return header_budget(c, len);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    http_conn_t *c = conn_of(p);
+    if (c->field_len + len > FIELD_MAX) {
+        c->field_long = true;
+    } else {
+        memcpy(c->field + c->field_len, at, len);
+        c->field_len += len;
+    }
+    return header_budget(c, len);
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    http_conn_t *c = conn_of(p);
+    c->cur_hdr = H_NONE;
+    if (!c->field_long) {
+        for (int i = 0; i < H_COUNT; i++) {
+            if (strlen(hdr_names[i]) == c->field_len &&
+                strncasecmp(c->field, hdr_names[i], c->field_len) == 0) {
+                c->cur_hdr = (hdr_id_t)i;
+                /* A repeated header: the last one counts. */
+                c->hdr[i].len = 0;
+                c->hdr[i].overflow = false;
+                c->hdr[i].seen = true;
+                break;
+            }
+        }
+    }
+    c->field_len = 0;
+    c->field_long = false;
+    return header_budget(c, HEADER_OVERHEAD);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    http_conn_t *c = conn_of(p);
+    if (c->cur_hdr != H_NONE) {
+        hdr_val_t *h = &c->hdr[c->cur_hdr];
+        if (h->len + len > hdr_caps[c->cur_hdr]) {
+            h->overflow = true;
+        } else {
+            memcpy(h->buf + h->len, at, len);
+            h->len += len;
+        }
+    }
+    return header_budget(c, len);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    conn_of(p)->cur_hdr = H_NONE;
+    return 0;
+}
+
+static void early(http_conn_t *c, int status, const char *code, const char *msg)
+{
+    if (c->early_status != 0) return;
+    c->early_status = status;
+    c->early_code = code;
+    c->early_msg = msg;
+}
+
+static void send_continue(http_conn_t *c)
+{
+    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    conn_write_t *w = malloc(sizeof *w + sizeof line - 1);
+    if (w == NULL) return; /* the client sends the body after its own timeout */
+    memcpy(w->data, line, sizeof line - 1);
+    w->len = sizeof line - 1;
+    w->close_after = false;
+    w->final = false;
+    w->observe = false;
+    conn_write_raw(c, w);
+}
+
+/* Auth from the Authorization header, decided before the body is read. */
+static void header_auth(http_conn_t *c)
+{
+    http_loop_t *hl = c->hl;
+    hdr_val_t *h = &c->hdr[H_AUTHZ];
+    if (!h->seen) return; /* maybe the body carries writeKey */
+    char key[AUTH_KEY_MAX];
+    size_t klen = 0;
+    int rc = h->overflow ? AUTH_E_MALFORMED
+                         : auth_parse_header(h->buf, h->len, key, sizeof key, &klen);
+    if (rc == AUTH_OK) rc = auth_lookup(hl->ingest->auth, key, klen, &c->source, &c->key_index);
+    if (rc == AUTH_OK) {
+        c->header_key = true;
+        return;
+    }
+    if (hl->cfg->dev) return; /* dev: anything goes, the body or "dev" decides the source */
+    metrics_add(METRIC_AUTH_FAILURES, 1);
+    if (rc == AUTH_E_UNKNOWN && log_get_level() <= LOG_DEBUG) {
+        char masked[16];
+        LOG(LOG_DEBUG, "unknown_write_key", LS("key", auth_mask(key, klen, masked, sizeof masked)));
+    }
+    early(c, 401, "unauthorized",
+          rc == AUTH_E_UNKNOWN ? "unknown write key"
+                               : (rc == AUTH_E_MISSING ? "a write key is required"
+                                                       : "malformed Authorization header"));
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    http_conn_t *c = conn_of(p);
+    http_loop_t *hl = c->hl;
+    const config_t *cfg = hl->cfg;
+    metrics_add(METRIC_HTTP_REQUESTS, 1);
+    c->state = CS_BODY;
+    timer_arm(c, cfg->idle_timeout_ms);
+    c->method = llhttp_get_method(p);
+    c->route = c->url_long ? ROUTE_NONE : route_parse(c->url, c->url_len);
+
+    if (atomic_load_explicit(hl->draining, memory_order_relaxed)) {
+        c->fatal_status = 503;
+        c->fatal_code = "unavailable";
+        c->fatal_msg = "shutting down";
+        return HPE_USER;
+    }
+    /* Any request, whatever its route: a declared body over the limit is refused unread. */
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->body_bytes) {
+        c->fatal_status = 413;
+        c->fatal_code = "payload_too_large";
+        c->fatal_msg = "body larger than allowed";
+        return HPE_USER;
+    }
+    if (c->route == ROUTE_NONE) {
+        early(c, 404, "not_found", "no such endpoint");
+    } else if (route_is_ingest(c->route)) {
+        if (c->method == HTTP_OPTIONS) return 0;
+        if (c->method != HTTP_POST) {
+            early(c, 405, "method_not_allowed", "use POST");
+        }
+    } else if (c->method != HTTP_GET) {
+        early(c, 405, "method_not_allowed", "use GET");
+    }
+    if (c->early_status != 0 || !route_is_ingest(c->route)) return 0;
+
+    /* POST to an ingest endpoint. */
+    hdr_val_t *ct = &c->hdr[H_CTYPE], *ce = &c->hdr[H_CENC];
+    if (ct->overflow || content_type_parse(ct->buf, ct->len, &c->fmt) != 0)
+        early(c, 415, "unsupported_media_type",
+              "Content-Type must be application/json or application/msgpack");
+    c->enc = ce->overflow ? BODY_ENC_UNKNOWN : body_encoding_parse(ce->buf, ce->len);
+    if (c->enc == BODY_ENC_UNKNOWN)
+        early(c, 415, "unsupported_media_type", "Content-Encoding must be zstd, gzip or identity");
+    if (c->early_status == 0) header_auth(c);
+    if (c->early_status != 0) return 0;
+
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_cap) {
+        size_t want = (size_t)p->content_length;
+        char *nb = realloc(c->body, want > 0 ? want : 1);
+        if (nb == NULL) {
+            c->fatal_status = 503;
+            c->fatal_code = "unavailable";
+            c->fatal_msg = "out of memory";
+            return HPE_USER;
+        }
+        c->body = nb;
+        c->body_cap = want;
+    }
+    hdr_val_t *ex = &c->hdr[H_EXPECT];
+    if (ex->seen && ex->len == 12 && strncasecmp(ex->buf, "100-continue", 12) == 0 &&
+        p->http_major == 1 && p->http_minor >= 1)
+        send_continue(c);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    http_conn_t *c = conn_of(p);
+    metrics_add(METRIC_BYTES_IN, len);
+    size_t max = (size_t)c->hl->cfg->body_bytes;
+    c->body_seen += len;
+    if (c->body_seen > max) { /* chunked (or discarded) bodies are bounded too */
+        c->fatal_status = 413;
+        c->fatal_code = "payload_too_large";
+        c->fatal_msg = "body larger than allowed";
+        return HPE_USER;
+    }
+    if (c->early_status != 0 || !route_is_ingest(c->route) || c->method != HTTP_POST)
+        return 0; /* discarded: the answer is already decided */
+    if (c->body_len + len > c->body_cap) {
+        size_t ncap = c->body_cap < 16384 ? 16384 : c->body_cap * 2;
+        while (ncap < c->body_len + len)
+            ncap *= 2;
+        if (ncap > max) ncap = max;
+        char *nb = realloc(c->body, ncap);
+        if (nb == NULL) {
+            c->fatal_status = 503;
+            c->fatal_code = "unavailable";
+            c->fatal_msg = "out of memory";
+            return HPE_USER;
+        }
+        c->body = nb;
+        c->body_cap = ncap;
+    }
+    memcpy(c->body + c->body_len, at, len);
+    c->body_len += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    http_conn_t *c = conn_of(p);
+    c->keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
+    c->state = CS_BUSY;
+    /* One request at a time: stop here; conn_next() resumes after the answer is written. */
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t http_settings;
+static uv_once_t http_settings_once = UV_ONCE_INIT;
+
+static void http_settings_init(void)
+{
+    llhttp_settings_init(&http_settings);
+    http_settings.on_message_begin = on_message_begin;
+    http_settings.on_url = on_url;
+    http_settings.on_header_field = on_header_field;
+    http_settings.on_header_field_complete = on_header_field_complete;
+    http_settings.on_header_value = on_header_value;
+    http_settings.on_header_value_complete = on_header_value_complete;
+    http_settings.on_headers_complete = on_headers_complete;
+    http_settings.on_body = on_body;
+    http_settings.on_message_complete = on_message_complete;
+}
+
+/* ---- request dispatch ---- */
+
+static void respond_readyz(http_conn_t *c)
+{
+    char why[200] = "";
+    bool ready = !atomic_load_explicit(c->hl->draining, memory_order_relaxed) &&
+                 kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
+    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed))
+        snprintf(why, sizeof why, "shutting down");
+    char body[512];
+    proto_buf_t out = {body, 0, sizeof body, sizeof body};
+    int rc = proto_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
+    if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
+    if (rc == 0 && !ready) rc = ingest_json_str(&out, why, strnlen(why, sizeof why));
+    if (rc == 0) rc = buf_lit(&out, "}");
+    respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);
+}
+
+static void respond_metrics(http_conn_t *c)
+{
+    proto_buf_t out;
+    proto_buf_init(&out, METRICS_MAX);
+    if (metrics_render(&out) != 0) {
+        proto_buf_free(&out);
+        respond_error(c, 503, "unavailable", "metrics could not be rendered", 1, false);
+        return;
+    }
+    conn_respond(c, 200, "text/plain; version=0.0.4", out.data, out.len, NULL, false);
+    proto_buf_free(&out);
+}
+
+static void dispatch_ingest(http_conn_t *c)
+{
+    http_loop_t *hl = c->hl;
+    ingest_input_t in = {
+        .kind = route_kind(c->route),
+        .fmt = c->fmt,
+        .enc = c->enc,
+        .body = c->body,
+        .len = c->body_len,
+        .header_key = c->header_key,
+        .source = c->source,
+        .key_index = c->key_index,
+        .start_ns = c->start_ns,
+    };
+    ingest_req_t *req = NULL;
+    ingest_error_t err;
+    if (ingest_start(hl->ingest, &hl->scratch, &hl->mailbox, &in, &req, &err) != 0) {
+        LOG(LOG_DEBUG, "request_refused", LI("status", err.status), LS("error", err.code));
+        respond_error(c, err.status, err.code, err.message, err.retry_after, false);
+        return;
+    }
+    req->owner = c;
+    req->lprev = NULL;
+    req->lnext = hl->reqs;
+    if (hl->reqs != NULL) hl->reqs->lprev = req;
+    hl->reqs = req;
+    c->req = req;
+    /* Now waiting for Kafka: no read, no timer (the delivery timeout bounds the wait). */
+    uv_timer_stop(&c->timer);
+}
+
+static void conn_dispatch(http_conn_t *c)
+{
+    read_stop(c);
+    uv_timer_stop(&c->timer);
+    if (c->early_status != 0) {
+        respond_error(c, c->early_status, c->early_code, c->early_msg, 0, false);
+        return;
+    }
+    switch (c->route) {
+    case ROUTE_HEALTHZ:
+        respond_json(c, 200, "{\"status\":\"ok\"}", 15);
+        return;
+    case ROUTE_READYZ:
+        respond_readyz(c);
+        return;
+    case ROUTE_METRICS:
+        respond_metrics(c);
+        return;
+    default:
+        break;
+    }
+    if (c->method == HTTP_OPTIONS) {
+        conn_respond(c, 204, NULL, NULL, 0,
+                     "Access-Control-Allow-Origin: *\r\n"
+                     "Access-Control-Allow-Methods: POST, OPTIONS\r\n"
+                     "Access-Control-Allow-Headers: Authorization, Content-Type, "
+                     "Content-Encoding\r\n"
+                     "Access-Control-Max-Age: 86400\r\n",
+                     false);
+        return;
+    }
+    dispatch_ingest(c);
+}
+
+/* Saves data[consumed..len) for after the answer. from_pending: data lies inside c->pending. */
+static int keep_pending(http_conn_t *c, const char *data, size_t len, size_t consumed,
+                        bool from_pending)
+{
+    size_t rest = len - consumed;
+    if (from_pending) {
+        c->pending_off += consumed;
+        c->pending_len = rest;
+        return 0;
+    }
+    c->pending_off = 0;
+    c->pending_len = rest;
+    if (rest == 0) return 0;
+    /* The buffer holds at most one read (HTTP_READ_BUF): bounded per connection. */
+    char *nb = realloc(c->pending, rest);
+    if (nb == NULL) return -1;
+    c->pending = nb;
+    memcpy(c->pending, data + consumed, rest);
+    return 0;
+}
+
+static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending)
+{
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_OK) {
+        if (from_pending) c->pending_off = c->pending_len = 0;
+        return;
+    }
+    if (err == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t consumed = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        if (keep_pending(c, data, len, consumed, from_pending) != 0) {
+            conn_close(c);
+            return;
+        }
+        conn_dispatch(c);
+        return;
+    }
+    read_stop(c);
+    if (c->fatal_status != 0) {
+        LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status), LS("error", c->fatal_code));
+        respond_error(c, c->fatal_status, c->fatal_code, c->fatal_msg,
+                      c->fatal_status == 503 ? 5 : 0, true);
+        return;
+    }
+    metrics_add(METRIC_HTTP_PARSE_ERRORS, 1);
+    LOG(LOG_DEBUG, "http_parse_error", LS("error", llhttp_errno_name(err)),
+        LS("reason", llhttp_get_error_reason(&c->parser)));
+    c->keep_alive = false;
+    respond_error(c, 400, "bad_request", "malformed HTTP request", 0, true);
+}
+
+static void conn_next(http_conn_t *c)
+{
+    c->state = CS_IDLE;
+    request_reset(c);
+    llhttp_resume(&c->parser);
+    if (c->pending_len > 0) {
+        conn_feed(c, c->pending + c->pending_off, c->pending_len, true);
+        if (c->closing || c->state == CS_BUSY) return;
+    }
+    read_start(c);
+    if (c->state == CS_IDLE) timer_arm(c, c->hl->cfg->idle_timeout_ms);
+}
+
+/* ---- loop-level API ---- */
+
+int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_ctx_t *ingest,
+                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns)
+{
+    uv_once(&http_settings_once, http_settings_init);
+    memset(hl, 0, sizeof *hl);
+    hl->uv = uv;
+    hl->cfg = cfg;
+    hl->ingest = ingest;
+    hl->draining = draining;
+    hl->n_conns = n_conns;
+    ingest_mailbox_init(&hl->mailbox, async);
+    hl->readbuf = malloc(HTTP_READ_BUF);
+    int rc = ingest_scratch_init(&hl->scratch, cfg);
+    return hl->readbuf != NULL && rc == 0 ? 0 : -1;
+}
+
+static void refused_write_cb(uv_write_t *wr, int status)
+{
+    conn_write_t *w = (conn_write_t *)wr;
+    http_conn_t *c = w->c;
+    free(w);
+    conn_close(c);
+}
+
+void http_conn_accept(http_loop_t *hl, uv_stream_t *listener)
+{
+    http_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) return;
+    c->hl = hl;
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->key_index = -1;
+    size_t off = 0;
+    for (int i = 0; i < H_COUNT; i++) {
+        c->hdr[i].buf = c->hdr_mem + off;
+        off += hdr_caps[i];
+    }
+    uv_tcp_init(hl->uv, &c->tcp);
+    uv_timer_init(hl->uv, &c->timer);
+    c->open_handles = 2;
+    llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
+    c->parser.data = c;
+    c->next = hl->conns;
+    if (hl->conns != NULL) hl->conns->prev = c;
+    hl->conns = c;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    unsigned n = atomic_fetch_add_explicit(hl->n_conns, 1, memory_order_relaxed) + 1;
+    c->counted = true;
+    if (n > hl->cfg->max_connections || atomic_load(hl->draining)) {
+        metrics_add(METRIC_CONN_REFUSED, 1);
+        metrics_http_status(503);
+        static const char body[] = "{\"success\":false,\"error\":\"too_many_connections\","
+                                   "\"message\":\"connection limit reached; retry later\"}";
+        char head[256];
+        int hn = snprintf(head, sizeof head,
+                          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+                          sizeof body - 1);
+        conn_write_t *w = malloc(sizeof *w + (size_t)hn + sizeof body);
+        if (w == NULL) {
+            conn_close(c);
+            return;
+        }
+        memcpy(w->data, head, (size_t)hn);
+        memcpy(w->data + hn, body, sizeof body - 1);
+        w->len = (size_t)hn + sizeof body - 1;
+        w->c = c;
+        c->state = CS_BUSY;
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+        if (uv_write(&w->wr, (uv_stream_t *)&c->tcp, &b, 1, refused_write_cb) != 0) {
+            free(w);
+            conn_close(c);
+        }
+        return;
+    }
+    metrics_add(METRIC_CONN_ACCEPTED, 1);
+    c->state = CS_IDLE;
+    /* A fresh connection has header_timeout to send its first request's headers. */
+    timer_arm(c, hl->cfg->header_timeout_ms);
+    read_start(c);
+}
+
+void http_loop_deliver(http_loop_t *hl)
+{
+    ingest_req_t *req = ingest_mailbox_take(&hl->mailbox);
+    while (req != NULL) {
+        ingest_req_t *next = ingest_req_next(req);
+        ingest_reply_t reply;
+        ingest_finish(req, &reply);
+        if (req->lprev != NULL)
+            req->lprev->lnext = req->lnext;
+        else if (hl->reqs == req)
+            hl->reqs = req->lnext;
+        if (req->lnext != NULL) req->lnext->lprev = req->lprev;
+        http_conn_t *c = req->owner;
+        if (c != NULL) {
+            c->req = NULL;
+            if (reply.status == 200)
+                respond_json(c, 200, reply.body, reply.body_len);
+            else
+                respond_error(c, reply.status, reply.code, reply.message, reply.retry_after,
+                              false);
+        }
+        ingest_req_free(req);
+        req = next;
+    }
+}
+
+void http_loop_drain(http_loop_t *hl)
+{
+    if (hl->drained) return;
+    hl->drained = true;
+    http_conn_t *c = hl->conns;
+    while (c != NULL) {
+        http_conn_t *next = c->next;
+        if (c->state == CS_IDLE && c->pending_len == 0 && c->writes == 0) conn_close(c);
+        c = next;
+    }
+}
+
+void http_loop_close_all(http_loop_t *hl)
+{
+    while (hl->conns != NULL)
+        conn_close(hl->conns);
+}
+
+size_t http_loop_conn_count(const http_loop_t *hl)
+{
+    size_t n = 0;
+    for (const http_conn_t *c = hl->conns; c != NULL; c = c->next)
+        n++;
+    return n;
+}
+
+void http_loop_free(http_loop_t *hl)
+{
+    ingest_req_t *r = hl->reqs;
+    while (r != NULL) {
+        ingest_req_t *next = r->lnext;
+        ingest_req_free(r);
+        r = next;
+    }
+    hl->reqs = NULL;
+    ingest_scratch_free(&hl->scratch);
+    free(hl->readbuf);
+    hl->readbuf = NULL;
+}

@@ -1,0 +1,73 @@
+/*
+ * http_conn.h — HTTP/1.1 connections of one event loop (SPEC §3): llhttp parsing with bounded
+ * headers and bodies, routing, CORS, timeouts, keep-alive and pipelining, and the answers.
+ *
+ * One request at a time per connection: the parser pauses at the end of each message, reading
+ * stops while the request waits for Kafka, and bytes of pipelined requests that already arrived
+ * are kept (at most one read buffer) and parsed after the answer has been written.
+ *
+ * Everything here runs on the loop's thread, except the mailbox push of finished requests
+ * (ingest.h). A request outlives its connection when the client leaves while it waits for
+ * Kafka: the connection detaches (req->owner = NULL) and the request is freed when its
+ * delivery group reports.
+ */
+#ifndef SLUICE_HTTP_CONN_H
+#define SLUICE_HTTP_CONN_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "ingest.h"
+
+/* Size of the loop's shared read buffer, and so the most pipelined bytes kept per connection. */
+#define HTTP_READ_BUF (64 * 1024)
+
+typedef struct http_conn http_conn_t;
+
+typedef struct http_loop {
+    uv_loop_t *uv;
+    const config_t *cfg;
+    ingest_ctx_t *ingest;        /* shared by all loops */
+    ingest_scratch_t scratch;    /* this loop's working memory */
+    ingest_mailbox_t mailbox;    /* finished requests come back here */
+    atomic_bool *draining;       /* process-wide: shutting down, refuse new requests */
+    atomic_uint *n_conns;        /* process-wide open connections, for max_connections */
+    bool drained;                /* this loop already closed its idle connections */
+    char *readbuf;               /* HTTP_READ_BUF bytes, shared by this loop's reads */
+    http_conn_t *conns;          /* live connections */
+    ingest_req_t *reqs;          /* live requests (waiting for Kafka or being answered) */
+} http_loop_t;
+
+/* Sets up hl for the loop uv. async is the loop's wake-up handle used by the mailbox. None of
+ * the pointers is owned. Returns 0 or -1 (memory short; http_loop_free is then safe). */
+int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_ctx_t *ingest,
+                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns);
+
+/* Accepts one pending connection from listener (call from its connection callback). At the
+ * connection cap, or while draining, the client gets 503 too_many_connections and is closed. */
+void http_conn_accept(http_loop_t *hl, uv_stream_t *listener);
+
+/* Answers every request that came back through the mailbox (call from the async callback). */
+void http_loop_deliver(http_loop_t *hl);
+
+/* Shutdown, phase 1: closes idle connections; the others get Connection: close on their next
+ * answer, and new requests on them 503. Idempotent. */
+void http_loop_drain(http_loop_t *hl);
+
+/* Shutdown, phase 2: closes every connection (pending answers are dropped). Requests still
+ * waiting for Kafka stay on hl->reqs. */
+void http_loop_close_all(http_loop_t *hl);
+
+/* Number of open connections of this loop. */
+size_t http_loop_conn_count(const http_loop_t *hl);
+
+/* Releases hl. Call once the loop has stopped and no delivery report can arrive any more
+ * (the Kafka producer is destroyed): frees requests that never came back. */
+void http_loop_free(http_loop_t *hl);
+
+#endif

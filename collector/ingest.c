@@ -1,0 +1,421 @@
+/*
+ * ingest.c — decode, validate, normalize, produce, answer (see ingest.h for the contract).
+ */
+#include "ingest.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+
+/* Appends a string literal (its length known at compile time, no NUL). */
+#define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
+
+/* The errors array of an answer lists at most this many events ("errors_truncated" beyond). */
+#define INGEST_MAX_ERRORS 100
+/* Answer body cap: 100 errors of at most ~260 bytes each, plus the counters. */
+#define INGEST_ANSWER_MAX (64 * 1024)
+/* SPEC §2: a corrected timestamp more than 24 h ahead is clamped. */
+#define INGEST_MAX_FUTURE_MS (24LL * 3600 * 1000)
+/* Retry-After for "cannot make events durable now". */
+#define INGEST_RETRY_AFTER_S 5
+
+void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, auth_t *auth,
+                     accounts_t *accounts)
+{
+    ctx->cfg = cfg;
+    ctx->ko = ko;
+    ctx->auth = auth;
+    ctx->accounts = accounts;
+    ctx->limits = proto_limits_default();
+    ctx->limits.event_bytes = (size_t)cfg->event_bytes;
+    ctx->limits.body_bytes = (size_t)cfg->body_bytes;
+    ctx->limits.max_depth = cfg->max_depth;
+    if (cfg->max_events > 0) ctx->limits.max_events = cfg->max_events;
+    atomic_init(&ctx->in_flight, 0);
+}
+
+int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg)
+{
+    body_decoder_init(&s->dec);
+    s->plain_cap = (size_t)cfg->body_bytes;
+    s->plain = malloc(s->plain_cap > 0 ? s->plain_cap : 1);
+    /* A rejected record embeds the raw event, which may be as large as the body, escaped. */
+    proto_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
+    return s->plain != NULL ? 0 : -1;
+}
+
+void ingest_scratch_free(ingest_scratch_t *s)
+{
+    body_decoder_free(&s->dec);
+    free(s->plain);
+    s->plain = NULL;
+    proto_buf_free(&s->enc);
+}
+
+void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async)
+{
+    atomic_init(&mb->head, NULL);
+    mb->async = async;
+}
+
+void ingest_mailbox_push(ingest_mailbox_t *mb, ingest_req_t *req)
+{
+    ingest_req_t *old = atomic_load_explicit(&mb->head, memory_order_relaxed);
+    do {
+        req->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&mb->head, &old, req, memory_order_release,
+                                                    memory_order_relaxed));
+    /* uv_async_send coalesces wake-ups; the loop always takes the whole stack. */
+    uv_async_send(mb->async);
+}
+
+ingest_req_t *ingest_mailbox_take(ingest_mailbox_t *mb)
+{
+    ingest_req_t *top = atomic_exchange_explicit(&mb->head, NULL, memory_order_acquire);
+    ingest_req_t *fifo = NULL;
+    while (top != NULL) {
+        ingest_req_t *n = top->next;
+        top->next = fifo;
+        fifo = top;
+        top = n;
+    }
+    return fifo;
+}
+
+ingest_req_t *ingest_req_next(const ingest_req_t *req)
+{
+    return req->next;
+}
+
+int ingest_json_str(proto_buf_t *out, const char *s, size_t len)
+{
+    if (s == NULL || !proto_utf8_valid(s, len)) return buf_lit(out, "null");
+    static const char hex[] = "0123456789abcdef";
+    int rc = buf_lit(out, "\"");
+    size_t run = 0;
+    for (size_t i = 0; i < len && rc == 0; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        rc = proto_buf_append(out, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        if (rc == 0) rc = proto_buf_append(out, esc, n);
+    }
+    if (rc == 0) rc = proto_buf_append(out, s + run, len - run);
+    if (rc == 0) rc = buf_lit(out, "\"");
+    return rc;
+}
+
+int ingest_error_json(proto_buf_t *out, const char *code, const char *message)
+{
+    int rc = buf_lit(out, "{\"success\":false,\"error\":");
+    if (rc == 0) rc = ingest_json_str(out, code, strlen(code));
+    if (rc == 0) rc = buf_lit(out, ",\"message\":");
+    if (rc == 0) rc = ingest_json_str(out, message, strlen(message));
+    if (rc == 0) rc = buf_lit(out, "}");
+    return rc;
+}
+
+static void fail(ingest_error_t *err, int status, const char *code, const char *message,
+                 int retry_after)
+{
+    err->status = status;
+    err->code = code;
+    err->message = message;
+    err->retry_after = retry_after;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool account_lookup_cb(void *ud, proto_str_t user, msgpack_zone *zone, proto_str_t *out)
+{
+    char buf[256];
+    size_t n = 0;
+    if (user.ptr == NULL || !accounts_lookup(ud, user.ptr, user.len, buf, sizeof buf, &n))
+        return false;
+    char *p = msgpack_zone_malloc(zone, n > 0 ? n : 1);
+    if (p == NULL) return false;
+    memcpy(p, buf, n);
+    out->ptr = p;
+    out->len = (uint32_t)n;
+    return true;
+}
+
+static void account_learn_cb(void *ud, proto_str_t user, proto_str_t group)
+{
+    if (user.ptr == NULL || group.ptr == NULL) return;
+    /* A refusal (oversized id, memory short) only means this user is not remembered. */
+    (void)accounts_learn(ud, user.ptr, user.len, group.ptr, group.len);
+}
+
+static void group_done_cb(kafka_group_t *g)
+{
+    ingest_req_t *req = g->ud;
+    ingest_mailbox_push(req->mailbox, req);
+}
+
+static int decode_error_status(int rc)
+{
+    switch (rc) {
+    case PROTO_E_BODY_TOO_LARGE:
+    case PROTO_E_TOO_MANY_EVENTS:
+        return 413;
+    case PROTO_E_NOMEM:
+        return 503;
+    default:
+        return 400;
+    }
+}
+
+static int append_u(proto_buf_t *out, const char *prefix, uint64_t v)
+{
+    char tmp[64];
+    int n = snprintf(tmp, sizeof tmp, "%s%" PRIu64, prefix, v);
+    return proto_buf_append(out, tmp, (size_t)n);
+}
+
+/* Produces every event of b into req's group. Returns 0, or the kafka_err_t of the first
+ * refused produce (the loop stops there: the request will be answered 503 anyway). */
+static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
+                       ingest_req_t *req, const char *source, int64_t received_at)
+{
+    const proto_format_t fmt = ctx->cfg->kafka_format == PROTO_FMT_JSON ? PROTO_FMT_JSON
+                                                                        : PROTO_FMT_MSGPACK;
+    const char *ctype = fmt == PROTO_FMT_JSON ? "application/json" : "application/msgpack";
+    char schema[16];
+    int schema_len = snprintf(schema, sizeof schema, "%d", PROTO_SCHEMA_VERSION);
+    proto_str_t src = {source, (uint32_t)strlen(source)};
+
+    for (size_t i = 0; i < b->n_events; i++) {
+        proto_event_t *ev = &b->events[i];
+        proto_buf_reset(&s->enc);
+        if (ev->error == 0) {
+            int erc = proto_encode_event(b, ev, fmt, &s->enc);
+            if (erc != 0) {
+                /* Valid by the rules but not encodable within the limits: reject it. */
+                ev->error = erc == PROTO_E_NOMEM ? PROTO_E_EVENT_TOO_LARGE : erc;
+                proto_buf_reset(&s->enc);
+            }
+        }
+        proto_str_t key = proto_event_key(ev);
+        int rc;
+        if (ev->error == 0) {
+            const char *tname = proto_type_name(ev->type);
+            kafka_header_t hdr[4] = {
+                {"sluice-schema", schema, (size_t)schema_len},
+                {"content-type", ctype, strlen(ctype)},
+                {"event-type", tname, strlen(tname)},
+                {"message-id", ev->message_id.ptr, ev->message_id.len},
+            };
+            rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_EVENTS, key.ptr, key.len, s->enc.data,
+                                   s->enc.len, hdr, 4, &req->group);
+            if (rc != 0) return rc;
+            req->n_accepted++;
+        } else {
+            if (ev->source.ptr == NULL) ev->source = src;
+            if (ev->received_at_ms == 0) ev->received_at_ms = received_at;
+            if (proto_encode_rejected(ev, &s->enc) != 0) {
+                /* Only a raw event beyond twice the body limit could get here. */
+                LOG(LOG_DEBUG, "reject_encode_failed", LI("index", i),
+                    LS("reason", proto_err_code(ev->error)));
+            } else {
+                rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_REJECTED, key.ptr, key.len,
+                                       s->enc.data, s->enc.len, NULL, 0, &req->group);
+                if (rc != 0) return rc;
+            }
+            req->n_rejected++;
+            metrics_rejected(ev->error);
+        }
+    }
+    return 0;
+}
+
+/* The 200 body: counters and the first INGEST_MAX_ERRORS rejected events. */
+static int build_answer(proto_buf_t *out, const proto_batch_t *b, const ingest_req_t *req)
+{
+    int rc = append_u(out, "{\"success\":true,\"accepted\":", req->n_accepted);
+    if (rc == 0) rc = append_u(out, ",\"duplicates\":0,\"rejected\":", req->n_rejected);
+    if (rc == 0) rc = buf_lit(out, ",\"filtered\":0,\"errors\":[");
+    size_t listed = 0;
+    bool truncated = false;
+    for (size_t i = 0; i < b->n_events && rc == 0; i++) {
+        const proto_event_t *ev = &b->events[i];
+        if (ev->error == 0) continue;
+        if (listed == INGEST_MAX_ERRORS) {
+            truncated = true;
+            break;
+        }
+        rc = append_u(out, listed > 0 ? ",{\"index\":" : "{\"index\":", i);
+        if (rc == 0) rc = buf_lit(out, ",\"messageId\":");
+        if (rc == 0) rc = ingest_json_str(out, ev->message_id.ptr, ev->message_id.len);
+        if (rc == 0) rc = buf_lit(out, ",\"error\":");
+        if (rc == 0) {
+            const char *code = proto_err_code(ev->error);
+            rc = ingest_json_str(out, code, strlen(code));
+        }
+        if (rc == 0) rc = buf_lit(out, "}");
+        listed++;
+    }
+    if (rc == 0) rc = buf_lit(out, "]");
+    if (rc == 0 && truncated) rc = buf_lit(out, ",\"errors_truncated\":true");
+    if (rc == 0) rc = buf_lit(out, "}");
+    return rc;
+}
+
+int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
+                 const ingest_input_t *in, ingest_req_t **req_out, ingest_error_t *err)
+{
+    *req_out = NULL;
+    const char *plain = in->body;
+    size_t plain_len = in->len;
+    if (in->enc != BODY_ENC_IDENTITY) {
+        int brc = body_decode(&s->dec, in->enc, in->body, in->len, s->plain, s->plain_cap,
+                              &plain_len);
+        if (brc == BODY_E_TOO_LARGE) {
+            metrics_add(METRIC_DECOMPRESS_LIMIT, 1);
+            fail(err, 413, "payload_too_large", "decompressed body larger than allowed", 0);
+            return -1;
+        }
+        if (brc == BODY_E_NOMEM) {
+            fail(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
+            return -1;
+        }
+        if (brc != BODY_OK) {
+            fail(err, 400, "malformed_body", body_strerror(brc), 0);
+            return -1;
+        }
+        plain = s->plain;
+    } else if (in->len > ctx->limits.body_bytes) {
+        fail(err, 413, "payload_too_large", "body larger than allowed", 0);
+        return -1;
+    }
+
+    proto_batch_t b;
+    memset(&b, 0, sizeof b);
+    int rc = proto_decode(&b, plain, plain_len, in->fmt, in->kind, &ctx->limits);
+    if (rc != 0) {
+        proto_batch_free(&b);
+        int status = decode_error_status(rc);
+        fail(err, status, status == 413 ? "payload_too_large" : proto_err_code(rc),
+             proto_err_message(rc), status == 503 ? INGEST_RETRY_AFTER_S : 0);
+        return -1;
+    }
+
+    const char *source = in->source;
+    int key_index = in->key_index;
+    if (!in->header_key) {
+        int arc = auth_lookup(ctx->auth, b.write_key.ptr, b.write_key.ptr ? b.write_key.len : 0,
+                              &source, &key_index);
+        if (arc != AUTH_OK) {
+            proto_batch_free(&b);
+            metrics_add(METRIC_AUTH_FAILURES, 1);
+            fail(err, 401, "unauthorized",
+                 arc == AUTH_E_MISSING ? "a write key is required" : "unknown write key", 0);
+            return -1;
+        }
+    }
+    int retry_after = 0;
+    if (auth_rate_take(ctx->auth, key_index, b.n_events, in->start_ns, &retry_after) != AUTH_OK) {
+        proto_batch_free(&b);
+        fail(err, 429, "rate_limited", "write key over its rate limit", retry_after);
+        return -1;
+    }
+
+    ingest_req_t *req = calloc(1, sizeof *req);
+    if (req == NULL) {
+        proto_batch_free(&b);
+        fail(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
+        return -1;
+    }
+    req->mailbox = mb;
+    req->ctx = ctx;
+    req->start_ns = in->start_ns;
+    req->n_events = (uint32_t)b.n_events;
+    proto_buf_init(&req->answer, INGEST_ANSWER_MAX);
+    kafka_group_init(&req->group, group_done_cb, req);
+    metrics_add(METRIC_EVENTS_RECEIVED, b.n_events);
+
+    int64_t now = wall_ms();
+    proto_norm_ctx_t nctx = {
+        .received_at_ms = now,
+        .source = {source, (uint32_t)strlen(source)},
+        .lookup = ctx->accounts != NULL ? account_lookup_cb : NULL,
+        .learn = ctx->accounts != NULL ? account_learn_cb : NULL,
+        .lookup_ud = ctx->accounts,
+        .max_future_ms = INGEST_MAX_FUTURE_MS,
+    };
+    proto_normalize(&b, &nctx);
+
+    req->produce_err = produce_all(ctx, s, &b, req, source, now);
+    if (req->produce_err == 0 && build_answer(&req->answer, &b, req) != 0)
+        req->produce_err = KAFKA_E_NOMEM;
+    proto_batch_free(&b);
+
+    atomic_fetch_add_explicit(&ctx->in_flight, 1, memory_order_relaxed);
+    *req_out = req;
+    /* From here the request may come back through the mailbox at any moment (even inside this
+     * call when every report is already in); the caller only keeps its pointer. */
+    kafka_group_seal(&req->group);
+    return 0;
+}
+
+void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
+{
+    ingest_ctx_t *ctx = req->ctx;
+    atomic_fetch_sub_explicit(&ctx->in_flight, 1, memory_order_relaxed);
+    unsigned failed = atomic_load_explicit(&req->group.failed, memory_order_acquire);
+    memset(reply, 0, sizeof *reply);
+    if (req->produce_err != 0 || failed > 0) {
+        if (req->produce_err == KAFKA_E_QUEUE_FULL) metrics_add(METRIC_KAFKA_QUEUE_FULL, 1);
+        LOG(LOG_DEBUG, "request_not_durable", LI("events", req->n_events),
+            LI("failed", failed),
+            LS("produce_error", req->produce_err ? kafka_strerror(req->produce_err) : NULL),
+            LI("kafka_error", atomic_load(&req->group.first_err)));
+        reply->status = 503;
+        reply->retry_after = INGEST_RETRY_AFTER_S;
+        reply->code = "unavailable";
+        reply->message = req->produce_err == KAFKA_E_QUEUE_FULL
+                             ? "Kafka producer queue is full; retry later"
+                             : "events could not be made durable; retry later";
+        /* No dedup memory here: a failed request's events must go through on retry. */
+        return;
+    }
+    /* Success: every message acknowledged. Dedup (SPEC §5) records the request's
+     * (source, messageId) pairs as seen at exactly this point, and nowhere else. */
+    metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
+    reply->status = 200;
+    reply->body = req->answer.data;
+    reply->body_len = req->answer.len;
+}
+
+void ingest_req_free(ingest_req_t *req)
+{
+    if (req == NULL) return;
+    proto_buf_free(&req->answer);
+    free(req);
+}

@@ -1,0 +1,141 @@
+/*
+ * ingest.h — one readable request body to durable Kafka messages and back to an answer
+ * (SPEC §2–§4): decode → authenticate (body writeKey) → rate-limit → normalize → encode and
+ * produce every event (valid ones to the events topic, invalid ones with their reason to the
+ * rejected topic), all into one Kafka delivery group → wait for every delivery report → answer.
+ *
+ * Threads: ingest_start() and ingest_finish() run on the request's event-loop thread (the
+ * encoding is CPU work, never blocking). The group's done callback runs on Kafka's poll thread
+ * (or inside ingest_start when nothing was produced); it only pushes the request onto the loop's
+ * lock-free mailbox and wakes the loop with uv_async_send. The loop pops it and calls
+ * ingest_finish().
+ *
+ * Durability: the answer is 200 only when every message of the request was acknowledged.
+ * Any produce refusal or failed delivery makes it 503 (Retry-After), and the request's events
+ * are then not remembered as seen (the dedup hook sits in ingest_finish, success branch only).
+ */
+#ifndef SLUICE_INGEST_H
+#define SLUICE_INGEST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "accounts.h"
+#include "auth.h"
+#include "body.h"
+#include "config.h"
+#include "kafka_out.h"
+#include "proto.h"
+
+/* Shared by every loop; immutable after ingest_ctx_init except the atomic counter. */
+typedef struct ingest_ctx {
+    const config_t *cfg;
+    kafka_out_t *ko;
+    auth_t *auth;
+    accounts_t *accounts; /* may be NULL: no account learning */
+    proto_limits_t limits;
+    atomic_uint in_flight; /* requests started and not yet finished, all loops */
+} ingest_ctx_t;
+
+/* None of the pointers is owned; all must outlive the context. Never fails. */
+void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, auth_t *auth,
+                     accounts_t *accounts);
+
+/* Per-loop reusable working memory: the decompression buffer (body_bytes), the decoder
+ * contexts and the encoding buffer. Owned by one loop thread. */
+typedef struct ingest_scratch {
+    body_decoder_t dec;
+    char *plain;
+    size_t plain_cap;
+    proto_buf_t enc;
+} ingest_scratch_t;
+
+/* Returns 0, or -1 when memory is short (then ingest_scratch_free is still safe). */
+int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg);
+void ingest_scratch_free(ingest_scratch_t *s);
+
+typedef struct ingest_req ingest_req_t;
+
+/* Multi-producer single-consumer stack of finished requests (Treiber stack, C11 atomics).
+ * Any thread may push; only the owning loop pops. async is the loop's wake-up handle and must
+ * stay open while any request that points at this mailbox can still be pushed. */
+typedef struct ingest_mailbox {
+    _Atomic(ingest_req_t *) head;
+    uv_async_t *async;
+} ingest_mailbox_t;
+
+void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async);
+/* Lock-free; wakes the loop. After the push the request belongs to the loop: don't touch it. */
+void ingest_mailbox_push(ingest_mailbox_t *mb, ingest_req_t *req);
+/* Takes every pushed request, oldest first, as a list linked through ingest_req_next(). */
+ingest_req_t *ingest_mailbox_take(ingest_mailbox_t *mb);
+ingest_req_t *ingest_req_next(const ingest_req_t *req);
+
+struct ingest_req {
+    kafka_group_t group; /* group.ud == this request */
+    ingest_req_t *next;  /* mailbox link */
+    ingest_mailbox_t *mailbox;
+    ingest_ctx_t *ctx;
+    void *owner;           /* whoever waits for the answer (a connection); NULL once it left */
+    ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
+    uint64_t start_ns;     /* uv_hrtime() at request start */
+    uint32_t n_events, n_accepted, n_rejected;
+    int produce_err;       /* kafka_err_t of the first refused produce, 0 if none */
+    proto_buf_t answer;    /* the 200 body, built while producing */
+};
+
+typedef struct ingest_input {
+    proto_type_t kind;     /* PROTO_T_NONE: /v1/batch; else the single-call type */
+    proto_format_t fmt;
+    body_encoding_t enc;
+    const char *body;      /* as received; need only live during ingest_start */
+    size_t len;
+    bool header_key;       /* a key came in the Authorization header, already looked up: */
+    const char *source;    /*   its source (owned by auth) */
+    int key_index;         /*   its rate bucket */
+    uint64_t start_ns;
+} ingest_input_t;
+
+/* A request-level refusal: HTTP status, machine code, human message (static strings). */
+typedef struct ingest_error {
+    int status;
+    const char *code;
+    const char *message;
+    int retry_after; /* seconds, 0 = no Retry-After */
+} ingest_error_t;
+
+/*
+ * Runs the request up to "every message queued, group sealed". On success returns 0 and
+ * *req_out (owned by the caller's loop from now on, but it must not be freed until it came back
+ * through mb; ctx->in_flight counts it). On refusal (400/401/413/429/503) returns -1, fills *err
+ * and nothing was produced.
+ */
+int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
+                 const ingest_input_t *in, ingest_req_t **req_out, ingest_error_t *err);
+
+/* The final answer of a request back from the mailbox. body is valid until ingest_req_free. */
+typedef struct ingest_reply {
+    int status;
+    int retry_after;
+    const char *code, *message; /* for errors (status != 200) */
+    const char *body;           /* for 200: the JSON answer */
+    size_t body_len;
+} ingest_reply_t;
+
+/* Decides 200 or 503, counts the metrics and releases the in-flight slot. Call exactly once per
+ * request, on its loop, after it came out of the mailbox. */
+void ingest_finish(ingest_req_t *req, ingest_reply_t *reply);
+/* Frees a request. Only after ingest_finish, or at teardown once no done callback can run. */
+void ingest_req_free(ingest_req_t *req);
+
+/* Appends s[0..len) as a JSON string (quoted, escaped), or null when s is NULL or not valid
+ * UTF-8. Returns 0 or PROTO_E_NOMEM. */
+int ingest_json_str(proto_buf_t *out, const char *s, size_t len);
+/* Appends {"success":false,"error":CODE,"message":MSG}. Returns 0 or PROTO_E_NOMEM. */
+int ingest_error_json(proto_buf_t *out, const char *code, const char *message);
+
+#endif

@@ -1,0 +1,746 @@
+/*
+ * kafka_out.c — the Kafka producer (contract in kafka_out.h).
+ *
+ * Threads and what they touch:
+ *  - any thread: kafka_out_produce(), kafka_group_seal(), kafka_out_ready(),
+ *    kafka_out_queue_len(). They only call thread-safe librdkafka functions and atomics.
+ *  - the poll thread (one per kafka_out_t): rd_kafka_poll() serves dr_cb and error_cb, so
+ *    every delivery report, every health change and every done_cb (except a seal that finds
+ *    the group already complete) happens here. While Kafka looks unhealthy it also probes
+ *    the cluster with a bounded metadata request, so readiness recovers even when no
+ *    traffic arrives to prove it (a load balancer that sees 503 sends none).
+ *  - librdkafka's own threads: log_cb only (rate-limited, lock-free).
+ *  - main: kafka_out_new(), kafka_out_flush(), kafka_out_free().
+ *
+ * Health model (what /readyz says): librdkafka reports broker trouble through error_cb:
+ * __TRANSPORT for one broker connection, __ALL_BROKERS_DOWN when none is up, __FATAL when the
+ * idempotent producer can no longer guarantee its promises. None of these has an "up again"
+ * counterpart, so recovery is inferred from a successful delivery report or a successful
+ * probe: a metadata answer in which every partition of the events topic has a leader.
+ *
+ * Queue accounting: librdkafka enforces queue.buffering.max.kbytes itself (produce answers
+ * __QUEUE_FULL); the byte count kept here (key + value of every message not yet reported)
+ * only feeds readiness (not ready at 90%) and the queue gauges.
+ */
+#include "kafka_out.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "log.h"
+#include "metrics.h"
+
+#define KAFKA_NTOPICS 3
+/* Embedded mode: partitions of each pre-created topic (events, rejected, pql). */
+static const int kafka_mock_partitions[KAFKA_NTOPICS] = {4, 1, 1};
+/* Default linger: small enough to add little latency to a request, large enough to batch. */
+#define KAFKA_DEFAULT_LINGER_MS "5"
+/* Message count cap. The byte cap (kafka_queue_bytes) is the real bound; this one only needs
+ * to stay out of its way: 10 M messages is more than 256 MiB of the smallest events. */
+#define KAFKA_QUEUE_MAX_MESSAGES 10000000u
+/* Not ready once the producer queue is this full (percent), so /readyz turns 503 before
+ * produce calls start failing with QUEUE_FULL. */
+#define KAFKA_READY_QUEUE_PCT 90u
+/* Poll interval: the upper bound on how late the poll thread notices the stop flag. */
+#define KAFKA_POLL_MS 100
+/* While unhealthy: one metadata probe per interval, each bounded by its own timeout. */
+#define KAFKA_PROBE_INTERVAL_MS 1000
+#define KAFKA_PROBE_TIMEOUT_MS  500
+/* error_cb: a new error code is logged at once, a repeat of the same code at most this often
+ * (with the number of repeats suppressed meanwhile). */
+#define KAFKA_ERRLOG_REPEAT_MS 30000
+/* log_cb (librdkafka's own warnings, any thread): at most one line per interval. */
+#define KAFKA_RDLOG_INTERVAL_MS 5000
+#define KAFKA_REASON_MAX        256
+
+/* After a fatal error, the producer is replaced by a new one this long after (a rate bound
+ * for a fault that keeps recurring). Not const: tests shorten it. */
+static int kafka_recreate_delay_ms = 5000;
+/* Bound on serving the reports of a replaced producer's purged messages. */
+#define KAFKA_DRAIN_MS 2000
+
+struct kafka_out {
+    const config_t *cfg;
+    /* The producer and its topic handles. Replaced only by the poll thread (after a fatal
+     * error), under the write side of `lock`; every other thread uses them under the read
+     * side. Readers never wait for each other; the writer holds the lock only for the pointer
+     * swap (writer-preferring, so a steady stream of produce calls cannot starve it). The
+     * poll thread reads them without the lock: it is the only writer. fatal_reason is
+     * protected by the same lock. */
+    pthread_rwlock_t lock;
+    bool lock_init;
+    rd_kafka_t *rk;
+    rd_kafka_topic_t *rkt[KAFKA_NTOPICS];
+
+    /* Embedded mode: the mock cluster and the client handle that owns it (librdkafka needs an
+     * rd_kafka_t for the cluster's bookkeeping; it sends nothing). */
+    rd_kafka_t *mock_rk;
+    rd_kafka_mock_cluster_t *mcluster;
+    char *bootstrap; /* owned copy */
+
+    pthread_t poll_thread;
+    bool poll_started;
+    atomic_bool stop_poll; /* set by kafka_out_free: the poll thread exits */
+    atomic_bool stopping;  /* set by kafka_out_free: produce answers E_STOPPED */
+
+    uint64_t queue_cap_bytes;
+    atomic_uint_fast64_t queued_bytes; /* key+value bytes of messages not yet reported */
+
+    /* Health. */
+    atomic_int fatal; /* rd_kafka_resp_err_t underlying the fatal error, 0 if none */
+    char fatal_reason[2 * KAFKA_REASON_MAX];
+    atomic_uint recreated;       /* producers replaced after a fatal error */
+    atomic_bool brokers_down;    /* __ALL_BROKERS_DOWN seen, no success since */
+    atomic_int delivery_failing; /* error of the last failed report, 0 after a success */
+
+    /* Poll-thread only. */
+    int64_t next_probe_ms;
+    int64_t recreate_at_ms;
+    int errlog_code;
+    int64_t errlog_last_ms;
+    unsigned errlog_suppressed;
+
+    /* log_cb limiter (any librdkafka thread). */
+    atomic_int_fast64_t rdlog_last_ms;
+    atomic_uint rdlog_suppressed;
+};
+
+static const char *const kafka_topic_names[KAFKA_NTOPICS] = {"events", "rejected", "pql"};
+
+const char *kafka_strerror(int err)
+{
+    switch (err) {
+#define KAFKA_X_STR(name, val, msg)                                                                \
+    case val:                                                                                      \
+        return msg;
+        KAFKA_ERRORS(KAFKA_X_STR)
+#undef KAFKA_X_STR
+    }
+    return "unknown Kafka output error";
+}
+
+static int64_t kafka_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+__attribute__((format(printf, 3, 4))) static void kafka_seterr(char *err, size_t errlen,
+                                                               const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- delivery groups ------------------------------------------------------------------- */
+
+void kafka_group_init(kafka_group_t *g, kafka_group_done_cb done_cb, void *ud)
+{
+    atomic_init(&g->pending, 1u);
+    atomic_init(&g->failed, 0u);
+    atomic_init(&g->delivered, 0u);
+    atomic_init(&g->first_err, 0);
+    g->done_cb = done_cb;
+    g->ud = ud;
+}
+
+/* Drops one reference; the last one (the seal or the last report) calls done_cb. The counters
+ * are updated before the reference is dropped, so done_cb sees final values. */
+static void kafka_group_release(kafka_group_t *g)
+{
+    if (atomic_fetch_sub(&g->pending, 1u) == 1u && g->done_cb != NULL) g->done_cb(g);
+}
+
+void kafka_group_seal(kafka_group_t *g)
+{
+    kafka_group_release(g);
+}
+
+/* ---- librdkafka callbacks -------------------------------------------------------------- */
+
+/* Poll thread. */
+static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    kafka_out_t *ko = opaque;
+    kafka_group_t *g = m->_private;
+    (void)rk;
+
+    atomic_fetch_sub(&ko->queued_bytes, (uint_fast64_t)m->len + m->key_len);
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        metrics_add(METRIC_KAFKA_DELIVERED, 1);
+        atomic_store(&ko->delivery_failing, 0);
+        atomic_store(&ko->brokers_down, false);
+        if (g != NULL) atomic_fetch_add(&g->delivered, 1u);
+    } else {
+        metrics_add(METRIC_KAFKA_ERRORS, 1);
+        /* A purge at shutdown says nothing about Kafka's health. */
+        if (m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+            atomic_store(&ko->delivery_failing, (int)m->err);
+        if (g != NULL) {
+            int zero = 0;
+            atomic_compare_exchange_strong(&g->first_err, &zero, (int)m->err);
+            atomic_fetch_add(&g->failed, 1u);
+        }
+    }
+    if (g != NULL) kafka_group_release(g);
+}
+
+/* Poll thread. Logs a new error code at once, repeats of the same code at most once per
+ * KAFKA_ERRLOG_REPEAT_MS: a broker that stays down must not write a line every second. */
+static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    kafka_out_t *ko = opaque;
+
+    if (rk != ko->rk) return; /* a replaced producer being drained: its troubles are over */
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char buf[KAFKA_REASON_MAX];
+        rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(rk, buf, sizeof buf);
+        if (atomic_load(&ko->fatal) == 0) {
+            pthread_rwlock_wrlock(&ko->lock);
+            snprintf(ko->fatal_reason, sizeof ko->fatal_reason, "%s: %s", rd_kafka_err2name(ferr),
+                     buf);
+            pthread_rwlock_unlock(&ko->lock);
+            atomic_store(&ko->fatal, ferr != 0 ? (int)ferr : err);
+            ko->recreate_at_ms = kafka_now_ms() + kafka_recreate_delay_ms;
+        }
+        LOG(LOG_ERROR, "kafka_fatal", LS("error", rd_kafka_err2name(ferr)), LS("reason", buf),
+            LI("recreate_in_ms", kafka_recreate_delay_ms));
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) atomic_store(&ko->brokers_down, true);
+
+    int64_t now = kafka_now_ms();
+    if (err == ko->errlog_code && now - ko->errlog_last_ms < KAFKA_ERRLOG_REPEAT_MS) {
+        ko->errlog_suppressed++;
+        return;
+    }
+    LOG(LOG_WARN, "kafka_error", LS("error", rd_kafka_err2name((rd_kafka_resp_err_t)err)),
+        LS("reason", reason), LI("suppressed", ko->errlog_suppressed));
+    ko->errlog_code = err;
+    ko->errlog_last_ms = now;
+    ko->errlog_suppressed = 0;
+}
+
+/* Any librdkafka thread. librdkafka's own lines (syslog levels) become JSON lines: warnings and
+ * worse at most once per KAFKA_RDLOG_INTERVAL_MS (error_cb already reports broker trouble),
+ * the rest at debug level. */
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    kafka_out_t *ko = rd_kafka_opaque(rk);
+
+    if (level > 4 || ko == NULL) {
+        LOG(LOG_DEBUG, "librdkafka", LS("client", rd_kafka_name(rk)), LS("fac", fac),
+            LS("detail", buf));
+        return;
+    }
+    int64_t now = kafka_now_ms();
+    int_fast64_t last = atomic_load(&ko->rdlog_last_ms);
+    if (now - last < KAFKA_RDLOG_INTERVAL_MS ||
+        !atomic_compare_exchange_strong(&ko->rdlog_last_ms, &last, now)) {
+        atomic_fetch_add(&ko->rdlog_suppressed, 1u);
+        return;
+    }
+    LOG(level <= 3 ? LOG_ERROR : LOG_WARN, "librdkafka", LS("client", rd_kafka_name(rk)),
+        LS("fac", fac), LS("detail", buf),
+        LI("suppressed", atomic_exchange(&ko->rdlog_suppressed, 0u)));
+}
+
+/* ---- health probe (poll thread) -------------------------------------------------------- */
+
+static bool kafka_unhealthy(kafka_out_t *ko)
+{
+    return atomic_load(&ko->brokers_down) || atomic_load(&ko->delivery_failing) != 0;
+}
+
+/* True when the cluster answers metadata in which every partition of the events topic has a
+ * leader: what a produce to it needs. Blocks at most KAFKA_PROBE_TIMEOUT_MS. */
+static bool kafka_probe(kafka_out_t *ko)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(ko->rk, 0, ko->rkt[KAFKA_TOPIC_EVENTS], &md, KAFKA_PROBE_TIMEOUT_MS) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR)
+        return false;
+    bool ok = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+              md->topics[0].partition_cnt > 0;
+    for (int i = 0; ok && i < md->topics[0].partition_cnt; i++) {
+        const rd_kafka_metadata_partition_t *p = &md->topics[0].partitions[i];
+        ok = p->err == RD_KAFKA_RESP_ERR_NO_ERROR && p->leader >= 0;
+    }
+    rd_kafka_metadata_destroy(md);
+    return ok;
+}
+
+static int kafka_new_producer(kafka_out_t *ko, rd_kafka_t **rkp, rd_kafka_topic_t **rkt, char *err,
+                              size_t errlen);
+static void kafka_destroy_producer(rd_kafka_t *rk, rd_kafka_topic_t **rkt);
+
+/* Poll thread, after a fatal error: a new producer takes over; the old one's queued messages
+ * are purged (their groups complete with failures, so requests answer 503 and clients retry)
+ * and it is destroyed. On failure the old one stays and the attempt is repeated later. */
+static void kafka_recreate(kafka_out_t *ko)
+{
+    char err[512];
+    rd_kafka_t *rk = NULL;
+    rd_kafka_topic_t *rkt[KAFKA_NTOPICS] = {NULL};
+    if (kafka_new_producer(ko, &rk, rkt, err, sizeof err) != KAFKA_OK) {
+        LOG(LOG_ERROR, "kafka_recreate_failed", LS("reason", err));
+        ko->recreate_at_ms = kafka_now_ms() + kafka_recreate_delay_ms;
+        return;
+    }
+    rd_kafka_t *old = ko->rk;
+    rd_kafka_topic_t *oldt[KAFKA_NTOPICS];
+    pthread_rwlock_wrlock(&ko->lock);
+    memcpy(oldt, ko->rkt, sizeof oldt);
+    ko->rk = rk;
+    memcpy(ko->rkt, rkt, sizeof rkt);
+    ko->fatal_reason[0] = '\0';
+    atomic_store(&ko->fatal, 0);
+    pthread_rwlock_unlock(&ko->lock);
+    atomic_fetch_add(&ko->recreated, 1u);
+
+    rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    int64_t deadline = kafka_now_ms() + KAFKA_DRAIN_MS;
+    while (rd_kafka_outq_len(old) > 0 && kafka_now_ms() < deadline)
+        rd_kafka_poll(old, 10);
+    kafka_destroy_producer(old, oldt);
+    LOG(LOG_WARN, "kafka_producer_recreated", LS("client", rd_kafka_name(rk)));
+}
+
+static void *kafka_poll_main(void *arg)
+{
+    kafka_out_t *ko = arg;
+    while (!atomic_load(&ko->stop_poll)) {
+        rd_kafka_poll(ko->rk, KAFKA_POLL_MS);
+        if (atomic_load(&ko->fatal) != 0) {
+            if (kafka_now_ms() >= ko->recreate_at_ms) kafka_recreate(ko);
+            continue;
+        }
+        if (!kafka_unhealthy(ko)) continue;
+        int64_t now = kafka_now_ms();
+        if (now < ko->next_probe_ms) continue;
+        ko->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
+        if (kafka_probe(ko)) {
+            atomic_store(&ko->brokers_down, false);
+            atomic_store(&ko->delivery_failing, 0);
+            LOG(LOG_INFO, "kafka_reachable", LS("bootstrap", ko->bootstrap));
+        }
+    }
+    return NULL;
+}
+
+/* ---- gauges ---------------------------------------------------------------------------- */
+
+static int kafka_outq_len_locked(kafka_out_t *ko)
+{
+    pthread_rwlock_rdlock(&ko->lock);
+    int n = rd_kafka_outq_len(ko->rk);
+    pthread_rwlock_unlock(&ko->lock);
+    return n;
+}
+
+static double kafka_gauge_messages(void *ud)
+{
+    return (double)kafka_outq_len_locked(ud);
+}
+
+static double kafka_gauge_bytes(void *ud)
+{
+    return (double)atomic_load(&((kafka_out_t *)ud)->queued_bytes);
+}
+
+/* ---- set-up ---------------------------------------------------------------------------- */
+
+static int kafka_conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err,
+                          size_t errlen)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, k, v, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        kafka_seterr(err, errlen, "kafka: %s", errstr);
+        return KAFKA_E_CONFIG;
+    }
+    return KAFKA_OK;
+}
+
+/* Embedded mode: a one-broker mock cluster with the three topics pre-created. */
+static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf == NULL) return KAFKA_E_NOMEM;
+    if (kafka_conf_set(conf, "client.id", "sluice-mock-owner", err, errlen) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return KAFKA_E_CONFIG;
+    }
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    ko->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (ko->mock_rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        kafka_seterr(err, errlen, "kafka: mock cluster owner: %s", errstr);
+        return KAFKA_E_CONFIG;
+    }
+    ko->mcluster = rd_kafka_mock_cluster_new(ko->mock_rk, 1);
+    if (ko->mcluster == NULL) {
+        kafka_seterr(err, errlen, "kafka: cannot start the embedded mock cluster");
+        return KAFKA_E_CONFIG;
+    }
+    const char *names[KAFKA_NTOPICS] = {ko->cfg->topic_events, ko->cfg->topic_rejected,
+                                        ko->cfg->topic_pql};
+    for (int i = 0; i < KAFKA_NTOPICS; i++) {
+        rd_kafka_resp_err_t e =
+            rd_kafka_mock_topic_create(ko->mcluster, names[i], kafka_mock_partitions[i], 1);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            kafka_seterr(err, errlen, "kafka: mock topic %s: %s", names[i], rd_kafka_err2str(e));
+            return KAFKA_E_CONFIG;
+        }
+    }
+    ko->bootstrap = strdup(rd_kafka_mock_cluster_bootstraps(ko->mcluster));
+    if (ko->bootstrap == NULL) return KAFKA_E_NOMEM;
+    LOG(LOG_WARN, "kafka_embedded", LS("bootstrap", ko->bootstrap),
+        LS("warning", "no brokers configured: using the in-process mock Kafka cluster; data "
+                      "lives in memory only and is lost when the collector exits"));
+    return KAFKA_OK;
+}
+
+/* Our defaults, then bootstrap.servers, then every kafka.properties entry (which may override
+ * any of ours). */
+static int kafka_build_conf(kafka_out_t *ko, rd_kafka_conf_t *conf, char *err, size_t errlen)
+{
+    const config_t *cfg = ko->cfg;
+    char timeout[16], kbytes[24], maxmsgs[16];
+    snprintf(timeout, sizeof timeout, "%" PRIu32, cfg->delivery_timeout_ms);
+    snprintf(kbytes, sizeof kbytes, "%" PRIu64, ko->queue_cap_bytes / 1024);
+    snprintf(maxmsgs, sizeof maxmsgs, "%u", KAFKA_QUEUE_MAX_MESSAGES);
+
+    const char *defaults[][2] = {
+        {"client.id", "sluice-collector"},
+        {"bootstrap.servers", ko->bootstrap},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"compression.codec", "zstd"},
+        {"linger.ms", KAFKA_DEFAULT_LINGER_MS},
+        {"message.timeout.ms", timeout},
+        {"queue.buffering.max.kbytes", kbytes},
+        {"queue.buffering.max.messages", maxmsgs},
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        if (kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, errlen) != 0)
+            return KAFKA_E_CONFIG;
+
+    for (size_t i = 0; i < cfg->n_kafka_properties; i++) {
+        char errstr[512];
+        const config_kv_t *kv = &cfg->kafka_properties[i];
+        if (kv->key == NULL || kv->value == NULL ||
+            rd_kafka_conf_set(conf, kv->key, kv->value, errstr, sizeof errstr) !=
+                RD_KAFKA_CONF_OK) {
+            kafka_seterr(err, errlen, "kafka.properties: %s: %s", kv->key ? kv->key : "(null)",
+                         kv->key && kv->value ? errstr : "missing key or value");
+            return KAFKA_E_CONFIG;
+        }
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr_cb);
+    rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_opaque(conf, ko);
+    return KAFKA_OK;
+}
+
+/* A producer and its three topic handles, into *rkp and rkt[]. On failure nothing is left
+ * allocated and err says why. */
+static int kafka_new_producer(kafka_out_t *ko, rd_kafka_t **rkp, rd_kafka_topic_t **rkt, char *err,
+                              size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf == NULL) return KAFKA_E_NOMEM;
+    int rc = kafka_build_conf(ko, conf, err, errlen);
+    if (rc != KAFKA_OK) {
+        rd_kafka_conf_destroy(conf);
+        return rc;
+    }
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) { /* conf is still ours only when rd_kafka_new fails */
+        rd_kafka_conf_destroy(conf);
+        kafka_seterr(err, errlen, "kafka: %s", errstr);
+        return KAFKA_E_CONFIG;
+    }
+    const char *names[KAFKA_NTOPICS] = {ko->cfg->topic_events, ko->cfg->topic_rejected,
+                                        ko->cfg->topic_pql};
+    for (int i = 0; i < KAFKA_NTOPICS; i++) {
+        rkt[i] = rd_kafka_topic_new(rk, names[i], NULL);
+        if (rkt[i] == NULL) {
+            kafka_seterr(err, errlen, "kafka: topic %s: %s", names[i],
+                         rd_kafka_err2str(rd_kafka_last_error()));
+            kafka_destroy_producer(rk, rkt);
+            return KAFKA_E_CONFIG;
+        }
+    }
+    *rkp = rk;
+    return KAFKA_OK;
+}
+
+/* Destroys the topic handles (NULL entries skipped, all set to NULL) and the producer.
+ * Blocks until librdkafka's threads are gone. */
+static void kafka_destroy_producer(rd_kafka_t *rk, rd_kafka_topic_t **rkt)
+{
+    for (int i = 0; i < KAFKA_NTOPICS; i++) {
+        if (rkt[i] != NULL) rd_kafka_topic_destroy(rkt[i]);
+        rkt[i] = NULL;
+    }
+    rd_kafka_destroy(rk);
+}
+
+static int kafka_start_poll_thread(kafka_out_t *ko)
+{
+    /* The thread inherits a mask with every signal blocked: signals are the loop's business. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&ko->poll_thread, NULL, kafka_poll_main, ko);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) return KAFKA_E_NOMEM;
+    ko->poll_started = true;
+    return KAFKA_OK;
+}
+
+int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (cfg->topic_events == NULL || cfg->topic_rejected == NULL || cfg->topic_pql == NULL ||
+        !cfg->topic_events[0] || !cfg->topic_rejected[0] || !cfg->topic_pql[0]) {
+        kafka_seterr(err, errlen, "kafka: topic names must not be empty");
+        return KAFKA_E_CONFIG;
+    }
+    if (cfg->delivery_timeout_ms == 0) {
+        /* 0 would mean "never time out" to librdkafka: requests would wait forever. */
+        kafka_seterr(err, errlen, "kafka: delivery_timeout_ms must be > 0");
+        return KAFKA_E_CONFIG;
+    }
+    kafka_out_t *ko = calloc(1, sizeof *ko);
+    if (ko == NULL) {
+        kafka_seterr(err, errlen, "kafka: out of memory");
+        return KAFKA_E_NOMEM;
+    }
+    ko->cfg = cfg;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int lrc = pthread_rwlock_init(&ko->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (lrc != 0) {
+        free(ko);
+        kafka_seterr(err, errlen, "kafka: cannot create a lock");
+        return KAFKA_E_NOMEM;
+    }
+    ko->lock_init = true;
+    /* librdkafka counts the queue in KiB, 1 .. INT32_MAX. */
+    uint64_t kb = cfg->kafka_queue_bytes / 1024;
+    ko->queue_cap_bytes = (kb < 1 ? 1 : kb > INT32_MAX ? INT32_MAX : kb) * 1024;
+    atomic_init(&ko->recreated, 0u);
+    atomic_init(&ko->stop_poll, false);
+    atomic_init(&ko->stopping, false);
+    atomic_init(&ko->queued_bytes, 0u);
+    atomic_init(&ko->fatal, 0);
+    atomic_init(&ko->brokers_down, false);
+    atomic_init(&ko->delivery_failing, 0);
+    atomic_init(&ko->rdlog_last_ms, INT64_MIN / 2);
+    atomic_init(&ko->rdlog_suppressed, 0u);
+    ko->errlog_last_ms = INT64_MIN / 2;
+
+    int rc;
+    if (cfg->brokers == NULL || cfg->brokers[0] == '\0') {
+        rc = kafka_start_mock(ko, err, errlen);
+    } else {
+        ko->bootstrap = strdup(cfg->brokers);
+        rc = ko->bootstrap != NULL ? KAFKA_OK : KAFKA_E_NOMEM;
+    }
+    if (rc != KAFKA_OK) goto fail;
+
+    rc = kafka_new_producer(ko, &ko->rk, ko->rkt, err, errlen);
+    if (rc != KAFKA_OK) goto fail;
+    rc = kafka_start_poll_thread(ko);
+    if (rc != KAFKA_OK) {
+        kafka_seterr(err, errlen, "kafka: cannot start the poll thread");
+        goto fail;
+    }
+    /* A full gauge table costs the metric, not the service. */
+    if (metrics_gauge_register("kafka_queue_messages", "messages waiting in the Kafka producer",
+                               kafka_gauge_messages, ko) != 0 ||
+        metrics_gauge_register("kafka_queue_bytes", "key+value bytes waiting in the producer",
+                               kafka_gauge_bytes, ko) != 0)
+        LOG(LOG_WARN, "kafka_gauge", LS("reason", "gauge table full"));
+    *out = ko;
+    return KAFKA_OK;
+
+fail:
+    kafka_out_free(ko);
+    return rc;
+}
+
+const char *kafka_out_bootstrap(const kafka_out_t *ko)
+{
+    return ko->bootstrap;
+}
+
+bool kafka_out_embedded(const kafka_out_t *ko)
+{
+    return ko->mcluster != NULL;
+}
+
+/* ---- produce --------------------------------------------------------------------------- */
+
+int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, size_t keylen,
+                      const void *value, size_t vallen, const kafka_header_t *headers,
+                      size_t nheaders, kafka_group_t *g)
+{
+    if ((unsigned)topic >= KAFKA_NTOPICS) return KAFKA_E_CONFIG;
+    if (atomic_load(&ko->stopping)) return KAFKA_E_STOPPED;
+    if (atomic_load(&ko->fatal) != 0) return KAFKA_E_FATAL;
+
+    rd_kafka_headers_t *hdrs = NULL;
+    if (nheaders > 0) {
+        hdrs = rd_kafka_headers_new(nheaders);
+        if (hdrs == NULL) return KAFKA_E_NOMEM;
+        for (size_t i = 0; i < nheaders; i++) {
+            if (rd_kafka_header_add(hdrs, headers[i].name, -1, headers[i].value,
+                                    (ssize_t)headers[i].len) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                rd_kafka_headers_destroy(hdrs);
+                return KAFKA_E_NOMEM;
+            }
+        }
+    }
+    /* Counted before the call: the report may arrive (on the poll thread) before producev
+     * returns, and must find the message already counted. */
+    if (g != NULL) atomic_fetch_add(&g->pending, 1u);
+    atomic_fetch_add(&ko->queued_bytes, (uint_fast64_t)vallen + keylen);
+
+    pthread_rwlock_rdlock(&ko->lock);
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        ko->rk, RD_KAFKA_V_RKT(ko->rkt[topic]), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)(uintptr_t)value, vallen),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
+    pthread_rwlock_unlock(&ko->lock);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return KAFKA_OK; /* hdrs now belong to the message */
+
+    /* Failed synchronously: no report will come, so undo the counts. The group still holds its
+     * seal reference, so this cannot complete it. */
+    if (hdrs != NULL) rd_kafka_headers_destroy(hdrs);
+    atomic_fetch_sub(&ko->queued_bytes, (uint_fast64_t)vallen + keylen);
+    if (g != NULL) atomic_fetch_sub(&g->pending, 1u);
+    switch (e) {
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        metrics_add(METRIC_KAFKA_QUEUE_FULL, 1);
+        return KAFKA_E_QUEUE_FULL;
+    case RD_KAFKA_RESP_ERR__FATAL:
+        return KAFKA_E_FATAL;
+    default:
+        /* Unknown topic, message too large, ...: the message cannot be made durable now. */
+        LOG(LOG_WARN, "kafka_produce_refused", LS("topic", kafka_topic_names[topic]),
+            LS("error", rd_kafka_err2name(e)));
+        return KAFKA_E_PRODUCE;
+    }
+}
+
+/* ---- readiness, flush, teardown -------------------------------------------------------- */
+
+/* Writes the reason into why (when given); returns false so callers can `return`. */
+__attribute__((format(printf, 3, 4))) static bool kafka_not_ready(char *why, size_t whylen,
+                                                                  const char *fmt, ...)
+{
+    if (why != NULL && whylen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, whylen, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
+{
+    int derr;
+    if (atomic_load(&ko->fatal) != 0) {
+        pthread_rwlock_rdlock(&ko->lock);
+        kafka_not_ready(why, whylen, "kafka producer fatal error: %s",
+                        ko->fatal_reason[0] ? ko->fatal_reason : "(recovering)");
+        pthread_rwlock_unlock(&ko->lock);
+        return false;
+    }
+    if (atomic_load(&ko->stopping)) return kafka_not_ready(why, whylen, "kafka producer stopped");
+    if (atomic_load(&ko->brokers_down))
+        return kafka_not_ready(why, whylen, "all kafka brokers down");
+    if ((derr = atomic_load(&ko->delivery_failing)) != 0)
+        return kafka_not_ready(why, whylen, "kafka deliveries failing: %s",
+                               rd_kafka_err2str((rd_kafka_resp_err_t)derr));
+    if (atomic_load(&ko->queued_bytes) * 100u >=
+            (uint_fast64_t)ko->queue_cap_bytes * KAFKA_READY_QUEUE_PCT ||
+        (uint64_t)kafka_outq_len_locked(ko) * 100u >=
+            (uint64_t)KAFKA_QUEUE_MAX_MESSAGES * KAFKA_READY_QUEUE_PCT)
+        return kafka_not_ready(why, whylen, "kafka producer queue over %u%% full",
+                               KAFKA_READY_QUEUE_PCT);
+    if (why != NULL && whylen > 0) why[0] = '\0';
+    return true;
+}
+
+int kafka_out_queue_len(kafka_out_t *ko)
+{
+    return kafka_outq_len_locked(ko);
+}
+
+int kafka_out_flush(kafka_out_t *ko, int timeout_ms)
+{
+    /* Waits for the poll thread to serve every report instead of calling rd_kafka_flush(),
+     * which would poll here and run done_cb on this thread, outside the header's promise. */
+    int64_t deadline = kafka_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int left;
+    while ((left = kafka_outq_len_locked(ko)) > 0 && kafka_now_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return left;
+}
+
+void kafka_out_free(kafka_out_t *ko)
+{
+    if (ko == NULL) return;
+    atomic_store(&ko->stopping, true);
+    if (ko->poll_started) {
+        /* Fail whatever is still queued, so every group gets its done_cb (with
+         * __PURGE_QUEUE / __PURGE_INFLIGHT) instead of waiting forever; the poll thread serves
+         * those reports, within a bounded wait. */
+        pthread_rwlock_rdlock(&ko->lock);
+        rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        pthread_rwlock_unlock(&ko->lock);
+        int64_t deadline = kafka_now_ms() + KAFKA_DRAIN_MS;
+        while (kafka_outq_len_locked(ko) > 0 && kafka_now_ms() < deadline) {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        atomic_store(&ko->stop_poll, true);
+        pthread_join(ko->poll_thread, NULL);
+    }
+    if (ko->rk != NULL) {
+        /* Reports that missed the bounded wait run here, on the caller's thread. */
+        rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(ko->rk, 0);
+        kafka_destroy_producer(ko->rk, ko->rkt);
+    }
+    if (ko->mcluster != NULL) rd_kafka_mock_cluster_destroy(ko->mcluster);
+    if (ko->mock_rk != NULL) rd_kafka_destroy(ko->mock_rk);
+    if (ko->lock_init) pthread_rwlock_destroy(&ko->lock);
+    free(ko->bootstrap);
+    free(ko);
+}

@@ -1,0 +1,259 @@
+/*
+ * log.c — JSON-lines logger (contract in log.h).
+ *
+ * Each line is built in a fixed stack buffer of LOG_LINE_MAX bytes and written with one write(2).
+ * LOG_LINE_MAX equals Linux's PIPE_BUF, so a line written to a pipe is atomic and lines from
+ * different threads never interleave. Nothing here allocates or takes a lock; the only shared
+ * state is the level, an atomic.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* One line, newline included. */
+#define LOG_LINE_MAX 4096
+/* Room always kept free for `,"truncated":true}` + newline, so a line is always valid JSON. */
+#define LOG_TAIL_RESERVE 24
+/* Longest string value (input bytes) copied before it is cut and marked with an ellipsis. */
+#define LOG_VALUE_MAX 1024
+
+static atomic_int log_level_ = LOG_INFO;
+
+static const char *const log_level_names[] = {"debug", "info", "warn", "error", "off"};
+
+void log_set_level(log_level_t lvl)
+{
+    if ((int)lvl < LOG_DEBUG || lvl > LOG_OFF) return;
+    atomic_store_explicit(&log_level_, (int)lvl, memory_order_relaxed);
+}
+
+log_level_t log_get_level(void)
+{
+    return (log_level_t)atomic_load_explicit(&log_level_, memory_order_relaxed);
+}
+
+int log_level_parse(const char *s)
+{
+    if (s == NULL) return -1;
+    for (int i = LOG_DEBUG; i <= LOG_OFF; i++)
+        if (strcmp(s, log_level_names[i]) == 0) return i;
+    if (strcmp(s, "warning") == 0) return LOG_WARN;
+    return -1;
+}
+
+/* A bounded writer over the line buffer. Once an append does not fit, ok stays false. */
+typedef struct log_w {
+    char *p;
+    size_t len, cap;
+    bool ok;
+} log_w_t;
+
+static void w_put(log_w_t *w, const char *s, size_t n)
+{
+    if (!w->ok || n > w->cap - w->len) {
+        w->ok = false;
+        return;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+static void w_puts(log_w_t *w, const char *s)
+{
+    w_put(w, s, strlen(s));
+}
+
+/*
+ * Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if the bytes there are not one
+ * (overlong forms, surrogates and code points above U+10FFFF are invalid).
+ */
+static size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        cp = c & 0x1Fu;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        cp = c & 0x0Fu;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        cp = c & 0x07u;
+    } else {
+        return 0;
+    }
+    if (n < len) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3Fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) return 0;
+    if (cp >= 0xD800 && cp <= 0xDFFF) return 0;
+    return len;
+}
+
+/*
+ * Appends s[0..n) as a JSON string (with quotes). Input longer than LOG_VALUE_MAX is cut at a
+ * character boundary and ends with "…". Invalid UTF-8 bytes become U+FFFD each.
+ */
+static void w_json_str(log_w_t *w, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    bool cut = false;
+    if (n > LOG_VALUE_MAX) {
+        /* Cut before a character that straddles the limit (at most 3 continuation bytes). */
+        size_t keep = LOG_VALUE_MAX;
+        for (int k = 0; k < 3 && keep > 0 && (u[keep] & 0xC0) == 0x80; k++)
+            keep--;
+        if ((u[keep] & 0xC0) == 0x80)
+            keep = LOG_VALUE_MAX; /* not UTF-8 anyway: bytes become U+FFFD */
+        n = keep;
+        cut = true;
+    }
+    w_put(w, "\"", 1);
+    size_t i = 0;
+    while (i < n && w->ok) {
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
+            size_t j = i + 1;
+            while (j < n && u[j] >= 0x20 && u[j] < 0x7F && u[j] != '"' && u[j] != '\\')
+                j++;
+            w_put(w, s + i, j - i);
+            i = j;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            w_put(w, "\\\"", 2);
+            i++;
+            continue;
+        case '\\':
+            w_put(w, "\\\\", 2);
+            i++;
+            continue;
+        case '\n':
+            w_put(w, "\\n", 2);
+            i++;
+            continue;
+        case '\r':
+            w_put(w, "\\r", 2);
+            i++;
+            continue;
+        case '\t':
+            w_put(w, "\\t", 2);
+            i++;
+            continue;
+        default:
+            break;
+        }
+        if (c < 0x20 || c == 0x7F) {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            w_put(w, esc, sizeof esc);
+            i++;
+            continue;
+        }
+        size_t sl = utf8_seq_len(u + i, n - i);
+        if (sl == 0) {
+            w_put(w, "\xEF\xBF\xBD", 3);
+            i++;
+            continue;
+        }
+        w_put(w, s + i, sl);
+        i += sl;
+    }
+    if (cut) w_put(w, "\xE2\x80\xA6", 3);
+    w_put(w, "\"", 1);
+}
+
+/* "2026-11-23T12:00:00.000Z" */
+static void w_timestamp(log_w_t *w)
+{
+    struct timespec ts;
+    struct tm tm;
+    char buf[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    time_t sec = ts.tv_sec;
+    gmtime_r(&sec, &tm);
+    int n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (long)(ts.tv_nsec / 1000000));
+    if (n > 0 && (size_t)n < sizeof buf) w_put(w, buf, (size_t)n);
+}
+
+/* Writes the whole line; retries EINTR and short writes a bounded number of times. */
+static void log_write_line(const char *buf, size_t len)
+{
+    int saved = errno;
+    size_t off = 0;
+    for (int tries = 0; off < len && tries < 8; tries++) {
+        ssize_t n = write(STDERR_FILENO, buf + off, len - off);
+        if (n > 0)
+            off += (size_t)n;
+        else if (n < 0 && errno != EINTR && errno != EAGAIN)
+            break;
+    }
+    errno = saved;
+}
+
+void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_t *fields)
+{
+    if ((int)lvl < LOG_DEBUG || lvl >= LOG_OFF || lvl < log_get_level()) return;
+    char line[LOG_LINE_MAX];
+    log_w_t w = {line, 0, LOG_LINE_MAX - LOG_TAIL_RESERVE, true};
+    w_puts(&w, "{\"ts\":\"");
+    w_timestamp(&w);
+    w_puts(&w, "\",\"level\":\"");
+    w_puts(&w, log_level_names[lvl]);
+    w_puts(&w, "\",\"msg\":");
+    if (msg == NULL) msg = "";
+    w_json_str(&w, msg, strlen(msg));
+    bool truncated = !w.ok;
+    if (truncated) {
+        /* Only an absurdly long msg gets here; keep the line valid JSON. */
+        w.ok = true;
+        w.len = 0;
+        w_puts(&w, "{\"ts\":\"");
+        w_timestamp(&w);
+        w_puts(&w, "\",\"level\":\"");
+        w_puts(&w, log_level_names[lvl]);
+        w_puts(&w, "\",\"msg\":\"\"");
+    }
+    for (size_t i = 0; i < nfields && !truncated; i++) {
+        size_t mark = w.len;
+        const log_field_t *f = &fields[i];
+        const char *key = f->key ? f->key : "";
+        w_put(&w, ",", 1);
+        w_json_str(&w, key, strlen(key));
+        w_put(&w, ":", 1);
+        if (f->type == LOG_F_INT) {
+            char num[24];
+            int n = snprintf(num, sizeof num, "%lld", f->i);
+            if (n > 0 && (size_t)n < sizeof num) w_put(&w, num, (size_t)n);
+        } else if (f->s == NULL) {
+            w_puts(&w, "null");
+        } else {
+            w_json_str(&w, f->s, strlen(f->s));
+        }
+        if (!w.ok) {
+            /* The field does not fit: drop it whole and flag the line. */
+            w.len = mark;
+            w.ok = true;
+            truncated = true;
+        }
+    }
+    w.cap = LOG_LINE_MAX; /* release the reserve for the tail */
+    if (truncated) w_puts(&w, ",\"truncated\":true");
+    w_puts(&w, "}\n");
+    log_write_line(line, w.len);
+}

@@ -1,0 +1,50 @@
+/*
+ * server.h — the collector's event loops: N threads, each with its own uv_loop_t and its own
+ * listening socket on the same address (SO_REUSEPORT, so the kernel spreads connections), the
+ * process-wide connection cap, and the graceful shutdown sequence.
+ *
+ * Shutdown (driven by main, which is not an event-loop thread and may block):
+ *   server_drain_begin   listeners close, idle connections close, new requests get 503;
+ *   server_wait_drained  waits (bounded) until every loop acknowledged and no request waits
+ *                        for Kafka any more;
+ *   (main flushes Kafka)
+ *   server_stop          closes every connection and stops and joins the loop threads;
+ *   (main destroys the Kafka producer: no delivery report can arrive after that)
+ *   server_free          closes the last handles and frees requests that never came back.
+ * Thread rules: every function here is for the main thread only.
+ */
+#ifndef SLUICE_SERVER_H
+#define SLUICE_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "ingest.h"
+
+typedef struct server server_t;
+
+/*
+ * Creates cfg->threads loops and binds their listening sockets to cfg->listen (port 0 picks a
+ * free port, shared by every loop). Does not start the threads. Returns 0 and *out, or -1 with
+ * err filled (nothing is left open). cfg and ingest must outlive the server.
+ */
+int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err,
+               size_t errlen);
+
+/* The bound address: host as configured (numeric) and the actual port. */
+const char *server_host(const server_t *s);
+int server_port(const server_t *s);
+
+/* Starts listening and the loop threads. Returns 0, or -1 with err filled (then call
+ * server_stop and server_free). */
+int server_start(server_t *s, char *err, size_t errlen);
+
+void server_drain_begin(server_t *s);
+/* Waits until drained or timeout_ms passed. Returns true when fully drained. */
+bool server_wait_drained(server_t *s, uint32_t timeout_ms);
+void server_stop(server_t *s);
+void server_free(server_t *s);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * client.h — the sending side of sluice-load: libuv worker threads, each one event loop driving
+ * many keep-alive HTTP/1.1 connections to the collector, responses parsed with llhttp.
+ *
+ * Open loop (rate > 0): request k of a thread is DUE at start + k/rate_per_thread. A due request
+ * goes out on the first idle connection; when none is idle it waits, and its latency is still
+ * measured from the time it was due (coordinated omission corrected: a slow collector shows up
+ * as latency, not as a quietly lower send rate). Requests still waiting when the duration ends
+ * are counted in backlog_at_end. Closed loop (rate == 0, "--rate max"): every connection sends
+ * its next request as soon as the previous answer arrives; latency is measured from the send.
+ *
+ * Loop threads never block: the host must be a numeric IPv4/IPv6 address (the caller resolves
+ * names before client_run), batches are built and compressed on the loop thread (CPU only), and
+ * statistics leave the thread through atomics plus a per-thread mailbox whose mutex is held only
+ * to merge one histogram, never during I/O.
+ *
+ * Verification ledger (cfg.ledger_max > 0): one byte per generated event, per thread, indexed by
+ * the event's seq: the low 6 bits are its model_kind_t, LEDGER_ACKED is set when a request that
+ * carried it was answered 200, LEDGER_UNSURE when one got no definite answer (5xx, 429, timeout,
+ * connection error: it may or may not have been delivered). A request refused with another 4xx
+ * delivered nothing, so it sets neither bit.
+ */
+#ifndef SLUICE_LOADTEST_CLIENT_H
+#define SLUICE_LOADTEST_CLIENT_H
+
+#include "hist.h"
+#include "model.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CLIENT_MAX_THREADS     64
+#define CLIENT_MAX_CONNECTIONS 65536
+#define CLIENT_MAX_SECONDS     86400
+#define CLIENT_RESP_MAX        65536 /* response bytes kept for the accepted/rejected counts */
+
+#define LEDGER_KIND_MASK 0x3f
+#define LEDGER_UNSURE    0x40
+#define LEDGER_ACKED     0x80
+
+/* Status slots: HTTP codes 100..599 at their own index; these two for no answer at all. */
+#define CLIENT_ST_CONN_ERROR 0
+#define CLIENT_ST_TIMEOUT    1
+#define CLIENT_ST_SLOTS      600
+
+typedef enum { CLIENT_COMPRESS_NONE = 0, CLIENT_COMPRESS_ZSTD, CLIENT_COMPRESS_GZIP } client_compress_t;
+
+typedef struct client_config {
+    char host[64]; /* numeric address */
+    int port;
+    char host_header[300]; /* Host: header value as the user wrote it */
+    char path[256];        /* "/v1/batch" */
+    const char *write_key; /* borrowed for the run */
+    uint32_t threads;      /* 1..CLIENT_MAX_THREADS */
+    uint32_t connections;  /* total, spread over threads, >= threads */
+    double rate;           /* events/s over all threads; 0 = closed loop, flat out */
+    double duration_s;
+    client_compress_t compress;
+    int level;               /* zstd or gzip level */
+    uint32_t timeout_ms;     /* per request; also the drain deadline after the duration */
+    uint64_t ledger_max;     /* events tracked for --verify over all threads; 0 = no ledger */
+    const model_t *model;    /* borrowed; read-only during the run */
+} client_config_t;
+
+/* One second of the run, as the progress line and the report's charts show it. */
+typedef struct client_second {
+    double t; /* seconds since start at the end of this interval */
+    uint64_t events_sent, requests_sent;
+    uint64_t responses, events_ok; /* answers in this second; events in 200 answers */
+    uint64_t non_200;              /* answers other than 200 plus timeouts and errors */
+    uint64_t p50_us, p90_us, p99_us, max_us;
+} client_second_t;
+
+typedef struct client_result {
+    double elapsed_s; /* start to the last answer (or the drain deadline) */
+    double send_s;    /* the sending window actually used (shorter if interrupted) */
+    uint64_t events_sent, requests_sent, events_ok, events_not_ok;
+    uint64_t responses;
+    uint64_t bytes_out, bytes_in, body_bytes_raw;
+    uint64_t backlog_at_end; /* open loop: requests due but never sent */
+    uint64_t in_flight_at_end;
+    uint64_t status[CLIENT_ST_SLOTS];
+    uint64_t accepted, duplicates, rejected; /* sums of the 200 answers' counts */
+    uint64_t conn_errors;
+    hist_t latency;   /* microseconds, answered requests (any status) */
+    client_second_t *series; /* owned; n_series entries */
+    size_t n_series;
+    /* Ledger (when cfg.ledger_max > 0): ledgers[t][seq] for seq < ledger_len[t]. Owned. */
+    uint32_t n_ledgers;
+    uint8_t **ledgers;
+    uint64_t *ledger_len;
+    bool ledger_overflow; /* more events than ledger_max: verification impossible */
+} client_result_t;
+
+/* Called on the client_run() thread once a second; must not block long. */
+typedef void (*client_progress_cb)(const client_second_t *sec, const client_result_t *sofar,
+                                   void *ud);
+
+/*
+ * Runs the load: starts cfg->threads workers, reports each second through cb (may be NULL),
+ * stops sending after cfg->duration_s or when client_request_stop() was called, waits up to
+ * cfg->timeout_ms for answers in flight, and fills *res (free with client_result_free, also after
+ * a failure). Returns 0; LT_E_INVAL for a bad config; LT_E_NOMEM; LT_E_IO when a thread or loop
+ * could not start (then no worker is left running).
+ */
+int client_run(const client_config_t *cfg, client_result_t *res, client_progress_cb cb, void *ud);
+/* Async-signal-safe: asks a running client_run() to stop sending now and finish. */
+void client_request_stop(void);
+void client_result_free(client_result_t *res);
+
+#endif

@@ -1,0 +1,244 @@
+/* enc.c — bounded msgpack/JSON writer; see enc.h. */
+#include "enc.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int enc_reserve(enc_t *e, size_t n)
+{
+    if (e->err)
+        return -1;
+    if (n > e->max - e->len) {
+        e->err = -1;
+        return -1;
+    }
+    if (e->len + n <= e->cap)
+        return 0;
+    size_t cap = e->cap ? e->cap : 4096;
+    while (cap < e->len + n)
+        cap *= 2;
+    if (cap > e->max)
+        cap = e->max;
+    char *p = realloc(e->buf, cap);
+    if (!p) {
+        e->err = -1;
+        return -1;
+    }
+    e->buf = p;
+    e->cap = cap;
+    return 0;
+}
+
+static void put(enc_t *e, const void *p, size_t n)
+{
+    if (enc_reserve(e, n) == 0) {
+        memcpy(e->buf + e->len, p, n);
+        e->len += n;
+    }
+}
+
+static void putc1(enc_t *e, char c)
+{
+    if (enc_reserve(e, 1) == 0)
+        e->buf[e->len++] = c;
+}
+
+static int pk_write(void *data, const char *buf, size_t len)
+{
+    enc_t *e = data;
+    put(e, buf, len);
+    return e->err;
+}
+
+void enc_init(enc_t *e, enc_format_t fmt, size_t max)
+{
+    memset(e, 0, sizeof(*e));
+    e->fmt = fmt;
+    e->max = max;
+    msgpack_packer_init(&e->pk, e, pk_write);
+    e->first[0] = true;
+}
+
+void enc_reset(enc_t *e)
+{
+    e->len = 0;
+    e->err = 0;
+    e->depth = 0;
+    e->after_key = false;
+    e->first[0] = true;
+}
+
+void enc_free(enc_t *e)
+{
+    free(e->buf);
+    e->buf = NULL;
+    e->len = e->cap = 0;
+}
+
+/* JSON: the separator owed before a new key or array element. */
+static void json_sep(enc_t *e)
+{
+    if (e->after_key) {
+        e->after_key = false;
+        return;
+    }
+    if (!e->first[e->depth])
+        putc1(e, ',');
+    e->first[e->depth] = false;
+}
+
+static void json_open(enc_t *e, char c)
+{
+    json_sep(e);
+    if (e->depth >= ENC_MAX_DEPTH) {
+        e->err = -1;
+        return;
+    }
+    putc1(e, c);
+    e->depth++;
+    e->first[e->depth] = true;
+}
+
+void enc_map(enc_t *e, uint32_t n)
+{
+    if (e->fmt == ENC_MSGPACK)
+        msgpack_pack_map(&e->pk, n);
+    else
+        json_open(e, '{');
+}
+
+void enc_array(enc_t *e, uint32_t n)
+{
+    if (e->fmt == ENC_MSGPACK)
+        msgpack_pack_array(&e->pk, n);
+    else
+        json_open(e, '[');
+}
+
+void enc_end(enc_t *e, bool is_map)
+{
+    if (e->fmt == ENC_MSGPACK || e->err)
+        return;
+    if (e->depth == 0) {
+        e->err = -1;
+        return;
+    }
+    putc1(e, is_map ? '}' : ']');
+    e->depth--;
+}
+
+static void json_string(enc_t *e, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    putc1(e, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        put(e, s + run, i - run);
+        run = i + 1;
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            put(e, esc, 2);
+        } else {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(e, esc, 6);
+        }
+    }
+    put(e, s + run, n - run);
+    putc1(e, '"');
+}
+
+void enc_key(enc_t *e, const char *k)
+{
+    size_t n = strlen(k);
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_str(&e->pk, n);
+        msgpack_pack_str_body(&e->pk, k, n);
+        return;
+    }
+    json_sep(e);
+    json_string(e, k, n);
+    putc1(e, ':');
+    e->after_key = true;
+}
+
+void enc_int_key(enc_t *e, int64_t k)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_int64(&e->pk, k);
+        return;
+    }
+    char tmp[24];
+    snprintf(tmp, sizeof(tmp), "%" PRId64, k);
+    enc_key(e, tmp);
+}
+
+void enc_strn(enc_t *e, const char *s, size_t n)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_str(&e->pk, n);
+        msgpack_pack_str_body(&e->pk, s, n);
+        return;
+    }
+    json_sep(e);
+    json_string(e, s, n);
+}
+
+void enc_str(enc_t *e, const char *s)
+{
+    enc_strn(e, s, strlen(s));
+}
+
+void enc_int(enc_t *e, int64_t v)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_int64(&e->pk, v);
+        return;
+    }
+    json_sep(e);
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
+    put(e, tmp, (size_t)n);
+}
+
+void enc_double(enc_t *e, double v)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_double(&e->pk, v);
+        return;
+    }
+    json_sep(e);
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%.3f", v);
+    put(e, tmp, (size_t)n);
+}
+
+void enc_bool(enc_t *e, bool v)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        if (v)
+            msgpack_pack_true(&e->pk);
+        else
+            msgpack_pack_false(&e->pk);
+        return;
+    }
+    json_sep(e);
+    if (v)
+        put(e, "true", 4);
+    else
+        put(e, "false", 5);
+}
+
+void enc_nil(enc_t *e)
+{
+    if (e->fmt == ENC_MSGPACK) {
+        msgpack_pack_nil(&e->pk);
+        return;
+    }
+    json_sep(e);
+    put(e, "null", 4);
+}

@@ -1,0 +1,60 @@
+/*
+ * enc.h — the body writer of sluice-load: one call sequence writes either msgpack or JSON into a
+ * bounded buffer. It writes exactly what it is told, including deliberately invalid events
+ * (integer map keys, invalid UTF-8), which is why the harness keeps its own writer.
+ *
+ * STAND-IN: built on msgpack-c's packer and a hand-written JSON writer until proto/writer.h (the
+ * shared encoder, engineer "sdk") can write invalid events too; see loadtest/README.md.
+ *
+ * Memory: enc_t owns buf (grown on demand up to max); enc_free() releases it. After any failure
+ * (allocation, max exceeded, nesting beyond ENC_MAX_DEPTH) e->err is set, further calls do
+ * nothing, and the buffer content is unusable until enc_reset().
+ */
+#ifndef SLUICE_LOADTEST_ENC_H
+#define SLUICE_LOADTEST_ENC_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ENC_MAX_DEPTH 64
+
+typedef enum { ENC_MSGPACK = 0, ENC_JSON = 1 } enc_format_t;
+
+typedef struct enc {
+    enc_format_t fmt;
+    char *buf;
+    size_t len, cap, max;
+    int err; /* 0, or -1 once anything failed */
+    msgpack_packer pk;
+    int depth;
+    bool after_key;
+    bool first[ENC_MAX_DEPTH + 1]; /* JSON: nothing written yet at this depth */
+} enc_t;
+
+/* Initializes e for fmt with a hard cap of max bytes; allocates nothing yet. */
+void enc_init(enc_t *e, enc_format_t fmt, size_t max);
+/* Empties the buffer (keeps the allocation) and clears err. */
+void enc_reset(enc_t *e);
+void enc_free(enc_t *e);
+
+/* Containers: n is the exact number of entries (msgpack needs it up front). JSON closes with
+ * enc_end(); msgpack ignores enc_end(), so call it for both formats. */
+void enc_map(enc_t *e, uint32_t n);
+void enc_array(enc_t *e, uint32_t n);
+void enc_end(enc_t *e, bool is_map);
+/* A map key (string). */
+void enc_key(enc_t *e, const char *k);
+/* Values. enc_strn writes the bytes as given (JSON-escaped, not validated). */
+void enc_str(enc_t *e, const char *s);
+void enc_strn(enc_t *e, const char *s, size_t n);
+void enc_int(enc_t *e, int64_t v);
+void enc_double(enc_t *e, double v);
+void enc_bool(enc_t *e, bool v);
+void enc_nil(enc_t *e);
+/* A msgpack integer in key position (invalid on purpose). JSON has no such thing: writes a
+ * string key instead. */
+void enc_int_key(enc_t *e, int64_t k);
+
+#endif

@@ -1,0 +1,407 @@
+/*
+ * encode.c — the normalized Kafka record (msgpack through msgpack_packer, or JSON through our own
+ * writer over the msgpack_object tree) and the rejected-event record (JSON).
+ *
+ * The JSON writer has two modes. Strict: for valid events, whose keys are strings and whose
+ * strings are known-valid UTF-8 (validated at decode), so it only escapes. Lenient: for the raw
+ * copy of a REJECTED event, which may hold anything a body can: non-string keys (written as the
+ * string of their JSON text), invalid UTF-8 (each bad byte becomes U+FFFD), bin/ext (null).
+ * Floats: %.17g (float32: %.9g) round-trips in the "C" numeric locale, which is what a process
+ * has unless it calls setlocale(); a float keeps a ".0" so it decodes back as a float;
+ * NaN and ±Inf (possible in msgpack only) become null.
+ */
+#include "proto.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- JSON writer ----------------------------------------------------------------------------- */
+
+#define APPEND_LIT(o, lit) proto_buf_append((o), (lit), sizeof(lit) - 1)
+
+static int j_value(proto_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth);
+
+static const char hexd[] = "0123456789abcdef";
+
+static int j_str(proto_buf_t *o, const char *s, size_t n, bool lenient)
+{
+    int rc = proto_buf_append(o, "\"", 1);
+    size_t run = 0; /* start of the pending run of bytes that need no escaping */
+    size_t i = 0;
+    while (rc == PROTO_OK && i < n) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && (c < 0x80 || !lenient)) {
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            /* Lenient mode: copy a well-formed sequence, replace a bad byte with U+FFFD. */
+            size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (len <= n - i && proto_utf8_valid(s + i, len)) {
+                i += len;
+                continue;
+            }
+            rc = proto_buf_append(o, s + run, i - run);
+            if (rc == PROTO_OK)
+                rc = APPEND_LIT(o, "\\ufffd");
+            run = ++i;
+            continue;
+        }
+        rc = proto_buf_append(o, s + run, i - run);
+        if (rc != PROTO_OK)
+            break;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t elen = 2;
+        switch (c) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hexd[c >> 4];
+            esc[5] = hexd[c & 15];
+            elen = 6;
+        }
+        rc = proto_buf_append(o, esc, elen);
+        run = ++i;
+    }
+    if (rc == PROTO_OK)
+        rc = proto_buf_append(o, s + run, n - run);
+    if (rc == PROTO_OK)
+        rc = proto_buf_append(o, "\"", 1);
+    return rc;
+}
+
+static int j_u64(proto_buf_t *o, uint64_t u, bool neg)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (neg)
+        tmp[--i] = '-';
+    return proto_buf_append(o, tmp + i, sizeof tmp - i);
+}
+
+static int j_float(proto_buf_t *o, double d, bool f32)
+{
+    if (!isfinite(d))
+        return APPEND_LIT(o, "null");
+    char tmp[40];
+    int n = snprintf(tmp, sizeof tmp - 2, f32 ? "%.9g" : "%.17g", d);
+    if (n <= 0 || (size_t)n >= sizeof tmp - 2)
+        return PROTO_E_NOMEM;
+    if (strpbrk(tmp, ".eE") == NULL) {
+        tmp[n++] = '.';
+        tmp[n++] = '0';
+    }
+    return proto_buf_append(o, tmp, (size_t)n);
+}
+
+/* A non-string key of a rejected event's raw copy: the string of the key's own JSON text. */
+static int j_key_lenient(proto_buf_t *o, const msgpack_object *k, uint32_t depth)
+{
+    if (k->type == MSGPACK_OBJECT_STR)
+        return j_str(o, k->via.str.ptr, k->via.str.size, true);
+    proto_buf_t tmp;
+    proto_buf_init(&tmp, o->max);
+    int rc = j_value(&tmp, k, true, depth);
+    if (rc == PROTO_OK)
+        rc = j_str(o, tmp.data, tmp.len, true);
+    proto_buf_free(&tmp);
+    return rc;
+}
+
+static int j_value(proto_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth)
+{
+    switch (v->type) {
+    case MSGPACK_OBJECT_NIL:
+        return APPEND_LIT(o, "null");
+    case MSGPACK_OBJECT_BOOLEAN:
+        return v->via.boolean ? APPEND_LIT(o, "true") : APPEND_LIT(o, "false");
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        return j_u64(o, v->via.u64, false);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return j_u64(o, (uint64_t)0 - (uint64_t)v->via.i64, true);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return j_float(o, v->via.f64, v->type == MSGPACK_OBJECT_FLOAT32);
+    case MSGPACK_OBJECT_STR:
+        return j_str(o, v->via.str.ptr, v->via.str.size, lenient);
+    case MSGPACK_OBJECT_ARRAY: {
+        int rc = proto_buf_append(o, "[", 1);
+        for (uint32_t i = 0; rc == PROTO_OK && i < v->via.array.size; i++) {
+            if (i > 0)
+                rc = proto_buf_append(o, ",", 1);
+            if (rc == PROTO_OK)
+                rc = j_value(o, &v->via.array.ptr[i], lenient, depth + 1);
+        }
+        return rc == PROTO_OK ? proto_buf_append(o, "]", 1) : rc;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        int rc = proto_buf_append(o, "{", 1);
+        for (uint32_t i = 0; rc == PROTO_OK && i < v->via.map.size; i++) {
+            const msgpack_object_kv *kv = &v->via.map.ptr[i];
+            if (i > 0)
+                rc = proto_buf_append(o, ",", 1);
+            if (rc == PROTO_OK)
+                rc = lenient ? j_key_lenient(o, &kv->key, depth + 1)
+                             : j_str(o, kv->key.via.str.ptr, kv->key.via.str.size, false);
+            if (rc == PROTO_OK)
+                rc = proto_buf_append(o, ":", 1);
+            if (rc == PROTO_OK)
+                rc = j_value(o, &kv->val, lenient, depth + 1);
+        }
+        return rc == PROTO_OK ? proto_buf_append(o, "}", 1) : rc;
+    }
+    default: /* bin, ext: only reachable in a rejected event's raw copy */
+        return APPEND_LIT(o, "null");
+    }
+}
+
+/* ---- normalized record ----------------------------------------------------------------------- */
+
+static bool key_eq(const msgpack_object *k, const char *lit, size_t n)
+{
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, lit, n) == 0;
+}
+
+#define KEY_IS(k, lit) key_eq((k), (lit), sizeof(lit) - 1)
+
+/* One field we add to the record. */
+struct extra {
+    const char *key;
+    size_t key_len;
+    const char *str; /* string value, or NULL when obj is used */
+    size_t str_len;
+    const msgpack_object *obj;
+};
+
+struct plan {
+    struct extra x[6];
+    size_t nx;
+    char ts[3][25];
+    bool use_batch_context;
+    bool clamped;
+};
+
+static void add_str(struct plan *p, const char *key, const char *s, size_t n)
+{
+    struct extra *e = &p->x[p->nx++];
+    e->key = key;
+    e->key_len = strlen(key);
+    e->str = s;
+    e->str_len = n;
+    e->obj = NULL;
+}
+
+/* Keys of the event as received that the record does not carry: writeKey is a secret; the rest
+ * are set by the collector and must not be forged by a client. */
+static bool dropped(const struct plan *p, const msgpack_object *k)
+{
+    if (k->type != MSGPACK_OBJECT_STR)
+        return false;
+    switch (k->via.str.size) {
+    case 6:
+        return KEY_IS(k, "source");
+    case 7:
+        return p->use_batch_context && KEY_IS(k, "context");
+    case 8:
+        return KEY_IS(k, "writeKey");
+    case 9:
+        return KEY_IS(k, "timestamp") || KEY_IS(k, "accountId");
+    case 10:
+        return KEY_IS(k, "receivedAt");
+    case 17:
+        return p->clamped && KEY_IS(k, "originalTimestamp");
+    default:
+        return false;
+    }
+}
+
+static void plan_record(struct plan *p, const proto_batch_t *batch, const proto_event_t *ev)
+{
+    memset(p, 0, sizeof *p);
+    p->clamped = ev->clamped;
+    proto_format_iso8601(ev->received_at_ms, p->ts[0]);
+    proto_format_iso8601(ev->norm_timestamp_ms, p->ts[1]);
+    add_str(p, "receivedAt", p->ts[0], 24);
+    add_str(p, "timestamp", p->ts[1], 24);
+    if (ev->clamped) {
+        proto_format_iso8601(ev->original_timestamp_ms, p->ts[2]);
+        add_str(p, "originalTimestamp", p->ts[2], 24);
+    }
+    if (ev->source.ptr != NULL)
+        add_str(p, "source", ev->source.ptr, ev->source.len);
+    if (ev->account_id.ptr != NULL)
+        add_str(p, "accountId", ev->account_id.ptr, ev->account_id.len);
+    if (batch != NULL && batch->context != NULL && ev->obj != &batch->root) {
+        bool has_ctx = false;
+        const msgpack_object_map *m = &ev->obj->via.map;
+        for (uint32_t i = 0; i < m->size; i++)
+            if (KEY_IS(&m->ptr[i].key, "context") && m->ptr[i].val.type != MSGPACK_OBJECT_NIL)
+                has_ctx = true;
+        if (!has_ctx) {
+            p->use_batch_context = true;
+            struct extra *e = &p->x[p->nx++];
+            e->key = "context";
+            e->key_len = 7;
+            e->str = NULL;
+            e->obj = batch->context;
+        }
+    }
+}
+
+static int pk_write(void *data, const char *buf, size_t len)
+{
+    return proto_buf_append(data, buf, len) == PROTO_OK ? 0 : -1;
+}
+
+static int encode_msgpack(const struct plan *p, const msgpack_object *obj, proto_buf_t *out)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pk_write);
+    const msgpack_object_map *m = &obj->via.map;
+    size_t kept = 0;
+    for (uint32_t i = 0; i < m->size; i++)
+        kept += !dropped(p, &m->ptr[i].key);
+    if (msgpack_pack_map(&pk, kept + p->nx) != 0)
+        return PROTO_E_NOMEM;
+    for (uint32_t i = 0; i < m->size; i++) {
+        const msgpack_object_kv *kv = &m->ptr[i];
+        if (dropped(p, &kv->key))
+            continue;
+        if (msgpack_pack_object(&pk, kv->key) != 0 || msgpack_pack_object(&pk, kv->val) != 0)
+            return PROTO_E_NOMEM;
+    }
+    for (size_t i = 0; i < p->nx; i++) {
+        const struct extra *e = &p->x[i];
+        if (msgpack_pack_str_with_body(&pk, e->key, e->key_len) != 0)
+            return PROTO_E_NOMEM;
+        int rc = e->obj != NULL ? msgpack_pack_object(&pk, *e->obj)
+                                : msgpack_pack_str_with_body(&pk, e->str, e->str_len);
+        if (rc != 0)
+            return PROTO_E_NOMEM;
+    }
+    return PROTO_OK;
+}
+
+static int encode_json(const struct plan *p, const msgpack_object *obj, proto_buf_t *out)
+{
+    const msgpack_object_map *m = &obj->via.map;
+    int rc = proto_buf_append(out, "{", 1);
+    bool first = true;
+    for (uint32_t i = 0; rc == PROTO_OK && i < m->size; i++) {
+        const msgpack_object_kv *kv = &m->ptr[i];
+        if (dropped(p, &kv->key))
+            continue;
+        if (!first)
+            rc = proto_buf_append(out, ",", 1);
+        first = false;
+        if (rc == PROTO_OK)
+            rc = j_str(out, kv->key.via.str.ptr, kv->key.via.str.size, false);
+        if (rc == PROTO_OK)
+            rc = proto_buf_append(out, ":", 1);
+        if (rc == PROTO_OK)
+            rc = j_value(out, &kv->val, false, 1);
+    }
+    for (size_t i = 0; rc == PROTO_OK && i < p->nx; i++) {
+        const struct extra *e = &p->x[i];
+        if (!first)
+            rc = proto_buf_append(out, ",", 1);
+        first = false;
+        if (rc == PROTO_OK)
+            rc = j_str(out, e->key, e->key_len, false);
+        if (rc == PROTO_OK)
+            rc = proto_buf_append(out, ":", 1);
+        if (rc == PROTO_OK)
+            rc = e->obj != NULL ? j_value(out, e->obj, false, 1)
+                                : j_str(out, e->str, e->str_len, true);
+    }
+    if (rc == PROTO_OK)
+        rc = proto_buf_append(out, "}", 1);
+    return rc;
+}
+
+int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, proto_format_t fmt,
+                       proto_buf_t *out)
+{
+    /* Only a validated event has string keys and valid UTF-8 throughout (strict writer). */
+    if (ev->error != PROTO_OK || ev->obj == NULL || ev->obj->type != MSGPACK_OBJECT_MAP)
+        return PROTO_E_EVENT_NOT_A_MAP;
+    struct plan p;
+    plan_record(&p, batch, ev);
+    size_t start = out->len;
+    int rc = fmt == PROTO_FMT_JSON ? encode_json(&p, ev->obj, out) : encode_msgpack(&p, ev->obj, out);
+    if (rc != PROTO_OK)
+        out->len = start;
+    return rc;
+}
+
+/* ---- rejected record ------------------------------------------------------------------------- */
+
+int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out)
+{
+    size_t start = out->len;
+    char ts[25];
+    int err = ev->error != PROTO_OK ? ev->error : PROTO_E_MALFORMED;
+    const char *code = proto_err_code(err), *msg = proto_err_message(err);
+    int rc = APPEND_LIT(out, "{\"error\":");
+    if (rc == PROTO_OK)
+        rc = j_str(out, code, strlen(code), false);
+    if (rc == PROTO_OK)
+        rc = APPEND_LIT(out, ",\"message\":");
+    if (rc == PROTO_OK)
+        rc = j_str(out, msg, strlen(msg), false);
+    if (rc == PROTO_OK)
+        rc = APPEND_LIT(out, ",\"source\":");
+    if (rc == PROTO_OK)
+        rc = ev->source.ptr != NULL ? j_str(out, ev->source.ptr, ev->source.len, true)
+                                    : APPEND_LIT(out, "null");
+    if (rc == PROTO_OK)
+        rc = APPEND_LIT(out, ",\"receivedAt\":\"");
+    if (rc == PROTO_OK)
+        rc = proto_buf_append(out, ts, proto_format_iso8601(ev->received_at_ms, ts));
+    if (rc == PROTO_OK)
+        rc = APPEND_LIT(out, "\",\"raw\":");
+    if (rc != PROTO_OK) {
+        out->len = start;
+        return rc;
+    }
+    size_t raw_start = out->len;
+    rc = ev->obj != NULL ? j_value(out, ev->obj, true, 1) : APPEND_LIT(out, "null");
+    if (rc == PROTO_OK)
+        rc = proto_buf_append(out, "}", 1);
+    if (rc != PROTO_OK) {
+        /* The raw event does not fit the record's cap: keep the reason, say it was cut. */
+        out->len = raw_start;
+        rc = APPEND_LIT(out, "null,\"rawTruncated\":true}");
+        if (rc != PROTO_OK)
+            out->len = start;
+    }
+    return rc;
+}

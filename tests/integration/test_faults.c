@@ -1,0 +1,197 @@
+/*
+ * test_faults.c — the durability promise under faults: Kafka down (503 + Retry-After within the
+ * delivery timeout, then the client's retry is accepted and delivered exactly once) and graceful
+ * shutdown (SIGTERM while requests are in flight: they complete, the process exits 0).
+ */
+#include "it_common.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BASIC_WK_TEST "Authorization: Basic d2tfdGVzdDo=\r\n" /* "wk_test:" */
+
+static long get_status(const sup_env_t *e, const char *path)
+{
+    sup_http_req_t get = {.method = "GET", .path = path, .timeout_ms = 5000};
+    sup_http_resp_t r;
+    sup_http_once(e->coll.port, &get, &r);
+    long s = r.status;
+    sup_http_resp_free(&r);
+    return s;
+}
+
+/* Polls path until it answers want or timeout_ms passes; returns the last status. */
+static long wait_status(const sup_env_t *e, const char *path, long want, int timeout_ms)
+{
+    int64_t deadline = sup_now_ms() + timeout_ms;
+    long s;
+    while ((s = get_status(e, path)) != want && sup_now_ms() < deadline)
+        sup_sleep_ms(100);
+    return s;
+}
+
+static void test_broker_down_then_retry(void **state)
+{
+    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\n");
+    it_ids_t ids = {0};
+    it_post_good(e, "before", 5, &ids);
+
+    json_t *events = json_array();
+    it_ids_t retry_ids = {0};
+    for (int i = 0; i < 10; i++) {
+        char id[IT_ID_BYTES];
+        sup_message_id(id, sizeof id, "down");
+        json_array_append_new(events, sup_track(id, "down-user", "During Outage", i));
+        it_ids_add(&retry_ids, id);
+    }
+    json_t *batch = sup_batch(events);
+    sup_buf_t body = {0};
+    assert_int_equal(sup_json_dump(batch, &body), 0);
+    json_decref(batch);
+
+    assert_int_equal(sup_mock_cmd(&e->mock, "down 1", 5000), 0);
+    int64_t t0 = sup_now_ms();
+    sup_http_resp_t r;
+    it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, &r);
+    int64_t took = sup_now_ms() - t0;
+    it_assert_error(&r, 503, NULL);
+    char retry_after[32];
+    assert_true(sup_http_header(&r, "Retry-After", retry_after, sizeof retry_after));
+    assert_true(atoi(retry_after) >= 1);
+    sup_http_resp_free(&r);
+    /* Answered within the configured delivery timeout (2 s), plus scheduling slack. */
+    fprintf(stderr, "503 after %lld ms\n", (long long)took);
+    assert_true(took < 2000 + 2500);
+    /* Readiness says so too, with a reason. */
+    assert_int_equal(wait_status(e, "/readyz", 503, 8000), 503);
+
+    assert_int_equal(sup_mock_cmd(&e->mock, "up 1", 5000), 0);
+    /* The client retries the same batch (same messageIds) until it is accepted. */
+    long status = 0;
+    int attempts = 0;
+    int64_t deadline = sup_now_ms() + 30000;
+    while (sup_now_ms() < deadline) {
+        attempts++;
+        it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, &r);
+        status = r.status;
+        if (status == 200) {
+            it_assert_ok(&r, 10, 0);
+            sup_http_resp_free(&r);
+            break;
+        }
+        it_assert_error(&r, 503, NULL);
+        sup_http_resp_free(&r);
+        sup_sleep_ms(250);
+    }
+    fprintf(stderr, "retry accepted after %d attempt(s)\n", attempts);
+    assert_int_equal(status, 200);
+    assert_int_equal(wait_status(e, "/readyz", 200, 8000), 200);
+    for (size_t i = 0; i < retry_ids.n; i++)
+        it_ids_add(&ids, retry_ids.id[i]);
+    it_assert_still_serving(e, &ids);
+    /* Let any delivery still pending from the failed attempt land before counting. */
+    sup_sleep_ms(2500);
+    it_assert_events_exactly(e, &ids, NULL);
+    sup_buf_free(&body);
+}
+
+/* Sends a batch of 3 on a raw connection, split at `split` bytes of the body; returns fd. */
+static int send_head_and_part(const sup_env_t *e, it_ids_t *ids, sup_buf_t *body, size_t *split)
+{
+    json_t *events = json_array();
+    for (int i = 0; i < 3; i++) {
+        char id[IT_ID_BYTES];
+        sup_message_id(id, sizeof id, "inflight");
+        json_array_append_new(events, sup_track(id, "inflight-user", "In Flight", i));
+        it_ids_add(ids, id);
+    }
+    json_t *batch = sup_batch(events);
+    assert_int_equal(sup_json_dump(batch, body), 0);
+    json_decref(batch);
+    int fd = sup_tcp_connect(e->coll.port, 5000);
+    assert_true(fd >= 0);
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "POST /v1/batch HTTP/1.1\r\nHost: x\r\n" BASIC_WK_TEST
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     body->len);
+    assert_int_equal(sup_tcp_send(fd, head, (size_t)n, 2000), 0);
+    *split = body->len / 2;
+    assert_int_equal(sup_tcp_send(fd, body->data, *split, 2000), 0);
+    return fd;
+}
+
+static void assert_raw_ok(const sup_buf_t *answer, int status, long accepted)
+{
+    if (status != 200)
+        fprintf(stderr, "in-flight answer: %s\n", answer->data ? answer->data : "(none)");
+    assert_int_equal(status, 200);
+    const char *b = strstr(answer->data, "\r\n\r\n");
+    assert_non_null(b);
+    json_t *j = json_loads(b + 4, 0, NULL);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(j, "accepted")), accepted);
+    json_decref(j);
+}
+
+static void test_sigterm_mid_body(void **state)
+{
+    sup_env_t *e = it_start(state, NULL);
+    it_ids_t ids = {0};
+    it_post_good(e, "before", 3, &ids);
+    sup_buf_t body = {0};
+    size_t split = 0;
+    int fd = send_head_and_part(e, &ids, &body, &split);
+    sup_sleep_ms(300);
+    sup_collector_signal(&e->coll, SIGTERM);
+    sup_sleep_ms(300);
+    /* Draining: no new work is taken (refused, or answered 503). */
+    long s = get_status(e, "/v1/batch");
+    assert_true(s == 0 || s == 503);
+    assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
+    sup_buf_t answer = {0};
+    int status = sup_tcp_read_answer(fd, &answer, 10000);
+    close(fd);
+    assert_raw_ok(&answer, status, 3);
+    sup_buf_free(&answer);
+    sup_buf_free(&body);
+    assert_int_equal(sup_collector_wait(&e->coll, 15000), 0);
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
+static void test_sigterm_waiting_for_kafka(void **state)
+{
+    sup_env_t *e = it_start(state, NULL);
+    it_ids_t ids = {0};
+    it_post_good(e, "before", 3, &ids);
+    /* Every broker answer now takes 1.5 s: the request below waits for its acks. */
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 1500", 5000), 0);
+    sup_buf_t body = {0};
+    size_t split = 0;
+    int fd = send_head_and_part(e, &ids, &body, &split);
+    assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
+    sup_sleep_ms(300);
+    sup_collector_signal(&e->coll, SIGTERM);
+    sup_buf_t answer = {0};
+    int status = sup_tcp_read_answer(fd, &answer, 15000);
+    close(fd);
+    assert_raw_ok(&answer, status, 3);
+    sup_buf_free(&answer);
+    sup_buf_free(&body);
+    assert_int_equal(sup_collector_wait(&e->coll, 15000), 0);
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 0", 5000), 0);
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_broker_down_then_retry, it_teardown),
+        cmocka_unit_test_teardown(test_sigterm_mid_body, it_teardown),
+        cmocka_unit_test_teardown(test_sigterm_waiting_for_kafka, it_teardown),
+    };
+    return it_run(argc, argv, "faults", tests, sizeof tests / sizeof tests[0]);
+}

@@ -1,0 +1,234 @@
+/*
+ * support.h — helpers for the integration tests: child processes (the collector and the mock
+ * Kafka helper), an HTTP client (libcurl) and a raw-socket client, a Kafka consumer that reads a
+ * whole topic, and JSON / msgpack / zstd / gzip builders.
+ *
+ * Not thread-safe: a test process uses these from its main thread only.
+ *
+ * Children never outlive the test: each is forked with PR_SET_PDEATHSIG(SIGKILL) (so a test killed
+ * by a ctest timeout takes its children with it), every live child is recorded in a small table,
+ * and an atexit handler kills whatever is still in it (so a failing assertion that ends the
+ * process leaves nothing behind). Normal teardown goes through sup_env_stop().
+ *
+ * Errors: functions returning int return 0 on success and -1 on failure, after printing one line
+ * that says why on stderr (tests assert on the return value; the line is what a human reads).
+ * Every wait has a deadline given in milliseconds; no function waits longer than that.
+ */
+#ifndef SLUICE_TEST_SUPPORT_H
+#define SLUICE_TEST_SUPPORT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ---------- time ---------- */
+
+/* Monotonic clock in ms. */
+int64_t sup_now_ms(void);
+/* Wall clock in epoch ms. */
+int64_t sup_wall_ms(void);
+void sup_sleep_ms(int ms);
+
+/* ---------- growable byte buffer (hard cap: 256 MiB; appends beyond it fail) ---------- */
+
+typedef struct sup_buf {
+    char *data; /* always NUL-terminated when non-NULL (the NUL is not counted in len) */
+    size_t len, cap;
+} sup_buf_t;
+
+/* Returns 0, or -1 when out of memory or over the cap (buf unchanged). */
+int sup_buf_append(sup_buf_t *b, const void *p, size_t n);
+void sup_buf_free(sup_buf_t *b);
+
+/* ---------- the mock Kafka helper process (sluice-mock-kafka) ---------- */
+
+typedef struct sup_mock {
+    pid_t pid;
+    int cmd_fd;           /* its stdin */
+    int out_fd;           /* its stdout */
+    char bootstrap[256];  /* "127.0.0.1:PORT[,...]" */
+} sup_mock_t;
+
+/* Starts the helper at path with n_brokers brokers and partitions partitions per topic, and waits
+ * up to timeout_ms for its bootstrap line. On failure nothing is left running. */
+int sup_mock_start(sup_mock_t *m, const char *path, int n_brokers, int partitions, int timeout_ms);
+/* Sends one command line ("down 1", "up 1") and waits up to timeout_ms for its "ok". */
+int sup_mock_cmd(sup_mock_t *m, const char *cmd, int timeout_ms);
+/* Sends "quit", waits for exit (bounded), kills it if needed. Safe on a zeroed/stopped mock. */
+void sup_mock_stop(sup_mock_t *m);
+
+/* ---------- the collector process ---------- */
+
+typedef struct sup_collector {
+    pid_t pid;
+    int port;
+    char log_path[512]; /* its stderr (JSON lines), kept after the process ends */
+} sup_collector_t;
+
+/*
+ * Starts path with: --listen 127.0.0.1:0 --brokers BOOT (omitted when brokers is NULL) --write-key
+ * each of keys[] (NULL-terminated, "KEY=SOURCE") --data-dir DIR/data --log-level debug, plus
+ * --config DIR/sluice.yaml when config_yaml is not NULL (its text is written there first).
+ * stderr goes to DIR/collector.log. Waits up to timeout_ms for the "listening" log line and takes
+ * the port from it. On failure the process is killed and its log is printed.
+ */
+int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, const char *brokers,
+                        const char *const *keys, const char *config_yaml, int timeout_ms);
+/* Sends sig (no-op when not running). */
+void sup_collector_signal(sup_collector_t *c, int sig);
+/* Waits up to timeout_ms for exit; returns the exit status (0..255), 128+signal when killed by a
+ * signal, or -1 on timeout (the process is then left running). */
+int sup_collector_wait(sup_collector_t *c, int timeout_ms);
+/* SIGTERM, wait up to timeout_ms, then SIGKILL. Returns the exit status as above. Safe to call
+ * on a zeroed or already-stopped collector (returns 0). */
+int sup_collector_stop(sup_collector_t *c, int timeout_ms);
+/* Prints the last max_bytes of the collector's log to stderr (for failing tests). */
+void sup_collector_dump_log(const sup_collector_t *c, size_t max_bytes);
+/* True when the log contains needle. */
+bool sup_collector_log_contains(const sup_collector_t *c, const char *needle);
+
+/* ---------- a whole test environment: temp dir + mock helper + collector ---------- */
+
+typedef struct sup_env {
+    char dir[256]; /* mkdtemp'd, removed by sup_env_stop when the test passed */
+    sup_mock_t mock;
+    sup_collector_t coll;
+} sup_env_t;
+
+typedef struct sup_env_opts {
+    const char *config_yaml; /* NULL: none */
+    int n_brokers;           /* 0: 1 */
+    int partitions;          /* 0: 3 */
+    const char *const *keys; /* NULL: {"wk_test=test", "wk_web=web"} */
+} sup_env_opts_t;
+
+/* Paths from the environment set by CMake: SLUICE_COLLECTOR, SLUICE_MOCK_KAFKA. */
+int sup_env_start(sup_env_t *e, const sup_env_opts_t *opts);
+/* Stops the collector (SIGTERM, bounded) and the helper. Returns the collector's exit status.
+ * Idempotent. */
+int sup_env_stop(sup_env_t *e);
+
+/* ---------- HTTP over libcurl ---------- */
+
+typedef struct sup_http_resp {
+    long status;       /* 0 when the transfer failed (connection refused/closed) */
+    sup_buf_t body;    /* NUL-terminated */
+    sup_buf_t headers; /* raw header lines of the final answer, NUL-terminated */
+    long num_connects; /* new connections this transfer made (0 = reused keep-alive) */
+    double seconds;    /* total time */
+    json_t *json;      /* body parsed as JSON, or NULL */
+} sup_http_resp_t;
+
+typedef struct sup_http_req {
+    const char *method; /* "POST" when NULL */
+    const char *path;
+    const char *const *headers; /* NULL-terminated "Name: value" lines, may be NULL */
+    const void *body;
+    size_t body_len;
+    bool chunked;      /* send the body with Transfer-Encoding: chunked, in 1 KiB pieces */
+    const char *user;  /* HTTP Basic user (password empty) when not NULL */
+    int timeout_ms;    /* 0: 15000 */
+} sup_http_req_t;
+
+typedef struct sup_http sup_http_t; /* one curl easy handle: keeps its connection alive */
+
+sup_http_t *sup_http_new(int port);
+void sup_http_free(sup_http_t *h);
+/* Performs req. Returns 0 when an HTTP answer arrived (any status), -1 otherwise (resp->status 0).
+ * resp must be released with sup_http_resp_free() in both cases. */
+int sup_http_do(sup_http_t *h, const sup_http_req_t *req, sup_http_resp_t *resp);
+void sup_http_resp_free(sup_http_resp_t *resp);
+/* Value of header name (case-insensitive) in resp, copied into out (NUL-terminated). */
+bool sup_http_header(const sup_http_resp_t *resp, const char *name, char *out, size_t outlen);
+
+/* One request on a fresh connection (a new handle, freed after). */
+int sup_http_once(int port, const sup_http_req_t *req, sup_http_resp_t *resp);
+
+/* ---------- raw TCP to 127.0.0.1 ---------- */
+
+/* Connects with a deadline; returns the fd or -1. */
+int sup_tcp_connect(int port, int timeout_ms);
+/* Writes all of p (bounded by timeout_ms). Returns 0, or -1 (e.g. the peer closed). */
+int sup_tcp_send(int fd, const void *p, size_t n, int timeout_ms);
+/* Reads until the peer closes, out holds max bytes, or timeout_ms passes. Returns 1 if the peer
+ * closed (EOF or reset), 0 on timeout/full. */
+int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms);
+/* Reads until one full HTTP answer head and its Content-Length body are in out, or the peer
+ * closes, or timeout_ms passes. Returns the status code, or -1 when no status line arrived. */
+int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms);
+
+/* ---------- event / batch builders (jansson) ---------- */
+
+/* A unique messageId "<prefix>-<n>" (n from a process-wide counter). */
+void sup_message_id(char *out, size_t outlen, const char *prefix);
+/* {"type":"track","messageId":ID,"userId":USER,"event":NAME,"properties":{"i":i}} — new ref. */
+json_t *sup_track(const char *message_id, const char *user_id, const char *event, int i);
+/* {"batch":events (reference stolen),"sentAt":ISO now} — new ref. */
+json_t *sup_batch(json_t *events);
+/* Epoch ms as ISO-8601 ms Z (out >= 32 bytes). */
+void sup_iso8601(int64_t ms, char *out, size_t outlen);
+/* Parses "YYYY-MM-DDTHH:MM:SS.mmmZ" to epoch ms. */
+int sup_parse_iso8601(const char *s, int64_t *ms);
+
+/* json_dumps (compact) into buf. */
+int sup_json_dump(const json_t *j, sup_buf_t *out);
+/* Encodes j as msgpack (maps, arrays, strings, integers, reals, booleans, null). */
+int sup_msgpack_encode(const json_t *j, sup_buf_t *out);
+/* Decodes one msgpack value into JSON (binary/ext become strings). NULL when malformed or when
+ * bytes remain after the value. */
+json_t *sup_msgpack_decode(const void *p, size_t n);
+
+/* Compresses p with zstd (level 3) / gzip (RFC 1952). */
+int sup_zstd(const void *p, size_t n, sup_buf_t *out);
+int sup_gzip(const void *p, size_t n, sup_buf_t *out);
+/* Compresses zero_bytes zero bytes, streaming (never holds them in memory): a decompression bomb. */
+int sup_zstd_zeros(size_t zero_bytes, sup_buf_t *out);
+int sup_gzip_zeros(size_t zero_bytes, sup_buf_t *out);
+
+/* ---------- Kafka consumer ---------- */
+
+typedef struct sup_kheader {
+    char *name;
+    char *value; /* NUL-terminated copy */
+    size_t len;
+} sup_kheader_t;
+
+typedef struct sup_kmsg {
+    int32_t partition;
+    int64_t offset;
+    char *key; /* NUL-terminated copy, NULL when the message has no key */
+    size_t key_len;
+    char *value;
+    size_t value_len;
+    sup_kheader_t *headers;
+    size_t n_headers;
+} sup_kmsg_t;
+
+typedef struct sup_kmsgs {
+    sup_kmsg_t *msgs;
+    size_t n;
+} sup_kmsgs_t;
+
+/*
+ * Reads every message of topic (all partitions, from the beginning). First waits until the
+ * topic's high watermarks add up to at least min_count (or timeout_ms passes), then reads up to
+ * the watermarks seen at that moment, so the result is exactly what the topic held — extra or
+ * duplicate messages are visible to the caller. Returns 0 (out->n may be below min_count when the
+ * deadline passed first) or -1 when the topic could not be read.
+ */
+int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int timeout_ms,
+                sup_kmsgs_t *out);
+void sup_kmsgs_free(sup_kmsgs_t *m);
+/* Header value (NUL-terminated) or NULL. */
+const char *sup_kmsg_header(const sup_kmsg_t *m, const char *name);
+/* The value decoded: msgpack when it starts like a msgpack map, else JSON. New ref or NULL. */
+json_t *sup_kmsg_value(const sup_kmsg_t *m);
+/* Index of the message whose decoded value has messageId id (in the value, or in "raw" for
+ * rejected records), or -1. */
+long sup_kmsgs_find(const sup_kmsgs_t *m, const char *message_id);
+/* How many messages carry message_id (counts exact-once delivery). */
+size_t sup_kmsgs_count_id(const sup_kmsgs_t *m, const char *message_id);
+
+#endif
