@@ -36,7 +36,7 @@ struct auth {
      * to a cache line each: loops on different cores charge different keys independently. */
     struct {
         _Alignas(64) atomic_uint_fast64_t tat;
-    } *buckets;
+    } * buckets;
 };
 
 void auth_free(auth_t *a)
@@ -234,7 +234,8 @@ char *auth_mask(const char *key, size_t len, char *out, size_t outcap)
     static const char ellipsis[] = "\xe2\x80\xa6"; /* U+2026 */
     if (outcap == 0) return out;
     size_t keep = len < 4 ? len : 4;
-    if (keep + sizeof ellipsis > outcap) keep = outcap > sizeof ellipsis ? outcap - sizeof ellipsis : 0;
+    if (keep + sizeof ellipsis > outcap)
+        keep = outcap > sizeof ellipsis ? outcap - sizeof ellipsis : 0;
     memcpy(out, key, keep);
     if (keep + sizeof ellipsis <= outcap)
         memcpy(out + keep, ellipsis, sizeof ellipsis);

@@ -29,14 +29,14 @@
 /* Appends a string literal (its length known at compile time, no NUL). */
 #define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
 
-#define URL_MAX 256
+#define URL_MAX   256
 #define FIELD_MAX 32
 /* Per-header overhead counted against header_bytes (": " and CRLF), so that many empty
  * headers cannot slip past the limit. */
 #define HEADER_OVERHEAD 4
 /* Keep a connection's body allocation between requests only up to this size. */
 #define BODY_KEEP_MAX (64 * 1024)
-#define METRICS_MAX (4 * 1024 * 1024)
+#define METRICS_MAX   (4 * 1024 * 1024)
 
 typedef enum {
     ROUTE_NONE = 0,
@@ -56,8 +56,8 @@ typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
 
 /* Headers we capture; values longer than their buffer are flagged, never truncated silently. */
 typedef enum { H_NONE = -1, H_CTYPE, H_CENC, H_AUTHZ, H_EXPECT, H_COUNT } hdr_id_t;
-static const char *const hdr_names[H_COUNT] = {"content-type", "content-encoding",
-                                               "authorization", "expect"};
+static const char *const hdr_names[H_COUNT] = {"content-type", "content-encoding", "authorization",
+                                               "expect"};
 static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32};
 
 typedef struct hdr_val {
@@ -139,9 +139,9 @@ static route_t route_parse(const char *url, size_t len)
         const char *path;
         route_t r;
     } table[] = {
-        {"/v1/batch", ROUTE_BATCH},     {"/v1/track", ROUTE_TRACK},   {"/v1/identify", ROUTE_IDENTIFY},
-        {"/v1/group", ROUTE_GROUP},     {"/v1/page", ROUTE_PAGE},     {"/v1/screen", ROUTE_SCREEN},
-        {"/v1/alias", ROUTE_ALIAS},     {"/healthz", ROUTE_HEALTHZ},  {"/readyz", ROUTE_READYZ},
+        {"/v1/batch", ROUTE_BATCH},  {"/v1/track", ROUTE_TRACK},  {"/v1/identify", ROUTE_IDENTIFY},
+        {"/v1/group", ROUTE_GROUP},  {"/v1/page", ROUTE_PAGE},    {"/v1/screen", ROUTE_SCREEN},
+        {"/v1/alias", ROUTE_ALIAS},  {"/healthz", ROUTE_HEALTHZ}, {"/readyz", ROUTE_READYZ},
         {"/metrics", ROUTE_METRICS},
     };
     /* A trailing slash is tolerated ("/v1/batch/"), as most HTTP servers do. */
@@ -161,13 +161,20 @@ static bool route_is_ingest(route_t r)
 static proto_type_t route_kind(route_t r)
 {
     switch (r) {
-    case ROUTE_TRACK: return PROTO_T_TRACK;
-    case ROUTE_IDENTIFY: return PROTO_T_IDENTIFY;
-    case ROUTE_GROUP: return PROTO_T_GROUP;
-    case ROUTE_PAGE: return PROTO_T_PAGE;
-    case ROUTE_SCREEN: return PROTO_T_SCREEN;
-    case ROUTE_ALIAS: return PROTO_T_ALIAS;
-    default: return PROTO_T_NONE;
+    case ROUTE_TRACK:
+        return PROTO_T_TRACK;
+    case ROUTE_IDENTIFY:
+        return PROTO_T_IDENTIFY;
+    case ROUTE_GROUP:
+        return PROTO_T_GROUP;
+    case ROUTE_PAGE:
+        return PROTO_T_PAGE;
+    case ROUTE_SCREEN:
+        return PROTO_T_SCREEN;
+    case ROUTE_ALIAS:
+        return PROTO_T_ALIAS;
+    default:
+        return PROTO_T_NONE;
     }
 }
 
@@ -198,21 +205,36 @@ static int content_type_parse(const char *s, size_t len, proto_format_t *fmt)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
     }
 }
 
@@ -224,11 +246,23 @@ static http_conn_t *conn_of(llhttp_t *p)
 }
 
 static void timer_arm(http_conn_t *c, uint32_t ms);
+static void respond_error(http_conn_t *c, int status, const char *code, const char *message,
+                          int retry_after, bool close_after);
 
 static void timer_cb(uv_timer_t *t)
 {
     http_conn_t *c = t->data;
-    if (c->state == CS_BUSY) return; /* waiting for Kafka: bounded by the delivery timeout */
+    if (c->req != NULL) {
+        /* kafka.delivery_timeout passed without every report: the client hears 503 now (its
+         * retry is safe); the request itself lives on, detached, until its group reports. */
+        c->req->owner = NULL;
+        c->req = NULL;
+        LOG(LOG_DEBUG, "delivery_timeout", LI("ms", c->hl->cfg->delivery_timeout_ms));
+        respond_error(c, 503, "unavailable",
+                      "events could not be made durable in time; retry later", 5, false);
+        return;
+    }
+    if (c->state == CS_BUSY) return; /* writing an answer */
     metrics_add(METRIC_CONN_TIMEOUTS, 1);
     if (c->state == CS_HEADERS || c->state == CS_BODY) metrics_add(METRIC_CLIENT_ABORTS, 1);
     LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
@@ -569,8 +603,8 @@ static void header_auth(http_conn_t *c)
     if (!h->seen) return; /* maybe the body carries writeKey */
     char key[AUTH_KEY_MAX];
     size_t klen = 0;
-    int rc = h->overflow ? AUTH_E_MALFORMED
-                         : auth_parse_header(h->buf, h->len, key, sizeof key, &klen);
+    int rc =
+        h->overflow ? AUTH_E_MALFORMED : auth_parse_header(h->buf, h->len, key, sizeof key, &klen);
     if (rc == AUTH_OK) rc = auth_lookup(hl->ingest->auth, key, klen, &c->source, &c->key_index);
     if (rc == AUTH_OK) {
         c->header_key = true;
@@ -725,7 +759,8 @@ static void respond_readyz(http_conn_t *c)
         snprintf(why, sizeof why, "shutting down");
     char body[512];
     proto_buf_t out = {body, 0, sizeof body, sizeof body};
-    int rc = proto_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
+    int rc =
+        proto_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
     if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
     if (rc == 0 && !ready) rc = ingest_json_str(&out, why, strnlen(why, sizeof why));
     if (rc == 0) rc = buf_lit(&out, "}");
@@ -772,8 +807,8 @@ static void dispatch_ingest(http_conn_t *c)
     if (hl->reqs != NULL) hl->reqs->lprev = req;
     hl->reqs = req;
     c->req = req;
-    /* Now waiting for Kafka: no read, no timer (the delivery timeout bounds the wait). */
-    uv_timer_stop(&c->timer);
+    /* Now waiting for Kafka, not reading; the timer now bounds the wait for the reports. */
+    timer_arm(c, hl->cfg->delivery_timeout_ms);
 }
 
 static void conn_dispatch(http_conn_t *c)
@@ -840,7 +875,8 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     }
     if (err == HPE_PAUSED) {
         const char *pos = llhttp_get_error_pos(&c->parser);
-        size_t consumed = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        size_t consumed =
+            pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
         if (keep_pending(c, data, len, consumed, from_pending) != 0) {
             conn_close(c);
             return;
@@ -850,7 +886,8 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     }
     read_stop(c);
     if (c->fatal_status != 0) {
-        LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status), LS("error", c->fatal_code));
+        LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status),
+            LS("error", c->fatal_code));
         respond_error(c, c->fatal_status, c->fatal_code, c->fatal_msg,
                       c->fatal_status == 503 ? 5 : 0, true);
         return;
@@ -981,8 +1018,7 @@ void http_loop_deliver(http_loop_t *hl)
             if (reply.status == 200)
                 respond_json(c, 200, reply.body, reply.body_len);
             else
-                respond_error(c, reply.status, reply.code, reply.message, reply.retry_after,
-                              false);
+                respond_error(c, reply.status, reply.code, reply.message, reply.retry_after, false);
         }
         ingest_req_free(req);
         req = next;

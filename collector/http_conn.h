@@ -32,15 +32,15 @@ typedef struct http_conn http_conn_t;
 typedef struct http_loop {
     uv_loop_t *uv;
     const config_t *cfg;
-    ingest_ctx_t *ingest;        /* shared by all loops */
-    ingest_scratch_t scratch;    /* this loop's working memory */
-    ingest_mailbox_t mailbox;    /* finished requests come back here */
-    atomic_bool *draining;       /* process-wide: shutting down, refuse new requests */
-    atomic_uint *n_conns;        /* process-wide open connections, for max_connections */
-    bool drained;                /* this loop already closed its idle connections */
-    char *readbuf;               /* HTTP_READ_BUF bytes, shared by this loop's reads */
-    http_conn_t *conns;          /* live connections */
-    ingest_req_t *reqs;          /* live requests (waiting for Kafka or being answered) */
+    ingest_ctx_t *ingest;     /* shared by all loops */
+    ingest_scratch_t scratch; /* this loop's working memory */
+    ingest_mailbox_t mailbox; /* finished requests come back here */
+    atomic_bool *draining;    /* process-wide: shutting down, refuse new requests */
+    atomic_uint *n_conns;     /* process-wide open connections, for max_connections */
+    bool drained;             /* this loop already closed its idle connections */
+    char *readbuf;            /* HTTP_READ_BUF bytes, shared by this loop's reads */
+    http_conn_t *conns;       /* live connections */
+    ingest_req_t *reqs;       /* live requests (waiting for Kafka or being answered) */
 } http_loop_t;
 
 /* Sets up hl for the loop uv. async is the loop's wake-up handle used by the mailbox. None of

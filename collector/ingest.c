@@ -106,11 +106,21 @@ int ingest_json_str(proto_buf_t *out, const char *s, size_t len)
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
         size_t n = 2;
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
             esc[1] = 'u';
             esc[2] = '0';
@@ -136,8 +146,8 @@ int ingest_error_json(proto_buf_t *out, const char *code, const char *message)
     return rc;
 }
 
-static void fail(ingest_error_t *err, int status, const char *code, const char *message,
-                 int retry_after)
+static void refuse(ingest_error_t *err, int status, const char *code, const char *message,
+                   int retry_after)
 {
     err->status = status;
     err->code = code;
@@ -201,11 +211,11 @@ static int append_u(proto_buf_t *out, const char *prefix, uint64_t v)
 
 /* Produces every event of b into req's group. Returns 0, or the kafka_err_t of the first
  * refused produce (the loop stops there: the request will be answered 503 anyway). */
-static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
-                       ingest_req_t *req, const char *source, int64_t received_at)
+static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b, ingest_req_t *req,
+                       const char *source, int64_t received_at)
 {
-    const proto_format_t fmt = ctx->cfg->kafka_format == PROTO_FMT_JSON ? PROTO_FMT_JSON
-                                                                        : PROTO_FMT_MSGPACK;
+    const proto_format_t fmt =
+        ctx->cfg->kafka_format == PROTO_FMT_JSON ? PROTO_FMT_JSON : PROTO_FMT_MSGPACK;
     const char *ctype = fmt == PROTO_FMT_JSON ? "application/json" : "application/msgpack";
     char schema[16];
     int schema_len = snprintf(schema, sizeof schema, "%d", PROTO_SCHEMA_VERSION);
@@ -244,8 +254,8 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                 LOG(LOG_DEBUG, "reject_encode_failed", LI("index", i),
                     LS("reason", proto_err_code(ev->error)));
             } else {
-                rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_REJECTED, key.ptr, key.len,
-                                       s->enc.data, s->enc.len, NULL, 0, &req->group);
+                rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_REJECTED, key.ptr, key.len, s->enc.data,
+                                       s->enc.len, NULL, 0, &req->group);
                 if (rc != 0) return rc;
             }
             req->n_rejected++;
@@ -294,24 +304,24 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     const char *plain = in->body;
     size_t plain_len = in->len;
     if (in->enc != BODY_ENC_IDENTITY) {
-        int brc = body_decode(&s->dec, in->enc, in->body, in->len, s->plain, s->plain_cap,
-                              &plain_len);
+        int brc =
+            body_decode(&s->dec, in->enc, in->body, in->len, s->plain, s->plain_cap, &plain_len);
         if (brc == BODY_E_TOO_LARGE) {
             metrics_add(METRIC_DECOMPRESS_LIMIT, 1);
-            fail(err, 413, "payload_too_large", "decompressed body larger than allowed", 0);
+            refuse(err, 413, "payload_too_large", "decompressed body larger than allowed", 0);
             return -1;
         }
         if (brc == BODY_E_NOMEM) {
-            fail(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
+            refuse(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
             return -1;
         }
         if (brc != BODY_OK) {
-            fail(err, 400, "malformed_body", body_strerror(brc), 0);
+            refuse(err, 400, "malformed_body", body_strerror(brc), 0);
             return -1;
         }
         plain = s->plain;
     } else if (in->len > ctx->limits.body_bytes) {
-        fail(err, 413, "payload_too_large", "body larger than allowed", 0);
+        refuse(err, 413, "payload_too_large", "body larger than allowed", 0);
         return -1;
     }
 
@@ -321,8 +331,8 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     if (rc != 0) {
         proto_batch_free(&b);
         int status = decode_error_status(rc);
-        fail(err, status, status == 413 ? "payload_too_large" : proto_err_code(rc),
-             proto_err_message(rc), status == 503 ? INGEST_RETRY_AFTER_S : 0);
+        refuse(err, status, status == 413 ? "payload_too_large" : proto_err_code(rc),
+               proto_err_message(rc), status == 503 ? INGEST_RETRY_AFTER_S : 0);
         return -1;
     }
 
@@ -334,22 +344,22 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         if (arc != AUTH_OK) {
             proto_batch_free(&b);
             metrics_add(METRIC_AUTH_FAILURES, 1);
-            fail(err, 401, "unauthorized",
-                 arc == AUTH_E_MISSING ? "a write key is required" : "unknown write key", 0);
+            refuse(err, 401, "unauthorized",
+                   arc == AUTH_E_MISSING ? "a write key is required" : "unknown write key", 0);
             return -1;
         }
     }
     int retry_after = 0;
     if (auth_rate_take(ctx->auth, key_index, b.n_events, in->start_ns, &retry_after) != AUTH_OK) {
         proto_batch_free(&b);
-        fail(err, 429, "rate_limited", "write key over its rate limit", retry_after);
+        refuse(err, 429, "rate_limited", "write key over its rate limit", retry_after);
         return -1;
     }
 
     ingest_req_t *req = calloc(1, sizeof *req);
     if (req == NULL) {
         proto_batch_free(&b);
-        fail(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
+        refuse(err, 503, "unavailable", "out of memory", INGEST_RETRY_AFTER_S);
         return -1;
     }
     req->mailbox = mb;
@@ -392,8 +402,7 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
     memset(reply, 0, sizeof *reply);
     if (req->produce_err != 0 || failed > 0) {
         if (req->produce_err == KAFKA_E_QUEUE_FULL) metrics_add(METRIC_KAFKA_QUEUE_FULL, 1);
-        LOG(LOG_DEBUG, "request_not_durable", LI("events", req->n_events),
-            LI("failed", failed),
+        LOG(LOG_DEBUG, "request_not_durable", LI("events", req->n_events), LI("failed", failed),
             LS("produce_error", req->produce_err ? kafka_strerror(req->produce_err) : NULL),
             LI("kafka_error", atomic_load(&req->group.first_err)));
         reply->status = 503;

@@ -80,23 +80,23 @@ struct ingest_req {
     ingest_req_t *next;  /* mailbox link */
     ingest_mailbox_t *mailbox;
     ingest_ctx_t *ctx;
-    void *owner;           /* whoever waits for the answer (a connection); NULL once it left */
+    void *owner; /* whoever waits for the answer (a connection); NULL once it left */
     ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
-    uint64_t start_ns;     /* uv_hrtime() at request start */
+    uint64_t start_ns;           /* uv_hrtime() at request start */
     uint32_t n_events, n_accepted, n_rejected;
-    int produce_err;       /* kafka_err_t of the first refused produce, 0 if none */
-    proto_buf_t answer;    /* the 200 body, built while producing */
+    int produce_err;    /* kafka_err_t of the first refused produce, 0 if none */
+    proto_buf_t answer; /* the 200 body, built while producing */
 };
 
 typedef struct ingest_input {
-    proto_type_t kind;     /* PROTO_T_NONE: /v1/batch; else the single-call type */
+    proto_type_t kind; /* PROTO_T_NONE: /v1/batch; else the single-call type */
     proto_format_t fmt;
     body_encoding_t enc;
-    const char *body;      /* as received; need only live during ingest_start */
+    const char *body; /* as received; need only live during ingest_start */
     size_t len;
-    bool header_key;       /* a key came in the Authorization header, already looked up: */
-    const char *source;    /*   its source (owned by auth) */
-    int key_index;         /*   its rate bucket */
+    bool header_key;    /* a key came in the Authorization header, already looked up: */
+    const char *source; /*   its source (owned by auth) */
+    int key_index;      /*   its rate bucket */
     uint64_t start_ns;
 } ingest_input_t;
 

@@ -3,7 +3,8 @@
  *
  * Threads and what they touch:
  *  - any thread: kafka_out_produce(), kafka_group_seal(), kafka_out_ready(),
- *    kafka_out_queue_len(). They only call thread-safe librdkafka functions and atomics.
+ *    kafka_out_queue_len(). They use thread-safe librdkafka calls, atomics, and the read side
+ *    of ko->lock (never waited on, except during the microseconds of a producer swap).
  *  - the poll thread (one per kafka_out_t): rd_kafka_poll() serves dr_cb and error_cb, so
  *    every delivery report, every health change and every done_cb (except a seal that finds
  *    the group already complete) happens here. While Kafka looks unhealthy it also probes
@@ -17,6 +18,28 @@
  * idempotent producer can no longer guarantee its promises. None of these has an "up again"
  * counterpart, so recovery is inferred from a successful delivery report or a successful
  * probe: a metadata answer in which every partition of the events topic has a leader.
+ * A fatal error is permanent for an rd_kafka_t, so the poll thread replaces the producer
+ * (kafka_recreate_delay_ms later): librdkafka 2.0.2 can raise one after an ordinary broker
+ * outage (out-of-order sequence after a possibly-persisted timeout, librdkafka#4438), and a
+ * collector that needs a restart after every Kafka blip would break the durability story.
+ *
+ * Idempotent producer and message timeouts (librdkafka 2.0.2; each point pinned by a test in
+ * tests/collector/test_kafka_out.c against the mock cluster):
+ *  - message.timeout.ms = delivery_timeout_ms bounds every message: its report arrives by
+ *    then, as __MSG_TIMED_OUT at worst, so a request's group always completes in bounded time.
+ *  - Timed out while queued (broker down, never sent): status NOT_PERSISTED. librdkafka drains
+ *    the partition, bumps the epoch and skips the gap; no fatal error, the producer stays
+ *    usable, and the client's retry after the 503 is written exactly once.
+ *  - Timed out in flight (broker too slow to answer): status POSSIBLY_PERSISTED, and the mock
+ *    broker did write them; the retry then writes them a second time. Delivery is therefore
+ *    at-least-once across a 503, and the message-id header is what lets a consumer drop the
+ *    copy. Still no fatal error: the producer keeps delivering.
+ *  - Fatal errors remain possible (librdkafka#4438, fixed in 2.3.0: out-of-order sequence
+ *    after a possibly-persisted failure); hence the producer replacement above.
+ *
+ * Embedded mode keeps messages in the mock cluster's memory, which librdkafka bounds per
+ * partition (oldest message sets dropped beyond ~5 MiB or 100k sets), so it cannot grow
+ * without limit; consumers that fall further behind than that lose the oldest data.
  *
  * Queue accounting: librdkafka enforces queue.buffering.max.kbytes itself (produce answers
  * __QUEUE_FULL); the byte count kept here (key + value of every message not yet reported)
@@ -24,7 +47,6 @@
  */
 #include "kafka_out.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -93,7 +115,8 @@ struct kafka_out {
     atomic_bool stop_poll; /* set by kafka_out_free: the poll thread exits */
     atomic_bool stopping;  /* set by kafka_out_free: produce answers E_STOPPED */
 
-    uint64_t queue_cap_bytes;
+    uint64_t queue_cap_bytes;          /* effective queue.buffering.max.kbytes * 1024 */
+    uint64_t queue_cap_msgs;           /* effective queue.buffering.max.messages */
     atomic_uint_fast64_t queued_bytes; /* key+value bytes of messages not yet reported */
 
     /* Health. */
@@ -172,23 +195,27 @@ void kafka_group_seal(kafka_group_t *g)
 
 /* ---- librdkafka callbacks -------------------------------------------------------------- */
 
-/* Poll thread. */
+/* Poll thread (or kafka_out_free's thread after the poll thread is gone). Reports of a
+ * replaced producer count for their groups and metrics, not for health. */
 static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     kafka_out_t *ko = opaque;
     kafka_group_t *g = m->_private;
-    (void)rk;
+    bool current = rk == ko->rk;
 
     atomic_fetch_sub(&ko->queued_bytes, (uint_fast64_t)m->len + m->key_len);
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         metrics_add(METRIC_KAFKA_DELIVERED, 1);
-        atomic_store(&ko->delivery_failing, 0);
-        atomic_store(&ko->brokers_down, false);
+        if (current) {
+            atomic_store(&ko->delivery_failing, 0);
+            atomic_store(&ko->brokers_down, false);
+        }
         if (g != NULL) atomic_fetch_add(&g->delivered, 1u);
     } else {
         metrics_add(METRIC_KAFKA_ERRORS, 1);
         /* A purge at shutdown says nothing about Kafka's health. */
-        if (m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+        if (current && m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE &&
+            m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
             atomic_store(&ko->delivery_failing, (int)m->err);
         if (g != NULL) {
             int zero = 0;
@@ -316,6 +343,10 @@ static void kafka_recreate(kafka_out_t *ko)
     int64_t deadline = kafka_now_ms() + KAFKA_DRAIN_MS;
     while (rd_kafka_outq_len(old) > 0 && kafka_now_ms() < deadline)
         rd_kafka_poll(old, 10);
+    /* Not expected (purged messages report at once), but if it happens those groups never
+     * complete: say so loudly. */
+    if (rd_kafka_outq_len(old) > 0)
+        LOG(LOG_ERROR, "kafka_reports_lost", LI("messages", rd_kafka_outq_len(old)));
     kafka_destroy_producer(old, oldt);
     LOG(LOG_WARN, "kafka_producer_recreated", LS("client", rd_kafka_name(rk)));
 }
@@ -402,16 +433,16 @@ static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
     for (int i = 0; i < KAFKA_NTOPICS; i++) {
         rd_kafka_resp_err_t e =
             rd_kafka_mock_topic_create(ko->mcluster, names[i], kafka_mock_partitions[i], 1);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* Two roles may share one topic name: the second create finds it. */
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
             kafka_seterr(err, errlen, "kafka: mock topic %s: %s", names[i], rd_kafka_err2str(e));
             return KAFKA_E_CONFIG;
         }
     }
     ko->bootstrap = strdup(rd_kafka_mock_cluster_bootstraps(ko->mcluster));
     if (ko->bootstrap == NULL) return KAFKA_E_NOMEM;
-    LOG(LOG_WARN, "kafka_embedded", LS("bootstrap", ko->bootstrap),
-        LS("warning", "no brokers configured: using the in-process mock Kafka cluster; data "
-                      "lives in memory only and is lost when the collector exits"));
+    /* main prints the address and the memory-only warning (SPEC §4); this is the trace. */
+    LOG(LOG_INFO, "kafka_mock_started", LS("bootstrap", ko->bootstrap));
     return KAFKA_OK;
 }
 
@@ -420,10 +451,10 @@ static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
 static int kafka_build_conf(kafka_out_t *ko, rd_kafka_conf_t *conf, char *err, size_t errlen)
 {
     const config_t *cfg = ko->cfg;
-    char timeout[16], kbytes[24], maxmsgs[16];
+    char timeout[16], kbytes[24], maxmsgs[24];
     snprintf(timeout, sizeof timeout, "%" PRIu32, cfg->delivery_timeout_ms);
     snprintf(kbytes, sizeof kbytes, "%" PRIu64, ko->queue_cap_bytes / 1024);
-    snprintf(maxmsgs, sizeof maxmsgs, "%u", KAFKA_QUEUE_MAX_MESSAGES);
+    snprintf(maxmsgs, sizeof maxmsgs, "%" PRIu64, ko->queue_cap_msgs);
 
     const char *defaults[][2] = {
         {"client.id", "sluice-collector"},
@@ -469,6 +500,17 @@ static int kafka_new_producer(kafka_out_t *ko, rd_kafka_t **rkp, rd_kafka_topic_
     if (rc != KAFKA_OK) {
         rd_kafka_conf_destroy(conf);
         return rc;
+    }
+    if (ko->rk == NULL) {
+        /* First producer: the caps readiness measures against are the effective ones, which
+         * kafka.properties may have overridden. */
+        char v[32];
+        size_t vlen = sizeof v;
+        if (rd_kafka_conf_get(conf, "queue.buffering.max.kbytes", v, &vlen) == RD_KAFKA_CONF_OK)
+            ko->queue_cap_bytes = strtoull(v, NULL, 10) * 1024;
+        vlen = sizeof v;
+        if (rd_kafka_conf_get(conf, "queue.buffering.max.messages", v, &vlen) == RD_KAFKA_CONF_OK)
+            ko->queue_cap_msgs = strtoull(v, NULL, 10);
     }
     char errstr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
@@ -549,6 +591,7 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
     /* librdkafka counts the queue in KiB, 1 .. INT32_MAX. */
     uint64_t kb = cfg->kafka_queue_bytes / 1024;
     ko->queue_cap_bytes = (kb < 1 ? 1 : kb > INT32_MAX ? INT32_MAX : kb) * 1024;
+    ko->queue_cap_msgs = KAFKA_QUEUE_MAX_MESSAGES;
     atomic_init(&ko->recreated, 0u);
     atomic_init(&ko->stop_poll, false);
     atomic_init(&ko->stopping, false);
@@ -687,8 +730,7 @@ bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
                                rd_kafka_err2str((rd_kafka_resp_err_t)derr));
     if (atomic_load(&ko->queued_bytes) * 100u >=
             (uint_fast64_t)ko->queue_cap_bytes * KAFKA_READY_QUEUE_PCT ||
-        (uint64_t)kafka_outq_len_locked(ko) * 100u >=
-            (uint64_t)KAFKA_QUEUE_MAX_MESSAGES * KAFKA_READY_QUEUE_PCT)
+        (uint64_t)kafka_outq_len_locked(ko) * 100u >= ko->queue_cap_msgs * KAFKA_READY_QUEUE_PCT)
         return kafka_not_ready(why, whylen, "kafka producer queue over %u%% full",
                                KAFKA_READY_QUEUE_PCT);
     if (why != NULL && whylen > 0) why[0] = '\0';
@@ -735,7 +777,10 @@ void kafka_out_free(kafka_out_t *ko)
     if (ko->rk != NULL) {
         /* Reports that missed the bounded wait run here, on the caller's thread. */
         rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_poll(ko->rk, 0);
+        for (int i = 0; i < 100 && rd_kafka_outq_len(ko->rk) > 0; i++)
+            rd_kafka_poll(ko->rk, 10);
+        if (rd_kafka_outq_len(ko->rk) > 0)
+            LOG(LOG_ERROR, "kafka_reports_lost", LI("messages", rd_kafka_outq_len(ko->rk)));
         kafka_destroy_producer(ko->rk, ko->rkt);
     }
     if (ko->mcluster != NULL) rd_kafka_mock_cluster_destroy(ko->mcluster);

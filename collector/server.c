@@ -125,8 +125,7 @@ static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *fd_out, 
     return 0;
 }
 
-int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err,
-               size_t errlen)
+int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     server_t *s = calloc(1, sizeof *s);
@@ -277,7 +276,11 @@ bool server_wait_drained(server_t *s, uint32_t timeout_ms)
         bool acked = true;
         for (uint32_t i = 0; i < s->n_loops; i++)
             if (s->loops[i].thread_ok && !atomic_load(&s->loops[i].drain_ack)) acked = false;
-        if (acked && atomic_load(&s->ingest->in_flight) == 0) return true;
+        /* Idle connections closed at drain; the others close after their answer (draining
+         * forces Connection: close), so no open connection means no request in progress,
+         * including one still receiving its body. */
+        if (acked && atomic_load(&s->ingest->in_flight) == 0 && atomic_load(&s->n_conns) == 0)
+            return true;
         if (uv_hrtime() >= deadline) return false;
         sleep_ms(10);
     }
@@ -311,8 +314,7 @@ void server_free(server_t *s)
         close_listener(sl);
         if (sl->async_ok) uv_close((uv_handle_t *)&sl->async, NULL);
         uv_run(&sl->loop, UV_RUN_DEFAULT);
-        if (uv_loop_close(&sl->loop) != 0)
-            LOG(LOG_WARN, "loop_close_busy", LI("loop", i));
+        if (uv_loop_close(&sl->loop) != 0) LOG(LOG_WARN, "loop_close_busy", LI("loop", i));
         if (sl->http_ok) http_loop_free(&sl->http);
     }
     free(s->loops);

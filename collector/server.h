@@ -5,8 +5,9 @@
  *
  * Shutdown (driven by main, which is not an event-loop thread and may block):
  *   server_drain_begin   listeners close, idle connections close, new requests get 503;
- *   server_wait_drained  waits (bounded) until every loop acknowledged and no request waits
- *                        for Kafka any more;
+ *   server_wait_drained  waits (bounded) until every loop acknowledged and every request in
+ *                        progress (receiving its body, waiting for Kafka, being answered) is
+ *                        done: no connection is open any more;
  *   (main flushes Kafka)
  *   server_stop          closes every connection and stops and joins the loop threads;
  *   (main destroys the Kafka producer: no delivery report can arrive after that)
@@ -30,8 +31,7 @@ typedef struct server server_t;
  * free port, shared by every loop). Does not start the threads. Returns 0 and *out, or -1 with
  * err filled (nothing is left open). cfg and ingest must outlive the server.
  */
-int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err,
-               size_t errlen);
+int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen);
 
 /* The bound address: host as configured (numeric) and the actual port. */
 const char *server_host(const server_t *s);

@@ -16,13 +16,13 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#define TICK_MS         1
-#define FLUSH_NS        100000000ULL /* worker -> mailbox histogram hand-off period */
+#define TICK_MS          1
+#define FLUSH_NS         100000000ULL /* worker -> mailbox histogram hand-off period */
 #define RECONNECT_MIN_NS 50000000ULL
 #define RECONNECT_MAX_NS 1000000000ULL
-#define RESP_HEAD       256 /* bytes of a 200 body scanned for the accepted/... counts */
-#define READ_BUF        65536
-#define HDR_MAX         1024
+#define RESP_HEAD        256 /* bytes of a 200 body scanned for the accepted/... counts */
+#define READ_BUF         65536
+#define HDR_MAX          1024
 
 static atomic_int g_stop;
 
@@ -120,8 +120,7 @@ static int64_t wall_ms(void)
 
 static void ledger_note_new(worker_t *w, uint64_t seq, uint8_t kind)
 {
-    if (w->ledger_max == 0 || w->ledger_overflow)
-        return;
+    if (w->ledger_max == 0 || w->ledger_overflow) return;
     if (seq >= w->ledger_max) {
         w->ledger_overflow = true;
         return;
@@ -130,8 +129,7 @@ static void ledger_note_new(worker_t *w, uint64_t seq, uint8_t kind)
         uint64_t cap = w->ledger_cap ? w->ledger_cap * 2 : 65536;
         while (cap <= seq)
             cap *= 2;
-        if (cap > w->ledger_max)
-            cap = w->ledger_max;
+        if (cap > w->ledger_max) cap = w->ledger_max;
         uint8_t *p = realloc(w->ledger, cap);
         if (!p) {
             w->ledger_overflow = true;
@@ -142,17 +140,14 @@ static void ledger_note_new(worker_t *w, uint64_t seq, uint8_t kind)
         w->ledger_cap = cap;
     }
     w->ledger[seq] = kind & LEDGER_KIND_MASK;
-    if (seq + 1 > w->ledger_len)
-        w->ledger_len = seq + 1;
+    if (seq + 1 > w->ledger_len) w->ledger_len = seq + 1;
 }
 
 static void ledger_mark(worker_t *w, const conn_t *c, uint8_t bit)
 {
-    if (w->ledger_max == 0 || bit == 0)
-        return;
+    if (w->ledger_max == 0 || bit == 0) return;
     for (size_t i = 0; i < c->n_items; i++)
-        if (c->items[i].seq < w->ledger_len)
-            w->ledger[c->items[i].seq] |= bit;
+        if (c->items[i].seq < w->ledger_len) w->ledger[c->items[i].seq] |= bit;
 }
 
 /* ---- requests ---- */
@@ -185,8 +180,7 @@ static void request_failed(conn_t *c, int slot, uint64_t now)
 static uint64_t scan_count(const char *s, const char *key)
 {
     const char *p = strstr(s, key);
-    if (!p)
-        return 0;
+    if (!p) return 0;
     p += strlen(key);
     uint64_t v = 0;
     while (*p >= '0' && *p <= '9')
@@ -226,10 +220,8 @@ static size_t base64(const unsigned char *in, size_t n, char *out)
     size_t o = 0;
     for (size_t i = 0; i < n; i += 3) {
         uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
+        if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < n) v |= in[i + 2];
         out[o++] = tbl[(v >> 18) & 63];
         out[o++] = tbl[(v >> 12) & 63];
         out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
@@ -249,8 +241,7 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
         bound = deflateBound(&w->zs, (uLong)len) + 32;
     if (bound > c->body_cap) {
         char *p = realloc(c->body, bound);
-        if (!p)
-            return LT_E_NOMEM;
+        if (!p) return LT_E_NOMEM;
         c->body = p;
         c->body_cap = bound;
     }
@@ -261,20 +252,17 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
         return 0;
     case CLIENT_COMPRESS_ZSTD: {
         size_t r = ZSTD_compressCCtx(w->zc, c->body, c->body_cap, src, len, w->cfg->level);
-        if (ZSTD_isError(r))
-            return LT_E_IO;
+        if (ZSTD_isError(r)) return LT_E_IO;
         c->body_len = r;
         return 0;
     }
     case CLIENT_COMPRESS_GZIP:
-        if (deflateReset(&w->zs) != Z_OK)
-            return LT_E_IO;
+        if (deflateReset(&w->zs) != Z_OK) return LT_E_IO;
         w->zs.next_in = (Bytef *)(uintptr_t)src;
         w->zs.avail_in = (uInt)len;
         w->zs.next_out = (Bytef *)c->body;
         w->zs.avail_out = (uInt)c->body_cap;
-        if (deflate(&w->zs, Z_FINISH) != Z_STREAM_END)
-            return LT_E_IO;
+        if (deflate(&w->zs, Z_FINISH) != Z_STREAM_END) return LT_E_IO;
         c->body_len = c->body_cap - w->zs.avail_out;
         return 0;
     }
@@ -299,13 +287,10 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     size_t raw_len, n;
     const model_item_t *items;
     int rc = model_stream_next(w->stream, wall_ms(), &raw, &raw_len, &items, &n);
-    if (rc != 0)
-        return rc;
-    if ((rc = compress_body(w, c, raw, raw_len)) != 0)
-        return rc;
+    if (rc != 0) return rc;
+    if ((rc = compress_body(w, c, raw, raw_len)) != 0) return rc;
     for (size_t i = 0; i < n; i++)
-        if (!items[i].dup)
-            ledger_note_new(w, items[i].seq, items[i].kind);
+        if (!items[i].dup) ledger_note_new(w, items[i].seq, items[i].kind);
     memcpy(c->items, items, n * sizeof(*items));
     c->n_items = n;
     const char *ctype = model_config(cfg->model)->format == ENC_JSON ? "json" : "msgpack";
@@ -317,8 +302,7 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
                       "Content-Type: application/%s\r\n%sContent-Length: %zu\r\n"
                       "User-Agent: sluice-load/" SLUICE_VERSION "\r\n\r\n",
                       cfg->path, cfg->host_header, w->auth, ctype, cenc, c->body_len);
-    if (hl < 0 || (size_t)hl >= sizeof(c->hdr))
-        return LT_E_TOO_LARGE;
+    if (hl < 0 || (size_t)hl >= sizeof(c->hdr)) return LT_E_TOO_LARGE;
     c->hdr_len = (size_t)hl;
     uv_buf_t bufs[2] = {uv_buf_init(c->hdr, (unsigned)c->hdr_len),
                         uv_buf_init(c->body, (unsigned)c->body_len)};
@@ -346,8 +330,7 @@ static conn_t *pop_idle(worker_t *w)
     while (w->n_idle > 0) {
         conn_t *c = &w->conns[w->idle[--w->n_idle]];
         c->in_idle = false;
-        if (c->state == C_IDLE)
-            return c;
+        if (c->state == C_IDLE) return c;
     }
     return NULL;
 }
@@ -355,8 +338,7 @@ static conn_t *pop_idle(worker_t *w)
 static void push_idle(conn_t *c)
 {
     worker_t *w = c->w;
-    if (c->in_idle || c->state != C_IDLE)
-        return;
+    if (c->in_idle || c->state != C_IDLE) return;
     c->in_idle = true;
     w->idle[w->n_idle++] = (uint32_t)(c - w->conns);
 }
@@ -374,8 +356,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *c = p->data;
     size_t room = RESP_HEAD - c->resp_len;
-    if (len > room)
-        len = room;
+    if (len > room) len = room;
     memcpy(c->resp + c->resp_len, at, len);
     c->resp_len += len;
     return 0;
@@ -386,8 +367,7 @@ static int on_message_complete(llhttp_t *p)
     conn_t *c = p->data;
     c->answered = true;
     c->answer_status = llhttp_get_status_code(p);
-    if (!llhttp_should_keep_alive(p))
-        c->close_after = true;
+    if (!llhttp_should_keep_alive(p)) c->close_after = true;
     return 0;
 }
 
@@ -405,12 +385,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = s->data;
     worker_t *w = c->w;
-    if (nread == 0)
-        return;
+    if (nread == 0) return;
     uint64_t now = uv_hrtime();
     if (nread < 0) {
-        if (c->state == C_BUSY)
-            request_failed(c, CLIENT_ST_CONN_ERROR, now);
+        if (c->state == C_BUSY) request_failed(c, CLIENT_ST_CONN_ERROR, now);
         conn_close(c);
         return;
     }
@@ -424,8 +402,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         }
     }
     if (e != HPE_OK) {
-        if (c->state == C_BUSY)
-            request_failed(c, CLIENT_ST_CONN_ERROR, now);
+        if (c->state == C_BUSY) request_failed(c, CLIENT_ST_CONN_ERROR, now);
         conn_close(c);
         return;
     }
@@ -433,8 +410,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (c->state == C_IDLE)
-        maybe_send_closed_loop(c, now);
+    if (c->state == C_IDLE) maybe_send_closed_loop(c, now);
 }
 
 static void on_close(uv_handle_t *h)
@@ -446,8 +422,7 @@ static void on_close(uv_handle_t *h)
 
 static void conn_close(conn_t *c)
 {
-    if (c->state == C_CLOSED || c->state == C_CLOSING)
-        return;
+    if (c->state == C_CLOSED || c->state == C_CLOSING) return;
     c->state = C_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
@@ -456,13 +431,11 @@ static void on_connect(uv_connect_t *req, int status)
 {
     conn_t *c = req->data;
     worker_t *w = c->w;
-    if (c->state != C_CONNECTING)
-        return;
+    if (c->state != C_CONNECTING) return;
     if (status < 0) {
         add(&w->conn_errors, 1);
         c->backoff_ns = c->backoff_ns ? c->backoff_ns * 2 : RECONNECT_MIN_NS;
-        if (c->backoff_ns > RECONNECT_MAX_NS)
-            c->backoff_ns = RECONNECT_MAX_NS;
+        if (c->backoff_ns > RECONNECT_MAX_NS) c->backoff_ns = RECONNECT_MAX_NS;
         conn_close(c);
         return;
     }
@@ -482,8 +455,7 @@ static void on_connect(uv_connect_t *req, int status)
 static void conn_connect(conn_t *c, uint64_t now)
 {
     worker_t *w = c->w;
-    if (uv_tcp_init(&w->loop, &c->tcp) < 0)
-        return;
+    if (uv_tcp_init(&w->loop, &c->tcp) < 0) return;
     c->tcp.data = c;
     c->creq.data = c;
     c->state = C_CONNECTING;
@@ -521,8 +493,7 @@ static void flush_local(worker_t *w)
 
 static void close_all_cb(uv_handle_t *h, void *arg)
 {
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
+    if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 static void finish(worker_t *w, uint64_t now)
@@ -546,16 +517,7 @@ static void on_tick(uv_timer_t *t)
 {
     worker_t *w = t->data;
     uint64_t now = uv_hrtime();
-    if (w->finished)
-        return;
-    if (!w->draining && (now >= w->end_ns || atomic_load(&g_stop))) {
-        w->draining = true;
-        w->drain_deadline_ns = now + (uint64_t)w->cfg->timeout_ms * 1000000ULL;
-        if (w->interval_ns > 0 && now > w->start_ns) {
-            uint64_t due = (uint64_t)((double)(now - w->start_ns) / w->interval_ns) + 1;
-            w->backlog_at_end = due > w->issued ? due - w->issued : 0;
-        }
-    }
+    if (w->finished) return;
     uint32_t busy = 0;
     for (uint32_t i = 0; i < w->n_conns; i++) {
         conn_t *c = &w->conns[i];
@@ -568,11 +530,12 @@ static void on_tick(uv_timer_t *t)
         busy += c->state == C_BUSY;
     }
     if (!w->draining && w->interval_ns > 0 && now >= w->start_ns) {
-        uint64_t due = (uint64_t)((double)(now - w->start_ns) / w->interval_ns) + 1;
+        /* requests due by now, counting only those scheduled before the end of the window */
+        uint64_t lim = now < w->end_ns ? now : w->end_ns - 1;
+        uint64_t due = (uint64_t)((double)(lim - w->start_ns) / w->interval_ns) + 1;
         while (w->issued < due) {
             conn_t *c = pop_idle(w);
-            if (!c)
-                break;
+            if (!c) break;
             uint64_t intended = w->start_ns + (uint64_t)((double)w->issued * w->interval_ns);
             w->issued++;
             if (conn_send(c, intended, now) != 0) {
@@ -582,13 +545,17 @@ static void on_tick(uv_timer_t *t)
             }
             busy++;
         }
+        if (now >= w->end_ns) w->backlog_at_end = due > w->issued ? due - w->issued : 0;
+    }
+    if (!w->draining && (now >= w->end_ns || atomic_load(&g_stop))) {
+        w->draining = true;
+        w->drain_deadline_ns = now + (uint64_t)w->cfg->timeout_ms * 1000000ULL;
     }
     if (now - w->last_flush_ns >= FLUSH_NS) {
         flush_local(w);
         w->last_flush_ns = now;
     }
-    if (w->draining && (busy == 0 || now >= w->drain_deadline_ns))
-        finish(w, now);
+    if (w->draining && (busy == 0 || now >= w->drain_deadline_ns)) finish(w, now);
 }
 
 static void *worker_main(void *arg)
@@ -624,8 +591,7 @@ static void worker_free(worker_t *w)
     free(w->idle);
     model_stream_free(w->stream);
     ZSTD_freeCCtx(w->zc);
-    if (w->zs_ok)
-        deflateEnd(&w->zs);
+    if (w->zs_ok) deflateEnd(&w->zs);
     free(w->ledger);
     pthread_mutex_destroy(&w->mu);
 }
@@ -645,27 +611,22 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
     w->settings.on_message_begin = on_message_begin;
     w->settings.on_body = on_body;
     w->settings.on_message_complete = on_message_complete;
-    if (uv_loop_init(&w->loop) < 0)
-        return LT_E_IO;
+    if (uv_loop_init(&w->loop) < 0) return LT_E_IO;
     w->loop_ok = true;
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
-    if (model_stream_new(cfg->model, idx, &w->stream) != 0)
-        return LT_E_NOMEM;
+    if (model_stream_new(cfg->model, idx, &w->stream) != 0) return LT_E_NOMEM;
     w->n_conns = n_conns;
     w->conns = calloc(n_conns, sizeof(conn_t));
     w->idle = calloc(n_conns, sizeof(uint32_t));
-    if (!w->conns || !w->idle)
-        return LT_E_NOMEM;
+    if (!w->conns || !w->idle) return LT_E_NOMEM;
     uint32_t batch = model_config(cfg->model)->batch;
     for (uint32_t i = 0; i < n_conns; i++) {
         w->conns[i].w = w;
         w->conns[i].items = malloc(sizeof(model_item_t) * batch);
-        if (!w->conns[i].items)
-            return LT_E_NOMEM;
+        if (!w->conns[i].items) return LT_E_NOMEM;
     }
-    if (cfg->compress == CLIENT_COMPRESS_ZSTD && !(w->zc = ZSTD_createCCtx()))
-        return LT_E_NOMEM;
+    if (cfg->compress == CLIENT_COMPRESS_ZSTD && !(w->zc = ZSTD_createCCtx())) return LT_E_NOMEM;
     if (cfg->compress == CLIENT_COMPRESS_GZIP) {
         if (deflateInit2(&w->zs, cfg->level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
             return LT_E_NOMEM;
@@ -710,18 +671,15 @@ static uint64_t non200_of(const client_result_t *r)
 {
     uint64_t n = 0;
     for (int s = 0; s < CLIENT_ST_SLOTS; s++)
-        if (s != 200)
-            n += r->status[s];
+        if (s != 200) n += r->status[s];
     return n;
 }
 
 static int parse_addr(const client_config_t *cfg, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof(*ss));
-    if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    if (uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
+    if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)ss) == 0) return 0;
+    if (uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)ss) == 0) return 0;
     return LT_E_INVAL;
 }
 
@@ -789,23 +747,23 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     for (;;) {
         bool all_done = true;
         for (uint32_t i = 0; i < cfg->threads; i++)
-            if (ws[i].started && !atomic_load(&ws[i].done))
-                all_done = false;
+            if (ws[i].started && !atomic_load(&ws[i].done)) all_done = false;
         uint64_t now = uv_hrtime();
         if (!all_done && now < tick && now < max_wait) {
             uint64_t nap = tick - now;
-            if (nap > 20000000ULL)
-                nap = 20000000ULL; /* notice the end of the run promptly */
+            if (nap > 20000000ULL) nap = 20000000ULL; /* notice the end of the run promptly */
             struct timespec ts = {0, (long)nap};
             nanosleep(&ts, NULL);
             continue;
         }
         hist_reset(sec);
         collect(ws, cfg->threads, sec, &tot);
-        if (tot.responses + tot.status[CLIENT_ST_TIMEOUT] != prev.responses +
-                                                                 prev.status[CLIENT_ST_TIMEOUT])
+        if (tot.responses + tot.status[CLIENT_ST_TIMEOUT] !=
+            prev.responses + prev.status[CLIENT_ST_TIMEOUT])
             last_answer_ns = now;
-        if (res->n_series < max_secs && (now >= tick || sec->count > 0)) {
+        bool moved = tot.events_sent != prev.events_sent || tot.responses != prev.responses ||
+                     non200_of(&tot) != non200_of(&prev);
+        if (res->n_series < max_secs && (now >= tick || moved)) {
             client_second_t *s = &res->series[res->n_series++];
             s->t = (double)(now - start) / 1e9;
             s->events_sent = tot.events_sent - prev.events_sent;
@@ -817,19 +775,15 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
             s->p90_us = hist_percentile(sec, 0.90);
             s->p99_us = hist_percentile(sec, 0.99);
             s->max_us = sec->max == 0 && sec->count == 0 ? 0 : sec->max;
-            if (cb)
-                cb(s, &tot, ud);
+            if (cb) cb(s, &tot, ud);
         }
         prev = tot;
         tick += 1000000000ULL;
-        if (all_done || now >= max_wait)
-            break;
+        if (all_done || now >= max_wait) break;
     }
-    if (uv_hrtime() >= max_wait)
-        atomic_store(&g_stop, 1);
+    if (uv_hrtime() >= max_wait) atomic_store(&g_stop, 1);
     for (uint32_t i = 0; i < cfg->threads; i++)
-        if (ws[i].started)
-            pthread_join(ws[i].th, NULL);
+        if (ws[i].started) pthread_join(ws[i].th, NULL);
 
     hist_reset(sec);
     collect(ws, cfg->threads, sec, &tot);
@@ -849,8 +803,7 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     double send_end = (double)(end - start) / 1e9;
     res->send_s = send_end;
     res->elapsed_s = (double)(last_answer_ns - start) / 1e9;
-    if (res->elapsed_s < 0.001)
-        res->elapsed_s = send_end;
+    if (res->elapsed_s < 0.001) res->elapsed_s = send_end;
     res->n_ledgers = cfg->ledger_max ? cfg->threads : 0;
     if (res->n_ledgers) {
         res->ledgers = calloc(cfg->threads, sizeof(uint8_t *));
@@ -865,8 +818,7 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
         hist_merge(&res->latency, &w->total);
         res->backlog_at_end += w->backlog_at_end;
         res->in_flight_at_end += w->in_flight_at_end;
-        if (w->ledger_overflow)
-            res->ledger_overflow = true;
+        if (w->ledger_overflow) res->ledger_overflow = true;
         if (res->n_ledgers) {
             res->ledgers[i] = w->ledger;
             res->ledger_len[i] = w->ledger_len;

@@ -43,7 +43,11 @@
 #define CLIENT_ST_TIMEOUT    1
 #define CLIENT_ST_SLOTS      600
 
-typedef enum { CLIENT_COMPRESS_NONE = 0, CLIENT_COMPRESS_ZSTD, CLIENT_COMPRESS_GZIP } client_compress_t;
+typedef enum {
+    CLIENT_COMPRESS_NONE = 0,
+    CLIENT_COMPRESS_ZSTD,
+    CLIENT_COMPRESS_GZIP
+} client_compress_t;
 
 typedef struct client_config {
     char host[64]; /* numeric address */
@@ -56,10 +60,10 @@ typedef struct client_config {
     double rate;           /* events/s over all threads; 0 = closed loop, flat out */
     double duration_s;
     client_compress_t compress;
-    int level;               /* zstd or gzip level */
-    uint32_t timeout_ms;     /* per request; also the drain deadline after the duration */
-    uint64_t ledger_max;     /* events tracked for --verify over all threads; 0 = no ledger */
-    const model_t *model;    /* borrowed; read-only during the run */
+    int level;            /* zstd or gzip level */
+    uint32_t timeout_ms;  /* per request; also the drain deadline after the duration */
+    uint64_t ledger_max;  /* events tracked for --verify over all threads; 0 = no ledger */
+    const model_t *model; /* borrowed; read-only during the run */
 } client_config_t;
 
 /* One second of the run, as the progress line and the report's charts show it. */
@@ -82,7 +86,7 @@ typedef struct client_result {
     uint64_t status[CLIENT_ST_SLOTS];
     uint64_t accepted, duplicates, rejected; /* sums of the 200 answers' counts */
     uint64_t conn_errors;
-    hist_t latency;   /* microseconds, answered requests (any status) */
+    hist_t latency;          /* microseconds, answered requests (any status) */
     client_second_t *series; /* owned; n_series entries */
     size_t n_series;
     /* Ledger (when cfg.ledger_max > 0): ledgers[t][seq] for seq < ledger_len[t]. Owned. */

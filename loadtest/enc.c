@@ -8,19 +8,16 @@
 
 static int enc_reserve(enc_t *e, size_t n)
 {
-    if (e->err)
-        return -1;
+    if (e->err) return -1;
     if (n > e->max - e->len) {
         e->err = -1;
         return -1;
     }
-    if (e->len + n <= e->cap)
-        return 0;
+    if (e->len + n <= e->cap) return 0;
     size_t cap = e->cap ? e->cap : 4096;
     while (cap < e->len + n)
         cap *= 2;
-    if (cap > e->max)
-        cap = e->max;
+    if (cap > e->max) cap = e->max;
     char *p = realloc(e->buf, cap);
     if (!p) {
         e->err = -1;
@@ -41,8 +38,7 @@ static void put(enc_t *e, const void *p, size_t n)
 
 static void putc1(enc_t *e, char c)
 {
-    if (enc_reserve(e, 1) == 0)
-        e->buf[e->len++] = c;
+    if (enc_reserve(e, 1) == 0) e->buf[e->len++] = c;
 }
 
 static int pk_write(void *data, const char *buf, size_t len)
@@ -84,8 +80,7 @@ static void json_sep(enc_t *e)
         e->after_key = false;
         return;
     }
-    if (!e->first[e->depth])
-        putc1(e, ',');
+    if (!e->first[e->depth]) putc1(e, ',');
     e->first[e->depth] = false;
 }
 
@@ -119,8 +114,7 @@ void enc_array(enc_t *e, uint32_t n)
 
 void enc_end(enc_t *e, bool is_map)
 {
-    if (e->fmt == ENC_MSGPACK || e->err)
-        return;
+    if (e->fmt == ENC_MSGPACK || e->err) return;
     if (e->depth == 0) {
         e->err = -1;
         return;
@@ -136,8 +130,7 @@ static void json_string(enc_t *e, const char *s, size_t n)
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
         put(e, s + run, i - run);
         run = i + 1;
         if (c == '"' || c == '\\') {

@@ -19,7 +19,7 @@
 #define HIST_SUB_BITS  7 /* 128 sub-buckets per power of two */
 #define HIST_MAX_SHIFT 33
 /* 256 exact buckets + HIST_MAX_SHIFT ranges of 128 sub-buckets. */
-#define HIST_BUCKETS   (256 + HIST_MAX_SHIFT * 128)
+#define HIST_BUCKETS (256 + HIST_MAX_SHIFT * 128)
 /* Largest value with its own bucket (~1.1e12: 12.7 days in microseconds). */
 #define HIST_MAX_VALUE ((UINT64_C(256) << HIST_MAX_SHIFT) - 1)
 

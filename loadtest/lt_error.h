@@ -8,11 +8,11 @@
 
 #define LT_ERRORS(X)                                                                               \
     X(OK, 0, "ok", "ok")                                                                           \
-    X(E_INVAL, -1, "invalid_argument", "invalid argument or option value")                        \
+    X(E_INVAL, -1, "invalid_argument", "invalid argument or option value")                         \
     X(E_NOMEM, -2, "no_memory", "out of memory")                                                   \
-    X(E_TOO_LARGE, -3, "too_large", "a bounded buffer or table would exceed its limit")           \
-    X(E_IO, -4, "io_error", "a file, socket or process operation failed")                         \
-    X(E_KAFKA, -5, "kafka_error", "the Kafka client failed")                                      \
+    X(E_TOO_LARGE, -3, "too_large", "a bounded buffer or table would exceed its limit")            \
+    X(E_IO, -4, "io_error", "a file, socket or process operation failed")                          \
+    X(E_KAFKA, -5, "kafka_error", "the Kafka client failed")                                       \
     X(E_TIMEOUT, -6, "timeout", "the deadline passed")                                             \
     X(E_MISMATCH, -7, "verify_mismatch", "verification found lost, duplicated or unexpected data")
 

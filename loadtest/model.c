@@ -13,16 +13,14 @@
 
 /* ---- kinds ---- */
 
-static const int kind_errs[MODEL_KIND_COUNT] = {
-    0,
+static const int kind_errs[MODEL_KIND_COUNT] = {0,
 #define MODEL_X_ERR(name, err, mp_only, desc) err,
-    MODEL_KINDS(MODEL_X_ERR)
+                                                MODEL_KINDS(MODEL_X_ERR)
 #undef MODEL_X_ERR
 };
-static const bool kind_mp_only[MODEL_KIND_COUNT] = {
-    false,
+static const bool kind_mp_only[MODEL_KIND_COUNT] = {false,
 #define MODEL_X_MP(name, err, mp_only, desc) mp_only,
-    MODEL_KINDS(MODEL_X_MP)
+                                                    MODEL_KINDS(MODEL_X_MP)
 #undef MODEL_X_MP
 };
 
@@ -41,16 +39,14 @@ static const char *proto_code_of(int err)
 
 const char *model_kind_name(int kind)
 {
-    if (kind == MODEL_VALID)
-        return "valid";
+    if (kind == MODEL_VALID) return "valid";
     const char *code = model_kind_code(kind);
     return code ? code : "unknown";
 }
 
 const char *model_kind_code(int kind)
 {
-    if (kind <= 0 || kind >= MODEL_KIND_COUNT)
-        return NULL;
+    if (kind <= 0 || kind >= MODEL_KIND_COUNT) return NULL;
     return proto_code_of(kind_errs[kind]);
 }
 
@@ -117,12 +113,12 @@ static const vocab_t track_vocab[] = {
 };
 #define TRACK_VOCAB_N (sizeof(track_vocab) / sizeof(track_vocab[0]))
 
-static const char *const page_names[] = {"Home", "Docs", "Pricing", "Blog", "Changelog",
-                                         "Settings", "Billing", "Terms"};
+static const char *const page_names[] = {"Home",      "Docs",     "Pricing", "Blog",
+                                         "Changelog", "Settings", "Billing", "Terms"};
 static const char *const screen_names[] = {"Inbox", "Project", "Profile", "Search", "Settings"};
 static const char *const plans[] = {"free", "pro", "team", "enterprise"};
-static const char *const paths[] = {"/app", "/app/reports", "/app/projects", "/app/settings",
-                                    "/app/search", "/pricing", "/docs/start"};
+static const char *const paths[] = {"/app",        "/app/reports", "/app/projects", "/app/settings",
+                                    "/app/search", "/pricing",     "/docs/start"};
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- the PQL script (stream 0, seqs 0..script_len-1) ---- */
@@ -197,8 +193,7 @@ void model_config_default(model_config_t *cfg)
 static bool run_id_ok(const char *s)
 {
     size_t n = strnlen(s, MODEL_RUN_ID_MAX + 1);
-    if (n == 0 || n > MODEL_RUN_ID_MAX)
-        return false;
+    if (n == 0 || n > MODEL_RUN_ID_MAX) return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -217,8 +212,7 @@ int model_new(const model_config_t *cfg, model_t **out)
         (cfg->format != ENC_MSGPACK && cfg->format != ENC_JSON))
         return LT_E_INVAL;
     model_t *m = calloc(1, sizeof(*m));
-    if (!m)
-        return LT_E_NOMEM;
+    if (!m) return LT_E_NOMEM;
     m->cfg = *cfg;
     m->cdf = malloc(sizeof(double) * cfg->accounts);
     m->users = malloc(sizeof(uint32_t) * cfg->accounts);
@@ -239,13 +233,12 @@ int model_new(const model_config_t *cfg, model_t **out)
     for (size_t i = 0; i < TRACK_VOCAB_N; i++)
         m->track_total += track_vocab[i].weight;
     for (int k = 1; k < MODEL_KIND_COUNT; k++)
-        if (cfg->format == ENC_MSGPACK || !kind_mp_only[k])
-            m->allowed[m->n_allowed++] = (uint8_t)k;
+        if (cfg->format == ENC_MSGPACK || !kind_mp_only[k]) m->allowed[m->n_allowed++] = (uint8_t)k;
     if (cfg->scripted) {
         m->script_len = build_script(m->script);
         for (int i = 0; i < 3; i++)
-            snprintf(m->scripted_ids[i], sizeof(m->scripted_ids[i]), "pql-%s-%s",
-                     script_tiers[i], cfg->run_id);
+            snprintf(m->scripted_ids[i], sizeof(m->scripted_ids[i]), "pql-%s-%s", script_tiers[i],
+                     cfg->run_id);
     }
     *out = m;
     return 0;
@@ -253,8 +246,7 @@ int model_new(const model_config_t *cfg, model_t **out)
 
 void model_free(model_t *m)
 {
-    if (!m)
-        return;
+    if (!m) return;
     free(m->cdf);
     free(m->users);
     free(m);
@@ -291,21 +283,18 @@ bool model_parse_message_id(const model_t *m, const char *id, size_t len, uint32
                             uint64_t *seq)
 {
     size_t rl = strlen(m->cfg.run_id);
-    if (len < rl + 4 || memcmp(id, m->cfg.run_id, rl) != 0 || id[rl] != '-')
-        return false;
+    if (len < rl + 4 || memcmp(id, m->cfg.run_id, rl) != 0 || id[rl] != '-') return false;
     size_t i = rl + 1;
     uint64_t st = 0, sq = 0;
     size_t d = 0;
     for (; i < len && id[i] >= '0' && id[i] <= '9' && d < 10; i++, d++)
         st = st * 10 + (uint64_t)(id[i] - '0');
-    if (d == 0 || i >= len || id[i] != '-' || st > UINT32_MAX)
-        return false;
+    if (d == 0 || i >= len || id[i] != '-' || st > UINT32_MAX) return false;
     i++;
     d = 0;
     for (; i < len && id[i] >= '0' && id[i] <= '9' && d < 19; i++, d++)
         sq = sq * 10 + (uint64_t)(id[i] - '0');
-    if (d == 0 || (i < len && id[i] != '-'))
-        return false;
+    if (d == 0 || (i < len && id[i] != '-')) return false;
     *stream = (uint32_t)st;
     *seq = sq;
     return true;
@@ -553,13 +542,10 @@ static uint64_t event_hash(const model_stream_t *s, uint64_t seq, uint64_t salt)
 static int kind_of(const model_stream_t *s, uint64_t seq)
 {
     const model_t *m = s->m;
-    if (s->id == 0 && seq < m->script_len)
-        return MODEL_VALID;
-    if (m->cfg.invalid_rate <= 0 || m->n_allowed == 0)
-        return MODEL_VALID;
+    if (s->id == 0 && seq < m->script_len) return MODEL_VALID;
+    if (m->cfg.invalid_rate <= 0 || m->n_allowed == 0) return MODEL_VALID;
     uint64_t h = event_hash(s, seq, 1);
-    if (unit(h) >= m->cfg.invalid_rate)
-        return MODEL_VALID;
+    if (unit(h) >= m->cfg.invalid_rate) return MODEL_VALID;
     return m->allowed[mix64(h) % m->n_allowed];
 }
 
@@ -580,8 +566,7 @@ static const char *pick_track(const model_t *m, uint64_t *r)
 {
     uint64_t x = below(r, m->track_total);
     for (size_t i = 0; i < TRACK_VOCAB_N; i++) {
-        if (x < track_vocab[i].weight)
-            return track_vocab[i].name;
+        if (x < track_vocab[i].weight) return track_vocab[i].name;
         x -= track_vocab[i].weight;
     }
     return track_vocab[0].name;
@@ -593,8 +578,8 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
     const model_t *m = s->m;
     const model_config_t *cfg = &m->cfg;
     char mid[160], uid[300], anon[40], acct[64], prev[64], evname[256];
-    int midn = snprintf(mid, sizeof(mid), "%s-%u-%llu", cfg->run_id, s->id,
-                        (unsigned long long)seq);
+    int midn =
+        snprintf(mid, sizeof(mid), "%s-%u-%llu", cfg->run_id, s->id, (unsigned long long)seq);
     uint64_t r = event_hash(s, seq, 2);
     ev_t ev = {0};
     ev.message_id = mid;
@@ -756,8 +741,7 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
 int model_stream_new(const model_t *m, uint32_t id, model_stream_t **out)
 {
     model_stream_t *s = calloc(1, sizeof(*s));
-    if (!s)
-        return LT_E_NOMEM;
+    if (!s) return LT_E_NOMEM;
     s->items = malloc(sizeof(model_item_t) * m->cfg.batch);
     if (!s->items) {
         free(s);
@@ -774,8 +758,7 @@ int model_stream_new(const model_t *m, uint32_t id, model_stream_t **out)
 
 void model_stream_free(model_stream_t *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     enc_free(&s->enc);
     free(s->items);
     free(s);
@@ -821,16 +804,13 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         enc_int(e, sent_at_ms);
     }
     enc_end(e, true);
-    if (e->err)
-        return LT_E_TOO_LARGE;
+    if (e->err) return LT_E_TOO_LARGE;
     for (uint32_t i = 0; i < cfg->batch; i++) {
-        if (s->items[i].dup)
-            continue;
+        if (s->items[i].dup) continue;
         s->ring[s->ring_pos] = s->items[i];
         s->ring[s->ring_pos].dup = false;
         s->ring_pos = (s->ring_pos + 1) % MODEL_DUP_RING;
-        if (s->ring_n < MODEL_DUP_RING)
-            s->ring_n++;
+        if (s->ring_n < MODEL_DUP_RING) s->ring_n++;
     }
     *body = e->buf;
     *len = e->len;

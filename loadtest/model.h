@@ -43,7 +43,7 @@
  * (integer map keys; invalid UTF-8 makes the whole JSON body unreadable), so JSON runs skip them.
  */
 #define MODEL_KINDS(X)                                                                             \
-    X(NOT_A_MAP, PROTO_E_EVENT_NOT_A_MAP, false, "event is a string, not a map")                  \
+    X(NOT_A_MAP, PROTO_E_EVENT_NOT_A_MAP, false, "event is a string, not a map")                   \
     X(MISSING_TYPE, PROTO_E_MISSING_TYPE, false, "no type")                                        \
     X(BAD_TYPE, PROTO_E_BAD_TYPE, false, "type \"purchase\"")                                      \
     X(MISSING_MESSAGE_ID, PROTO_E_MISSING_MESSAGE_ID, false, "no messageId")                       \
@@ -91,8 +91,8 @@ typedef struct model_config {
     double zipf_s;      /* Zipf exponent of account sizes, 0 < s <= 4 */
     double dup_rate;    /* 0..1 */
     double invalid_rate;
-    int64_t base_ms;    /* event timestamps are base_ms minus up to a minute (days, scripted) */
-    bool scripted;      /* stream 0 starts with the PQL script */
+    int64_t base_ms; /* event timestamps are base_ms minus up to a minute (days, scripted) */
+    bool scripted;   /* stream 0 starts with the PQL script */
 } model_config_t;
 
 /* Defaults: seed 1, run_id "run", msgpack, batch 100, 1000 accounts, 200 users, s = 1.1,

@@ -49,8 +49,7 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth);
 /* Consumes n bytes of payload (str/bin/ext) that must be present in the body. */
 static int mp_span(struct mp *r, uint64_t n, const char **out)
 {
-    if (n > (uint64_t)(r->end - r->p))
-        return PROTO_E_MALFORMED;
+    if (n > (uint64_t)(r->end - r->p)) return PROTO_E_MALFORMED;
     *out = (const char *)r->p;
     r->p += n;
     return PROTO_OK;
@@ -58,53 +57,43 @@ static int mp_span(struct mp *r, uint64_t n, const char **out)
 
 static int mp_array(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, bool is_batch)
 {
-    if (depth > r->depth_cap)
-        return PROTO_E_TOO_DEEP;
+    if (depth > r->depth_cap) return PROTO_E_TOO_DEEP;
     if (n > (uint64_t)(r->end - r->p))
         return PROTO_E_MALFORMED; /* every element takes at least one byte */
-    if (is_batch && n > r->max_events)
-        return PROTO_E_TOO_MANY_EVENTS;
+    if (is_batch && n > r->max_events) return PROTO_E_TOO_MANY_EVENTS;
     o->type = MSGPACK_OBJECT_ARRAY;
     o->via.array.size = (uint32_t)n;
     o->via.array.ptr = NULL;
-    if (n == 0)
-        return PROTO_OK;
+    if (n == 0) return PROTO_OK;
     o->via.array.ptr = msgpack_zone_malloc(r->zone, (size_t)n * sizeof(msgpack_object));
-    if (o->via.array.ptr == NULL)
-        return PROTO_E_NOMEM;
+    if (o->via.array.ptr == NULL) return PROTO_E_NOMEM;
     for (uint64_t i = 0; i < n; i++) {
         int rc = mp_value(r, &o->via.array.ptr[i], depth + 1);
-        if (rc != PROTO_OK)
-            return rc;
+        if (rc != PROTO_OK) return rc;
     }
     return PROTO_OK;
 }
 
 static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth)
 {
-    if (depth > r->depth_cap)
-        return PROTO_E_TOO_DEEP;
+    if (depth > r->depth_cap) return PROTO_E_TOO_DEEP;
     if (n > (uint64_t)(r->end - r->p) / 2)
         return PROTO_E_MALFORMED; /* every entry takes at least two bytes */
     o->type = MSGPACK_OBJECT_MAP;
     o->via.map.size = (uint32_t)n;
     o->via.map.ptr = NULL;
-    if (n == 0)
-        return PROTO_OK;
+    if (n == 0) return PROTO_OK;
     o->via.map.ptr = msgpack_zone_malloc(r->zone, (size_t)n * sizeof(msgpack_object_kv));
-    if (o->via.map.ptr == NULL)
-        return PROTO_E_NOMEM;
+    if (o->via.map.ptr == NULL) return PROTO_E_NOMEM;
     for (uint64_t i = 0; i < n; i++) {
         msgpack_object_kv *kv = &o->via.map.ptr[i];
         int rc = mp_value(r, &kv->key, depth + 1);
-        if (rc != PROTO_OK)
-            return rc;
+        if (rc != PROTO_OK) return rc;
         if (depth == 1 && r->want_batch && kv->key.type == MSGPACK_OBJECT_STR &&
             kv->key.via.str.size == 5 && memcmp(kv->key.via.str.ptr, "batch", 5) == 0)
             r->batch_next = true;
         rc = mp_value(r, &kv->val, depth + 1);
-        if (rc != PROTO_OK)
-            return rc;
+        if (rc != PROTO_OK) return rc;
     }
     return PROTO_OK;
 }
@@ -113,8 +102,7 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
 {
     bool is_batch = r->batch_next;
     r->batch_next = false;
-    if (r->p >= r->end)
-        return PROTO_E_MALFORMED;
+    if (r->p >= r->end) return PROTO_E_MALFORMED;
     uint8_t c = *r->p++;
     size_t left = (size_t)(r->end - r->p);
     if (c <= 0x7f) {
@@ -127,10 +115,8 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
         o->via.i64 = (int8_t)c;
         return PROTO_OK;
     }
-    if (c >= 0x80 && c <= 0x8f)
-        return mp_map(r, o, c & 0x0f, depth);
-    if (c >= 0x90 && c <= 0x9f)
-        return mp_array(r, o, c & 0x0f, depth, is_batch);
+    if (c >= 0x80 && c <= 0x8f) return mp_map(r, o, c & 0x0f, depth);
+    if (c >= 0x90 && c <= 0x9f) return mp_array(r, o, c & 0x0f, depth, is_batch);
     if (c >= 0xa0 && c <= 0xbf) {
         o->type = MSGPACK_OBJECT_STR;
         o->via.str.size = c & 0x1f;
@@ -142,8 +128,7 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
         1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 2, 4, 2, 4, 2, 4, /* d0..df */
     };
     size_t h = hdr[c - 0xc0];
-    if (h > left)
-        return PROTO_E_MALFORMED;
+    if (h > left) return PROTO_E_MALFORMED;
     const uint8_t *q = r->p;
     r->p += h;
     uint64_t v = be(q, h);
@@ -165,8 +150,7 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
     case 0xc7:
     case 0xc8:
     case 0xc9:
-        if (r->p >= r->end)
-            return PROTO_E_MALFORMED;
+        if (r->p >= r->end) return PROTO_E_MALFORMED;
         o->type = MSGPACK_OBJECT_EXT;
         o->via.ext.type = (int8_t)*r->p++;
         o->via.ext.size = (uint32_t)v;
@@ -234,8 +218,8 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
     }
 }
 
-static int decode_msgpack(proto_batch_t *b, const char *body, size_t len,
-                          const proto_limits_t *lim, bool want_batch)
+static int decode_msgpack(proto_batch_t *b, const char *body, size_t len, const proto_limits_t *lim,
+                          bool want_batch)
 {
     struct mp r = {
         .p = (const uint8_t *)body,
@@ -246,10 +230,8 @@ static int decode_msgpack(proto_batch_t *b, const char *body, size_t len,
         .want_batch = want_batch,
     };
     int rc = mp_value(&r, &b->root, 1);
-    if (rc != PROTO_OK)
-        return rc;
-    if (r.p != r.end)
-        return PROTO_E_TRAILING_DATA;
+    if (rc != PROTO_OK) return rc;
+    if (r.p != r.end) return PROTO_E_TRAILING_DATA;
     return PROTO_OK;
 }
 
@@ -257,66 +239,53 @@ static int decode_msgpack(proto_batch_t *b, const char *body, size_t len,
 
 static char *zone_copy(msgpack_zone *z, const char *s, size_t n)
 {
-    if (n == 0)
-        return (char *)"";
+    if (n == 0) return (char *)"";
     char *p = msgpack_zone_malloc_no_align(z, n);
-    if (p != NULL)
-        memcpy(p, s, n);
+    if (p != NULL) memcpy(p, s, n);
     return p;
 }
 
-static int json_to_obj(msgpack_zone *z, json_t *j, msgpack_object *o, uint32_t depth,
-                       uint32_t cap)
+static int json_to_obj(msgpack_zone *z, json_t *j, msgpack_object *o, uint32_t depth, uint32_t cap)
 {
     switch (json_typeof(j)) {
     case JSON_OBJECT: {
-        if (depth > cap)
-            return PROTO_E_TOO_DEEP;
+        if (depth > cap) return PROTO_E_TOO_DEEP;
         size_t n = json_object_size(j);
         o->type = MSGPACK_OBJECT_MAP;
         o->via.map.size = (uint32_t)n;
         o->via.map.ptr = NULL;
-        if (n == 0)
-            return PROTO_OK;
+        if (n == 0) return PROTO_OK;
         o->via.map.ptr = msgpack_zone_malloc(z, n * sizeof(msgpack_object_kv));
-        if (o->via.map.ptr == NULL)
-            return PROTO_E_NOMEM;
+        if (o->via.map.ptr == NULL) return PROTO_E_NOMEM;
         size_t i = 0;
         const char *key;
         size_t key_len;
         json_t *val;
         json_object_keylen_foreach(j, key, key_len, val)
         {
-            if (i >= n)
-                break;
+            if (i >= n) break;
             msgpack_object_kv *kv = &o->via.map.ptr[i++];
             kv->key.type = MSGPACK_OBJECT_STR;
             kv->key.via.str.size = (uint32_t)key_len;
             kv->key.via.str.ptr = zone_copy(z, key, key_len);
-            if (kv->key.via.str.ptr == NULL)
-                return PROTO_E_NOMEM;
+            if (kv->key.via.str.ptr == NULL) return PROTO_E_NOMEM;
             int rc = json_to_obj(z, val, &kv->val, depth + 1, cap);
-            if (rc != PROTO_OK)
-                return rc;
+            if (rc != PROTO_OK) return rc;
         }
         return PROTO_OK;
     }
     case JSON_ARRAY: {
-        if (depth > cap)
-            return PROTO_E_TOO_DEEP;
+        if (depth > cap) return PROTO_E_TOO_DEEP;
         size_t n = json_array_size(j);
         o->type = MSGPACK_OBJECT_ARRAY;
         o->via.array.size = (uint32_t)n;
         o->via.array.ptr = NULL;
-        if (n == 0)
-            return PROTO_OK;
+        if (n == 0) return PROTO_OK;
         o->via.array.ptr = msgpack_zone_malloc(z, n * sizeof(msgpack_object));
-        if (o->via.array.ptr == NULL)
-            return PROTO_E_NOMEM;
+        if (o->via.array.ptr == NULL) return PROTO_E_NOMEM;
         for (size_t i = 0; i < n; i++) {
             int rc = json_to_obj(z, json_array_get(j, i), &o->via.array.ptr[i], depth + 1, cap);
-            if (rc != PROTO_OK)
-                return rc;
+            if (rc != PROTO_OK) return rc;
         }
         return PROTO_OK;
     }
@@ -366,10 +335,9 @@ static int json_to_obj(msgpack_zone *z, json_t *j, msgpack_object *o, uint32_t d
 static int decode_json(proto_batch_t *b, const char *body, size_t len, const proto_limits_t *lim)
 {
     json_error_t jerr;
-    json_t *j = json_loadb(body, len,
-                           JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY |
-                               JSON_ALLOW_NUL,
-                           &jerr);
+    json_t *j = json_loadb(
+        body, len,
+        JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (j == NULL) {
         switch (json_error_code(&jerr)) {
         case json_error_out_of_memory:
@@ -392,8 +360,7 @@ static int decode_json(proto_batch_t *b, const char *body, size_t len, const pro
             }
         }
     }
-    if (rc == PROTO_OK)
-        rc = json_to_obj(&b->zone, j, &b->root, 1, decode_depth_cap(lim));
+    if (rc == PROTO_OK) rc = json_to_obj(&b->zone, j, &b->root, 1, decode_depth_cap(lim));
     json_decref(j);
     return rc;
 }
@@ -408,8 +375,7 @@ static bool key_is(const msgpack_object *k, const char *lit, uint32_t n)
 
 static int write_key(proto_batch_t *b, const msgpack_object *v)
 {
-    if (v->type == MSGPACK_OBJECT_NIL)
-        return PROTO_OK;
+    if (v->type == MSGPACK_OBJECT_NIL) return PROTO_OK;
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 || v->via.str.size > 1024 ||
         !proto_utf8_valid(v->via.str.ptr, v->via.str.size))
         return PROTO_E_BAD_WRITE_KEY;
@@ -424,29 +390,23 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups
     const msgpack_object_map *m = &b->root.via.map;
     for (uint32_t i = 0; i < m->size; i++) {
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
-        const msgpack_object **slot = key_is(k, "batch", 5)       ? &batch
-                                      : key_is(k, "sentAt", 6)    ? &sent_at
-                                      : key_is(k, "context", 7)   ? &context
+        const msgpack_object **slot = key_is(k, "batch", 5)      ? &batch
+                                      : key_is(k, "sentAt", 6)   ? &sent_at
+                                      : key_is(k, "context", 7)  ? &context
                                       : key_is(k, "writeKey", 8) ? &wk
-                                                                  : NULL;
-        if (slot == NULL)
-            continue; /* unknown envelope keys are ignored, as Segment does */
-        if (*slot != NULL)
-            return PROTO_E_MALFORMED; /* the same envelope key twice: ambiguous */
+                                                                 : NULL;
+        if (slot == NULL) continue; /* unknown envelope keys are ignored, as Segment does */
+        if (*slot != NULL) return PROTO_E_MALFORMED; /* the same envelope key twice: ambiguous */
         *slot = v;
     }
-    if (batch == NULL || batch->type != MSGPACK_OBJECT_ARRAY)
-        return PROTO_E_NO_BATCH;
-    if (batch->via.array.size > lim->max_events)
-        return PROTO_E_TOO_MANY_EVENTS;
+    if (batch == NULL || batch->type != MSGPACK_OBJECT_ARRAY) return PROTO_E_NO_BATCH;
+    if (batch->via.array.size > lim->max_events) return PROTO_E_TOO_MANY_EVENTS;
     if (wk != NULL) {
         int rc = write_key(b, wk);
-        if (rc != PROTO_OK)
-            return rc;
+        if (rc != PROTO_OK) return rc;
     }
     if (sent_at != NULL && sent_at->type != MSGPACK_OBJECT_NIL) {
-        if (!proto_parse_time(sent_at, &b->sent_at_ms))
-            return PROTO_E_BAD_SENT_AT;
+        if (!proto_parse_time(sent_at, &b->sent_at_ms)) return PROTO_E_BAD_SENT_AT;
         b->has_sent_at = true;
     }
     if (context != NULL && context->type != MSGPACK_OBJECT_NIL) {
@@ -459,17 +419,17 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups
     size_t n = batch->via.array.size;
     if (n > 0) {
         b->events = msgpack_zone_malloc(&b->zone, n * sizeof(proto_event_t));
-        if (b->events == NULL)
-            return PROTO_E_NOMEM;
+        if (b->events == NULL) return PROTO_E_NOMEM;
     }
     for (size_t i = 0; i < n; i++)
-        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE,
-                             b->has_sent_at, b->sent_at_ms, lim, dups);
+        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, b->has_sent_at,
+                             b->sent_at_ms, lim, dups);
     b->n_events = n;
     return PROTO_OK;
 }
 
-/* Single-call body: the body is the event; Segment SDKs put writeKey, sentAt and context into it. */
+/* Single-call body: the body is the event; Segment SDKs put writeKey, sentAt and context into it.
+ */
 static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limits_t *lim,
                            bool dups)
 {
@@ -478,8 +438,7 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
         if (key_is(k, "writeKey", 8) && b->write_key.ptr == NULL) {
             int rc = write_key(b, v);
-            if (rc != PROTO_OK)
-                return rc;
+            if (rc != PROTO_OK) return rc;
         } else if (key_is(k, "sentAt", 6) && !b->has_sent_at) {
             /* An invalid sentAt here is the event's fault: E_BAD_EVENT_SENT_AT below. */
             b->has_sent_at = proto_parse_time(v, &b->sent_at_ms);
@@ -488,8 +447,7 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
         }
     }
     b->events = msgpack_zone_malloc(&b->zone, sizeof(proto_event_t));
-    if (b->events == NULL)
-        return PROTO_E_NOMEM;
+    if (b->events == NULL) return PROTO_E_NOMEM;
     proto_event_validate(&b->events[0], &b->root, kind, b->has_sent_at, b->sent_at_ms, lim, dups);
     b->n_events = 1;
     return PROTO_OK;
@@ -499,16 +457,17 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
                  proto_type_t kind, const proto_limits_t *lim)
 {
     memset(b, 0, sizeof *b);
-    if (len > lim->body_bytes)
-        return PROTO_E_BODY_TOO_LARGE;
-    if (len == 0 || body == NULL)
-        return PROTO_E_MALFORMED;
+    proto_limits_t def;
+    if (lim == NULL) {
+        def = proto_limits_default();
+        lim = &def;
+    }
+    if (len > lim->body_bytes) return PROTO_E_BODY_TOO_LARGE;
+    if (len == 0 || body == NULL) return PROTO_E_MALFORMED;
     /* One chunk sized to the body covers a typical batch's objects without a second malloc. */
     size_t chunk = len * 2;
-    if (chunk < 4096)
-        chunk = 4096;
-    if (chunk > (1u << 20))
-        chunk = 1u << 20;
+    if (chunk < 4096) chunk = 4096;
+    if (chunk > (1u << 20)) chunk = 1u << 20;
     if (!msgpack_zone_init(&b->zone, chunk)) {
         memset(b, 0, sizeof *b);
         return PROTO_E_NOMEM;
@@ -518,8 +477,7 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
         rc = decode_json(b, body, len, lim);
     else
         rc = decode_msgpack(b, body, len, lim, kind == PROTO_T_NONE);
-    if (rc == PROTO_OK && b->root.type != MSGPACK_OBJECT_MAP)
-        rc = PROTO_E_NOT_A_MAP;
+    if (rc == PROTO_OK && b->root.type != MSGPACK_OBJECT_MAP) rc = PROTO_E_NOT_A_MAP;
     /* jansson already refused duplicate keys, so only msgpack needs the per-map check. */
     bool dups = fmt != PROTO_FMT_JSON;
     if (rc == PROTO_OK)
@@ -539,7 +497,6 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
 void proto_batch_free(proto_batch_t *b)
 {
     /* msgpack_zone_init() sets chunk_size; a zeroed or freed batch has 0 and owns nothing. */
-    if (b->zone.chunk_size != 0)
-        msgpack_zone_destroy(&b->zone);
+    if (b->zone.chunk_size != 0) msgpack_zone_destroy(&b->zone);
     memset(b, 0, sizeof *b);
 }

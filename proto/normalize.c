@@ -18,8 +18,7 @@ void proto_normalize(proto_batch_t *b, const proto_norm_ctx_t *ctx)
         ev->account_id.ptr = NULL;
         ev->account_id.len = 0;
         ev->clamped = false;
-        if (ev->error != PROTO_OK)
-            continue;
+        if (ev->error != PROTO_OK) continue;
 
         /* Both times are within [2000, 2100) (validated), so the difference cannot overflow;
          * receivedAt comes from our own clock. */

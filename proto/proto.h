@@ -41,20 +41,20 @@
 #define PROTO_ERRORS(X)                                                                            \
     X(OK, 0, "ok", "ok")                                                                           \
     /* request level */                                                                            \
-    X(E_MALFORMED, -1, "malformed_body", "body is not valid JSON or msgpack")                     \
-    X(E_NOT_A_MAP, -2, "not_an_object", "body must be a JSON object / msgpack map")               \
-    X(E_NO_BATCH, -3, "missing_batch", "batch body needs a \"batch\" array")                      \
-    X(E_TOO_MANY_EVENTS, -4, "too_many_events", "batch has more events than allowed")             \
-    X(E_TOO_DEEP, -5, "too_deep", "nesting deeper than allowed")                                  \
-    X(E_BODY_TOO_LARGE, -6, "body_too_large", "body larger than allowed")                         \
-    X(E_TRAILING_DATA, -7, "trailing_data", "bytes after the end of the body's value")            \
+    X(E_MALFORMED, -1, "malformed_body", "body is not valid JSON or msgpack")                      \
+    X(E_NOT_A_MAP, -2, "not_an_object", "body must be a JSON object / msgpack map")                \
+    X(E_NO_BATCH, -3, "missing_batch", "batch body needs a \"batch\" array")                       \
+    X(E_TOO_MANY_EVENTS, -4, "too_many_events", "batch has more events than allowed")              \
+    X(E_TOO_DEEP, -5, "too_deep", "nesting deeper than allowed")                                   \
+    X(E_BODY_TOO_LARGE, -6, "body_too_large", "body larger than allowed")                          \
+    X(E_TRAILING_DATA, -7, "trailing_data", "bytes after the end of the body's value")             \
     X(E_NOMEM, -8, "no_memory", "out of memory")                                                   \
     X(E_BAD_SENT_AT, -9, "invalid_sent_at", "sentAt must be an ISO-8601 string or epoch ms")       \
     X(E_BAD_WRITE_KEY, -10, "invalid_write_key", "writeKey must be a non-empty string")            \
     X(E_BAD_BATCH_CONTEXT, -11, "invalid_context",                                                 \
       "batch context must be an object of valid values")                                           \
     /* event level */                                                                              \
-    X(E_EVENT_NOT_A_MAP, -20, "event_not_an_object", "event must be an object")                   \
+    X(E_EVENT_NOT_A_MAP, -20, "event_not_an_object", "event must be an object")                    \
     X(E_MISSING_TYPE, -21, "missing_type", "type is required")                                     \
     X(E_BAD_TYPE, -22, "invalid_type",                                                             \
       "type must be track, identify, group, page, screen or alias")                                \
@@ -70,14 +70,15 @@
     X(E_BAD_GROUP_ID, -31, "invalid_group_id", "groupId must be a string of 1..255 bytes")         \
     X(E_BAD_TIMESTAMP, -32, "invalid_timestamp",                                                   \
       "timestamp must be an ISO-8601 string or integer epoch ms")                                  \
-    X(E_BAD_PROPERTIES, -33, "invalid_properties", "properties must be an object")                \
+    X(E_BAD_PROPERTIES, -33, "invalid_properties", "properties must be an object")                 \
     X(E_BAD_TRAITS, -34, "invalid_traits", "traits must be an object")                             \
     X(E_BAD_CONTEXT, -35, "invalid_context", "context must be an object")                          \
     X(E_EVENT_TOO_DEEP, -36, "too_deep", "nesting deeper than 16 levels")                          \
     X(E_BAD_UTF8, -37, "invalid_utf8", "strings must be valid UTF-8")                              \
     X(E_EVENT_TOO_LARGE, -38, "event_too_large", "encoded event larger than allowed")              \
     X(E_BAD_KEY, -39, "invalid_key", "object keys must be strings")                                \
-    X(E_BAD_EVENT_SENT_AT, -40, "invalid_sent_at", "sentAt must be an ISO-8601 string or epoch ms") \
+    X(E_BAD_EVENT_SENT_AT, -40, "invalid_sent_at",                                                 \
+      "sentAt must be an ISO-8601 string or epoch ms")                                             \
     X(E_DUPLICATE_KEY, -41, "duplicate_key", "an object has the same key twice")                   \
     X(E_BAD_VALUE, -42, "invalid_value", "binary and extension values are not allowed")
 
@@ -93,7 +94,8 @@ const char *proto_err_code(int err);
 const char *proto_err_message(int err);
 /* Dense index 0..PROTO_ERR_COUNT-1 for err (for metrics arrays); -1 if unknown. */
 int proto_err_index(int err);
-/* The error value at dense index i (inverse of proto_err_index). */
+/* The error value at dense index i (inverse of proto_err_index); PROTO_E_MALFORMED when i is out
+ * of range. */
 int proto_err_at(int i);
 extern const int PROTO_ERR_COUNT;
 /* True for the event-level codes (value <= -20): they reject one event, not the request. */
@@ -125,7 +127,7 @@ typedef struct proto_limits {
     size_t event_bytes;  /* one encoded event (as received, re-encoded as msgpack); SPEC 32 KiB */
     size_t body_bytes;   /* one decoded body; SPEC 512 KiB */
     uint32_t max_depth;  /* nesting of properties/traits/context; SPEC 16 */
-    uint32_t max_events; /* events per batch; default body_bytes/16 */
+    uint32_t max_events; /* events per batch; default 10000 */
 } proto_limits_t;
 
 /* SPEC §2 defaults. */
@@ -150,14 +152,14 @@ typedef struct proto_event {
 } proto_event_t;
 
 typedef struct proto_batch {
-    msgpack_zone zone;    /* arena: all objects and the events array */
-    msgpack_object root;  /* the decoded body */
+    msgpack_zone zone;   /* arena: all objects and the events array */
+    msgpack_object root; /* the decoded body */
     proto_event_t *events;
     size_t n_events;
-    proto_str_t write_key;                /* body's writeKey, ptr NULL if absent */
+    proto_str_t write_key; /* body's writeKey, ptr NULL if absent */
     bool has_sent_at;
     int64_t sent_at_ms;
-    const msgpack_object *context;        /* batch-level context map or NULL */
+    const msgpack_object *context; /* batch-level context map or NULL */
 } proto_batch_t;
 
 /*
@@ -168,7 +170,8 @@ typedef struct proto_batch {
  * invalid events do not make the call fail. On failure returns a request-level proto_err_t and b
  * holds nothing that needs freeing beyond proto_batch_free() (which is always safe to call).
  * Bounds: depth, counts and sizes are checked against lim before any allocation they imply;
- * allocation is bounded by a small multiple of len.
+ * allocation is bounded by a small multiple of len. lim NULL means proto_limits_default().
+ * b is overwritten (it must not hold a live batch: free that first).
  */
 int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t fmt,
                  proto_type_t kind, const proto_limits_t *lim);
@@ -225,7 +228,7 @@ typedef struct proto_norm_ctx {
     proto_account_lookup_cb lookup; /* may be NULL */
     proto_account_learn_cb learn;   /* may be NULL */
     void *lookup_ud;                /* passed to both */
-    int64_t max_future_ms; /* clamp threshold, SPEC 24 h */
+    int64_t max_future_ms;          /* clamp threshold, SPEC 24 h */
 } proto_norm_ctx_t;
 
 /*

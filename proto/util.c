@@ -33,15 +33,13 @@ int proto_err_index(int err)
     /* The table is short (~45 entries) and this runs once per rejected event, so a linear scan
      * beats keeping a second, hand-maintained dense map in sync with the X-macro. */
     for (int i = 0; i < PROTO_ERR_COUNT; i++)
-        if (err_values[i] == err)
-            return i;
+        if (err_values[i] == err) return i;
     return -1;
 }
 
 int proto_err_at(int i)
 {
-    if (i < 0 || i >= PROTO_ERR_COUNT)
-        return PROTO_E_MALFORMED;
+    if (i < 0 || i >= PROTO_ERR_COUNT) return PROTO_E_MALFORMED;
     return err_values[i];
 }
 
@@ -64,19 +62,18 @@ bool proto_err_is_event_level(int err)
 
 /* ---- types and limits ------------------------------------------------------------------------ */
 
-static const char *const type_names[] = {"", "track", "identify", "group", "page", "screen", "alias"};
+static const char *const type_names[] = {"",     "track",  "identify", "group",
+                                         "page", "screen", "alias"};
 
 const char *proto_type_name(proto_type_t t)
 {
-    if ((int)t < 0 || (size_t)t >= sizeof type_names / sizeof type_names[0])
-        return "";
+    if ((int)t < 0 || (size_t)t >= sizeof type_names / sizeof type_names[0]) return "";
     return type_names[t];
 }
 
 proto_type_t proto_type_parse(const char *s, size_t len)
 {
-    if (s == NULL)
-        return PROTO_T_NONE;
+    if (s == NULL) return PROTO_T_NONE;
     for (size_t t = PROTO_T_TRACK; t < sizeof type_names / sizeof type_names[0]; t++) {
         if (strlen(type_names[t]) == len && memcmp(type_names[t], s, len) == 0)
             return (proto_type_t)t;
@@ -97,12 +94,9 @@ proto_limits_t proto_limits_default(void)
 
 proto_str_t proto_event_key(const proto_event_t *ev)
 {
-    if (ev->account_id.ptr != NULL && ev->account_id.len > 0)
-        return ev->account_id;
-    if (ev->user_id.ptr != NULL && ev->user_id.len > 0)
-        return ev->user_id;
-    if (ev->anonymous_id.ptr != NULL && ev->anonymous_id.len > 0)
-        return ev->anonymous_id;
+    if (ev->account_id.ptr != NULL && ev->account_id.len > 0) return ev->account_id;
+    if (ev->user_id.ptr != NULL && ev->user_id.len > 0) return ev->user_id;
+    if (ev->anonymous_id.ptr != NULL && ev->anonymous_id.len > 0) return ev->anonymous_id;
     proto_str_t none = {NULL, 0};
     return none;
 }
@@ -119,17 +113,14 @@ void proto_buf_init(proto_buf_t *buf, size_t max)
 
 int proto_buf_reserve(proto_buf_t *buf, size_t n)
 {
-    if (n > buf->max || buf->len > buf->max - n)
-        return PROTO_E_NOMEM;
+    if (n > buf->max || buf->len > buf->max - n) return PROTO_E_NOMEM;
     size_t need = buf->len + n;
-    if (need <= buf->cap)
-        return PROTO_OK;
+    if (need <= buf->cap) return PROTO_OK;
     size_t cap = buf->cap ? buf->cap : 256;
     while (cap < need)
         cap = cap > buf->max / 2 ? buf->max : cap * 2;
     char *p = realloc(buf->data, cap);
-    if (p == NULL)
-        return PROTO_E_NOMEM;
+    if (p == NULL) return PROTO_E_NOMEM;
     buf->data = p;
     buf->cap = cap;
     return PROTO_OK;
@@ -137,12 +128,13 @@ int proto_buf_reserve(proto_buf_t *buf, size_t n)
 
 int proto_buf_append(proto_buf_t *buf, const void *p, size_t n)
 {
-    if (n == 0)
-        return PROTO_OK;
+    if (n == 0) return PROTO_OK;
+    /* max is checked even when the allocation has room: a caller may lower max to bound one
+     * record inside a buffer that already grew for bigger ones. */
+    if (n > buf->max || buf->len > buf->max - n) return PROTO_E_NOMEM;
     if (buf->cap - buf->len < n) {
         int rc = proto_buf_reserve(buf, n);
-        if (rc != PROTO_OK)
-            return rc;
+        if (rc != PROTO_OK) return rc;
     }
     memcpy(buf->data + buf->len, p, n);
     buf->len += n;
@@ -173,12 +165,10 @@ bool proto_utf8_valid(const char *str, size_t len)
         while (i + 8 <= len) {
             uint64_t w;
             memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ull)
-                break;
+            if (w & 0x8080808080808080ull) break;
             i += 8;
         }
-        if (i >= len)
-            break;
+        if (i >= len) break;
         unsigned c = s[i];
         if (c < 0x80) {
             i++;
@@ -205,13 +195,10 @@ bool proto_utf8_valid(const char *str, size_t len)
         } else {
             return false;
         }
-        if (len - i - 1 < n)
-            return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return false;
+        if (len - i - 1 < n) return false;
+        if (s[i + 1] < lo || s[i + 1] > hi) return false;
         for (size_t k = 2; k <= n; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
+            if ((s[i + k] & 0xC0) != 0x80) return false;
         i += n + 1;
     }
     return true;
@@ -252,8 +239,7 @@ static bool digits(const char *s, size_t n, unsigned *out)
 {
     unsigned v = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
+        if (s[i] < '0' || s[i] > '9') return false;
         v = v * 10 + (unsigned)(s[i] - '0');
     }
     *out = v;
@@ -268,34 +254,27 @@ static bool digits(const char *s, size_t n, unsigned *out)
 bool proto_parse_iso8601(const char *s, size_t len, int64_t *ms_out)
 {
     unsigned y, mo, d, h, mi, sec, ms = 0;
-    if (s == NULL || len < 19 || len > 64)
-        return false;
+    if (s == NULL || len < 19 || len > 64) return false;
     if (!digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
         !digits(s + 8, 2, &d))
         return false;
-    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
-        return false;
+    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return false;
     if (!digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
         !digits(s + 17, 2, &sec))
         return false;
     static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (mo < 1 || mo > 12 || d < 1)
-        return false;
-    if (d > mdays[mo - 1] + (mo == 2 && leap(y)))
-        return false;
-    if (h > 23 || mi > 59 || sec > 60)
-        return false;
+    if (mo < 1 || mo > 12 || d < 1) return false;
+    if (d > mdays[mo - 1] + (mo == 2 && leap(y))) return false;
+    if (h > 23 || mi > 59 || sec > 60) return false;
     size_t i = 19;
     if (i < len && s[i] == '.') {
         i++;
         size_t start = i;
         while (i < len && s[i] >= '0' && s[i] <= '9') {
-            if (i - start < 3)
-                ms = ms * 10 + (unsigned)(s[i] - '0');
+            if (i - start < 3) ms = ms * 10 + (unsigned)(s[i] - '0');
             i++;
         }
-        if (i == start)
-            return false;
+        if (i == start) return false;
         for (size_t k = i - start; k < 3; k++)
             ms *= 10;
     }
@@ -308,26 +287,21 @@ bool proto_parse_iso8601(const char *s, size_t len, int64_t *ms_out)
             size_t rest = len - i - 1;
             const char *o = s + i + 1;
             if (rest == 5 && o[2] == ':') {
-                if (!digits(o, 2, &oh) || !digits(o + 3, 2, &om))
-                    return false;
+                if (!digits(o, 2, &oh) || !digits(o + 3, 2, &om)) return false;
             } else if (rest == 4) {
-                if (!digits(o, 2, &oh) || !digits(o + 2, 2, &om))
-                    return false;
+                if (!digits(o, 2, &oh) || !digits(o + 2, 2, &om)) return false;
             } else {
                 return false;
             }
-            if (oh > 23 || om > 59)
-                return false;
+            if (oh > 23 || om > 59) return false;
             off_min = (int64_t)oh * 60 + om;
-            if (s[i] == '-')
-                off_min = -off_min;
+            if (s[i] == '-') off_min = -off_min;
             i = len;
         } else {
             return false;
         }
     }
-    if (i != len)
-        return false;
+    if (i != len) return false;
     int64_t days = days_from_civil((int64_t)y, mo, d);
     int64_t secs = days * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec - off_min * 60;
     *ms_out = secs * 1000 + ms;
@@ -345,10 +319,8 @@ size_t proto_format_iso8601(int64_t ms, char *out)
     /* Clamped to years 0000..9999 so the output always has the fixed 24-character shape. */
     const int64_t lo = -62167219200000LL; /* 0000-01-01T00:00:00.000Z */
     const int64_t hi = 253402300799999LL; /* 9999-12-31T23:59:59.999Z */
-    if (ms < lo)
-        ms = lo;
-    if (ms > hi)
-        ms = hi;
+    if (ms < lo) ms = lo;
+    if (ms > hi) ms = hi;
     int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
     unsigned milli = (unsigned)(ms - secs * 1000);
     int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);

@@ -50,8 +50,7 @@ static int str_cmp(const void *a, const void *b)
 {
     const msgpack_object_str *x = *(const msgpack_object_str *const *)a;
     const msgpack_object_str *y = *(const msgpack_object_str *const *)b;
-    if (x->size != y->size)
-        return x->size < y->size ? -1 : 1;
+    if (x->size != y->size) return x->size < y->size ? -1 : 1;
     return memcmp(x->ptr, y->ptr, x->size);
 }
 
@@ -60,8 +59,7 @@ static int str_cmp(const void *a, const void *b)
 static int check_dup_keys(const msgpack_object_map *m)
 {
     uint32_t n = m->size;
-    if (n < 2)
-        return PROTO_OK;
+    if (n < 2) return PROTO_OK;
     if (n <= 16) {
         for (uint32_t i = 1; i < n; i++) {
             const msgpack_object_str *a = &m->ptr[i].key.via.str;
@@ -77,18 +75,15 @@ static int check_dup_keys(const msgpack_object_map *m)
     const msgpack_object_str **keys = stack_keys;
     if (n > 256) {
         keys = malloc((size_t)n * sizeof *keys);
-        if (keys == NULL)
-            return PROTO_E_NOMEM;
+        if (keys == NULL) return PROTO_E_NOMEM;
     }
     for (uint32_t i = 0; i < n; i++)
         keys[i] = &m->ptr[i].key.via.str;
     qsort(keys, n, sizeof *keys, str_cmp);
     int rc = PROTO_OK;
     for (uint32_t i = 1; i < n && rc == PROTO_OK; i++)
-        if (str_cmp(&keys[i - 1], &keys[i]) == 0)
-            rc = PROTO_E_DUPLICATE_KEY;
-    if (keys != stack_keys)
-        free(keys);
+        if (str_cmp(&keys[i - 1], &keys[i]) == 0) rc = PROTO_E_DUPLICATE_KEY;
+    if (keys != stack_keys) free(keys);
     return rc;
 }
 
@@ -97,41 +92,32 @@ static int walk(const msgpack_object *o, uint32_t depth_left, struct walk *w)
     switch (o->type) {
     case MSGPACK_OBJECT_STR:
         w->size += hdr_len_str(o->via.str.size) + o->via.str.size;
-        if (w->size > w->max)
-            return PROTO_E_EVENT_TOO_LARGE;
-        if (!proto_utf8_valid(o->via.str.ptr, o->via.str.size))
-            return PROTO_E_BAD_UTF8;
+        if (w->size > w->max) return PROTO_E_EVENT_TOO_LARGE;
+        if (!proto_utf8_valid(o->via.str.ptr, o->via.str.size)) return PROTO_E_BAD_UTF8;
         return PROTO_OK;
     case MSGPACK_OBJECT_BIN:
     case MSGPACK_OBJECT_EXT:
         return PROTO_E_BAD_VALUE;
     case MSGPACK_OBJECT_ARRAY: {
-        if (depth_left == 0)
-            return PROTO_E_EVENT_TOO_DEEP;
+        if (depth_left == 0) return PROTO_E_EVENT_TOO_DEEP;
         w->size += hdr_len_container(o->via.array.size);
         for (uint32_t i = 0; i < o->via.array.size; i++) {
             int rc = walk(&o->via.array.ptr[i], depth_left - 1, w);
-            if (rc != PROTO_OK)
-                return rc;
+            if (rc != PROTO_OK) return rc;
         }
         return w->size > w->max ? PROTO_E_EVENT_TOO_LARGE : PROTO_OK;
     }
     case MSGPACK_OBJECT_MAP: {
-        if (depth_left == 0)
-            return PROTO_E_EVENT_TOO_DEEP;
+        if (depth_left == 0) return PROTO_E_EVENT_TOO_DEEP;
         w->size += hdr_len_container(o->via.map.size);
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
-            if (kv->key.type != MSGPACK_OBJECT_STR)
-                return PROTO_E_BAD_KEY;
+            if (kv->key.type != MSGPACK_OBJECT_STR) return PROTO_E_BAD_KEY;
             int rc = walk(&kv->key, depth_left - 1, w);
-            if (rc == PROTO_OK)
-                rc = walk(&kv->val, depth_left - 1, w);
-            if (rc != PROTO_OK)
-                return rc;
+            if (rc == PROTO_OK) rc = walk(&kv->val, depth_left - 1, w);
+            if (rc != PROTO_OK) return rc;
         }
-        if (w->dups)
-            return check_dup_keys(&o->via.map);
+        if (w->dups) return check_dup_keys(&o->via.map);
         return PROTO_OK;
     }
     default:
@@ -145,8 +131,7 @@ int proto_value_check(const msgpack_object *obj, uint32_t max_depth, size_t max_
 {
     struct walk w = {0, max_bytes, check_dup_keys};
     int rc = walk(obj, max_depth, &w);
-    if (rc == PROTO_OK && size_out != NULL)
-        *size_out = w.size;
+    if (rc == PROTO_OK && size_out != NULL) *size_out = w.size;
     return rc;
 }
 
@@ -156,17 +141,14 @@ bool proto_parse_time(const msgpack_object *obj, int64_t *ms_out)
 {
     int64_t ms;
     if (obj->type == MSGPACK_OBJECT_STR) {
-        if (!proto_parse_iso8601(obj->via.str.ptr, obj->via.str.size, &ms))
-            return false;
+        if (!proto_parse_iso8601(obj->via.str.ptr, obj->via.str.size, &ms)) return false;
     } else if (obj->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        if (obj->via.u64 >= (uint64_t)PROTO_TIME_MAX_MS)
-            return false;
+        if (obj->via.u64 >= (uint64_t)PROTO_TIME_MAX_MS) return false;
         ms = (int64_t)obj->via.u64;
     } else {
         return false; /* floats, negatives and everything else: epoch ms is an integer */
     }
-    if (ms < PROTO_TIME_MIN_MS || ms >= PROTO_TIME_MAX_MS)
-        return false;
+    if (ms < PROTO_TIME_MIN_MS || ms >= PROTO_TIME_MAX_MS) return false;
     *ms_out = ms;
     return true;
 }
@@ -196,7 +178,10 @@ static enum field field_of(const char *p, uint32_t n)
     case 5:
         return IS("event") ? F_EVENT : F_NONE;
     case 6:
-        return IS("userId") ? F_USER_ID : IS("sentAt") ? F_SENT_AT : IS("traits") ? F_TRAITS : F_NONE;
+        return IS("userId")   ? F_USER_ID
+               : IS("sentAt") ? F_SENT_AT
+               : IS("traits") ? F_TRAITS
+                              : F_NONE;
     case 7:
         return IS("groupId") ? F_GROUP_ID : IS("context") ? F_CONTEXT : F_NONE;
     case 9:
@@ -241,56 +226,42 @@ static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t
                  const proto_limits_t *lim, bool check_dup_keys)
 {
     int rc = proto_value_check(ev->obj, lim->max_depth + 1, lim->event_bytes, check_dup_keys, NULL);
-    if (rc != PROTO_OK)
-        return rc;
+    if (rc != PROTO_OK) return rc;
 
     const msgpack_object *o = present(f[F_TYPE]);
     if (o == NULL) {
-        if (kind == PROTO_T_NONE)
-            return PROTO_E_MISSING_TYPE;
+        if (kind == PROTO_T_NONE) return PROTO_E_MISSING_TYPE;
         ev->type = kind;
     } else {
-        if (o->type != MSGPACK_OBJECT_STR)
-            return PROTO_E_BAD_TYPE;
+        if (o->type != MSGPACK_OBJECT_STR) return PROTO_E_BAD_TYPE;
         ev->type = proto_type_parse(o->via.str.ptr, o->via.str.size);
         if (ev->type == PROTO_T_NONE || (kind != PROTO_T_NONE && ev->type != kind))
             return PROTO_E_BAD_TYPE;
     }
 
-    if ((o = present(f[F_MESSAGE_ID])) == NULL)
-        return PROTO_E_MISSING_MESSAGE_ID;
-    if (!str_ok(o, 100))
-        return PROTO_E_BAD_MESSAGE_ID;
+    if ((o = present(f[F_MESSAGE_ID])) == NULL) return PROTO_E_MISSING_MESSAGE_ID;
+    if (!str_ok(o, 100)) return PROTO_E_BAD_MESSAGE_ID;
 
     const msgpack_object *uid = present(f[F_USER_ID]), *aid = present(f[F_ANONYMOUS_ID]);
-    if (uid != NULL && !str_ok(uid, 255))
-        return PROTO_E_BAD_USER_ID;
-    if (aid != NULL && !str_ok(aid, 255))
-        return PROTO_E_BAD_ANONYMOUS_ID;
-    if (uid == NULL && aid == NULL)
-        return PROTO_E_MISSING_USER;
+    if (uid != NULL && !str_ok(uid, 255)) return PROTO_E_BAD_USER_ID;
+    if (aid != NULL && !str_ok(aid, 255)) return PROTO_E_BAD_ANONYMOUS_ID;
+    if (uid == NULL && aid == NULL) return PROTO_E_MISSING_USER;
 
     if (ev->type == PROTO_T_TRACK) {
-        if ((o = present(f[F_EVENT])) == NULL)
-            return PROTO_E_MISSING_EVENT;
-        if (!str_ok(o, 200))
-            return PROTO_E_BAD_EVENT;
+        if ((o = present(f[F_EVENT])) == NULL) return PROTO_E_MISSING_EVENT;
+        if (!str_ok(o, 200)) return PROTO_E_BAD_EVENT;
     }
     if (ev->type == PROTO_T_GROUP) {
-        if ((o = present(f[F_GROUP_ID])) == NULL)
-            return PROTO_E_MISSING_GROUP_ID;
-        if (!str_ok(o, 255))
-            return PROTO_E_BAD_GROUP_ID;
+        if ((o = present(f[F_GROUP_ID])) == NULL) return PROTO_E_MISSING_GROUP_ID;
+        if (!str_ok(o, 255)) return PROTO_E_BAD_GROUP_ID;
     }
 
     if ((o = present(f[F_TIMESTAMP])) != NULL) {
-        if (!proto_parse_time(o, &ev->timestamp_ms))
-            return PROTO_E_BAD_TIMESTAMP;
+        if (!proto_parse_time(o, &ev->timestamp_ms)) return PROTO_E_BAD_TIMESTAMP;
         ev->has_timestamp = true;
     }
     if ((o = present(f[F_SENT_AT])) != NULL) {
-        if (!proto_parse_time(o, &ev->sent_at_ms))
-            return PROTO_E_BAD_EVENT_SENT_AT;
+        if (!proto_parse_time(o, &ev->sent_at_ms)) return PROTO_E_BAD_EVENT_SENT_AT;
         ev->has_sent_at = true;
     }
 
@@ -299,15 +270,13 @@ static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t
     if ((o = present(f[F_TRAITS])) != NULL && o->type != MSGPACK_OBJECT_MAP)
         return PROTO_E_BAD_TRAITS;
     if ((o = present(f[F_CONTEXT])) != NULL) {
-        if (o->type != MSGPACK_OBJECT_MAP)
-            return PROTO_E_BAD_CONTEXT;
+        if (o->type != MSGPACK_OBJECT_MAP) return PROTO_E_BAD_CONTEXT;
         /* context.groupId is an account hint, not a rule: used only when it is a valid id. */
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 7 &&
                 memcmp(kv->key.via.str.ptr, "groupId", 7) == 0) {
-                if (str_ok(&kv->val, 255))
-                    ev->context_group_id = to_str(&kv->val);
+                if (str_ok(&kv->val, 255)) ev->context_group_id = to_str(&kv->val);
                 break;
             }
         }
@@ -330,23 +299,17 @@ int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_typ
     const msgpack_object *f[F_COUNT] = {0};
     for (uint32_t i = 0; i < obj->via.map.size; i++) {
         const msgpack_object_kv *kv = &obj->via.map.ptr[i];
-        if (kv->key.type != MSGPACK_OBJECT_STR)
-            continue;
+        if (kv->key.type != MSGPACK_OBJECT_STR) continue;
         enum field id = field_of(kv->key.via.str.ptr, kv->key.via.str.size);
-        if (id != F_NONE && f[id] == NULL)
-            f[id] = &kv->val;
+        if (id != F_NONE && f[id] == NULL) f[id] = &kv->val;
     }
     const msgpack_object *o;
-    if ((o = present(f[F_MESSAGE_ID])) && o->type == MSGPACK_OBJECT_STR)
-        ev->message_id = to_str(o);
-    if ((o = present(f[F_USER_ID])) && o->type == MSGPACK_OBJECT_STR)
-        ev->user_id = to_str(o);
+    if ((o = present(f[F_MESSAGE_ID])) && o->type == MSGPACK_OBJECT_STR) ev->message_id = to_str(o);
+    if ((o = present(f[F_USER_ID])) && o->type == MSGPACK_OBJECT_STR) ev->user_id = to_str(o);
     if ((o = present(f[F_ANONYMOUS_ID])) && o->type == MSGPACK_OBJECT_STR)
         ev->anonymous_id = to_str(o);
-    if ((o = present(f[F_EVENT])) && o->type == MSGPACK_OBJECT_STR)
-        ev->event = to_str(o);
-    if ((o = present(f[F_GROUP_ID])) && o->type == MSGPACK_OBJECT_STR)
-        ev->group_id = to_str(o);
+    if ((o = present(f[F_EVENT])) && o->type == MSGPACK_OBJECT_STR) ev->event = to_str(o);
+    if ((o = present(f[F_GROUP_ID])) && o->type == MSGPACK_OBJECT_STR) ev->group_id = to_str(o);
 
     ev->error = rules(ev, f, kind, lim, check_dup_keys);
     if (!ev->has_sent_at && has_batch_sent_at) {

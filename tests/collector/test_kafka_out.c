@@ -449,8 +449,12 @@ static void test_bad_properties(void **state)
     /* A valid override is applied. */
     f->props[0] = (config_kv_t){"linger.ms", "0"};
     f->props[1] = (config_kv_t){"client.id", "custom-id"};
+    f->props[2] = (config_kv_t){"queue.buffering.max.kbytes", "8"};
+    f->cfg.n_kafka_properties = 3;
     assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
     assert_non_null(strstr(rd_kafka_name(ko->rk), "custom-id"));
+    assert_int_equal(ko->queue_cap_bytes, 8192); /* readiness measures the effective cap */
+    assert_int_equal(ko->queue_cap_msgs, KAFKA_QUEUE_MAX_MESSAGES);
     kafka_out_free(ko);
 
     f->cfg.n_kafka_properties = 0;
@@ -469,7 +473,7 @@ static void test_bad_properties(void **state)
 static void test_fatal_then_recreated(void **state)
 {
     fixture_t *f = *state;
-    f->props[0] = (config_kv_t){"linger.ms", "3000"}; /* keeps `queued` in the old producer */
+    f->props[0] = (config_kv_t){"linger.ms", "1000"}; /* keeps `queued` in the old producer */
     f->cfg.kafka_properties = f->props;
     f->cfg.n_kafka_properties = 1;
     kafka_recreate_delay_ms = 700;
@@ -548,6 +552,7 @@ static void test_embedded(void **state)
     (void)state;
     config_t cfg;
     cfg_defaults(&cfg, NULL);
+    cfg.topic_pql = "events_rejected"; /* two roles on one topic: created once */
     kafka_out_t *ko = NULL;
     char err[512];
     assert_int_equal(kafka_out_new(&cfg, &ko, err, sizeof err), KAFKA_OK);

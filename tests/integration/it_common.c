@@ -54,8 +54,8 @@ void it_post(const sup_env_t *e, const char *path, const char *content_type, con
         snprintf(ce, sizeof ce, "Content-Encoding: %s", encoding);
         headers[h++] = ce;
     }
-    sup_http_req_t req = {.path = path, .headers = headers, .body = body, .body_len = len,
-                          .user = IT_KEY};
+    sup_http_req_t req = {
+        .path = path, .headers = headers, .body = body, .body_len = len, .user = IT_KEY};
     sup_http_once(e->coll.port, &req, resp);
 }
 
@@ -163,8 +163,10 @@ void it_assert_events_exactly(const sup_env_t *e, const it_ids_t *ids, sup_kmsgs
         if (c != 1) fprintf(stderr, "messageId %s found %zu times\n", ids->id[i], c);
         assert_int_equal(c, 1);
     }
-    if (out) *out = m;
-    else sup_kmsgs_free(&m);
+    if (out)
+        *out = m;
+    else
+        sup_kmsgs_free(&m);
 }
 
 void it_assert_still_serving(const sup_env_t *e, it_ids_t *ids)

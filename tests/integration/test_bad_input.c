@@ -77,9 +77,12 @@ static void small_batch_text(sup_buf_t *out, it_ids_t *ids, bool keep)
 static void bad_malformed_json(sup_env_t *e, it_ids_t *ids)
 {
     (void)ids;
-    static const char *const bodies[] = {
-        "{\"batch\": [ {\"type\": \"track\" ,, ]}", "not json at all", "", "[1,2,3]",
-        "{\"batch\": \"not an array\"}", "{\"batch\": []} trailing"};
+    static const char *const bodies[] = {"{\"batch\": [ {\"type\": \"track\" ,, ]}",
+                                         "not json at all",
+                                         "",
+                                         "[1,2,3]",
+                                         "{\"batch\": \"not an array\"}",
+                                         "{\"batch\": []} trailing"};
     static const char *const codes[] = {"malformed_body", "malformed_body", NULL,
                                         "not_an_object",  "missing_batch",  NULL};
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
@@ -102,8 +105,8 @@ static void bad_malformed_msgpack(sup_env_t *e, it_ids_t *ids)
      * a str claiming 1 GiB; a fixarray (not a map). */
     static const char b1[] = {(char)0xc1};
     static const char b2[] = {(char)0xdf, (char)0xff, (char)0xff, (char)0xff, (char)0xff};
-    static const char b3[] = {(char)0x81, (char)0xa5, 'b', 'a', 't', 'c', 'h', (char)0xdb, 0x40,
-                              0,          0,          0,   'x'};
+    static const char b3[] = {(char)0x81, (char)0xa5, 'b', 'a', 't', 'c', 'h',
+                              (char)0xdb, 0x40,       0,   0,   0,   'x'};
     static const char b4[] = {(char)0x93, 1, 2, 3};
     const struct {
         const char *p;
@@ -452,20 +455,20 @@ static void bad_missing_fields(sup_env_t *e, it_ids_t *ids)
         /* 8 */ "type", "track", "messageId", "mf-8", "userId", "u",
         /* 9 */ "type", "track", "messageId", "mf-9", "userId", "u", "event", "",
         /* 10 */ "type", "group", "messageId", "mf-10", "userId", "u",
-        /* 11 */ "type", "track", "messageId", "mf-11", "userId", "u", "event", "E",
-        "properties", "a string",
+        /* 11 */ "type", "track", "messageId", "mf-11", "userId", "u", "event", "E", "properties",
+        "a string",
         /* 12 */ "type", "identify", "messageId", "mf-12", "userId", "u", "traits", 1,
         /* 13 */ "type", "page", "messageId", "mf-13", "userId", "u", "context", 5,
         /* 14 */ "just a string",
         /* 15 */ "type", "track", "messageId", "mf-ok", "userId", "u", "event", "E");
     assert_non_null(events);
     static const char *const want[] = {
-        "missing_type",     "invalid_type",       "missing_message_id", "invalid_message_id",
-        "invalid_message_id", "missing_user",     "invalid_user_id",    "invalid_anonymous_id",
-        "missing_event",    "invalid_event",      "missing_group_id",   "invalid_properties",
-        "invalid_traits",   "invalid_context",    "event_not_an_object"};
-    static const char *const want_id[] = {"mf-0", "mf-1", NULL,    NULL,    NULL,
-                                          "mf-5", "mf-6", "mf-7",  "mf-8",  "mf-9",
+        "missing_type",       "invalid_type",    "missing_message_id", "invalid_message_id",
+        "invalid_message_id", "missing_user",    "invalid_user_id",    "invalid_anonymous_id",
+        "missing_event",      "invalid_event",   "missing_group_id",   "invalid_properties",
+        "invalid_traits",     "invalid_context", "event_not_an_object"};
+    static const char *const want_id[] = {"mf-0",  "mf-1",  NULL,    NULL,    NULL,
+                                          "mf-5",  "mf-6",  "mf-7",  "mf-8",  "mf-9",
                                           "mf-10", "mf-11", "mf-12", "mf-13", NULL};
     json_t *copy = json_deep_copy(events);
     sup_http_resp_t r;
@@ -571,13 +574,17 @@ static void bad_future_clamped(sup_env_t *e, it_ids_t *ids)
     assert_true(i48 >= 0 && i1 >= 0);
     json_t *v48 = sup_kmsg_value(&m.msgs[i48]), *v1 = sup_kmsg_value(&m.msgs[i1]);
     int64_t recv = 0, ts = 0, orig = 0;
-    assert_int_equal(sup_parse_iso8601(json_string_value(json_object_get(v48, "receivedAt")), &recv), 0);
-    assert_int_equal(sup_parse_iso8601(json_string_value(json_object_get(v48, "timestamp")), &ts), 0);
+    assert_int_equal(
+        sup_parse_iso8601(json_string_value(json_object_get(v48, "receivedAt")), &recv), 0);
+    assert_int_equal(sup_parse_iso8601(json_string_value(json_object_get(v48, "timestamp")), &ts),
+                     0);
     assert_int_equal(ts, recv); /* clamped to receivedAt */
     const json_t *o = json_object_get(v48, "originalTimestamp");
     assert_non_null(o);
-    if (json_is_integer(o)) orig = json_integer_value(o);
-    else assert_int_equal(sup_parse_iso8601(json_string_value(o), &orig), 0);
+    if (json_is_integer(o))
+        orig = json_integer_value(o);
+    else
+        assert_int_equal(sup_parse_iso8601(json_string_value(o), &orig), 0);
     int64_t want_orig = 0;
     sup_parse_iso8601(far, &want_orig);
     assert_int_equal(orig, want_orig);
@@ -629,7 +636,8 @@ static void bad_malformed_http(sup_env_t *e, it_ids_t *ids)
     const char *start = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
     assert_int_equal(sup_buf_append(&big, start, strlen(start)), 0);
     for (int i = 0; i < 2000; i++)
-        assert_int_equal(sup_buf_append(&big, "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 44), 0);
+        assert_int_equal(
+            sup_buf_append(&big, "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 44), 0);
     assert_int_equal(sup_buf_append(&big, "\r\n", 2), 0);
     int fd = sup_tcp_connect(e->coll.port, 5000);
     assert_true(fd >= 0);
@@ -720,8 +728,12 @@ static void bad_chunked_body(sup_env_t *e, it_ids_t *ids)
     assert_int_equal(sup_json_dump(b, &txt), 0);
     assert_true(txt.len > 3000);
     const char *h1[] = {"Content-Type: application/json", NULL};
-    sup_http_req_t req = {.path = "/v1/batch", .headers = h1, .body = txt.data,
-                          .body_len = txt.len, .chunked = true, .user = IT_KEY};
+    sup_http_req_t req = {.path = "/v1/batch",
+                          .headers = h1,
+                          .body = txt.data,
+                          .body_len = txt.len,
+                          .chunked = true,
+                          .user = IT_KEY};
     sup_http_resp_t r;
     assert_int_equal(sup_http_once(e->coll.port, &req, &r), 0);
     it_assert_ok(&r, 60, 0);
@@ -733,8 +745,12 @@ static void bad_chunked_body(sup_env_t *e, it_ids_t *ids)
     assert_int_equal(sup_msgpack_encode(b2, &mp), 0);
     assert_int_equal(sup_zstd(mp.data, mp.len, &z), 0);
     const char *h2[] = {"Content-Type: application/msgpack", "Content-Encoding: zstd", NULL};
-    sup_http_req_t req2 = {.path = "/v1/batch", .headers = h2, .body = z.data, .body_len = z.len,
-                           .chunked = true, .user = IT_KEY};
+    sup_http_req_t req2 = {.path = "/v1/batch",
+                           .headers = h2,
+                           .body = z.data,
+                           .body_len = z.len,
+                           .chunked = true,
+                           .user = IT_KEY};
     assert_int_equal(sup_http_once(e->coll.port, &req2, &r), 0);
     it_assert_ok(&r, 2, 0);
     sup_http_resp_free(&r);
@@ -760,8 +776,11 @@ static void bad_keep_alive(sup_env_t *e, it_ids_t *ids)
         sup_buf_t txt = {0};
         small_batch_text(&txt, ids, true);
         const char *hd[] = {"Content-Type: application/json", NULL};
-        sup_http_req_t req = {.path = "/v1/batch", .headers = hd, .body = txt.data,
-                              .body_len = txt.len, .user = IT_KEY};
+        sup_http_req_t req = {.path = "/v1/batch",
+                              .headers = hd,
+                              .body = txt.data,
+                              .body_len = txt.len,
+                              .user = IT_KEY};
         /* Error answers keep the connection too. */
         if (i == 3) req.body_len = 5;
         sup_http_resp_t r;
@@ -790,8 +809,10 @@ static void bad_keep_alive(sup_env_t *e, it_ids_t *ids)
     /* The second answer may already be in a1 after the first one. */
     const char *second = strstr(a1.data + 5, "HTTP/1.1 ");
     sup_buf_t a2 = {0};
-    if (second) sup_buf_append(&a2, second, strlen(second));
-    else sup_tcp_read_answer(fd, &a2, 5000);
+    if (second)
+        sup_buf_append(&a2, second, strlen(second));
+    else
+        sup_tcp_read_answer(fd, &a2, 5000);
     int s2 = -1;
     if (a2.data) sscanf(a2.data, "HTTP/1.%*d %d", &s2);
     assert_int_equal(s2, 404);
@@ -839,6 +860,63 @@ static void test_slowloris(void **state)
     run_bad(state, "limits: {header_timeout: 1s}\n", bad_slowloris);
 }
 
+static void bad_idle_keep_alive(sup_env_t *e, it_ids_t *ids)
+{
+    (void)ids;
+    int fd = sup_tcp_connect(e->coll.port, 5000);
+    assert_true(fd >= 0);
+    static const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(sup_tcp_send(fd, get, sizeof get - 1, 2000), 0);
+    sup_buf_t answer = {0};
+    assert_int_equal(sup_tcp_read_answer(fd, &answer, 5000), 200);
+    sup_buf_free(&answer);
+    /* Idle after a complete exchange: closed after limits.idle_timeout (1 s here). */
+    int64_t t0 = sup_now_ms();
+    int closed = sup_tcp_read_until_close(fd, &answer, 65536, 5000);
+    int64_t took = sup_now_ms() - t0;
+    close(fd);
+    sup_buf_free(&answer);
+    assert_true(closed);
+    assert_true(took >= 700 && took < 4000);
+}
+
+static void test_idle_keep_alive_closed(void **state)
+{
+    run_bad(state, "limits: {idle_timeout: 1s}\n", bad_idle_keep_alive);
+}
+
+static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
+{
+    (void)ids;
+    int held[3];
+    for (int i = 0; i < 3; i++) {
+        held[i] = sup_tcp_connect(e->coll.port, 5000);
+        assert_true(held[i] >= 0);
+    }
+    sup_sleep_ms(200); /* let the collector accept them */
+    /* The cap (3) is reached: the next client is answered 503 and closed. */
+    sup_buf_t answer = {0};
+    static const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    int status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
+    assert_raw_error(&answer, status, 503, NULL);
+    sup_buf_free(&answer);
+    for (int i = 0; i < 3; i++)
+        close(held[i]);
+    /* Slots free again once the held connections are gone. */
+    int64_t deadline = sup_now_ms() + 3000;
+    do {
+        sup_sleep_ms(100);
+        status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
+        sup_buf_free(&answer);
+    } while (status != 200 && sup_now_ms() < deadline);
+    assert_int_equal(status, 200);
+}
+
+static void test_connection_cap(void **state)
+{
+    run_bad(state, "limits: {max_connections: 3}\n", bad_connection_cap);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -862,6 +940,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_chunked_body, it_teardown),
         cmocka_unit_test_teardown(test_keep_alive, it_teardown),
         cmocka_unit_test_teardown(test_slowloris, it_teardown),
+        cmocka_unit_test_teardown(test_idle_keep_alive_closed, it_teardown),
+        cmocka_unit_test_teardown(test_connection_cap, it_teardown),
     };
     return it_run(argc, argv, "bad_input", tests, sizeof tests / sizeof tests[0]);
 }

@@ -91,8 +91,8 @@ static json_t *skewed_batch(size_t n, const char *prefix, it_ids_t *ids, int64_t
 }
 
 /* Checks the events topic against a skewed_batch(): keys, headers and normalized fields. */
-static void assert_skewed_delivery(const sup_env_t *e, const it_ids_t *ids, int64_t t0,
-                                   int64_t t1, const char *content_type_part)
+static void assert_skewed_delivery(const sup_env_t *e, const it_ids_t *ids, int64_t t0, int64_t t1,
+                                   const char *content_type_part)
 {
     sup_kmsgs_t m;
     it_assert_events_exactly(e, ids, &m);
@@ -110,8 +110,10 @@ static void assert_skewed_delivery(const sup_env_t *e, const it_ids_t *ids, int6
         assert_str_field(v, "userId", user);
         assert_str_field(v, "event", "Clicked");
         assert_str_field(v, "source", IT_SOURCE);
-        if (i % 4 == 0) assert_str_field(v, "accountId", acct);
-        else assert_null(json_object_get(v, "accountId"));
+        if (i % 4 == 0)
+            assert_str_field(v, "accountId", acct);
+        else
+            assert_null(json_object_get(v, "accountId"));
         assert_int_equal(json_integer_value(json_object_get(json_object_get(v, "properties"), "i")),
                          (json_int_t)i);
         int64_t received = iso_field(v, "receivedAt");
@@ -251,8 +253,8 @@ static void test_account_id_sources(void **state)
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
     /* 1: alice joins acct-A through a group call (its own request). */
-    json_t *g = json_pack("{s:s, s:s, s:s}", "messageId", "acc-group", "userId", "alice",
-                          "groupId", "acct-A");
+    json_t *g = json_pack("{s:s, s:s, s:s}", "messageId", "acc-group", "userId", "alice", "groupId",
+                          "acct-A");
     sup_http_resp_t resp;
     it_post_json(e, "/v1/group", g, &resp);
     it_assert_ok(&resp, 1, 0);
@@ -265,13 +267,12 @@ static void test_account_id_sources(void **state)
     json_t *events = json_pack(
         "[{s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:s,s:{s:s}}, {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:s},"
         " {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}]",
-        "type", "track", "messageId", "acc-learned", "userId", "alice", "event", "E",
-        "type", "track", "messageId", "acc-context", "userId", "alice", "event", "E", "context",
-        "groupId", "acct-B",
-        "type", "track", "messageId", "acc-none", "userId", "carol", "event", "E",
-        "type", "track", "messageId", "acc-anon", "anonymousId", "anon-1", "event", "E",
-        "type", "group", "messageId", "acc-group2", "userId", "dave", "groupId", "acct-D",
-        "type", "track", "messageId", "acc-same-batch", "userId", "dave", "event", "E");
+        "type", "track", "messageId", "acc-learned", "userId", "alice", "event", "E", "type",
+        "track", "messageId", "acc-context", "userId", "alice", "event", "E", "context", "groupId",
+        "acct-B", "type", "track", "messageId", "acc-none", "userId", "carol", "event", "E", "type",
+        "track", "messageId", "acc-anon", "anonymousId", "anon-1", "event", "E", "type", "group",
+        "messageId", "acc-group2", "userId", "dave", "groupId", "acct-D", "type", "track",
+        "messageId", "acc-same-batch", "userId", "dave", "event", "E");
     assert_non_null(events);
     json_t *batch = sup_batch(events);
     it_post_json(e, "/v1/batch", batch, &resp);
@@ -294,8 +295,10 @@ static void test_account_id_sources(void **state)
         if (strcmp(msg->key, want[i][1]) != 0)
             fprintf(stderr, "%s: want key %s, got %s\n", want[i][0], want[i][1], msg->key);
         assert_string_equal(msg->key, want[i][1]);
-        if (want[i][2]) assert_str_field(v, "accountId", want[i][2]);
-        else assert_null(json_object_get(v, "accountId"));
+        if (want[i][2])
+            assert_str_field(v, "accountId", want[i][2]);
+        else
+            assert_null(json_object_get(v, "accountId"));
         json_decref(v);
     }
     sup_kmsgs_free(&m);
@@ -308,8 +311,8 @@ static void test_rejected_events_topic(void **state)
         "[{s:s,s:s,s:s,s:s}, {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}]",
         "type", "track", "messageId", "rj-ok-0", "userId", "ann", "event", "E",
         /* 1: no type */
-        "messageId", "rj-notype", "userId", "ann", "event", "E",
-        "type", "track", "messageId", "rj-ok-2", "userId", "ann", "event", "E",
+        "messageId", "rj-notype", "userId", "ann", "event", "E", "type", "track", "messageId",
+        "rj-ok-2", "userId", "ann", "event", "E",
         /* 3: track without event */
         "type", "track", "messageId", "rj-noevent", "userId", "bob",
         /* 4: unknown type */
@@ -400,8 +403,11 @@ static long post_with_auth(const sup_env_t *e, const char *user, const char *bea
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer);
         headers[1] = auth;
     }
-    sup_http_req_t req = {.path = "/v1/batch", .headers = headers, .body = body.data,
-                          .body_len = body.len, .user = user};
+    sup_http_req_t req = {.path = "/v1/batch",
+                          .headers = headers,
+                          .body = body.data,
+                          .body_len = body.len,
+                          .user = user};
     sup_http_resp_t resp;
     sup_http_once(e->coll.port, &req, &resp);
     long status = resp.status;
@@ -496,8 +502,8 @@ static void test_health_ready_metrics(void **state)
     assert_true(metric_value(t, "sluice_events_accepted_total") >= 7);
     assert_true(metric_value(t, "sluice_events_received_total") >= 8);
     assert_true(metric_value(t, "sluice_events_rejected_total") >= 1);
-    assert_true(metric_value(t, "sluice_events_rejected_by_reason_total{reason=\"missing_event\"}") >=
-                1);
+    assert_true(
+        metric_value(t, "sluice_events_rejected_by_reason_total{reason=\"missing_event\"}") >= 1);
     assert_true(metric_value(t, "sluice_http_responses_total{code=\"200\"}") >= 2);
     assert_true(metric_value(t, "sluice_http_responses_total{code=\"401\"}") >= 1);
     assert_true(metric_value(t, "sluice_auth_failures_total") >= 1);
@@ -553,6 +559,62 @@ static void test_not_found_and_wrong_method(void **state)
     it_assert_events_exactly(e, &ids, NULL);
 }
 
+static void test_rate_limit_429(void **state)
+{
+    sup_env_t *e = it_start(state, "limits: {rate_per_key: 10}\n");
+    it_ids_t ids = {0};
+    long limited = 0;
+    for (int i = 0; i < 6 && !limited; i++) {
+        json_t *events = json_array();
+        it_ids_t these = {0};
+        for (int k = 0; k < 10; k++) {
+            char id[IT_ID_BYTES];
+            sup_message_id(id, sizeof id, "rate");
+            json_array_append_new(events, sup_track(id, "rate-user", "Fast", k));
+            it_ids_add(&these, id);
+        }
+        json_t *batch = sup_batch(events);
+        sup_http_resp_t r;
+        it_post_json(e, "/v1/batch", batch, &r);
+        json_decref(batch);
+        if (r.status == 429) {
+            it_assert_error(&r, 429, "rate_limited");
+            char ra[32];
+            assert_true(sup_http_header(&r, "Retry-After", ra, sizeof ra));
+            assert_true(atoi(ra) >= 1);
+            limited = 1;
+        } else {
+            it_assert_ok(&r, 10, 0);
+            for (size_t k = 0; k < these.n; k++)
+                it_ids_add(&ids, these.id[k]);
+        }
+        sup_http_resp_free(&r);
+    }
+    /* 10 events/s with a one-second burst: 60 events at once cannot all pass. */
+    assert_true(limited);
+    assert_true(ids.n >= 10);
+    /* Another key has its own budget. */
+    char id[IT_ID_BYTES];
+    sup_message_id(id, sizeof id, "rate-web");
+    json_t *batch = sup_batch(json_pack("[o]", sup_track(id, "rate-user", "Other Key", 0)));
+    sup_buf_t body = {0};
+    assert_int_equal(sup_json_dump(batch, &body), 0);
+    const char *hd[] = {"Content-Type: application/json", NULL};
+    sup_http_req_t req = {.path = "/v1/batch",
+                          .headers = hd,
+                          .body = body.data,
+                          .body_len = body.len,
+                          .user = "wk_web"};
+    sup_http_resp_t r;
+    sup_http_once(e->coll.port, &req, &r);
+    it_assert_ok(&r, 1, 0);
+    it_ids_add(&ids, id);
+    sup_http_resp_free(&r);
+    sup_buf_free(&body);
+    json_decref(batch);
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -567,6 +629,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_health_ready_metrics, it_teardown),
         cmocka_unit_test_teardown(test_cors_preflight, it_teardown),
         cmocka_unit_test_teardown(test_not_found_and_wrong_method, it_teardown),
+        cmocka_unit_test_teardown(test_rate_limit_429, it_teardown),
     };
     return it_run(argc, argv, "ingest", tests, sizeof tests / sizeof tests[0]);
 }

@@ -35,10 +35,10 @@ static void produce(const char *bootstrap, const char *topic, int n)
         char key[32], val[64];
         snprintf(key, sizeof key, "k%d", i);
         snprintf(val, sizeof val, "{\"messageId\":\"m%d\"}", i);
-        rd_kafka_resp_err_t e =
-            rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
-                              RD_KAFKA_V_VALUE(val, strlen(val)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                              RD_KAFKA_V_HEADER("message-id", val, 4), RD_KAFKA_V_END);
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE(val, strlen(val)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADER("message-id", val, 4), RD_KAFKA_V_END);
         assert_int_equal(e, RD_KAFKA_RESP_ERR_NO_ERROR);
     }
     assert_int_equal(rd_kafka_flush(rk, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
@@ -97,9 +97,9 @@ static void test_mock_helper_roundtrip(void **state)
 static void test_codecs_roundtrip(void **state)
 {
     (void)state;
-    json_t *j = json_pack("{s:s, s:i, s:f, s:b, s:n, s:[i,s,{s:s}], s:{s:{s:i}}}", "s", "héllo",
-                          "i", -42, "f", 1.5, "b", 1, "nil", "arr", 1, "two", "k", "v", "nest",
-                          "a", "b", 3);
+    json_t *j =
+        json_pack("{s:s, s:i, s:f, s:b, s:n, s:[i,s,{s:s}], s:{s:{s:i}}}", "s", "héllo", "i", -42,
+                  "f", 1.5, "b", 1, "nil", "arr", 1, "two", "k", "v", "nest", "a", "b", 3);
     assert_non_null(j);
     sup_buf_t mp = {0};
     assert_int_equal(sup_msgpack_encode(j, &mp), 0);

@@ -39,11 +39,9 @@ static void test_bucket_layout(void **state)
     for (int i = 0; i < HIST_BUCKETS; i++) {
         uint64_t lo, hi;
         hist_bucket_range(i, &lo, &hi);
-        if (i > 0)
-            assert_int_equal(lo, prev_hi + 1);
+        if (i > 0) assert_int_equal(lo, prev_hi + 1);
         assert_true(hi >= lo);
-        if (lo >= 256)
-            assert_true((hi - lo + 1) * 128 <= lo);
+        if (lo >= 256) assert_true((hi - lo + 1) * 128 <= lo);
         assert_int_equal(hist_bucket_of(lo), i);
         assert_int_equal(hist_bucket_of(hi), i);
         prev_hi = hi;

@@ -133,8 +133,8 @@ static void check_msgpack_body(const model_t *m, const char *body, size_t len,
                 memcmp(kv->key.via.str.ptr, "messageId", 9) == 0) {
                 uint32_t st;
                 uint64_t sq;
-                assert_true(model_parse_message_id(m, kv->val.via.str.ptr, kv->val.via.str.size,
-                                                   &st, &sq));
+                assert_true(
+                    model_parse_message_id(m, kv->val.via.str.ptr, kv->val.via.str.size, &st, &sq));
                 assert_int_equal(sq, items[i].seq);
             }
         }
@@ -246,10 +246,8 @@ static void test_script_and_resend(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_same_seed_same_bytes),
-        cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_message_id_round_trip),
-        cmocka_unit_test(test_rates_and_wellformed),
+        cmocka_unit_test(test_same_seed_same_bytes),  cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_message_id_round_trip), cmocka_unit_test(test_rates_and_wellformed),
         cmocka_unit_test(test_script_and_resend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -38,8 +38,7 @@ static void check_format(enc_format_t fmt)
         memset(&pb, 0, sizeof(pb));
         int rc = proto_decode(&pb, body, len, fmt == ENC_JSON ? PROTO_FMT_JSON : PROTO_FMT_MSGPACK,
                               PROTO_T_NONE, &lim);
-        if (rc != 0)
-            fail_msg("batch %d: request-level error %s", b, proto_err_code(rc));
+        if (rc != 0) fail_msg("batch %d: request-level error %s", b, proto_err_code(rc));
         assert_int_equal(pb.n_events, n);
         for (size_t i = 0; i < n; i++) {
             int want = items[i].kind;
@@ -48,8 +47,8 @@ static void check_format(enc_format_t fmt)
                 if (pb.events[i].error != 0)
                     fail_msg("batch %d event %zu: valid event rejected as %s", b, i, got);
             } else if (strcmp(got, model_kind_code(want)) != 0) {
-                fail_msg("batch %d event %zu: kind %s rejected as %s", b, i,
-                         model_kind_name(want), got);
+                fail_msg("batch %d event %zu: kind %s rejected as %s", b, i, model_kind_name(want),
+                         got);
             }
             seen[want]++;
         }

@@ -4,9 +4,11 @@
 
 #define GOOD_BATCH                                                                                 \
     "{\"writeKey\":\"wk_1\",\"sentAt\":\"2026-11-23T12:00:00Z\",\"context\":{\"ip\":\"1.2.3.4\"}," \
-    "\"batch\":[" TU_EVENT(",\"properties\":{\"plan\":\"pro\",\"seats\":7,\"ratio\":0.5,"        \
-                           "\"tags\":[\"a\",null,true]}") ","                                    \
-    "{\"type\":\"identify\",\"messageId\":\"m2\",\"anonymousId\":\"a2\",\"traits\":{}}]}"
+    "\"batch\":[" TU_EVENT(                                                                        \
+        ",\"properties\":{\"plan\":\"pro\",\"seats\":7,\"ratio\":0.5,"                             \
+        "\"tags\":[\"a\",null,true]}") ","                                                         \
+                                       "{\"type\":\"identify\",\"messageId\":\"m2\","              \
+                                       "\"anonymousId\":\"a2\",\"traits\":{}}]}"
 
 static void test_good_batch(void **state)
 {
@@ -51,8 +53,7 @@ static void test_number_mapping(void **state)
                          PROTO_OK);
         const msgpack_object *n = NULL;
         for (uint32_t i = 0; i < t.b.root.via.map.size; i++)
-            if (t.b.root.via.map.ptr[i].key.via.str.size == 1)
-                n = &t.b.root.via.map.ptr[i].val;
+            if (t.b.root.via.map.ptr[i].key.via.str.size == 1) n = &t.b.root.via.map.ptr[i].val;
         assert_non_null(n);
         const msgpack_object *a = n->via.array.ptr;
         assert_int_equal(a[0].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
@@ -83,17 +84,17 @@ static void test_msgpack_int_widths(void **state)
     msgpack_pack_array(&m.pk, 0);
     tu_mp_str(&m, "x");
     static const uint8_t ints[] = {
-        0x9a,                                           /* array of 10 */
-        0xd0, 0x05,                                     /* int8 5 */
-        0xd1, 0xff, 0xfe,                               /* int16 -2 */
-        0xd2, 0x00, 0x01, 0x00, 0x00,                   /* int32 65536 */
-        0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0,                /* int64 min */
-        0xcc, 0xff,                                     /* uint8 255 */
-        0xcd, 0xff, 0xff,                               /* uint16 */
-        0xce, 0xff, 0xff, 0xff, 0xff,                   /* uint32 */
+        0x9a,                                                 /* array of 10 */
+        0xd0, 0x05,                                           /* int8 5 */
+        0xd1, 0xff, 0xfe,                                     /* int16 -2 */
+        0xd2, 0x00, 0x01, 0x00, 0x00,                         /* int32 65536 */
+        0xd3, 0x80, 0,    0,    0,    0,    0,    0,    0,    /* int64 min */
+        0xcc, 0xff,                                           /* uint8 255 */
+        0xcd, 0xff, 0xff,                                     /* uint16 */
+        0xce, 0xff, 0xff, 0xff, 0xff,                         /* uint32 */
         0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, /* uint64 max */
-        0xca, 0x3f, 0xc0, 0x00, 0x00,                   /* float32 1.5 */
-        0xe0,                                           /* -32 */
+        0xca, 0x3f, 0xc0, 0x00, 0x00,                         /* float32 1.5 */
+        0xe0,                                                 /* -32 */
     };
     tu_mp_raw(&m, ints, sizeof ints);
     proto_batch_t b;
@@ -134,9 +135,9 @@ static void test_request_errors(void **state)
         assert_int_equal(tu_decode(&t, "{\"batch\":{}}", fmt, PROTO_T_NONE, NULL),
                          PROTO_E_NO_BATCH);
         tu_free(&t);
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"sentAt\":\"yesterday\"}", fmt,
-                                   PROTO_T_NONE, NULL),
-                         PROTO_E_BAD_SENT_AT);
+        assert_int_equal(
+            tu_decode(&t, "{\"batch\":[],\"sentAt\":\"yesterday\"}", fmt, PROTO_T_NONE, NULL),
+            PROTO_E_BAD_SENT_AT);
         tu_free(&t);
         assert_int_equal(tu_decode(&t, "{\"batch\":[],\"sentAt\":1.5}", fmt, PROTO_T_NONE, NULL),
                          PROTO_E_BAD_SENT_AT);
@@ -145,8 +146,7 @@ static void test_request_errors(void **state)
                          PROTO_OK);
         assert_false(t.b.has_sent_at);
         tu_free(&t);
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"writeKey\":\"\"}", fmt, PROTO_T_NONE,
-                                   NULL),
+        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"writeKey\":\"\"}", fmt, PROTO_T_NONE, NULL),
                          PROTO_E_BAD_WRITE_KEY);
         tu_free(&t);
         assert_int_equal(tu_decode(&t, "{\"batch\":[],\"writeKey\":7}", fmt, PROTO_T_NONE, NULL),
@@ -156,9 +156,8 @@ static void test_request_errors(void **state)
                          PROTO_E_BAD_BATCH_CONTEXT);
         tu_free(&t);
         /* Unknown envelope keys are ignored. */
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"extra\":{\"x\":1}}", fmt, PROTO_T_NONE,
-                                   NULL),
-                         PROTO_OK);
+        assert_int_equal(
+            tu_decode(&t, "{\"batch\":[],\"extra\":{\"x\":1}}", fmt, PROTO_T_NONE, NULL), PROTO_OK);
         assert_int_equal(t.b.n_events, 0);
         assert_null(t.b.write_key.ptr);
         tu_free(&t);
@@ -166,16 +165,16 @@ static void test_request_errors(void **state)
     /* The same envelope key twice is ambiguous: JSON through jansson's duplicate check, msgpack
      * through ours (the test's JSON-to-msgpack helper cannot express duplicates). */
     tu_body_t td;
-    assert_int_equal(tu_decode(&td, "{\"batch\":[],\"batch\":[]}", PROTO_FMT_JSON, PROTO_T_NONE,
-                               NULL),
-                     PROTO_E_MALFORMED);
+    assert_int_equal(
+        tu_decode(&td, "{\"batch\":[],\"batch\":[]}", PROTO_FMT_JSON, PROTO_T_NONE, NULL),
+        PROTO_E_MALFORMED);
     tu_free(&td);
     static const uint8_t dup[] = {0x82, 0xa5, 'b', 'a', 't', 'c', 'h', 0x90,
                                   0xa5, 'b',  'a', 't', 'c', 'h', 0x90};
     proto_limits_t dl = proto_limits_default();
-    assert_int_equal(proto_decode(&td.b, (const char *)dup, sizeof dup, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &dl),
-                     PROTO_E_MALFORMED);
+    assert_int_equal(
+        proto_decode(&td.b, (const char *)dup, sizeof dup, PROTO_FMT_MSGPACK, PROTO_T_NONE, &dl),
+        PROTO_E_MALFORMED);
     proto_batch_free(&td.b);
     /* Batch context deeper than max_depth. */
     char deep[512] = "{\"batch\":[],\"context\":";
@@ -201,13 +200,13 @@ static void test_malformed(void **state)
     (void)state;
     proto_limits_t lim = proto_limits_default();
     proto_batch_t b;
-    const char *json_bad[] = {"{", "{\"batch\":[}", "{\"batch\":[\"\xc3\"]}", "nul",
-                              "{\"a\":\"\\ud800\"}", "{\"batch\":[1e999999]}", ""};
+    const char *json_bad[] = {"{",   "{\"batch\":[}",       "{\"batch\":[\"\xc3\"]}",
+                              "nul", "{\"a\":\"\\ud800\"}", "{\"batch\":[1e999999]}",
+                              ""};
     for (size_t i = 0; i < sizeof json_bad / sizeof json_bad[0]; i++) {
-        int rc = proto_decode(&b, json_bad[i], strlen(json_bad[i]), PROTO_FMT_JSON, PROTO_T_NONE,
-                              &lim);
-        if (rc != PROTO_E_MALFORMED)
-            fail_msg("json case %zu: %d", i, rc);
+        int rc =
+            proto_decode(&b, json_bad[i], strlen(json_bad[i]), PROTO_FMT_JSON, PROTO_T_NONE, &lim);
+        if (rc != PROTO_E_MALFORMED) fail_msg("json case %zu: %d", i, rc);
         assert_int_equal(b.n_events, 0);
         proto_batch_free(&b);
     }
@@ -221,12 +220,15 @@ static void test_malformed(void **state)
     for (size_t i = 0; i < 4; i++) {
         int rc = proto_decode(&b, (const char *)mp_bad[i], mp_len[i], PROTO_FMT_MSGPACK,
                               PROTO_T_NONE, &lim);
-        if (rc != PROTO_E_MALFORMED)
-            fail_msg("msgpack case %zu: %d", i, rc);
+        if (rc != PROTO_E_MALFORMED) fail_msg("msgpack case %zu: %d", i, rc);
         proto_batch_free(&b);
     }
     assert_int_equal(proto_decode(&b, "", 0, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
                      PROTO_E_MALFORMED);
+    proto_batch_free(&b);
+    /* lim NULL: the SPEC defaults. */
+    assert_int_equal(proto_decode(&b, "{\"batch\":[]}", 12, PROTO_FMT_JSON, PROTO_T_NONE, NULL),
+                     PROTO_OK);
     proto_batch_free(&b);
     proto_batch_free(&b); /* idempotent */
 }
@@ -238,26 +240,27 @@ static void test_huge_counts(void **state)
     (void)state;
     proto_limits_t lim = proto_limits_default();
     proto_batch_t b;
-    static const uint8_t arr32[] = {0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 0xdd, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(proto_decode(&b, (const char *)arr32, sizeof arr32, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_E_MALFORMED);
+    static const uint8_t arr32[] = {0x81, 0xa5, 'b',  'a',  't',  'c',
+                                    'h',  0xdd, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(
+        proto_decode(&b, (const char *)arr32, sizeof arr32, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_E_MALFORMED);
     proto_batch_free(&b);
     static const uint8_t map32[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0};
-    assert_int_equal(proto_decode(&b, (const char *)map32, sizeof map32, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_E_MALFORMED);
+    assert_int_equal(
+        proto_decode(&b, (const char *)map32, sizeof map32, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_E_MALFORMED);
     proto_batch_free(&b);
     /* A map16 claiming 3 entries in 5 bytes left: entries need 2 bytes each. */
     static const uint8_t map16[] = {0xde, 0x00, 0x03, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0};
-    assert_int_equal(proto_decode(&b, (const char *)map16, sizeof map16, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_E_MALFORMED);
+    assert_int_equal(
+        proto_decode(&b, (const char *)map16, sizeof map16, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_E_MALFORMED);
     proto_batch_free(&b);
     static const uint8_t bin32[] = {0x91, 0xc6, 0xff, 0xff, 0xff, 0xff, 0x00};
-    assert_int_equal(proto_decode(&b, (const char *)bin32, sizeof bin32, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_E_MALFORMED);
+    assert_int_equal(
+        proto_decode(&b, (const char *)bin32, sizeof bin32, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_E_MALFORMED);
     proto_batch_free(&b);
 }
 
@@ -277,17 +280,16 @@ static void test_too_many_events(void **state)
         assert_int_equal(t.b.n_events, 0);
         tu_free(&t);
         /* Only the envelope's batch array is bounded by max_events. */
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"other\":[1,2,3,4]}", fmt, PROTO_T_NONE,
-                                   &lim),
-                         PROTO_OK);
+        assert_int_equal(
+            tu_decode(&t, "{\"batch\":[],\"other\":[1,2,3,4]}", fmt, PROTO_T_NONE, &lim), PROTO_OK);
         tu_free(&t);
     });
     /* msgpack: refused at the array header, before the events are read (they are garbage). */
     static const uint8_t hdr[] = {0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 0x93, 0xc1, 0xc1, 0xc1};
     proto_batch_t b;
-    assert_int_equal(proto_decode(&b, (const char *)hdr, sizeof hdr, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_E_TOO_MANY_EVENTS);
+    assert_int_equal(
+        proto_decode(&b, (const char *)hdr, sizeof hdr, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_E_TOO_MANY_EVENTS);
     proto_batch_free(&b);
 }
 
@@ -337,15 +339,15 @@ static void test_trailing_data(void **state)
     proto_batch_free(&b);
     const char *trail[] = {"{\"batch\":[]}x", "{\"batch\":[]}{}", "{\"batch\":[]} 1"};
     for (size_t i = 0; i < 3; i++) {
-        assert_int_equal(proto_decode(&b, trail[i], strlen(trail[i]), PROTO_FMT_JSON,
-                                      PROTO_T_NONE, &lim),
-                         PROTO_E_TRAILING_DATA);
+        assert_int_equal(
+            proto_decode(&b, trail[i], strlen(trail[i]), PROTO_FMT_JSON, PROTO_T_NONE, &lim),
+            PROTO_E_TRAILING_DATA);
         proto_batch_free(&b);
     }
     static const uint8_t mp[] = {0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 0x90, 0xc0};
-    assert_int_equal(proto_decode(&b, (const char *)mp, sizeof mp - 1, PROTO_FMT_MSGPACK,
-                                  PROTO_T_NONE, &lim),
-                     PROTO_OK);
+    assert_int_equal(
+        proto_decode(&b, (const char *)mp, sizeof mp - 1, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
+        PROTO_OK);
     proto_batch_free(&b);
     assert_int_equal(
         proto_decode(&b, (const char *)mp, sizeof mp, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim),
@@ -370,8 +372,7 @@ static void test_truncated_every_offset(void **state)
             proto_batch_t b;
             int rc = proto_decode(&b, p, cut, fmt, PROTO_T_NONE, &lim);
             /* A JSON prefix ending inside trailing nothing is still broken JSON. */
-            if (rc == PROTO_OK)
-                fail_msg("format %d: prefix %zu of %zu decoded", (int)fmt, cut, n);
+            if (rc == PROTO_OK) fail_msg("format %d: prefix %zu of %zu decoded", (int)fmt, cut, n);
             assert_true(rc == PROTO_E_MALFORMED);
             assert_int_equal(b.n_events, 0);
             proto_batch_free(&b);
@@ -441,9 +442,9 @@ static void test_json_key_order(void **state)
 {
     (void)state;
     tu_body_t t;
-    assert_int_equal(tu_decode(&t, "{\"batch\":[],\"z\":1,\"a\":2,\"m\":3}", PROTO_FMT_JSON,
-                               PROTO_T_NONE, NULL),
-                     PROTO_OK);
+    assert_int_equal(
+        tu_decode(&t, "{\"batch\":[],\"z\":1,\"a\":2,\"m\":3}", PROTO_FMT_JSON, PROTO_T_NONE, NULL),
+        PROTO_OK);
     const msgpack_object_map *m = &t.b.root.via.map;
     assert_int_equal(m->size, 4);
     assert_memory_equal(m->ptr[1].key.via.str.ptr, "z", 1);
@@ -458,9 +459,10 @@ static void test_nul_in_strings(void **state)
     (void)state;
     TU_BOTH({
         tu_body_t t;
-        assert_int_equal(tu_decode(&t, "{\"batch\":[" TU_EVENT(",\"properties\":{\"k\":\"a\\u0000b\"}") "]}",
-                                   fmt, PROTO_T_NONE, NULL),
-                         PROTO_OK);
+        assert_int_equal(
+            tu_decode(&t, "{\"batch\":[" TU_EVENT(",\"properties\":{\"k\":\"a\\u0000b\"}") "]}",
+                      fmt, PROTO_T_NONE, NULL),
+            PROTO_OK);
         assert_int_equal(t.b.events[0].error, PROTO_OK);
         tu_free(&t);
     });
@@ -469,20 +471,13 @@ static void test_nul_in_strings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_batch),
-        cmocka_unit_test(test_number_mapping),
-        cmocka_unit_test(test_msgpack_int_widths),
-        cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_huge_counts),
-        cmocka_unit_test(test_too_many_events),
-        cmocka_unit_test(test_too_large_and_deep),
-        cmocka_unit_test(test_trailing_data),
-        cmocka_unit_test(test_truncated_every_offset),
-        cmocka_unit_test(test_single_call),
-        cmocka_unit_test(test_json_body_may_be_freed),
-        cmocka_unit_test(test_json_key_order),
-        cmocka_unit_test(test_nul_in_strings),
+        cmocka_unit_test(test_good_batch),         cmocka_unit_test(test_number_mapping),
+        cmocka_unit_test(test_msgpack_int_widths), cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_malformed),          cmocka_unit_test(test_huge_counts),
+        cmocka_unit_test(test_too_many_events),    cmocka_unit_test(test_too_large_and_deep),
+        cmocka_unit_test(test_trailing_data),      cmocka_unit_test(test_truncated_every_offset),
+        cmocka_unit_test(test_single_call),        cmocka_unit_test(test_json_body_may_be_freed),
+        cmocka_unit_test(test_json_key_order),     cmocka_unit_test(test_nul_in_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

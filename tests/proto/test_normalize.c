@@ -2,7 +2,7 @@
  * order and the learn callback's order within a batch. */
 #include "testutil.h"
 
-#define NOW 1795435200000LL /* 2026-11-23T12:00:00Z */
+#define NOW  1795435200000LL /* 2026-11-23T12:00:00Z */
 #define HOUR 3600000LL
 
 /* A tiny user→account map standing in for the collector's bounded one; records every call. */
@@ -74,12 +74,13 @@ static void test_skew_correction(void **state)
     TU_BOTH({
         tu_body_t t;
         /* The client's clock is 2 h behind: sentAt 10:00, event at 09:30 → 11:30 server time. */
-        normalize_json(&t,
-                       "{\"sentAt\":\"2026-11-23T10:00:00Z\",\"batch\":[" TU_EVENT(
-                           ",\"timestamp\":\"2026-11-23T09:30:00Z\"") "," TU_EVENT(
-                           ",\"timestamp\":\"2026-11-23T09:59:00Z\","
-                           "\"sentAt\":\"2026-11-23T09:59:30Z\"") "," TU_EVENT("") "]}",
-                       fmt, &c);
+        normalize_json(
+            &t,
+            "{\"sentAt\":\"2026-11-23T10:00:00Z\",\"batch\":[" TU_EVENT(
+                ",\"timestamp\":\"2026-11-"
+                "23T09:30:00Z\"") "," TU_EVENT(",\"timestamp\":\"2026-11-23T09:59:00Z\","
+                                               "\"sentAt\":\"2026-11-23T09:59:30Z\"") "," TU_EVENT("") "]}",
+            fmt, &c);
         proto_event_t *e = t.b.events;
         assert_int_equal(e[0].received_at_ms, NOW);
         assert_int_equal(e[0].norm_timestamp_ms, NOW - 30 * 60000LL);
@@ -114,11 +115,12 @@ static void test_clamp_future(void **state)
     TU_BOTH({
         tu_body_t t;
         /* No sentAt: 2 days ahead is clamped; 23 h ahead is kept. */
-        normalize_json(&t,
-                       "{\"batch\":[" TU_EVENT(",\"timestamp\":\"2026-11-25T12:00:00Z\"") "," TU_EVENT(
-                           ",\"timestamp\":\"2026-11-24T11:00:00Z\"") "," TU_EVENT(
-                           ",\"timestamp\":\"2026-11-24T12:00:00.001Z\"") "]}",
-                       fmt, &c);
+        normalize_json(
+            &t,
+            "{\"batch\":[" TU_EVENT(",\"timestamp\":\"2026-11-25T12:00:00Z\"") "," TU_EVENT(
+                ",\"timestamp\":\"2026-11-24T11:00:00Z\"") "," TU_EVENT(",\"timestamp\":\"2026-11-"
+                                                                        "24T12:00:00.001Z\"") "]}",
+            fmt, &c);
         proto_event_t *e = t.b.events;
         assert_true(e[0].clamped);
         assert_int_equal(e[0].norm_timestamp_ms, NOW);
@@ -167,12 +169,13 @@ static void test_account_order(void **state)
             TU_EVENT(",\"context\":{\"groupId\":\"ctx\"}") ","
             /* 2: learned from an earlier group call (lookup) */
             TU_EVENT("") ","
-            /* 3: unknown user → absent */
-            "{\"type\":\"page\",\"messageId\":\"p\",\"userId\":\"nobody\"},"
-            /* 4: anonymous only → no lookup at all */
-            "{\"type\":\"page\",\"messageId\":\"p\",\"anonymousId\":\"anon\"},"
-            /* 5: a groupId on a non-group call is not an account */
-            "{\"type\":\"page\",\"messageId\":\"p5\",\"userId\":\"nobody2\",\"groupId\":\"notme\"}]}",
+                         /* 3: unknown user → absent */
+                         "{\"type\":\"page\",\"messageId\":\"p\",\"userId\":\"nobody\"},"
+                         /* 4: anonymous only → no lookup at all */
+                         "{\"type\":\"page\",\"messageId\":\"p\",\"anonymousId\":\"anon\"},"
+                         /* 5: a groupId on a non-group call is not an account */
+                         "{\"type\":\"page\",\"messageId\":\"p5\",\"userId\":\"nobody2\","
+                         "\"groupId\":\"notme\"}]}",
             fmt, &c);
         proto_event_t *e = t.b.events;
         for (int i = 0; i < 6; i++)
@@ -198,19 +201,20 @@ static void test_learn_order(void **state)
     struct accounts a = {0};
     proto_norm_ctx_t c = ctx_for(&a);
     tu_body_t t;
-    normalize_json(&t,
-                   "{\"batch\":["
-                   "{\"type\":\"track\",\"messageId\":\"1\",\"userId\":\"bob\",\"event\":\"A\"},"
-                   "{\"type\":\"group\",\"messageId\":\"2\",\"userId\":\"bob\",\"groupId\":\"g1\"},"
-                   "{\"type\":\"track\",\"messageId\":\"3\",\"userId\":\"bob\",\"event\":\"B\"},"
-                   "{\"type\":\"group\",\"messageId\":\"4\",\"userId\":\"bob\",\"groupId\":\"g2\"},"
-                   "{\"type\":\"track\",\"messageId\":\"5\",\"userId\":\"bob\",\"event\":\"C\"},"
-                   /* invalid group (no messageId) and anonymous group: never learned */
-                   "{\"type\":\"group\",\"userId\":\"bob\",\"groupId\":\"bad\"},"
-                   "{\"type\":\"group\",\"messageId\":\"7\",\"anonymousId\":\"x\",\"groupId\":\"g3\"},"
-                   "{\"type\":\"track\",\"messageId\":\"8\",\"userId\":\"bob\",\"event\":\"D\"}"
-                   "]}",
-                   PROTO_FMT_JSON, &c);
+    normalize_json(
+        &t,
+        "{\"batch\":["
+        "{\"type\":\"track\",\"messageId\":\"1\",\"userId\":\"bob\",\"event\":\"A\"},"
+        "{\"type\":\"group\",\"messageId\":\"2\",\"userId\":\"bob\",\"groupId\":\"g1\"},"
+        "{\"type\":\"track\",\"messageId\":\"3\",\"userId\":\"bob\",\"event\":\"B\"},"
+        "{\"type\":\"group\",\"messageId\":\"4\",\"userId\":\"bob\",\"groupId\":\"g2\"},"
+        "{\"type\":\"track\",\"messageId\":\"5\",\"userId\":\"bob\",\"event\":\"C\"},"
+        /* invalid group (no messageId) and anonymous group: never learned */
+        "{\"type\":\"group\",\"userId\":\"bob\",\"groupId\":\"bad\"},"
+        "{\"type\":\"group\",\"messageId\":\"7\",\"anonymousId\":\"x\",\"groupId\":\"g3\"},"
+        "{\"type\":\"track\",\"messageId\":\"8\",\"userId\":\"bob\",\"event\":\"D\"}"
+        "]}",
+        PROTO_FMT_JSON, &c);
     proto_event_t *e = t.b.events;
     assert_null(e[0].account_id.ptr);
     assert_memory_equal(e[2].account_id.ptr, "g1", 2);

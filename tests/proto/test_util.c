@@ -141,7 +141,7 @@ static void test_iso8601_parse(void **state)
         {"2026-11-23T12:00:00.250+00:00", true, 1795435200250LL},
         {"1970-01-01T00:00:00Z", true, 0},
         {"1969-12-31T23:59:59.999Z", true, -1},
-        {"2000-02-29T00:00:00Z", true, 951782400000LL}, /* leap (div by 400) */
+        {"2000-02-29T00:00:00Z", true, 951782400000LL},  /* leap (div by 400) */
         {"2016-12-31T23:59:60Z", true, 1483228800000LL}, /* leap second rolls over */
         {"1900-02-29T00:00:00Z", false, 0},              /* not leap (div by 100) */
         {"2026-02-29T00:00:00Z", false, 0},
@@ -168,8 +168,7 @@ static void test_iso8601_parse(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int64_t ms = 42;
         bool ok = proto_parse_iso8601(cases[i].s, strlen(cases[i].s), &ms);
-        if (ok != cases[i].ok)
-            fail_msg("iso case %zu (%s): ok=%d", i, cases[i].s, ok);
+        if (ok != cases[i].ok) fail_msg("iso case %zu (%s): ok=%d", i, cases[i].s, ok);
         if (ok && ms != cases[i].ms)
             fail_msg("iso case %zu (%s): %lld != %lld", i, cases[i].s, (long long)ms,
                      (long long)cases[i].ms);

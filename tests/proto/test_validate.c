@@ -17,7 +17,7 @@ static char *repeat(char c, size_t n)
     TU_BOTH({                                                                                      \
         int got_ = tu_event_error((json), fmt);                                                    \
         if (got_ != (code))                                                                        \
-            fail_msg("fmt %d: %s: got %d (%s) want %s", (int)fmt, (json), got_,                     \
+            fail_msg("fmt %d: %s: got %d (%s) want %s", (int)fmt, (json), got_,                    \
                      proto_err_code(got_), proto_err_code(code));                                  \
     })
 
@@ -83,9 +83,10 @@ static void test_user_ids(void **state)
            PROTO_E_BAD_USER_ID);
     EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"anonymousId\":\"\"}",
            PROTO_E_BAD_ANONYMOUS_ID);
-    EXPECT(tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"u\",\"anonymousId\":\"%s\"}",
-                  repeat('a', 256)),
-           PROTO_E_BAD_ANONYMOUS_ID);
+    EXPECT(
+        tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"u\",\"anonymousId\":\"%s\"}",
+               repeat('a', 256)),
+        PROTO_E_BAD_ANONYMOUS_ID);
     EXPECT(tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"anonymousId\":\"%s\"}",
                   repeat('a', 255)),
            PROTO_OK);
@@ -189,14 +190,14 @@ static void test_depth(void **state)
     proto_limits_t lim = proto_limits_default();
     lim.max_depth = 2;
     tu_body_t t;
-    assert_int_equal(tu_decode(&t, tu_fmt("{\"batch\":[%s]}", nested(2)), PROTO_FMT_JSON,
-                               PROTO_T_NONE, &lim),
-                     PROTO_OK);
+    assert_int_equal(
+        tu_decode(&t, tu_fmt("{\"batch\":[%s]}", nested(2)), PROTO_FMT_JSON, PROTO_T_NONE, &lim),
+        PROTO_OK);
     assert_int_equal(t.b.events[0].error, PROTO_OK);
     tu_free(&t);
-    assert_int_equal(tu_decode(&t, tu_fmt("{\"batch\":[%s]}", nested(3)), PROTO_FMT_JSON,
-                               PROTO_T_NONE, &lim),
-                     PROTO_OK);
+    assert_int_equal(
+        tu_decode(&t, tu_fmt("{\"batch\":[%s]}", nested(3)), PROTO_FMT_JSON, PROTO_T_NONE, &lim),
+        PROTO_OK);
     assert_int_equal(t.b.events[0].error, PROTO_E_EVENT_TOO_DEEP);
     tu_free(&t);
 }
@@ -230,7 +231,7 @@ static void test_event_size(void **state)
     /* The SPEC default: a 40 KiB string property is too large, the batch still readable. */
     char *big = malloc(41 * 1024 + 200);
     strcpy(big, "{\"batch\":[" TU_EVENT("") ",{\"type\":\"track\",\"messageId\":\"m\",\"userId\":"
-                "\"u\",\"event\":\"e\",\"properties\":{\"blob\":\"");
+                                            "\"u\",\"event\":\"e\",\"properties\":{\"blob\":\"");
     size_t n = strlen(big);
     memset(big + n, 'x', 40 * 1024);
     strcpy(big + n + 40 * 1024, "\"}}]}");
@@ -344,8 +345,7 @@ static void test_duplicate_keys(void **state)
             }
             int want = with_dup ? PROTO_E_DUPLICATE_KEY : PROTO_OK;
             int got = tu_mp_event_error(&m);
-            if (got != want)
-                fail_msg("size %u dup %d: got %d", sizes[s], with_dup, got);
+            if (got != want) fail_msg("size %u dup %d: got %d", sizes[s], with_dup, got);
         }
     }
     /* Keys that differ only in length are distinct. */
@@ -413,11 +413,11 @@ static void test_mixed_batch(void **state)
     (void)state;
     TU_BOTH({
         tu_body_t t;
-        assert_int_equal(tu_decode(&t,
-                                   "{\"batch\":[" TU_EVENT("") ",{\"type\":\"track\"}," TU_EVENT(
-                                       ",\"x\":1") "]}",
-                                   fmt, PROTO_T_NONE, NULL),
-                         PROTO_OK);
+        assert_int_equal(
+            tu_decode(
+                &t, "{\"batch\":[" TU_EVENT("") ",{\"type\":\"track\"}," TU_EVENT(",\"x\":1") "]}",
+                fmt, PROTO_T_NONE, NULL),
+            PROTO_OK);
         assert_int_equal(t.b.n_events, 3);
         assert_int_equal(t.b.events[0].error, PROTO_OK);
         assert_int_equal(t.b.events[1].error, PROTO_E_MISSING_MESSAGE_ID);

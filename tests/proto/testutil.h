@@ -66,8 +66,7 @@ static inline void tu_json_to_mp(const char *json, msgpack_sbuffer *sb)
 {
     json_error_t err;
     json_t *j = json_loads(json, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-    if (j == NULL)
-        fail_msg("bad test JSON: %s: %s", err.text, json);
+    if (j == NULL) fail_msg("bad test JSON: %s: %s", err.text, json);
     msgpack_sbuffer_init(sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
@@ -76,7 +75,7 @@ static inline void tu_json_to_mp(const char *json, msgpack_sbuffer *sb)
 }
 
 /* A formatted JSON string (tests keep them short). */
-static inline char *tu_fmt(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static inline char *tu_fmt(const char *fmt, ...)
 {
     static char buf[8][65536];
     static int slot;
@@ -98,11 +97,10 @@ typedef struct tu_body {
 
 /* Decodes JSON text as fmt (msgpack: converted first) with limits lim (NULL: defaults). */
 static inline int tu_decode(tu_body_t *t, const char *json, proto_format_t fmt, proto_type_t kind,
-                     const proto_limits_t *lim)
+                            const proto_limits_t *lim)
 {
     proto_limits_t def = proto_limits_default();
-    if (lim == NULL)
-        lim = &def;
+    if (lim == NULL) lim = &def;
     memset(t, 0, sizeof *t);
     if (fmt == PROTO_FMT_JSON) {
         msgpack_sbuffer_init(&t->sb);

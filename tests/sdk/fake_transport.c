@@ -2,6 +2,7 @@
 #include "fake_transport.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,6 +157,10 @@ static int fake_send(void *ud, const sluice_request *req, sluice_response *resp)
     snprintf(f->last_key, sizeof f->last_key, "%s", req->write_key);
     snprintf(f->last_url, sizeof f->last_url, "%s", req->url);
     fake_step_t step = f->pos < f->n_script ? f->script[f->pos++] : f->dflt;
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    if (!sigismember(&cur, SIGINT) || !sigismember(&cur, SIGTERM) || !sigismember(&cur, SIGUSR1))
+        f->signals_unblocked++;
     int n = decode_body(f, req, false);
     if (n < 0 || (uint32_t)n != req->n_events) f->bad_bodies++;
     if (f->max_events && req->n_events > f->max_events) step = (fake_step_t){413, -1, 0, false};
@@ -164,11 +169,14 @@ static int fake_send(void *ud, const sluice_request *req, sluice_response *resp)
         pthread_cond_broadcast(&f->cv);
         int64_t deadline = fake_now_ms() + 20000;
         struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000};
-        while (!f->cancelled)
+        while (!f->cancelled && !f->released)
             if (pthread_cond_timedwait(&f->cv, &f->mu, &ts) == ETIMEDOUT) break;
         f->hanging = false;
-        pthread_mutex_unlock(&f->mu);
-        return SLUICE_E_CANCELLED;
+        if (!f->released) {
+            pthread_mutex_unlock(&f->mu);
+            return SLUICE_E_CANCELLED;
+        }
+        f->released = false; /* released: answer the step's status */
     }
     if (step.rc) {
         pthread_cond_broadcast(&f->cv);
@@ -246,6 +254,14 @@ int fake_wait_requests(fake_t *f, int n, int timeout_ms)
     int got = f->n_req;
     pthread_mutex_unlock(&f->mu);
     return got;
+}
+
+void fake_release(fake_t *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->released = true;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
 }
 
 bool fake_wait_hanging(fake_t *f, int timeout_ms)

@@ -22,7 +22,8 @@ typedef struct fake_step {
     int status;             /* HTTP status to answer (when rc == 0 and !hang) */
     int64_t retry_after_ms; /* -1: no Retry-After */
     int rc;                 /* nonzero: return this (e.g. SLUICE_E_NETWORK) without a status */
-    bool hang;              /* block until cancel_cb (bounded by 20 s), then SLUICE_E_CANCELLED */
+    bool hang; /* block until cancel_cb (-> SLUICE_E_CANCELLED) or fake_release (-> status);
+                  bounded by 20 s */
 } fake_step_t;
 
 typedef struct fake_event {
@@ -44,7 +45,8 @@ typedef struct fake {
     fake_event_t *events; /* events of 2xx answers, in order */
     size_t n_events, cap_events;
     int bad_bodies; /* bodies that did not decode as a well-formed batch */
-    bool cancelled, hanging;
+    bool cancelled, hanging, released;
+    int signals_unblocked; /* sends made on a thread with SIGINT/SIGTERM/SIGUSR1 unblocked */
     char last_content_type[64], last_encoding[32], last_key[64], last_url[256];
 } fake_t;
 
@@ -57,6 +59,8 @@ void fake_script(fake_t *f, const fake_step_t *steps, int n);
 size_t fake_wait_events(fake_t *f, size_t n, int timeout_ms);
 /* Waits until at least n requests were seen; returns the count. */
 int fake_wait_requests(fake_t *f, int n, int timeout_ms);
+/* Ends the current (or next) hang step: it answers its status. */
+void fake_release(fake_t *f);
 /* Waits until a hang step is in progress. */
 bool fake_wait_hanging(fake_t *f, int timeout_ms);
 /* How many delivered events carry messageId id. */

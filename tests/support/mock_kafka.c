@@ -67,8 +67,10 @@ static int run_command(rd_kafka_mock_cluster_t *mc, char *line)
         printf("error: unknown command %s\n", verb);
         return 0;
     }
-    if (err) printf("error: %s\n", rd_kafka_err2str(err));
-    else puts("ok");
+    if (err)
+        printf("error: %s\n", rd_kafka_err2str(err));
+    else
+        puts("ok");
     return 0;
 }
 

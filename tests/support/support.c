@@ -28,10 +28,10 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#define SUP_BUF_MAX    ((size_t)256 << 20)
-#define SUP_MAX_CHILD  8
-#define SUP_LINE_MAX   512
-#define SUP_KMSGS_MAX  100000
+#define SUP_BUF_MAX   ((size_t)256 << 20)
+#define SUP_MAX_CHILD 8
+#define SUP_LINE_MAX  512
+#define SUP_KMSGS_MAX 100000
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
@@ -336,8 +336,10 @@ static int find_listening_port(const char *log)
         int port = 0;
         if (j) {
             json_t *v = json_object_get(j, "port");
-            if (json_is_integer(v)) port = (int)json_integer_value(v);
-            else if (json_is_string(v)) port = atoi(json_string_value(v));
+            if (json_is_integer(v))
+                port = (int)json_integer_value(v);
+            else if (json_is_string(v))
+                port = atoi(json_string_value(v));
             json_decref(j);
         }
         if (port > 0) return port;
@@ -817,8 +819,8 @@ int sup_parse_iso8601(const char *s, int64_t *ms)
     struct tm tm;
     memset(&tm, 0, sizeof tm);
     int frac = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &frac) != 7)
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &frac) != 7)
         return -1;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
@@ -926,8 +928,8 @@ static json_t *mp_to_json(const msgpack_object *o)
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             char key[512];
             if (kv->key.type == MSGPACK_OBJECT_STR) {
-                size_t n = kv->key.via.str.size < sizeof key - 1 ? kv->key.via.str.size
-                                                                 : sizeof key - 1;
+                size_t n =
+                    kv->key.via.str.size < sizeof key - 1 ? kv->key.via.str.size : sizeof key - 1;
                 memcpy(key, kv->key.via.str.ptr, n);
                 key[n] = '\0';
             } else {
@@ -1071,9 +1073,8 @@ static int partition_count(rd_kafka_t *rk, const char *topic, int64_t deadline)
     int n = -1;
     while (n <= 0 && sup_now_ms() < deadline) {
         const struct rd_kafka_metadata *md = NULL;
-        if (rd_kafka_metadata(rk, 0, rkt, &md, remaining_ms(deadline) > 2000
-                                                   ? 2000
-                                                   : remaining_ms(deadline) + 1) ==
+        if (rd_kafka_metadata(rk, 0, rkt, &md,
+                              remaining_ms(deadline) > 2000 ? 2000 : remaining_ms(deadline) + 1) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR &&
             md) {
             if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)

@@ -46,9 +46,9 @@ void sup_buf_free(sup_buf_t *b);
 
 typedef struct sup_mock {
     pid_t pid;
-    int cmd_fd;           /* its stdin */
-    int out_fd;           /* its stdout */
-    char bootstrap[256];  /* "127.0.0.1:PORT[,...]" */
+    int cmd_fd;          /* its stdin */
+    int out_fd;          /* its stdout */
+    char bootstrap[256]; /* "127.0.0.1:PORT[,...]" */
 } sup_mock_t;
 
 /* Starts the helper at path with n_brokers brokers and partitions partitions per topic, and waits
@@ -92,7 +92,7 @@ bool sup_collector_log_contains(const sup_collector_t *c, const char *needle);
 /* ---------- a whole test environment: temp dir + mock helper + collector ---------- */
 
 typedef struct sup_env {
-    char dir[256]; /* mkdtemp'd, removed by sup_env_stop when the test passed */
+    char dir[256]; /* mkdtemp'd; sup_env_stop removes it unless SLUICE_KEEP_TMP is set */
     sup_mock_t mock;
     sup_collector_t coll;
 } sup_env_t;
@@ -127,9 +127,9 @@ typedef struct sup_http_req {
     const char *const *headers; /* NULL-terminated "Name: value" lines, may be NULL */
     const void *body;
     size_t body_len;
-    bool chunked;      /* send the body with Transfer-Encoding: chunked, in 1 KiB pieces */
-    const char *user;  /* HTTP Basic user (password empty) when not NULL */
-    int timeout_ms;    /* 0: 15000 */
+    bool chunked;     /* send the body with Transfer-Encoding: chunked, in 1 KiB pieces */
+    const char *user; /* HTTP Basic user (password empty) when not NULL */
+    int timeout_ms;   /* 0: 15000 */
 } sup_http_req_t;
 
 typedef struct sup_http sup_http_t; /* one curl easy handle: keeps its connection alive */
@@ -183,7 +183,8 @@ json_t *sup_msgpack_decode(const void *p, size_t n);
 /* Compresses p with zstd (level 3) / gzip (RFC 1952). */
 int sup_zstd(const void *p, size_t n, sup_buf_t *out);
 int sup_gzip(const void *p, size_t n, sup_buf_t *out);
-/* Compresses zero_bytes zero bytes, streaming (never holds them in memory): a decompression bomb. */
+/* Compresses zero_bytes zero bytes, streaming (never holds them in memory): a decompression bomb.
+ */
 int sup_zstd_zeros(size_t zero_bytes, sup_buf_t *out);
 int sup_gzip_zeros(size_t zero_bytes, sup_buf_t *out);
 

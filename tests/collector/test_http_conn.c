@@ -1,0 +1,583 @@
+/*
+ * test_http_conn.c — the HTTP layer (collector/http_conn.c): routing and Content-Type parsing
+ * as pure functions, then real connections over 127.0.0.1 against one event loop with a fake
+ * Kafka producer: pipelining, keep-alive, limits (413 before the body, chunked 413, 431), CORS,
+ * errors, broken HTTP, timeouts, the connection cap, and clients that leave mid-body or while
+ * their request waits for Kafka.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server_fakes.h"
+
+#include "auth.c"
+#include "body.c"
+#include "http_conn.c"
+#include "ingest.c"
+
+static void test_routes(void **state)
+{
+    (void)state;
+    assert_int_equal(route_parse("/v1/batch", 9), ROUTE_BATCH);
+    assert_int_equal(route_parse("/v1/batch/", 10), ROUTE_BATCH);
+    assert_int_equal(route_parse("/v1/batch?x=1", 13), ROUTE_BATCH);
+    assert_int_equal(route_parse("/v1/track", 9), ROUTE_TRACK);
+    assert_int_equal(route_parse("/v1/identify", 12), ROUTE_IDENTIFY);
+    assert_int_equal(route_parse("/v1/group", 9), ROUTE_GROUP);
+    assert_int_equal(route_parse("/v1/page", 8), ROUTE_PAGE);
+    assert_int_equal(route_parse("/v1/screen", 10), ROUTE_SCREEN);
+    assert_int_equal(route_parse("/v1/alias", 9), ROUTE_ALIAS);
+    assert_int_equal(route_parse("/healthz", 8), ROUTE_HEALTHZ);
+    assert_int_equal(route_parse("/readyz", 7), ROUTE_READYZ);
+    assert_int_equal(route_parse("/metrics", 8), ROUTE_METRICS);
+    assert_int_equal(route_parse("/v1/batc", 8), ROUTE_NONE);
+    assert_int_equal(route_parse("/v1/batchx", 10), ROUTE_NONE);
+    assert_int_equal(route_parse("/", 1), ROUTE_NONE);
+    assert_int_equal(route_parse("", 0), ROUTE_NONE);
+    assert_int_equal(route_kind(ROUTE_SCREEN), PROTO_T_SCREEN);
+    assert_int_equal(route_kind(ROUTE_BATCH), PROTO_T_NONE);
+    assert_true(route_is_ingest(ROUTE_ALIAS));
+    assert_false(route_is_ingest(ROUTE_METRICS));
+}
+
+static void test_content_type(void **state)
+{
+    (void)state;
+    proto_format_t f;
+#define CT(s) content_type_parse((s), strlen(s), &f)
+    assert_int_equal(CT(""), 0);
+    assert_int_equal(f, PROTO_FMT_JSON);
+    assert_int_equal(CT("application/json"), 0);
+    assert_int_equal(f, PROTO_FMT_JSON);
+    assert_int_equal(CT("Application/JSON; charset=utf-8"), 0);
+    assert_int_equal(f, PROTO_FMT_JSON);
+    assert_int_equal(CT("text/plain;charset=UTF-8"), 0);
+    assert_int_equal(f, PROTO_FMT_JSON);
+    assert_int_equal(CT("application/msgpack"), 0);
+    assert_int_equal(f, PROTO_FMT_MSGPACK);
+    assert_int_equal(CT(" application/x-msgpack ; q=1"), 0);
+    assert_int_equal(f, PROTO_FMT_MSGPACK);
+    assert_int_equal(CT("application/xml"), -1);
+    assert_int_equal(CT("application/jsonx"), -1);
+    assert_int_equal(CT("multipart/form-data; boundary=x"), -1);
+#undef CT
+}
+
+/* ---- a real loop on 127.0.0.1 ---- */
+
+static config_write_key_t keys[] = {{"wk_test_123", "test"}};
+
+static struct {
+    config_t cfg;
+    auth_t *auth;
+    ingest_ctx_t ictx;
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t mail, done, kill;
+    uv_timer_t guard;
+    http_loop_t hl;
+    atomic_bool draining;
+    atomic_uint n_conns;
+    int port;
+    void (*scenario)(void);
+    bool timed_out;
+} L;
+
+static void on_conn(uv_stream_t *s, int status)
+{
+    if (status == 0) http_conn_accept(&L.hl, s);
+}
+
+static void on_mail(uv_async_t *a)
+{
+    (void)a;
+    http_loop_deliver(&L.hl);
+}
+
+static void on_kill(uv_async_t *a)
+{
+    (void)a;
+    http_loop_close_all(&L.hl);
+}
+
+static void stop_all(void)
+{
+    http_loop_close_all(&L.hl);
+    uv_close((uv_handle_t *)&L.listener, NULL);
+    uv_close((uv_handle_t *)&L.mail, NULL);
+    uv_close((uv_handle_t *)&L.done, NULL);
+    uv_close((uv_handle_t *)&L.kill, NULL);
+    uv_close((uv_handle_t *)&L.guard, NULL);
+}
+
+static void on_done(uv_async_t *a)
+{
+    (void)a;
+    stop_all();
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    (void)t;
+    L.timed_out = true;
+    stop_all();
+}
+
+static void client_thread(void *arg)
+{
+    (void)arg;
+    L.scenario();
+    uv_async_send(&L.done);
+}
+
+static uint32_t delivery_ms = 5000;
+
+/* Runs scenario on a client thread while this thread runs the server loop (bounded: 20 s). */
+static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_t max_conns)
+{
+    memset(&L, 0, sizeof L);
+    fake_reset();
+    L.cfg.write_keys = keys;
+    L.cfg.n_write_keys = 1;
+    L.cfg.event_bytes = 32 * 1024;
+    L.cfg.body_bytes = 8 * 1024;
+    L.cfg.max_depth = 16;
+    L.cfg.max_events = 1000;
+    L.cfg.header_bytes = 1024;
+    L.cfg.header_timeout_ms = header_timeout_ms;
+    L.cfg.idle_timeout_ms = 5000;
+    L.cfg.max_connections = max_conns;
+    L.cfg.delivery_timeout_ms = delivery_ms;
+    L.cfg.kafka_format = PROTO_FMT_MSGPACK;
+    assert_int_equal(auth_new(&L.cfg, &L.auth), AUTH_OK);
+    ingest_ctx_init(&L.ictx, &L.cfg, NULL, L.auth, NULL);
+    atomic_init(&L.draining, false);
+    atomic_init(&L.n_conns, 0);
+    uv_loop_init(&L.loop);
+    uv_async_init(&L.loop, &L.mail, on_mail);
+    uv_async_init(&L.loop, &L.done, on_done);
+    uv_async_init(&L.loop, &L.kill, on_kill);
+    uv_timer_init(&L.loop, &L.guard);
+    uv_timer_start(&L.guard, on_guard, 20000, 0);
+    assert_int_equal(
+        http_loop_init(&L.hl, &L.loop, &L.cfg, &L.ictx, &L.mail, &L.draining, &L.n_conns), 0);
+    uv_tcp_init(&L.loop, &L.listener);
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    assert_int_equal(uv_tcp_bind(&L.listener, (struct sockaddr *)&sa, 0), 0);
+    int len = sizeof sa;
+    uv_tcp_getsockname(&L.listener, (struct sockaddr *)&sa, &len);
+    L.port = ntohs(sa.sin_port);
+    assert_int_equal(uv_listen((uv_stream_t *)&L.listener, 64, on_conn), 0);
+    L.scenario = scenario;
+    uv_thread_t th;
+    uv_thread_create(&th, client_thread, NULL);
+    uv_run(&L.loop, UV_RUN_DEFAULT);
+    uv_thread_join(&th);
+    assert_int_equal(uv_loop_close(&L.loop), 0);
+    /* Every request came back and was freed by its loop. */
+    assert_null(L.hl.reqs);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
+    assert_int_equal(atomic_load(&L.n_conns), 0);
+    http_loop_free(&L.hl);
+    auth_free(L.auth);
+    fake_reset();
+    assert_false(L.timed_out);
+}
+
+static int cli_connect(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)L.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+static void cli_send(int fd, const char *s, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+        if (w <= 0) return; /* the server may have closed already: what it answered counts */
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads until `responses` complete answers (by Content-Length) arrived, EOF, or 3 s. Returns
+ * bytes read into buf (NUL-terminated); *eof set when the server closed. */
+static size_t cli_read(int fd, char *buf, size_t cap, int responses, bool *eof)
+{
+    size_t len = 0;
+    *eof = false;
+    uint64_t deadline = uv_hrtime() + 3000000000ull;
+    for (;;) {
+        /* Count complete answers. */
+        int done = 0;
+        const char *p = buf;
+        buf[len] = '\0';
+        while (p < buf + len) {
+            const char *he = strstr(p, "\r\n\r\n");
+            if (he == NULL) break;
+            const char *cl = strstr(p, "Content-Length: ");
+            if (cl == NULL || cl > he) break;
+            size_t body = strtoul(cl + 16, NULL, 10);
+            if ((size_t)(buf + len - (he + 4)) < body) break;
+            p = he + 4 + body;
+            done++;
+        }
+        if (done >= responses || uv_hrtime() > deadline) return len;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 100) <= 0) continue;
+        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
+        if (r <= 0) {
+            *eof = true;
+            buf[len] = '\0';
+            return len;
+        }
+        len += (size_t)r;
+    }
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static char rbuf[65536];
+static char sbuf[65536];
+
+#define EV(id) "{\"type\":\"track\",\"messageId\":\"" id "\",\"userId\":\"u\",\"event\":\"e\"}"
+
+static size_t post(char *out, size_t cap, const char *path, const char *extra, const char *body)
+{
+    return (size_t)snprintf(out, cap,
+                            "POST %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wk_test_123\r\n"
+                            "%sContent-Length: %zu\r\n\r\n%s",
+                            path, extra, strlen(body), body);
+}
+
+static void scenario_pipelining(void)
+{
+    int fd = cli_connect();
+    size_t n = 0;
+    n += post(sbuf + n, sizeof sbuf - n, "/v1/batch", "", "{\"batch\":[" EV("a") "]}");
+    n += post(sbuf + n, sizeof sbuf - n, "/v1/batch", "", "{\"batch\":[" EV("b") "," EV("c") "]}");
+    n += post(sbuf + n, sizeof sbuf - n, "/v1/batch", "",
+              "{\"batch\":[" EV("d") "," EV("e") "," EV("f") "]}");
+    n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    cli_send(fd, sbuf, n);
+    bool eof;
+    cli_read(fd, rbuf, sizeof rbuf, 4, &eof);
+    assert_false(eof);
+    assert_int_equal(count(rbuf, "HTTP/1.1 200 OK"), 4);
+    /* In order. */
+    const char *a1 = strstr(rbuf, "\"accepted\":1"), *a2 = strstr(rbuf, "\"accepted\":2"),
+               *a3 = strstr(rbuf, "\"accepted\":3"), *h = strstr(rbuf, "{\"status\":\"ok\"}");
+    assert_non_null(a1);
+    assert_non_null(a2);
+    assert_non_null(a3);
+    assert_non_null(h);
+    assert_true(a1 < a2 && a2 < a3 && a3 < h);
+    assert_int_equal(count(rbuf, "Access-Control-Allow-Origin: *"), 3);
+    assert_int_equal(count(rbuf, "Connection: keep-alive"), 4);
+    /* The same connection keeps serving, byte by byte too. */
+    n = post(sbuf, sizeof sbuf, "/v1/track", "",
+             "{\"messageId\":\"s\",\"userId\":\"u\",\"event\":\"e\"}");
+    for (size_t i = 0; i < n; i++)
+        cli_send(fd, sbuf + i, 1);
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    assert_non_null(strstr(rbuf, "\"accepted\":1"));
+    close(fd);
+}
+
+static void test_pipelining(void **state)
+{
+    (void)state;
+    run_loop(scenario_pipelining, 2000, 100);
+}
+
+/* One request per connection; returns the answer in rbuf and whether the server closed. */
+static bool one(const char *req, size_t len)
+{
+    int fd = cli_connect();
+    cli_send(fd, req, len);
+    bool eof;
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    if (!eof) {
+        /* Give a closing server a moment to show it. */
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 50) > 0) {
+            char x;
+            eof = recv(fd, &x, 1, 0) <= 0;
+        }
+    }
+    close(fd);
+    return eof;
+}
+
+static void scenario_errors(void)
+{
+    size_t n;
+    /* 413 before the body: only the headers are sent, the answer comes anyway, then close. */
+    n = (size_t)snprintf(sbuf, sizeof sbuf,
+                         "POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    assert_true(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 413 "));
+    assert_non_null(strstr(rbuf, "\"error\":\"payload_too_large\""));
+    assert_non_null(strstr(rbuf, "Connection: close"));
+    /* Chunked beyond the limit (8 KiB): 413 and close. */
+    n = (size_t)snprintf(
+        sbuf, sizeof sbuf,
+        "POST /v1/batch HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 3; i++) {
+        n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "1000\r\n");
+        memset(sbuf + n, ' ', 0x1000);
+        n += 0x1000;
+        n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "\r\n");
+    }
+    assert_true(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 413 "));
+    /* Chunked within the limit: accepted. */
+    n = (size_t)snprintf(
+        sbuf, sizeof sbuf,
+        "POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wk_test_123\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"bat\r\n%zx\r\n%s\r\n0\r\n\r\n",
+        strlen("ch\":[" EV("k") "]}"), "ch\":[" EV("k") "]}");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    /* Headers over header_bytes (1 KiB): 431 and close. */
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /healthz HTTP/1.1\r\n");
+    for (int i = 0; i < 40; i++)
+        n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "X-Pad-%d: %040d\r\n", i, i);
+    n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "\r\n");
+    assert_true(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 431 "));
+    /* 404, 405 with Allow, 415 type and encoding, 401. Keep-alive stays. */
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 404 "));
+    assert_non_null(strstr(rbuf, "{\"success\":false,\"error\":\"not_found\",\"message\":"));
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /v1/batch HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 405 "));
+    assert_non_null(strstr(rbuf, "Allow: POST, OPTIONS\r\n"));
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "Allow: GET\r\n"));
+    n = post(sbuf, sizeof sbuf, "/v1/batch", "Content-Type: application/xml\r\n", "{}");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 415 "));
+    n = post(sbuf, sizeof sbuf, "/v1/batch", "Content-Encoding: br\r\n", "{}");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 415 "));
+    n = (size_t)snprintf(sbuf, sizeof sbuf,
+                         "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wrong\r\n"
+                         "Content-Length: 2\r\n\r\n{}");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 401 "));
+    assert_non_null(strstr(rbuf, "\"error\":\"unauthorized\""));
+    /* An unreadable body: 400 malformed_body. */
+    n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 400 "));
+    assert_non_null(strstr(rbuf, "malformed_body"));
+    /* Broken HTTP: 400 and close. */
+    assert_true(one("NOT HTTP AT ALL\r\n\r\n", 19));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 400 "));
+    assert_true(fake_metrics[METRIC_HTTP_PARSE_ERRORS] >= 1);
+    /* CORS preflight. */
+    n = (size_t)snprintf(sbuf, sizeof sbuf,
+                         "OPTIONS /v1/track HTTP/1.1\r\nOrigin: https://a.example\r\n"
+                         "Access-Control-Request-Method: POST\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 204 "));
+    assert_non_null(strstr(rbuf, "Access-Control-Allow-Methods: POST, OPTIONS\r\n"));
+    assert_non_null(strstr(rbuf, "Access-Control-Allow-Headers: Authorization"));
+    /* Health, readiness (ready and not), metrics. */
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /readyz HTTP/1.1\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    fake_kafka.ready = 0;
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
+    assert_non_null(strstr(rbuf, "{\"ready\":false,\"reason\":\"all brokers down\"}"));
+    fake_kafka.ready = 1;
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "Content-Type: text/plain; version=0.0.4\r\n"));
+    assert_non_null(strstr(rbuf, "sluice_fake_total 1"));
+    /* Expect: 100-continue gets its interim answer before the body is sent. */
+    int fd = cli_connect();
+    const char *body = "{\"batch\":[" EV("x") "]}";
+    n = (size_t)snprintf(sbuf, sizeof sbuf,
+                         "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wk_test_123\r\n"
+                         "Expect: 100-continue\r\nContent-Length: %zu\r\n\r\n",
+                         strlen(body));
+    cli_send(fd, sbuf, n);
+    struct pollfd pfd = {fd, POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 2000), 1);
+    ssize_t r = recv(fd, rbuf, 25, 0);
+    assert_int_equal(r, 25);
+    assert_memory_equal(rbuf, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    cli_send(fd, body, strlen(body));
+    bool eof;
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    close(fd);
+    /* Delivery failed: 503 with Retry-After. */
+    fake_kafka.fail_deliveries = 1;
+    n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("f") "]}");
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
+    assert_non_null(strstr(rbuf, "Retry-After: "));
+    fake_kafka.fail_deliveries = 0;
+    /* HTTP/1.0 without keep-alive: answered, then closed. */
+    assert_true(one("GET /healthz HTTP/1.0\r\n\r\n", 25));
+    assert_non_null(strstr(rbuf, "Connection: close"));
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    run_loop(scenario_errors, 2000, 100);
+}
+
+static void scenario_timeouts_and_cap(void)
+{
+    /* Slowloris: a request whose headers never complete is closed after header_timeout. */
+    int fd = cli_connect();
+    cli_send(fd, "POST /v1/batch HTTP/1.1\r\nHost", 29);
+    uint64_t t0 = uv_hrtime();
+    bool eof;
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_true(eof);
+    assert_true(ms >= 200 && ms < 2500);
+    close(fd);
+    /* A fresh connection that sends nothing is closed too. */
+    fd = cli_connect();
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    assert_true(eof);
+    close(fd);
+    /* The cap (2): the third connection gets 503 too_many_connections and is closed. */
+    int a = cli_connect(), b = cli_connect();
+    usleep(100000);
+    int c = cli_connect();
+    cli_read(c, rbuf, sizeof rbuf, 1, &eof);
+    assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
+    assert_non_null(strstr(rbuf, "too_many_connections"));
+    close(c);
+    close(a);
+    close(b);
+    usleep(200000);
+    /* Below the cap again. */
+    assert_false(one("GET /healthz HTTP/1.1\r\n\r\n", 25));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    /* A client that leaves mid-body. */
+    fd = cli_connect();
+    cli_send(fd, "POST /v1/batch HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"batch\":[", 58);
+    usleep(50000);
+    close(fd);
+    usleep(50000);
+    assert_false(one("GET /healthz HTTP/1.1\r\n\r\n", 25));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+}
+
+static void test_timeouts_and_cap(void **state)
+{
+    (void)state;
+    run_loop(scenario_timeouts_and_cap, 300, 2);
+}
+
+/* A request waits for Kafka; its connection goes away (closed by the loop, as at shutdown)
+ * before the delivery report arrives. The report then comes from another thread; the loop
+ * frees the request without an answer and nothing is touched after free (ASan watches). */
+static void scenario_leave_while_waiting(void)
+{
+    fake_kafka.defer = 1;
+    int fd = cli_connect();
+    size_t n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("w") "]}");
+    cli_send(fd, sbuf, n);
+    for (int i = 0; i < 300 && atomic_load(&L.ictx.in_flight) == 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 1);
+    uv_async_send(&L.kill);
+    for (int i = 0; i < 300 && atomic_load(&L.n_conns) != 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&L.n_conns), 0);
+    assert_true(fake_metrics[METRIC_CLIENT_ABORTS] >= 1);
+    fake_complete_deferred(); /* plays Kafka's poll thread */
+    for (int i = 0; i < 300 && atomic_load(&L.ictx.in_flight) != 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
+    close(fd);
+}
+
+static void test_leave_while_waiting(void **state)
+{
+    (void)state;
+    run_loop(scenario_leave_while_waiting, 2000, 100);
+}
+
+/* Kafka does not report within delivery_timeout: the client gets 503 (Retry-After) at the
+ * deadline, the connection stays usable, and the late report frees the detached request. */
+static void scenario_delivery_timeout(void)
+{
+    fake_kafka.defer = 1;
+    int fd = cli_connect();
+    size_t n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("t") "]}");
+    uint64_t t0 = uv_hrtime();
+    cli_send(fd, sbuf, n);
+    bool eof;
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_false(eof);
+    assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
+    assert_non_null(strstr(rbuf, "Retry-After: "));
+    assert_true(ms >= 250 && ms < 2500);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 1);
+    fake_kafka.defer = 0;
+    fake_complete_deferred(); /* the late report */
+    for (int i = 0; i < 300 && atomic_load(&L.ictx.in_flight) != 0; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
+    /* Same connection, next request: answered normally. */
+    n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("u") "]}");
+    cli_send(fd, sbuf, n);
+    cli_read(fd, rbuf, sizeof rbuf, 1, &eof);
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
+    close(fd);
+}
+
+static void test_delivery_timeout(void **state)
+{
+    (void)state;
+    delivery_ms = 300;
+    run_loop(scenario_delivery_timeout, 2000, 100);
+    delivery_ms = 5000;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_routes),           cmocka_unit_test(test_content_type),
+        cmocka_unit_test(test_pipelining),       cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_timeouts_and_cap), cmocka_unit_test(test_leave_while_waiting),
+        cmocka_unit_test(test_delivery_timeout),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

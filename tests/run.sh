@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The README's test command, and what CI runs: every check a change must pass.
+#   1. gcc, Release: build everything, run every ctest test (unit, integration, ...)
+#   2. clang, -Werror: build everything, proving the tree is warning-free with clang too
+#   3. gcc, Debug = ASan+UBSan: build everything, run every ctest test again
+#   4. clang-format --dry-run --Werror over our .c/.h files
+# Every step runs even when an earlier one failed; the script ends with a summary and exits
+# non-zero if any step failed. Build trees go to $SLUICE_BUILD_ROOT (default ./build-ci).
+# JOBS sets build and test parallelism (default: the number of CPUs).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${SLUICE_BUILD_ROOT:-$root/build-ci}
+jobs=${JOBS:-$(nproc)}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+
+summary=()
+failed=0
+start=$(date +%s)
+
+step() {
+  local name=$1
+  shift
+  local t0
+  t0=$(date +%s)
+  printf '\n==== %s\n' "$name"
+  if "$@"; then
+    summary+=("PASS  $name ($(($(date +%s) - t0)) s)")
+  else
+    summary+=("FAIL  $name ($(($(date +%s) - t0)) s)")
+    failed=1
+  fi
+}
+
+build_and_test() { # compiler build-type dir [test]
+  local cc=$1 type=$2 dir=$3 run_tests=${4:-}
+  CC=$cc cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DSLUICE_WERROR=ON >/dev/null &&
+    cmake --build "$dir" -j"$jobs" || return 1
+  if [ -n "$run_tests" ]; then
+    # ctest's own summary ("100% tests passed, 0 tests failed out of N") is the result line.
+    ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 300
+  fi
+}
+
+check_format() {
+  local files
+  mapfile -t files < <(cd "$root" && find include proto collector sdk loadtest tests \
+    \( -name '*.c' -o -name '*.h' \) -print 2>/dev/null | sort)
+  echo "clang-format: ${#files[@]} files"
+  (cd "$root" && clang-format --dry-run --Werror "${files[@]}")
+}
+
+step "gcc Release: build + ctest" build_and_test gcc Release "$out/gcc-release" test
+step "clang Release: build with -Werror" build_and_test clang Release "$out/clang-release"
+step "gcc Debug (ASan+UBSan): build + ctest" build_and_test gcc Debug "$out/gcc-debug" test
+step "clang-format --dry-run --Werror" check_format
+
+printf '\n==== summary (%d s)\n' "$(($(date +%s) - start))"
+printf '%s\n' "${summary[@]}"
+exit $failed
