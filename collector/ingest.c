@@ -401,7 +401,6 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
     unsigned failed = atomic_load_explicit(&req->group.failed, memory_order_acquire);
     memset(reply, 0, sizeof *reply);
     if (req->produce_err != 0 || failed > 0) {
-        if (req->produce_err == KAFKA_E_QUEUE_FULL) metrics_add(METRIC_KAFKA_QUEUE_FULL, 1);
         LOG(LOG_DEBUG, "request_not_durable", LI("events", req->n_events), LI("failed", failed),
             LS("produce_error", req->produce_err ? kafka_strerror(req->produce_err) : NULL),
             LI("kafka_error", atomic_load(&req->group.first_err)));
