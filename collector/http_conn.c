@@ -37,6 +37,9 @@
 /* Keep a connection's body allocation between requests only up to this size. */
 #define BODY_KEEP_MAX (64 * 1024)
 #define METRICS_MAX   (4 * 1024 * 1024)
+/* Lingering close after refusing a request mid-body: at most this long / this many bytes. */
+#define LINGER_MS        1000
+#define LINGER_MAX_BYTES (1024 * 1024)
 
 typedef enum {
     ROUTE_NONE = 0,
@@ -74,6 +77,9 @@ struct http_conn {
     http_conn_t *prev, *next; /* hl->conns */
     int open_handles;
     bool closing, reading, counted;
+    bool linger;    /* close after the answer by lingering: the client may still be sending */
+    bool lingering; /* write side shut, discarding input until EOF or the linger timer */
+    size_t linger_bytes;
     conn_state_t state;
     unsigned writes; /* uv_write requests outstanding */
 
@@ -125,6 +131,7 @@ typedef struct conn_write {
 } conn_write_t;
 
 static void conn_close(http_conn_t *c);
+static void conn_linger(http_conn_t *c);
 static void conn_next(http_conn_t *c);
 static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending);
 
@@ -252,6 +259,10 @@ static void respond_error(http_conn_t *c, int status, const char *code, const ch
 static void timer_cb(uv_timer_t *t)
 {
     http_conn_t *c = t->data;
+    if (c->lingering) {
+        conn_close(c);
+        return;
+    }
     if (c->req != NULL) {
         /* kafka.delivery_timeout passed without every report: the client hears 503 now (its
          * retry is safe); the request itself lives on, detached, until its group reports. */
@@ -264,7 +275,6 @@ static void timer_cb(uv_timer_t *t)
     }
     if (c->state == CS_BUSY) return; /* writing an answer */
     metrics_add(METRIC_CONN_TIMEOUTS, 1);
-    if (c->state == CS_HEADERS || c->state == CS_BODY) metrics_add(METRIC_CLIENT_ABORTS, 1);
     LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
     conn_close(c);
 }
@@ -319,6 +329,15 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     http_conn_t *c = s->data;
     if (c->closing) return;
+    if (c->lingering) {
+        if (nread < 0) {
+            conn_close(c);
+        } else {
+            c->linger_bytes += (size_t)nread;
+            if (c->linger_bytes > LINGER_MAX_BYTES) conn_close(c);
+        }
+        return;
+    }
     if (nread > 0) {
         if (c->state == CS_BODY) timer_arm(c, c->hl->cfg->idle_timeout_ms);
         conn_feed(c, buf->base, (size_t)nread, false);
@@ -350,6 +369,40 @@ static void read_stop(http_conn_t *c)
 
 /* ---- writing answers ---- */
 
+static void linger_shutdown_cb(uv_shutdown_t *sr, int status)
+{
+    http_conn_t *c = sr->data;
+    free(sr);
+    if (c->closing) return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    timer_arm(c, LINGER_MS);
+    read_start(c);
+}
+
+/*
+ * Closing right after refusing a request whose body is still arriving would make the kernel
+ * answer the unread bytes with a reset, which can destroy our answer before the client reads it.
+ * So: shut our write side (the answer is flushed, the client sees EOF), discard what still comes
+ * for at most LINGER_MS / LINGER_MAX_BYTES, then close (nginx's lingering close).
+ */
+static void conn_linger(http_conn_t *c)
+{
+    uv_shutdown_t *sr = malloc(sizeof *sr);
+    if (sr == NULL) {
+        conn_close(c);
+        return;
+    }
+    sr->data = c;
+    if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, linger_shutdown_cb) != 0) {
+        free(sr);
+        conn_close(c);
+    }
+}
+
 static void write_cb(uv_write_t *wr, int status)
 {
     conn_write_t *w = (conn_write_t *)wr;
@@ -365,7 +418,9 @@ static void write_cb(uv_write_t *wr, int status)
         return;
     }
     if (!final) return;
-    if (close_after)
+    if (close_after && c->linger)
+        conn_linger(c);
+    else if (close_after)
         conn_close(c);
     else
         conn_next(c);
@@ -395,28 +450,32 @@ static void conn_respond(http_conn_t *c, int status, const char *ctype, const ch
     http_loop_t *hl = c->hl;
     if (!c->keep_alive || atomic_load_explicit(hl->draining, memory_order_relaxed))
         close_after = true;
-    char head[1024];
+    char head[1024], clen[48] = "";
+    /* RFC 9110 §8.6: no Content-Length on a 204. */
+    if (status != 204) snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
     int hn = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\n"
-                      "Content-Length: %zu\r\n"
+                      "%s"
                       "%s%s%s"
                       "%s"
                       "Connection: %s\r\n\r\n",
-                      status, status_text(status), len, ctype != NULL ? "Content-Type: " : "",
+                      status, status_text(status), clen, ctype != NULL ? "Content-Type: " : "",
                       ctype != NULL ? ctype : "", ctype != NULL ? "\r\n" : "",
                       extra != NULL ? extra : "", close_after ? "close" : "keep-alive");
     if (hn < 0 || (size_t)hn >= sizeof head) {
         conn_close(c);
         return;
     }
-    conn_write_t *w = malloc(sizeof *w + (size_t)hn + len);
+    /* HEAD: the same headers (Content-Length included), no body. */
+    size_t blen = c->method == HTTP_HEAD ? 0 : len;
+    conn_write_t *w = malloc(sizeof *w + (size_t)hn + blen);
     if (w == NULL) {
         conn_close(c);
         return;
     }
     memcpy(w->data, head, (size_t)hn);
-    if (len > 0) memcpy(w->data + hn, body, len);
-    w->len = (size_t)hn + len;
+    if (blen > 0) memcpy(w->data + hn, body, blen);
+    w->len = (size_t)hn + blen;
     w->close_after = close_after;
     w->final = true;
     w->observe = route_is_ingest(c->route) && c->start_ns != 0;
@@ -444,7 +503,7 @@ static void respond_error(http_conn_t *c, int status, const char *code, const ch
         n += snprintf(extra + n, sizeof extra - (size_t)n, "Retry-After: %d\r\n", retry_after);
     if (status == 405)
         snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n",
-                 route_is_ingest(c->route) ? "POST, OPTIONS" : "GET");
+                 route_is_ingest(c->route) ? "POST, OPTIONS" : "GET, HEAD");
     conn_respond(c, status, "application/json", out.data, out.len, extra, close_after);
 }
 
@@ -622,6 +681,18 @@ static void header_auth(http_conn_t *c)
                                                        : "malformed Authorization header"));
 }
 
+/* A refusal decided at the headers is answered at message complete (the body is read and
+ * discarded, the connection kept). But a client that sent Expect: 100-continue waits before
+ * sending its body: answer it now and close (RFC 9110 §10.1.1). */
+static int refuse_early(http_conn_t *c, bool expect_continue)
+{
+    if (!expect_continue) return 0;
+    c->fatal_status = c->early_status;
+    c->fatal_code = c->early_code;
+    c->fatal_msg = c->early_msg;
+    return HPE_USER;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     http_conn_t *c = conn_of(p);
@@ -653,10 +724,15 @@ static int on_headers_complete(llhttp_t *p)
         if (c->method != HTTP_POST) {
             early(c, 405, "method_not_allowed", "use POST");
         }
-    } else if (c->method != HTTP_GET) {
+    } else if (c->method != HTTP_GET && c->method != HTTP_HEAD) {
         early(c, 405, "method_not_allowed", "use GET");
     }
-    if (c->early_status != 0 || !route_is_ingest(c->route)) return 0;
+    hdr_val_t *ex = &c->hdr[H_EXPECT];
+    bool expect_continue = ex->seen && ex->len == 12 &&
+                           strncasecmp(ex->buf, "100-continue", 12) == 0 && p->http_major == 1 &&
+                           p->http_minor >= 1;
+    if (c->early_status != 0) return refuse_early(c, expect_continue);
+    if (!route_is_ingest(c->route)) return 0;
 
     /* POST to an ingest endpoint. */
     hdr_val_t *ct = &c->hdr[H_CTYPE], *ce = &c->hdr[H_CENC];
@@ -667,7 +743,7 @@ static int on_headers_complete(llhttp_t *p)
     if (c->enc == BODY_ENC_UNKNOWN)
         early(c, 415, "unsupported_media_type", "Content-Encoding must be zstd, gzip or identity");
     if (c->early_status == 0) header_auth(c);
-    if (c->early_status != 0) return 0;
+    if (c->early_status != 0) return refuse_early(c, expect_continue);
 
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_cap) {
         size_t want = (size_t)p->content_length;
@@ -681,10 +757,7 @@ static int on_headers_complete(llhttp_t *p)
         c->body = nb;
         c->body_cap = want;
     }
-    hdr_val_t *ex = &c->hdr[H_EXPECT];
-    if (ex->seen && ex->len == 12 && strncasecmp(ex->buf, "100-continue", 12) == 0 &&
-        p->http_major == 1 && p->http_minor >= 1)
-        send_continue(c);
+    if (expect_continue) send_continue(c);
     return 0;
 }
 
@@ -888,6 +961,7 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     if (c->fatal_status != 0) {
         LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status),
             LS("error", c->fatal_code));
+        c->linger = true;
         respond_error(c, c->fatal_status, c->fatal_code, c->fatal_msg,
                       c->fatal_status == 503 ? 5 : 0, true);
         return;
@@ -896,6 +970,7 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     LOG(LOG_DEBUG, "http_parse_error", LS("error", llhttp_errno_name(err)),
         LS("reason", llhttp_get_error_reason(&c->parser)));
     c->keep_alive = false;
+    c->linger = true;
     respond_error(c, 400, "bad_request", "malformed HTTP request", 0, true);
 }
 

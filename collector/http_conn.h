@@ -6,10 +6,15 @@
  * stops while the request waits for Kafka, and bytes of pipelined requests that already arrived
  * are kept (at most one read buffer) and parsed after the answer has been written.
  *
+ * Timers (one per connection): header_timeout from the first byte of a request (and for a fresh
+ * connection) until its headers are complete; idle_timeout between requests and as body
+ * inactivity; delivery_timeout while a request waits for Kafka — when it passes, the client is
+ * answered 503 (Retry-After) and the connection goes on.
+ *
  * Everything here runs on the loop's thread, except the mailbox push of finished requests
- * (ingest.h). A request outlives its connection when the client leaves while it waits for
- * Kafka: the connection detaches (req->owner = NULL) and the request is freed when its
- * delivery group reports.
+ * (ingest.h). A request outlives its connection when the client leaves, or is answered by the
+ * delivery timeout, while it waits for Kafka: the connection detaches (req->owner = NULL) and
+ * the request is freed when its delivery group reports.
  */
 #ifndef SLUICE_HTTP_CONN_H
 #define SLUICE_HTTP_CONN_H

@@ -54,9 +54,9 @@ extern "C" {
 #define SLUICE_API
 #endif
 
-#define SLUICE_VERSION_MAJOR 0
-#define SLUICE_VERSION_MINOR 1
-#define SLUICE_VERSION_PATCH 0
+#define SLUICE_VERSION_MAJOR  0
+#define SLUICE_VERSION_MINOR  1
+#define SLUICE_VERSION_PATCH  0
 #define SLUICE_VERSION_STRING "0.1.0"
 
 /* ---- errors ---- */
@@ -158,7 +158,7 @@ typedef struct sluice_request {
     const char *content_encoding; /* "zstd", or NULL when the body is not compressed */
     const void *body;
     size_t body_len;
-    uint32_t n_events;          /* events in the batch (informational) */
+    uint32_t n_events;           /* events in the batch (informational) */
     uint32_t connect_timeout_ms; /* from the config */
     uint32_t timeout_ms;         /* total time allowed for this request */
 } sluice_request;
@@ -220,30 +220,30 @@ typedef void (*sluice_error_cb)(void *ud, int err, int http_status, uint32_t n_e
  * sluice_client_new() copies every string; the config may be discarded after it returns.
  */
 typedef struct sluice_config {
-    int version;             /* set by sluice_config_init */
-    const char *endpoint;    /* "http://HOST:PORT" (https works); required */
-    const char *write_key;   /* required */
-    uint32_t batch_size;     /* events per batch; default 100 */
-    uint32_t batch_bytes;    /* encoded events per batch; default 500 KiB, max 511 KiB */
-    uint32_t flush_interval_ms; /* a partial batch is sent after this; default 1000 */
-    uint32_t queue_max_events;  /* default 10000 */
-    uint32_t queue_max_bytes;   /* encoded bytes in the queue; default 16 MiB */
-    int queue_full_policy;      /* enum sluice_queue_full_policy; default REJECT */
-    uint32_t event_max_bytes;   /* one encoded event; default 32 KiB (SPEC §2) */
-    uint32_t connect_timeout_ms; /* default 5000 */
-    uint32_t request_timeout_ms; /* default 15000 */
-    uint32_t retry_base_ms;      /* first backoff cap; default 200 */
-    uint32_t retry_max_ms;       /* backoff cap; default 30000 */
-    uint32_t max_retries;        /* attempts after the first, per batch; default 8 */
-    int compress;                /* zstd bodies; default 1 */
-    const char *storage_dir;     /* NULL (default): no persistence. Must exist. One client
-                                    (one process) per directory. */
-    uint64_t storage_max_bytes;  /* default 64 MiB; a batch that would exceed it is dropped */
+    int version;                       /* set by sluice_config_init */
+    const char *endpoint;              /* "http://HOST:PORT" (https works); required */
+    const char *write_key;             /* required */
+    uint32_t batch_size;               /* events per batch; default 100 */
+    uint32_t batch_bytes;              /* encoded events per batch; default 500 KiB, max 511 KiB */
+    uint32_t flush_interval_ms;        /* a partial batch is sent after this; default 1000 */
+    uint32_t queue_max_events;         /* default 10000 */
+    uint32_t queue_max_bytes;          /* encoded bytes in the queue; default 16 MiB */
+    int queue_full_policy;             /* enum sluice_queue_full_policy; default REJECT */
+    uint32_t event_max_bytes;          /* one encoded event; default 32 KiB (SPEC §2) */
+    uint32_t connect_timeout_ms;       /* default 5000 */
+    uint32_t request_timeout_ms;       /* default 15000 */
+    uint32_t retry_base_ms;            /* first backoff cap; default 200 */
+    uint32_t retry_max_ms;             /* backoff cap; default 30000 */
+    uint32_t max_retries;              /* attempts after the first, per batch; default 8 */
+    int compress;                      /* zstd bodies; default 1 */
+    const char *storage_dir;           /* NULL (default): no persistence. Created (one level, 0700)
+                                          if missing. One client (one process) per directory. */
+    uint64_t storage_max_bytes;        /* default 64 MiB; a batch that would exceed it is dropped */
     const sluice_transport *transport; /* NULL: libcurl. Copied; on success the client owns
                                           transport->ud (destroy_cb at close) */
-    sluice_log_cb log_cb;        /* may be NULL */
-    sluice_error_cb error_cb;    /* may be NULL */
-    void *cb_ud;                 /* passed to log_cb and error_cb */
+    sluice_log_cb log_cb;              /* may be NULL */
+    sluice_error_cb error_cb;          /* may be NULL */
+    void *cb_ud;                       /* passed to log_cb and error_cb */
 } sluice_config;
 
 /* Sets every field to its default and cfg->version to version. Returns SLUICE_E_VERSION if
@@ -254,7 +254,8 @@ SLUICE_API int sluice_config_init(sluice_config *cfg, int version);
  * Creates a client and stores it in *out. Validates cfg (SLUICE_E_INVAL for a missing endpoint
  * or write key or out-of-range limit, SLUICE_E_VERSION), allocates the queue bookkeeping and
  * starts the worker thread. With storage_dir, batches stored by an earlier run are sent first.
- * On failure returns the error, *out is NULL, and a custom transport's destroy_cb has been called.
+ * On failure returns the error and *out is NULL; a custom transport's destroy_cb has been called,
+ * except for SLUICE_E_VERSION (a config this library cannot read is not touched).
  */
 SLUICE_API int sluice_client_new(sluice_client **out, const sluice_config *cfg);
 

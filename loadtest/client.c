@@ -744,7 +744,12 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     uint64_t tick = start + 1000000000ULL;
     uint64_t last_answer_ns = start;
     uint64_t max_wait = end + (uint64_t)cfg->timeout_ms * 1000000ULL + 3000000000ULL;
+    uint64_t stop_ns = end; /* when the sending window really closed (earlier if stopped) */
     for (;;) {
+        if (atomic_load(&g_stop) && stop_ns == end) {
+            uint64_t t = uv_hrtime();
+            stop_ns = t < end ? t : end;
+        }
         bool all_done = true;
         for (uint32_t i = 0; i < cfg->threads; i++)
             if (ws[i].started && !atomic_load(&ws[i].done)) all_done = false;
@@ -800,7 +805,7 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     res->accepted = tot.accepted;
     res->duplicates = tot.duplicates;
     res->rejected = tot.rejected;
-    double send_end = (double)(end - start) / 1e9;
+    double send_end = (double)((stop_ns > start ? stop_ns : start) - start) / 1e9;
     res->send_s = send_end;
     res->elapsed_s = (double)(last_answer_ns - start) / 1e9;
     if (res->elapsed_s < 0.001) res->elapsed_s = send_end;

@@ -41,6 +41,14 @@ static void putc1(enc_t *e, char c)
     if (enc_reserve(e, 1) == 0) e->buf[e->len++] = c;
 }
 
+char *enc_claim(enc_t *e, size_t n)
+{
+    if (enc_reserve(e, n) != 0) return NULL;
+    char *p = e->buf + e->len;
+    e->len += n;
+    return p;
+}
+
 static int pk_write(void *data, const char *buf, size_t len)
 {
     enc_t *e = data;

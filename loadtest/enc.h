@@ -3,8 +3,19 @@
  * bounded buffer. It writes exactly what it is told, including deliberately invalid events
  * (integer map keys, invalid UTF-8), which is why the harness keeps its own writer.
  *
- * STAND-IN: built on msgpack-c's packer and a hand-written JSON writer until proto/writer.h (the
- * shared encoder, engineer "sdk") can write invalid events too; see loadtest/README.md.
+ * Division of labour with the shared encoder (proto/writer.h, engineer "sdk"): valid msgpack
+ * events and the msgpack batch envelope are written by writer.h (writer_event,
+ * writer_batch_begin) straight into this buffer through enc_claim(). This writer remains, as a
+ * STAND-IN on msgpack-c's packer, for what writer.h's API cannot express today:
+ *   - JSON bodies: writer.h writes msgpack only (writer_msgpack_to_json() converts afterwards,
+ *     but then timestamps stay integers; JSON clients send ISO-8601 strings);
+ *   - a string "timestamp" (writer_event_t has only integer timestamp_ms), needed for ISO
+ *     timestamps and for the invalid_timestamp kind;
+ *   - an event-level "sentAt" (absent from writer_event_t), needed for invalid_sent_at;
+ *   - explicit lengths for string fields (writer_event_t takes NUL-terminated strings);
+ *   - non-map events and integer map keys (event_not_an_object, invalid_key kinds).
+ * The properties/traits/context maps handed to writer_event() are also built here (writer.h
+ * leaves nesting to the caller).
  *
  * Memory: enc_t owns buf (grown on demand up to max); enc_free() releases it. After any failure
  * (allocation, max exceeded, nesting beyond ENC_MAX_DEPTH) e->err is set, further calls do
@@ -38,6 +49,11 @@ void enc_init(enc_t *e, enc_format_t fmt, size_t max);
 /* Empties the buffer (keeps the allocation) and clears err. */
 void enc_reset(enc_t *e);
 void enc_free(enc_t *e);
+
+/* Appends n bytes of space and returns where they start, for another encoder to fill exactly
+ * (writer.h's fixed buffers); NULL (and err set) when the cap would be exceeded or allocation
+ * failed. */
+char *enc_claim(enc_t *e, size_t n);
 
 /* Containers: n is the exact number of entries (msgpack needs it up front). JSON closes with
  * enc_end(); msgpack ignores enc_end(), so call it for both formats. */

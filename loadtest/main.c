@@ -55,6 +55,10 @@
     X(VQUIET, "verify-quiet-ms", "MS", "1500",                                                     \
       "stop consuming after the topics' end plus this "                                            \
       "long without a new message")                                                                \
+    X(FROMSTART, "verify-from-beginning", NULL, "",                                                \
+      "read the topics from their beginning instead of from where they ended when the run "        \
+      "started (slower on a busy cluster, and messages the broker already deleted count as "       \
+      "pruned)")                                                                                   \
     X(EXPECTPQL, "expect-pql", NULL, "",                                                           \
       "fail unless the scripted accounts are signalled on pql_signals")                            \
     X(TEVENTS, "topic-events", "NAME", "events", "accepted-events topic")                          \
@@ -108,7 +112,7 @@ static void usage(FILE *out)
             const char *sp = strchr(p, ' ');
             int wl = sp ? (int)(sp - p) : (int)strlen(p);
             if (col + 1 + wl > 100 && col > 31) {
-                fprintf(out, "\n%31s", "");
+                fprintf(out, "\n%30s", "");
                 col = 31;
             }
             fprintf(out, " %.*s", wl, p);
@@ -355,7 +359,7 @@ int main(int argc, char **argv)
         .model = model,
     };
     verify_start_t *vstart = NULL;
-    if (verify) {
+    if (verify && !set[F_FROMSTART]) {
         vstart = calloc(1, sizeof(*vstart));
         if (!vstart || verify_prepare(&vc, vstart) != 0) {
             fprintf(stderr, "sluice-load: cannot read the topics' offsets at %s\n", vc.brokers);
@@ -400,6 +404,11 @@ int main(int argc, char **argv)
                          .res = &res,
                          .ver = verify && rc == 0 ? &vr : NULL};
     report_print_summary(&in, stdout);
+    if (res.responses == 0) {
+        fprintf(stderr, "sluice-load: no request was answered (%llu connection errors)\n",
+                (unsigned long long)res.conn_errors);
+        exit_code = exit_code ? exit_code : 3;
+    }
     if (val[F_REPORT][0] && report_write_json(&in, val[F_REPORT]) != 0) {
         fprintf(stderr, "sluice-load: cannot write %s\n", val[F_REPORT]);
         exit_code = exit_code ? exit_code : 3;

@@ -3,6 +3,8 @@
 
 #include "lt_error.h"
 
+#include <writer.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,20 +337,21 @@ struct model_stream {
     uint64_t next_seq;
     uint64_t rng;
     enc_t enc;
+    enc_t sub; /* scratch: properties/traits/context of one event for writer_event() */
     model_item_t *items;
     model_item_t ring[MODEL_DUP_RING];
     size_t ring_n, ring_pos;
     char big[34000]; /* scratch for oversized strings, filled once */
 };
 
-static void write_props(enc_t *e, const ev_t *ev, const char *blob)
+/* The value of "properties" (the caller writes the key when ev->props != P_NONE). */
+static void write_props_value(enc_t *e, const ev_t *ev, const char *blob)
 {
     uint64_t r = ev->r;
     switch (ev->props) {
     case P_NONE:
         return;
     case P_TRACK:
-        enc_key(e, "properties");
         enc_map(e, 5);
         enc_key(e, "plan");
         enc_str(e, plans[below(&r, NELEM(plans))]);
@@ -363,7 +366,6 @@ static void write_props(enc_t *e, const ev_t *ev, const char *blob)
         enc_end(e, true);
         return;
     case P_PAGE:
-        enc_key(e, "properties");
         enc_map(e, 3);
         enc_key(e, "path");
         enc_str(e, paths[below(&r, NELEM(paths))]);
@@ -374,11 +376,9 @@ static void write_props(enc_t *e, const ev_t *ev, const char *blob)
         enc_end(e, true);
         return;
     case P_STRING:
-        enc_key(e, "properties");
         enc_str(e, "not a map");
         return;
     case P_DEEP:
-        enc_key(e, "properties");
         for (int d = 0; d < 20; d++) {
             enc_map(e, 1);
             enc_key(e, "nested");
@@ -388,21 +388,18 @@ static void write_props(enc_t *e, const ev_t *ev, const char *blob)
             enc_end(e, true);
         return;
     case P_UTF8:
-        enc_key(e, "properties");
         enc_map(e, 1);
         enc_key(e, "name");
         enc_strn(e, "caf\xc3\x28", 5);
         enc_end(e, true);
         return;
     case P_LARGE:
-        enc_key(e, "properties");
         enc_map(e, 1);
         enc_key(e, "blob");
         enc_strn(e, blob, 33000);
         enc_end(e, true);
         return;
     case P_INTKEY:
-        enc_key(e, "properties");
         enc_map(e, 1);
         enc_int_key(e, 1);
         enc_str(e, "integer key");
@@ -411,8 +408,130 @@ static void write_props(enc_t *e, const ev_t *ev, const char *blob)
     }
 }
 
-static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id)
+/* The value of "traits" (the caller writes the key when ev->traits != T_NONE). */
+static void write_traits_value(enc_t *e, const ev_t *ev)
 {
+    uint64_t r = ev->r ^ 0x5bd1e995;
+    switch (ev->traits) {
+    case T_NONE:
+        break;
+    case T_USER: {
+        char email[64];
+        snprintf(email, sizeof(email), "%s@example.com", ev->user_id ? ev->user_id : "x");
+        enc_map(e, 3);
+        enc_key(e, "email");
+        enc_str(e, email);
+        enc_key(e, "plan");
+        enc_str(e, plans[below(&r, NELEM(plans))]);
+        enc_key(e, "logins");
+        enc_int(e, (int64_t)below(&r, 500));
+        enc_end(e, true);
+        break;
+    }
+    case T_GROUP:
+        enc_map(e, 2);
+        enc_key(e, "name");
+        enc_str(e, ev->group_id ? ev->group_id : "");
+        enc_key(e, "employees");
+        enc_int(e, (int64_t)below(&r, 5000) + 1);
+        enc_end(e, true);
+        break;
+    case T_ARRAY:
+        enc_array(e, 2);
+        enc_int(e, 1);
+        enc_int(e, 2);
+        enc_end(e, false);
+        break;
+    }
+}
+
+/* The value of "context". */
+static void write_context_value(enc_t *e, const ev_t *ev, const char *ld_id)
+{
+    if (ev->ctx == C_INT) {
+        enc_int(e, 5);
+        return;
+    }
+    enc_map(e, 1 + (ev->ctx_group != NULL) + (ev->ctx == C_LDID));
+    enc_key(e, "library");
+    enc_map(e, 2);
+    enc_key(e, "name");
+    enc_str(e, "sluice-load");
+    enc_key(e, "version");
+    enc_str(e, SLUICE_VERSION);
+    enc_end(e, true);
+    if (ev->ctx_group) {
+        enc_key(e, "groupId");
+        enc_str(e, ev->ctx_group);
+    }
+    if (ev->ctx == C_LDID) {
+        enc_key(e, "ld_id");
+        enc_str(e, ld_id);
+    }
+    enc_end(e, true);
+}
+
+/*
+ * A valid msgpack event through the shared encoder (proto/writer.h): properties, traits and
+ * context are encoded into the stream's scratch buffer first, then writer_event() writes the
+ * event straight into the body.
+ */
+static void write_event_shared(model_stream_t *s, const ev_t *ev, const char *ld_id)
+{
+    enc_t *sub = &s->sub, *e = &s->enc;
+    enc_reset(sub);
+    size_t po = 0, pl = 0, to = 0, tl = 0, co, cl;
+    if (ev->props != P_NONE) {
+        po = sub->len;
+        write_props_value(sub, ev, s->big);
+        pl = sub->len - po;
+    }
+    if (ev->traits != T_NONE) {
+        to = sub->len;
+        write_traits_value(sub, ev);
+        tl = sub->len - to;
+    }
+    co = sub->len;
+    write_context_value(sub, ev, ld_id);
+    cl = sub->len - co;
+    if (sub->err) {
+        e->err = -1;
+        return;
+    }
+    writer_event_t w = {
+        .type = ev->type,
+        .message_id = ev->message_id,
+        .user_id = ev->user_id,
+        .anonymous_id = ev->anonymous_id,
+        .event = ev->event,
+        .name = ev->name,
+        .group_id = ev->group_id,
+        .previous_id = ev->previous_id,
+        .has_timestamp = true,
+        .timestamp_ms = ev->timestamp_ms,
+        .properties = pl ? sub->buf + po : NULL,
+        .properties_len = pl,
+        .traits = tl ? sub->buf + to : NULL,
+        .traits_len = tl,
+        .context = sub->buf + co,
+        .context_len = cl,
+    };
+    size_t need = writer_event_size(&w);
+    char *dst = enc_claim(e, need);
+    if (!dst) return;
+    writer_buf_t wb;
+    writer_buf_init_fixed(&wb, dst, need);
+    if (writer_event(&wb, &w) != 0 || wb.len != need) e->err = -1;
+}
+
+/* Writes one event map. Valid msgpack events go through the shared encoder; invalid ones and
+ * JSON bodies through enc.h (see there for what writer.h cannot express). */
+static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id, bool valid)
+{
+    if (valid && s->m->cfg.format == ENC_MSGPACK) {
+        write_event_shared(s, ev, ld_id);
+        return;
+    }
     enc_t *e = &s->enc;
     const model_config_t *cfg = &s->m->cfg;
     uint32_t n = 2; /* timestamp, context */
@@ -473,64 +592,16 @@ static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id)
         enc_key(e, "sentAt");
         enc_str(e, "soon");
     }
-    write_props(e, ev, s->big);
-    uint64_t r = ev->r ^ 0x5bd1e995;
-    switch (ev->traits) {
-    case T_NONE:
-        break;
-    case T_USER: {
-        char email[64];
-        snprintf(email, sizeof(email), "%s@example.com", ev->user_id ? ev->user_id : "x");
-        enc_key(e, "traits");
-        enc_map(e, 3);
-        enc_key(e, "email");
-        enc_str(e, email);
-        enc_key(e, "plan");
-        enc_str(e, plans[below(&r, NELEM(plans))]);
-        enc_key(e, "logins");
-        enc_int(e, (int64_t)below(&r, 500));
-        enc_end(e, true);
-        break;
+    if (ev->props != P_NONE) {
+        enc_key(e, "properties");
+        write_props_value(e, ev, s->big);
     }
-    case T_GROUP:
+    if (ev->traits != T_NONE) {
         enc_key(e, "traits");
-        enc_map(e, 2);
-        enc_key(e, "name");
-        enc_str(e, ev->group_id ? ev->group_id : "");
-        enc_key(e, "employees");
-        enc_int(e, (int64_t)below(&r, 5000) + 1);
-        enc_end(e, true);
-        break;
-    case T_ARRAY:
-        enc_key(e, "traits");
-        enc_array(e, 2);
-        enc_int(e, 1);
-        enc_int(e, 2);
-        enc_end(e, false);
-        break;
+        write_traits_value(e, ev);
     }
     enc_key(e, "context");
-    if (ev->ctx == C_INT) {
-        enc_int(e, 5);
-    } else {
-        enc_map(e, 1 + (ev->ctx_group != NULL) + (ev->ctx == C_LDID));
-        enc_key(e, "library");
-        enc_map(e, 2);
-        enc_key(e, "name");
-        enc_str(e, "sluice-load");
-        enc_key(e, "version");
-        enc_str(e, SLUICE_VERSION);
-        enc_end(e, true);
-        if (ev->ctx_group) {
-            enc_key(e, "groupId");
-            enc_str(e, ev->ctx_group);
-        }
-        if (ev->ctx == C_LDID) {
-            enc_key(e, "ld_id");
-            enc_str(e, ld_id);
-        }
-        enc_end(e, true);
-    }
+    write_context_value(e, ev, ld_id);
     enc_end(e, true);
 }
 
@@ -609,7 +680,7 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
             ev.props = P_TRACK;
             ev.ctx_group = m->scripted_ids[st->account];
         }
-        write_event(s, &ev, mid);
+        write_event(s, &ev, mid, true);
         return;
     }
 
@@ -735,7 +806,7 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
     default:
         break;
     }
-    write_event(s, &ev, mid);
+    write_event(s, &ev, mid, kind == MODEL_VALID);
 }
 
 int model_stream_new(const model_t *m, uint32_t id, model_stream_t **out)
@@ -751,6 +822,7 @@ int model_stream_new(const model_t *m, uint32_t id, model_stream_t **out)
     s->id = id;
     s->rng = mix64(m->cfg.seed ^ mix64(0xd1b54a32d192ed03ULL + id));
     enc_init(&s->enc, m->cfg.format, MODEL_BODY_MAX);
+    enc_init(&s->sub, ENC_MSGPACK, 1u << 20);
     memset(s->big, 'a', sizeof(s->big));
     *out = s;
     return 0;
@@ -760,6 +832,7 @@ void model_stream_free(model_stream_t *s)
 {
     if (!s) return;
     enc_free(&s->enc);
+    enc_free(&s->sub);
     free(s->items);
     free(s);
 }
@@ -775,9 +848,22 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
     const model_config_t *cfg = &s->m->cfg;
     enc_t *e = &s->enc;
     enc_reset(e);
-    enc_map(e, 2);
-    enc_key(e, "batch");
-    enc_array(e, cfg->batch);
+    if (cfg->format == ENC_MSGPACK) {
+        /* {"sentAt":..,"batch":[ from the shared encoder; the events follow */
+        size_t need = writer_batch_overhead(cfg->batch, sent_at_ms, NULL, 0);
+        char *dst = enc_claim(e, need);
+        writer_buf_t wb;
+        if (dst) {
+            writer_buf_init_fixed(&wb, dst, need);
+            if (writer_batch_begin(&wb, cfg->batch, sent_at_ms, NULL, NULL, 0) != 0 ||
+                wb.len != need)
+                e->err = -1;
+        }
+    } else {
+        enc_map(e, 2);
+        enc_key(e, "batch");
+        enc_array(e, cfg->batch);
+    }
     for (uint32_t i = 0; i < cfg->batch; i++) {
         model_item_t it = {0};
         bool dup = cfg->dup_rate > 0 && unit(next64(&s->rng)) < cfg->dup_rate;
@@ -795,15 +881,13 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         s->items[i] = it;
         gen_event(s, it.seq, it.kind);
     }
-    enc_end(e, false);
-    enc_key(e, "sentAt");
     if (cfg->format == ENC_JSON) {
+        enc_end(e, false);
+        enc_key(e, "sentAt");
         char iso[32];
         enc_strn(e, iso, model_iso8601(sent_at_ms, iso));
-    } else {
-        enc_int(e, sent_at_ms);
+        enc_end(e, true);
     }
-    enc_end(e, true);
     if (e->err) return LT_E_TOO_LARGE;
     for (uint32_t i = 0; i < cfg->batch; i++) {
         if (s->items[i].dup) continue;

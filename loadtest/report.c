@@ -57,6 +57,10 @@ void report_print_summary(const report_input_t *in, FILE *out)
             in->cfg->rate > 0 ? "  (from intended send time)" : "");
     fprintf(out, "   answers          ");
     char b[16];
+    bool any = false;
+    for (int s = 0; s < CLIENT_ST_SLOTS; s++)
+        any |= r->status[s] != 0;
+    if (!any) fprintf(out, " none");
     for (int s = 0; s < CLIENT_ST_SLOTS; s++)
         if (r->status[s])
             fprintf(out, " %s:%llu", status_name(s, b, sizeof(b)),
@@ -363,9 +367,10 @@ int report_write_html(const report_input_t *in, const char *path)
     fprintf(f, "<h1>sluice-load report</h1><div class=\"sub\">");
     html_text(f, in->url);
     fprintf(f,
-            " &middot; %s+%s &middot; batch %u &middot; %u connections &middot; %u threads "
+            " &middot; %s+%s &middot; batch %u &middot; %u connections &middot; %u thread%s "
             "&middot; %s &middot; started %s &middot; run %s</div>\n",
             in->format, in->compress, in->model->batch, in->cfg->connections, in->cfg->threads,
+            in->cfg->threads == 1 ? "" : "s",
             in->cfg->rate > 0 ? "open loop" : "rate max (closed loop)", in->started_at,
             in->model->run_id);
     fprintf(f,

@@ -267,7 +267,7 @@ static size_t int_size(int64_t v)
 static uint32_t event_field_count(const writer_event_t *ev)
 {
     uint32_t n = ev->has_timestamp ? 1 : 0;
-#define COUNT_STR(key, f) n += ev->f != NULL;
+#define COUNT_STR(key, f)  n += ev->f != NULL;
 #define COUNT_BLOB(key, f) n += ev->f != NULL && ev->f##_len > 0;
     EVENT_STR_FIELDS(COUNT_STR)
     EVENT_BLOB_FIELDS(COUNT_BLOB)
@@ -285,7 +285,8 @@ size_t writer_event_size(const writer_event_t *ev)
 #define SIZE_BLOB(key, f)                                                                          \
     if (ev->f && ev->f##_len) sz += writer_str_size(sizeof key - 1) + ev->f##_len;
     EVENT_STR_FIELDS(SIZE_STR)
-    if (ev->has_timestamp) sz += writer_str_size(sizeof "timestamp" - 1) + int_size(ev->timestamp_ms);
+    if (ev->has_timestamp)
+        sz += writer_str_size(sizeof "timestamp" - 1) + int_size(ev->timestamp_ms);
     EVENT_BLOB_FIELDS(SIZE_BLOB)
 #undef SIZE_STR
 #undef SIZE_BLOB
@@ -458,18 +459,47 @@ static size_t mp_scan(const unsigned char *p, size_t len, int *err)
             skip = t & 31u;
         } else {
             switch (t) {
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xca: case 0xce: case 0xd2: skip = 4; break;
-            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
-            case 0xd9: hl = 1; break;
-            case 0xda: hl = 2; break;
-            case 0xdb: hl = 4; break;
-            case 0xdc: hl = 2, container = 1; break;
-            case 0xdd: hl = 4, container = 1; break;
-            case 0xde: hl = 2, container = 2; break;
-            case 0xdf: hl = 4, container = 2; break;
-            default: goto malformed; /* bin, ext: refused */
+            case 0xcc:
+            case 0xd0:
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xca:
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break;
+            case 0xcb:
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
+            case 0xd9:
+                hl = 1;
+                break;
+            case 0xda:
+                hl = 2;
+                break;
+            case 0xdb:
+                hl = 4;
+                break;
+            case 0xdc:
+                hl = 2, container = 1;
+                break;
+            case 0xdd:
+                hl = 4, container = 1;
+                break;
+            case 0xde:
+                hl = 2, container = 2;
+                break;
+            case 0xdf:
+                hl = 4, container = 2;
+                break;
+            default:
+                goto malformed; /* bin, ext: refused */
             }
         }
         if (hl) {
@@ -528,8 +558,8 @@ int writer_msgpack_to_json(const void *mp, size_t len, writer_buf_t *out)
 void writer_uuid_v4(uint64_t hi, uint64_t lo, char out[WRITER_UUID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
-    hi = (hi & ~UINT64_C(0xf000)) | UINT64_C(0x4000);                  /* version 4 */
-    lo = (lo & ~(UINT64_C(3) << 62)) | (UINT64_C(2) << 62);             /* variant 10xx */
+    hi = (hi & ~UINT64_C(0xf000)) | UINT64_C(0x4000);       /* version 4 */
+    lo = (lo & ~(UINT64_C(3) << 62)) | (UINT64_C(2) << 62); /* variant 10xx */
     char *p = out;
     for (int i = 15; i >= 0; i--) {
         uint64_t w = i >= 8 ? hi : lo;

@@ -200,7 +200,6 @@ static void atfork_child(void)
         c->worker_running = false;
         c->worker_exited = false;
         c->pause_until_ms = 0;
-        c->attempt_streak = 0;
         c->storage_scanned = false;
         atomic_store(&c->abort, false);
         /* glibc's malloc is usable in the child once fork() returns. */
@@ -435,7 +434,8 @@ int sluice_flush(sluice_client *c, uint32_t timeout_ms)
     if (c->flush_upto < target) c->flush_upto = target;
     pthread_cond_signal(&c->wake);
     while (!flushed(c, target)) {
-        if (!c->worker_running || pthread_cond_timedwait(&c->done, &c->mu, &ts) == ETIMEDOUT) {
+        if (!c->worker_running || c->worker_exited ||
+            pthread_cond_timedwait(&c->done, &c->mu, &ts) == ETIMEDOUT) {
             rc = flushed(c, target) ? SLUICE_OK : SLUICE_E_TIMEOUT;
             break;
         }
@@ -517,7 +517,8 @@ static int props_blob(const sluice_props *p, const void **data, size_t *len)
 static int enqueue_locked(sluice_client *c, sdk_node_t *n, sdk_node_t **evicted)
 {
     const sluice_config *cfg = &c->cfg;
-    bool full = c->q_events + 1 > cfg->queue_max_events || c->q_bytes + n->len > cfg->queue_max_bytes;
+    bool full =
+        c->q_events + 1 > cfg->queue_max_events || c->q_bytes + n->len > cfg->queue_max_bytes;
     if (full && cfg->queue_full_policy == SLUICE_QUEUE_FULL_REJECT) return SLUICE_E_QUEUE_FULL;
     sdk_node_t *ev_head = NULL, **ev_tail = &ev_head;
     uint64_t dropped = 0;
@@ -544,10 +545,10 @@ static int enqueue_locked(sluice_client *c, sdk_node_t *n, sdk_node_t **evicted)
     c->tail = n;
     c->q_events++;
     c->q_bytes += n->len;
-    /* Wake the worker only when a full batch becomes available (or a drop happened): signalling on
-     * every event would cost a futex wake per call while the worker sleeps. */
+    /* Wake the worker only when a full batch becomes available: signalling on every event would
+     * cost a futex wake per call while the worker sleeps (or waits out a backoff). */
     if (c->q_events == cfg->batch_size ||
-        (c->q_bytes >= cfg->batch_bytes && c->q_bytes - n->len < cfg->batch_bytes) || dropped)
+        (c->q_bytes >= cfg->batch_bytes && c->q_bytes - n->len < cfg->batch_bytes))
         pthread_cond_signal(&c->wake);
     return SLUICE_OK;
 }
@@ -561,10 +562,11 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
     if (!track && !group && !alias && !page && strcmp(t, "identify")) return SLUICE_E_INVAL;
     if (!ev->user_id && !ev->anonymous_id) return SLUICE_E_INVAL;
     int rc;
-    if ((rc = check_str(ev->user_id, 255, false)) || (rc = check_str(ev->anonymous_id, 255, false)) ||
-        (rc = check_str(ev->event, 200, track)) || (rc = check_str(ev->name, 255, false)) ||
-        (rc = check_str(ev->group_id, 255, group)) ||
-        (rc = check_str(ev->previous_id, 255, alias)) || (rc = check_str(ev->message_id, 100, false)))
+    if ((rc = check_str(ev->user_id, 255, false)) ||
+        (rc = check_str(ev->anonymous_id, 255, false)) || (rc = check_str(ev->event, 200, track)) ||
+        (rc = check_str(ev->name, 255, false)) || (rc = check_str(ev->group_id, 255, group)) ||
+        (rc = check_str(ev->previous_id, 255, alias)) ||
+        (rc = check_str(ev->message_id, 100, false)))
         return rc;
 
     writer_event_t we = {.type = t,
@@ -622,7 +624,8 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
 int sluice_track(sluice_client *c, const char *user_id, const char *event,
                  const sluice_props *properties)
 {
-    sluice_event ev = {.type = "track", .user_id = user_id, .event = event, .properties = properties};
+    sluice_event ev = {
+        .type = "track", .user_id = user_id, .event = event, .properties = properties};
     return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
 }
 
@@ -649,7 +652,8 @@ int sluice_page(sluice_client *c, const char *user_id, const char *name,
 int sluice_screen(sluice_client *c, const char *user_id, const char *name,
                   const sluice_props *properties)
 {
-    sluice_event ev = {.type = "screen", .user_id = user_id, .name = name, .properties = properties};
+    sluice_event ev = {
+        .type = "screen", .user_id = user_id, .name = name, .properties = properties};
     return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
 }
 

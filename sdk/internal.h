@@ -65,18 +65,17 @@ struct sluice_client {
 
     /* Worker-only state (touched by the worker thread alone; reused across fork). */
     int64_t pause_until_ms; /* monotonic: nothing is sent before it (backoff, Retry-After) */
-    uint32_t attempt_streak;
-    uint64_t rng;               /* backoff jitter PRNG */
+    uint64_t rng;           /* backoff jitter PRNG */
     ZSTD_CCtx *zctx;
-    writer_buf_t body;          /* uncompressed batch body */
-    void *zbuf;                 /* compressed body */
+    writer_buf_t body; /* uncompressed batch body */
+    void *zbuf;        /* compressed body */
     size_t zcap;
-    char ctx_enc[96];           /* batch-level context {library:{name,version}}, encoded */
+    char ctx_enc[96]; /* batch-level context {library:{name,version}}, encoded */
     size_t ctx_len;
-    uint64_t storage_bytes;     /* bytes of batch files in storage_dir */
+    uint64_t storage_bytes; /* bytes of batch files in storage_dir */
     bool storage_scanned;
-    uint32_t storage_files;     /* files waiting to be sent */
-    int64_t storage_retry_ms;   /* monotonic: earliest next attempt at a stored file */
+    uint32_t storage_files;   /* files waiting to be sent */
+    int64_t storage_retry_ms; /* monotonic: earliest next attempt at a stored file */
     uint32_t file_seq;
 
     struct sluice_client *reg_next, *reg_prev; /* registry for fork handling (client.c) */

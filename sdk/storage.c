@@ -26,7 +26,7 @@
 #define FILE_MAGIC "SLB1"
 #define HEADER_LEN 16
 /* Sanity bounds for reading: a batch file larger than this is corrupt by definition. */
-#define FILE_MAX_BYTES (16u * 1024 * 1024)
+#define FILE_MAX_BYTES  (16u * 1024 * 1024)
 #define FILE_MAX_EVENTS 100000u
 
 static void put_u32(unsigned char *p, uint32_t v)
@@ -56,6 +56,7 @@ static int path_join(char *out, size_t size, const char *dir, const char *name)
 
 int sdk_storage_scan(sluice_client *c)
 {
+    if (mkdir(c->storage_dir, 0700) != 0 && errno != EEXIST) return SLUICE_E_STORAGE;
     DIR *d = opendir(c->storage_dir);
     if (!d) return SLUICE_E_STORAGE;
     c->storage_bytes = 0;

@@ -120,8 +120,8 @@ static void give_up(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, int 
             return;
         }
         atomic_fetch_add(&c->n_dropped, n);
-        sdk_report(c, rc, status,
-                   n, rc == SLUICE_E_TOO_LARGE ? "storage_dir is full" : "cannot write storage_dir");
+        sdk_report(c, rc, status, n,
+                   rc == SLUICE_E_TOO_LARGE ? "storage_dir is full" : "cannot write storage_dir");
         return;
     }
     atomic_fetch_add(&c->n_failed, n);
@@ -166,7 +166,6 @@ static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n,
         int status = rc == SLUICE_OK ? resp.status : 0;
         if (rc == SLUICE_OK && status >= 200 && status < 300) {
             atomic_fetch_add(&c->n_sent, n);
-            c->attempt_streak = 0;
             return DELIVER_DONE;
         }
         if (status == 413 && n > 1) {
@@ -190,7 +189,6 @@ static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n,
         pthread_mutex_lock(&c->mu);
         c->pause_until_ms = sdk_mono_ms() + delay;
         pthread_mutex_unlock(&c->mu);
-        c->attempt_streak++;
         resp.message[sizeof resp.message - 1] = '\0';
         if (attempt >= c->cfg.max_retries) {
             if (!from_file) {
@@ -282,8 +280,7 @@ void *sdk_worker_main(void *arg)
 
     sdk_node_t **batch = malloc(sizeof *batch * c->cfg.batch_size);
     if (c->storage_dir && !c->storage_scanned) {
-        if (sdk_storage_scan(c))
-            sdk_report(c, SLUICE_E_STORAGE, 0, 0, "cannot read storage_dir");
+        if (sdk_storage_scan(c)) sdk_report(c, SLUICE_E_STORAGE, 0, 0, "cannot read storage_dir");
         c->storage_scanned = true;
     }
     const int64_t interval = c->cfg.flush_interval_ms;

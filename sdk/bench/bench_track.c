@@ -124,11 +124,16 @@ int main(int argc, char **argv)
     double rate = 100000, duration = 10;
     uint32_t queue = 100000;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--rate")) rate = strcmp(argv[i + 1], "max") ? atof(argv[i + 1]) : 0;
-        else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--queue")) queue = (uint32_t)atol(argv[i + 1]);
-        else return fprintf(stderr, "unknown option %s\n", argv[i]), 2;
+        if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--rate"))
+            rate = strcmp(argv[i + 1], "max") ? atof(argv[i + 1]) : 0;
+        else if (!strcmp(argv[i], "--duration"))
+            duration = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--queue"))
+            queue = (uint32_t)atol(argv[i + 1]);
+        else
+            return fprintf(stderr, "unknown option %s\n", argv[i]), 2;
     }
     if (threads < 1 || threads > 64 || duration <= 0) return 2;
 
@@ -176,8 +181,7 @@ int main(int argc, char **argv)
     }
     int lost = sluice_client_close(c, 5000);
     printf("threads=%d rate=%.0f/s (0 = max) calls=%llu errors=%llu lost_at_close=%d\n", threads,
-           rate, (unsigned long long)total,
-           (unsigned long long)errors, lost);
+           rate, (unsigned long long)total, (unsigned long long)errors, lost);
     printf("track latency us: p50=%.3f p90=%.3f p99=%.3f p99.9=%.3f\n", pct(h, total, 0.5),
            pct(h, total, 0.9), pct(h, total, 0.99), pct(h, total, 0.999));
     printf("transport: requests=%llu events=%llu bytes=%llu; rss start=%ld KiB end=%ld KiB\n",

@@ -16,7 +16,8 @@ int main(int argc, char **argv)
     sluice_props_set_int(p, "seats", 7);
     sluice_identify(c, "user-1", p);
     sluice_group(c, "user-1", "acct-42", NULL);
-    for (int i = 0; i < 10 && rc == 0; i++) rc = sluice_track(c, "user-1", "Report Viewed", p);
+    for (int i = 0; i < 10 && rc == 0; i++)
+        rc = sluice_track(c, "user-1", "Report Viewed", p);
     sluice_props_free(p);
     int lost = sluice_client_close(c, 5000);
     printf("events not delivered: %d\n", lost);

@@ -36,19 +36,20 @@ typedef struct fake_msg {
 } fake_msg_t;
 
 static struct {
+    /* Scalars are atomic: tests flip them from a client thread while a loop thread reads. */
     fake_msg_t msgs[FAKE_MAX_MSGS];
-    size_t n;
-    int fail_deliveries;
-    long refuse_after; /* -1: never */
-    int ready;
-    int defer; /* seal does not complete: fake_complete_deferred() does, later */
+    atomic_size_t n;
+    atomic_int fail_deliveries;
+    atomic_long refuse_after; /* -1: never */
+    atomic_int ready;
+    atomic_int defer; /* seal does not complete: fake_complete_deferred() does, later */
     kafka_group_t *deferred[64];
-    size_t n_deferred;
+    atomic_size_t n_deferred;
 } fake_kafka = {.refuse_after = -1, .ready = 1};
 
-static uint64_t fake_metrics[METRIC_COUNT_];
-static uint64_t fake_status[600];
-static uint64_t fake_rejected;
+static _Atomic uint64_t fake_metrics[METRIC_COUNT_];
+static _Atomic uint64_t fake_status[600];
+static _Atomic uint64_t fake_rejected;
 
 static void fake_reset(void)
 {
@@ -60,8 +61,10 @@ static void fake_reset(void)
     fake_kafka.ready = 1;
     fake_kafka.defer = 0;
     fake_kafka.n_deferred = 0;
-    memset(fake_metrics, 0, sizeof fake_metrics);
-    memset(fake_status, 0, sizeof fake_status);
+    for (size_t i = 0; i < METRIC_COUNT_; i++)
+        atomic_store(&fake_metrics[i], 0);
+    for (size_t i = 0; i < 600; i++)
+        atomic_store(&fake_status[i], 0);
     fake_rejected = 0;
 }
 
@@ -88,7 +91,7 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
     if (fake_kafka.refuse_after >= 0 && (long)fake_kafka.n >= fake_kafka.refuse_after)
         return KAFKA_E_QUEUE_FULL;
     if (fake_kafka.n >= FAKE_MAX_MSGS) return KAFKA_E_QUEUE_FULL;
-    fake_msg_t *m = &fake_kafka.msgs[fake_kafka.n++];
+    fake_msg_t *m = &fake_kafka.msgs[atomic_load(&fake_kafka.n)];
     memset(m, 0, sizeof *m);
     m->topic = (int)topic;
     m->keylen = keylen < sizeof m->key ? keylen : sizeof m->key;
@@ -104,6 +107,7 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
             headers[i].len < sizeof m->hval[i] - 1 ? headers[i].len : sizeof m->hval[i] - 1;
         memcpy(m->hval[i], headers[i].value, m->hlen[i]);
     }
+    atomic_fetch_add(&fake_kafka.n, 1); /* publishes *m */
     atomic_fetch_add(&g->pending, 1u);
     /* Reported at once: the delivery outcome is decided by fail_deliveries. */
     if (fake_kafka.fail_deliveries) {
@@ -119,8 +123,10 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
 
 void kafka_group_seal(kafka_group_t *g)
 {
-    if (fake_kafka.defer && fake_kafka.n_deferred < 64) {
-        fake_kafka.deferred[fake_kafka.n_deferred++] = g;
+    size_t nd = atomic_load(&fake_kafka.n_deferred);
+    if (fake_kafka.defer && nd < 64) {
+        fake_kafka.deferred[nd] = g;
+        atomic_store(&fake_kafka.n_deferred, nd + 1); /* publishes the slot */
         return;
     }
     if (atomic_fetch_sub(&g->pending, 1u) == 1u) g->done_cb(g);
@@ -129,7 +135,8 @@ void kafka_group_seal(kafka_group_t *g)
 /* Plays the Kafka poll thread: reports every deferred group (from whatever thread calls it). */
 static inline void fake_complete_deferred(void)
 {
-    for (size_t i = 0; i < fake_kafka.n_deferred; i++) {
+    size_t nd = atomic_load(&fake_kafka.n_deferred);
+    for (size_t i = 0; i < nd; i++) {
         kafka_group_t *g = fake_kafka.deferred[i];
         if (atomic_fetch_sub(&g->pending, 1u) == 1u) g->done_cb(g);
     }

@@ -173,10 +173,13 @@ static void test_sigterm_waiting_for_kafka(void **state)
     size_t split = 0;
     int fd = send_head_and_part(e, &ids, &body, &split);
     assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
+    int64_t t0 = sup_now_ms();
     sup_sleep_ms(300);
     sup_collector_signal(&e->coll, SIGTERM);
     sup_buf_t answer = {0};
     int status = sup_tcp_read_answer(fd, &answer, 15000);
+    /* The answer waited for the slow acks, so SIGTERM really came while it was in flight. */
+    assert_true(sup_now_ms() - t0 >= 1000);
     close(fd);
     assert_raw_ok(&answer, status, 3);
     sup_buf_free(&answer);
@@ -186,12 +189,37 @@ static void test_sigterm_waiting_for_kafka(void **state)
     it_assert_events_exactly(e, &ids, NULL);
 }
 
+static void test_client_leaves_while_waiting_for_kafka(void **state)
+{
+    sup_env_t *e = it_start(state, NULL);
+    it_ids_t ids = {0};
+    it_post_good(e, "before", 3, &ids);
+    /* Slow acks: each request below is still waiting for Kafka when its client goes away. */
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 700", 5000), 0);
+    for (int i = 0; i < 4; i++) {
+        sup_buf_t body = {0};
+        size_t split = 0;
+        int fd = send_head_and_part(e, &ids, &body, &split);
+        assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
+        sup_sleep_ms(50);
+        close(fd);
+        sup_buf_free(&body);
+    }
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 0", 5000), 0);
+    /* The collector survives its clients leaving (the requests finish detached), and the events
+     * it had accepted are still delivered, once each. */
+    it_assert_still_serving(e, &ids);
+    sup_sleep_ms(1500);
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_broker_down_then_retry, it_teardown),
         cmocka_unit_test_teardown(test_sigterm_mid_body, it_teardown),
         cmocka_unit_test_teardown(test_sigterm_waiting_for_kafka, it_teardown),
+        cmocka_unit_test_teardown(test_client_leaves_while_waiting_for_kafka, it_teardown),
     };
     return it_run(argc, argv, "faults", tests, sizeof tests / sizeof tests[0]);
 }

@@ -103,6 +103,16 @@ static int decode_body(fake_t *f, const sluice_request *req, bool keep)
         if (batch && batch->type == MSGPACK_OBJECT_ARRAY && sent_at &&
             sent_at->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
             n = (int)batch->via.array.size;
+            for (int i = 0; i < n && !keep && f->n_attempt_ids < FAKE_MAX_ATTEMPT_IDS; i++) {
+                const msgpack_object *id = map_get(&batch->via.array.ptr[i], "messageId");
+                int k = f->n_attempt_ids++;
+                f->attempt_req[k] = f->n_req - 1;
+                f->attempt_id[k][0] = '\0';
+                if (id && id->type == MSGPACK_OBJECT_STR && id->via.str.size <= 100) {
+                    memcpy(f->attempt_id[k], id->via.str.ptr, id->via.str.size);
+                    f->attempt_id[k][id->via.str.size] = '\0';
+                }
+            }
             for (int i = 0; i < n && keep; i++) {
                 const msgpack_object *ev = &batch->via.array.ptr[i];
                 const msgpack_object *id = map_get(ev, "messageId");
@@ -186,8 +196,10 @@ static int fake_send(void *ud, const sluice_request *req, sluice_response *resp)
     resp->status = step.status;
     resp->retry_after_ms = step.retry_after_ms;
     f->req_status[idx] = step.status;
-    if (step.status >= 200 && step.status < 300) decode_body(f, req, true);
-    else snprintf(resp->message, sizeof resp->message, "fake answer %d", step.status);
+    if (step.status >= 200 && step.status < 300)
+        decode_body(f, req, true);
+    else
+        snprintf(resp->message, sizeof resp->message, "fake answer %d", step.status);
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
     return 0;

@@ -15,8 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FAKE_MAX_STEPS 64
-#define FAKE_MAX_REQS 4096
+#define FAKE_MAX_STEPS       64
+#define FAKE_MAX_REQS        4096
+#define FAKE_MAX_ATTEMPT_IDS 256
 
 typedef struct fake_step {
     int status;             /* HTTP status to answer (when rc == 0 and !hang) */
@@ -36,15 +37,19 @@ typedef struct fake {
     pthread_cond_t cv;
     fake_step_t script[FAKE_MAX_STEPS];
     int n_script, pos;
-    fake_step_t dflt;     /* after the script: {200, -1, 0, false} unless changed */
-    uint32_t max_events;  /* > 0: requests with more events get 413 */
-    int n_req;            /* requests seen */
+    fake_step_t dflt;    /* after the script: {200, -1, 0, false} unless changed */
+    uint32_t max_events; /* > 0: requests with more events get 413 */
+    int n_req;           /* requests seen */
     int64_t req_ms[FAKE_MAX_REQS];
     uint32_t req_events[FAKE_MAX_REQS];
     int req_status[FAKE_MAX_REQS]; /* 0 for network errors / hangs */
-    fake_event_t *events; /* events of 2xx answers, in order */
+    fake_event_t *events;          /* events of 2xx answers, in order */
     size_t n_events, cap_events;
     int bad_bodies; /* bodies that did not decode as a well-formed batch */
+    /* messageIds of EVERY request (any answer), first FAKE_MAX_ATTEMPT_IDS events */
+    char attempt_id[FAKE_MAX_ATTEMPT_IDS][101];
+    int attempt_req[FAKE_MAX_ATTEMPT_IDS];
+    int n_attempt_ids;
     bool cancelled, hanging, released;
     int signals_unblocked; /* sends made on a thread with SIGINT/SIGTERM/SIGUSR1 unblocked */
     char last_content_type[64], last_encoding[32], last_key[64], last_url[256];
@@ -65,7 +70,8 @@ void fake_release(fake_t *f);
 bool fake_wait_hanging(fake_t *f, int timeout_ms);
 /* How many delivered events carry messageId id. */
 size_t fake_count_id(fake_t *f, const char *id);
-/* After fork(), in the child: gives the fake fresh locks (the parent's worker may have held them). */
+/* After fork(), in the child: gives the fake fresh locks (the parent's worker may have held them).
+ */
 void fake_after_fork_child(fake_t *f);
 
 int64_t fake_now_ms(void);

@@ -54,16 +54,21 @@ static void test_events_arrive_exactly_once(void **state)
         sluice_props_set_bool(p, "ok", 1);
         sluice_props_end(p);
         snprintf(id, sizeof id, "sdk-it-%d", i);
-        sluice_event ev = {.type = "track", .user_id = "sdk-user-1", .event = "Report Viewed",
-                           .message_id = id, .properties = p};
+        sluice_event ev = {.type = "track",
+                           .user_id = "sdk-user-1",
+                           .event = "Report Viewed",
+                           .message_id = id,
+                           .properties = p};
         assert_int_equal(sluice_send(c, &ev), SLUICE_OK);
     }
     sluice_props_clear(p);
     sluice_props_set_str(p, "email", "a@example.com");
-    sluice_event idf = {.type = "identify", .user_id = "sdk-user-1", .message_id = "sdk-it-identify",
-                        .traits = p};
+    sluice_event idf = {
+        .type = "identify", .user_id = "sdk-user-1", .message_id = "sdk-it-identify", .traits = p};
     assert_int_equal(sluice_send(c, &idf), SLUICE_OK);
-    sluice_event grp = {.type = "group", .user_id = "sdk-user-1", .group_id = "acct-sdk",
+    sluice_event grp = {.type = "group",
+                        .user_id = "sdk-user-1",
+                        .group_id = "acct-sdk",
                         .message_id = "sdk-it-group"};
     assert_int_equal(sluice_send(c, &grp), SLUICE_OK);
     sluice_props_free(p);
@@ -81,8 +86,8 @@ static void test_events_arrive_exactly_once(void **state)
     assert_int_equal(msgs.n, N_TRACK + 3);
     for (int i = 0; i < N_TRACK; i++) {
         snprintf(id, sizeof id, "sdk-it-%d", i);
-        if (sup_kmsgs_count_id(&msgs, id) != 1) fail_msg("%s arrived %zu times", id,
-                                                          sup_kmsgs_count_id(&msgs, id));
+        if (sup_kmsgs_count_id(&msgs, id) != 1)
+            fail_msg("%s arrived %zu times", id, sup_kmsgs_count_id(&msgs, id));
     }
     assert_int_equal(sup_kmsgs_count_id(&msgs, "sdk-it-identify"), 1);
     assert_int_equal(sup_kmsgs_count_id(&msgs, "sdk-it-group"), 1);
@@ -116,6 +121,76 @@ static void test_events_arrive_exactly_once(void **state)
     assert_int_equal(sup_env_stop(&env), 0);
 }
 
+/* The README's mode: no brokers configured, the collector hosts librdkafka's mock cluster itself
+ * and logs its bootstrap address ("msg":"embedded_kafka","bootstrap":"127.0.0.1:N"). */
+static void test_embedded_kafka_mode(void **state)
+{
+    (void)state;
+    const char *path = getenv("SLUICE_COLLECTOR");
+    assert_non_null(path);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/sluice-sdk-it-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    static const char *const keys[] = {"wk_dev=dev", NULL};
+    sup_collector_t coll;
+    assert_int_equal(sup_collector_start(&coll, path, dir, NULL, keys, NULL, 30000), 0);
+    char bootstrap[128] = "";
+    for (int i = 0; i < 100 && !bootstrap[0]; i++) { /* bounded: 10 s */
+        FILE *f = fopen(coll.log_path, "r");
+        char line[2048];
+        while (f && fgets(line, sizeof line, f)) {
+            const char *b = strstr(line, "\"bootstrap\":\"");
+            if (strstr(line, "embedded_kafka") && b) {
+                b += strlen("\"bootstrap\":\"");
+                size_t n = strcspn(b, "\"");
+                if (n < sizeof bootstrap) memcpy(bootstrap, b, n), bootstrap[n] = '\0';
+            }
+        }
+        if (f) fclose(f);
+        if (!bootstrap[0]) sup_sleep_ms(100);
+    }
+    if (!bootstrap[0]) {
+        sup_collector_dump_log(&coll, 4096);
+        fail_msg("no embedded_kafka bootstrap line in the collector's log");
+    }
+
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", coll.port);
+    sluice_config cfg;
+    sluice_config_init(&cfg, SLUICE_CONFIG_VERSION);
+    cfg.endpoint = endpoint;
+    cfg.write_key = "wk_dev";
+    sluice_client *c;
+    assert_int_equal(sluice_client_new(&c, &cfg), SLUICE_OK);
+    char id[64];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "sdk-dev-%d", i);
+        sluice_event ev = {
+            .type = "page", .anonymous_id = "anon-dev", .name = "Pricing", .message_id = id};
+        assert_int_equal(sluice_send(c, &ev), SLUICE_OK);
+    }
+    assert_int_equal(sluice_client_close(c, 10000), 0);
+
+    sup_kmsgs_t msgs = {0};
+    assert_int_equal(sup_consume(bootstrap, "events", 20, 20000, &msgs), 0);
+    assert_int_equal(msgs.n, 20);
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "sdk-dev-%d", i);
+        assert_int_equal(sup_kmsgs_count_id(&msgs, id), 1);
+    }
+    json_t *v = sup_kmsg_value(&msgs.msgs[0]);
+    assert_string_equal(jstr(v, "type"), "page");
+    assert_string_equal(jstr(v, "name"), "Pricing");
+    assert_string_equal(jstr(v, "anonymousId"), "anon-dev");
+    assert_string_equal(jstr(v, "source"), "dev");
+    json_decref(v);
+    sup_kmsgs_free(&msgs);
+    assert_int_equal(sup_collector_stop(&coll, 15000), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_unreachable_collector_never_hangs(void **state)
 {
     (void)state;
@@ -141,6 +216,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_events_arrive_exactly_once),
+        cmocka_unit_test(test_embedded_kafka_mode),
         cmocka_unit_test(test_unreachable_collector_never_hangs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -33,9 +33,10 @@ static void assert_str(const msgpack_object *o, const char *want)
 static void test_ints_roundtrip(void **state)
 {
     (void)state;
-    const int64_t vals[] = {0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295LL, 4294967296LL,
-                            INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769, INT32_MIN,
-                            (int64_t)INT32_MIN - 1, INT64_MIN};
+    const int64_t vals[] = {
+        0,         1,  127, 128, 255,  256,  65535,  65536,  4294967295LL, 4294967296LL,
+        INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769, INT32_MIN,    (int64_t)INT32_MIN - 1,
+        INT64_MIN};
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
         writer_buf_t b;
         writer_buf_init(&b, 64);
@@ -184,8 +185,7 @@ static void test_json_escaping_and_refusals(void **state)
     deep[99] = 0xc0;
     assert_int_equal(writer_msgpack_to_json(deep, sizeof deep, &j), WRITER_E_DEPTH);
     const unsigned char huge_count[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(writer_msgpack_to_json(huge_count, sizeof huge_count, &j),
-                     WRITER_E_MALFORMED);
+    assert_int_equal(writer_msgpack_to_json(huge_count, sizeof huge_count, &j), WRITER_E_MALFORMED);
     writer_buf_free(&b);
     writer_buf_free(&j);
 }
@@ -217,9 +217,9 @@ static void test_utf8(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ints_roundtrip),   cmocka_unit_test(test_event_and_batch),
-        cmocka_unit_test(test_buffer_limits),    cmocka_unit_test(test_json_escaping_and_refusals),
-        cmocka_unit_test(test_uuid_v4),          cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_ints_roundtrip), cmocka_unit_test(test_event_and_batch),
+        cmocka_unit_test(test_buffer_limits),  cmocka_unit_test(test_json_escaping_and_refusals),
+        cmocka_unit_test(test_uuid_v4),        cmocka_unit_test(test_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

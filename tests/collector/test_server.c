@@ -1,0 +1,188 @@
+/*
+ * test_server.c — the loop threads (collector/server.c) against a fake Kafka producer: two
+ * loops share one port picked by the kernel (port 0 + SO_REUSEPORT), both serve, and the
+ * graceful drain closes idle connections at once, lets a request that is still receiving its
+ * body finish (answered 200 with Connection: close), refuses new connections, and then stops.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server_fakes.h"
+
+#include "auth.c"
+#include "body.c"
+#include "http_conn.c"
+#include "ingest.c"
+#include "server.c"
+
+/* The real parser lives in config.c; the tests need only "HOST:PORT". */
+int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(c->listen, ':');
+    if (colon == NULL || (size_t)(colon - c->listen) >= hostlen) return -1;
+    memcpy(host, c->listen, (size_t)(colon - c->listen));
+    host[colon - c->listen] = '\0';
+    *port = atoi(colon + 1);
+    return 0;
+}
+
+static config_write_key_t keys[] = {{"wk_test_123", "test"}};
+
+static int connect_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Reads until the peer closes or `want` appears, at most ms. Returns bytes read. */
+static size_t read_until(int fd, char *buf, size_t cap, const char *want, int ms, bool *eof)
+{
+    size_t len = 0;
+    *eof = false;
+    uint64_t deadline = uv_hrtime() + (uint64_t)ms * 1000000ull;
+    while (uv_hrtime() < deadline && len < cap - 1) {
+        buf[len] = '\0';
+        if (want != NULL && strstr(buf, want) != NULL) break;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 50) <= 0) continue;
+        ssize_t r = recv(fd, buf + len, cap - 1 - len, 0);
+        if (r <= 0) {
+            *eof = true;
+            break;
+        }
+        len += (size_t)r;
+    }
+    buf[len] = '\0';
+    return len;
+}
+
+static void test_threads_and_drain(void **state)
+{
+    (void)state;
+    fake_reset();
+    config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.listen = "127.0.0.1:0";
+    cfg.threads = 2;
+    cfg.write_keys = keys;
+    cfg.n_write_keys = 1;
+    cfg.event_bytes = 32 * 1024;
+    cfg.body_bytes = 64 * 1024;
+    cfg.max_depth = 16;
+    cfg.max_events = 1000;
+    cfg.header_bytes = 8192;
+    cfg.header_timeout_ms = 5000;
+    cfg.idle_timeout_ms = 5000;
+    cfg.delivery_timeout_ms = 5000;
+    cfg.max_connections = 100;
+    auth_t *auth;
+    assert_int_equal(auth_new(&cfg, &auth), AUTH_OK);
+    ingest_ctx_t ictx;
+    ingest_ctx_init(&ictx, &cfg, NULL, auth, NULL);
+    server_t *srv = NULL;
+    char err[256];
+    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), 0);
+    int port = server_port(srv);
+    assert_true(port > 0);
+    assert_string_equal(server_host(srv), "127.0.0.1");
+    assert_int_equal(server_start(srv, err, sizeof err), 0);
+
+    /* Many connections: the kernel spreads them over both loops; every one is served. */
+    char buf[4096];
+    bool eof;
+    int fds[16];
+    for (int i = 0; i < 16; i++) {
+        fds[i] = connect_port(port);
+        assert_true(fds[i] >= 0);
+        const char req[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+        assert_int_equal(send(fds[i], req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t)sizeof req - 1);
+    }
+    for (int i = 0; i < 16; i++) {
+        read_until(fds[i], buf, sizeof buf, "{\"status\":\"ok\"}", 3000, &eof);
+        assert_non_null(strstr(buf, "HTTP/1.1 200 OK"));
+    }
+    assert_int_equal(atomic_load(&srv->n_conns), 16);
+
+    /* One client is mid-body when the drain starts. */
+    int slow = connect_port(port);
+    const char body[] =
+        "{\"batch\":[{\"type\":\"track\",\"messageId\":\"d1\",\"userId\":\"u\",\"event\":\"e\"}]}";
+    char head[256];
+    int hn = snprintf(head, sizeof head,
+                      "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wk_test_123\r\n"
+                      "Content-Length: %zu\r\n\r\n",
+                      sizeof body - 1);
+    assert_int_equal(send(slow, head, (size_t)hn, MSG_NOSIGNAL), hn);
+    assert_int_equal(send(slow, body, 10, MSG_NOSIGNAL), 10);
+    usleep(100000);
+
+    server_drain_begin(srv);
+    /* Idle keep-alive connections are closed. */
+    for (int i = 0; i < 16; i++) {
+        read_until(fds[i], buf, sizeof buf, NULL, 2000, &eof);
+        assert_true(eof);
+        close(fds[i]);
+    }
+    /* Not drained yet: the slow request is in progress. */
+    assert_false(server_wait_drained(srv, 100));
+    /* The listeners are closed: new connections are refused. */
+    int late = connect_port(port);
+    assert_int_equal(late, -1);
+    /* The slow client finishes its body and gets its 200, then the connection closes. */
+    assert_int_equal(send(slow, body + 10, sizeof body - 1 - 10, MSG_NOSIGNAL),
+                     (ssize_t)(sizeof body - 1 - 10));
+    read_until(slow, buf, sizeof buf, NULL, 3000, &eof);
+    assert_non_null(strstr(buf, "HTTP/1.1 200 OK"));
+    assert_non_null(strstr(buf, "\"accepted\":1"));
+    assert_non_null(strstr(buf, "Connection: close"));
+    assert_true(eof);
+    close(slow);
+    assert_true(server_wait_drained(srv, 3000));
+    assert_int_equal(fake_kafka.n, 1);
+
+    server_stop(srv);
+    server_free(srv);
+    auth_free(auth);
+    fake_reset();
+}
+
+static void test_bind_failure(void **state)
+{
+    (void)state;
+    config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.listen = "192.0.2.1:1"; /* TEST-NET-1: not an address of this machine */
+    cfg.threads = 1;
+    cfg.body_bytes = 1024;
+    ingest_ctx_t ictx;
+    memset(&ictx, 0, sizeof ictx);
+    server_t *srv = (server_t *)&ictx; /* must be reset to NULL on failure */
+    char err[256] = "";
+    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), -1);
+    assert_null(srv);
+    assert_non_null(strstr(err, "bind"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_threads_and_drain),
+        cmocka_unit_test(test_bind_failure),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

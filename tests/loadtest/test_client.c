@@ -1,0 +1,306 @@
+/*
+ * Tests of loadtest/client.c against an in-process libuv HTTP server whose answers are delayed
+ * and whose status is chosen by the test:
+ *  - open loop corrects coordinated omission: when the server is slower than the schedule,
+ *    latency is counted from the intended send time (grows with the queue) and the unsent
+ *    backlog is reported, while closed loop reports only the service time;
+ *  - the verification ledger marks events ACKED on 200, UNSURE on 503, neither on 400.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+#include <pthread.h>
+#include <uv.h>
+
+#include "client.h"
+#include "model.h"
+
+typedef struct server {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t stop;
+    uv_sem_t ready;
+    pthread_t th;
+    int port;
+    int delay_ms;
+    int status;
+    int requests;
+} server_t;
+
+typedef struct sconn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wr;
+    server_t *s;
+    char buf[1 << 20];
+    size_t len;
+    bool waiting; /* a request is being "processed" (timer running) */
+    char resp[256];
+    int open_handles;
+} sconn_t;
+
+static void sconn_closed(uv_handle_t *h)
+{
+    sconn_t *c = h->data;
+    if (--c->open_handles == 0) free(c);
+}
+
+static void sconn_close(sconn_t *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
+        uv_close((uv_handle_t *)&c->tcp, sconn_closed);
+        uv_close((uv_handle_t *)&c->timer, sconn_closed);
+    }
+}
+
+static void try_request(sconn_t *c);
+
+static void on_written(uv_write_t *w, int status)
+{
+    sconn_t *c = w->data;
+    c->waiting = false;
+    if (status < 0) {
+        sconn_close(c);
+        return;
+    }
+    try_request(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    sconn_t *c = t->data;
+    static const char body[] = "{\"success\":true,\"accepted\":10,\"duplicates\":0,\"rejected\":0}";
+    int n = snprintf(c->resp, sizeof(c->resp),
+                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %zu"
+                     "\r\n\r\n%s",
+                     c->s->status, sizeof(body) - 1, body);
+    uv_buf_t b = uv_buf_init(c->resp, (unsigned)n);
+    c->wr.data = c;
+    c->s->requests++;
+    if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) sconn_close(c);
+}
+
+/* One complete request in buf starts the delay timer; the client never pipelines. */
+static void try_request(sconn_t *c)
+{
+    if (c->waiting) return;
+    c->buf[c->len < sizeof(c->buf) ? c->len : sizeof(c->buf) - 1] = 0;
+    char *end = strstr(c->buf, "\r\n\r\n");
+    if (!end) return;
+    char *cl = strcasestr(c->buf, "content-length:");
+    size_t clen = cl && cl < end ? strtoul(cl + 15, NULL, 10) : 0;
+    size_t total = (size_t)(end + 4 - c->buf) + clen;
+    if (c->len < total) return;
+    memmove(c->buf, c->buf + total, c->len - total);
+    c->len -= total;
+    c->waiting = true;
+    uv_timer_start(&c->timer, on_timer, (uint64_t)c->s->delay_ms, 0);
+}
+
+static void s_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    sconn_t *c = h->data;
+    *b = uv_buf_init(c->buf + c->len, (unsigned)(sizeof(c->buf) - 1 - c->len));
+}
+
+static void s_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    sconn_t *c = st->data;
+    if (n < 0) {
+        sconn_close(c);
+        return;
+    }
+    c->len += (size_t)n;
+    try_request(c);
+}
+
+static void on_conn(uv_stream_t *l, int status)
+{
+    server_t *s = l->data;
+    sconn_t *c = calloc(1, sizeof(*c));
+    if (!c) return;
+    c->s = s;
+    uv_tcp_init(&s->loop, &c->tcp);
+    uv_timer_init(&s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->open_handles = 2;
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) == 0)
+        uv_read_start((uv_stream_t *)&c->tcp, s_alloc, s_read);
+    else
+        sconn_close(c);
+}
+
+/* Closes every handle: a connection's TCP handle closes its timer too. */
+static void close_walk(uv_handle_t *h, void *listener)
+{
+    if (uv_is_closing(h) || h->type == UV_TIMER) return;
+    if (h->type == UV_TCP && h != listener)
+        sconn_close(h->data);
+    else
+        uv_close(h, NULL);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    server_t *s = a->data;
+    uv_walk(&s->loop, close_walk, &s->listener);
+}
+
+static void *server_main(void *arg)
+{
+    server_t *s = arg;
+    uv_sem_post(&s->ready);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void server_start(server_t *s, int delay_ms, int status)
+{
+    memset(s, 0, sizeof(*s));
+    s->delay_ms = delay_ms;
+    s->status = status;
+    assert_int_equal(uv_loop_init(&s->loop), 0);
+    uv_tcp_init(&s->loop, &s->listener);
+    s->listener.data = s;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(uv_tcp_bind(&s->listener, (const struct sockaddr *)&a, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&s->listener, 64, on_conn), 0);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    uv_async_init(&s->loop, &s->stop, on_stop);
+    s->stop.data = s;
+    uv_sem_init(&s->ready, 0);
+    assert_int_equal(pthread_create(&s->th, NULL, server_main, s), 0);
+    uv_sem_wait(&s->ready);
+}
+
+static void server_stop(server_t *s)
+{
+    uv_async_send(&s->stop);
+    pthread_join(s->th, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+    uv_sem_destroy(&s->ready);
+}
+
+static model_t *new_model(void)
+{
+    model_config_t mc;
+    model_config_default(&mc);
+    mc.batch = 10;
+    mc.base_ms = 1795000000000LL;
+    mc.scripted = false;
+    model_t *m = NULL;
+    assert_int_equal(model_new(&mc, &m), 0);
+    return m;
+}
+
+static client_config_t base_cfg(const server_t *s, const model_t *m)
+{
+    client_config_t c;
+    memset(&c, 0, sizeof(c));
+    strcpy(c.host, "127.0.0.1");
+    snprintf(c.host_header, sizeof(c.host_header), "127.0.0.1:%d", s->port);
+    strcpy(c.path, "/v1/batch");
+    c.port = s->port;
+    c.write_key = "k";
+    c.threads = 1;
+    c.connections = 1;
+    c.duration_s = 1.0;
+    c.compress = CLIENT_COMPRESS_ZSTD;
+    c.level = 1;
+    c.timeout_ms = 5000;
+    c.model = m;
+    return c;
+}
+
+/* 100 requests/s scheduled on one connection that the server answers every 50 ms. */
+static void test_open_loop_counts_queueing(void **state)
+{
+    server_t s;
+    server_start(&s, 50, 200);
+    model_t *m = new_model();
+    client_config_t c = base_cfg(&s, m);
+    c.rate = 1000; /* events/s = 100 requests/s of 10 events */
+    client_result_t r;
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    /* about 20 answered in the window; ~80 were due but never sent */
+    assert_true(r.responses >= 8 && r.responses <= 25);
+    assert_true(r.backlog_at_end >= 50);
+    /* the last answered request was due early and waited behind the others */
+    assert_true(hist_percentile(&r.latency, 0.99) >= 400000);
+    assert_true(hist_percentile(&r.latency, 0.0) >= 45000);
+    assert_int_equal(r.status[200], r.responses);
+    client_result_free(&r);
+
+    c.rate = 0; /* closed loop: only the service time */
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    assert_true(r.responses >= 8);
+    assert_int_equal(r.backlog_at_end, 0);
+    assert_true(hist_percentile(&r.latency, 0.99) < 300000);
+    assert_true(hist_percentile(&r.latency, 0.5) >= 45000);
+    client_result_free(&r);
+    model_free(m);
+    server_stop(&s);
+}
+
+/* Every event of a run against a server answering `status` carries the expected ledger bits. */
+static void check_ledger(int status, uint8_t want_bits)
+{
+    server_t s;
+    server_start(&s, 5, status);
+    model_t *m = new_model();
+    client_config_t c = base_cfg(&s, m);
+    c.rate = 0;
+    c.duration_s = 0.3;
+    c.connections = 2;
+    c.ledger_max = 1 << 20;
+    client_result_t r;
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    assert_true(r.responses > 0);
+    assert_int_equal(r.n_ledgers, 1);
+    assert_false(r.ledger_overflow);
+    assert_int_equal(r.ledger_len[0], r.events_sent);
+    for (uint64_t q = 0; q < r.ledger_len[0]; q++)
+        assert_int_equal(r.ledgers[0][q] & (LEDGER_ACKED | LEDGER_UNSURE), want_bits);
+    assert_int_equal(r.status[status], r.responses);
+    if (status == 200) assert_int_equal(r.accepted, 10 * r.responses);
+    client_result_free(&r);
+    model_free(m);
+    server_stop(&s);
+}
+
+static void test_ledger_200_acked(void **state)
+{
+    check_ledger(200, LEDGER_ACKED);
+}
+
+static void test_ledger_503_unsure(void **state)
+{
+    check_ledger(503, LEDGER_UNSURE);
+}
+
+static void test_ledger_400_refused(void **state)
+{
+    check_ledger(400, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_loop_counts_queueing),
+        cmocka_unit_test(test_ledger_200_acked),
+        cmocka_unit_test(test_ledger_503_unsure),
+        cmocka_unit_test(test_ledger_400_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
