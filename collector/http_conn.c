@@ -1118,14 +1118,6 @@ void http_loop_close_all(http_loop_t *hl)
         conn_close(hl->conns);
 }
 
-size_t http_loop_conn_count(const http_loop_t *hl)
-{
-    size_t n = 0;
-    for (const http_conn_t *c = hl->conns; c != NULL; c = c->next)
-        n++;
-    return n;
-}
-
 void http_loop_free(http_loop_t *hl)
 {
     ingest_req_t *r = hl->reqs;

@@ -68,9 +68,6 @@ void http_loop_drain(http_loop_t *hl);
  * waiting for Kafka stay on hl->reqs. */
 void http_loop_close_all(http_loop_t *hl);
 
-/* Number of open connections of this loop. */
-size_t http_loop_conn_count(const http_loop_t *hl);
-
 /* Releases hl. Call once the loop has stopped and no delivery report can arrive any more
  * (the Kafka producer is destroyed): frees requests that never came back. */
 void http_loop_free(http_loop_t *hl);

@@ -40,15 +40,19 @@ typedef enum {
 } kafka_err_t;
 const char *kafka_strerror(int err);
 
-typedef enum { KAFKA_TOPIC_EVENTS = 0, KAFKA_TOPIC_REJECTED = 1, KAFKA_TOPIC_PQL = 2 } kafka_topic_t;
+typedef enum {
+    KAFKA_TOPIC_EVENTS = 0,
+    KAFKA_TOPIC_REJECTED = 1,
+    KAFKA_TOPIC_PQL = 2
+} kafka_topic_t;
 
 typedef struct kafka_out kafka_out_t;
 typedef struct kafka_group kafka_group_t;
 typedef void (*kafka_group_done_cb)(kafka_group_t *g);
 
 struct kafka_group {
-    atomic_uint pending;  /* reports outstanding, +1 until sealed */
-    atomic_uint failed;   /* messages whose delivery failed */
+    atomic_uint pending; /* reports outstanding, +1 until sealed */
+    atomic_uint failed;  /* messages whose delivery failed */
     atomic_uint delivered;
     atomic_int first_err; /* rd_kafka_resp_err_t of the first failure, 0 if none */
     kafka_group_done_cb done_cb;

@@ -15,22 +15,24 @@
 
 /* X(ID, "name", "help") — counters, all *_total. */
 #define METRICS_COUNTERS(X)                                                                        \
-    X(HTTP_REQUESTS, "sluice_http_requests_total", "HTTP requests parsed")                        \
-    X(HTTP_PARSE_ERRORS, "sluice_http_parse_errors_total", "connections closed for broken HTTP")  \
-    X(CONN_ACCEPTED, "sluice_connections_accepted_total", "TCP connections accepted")             \
-    X(CONN_REFUSED, "sluice_connections_refused_total", "connections answered 503 at the cap")    \
-    X(CONN_TIMEOUTS, "sluice_connection_timeouts_total", "connections closed by header/idle timeout") \
-    X(CLIENT_ABORTS, "sluice_client_aborts_total", "clients that went away mid-request")          \
-    X(BYTES_IN, "sluice_http_body_bytes_total", "request body bytes received (as sent)")          \
-    X(DECOMPRESS_LIMIT, "sluice_decompress_limit_total", "bodies refused at the decompression limit") \
-    X(EVENTS_RECEIVED, "sluice_events_received_total", "events decoded from readable bodies")     \
-    X(EVENTS_ACCEPTED, "sluice_events_accepted_total", "events delivered to the events topic")    \
-    X(EVENTS_REJECTED, "sluice_events_rejected_total", "invalid events (all reasons)")            \
-    X(EVENTS_DUPLICATE, "sluice_events_duplicate_total", "events dropped as duplicates")          \
-    X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")          \
-    X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")          \
-    X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                \
-    X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")     \
+    X(HTTP_REQUESTS, "sluice_http_requests_total", "HTTP requests parsed")                         \
+    X(HTTP_PARSE_ERRORS, "sluice_http_parse_errors_total", "connections closed for broken HTTP")   \
+    X(CONN_ACCEPTED, "sluice_connections_accepted_total", "TCP connections accepted")              \
+    X(CONN_REFUSED, "sluice_connections_refused_total", "connections answered 503 at the cap")     \
+    X(CONN_TIMEOUTS, "sluice_connection_timeouts_total",                                           \
+      "connections closed by header/idle timeout")                                                 \
+    X(CLIENT_ABORTS, "sluice_client_aborts_total", "clients that went away mid-request")           \
+    X(BYTES_IN, "sluice_http_body_bytes_total", "request body bytes received (as sent)")           \
+    X(DECOMPRESS_LIMIT, "sluice_decompress_limit_total",                                           \
+      "bodies refused at the decompression limit")                                                 \
+    X(EVENTS_RECEIVED, "sluice_events_received_total", "events decoded from readable bodies")      \
+    X(EVENTS_ACCEPTED, "sluice_events_accepted_total", "events delivered to the events topic")     \
+    X(EVENTS_REJECTED, "sluice_events_rejected_total", "invalid events (all reasons)")             \
+    X(EVENTS_DUPLICATE, "sluice_events_duplicate_total", "events dropped as duplicates")           \
+    X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
+    X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
+    X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
+    X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
     X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
 
 typedef enum {
