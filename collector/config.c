@@ -19,6 +19,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "filter.h"
 #include "log.h"
 
 /* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
@@ -40,6 +41,9 @@ typedef enum {
     CT_ENV,      /* name of an environment variable whose value goes into a string field */
     CT_WRITE_KEYS,
     CT_PROPERTIES,
+    CT_FILTERS, /* filters: parsed and compiled by filter.c */
+    CT_PQL_TIERS, /* pql.tiers: {name: threshold, ...} */
+    CT_PQL_RULES, /* pql.rules: [{name, metric, ...}, ...] */
 } config_type_t;
 
 typedef struct config_key {
@@ -48,7 +52,7 @@ typedef struct config_key {
     size_t offset, width; /* of the field in config_t */
     double min, max;      /* numeric types (durations in ms, sizes in bytes) */
     const char *def;      /* default as written in YAML; NULL: unset */
-    const char *values;   /* CT_ENUM: "a|b|c" */
+    const char *values;   /* CT_ENUM: "a|b|c"; "b/bee" gives one value two spellings */
     const char *doc;
 } config_key_t;
 
@@ -73,7 +77,7 @@ static const config_key_t config_keys[] = {
      "Keys are 1..256 visible ASCII characters without ':'. Required unless dev."},
     {"dev", CT_BOOL, F(dev), 0, 0, "false", NULL,
      "Development mode: accept any write key (source \"dev\")."},
-    {"log_level", CT_ENUM, F(log_level), 0, 0, "info", "debug|info|warn|error|off",
+    {"log_level", CT_ENUM, F(log_level), 0, 0, "info", "debug|info|warn/warning|error|off",
      "Minimum level of the JSON log lines on stderr."},
     {"limits.event_bytes", CT_SIZE, F(event_bytes), 64, 64 * MiB, "32KiB", NULL,
      "Largest encoded event; bigger events are rejected (event_too_large)."},
@@ -112,14 +116,43 @@ static const config_key_t config_keys[] = {
      "A request whose events are not acknowledged by Kafka by then gets 503."},
     {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,
      "Producer queue cap; when full, requests get 503."},
+    {"filters", CT_FILTERS, F(filters), 0, FILTER_MAX_RULES, NULL, NULL,
+     "Edge filter rules (drop, allow, sample, strip, hash), applied in order to every valid "
+     "event; see \"Filter rules\" below. Reloaded by SIGHUP."},
     {"shutdown_timeout", CT_DURATION, F(shutdown_timeout_ms), 0, 600000, "10s", NULL,
      "On SIGTERM/SIGINT, how long in-flight requests and Kafka get to finish."},
+    {"dedup.window", CT_DURATION, F(dedup_window_ms), 0, 7 * 86400000.0, "1h", NULL,
+     "Exact dedup of (source, messageId) within this window; 0 disables dedup."},
+    {"dedup.max_memory", CT_SIZE, F(dedup_max_memory), 1 * MiB, 64 * GiB, "256MiB", NULL,
+     "Memory cap of the dedup tables; at the cap the oldest entries go first and the effective "
+     "window shrinks (sluice_dedup_window_seconds)."},
+    {"dedup.snapshot_interval", CT_DURATION, F(dedup_snapshot_interval_ms), 1000, 86400000, "60s",
+     NULL, "How often the dedup state is written to data_dir (also at shutdown)."},
+    {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
+     "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
+    {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
+     "PQL counter bucket; must divide 1d (active days are whole UTC days)."},
+    {"pql.late", CT_DURATION, F(pql.late_ms), 0, 30 * 86400000.0, "7d", NULL,
+     "Late allowance: an event older than its account's newest event by more than this (or than "
+     "the window) is not counted (sluice_pql_late_events_total)."},
+    {"pql.snapshot_interval", CT_DURATION, F(pql.snapshot_interval_ms), 1000, 86400000, "5m",
+     NULL, "How often the PQL counters are written to data_dir (also at shutdown)."},
+    {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 64, 1e9, "1000000", NULL,
+     "Accounts tracked; beyond it the least recently active account is forgotten "
+     "(sluice_pql_evictions_total)."},
+    {"pql.tiers", CT_PQL_TIERS, F(pql.tiers), 0, CONFIG_PQL_MAX_TIERS, NULL, NULL,
+     "Map of tier name to score threshold, e.g. {hot: 80, warm: 50}; required with rules."},
+    {"pql.rules", CT_PQL_RULES, F(pql.rules), 0, CONFIG_PQL_MAX_RULES, NULL, NULL,
+     "List of {name, metric, at_least, points, recent, min_recent, event}; metric is "
+     "active_users, events, events_velocity, users_velocity, active_days or event_seen; event (a "
+     "name or a list) restricts events/events_velocity and names what event_seen looks for; "
+     "recent (default 24h) and min_recent (default 0) are for the velocities. No rules: PQL off."},
 };
 #define CONFIG_N_KEYS (sizeof config_keys / sizeof config_keys[0])
 
 /* Sections of SPEC §7 that later versions implement; naming them is a clear error, not an
  * "unknown key", so an operator knows the file is right but the binary is too old. */
-static const char *const config_unsupported[] = {"dedup", "spool", "filters", "pql"};
+static const char *const config_unsupported[] = {"spool"};
 
 typedef struct config_flag {
     const char *flag;
@@ -204,6 +237,24 @@ static void free_write_keys(config_write_key_t *wk, size_t n)
         free(wk[i].source);
     }
     free(wk);
+}
+
+static void free_pql_rules(config_pql_rule_t *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].name);
+        for (size_t j = 0; j < r[i].n_events; j++)
+            free(r[i].events[j]);
+        free(r[i].events);
+    }
+    free(r);
+}
+
+static void free_pql_tiers(config_pql_tier_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(t[i].name);
+    free(t);
 }
 
 static void free_properties(config_kv_t *kv, size_t n)
@@ -299,14 +350,21 @@ static const char *parse_bool(const char *s, bool *out)
 }
 
 /* Index of s in "a|b|c", or -1. */
+/* Index of s among the '|'-separated values, where "a/b" are two spellings of one value
+ * (log_level "warn/warning", matching log_level_parse()); -1 when absent. */
 static int enum_index(const char *values, const char *s)
 {
     size_t n = strlen(s);
     int i = 0;
     for (const char *p = values; *p; i++) {
         const char *bar = strchr(p, '|');
-        size_t len = bar ? (size_t)(bar - p) : strlen(p);
-        if (len == n && strncmp(p, s, n) == 0) return i;
+        const char *end = bar ? bar : p + strlen(p);
+        for (const char *q = p; q < end;) {
+            const char *slash = memchr(q, '/', (size_t)(end - q));
+            const char *qe = slash ? slash : end;
+            if ((size_t)(qe - q) == n && strncmp(q, s, n) == 0) return i;
+            q = slash ? slash + 1 : end;
+        }
         if (bar == NULL) break;
         p = bar + 1;
     }
@@ -465,6 +523,60 @@ void config_free(config_t *c)
     free_properties(c->kafka_properties, c->n_kafka_properties);
     c->kafka_properties = NULL;
     c->n_kafka_properties = 0;
+    filter_set_free(c->filters);
+    c->filters = NULL;
+    free_pql_tiers(c->pql.tiers, c->pql.n_tiers);
+    c->pql.tiers = NULL;
+    c->pql.n_tiers = 0;
+    free_pql_rules(c->pql.rules, c->pql.n_rules);
+    c->pql.rules = NULL;
+    c->pql.n_rules = 0;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0);
+}
+
+void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *key, void *ud),
+                 void *ud)
+{
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
+        const config_key_t *k = &config_keys[i];
+        const void *fa = (const char *)a + k->offset, *fb = (const char *)b + k->offset;
+        bool differs = false;
+        switch (k->type) {
+        case CT_ENV:     /* an alias of admin_token, compared there */
+        case CT_FILTERS: /* compiled rules: live, never "changed" */
+            break;
+        case CT_STRING:
+            differs = str_differs(*(char *const *)fa, *(char *const *)fb);
+            break;
+        case CT_WRITE_KEYS:
+            differs = a->n_write_keys != b->n_write_keys;
+            for (size_t j = 0; !differs && j < a->n_write_keys; j++)
+                differs = str_differs(a->write_keys[j].key, b->write_keys[j].key) ||
+                          str_differs(a->write_keys[j].source, b->write_keys[j].source);
+            break;
+        case CT_PROPERTIES:
+            differs = a->n_kafka_properties != b->n_kafka_properties;
+            for (size_t j = 0; !differs && j < a->n_kafka_properties; j++)
+                differs = str_differs(a->kafka_properties[j].key, b->kafka_properties[j].key) ||
+                          str_differs(a->kafka_properties[j].value, b->kafka_properties[j].value);
+            break;
+        case CT_BOOL:
+        case CT_UINT:
+        case CT_DOUBLE:
+        case CT_SIZE:
+        case CT_DURATION:
+        case CT_ENUM:
+            differs = memcmp(fa, fb, k->width) != 0;
+            break;
+        default: /* a structured section (pql): its owner adds a comparison when it matters */
+            break;
+        }
+        if (differs) fn(k->name, ud);
+    }
 }
 
 /* ---- validation helpers shared by YAML and CLI ---- */
@@ -724,6 +836,262 @@ static int yaml_properties(yctx_t *y, yaml_node_t *map, const char *name)
     return CONFIG_OK;
 }
 
+/* ---- pql: tiers and rules (SPEC §6) ---- */
+
+/* A rule or tier name: 1..64 of [A-Za-z0-9_.-] (it appears in JSON and in metric labels). */
+static bool pql_name_ok(const yaml_node_t *v)
+{
+    return v->type == YAML_SCALAR_NODE && !scalar_is_null(v) && !scalar_has_nul(v) &&
+           source_name_ok(scalar_text(v));
+}
+
+static int yaml_pql_tiers(yctx_t *y, yaml_node_t *map, const char *name)
+{
+    if (map->type != YAML_MAPPING_NODE)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected a map of tier name: score threshold", y->file,
+                        node_line(map), name);
+    int rc = check_map_keys(y, map, name);
+    if (rc != CONFIG_OK) return rc;
+    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (n > CONFIG_PQL_MAX_TIERS)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d tiers",
+                        y->file, node_line(map), name, CONFIG_PQL_MAX_TIERS);
+    config_pql_tier_t *t = calloc(n ? n : 1, sizeof *t);
+    if (t == NULL) return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
+        yaml_node_pair_t *p = &map->data.mapping.pairs.start[i];
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
+        uint64_t th = 0;
+        if (!pql_name_ok(k)) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s: tier name must be 1..64 of [A-Za-z0-9_.-]", y->file,
+                          node_line(k), name);
+        } else if (strcmp(scalar_text(k), "none") == 0) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s: \"none\" is reserved (no tier reached)", y->file,
+                          node_line(k), name);
+        } else if (v->type != YAML_SCALAR_NODE || scalar_has_nul(v) ||
+                   parse_u64(scalar_text(v), &th) != NULL || th < 1 || th > 1000000) {
+            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                          "%s:%lu: %s.%s: expected a score threshold 1..1000000", y->file,
+                          node_line(v), name, scalar_text(k));
+        } else {
+            for (size_t j = 0; j < i && rc == CONFIG_OK; j++)
+                if (t[j].threshold == th)
+                    rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                  "%s:%lu: %s.%s: same threshold as tier %s", y->file,
+                                  node_line(v), name, scalar_text(k), t[j].name);
+            if (rc == CONFIG_OK) {
+                t[i].threshold = (uint32_t)th;
+                if ((t[i].name = strdup(scalar_text(k))) == NULL)
+                    rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+            }
+        }
+    }
+    if (rc != CONFIG_OK) {
+        free_pql_tiers(t, n);
+        return rc;
+    }
+    /* Highest threshold first: the tier of a score is the first one it reaches. */
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && t[j].threshold > t[j - 1].threshold; j--) {
+            config_pql_tier_t tmp = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = tmp;
+        }
+    free_pql_tiers(y->c->pql.tiers, y->c->pql.n_tiers);
+    y->c->pql.tiers = t;
+    y->c->pql.n_tiers = n;
+    return CONFIG_OK;
+}
+
+/* event: "Name" or ["A", "B"] into r->events. */
+static int yaml_pql_events(yctx_t *y, yaml_node_t *v, config_pql_rule_t *r, const char *name)
+{
+    size_t n = 1;
+    yaml_node_item_t *items = NULL;
+    if (v->type == YAML_SEQUENCE_NODE) {
+        items = v->data.sequence.items.start;
+        n = (size_t)(v->data.sequence.items.top - items);
+    } else if (v->type != YAML_SCALAR_NODE) {
+        n = 0;
+    }
+    if (n < 1 || n > CONFIG_PQL_MAX_EVENTS)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s.event: expected an event name or a list of 1..%d names",
+                        y->file, node_line(v), name, CONFIG_PQL_MAX_EVENTS);
+    r->events = calloc(n, sizeof *r->events);
+    if (r->events == NULL)
+        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *e = items ? yaml_document_get_node(y->doc, items[i]) : v;
+        size_t len = e->type == YAML_SCALAR_NODE ? e->data.scalar.length : 0;
+        if (e->type != YAML_SCALAR_NODE || scalar_is_null(e) || scalar_has_nul(e) || len < 1 ||
+            len > 200)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s.event: an event name is 1..200 bytes", y->file,
+                            node_line(e), name);
+        if ((r->events[i] = strdup(scalar_text(e))) == NULL)
+            return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+        r->n_events = i + 1;
+    }
+    return CONFIG_OK;
+}
+
+static int pql_number(yctx_t *y, yaml_node_t *v, const char *rule, const char *key, double max,
+                      double *out)
+{
+    char *end = NULL;
+    double d = 0;
+    if (v->type == YAML_SCALAR_NODE && !scalar_is_null(v) && !scalar_has_nul(v)) {
+        errno = 0;
+        d = strtod(scalar_text(v), &end);
+    }
+    if (end == NULL || end == scalar_text(v) || *end != '\0' || errno != 0 || !isfinite(d) ||
+        d < 0 || d > max)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: pql.rules %s: %s: expected a number 0..%.0f", y->file,
+                        node_line(v), rule, key, max);
+    *out = d;
+    return CONFIG_OK;
+}
+
+static int yaml_pql_rule(yctx_t *y, yaml_node_t *item, config_pql_rule_t *r)
+{
+    static const char *const metrics[] = {"active_users",   "events",      "events_velocity",
+                                          "users_velocity", "active_days", "event_seen"};
+    const char *name = "pql.rules";
+    if (item->type != YAML_MAPPING_NODE)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected {name: ..., metric: ..., ...}", y->file,
+                        node_line(item), name);
+    int rc = check_map_keys(y, item, name);
+    if (rc != CONFIG_OK) return rc;
+    yaml_node_t *nm = NULL, *metric = NULL, *at_least = NULL, *points = NULL, *recent = NULL,
+                *min_recent = NULL, *event = NULL;
+    for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
+        const char *kn = scalar_text(k);
+        if (strcmp(kn, "name") == 0) nm = v;
+        else if (strcmp(kn, "metric") == 0) metric = v;
+        else if (strcmp(kn, "at_least") == 0) at_least = v;
+        else if (strcmp(kn, "points") == 0) points = v;
+        else if (strcmp(kn, "recent") == 0) recent = v;
+        else if (strcmp(kn, "min_recent") == 0) min_recent = v;
+        else if (strcmp(kn, "event") == 0) event = v;
+        else
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s: unknown key \"%s\" (expected name, metric, at_least, "
+                            "points, recent, min_recent or event)",
+                            y->file, node_line(k), name, kn);
+    }
+    if (nm == NULL || !pql_name_ok(nm))
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: every rule needs a name of 1..64 [A-Za-z0-9_.-]", y->file,
+                        node_line(nm ? nm : item), name);
+    const char *rn = scalar_text(nm);
+    if ((r->name = strdup(rn)) == NULL)
+        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    r->metric = -1;
+    for (int i = 0; metric != NULL && metric->type == YAML_SCALAR_NODE && i < 6; i++)
+        if (strcmp(scalar_text(metric), metrics[i]) == 0) r->metric = i;
+    if (r->metric < 0)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s %s: metric must be one of active_users, events, "
+                        "events_velocity, users_velocity, active_days, event_seen",
+                        y->file, node_line(metric ? metric : item), name, rn);
+    bool velocity = r->metric == CONFIG_PQL_EVENTS_VELOCITY ||
+                    r->metric == CONFIG_PQL_USERS_VELOCITY;
+    bool seen = r->metric == CONFIG_PQL_EVENT_SEEN;
+    double pts = 0;
+    if (points == NULL)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s %s: points is required",
+                        y->file, node_line(item), name, rn);
+    if ((rc = pql_number(y, points, rn, "points", 1000000, &pts)) != CONFIG_OK) return rc;
+    if (pts != floor(pts))
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s %s: points must be an integer", y->file, node_line(points),
+                        name, rn);
+    r->points = (uint32_t)pts;
+    if (seen) {
+        if (at_least != NULL)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s %s: event_seen takes no at_least", y->file,
+                            node_line(at_least), name, rn);
+        r->at_least = 1;
+    } else if (at_least == NULL) {
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s %s: at_least is required",
+                        y->file, node_line(item), name, rn);
+    } else if ((rc = pql_number(y, at_least, rn, "at_least", 1e12, &r->at_least)) != CONFIG_OK) {
+        return rc;
+    }
+    if (!velocity && (recent != NULL || min_recent != NULL))
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s %s: recent and min_recent are for *_velocity metrics", y->file,
+                        node_line(recent ? recent : min_recent), name, rn);
+    r->recent_ms = 86400000;
+    if (recent != NULL) {
+        uint64_t ms = 0;
+        if (recent->type != YAML_SCALAR_NODE || scalar_has_nul(recent) ||
+            parse_duration(scalar_text(recent), &ms) != NULL || ms < 60000 || ms > 30 * 86400000ull)
+            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                            "%s:%lu: %s %s: recent: expected a duration such as 24h (1m..30d)",
+                            y->file, node_line(recent), name, rn);
+        r->recent_ms = (uint32_t)ms;
+    }
+    if (min_recent != NULL &&
+        (rc = pql_number(y, min_recent, rn, "min_recent", 1e12, &r->min_recent)) != CONFIG_OK)
+        return rc;
+    bool takes_event = seen || r->metric == CONFIG_PQL_EVENTS ||
+                       r->metric == CONFIG_PQL_EVENTS_VELOCITY;
+    if (event != NULL && !takes_event)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s %s: event is for events, events_velocity and event_seen",
+                        y->file, node_line(event), name, rn);
+    if (seen && event == NULL)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s %s: event_seen needs event", y->file, node_line(item), name,
+                        rn);
+    if (event != NULL) return yaml_pql_events(y, event, r, rn);
+    return CONFIG_OK;
+}
+
+static int yaml_pql_rules(yctx_t *y, yaml_node_t *seq, const char *name)
+{
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: expected a list of {name: ..., metric: ..., ...}", y->file,
+                        node_line(seq), name);
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    if (n > CONFIG_PQL_MAX_RULES)
+        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d rules",
+                        y->file, node_line(seq), name, CONFIG_PQL_MAX_RULES);
+    config_pql_rule_t *r = calloc(n ? n : 1, sizeof *r);
+    if (r == NULL) return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+    int rc = CONFIG_OK;
+    for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
+        yaml_node_t *item = yaml_document_get_node(y->doc, seq->data.sequence.items.start[i]);
+        rc = yaml_pql_rule(y, item, &r[i]);
+        for (size_t j = 0; j < i && rc == CONFIG_OK; j++)
+            if (strcmp(r[i].name, r[j].name) == 0)
+                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                              "%s:%lu: %s: duplicate rule name \"%s\"", y->file, node_line(item),
+                              name, r[i].name);
+    }
+    if (rc != CONFIG_OK) {
+        free_pql_rules(r, n);
+        return rc;
+    }
+    free_pql_rules(y->c->pql.rules, y->c->pql.n_rules);
+    y->c->pql.rules = r;
+    y->c->pql.n_rules = n;
+    return CONFIG_OK;
+}
+
 static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_node_t *v)
 {
     switch (k->type) {
@@ -731,6 +1099,18 @@ static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_nod
         return yaml_write_keys(y, v);
     case CT_PROPERTIES:
         return yaml_properties(y, v, k->name);
+    case CT_FILTERS: {
+        filter_set_t *fs = NULL;
+        if (filter_parse_yaml(y->doc, v, y->file, &fs, y->err, y->errlen) != FILTER_OK)
+            return CONFIG_E_INVALID;
+        filter_set_free(y->c->filters);
+        y->c->filters = fs;
+        return CONFIG_OK;
+    }
+    case CT_PQL_TIERS:
+        return yaml_pql_tiers(y, v, k->name);
+    case CT_PQL_RULES:
+        return yaml_pql_rules(y, v, k->name);
     case CT_ENV: {
         const char *val = NULL;
         int rc = env_value(y, v, k->name, &val);
@@ -941,6 +1321,21 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                 return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: same topic as %s", tnames[i],
                                 tnames[j]);
     }
+    const config_pql_t *q = &c->pql;
+    if (q->bucket_ms == 0 || 86400000u % q->bucket_ms != 0 || q->window_ms % q->bucket_ms != 0)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "pql.bucket: must divide 1d and pql.window (%u ms)", q->window_ms);
+    if (q->n_rules > 0 && q->n_tiers == 0)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen, "pql.tiers: required when pql.rules is set");
+    for (size_t i = 0; i < q->n_rules; i++) {
+        const config_pql_rule_t *r = &q->rules[i];
+        bool vel = r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
+        if (vel && (r->recent_ms % q->bucket_ms != 0 || r->recent_ms >= q->window_ms))
+            return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                            "pql.rules %s: recent must be a multiple of pql.bucket and shorter "
+                            "than pql.window",
+                            r->name);
+    }
     if (c->log_level < LOG_DEBUG || c->log_level > LOG_OFF ||
         (c->kafka_format != 0 && c->kafka_format != 1))
         return cfg_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
@@ -1103,6 +1498,12 @@ static const char *type_name(const config_key_t *k)
         return "list";
     case CT_PROPERTIES:
         return "map";
+    case CT_FILTERS:
+        return "list";
+    case CT_PQL_TIERS:
+        return "map";
+    case CT_PQL_RULES:
+        return "list";
     }
     return "?";
 }
@@ -1129,7 +1530,8 @@ static void range_text(const config_key_t *k, char *out, size_t outlen)
         format_bound(k, k->min, lo, sizeof lo);
         format_bound(k, k->max, hi, sizeof hi);
         snprintf(out, outlen, "%s..%s", lo, hi);
-    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES) {
+    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_FILTERS || k->type == CT_PQL_TIERS ||
+               k->type == CT_PQL_RULES) {
         snprintf(out, outlen, "≤ %.0f entries", k->max);
     }
 }
@@ -1211,10 +1613,17 @@ void config_print_reference(FILE *out)
         fprintf(out, "| `%s` | %s | %s%s%s | %s | %s |\n", k->name, type_name(k), k->def ? "`" : "",
                 k->def ? k->def : "unset", k->def ? "`" : "", range, k->doc);
     }
-    fprintf(out, "\nSections `dedup`, `spool`, `filters` and `pql` (SPEC §5, §6) are refused by "
-                 "this version with\n\"not supported by this version of sluice-collector\".\n\n"
-                 "## Command-line flags\n\n"
-                 "| flag | YAML key | description |\n"
+    /* Listed from config_unsupported[], so implementing a section only edits that array. */
+    const size_t n_unsup = sizeof config_unsupported / sizeof config_unsupported[0];
+    fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
+    for (size_t i = 0; i < n_unsup; i++)
+        fprintf(out, "%s`%s`", i == 0 ? "" : i + 1 == n_unsup ? " and " : ", ",
+                config_unsupported[i]);
+    fprintf(out, " %s refused by this version with\n\"not supported by this version of "
+                 "sluice-collector\".\n\n"
+                 "## Command-line flags\n\n",
+            n_unsup == 1 ? "is" : "are");
+    fprintf(out, "| flag | YAML key | description |\n"
                  "| --- | --- | --- |\n");
     for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {
         const config_flag_t *f = &config_flags[i];
@@ -1222,4 +1631,5 @@ void config_print_reference(FILE *out)
                 f->arg ? f->arg : "", f->key ? "`" : "", f->key ? f->key : "", f->key ? "`" : "",
                 flag_doc(f));
     }
+    filter_print_reference(out);
 }

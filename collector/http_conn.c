@@ -24,6 +24,7 @@
 #include "kafka_out.h"
 #include "log.h"
 #include "metrics.h"
+#include "pql.h"
 #include "proto.h"
 
 /* Appends a string literal (its length known at compile time, no NUL). */
@@ -53,6 +54,8 @@ typedef enum {
     ROUTE_HEALTHZ,
     ROUTE_READYZ,
     ROUTE_METRICS,
+    ROUTE_ACCOUNT, /* GET /v1/accounts/{id} (admin, PQL) */
+    ROUTE_PQL_TOP, /* GET /v1/pql/top?n=N (admin, PQL) */
 } route_t;
 
 typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
@@ -153,6 +156,8 @@ static route_t route_parse(const char *url, size_t len)
     };
     /* A trailing slash is tolerated ("/v1/batch/"), as most HTTP servers do. */
     if (n > 1 && url[n - 1] == '/') n--;
+    if (n > 13 && memcmp(url, "/v1/accounts/", 13) == 0) return ROUTE_ACCOUNT;
+    if (n == 11 && memcmp(url, "/v1/pql/top", 11) == 0) return ROUTE_PQL_TOP;
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         size_t pl = strlen(table[i].path);
         if (pl == n && memcmp(url, table[i].path, n) == 0) return table[i].r;
@@ -853,6 +858,110 @@ static void respond_metrics(http_conn_t *c)
     proto_buf_free(&out);
 }
 
+/* Percent-decodes s[0..len) into out (outcap); returns the length or -1 (bad escape, NUL, too
+ * long). */
+static long url_unescape(const char *s, size_t len, char *out, size_t outcap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '%') {
+            if (i + 2 >= len) return -1;
+            int v = 0;
+            for (int k = 1; k <= 2; k++) {
+                char h = s[i + (size_t)k];
+                v = v * 16 + (h >= '0' && h <= '9'   ? h - '0'
+                              : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                              : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                                     : -1000);
+            }
+            if (v <= 0) return -1;
+            ch = (unsigned char)v;
+            i += 2;
+        }
+        if (o >= outcap) return -1;
+        out[o++] = (char)ch;
+    }
+    return (long)o;
+}
+
+/*
+ * GET /v1/accounts/{id} and /v1/pql/top?n=N (SPEC §6). Admin endpoints: with no admin token
+ * configured they do not exist (404, as config.h says "unset disables them"); otherwise they
+ * need "Authorization: Bearer <admin token>" (compared in constant time), else 401. With PQL
+ * off (no pql.rules) they are 404 too. The work is a hash lookup, or for top a scan of every
+ * account (one shard lock at a time) on this loop: an operator's call, not a hot path.
+ */
+static void respond_pql(http_conn_t *c)
+{
+    const config_t *cfg = c->hl->cfg;
+    pql_t *pql = c->hl->ingest->pql;
+    if (cfg->admin_token == NULL || cfg->admin_token[0] == '\0') {
+        respond_error(c, 404, "not_found", "admin endpoints are disabled (no admin token)", 0,
+                      false);
+        return;
+    }
+    hdr_val_t *h = &c->hdr[H_AUTHZ];
+    bool ok = h->seen && !h->overflow && h->len > 7 && strncasecmp(h->buf, "Bearer ", 7) == 0 &&
+              auth_ct_equal(h->buf + 7, h->len - 7, cfg->admin_token, strlen(cfg->admin_token));
+    if (!ok) {
+        metrics_add(METRIC_AUTH_FAILURES, 1);
+        respond_error(c, 401, "unauthorized", "admin token required (Authorization: Bearer)", 0,
+                      false);
+        return;
+    }
+    if (pql == NULL) {
+        respond_error(c, 404, "not_found", "PQL is off (no pql.rules configured)", 0, false);
+        return;
+    }
+    size_t path_len = 0;
+    while (path_len < c->url_len && c->url[path_len] != '?' && c->url[path_len] != '#')
+        path_len++;
+    proto_buf_t out;
+    proto_buf_init(&out, 4 * 1024 * 1024);
+    int rc;
+    if (c->route == ROUTE_ACCOUNT) {
+        char id[256];
+        size_t plen = path_len;
+        if (plen > 13 && c->url[plen - 1] == '/') plen--;
+        long idlen = url_unescape(c->url + 13, plen - 13, id, sizeof id - 1);
+        if (idlen <= 0) {
+            proto_buf_free(&out);
+            respond_error(c, 400, "bad_request", "malformed account id", 0, false);
+            return;
+        }
+        rc = pql_account_json(pql, id, (size_t)idlen, 0, &out);
+    } else {
+        long n = 10;
+        const char *q = c->url + path_len;
+        const char *end = c->url + c->url_len;
+        for (const char *p = q; p < end; p++) {
+            if ((*p == '?' || *p == '&') && end - p >= 3 && p[1] == 'n' && p[2] == '=') {
+                char num[16];
+                size_t k = 0;
+                for (const char *d = p + 3; d < end && *d != '&' && k < sizeof num - 1; d++)
+                    num[k++] = *d;
+                num[k] = '\0';
+                char *e = NULL;
+                n = strtol(num, &e, 10);
+                if (k == 0 || *e != '\0' || n < 1 || n > 1000) {
+                    proto_buf_free(&out);
+                    respond_error(c, 400, "bad_request", "n must be an integer 1..1000", 0, false);
+                    return;
+                }
+            }
+        }
+        rc = pql_top_json(pql, (size_t)n, &out);
+    }
+    if (rc == PQL_E_NOTFOUND)
+        respond_error(c, 404, "not_found", "account not tracked", 0, false);
+    else if (rc != PQL_OK)
+        respond_error(c, 503, "unavailable", "out of memory", 1, false);
+    else
+        respond_json(c, 200, out.data, out.len);
+    proto_buf_free(&out);
+}
+
 static void dispatch_ingest(http_conn_t *c)
 {
     http_loop_t *hl = c->hl;
@@ -901,6 +1010,10 @@ static void conn_dispatch(http_conn_t *c)
         return;
     case ROUTE_METRICS:
         respond_metrics(c);
+        return;
+    case ROUTE_ACCOUNT:
+    case ROUTE_PQL_TOP:
+        respond_pql(c);
         return;
     default:
         break;

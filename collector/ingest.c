@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "pql.h"
 
 /* Appends a string literal (its length known at compile time, no NUL). */
 #define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
@@ -21,6 +22,8 @@
 #define INGEST_ANSWER_MAX (64 * 1024)
 /* SPEC §2: a corrected timestamp more than 24 h ahead is clamped. */
 #define INGEST_MAX_FUTURE_MS (24LL * 3600 * 1000)
+/* PQL records one request may carry (~3 x the ids of 10000 events at most). */
+#define INGEST_PQL_MAX (4 * 1024 * 1024)
 /* Retry-After for "cannot make events durable now". */
 #define INGEST_RETRY_AFTER_S 5
 
@@ -31,6 +34,8 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
     ctx->ko = ko;
     ctx->auth = auth;
     ctx->accounts = accounts;
+    ctx->pql = NULL;
+    ctx->reload = NULL;
     ctx->limits = proto_limits_default();
     ctx->limits.event_bytes = (size_t)cfg->event_bytes;
     ctx->limits.body_bytes = (size_t)cfg->body_bytes;
@@ -46,6 +51,7 @@ int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg)
     s->plain = malloc(s->plain_cap > 0 ? s->plain_cap : 1);
     /* A rejected record embeds the raw event, which may be as large as the body, escaped. */
     proto_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
+    proto_arena_init(&s->arena);
     return s->plain != NULL ? 0 : -1;
 }
 
@@ -55,6 +61,7 @@ void ingest_scratch_free(ingest_scratch_t *s)
     free(s->plain);
     s->plain = NULL;
     proto_buf_free(&s->enc);
+    proto_arena_free(&s->arena);
 }
 
 void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async)
@@ -209,10 +216,50 @@ static int append_u(proto_buf_t *out, const char *prefix, uint64_t v)
     return proto_buf_append(out, tmp, (size_t)n);
 }
 
-/* Produces every event of b into req's group. Returns 0, or the kafka_err_t of the first
- * refused produce (the loop stops there: the request will be answered 503 anyway). */
+/* Edge filters (SPEC §5), in order, on every valid normalized event, with the rules of one
+ * runtime version for the whole request. Marks dropped events in filtered[i] (filtered is NULL
+ * when no rule dropped anything). strip/hash repoint ev->obj at an edited copy in b's zone.
+ * Returns 0, or -1 when the zone ran out of memory (nothing may be produced then: an event
+ * could be half-scrubbed). */
+static int apply_filters(ingest_ctx_t *ctx, proto_batch_t *b, ingest_req_t *req,
+                         uint8_t **filtered)
+{
+    *filtered = NULL;
+    if (ctx->reload == NULL) return 0;
+    reload_ticket_t ticket;
+    const runtime_t *rt = reload_enter(ctx->reload, &ticket);
+    int rc = 0;
+    if (filter_set_count(rt->filters) > 0) {
+        for (size_t i = 0; i < b->n_events && rc == 0; i++) {
+            proto_event_t *ev = &b->events[i];
+            bool keep = true;
+            if (ev->error != 0) continue;
+            if (filter_apply(rt->filters, b, ev, &keep) != FILTER_OK) {
+                rc = -1;
+            } else if (!keep) {
+                if (*filtered == NULL) {
+                    *filtered = msgpack_zone_malloc(&b->zone, b->n_events);
+                    if (*filtered == NULL) {
+                        rc = -1;
+                        break;
+                    }
+                    memset(*filtered, 0, b->n_events);
+                }
+                (*filtered)[i] = 1;
+                req->n_filtered++;
+            }
+        }
+    }
+    reload_exit(ctx->reload, ticket);
+    if (rc == 0 && req->n_filtered > 0) metrics_add(METRIC_EVENTS_FILTERED, req->n_filtered);
+    return rc;
+}
+
+/* Produces every event of b into req's group (skipping those marked in filtered, which may be
+ * NULL). Returns 0, or the kafka_err_t of the first refused produce (the loop stops there: the
+ * request will be answered 503 anyway). */
 static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b, ingest_req_t *req,
-                       const char *source, int64_t received_at)
+                       const char *source, int64_t received_at, const uint8_t *filtered)
 {
     const proto_format_t fmt =
         ctx->cfg->kafka_format == PROTO_FMT_JSON ? PROTO_FMT_JSON : PROTO_FMT_MSGPACK;
@@ -223,6 +270,7 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
 
     for (size_t i = 0; i < b->n_events; i++) {
         proto_event_t *ev = &b->events[i];
+        if (filtered != NULL && filtered[i]) continue;
         proto_buf_reset(&s->enc);
         if (ev->error == 0) {
             int erc = proto_encode_event(b, ev, fmt, &s->enc);
@@ -246,6 +294,14 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                                    s->enc.len, hdr, 4, &req->group);
             if (rc != 0) return rc;
             req->n_accepted++;
+            if (ctx->pql != NULL) {
+                proto_str_t user = ev->user_id.ptr != NULL ? ev->user_id : ev->anonymous_id;
+                pql_event_t pe = {ev->account_id.ptr, ev->account_id.len, user.ptr, user.len,
+                                  ev->event.ptr, ev->event.len, ev->source.ptr, ev->source.len,
+                                  ev->norm_timestamp_ms};
+                /* Full (beyond PQL_REQ_MAX): the rest of this request is not counted. */
+                (void)pql_record_append(&req->pql, &pe);
+            }
         } else {
             if (ev->source.ptr == NULL) ev->source = src;
             if (ev->received_at_ms == 0) ev->received_at_ms = received_at;
@@ -270,7 +326,8 @@ static int build_answer(proto_buf_t *out, const proto_batch_t *b, const ingest_r
 {
     int rc = append_u(out, "{\"success\":true,\"accepted\":", req->n_accepted);
     if (rc == 0) rc = append_u(out, ",\"duplicates\":0,\"rejected\":", req->n_rejected);
-    if (rc == 0) rc = buf_lit(out, ",\"filtered\":0,\"errors\":[");
+    if (rc == 0) rc = append_u(out, ",\"filtered\":", req->n_filtered);
+    if (rc == 0) rc = buf_lit(out, ",\"errors\":[");
     size_t listed = 0;
     bool truncated = false;
     for (size_t i = 0; i < b->n_events && rc == 0; i++) {
@@ -327,7 +384,9 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
 
     proto_batch_t b;
     memset(&b, 0, sizeof b);
-    int rc = proto_decode(&b, plain, plain_len, in->fmt, in->kind, &ctx->limits);
+    /* The batch borrows the loop's arena; the success path gives it back (proto_batch_recycle),
+     * the refusals below simply free it. */
+    int rc = proto_decode_arena(&b, &s->arena, plain, plain_len, in->fmt, in->kind, &ctx->limits);
     if (rc != 0) {
         proto_batch_free(&b);
         int status = decode_error_status(rc);
@@ -367,6 +426,7 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     req->start_ns = in->start_ns;
     req->n_events = (uint32_t)b.n_events;
     proto_buf_init(&req->answer, INGEST_ANSWER_MAX);
+    proto_buf_init(&req->pql, INGEST_PQL_MAX);
     kafka_group_init(&req->group, group_done_cb, req);
     metrics_add(METRIC_EVENTS_RECEIVED, b.n_events);
 
@@ -381,10 +441,14 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     };
     proto_normalize(&b, &nctx);
 
-    req->produce_err = produce_all(ctx, s, &b, req, source, now);
+    uint8_t *filtered = NULL;
+    if (apply_filters(ctx, &b, req, &filtered) != 0)
+        req->produce_err = KAFKA_E_NOMEM; /* 503: retry; nothing of this request was produced */
+    else
+        req->produce_err = produce_all(ctx, s, &b, req, source, now, filtered);
     if (req->produce_err == 0 && build_answer(&req->answer, &b, req) != 0)
         req->produce_err = KAFKA_E_NOMEM;
-    proto_batch_free(&b);
+    proto_batch_recycle(&b, &s->arena);
 
     atomic_fetch_add_explicit(&ctx->in_flight, 1, memory_order_relaxed);
     *req_out = req;
@@ -416,6 +480,10 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
     /* Success: every message acknowledged. Dedup (SPEC §5) records the request's
      * (source, messageId) pairs as seen at exactly this point, and nowhere else. */
     metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
+    /* PQL counts delivered events only: here, after Kafka acknowledged them (a signal follows
+     * within milliseconds of the acks, well inside SPEC §6's second). */
+    if (ctx->pql != NULL && req->pql.len > 0)
+        pql_feed_records(ctx->pql, req->pql.data, req->pql.len, wall_ms());
     reply->status = 200;
     reply->body = req->answer.data;
     reply->body_len = req->answer.len;
@@ -425,5 +493,6 @@ void ingest_req_free(ingest_req_t *req)
 {
     if (req == NULL) return;
     proto_buf_free(&req->answer);
+    proto_buf_free(&req->pql);
     free(req);
 }

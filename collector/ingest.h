@@ -30,6 +30,7 @@
 #include "config.h"
 #include "kafka_out.h"
 #include "proto.h"
+#include "reload.h"
 
 /* Shared by every loop; immutable after ingest_ctx_init except the atomic counter. */
 typedef struct ingest_ctx {
@@ -37,6 +38,10 @@ typedef struct ingest_ctx {
     kafka_out_t *ko;
     auth_t *auth;
     accounts_t *accounts; /* may be NULL: no account learning */
+    reload_t *reload;     /* filter rules (SPEC §5); NULL: none. Set after ingest_ctx_init */
+    struct pql *pql;      /* may be NULL: PQL off. Set after ingest_ctx_init (main). Delivered
+                           * events are fed in ingest_finish's success branch only, so a failed
+                           * request's retry is not counted twice (records: pql_record_append). */
     proto_limits_t limits;
     atomic_uint in_flight; /* requests started and not yet finished, all loops */
 } ingest_ctx_t;
@@ -46,12 +51,14 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
                      accounts_t *accounts);
 
 /* Per-loop reusable working memory: the decompression buffer (body_bytes), the decoder
- * contexts and the encoding buffer. Owned by one loop thread. */
+ * contexts, the encoding buffer and the decode arena (at most PROTO_ARENA_KEEP_MAX kept between
+ * requests). Owned by one loop thread. */
 typedef struct ingest_scratch {
     body_decoder_t dec;
     char *plain;
     size_t plain_cap;
     proto_buf_t enc;
+    proto_arena_t arena;
 } ingest_scratch_t;
 
 /* Returns 0, or -1 when memory is short (then ingest_scratch_free is still safe). */
@@ -84,8 +91,10 @@ struct ingest_req {
     ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
     uint64_t start_ns;           /* uv_hrtime() at request start */
     uint32_t n_events, n_accepted, n_rejected;
+    uint32_t n_filtered; /* valid events dropped by filter rules (answer's "filtered") */
     int produce_err;    /* kafka_err_t of the first refused produce, 0 if none */
     proto_buf_t answer; /* the 200 body, built while producing */
+    proto_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
 };
 
 typedef struct ingest_input {

@@ -6,10 +6,12 @@
  * Exit codes: 0 normal (including --help/--version/--check-config), 2 bad configuration,
  * 1 start-up failure (socket, Kafka, memory).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <uv.h>
 
@@ -20,6 +22,8 @@
 #include "kafka_out.h"
 #include "log.h"
 #include "metrics.h"
+#include "pql.h"
+#include "reload.h"
 #include "server.h"
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -29,9 +33,60 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_stop(h->loop);
 }
 
+/* SIGHUP (SPEC §5): re-read the config with the same flags and swap the live rules; runs on
+ * main's loop, which serves no connection, so the file I/O and the grace wait block nobody. */
+typedef struct hup_ctx {
+    reload_t *rl;
+    const config_t *cfg;
+    int argc;
+    char **argv;
+} hup_ctx_t;
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    hup_ctx_t *hc = h->data;
+    LOG(LOG_INFO, "config_reload", LS("signal", "SIGHUP"));
+    (void)reload_apply(hc->rl, hc->cfg, hc->argc, hc->argv);
+}
+
 static void close_cb_noop(uv_handle_t *h)
 {
     (void)h;
+}
+
+/* PQL tier rises go to pql_signals keyed by accountId; fire-and-forget (kafka_out.h: g NULL is
+ * delivered and counted, nobody waits). Runs on the loop thread that fed the event. */
+static void pql_signal_to_kafka(void *ud, const char *account, size_t alen, const char *json,
+                                size_t jlen)
+{
+    int rc = kafka_out_produce(ud, KAFKA_TOPIC_PQL, account, alen, json, jlen, NULL, 0, NULL);
+    if (rc != 0) LOG(LOG_WARN, "pql_signal_dropped", LS("reason", kafka_strerror(rc)));
+}
+
+/* PQL on (cfg->pql.rules given): the tracker, its snapshot restored from data_dir (a corrupt or
+ * mismatched snapshot is logged and PQL starts empty) and the snapshot worker. Returns 0, or -1
+ * when memory is short. */
+static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_saver_t **saver)
+{
+    if (cfg->pql.n_rules == 0) return 0;
+    if (pql_new(&cfg->pql, pql_signal_to_kafka, ko, pql) != PQL_OK) return -1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/pql.snapshot", cfg->data_dir);
+    if (mkdir(cfg->data_dir, 0755) != 0 && errno != EEXIST)
+        LOG(LOG_WARN, "data_dir_unusable", LS("path", cfg->data_dir), LS("error", strerror(errno)));
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        int rc = pql_snapshot_load(*pql, path);
+        if (rc != PQL_OK)
+            LOG(LOG_WARN, "pql_snapshot_ignored", LS("path", path), LS("error", pql_strerror(rc)),
+                LS("effect", "PQL counters start empty"));
+        else
+            LOG(LOG_INFO, "pql_snapshot_loaded", LS("path", path));
+    }
+    pql_register_metrics(*pql);
+    if (pql_saver_start(*pql, path, cfg->pql.snapshot_interval_ms, saver) != PQL_OK) return -1;
+    return 0;
 }
 
 /* Logs the effective configuration, write keys masked. */
@@ -97,7 +152,11 @@ int main(int argc, char **argv)
     kafka_out_t *ko = NULL;
     auth_t *auth = NULL;
     server_t *srv = NULL;
+    pql_t *pql = NULL;
+    pql_saver_t *pql_saver = NULL;
     ingest_ctx_t ingest;
+    reload_t rl;
+    bool rl_ok = false;
     if (accounts == NULL) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", "out of memory (accounts)"));
         goto out;
@@ -120,6 +179,18 @@ int main(int argc, char **argv)
         goto out;
     }
     ingest_ctx_init(&ingest, &cfg, ko, auth, accounts);
+    if (reload_init(&rl, &cfg) != 0) {
+        LOG(LOG_ERROR, "startup_failed", LS("reason", "out of memory (runtime)"));
+        goto out;
+    }
+    rl_ok = true;
+    ingest.reload = &rl;
+    (void)metrics_section_register(reload_render_metrics, &rl);
+    if (pql_start(&cfg, ko, &pql, &pql_saver) != 0) {
+        LOG(LOG_ERROR, "startup_failed", LS("reason", "PQL could not start (memory)"));
+        goto out;
+    }
+    ingest.pql = pql;
     if (server_new(&cfg, &ingest, &srv, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         goto out;
@@ -130,6 +201,11 @@ int main(int argc, char **argv)
     uv_signal_init(main_loop, &sigterm);
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
+    uv_signal_t sighup;
+    hup_ctx_t hup = {&rl, &cfg, argc, argv};
+    uv_signal_init(main_loop, &sighup);
+    sighup.data = &hup;
+    uv_signal_start(&sighup, on_sighup, SIGHUP);
     if (server_start(srv, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         server_stop(srv);
@@ -140,6 +216,8 @@ int main(int argc, char **argv)
     }
     uv_close((uv_handle_t *)&sigint, close_cb_noop);
     uv_close((uv_handle_t *)&sigterm, close_cb_noop);
+    uv_close((uv_handle_t *)&sighup, close_cb_noop);
+    signal(SIGHUP, SIG_IGN); /* no reload during shutdown, and no default "terminate" either */
     uv_run(main_loop, UV_RUN_NOWAIT);
 
     /* Graceful shutdown, bounded by shutdown_timeout as a whole. */
@@ -152,7 +230,15 @@ int main(int argc, char **argv)
         LI("in_flight", atomic_load(&ingest.in_flight)), LI("ms", spent));
     int left = kafka_out_flush(ko, spent < budget ? (int)(budget - spent) : 0);
     LOG(LOG_INFO, "shutdown_kafka_flushed", LI("messages_left", left));
+    /* Loops first, so none can produce into a destroyed producer (a drain that timed out may
+     * leave a request still receiving its body). kafka_out_free then fails what is still
+     * queued; those done_cb push into the stopped loops' mailboxes, whose async handles stay
+     * open until server_free, which frees the requests (test_kafka_free_after_server_stop). */
     server_stop(srv);
+    /* The loops no longer feed PQL: write its final snapshot. */
+    int prc = pql_saver_stop(pql_saver);
+    pql_saver = NULL;
+    if (prc != PQL_OK) LOG(LOG_WARN, "pql_snapshot_failed", LS("error", pql_strerror(prc)));
     kafka_out_free(ko);
     ko = NULL;
     server_free(srv);
@@ -166,9 +252,12 @@ out:
         ko = NULL;
         server_free(srv);
     }
+    (void)pql_saver_stop(pql_saver);
     kafka_out_free(ko);
+    pql_free(pql);
     auth_free(auth);
     accounts_free(accounts);
+    if (rl_ok) reload_free(&rl); /* the loops are gone: no reader is left */
     config_free(&cfg);
     return rc;
 }

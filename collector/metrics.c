@@ -69,6 +69,23 @@ static alignas(METRICS_CACHELINE) _Atomic uint64_t metrics_lat_sum_ns;
 static metrics_gauge_t metrics_gauges[METRICS_MAX_GAUGES];
 static _Atomic size_t metrics_n_gauges;
 
+#define METRICS_MAX_SECTIONS 16
+typedef struct metrics_section {
+    metrics_section_fn fn;
+    void *ud;
+} metrics_section_t;
+static metrics_section_t metrics_sections[METRICS_MAX_SECTIONS];
+static _Atomic size_t metrics_n_sections;
+
+int metrics_section_register(metrics_section_fn fn, void *ud)
+{
+    size_t n = atomic_load_explicit(&metrics_n_sections, memory_order_relaxed);
+    if (n >= METRICS_MAX_SECTIONS || fn == NULL) return -1;
+    metrics_sections[n] = (metrics_section_t){fn, ud};
+    atomic_store_explicit(&metrics_n_sections, n + 1, memory_order_release);
+    return 0;
+}
+
 void metrics_add(metric_id_t id, uint64_t n)
 {
     if ((unsigned)id >= METRIC_COUNT_) return;
@@ -154,6 +171,7 @@ void metrics_reset(void)
         atomic_store_explicit(&metrics_lat_buckets[i], 0, memory_order_relaxed);
     atomic_store_explicit(&metrics_lat_sum_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&metrics_n_gauges, 0, memory_order_release);
+    atomic_store_explicit(&metrics_n_sections, 0, memory_order_release);
 }
 
 /* ---- rendering ---- */
@@ -337,5 +355,8 @@ int metrics_render(proto_buf_t *out)
         out_double(&o, g->fn(g->ud));
         out_puts(&o, "\n");
     }
+    size_t ns = atomic_load_explicit(&metrics_n_sections, memory_order_acquire);
+    for (size_t i = 0; i < ns && o.err == 0; i++)
+        if (metrics_sections[i].fn(out, metrics_sections[i].ud) != 0) o.err = PROTO_E_NOMEM;
     return o.err;
 }

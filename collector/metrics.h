@@ -29,6 +29,11 @@
     X(EVENTS_ACCEPTED, "sluice_events_accepted_total", "events delivered to the events topic")     \
     X(EVENTS_REJECTED, "sluice_events_rejected_total", "invalid events (all reasons)")             \
     X(EVENTS_DUPLICATE, "sluice_events_duplicate_total", "events dropped as duplicates")           \
+    X(DEDUP_EVICTIONS, "sluice_dedup_evictions_total",                                             \
+      "dedup entries dropped before their window ended, at the memory cap")                        \
+    X(DEDUP_IN_FLIGHT, "sluice_dedup_in_flight_total",                                             \
+      "requests answered 503 because a copy of an event was still being delivered")                \
+    X(DEDUP_SNAPSHOT_ERRORS, "sluice_dedup_snapshot_errors_total", "dedup snapshots that failed")  \
     X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
     X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
     X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
@@ -59,10 +64,17 @@ void metrics_latency_observe(double seconds);
 typedef double (*metrics_gauge_fn)(void *ud);
 int metrics_gauge_register(const char *name, const char *help, metrics_gauge_fn fn, void *ud);
 
+/* A labelled family rendered by its owner (e.g. the per-rule filter counters): fn appends
+ * complete exposition lines, # HELP and # TYPE included, and returns 0 or PROTO_E_NOMEM. Called
+ * from metrics_render() on the rendering thread, so it must not block. Register at start-up,
+ * before serving; up to 16. Returns 0 or -1 when full. */
+typedef int (*metrics_section_fn)(proto_buf_t *out, void *ud);
+int metrics_section_register(metrics_section_fn fn, void *ud);
+
 /* Appends the whole exposition to out. Returns 0 or PROTO_E_NOMEM. */
 int metrics_render(proto_buf_t *out);
 
-/* Test hook: zero every counter and drop registered gauges. */
+/* Test hook: zero every counter and drop registered gauges and sections. */
 void metrics_reset(void);
 
 #endif

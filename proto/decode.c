@@ -453,25 +453,33 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
     return PROTO_OK;
 }
 
-int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t fmt,
-                 proto_type_t kind, const proto_limits_t *lim)
+/* Size of the first arena chunk for a body of len bytes: one chunk sized to the body covers a
+ * typical batch's objects without a second malloc. */
+static size_t decode_chunk_size(size_t len)
 {
-    memset(b, 0, sizeof *b);
-    proto_limits_t def;
-    if (lim == NULL) {
-        def = proto_limits_default();
-        lim = &def;
-    }
-    if (len > lim->body_bytes) return PROTO_E_BODY_TOO_LARGE;
-    if (len == 0 || body == NULL) return PROTO_E_MALFORMED;
-    /* One chunk sized to the body covers a typical batch's objects without a second malloc. */
     size_t chunk = len * 2;
     if (chunk < 4096) chunk = 4096;
-    if (chunk > (1u << 20)) chunk = 1u << 20;
-    if (!msgpack_zone_init(&b->zone, chunk)) {
-        memset(b, 0, sizeof *b);
-        return PROTO_E_NOMEM;
+    if (chunk > PROTO_ARENA_KEEP_MAX) chunk = PROTO_ARENA_KEEP_MAX;
+    return chunk;
+}
+
+/* The checks that need no arena; points *lim at def (the defaults) when it is NULL. */
+static int decode_precheck(const char *body, size_t len, const proto_limits_t **lim,
+                           proto_limits_t *def)
+{
+    if (*lim == NULL) {
+        *def = proto_limits_default();
+        *lim = def;
     }
+    if (len > (*lim)->body_bytes) return PROTO_E_BODY_TOO_LARGE;
+    if (len == 0 || body == NULL) return PROTO_E_MALFORMED;
+    return PROTO_OK;
+}
+
+/* Everything after the arena is in place (b->zone initialized, the rest of b zeroed). */
+static int decode_body(proto_batch_t *b, const char *body, size_t len, proto_format_t fmt,
+                       proto_type_t kind, const proto_limits_t *lim)
+{
     int rc;
     if (fmt == PROTO_FMT_JSON)
         rc = decode_json(b, body, len, lim);
@@ -492,6 +500,93 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
         b->has_sent_at = false;
     }
     return rc;
+}
+
+int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t fmt,
+                 proto_type_t kind, const proto_limits_t *lim)
+{
+    memset(b, 0, sizeof *b);
+    proto_limits_t def;
+    int rc = decode_precheck(body, len, &lim, &def);
+    if (rc != PROTO_OK) return rc;
+    if (!msgpack_zone_init(&b->zone, decode_chunk_size(len))) {
+        memset(b, 0, sizeof *b);
+        return PROTO_E_NOMEM;
+    }
+    return decode_body(b, body, len, fmt, kind, lim);
+}
+
+/* ---- reusable arena ------------------------------------------------------------------------- */
+
+void proto_arena_init(proto_arena_t *a)
+{
+    memset(a, 0, sizeof *a);
+}
+
+void proto_arena_free(proto_arena_t *a)
+{
+    if (a->held) msgpack_zone_destroy(&a->zone);
+    memset(a, 0, sizeof *a);
+}
+
+int proto_decode_arena(proto_batch_t *b, proto_arena_t *a, const char *body, size_t len,
+                       proto_format_t fmt, proto_type_t kind, const proto_limits_t *lim)
+{
+    memset(b, 0, sizeof *b);
+    proto_limits_t def;
+    int rc = decode_precheck(body, len, &lim, &def);
+    if (rc != PROTO_OK) return rc;
+    size_t chunk = decode_chunk_size(len);
+    if (a->held && a->zone.chunk_size >= chunk) {
+        b->zone = a->zone; /* lent: b owns the chunk until it is recycled or freed */
+    } else {
+        /* Too small for this body (or nothing kept): a new chunk, as proto_decode would take. */
+        if (a->held) msgpack_zone_destroy(&a->zone);
+        if (!msgpack_zone_init(&b->zone, chunk)) {
+            memset(b, 0, sizeof *b);
+            a->held = false;
+            a->lent = false;
+            return PROTO_E_NOMEM;
+        }
+    }
+    a->held = false;
+    a->lent = true;
+    a->chunk0 = b->zone.chunk_list.head;
+    return decode_body(b, body, len, fmt, kind, lim);
+}
+
+void proto_batch_recycle(proto_batch_t *b, proto_arena_t *a)
+{
+    if (b->zone.chunk_size == 0) { /* zeroed, freed, or failed before it had an arena */
+        memset(b, 0, sizeof *b);
+        return;
+    }
+    msgpack_zone z = b->zone;
+    memset(b, 0, sizeof *b);
+    /* msgpack_zone_malloc_expand puts each extra chunk at the head of the list, so a head that
+     * is not the lent chunk means this batch outgrew it: keep a bigger one next time. */
+    bool outgrown = a->lent && z.chunk_list.head != a->chunk0;
+    a->lent = false;
+    a->chunk0 = NULL;
+    if (a->held) { /* a batch from elsewhere while a chunk is kept: keep just one */
+        msgpack_zone_destroy(&z);
+        return;
+    }
+    if (outgrown && z.chunk_size < PROTO_ARENA_KEEP_MAX) {
+        size_t grow = z.chunk_size * 2;
+        if (grow > PROTO_ARENA_KEEP_MAX) grow = PROTO_ARENA_KEEP_MAX;
+        msgpack_zone_destroy(&z);
+        /* On failure the arena is empty and the next decode allocates as usual. */
+        a->held = msgpack_zone_init(&a->zone, grow);
+        return;
+    }
+    if (z.chunk_size > PROTO_ARENA_KEEP_MAX) {
+        msgpack_zone_destroy(&z);
+        return;
+    }
+    msgpack_zone_clear(&z); /* frees every chunk but the first, resets it to empty */
+    a->zone = z;
+    a->held = true;
 }
 
 void proto_batch_free(proto_batch_t *b)

@@ -180,6 +180,50 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
 void proto_batch_free(proto_batch_t *b);
 
 /*
+ * Reusable arena, for a thread that decodes body after body (a collector loop): instead of one
+ * malloc'd chunk per proto_decode() and its free afterwards, the chunk is lent to each batch by
+ * proto_decode_arena() and handed back, cleared, by proto_batch_recycle().
+ *
+ * Bound: the chunk kept between batches is at most PROTO_ARENA_KEEP_MAX bytes (the size cap of
+ * the chunk proto_decode() itself allocates first), so an idle arena holds at most that much.
+ * A batch that needs more gets extra chunks exactly as with proto_decode(); they are freed by
+ * the recycle, which also grows the kept chunk (doubling, up to the cap) so the next batch of
+ * that size fits in one. Not thread-safe: one arena belongs to one thread at a time.
+ */
+#define PROTO_ARENA_KEEP_MAX ((size_t)1 << 20)
+
+typedef struct proto_arena {
+    msgpack_zone zone;  /* valid only when held */
+    bool held;          /* zone holds a chunk that is not lent out */
+    bool lent;          /* the chunk is lent to a batch (set by decode, cleared by recycle) */
+    const void *chunk0; /* the lent chunk (zone.chunk_list.head when it was lent) */
+} proto_arena_t;
+
+/* An empty arena (holds no memory yet). Never fails. */
+void proto_arena_init(proto_arena_t *a);
+/* Frees the kept chunk. Safe on an empty or freed arena. A batch still holding the lent chunk
+ * stays valid (it owns it now: proto_batch_free releases it). */
+void proto_arena_free(proto_arena_t *a);
+
+/*
+ * proto_decode() with the batch's arena taken from a: the kept chunk when it is large enough for
+ * this body, else a new one (the old one is freed). Same results, errors and bounds as
+ * proto_decode(); b is overwritten the same way. Afterwards (success or failure) b owns the
+ * chunk: end it with proto_batch_recycle(b, a) to give the chunk back, or with
+ * proto_batch_free(b) (then a is simply empty again and the next decode allocates).
+ */
+int proto_decode_arena(proto_batch_t *b, proto_arena_t *a, const char *body, size_t len,
+                       proto_format_t fmt, proto_type_t kind, const proto_limits_t *lim);
+
+/*
+ * Ends b like proto_batch_free() — every object, string and event of b is invalid afterwards —
+ * but keeps b's first chunk in a (cleared) for the next proto_decode_arena(), when that chunk
+ * came from a's last decode; other chunks are freed. Safe on a zeroed or freed batch. b is
+ * zeroed.
+ */
+void proto_batch_recycle(proto_batch_t *b, proto_arena_t *a);
+
+/*
  * Checks one value tree against the structural rules that apply to everything inside an event:
  * map keys are strings (E_BAD_KEY), every string and key is valid UTF-8 (E_BAD_UTF8), no
  * bin/ext values (E_BAD_VALUE), containers nest at most max_depth levels with obj itself, when a

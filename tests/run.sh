@@ -3,7 +3,10 @@
 #   1. gcc, Release: build everything, run every ctest test (unit, integration, ...)
 #   2. clang, -Werror: build everything, proving the tree is warning-free with clang too
 #   3. gcc, Debug = ASan+UBSan: build everything, run every ctest test again
-#   4. clang-format --dry-run --Werror over our .c/.h files
+#   4. gcc, Debug + ThreadSanitizer: build and run the concurrency tests known TSan-clean
+#      ($tsan_tests: the SDK's, and the collector unit tests that do not start librdkafka's
+#      mock cluster, whose uninstrumented threads crash under TSan)
+#   5. clang-format --dry-run --Werror over our .c/.h files
 # Every step runs even when an earlier one failed; the script ends with a summary and exits
 # non-zero if any step failed. Build trees go to $SLUICE_BUILD_ROOT (default ./build-ci).
 # JOBS sets build and test parallelism (default: the number of CPUs).
@@ -43,6 +46,26 @@ build_and_test() { # compiler build-type dir [test]
   fi
 }
 
+# Tests run under TSan; each test's name is its executable's target name.
+tsan_tests='^(sdk_|collector_test_(accounts|auth|body|config|log|metrics)$)'
+
+tsan_build_and_test() { # dir
+  local dir=$1 targets
+  CC=gcc cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON \
+    -DSLUICE_WERROR=ON >/dev/null || return 1
+  # Only the executables of the selected tests are built.
+  mapfile -t targets < <(ctest --test-dir "$dir" -N -R "$tsan_tests" 2>/dev/null |
+    sed -n 's/^ *Test *#[0-9]*: *//p')
+  if [ ${#targets[@]} -eq 0 ]; then
+    echo "no test matches $tsan_tests"
+    return 1
+  fi
+  echo "TSan targets: ${targets[*]}"
+  cmake --build "$dir" -j"$jobs" --target "${targets[@]}" || return 1
+  TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
+    ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 300 -R "$tsan_tests"
+}
+
 check_format() {
   local files
   mapfile -t files < <(cd "$root" && find include proto collector sdk loadtest tests \
@@ -54,6 +77,7 @@ check_format() {
 step "gcc Release: build + ctest" build_and_test gcc Release "$out/gcc-release" test
 step "clang Release: build with -Werror" build_and_test clang Release "$out/clang-release"
 step "gcc Debug (ASan+UBSan): build + ctest" build_and_test gcc Debug "$out/gcc-debug" test
+step "gcc TSan: build + concurrency tests" tsan_build_and_test "$out/gcc-tsan"
 step "clang-format --dry-run --Werror" check_format
 
 printf '\n==== summary (%d s)\n' "$(($(date +%s) - start))"

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "../../collector/config.c"
+#include "../../collector/filter.c"
+#include "../../collector/log.c"
 
 static char tmpdir[64];
 static char tmpfile_path[128];
@@ -205,7 +207,7 @@ static const bad_case_t bad_cases[] = {
      "t.yaml:1: limits.idle_timeout: 10ms is out of range 100ms..1d"},
     {"dev: maybe\n", "t.yaml:1: dev: expected true or false"},
     {"kafka:\n  format: avro\n", "t.yaml:2: kafka.format: expected one of msgpack|json"},
-    {"log_level: loud\n", "t.yaml:1: log_level: expected one of debug|info|warn|error|off"},
+    {"log_level: loud\n", "t.yaml:1: log_level: expected one of debug|info|warn/warning|error|off"},
     {"limits: {rate_per_key: fast}\n", "t.yaml:1: limits.rate_per_key: expected a number"},
     {"limits: {rate_per_key: -1}\n",
      "t.yaml:1: limits.rate_per_key: -1 is out of range 0..1000000000"},
@@ -220,10 +222,13 @@ static const bad_case_t bad_cases[] = {
     {"- a\n- b\n", "t.yaml:1: the top level must be a mapping"},
     {"listen: [unclosed\n", "t.yaml:2: YAML: "},
     {"threads: 2\n---\nthreads: 3\n", "t.yaml:3: only one YAML document is allowed"},
-    {"filters:\n  - {name: x, drop: {event: y}}\n",
-     "t.yaml:1: filters: not supported by this version of sluice-collector"},
-    {"threads: 2\npql: {window: 7d}\n",
-     "t.yaml:2: pql: not supported by this version of sluice-collector"},
+    /* filters (SPEC §5; the full grammar is in test_filter.c) */
+    {"filters:\n  - {name: x, drop: {event: \"[y\"}}\n",
+     "t.yaml:2: filters[1] (x): drop.event: \"[y\": unterminated '[' in pattern"},
+    /* pql (SPEC §6; the full grammar is in test_pql.c) */
+    {"threads: 2\npql:\n  rules:\n    - {name: a, metric: velocity, at_least: 1, points: 1}\n",
+     "t.yaml:4: pql.rules a: metric must be one of active_users, events"},
+    {"pql:\n  tiers: {hot: many}\n", "t.yaml:2: pql.tiers.hot: expected a score threshold"},
     {"spool: {max_bytes: 1GiB}\n",
      "t.yaml:1: spool: not supported by this version of sluice-collector"},
     {"dedup: {}\n", "t.yaml:1: dedup: not supported by this version of sluice-collector"},
@@ -347,6 +352,39 @@ static void test_cli_overrides_file(void **state)
     config_free(&c);
 }
 
+/* The config (flag and YAML) and log_level_parse() agree on every spelling: "warning" is
+ * "warn" everywhere, and what one refuses the other refuses. */
+static void test_log_level_spellings(void **state)
+{
+    static const char *const names[] = {"debug", "info", "warn", "warning",      "error",
+                                        "off",   "loud", "WARN", "warn/warning", "warnin"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        int want = log_level_parse(names[i]);
+        config_t c;
+        config_action_t act;
+        char err[256], yaml[64];
+        int rc = from_args(&c, &act, err, sizeof err, "--log-level", names[i], "--dev", NULL);
+        if (want < 0) {
+            if (rc == 0) fail_msg("--log-level %s accepted, log_level_parse refuses it", names[i]);
+        } else {
+            if (rc != 0) fail_msg("--log-level %s: %s", names[i], err);
+            assert_int_equal(c.log_level, want);
+        }
+        config_free(&c);
+        snprintf(yaml, sizeof yaml, "log_level: %s\n", names[i]);
+        rc = load_yaml(&c, yaml, err, sizeof err);
+        if (want < 0) {
+            if (rc >= 0) fail_msg("log_level: %s accepted, log_level_parse refuses it", names[i]);
+        } else {
+            if (rc < 0) fail_msg("log_level: %s: %s", names[i], err);
+            assert_int_equal(c.log_level, want);
+        }
+        config_free(&c);
+    }
+    assert_int_equal(log_level_parse("warning"), LOG_WARN);
+    assert_int_equal(log_level_parse("warn"), LOG_WARN);
+}
+
 static void test_cli_actions(void **state)
 {
     config_t c;
@@ -391,7 +429,7 @@ static void test_cli_errors(void **state)
     } cases[] = {
         {"--threads", "0", "--threads: 0 is out of range 1..64"},
         {"--threads", "x", "--threads: expected a non-negative integer"},
-        {"--log-level", "loud", "--log-level: expected one of debug|info|warn|error|off"},
+        {"--log-level", "loud", "--log-level: expected one of debug|info|warn/warning|error|off"},
         {"--bogus", NULL, "--bogus: unknown option (see --help)"},
         {"--listen", NULL, "--listen: needs a value ADDR:PORT"},
         {"--dev=1", NULL, "--dev: takes no value"},
@@ -594,6 +632,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_unsupported_fixture),
         cmocka_unit_test(test_cli_overrides_file),
+        cmocka_unit_test(test_log_level_spellings),
         cmocka_unit_test(test_cli_actions),
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_validate),

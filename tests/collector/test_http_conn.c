@@ -1,9 +1,11 @@
 /*
  * test_http_conn.c — the HTTP layer (collector/http_conn.c): routing and Content-Type parsing
- * as pure functions, then real connections over 127.0.0.1 against one event loop with a fake
- * Kafka producer: pipelining, keep-alive, limits (413 before the body, chunked 413, 431), CORS,
- * errors, broken HTTP, timeouts, the connection cap, and clients that leave mid-body or while
- * their request waits for Kafka.
+ * as pure functions, then real connections over 127.0.0.1 against one event loop with the real
+ * modules behind it (ingest, kafka_out, metrics, log, accounts) and librdkafka's mock cluster
+ * (mock_cluster.h): pipelining, keep-alive, limits (413 before the body, chunked 413, 431),
+ * CORS, errors, broken HTTP, readiness with the broker down, a failed delivery, timeouts, the
+ * connection cap, and clients that leave mid-body or while their request waits for Kafka (the
+ * broker's answer held back with rd_kafka_mock_broker_set_rtt).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,12 +19,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "server_fakes.h"
-
+#include "accounts.c"
 #include "auth.c"
 #include "body.c"
 #include "http_conn.c"
 #include "ingest.c"
+#include "kafka_out.c"
+#include "log.c"
+#include "metrics.c"
+
+#include "mock_cluster.h"
 
 static void test_routes(void **state)
 {
@@ -77,7 +83,11 @@ static void test_content_type(void **state)
 static config_write_key_t keys[] = {{"wk_test_123", "test"}};
 
 static struct {
+    mock_kafka_t mk;
     config_t cfg;
+    config_kv_t kprops[1];
+    kafka_out_t *ko;
+    accounts_t *accounts;
     auth_t *auth;
     ingest_ctx_t ictx;
     uv_loop_t loop;
@@ -138,12 +148,15 @@ static void loop_thread(void *arg)
 }
 
 static uint32_t delivery_ms = 5000;
+/* kafka.properties message.timeout.ms (NULL: delivery_ms, as in production). A longer one lets
+ * a test see a delivery report that arrives after the HTTP delivery timeout answered. */
+static const char *message_timeout = NULL;
 
 /* Runs scenario against a server loop on another thread (bounded: 20 s). */
 static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_t max_conns)
 {
     memset(&L, 0, sizeof L);
-    fake_reset();
+    assert_int_equal(mock_kafka_start(&L.mk), 0);
     L.cfg.write_keys = keys;
     L.cfg.n_write_keys = 1;
     L.cfg.event_bytes = 32 * 1024;
@@ -156,8 +169,19 @@ static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_
     L.cfg.max_connections = max_conns;
     L.cfg.delivery_timeout_ms = delivery_ms;
     L.cfg.kafka_format = PROTO_FMT_MSGPACK;
+    mock_kafka_cfg(&L.mk, &L.cfg);
+    if (message_timeout != NULL) {
+        L.kprops[0] = (config_kv_t){"message.timeout.ms", (char *)message_timeout};
+        L.cfg.kafka_properties = L.kprops;
+        L.cfg.n_kafka_properties = 1;
+    }
+    metrics_reset();
+    char err[256];
+    assert_int_equal(kafka_out_new(&L.cfg, &L.ko, err, sizeof err), KAFKA_OK);
+    L.accounts = accounts_new(64);
+    assert_non_null(L.accounts);
     assert_int_equal(auth_new(&L.cfg, &L.auth), AUTH_OK);
-    ingest_ctx_init(&L.ictx, &L.cfg, NULL, L.auth, NULL);
+    ingest_ctx_init(&L.ictx, &L.cfg, L.ko, L.auth, L.accounts);
     atomic_init(&L.draining, false);
     atomic_init(&L.n_conns, 0);
     uv_loop_init(&L.loop);
@@ -188,9 +212,13 @@ static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_
     assert_null(L.hl.reqs);
     assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
     assert_int_equal(atomic_load(&L.n_conns), 0);
+    kafka_out_free(L.ko);
     http_loop_free(&L.hl);
     auth_free(L.auth);
-    fake_reset();
+    accounts_free(L.accounts);
+    mock_kafka_stop(&L.mk);
+    metrics_reset();
+    assert_int_equal(rd_kafka_wait_destroyed(5000), 0);
     assert_false(L.timed_out);
 }
 
@@ -332,6 +360,18 @@ static bool one(const char *req, size_t len)
     return eof;
 }
 
+/* GET /readyz until the answer starts with want (bounded: MOCK_WAIT_MS). */
+static bool readyz_until(const char *want)
+{
+    static const char req[] = "GET /readyz HTTP/1.1\r\n\r\n";
+    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS; kafka_now_ms() < deadline;) {
+        one(req, sizeof req - 1);
+        if (strncmp(rbuf, want, strlen(want)) == 0) return true;
+        mock_sleep_ms(50);
+    }
+    return false;
+}
+
 static void scenario_errors(void)
 {
     size_t n;
@@ -413,7 +453,7 @@ static void scenario_errors(void)
     /* Broken HTTP: 400 and close. */
     assert_true(one("NOT HTTP AT ALL\r\n\r\n", 19));
     assert_non_null(strstr(rbuf, "HTTP/1.1 400 "));
-    assert_true(fake_metrics[METRIC_HTTP_PARSE_ERRORS] >= 1);
+    assert_true(metrics_get(METRIC_HTTP_PARSE_ERRORS) >= 1);
     /* CORS preflight. */
     n = (size_t)snprintf(sbuf, sizeof sbuf,
                          "OPTIONS /v1/track HTTP/1.1\r\nOrigin: https://a.example\r\n"
@@ -427,15 +467,18 @@ static void scenario_errors(void)
     n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /readyz HTTP/1.1\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
-    fake_kafka.ready = 0;
-    assert_false(one(sbuf, n));
-    assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
-    assert_non_null(strstr(rbuf, "{\"ready\":false,\"reason\":\"all brokers down\"}"));
-    fake_kafka.ready = 1;
+    /* The broker goes down: librdkafka reports all brokers down, /readyz turns 503. */
+    assert_int_equal(rd_kafka_mock_broker_set_down(L.mk.mc, 1), 0);
+    assert_true(readyz_until("HTTP/1.1 503 "));
+    assert_non_null(strstr(rbuf, "{\"ready\":false,\"reason\":\"all kafka brokers down\"}"));
+    /* Back up: ready again without traffic (the producer probes the cluster). */
+    assert_int_equal(rd_kafka_mock_broker_set_up(L.mk.mc, 1), 0);
+    assert_true(readyz_until("HTTP/1.1 200 OK"));
     n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /metrics HTTP/1.1\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "Content-Type: text/plain; version=0.0.4\r\n"));
-    assert_non_null(strstr(rbuf, "sluice_fake_total 1"));
+    assert_non_null(strstr(rbuf, "\nsluice_http_requests_total "));
+    assert_non_null(strstr(rbuf, "\nsluice_kafka_queue_messages ")); /* the live producer's gauge */
     /* Expect: 100-continue gets its interim answer before the body is sent. */
     int fd = cli_connect();
     const char *body = "{\"batch\":[" EV("x") "]}";
@@ -461,13 +504,19 @@ static void scenario_errors(void)
     assert_true(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 401 "));
     assert_null(strstr(rbuf, "100 Continue"));
-    /* Delivery failed: 503 with Retry-After. */
-    fake_kafka.fail_deliveries = 1;
+    /* Delivery failed (the broker refuses the next Produce request with a permanent error):
+     * 503 with Retry-After. */
+    uint64_t errors = metrics_get(METRIC_KAFKA_ERRORS);
+    rd_kafka_mock_push_request_errors(L.mk.mc, MOCK_API_PRODUCE, 1,
+                                      RD_KAFKA_RESP_ERR_INVALID_RECORD);
     n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("f") "]}");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 503 "));
     assert_non_null(strstr(rbuf, "Retry-After: "));
-    fake_kafka.fail_deliveries = 0;
+    assert_int_equal(metrics_get(METRIC_KAFKA_ERRORS), errors + 1);
+    /* The retry goes through. */
+    assert_false(one(sbuf, n));
+    assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
     /* HTTP/1.0 without keep-alive: answered, then closed. */
     assert_true(one("GET /healthz HTTP/1.0\r\n\r\n", 25));
     assert_non_null(strstr(rbuf, "Connection: close"));
@@ -526,12 +575,30 @@ static void test_timeouts_and_cap(void **state)
     run_loop(scenario_timeouts_and_cap, 300, 2);
 }
 
-/* A request waits for Kafka; its connection goes away (closed by the loop, as at shutdown)
- * before the delivery report arrives. The report then comes from another thread; the loop
- * frees the request without an answer and nothing is touched after free (ASan watches). */
+/* Makes the producer connect and get its producer id, as a running collector has, so the
+ * held-back answers below delay only the request under test. */
+static void warm_kafka(void)
+{
+    assert_int_equal(kafka_out_produce(L.ko, KAFKA_TOPIC_PQL, "k", 1, "warm", 4, NULL, 0, NULL),
+                     KAFKA_OK);
+    assert_int_equal(kafka_out_flush(L.ko, MOCK_WAIT_MS), 0);
+}
+
+static void wait_in_flight(unsigned want)
+{
+    for (int i = 0; i < 500 && atomic_load(&L.ictx.in_flight) != want; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), want);
+}
+
+/* A request waits for Kafka (the broker holds its answer back 1.5 s); its connection goes
+ * away (closed by the loop, as at shutdown) before the delivery report arrives. The report
+ * then comes from Kafka's poll thread; the loop frees the request without an answer and
+ * nothing is touched after free (ASan watches). */
 static void scenario_leave_while_waiting(void)
 {
-    fake_kafka.defer = 1;
+    warm_kafka();
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(L.mk.mc, 1, 1500), 0);
     int fd = cli_connect();
     size_t n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("w") "]}");
     cli_send(fd, sbuf, n);
@@ -542,11 +609,11 @@ static void scenario_leave_while_waiting(void)
     for (int i = 0; i < 300 && atomic_load(&L.n_conns) != 0; i++)
         usleep(10000);
     assert_int_equal(atomic_load(&L.n_conns), 0);
-    assert_true(fake_metrics[METRIC_CLIENT_ABORTS] >= 1);
-    fake_complete_deferred(); /* plays Kafka's poll thread */
-    for (int i = 0; i < 300 && atomic_load(&L.ictx.in_flight) != 0; i++)
-        usleep(10000);
-    assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
+    assert_true(metrics_get(METRIC_CLIENT_ABORTS) >= 1);
+    assert_int_equal(atomic_load(&L.ictx.in_flight), 1); /* still waiting for its report */
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(L.mk.mc, 1, 0), 0);
+    wait_in_flight(0); /* the report came, the loop freed the request */
+    assert_int_equal(metrics_get(METRIC_KAFKA_DELIVERED), 2); /* warm-up + the request's */
     close(fd);
 }
 
@@ -556,11 +623,13 @@ static void test_leave_while_waiting(void **state)
     run_loop(scenario_leave_while_waiting, 2000, 100);
 }
 
-/* Kafka does not report within delivery_timeout: the client gets 503 (Retry-After) at the
- * deadline, the connection stays usable, and the late report frees the detached request. */
+/* Kafka does not report within delivery_timeout (300 ms; the broker holds its answer 1.5 s
+ * and message.timeout.ms is longer): the client gets 503 (Retry-After) at the deadline, the
+ * connection stays usable, and the late report frees the detached request. */
 static void scenario_delivery_timeout(void)
 {
-    fake_kafka.defer = 1;
+    warm_kafka();
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(L.mk.mc, 1, 1500), 0);
     int fd = cli_connect();
     size_t n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("t") "]}");
     uint64_t t0 = uv_hrtime();
@@ -573,11 +642,8 @@ static void scenario_delivery_timeout(void)
     assert_non_null(strstr(rbuf, "Retry-After: "));
     assert_true(ms >= 250 && ms < 2500);
     assert_int_equal(atomic_load(&L.ictx.in_flight), 1);
-    fake_kafka.defer = 0;
-    fake_complete_deferred(); /* the late report */
-    for (int i = 0; i < 300 && atomic_load(&L.ictx.in_flight) != 0; i++)
-        usleep(10000);
-    assert_int_equal(atomic_load(&L.ictx.in_flight), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(L.mk.mc, 1, 0), 0);
+    wait_in_flight(0); /* the late report */
     /* Same connection, next request: answered normally. */
     n = post(sbuf, sizeof sbuf, "/v1/batch", "", "{\"batch\":[" EV("u") "]}");
     cli_send(fd, sbuf, n);
@@ -590,12 +656,15 @@ static void test_delivery_timeout(void **state)
 {
     (void)state;
     delivery_ms = 300;
+    message_timeout = "5000";
     run_loop(scenario_delivery_timeout, 2000, 100);
     delivery_ms = 5000;
+    message_timeout = NULL;
 }
 
 int main(void)
 {
+    log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_routes),           cmocka_unit_test(test_content_type),
         cmocka_unit_test(test_pipelining),       cmocka_unit_test(test_errors),

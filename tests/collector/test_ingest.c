@@ -1,7 +1,9 @@
 /*
- * test_ingest.c — the ingest path (collector/ingest.c) against a fake Kafka producer: what is
- * produced (topics, keys, headers), the answers (200 body, 400/401/413/429/503), that a request
- * is answered 200 only when every message was delivered, and the mailbox.
+ * test_ingest.c — the ingest path (collector/ingest.c) with the real modules it calls
+ * (kafka_out, metrics, log, accounts) against librdkafka's mock cluster, created per test
+ * (mock_cluster.h): what is produced (topics, keys, headers — read back with a consumer), the
+ * answers (200 body, 400/401/413/429/503), that a request is answered 200 only when every
+ * message was delivered (broker down: 503; queue full: 503), and the mailbox.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,16 +11,23 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "server_fakes.h"
-
+#include "accounts.c"
 #include "auth.c"
 #include "body.c"
 #include "ingest.c"
+#include "kafka_out.c"
+#include "log.c"
+#include "metrics.c"
+
+#include "mock_cluster.h"
 
 static config_write_key_t keys[] = {{"wk_test_123", "test"}};
 
 typedef struct fixture {
+    mock_kafka_t mk;
     config_t cfg;
+    kafka_out_t *ko;
+    accounts_t *accounts;
     auth_t *auth;
     ingest_ctx_t ctx;
     ingest_scratch_t scratch;
@@ -35,6 +44,7 @@ static void async_noop(uv_async_t *a)
 static int setup(void **state)
 {
     fixture_t *f = calloc(1, sizeof *f);
+    assert_int_equal(mock_kafka_start(&f->mk), 0);
     f->cfg.write_keys = keys;
     f->cfg.n_write_keys = 1;
     f->cfg.event_bytes = 32 * 1024;
@@ -43,9 +53,16 @@ static int setup(void **state)
     f->cfg.max_events = 1000;
     f->cfg.kafka_format = PROTO_FMT_JSON;
     f->cfg.rate_per_key = 0;
-    fake_reset();
+    /* Bounds how long a failed delivery (broker down) takes to be reported. */
+    f->cfg.delivery_timeout_ms = 1500;
+    mock_kafka_cfg(&f->mk, &f->cfg);
+    metrics_reset();
+    char err[256];
+    assert_int_equal(kafka_out_new(&f->cfg, &f->ko, err, sizeof err), KAFKA_OK);
+    f->accounts = accounts_new(64);
+    assert_non_null(f->accounts);
     assert_int_equal(auth_new(&f->cfg, &f->auth), AUTH_OK);
-    ingest_ctx_init(&f->ctx, &f->cfg, NULL, f->auth, (accounts_t *)&fake_accounts);
+    ingest_ctx_init(&f->ctx, &f->cfg, f->ko, f->auth, f->accounts);
     assert_int_equal(ingest_scratch_init(&f->scratch, &f->cfg), 0);
     uv_loop_init(&f->loop);
     uv_async_init(&f->loop, &f->async, async_noop);
@@ -57,14 +74,28 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
+    kafka_out_free(f->ko);
     ingest_scratch_free(&f->scratch);
     auth_free(f->auth);
+    accounts_free(f->accounts);
     uv_close((uv_handle_t *)&f->async, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     uv_loop_close(&f->loop);
-    fake_reset();
+    mock_kafka_stop(&f->mk);
+    metrics_reset();
     free(f);
+    /* Every librdkafka handle is gone (producer, consumers, the cluster's owner). */
+    assert_int_equal(rd_kafka_wait_destroyed(5000), 0);
     return 0;
+}
+
+/* Replaces the producer by one built from the current f->cfg. */
+static void restart_kafka(fixture_t *f)
+{
+    kafka_out_free(f->ko);
+    char err[256];
+    assert_int_equal(kafka_out_new(&f->cfg, &f->ko, err, sizeof err), KAFKA_OK);
+    f->ctx.ko = f->ko;
 }
 
 /* Runs one request to its reply. Returns the status; body copied to out (NUL-terminated). */
@@ -95,8 +126,12 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
         return err.status;
     }
     assert_non_null(req);
-    /* The fake producer reports at seal: the request is already in the mailbox. */
-    ingest_req_t *got = ingest_mailbox_take(&f->mb);
+    /* Kafka's poll thread pushes the request once every delivery report is in (bounded by
+     * delivery_timeout_ms; the wait here is longer). */
+    ingest_req_t *got = NULL;
+    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS;
+         got == NULL && kafka_now_ms() < deadline;)
+        if ((got = ingest_mailbox_take(&f->mb)) == NULL) mock_sleep_ms(2);
     assert_ptr_equal(got, req);
     assert_null(ingest_req_next(got));
     assert_int_equal(atomic_load(&f->ctx.in_flight), 1);
@@ -122,18 +157,6 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
     "{\"type\":\"track\",\"messageId\":\"m2\",\"event\":\"No User\"},"                             \
     "{\"type\":\"identify\",\"messageId\":\"m3\",\"anonymousId\":\"a1\"}]}"
 
-static const char *hdr(const fake_msg_t *m, const char *name)
-{
-    static char v[128];
-    for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->hname[i], name) == 0) {
-            memcpy(v, m->hval[i], m->hlen[i]);
-            v[m->hlen[i]] = '\0';
-            return v;
-        }
-    return NULL;
-}
-
 static void test_batch_produced(void **state)
 {
     fixture_t *f = *state;
@@ -144,30 +167,37 @@ static void test_batch_produced(void **state)
     assert_string_equal(out, "{\"success\":true,\"accepted\":2,\"duplicates\":0,\"rejected\":1,"
                              "\"filtered\":0,\"errors\":[{\"index\":1,\"messageId\":\"m2\","
                              "\"error\":\"missing_user\"}]}");
-    assert_int_equal(fake_kafka.n, 3);
-    /* In batch order: event, rejected, event. */
-    const fake_msg_t *m = &fake_kafka.msgs[0];
-    assert_int_equal(m->topic, KAFKA_TOPIC_EVENTS);
+    /* Answered 200: every message is in Kafka. Two events, one rejected, nothing else. */
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
+    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 1);
+    mock_msg_t ev[2], rej[1];
+    assert_int_equal(mock_consume(&f->mk, "events", 2, ev, 2), 2);
+    assert_int_equal(mock_consume(&f->mk, "events_rejected", 1, rej, 1), 1);
+    /* In batch order: event, rejected, event (produce timestamps across the two topics). */
+    assert_true(ev[0].ts_ms <= rej[0].ts_ms && rej[0].ts_ms <= ev[1].ts_ms);
+    const mock_msg_t *m = &ev[0];
     assert_int_equal(m->keylen, 2);
     assert_memory_equal(m->key, "u1", 2);
-    assert_string_equal(hdr(m, "sluice-schema"), "1");
-    assert_string_equal(hdr(m, "content-type"), "application/json");
-    assert_string_equal(hdr(m, "event-type"), "track");
-    assert_string_equal(hdr(m, "message-id"), "m1");
+    assert_string_equal(mock_header(m, "sluice-schema"), "1");
+    assert_string_equal(mock_header(m, "content-type"), "application/json");
+    assert_string_equal(mock_header(m, "event-type"), "track");
+    assert_string_equal(mock_header(m, "message-id"), "m1");
     assert_non_null(strstr(m->value, "\"source\":\"test\""));
     assert_non_null(strstr(m->value, "\"receivedAt\""));
-    m = &fake_kafka.msgs[1];
-    assert_int_equal(m->topic, KAFKA_TOPIC_REJECTED);
+    m = &rej[0];
     assert_int_equal(m->keylen, 0);
     assert_non_null(strstr(m->value, "\"error\":\"missing_user\""));
     assert_non_null(strstr(m->value, "\"source\":\"test\""));
-    m = &fake_kafka.msgs[2];
-    assert_int_equal(m->topic, KAFKA_TOPIC_EVENTS);
+    m = &ev[1];
     assert_memory_equal(m->key, "a1", 2);
-    assert_string_equal(hdr(m, "event-type"), "identify");
-    assert_int_equal(fake_metrics[METRIC_EVENTS_RECEIVED], 3);
-    assert_int_equal(fake_metrics[METRIC_EVENTS_ACCEPTED], 2);
-    assert_int_equal(fake_rejected, 1);
+    assert_string_equal(mock_header(m, "event-type"), "identify");
+    assert_int_equal(metrics_get(METRIC_EVENTS_RECEIVED), 3);
+    assert_int_equal(metrics_get(METRIC_EVENTS_ACCEPTED), 2);
+    assert_int_equal(metrics_get(METRIC_EVENTS_REJECTED), 1);
+    assert_int_equal(metrics_rejected_get(PROTO_E_MISSING_USER), 1);
+    assert_int_equal(metrics_get(METRIC_KAFKA_DELIVERED), 3);
+    mock_msgs_free(ev, 2);
+    mock_msgs_free(rej, 1);
 }
 
 static void test_group_learns_account(void **state)
@@ -181,12 +211,21 @@ static void test_group_learns_account(void **state)
     assert_int_equal(run(f, body, sizeof body - 1, PROTO_T_NONE, BODY_ENC_IDENTITY, "wk_test_123",
                          out, sizeof out, NULL),
                      200);
-    assert_int_equal(fake_kafka.n, 2);
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
+    mock_msg_t ev[2];
+    assert_int_equal(mock_consume(&f->mk, "events", 2, ev, 2), 2);
     /* Both keyed by the account: the group by its groupId, the track by the learned account. */
-    assert_int_equal(fake_kafka.msgs[0].keylen, 4);
-    assert_memory_equal(fake_kafka.msgs[0].key, "acme", 4);
-    assert_int_equal(fake_kafka.msgs[1].keylen, 4);
-    assert_memory_equal(fake_kafka.msgs[1].key, "acme", 4);
+    assert_int_equal(ev[0].keylen, 4);
+    assert_memory_equal(ev[0].key, "acme", 4);
+    assert_int_equal(ev[1].keylen, 4);
+    assert_memory_equal(ev[1].key, "acme", 4);
+    mock_msgs_free(ev, 2);
+    /* The real account map remembers it. */
+    char acct[256];
+    size_t alen = 0;
+    assert_true(accounts_lookup(f->accounts, "u7", 2, acct, sizeof acct, &alen));
+    assert_int_equal(alen, 4);
+    assert_memory_equal(acct, "acme", 4);
 }
 
 static void test_single_call(void **state)
@@ -197,8 +236,19 @@ static void test_single_call(void **state)
     assert_int_equal(run(f, body, sizeof body - 1, PROTO_T_TRACK, BODY_ENC_IDENTITY, "wk_test_123",
                          out, sizeof out, NULL),
                      200);
-    assert_int_equal(fake_kafka.n, 1);
-    assert_string_equal(hdr(&fake_kafka.msgs[0], "event-type"), "track");
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 1);
+    mock_msg_t ev[1];
+    assert_int_equal(mock_consume(&f->mk, "events", 1, ev, 1), 1);
+    assert_string_equal(mock_header(&ev[0], "event-type"), "track");
+    mock_msgs_free(ev, 1);
+}
+
+/* Nothing was produced: the producer holds nothing and the cluster got nothing. */
+static void assert_nothing_produced(fixture_t *f)
+{
+    assert_int_equal(kafka_out_queue_len(f->ko), 0);
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 0);
+    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 0);
 }
 
 static void test_auth_failures(void **state)
@@ -215,8 +265,8 @@ static void test_auth_failures(void **state)
     assert_int_equal(run(f, badkey, sizeof badkey - 1, PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out,
                          sizeof out, NULL),
                      401);
-    assert_int_equal(fake_kafka.n, 0);
-    assert_int_equal(fake_metrics[METRIC_AUTH_FAILURES], 2);
+    assert_nothing_produced(f);
+    assert_int_equal(metrics_get(METRIC_AUTH_FAILURES), 2);
 }
 
 static void test_unreadable_bodies(void **state)
@@ -248,43 +298,75 @@ static void test_unreadable_bodies(void **state)
         run(f, packed, plen, PROTO_T_NONE, BODY_ENC_GZIP, "wk_test_123", out, sizeof out, NULL),
         413);
     assert_non_null(strstr(out, "payload_too_large"));
-    assert_int_equal(fake_metrics[METRIC_DECOMPRESS_LIMIT], 1);
+    assert_int_equal(metrics_get(METRIC_DECOMPRESS_LIMIT), 1);
     free(plain);
     free(packed);
-    assert_int_equal(fake_kafka.n, 0);
+    assert_nothing_produced(f);
 }
 
+/* The broker is down: every delivery fails (message timeout), the request is 503 and nothing
+ * counts as accepted; once the broker is back, the client's retry is accepted. */
 static void test_delivery_failure_is_503(void **state)
 {
     fixture_t *f = *state;
-    char out[1024];
+    char out[1024], why[256];
     int ra = 0;
-    fake_kafka.fail_deliveries = 1;
+    /* Connected and holding a producer id first, as a running collector is. */
+    assert_int_equal(kafka_out_produce(f->ko, KAFKA_TOPIC_PQL, "k", 1, "warm", 4, NULL, 0, NULL),
+                     KAFKA_OK);
+    assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     assert_int_equal(
         run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         503);
     assert_string_equal(out, "unavailable");
     assert_true(ra > 0);
-    assert_int_equal(fake_metrics[METRIC_EVENTS_ACCEPTED], 0);
-    /* Retried after recovery: accepted. */
-    fake_kafka.fail_deliveries = 0;
+    assert_int_equal(metrics_get(METRIC_EVENTS_ACCEPTED), 0);
+    assert_int_equal(metrics_get(METRIC_KAFKA_ERRORS), 3);
+    /* Retried after recovery: accepted, and delivered once (the failed attempt left nothing). */
+    assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
+    bool ready = false;
+    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS; !ready && kafka_now_ms() < deadline;)
+        if (!(ready = kafka_out_ready(f->ko, why, sizeof why))) mock_sleep_ms(20);
+    assert_true(ready);
     assert_int_equal(
         run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         200);
+    assert_int_equal(metrics_get(METRIC_EVENTS_ACCEPTED), 2);
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
+    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 1);
 }
 
+/* The producer queue (kafka_queue_bytes, 1 KiB here) takes the first message, not the second:
+ * 503, the first message is still delivered, and the refusal is counted once. */
 static void test_queue_full_is_503(void **state)
 {
     fixture_t *f = *state;
+    f->cfg.kafka_queue_bytes = 1024;
+    restart_kafka(f);
+    char pad[601];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    char body[2048];
+    int blen = snprintf(body, sizeof body,
+                        "{\"writeKey\":\"wk_test_123\",\"batch\":["
+                        "{\"type\":\"track\",\"messageId\":\"q1\",\"userId\":\"u1\",\"event\":"
+                        "\"e\",\"properties\":{\"pad\":\"%s\"}},"
+                        "{\"type\":\"track\",\"messageId\":\"q2\",\"event\":\"No User\","
+                        "\"properties\":{\"pad\":\"%s\"}}]}",
+                        pad, pad);
+    assert_true(blen > 0 && (size_t)blen < sizeof body);
     char out[1024];
     int ra = 0;
-    fake_kafka.refuse_after = 1; /* the first message goes in, the second is refused */
     assert_int_equal(
-        run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        run(f, body, (size_t)blen, PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         503);
-    assert_int_equal(fake_kafka.n, 1);
+    assert_int_equal(mock_topic_count(&f->mk, "events"), 1);
+    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 0);
     assert_string_equal(out, "unavailable");
     assert_true(ra > 0);
+    assert_int_equal(metrics_get(METRIC_KAFKA_QUEUE_FULL), 1); /* counted by kafka_out only */
+    assert_int_equal(metrics_get(METRIC_EVENTS_ACCEPTED), 0);
 }
 
 static void test_rate_limited(void **state)
@@ -388,6 +470,7 @@ static void test_mailbox_threads(void **state)
 
 int main(void)
 {
+    log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_batch_produced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_learns_account, setup, teardown),

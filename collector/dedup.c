@@ -1,0 +1,1059 @@
+/*
+ * dedup.c — exact dedup by 64-bit fingerprints in sharded bucketed tables with generation tags
+ * (contract and structure in dedup.h).
+ *
+ * Generations: d->cur is the open generation, d->floor the oldest live one; both only grow and
+ * cur - floor < DEDUP_MAX_LIVE. A slot's tag holds (gen % 127) + 1 (0 = empty) and the PENDING
+ * bit; from (cur, floor) a tag is live when its distance to cur's tag is <= cur - floor. Tags
+ * repeat every 127 generations, so every dead slot must be cleared before its tag comes round
+ * again: the worker sweeps a shard when generations died, and any operation on a shard that was
+ * not swept for DEDUP_SWEEP_FORCE generations sweeps it first (dead for at most
+ * DEDUP_SWEEP_FORCE + DEDUP_MAX_LIVE < 127 generations, so never mistaken for live).
+ *
+ * Probing: linear over buckets from fp's home bucket. A bucket's ovf byte holds the tag of the
+ * newest generation in which an insert passed it because it was full; a lookup goes on to the next
+ * bucket only while that tag is live, so dead slots are free at once without tombstones.
+ *
+ * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
+ * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
+ */
+#include "dedup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "log.h"
+#include "metrics.h"
+
+#define DEDUP_SHARD_BITS 6
+#define DEDUP_SHARDS     (1u << DEDUP_SHARD_BITS)
+#define DEDUP_SLOTS      7
+#define DEDUP_TAGS       127 /* generation tags 1..127 */
+#define DEDUP_PENDING    0x80u
+#define DEDUP_GENS       32 /* generations per window */
+#define DEDUP_MAX_LIVE   (DEDUP_GENS + 3)
+#define DEDUP_SWEEP_FORCE 48
+#define DEDUP_MIN_NB     16 /* buckets per shard at creation (1 KiB) */
+#define DEDUP_PREFETCH   8
+#define DEDUP_REHASH_AHEAD 16
+#define DEDUP_HUGE         (2u << 20)
+/* Grow (or evict) when live entries would pass 90% of the slots. */
+#define DEDUP_LIMIT(nb) ((uint64_t)(nb) * DEDUP_SLOTS * 9 / 10)
+
+#define SNAP_MAGIC   "SLUDEDUP"
+#define SNAP_VERSION 1u
+#define SNAP_NAME    "dedup.snapshot"
+#define SNAP_TMP     "dedup.snapshot.tmp"
+#define SNAP_REC     9 /* fingerprint + generation index */
+
+typedef struct bucket {
+    uint64_t fp[DEDUP_SLOTS];
+    uint8_t tag[DEDUP_SLOTS];
+    uint8_t ovf;
+} bucket_t;
+_Static_assert(sizeof(bucket_t) == 64, "a bucket is one cache line");
+
+typedef struct shard {
+    alignas(64) atomic_int lock;
+    _Atomic(bucket_t *) b; /* atomic only so that prefetch hints may read it unlocked */
+    _Atomic uint32_t nb;
+    uint32_t max_nb;
+    uint64_t live, pending;
+    uint64_t seen_floor; /* counts of generations below it were dropped */
+    uint64_t swept_gen;  /* cur at the last sweep */
+    uint64_t swept_floor;
+    uint32_t count[DEDUP_TAGS];  /* live entries per generation tag - 1 */
+    uint32_t pcount[DEDUP_TAGS]; /* of which PENDING */
+} shard_t;
+
+struct dedup {
+    shard_t shards[DEDUP_SHARDS];
+    pthread_mutex_t gen_mu;
+    _Atomic uint64_t cur, floor;
+    _Atomic uint64_t gen_start[DEDUP_TAGS]; /* ms, by tag - 1 */
+    _Atomic uint8_t gen_by_cap[DEDUP_TAGS]; /* the generation was dropped at the cap */
+    _Atomic uint64_t evicted;
+    uint64_t window_ms, gen_ms;
+    dedup_clock_fn clock;
+    void *clock_ud;
+    /* worker */
+    pthread_mutex_t w_mu;
+    pthread_cond_t w_cv;
+    pthread_t w_thread;
+    bool w_running, w_stop;
+    char *w_dir;
+    uint64_t w_interval_ms;
+};
+
+typedef struct view {
+    uint64_t cur, floor, span;
+    int ctag;
+} view_t;
+
+const char *dedup_strerror(int err)
+{
+    switch (err) {
+#define DEDUP_X_STR(name, val, msg)                                                                \
+    case val:                                                                                      \
+        return msg;
+        DEDUP_ERRORS(DEDUP_X_STR)
+#undef DEDUP_X_STR
+    default:
+        return "unknown error";
+    }
+}
+
+static uint64_t realtime_ms(void *ud)
+{
+    (void)ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_ms(const dedup_t *d)
+{
+    return d->clock(d->clock_ud);
+}
+
+static inline int tag_of(uint64_t gen)
+{
+    return (int)(gen % DEDUP_TAGS) + 1;
+}
+
+static inline void view_load(dedup_t *d, view_t *v)
+{
+    /* floor first: cur is stored before floor, so cur >= floor holds for what we read. */
+    v->floor = atomic_load_explicit(&d->floor, memory_order_acquire);
+    v->cur = atomic_load_explicit(&d->cur, memory_order_acquire);
+    v->span = v->cur - v->floor;
+    v->ctag = tag_of(v->cur);
+}
+
+static inline bool tag_live(const view_t *v, unsigned tag)
+{
+    int t = (int)(tag & 0x7fu);
+    if (t == 0) return false;
+    int dist = v->ctag - t;
+    if (dist < 0) dist += DEDUP_TAGS;
+    return (uint64_t)dist <= v->span;
+}
+
+static inline uint64_t tag_gen(const view_t *v, unsigned tag)
+{
+    int dist = v->ctag - (int)(tag & 0x7fu);
+    if (dist < 0) dist += DEDUP_TAGS;
+    return v->cur - (uint64_t)dist;
+}
+
+static inline shard_t *shard_of(dedup_t *d, uint64_t fp)
+{
+    return &d->shards[fp >> (64 - DEDUP_SHARD_BITS)];
+}
+
+static inline uint32_t home_of(uint64_t fp, uint32_t nb)
+{
+    return (uint32_t)(((fp & 0xffffffffu) * (uint64_t)nb) >> 32);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void shard_lock(shard_t *s)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (!atomic_exchange_explicit(&s->lock, 1, memory_order_acquire)) return;
+        while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
+            /* Held for a rehash or sweep: stop burning the core. */
+            if (++spins > 256)
+                sched_yield();
+            else
+                cpu_relax();
+        }
+    }
+}
+
+static void shard_unlock(shard_t *s)
+{
+    atomic_store_explicit(&s->lock, 0, memory_order_release);
+}
+
+static bucket_t *buckets_alloc(uint32_t nb)
+{
+    size_t bytes = (size_t)nb * sizeof(bucket_t);
+    /* Tables of 2 MiB and more ask for transparent huge pages: every probe is a random access,
+     * and 4 KiB pages would add a TLB miss to most of them. */
+    bool huge = bytes >= DEDUP_HUGE;
+    if (huge) bytes = (bytes + DEDUP_HUGE - 1) / DEDUP_HUGE * DEDUP_HUGE;
+    bucket_t *b = aligned_alloc(huge ? DEDUP_HUGE : 64, bytes);
+    if (b == NULL) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (huge) (void)madvise(b, bytes, MADV_HUGEPAGE);
+#endif
+    memset(b, 0, (size_t)nb * sizeof(bucket_t));
+    return b;
+}
+
+/* ---- generations (gen_mu) ---- */
+
+/* Opens generation cur+1 at time t; keeps cur - floor < DEDUP_MAX_LIVE. gen_mu held. */
+static void gen_open_locked(dedup_t *d, uint64_t t)
+{
+    uint64_t cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+    uint64_t floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
+    int idx = tag_of(cur + 1) - 1;
+    atomic_store_explicit(&d->gen_start[idx], t, memory_order_relaxed);
+    atomic_store_explicit(&d->gen_by_cap[idx], 0, memory_order_relaxed);
+    atomic_store_explicit(&d->cur, cur + 1, memory_order_release);
+    while (cur + 1 - floor >= DEDUP_MAX_LIVE) {
+        /* Only short generations forced by the cap get here: count them as cap evictions. */
+        atomic_store_explicit(&d->gen_by_cap[tag_of(floor) - 1], 1, memory_order_relaxed);
+        floor++;
+    }
+    atomic_store_explicit(&d->floor, floor, memory_order_release);
+}
+
+void dedup_tick(dedup_t *d)
+{
+    uint64_t t = now_ms(d);
+    pthread_mutex_lock(&d->gen_mu);
+    uint64_t cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+    uint64_t start = atomic_load_explicit(&d->gen_start[tag_of(cur) - 1], memory_order_relaxed);
+    if (t >= start + d->gen_ms) gen_open_locked(d, t);
+    cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+    uint64_t floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
+    /* Generation g ends when g+1 starts; it dies once that is a window ago. */
+    while (floor < cur) {
+        uint64_t end = atomic_load_explicit(&d->gen_start[tag_of(floor + 1) - 1],
+                                            memory_order_relaxed);
+        if (end + d->window_ms > t) break;
+        floor++;
+    }
+    atomic_store_explicit(&d->floor, floor, memory_order_release);
+    pthread_mutex_unlock(&d->gen_mu);
+}
+
+/* At the cap: drops the oldest live generation unless someone already moved the floor past what
+ * v saw. When the open generation is the oldest, a new one is opened first. Reloads v. */
+static void gen_evict_oldest(dedup_t *d, view_t *v)
+{
+    pthread_mutex_lock(&d->gen_mu);
+    uint64_t floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
+    if (floor == v->floor) {
+        uint64_t cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+        if (cur == floor) gen_open_locked(d, now_ms(d));
+        floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
+        if (floor == v->floor) {
+            atomic_store_explicit(&d->gen_by_cap[tag_of(floor) - 1], 1, memory_order_relaxed);
+            atomic_store_explicit(&d->floor, floor + 1, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&d->gen_mu);
+    view_load(d, v);
+}
+
+/* ---- shard internals (shard lock held) ---- */
+
+static void shard_sweep(shard_t *s, const view_t *v)
+{
+    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    for (uint32_t i = 0; i < nb; i++) {
+        for (int k = 0; k < DEDUP_SLOTS; k++)
+            if (b[i].tag[k] != 0 && !tag_live(v, b[i].tag[k])) b[i].tag[k] = 0;
+        if (b[i].ovf != 0 && !tag_live(v, b[i].ovf)) b[i].ovf = 0;
+    }
+    s->swept_gen = v->cur;
+    s->swept_floor = v->floor;
+}
+
+/* Drops the counts of generations that died since the shard last looked; sweeps when overdue. */
+static void shard_prepare(dedup_t *d, shard_t *s, const view_t *v)
+{
+    if (s->seen_floor < v->floor) {
+        uint64_t from = s->seen_floor;
+        if (v->floor - from > DEDUP_TAGS) from = v->floor - DEDUP_TAGS;
+        uint64_t by_cap = 0;
+        for (uint64_t g = from; g < v->floor; g++) {
+            int i = tag_of(g) - 1;
+            uint32_t c = s->count[i];
+            if (c == 0) continue;
+            s->live -= c;
+            s->pending -= s->pcount[i];
+            s->pcount[i] = 0;
+            if (atomic_load_explicit(&d->gen_by_cap[i], memory_order_relaxed)) by_cap += c;
+            s->count[i] = 0;
+        }
+        s->seen_floor = v->floor;
+        if (by_cap > 0) {
+            atomic_fetch_add_explicit(&d->evicted, by_cap, memory_order_relaxed);
+            metrics_add(METRIC_DEDUP_EVICTIONS, by_cap);
+        }
+    }
+    if (v->cur - s->swept_gen >= DEDUP_SWEEP_FORCE) shard_sweep(s, v);
+}
+
+/* Finds a live slot holding fp. Returns its tag byte, or NULL. */
+static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
+{
+    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    uint32_t i = home_of(fp, nb);
+    for (uint32_t n = 0; n < nb; n++) {
+        bucket_t *bk = &b[i];
+        for (int k = 0; k < DEDUP_SLOTS; k++)
+            if (bk->fp[k] == fp && tag_live(v, bk->tag[k])) return &bk->tag[k];
+        if (!tag_live(v, bk->ovf)) return NULL;
+        if (++i == nb) i = 0;
+    }
+    return NULL;
+}
+
+/* Puts fp in the first free (empty or dead) slot from its home bucket; marks the full buckets it
+ * passes. The caller made room (live < slots), so a free slot exists. */
+static void table_place(bucket_t *b, uint32_t nb, const view_t *v, uint64_t fp, uint8_t tag)
+{
+    uint32_t i = home_of(fp, nb);
+    for (uint32_t n = 0; n < nb; n++) {
+        bucket_t *bk = &b[i];
+        for (int k = 0; k < DEDUP_SLOTS; k++) {
+            if (!tag_live(v, bk->tag[k])) {
+                bk->fp[k] = fp;
+                bk->tag[k] = tag;
+                return;
+            }
+        }
+        bk->ovf = (uint8_t)v->ctag;
+        if (++i == nb) i = 0;
+    }
+}
+
+static void shard_place(shard_t *s, const view_t *v, uint64_t fp, uint8_t tag)
+{
+    table_place(atomic_load_explicit(&s->b, memory_order_relaxed),
+                atomic_load_explicit(&s->nb, memory_order_relaxed), v, fp, tag);
+    s->count[(tag & 0x7f) - 1]++;
+    s->live++;
+    if (tag & DEDUP_PENDING) {
+        s->pcount[(tag & 0x7f) - 1]++;
+        s->pending++;
+    }
+}
+
+/* Rehashes into 1.5x the buckets (capped). Returns 0, or -1 when at the cap or memory is short. */
+static int shard_grow(shard_t *s, const view_t *v)
+{
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    if (nb >= s->max_nb) return -1;
+    uint64_t want = (uint64_t)nb + nb / 2;
+    uint32_t nnb = want > s->max_nb ? s->max_nb : (uint32_t)want;
+    bucket_t *nbk = buckets_alloc(nnb);
+    if (nbk == NULL) return -1;
+    bucket_t *old = atomic_load_explicit(&s->b, memory_order_relaxed);
+    /* Placements are random writes: keep DEDUP_REHASH_AHEAD of them in flight (prefetched) so
+     * the lock is held for a fraction of the cache-miss-bound time. */
+    uint64_t ring_fp[DEDUP_REHASH_AHEAD];
+    uint8_t ring_tag[DEDUP_REHASH_AHEAD];
+    unsigned r = 0, used = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        for (int k = 0; k < DEDUP_SLOTS; k++) {
+            if (!tag_live(v, old[i].tag[k])) continue;
+            if (used == DEDUP_REHASH_AHEAD)
+                table_place(nbk, nnb, v, ring_fp[r], ring_tag[r]);
+            else
+                used++;
+            ring_fp[r] = old[i].fp[k];
+            ring_tag[r] = old[i].tag[k];
+            __builtin_prefetch(&nbk[home_of(ring_fp[r], nnb)], 1);
+            r = (r + 1) % DEDUP_REHASH_AHEAD;
+        }
+    }
+    /* The oldest left in the ring first, so the order of placement is unchanged. */
+    for (unsigned j = 0; j < used; j++) {
+        unsigned idx = (r + DEDUP_REHASH_AHEAD - used + j) % DEDUP_REHASH_AHEAD;
+        table_place(nbk, nnb, v, ring_fp[idx], ring_tag[idx]);
+    }
+    atomic_store_explicit(&s->b, nbk, memory_order_relaxed);
+    atomic_store_explicit(&s->nb, nnb, memory_order_relaxed);
+    free(old);
+    /* Dead slots were not copied: the new table is as good as swept. */
+    s->swept_gen = v->cur;
+    s->swept_floor = v->floor;
+    return 0;
+}
+
+/* Makes room for one more entry: grow, else drop the oldest generation. Bounded: every eviction
+ * kills a generation, and after DEDUP_MAX_LIVE of them the shard is empty. */
+static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
+{
+    for (int guard = 0; guard < 4 * DEDUP_MAX_LIVE + 64; guard++) {
+        if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed)))
+            return;
+        if (shard_grow(s, v) == 0) continue;
+        gen_evict_oldest(d, v);
+        shard_prepare(d, s, v);
+    }
+}
+
+static int reserve_one(dedup_t *d, uint64_t fp)
+{
+    shard_t *s = shard_of(d, fp);
+    view_t v;
+    shard_lock(s);
+    view_load(d, &v);
+    shard_prepare(d, s, &v);
+    uint8_t *t = shard_find(s, &v, fp);
+    int verdict;
+    if (t != NULL) {
+        verdict = (*t & DEDUP_PENDING) ? DEDUP_BUSY : DEDUP_DUPLICATE;
+    } else {
+        shard_make_room(d, s, &v);
+        shard_place(s, &v, fp, (uint8_t)(v.ctag | DEDUP_PENDING));
+        verdict = DEDUP_NEW;
+    }
+    shard_unlock(s);
+    return verdict;
+}
+
+/* commit: a PENDING entry becomes remembered; else it is forgotten. */
+static void resolve_one(dedup_t *d, uint64_t fp, bool commit)
+{
+    shard_t *s = shard_of(d, fp);
+    view_t v;
+    shard_lock(s);
+    view_load(d, &v);
+    shard_prepare(d, s, &v);
+    uint8_t *t = shard_find(s, &v, fp);
+    if (t != NULL && (*t & DEDUP_PENDING)) {
+        s->pending--;
+        s->pcount[(*t & 0x7f) - 1]--;
+        if (commit) {
+            *t &= 0x7f;
+        } else {
+            s->count[(*t & 0x7f) - 1]--;
+            s->live--;
+            *t = 0;
+        }
+    } else if (t == NULL && commit) {
+        /* Dropped at the cap while in flight: remember it from now. */
+        shard_make_room(d, s, &v);
+        shard_place(s, &v, fp, (uint8_t)v.ctag);
+    }
+    shard_unlock(s);
+}
+
+static inline void prefetch_fp(dedup_t *d, uint64_t fp)
+{
+    shard_t *s = shard_of(d, fp);
+    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    /* A hint only: a table swapped meanwhile costs a useless prefetch, never a fault. */
+    __builtin_prefetch(&b[home_of(fp, nb)], 1);
+}
+
+/* ---- public API ---- */
+
+int dedup_new(const dedup_opts_t *opts, dedup_t **out)
+{
+    *out = NULL;
+    if (opts == NULL || opts->window_ms == 0) return DEDUP_E_INVALID;
+    dedup_t *d = aligned_alloc(64, sizeof *d);
+    if (d == NULL) return DEDUP_E_NOMEM;
+    memset(d, 0, sizeof *d);
+    d->window_ms = opts->window_ms;
+    d->gen_ms = opts->window_ms / DEDUP_GENS > 0 ? opts->window_ms / DEDUP_GENS : 1;
+    d->clock = opts->clock != NULL ? opts->clock : realtime_ms;
+    d->clock_ud = opts->clock != NULL ? opts->clock_ud : NULL;
+    uint64_t per_shard = opts->max_memory / DEDUP_SHARDS / sizeof(bucket_t);
+    if (per_shard < DEDUP_MIN_NB) per_shard = DEDUP_MIN_NB;
+    if (per_shard > UINT32_MAX / 2) per_shard = UINT32_MAX / 2;
+    pthread_mutex_init(&d->gen_mu, NULL);
+    pthread_mutex_init(&d->w_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->w_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_store(&d->gen_start[tag_of(0) - 1], now_ms(d));
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
+        shard_t *s = &d->shards[i];
+        s->max_nb = (uint32_t)per_shard;
+        bucket_t *b = buckets_alloc(DEDUP_MIN_NB);
+        if (b == NULL) {
+            dedup_free(d);
+            return DEDUP_E_NOMEM;
+        }
+        atomic_store(&s->b, b);
+        atomic_store(&s->nb, DEDUP_MIN_NB);
+    }
+    *out = d;
+    return DEDUP_OK;
+}
+
+void dedup_free(dedup_t *d)
+{
+    if (d == NULL) return;
+    (void)dedup_worker_stop(d, false);
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++)
+        free(atomic_load(&d->shards[i].b));
+    pthread_mutex_destroy(&d->gen_mu);
+    pthread_mutex_destroy(&d->w_mu);
+    pthread_cond_destroy(&d->w_cv);
+    free(d->w_dir);
+    free(d);
+}
+
+uint64_t dedup_seed(const char *source, size_t len)
+{
+    return XXH3_64bits(source, len);
+}
+
+uint64_t dedup_fp(uint64_t seed, const char *id, size_t len)
+{
+    return XXH3_64bits_withSeed(id, len, seed);
+}
+
+void dedup_reserve_batch(dedup_t *d, const uint64_t *fps, size_t n, uint8_t *verdict)
+{
+    for (size_t i = 0; i < n && i < DEDUP_PREFETCH; i++)
+        prefetch_fp(d, fps[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (i + DEDUP_PREFETCH < n) prefetch_fp(d, fps[i + DEDUP_PREFETCH]);
+        verdict[i] = (uint8_t)reserve_one(d, fps[i]);
+    }
+}
+
+void dedup_scratch_free(dedup_scratch_t *s)
+{
+    free(s->set);
+    free(s->stamp);
+    memset(s, 0, sizeof *s);
+}
+
+/* A set of capacity >= 2n whose slots are valid only when stamped with the current epoch, so
+ * that it needs no clearing between requests. */
+static int scratch_prepare(dedup_scratch_t *s, size_t n)
+{
+    uint64_t want = 64;
+    while (want < 2 * (uint64_t)n)
+        want <<= 1;
+    if (want > (1u << 30)) return DEDUP_E_NOMEM;
+    if (s->cap < want) {
+        uint64_t *set = malloc(want * sizeof *set);
+        uint32_t *stamp = calloc(want, sizeof *stamp);
+        if (set == NULL || stamp == NULL) {
+            free(set);
+            free(stamp);
+            return DEDUP_E_NOMEM;
+        }
+        free(s->set);
+        free(s->stamp);
+        s->set = set;
+        s->stamp = stamp;
+        s->cap = (uint32_t)want;
+        s->epoch = 0;
+    }
+    if (++s->epoch == 0) {
+        memset(s->stamp, 0, (size_t)s->cap * sizeof *s->stamp);
+        s->epoch = 1;
+    }
+    return DEDUP_OK;
+}
+
+/* Adds fp; returns true when it was already there. */
+static bool scratch_seen(dedup_scratch_t *s, uint64_t fp)
+{
+    uint32_t mask = s->cap - 1;
+    for (uint32_t i = (uint32_t)(fp ^ (fp >> 32)) & mask;; i = (i + 1) & mask) {
+        if (s->stamp[i] != s->epoch) {
+            s->stamp[i] = s->epoch;
+            s->set[i] = fp;
+            return false;
+        }
+        if (s->set[i] == fp) return true;
+    }
+}
+
+int dedup_reserve_all(dedup_t *d, dedup_scratch_t *s, const uint64_t *fps, size_t n,
+                      uint8_t *verdict)
+{
+    if (n == 0) return DEDUP_OK;
+    if (scratch_prepare(s, n) != DEDUP_OK) return DEDUP_E_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        verdict[i] = scratch_seen(s, fps[i]) ? DEDUP_DUPLICATE : DEDUP_NEW;
+    bool busy = false;
+    for (size_t i = 0; i < n && i < DEDUP_PREFETCH; i++)
+        prefetch_fp(d, fps[i]);
+    for (size_t i = 0; i < n && !busy; i++) {
+        if (i + DEDUP_PREFETCH < n) prefetch_fp(d, fps[i + DEDUP_PREFETCH]);
+        if (verdict[i] == DEDUP_DUPLICATE) continue;
+        int v = reserve_one(d, fps[i]);
+        if (v == DEDUP_BUSY) {
+            busy = true;
+            /* Nothing from i on was reserved. */
+            for (size_t j = i; j < n; j++)
+                verdict[j] = DEDUP_DUPLICATE;
+            break;
+        }
+        verdict[i] = (uint8_t)v;
+    }
+    if (!busy) return DEDUP_OK;
+    for (size_t i = 0; i < n; i++)
+        if (verdict[i] == DEDUP_NEW) resolve_one(d, fps[i], false);
+    return DEDUP_E_IN_FLIGHT;
+}
+
+void dedup_commit(dedup_t *d, const uint64_t *fps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i + DEDUP_PREFETCH < n) prefetch_fp(d, fps[i + DEDUP_PREFETCH]);
+        resolve_one(d, fps[i], true);
+    }
+}
+
+void dedup_release(dedup_t *d, const uint64_t *fps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i + DEDUP_PREFETCH < n) prefetch_fp(d, fps[i + DEDUP_PREFETCH]);
+        resolve_one(d, fps[i], false);
+    }
+}
+
+void dedup_stats(dedup_t *d, dedup_stats_t *st)
+{
+    memset(st, 0, sizeof *st);
+    st->bytes = sizeof *d;
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
+        shard_t *s = &d->shards[i];
+        view_t v;
+        shard_lock(s);
+        view_load(d, &v);
+        shard_prepare(d, s, &v);
+        st->entries += s->live;
+        st->pending += s->pending;
+        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+        st->bytes += (uint64_t)nb * sizeof(bucket_t);
+        st->table_slots += (uint64_t)nb * DEDUP_SLOTS;
+        shard_unlock(s);
+    }
+    view_t v;
+    view_load(d, &v);
+    uint64_t t = now_ms(d);
+    uint64_t start = atomic_load_explicit(&d->gen_start[tag_of(v.floor) - 1], memory_order_relaxed);
+    uint64_t age = t > start ? t - start : 0;
+    if (age > d->window_ms) age = d->window_ms;
+    st->window_s = (double)age / 1000.0;
+    st->evicted_by_cap = atomic_load_explicit(&d->evicted, memory_order_relaxed);
+    st->generations = (uint32_t)(v.span + 1);
+}
+
+static double gauge_entries(void *ud)
+{
+    dedup_stats_t st;
+    dedup_stats(ud, &st);
+    return (double)st.entries;
+}
+
+static double gauge_bytes(void *ud)
+{
+    dedup_stats_t st;
+    dedup_stats(ud, &st);
+    return (double)st.bytes;
+}
+
+static double gauge_window(void *ud)
+{
+    dedup_stats_t st;
+    dedup_stats(ud, &st);
+    return st.window_s;
+}
+
+static double gauge_pending(void *ud)
+{
+    dedup_stats_t st;
+    dedup_stats(ud, &st);
+    return (double)st.pending;
+}
+
+int dedup_register_metrics(dedup_t *d)
+{
+    if (metrics_gauge_register("dedup_entries", "events remembered by dedup (incl. pending)",
+                               gauge_entries, d) != 0 ||
+        metrics_gauge_register("dedup_pending", "dedup entries of events still being delivered",
+                               gauge_pending, d) != 0 ||
+        metrics_gauge_register("dedup_bytes", "memory of the dedup tables", gauge_bytes, d) != 0 ||
+        metrics_gauge_register("dedup_window_seconds",
+                               "effective dedup window: age of the oldest remembered generation "
+                               "(shorter than dedup.window when the memory cap evicts)",
+                               gauge_window, d) != 0)
+        return -1;
+    return 0;
+}
+
+/* ---- snapshots ---- */
+
+typedef struct snap_out {
+    FILE *f;
+    XXH3_state_t *h;
+    bool err;
+} snap_out_t;
+
+static void snap_put(snap_out_t *o, const void *p, size_t n)
+{
+    if (o->err) return;
+    XXH3_64bits_update(o->h, p, n);
+    if (fwrite(p, 1, n, o->f) != n) o->err = true;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static int path_join(char *out, size_t cap, const char *dir, const char *name)
+{
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < cap ? 0 : -1;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Writes the body (entries); returns the count, with o->err set on failure. */
+static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_t cur0)
+{
+    uint64_t n = 0;
+    bucket_t *copy = NULL;
+    uint32_t copy_cap = 0;
+    uint8_t rec[4096 * SNAP_REC];
+    size_t rn = 0;
+    for (unsigned si = 0; si < DEDUP_SHARDS && !o->err; si++) {
+        shard_t *s = &d->shards[si];
+        view_t v;
+        shard_lock(s);
+        view_load(d, &v);
+        shard_prepare(d, s, &v);
+        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+        if (nb > copy_cap) {
+            bucket_t *c = realloc(copy, (size_t)nb * sizeof *c);
+            if (c == NULL) {
+                shard_unlock(s);
+                o->err = true;
+                break;
+            }
+            copy = c;
+            copy_cap = nb;
+        }
+        memcpy(copy, atomic_load_explicit(&s->b, memory_order_relaxed), (size_t)nb * sizeof *copy);
+        shard_unlock(s);
+        for (uint32_t i = 0; i < nb; i++) {
+            for (int k = 0; k < DEDUP_SLOTS; k++) {
+                uint8_t t = copy[i].tag[k];
+                if ((t & DEDUP_PENDING) || !tag_live(&v, t)) continue;
+                uint64_t g = tag_gen(&v, t);
+                /* The floor only grows, so g >= floor0; a generation opened meanwhile is filed
+                 * under cur0, whose end is the write time, so its entries keep their lifetime. */
+                if (g < floor0) continue;
+                if (g > cur0) g = cur0;
+                put_u64(rec + rn * SNAP_REC, copy[i].fp[k]);
+                rec[rn * SNAP_REC + 8] = (uint8_t)(g - floor0);
+                n++;
+                if (++rn == 4096) {
+                    snap_put(o, rec, rn * SNAP_REC);
+                    rn = 0;
+                }
+            }
+        }
+    }
+    if (rn > 0) snap_put(o, rec, rn * SNAP_REC);
+    free(copy);
+    return n;
+}
+
+/*
+ * Layout (host byte order; the magic is checked, so a foreign-endian file reads as corrupt):
+ *   "SLUDEDUP" | u32 version | u32 n_gens | u64 window_ms | n_gens x u64 generation start ms
+ *   | n_entries x (u64 fingerprint, u8 generation index) | u64 n_entries | u64 written_ms
+ *   | u64 XXH3-64 of everything before it
+ */
+int dedup_snapshot_write(dedup_t *d, const char *dir)
+{
+    char path[4096], tmp[4096];
+    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0 ||
+        path_join(tmp, sizeof tmp, dir, SNAP_TMP) != 0)
+        return DEDUP_E_INVALID;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return DEDUP_E_IO;
+    snap_out_t o = {fopen(tmp, "wb"), XXH3_createState(), false};
+    if (o.f == NULL || o.h == NULL) {
+        if (o.f != NULL) fclose(o.f);
+        XXH3_freeState(o.h);
+        return o.h == NULL ? DEDUP_E_NOMEM : DEDUP_E_IO;
+    }
+    XXH3_64bits_reset(o.h);
+    view_t v;
+    view_load(d, &v);
+    uint8_t hdr[24];
+    memcpy(hdr, SNAP_MAGIC, 8);
+    uint32_t version = SNAP_VERSION, n_gens = (uint32_t)(v.span + 1);
+    memcpy(hdr + 8, &version, 4);
+    memcpy(hdr + 12, &n_gens, 4);
+    put_u64(hdr + 16, d->window_ms);
+    snap_put(&o, hdr, sizeof hdr);
+    for (uint64_t g = v.floor; g <= v.cur; g++) {
+        uint8_t b[8];
+        put_u64(b, atomic_load_explicit(&d->gen_start[tag_of(g) - 1], memory_order_relaxed));
+        snap_put(&o, b, 8);
+    }
+    uint64_t n = snap_entries(d, &o, v.floor, v.cur);
+    uint8_t tail[16];
+    put_u64(tail, n);
+    put_u64(tail + 8, now_ms(d));
+    snap_put(&o, tail, sizeof tail);
+    uint8_t sum[8];
+    put_u64(sum, XXH3_64bits_digest(o.h));
+    if (!o.err && fwrite(sum, 1, 8, o.f) != 8) o.err = true;
+    XXH3_freeState(o.h);
+    if (fflush(o.f) != 0 || fsync(fileno(o.f)) != 0) o.err = true;
+    if (fclose(o.f) != 0) o.err = true;
+    if (o.err || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return DEDUP_E_IO;
+    }
+    (void)fsync_dir(dir);
+    return DEDUP_OK;
+}
+
+/* Inserts a remembered entry while loading (d is private to the loader, no request runs). */
+static void load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
+{
+    shard_t *s = shard_of(d, fp);
+    view_t v;
+    shard_lock(s);
+    view_load(d, &v);
+    shard_prepare(d, s, &v);
+    if (shard_find(s, &v, fp) == NULL) {
+        shard_make_room(d, s, &v);
+        /* The cap may have dropped this entry's generation meanwhile. */
+        if (tag_live(&v, tag)) shard_place(s, &v, fp, tag);
+    }
+    shard_unlock(s);
+}
+
+int dedup_snapshot_load(dedup_t *d, const char *dir)
+{
+    char path[4096];
+    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) return DEDUP_E_INVALID;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return errno == ENOENT ? DEDUP_E_NOENT : DEDUP_E_IO;
+    int rc = DEDUP_E_CORRUPT;
+    uint8_t *buf = malloc(1 << 20);
+    XXH3_state_t *h = XXH3_createState();
+    struct stat stt;
+    uint8_t hdr[24], tail[24];
+    uint32_t version = 0, n_gens = 0;
+    if (buf == NULL || h == NULL) {
+        rc = DEDUP_E_NOMEM;
+        goto out;
+    }
+    if (fstat(fileno(f), &stt) != 0) {
+        rc = DEDUP_E_IO;
+        goto out;
+    }
+    uint64_t size = (uint64_t)stt.st_size;
+    if (size < sizeof hdr + sizeof tail || fread(hdr, 1, sizeof hdr, f) != sizeof hdr) goto out;
+    memcpy(&version, hdr + 8, 4);
+    memcpy(&n_gens, hdr + 12, 4);
+    if (memcmp(hdr, SNAP_MAGIC, 8) != 0 || version != SNAP_VERSION || n_gens == 0 ||
+        n_gens > DEDUP_TAGS)
+        goto out;
+    uint64_t head = sizeof hdr + 8ull * n_gens;
+    if (size < head + sizeof tail || (size - head - sizeof tail) % SNAP_REC != 0) goto out;
+    uint64_t n_recs = (size - head - sizeof tail) / SNAP_REC;
+    /* Pass 1: checksum of everything but the last 8 bytes. */
+    XXH3_64bits_reset(h);
+    XXH3_64bits_update(h, hdr, sizeof hdr);
+    uint64_t left = size - sizeof hdr - 8;
+    while (left > 0) {
+        size_t want = left > (1 << 20) ? (1 << 20) : (size_t)left;
+        if (fread(buf, 1, want, f) != want) goto out;
+        XXH3_64bits_update(h, buf, want);
+        left -= want;
+    }
+    if (fread(tail, 1, 8, f) != 8 || get_u64(tail) != XXH3_64bits_digest(h)) goto out;
+    if (fseek(f, (long)(size - sizeof tail), SEEK_SET) != 0 || fread(tail, 1, 24, f) != 24)
+        goto out;
+    if (get_u64(tail) != n_recs) goto out;
+    uint64_t written = get_u64(tail + 8);
+    /* Pass 2: generations, then entries. */
+    uint64_t starts[DEDUP_TAGS];
+    if (fseek(f, (long)sizeof hdr, SEEK_SET) != 0 || fread(buf, 1, 8ull * n_gens, f) != 8ull * n_gens)
+        goto out;
+    for (uint32_t j = 0; j < n_gens; j++)
+        starts[j] = get_u64(buf + 8 * j);
+    uint64_t t = now_ms(d);
+    /* Keep generation j when its end (next start, or the write time) is within the window. */
+    uint32_t j0 = 0;
+    while (j0 < n_gens) {
+        uint64_t end = j0 + 1 < n_gens ? starts[j0 + 1] : written;
+        if (end + d->window_ms > t) break;
+        j0++;
+    }
+    if (n_gens - j0 > DEDUP_MAX_LIVE - 1) j0 = n_gens - (DEDUP_MAX_LIVE - 1);
+    uint32_t kept = n_gens - j0;
+    pthread_mutex_lock(&d->gen_mu);
+    for (uint32_t i = 0; i < kept; i++)
+        atomic_store(&d->gen_start[tag_of(i) - 1], starts[j0 + i]);
+    /* The snapshot's last generation ends at the write time, not at this restart: the open
+     * generation is dated from the write, and dedup_tick opens a fresh one for what comes now. */
+    atomic_store(&d->gen_start[tag_of(kept) - 1], written < t ? written : t);
+    atomic_store(&d->floor, 0);
+    atomic_store(&d->cur, (uint64_t)kept);
+    pthread_mutex_unlock(&d->gen_mu);
+    dedup_tick(d);
+    uint64_t done = 0;
+    rc = DEDUP_OK;
+    while (done < n_recs) {
+        size_t m = n_recs - done > (1 << 20) / SNAP_REC ? (1 << 20) / SNAP_REC
+                                                        : (size_t)(n_recs - done);
+        if (fread(buf, 1, m * SNAP_REC, f) != m * SNAP_REC) {
+            rc = DEDUP_E_IO;
+            break;
+        }
+        for (size_t i = 0; i < m; i++) {
+            const uint8_t *r = buf + i * SNAP_REC;
+            uint32_t gi = r[8];
+            if (gi >= n_gens) {
+                rc = DEDUP_E_CORRUPT;
+                break;
+            }
+            if (gi < j0) continue;
+            load_insert(d, get_u64(r), (uint8_t)tag_of(gi - j0));
+        }
+        if (rc != DEDUP_OK) break;
+        done += m;
+    }
+out:
+    XXH3_freeState(h);
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+/* ---- worker ---- */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Sweeps the shards in which generations died since their last sweep. */
+static void sweep_all(dedup_t *d)
+{
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
+        shard_t *s = &d->shards[i];
+        view_t v;
+        shard_lock(s);
+        view_load(d, &v);
+        shard_prepare(d, s, &v);
+        if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
+            shard_sweep(s, &v);
+        shard_unlock(s);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    dedup_t *d = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    uint64_t last_snap = mono_ms();
+    pthread_mutex_lock(&d->w_mu);
+    while (!d->w_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&d->w_cv, &d->w_mu, &ts);
+        if (d->w_stop) break;
+        pthread_mutex_unlock(&d->w_mu);
+        dedup_tick(d);
+        sweep_all(d);
+        if (d->w_interval_ms > 0 && mono_ms() - last_snap >= d->w_interval_ms) {
+            uint64_t t0 = mono_ms();
+            int rc = dedup_snapshot_write(d, d->w_dir);
+            last_snap = mono_ms();
+            if (rc != DEDUP_OK) {
+                metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+                LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
+                    LS("reason", dedup_strerror(rc)));
+            } else {
+                LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", last_snap - t0));
+            }
+        }
+        pthread_mutex_lock(&d->w_mu);
+    }
+    pthread_mutex_unlock(&d->w_mu);
+    return NULL;
+}
+
+int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms)
+{
+    if (d->w_running) return DEDUP_E_INVALID;
+    char *copy = strdup(dir);
+    if (copy == NULL) return DEDUP_E_NOMEM;
+    free(d->w_dir);
+    d->w_dir = copy;
+    d->w_interval_ms = interval_ms;
+    d->w_stop = false;
+    if (pthread_create(&d->w_thread, NULL, worker_main, d) != 0) return DEDUP_E_INVALID;
+    d->w_running = true;
+    return DEDUP_OK;
+}
+
+int dedup_worker_stop(dedup_t *d, bool final)
+{
+    if (d->w_running) {
+        pthread_mutex_lock(&d->w_mu);
+        d->w_stop = true;
+        pthread_cond_signal(&d->w_cv);
+        pthread_mutex_unlock(&d->w_mu);
+        pthread_join(d->w_thread, NULL);
+        d->w_running = false;
+    }
+    if (!final || d->w_dir == NULL) return DEDUP_OK;
+    int rc = dedup_snapshot_write(d, d->w_dir);
+    if (rc != DEDUP_OK) metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+    return rc;
+}

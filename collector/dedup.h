@@ -1,0 +1,159 @@
+/*
+ * dedup.h — exact deduplication of events by (source, messageId) within a time window under a
+ * memory cap (SPEC §5), with the durability rule of SPEC §3: only delivered events are remembered.
+ *
+ * Structure. A key is reduced to a 64-bit XXH3 fingerprint (the messageId hashed with a seed
+ * derived from the source). Fingerprints live in 64 shards (top 6 bits) of open-addressing tables
+ * of 64-byte buckets: 7 fingerprints + 7 one-byte tags + 1 overflow byte, i.e. 9.14 bytes per
+ * slot; tables grow by 1.5x at 90% load, so a remembered event costs 10.2..15.2 bytes at steady
+ * state (the benchmark prints the measured figure). A tag holds a 7-bit generation number and a
+ * PENDING bit. Time is cut into generations of window/32: an entry is live while its generation
+ * is; a generation dies when its newest possible entry is older than the window (so an event is
+ * remembered for at least the window), or — at the memory cap — the oldest live generation is
+ * dropped early ("at the cap the oldest go first"); the effective window is then the age of the
+ * oldest live generation. Dead slots are reused at once and swept in the background.
+ *
+ * Fingerprints: two different keys collide with probability 2^-64 per pair, so with N entries a
+ * new event is wrongly called a duplicate with probability about N / 2^64 (README has the figure).
+ *
+ * Threads: every function may be called from any thread. Each shard has its own short spin lock
+ * (held for one probe, or for one rehash/sweep of that shard — 1/64 of the table); generation
+ * changes take a separate mutex, never on the lookup path. No call blocks on I/O except the
+ * snapshot functions and dedup_worker_stop, which belong to main or the worker thread.
+ *
+ * Request protocol (ingest): dedup_reserve_all() before producing marks every new fingerprint
+ * PENDING; after the delivery group reports, dedup_commit() (all delivered) or dedup_release()
+ * (anything failed: the events are forgotten so a retry goes through). A copy that meets a
+ * PENDING entry of another request makes dedup_reserve_all() fail with DEDUP_E_IN_FLIGHT and
+ * reserve nothing: the request is answered 503 + Retry-After, because answering 200 could lose
+ * the event if the first copy's delivery then failed, and producing it would deliver it twice.
+ */
+#ifndef SLUICE_DEDUP_H
+#define SLUICE_DEDUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* X(NAME, value, "message"). Append-only. */
+#define DEDUP_ERRORS(X)                                                                            \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_NOMEM, -1, "out of memory")                                                                \
+    X(E_INVALID, -2, "invalid argument")                                                           \
+    X(E_IO, -3, "snapshot I/O error")                                                              \
+    X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
+    X(E_IN_FLIGHT, -5, "a copy of an event is still being delivered by another request")           \
+    X(E_NOENT, -6, "no snapshot")
+
+typedef enum {
+#define DEDUP_X_ENUM(name, val, msg) DEDUP_##name = val,
+    DEDUP_ERRORS(DEDUP_X_ENUM)
+#undef DEDUP_X_ENUM
+} dedup_err_t;
+
+/* Message for a dedup_err_t; "unknown error" for other values. Never NULL. */
+const char *dedup_strerror(int err);
+
+/* Verdict per key of a reservation. */
+enum {
+    DEDUP_NEW = 0,       /* reserved (PENDING): produce it, then commit or release */
+    DEDUP_DUPLICATE = 1, /* seen and delivered, or an earlier copy in the same request: skip */
+    DEDUP_BUSY = 2,      /* a copy is PENDING for another request (dedup_reserve_batch only) */
+};
+
+/* Wall-clock milliseconds since the epoch (generations are stamped with it, so they survive a
+ * restart). Tests inject their own. */
+typedef uint64_t (*dedup_clock_fn)(void *ud);
+
+typedef struct dedup_opts {
+    uint64_t window_ms;  /* > 0 */
+    uint64_t max_memory; /* bytes of tables; at least 64 KiB is used whatever is asked */
+    dedup_clock_fn clock;
+    void *clock_ud; /* NULL clock: CLOCK_REALTIME */
+} dedup_opts_t;
+
+typedef struct dedup dedup_t;
+
+/* Creates an empty structure. Returns 0 and *out (free with dedup_free), DEDUP_E_INVALID or
+ * DEDUP_E_NOMEM. */
+int dedup_new(const dedup_opts_t *opts, dedup_t **out);
+/* Stops the worker if running (without a snapshot) and frees everything. Safe with NULL. */
+void dedup_free(dedup_t *d);
+
+/* Fingerprint of (source, messageId): dedup_fp(dedup_seed(source), id). */
+uint64_t dedup_seed(const char *source, size_t len);
+uint64_t dedup_fp(uint64_t seed, const char *id, size_t len);
+
+/* Low level, one verdict per key: verdict[i] = DEDUP_NEW (now PENDING), DEDUP_DUPLICATE (live and
+ * delivered) or DEDUP_BUSY (PENDING). Keys repeated inside fps: the later copies see the first
+ * one's PENDING entry (BUSY). Never fails: at the cap the oldest generation is dropped. */
+void dedup_reserve_batch(dedup_t *d, const uint64_t *fps, size_t n, uint8_t *verdict);
+
+/* Scratch for dedup_reserve_all: a set for in-request duplicates. One per thread. */
+typedef struct dedup_scratch {
+    uint64_t *set;
+    uint32_t *stamp; /* a slot of set is used when its stamp equals epoch: no clearing */
+    uint32_t cap;    /* power of two, 0 when unallocated */
+    uint32_t epoch;
+} dedup_scratch_t;
+void dedup_scratch_free(dedup_scratch_t *s);
+
+/*
+ * Reserves a request's keys. fps[0..n) are the fingerprints of its valid events in order.
+ * Later copies of a fingerprint inside fps get DEDUP_DUPLICATE, the others the verdict of
+ * dedup_reserve_batch. Returns:
+ *   0: verdict[i] is DEDUP_NEW (reserved) or DEDUP_DUPLICATE for every i;
+ *   DEDUP_E_IN_FLIGHT: some key is PENDING for another request; nothing stays reserved;
+ *   DEDUP_E_NOMEM: scratch could not grow; nothing is reserved.
+ * On 0 the caller must later dedup_commit or dedup_release exactly the DEDUP_NEW keys.
+ */
+int dedup_reserve_all(dedup_t *d, dedup_scratch_t *s, const uint64_t *fps, size_t n,
+                      uint8_t *verdict);
+
+/* Delivered: PENDING entries become remembered (an entry lost meanwhile is inserted again). */
+void dedup_commit(dedup_t *d, const uint64_t *fps, size_t n);
+/* Not delivered: PENDING entries are forgotten (a remembered one is left alone). */
+void dedup_release(dedup_t *d, const uint64_t *fps, size_t n);
+
+/* Advances generations by the clock: opens a new one every window/32, drops those older than
+ * the window. The worker calls it every second; tests call it after moving their clock. */
+void dedup_tick(dedup_t *d);
+
+typedef struct dedup_stats {
+    uint64_t entries;        /* live entries (remembered + pending) */
+    uint64_t pending;        /* of which PENDING */
+    uint64_t bytes;          /* tables and bookkeeping */
+    uint64_t table_slots;    /* slots allocated */
+    double window_s;         /* effective window: age of the oldest live generation, <= window */
+    uint64_t evicted_by_cap; /* entries dropped early at the memory cap, since creation */
+    uint32_t generations;    /* live generations */
+} dedup_stats_t;
+/* Consistent per shard, not across shards. Takes each shard lock briefly. */
+void dedup_stats(dedup_t *d, dedup_stats_t *st);
+
+/* Registers the gauges sluice_dedup_entries, _bytes, _window_seconds, _evicted_by_cap with
+ * metrics.h. d must outlive /metrics rendering. Returns 0 or -1 (registry full). */
+int dedup_register_metrics(dedup_t *d);
+
+/*
+ * Snapshots. File "<dir>/dedup.snapshot": header (magic, version, window, generation start
+ * times, entry count), remembered entries (PENDING ones are not: they were not delivered yet),
+ * XXH3-64 checksum trailer. Written to "dedup.snapshot.tmp", fsync'd, renamed, directory
+ * fsync'd; dir is created if missing. Blocks on I/O: never call from a loop thread.
+ */
+int dedup_snapshot_write(dedup_t *d, const char *dir);
+/* Loads dir's snapshot into d, which must be fresh (nothing reserved yet). Generations older
+ * than the window are skipped. Returns 0, DEDUP_E_NOENT (no file), DEDUP_E_CORRUPT (bad magic,
+ * version, size or checksum: d is left empty), DEDUP_E_IO or DEDUP_E_NOMEM. Reads the file twice
+ * (checksum, then entries); about a second at the default cap. */
+int dedup_snapshot_load(dedup_t *d, const char *dir);
+
+/* Starts the worker thread: dedup_tick + background sweep every second, and a snapshot to dir
+ * every interval_ms (0: only at dedup_worker_stop when final). dir is copied.
+ * Returns 0, DEDUP_E_NOMEM or DEDUP_E_INVALID (already running / thread creation failed). */
+int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms);
+/* Stops and joins the worker (bounded by the snapshot in progress). When final, writes a last
+ * snapshot from the calling thread. Returns the snapshot's result (0 when not final). */
+int dedup_worker_stop(dedup_t *d, bool final);
+
+#endif

@@ -1,0 +1,156 @@
+/*
+ * pql.h — PQL triggers (SPEC §6): per-account streaming counters over a sliding window, rule
+ * scoring, tiers, and one pql_signals message when an account's tier rises.
+ *
+ * Counters. Time is cut into buckets (pql.bucket, default 1 h) of event time. Per account:
+ *  - a sparse, sorted list of the buckets that saw events, each with one count per "count set"
+ *    (set 0: every event; one more set per distinct event-name list used by an events,
+ *    events_velocity or event_seen rule);
+ *  - distinct users: exact (64-bit hash, first and last bucket) up to PQL_EXACT_USERS users, then
+ *    HyperLogLog sketches (p = 13, standard error 1.04/sqrt(8192) = 1.15%) kept per UTC day, with
+ *    their union over the window and, per users_velocity rule, over the days before its recent
+ *    period, all maintained incrementally (register changes update the estimate in O(1));
+ *  - the most active users: a space-saving top-PQL_TOP_USERS list (exact while the account has at
+ *    most that many users);
+ *  - the bucket each tier was last signalled in.
+ * The window is [head - window + 1 bucket, head], head being the newest event bucket of the
+ * account (or the wall-clock bucket once the account went idle: pql_sweep). An event older than
+ * head - pql.late (or older than the window) is not counted (late events metric). Metrics:
+ *  - active_users: distinct users in the window. Sketch mode counts whole UTC days (the window
+ *    rounded out to day boundaries), error ~1.2% (1 sigma).
+ *  - events: count in the window of the rule's set.
+ *  - events_velocity: count in the recent period (the last `recent` of the window) divided by the
+ *    mean count per period of the rest of the window, i.e. rest / ((window - recent) / recent).
+ *    That mean is floored at 1 per period, so an account with no earlier history has velocity =
+ *    its recent count (finite, and a burst from a brand-new account is a surge). The rule also
+ *    needs recent count >= min_recent.
+ *  - users_velocity: the same over first-seen users (users whose first event in the window falls
+ *    in the period). Sketch mode: recent = |users of the window| - |users of the days before the
+ *    recent period| at day granularity.
+ *  - active_days: UTC days of the window with at least one event.
+ *  - event_seen: one of the names occurred in the window.
+ * Score = sum of the points of the rules that hold; tier = the highest whose threshold it reaches.
+ * Everything is re-evaluated on each event for that account only (aggregates maintained
+ * incrementally; only a new head bucket or a late event rescans that account's buckets).
+ *
+ * Signals. When the tier rises above the previous evaluation's, and that tier was not signalled
+ * within the last window (event time), signal_cb gets the JSON
+ * {"accountId","tier","previousTier","score","rules":[holding rules: name,value,threshold,points],
+ *  "userIds":[<= 5 most active],"source","triggeredAt"} — called after the shard lock is released,
+ * on the thread that fed the event. A tier that falls is not signalled.
+ *
+ * Threads and bounds. Accounts live in 64 shards, each behind its own mutex held only for one
+ * account update (never during I/O), so loop threads do not share a global lock. At
+ * pql.max_accounts (spread evenly over the shards) the least recently active account of the shard
+ * is forgotten (evictions metric). Idle accounts expire after the window (pql_sweep).
+ *
+ * Snapshot: pql_snapshot_write() writes every account to a file atomically (tmp + fsync + rename)
+ * with an xxh64 checksum and a fingerprint of the rules; pql_snapshot_load() restores it. Native
+ * byte order: a snapshot is for the machine that wrote it.
+ */
+#ifndef SLUICE_PQL_H
+#define SLUICE_PQL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "proto.h"
+
+#define PQL_ERRORS(X)                                                                              \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_NOMEM, -1, "out of memory")                                                                \
+    X(E_INVALID, -2, "invalid argument")                                                           \
+    X(E_IO, -3, "snapshot I/O error")                                                              \
+    X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
+    X(E_MISMATCH, -5, "snapshot written under other pql settings")                                 \
+    X(E_NOTFOUND, -6, "no such account")                                                           \
+    X(E_LATE, -7, "event older than the late allowance")
+
+typedef enum {
+#define PQL_X_ENUM(name, val, msg) PQL_##name = val,
+    PQL_ERRORS(PQL_X_ENUM)
+#undef PQL_X_ENUM
+} pql_err_t;
+const char *pql_strerror(int err);
+
+#define PQL_EXACT_USERS 64 /* exact distinct-user set up to this many users, sketches beyond */
+#define PQL_TOP_USERS   8  /* tracked most-active users; signals name up to 5 */
+#define PQL_HLL_P       13
+
+typedef struct pql pql_t;
+
+/* account/json are valid only during the call. Must not call back into pql. */
+typedef void (*pql_signal_cb)(void *ud, const char *account, size_t alen, const char *json,
+                              size_t jlen);
+
+/* Builds the tracker for cfg (copied what it needs: cfg may go away afterwards). cfg->n_rules
+ * must be > 0. Returns PQL_OK and *out, or PQL_E_NOMEM / PQL_E_INVALID. Free with pql_free(). */
+int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out);
+void pql_free(pql_t *p);
+
+typedef struct pql_event {
+    const char *account; /* accountId; the event is ignored when absent */
+    size_t account_len;  /* 1..255 */
+    const char *user;    /* userId, else anonymousId */
+    size_t user_len;     /* 1..255 */
+    const char *event;   /* track event name, NULL for other types */
+    size_t event_len;
+    const char *source; /* the write key's source, for the signal */
+    size_t source_len;
+    int64_t ts_ms; /* event time (the normalized timestamp), epoch ms */
+} pql_event_t;
+
+/* Counts one delivered event and re-evaluates its account; may call signal_cb. now_ms is the
+ * wall clock (for triggeredAt). Returns PQL_OK, PQL_E_LATE (not counted), PQL_E_INVALID (no
+ * account or user, ids too long) or PQL_E_NOMEM (not counted). Thread-safe. */
+int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms);
+
+/* Event records carried by a request from accept to delivery (ingest: the events are counted
+ * only once Kafka acknowledged them, so a failed request's retry is not counted twice).
+ * pql_record_append copies ev into buf (bounded by buf's max: returns PROTO_E_NOMEM when full,
+ * and the event is then not counted). pql_feed_records feeds every record of buf[0..len). */
+int pql_record_append(proto_buf_t *buf, const pql_event_t *ev);
+void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms);
+
+/* JSON of one account (live counters, score, tier, each rule's value and whether it holds,
+ * top users) appended to out. PQL_E_NOTFOUND when not tracked; PQL_E_NOMEM when out is full. */
+int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto_buf_t *out);
+/* {"accounts":[...]} of the n (1..1000) highest-scored accounts, best first. Scans every account
+ * (O(accounts), one shard lock at a time): an admin call, not for the hot path. */
+int pql_top_json(pql_t *p, size_t n, proto_buf_t *out);
+
+/* Advances idle accounts' windows to the wall-clock bucket of now_ms (their tiers may fall) and
+ * forgets accounts with no event in the window. Returns the accounts expired. One shard lock at
+ * a time; meant for a worker thread. */
+size_t pql_sweep(pql_t *p, int64_t now_ms);
+
+/* Writes every account to path (via path.tmp, fsync, rename, fsync of the directory). Blocks on
+ * disk: never on a loop thread. Returns PQL_OK or PQL_E_IO/E_NOMEM (the old file then stays). */
+int pql_snapshot_write(pql_t *p, const char *path);
+/* Loads path into an empty tracker. PQL_E_IO when it cannot be read (ENOENT included: check
+ * existence first), PQL_E_CORRUPT (checksum, truncation), PQL_E_MISMATCH (other rules or window);
+ * on any failure the tracker is left empty. */
+int pql_snapshot_load(pql_t *p, const char *path);
+
+/* The snapshot worker: a dedicated thread (signals blocked) that every interval_ms sweeps idle
+ * accounts (pql_sweep) and writes the snapshot to path (logging failures). pql_saver_stop() wakes
+ * and joins it, then writes the final snapshot (blocks on disk: main only, at shutdown, after the
+ * loops stopped feeding). path is copied. Returns PQL_OK or PQL_E_NOMEM/E_IO (thread not
+ * started). */
+typedef struct pql_saver pql_saver_t;
+int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out);
+/* Returns the final snapshot's result. Safe with NULL (returns PQL_OK). */
+int pql_saver_stop(pql_saver_t *s);
+
+typedef struct pql_stats {
+    uint64_t accounts, bytes, evictions, expired, late, signals;
+    uint64_t signals_by_tier[CONFIG_PQL_MAX_TIERS]; /* in the order of cfg->tiers */
+} pql_stats_t;
+void pql_stats(pql_t *p, pql_stats_t *st);
+
+/* Registers the /metrics gauges (sluice_pql_*). p must outlive metrics rendering. */
+void pql_register_metrics(pql_t *p);
+
+#endif

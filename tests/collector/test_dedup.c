@@ -1,0 +1,559 @@
+/*
+ * test_dedup.c — the dedup structure (collector/dedup.c): window expiry by an injected clock,
+ * eviction order at the memory cap, bytes per entry, PENDING/commit/release and in-request
+ * duplicates, concurrent reservations from 4 threads, snapshots (round trip, expiry at load,
+ * corrupt, truncated, missing) and the worker's final snapshot.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+
+#include "dedup.c"
+#include "log.c"
+#include "metrics.c"
+
+typedef struct fake_clock {
+    _Atomic uint64_t ms;
+} fake_clock_t;
+
+static uint64_t fake_now(void *ud)
+{
+    return atomic_load(&((fake_clock_t *)ud)->ms);
+}
+
+static dedup_t *mk(fake_clock_t *clk, uint64_t window_ms, uint64_t max_memory)
+{
+    dedup_opts_t o = {.window_ms = window_ms,
+                      .max_memory = max_memory,
+                      .clock = clk ? fake_now : NULL,
+                      .clock_ud = clk};
+    dedup_t *d = NULL;
+    assert_int_equal(dedup_new(&o, &d), DEDUP_OK);
+    assert_non_null(d);
+    return d;
+}
+
+/* Distinct fingerprints for ("test", "id-<i>"). */
+static uint64_t key(uint64_t i)
+{
+    char id[32];
+    int n = snprintf(id, sizeof id, "id-%llu", (unsigned long long)i);
+    return dedup_fp(dedup_seed("test", 4), id, (size_t)n);
+}
+
+static int reserve1(dedup_t *d, uint64_t fp)
+{
+    uint8_t v = 0xff;
+    dedup_reserve_batch(d, &fp, 1, &v);
+    return v;
+}
+
+/* Reserves and commits: the event was delivered. Returns the verdict. */
+static int seen(dedup_t *d, uint64_t fp)
+{
+    int v = reserve1(d, fp);
+    if (v == DEDUP_NEW) dedup_commit(d, &fp, 1);
+    return v;
+}
+
+static void advance(dedup_t *d, fake_clock_t *clk, uint64_t ms, uint64_t step)
+{
+    for (uint64_t t = 0; t < ms; t += step) {
+        atomic_fetch_add(&clk->ms, step);
+        dedup_tick(d);
+    }
+}
+
+static void test_invalid_and_strerror(void **state)
+{
+    (void)state;
+    dedup_opts_t o = {.window_ms = 0, .max_memory = 1 << 20};
+    dedup_t *d = (dedup_t *)1;
+    assert_int_equal(dedup_new(&o, &d), DEDUP_E_INVALID);
+    assert_null(d);
+    assert_string_equal(dedup_strerror(DEDUP_E_CORRUPT), "snapshot corrupt or truncated");
+    assert_string_equal(dedup_strerror(12345), "unknown error");
+    /* Source is part of the key. */
+    assert_true(dedup_fp(dedup_seed("web", 3), "m1", 2) != dedup_fp(dedup_seed("ios", 3), "m1", 2));
+    assert_int_equal(dedup_fp(dedup_seed("web", 3), "m1", 2), dedup_fp(dedup_seed("web", 3), "m1", 2));
+}
+
+static void test_window_expiry(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 32000, 1 << 20); /* generations of 1 s */
+    assert_int_equal(seen(d, key(1)), DEDUP_NEW);
+    advance(d, &clk, 10000, 1000);
+    assert_int_equal(seen(d, key(2)), DEDUP_NEW);
+    /* Exactly one window after the first insert: still remembered. */
+    advance(d, &clk, 22000, 1000);
+    assert_int_equal(seen(d, key(1)), DEDUP_DUPLICATE);
+    assert_int_equal(seen(d, key(2)), DEDUP_DUPLICATE);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, 2);
+    assert_true(st.window_s >= 31.0 && st.window_s <= 32.0);
+    /* Two generations later key 1 is gone, key 2 (10 s younger) is not. */
+    advance(d, &clk, 2000, 1000);
+    assert_int_equal(seen(d, key(1)), DEDUP_NEW);
+    assert_int_equal(seen(d, key(2)), DEDUP_DUPLICATE);
+    advance(d, &clk, 12000, 1000);
+    assert_int_equal(seen(d, key(2)), DEDUP_NEW);
+    dedup_stats(d, &st);
+    assert_int_equal(st.evicted_by_cap, 0);
+    dedup_free(d);
+}
+
+/* Tags repeat every 127 generations: an entry that died long ago (no sweep by a worker) must not
+ * come back to life when its tag is reused. */
+static void test_expired_entries_do_not_resurrect(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 32000, 1 << 20);
+    for (uint64_t i = 0; i < 1000; i++)
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+    for (int round = 0; round < 300; round++) {
+        advance(d, &clk, 1000, 1000);
+        /* Touches one key per step, in varying shards, as traffic would. */
+        (void)seen(d, key(100000 + (uint64_t)round));
+        for (uint64_t i = 0; i < 1000; i += 97)
+            if (round > 40) assert_int_equal(reserve1(d, key(i)) == DEDUP_DUPLICATE, 0);
+        for (uint64_t i = 0; i < 1000; i += 97)
+            if (round > 40) dedup_release(d, (uint64_t[]){key(i)}, 1);
+    }
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_true(st.entries <= 40);
+    dedup_free(d);
+}
+
+static void test_cap_evicts_oldest_first(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    /* 1 MiB: 256 buckets per shard, ~103k entries at 90%. */
+    dedup_t *d = mk(&clk, 3600000, 1 << 20);
+    const uint64_t per = 40000;
+    for (uint64_t g = 0; g < 3; g++) {
+        for (uint64_t i = 0; i < per; i++)
+            assert_int_equal(seen(d, key(g * per + i)), DEDUP_NEW);
+        advance(d, &clk, 112500, 112500); /* one generation (1 h / 32) */
+    }
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_true(st.bytes <= (1 << 20) + sizeof(dedup_t));
+    assert_int_equal(st.evicted_by_cap, per); /* all of the first generation, nothing else */
+    assert_int_equal(st.entries, 2 * per);
+    assert_true(st.window_s < 3 * 112.5 && st.window_s > 112.0);
+    assert_int_equal(metrics_get(METRIC_DEDUP_EVICTIONS) >= per, 1);
+    /* The newer generations are intact, the oldest is forgotten. */
+    uint64_t fps[1000];
+    uint8_t v[1000];
+    for (uint64_t g = 1; g < 3; g++) {
+        for (uint64_t i = 0; i < 1000; i++)
+            fps[i] = key(g * per + i * 37);
+        dedup_reserve_batch(d, fps, 1000, v);
+        for (uint64_t i = 0; i < 1000; i++)
+            assert_int_equal(v[i], DEDUP_DUPLICATE);
+    }
+    for (uint64_t i = 0; i < 1000; i++)
+        fps[i] = key(i * 37);
+    dedup_reserve_batch(d, fps, 1000, v);
+    for (uint64_t i = 0; i < 1000; i++)
+        assert_int_equal(v[i], DEDUP_NEW);
+    dedup_release(d, fps, 1000);
+    dedup_free(d);
+}
+
+/* Everything in one generation, more than fits: the cap still holds and new keys go in. */
+static void test_cap_single_generation(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 3600000, 1 << 20);
+    for (uint64_t i = 0; i < 300000; i++)
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_true(st.bytes <= (1 << 20) + sizeof(dedup_t));
+    assert_true(st.entries > 0 && st.entries <= 300000);
+    assert_int_equal(st.entries + st.evicted_by_cap, 300000);
+    assert_int_equal(seen(d, key(299999)), DEDUP_DUPLICATE);
+    dedup_free(d);
+}
+
+static void test_bytes_per_entry(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    enum { N = 1000000, B = 1000 };
+    static uint64_t fps[B];
+    static uint8_t v[B];
+    for (uint64_t i = 0; i < N; i += B) {
+        for (uint64_t j = 0; j < B; j++)
+            fps[j] = key(i + j);
+        dedup_reserve_batch(d, fps, B, v);
+        dedup_commit(d, fps, B);
+        for (uint64_t j = 0; j < B; j++)
+            assert_int_equal(v[j], DEDUP_NEW);
+    }
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, N);
+    assert_int_equal(st.pending, 0);
+    double per = (double)st.bytes / (double)st.entries;
+    print_message("dedup: %.2f bytes/entry at %d entries\n", per, N);
+    assert_true(per <= 16.0);
+    dedup_free(d);
+}
+
+static void test_pending_commit_release(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 1 << 20);
+    uint64_t a = key(1), b = key(2), c = key(3), e = key(4);
+    assert_int_equal(reserve1(d, a), DEDUP_NEW);
+    assert_int_equal(reserve1(d, a), DEDUP_BUSY);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.pending, 1);
+
+    /* A request holding a copy of the in-flight a: refused, and reserves nothing. */
+    dedup_scratch_t s = {0};
+    uint64_t req[3] = {b, a, c};
+    uint8_t v[3];
+    assert_int_equal(dedup_reserve_all(d, &s, req, 3, v), DEDUP_E_IN_FLIGHT);
+    assert_int_equal(reserve1(d, b), DEDUP_NEW);
+    assert_int_equal(reserve1(d, c), DEDUP_NEW);
+    dedup_release(d, (uint64_t[]){b, c}, 2);
+
+    /* Delivery failed: forgotten, the retry goes through. */
+    dedup_release(d, &a, 1);
+    assert_int_equal(reserve1(d, a), DEDUP_NEW);
+    dedup_commit(d, &a, 1);
+    assert_int_equal(reserve1(d, a), DEDUP_DUPLICATE);
+    /* Releasing a remembered entry does nothing. */
+    dedup_release(d, &a, 1);
+    assert_int_equal(reserve1(d, a), DEDUP_DUPLICATE);
+
+    /* Duplicates inside one request: the later copies, the remembered one too. */
+    uint64_t req2[5] = {c, c, a, e, c};
+    uint8_t v2[5];
+    assert_int_equal(dedup_reserve_all(d, &s, req2, 5, v2), DEDUP_OK);
+    assert_int_equal(v2[0], DEDUP_NEW);
+    assert_int_equal(v2[1], DEDUP_DUPLICATE);
+    assert_int_equal(v2[2], DEDUP_DUPLICATE);
+    assert_int_equal(v2[3], DEDUP_NEW);
+    assert_int_equal(v2[4], DEDUP_DUPLICATE);
+    dedup_commit(d, (uint64_t[]){c, e}, 2);
+    dedup_stats(d, &st);
+    assert_int_equal(st.pending, 0);
+    assert_int_equal(st.entries, 3);
+    /* The scratch is reused without clearing: a new request does not see the old one's keys. */
+    uint64_t req3[2] = {key(10), key(11)};
+    assert_int_equal(dedup_reserve_all(d, &s, req3, 2, v2), DEDUP_OK);
+    assert_int_equal(v2[0], DEDUP_NEW);
+    assert_int_equal(v2[1], DEDUP_NEW);
+    dedup_scratch_free(&s);
+    dedup_free(d);
+}
+
+enum { CONC_THREADS = 4, CONC_KEYS = 20000 };
+
+typedef struct conc {
+    dedup_t *d;
+    int seed;
+    _Atomic int *wins;
+    _Atomic int *go;
+} conc_t;
+
+static void *conc_main(void *arg)
+{
+    conc_t *c = arg;
+    uint64_t fps[100];
+    uint8_t v[100];
+    while (!atomic_load(c->go)) {
+    }
+    /* Each thread walks the ids in its own order, in batches of 100. */
+    for (int base = 0; base < CONC_KEYS; base += 100) {
+        int start = (base + c->seed * 5000) % CONC_KEYS;
+        for (int j = 0; j < 100; j++)
+            fps[j] = key((uint64_t)(start + j));
+        dedup_reserve_batch(c->d, fps, 100, v);
+        for (int j = 0; j < 100; j++) {
+            if (v[j] == DEDUP_NEW) {
+                atomic_fetch_add(&c->wins[start + j], 1);
+                if (j % 2 == 0) dedup_commit(c->d, &fps[j], 1);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_reserve_one_winner(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 64 << 20);
+    static _Atomic int wins[CONC_KEYS];
+    _Atomic int go = 0;
+    pthread_t th[CONC_THREADS];
+    conc_t c[CONC_THREADS];
+    for (int i = 0; i < CONC_THREADS; i++) {
+        c[i] = (conc_t){d, i, wins, &go};
+        assert_int_equal(pthread_create(&th[i], NULL, conc_main, &c[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < CONC_THREADS; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < CONC_KEYS; i++)
+        assert_int_equal(atomic_load(&wins[i]), 1);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, CONC_KEYS);
+    assert_int_equal(st.pending, CONC_KEYS / 2);
+    dedup_free(d);
+}
+
+static char *tmpdir(void)
+{
+    char *t = strdup("/tmp/sluice-dedup-XXXXXX");
+    assert_non_null(mkdtemp(t));
+    return t;
+}
+
+static void rmdir_all(char *dir)
+{
+    DIR *dh = opendir(dir);
+    if (dh != NULL) {
+        struct dirent *e;
+        while ((e = readdir(dh)) != NULL) {
+            if (e->d_name[0] == '.') continue;
+            char p[4200];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+        closedir(dh);
+    }
+    rmdir(dir);
+    free(dir);
+}
+
+static void fill(dedup_t *d, uint64_t from, uint64_t n)
+{
+    for (uint64_t i = from; i < from + n; i++)
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+}
+
+static void test_snapshot_round_trip(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 32000, 8 << 20);
+    fill(d, 0, 5000);
+    advance(d, &clk, 5000, 1000);
+    fill(d, 5000, 5000);
+    for (uint64_t i = 20000; i < 20005; i++)
+        assert_int_equal(reserve1(d, key(i)), DEDUP_NEW); /* pending: not in the snapshot */
+    assert_int_equal(dedup_snapshot_write(d, dir), DEDUP_OK);
+    dedup_free(d);
+
+    atomic_fetch_add(&clk.ms, 20000); /* a restart 20 s later */
+    dedup_t *d2 = mk(&clk, 32000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d2, dir), DEDUP_OK);
+    dedup_stats_t st;
+    dedup_stats(d2, &st);
+    assert_int_equal(st.entries, 10000);
+    assert_true(st.window_s >= 25.0);
+    for (uint64_t i = 0; i < 10000; i += 7)
+        assert_int_equal(reserve1(d2, key(i)), DEDUP_DUPLICATE);
+    for (uint64_t i = 20000; i < 20005; i++)
+        assert_int_equal(reserve1(d2, key(i)), DEDUP_NEW);
+    /* The loaded generations keep their times: the first 5000 expire 5 s before the others. */
+    advance(d2, &clk, 5000, 1000); /* 30 s after the first 5000 went in: still there */
+    assert_int_equal(reserve1(d2, key(0)), DEDUP_DUPLICATE);
+    advance(d2, &clk, 4000, 1000);
+    assert_int_equal(reserve1(d2, key(1)), DEDUP_NEW);
+    assert_int_equal(reserve1(d2, key(5001)), DEDUP_DUPLICATE);
+    dedup_free(d2);
+
+    /* Loaded after more than the window: nothing is kept, and it still succeeds. */
+    atomic_fetch_add(&clk.ms, 60000);
+    dedup_t *d3 = mk(&clk, 32000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d3, dir), DEDUP_OK);
+    dedup_stats(d3, &st);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(reserve1(d3, key(5001)), DEDUP_NEW);
+    dedup_free(d3);
+    rmdir_all(dir);
+}
+
+static void write_file(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(p, 1, n, f), n);
+    fclose(f);
+}
+
+static uint8_t *read_file(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc(*n);
+    assert_int_equal(fread(p, 1, *n, f), *n);
+    fclose(f);
+    return p;
+}
+
+static void expect_corrupt(const char *dir)
+{
+    dedup_t *d = mk(NULL, 3600000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d, dir), DEDUP_E_CORRUPT);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, 0);
+    /* Still fully usable. */
+    assert_int_equal(seen(d, key(1)), DEDUP_NEW);
+    assert_int_equal(seen(d, key(1)), DEDUP_DUPLICATE);
+    dedup_free(d);
+}
+
+static void test_snapshot_corrupt_truncated_missing(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    dedup_t *d = mk(NULL, 3600000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d, dir), DEDUP_E_NOENT);
+    fill(d, 0, 3000);
+    assert_int_equal(dedup_snapshot_write(d, dir), DEDUP_OK);
+    dedup_free(d);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/dedup.snapshot", dir);
+    size_t n;
+    uint8_t *orig = read_file(path, &n);
+    assert_int_equal(n, 24 + 8 + 3000 * 9 + 24);
+
+    uint8_t *bad = malloc(n);
+    /* One flipped bit in an entry, in the header, in the trailer. */
+    size_t spots[] = {24 + 8 + 1234 * 9 + 3, 5, 13, n - 20, n - 1};
+    for (size_t i = 0; i < sizeof spots / sizeof spots[0]; i++) {
+        memcpy(bad, orig, n);
+        bad[spots[i]] ^= 0x10;
+        write_file(path, bad, n);
+        expect_corrupt(dir);
+    }
+    /* Truncated at several points (a torn write), and extended. */
+    size_t cuts[] = {0, 7, 24, 40, n / 2, n - 9, n - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        write_file(path, orig, cuts[i]);
+        expect_corrupt(dir);
+    }
+    memcpy(bad, orig, n);
+    write_file(path, bad, n);
+    FILE *f = fopen(path, "ab");
+    fputs("garbage", f);
+    fclose(f);
+    expect_corrupt(dir);
+    /* A leftover tmp file from a crash is ignored; the intact snapshot loads. */
+    write_file(path, orig, n);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s/dedup.snapshot.tmp", dir);
+    write_file(tmp, "partial", 7);
+    d = mk(NULL, 3600000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d, dir), DEDUP_OK);
+    assert_int_equal(reserve1(d, key(2999)), DEDUP_DUPLICATE);
+    dedup_free(d);
+    free(bad);
+    free(orig);
+    rmdir_all(dir);
+}
+
+static void test_snapshot_unwritable_dir(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 1 << 20);
+    fill(d, 0, 10);
+    assert_int_equal(dedup_snapshot_write(d, "/proc/no/such/dir"), DEDUP_E_IO);
+    dedup_free(d);
+}
+
+static void test_worker_final_snapshot(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/data", dir); /* created by the snapshot */
+    dedup_t *d = mk(NULL, 3600000, 8 << 20);
+    assert_int_equal(dedup_worker_start(d, sub, 1000), DEDUP_OK);
+    assert_int_equal(dedup_worker_start(d, sub, 1000), DEDUP_E_INVALID);
+    fill(d, 0, 2000);
+    /* The periodic snapshot appears within ~2 s. */
+    char path[4300];
+    snprintf(path, sizeof path, "%s/dedup.snapshot", sub);
+    struct stat stt;
+    for (int i = 0; i < 40 && stat(path, &stt) != 0; i++)
+        usleep(100 * 1000);
+    assert_int_equal(stat(path, &stt), 0);
+    fill(d, 2000, 1000);
+    assert_int_equal(dedup_worker_stop(d, true), DEDUP_OK);
+    dedup_free(d);
+    d = mk(NULL, 3600000, 8 << 20);
+    assert_int_equal(dedup_snapshot_load(d, sub), DEDUP_OK);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, 3000);
+    dedup_free(d);
+    unlink(path);
+    rmdir(sub);
+    rmdir_all(dir);
+}
+
+static void test_metrics_gauges(void **state)
+{
+    (void)state;
+    metrics_reset();
+    dedup_t *d = mk(NULL, 3600000, 1 << 20);
+    fill(d, 0, 42);
+    assert_int_equal(dedup_register_metrics(d), 0);
+    proto_buf_t out;
+    proto_buf_init(&out, 1 << 20);
+    assert_int_equal(metrics_render(&out), 0);
+    assert_int_equal(proto_buf_append(&out, "", 1), 0);
+    assert_non_null(strstr(out.data, "sluice_dedup_entries 42"));
+    assert_non_null(strstr(out.data, "sluice_dedup_bytes "));
+    assert_non_null(strstr(out.data, "sluice_dedup_window_seconds "));
+    assert_non_null(strstr(out.data, "sluice_dedup_evictions_total 0"));
+    proto_buf_free(&out);
+    metrics_reset();
+    dedup_free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_invalid_and_strerror),
+        cmocka_unit_test(test_window_expiry),
+        cmocka_unit_test(test_expired_entries_do_not_resurrect),
+        cmocka_unit_test(test_cap_evicts_oldest_first),
+        cmocka_unit_test(test_cap_single_generation),
+        cmocka_unit_test(test_bytes_per_entry),
+        cmocka_unit_test(test_pending_commit_release),
+        cmocka_unit_test(test_concurrent_reserve_one_winner),
+        cmocka_unit_test(test_snapshot_round_trip),
+        cmocka_unit_test(test_snapshot_corrupt_truncated_missing),
+        cmocka_unit_test(test_snapshot_unwritable_dir),
+        cmocka_unit_test(test_worker_final_snapshot),
+        cmocka_unit_test(test_metrics_gauges),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
