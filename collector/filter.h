@@ -76,8 +76,8 @@ typedef struct filter_set filter_set_t;
  * an empty list gives a set with no rules. On failure returns FILTER_E_INVALID or FILTER_E_NOMEM,
  * *out is NULL and nothing is left allocated.
  */
-int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file,
-                      filter_set_t **out, char *err, size_t errlen);
+int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file, filter_set_t **out,
+                      char *err, size_t errlen);
 
 /* Frees a set (NULL is fine). No filter_apply() on it may be running. */
 void filter_set_free(filter_set_t *fs);

@@ -35,6 +35,7 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
     ctx->auth = auth;
     ctx->accounts = accounts;
     ctx->pql = NULL;
+    ctx->dedup = NULL;
     ctx->reload = NULL;
     ctx->limits = proto_limits_default();
     ctx->limits.event_bytes = (size_t)cfg->event_bytes;
@@ -62,6 +63,7 @@ void ingest_scratch_free(ingest_scratch_t *s)
     s->plain = NULL;
     proto_buf_free(&s->enc);
     proto_arena_free(&s->arena);
+    dedup_scratch_free(&s->dedup);
 }
 
 void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async)
@@ -221,8 +223,7 @@ static int append_u(proto_buf_t *out, const char *prefix, uint64_t v)
  * when no rule dropped anything). strip/hash repoint ev->obj at an edited copy in b's zone.
  * Returns 0, or -1 when the zone ran out of memory (nothing may be produced then: an event
  * could be half-scrubbed). */
-static int apply_filters(ingest_ctx_t *ctx, proto_batch_t *b, ingest_req_t *req,
-                         uint8_t **filtered)
+static int apply_filters(ingest_ctx_t *ctx, proto_batch_t *b, ingest_req_t *req, uint8_t **filtered)
 {
     *filtered = NULL;
     if (ctx->reload == NULL) return 0;
@@ -253,6 +254,76 @@ static int apply_filters(ingest_ctx_t *ctx, proto_batch_t *b, ingest_req_t *req,
     reload_exit(ctx->reload, ticket);
     if (rc == 0 && req->n_filtered > 0) metrics_add(METRIC_EVENTS_FILTERED, req->n_filtered);
     return rc;
+}
+
+/* Dedup (SPEC §5; contract in ingest.h): reserves the fingerprints of the valid events not
+ * filtered out. Duplicates are marked 2 in *skip (allocated in b's zone when still NULL) and
+ * counted in req->n_duplicates; the reserved ones are listed in *pass (b's zone) for
+ * dedup_settle. Returns 0, DEDUP_E_IN_FLIGHT or DEDUP_E_NOMEM (then nothing is reserved). */
+typedef struct dedup_pass {
+    uint64_t *fps;
+    uint32_t *idx; /* event index of fps[j] */
+    uint32_t n;
+} dedup_pass_t;
+
+static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
+                         ingest_req_t *req, const char *source, uint8_t **skip, dedup_pass_t *pass)
+{
+    memset(pass, 0, sizeof *pass);
+    if (ctx->dedup == NULL || b->n_events == 0) return 0;
+    size_t n = b->n_events;
+    pass->fps = msgpack_zone_malloc(&b->zone, n * sizeof *pass->fps);
+    pass->idx = msgpack_zone_malloc(&b->zone, n * sizeof *pass->idx);
+    uint8_t *verdict = msgpack_zone_malloc(&b->zone, n);
+    if (*skip == NULL) {
+        *skip = msgpack_zone_malloc(&b->zone, n);
+        if (*skip != NULL) memset(*skip, 0, n);
+    }
+    if (pass->fps == NULL || pass->idx == NULL || verdict == NULL || *skip == NULL)
+        return DEDUP_E_NOMEM;
+    uint64_t seed = dedup_seed(source, strlen(source));
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const proto_event_t *ev = &b->events[i];
+        if (ev->error != 0 || (*skip)[i]) continue;
+        pass->fps[m] = dedup_fp(seed, ev->message_id.ptr, ev->message_id.len);
+        pass->idx[m++] = (uint32_t)i;
+    }
+    int rc = dedup_reserve_all(ctx->dedup, &s->dedup, pass->fps, m, verdict);
+    if (rc != DEDUP_OK) return rc;
+    uint32_t kept = 0;
+    for (uint32_t j = 0; j < m; j++) {
+        if (verdict[j] == DEDUP_NEW) {
+            pass->fps[kept] = pass->fps[j];
+            pass->idx[kept++] = pass->idx[j];
+            continue;
+        }
+        (*skip)[pass->idx[j]] = 2;
+        req->n_duplicates++;
+    }
+    pass->n = kept;
+    return 0;
+}
+
+/* After producing: an event reserved but then rejected (not encodable) was not delivered to the
+ * events topic, so it is released now; the rest move to the request (committed or released in
+ * ingest_finish). Returns 0, or -1 when memory is short (everything released then). */
+static int dedup_settle(ingest_ctx_t *ctx, const proto_batch_t *b, ingest_req_t *req,
+                        dedup_pass_t *pass)
+{
+    if (pass->n == 0) return 0;
+    req->dedup_fps = malloc((size_t)pass->n * sizeof *req->dedup_fps);
+    if (req->dedup_fps == NULL) {
+        dedup_release(ctx->dedup, pass->fps, pass->n);
+        return -1;
+    }
+    for (uint32_t j = 0; j < pass->n; j++) {
+        if (b->events[pass->idx[j]].error != 0)
+            dedup_release(ctx->dedup, &pass->fps[j], 1);
+        else
+            req->dedup_fps[req->n_dedup++] = pass->fps[j];
+    }
+    return 0;
 }
 
 /* Produces every event of b into req's group (skipping those marked in filtered, which may be
@@ -296,9 +367,9 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
             req->n_accepted++;
             if (ctx->pql != NULL) {
                 proto_str_t user = ev->user_id.ptr != NULL ? ev->user_id : ev->anonymous_id;
-                pql_event_t pe = {ev->account_id.ptr, ev->account_id.len, user.ptr, user.len,
-                                  ev->event.ptr, ev->event.len, ev->source.ptr, ev->source.len,
-                                  ev->norm_timestamp_ms};
+                pql_event_t pe = {ev->account_id.ptr, ev->account_id.len, user.ptr,
+                                  user.len,           ev->event.ptr,      ev->event.len,
+                                  ev->source.ptr,     ev->source.len,     ev->norm_timestamp_ms};
                 /* Full (beyond PQL_REQ_MAX): the rest of this request is not counted. */
                 (void)pql_record_append(&req->pql, &pe);
             }
@@ -325,7 +396,8 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
 static int build_answer(proto_buf_t *out, const proto_batch_t *b, const ingest_req_t *req)
 {
     int rc = append_u(out, "{\"success\":true,\"accepted\":", req->n_accepted);
-    if (rc == 0) rc = append_u(out, ",\"duplicates\":0,\"rejected\":", req->n_rejected);
+    if (rc == 0) rc = append_u(out, ",\"duplicates\":", req->n_duplicates);
+    if (rc == 0) rc = append_u(out, ",\"rejected\":", req->n_rejected);
     if (rc == 0) rc = append_u(out, ",\"filtered\":", req->n_filtered);
     if (rc == 0) rc = buf_lit(out, ",\"errors\":[");
     size_t listed = 0;
@@ -442,10 +514,27 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     proto_normalize(&b, &nctx);
 
     uint8_t *filtered = NULL;
-    if (apply_filters(ctx, &b, req, &filtered) != 0)
+    dedup_pass_t pass = {0};
+    if (apply_filters(ctx, &b, req, &filtered) != 0) {
         req->produce_err = KAFKA_E_NOMEM; /* 503: retry; nothing of this request was produced */
-    else
-        req->produce_err = produce_all(ctx, s, &b, req, source, now, filtered);
+    } else {
+        /* filtered also marks the duplicates (2) from here: produce_all skips both. */
+        int drc = dedup_reserve(ctx, s, &b, req, source, &filtered, &pass);
+        if (drc == DEDUP_E_IN_FLIGHT) {
+            metrics_add(METRIC_DEDUP_IN_FLIGHT, 1);
+            proto_batch_recycle(&b, &s->arena);
+            ingest_req_free(req);
+            refuse(err, 503, "unavailable",
+                   "a copy of an event in this batch is still being delivered; retry shortly", 1);
+            return -1;
+        }
+        if (drc != 0)
+            req->produce_err = KAFKA_E_NOMEM;
+        else
+            req->produce_err = produce_all(ctx, s, &b, req, source, now, filtered);
+        if (dedup_settle(ctx, &b, req, &pass) != 0 && req->produce_err == 0)
+            req->produce_err = KAFKA_E_NOMEM;
+    }
     if (req->produce_err == 0 && build_answer(&req->answer, &b, req) != 0)
         req->produce_err = KAFKA_E_NOMEM;
     proto_batch_recycle(&b, &s->arena);
@@ -474,11 +563,14 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
         reply->message = req->produce_err == KAFKA_E_QUEUE_FULL
                              ? "Kafka producer queue is full; retry later"
                              : "events could not be made durable; retry later";
-        /* No dedup memory here: a failed request's events must go through on retry. */
+        /* Forgotten: a failed request's events must go through on retry (SPEC §3). */
+        if (ctx->dedup != NULL) dedup_release(ctx->dedup, req->dedup_fps, req->n_dedup);
         return;
     }
     /* Success: every message acknowledged. Dedup (SPEC §5) records the request's
      * (source, messageId) pairs as seen at exactly this point, and nowhere else. */
+    if (ctx->dedup != NULL) dedup_commit(ctx->dedup, req->dedup_fps, req->n_dedup);
+    metrics_add(METRIC_EVENTS_DUPLICATE, req->n_duplicates);
     metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
     /* PQL counts delivered events only: here, after Kafka acknowledged them (a signal follows
      * within milliseconds of the acks, well inside SPEC §6's second). */
@@ -494,5 +586,6 @@ void ingest_req_free(ingest_req_t *req)
     if (req == NULL) return;
     proto_buf_free(&req->answer);
     proto_buf_free(&req->pql);
+    free(req->dedup_fps);
     free(req);
 }

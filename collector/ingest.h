@@ -12,7 +12,16 @@
  *
  * Durability: the answer is 200 only when every message of the request was acknowledged.
  * Any produce refusal or failed delivery makes it 503 (Retry-After), and the request's events
- * are then not remembered as seen (the dedup hook sits in ingest_finish, success branch only).
+ * are then not remembered as seen.
+ *
+ * Dedup (SPEC §5, dedup.h): after the filters, every valid event's (source, messageId) is
+ * reserved PENDING; copies already remembered or repeated inside the request are not produced
+ * and are counted in "duplicates". The reservations are committed in ingest_finish when every
+ * report is a success, and released otherwise — on the real delivery reports, not at the HTTP
+ * delivery_timeout (a request answered 503 at the deadline may still be delivered later; then
+ * it is remembered and the client's retry is a duplicate, as it should be). A request holding a
+ * copy of an event that another request is still delivering is refused with 503 + Retry-After
+ * before anything is produced: a 200 could lose the event if that delivery then failed.
  */
 #ifndef SLUICE_INGEST_H
 #define SLUICE_INGEST_H
@@ -28,6 +37,7 @@
 #include "auth.h"
 #include "body.h"
 #include "config.h"
+#include "dedup.h"
 #include "kafka_out.h"
 #include "proto.h"
 #include "reload.h"
@@ -42,6 +52,7 @@ typedef struct ingest_ctx {
     struct pql *pql;      /* may be NULL: PQL off. Set after ingest_ctx_init (main). Delivered
                            * events are fed in ingest_finish's success branch only, so a failed
                            * request's retry is not counted twice (records: pql_record_append). */
+    dedup_t *dedup;       /* may be NULL: dedup off (dedup.window 0). Set after ingest_ctx_init */
     proto_limits_t limits;
     atomic_uint in_flight; /* requests started and not yet finished, all loops */
 } ingest_ctx_t;
@@ -59,6 +70,7 @@ typedef struct ingest_scratch {
     size_t plain_cap;
     proto_buf_t enc;
     proto_arena_t arena;
+    dedup_scratch_t dedup; /* in-request duplicate set */
 } ingest_scratch_t;
 
 /* Returns 0, or -1 when memory is short (then ingest_scratch_free is still safe). */
@@ -90,11 +102,14 @@ struct ingest_req {
     void *owner; /* whoever waits for the answer (a connection); NULL once it left */
     ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
     uint64_t start_ns;           /* uv_hrtime() at request start */
-    uint32_t n_events, n_accepted, n_rejected;
-    uint32_t n_filtered; /* valid events dropped by filter rules (answer's "filtered") */
+    uint32_t n_events, n_accepted, n_rejected, n_filtered;
     int produce_err;    /* kafka_err_t of the first refused produce, 0 if none */
     proto_buf_t answer; /* the 200 body, built while producing */
     proto_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
+
+    uint32_t n_duplicates; /* valid events skipped as duplicates (answer's "duplicates") */
+    uint32_t n_dedup;      /* fingerprints reserved (PENDING) by this request: */
+    uint64_t *dedup_fps;   /*   committed on success, released otherwise, in ingest_finish */
 };
 
 typedef struct ingest_input {

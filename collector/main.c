@@ -18,6 +18,7 @@
 #include "accounts.h"
 #include "auth.h"
 #include "config.h"
+#include "dedup.h"
 #include "ingest.h"
 #include "kafka_out.h"
 #include "log.h"
@@ -89,6 +90,46 @@ static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_save
     return 0;
 }
 
+/* Dedup on (dedup.window > 0): the structure, its snapshot restored from data_dir (missing: a
+ * log line; corrupt or unreadable: a warning, and dedup starts empty) and its worker (generation
+ * ticks, sweeps, periodic snapshots). Returns 0, or -1 when memory or a thread is short. */
+static int dedup_start(const config_t *cfg, dedup_t **out)
+{
+    *out = NULL;
+    if (cfg->dedup_window_ms == 0) {
+        LOG(LOG_INFO, "dedup_off", LS("reason", "dedup.window is 0"));
+        return 0;
+    }
+    dedup_opts_t o = {.window_ms = cfg->dedup_window_ms, .max_memory = cfg->dedup_max_memory};
+    dedup_t *d = NULL;
+    if (dedup_new(&o, &d) != DEDUP_OK) return -1;
+    uint64_t t0 = uv_hrtime();
+    int rc = dedup_snapshot_load(d, cfg->data_dir);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    if (rc == DEDUP_OK)
+        LOG(LOG_INFO, "dedup_snapshot_loaded", LS("dir", cfg->data_dir), LI("entries", st.entries),
+            LI("ms", (uv_hrtime() - t0) / 1000000u));
+    else if (rc == DEDUP_E_NOENT)
+        LOG(LOG_INFO, "dedup_snapshot_missing", LS("dir", cfg->data_dir),
+            LS("effect", "dedup starts empty"));
+    else
+        LOG(LOG_WARN, "dedup_snapshot_ignored", LS("dir", cfg->data_dir),
+            LS("error", dedup_strerror(rc)), LS("effect", "dedup starts empty"));
+    if (rc != DEDUP_OK && st.entries > 0) {
+        /* A read error half way: keep nothing rather than a part. */
+        dedup_free(d);
+        if (dedup_new(&o, &d) != DEDUP_OK) return -1;
+    }
+    if (dedup_register_metrics(d) != 0) LOG(LOG_WARN, "dedup_metrics_unavailable");
+    if (dedup_worker_start(d, cfg->data_dir, cfg->dedup_snapshot_interval_ms) != DEDUP_OK) {
+        dedup_free(d);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
 /* Logs the effective configuration, write keys masked. */
 static void log_config(const config_t *cfg)
 {
@@ -154,6 +195,7 @@ int main(int argc, char **argv)
     server_t *srv = NULL;
     pql_t *pql = NULL;
     pql_saver_t *pql_saver = NULL;
+    dedup_t *dedup = NULL;
     ingest_ctx_t ingest;
     reload_t rl;
     bool rl_ok = false;
@@ -191,6 +233,11 @@ int main(int argc, char **argv)
         goto out;
     }
     ingest.pql = pql;
+    if (dedup_start(&cfg, &dedup) != 0) {
+        LOG(LOG_ERROR, "startup_failed", LS("reason", "dedup could not start (memory, thread)"));
+        goto out;
+    }
+    ingest.dedup = dedup;
     if (server_new(&cfg, &ingest, &srv, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         goto out;
@@ -239,6 +286,18 @@ int main(int argc, char **argv)
     int prc = pql_saver_stop(pql_saver);
     pql_saver = NULL;
     if (prc != PQL_OK) LOG(LOG_WARN, "pql_snapshot_failed", LS("error", pql_strerror(prc)));
+    /* Finished requests have committed or released their dedup reservations: final snapshot
+     * (PENDING entries are never written). */
+    if (dedup != NULL) {
+        uint64_t ts = uv_hrtime();
+        int drc = dedup_worker_stop(dedup, true);
+        if (drc != DEDUP_OK)
+            LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", cfg.data_dir),
+                LS("error", dedup_strerror(drc)));
+        else
+            LOG(LOG_INFO, "dedup_snapshot_written", LS("dir", cfg.data_dir),
+                LI("ms", (uv_hrtime() - ts) / 1000000u));
+    }
     kafka_out_free(ko);
     ko = NULL;
     server_free(srv);
@@ -255,6 +314,7 @@ out:
     (void)pql_saver_stop(pql_saver);
     kafka_out_free(ko);
     pql_free(pql);
+    dedup_free(dedup); /* stops the worker if start-up failed after it began */
     auth_free(auth);
     accounts_free(accounts);
     if (rl_ok) reload_free(&rl); /* the loops are gone: no reader is left */

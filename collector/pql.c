@@ -24,13 +24,13 @@
 #include "log.h"
 #include "metrics.h"
 
-#define PQL_SHARDS    64
-#define PQL_HLL_M     (1u << PQL_HLL_P)
-#define PQL_RHO_MAX   50 /* registers saturate here so the fixed-point sum fits 64 bits */
+#define PQL_SHARDS     64
+#define PQL_HLL_M      (1u << PQL_HLL_P)
+#define PQL_RHO_MAX    50 /* registers saturate here so the fixed-point sum fits 64 bits */
 #define PQL_SIGNAL_TOP 5
-#define PQL_MAX_SETS  (1 + CONFIG_PQL_MAX_RULES)
-#define DAY_MS        86400000LL
-#define NO_TIER       (-1)
+#define PQL_MAX_SETS   (1 + CONFIG_PQL_MAX_RULES)
+#define DAY_MS         86400000LL
+#define NO_TIER        (-1)
 
 const char *pql_strerror(int err)
 {
@@ -128,10 +128,10 @@ typedef struct pql_top {
 } pql_top_t;
 
 typedef struct pql_sketch {
-    uint32_t built_head;  /* the head the unions were built for (they depend on nothing else) */
-    uint32_t *day_of;     /* ring slot -> day it holds, UINT32_MAX empty */
-    hll_t *days;          /* n_days ring, slot = day % n_days */
-    hll_t *uni;           /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
+    uint32_t built_head; /* the head the unions were built for (they depend on nothing else) */
+    uint32_t *day_of;    /* ring slot -> day it holds, UINT32_MAX empty */
+    hll_t *days;         /* n_days ring, slot = day % n_days */
+    hll_t *uni;          /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
 } pql_sketch_t;
 
 typedef struct pql_acct pql_acct_t;
@@ -139,12 +139,12 @@ struct pql_acct {
     pql_acct_t *hnext;
     pql_acct_t *lprev, *lnext; /* shard LRU: head most recent */
     uint64_t h;
-    uint32_t head;     /* newest bucket */
-    uint32_t *slots;   /* n_slots x stride: bucket, counts[n_sets] */
-    uint32_t *agg;     /* aggregates, see pql_t.n_agg */
+    uint32_t head;      /* newest bucket */
+    uint32_t *slots;    /* n_slots x stride: bucket, counts[n_sets] */
+    uint32_t *agg;      /* aggregates (pql_t.n_agg), in the same allocation as the account */
     uint32_t *tier_sig; /* n_tiers: bucket + 1 of the last signal, 0 never */
-    pql_user_t *users; /* exact mode */
-    pql_sketch_t *sk;  /* sketch mode (users == NULL) */
+    pql_user_t *users;  /* exact mode */
+    pql_sketch_t *sk;   /* sketch mode (users == NULL) */
     pql_top_t *top;
     uint32_t score;
     uint32_t bytes;
@@ -168,6 +168,9 @@ struct pql {
     uint32_t bucket_ms, window_b, late_b, day_b, n_days;
     size_t n_rules, n_tiers, n_sets, n_uv, stride, n_agg;
     size_t agg_days, agg_users;
+    size_t n_ev;                            /* events_velocity rules */
+    uint8_t ev_rules[CONFIG_PQL_MAX_RULES]; /* their indices */
+    uint8_t uv_rules[CONFIG_PQL_MAX_RULES]; /* users_velocity rules, by uv index */
     pql_rule_t rules[CONFIG_PQL_MAX_RULES];
     pql_set_t sets[PQL_MAX_SETS];
     char *tier_names[CONFIG_PQL_MAX_TIERS];
@@ -212,8 +215,10 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
     int rc = PQL_OK;
     size_t agg = 0;
     XXH64_state_t *fp = XXH64_createState();
-    if (fp == NULL) rc = PQL_E_NOMEM;
-    else XXH64_reset(fp, 0x51);
+    if (fp == NULL)
+        rc = PQL_E_NOMEM;
+    else
+        XXH64_reset(fp, 0x51);
     for (size_t i = 0; i < cfg->n_rules && rc == PQL_OK; i++) {
         const config_pql_rule_t *cr = &cfg->rules[i];
         pql_rule_t *r = &p->rules[i];
@@ -249,7 +254,11 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
             r->set = (int)s;
         }
         r->uv = -1;
-        if (r->metric == CONFIG_PQL_USERS_VELOCITY) r->uv = (int)p->n_uv++;
+        if (r->metric == CONFIG_PQL_USERS_VELOCITY) {
+            p->uv_rules[p->n_uv] = (uint8_t)i;
+            r->uv = (int)p->n_uv++;
+        }
+        if (r->metric == CONFIG_PQL_EVENTS_VELOCITY) p->ev_rules[p->n_ev++] = (uint8_t)i;
         if ((p->rule_names[i] = strdup(cr->name)) == NULL) rc = PQL_E_NOMEM;
         r->name = p->rule_names[i];
         /* The fingerprint covers what the stored counters mean. */
@@ -262,12 +271,10 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
     }
     for (size_t i = 0; i < p->n_rules; i++) {
         pql_rule_t *r = &p->rules[i];
-        if (r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY)
-        {
+        if (r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY) {
             r->agg_recent = (int)(p->n_sets + agg);
             agg += 2; /* recent, and (users_velocity) first-seen users of the rest */
-        }
-        else
+        } else
             r->agg_recent = -1;
     }
     p->agg_days = p->n_sets + agg;
@@ -309,7 +316,6 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
 static void acct_free(pql_acct_t *a)
 {
     free(a->slots);
-    free(a->agg);
     free(a->tier_sig);
     free(a->users);
     if (a->sk != NULL) {
@@ -380,10 +386,14 @@ static void acct_remeasure(pql_t *p, pql_acct_t *a)
 
 static void lru_unlink(pql_shard_t *sh, pql_acct_t *a)
 {
-    if (a->lprev) a->lprev->lnext = a->lnext;
-    else sh->lru_head = a->lnext;
-    if (a->lnext) a->lnext->lprev = a->lprev;
-    else sh->lru_tail = a->lprev;
+    if (a->lprev)
+        a->lprev->lnext = a->lnext;
+    else
+        sh->lru_head = a->lnext;
+    if (a->lnext)
+        a->lnext->lprev = a->lprev;
+    else
+        sh->lru_tail = a->lprev;
     a->lprev = a->lnext = NULL;
 }
 
@@ -442,13 +452,12 @@ static pql_acct_t *acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char
         acct_remove(p, sh, sh->lru_tail);
         atomic_fetch_add_explicit(&p->evictions, 1, memory_order_relaxed);
     }
-    pql_acct_t *a = calloc(1, sizeof *a + len);
+    /* One allocation: header, id, then the aggregates (4-byte aligned): one cache miss less
+     * per event. */
+    size_t agg_off = (sizeof(pql_acct_t) + len + 3) & ~(size_t)3;
+    pql_acct_t *a = calloc(1, agg_off + p->n_agg * sizeof(uint32_t));
     if (a == NULL) return NULL;
-    a->agg = calloc(p->n_agg, sizeof *a->agg);
-    if (a->agg == NULL) {
-        free(a);
-        return NULL;
-    }
+    a->agg = (uint32_t *)((char *)a + agg_off);
     a->h = h;
     a->id_len = (uint8_t)len;
     memcpy(a->id, id, len);
@@ -478,8 +487,10 @@ static uint32_t *slot_get(pql_t *p, pql_acct_t *a, uint32_t b)
     if (hi > 0 && slot_at(p, a, hi - 1)[0] == b) return slot_at(p, a, hi - 1);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (slot_at(p, a, mid)[0] < b) lo = mid + 1;
-        else hi = mid;
+        if (slot_at(p, a, mid)[0] < b)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     if (lo < a->n_slots && slot_at(p, a, lo)[0] == b) return slot_at(p, a, lo);
     if (a->n_slots == UINT16_MAX) return NULL;
@@ -636,11 +647,13 @@ static void recompute(pql_t *p, pql_acct_t *a)
         uint32_t d = day_of_bucket(p, s[0]);
         if (d != last_day) a->agg[p->agg_days]++;
         last_day = d;
-        for (size_t r = 0; r < p->n_rules; r++) {
-            const pql_rule_t *ru = &p->rules[r];
-            if (ru->metric == CONFIG_PQL_EVENTS_VELOCITY && s[0] >= recent_start(a->head, ru->recent_b))
-                a->agg[ru->agg_recent] += s[1 + ru->set];
-        }
+    }
+    /* Recent periods: the newest slots, walked back from the end. */
+    for (size_t v = 0; v < p->n_ev; v++) {
+        const pql_rule_t *ru = &p->rules[p->ev_rules[v]];
+        uint32_t rs = recent_start(a->head, ru->recent_b);
+        for (size_t i = a->n_slots; i > 0 && slot_at(p, a, i - 1)[0] >= rs; i--)
+            a->agg[ru->agg_recent] += slot_at(p, a, i - 1)[1 + ru->set];
     }
     if (a->users != NULL || a->sk == NULL) {
         size_t n = 0;
@@ -648,11 +661,12 @@ static void recompute(pql_t *p, pql_acct_t *a)
             pql_user_t u = a->users[i];
             if (u.last < ws) continue;
             a->users[n++] = u;
-            for (size_t r = 0; r < p->n_rules; r++) {
-                const pql_rule_t *ru = &p->rules[r];
-                if (ru->uv < 0) continue;
-                if (u.first >= recent_start(a->head, ru->recent_b)) a->agg[ru->agg_recent]++;
-                else if (u.first >= ws) a->agg[ru->agg_recent + 1]++;
+            for (size_t v = 0; v < p->n_uv; v++) {
+                const pql_rule_t *ru = &p->rules[p->uv_rules[v]];
+                if (u.first >= recent_start(a->head, ru->recent_b))
+                    a->agg[ru->agg_recent]++;
+                else if (u.first >= ws)
+                    a->agg[ru->agg_recent + 1]++;
             }
         }
         a->n_users = (uint16_t)n;
@@ -828,7 +842,7 @@ static json_t *users_json(const pql_acct_t *a, size_t k)
 static char *signal_json(const pql_t *p, const pql_acct_t *a, int prev, const pql_event_t *ev,
                          int64_t now_ms, size_t *len)
 {
-    char when[40];
+    char when[96];
     iso8601(now_ms, when, sizeof when);
     json_t *o = json_object();
     if (o == NULL) return NULL;
@@ -839,9 +853,8 @@ static char *signal_json(const pql_t *p, const pql_acct_t *a, int prev, const pq
     json_object_set_new(o, "score", json_integer(a->score));
     json_object_set_new(o, "rules", rules_json(p, a, true));
     json_object_set_new(o, "userIds", users_json(a, PQL_SIGNAL_TOP));
-    json_object_set_new(o, "source", ev->source != NULL
-                                         ? json_stringn(ev->source, ev->source_len)
-                                         : json_null());
+    json_object_set_new(
+        o, "source", ev->source != NULL ? json_stringn(ev->source, ev->source_len) : json_null());
     json_object_set_new(o, "triggeredAt", json_string(when));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
@@ -921,10 +934,9 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
             if (!slow) a->agg[k]++;
         }
     if (!slow)
-        for (size_t r = 0; r < p->n_rules; r++) {
-            const pql_rule_t *ru = &p->rules[r];
-            if (ru->metric == CONFIG_PQL_EVENTS_VELOCITY && (sets >> ru->set & 1))
-                a->agg[ru->agg_recent]++;
+        for (size_t v = 0; v < p->n_ev; v++) {
+            const pql_rule_t *ru = &p->rules[p->ev_rules[v]];
+            if (sets >> ru->set & 1) a->agg[ru->agg_recent]++;
         }
     /* users */
     if (a->sk == NULL) {
@@ -956,8 +968,8 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
             a->users[a->n_users++] = (pql_user_t){uh, b, b};
             if (!slow) {
                 a->agg[p->agg_users]++;
-                for (size_t r = 0; r < p->n_rules; r++)
-                    if (p->rules[r].uv >= 0) a->agg[p->rules[r].agg_recent]++;
+                for (size_t v = 0; v < p->n_uv; v++)
+                    a->agg[p->rules[p->uv_rules[v]].agg_recent]++;
             }
         } else {
             if (to_sketch(p, a) != PQL_OK) {
@@ -989,9 +1001,8 @@ out:
  * then the bytes. */
 int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
 {
-    if (ev->account == NULL || ev->user == NULL || ev->account_len == 0 ||
-        ev->account_len > 255 || ev->user_len == 0 || ev->user_len > 255 || ev->source_len > 255 ||
-        ev->event_len > 255)
+    if (ev->account == NULL || ev->user == NULL || ev->account_len == 0 || ev->account_len > 255 ||
+        ev->user_len == 0 || ev->user_len > 255 || ev->source_len > 255 || ev->event_len > 255)
         return PROTO_OK; /* nothing to count */
     unsigned char h[5 + 8];
     h[0] = (unsigned char)ev->account_len;
@@ -1049,9 +1060,9 @@ static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
     if (o == NULL) return NULL;
     json_object_set_new(o, "accountId", json_stringn(a->id, a->id_len));
     json_object_set_new(o, "score", json_integer(a->score));
-    json_object_set_new(o, "tier", a->tier == NO_TIER ? json_null()
-                                                      : json_string(p->tier_names[a->tier]));
-    char when[40];
+    json_object_set_new(o, "tier",
+                        a->tier == NO_TIER ? json_null() : json_string(p->tier_names[a->tier]));
+    char when[96];
     iso8601((int64_t)a->head * p->bucket_ms, when, sizeof when);
     json_object_set_new(o, "lastBucket", json_string(when));
     json_t *c = json_object();
@@ -1132,8 +1143,10 @@ int pql_top_json(pql_t *p, size_t n, proto_buf_t *out)
     }
     free(best);
     json_t *o = json_object();
-    if (o != NULL) json_object_set_new(o, "accounts", arr);
-    else json_decref(arr);
+    if (o != NULL)
+        json_object_set_new(o, "accounts", arr);
+    else
+        json_decref(arr);
     return dump_into(o, out);
 }
 
@@ -1179,7 +1192,7 @@ typedef struct wbuf {
 
 static void wb_put(wbuf_t *w, const void *src, size_t n)
 {
-    if (w->oom) return;
+    if (w->oom || n == 0) return;
     if (w->len + n > w->cap) {
         size_t nc = w->cap ? w->cap * 2 : 65536;
         while (nc < w->len + n)
@@ -1267,7 +1280,8 @@ int pql_snapshot_write(pql_t *p, const char *path)
             total++;
         }
         pthread_mutex_unlock(&sh->mu);
-        if (w.oom) rc = PQL_E_NOMEM;
+        if (w.oom)
+            rc = PQL_E_NOMEM;
         else {
             XXH64_update(xs, w.d, w.len);
             if (write_all(fd, w.d, w.len) != 0) rc = PQL_E_IO;
@@ -1278,8 +1292,10 @@ int pql_snapshot_write(pql_t *p, const char *path)
         uint8_t end = 0;
         wb_put(&w, &end, 1);
         wb_put(&w, &total, 8);
-        if (w.oom) rc = PQL_E_NOMEM;
-        else XXH64_update(xs, w.d, w.len);
+        if (w.oom)
+            rc = PQL_E_NOMEM;
+        else
+            XXH64_update(xs, w.d, w.len);
         uint64_t sum = XXH64_digest(xs);
         wb_put(&w, &sum, 8);
         if (rc == PQL_OK && (w.oom || write_all(fd, w.d, w.len) != 0)) rc = PQL_E_IO;
@@ -1297,9 +1313,12 @@ int pql_snapshot_write(pql_t *p, const char *path)
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash != NULL) *slash = '\0';
-    else snprintf(dir, sizeof dir, ".");
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash != NULL)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
@@ -1442,8 +1461,10 @@ int pql_snapshot_load(pql_t *p, const char *path)
     bool rerr = ferror(f) != 0;
     fclose(f);
     int rc = PQL_OK;
-    if (rerr) rc = PQL_E_IO;
-    else if (len < 8 + 4 + 8 + 1 + 8 + 8 || memcmp(d, SNAP_MAGIC, 8) != 0) rc = PQL_E_CORRUPT;
+    if (rerr)
+        rc = PQL_E_IO;
+    else if (len < 8 + 4 + 8 + 1 + 8 + 8 || memcmp(d, SNAP_MAGIC, 8) != 0)
+        rc = PQL_E_CORRUPT;
     else {
         uint64_t sum;
         memcpy(&sum, d + len - 8, 8);
@@ -1455,16 +1476,22 @@ int pql_snapshot_load(pql_t *p, const char *path)
         uint64_t fpr = 0, total = 0, got = 0;
         rb_get(&r, &ver, 4);
         rb_get(&r, &fpr, 8);
-        if (ver != SNAP_VERSION) rc = PQL_E_CORRUPT;
-        else if (fpr != p->fingerprint) rc = PQL_E_MISMATCH;
+        if (ver != SNAP_VERSION)
+            rc = PQL_E_CORRUPT;
+        else if (fpr != p->fingerprint)
+            rc = PQL_E_MISMATCH;
         for (;;) {
             if (rc != PQL_OK) break;
             uint8_t mark = 0;
             rb_get(&r, &mark, 1);
-            if (r.bad) rc = PQL_E_CORRUPT;
-            else if (mark == 0) break;
-            else if (mark != 1 || !acct_restore(p, &r)) rc = r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
-            else got++;
+            if (r.bad)
+                rc = PQL_E_CORRUPT;
+            else if (mark == 0)
+                break;
+            else if (mark != 1 || !acct_restore(p, &r))
+                rc = r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
+            else
+                got++;
         }
         if (rc == PQL_OK) {
             rb_get(&r, &total, 8);
@@ -1583,7 +1610,8 @@ static void *saver_main(void *arg)
         uint64_t t0 = (uint64_t)wall_now_ms();
         int rc = pql_snapshot_write(s->p, s->path);
         if (rc != PQL_OK)
-            LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path), LS("error", pql_strerror(rc)));
+            LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path),
+                LS("error", pql_strerror(rc)));
         else
             LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
                 LI("ms", (uint64_t)wall_now_ms() - t0));

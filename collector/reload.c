@@ -159,8 +159,8 @@ int reload_render_metrics(proto_buf_t *out, void *ud)
                      "sluice_config_reloads_total{result=\"failed\"} %llu\n",
                      (unsigned long long)atomic_load(&rl->reloads),
                      (unsigned long long)atomic_load(&rl->failures));
-    int rc = n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n)
-                                              : PROTO_E_NOMEM;
+    int rc =
+        n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n) : PROTO_E_NOMEM;
     reload_ticket_t t;
     const runtime_t *rt = reload_enter(rl, &t);
     if (rc == PROTO_OK) rc = filter_set_render(rt->filters, out);

@@ -42,8 +42,8 @@
 typedef struct runtime {
     filter_set_t *filters; /* owned; NULL when no rules are configured */
     int log_level;
-    uint64_t generation;   /* 1 at start, +1 per successful reload */
-    struct runtime *next;  /* reload.c: list of retired versions still awaiting their free */
+    uint64_t generation;  /* 1 at start, +1 per successful reload */
+    struct runtime *next; /* reload.c: list of retired versions still awaiting their free */
 } runtime_t;
 
 typedef struct reload {

@@ -28,7 +28,8 @@ typedef struct vstate {
     verify_result_t *res;
     uint8_t **cnt_ev, **cnt_rej; /* per stream, per seq */
     size_t run_id_len;
-    int pql_tier[3]; /* highest tier signalled per scripted account: 0 none, 1..3 */
+    int pql_tier[3];       /* highest tier signalled per scripted account: 0 none, 1..3 */
+    bool pql_bad_users[3]; /* a signal whose userIds were empty or not the account's users */
     part_t parts[MAX_PARTS];
     int n_parts;
 } vstate_t;
@@ -173,7 +174,20 @@ static void on_pql(vstate_t *v, const rd_kafka_message_t *m)
     for (size_t i = 0; acct && i < model_scripted_count(v->cfg->model); i++) {
         const char *id, *tier;
         model_scripted(v->cfg->model, i, &id, &tier);
-        if (strcmp(id, acct) == 0 && rank > v->pql_tier[i]) v->pql_tier[i] = rank;
+        if (strcmp(id, acct) != 0) continue;
+        if (rank > v->pql_tier[i]) v->pql_tier[i] = rank;
+        /* The people sales should call: the scripted account's own users ("u-<id>-N"). */
+        json_t *users = json_object_get(j, "userIds");
+        char prefix[64];
+        int pl = snprintf(prefix, sizeof(prefix), "u-%s-", id);
+        size_t k, nu = json_array_size(users);
+        json_t *u;
+        if (nu == 0 || nu > 5) v->pql_bad_users[i] = true;
+        json_array_foreach(users, k, u)
+        {
+            const char *s = json_string_value(u);
+            if (!s || strncmp(s, prefix, (size_t)pl) != 0) v->pql_bad_users[i] = true;
+        }
     }
     json_decref(j);
 }
@@ -454,8 +468,21 @@ static void account(vstate_t *v)
                 break;
             }
         }
+        for (size_t i = 0; i < ns && r->pql_state == 1; i++) {
+            const char *id, *tier;
+            model_scripted(cfg->model, i, &id, &tier);
+            if (v->pql_bad_users[i]) {
+                r->pql_state = 0;
+                snprintf(r->pql_note, sizeof(r->pql_note),
+                         "a signal for %s named no users, more than 5, or users of another "
+                         "account",
+                         id);
+            }
+        }
         if (r->pql_state == 1)
-            snprintf(r->pql_note, sizeof(r->pql_note), "all %zu scripted accounts signalled", ns);
+            snprintf(r->pql_note, sizeof(r->pql_note),
+                     "all %zu scripted accounts signalled at their tiers, with their own users",
+                     ns);
     }
     if (r->pruned)
         snprintf(r->first_problem, sizeof(r->first_problem),

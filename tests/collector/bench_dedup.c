@@ -58,7 +58,8 @@ static uint64_t fake_now(void *ud)
 
 /* Steady state: a window of 32 generations (fake clock, 1 s each) holding about n entries; n new
  * keys arrive n/32 per generation while the oldest generations expire, so the tables keep their
- * size (no growth) and dead slots are reused: the figure a collector sees after its first window. */
+ * size (no growth) and dead slots are reused: the figure a collector sees after its first window.
+ */
 static void steady(size_t n, uint64_t *keys)
 {
     dedup_opts_t o = {.window_ms = 32000, .max_memory = 1024ull << 20, .clock = fake_now};
@@ -137,8 +138,8 @@ int main(int argc, char **argv)
 
     news = 0;
     double t = run(d, b, n, BATCH, v, &news);
-    printf("insert    %.2f M ops/s at %zu..%zu entries (new %llu)\n", (double)n / t / 1e6, n,
-           2 * n, (unsigned long long)news);
+    printf("insert    %.2f M ops/s at %zu..%zu entries (new %llu)\n", (double)n / t / 1e6, n, 2 * n,
+           (unsigned long long)news);
     t0 = now_s();
     dedup_commit(d, b, n);
     printf("commit    %.2f M ops/s\n", (double)n / (now_s() - t0) / 1e6);

@@ -1,10 +1,16 @@
 /*
  * mock_cluster.h — a real Kafka protocol peer for the collector's server unit tests
- * (test_ingest.c, test_http_conn.c, test_server.c): librdkafka's mock cluster, created
- * in-process per test with one broker and the three topics (one partition each, so the order
- * of a topic's messages is the order they were produced in), and a librdkafka consumer that
- * reads messages back. Faults are injected with the mock's own levers
- * (rd_kafka_mock_broker_set_down/_up, _set_rtt, rd_kafka_mock_push_request_errors).
+ * (test_ingest.c, test_http_conn.c, test_server.c): librdkafka's mock cluster in-process, one
+ * broker, and a librdkafka consumer that reads messages back. Faults are injected with the
+ * mock's own levers (rd_kafka_mock_broker_set_down/_up, _set_rtt,
+ * rd_kafka_mock_push_request_errors).
+ *
+ * One cluster per test program (creating and destroying one costs up to a second each in
+ * librdkafka 2.0.2), started by the first mock_kafka_start(); every test gets its own three
+ * topics (events_N, rejected_N, pql_N; one partition each, so a topic's order is produce
+ * order), so tests share no data. mock_kafka_stop() undoes the broker faults a test left;
+ * mock_kafka_group_teardown (the cmocka group teardown) destroys the cluster and checks that
+ * every librdkafka handle is gone.
  *
  * Include it after the collector modules (kafka_out.c for kafka_log_cb and kafka_now_ms).
  * Every wait is bounded (MOCK_WAIT_MS).
@@ -27,10 +33,17 @@
 #define MOCK_API_PRODUCE 0
 
 typedef struct mock_kafka {
-    rd_kafka_t *owner; /* the handle librdkafka needs to own the cluster; sends nothing */
-    rd_kafka_mock_cluster_t *mc;
-    char bootstrap[256];
+    rd_kafka_mock_cluster_t *mc; /* the program's cluster */
+    const char *bootstrap;
+    char events[32], rejected[32], pql[32]; /* this test's topics */
 } mock_kafka_t;
+
+/* The program's cluster, the handle librdkafka needs to own it (it sends nothing), and the
+ * consumer that reads back (one per program too: destroying a handle can take a second). */
+static rd_kafka_t *mock_owner_, *mock_consumer_;
+static rd_kafka_mock_cluster_t *mock_mc_;
+static char mock_bootstrap_[256];
+static int mock_seq_;
 
 /* A message read back, copied out of librdkafka (free with mock_msgs_free). */
 typedef struct mock_msg {
@@ -50,50 +63,75 @@ static inline void mock_sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Starts a one-broker cluster with events, events_rejected and pql_signals. Returns 0 or -1. */
+/* Creates this test's topics (starting the cluster on first use). Returns 0 or -1. */
 static inline int mock_kafka_start(mock_kafka_t *m)
 {
-    char errstr[256];
     memset(m, 0, sizeof *m);
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb); /* opaque NULL: debug-level lines only */
-    m->owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (m->owner == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return -1;
+    if (mock_mc_ == NULL) {
+        char errstr[256];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_conf_set_log_cb(conf, kafka_log_cb); /* opaque NULL: debug-level lines only */
+        mock_owner_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+        if (mock_owner_ == NULL) {
+            rd_kafka_conf_destroy(conf);
+            return -1;
+        }
+        mock_mc_ = rd_kafka_mock_cluster_new(mock_owner_, 1);
+        if (mock_mc_ == NULL) return -1;
+        snprintf(mock_bootstrap_, sizeof mock_bootstrap_, "%s",
+                 rd_kafka_mock_cluster_bootstraps(mock_mc_));
     }
-    m->mc = rd_kafka_mock_cluster_new(m->owner, 1);
-    if (m->mc == NULL) return -1;
-    static const char *const topics[] = {"events", "events_rejected", "pql_signals"};
+    m->mc = mock_mc_;
+    m->bootstrap = mock_bootstrap_;
+    int n = ++mock_seq_;
+    snprintf(m->events, sizeof m->events, "events_%d", n);
+    snprintf(m->rejected, sizeof m->rejected, "rejected_%d", n);
+    snprintf(m->pql, sizeof m->pql, "pql_%d", n);
+    const char *const topics[] = {m->events, m->rejected, m->pql};
     for (size_t i = 0; i < 3; i++)
         if (rd_kafka_mock_topic_create(m->mc, topics[i], 1, 1) != RD_KAFKA_RESP_ERR_NO_ERROR)
             return -1;
-    snprintf(m->bootstrap, sizeof m->bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(m->mc));
     return 0;
 }
 
-/* Destroys the cluster. Every other handle (producer, consumers) must be gone already. */
+/* Undoes what a test may have left on the broker (down, slow). The topics stay. */
 static inline void mock_kafka_stop(mock_kafka_t *m)
 {
-    if (m->mc != NULL) rd_kafka_mock_cluster_destroy(m->mc);
-    if (m->owner != NULL) rd_kafka_destroy(m->owner);
+    if (m->mc == NULL) return;
+    rd_kafka_mock_broker_set_up(m->mc, 1);
+    rd_kafka_mock_broker_set_rtt(m->mc, 1, 0);
     m->mc = NULL;
-    m->owner = NULL;
 }
 
-/* The Kafka part of a collector config pointing at the cluster (topic names as created). */
-static inline void mock_kafka_cfg(const mock_kafka_t *m, config_t *c)
+/* cmocka group teardown: destroys the cluster; fails if a librdkafka handle is left (a
+ * producer or consumer some test did not destroy). */
+static inline int mock_kafka_group_teardown(void **state)
+{
+    (void)state;
+    if (mock_consumer_ != NULL) rd_kafka_destroy(mock_consumer_);
+    mock_consumer_ = NULL;
+    if (mock_mc_ != NULL) rd_kafka_mock_cluster_destroy(mock_mc_);
+    if (mock_owner_ != NULL) rd_kafka_destroy(mock_owner_);
+    mock_mc_ = NULL;
+    mock_owner_ = NULL;
+    return rd_kafka_wait_destroyed(5000) == 0 ? 0 : -1;
+}
+
+/* The Kafka part of a collector config pointing at the cluster and this test's topics. */
+static inline void mock_kafka_cfg(mock_kafka_t *m, config_t *c)
 {
     c->brokers = (char *)m->bootstrap;
-    c->topic_events = "events";
-    c->topic_rejected = "events_rejected";
-    c->topic_pql = "pql_signals";
+    c->topic_events = m->events;
+    c->topic_rejected = m->rejected;
+    c->topic_pql = m->pql;
     if (c->delivery_timeout_ms == 0) c->delivery_timeout_ms = 5000;
     if (c->kafka_queue_bytes == 0) c->kafka_queue_bytes = 64u << 20;
 }
 
+/* The program's consumer (created on first use). */
 static inline rd_kafka_t *mock_consumer(const mock_kafka_t *m)
 {
+    if (mock_consumer_ != NULL) return mock_consumer_;
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (rd_kafka_conf_set(conf, "bootstrap.servers", m->bootstrap, errstr, sizeof errstr) !=
@@ -102,13 +140,13 @@ static inline rd_kafka_t *mock_consumer(const mock_kafka_t *m)
         return NULL;
     }
     rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    if (rk == NULL) rd_kafka_conf_destroy(conf);
-    return rk;
+    mock_consumer_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (mock_consumer_ == NULL) rd_kafka_conf_destroy(conf);
+    return mock_consumer_;
 }
 
-/* Messages the cluster holds for topic (its high watermark: the cluster is fresh per test and
- * the producer idempotent, so this is exactly the number of messages written). -1 on error. */
+/* Messages the cluster holds for topic (its high watermark: the topic is fresh per test and the
+ * producer idempotent, so this is exactly the number of messages written). -1 on error. */
 static inline int64_t mock_topic_count(const mock_kafka_t *m, const char *topic)
 {
     rd_kafka_t *rk = mock_consumer(m);
@@ -117,7 +155,6 @@ static inline int64_t mock_topic_count(const mock_kafka_t *m, const char *topic)
     if (rd_kafka_query_watermark_offsets(rk, topic, 0, &lo, &hi, MOCK_WAIT_MS) !=
         RD_KAFKA_RESP_ERR_NO_ERROR)
         hi = -1;
-    rd_kafka_destroy(rk);
     return hi;
 }
 
@@ -175,7 +212,6 @@ static inline size_t mock_consume(const mock_kafka_t *m, const char *topic, size
         rd_kafka_consume_stop(rkt, 0);
     }
     if (rkt != NULL) rd_kafka_topic_destroy(rkt);
-    rd_kafka_destroy(rk);
     return got;
 }
 

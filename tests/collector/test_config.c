@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "../../collector/config.c"
-#include "../../collector/filter.c"
 #include "../../collector/log.c"
 
 static char tmpdir[64];
@@ -92,6 +91,9 @@ static void test_defaults(void **state)
     assert_int_equal(c.delivery_timeout_ms, 5000);
     assert_int_equal(c.kafka_queue_bytes, 256ull * 1024 * 1024);
     assert_int_equal(c.shutdown_timeout_ms, 10000);
+    assert_int_equal(c.dedup_window_ms, 3600000);
+    assert_int_equal(c.dedup_max_memory, 256ull * 1024 * 1024);
+    assert_int_equal(c.dedup_snapshot_interval_ms, 60000);
     config_free(&c);
     /* config_free leaves a config that can be freed again. */
     config_free(&c);
@@ -153,6 +155,9 @@ static void test_full_file(void **state)
     assert_int_equal(c.delivery_timeout_ms, 3000);
     assert_int_equal(c.kafka_queue_bytes, 1ull << 30);
     assert_int_equal(c.shutdown_timeout_ms, 300000);
+    assert_int_equal(c.dedup_window_ms, 2 * 3600000);
+    assert_int_equal(c.dedup_max_memory, 64ull << 20);
+    assert_int_equal(c.dedup_snapshot_interval_ms, 30000);
     assert_int_equal(config_validate(&c, err, sizeof err), 0);
     config_free(&c);
 }
@@ -231,7 +236,14 @@ static const bad_case_t bad_cases[] = {
     {"pql:\n  tiers: {hot: many}\n", "t.yaml:2: pql.tiers.hot: expected a score threshold"},
     {"spool: {max_bytes: 1GiB}\n",
      "t.yaml:1: spool: not supported by this version of sluice-collector"},
-    {"dedup: {}\n", "t.yaml:1: dedup: not supported by this version of sluice-collector"},
+    /* dedup (SPEC §5) */
+    {"dedup: {window: 1 hour}\n", "t.yaml:1: dedup.window: expected a duration"},
+    {"dedup: {window: 8d}\n", "t.yaml:1: dedup.window: 8d is out of range 0..7d"},
+    {"dedup: {max_memory: 512KiB}\n",
+     "t.yaml:1: dedup.max_memory: 512KiB is out of range 1MiB..64GiB"},
+    {"dedup: {snapshot_interval: 10ms}\n",
+     "t.yaml:1: dedup.snapshot_interval: 10ms is out of range 1s..1d"},
+    {"dedup: {size: 5}\n", "t.yaml:1: dedup.size: unknown key"},
     /* write keys */
     {"write_keys:\n  - {key_env: SLUICE_TEST_UNSET_VAR, source: web}\n",
      "t.yaml:2: write_keys.key_env: environment variable SLUICE_TEST_UNSET_VAR is not set"},
@@ -287,7 +299,7 @@ static void test_unsupported_fixture(void **state)
     config_init(&c);
     assert_int_equal(config_load_file(&c, "configs/unsupported.yaml", err, sizeof err),
                      CONFIG_E_INVALID);
-    assert_string_equal(err, "configs/unsupported.yaml:2: dedup: not supported by this version "
+    assert_string_equal(err, "configs/unsupported.yaml:2: spool: not supported by this version "
                              "of sluice-collector");
     config_free(&c);
 }
@@ -402,7 +414,7 @@ static void test_cli_actions(void **state)
     assert_int_equal(from_args(&c, &act, err, sizeof err, "--check-config", "--config",
                                "configs/unsupported.yaml", NULL),
                      CONFIG_E_INVALID);
-    assert_non_null(strstr(err, "unsupported.yaml:2: dedup: not supported"));
+    assert_non_null(strstr(err, "unsupported.yaml:2: spool: not supported"));
     config_free(&c);
     /* --help and --version win over everything, even a broken config file. */
     assert_int_equal(from_args(&c, &act, err, sizeof err, "--config", "nope.yaml", "--help", NULL),

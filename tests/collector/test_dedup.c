@@ -79,7 +79,8 @@ static void test_invalid_and_strerror(void **state)
     assert_string_equal(dedup_strerror(12345), "unknown error");
     /* Source is part of the key. */
     assert_true(dedup_fp(dedup_seed("web", 3), "m1", 2) != dedup_fp(dedup_seed("ios", 3), "m1", 2));
-    assert_int_equal(dedup_fp(dedup_seed("web", 3), "m1", 2), dedup_fp(dedup_seed("web", 3), "m1", 2));
+    assert_int_equal(dedup_fp(dedup_seed("web", 3), "m1", 2),
+                     dedup_fp(dedup_seed("web", 3), "m1", 2));
 }
 
 static void test_window_expiry(void **state)

@@ -84,8 +84,6 @@ static int teardown(void **state)
     mock_kafka_stop(&f->mk);
     metrics_reset();
     free(f);
-    /* Every librdkafka handle is gone (producer, consumers, the cluster's owner). */
-    assert_int_equal(rd_kafka_wait_destroyed(5000), 0);
     return 0;
 }
 
@@ -168,11 +166,11 @@ static void test_batch_produced(void **state)
                              "\"filtered\":0,\"errors\":[{\"index\":1,\"messageId\":\"m2\","
                              "\"error\":\"missing_user\"}]}");
     /* Answered 200: every message is in Kafka. Two events, one rejected, nothing else. */
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
-    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 1);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 1);
     mock_msg_t ev[2], rej[1];
-    assert_int_equal(mock_consume(&f->mk, "events", 2, ev, 2), 2);
-    assert_int_equal(mock_consume(&f->mk, "events_rejected", 1, rej, 1), 1);
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, 2, ev, 2), 2);
+    assert_int_equal(mock_consume(&f->mk, f->mk.rejected, 1, rej, 1), 1);
     /* In batch order: event, rejected, event (produce timestamps across the two topics). */
     assert_true(ev[0].ts_ms <= rej[0].ts_ms && rej[0].ts_ms <= ev[1].ts_ms);
     const mock_msg_t *m = &ev[0];
@@ -211,9 +209,9 @@ static void test_group_learns_account(void **state)
     assert_int_equal(run(f, body, sizeof body - 1, PROTO_T_NONE, BODY_ENC_IDENTITY, "wk_test_123",
                          out, sizeof out, NULL),
                      200);
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
     mock_msg_t ev[2];
-    assert_int_equal(mock_consume(&f->mk, "events", 2, ev, 2), 2);
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, 2, ev, 2), 2);
     /* Both keyed by the account: the group by its groupId, the track by the learned account. */
     assert_int_equal(ev[0].keylen, 4);
     assert_memory_equal(ev[0].key, "acme", 4);
@@ -236,9 +234,9 @@ static void test_single_call(void **state)
     assert_int_equal(run(f, body, sizeof body - 1, PROTO_T_TRACK, BODY_ENC_IDENTITY, "wk_test_123",
                          out, sizeof out, NULL),
                      200);
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 1);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 1);
     mock_msg_t ev[1];
-    assert_int_equal(mock_consume(&f->mk, "events", 1, ev, 1), 1);
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, 1, ev, 1), 1);
     assert_string_equal(mock_header(&ev[0], "event-type"), "track");
     mock_msgs_free(ev, 1);
 }
@@ -247,8 +245,8 @@ static void test_single_call(void **state)
 static void assert_nothing_produced(fixture_t *f)
 {
     assert_int_equal(kafka_out_queue_len(f->ko), 0);
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 0);
-    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 0);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 0);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 0);
 }
 
 static void test_auth_failures(void **state)
@@ -333,8 +331,8 @@ static void test_delivery_failure_is_503(void **state)
         run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         200);
     assert_int_equal(metrics_get(METRIC_EVENTS_ACCEPTED), 2);
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 2);
-    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 1);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 1);
 }
 
 /* The producer queue (kafka_queue_bytes, 1 KiB here) takes the first message, not the second:
@@ -361,8 +359,8 @@ static void test_queue_full_is_503(void **state)
     assert_int_equal(
         run(f, body, (size_t)blen, PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         503);
-    assert_int_equal(mock_topic_count(&f->mk, "events"), 1);
-    assert_int_equal(mock_topic_count(&f->mk, "events_rejected"), 0);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 1);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 0);
     assert_string_equal(out, "unavailable");
     assert_true(ra > 0);
     assert_int_equal(metrics_get(METRIC_KAFKA_QUEUE_FULL), 1); /* counted by kafka_out only */
@@ -484,5 +482,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_json_str, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mailbox_threads, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, NULL, mock_kafka_group_teardown);
 }

@@ -77,8 +77,8 @@ static void capture_cb(void *ud, const char *account, size_t alen, const char *j
 
 static int feed(pql_t *p, const char *acct, const char *user, const char *event, int64_t ts)
 {
-    pql_event_t ev = {acct, strlen(acct), user,        strlen(user), event,
-                      event ? strlen(event) : 0,       "web",        3,    ts};
+    pql_event_t ev = {
+        acct, strlen(acct), user, strlen(user), event, event ? strlen(event) : 0, "web", 3, ts};
     return pql_feed(p, &ev, T0);
 }
 
@@ -95,12 +95,21 @@ static void test_spec_example_loads_verbatim(void **state)
     (void)state;
     config_t c;
     char err[512] = "";
-    int rc = load_yaml(&c, "dev: true\n" /* validate needs a key or dev */
-                           "pql:\n"
-                           "  window: 7d\n"
-                           "  tiers: {hot: 80, warm: 50, watching: 30}\n",
+    int rc = load_yaml(&c,
+                       "dev: true\n" /* validate needs a key or dev */
+                       "pql:\n"
+                       "  window: 7d\n"
+                       "  tiers: {hot: 80, warm: 50, watching: 30}\n",
                        err, sizeof err);
-    assert_int_equal(rc, CONFIG_E_INVALID); /* tiers without rules are fine; rules need tiers */
+    assert_int_equal(rc, 0); /* tiers without rules: PQL stays off */
+    assert_int_equal(c.pql.n_rules, 0);
+    config_free(&c);
+    rc = load_yaml(&c,
+                   "dev: true\npql:\n  rules:\n    - {name: a, metric: events, at_least: 1, "
+                   "points: 1}\n",
+                   err, sizeof err);
+    assert_int_equal(rc, CONFIG_E_INVALID);
+    assert_string_equal(err, "pql.tiers: required when pql.rules is set");
     config_free(&c);
     char full[4096];
     snprintf(full, sizeof full, "dev: true\n%s", spec_yaml);
@@ -132,24 +141,24 @@ static void test_config_errors_name_the_line(void **state)
         const char *yaml, *want;
     } cases[] = {
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: events, points: 1}\n",
-         "4: pql.rules a: at_least is required"},
+         "5: pql.rules a: at_least is required"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: events, at_least: 1}\n",
-         "4: pql.rules a: points is required"},
+         "5: pql.rules a: points is required"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: active_users, at_least: 1, "
          "points: 1, event: x}\n",
-         "4: pql.rules a: event is for events, events_velocity and event_seen"},
+         "5: pql.rules a: event is for events, events_velocity and event_seen"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: event_seen, points: 1}\n",
-         "4: pql.rules a: event_seen needs event"},
+         "5: pql.rules a: event_seen needs event"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: events, at_least: 1, "
          "points: 1, colour: red}\n",
-         "4: pql.rules: unknown key \"colour\""},
+         "5: pql.rules: unknown key \"colour\""},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: events, at_least: 1, "
          "points: 1}\n    - {name: a, metric: events, at_least: 2, points: 1}\n",
-         "5: pql.rules: duplicate rule name \"a\""},
-        {"pql:\n  tiers: {hot: 80, warm: 80}\n", "2: pql.tiers.warm: same threshold as tier hot"},
+         "6: pql.rules: duplicate rule name \"a\""},
+        {"pql:\n  tiers: {hot: 80, warm: 80}\n", "3: pql.tiers.warm: same threshold as tier hot"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: events_velocity, "
          "recent: soon, at_least: 1, points: 1}\n",
-         "4: pql.rules a: recent: expected a duration"},
+         "5: pql.rules a: recent: expected a duration"},
         {"pql:\n  window: 1h\n  bucket: 7m\n", "pql.bucket: must divide 1d"},
         {"pql:\n  tiers: {hot: 80}\n  rules:\n    - {name: a, metric: users_velocity, recent: 7d, "
          "at_least: 1, points: 1}\n",
@@ -279,8 +288,10 @@ static double ref_value(const config_pql_t *q, size_t r, const rec_t *acc, size_
         double rec = 0, rest = 0;
         for (int u = 0; u < n_users; u++) {
             if (!users[u].known) continue;
-            if (users[u].first >= rs) rec++;
-            else if (users[u].first >= ws) rest++;
+            if (users[u].first >= rs)
+                rec++;
+            else if (users[u].first >= ws)
+                rest++;
         }
         double mean = rest / periods;
         return rec / (mean < 1 ? 1 : mean);
@@ -448,7 +459,13 @@ static void test_tiers_rise_once_per_window(void **state)
     assert_non_null(strstr(sl.json[2], "\"name\":\"team_of_seven\""));
     assert_null(strstr(sl.json[2], "\"name\":\"heavy_usage\"")); /* only holding rules */
     /* The most active users, best first, at most 5. */
-    assert_non_null(strstr(sl.json[2], "\"userIds\":[\"u6\",\"u5\",\"u4\",\"u3\",\"u2\"]"));
+    /* hot came with u6's first event: u0 and u5 have 6 events, u4 5, u3 4, u2 3, u1 2. */
+    assert_non_null(strstr(sl.json[2], "\"userIds\":[\""));
+    assert_non_null(strstr(sl.json[2], "\"u2\"]"));
+    assert_non_null(strstr(sl.json[2], "\"u0\""));
+    assert_non_null(strstr(sl.json[2], "\"u5\""));
+    assert_null(strstr(sl.json[2], "\"u1\""));
+    assert_null(strstr(sl.json[2], "\"u6\""));
     pql_acct_t *a = find(p, "acme");
     assert_int_equal(a->score, 20 + 10 + 20 + 40);
     /* More events: no new signal. */
@@ -458,9 +475,10 @@ static void test_tiers_rise_once_per_window(void **state)
     assert_int_equal(a->score, 20 + 10 + 20 + 40 + 15);
     /* The score falls (users_velocity lapses, days leave the window) and rises again within
      * the window: hot is not signalled twice. */
-    int64_t later = day0 + 3 * 86400000LL;
+    int64_t later = day0 + 4 * 86400000LL + 12 * HOUR_MS;
     assert_int_equal(feed(p, "acme", "u1", "Dashboard Viewed", later), PQL_OK);
-    assert_true(a->tier > 0 || a->score < 80);
+    assert_int_equal(a->score, 40 + 10 + 15); /* 4 active days, no new users lately */
+    assert_int_equal(a->tier, 1);             /* warm */
     for (int u = 8; u < 12; u++) {
         char user[8];
         snprintf(user, sizeof user, "u%d", u);
@@ -475,6 +493,7 @@ static void test_tiers_rise_once_per_window(void **state)
         snprintf(user, sizeof user, "u%d", u);
         assert_int_equal(feed(p, "acme", user, "Pricing Page Viewed", much_later + u), PQL_OK);
     }
+    assert_int_equal(feed(p, "acme", "u0", "Terms Viewed", much_later + 20), PQL_OK);
     assert_true(sl.n >= 4);
     bool hot_again = false;
     for (int i = 3; i < sl.n && i < 16; i++)

@@ -468,16 +468,175 @@ static void test_nul_in_strings(void **state)
     });
 }
 
+/* ---- reusable arena (proto_decode_arena / proto_batch_recycle) ---- */
+
+/* Decodes json (as fmt) with arena a into *t, keeping the body in t->sb. */
+static int arena_decode(tu_body_t *t, proto_arena_t *a, const char *json, proto_format_t fmt)
+{
+    memset(t, 0, sizeof *t);
+    if (fmt == PROTO_FMT_JSON) {
+        msgpack_sbuffer_init(&t->sb);
+        msgpack_sbuffer_write(&t->sb, json, strlen(json));
+    } else {
+        tu_json_to_mp(json, &t->sb);
+    }
+    proto_limits_t lim = proto_limits_default();
+    t->rc = proto_decode_arena(&t->b, a, t->sb.data, t->sb.size, fmt, PROTO_T_NONE, &lim);
+    return t->rc;
+}
+
+/* The second batch decodes into the first one's chunk, and sees only its own data. */
+static void test_arena_reuses_chunk(void **state)
+{
+    (void)state;
+    TU_BOTH({
+        proto_arena_t a;
+        proto_arena_init(&a);
+        tu_body_t t;
+        assert_int_equal(arena_decode(&t, &a, GOOD_BATCH, fmt), PROTO_OK);
+        assert_int_equal(t.b.n_events, 2);
+        const void *chunk = t.b.zone.chunk_list.head;
+        proto_batch_recycle(&t.b, &a);
+        assert_null(t.b.events); /* b is zeroed */
+        assert_true(a.held);
+        msgpack_sbuffer_destroy(&t.sb);
+
+        assert_int_equal(
+            arena_decode(&t, &a,
+                         "{\"batch\":[{\"type\":\"page\",\"messageId\":\"p9\",\"anonymousId\":"
+                         "\"x\",\"name\":\"Home\"}]}",
+                         fmt),
+            PROTO_OK);
+        assert_ptr_equal(t.b.zone.chunk_list.head, chunk);
+        assert_false(a.held); /* lent out */
+        assert_int_equal(t.b.n_events, 1);
+        assert_int_equal(t.b.events[0].error, PROTO_OK);
+        assert_int_equal(t.b.events[0].type, PROTO_T_PAGE);
+        assert_memory_equal(t.b.events[0].message_id.ptr, "p9", 2);
+        assert_null(t.b.write_key.ptr); /* nothing left over from the first batch */
+        assert_false(t.b.has_sent_at);
+        assert_null(t.b.context);
+        proto_batch_recycle(&t.b, &a);
+        msgpack_sbuffer_destroy(&t.sb);
+        proto_arena_free(&a);
+        assert_false(a.held);
+        proto_arena_free(&a); /* twice is safe */
+    });
+}
+
+/* A batch that outgrows the kept chunk makes the arena keep a bigger one, up to the cap, until
+ * batches of that size fit in a single chunk again. */
+static void test_arena_grows_to_fit(void **state)
+{
+    (void)state;
+    char *body = malloc(200000);
+    assert_non_null(body);
+    size_t n = (size_t)sprintf(body, "{\"batch\":[");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)sprintf(body + n,
+                             "%s{\"type\":\"track\",\"messageId\":\"m%d\",\"userId\":\"u\","
+                             "\"event\":\"E\",\"properties\":{\"a\":1,\"b\":2,\"c\":[1,2,3,4]}}",
+                             i ? "," : "", i);
+    sprintf(body + n, "]}");
+    proto_arena_t a;
+    proto_arena_init(&a);
+    tu_body_t t;
+    size_t kept = 0;
+    int fits = 0;
+    for (int round = 0; round < 12 && fits < 2; round++) {
+        assert_int_equal(arena_decode(&t, &a, body, PROTO_FMT_MSGPACK), PROTO_OK);
+        assert_int_equal(t.b.n_events, 300);
+        assert_int_equal(t.b.events[299].error, PROTO_OK);
+        size_t before = t.b.zone.chunk_size;
+        bool one_chunk = t.b.zone.chunk_list.head == a.chunk0;
+        proto_batch_recycle(&t.b, &a);
+        msgpack_sbuffer_destroy(&t.sb);
+        assert_true(a.held);
+        assert_true(a.zone.chunk_size <= PROTO_ARENA_KEEP_MAX);
+        if (one_chunk) {
+            assert_int_equal(a.zone.chunk_size, before); /* kept as it was */
+            fits++;
+        } else {
+            assert_true(a.zone.chunk_size > before || before == PROTO_ARENA_KEEP_MAX);
+        }
+        assert_true(a.zone.chunk_size >= kept); /* never shrinks */
+        kept = a.zone.chunk_size;
+    }
+    assert_int_equal(fits, 2); /* converged: the batch now fits in the kept chunk */
+    /* A small body afterwards reuses the big chunk rather than allocating a small one. */
+    assert_int_equal(arena_decode(&t, &a, GOOD_BATCH, PROTO_FMT_JSON), PROTO_OK);
+    assert_int_equal(t.b.zone.chunk_size, kept);
+    proto_batch_recycle(&t.b, &a);
+    msgpack_sbuffer_destroy(&t.sb);
+    proto_arena_free(&a);
+    free(body);
+}
+
+/* Failures, proto_batch_free on a lent batch, and batches that were not lent: nothing leaks or
+ * is freed twice (the sanitizer build checks), and the arena keeps working. */
+static void test_arena_failures_and_mixing(void **state)
+{
+    (void)state;
+    proto_arena_t a;
+    proto_arena_init(&a);
+    tu_body_t t;
+    /* Unreadable body: the batch holds the chunk with nothing in it; recycling keeps it. */
+    assert_int_equal(arena_decode(&t, &a, "{\"batch\":[1,2", PROTO_FMT_JSON), PROTO_E_MALFORMED);
+    assert_int_equal(t.b.n_events, 0);
+    assert_null(t.b.events);
+    proto_batch_recycle(&t.b, &a);
+    msgpack_sbuffer_destroy(&t.sb);
+    assert_true(a.held);
+    /* Refused before any arena is needed: the kept chunk stays kept. */
+    proto_limits_t small = proto_limits_default();
+    small.body_bytes = 4;
+    proto_batch_t b;
+    assert_int_equal(
+        proto_decode_arena(&b, &a, "{\"batch\":[]}", 12, PROTO_FMT_JSON, PROTO_T_NONE, &small),
+        PROTO_E_BODY_TOO_LARGE);
+    assert_true(a.held);
+    proto_batch_recycle(&b, &a); /* zeroed batch: no-op */
+    assert_true(a.held);
+    /* A lent batch freed instead of recycled: the arena is empty, the next decode allocates. */
+    assert_int_equal(arena_decode(&t, &a, GOOD_BATCH, PROTO_FMT_MSGPACK), PROTO_OK);
+    proto_batch_free(&t.b);
+    msgpack_sbuffer_destroy(&t.sb);
+    assert_false(a.held);
+    assert_int_equal(arena_decode(&t, &a, GOOD_BATCH, PROTO_FMT_MSGPACK), PROTO_OK);
+    assert_int_equal(t.b.n_events, 2);
+    /* A batch from plain proto_decode recycled while the arena holds nothing: kept. */
+    tu_body_t plain;
+    assert_int_equal(tu_decode(&plain, GOOD_BATCH, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
+    proto_batch_recycle(&plain.b, &a);
+    msgpack_sbuffer_destroy(&plain.sb);
+    assert_true(a.held);
+    /* ... and the lent one, recycled now that the arena holds a chunk: freed, one is kept. */
+    proto_batch_recycle(&t.b, &a);
+    msgpack_sbuffer_destroy(&t.sb);
+    assert_true(a.held);
+    proto_arena_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_batch),         cmocka_unit_test(test_number_mapping),
-        cmocka_unit_test(test_msgpack_int_widths), cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_malformed),          cmocka_unit_test(test_huge_counts),
-        cmocka_unit_test(test_too_many_events),    cmocka_unit_test(test_too_large_and_deep),
-        cmocka_unit_test(test_trailing_data),      cmocka_unit_test(test_truncated_every_offset),
-        cmocka_unit_test(test_single_call),        cmocka_unit_test(test_json_body_may_be_freed),
-        cmocka_unit_test(test_json_key_order),     cmocka_unit_test(test_nul_in_strings),
+        cmocka_unit_test(test_good_batch),
+        cmocka_unit_test(test_number_mapping),
+        cmocka_unit_test(test_msgpack_int_widths),
+        cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_huge_counts),
+        cmocka_unit_test(test_too_many_events),
+        cmocka_unit_test(test_too_large_and_deep),
+        cmocka_unit_test(test_trailing_data),
+        cmocka_unit_test(test_truncated_every_offset),
+        cmocka_unit_test(test_single_call),
+        cmocka_unit_test(test_json_body_may_be_freed),
+        cmocka_unit_test(test_json_key_order),
+        cmocka_unit_test(test_nul_in_strings),
+        cmocka_unit_test(test_arena_reuses_chunk),
+        cmocka_unit_test(test_arena_grows_to_fit),
+        cmocka_unit_test(test_arena_failures_and_mixing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
