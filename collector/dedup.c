@@ -162,9 +162,16 @@ static inline shard_t *shard_of(dedup_t *d, uint64_t fp)
     return &d->shards[fp >> (64 - DEDUP_SHARD_BITS)];
 }
 
+/* The two candidate buckets of fp: from its low 32 bits, and from a multiplicative mix (the top
+ * 6 bits chose the shard). */
 static inline uint32_t home_of(uint64_t fp, uint32_t nb)
 {
     return (uint32_t)(((fp & 0xffffffffu) * (uint64_t)nb) >> 32);
+}
+
+static inline uint32_t alt_of(uint64_t fp, uint32_t nb)
+{
+    return (uint32_t)((((fp * 0x9e3779b97f4a7c15ull) >> 32) * (uint64_t)nb) >> 32);
 }
 
 static inline void cpu_relax(void)
@@ -174,10 +181,8 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static bool g_nolock;
 static void shard_lock(shard_t *s)
 {
-    if (g_nolock) return;
     for (unsigned spins = 0;; spins++) {
         if (!atomic_exchange_explicit(&s->lock, 1, memory_order_acquire)) return;
         while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
@@ -192,7 +197,6 @@ static void shard_lock(shard_t *s)
 
 static void shard_unlock(shard_t *s)
 {
-    if (g_nolock) return;
     atomic_store_explicit(&s->lock, 0, memory_order_release);
 }
 
@@ -307,7 +311,10 @@ static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
 {
     bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-    uint32_t i = home_of(fp, nb);
+    bucket_t *b1 = &b[home_of(fp, nb)];
+    for (int k = 0; k < DEDUP_SLOTS; k++)
+        if (b1->fp[k] == fp && tag_live(v, b1->tag[k])) return &b1->tag[k];
+    uint32_t i = alt_of(fp, nb);
     for (uint32_t n = 0; n < nb; n++) {
         bucket_t *bk = &b[i];
         for (int k = 0; k < DEDUP_SLOTS; k++)
@@ -320,9 +327,35 @@ static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
 
 /* Puts fp in the first free (empty or dead) slot from its home bucket; marks the full buckets it
  * passes. The caller made room (live < slots), so a free slot exists. */
+/* Free (empty or dead) slots of bk; *first gets the first one's index. */
+static inline int bucket_free(const bucket_t *bk, const view_t *v, int *first)
+{
+    int n = 0;
+    *first = -1;
+    for (int k = DEDUP_SLOTS - 1; k >= 0; k--) {
+        if (!tag_live(v, bk->tag[k])) {
+            n++;
+            *first = k;
+        }
+    }
+    return n;
+}
+
 static void table_place(bucket_t *b, uint32_t nb, const view_t *v, uint64_t fp, uint8_t tag)
 {
-    uint32_t i = home_of(fp, nb);
+    /* Two choices: the emptier of the two candidate buckets, which keeps overflows rare up to
+     * the 90% load limit; when both are full, linear probing from the second one. */
+    bucket_t *b1 = &b[home_of(fp, nb)];
+    uint32_t i = alt_of(fp, nb);
+    int k1, k2;
+    int f1 = bucket_free(b1, v, &k1), f2 = bucket_free(&b[i], v, &k2);
+    if (f1 > 0 || f2 > 0) {
+        bucket_t *bk = f1 >= f2 ? b1 : &b[i];
+        int k = f1 >= f2 ? k1 : k2;
+        bk->fp[k] = fp;
+        bk->tag[k] = tag;
+        return;
+    }
     for (uint32_t n = 0; n < nb; n++) {
         bucket_t *bk = &b[i];
         for (int k = 0; k < DEDUP_SLOTS; k++) {
@@ -374,6 +407,7 @@ static int shard_grow(shard_t *s, const view_t *v)
             ring_fp[r] = old[i].fp[k];
             ring_tag[r] = old[i].tag[k];
             __builtin_prefetch(&nbk[home_of(ring_fp[r], nnb)], 1);
+            __builtin_prefetch(&nbk[alt_of(ring_fp[r], nnb)], 1);
             r = (r + 1) % DEDUP_REHASH_AHEAD;
         }
     }
@@ -457,6 +491,7 @@ static inline void prefetch_fp(dedup_t *d, uint64_t fp)
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
     /* A hint only: a table swapped meanwhile costs a useless prefetch, never a fault. */
     __builtin_prefetch(&b[home_of(fp, nb)], 1);
+    __builtin_prefetch(&b[alt_of(fp, nb)], 1);
 }
 
 /* ---- public API ---- */
@@ -464,7 +499,6 @@ static inline void prefetch_fp(dedup_t *d, uint64_t fp)
 int dedup_new(const dedup_opts_t *opts, dedup_t **out)
 {
     *out = NULL;
-    g_nolock = getenv("NOLOCK") != NULL;
     if (opts == NULL || opts->window_ms == 0) return DEDUP_E_INVALID;
     dedup_t *d = aligned_alloc(64, sizeof *d);
     if (d == NULL) return DEDUP_E_NOMEM;

@@ -27,7 +27,7 @@ typedef struct log_field {
 /* Sets the minimum level written (default LOG_INFO). */
 void log_set_level(log_level_t lvl);
 log_level_t log_get_level(void);
-/* Parses "debug|info|warn|error|off"; returns -1 if unknown. */
+/* Parses "debug|info|warn|warning|error|off"; returns -1 if unknown. */
 int log_level_parse(const char *s);
 void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_t *fields);
 

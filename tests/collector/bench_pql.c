@@ -145,7 +145,7 @@ int main(int argc, char **argv)
     /* ---- 2. counter updates: 100k accounts (memory-latency bound), then 1k (cache-resident) */
     for (int pass = 0; pass < 2; pass++) {
         const size_t accts = pass == 0 ? 100000 : 1000, n = (size_t)millions * 1000000;
-        char(*acct_ids)[24] = malloc(accts * sizeof *acct_ids);
+        char(*acct_ids)[32] = malloc(accts * sizeof *acct_ids);
         uint32_t *users_of = malloc(accts * sizeof *users_of);
         double *cdf = malloc(accts * sizeof *cdf);
         pql_event_t *ev = malloc(n * sizeof *ev);
