@@ -137,7 +137,7 @@ static const config_key_t config_keys[] = {
      "the window) is not counted (sluice_pql_late_events_total)."},
     {"pql.snapshot_interval", CT_DURATION, F(pql.snapshot_interval_ms), 1000, 86400000, "5m", NULL,
      "How often the PQL counters are written to data_dir (also at shutdown)."},
-    {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 64, 1e9, "1000000", NULL,
+    {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 1024, 1e9, "1000000", NULL,
      "Accounts tracked; beyond it the least recently active account is forgotten "
      "(sluice_pql_evictions_total)."},
     {"pql.tiers", CT_PQL_TIERS, F(pql.tiers), 0, CONFIG_PQL_MAX_TIERS, NULL, NULL,
@@ -538,6 +538,17 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0);
 }
 
+static bool pql_rule_differs(const config_pql_rule_t *a, const config_pql_rule_t *b)
+{
+    if (str_differs(a->name, b->name) || a->metric != b->metric || a->at_least != b->at_least ||
+        a->points != b->points || a->recent_ms != b->recent_ms || a->min_recent != b->min_recent ||
+        a->n_events != b->n_events)
+        return true;
+    for (size_t i = 0; i < a->n_events; i++)
+        if (str_differs(a->events[i], b->events[i])) return true;
+    return false;
+}
+
 void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *key, void *ud),
                  void *ud)
 {
@@ -572,7 +583,18 @@ void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *ke
         case CT_ENUM:
             differs = memcmp(fa, fb, k->width) != 0;
             break;
-        default: /* a structured section (pql): its owner adds a comparison when it matters */
+        case CT_PQL_TIERS: /* PQL reads its rules at start-up: a change needs a restart */
+            differs = a->pql.n_tiers != b->pql.n_tiers;
+            for (size_t j = 0; !differs && j < a->pql.n_tiers; j++)
+                differs = str_differs(a->pql.tiers[j].name, b->pql.tiers[j].name) ||
+                          a->pql.tiers[j].threshold != b->pql.tiers[j].threshold;
+            break;
+        case CT_PQL_RULES:
+            differs = a->pql.n_rules != b->pql.n_rules;
+            for (size_t j = 0; !differs && j < a->pql.n_rules; j++)
+                differs = pql_rule_differs(&a->pql.rules[j], &b->pql.rules[j]);
+            break;
+        default: /* a structured section: its owner adds a comparison when it matters */
             break;
         }
         if (differs) fn(k->name, ud);

@@ -5,8 +5,10 @@
  * Structure. A key is reduced to a 64-bit XXH3 fingerprint (the messageId hashed with a seed
  * derived from the source). Fingerprints live in 64 shards (top 6 bits) of open-addressing tables
  * of 64-byte buckets: 7 fingerprints + 7 one-byte tags + 1 overflow byte, i.e. 9.14 bytes per
- * slot; tables grow by 1.5x at 90% load, so a remembered event costs 10.2..15.2 bytes at steady
- * state (the benchmark prints the measured figure). A tag holds a 7-bit generation number and a
+ * slot. A key may sit in either of two buckets (two-choice hashing: it goes to the emptier one,
+ * so lookups touch two prefetched cache lines and overflow chains stay rare). Tables grow by
+ * 1.5x at 90% load, so a remembered event costs 10.2..15.2 bytes at steady state (bench_dedup:
+ * 14.4 at 10 M entries; 10.2 at the default cap's 26.4 M). A tag holds a 7-bit generation and a
  * PENDING bit. Time is cut into generations of window/32: an entry is live while its generation
  * is; a generation dies when its newest possible entry is older than the window (so an event is
  * remembered for at least the window), or — at the memory cap — the oldest live generation is
@@ -24,9 +26,15 @@
  * Request protocol (ingest): dedup_reserve_all() before producing marks every new fingerprint
  * PENDING; after the delivery group reports, dedup_commit() (all delivered) or dedup_release()
  * (anything failed: the events are forgotten so a retry goes through). A copy that meets a
- * PENDING entry of another request makes dedup_reserve_all() fail with DEDUP_E_IN_FLIGHT and
- * reserve nothing: the request is answered 503 + Retry-After, because answering 200 could lose
- * the event if the first copy's delivery then failed, and producing it would deliver it twice.
+ * PENDING entry of another request (DEDUP_BUSY) is not produced — that would deliver it twice —
+ * and the request may answer 200 only once that entry is remembered, i.e. the other copy was
+ * delivered: dedup_all_remembered() at the end of the request; if not (still in flight, or its
+ * delivery failed and it was released), the answer is 503 + Retry-After, as a 200 could lose it.
+ * Limits of what a request's delivery group tells: if only some of its messages failed, all of
+ * its events are released, so the retry delivers the others a second time (at-least-once, as
+ * without dedup). Requests still in flight when the process stops are not in the final snapshot.
+ * An entry dropped at the cap while PENDING may let a concurrent copy through (the window is
+ * then shorter than a delivery; sluice_dedup_window_seconds shows it).
  */
 #ifndef SLUICE_DEDUP_H
 #define SLUICE_DEDUP_H
@@ -42,8 +50,7 @@
     X(E_INVALID, -2, "invalid argument")                                                           \
     X(E_IO, -3, "snapshot I/O error")                                                              \
     X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
-    X(E_IN_FLIGHT, -5, "a copy of an event is still being delivered by another request")           \
-    X(E_NOENT, -6, "no snapshot")
+    X(E_NOENT, -5, "no snapshot")
 
 typedef enum {
 #define DEDUP_X_ENUM(name, val, msg) DEDUP_##name = val,
@@ -101,14 +108,15 @@ void dedup_scratch_free(dedup_scratch_t *s);
 /*
  * Reserves a request's keys. fps[0..n) are the fingerprints of its valid events in order.
  * Later copies of a fingerprint inside fps get DEDUP_DUPLICATE, the others the verdict of
- * dedup_reserve_batch. Returns:
- *   0: verdict[i] is DEDUP_NEW (reserved) or DEDUP_DUPLICATE for every i;
- *   DEDUP_E_IN_FLIGHT: some key is PENDING for another request; nothing stays reserved;
- *   DEDUP_E_NOMEM: scratch could not grow; nothing is reserved.
- * On 0 the caller must later dedup_commit or dedup_release exactly the DEDUP_NEW keys.
+ * dedup_reserve_batch (DEDUP_NEW: reserved; DEDUP_DUPLICATE; DEDUP_BUSY: PENDING for another
+ * request). Returns 0, or DEDUP_E_NOMEM when scratch could not grow (nothing reserved).
+ * On 0 the caller must later dedup_commit or dedup_release exactly the DEDUP_NEW keys, and
+ * answer 200 only if dedup_all_remembered() holds for the DEDUP_BUSY ones.
  */
 int dedup_reserve_all(dedup_t *d, dedup_scratch_t *s, const uint64_t *fps, size_t n,
                       uint8_t *verdict);
+/* True when every fps[i] is remembered (delivered and committed), not PENDING nor absent. */
+bool dedup_all_remembered(dedup_t *d, const uint64_t *fps, size_t n);
 
 /* Delivered: PENDING entries become remembered (an entry lost meanwhile is inserted again). */
 void dedup_commit(dedup_t *d, const uint64_t *fps, size_t n);

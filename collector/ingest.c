@@ -257,13 +257,16 @@ static int apply_filters(ingest_ctx_t *ctx, proto_batch_t *b, ingest_req_t *req,
 }
 
 /* Dedup (SPEC §5; contract in ingest.h): reserves the fingerprints of the valid events not
- * filtered out. Duplicates are marked 2 in *skip (allocated in b's zone when still NULL) and
- * counted in req->n_duplicates; the reserved ones are listed in *pass (b's zone) for
- * dedup_settle. Returns 0, DEDUP_E_IN_FLIGHT or DEDUP_E_NOMEM (then nothing is reserved). */
+ * filtered out. Duplicates (remembered, repeated in this request, or in flight elsewhere) are
+ * marked 2 in *skip (allocated in b's zone when still NULL) and counted in req->n_duplicates;
+ * the reserved ones and the in-flight ones are listed in *pass (b's zone) for dedup_settle.
+ * Returns 0, or DEDUP_E_NOMEM (then nothing is reserved). */
 typedef struct dedup_pass {
     uint64_t *fps;
     uint32_t *idx; /* event index of fps[j] */
     uint32_t n;
+    uint64_t *wait; /* DEDUP_BUSY copies */
+    uint32_t n_wait;
 } dedup_pass_t;
 
 static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
@@ -275,11 +278,13 @@ static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *
     pass->fps = msgpack_zone_malloc(&b->zone, n * sizeof *pass->fps);
     pass->idx = msgpack_zone_malloc(&b->zone, n * sizeof *pass->idx);
     uint8_t *verdict = msgpack_zone_malloc(&b->zone, n);
+    pass->wait = msgpack_zone_malloc(&b->zone, n * sizeof *pass->wait);
     if (*skip == NULL) {
         *skip = msgpack_zone_malloc(&b->zone, n);
         if (*skip != NULL) memset(*skip, 0, n);
     }
-    if (pass->fps == NULL || pass->idx == NULL || verdict == NULL || *skip == NULL)
+    if (pass->fps == NULL || pass->idx == NULL || verdict == NULL || pass->wait == NULL ||
+        *skip == NULL)
         return DEDUP_E_NOMEM;
     uint64_t seed = dedup_seed(source, strlen(source));
     uint32_t m = 0;
@@ -298,6 +303,7 @@ static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *
             pass->idx[kept++] = pass->idx[j];
             continue;
         }
+        if (verdict[j] == DEDUP_BUSY) pass->wait[pass->n_wait++] = pass->fps[j];
         (*skip)[pass->idx[j]] = 2;
         req->n_duplicates++;
     }
@@ -311,8 +317,8 @@ static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *
 static int dedup_settle(ingest_ctx_t *ctx, const proto_batch_t *b, ingest_req_t *req,
                         dedup_pass_t *pass)
 {
-    if (pass->n == 0) return 0;
-    req->dedup_fps = malloc((size_t)pass->n * sizeof *req->dedup_fps);
+    if (pass->n + pass->n_wait == 0) return 0;
+    req->dedup_fps = malloc(((size_t)pass->n + pass->n_wait) * sizeof *req->dedup_fps);
     if (req->dedup_fps == NULL) {
         dedup_release(ctx->dedup, pass->fps, pass->n);
         return -1;
@@ -323,6 +329,8 @@ static int dedup_settle(ingest_ctx_t *ctx, const proto_batch_t *b, ingest_req_t 
         else
             req->dedup_fps[req->n_dedup++] = pass->fps[j];
     }
+    memcpy(req->dedup_fps + req->n_dedup, pass->wait, (size_t)pass->n_wait * sizeof *pass->wait);
+    req->n_wait = pass->n_wait;
     return 0;
 }
 
@@ -519,16 +527,7 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         req->produce_err = KAFKA_E_NOMEM; /* 503: retry; nothing of this request was produced */
     } else {
         /* filtered also marks the duplicates (2) from here: produce_all skips both. */
-        int drc = dedup_reserve(ctx, s, &b, req, source, &filtered, &pass);
-        if (drc == DEDUP_E_IN_FLIGHT) {
-            metrics_add(METRIC_DEDUP_IN_FLIGHT, 1);
-            proto_batch_recycle(&b, &s->arena);
-            ingest_req_free(req);
-            refuse(err, 503, "unavailable",
-                   "a copy of an event in this batch is still being delivered; retry shortly", 1);
-            return -1;
-        }
-        if (drc != 0)
+        if (dedup_reserve(ctx, s, &b, req, source, &filtered, &pass) != 0)
             req->produce_err = KAFKA_E_NOMEM;
         else
             req->produce_err = produce_all(ctx, s, &b, req, source, now, filtered);
@@ -576,6 +575,19 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
      * within milliseconds of the acks, well inside SPEC §6's second). */
     if (ctx->pql != NULL && req->pql.len > 0)
         pql_feed_records(ctx->pql, req->pql.data, req->pql.len, wall_ms());
+    if (req->n_wait > 0 &&
+        !dedup_all_remembered(ctx->dedup, req->dedup_fps + req->n_dedup, req->n_wait)) {
+        /* A copy skipped because another request was delivering it is not delivered (yet, or
+         * that delivery failed): only a retry can make it durable. This request's own events
+         * are delivered and remembered, so the retry will not send them again. */
+        metrics_add(METRIC_DEDUP_IN_FLIGHT, 1);
+        reply->status = 503;
+        reply->retry_after = 1;
+        reply->code = "unavailable";
+        reply->message = "a copy of an event in this batch was being delivered by another "
+                         "request; retry shortly";
+        return;
+    }
     reply->status = 200;
     reply->body = req->answer.data;
     reply->body_len = req->answer.len;

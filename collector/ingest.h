@@ -19,9 +19,10 @@
  * and are counted in "duplicates". The reservations are committed in ingest_finish when every
  * report is a success, and released otherwise — on the real delivery reports, not at the HTTP
  * delivery_timeout (a request answered 503 at the deadline may still be delivered later; then
- * it is remembered and the client's retry is a duplicate, as it should be). A request holding a
- * copy of an event that another request is still delivering is refused with 503 + Retry-After
- * before anything is produced: a 200 could lose the event if that delivery then failed.
+ * it is remembered and the client's retry is a duplicate, as it should be). A copy of an event
+ * that another request is still delivering is not produced either; this request answers 200
+ * only if, once its own messages are acknowledged, that event is remembered (delivered); else
+ * 503 + Retry-After: 1, since a 200 could lose the event if that delivery failed.
  */
 #ifndef SLUICE_INGEST_H
 #define SLUICE_INGEST_H
@@ -108,8 +109,11 @@ struct ingest_req {
     proto_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
 
     uint32_t n_duplicates; /* valid events skipped as duplicates (answer's "duplicates") */
-    uint32_t n_dedup;      /* fingerprints reserved (PENDING) by this request: */
-    uint64_t *dedup_fps;   /*   committed on success, released otherwise, in ingest_finish */
+    uint32_t n_dedup;      /* dedup_fps[0..n_dedup): reserved (PENDING) by this request,
+                            * committed on success, released otherwise, in ingest_finish */
+    uint32_t n_wait;       /* dedup_fps[n_dedup..+n_wait): copies PENDING for other requests,
+                            * which must be remembered by the end for a 200 */
+    uint64_t *dedup_fps;
 };
 
 typedef struct ingest_input {

@@ -160,6 +160,8 @@ static void log_config(const config_t *cfg)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* Until the reload watcher runs, an early SIGHUP must not end the process. */
+    signal(SIGHUP, SIG_IGN);
     config_t cfg; /* config_from_args starts from config_init() itself */
     memset(&cfg, 0, sizeof cfg);
     char err[1024] = "";

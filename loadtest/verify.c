@@ -450,7 +450,7 @@ static void account(vstate_t *v)
         r->pql_state = -1;
         snprintf(r->pql_note, sizeof(r->pql_note),
                  "%s has no signal for this run's scripted accounts (%llu messages in all) "
-                 "and --expect-pql was not given: the collector does not compute PQL yet",
+                 "and --expect-pql was not given (does the collector run with SPEC 6's pql rules?)",
                  cfg->topic_pql, (unsigned long long)r->pql_messages);
     } else {
         r->pql_state = 1;

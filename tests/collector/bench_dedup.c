@@ -9,8 +9,8 @@
  *   mixed    half new, half remembered
  *   single   dedup_reserve_batch with one key per call (no prefetch overlap)
  *   commit   dedup_commit of the keys reserved by "insert"
- * and prints bytes per entry after the fill ("bench_dedup N steady" runs the steady phase only). Fingerprints are precomputed (hashing is timed
- * separately as "xxh3").
+ * and prints bytes per entry after the fill ("bench_dedup N steady" runs the steady phase only).
+ * Fingerprints are precomputed (hashing is timed separately as "xxh3").
  */
 #include "dedup.c"
 #include "log.c"

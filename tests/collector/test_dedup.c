@@ -225,19 +225,28 @@ static void test_pending_commit_release(void **state)
     dedup_stats(d, &st);
     assert_int_equal(st.pending, 1);
 
-    /* A request holding a copy of the in-flight a: refused, and reserves nothing. */
+    /* A request holding a copy of the in-flight a: a is BUSY (not reserved), b and c are. The
+     * request may answer 200 only once a is remembered. */
     dedup_scratch_t s = {0};
     uint64_t req[3] = {b, a, c};
     uint8_t v[3];
-    assert_int_equal(dedup_reserve_all(d, &s, req, 3, v), DEDUP_E_IN_FLIGHT);
-    assert_int_equal(reserve1(d, b), DEDUP_NEW);
-    assert_int_equal(reserve1(d, c), DEDUP_NEW);
+    assert_int_equal(dedup_reserve_all(d, &s, req, 3, v), DEDUP_OK);
+    assert_int_equal(v[0], DEDUP_NEW);
+    assert_int_equal(v[1], DEDUP_BUSY);
+    assert_int_equal(v[2], DEDUP_NEW);
+    assert_false(dedup_all_remembered(d, &a, 1));
+    assert_int_equal(reserve1(d, b), DEDUP_BUSY);
     dedup_release(d, (uint64_t[]){b, c}, 2);
+    assert_int_equal(reserve1(d, b), DEDUP_NEW);
+    dedup_release(d, &b, 1);
 
-    /* Delivery failed: forgotten, the retry goes through. */
+    /* Delivery failed: forgotten, the retry goes through; the waiting copy sees it gone. */
     dedup_release(d, &a, 1);
+    assert_false(dedup_all_remembered(d, &a, 1));
     assert_int_equal(reserve1(d, a), DEDUP_NEW);
     dedup_commit(d, &a, 1);
+    assert_true(dedup_all_remembered(d, &a, 1));
+    assert_false(dedup_all_remembered(d, (uint64_t[]){a, b}, 2));
     assert_int_equal(reserve1(d, a), DEDUP_DUPLICATE);
     /* Releasing a remembered entry does nothing. */
     dedup_release(d, &a, 1);

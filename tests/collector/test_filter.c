@@ -194,8 +194,6 @@ static const char *record(tbatch_t *t, size_t i)
     return t->out.data;
 }
 
-#define EV(fields) "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\"," fields "}"
-
 static void test_spec_example_loads(void **state)
 {
     (void)state;
@@ -222,26 +220,24 @@ static void test_spec_example_loads(void **state)
 
     tbatch_t t;
     decode(
-        &t, "{\"context\":{\"userAgent\":\"Mozilla (compatible; bingbot)\"},\"batch\":["
+        &t,
+        "{\"context\":{\"userAgent\":\"Mozilla (compatible; bingbot)\"},\"batch\":["
         /* 0: a bot by the batch context */
-        EV("\"event\":\"Signed Up\"") ","
+        "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"Signed Up\"},"
         /* 1: own context overrides the batch's: a human */
-        EV("\"event\":\"Signed Up\",\"context\":{\"userAgent\":\"Firefox\","
-           "\"ip\":\"1.2.3.4\",\"traits\":{\"email\":\"a@b.com\"}},"
-           "\"properties\":{\"email\":\"a@b.com\",\"plan\":\"pro\"}") ","
+        "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"Signed "
+        "Up\",\"context\":{\"userAgent\":\"Firefox\",\"ip\":\"1.2.3.4\",\"traits\":{\"email\":\"a@"
+        "b.com\"}},\"properties\":{\"email\":\"a@b.com\",\"plan\":\"pro\"}},"
         /* 2: debug event */
-        EV("\"event\":\"debug.render\",\"context\":{\"userAgent\":\"Firefox\"}") ","
+        "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"debug.render\","
+        "\"context\":{\"userAgent\":\"Firefox\"}},"
         /* 3: internal user */
-        EV("\"event\":\"Signed Up\",\"context\":{\"userAgent\":\"Firefox\","
-           "\"traits\":{\"email\":\"bob@ourcompany.com\"}}") ","
-                                                             /* 4: identify with traits */
-                                                             "{\"type\":\"identify\",\"messageId\":"
-                                                             "\"m4\",\"userId\":\"u1\","
-                                                             "\"context\":{\"userAgent\":"
-                                                             "\"Firefox\"},"
-                                                             "\"traits\":{\"email\":\"c@d.com\","
-                                                             "\"phone\":\"555\",\"name\":\"C\"}}"
-                                                             "]}");
+        "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"Signed "
+        "Up\",\"context\":{\"userAgent\":\"Firefox\",\"traits\":{\"email\":\"bob@ourcompany.com\"}}"
+        "},"
+        /* 4: identify with traits */
+        "{\"type\":\"identify\",\"messageId\":\"m4\",\"userId\":\"u1\",\"context\":{\"userAgent\":"
+        "\"Firefox\"},\"traits\":{\"email\":\"c@d.com\",\"phone\":\"555\",\"name\":\"C\"}}]}");
     assert_false(keep(fs, &t, 0));
     assert_true(keep(fs, &t, 1));
     assert_false(keep(fs, &t, 2));
@@ -290,32 +286,20 @@ static void test_match_conditions(void **state)
         "  - {name: numbers, drop: {property: {properties.n: \"4?\", properties.ok: \"true\"}}}\n"
         "  - {name: only_some, allow: {type: [track, page, identify]}}\n");
     tbatch_t t;
-    decode(
-        &t,
-        "{\"batch\":["
-        "{\"type\":\"page\",\"messageId\":\"a\",\"userId\":\"u\",\"properties\":{\"plan\":"
-        "\"free\"}},"
-        "{\"type\":\"page\",\"messageId\":\"b\",\"userId\":\"u\",\"properties\":{\"plan\":"
-        "\"pro\"}},"
-        "{\"type\":\"track\",\"event\":\"x\",\"messageId\":\"c\",\"userId\":\"u\","
-        "\"properties\":{\"plan\":\"free\"}}," EV("\"event\":\"n\",\"properties\":{\"n\":42,\"ok\":"
-                                                  "true}") "," EV("\"event\":\"n\",\"properties\":{"
-                                                                  "\"n\":42,\"ok\":false}") "," EV(
-            "\"event\":\"n\",\"properties\":{\"n\":{\"deep\":42},\"ok\":true}") ","
-                                                                                "{\"type\":"
-                                                                                "\"alias\","
-                                                                                "\"messageId\":"
-                                                                                "\"d\",\"userId\":"
-                                                                                "\"u\","
-                                                                                "\"previousId\":"
-                                                                                "\"p\"},"
-                                                                                "{\"type\":"
-                                                                                "\"identify\","
-                                                                                "\"messageId\":"
-                                                                                "\"e\","
-                                                                                "\"anonymousId\":"
-                                                                                "\"a\"}"
-                                                                                "]}");
+    decode(&t, "{\"batch\":[{\"type\":\"page\",\"messageId\":\"a\",\"userId\":\"u\",\"properties\":"
+               "{\"plan\":\"free\"}},"
+               "{\"type\":\"page\",\"messageId\":\"b\",\"userId\":\"u\",\"properties\":{\"plan\":"
+               "\"pro\"}},"
+               "{\"type\":\"track\",\"event\":\"x\",\"messageId\":\"c\",\"userId\":\"u\","
+               "\"properties\":{\"plan\":\"free\"}},"
+               "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"n\","
+               "\"properties\":{\"n\":42,\"ok\":true}},"
+               "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"n\","
+               "\"properties\":{\"n\":42,\"ok\":false}},"
+               "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"n\","
+               "\"properties\":{\"n\":{\"deep\":42},\"ok\":true}},"
+               "{\"type\":\"alias\",\"messageId\":\"d\",\"userId\":\"u\",\"previousId\":\"p\"},"
+               "{\"type\":\"identify\",\"messageId\":\"e\",\"anonymousId\":\"a\"}]}");
     assert_false(keep(fs, &t, 0)); /* page + free */
     assert_true(keep(fs, &t, 1));  /* page + pro */
     assert_true(keep(fs, &t, 2));  /* free but a track */
@@ -354,12 +338,12 @@ static void test_sampling_consistent(void **state)
         char body[512];
         snprintf(
             body, sizeof body,
-            "{\"batch\":["
-            "{\"type\":\"track\",\"event\":\"Heartbeat\",\"messageId\":\"a\",\"userId\":\"u%d\"},"
+            "{\"batch\":[{\"type\":\"track\",\"event\":\"Heartbeat\",\"messageId\":\"a\","
+            "\"userId\":\"u%d\"},"
             "{\"type\":\"track\",\"event\":\"Heartbeat\",\"messageId\":\"b\",\"userId\":\"u%d\"},"
             "{\"type\":\"track\",\"event\":\"Other\",\"messageId\":\"c\",\"userId\":\"u%d\"},"
-            "{\"type\":\"track\",\"event\":\"Heartbeat\",\"messageId\":\"d\",\"anonymousId\":"
-            "\"u%d\"}]}",
+            "{\"type\":\"track\",\"event\":\"Heartbeat\",\"messageId\":\"d\",\"anonymousId\":\"u%"
+            "d\"}]}",
             u, u, u, u);
         tbatch_t t;
         decode(&t, body);
@@ -377,12 +361,16 @@ static void test_sampling_consistent(void **state)
     filter_set_free(fs);
 
     /* keep 0 drops all selected events, keep 1 keeps all */
-    fs = must_load("filters:\n  - {name: none, sample: {keep: 0}}\n");
+    fs = must_load("filters:\n"
+                   "  - {name: none, sample: {keep: 0}}\n");
     tbatch_t t;
-    decode(&t, "{\"batch\":[" EV("\"event\":\"x\"") "]}");
+    decode(
+        &t,
+        "{\"batch\":[{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"x\"}]}");
     assert_false(keep(fs, &t, 0));
     filter_set_free(fs);
-    fs = must_load("filters:\n  - {name: all, sample: {keep: 1}}\n");
+    fs = must_load("filters:\n"
+                   "  - {name: all, sample: {keep: 1}}\n");
     assert_true(keep(fs, &t, 0));
     filter_set_free(fs);
     tfree(&t);
@@ -397,27 +385,15 @@ static void test_strip(void **state)
     tbatch_t t;
     /* Batch context with ip: the event without its own context gets the stripped copy; the
      * event with its own context keeps the batch context out of it. */
-    decode(&t,
-           "{\"context\":{\"ip\":\"9.9.9.9\",\"locale\":\"en\"},\"batch\":[" EV("\"event\":\"e\","
-                                                                                "\"properties\":{"
-                                                                                "\"email\":\"a@b\","
-                                                                                "\"email2\":"
-                                                                                "\"keep\"}") "," EV(
-               "\"event\":\"e\",\"context\":{\"ip\":\"1.1.1.1\",\"app\":\"z\"}") ","
-                                                                                 "{\"type\":"
-                                                                                 "\"identify\","
-                                                                                 "\"messageId\":"
-                                                                                 "\"m\",\"userId\":"
-                                                                                 "\"u\",\"traits\":"
-                                                                                 "{\"a\":{"
-                                                                                 "\"b\":1,\"c\":2},"
-                                                                                 "\"b\":3}}"
-                                                                                 "," EV("\"event\":"
-                                                                                        "\"e\","
-                                                                                        "\"properti"
-                                                                                        "es\":{"
-                                                                                        "\"other\":"
-                                                                                        "1}") "]}");
+    decode(&t, "{\"context\":{\"ip\":\"9.9.9.9\",\"locale\":\"en\"},\"batch\":[{\"type\":\"track\","
+               "\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"e\",\"properties\":{\"email\":"
+               "\"a@b\",\"email2\":\"keep\"}},"
+               "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"e\","
+               "\"context\":{\"ip\":\"1.1.1.1\",\"app\":\"z\"}},"
+               "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"traits\":{\"a\":{"
+               "\"b\":1,\"c\":2},\"b\":3}},"
+               "{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"e\","
+               "\"properties\":{\"other\":1}}]}");
     const char *before = record(&t, 3);
     char *copy = strdup(before);
     for (size_t i = 0; i < 4; i++)
@@ -464,12 +440,12 @@ static void test_hash(void **state)
 
     /* the rule: in the record, numbers by their text, null untouched, objects hashed */
     filter_set_t *fs = must_load("filters:\n"
-                                 "  - {name: h, hash: [traits.email, traits.n, traits.z, "
-                                 "traits.o, context.traits.email], key_env: SLUICE_HASH_KEY}\n");
+                                 "  - {name: h, hash: [traits.email, traits.n, traits.z, traits.o, "
+                                 "context.traits.email], key_env: SLUICE_HASH_KEY}\n");
     tbatch_t t;
-    decode(&t, "{\"batch\":[{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\","
-               "\"traits\":{\"email\":\"a@b.com\",\"n\":12,\"z\":null,\"o\":{\"k\":1}},"
-               "\"context\":{\"traits\":{\"email\":\"a@b.com\"}}}]}");
+    decode(&t, "{\"batch\":[{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"traits\":"
+               "{\"email\":\"a@b.com\",\"n\":12,\"z\":null,\"o\":{\"k\":1}},\"context\":{"
+               "\"traits\":{\"email\":\"a@b.com\"}}}]}");
     assert_true(keep(fs, &t, 0));
     const char *r = record(&t, 0);
     char want[128];
@@ -486,9 +462,10 @@ static void test_hash(void **state)
     filter_set_free(fs);
 
     /* another key gives another output through the rule too */
-    fs = must_load("filters:\n  - {name: h, hash: [traits.email], key_env: SLUICE_OTHER_KEY}\n");
-    decode(&t, "{\"batch\":[{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\","
-               "\"traits\":{\"email\":\"a@b.com\"}}]}");
+    fs = must_load("filters:\n"
+                   "  - {name: h, hash: [traits.email], key_env: SLUICE_OTHER_KEY}\n");
+    decode(&t, "{\"batch\":[{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"traits\":"
+               "{\"email\":\"a@b.com\"}}]}");
     assert_true(keep(fs, &t, 0));
     r = record(&t, 0);
     assert_null(strstr(r, a));
@@ -504,48 +481,74 @@ static void test_compile_errors(void **state)
         const char *yaml, *err;
     } cases[] = {
         {"filters: {a: 1}\n", "f.yaml:1: filters: expected a list of rules"},
-        {"filters:\n  - {name: a, drop: {event: x}}\n  - {drop: {event: y}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {event: x}}\n"
+         "  - {drop: {event: y}}\n",
          "f.yaml:3: filters[2]: needs a name"},
-        {"filters:\n  - {name: a, drop: {event: x}}\n  - {name: a, drop: {event: y}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {event: x}}\n"
+         "  - {name: a, drop: {event: y}}\n",
          "f.yaml:3: filters[2] (a): name \"a\" is used by filters[1]"},
-        {"filters:\n  - {name: \"a b\", drop: {event: x}}\n",
+        {"filters:\n"
+         "  - {name: \"a b\", drop: {event: x}}\n",
          "f.yaml:2: filters[1]: name must be 1..64 of [A-Za-z0-9_.-]"},
-        {"filters:\n  - {name: a}\n",
+        {"filters:\n"
+         "  - {name: a}\n",
          "f.yaml:2: filters[1] (a): needs one of drop, allow, sample, strip, hash"},
-        {"filters:\n  - {name: a, drop: {event: x}, allow: {event: y}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {event: x}, allow: {event: y}}\n",
          "f.yaml:2: filters[1] (a): a rule has exactly one of drop"},
-        {"filters:\n  - {name: a, block: {event: x}}\n",
+        {"filters:\n"
+         "  - {name: a, block: {event: x}}\n",
          "f.yaml:2: filters[1] (a): unknown key \"block\""},
-        {"filters:\n  - name: a\n    drop:\n      event: \"[x\"\n",
+        {"filters:\n"
+         "  - name: a\n"
+         "    drop:\n"
+         "      event: \"[x\"\n",
          "f.yaml:4: filters[1] (a): drop.event: \"[x\": unterminated '[' in pattern"},
-        {"filters:\n  - {name: a, drop: {}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {}}\n",
          "f.yaml:2: filters[1] (a): drop: needs at least one condition"},
-        {"filters:\n  - {name: a, drop: {evnt: x}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {evnt: x}}\n",
          "f.yaml:2: filters[1] (a): drop: unknown condition \"evnt\""},
-        {"filters:\n  - {name: a, drop: {type: click}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {type: click}}\n",
          "f.yaml:2: filters[1] (a): drop.type: \"click\" is not track"},
-        {"filters:\n  - {name: a, drop: {event: []}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {event: []}}\n",
          "f.yaml:2: filters[1] (a): drop.event: the list is empty"},
-        {"filters:\n  - {name: a, drop: {property: {\"a..b\": x}}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {property: {\"a..b\": x}}}\n",
          "f.yaml:2: filters[1] (a): drop.property: \"a..b\": empty segment in path"},
-        {"filters:\n  - {name: a, sample: {event: x}}\n",
+        {"filters:\n"
+         "  - {name: a, sample: {event: x}}\n",
          "f.yaml:2: filters[1] (a): sample: needs keep: FRACTION"},
-        {"filters:\n  - {name: a, sample: {keep: 1.5}}\n",
+        {"filters:\n"
+         "  - {name: a, sample: {keep: 1.5}}\n",
          "f.yaml:2: filters[1] (a): sample.keep: expected a fraction from 0 to 1"},
-        {"filters:\n  - {name: a, strip: [userId]}\n",
+        {"filters:\n"
+         "  - {name: a, strip: [userId]}\n",
          "f.yaml:2: filters[1] (a): strip: \"userId\": paths must name a key inside properties"},
-        {"filters:\n  - {name: a, strip: [properties]}\n",
+        {"filters:\n"
+         "  - {name: a, strip: [properties]}\n",
          "f.yaml:2: filters[1] (a): strip: \"properties\": paths must name a key inside"},
-        {"filters:\n  - {name: a, hash: [traits.email]}\n",
+        {"filters:\n"
+         "  - {name: a, hash: [traits.email]}\n",
          "f.yaml:2: filters[1] (a): hash needs key_env"},
-        {"filters:\n  - {name: a, hash: [traits.email], key_env: SLUICE_UNSET_KEY}\n",
+        {"filters:\n"
+         "  - {name: a, hash: [traits.email], key_env: SLUICE_UNSET_KEY}\n",
          "f.yaml:2: filters[1] (a): key_env: environment variable SLUICE_UNSET_KEY is not set"},
-        {"filters:\n  - {name: a, hash: [traits.email],\n     key_env: SLUICE_SHORT_KEY}\n",
+        {"filters:\n"
+         "  - {name: a, hash: [traits.email],\n"
+         "     key_env: SLUICE_SHORT_KEY}\n",
          "f.yaml:3: filters[1] (a): key_env: environment variable SLUICE_SHORT_KEY must hold at "
          "least 16 bytes"},
-        {"filters:\n  - {name: a, strip: [traits.x], key_env: SLUICE_HASH_KEY}\n",
+        {"filters:\n"
+         "  - {name: a, strip: [traits.x], key_env: SLUICE_HASH_KEY}\n",
          "f.yaml:2: filters[1] (a): key_env belongs to hash rules only"},
-        {"filters:\n  - {name: a, drop: {event: x, event: y}}\n",
+        {"filters:\n"
+         "  - {name: a, drop: {event: x, event: y}}\n",
          "f.yaml:2: filters[1] (a): drop: duplicate key \"event\" (first at line 2)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -570,17 +573,24 @@ static void test_compile_errors(void **state)
 /* ---- reload ---- */
 
 static const char *const rules_a = "write_keys: [{key: wk_1}]\n"
-                                   "filters:\n  - {name: no_debug, drop: {event: \"debug.*\"}}\n";
-static const char *const rules_b = "write_keys: [{key: wk_1}]\nthreads: 3\n"
-                                   "filters:\n  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
+                                   "filters:\n"
+                                   "  - {name: no_debug, drop: {event: \"debug.*\"}}\n";
+static const char *const rules_b = "write_keys: [{key: wk_1}]\n"
+                                   "threads: 3\n"
+                                   "filters:\n"
+                                   "  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
                                    "  - {name: no_test, drop: {event: \"test.*\"}}\n";
 static const char *const rules_bad = "write_keys: [{key: wk_1}]\n"
-                                     "filters:\n  - {name: broken, drop: {event: \"[x\"}}\n";
+                                     "filters:\n"
+                                     "  - {name: broken, drop: {event: \"[x\"}}\n";
 
 static bool rt_keeps(reload_t *rl, const char *event_name)
 {
     char body[256];
-    snprintf(body, sizeof body, "{\"batch\":[" EV("\"event\":\"%s\"") "]}", event_name);
+    snprintf(
+        body, sizeof body,
+        "{\"batch\":[{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":\"%s\"}]}",
+        event_name);
     tbatch_t t;
     decode(&t, body);
     reload_ticket_t tk;
@@ -684,7 +694,8 @@ static void *reader_thread(void *arg)
 {
     race_t *r = arg;
     tbatch_t t;
-    decode(&t, "{\"batch\":[" EV("\"event\":\"debug.x\"") "]}");
+    decode(&t, "{\"batch\":[{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u1\",\"event\":"
+               "\"debug.x\"}]}");
     while (!atomic_load(&r->stop)) {
         reload_ticket_t tk;
         const runtime_t *rt = reload_enter(r->rl, &tk);

@@ -52,48 +52,35 @@ static void get_metrics(const sup_env_t *e, sup_buf_t *out)
 
 static void assert_metric(const sup_buf_t *m, const char *line)
 {
-    if (!strstr(m->data, line)) fprintf(stderr, "metrics lack \"%s\":\n%s\n", line, m->data);
+    if (!strstr(m->data, line))
+        fprintf(stderr,
+                "metrics lack \"%s\":\n"
+                "%s\n",
+                line, m->data);
     assert_non_null(strstr(m->data, line));
 }
 
-#define TRACK(id, user, name, extra)                                                               \
-    "{\"type\":\"track\",\"messageId\":\"" id "\",\"userId\":\"" user "\",\"event\":\"" name       \
-    "\"" extra "}"
-
 static void test_filter_drop_allow_sample(void **state)
 {
-    const char *yaml = "filters:\n"
-                       "  - {name: no_bots, drop: {user_agent: [\"*bot*\", \"*crawler*\"]}}\n"
-                       "  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
-                       "  - {name: internal, drop: {property: {\"context.traits.email\": "
-                       "\"*@ourcompany.com\"}}}\n"
-                       "  - {name: web_only, allow: {type: [track, identify]}}\n"
-                       "  - {name: heartbeats, sample: {event: Heartbeat, keep: 0.5}}\n";
+    const char *yaml =
+        "filters:\n"
+        "  - {name: no_bots, drop: {user_agent: [\"*bot*\", \"*crawler*\"]}}\n"
+        "  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
+        "  - {name: internal, drop: {property: {\"context.traits.email\": \"*@ourcompany.com\"}}}\n"
+        "  - {name: web_only, allow: {type: [track, identify]}}\n"
+        "  - {name: heartbeats, sample: {event: Heartbeat, keep: 0.5}}\n";
     sup_env_t *e = it_start(state, yaml);
     post_expect(
         e,
-        "{\"batch\":[" TRACK("f-1", "u1", "Signed Up", ",\"context\":{\"userAgent\":\"Googlebot/2.1\"}") "," TRACK(
-            "f-2",
-            "u1", "debug.trace", "") "," TRACK("f-3", "u2", "Signed Up",
-                                               ",\"context\":{\"traits\":{\"email\":\"ann@"
-                                               "ourcompany.com\"}}") ","
-                                                                     "{\"type\":\"page\","
-                                                                     "\"messageId\":\"f-4\","
-                                                                     "\"userId\":\"u3\"}," TRACK(
-                                                                         "f-5", "u4", "Signed Up",
-                                                                         ",\"context\":{"
-                                                                         "\"userAgent\":"
-                                                                         "\"Firefox\"}") ","
-                                                                                         "{\"type\""
-                                                                                         ":\"identi"
-                                                                                         "fy\","
-                                                                                         "\"message"
-                                                                                         "Id\":\"f-"
-                                                                                         "6\","
-                                                                                         "\"userId"
-                                                                                         "\":"
-                                                                                         "\"u4\"}"
-                                                                                         "]}",
+        "{\"batch\":[{\"type\":\"track\",\"messageId\":\"f-1\",\"userId\":\"u1\",\"event\":"
+        "\"Signed Up\",\"context\":{\"userAgent\":\"Googlebot/2.1\"}},"
+        "{\"type\":\"track\",\"messageId\":\"f-2\",\"userId\":\"u1\",\"event\":\"debug.trace\"},"
+        "{\"type\":\"track\",\"messageId\":\"f-3\",\"userId\":\"u2\",\"event\":\"Signed "
+        "Up\",\"context\":{\"traits\":{\"email\":\"ann@ourcompany.com\"}}},"
+        "{\"type\":\"page\",\"messageId\":\"f-4\",\"userId\":\"u3\"},"
+        "{\"type\":\"track\",\"messageId\":\"f-5\",\"userId\":\"u4\",\"event\":\"Signed "
+        "Up\",\"context\":{\"userAgent\":\"Firefox\"}},"
+        "{\"type\":\"identify\",\"messageId\":\"f-6\",\"userId\":\"u4\"}]}",
         2, 4);
     /* Sampling: 40 users x 3 heartbeats (in separate requests); a user is kept or dropped
      * whole; about half are kept. */
@@ -103,8 +90,8 @@ static void test_filter_drop_allow_sample(void **state)
         size_t off = (size_t)snprintf(body, sizeof body, "{\"batch\":[");
         for (int u = 0; u < 40; u++)
             off += (size_t)snprintf(body + off, sizeof body - off,
-                                    "%s{\"type\":\"track\",\"messageId\":\"hb-%d-%d\","
-                                    "\"userId\":\"hb-user-%d\",\"event\":\"Heartbeat\"}",
+                                    "%s{\"type\":\"track\",\"messageId\":\"hb-%d-%d\",\"userId\":"
+                                    "\"hb-user-%d\",\"event\":\"Heartbeat\"}",
                                     u ? "," : "", round, u, u);
         snprintf(body + off, sizeof body - off, "]}");
         sup_http_resp_t r;
@@ -162,18 +149,17 @@ static void test_filter_strip_hash_in_kafka(void **state)
     const char *yaml =
         "filters:\n"
         "  - {name: scrub_pii, strip: [properties.email, traits.phone, context.ip]}\n"
-        "  - {name: pseudonymize, hash: [traits.email, context.traits.email], "
-        "key_env: SLUICE_HASH_KEY}\n";
+        "  - {name: pseudonymize, hash: [traits.email, context.traits.email], key_env: "
+        "SLUICE_HASH_KEY}\n";
     sup_env_t *e = it_start(state, yaml);
-    post_expect(
-        e,
-        "{\"context\":{\"ip\":\"10.0.0.1\",\"locale\":\"de\"},\"batch\":["
-        "{\"type\":\"identify\",\"messageId\":\"s-1\",\"userId\":\"u1\","
-        "\"traits\":{\"email\":\"ann@example.com\",\"phone\":\"+1555\",\"name\":\"Ann\"}}," TRACK(
-            "s-2", "u1", "Bought",
-            ",\"properties\":{\"email\":\"ann@example.com\",\"sku\":\"X1\"},"
-            "\"context\":{\"ip\":\"10.9.9.9\",\"traits\":{\"email\":\"ann@example.com\"}}") "]}",
-        2, 0);
+    post_expect(e,
+                "{\"context\":{\"ip\":\"10.0.0.1\",\"locale\":\"de\"},\"batch\":[{\"type\":"
+                "\"identify\",\"messageId\":\"s-1\",\"userId\":\"u1\",\"traits\":{\"email\":\"ann@"
+                "example.com\",\"phone\":\"+1555\",\"name\":\"Ann\"}},"
+                "{\"type\":\"track\",\"messageId\":\"s-2\",\"userId\":\"u1\",\"event\":\"Bought\","
+                "\"properties\":{\"email\":\"ann@example.com\",\"sku\":\"X1\"},\"context\":{\"ip\":"
+                "\"10.9.9.9\",\"traits\":{\"email\":\"ann@example.com\"}}}]}",
+                2, 0);
     sup_kmsgs_t m;
     assert_int_equal(sup_consume(e->mock.bootstrap, "events", 2, 10000, &m), 0);
     assert_int_equal(m.n, 2);
@@ -236,15 +222,13 @@ static void *load_thread(void *arg)
     const char *headers[] = {"Content-Type: application/json", NULL};
     for (int i = 0; i < 600 && !atomic_load(l->stop); i++) {
         char body[1024];
-        snprintf(body, sizeof body,
-                 "{\"batch\":["
-                 "{\"type\":\"track\",\"messageId\":\"L%d-%d-a\",\"userId\":\"u\",\"event\":"
-                 "\"debug.x\"},"
-                 "{\"type\":\"track\",\"messageId\":\"L%d-%d-b\",\"userId\":\"u\",\"event\":"
-                 "\"test.x\"},"
-                 "{\"type\":\"track\",\"messageId\":\"L%d-%d-c\",\"userId\":\"u\",\"event\":"
-                 "\"ok\"}]}",
-                 l->id, i, l->id, i, l->id, i);
+        snprintf(
+            body, sizeof body,
+            "{\"batch\":[{\"type\":\"track\",\"messageId\":\"L%d-%d-a\",\"userId\":\"u\",\"event\":"
+            "\"debug.x\"},"
+            "{\"type\":\"track\",\"messageId\":\"L%d-%d-b\",\"userId\":\"u\",\"event\":\"test.x\"},"
+            "{\"type\":\"track\",\"messageId\":\"L%d-%d-c\",\"userId\":\"u\",\"event\":\"ok\"}]}",
+            l->id, i, l->id, i, l->id, i);
         sup_http_req_t req = {.path = "/v1/batch",
                               .headers = headers,
                               .body = body,
@@ -290,11 +274,14 @@ static void wait_log(const sup_env_t *e, const char *needle, int timeout_ms)
 
 static void test_filter_sighup_reload_under_load(void **state)
 {
-    const char *rules_a = "filters:\n  - {name: no_debug, drop: {event: \"debug.*\"}}\n";
+    const char *rules_a = "filters:\n"
+                          "  - {name: no_debug, drop: {event: \"debug.*\"}}\n";
     const char *rules_b = "threads: 4\n"
-                          "filters:\n  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
+                          "filters:\n"
+                          "  - {name: no_debug, drop: {event: \"debug.*\"}}\n"
                           "  - {name: no_test, drop: {event: \"test.*\"}}\n";
-    const char *rules_bad = "filters:\n  - {name: broken, drop: {event: \"[oops\"}}\n";
+    const char *rules_bad = "filters:\n"
+                            "  - {name: broken, drop: {event: \"[oops\"}}\n";
     sup_env_t *e = it_start(state, rules_a);
 
     atomic_int stop;
@@ -333,8 +320,10 @@ static void test_filter_sighup_reload_under_load(void **state)
 
     /* Now (after the refused config) rules_b is still in force. */
     post_expect(e,
-                "{\"batch\":[" TRACK("z-1", "u", "debug.x", "") "," TRACK(
-                    "z-2", "u", "test.x", "") "," TRACK("z-3", "u", "ok", "") "]}",
+                "{\"batch\":[{\"type\":\"track\",\"messageId\":\"z-1\",\"userId\":\"u\",\"event\":"
+                "\"debug.x\"},"
+                "{\"type\":\"track\",\"messageId\":\"z-2\",\"userId\":\"u\",\"event\":\"test.x\"},"
+                "{\"type\":\"track\",\"messageId\":\"z-3\",\"userId\":\"u\",\"event\":\"ok\"}]}",
                 1, 2);
     sup_buf_t met = {0};
     get_metrics(e, &met);
