@@ -451,6 +451,23 @@ static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
     }
 }
 
+/* One pass over a bucket: returns fp's live slot or -1; counts its free slots into *nfree and
+ * the first free one into *first. */
+static inline int bucket_scan(const bucket_t *bk, const view_t *v, uint64_t fp, int *nfree,
+                              int *first)
+{
+    *nfree = 0;
+    *first = -1;
+    for (int k = 0; k < DEDUP_SLOTS; k++) {
+        if (tag_live(v, bk->tag[k])) {
+            if (bk->fp[k] == fp) return k;
+        } else if ((*nfree)++ == 0) {
+            *first = k;
+        }
+    }
+    return -1;
+}
+
 static int reserve_one(dedup_t *d, uint64_t fp)
 {
     shard_t *s = shard_of(d, fp);
@@ -458,13 +475,39 @@ static int reserve_one(dedup_t *d, uint64_t fp)
     shard_lock(s);
     view_load(d, &v);
     shard_prepare(d, s, &v);
-    uint8_t *t = shard_find(s, &v, fp);
+    /* The common case in one pass over the two candidate buckets (shard_find + table_place
+     * would scan them twice); chains and growth take the general path. */
+    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    bucket_t *b1 = &b[home_of(fp, nb)], *b2 = &b[alt_of(fp, nb)];
+    int f1 = 0, f2 = 0, k1 = -1, k2 = -1;
+    int hit = bucket_scan(b1, &v, fp, &f1, &k1);
+    uint8_t *t = hit >= 0 ? &b1->tag[hit] : NULL;
+    if (t == NULL) {
+        hit = bucket_scan(b2, &v, fp, &f2, &k2);
+        if (hit >= 0)
+            t = &b2->tag[hit];
+        else if (tag_live(&v, b2->ovf))
+            t = shard_find(s, &v, fp);
+    }
     int verdict;
     if (t != NULL) {
         verdict = (*t & DEDUP_PENDING) ? DEDUP_BUSY : DEDUP_DUPLICATE;
     } else {
-        shard_make_room(d, s, &v);
-        shard_place(s, &v, fp, (uint8_t)(v.ctag | DEDUP_PENDING));
+        const uint8_t tag = (uint8_t)(v.ctag | DEDUP_PENDING);
+        if ((f1 > 0 || f2 > 0) && s->live + 1 <= DEDUP_LIMIT(nb)) {
+            bucket_t *bk = f1 >= f2 ? b1 : b2;
+            int k = f1 >= f2 ? k1 : k2;
+            bk->fp[k] = fp;
+            bk->tag[k] = tag;
+            s->count[v.ctag - 1]++;
+            s->pcount[v.ctag - 1]++;
+            s->live++;
+            s->pending++;
+        } else {
+            shard_make_room(d, s, &v);
+            shard_place(s, &v, fp, (uint8_t)(v.ctag | DEDUP_PENDING));
+        }
         verdict = DEDUP_NEW;
     }
     shard_unlock(s);

@@ -520,6 +520,17 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         .max_future_ms = INGEST_MAX_FUTURE_MS,
     };
     proto_normalize(&b, &nctx);
+    if (ctx->pql != NULL) { /* the request's PQL records in one allocation (not growth) */
+        size_t need = 0;
+        for (size_t i = 0; i < b.n_events; i++) {
+            const proto_event_t *ev = &b.events[i];
+            if (ev->error == 0 && ev->account_id.ptr != NULL)
+                need += PQL_RECORD_HEAD + ev->account_id.len + ev->user_id.len +
+                        ev->anonymous_id.len + ev->source.len + ev->event.len;
+        }
+        if (need > 0)
+            (void)proto_buf_reserve(&req->pql, need < INGEST_PQL_MAX ? need : INGEST_PQL_MAX);
+    }
 
     uint8_t *filtered = NULL;
     dedup_pass_t pass = {0};

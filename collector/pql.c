@@ -1014,7 +1014,7 @@ int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
     if (ev->account == NULL || ev->user == NULL || ev->account_len == 0 || ev->account_len > 255 ||
         ev->user_len == 0 || ev->user_len > 255 || ev->source_len > 255 || ev->event_len > 255)
         return PROTO_OK; /* nothing to count */
-    unsigned char h[5 + 8];
+    unsigned char h[PQL_RECORD_HEAD];
     h[0] = (unsigned char)ev->account_len;
     h[1] = (unsigned char)ev->user_len;
     h[2] = (unsigned char)(ev->source ? ev->source_len : 0);

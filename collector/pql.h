@@ -121,6 +121,9 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms);
  * pql_record_append copies ev into buf (bounded by buf's max: returns PROTO_E_NOMEM when full,
  * and the event is then not counted). pql_feed_records feeds every record of buf[0..len). */
 int pql_record_append(proto_buf_t *buf, const pql_event_t *ev);
+/* A record's size: PQL_RECORD_HEAD + the lengths of account, user, source and event (to reserve
+ * a request's buffer at once). */
+#define PQL_RECORD_HEAD 13
 void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms);
 
 /* JSON of one account (live counters, score, tier, each rule's value and whether it holds,
