@@ -766,8 +766,10 @@ static int tier_of(const pql_t *p, uint32_t score)
 /* Space-saving top users. Returns true when the list's memory changed. */
 static bool top_touch(pql_acct_t *a, uint64_t uh, const char *user, size_t len)
 {
+    /* Users are told apart by their 64-bit hash, as in the distinct-user set (a collision,
+     * ~n^2/2^65, would merge two users); the id is read only to report it. */
     for (uint8_t i = 0; i < a->n_top; i++)
-        if (a->top[i].h == uh && a->top[i].len == len && memcmp(a->top[i].id, user, len) == 0) {
+        if (a->top[i].h == uh && a->top[i].len == len) {
             a->top[i].count++;
             return false;
         }

@@ -11,7 +11,7 @@
  *    their union over the window and, per users_velocity rule, over the days before its recent
  *    period, all maintained incrementally (register changes update the estimate in O(1));
  *  - the most active users: a space-saving top-PQL_TOP_USERS list (exact while the account has at
- *    most that many users);
+ *    most that many users; users told apart by their 64-bit hash, like the exact set);
  *  - the bucket each tier was last signalled in.
  * The window is [head - window + 1 bucket, head], head being the newest event bucket of the
  * account (or the wall-clock bucket once the account went idle: pql_sweep). An event older than

@@ -1,7 +1,7 @@
 /*
  * bench_pql — microbenchmark of collector/pql.c (not a test: speed figures come from here).
  *
- *   bench_pql [events_millions=10] [accounts=1000000]
+ *   bench_pql [events_millions=10] [accounts=1000000] [streams=3: 1 = 100k accounts, 2 = 1k]
  *
  * 1. Counter updates: pql_feed() on one thread over a pre-generated stream (Zipf-sized accounts,
  *    users per account, SPEC §6's example rules, event names from a small vocabulary, event time
@@ -91,6 +91,7 @@ int main(int argc, char **argv)
 {
     long millions = argc > 1 ? atol(argv[1]) : 10;
     long n_accounts = argc > 2 ? atol(argv[2]) : 1000000;
+    long streams = argc > 3 ? atol(argv[3]) : 3;
     if (millions < 1 || n_accounts < 1) return 2;
     config_pql_t q;
     spec_config(&q);
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
     }
     /* ---- 2. counter updates: 100k accounts (memory-latency bound), then 1k (cache-resident) */
     for (int pass = 0; pass < 2; pass++) {
+        if (!(streams >> pass & 1)) continue;
         const size_t accts = pass == 0 ? 100000 : 1000, n = (size_t)millions * 1000000;
         char(*acct_ids)[32] = malloc(accts * sizeof *acct_ids);
         uint32_t *users_of = malloc(accts * sizeof *users_of);
