@@ -466,6 +466,54 @@ static void test_bad_properties(void **state)
     kafka_out_free(NULL);
 }
 
+/* The value librdkafka runs with for property name (global, else the default topic conf). */
+static const char *effective(kafka_out_t *ko, const char *name, char *buf, size_t len)
+{
+    size_t n = len;
+    const rd_kafka_conf_t *conf = rd_kafka_conf(ko->rk);
+    if (rd_kafka_conf_get(conf, name, buf, &n) == RD_KAFKA_CONF_OK) return buf;
+    n = len;
+    const rd_kafka_topic_conf_t *tconf =
+        rd_kafka_conf_get_default_topic_conf((rd_kafka_conf_t *)conf);
+    if (tconf != NULL && rd_kafka_topic_conf_get(tconf, name, buf, &n) == RD_KAFKA_CONF_OK)
+        return buf;
+    return "(unset)";
+}
+
+/* The throughput/latency defaults of the producer (see loadtest/README.md, benchmark results)
+ * are what the producer runs with, and kafka.properties still overrides each of them. */
+static void test_tuned_defaults(void **state)
+{
+    fixture_t *f = *state;
+    kafka_out_t *ko = NULL;
+    char err[512], v[64];
+    assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
+    assert_string_equal(effective(ko, "linger.ms", v, sizeof v), "1");
+    assert_string_equal(effective(ko, "compression.codec", v, sizeof v), "zstd");
+    assert_string_equal(effective(ko, "compression.level", v, sizeof v), "1");
+    assert_string_equal(effective(ko, "socket.nagle.disable", v, sizeof v), "true");
+    assert_string_equal(effective(ko, "enable.idempotence", v, sizeof v), "true");
+    /* Still delivers with them. */
+    waiter_t w;
+    waiter_init(&w);
+    produce_range(ko, 0, N_MSGS, &w.g);
+    kafka_group_seal(&w.g);
+    waiter_wait(&w);
+    assert_int_equal(atomic_load(&w.g.delivered), N_MSGS);
+    kafka_out_free(ko);
+
+    f->cfg.kafka_properties = f->props;
+    f->cfg.n_kafka_properties = 3;
+    f->props[0] = (config_kv_t){"linger.ms", "20"};
+    f->props[1] = (config_kv_t){"compression.level", "6"};
+    f->props[2] = (config_kv_t){"socket.nagle.disable", "false"};
+    assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
+    assert_string_equal(effective(ko, "linger.ms", v, sizeof v), "20");
+    assert_string_equal(effective(ko, "compression.level", v, sizeof v), "6");
+    assert_string_equal(effective(ko, "socket.nagle.disable", v, sizeof v), "false");
+    kafka_out_free(ko);
+}
+
 /* A fatal producer error (librdkafka 2.0.2 can raise one after a broker outage, see
  * librdkafka#4438): not ready and produce refused (not counted) until the producer is
  * replaced; queued messages of the old one complete their groups as failed; afterwards the new
@@ -614,6 +662,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inflight_timeout_no_fatal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_properties, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tuned_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fatal_then_recreated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_completes_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_embedded, setup, teardown),
