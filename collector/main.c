@@ -51,6 +51,17 @@ static void on_sighup(uv_signal_t *h, int signum)
     (void)reload_apply(hc->rl, hc->cfg, hc->argc, hc->argv);
 }
 
+/* Gauges of the bounded user->account map (limits.max_users). */
+static double gauge_users(void *ud)
+{
+    return (double)accounts_count(ud);
+}
+
+static double gauge_users_evictions(void *ud)
+{
+    return (double)accounts_evictions(ud);
+}
+
 static void close_cb_noop(uv_handle_t *h)
 {
     (void)h;
@@ -205,6 +216,11 @@ int main(int argc, char **argv)
         LOG(LOG_ERROR, "startup_failed", LS("reason", "out of memory (accounts)"));
         goto out;
     }
+    metrics_gauge_register("user_accounts", "users in the user->account map (limits.max_users)",
+                           gauge_users, accounts);
+    metrics_gauge_register("user_accounts_evictions_total",
+                           "users forgotten at limits.max_users (least recently used first)",
+                           gauge_users_evictions, accounts);
     if (kafka_out_new(&cfg, &ko, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         goto out;

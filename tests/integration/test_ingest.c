@@ -490,6 +490,13 @@ static void test_health_ready_metrics(void **state)
     json_decref(batch);
     it_ids_t none = {0};
     assert_int_equal(post_with_auth(e, "nobody-key", NULL, NULL, "met-unauth", &none), 401);
+    /* A group call teaches the bounded user->account map, whose size is a gauge. */
+    batch = sup_batch(json_pack("[{s:s,s:s,s:s,s:s}]", "type", "group", "messageId", "met-g",
+                                "userId", "met-user", "groupId", "met-acct"));
+    it_post_json(e, "/v1/batch", batch, &resp);
+    it_assert_ok(&resp, 1, 0);
+    sup_http_resp_free(&resp);
+    json_decref(batch);
 
     get.path = "/metrics";
     assert_int_equal(sup_http_once(e->coll.port, &get, &resp), 0);
@@ -508,6 +515,8 @@ static void test_health_ready_metrics(void **state)
     assert_true(metric_value(t, "sluice_http_responses_total{code=\"401\"}") >= 1);
     assert_true(metric_value(t, "sluice_auth_failures_total") >= 1);
     assert_true(metric_value(t, "sluice_kafka_delivered_total") >= 7);
+    assert_true(metric_value(t, "sluice_user_accounts") >= 1);
+    assert_true(metric_value(t, "sluice_user_accounts_evictions_total") == 0);
     assert_non_null(strstr(t, "sluice_request_duration_seconds_bucket"));
     assert_non_null(strstr(t, "# TYPE sluice_events_accepted_total counter"));
     sup_http_resp_free(&resp);
