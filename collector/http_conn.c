@@ -840,7 +840,7 @@ static void respond_readyz(http_conn_t *c)
     int rc =
         proto_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
     if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
-    if (rc == 0 && !ready) rc = ingest_json_str(&out, why, strnlen(why, sizeof why));
+    if (rc == 0 && !ready) rc = proto_json_str(&out, why, strnlen(why, sizeof why));
     if (rc == 0) rc = buf_lit(&out, "}");
     respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);
 }

@@ -101,56 +101,12 @@ ingest_req_t *ingest_req_next(const ingest_req_t *req)
     return req->next;
 }
 
-int ingest_json_str(proto_buf_t *out, const char *s, size_t len)
-{
-    if (s == NULL || !proto_utf8_valid(s, len)) return buf_lit(out, "null");
-    static const char hex[] = "0123456789abcdef";
-    int rc = buf_lit(out, "\"");
-    size_t run = 0;
-    for (size_t i = 0; i < len && rc == 0; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        rc = proto_buf_append(out, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t n = 2;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            n = 6;
-        }
-        if (rc == 0) rc = proto_buf_append(out, esc, n);
-    }
-    if (rc == 0) rc = proto_buf_append(out, s + run, len - run);
-    if (rc == 0) rc = buf_lit(out, "\"");
-    return rc;
-}
-
 int ingest_error_json(proto_buf_t *out, const char *code, const char *message)
 {
     int rc = buf_lit(out, "{\"success\":false,\"error\":");
-    if (rc == 0) rc = ingest_json_str(out, code, strlen(code));
+    if (rc == 0) rc = proto_json_str(out, code, strlen(code));
     if (rc == 0) rc = buf_lit(out, ",\"message\":");
-    if (rc == 0) rc = ingest_json_str(out, message, strlen(message));
+    if (rc == 0) rc = proto_json_str(out, message, strlen(message));
     if (rc == 0) rc = buf_lit(out, "}");
     return rc;
 }
@@ -419,11 +375,11 @@ static int build_answer(proto_buf_t *out, const proto_batch_t *b, const ingest_r
         }
         rc = append_u(out, listed > 0 ? ",{\"index\":" : "{\"index\":", i);
         if (rc == 0) rc = buf_lit(out, ",\"messageId\":");
-        if (rc == 0) rc = ingest_json_str(out, ev->message_id.ptr, ev->message_id.len);
+        if (rc == 0) rc = proto_json_str(out, ev->message_id.ptr, ev->message_id.len);
         if (rc == 0) rc = buf_lit(out, ",\"error\":");
         if (rc == 0) {
             const char *code = proto_err_code(ev->error);
-            rc = ingest_json_str(out, code, strlen(code));
+            rc = proto_json_str(out, code, strlen(code));
         }
         if (rc == 0) rc = buf_lit(out, "}");
         listed++;

@@ -160,9 +160,6 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply);
 /* Frees a request. Only after ingest_finish, or at teardown once no done callback can run. */
 void ingest_req_free(ingest_req_t *req);
 
-/* Appends s[0..len) as a JSON string (quoted, escaped), or null when s is NULL or not valid
- * UTF-8. Returns 0 or PROTO_E_NOMEM. */
-int ingest_json_str(proto_buf_t *out, const char *s, size_t len);
 /* Appends {"success":false,"error":CODE,"message":MSG}. Returns 0 or PROTO_E_NOMEM. */
 int ingest_error_json(proto_buf_t *out, const char *code, const char *message);
 

@@ -457,6 +457,12 @@ int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, prot
 
 /* ---- rejected record ------------------------------------------------------------------------- */
 
+int proto_json_str(proto_buf_t *out, const char *s, size_t len)
+{
+    if (s == NULL || !proto_utf8_valid(s, len)) return APPEND_LIT(out, "null");
+    return j_str(out, s, len, false);
+}
+
 int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out)
 {
     size_t start = out->len;

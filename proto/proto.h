@@ -326,6 +326,11 @@ int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, prot
  */
 int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out);
 
+/* Appends s[0..len) as a JSON string literal (quoted, escaped), or null when s is NULL or not
+ * valid UTF-8. Returns 0 or PROTO_E_NOMEM (out's cap). The one JSON string writer: the collector's
+ * answers and logs of untrusted text use it too. */
+int proto_json_str(proto_buf_t *out, const char *s, size_t len);
+
 /* The Kafka key of an event: accountId, else userId, else anonymousId (ptr NULL if none). */
 proto_str_t proto_event_key(const proto_event_t *ev);
 

@@ -416,10 +416,10 @@ static void test_json_str(void **state)
     (void)state;
     char mem[128];
     proto_buf_t b = {mem, 0, sizeof mem, sizeof mem};
-    assert_int_equal(ingest_json_str(&b, "a\"b\\c\n\x01", 7), 0);
-    assert_int_equal(ingest_json_str(&b, "\xff", 1), 0);
-    assert_int_equal(ingest_json_str(&b, NULL, 0), 0);
-    assert_int_equal(ingest_json_str(&b, "\xc3\xa9", 2), 0);
+    assert_int_equal(proto_json_str(&b, "a\"b\\c\n\x01", 7), 0);
+    assert_int_equal(proto_json_str(&b, "\xff", 1), 0);
+    assert_int_equal(proto_json_str(&b, NULL, 0), 0);
+    assert_int_equal(proto_json_str(&b, "\xc3\xa9", 2), 0);
     assert_int_equal(b.len, strlen("\"a\\\"b\\\\c\\n\\u0001\"nullnull\"\xc3\xa9\""));
     assert_memory_equal(mem, "\"a\\\"b\\\\c\\n\\u0001\"nullnull\"\xc3\xa9\"", b.len);
 }
