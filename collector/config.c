@@ -140,6 +140,9 @@ static const config_key_t config_keys[] = {
     {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 1024, 1e9, "1000000", NULL,
      "Accounts tracked; beyond it the least recently active account is forgotten "
      "(sluice_pql_evictions_total)."},
+    {"pql.queue_bytes", CT_SIZE, F(pql.queue_bytes), 64 * KiB, 4 * GiB, "64MiB", NULL,
+     "Event records waiting for PQL's feeder thread (the loops hand accepted events to it); "
+     "beyond it a request's events are not counted (sluice_pql_queue_dropped_events_total)."},
     {"pql.tiers", CT_PQL_TIERS, F(pql.tiers), 0, CONFIG_PQL_MAX_TIERS, NULL, NULL,
      "Map of tier name to score threshold, e.g. {hot: 80, warm: 50}; required with rules."},
     {"pql.rules", CT_PQL_RULES, F(pql.rules), 0, CONFIG_PQL_MAX_RULES, NULL, NULL,

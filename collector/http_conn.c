@@ -120,7 +120,8 @@ struct http_conn {
     char *pending;
     size_t pending_off, pending_len;
 
-    ingest_req_t *req; /* waiting for Kafka, NULL otherwise */
+    ingest_req_t *req;       /* waiting for Kafka, NULL otherwise */
+    struct pql_job *pql_job; /* an admin PQL read running on the threadpool, NULL otherwise */
 };
 
 typedef struct conn_write {
@@ -299,11 +300,32 @@ static void on_handle_closed(uv_handle_t *h)
     free(c);
 }
 
+/* An admin PQL read (GET /v1/accounts/{id}, /v1/pql/top) runs on libuv's threadpool: it takes
+ * shard locks (top walks every account), which a loop thread must not wait on. The connection
+ * points at its job and the job at its owner; a connection that closes meanwhile detaches
+ * (owner NULL) and the after-work callback only frees the job. The loop stays alive until
+ * after-work ran (server_stop runs it to completion), and PQL outlives the loops. */
+typedef struct pql_job {
+    uv_work_t work;
+    http_conn_t *owner;
+    pql_t *pql;
+    bool top;
+    size_t n; /* top: 1..PQL_TOP_MAX */
+    size_t id_len;
+    char id[256];
+    int rc;
+    proto_buf_t out;
+} pql_job_t;
+
 static void conn_close(http_conn_t *c)
 {
     if (c->closing) return;
     c->closing = true;
     http_loop_t *hl = c->hl;
+    if (c->pql_job != NULL) {
+        c->pql_job->owner = NULL;
+        c->pql_job = NULL;
+    }
     if (c->req != NULL) {
         /* The request lives on until its delivery group reports; nobody to answer then. */
         c->req->owner = NULL;
@@ -885,12 +907,40 @@ static long url_unescape(const char *s, size_t len, char *out, size_t outcap)
     return (long)o;
 }
 
+/* Threadpool side: the PQL read, no loop state touched. */
+static void pql_job_work_cb(uv_work_t *w)
+{
+    pql_job_t *job = w->data;
+    job->rc = job->top ? pql_top_json(job->pql, job->n, &job->out)
+                       : pql_account_json(job->pql, job->id, job->id_len, 0, &job->out);
+}
+
+/* Loop side: answers the connection if it is still there, then frees the job. */
+static void pql_job_done_cb(uv_work_t *w, int status)
+{
+    pql_job_t *job = w->data;
+    http_conn_t *c = job->owner;
+    if (c != NULL) {
+        c->pql_job = NULL;
+        if (status != 0)
+            respond_error(c, 503, "unavailable", "request cancelled", 1, false);
+        else if (job->rc == PQL_E_NOTFOUND)
+            respond_error(c, 404, "not_found", "account not tracked", 0, false);
+        else if (job->rc != PQL_OK)
+            respond_error(c, 503, "unavailable", "out of memory", 1, false);
+        else
+            respond_json(c, 200, job->out.data, job->out.len);
+    }
+    proto_buf_free(&job->out);
+    free(job);
+}
+
 /*
  * GET /v1/accounts/{id} and /v1/pql/top?n=N (SPEC §6). Admin endpoints: with no admin token
  * configured they do not exist (404, as config.h says "unset disables them"); otherwise they
  * need "Authorization: Bearer <admin token>" (compared in constant time), else 401. With PQL
- * off (no pql.rules) they are 404 too. The work is a hash lookup, or for top a scan of every
- * account (one shard lock at a time) on this loop: an operator's call, not a hot path.
+ * off (no pql.rules) they are 404 too. The read itself runs on libuv's threadpool (pql_job_t):
+ * it takes shard locks, and top walks every account.
  */
 static void respond_pql(http_conn_t *c)
 {
@@ -917,20 +967,25 @@ static void respond_pql(http_conn_t *c)
     size_t path_len = 0;
     while (path_len < c->url_len && c->url[path_len] != '?' && c->url[path_len] != '#')
         path_len++;
-    proto_buf_t out;
-    proto_buf_init(&out, 4 * 1024 * 1024);
-    int rc;
+    pql_job_t *job = calloc(1, sizeof *job);
+    if (job == NULL) {
+        respond_error(c, 503, "unavailable", "out of memory", 1, false);
+        return;
+    }
+    job->pql = pql;
+    job->work.data = job;
+    /* Bounded answer: n <= PQL_TOP_MAX accounts of a few KiB each. */
+    proto_buf_init(&job->out, 4 * 1024 * 1024);
     if (c->route == ROUTE_ACCOUNT) {
-        char id[256];
         size_t plen = path_len;
         if (plen > 13 && c->url[plen - 1] == '/') plen--;
-        long idlen = url_unescape(c->url + 13, plen - 13, id, sizeof id - 1);
+        long idlen = url_unescape(c->url + 13, plen - 13, job->id, sizeof job->id - 1);
         if (idlen <= 0) {
-            proto_buf_free(&out);
+            free(job);
             respond_error(c, 400, "bad_request", "malformed account id", 0, false);
             return;
         }
-        rc = pql_account_json(pql, id, (size_t)idlen, 0, &out);
+        job->id_len = (size_t)idlen;
     } else {
         long n = 10;
         const char *q = c->url + path_len;
@@ -944,22 +999,23 @@ static void respond_pql(http_conn_t *c)
                 num[k] = '\0';
                 char *e = NULL;
                 n = strtol(num, &e, 10);
-                if (k == 0 || *e != '\0' || n < 1 || n > 1000) {
-                    proto_buf_free(&out);
+                if (k == 0 || *e != '\0' || n < 1 || n > PQL_TOP_MAX) {
+                    free(job);
                     respond_error(c, 400, "bad_request", "n must be an integer 1..1000", 0, false);
                     return;
                 }
             }
         }
-        rc = pql_top_json(pql, (size_t)n, &out);
+        job->top = true;
+        job->n = (size_t)n;
     }
-    if (rc == PQL_E_NOTFOUND)
-        respond_error(c, 404, "not_found", "account not tracked", 0, false);
-    else if (rc != PQL_OK)
-        respond_error(c, 503, "unavailable", "out of memory", 1, false);
-    else
-        respond_json(c, 200, out.data, out.len);
-    proto_buf_free(&out);
+    job->owner = c;
+    if (uv_queue_work(c->hl->uv, &job->work, pql_job_work_cb, pql_job_done_cb) != 0) {
+        free(job);
+        respond_error(c, 503, "unavailable", "could not schedule the request", 1, false);
+        return;
+    }
+    c->pql_job = job;
 }
 
 static void dispatch_ingest(http_conn_t *c)

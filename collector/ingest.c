@@ -538,10 +538,10 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
     if (ctx->dedup != NULL) dedup_commit(ctx->dedup, req->dedup_fps, req->n_dedup);
     metrics_add(METRIC_EVENTS_DUPLICATE, req->n_duplicates);
     metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
-    /* PQL counts delivered events only: here, after Kafka acknowledged them (a signal follows
-     * within milliseconds of the acks, well inside SPEC §6's second). */
-    if (ctx->pql != NULL && req->pql.len > 0)
-        pql_feed_records(ctx->pql, req->pql.data, req->pql.len, wall_ms());
+    /* PQL counts delivered events only: here, after Kafka acknowledged them. The records go to
+     * PQL's feeder thread (no shard lock on this loop; a signal follows within milliseconds,
+     * well inside SPEC §6's second); a full queue is counted there, not an error here. */
+    if (ctx->pql != NULL && req->pql.len > 0) (void)pql_submit(ctx->pql, &req->pql, wall_ms());
     if (req->n_wait > 0 &&
         !dedup_all_remembered(ctx->dedup, req->dedup_fps + req->n_dedup, req->n_wait)) {
         /* A copy skipped because another request was delivering it is not delivered (yet, or

@@ -68,7 +68,7 @@ static void close_cb_noop(uv_handle_t *h)
 }
 
 /* PQL tier rises go to pql_signals keyed by accountId; fire-and-forget (kafka_out.h: g NULL is
- * delivered and counted, nobody waits). Runs on the loop thread that fed the event. */
+ * delivered and counted, nobody waits). Runs on PQL's feeder thread (pql_feeder_start). */
 static void pql_signal_to_kafka(void *ud, const char *account, size_t alen, const char *json,
                                 size_t jlen)
 {
@@ -97,6 +97,8 @@ static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_save
             LOG(LOG_INFO, "pql_snapshot_loaded", LS("path", path));
     }
     pql_register_metrics(*pql);
+    /* The loops hand their records to PQL's feeder thread (they never wait on a shard lock). */
+    if (pql_feeder_start(*pql, cfg->pql.queue_bytes) != PQL_OK) return -1;
     if (pql_saver_start(*pql, path, cfg->pql.snapshot_interval_ms, saver) != PQL_OK) return -1;
     return 0;
 }
@@ -300,7 +302,13 @@ int main(int argc, char **argv)
      * queued; those done_cb push into the stopped loops' mailboxes, whose async handles stay
      * open until server_free, which frees the requests (test_kafka_free_after_server_stop). */
     server_stop(srv);
-    /* The loops no longer feed PQL: write its final snapshot. */
+    /* The loops no longer submit to PQL: feed what is queued (its signals flushed within what
+     * is left of the budget), then write its final snapshot. */
+    if (pql != NULL) {
+        pql_feeder_stop(pql);
+        spent = (uint32_t)((uv_hrtime() - t0) / 1000000ull);
+        (void)kafka_out_flush(ko, spent < budget ? (int)(budget - spent) : 0);
+    }
     int prc = pql_saver_stop(pql_saver);
     pql_saver = NULL;
     if (prc != PQL_OK) LOG(LOG_WARN, "pql_snapshot_failed", LS("error", pql_strerror(prc)));

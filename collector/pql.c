@@ -1,9 +1,13 @@
 /*
  * pql.c — PQL counters, scoring and signals (contract and the metric definitions in pql.h).
  *
- * Locking: shard->mu protects the shard's hash table, LRU list and every account in it; it is
- * held for one account update (or one account's serialization) and never across I/O or a
- * callback. Statistics are relaxed atomics.
+ * Locking: shard->mu protects the shard's hash table, LRU list (and its walk cursor) and every
+ * account in it; it is held for one account update, or by a worker walk (snapshot, sweep, top)
+ * for one chunk of at most PQL_WALK_STEPS accounts / PQL_WALK_BYTES of account memory (so for
+ * about one account update when an account is large), and never across I/O or a callback.
+ * The collector's loop threads take no shard lock at all: they hand their records to the
+ * feeder thread (pql_submit), which is the only one to wait on a shard held by a walk.
+ * Statistics are relaxed atomics.
  */
 #include "pql.h"
 
@@ -12,6 +16,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -24,9 +29,15 @@
 #include "log.h"
 #include "metrics.h"
 
-/* Shards: independent locks for the loop threads, and a bound on how long the snapshot worker
- * holds one (~1.5 ms per shard at 1 M accounts: bench_pql writes 1 M accounts in ~0.4 s). */
+/* Shards: independent locks for concurrent feeders and readers. */
 #define PQL_SHARDS     256
+/* A worker walk (snapshot, sweep, top) holds a shard lock for at most PQL_WALK_STEPS accounts
+ * (visited or skipped) and stops a hold early once the visited accounts' memory reaches
+ * PQL_WALK_BYTES: an exact-mode account serializes in well under a microsecond, so a hold is a
+ * few tens of microseconds; a sketch-mode account (~80 KiB) is alone in its hold, which then
+ * costs about what one event's update of that account costs (a union rebuild). */
+#define PQL_WALK_STEPS 32
+#define PQL_WALK_BYTES (64 * 1024)
 #define PQL_SHARD_BITS 8
 #define PQL_HLL_M      (1u << PQL_HLL_P)
 #define PQL_RHO_MAX    50 /* registers saturate here so the fixed-point sum fits 64 bits */
@@ -155,6 +166,7 @@ struct pql_acct {
     uint16_t n_slots, cap_slots, n_users, cap_users;
     uint8_t n_top;
     int8_t tier;
+    uint8_t walk_gen; /* the last worker walk that visited it (see shard_walk) */
     uint8_t id_len;
     char id[];
 };
@@ -164,7 +176,16 @@ typedef struct pql_shard {
     pql_acct_t **tab;
     size_t cap, n, max;
     pql_acct_t *lru_head, *lru_tail;
+    pql_acct_t *cursor; /* a walk's next account (towards lru_head), kept valid by lru_unlink */
 } pql_shard_t;
+
+/* Records handed over by pql_submit: a lock-free stack (push CAS, take-all exchange). */
+typedef struct pql_batch {
+    struct pql_batch *next;
+    int64_t now_ms;
+    size_t len;
+    char *data;
+} pql_batch_t;
 
 struct pql {
     pql_signal_cb cb;
@@ -185,6 +206,20 @@ struct pql {
     _Atomic uint64_t n_accounts, bytes, evictions, expired, late, signals;
     _Atomic uint64_t by_tier[CONFIG_PQL_MAX_TIERS];
     char metric_names[CONFIG_PQL_MAX_TIERS][96];
+    /* Worker walks: one at a time (walk_mu, never taken by a loop thread). */
+    pthread_mutex_t walk_mu;
+    _Atomic uint32_t walk_gen;
+    _Atomic uint64_t walk_holds, walk_max_steps; /* tests: every hold bounded */
+    void (*walk_hook)(void *ud);                 /* tests: runs between two holds, no lock held */
+    void *walk_hook_ud;
+    /* The feeder thread (pql_feeder_start). */
+    _Atomic(pql_batch_t *) inbox;
+    _Atomic uint64_t q_bytes, q_dropped;
+    uint64_t q_max;
+    sem_t q_sem;
+    atomic_bool q_stop;
+    bool feeder_on;
+    pthread_t feeder;
 };
 
 static bool set_equal(const config_pql_rule_t *r, const pql_set_t *s)
@@ -216,6 +251,7 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
     p->n_rules = cfg->n_rules;
     p->n_tiers = cfg->n_tiers;
     p->n_sets = 1;
+    pthread_mutex_init(&p->walk_mu, NULL);
     int rc = PQL_OK;
     size_t agg = 0;
     XXH64_state_t *fp = XXH64_createState();
@@ -342,6 +378,7 @@ static void acct_free(pql_acct_t *a)
 void pql_free(pql_t *p)
 {
     if (p == NULL) return;
+    pql_feeder_stop(p);
     for (size_t s = 0; s < PQL_SHARDS; s++) {
         pql_shard_t *sh = &p->shards[s];
         for (size_t i = 0; sh->tab != NULL && i < sh->cap; i++) {
@@ -365,6 +402,7 @@ void pql_free(pql_t *p)
         free(p->tier_names[i]);
     for (size_t i = 0; i < CONFIG_PQL_MAX_RULES; i++)
         free(p->rule_names[i]);
+    pthread_mutex_destroy(&p->walk_mu);
     free(p);
 }
 
@@ -395,6 +433,7 @@ static void acct_remeasure(pql_t *p, pql_acct_t *a)
 
 static void lru_unlink(pql_shard_t *sh, pql_acct_t *a)
 {
+    if (sh->cursor == a) sh->cursor = a->lprev; /* a walk resumes past it */
     if (a->lprev)
         a->lprev->lnext = a->lnext;
     else
@@ -471,6 +510,8 @@ static pql_acct_t *acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char
     a->id_len = (uint8_t)len;
     memcpy(a->id, id, len);
     a->tier = NO_TIER;
+    /* Created during a walk: not visited by it (it holds nothing older to write or sweep). */
+    a->walk_gen = (uint8_t)atomic_load_explicit(&p->walk_gen, memory_order_relaxed);
     if (sh->n >= sh->cap) shard_grow(sh);
     size_t b = (h >> PQL_SHARD_BITS) & (sh->cap - 1);
     a->hnext = sh->tab[b];
@@ -849,21 +890,60 @@ static json_t *users_json(const pql_acct_t *a, size_t k)
     return arr;
 }
 
-/* The signal JSON (malloc'd, caller frees) or NULL when memory is short. */
-static char *signal_json(const pql_t *p, const pql_acct_t *a, int prev, const pql_event_t *ev,
+/* What a signal says, copied under the shard lock so that the JSON is rendered (jansson,
+ * malloc) after the lock is released. */
+typedef struct pql_sig {
+    int tier, prev;
+    uint32_t score;
+    uint64_t holds; /* bit r: rule r holds (CONFIG_PQL_MAX_RULES <= 64) */
+    double value[CONFIG_PQL_MAX_RULES];
+    uint8_t n_users;
+    uint8_t ulen[PQL_SIGNAL_TOP];
+    char uid[PQL_SIGNAL_TOP][255];
+} pql_sig_t;
+
+static void sig_capture(const pql_t *p, const pql_acct_t *a, int prev, pql_sig_t *sg)
+{
+    sg->tier = a->tier;
+    sg->prev = prev;
+    sg->score = a->score;
+    sg->holds = 0;
+    for (size_t r = 0; r < p->n_rules; r++)
+        if (rule_holds(p, a, &p->rules[r], &sg->value[r])) sg->holds |= 1ull << r;
+    uint8_t idx[PQL_TOP_USERS];
+    sg->n_users = (uint8_t)top_order(a, idx, PQL_SIGNAL_TOP);
+    for (uint8_t i = 0; i < sg->n_users; i++) {
+        sg->ulen[i] = a->top[idx[i]].len;
+        memcpy(sg->uid[i], a->top[idx[i]].id, a->top[idx[i]].len);
+    }
+}
+
+/* The signal JSON (malloc'd, caller frees) or NULL when memory is short. No lock needed. */
+static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t *ev,
                          int64_t now_ms, size_t *len)
 {
     char when[96];
     iso8601(now_ms, when, sizeof when);
     json_t *o = json_object();
     if (o == NULL) return NULL;
-    json_object_set_new(o, "accountId", json_stringn(a->id, a->id_len));
-    json_object_set_new(o, "tier", json_string(p->tier_names[a->tier]));
+    json_object_set_new(o, "accountId", json_stringn(ev->account, ev->account_len));
+    json_object_set_new(o, "tier", json_string(p->tier_names[sg->tier]));
     json_object_set_new(o, "previousTier",
-                        prev == NO_TIER ? json_null() : json_string(p->tier_names[prev]));
-    json_object_set_new(o, "score", json_integer(a->score));
-    json_object_set_new(o, "rules", rules_json(p, a, true));
-    json_object_set_new(o, "userIds", users_json(a, PQL_SIGNAL_TOP));
+                        sg->prev == NO_TIER ? json_null() : json_string(p->tier_names[sg->prev]));
+    json_object_set_new(o, "score", json_integer(sg->score));
+    json_t *rules = json_array();
+    for (size_t r = 0; r < p->n_rules && rules != NULL; r++) {
+        if (!(sg->holds >> r & 1)) continue;
+        const pql_rule_t *ru = &p->rules[r];
+        json_t *ro = json_pack("{s:s,s:f,s:f,s:i}", "name", ru->name, "value", sg->value[r],
+                               "threshold", ru->at_least, "points", (json_int_t)ru->points);
+        if (ro != NULL) json_array_append_new(rules, ro);
+    }
+    json_object_set_new(o, "rules", rules);
+    json_t *users = json_array();
+    for (uint8_t i = 0; i < sg->n_users && users != NULL; i++)
+        json_array_append_new(users, json_stringn(sg->uid[i], sg->ulen[i]));
+    json_object_set_new(o, "userIds", users);
     json_object_set_new(
         o, "source", ev->source != NULL ? json_stringn(ev->source, ev->source_len) : json_null());
     json_object_set_new(o, "triggeredAt", json_string(when));
@@ -873,25 +953,27 @@ static char *signal_json(const pql_t *p, const pql_acct_t *a, int prev, const pq
     return s;
 }
 
-/* Re-scores a after a change; on a tier rise not signalled within the window, returns the
- * signal JSON to emit once the lock is released. */
-static char *evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, int64_t now_ms, size_t *len)
+/* Re-scores a after a change. On a tier rise not signalled within the window, fills *sg (when
+ * given) and returns true: the caller renders and emits the signal once the lock is released. */
+static bool evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, pql_sig_t *sg)
 {
     int prev = a->tier;
     a->score = score_of(p, a);
     a->tier = (int8_t)tier_of(p, a->score);
     /* Only an event raises a signal (a sweep only moves time forward). */
-    if (ev == NULL || a->tier == NO_TIER || (prev != NO_TIER && a->tier >= prev)) return NULL;
+    if (ev == NULL || sg == NULL || a->tier == NO_TIER || (prev != NO_TIER && a->tier >= prev))
+        return false;
     if (a->tier_sig == NULL) {
         a->tier_sig = calloc(p->n_tiers, sizeof *a->tier_sig);
-        if (a->tier_sig == NULL) return NULL;
+        if (a->tier_sig == NULL) return false;
     }
     uint32_t last = a->tier_sig[a->tier];
-    if (last != 0 && a->head < last - 1 + p->window_b) return NULL; /* once per window */
+    if (last != 0 && a->head < last - 1 + p->window_b) return false; /* once per window */
     a->tier_sig[a->tier] = a->head + 1;
     atomic_fetch_add_explicit(&p->signals, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->by_tier[a->tier], 1, memory_order_relaxed);
-    return signal_json(p, a, prev, ev, now_ms, len);
+    sig_capture(p, a, prev, sg);
+    return true;
 }
 
 static pql_shard_t *shard_of(pql_t *p, uint64_t h)
@@ -909,8 +991,8 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
     uint64_t sets = sets_of(p, ev->event, ev->event_len);
     uint32_t b = (uint32_t)((uint64_t)ev->ts_ms / p->bucket_ms);
     pql_shard_t *sh = shard_of(p, ah);
-    char *sig = NULL;
-    size_t siglen = 0;
+    pql_sig_t sg;
+    bool sig = false;
     int rc = PQL_OK;
 
     pthread_mutex_lock(&sh->mu);
@@ -995,14 +1077,16 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
     }
     grew |= top_touch(a, uh, ev->user, ev->user_len);
     if (slow) recompute(p, a);
-    sig = evaluate(p, a, ev, now_ms, &siglen);
+    sig = evaluate(p, a, ev, &sg);
 out:
     if (rc != PQL_OK && slow) recompute(p, a); /* keep the aggregates true to the buckets */
     if (slow || grew || rc != PQL_OK) acct_remeasure(p, a);
     pthread_mutex_unlock(&sh->mu);
-    if (sig != NULL) {
-        if (p->cb != NULL) p->cb(p->ud, ev->account, ev->account_len, sig, siglen);
-        free(sig);
+    if (sig && p->cb != NULL) {
+        size_t jlen = 0;
+        char *json = signal_json(p, &sg, ev, now_ms, &jlen);
+        if (json != NULL) p->cb(p->ud, ev->account, ev->account_len, json, jlen);
+        free(json);
     }
     return rc;
 }
@@ -1064,6 +1148,113 @@ void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms)
     }
 }
 
+/* ---- the feeder thread (pql_submit) ---- */
+
+static uint64_t records_count(const char *buf, size_t len)
+{
+    uint64_t n = 0;
+    size_t off = 0;
+    while (off + PQL_RECORD_HEAD <= len) {
+        const unsigned char *h = (const unsigned char *)buf + off;
+        off += PQL_RECORD_HEAD + (size_t)h[0] + h[1] + h[2] + h[4];
+        n++;
+    }
+    return n;
+}
+
+int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
+{
+    if (rec->len == 0) return PQL_OK;
+    if (!p->feeder_on) {
+        pql_feed_records(p, rec->data, rec->len, now_ms);
+        return PQL_OK;
+    }
+    uint64_t len = rec->len;
+    uint64_t q = atomic_fetch_add_explicit(&p->q_bytes, len, memory_order_relaxed) + len;
+    pql_batch_t *b = q <= p->q_max ? malloc(sizeof *b) : NULL;
+    if (b == NULL) {
+        atomic_fetch_sub_explicit(&p->q_bytes, len, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->q_dropped, records_count(rec->data, rec->len),
+                                  memory_order_relaxed);
+        return q <= p->q_max ? PQL_E_NOMEM : PQL_E_FULL;
+    }
+    b->data = rec->data;
+    b->len = rec->len;
+    b->now_ms = now_ms;
+    rec->data = NULL;
+    rec->len = rec->cap = 0;
+    b->next = atomic_load_explicit(&p->inbox, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&p->inbox, &b->next, b, memory_order_release,
+                                                  memory_order_relaxed)) {
+    }
+    /* Only the push onto an empty stack wakes the feeder: it takes everything at once. */
+    if (b->next == NULL) sem_post(&p->q_sem);
+    return PQL_OK;
+}
+
+/* Feeds a taken stack in submission order and frees it. */
+static void inbox_drain(pql_t *p, pql_batch_t *b)
+{
+    pql_batch_t *fifo = NULL;
+    while (b != NULL) {
+        pql_batch_t *n = b->next;
+        b->next = fifo;
+        fifo = b;
+        b = n;
+    }
+    while (fifo != NULL) {
+        pql_batch_t *n = fifo->next;
+        pql_feed_records(p, fifo->data, fifo->len, fifo->now_ms);
+        atomic_fetch_sub_explicit(&p->q_bytes, fifo->len, memory_order_relaxed);
+        free(fifo->data);
+        free(fifo);
+        fifo = n;
+    }
+}
+
+static void *inbox_thread_main(void *arg)
+{
+    pql_t *p = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        while (sem_wait(&p->q_sem) != 0 && errno == EINTR) {
+        }
+        bool stop = atomic_load_explicit(&p->q_stop, memory_order_acquire);
+        inbox_drain(p, atomic_exchange_explicit(&p->inbox, NULL, memory_order_acquire));
+        if (stop) break;
+    }
+    return NULL;
+}
+
+int pql_feeder_start(pql_t *p, uint64_t max_bytes)
+{
+    if (p->feeder_on) return PQL_E_INVALID;
+    p->q_max = max_bytes;
+    atomic_store(&p->q_stop, false);
+    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_IO;
+    if (pthread_create(&p->feeder, NULL, inbox_thread_main, p) != 0) {
+        sem_destroy(&p->q_sem);
+        return PQL_E_IO;
+    }
+    p->feeder_on = true;
+    return PQL_OK;
+}
+
+void pql_feeder_stop(pql_t *p)
+{
+    if (p == NULL || !p->feeder_on) return;
+    atomic_store_explicit(&p->q_stop, true, memory_order_release);
+    sem_post(&p->q_sem);
+    pthread_join(p->feeder, NULL);
+    /* Anything pushed after the feeder's last take (a caller breaking the contract) is fed
+     * here rather than leaked. */
+    inbox_drain(p, atomic_exchange(&p->inbox, NULL));
+    sem_destroy(&p->q_sem);
+    p->feeder_on = false;
+}
+
 /* ---- reading ---- */
 
 static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
@@ -1115,45 +1306,132 @@ int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto
     return dump_into(o, out);
 }
 
+/* ---- worker walks ---- */
+
+typedef void (*walk_visit_fn)(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud);
+typedef void (*walk_flush_fn)(pql_t *p, void *ud);
+
+/*
+ * One walk over the accounts present when it starts, shard by shard, from the least recently
+ * active, in holds of at most PQL_WALK_STEPS accounts and PQL_WALK_BYTES of visited account
+ * memory (see the top of this file). visit runs under the shard lock and may remove the account;
+ * flush (optional) runs after every hold with no lock held. An account is visited once even when
+ * a feed moves it to the LRU front between two holds (walk_gen); accounts created during the
+ * walk are not visited, nor are accounts removed before the cursor reaches them. The walk ends:
+ * every step moves the cursor one account towards the LRU head, and only accounts moved to the
+ * front during the walk are met a second time (and skipped). Walks run one at a time (walk_mu).
+ */
+static void walk_all(pql_t *p, walk_visit_fn visit, walk_flush_fn flush, void *ud)
+{
+    pthread_mutex_lock(&p->walk_mu);
+    uint8_t gen = (uint8_t)(atomic_fetch_add_explicit(&p->walk_gen, 1, memory_order_relaxed) + 1);
+    for (size_t s = 0; s < PQL_SHARDS; s++) {
+        pql_shard_t *sh = &p->shards[s];
+        pthread_mutex_lock(&sh->mu);
+        sh->cursor = sh->lru_tail;
+        for (;;) {
+            uint64_t steps = 0;
+            size_t bytes = 0;
+            while (sh->cursor != NULL && steps < PQL_WALK_STEPS && bytes < PQL_WALK_BYTES) {
+                pql_acct_t *a = sh->cursor;
+                sh->cursor = a->lprev;
+                steps++;
+                if (a->walk_gen == gen) continue;
+                a->walk_gen = gen;
+                bytes += a->bytes;
+                visit(p, sh, a, ud);
+            }
+            bool done = sh->cursor == NULL;
+            pthread_mutex_unlock(&sh->mu);
+            atomic_fetch_add_explicit(&p->walk_holds, 1, memory_order_relaxed);
+            if (steps > atomic_load_explicit(&p->walk_max_steps, memory_order_relaxed))
+                atomic_store_explicit(&p->walk_max_steps, steps, memory_order_relaxed);
+            if (flush != NULL) flush(p, ud);
+            if (done) break;
+            if (p->walk_hook != NULL) p->walk_hook(p->walk_hook_ud);
+            pthread_mutex_lock(&sh->mu);
+        }
+    }
+    pthread_mutex_unlock(&p->walk_mu);
+}
+
 typedef struct top_ent {
     uint32_t score;
     uint8_t len;
     char id[256];
 } top_ent_t;
 
+/* The n best so far: a min-heap on score (best[0] the weakest). */
+typedef struct top_walk {
+    top_ent_t *best;
+    size_t n, have;
+} top_walk_t;
+
+static void heap_down(top_ent_t *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l < n && h[l].score < h[m].score) m = l;
+        if (l + 1 < n && h[l + 1].score < h[m].score) m = l + 1;
+        if (m == i) return;
+        top_ent_t t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static void top_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
+{
+    (void)p;
+    (void)sh;
+    top_walk_t *t = ud;
+    top_ent_t e;
+    if (t->have == t->n && a->score <= t->best[0].score) return;
+    e.score = a->score;
+    e.len = a->id_len;
+    memcpy(e.id, a->id, a->id_len);
+    if (t->have < t->n) {
+        size_t i = t->have++;
+        t->best[i] = e;
+        while (i > 0 && t->best[(i - 1) / 2].score > t->best[i].score) {
+            top_ent_t x = t->best[i];
+            t->best[i] = t->best[(i - 1) / 2];
+            t->best[(i - 1) / 2] = x;
+            i = (i - 1) / 2;
+        }
+    } else {
+        t->best[0] = e;
+        heap_down(t->best, t->n, 0);
+    }
+}
+
 int pql_top_json(pql_t *p, size_t n, proto_buf_t *out)
 {
     if (n < 1) n = 1;
-    if (n > 1000) n = 1000;
-    top_ent_t *best = calloc(n, sizeof *best);
-    if (best == NULL) return PQL_E_NOMEM;
-    size_t have = 0;
-    for (uint32_t s = 0; s < PQL_SHARDS; s++) {
-        pql_shard_t *sh = &p->shards[s];
-        pthread_mutex_lock(&sh->mu);
-        for (pql_acct_t *a = sh->lru_head; a != NULL; a = a->lnext) {
-            if (have == n && a->score <= best[n - 1].score) continue;
-            size_t j = have < n ? have++ : n - 1;
-            while (j > 0 && best[j - 1].score < a->score) {
-                best[j] = best[j - 1];
-                j--;
-            }
-            best[j].score = a->score;
-            best[j].len = a->id_len;
-            memcpy(best[j].id, a->id, a->id_len);
-        }
-        pthread_mutex_unlock(&sh->mu);
+    if (n > PQL_TOP_MAX) n = PQL_TOP_MAX;
+    top_walk_t t = {calloc(n, sizeof(top_ent_t)), n, 0};
+    if (t.best == NULL) return PQL_E_NOMEM;
+    walk_all(p, top_visit, NULL, &t);
+    /* Pop the heap: weakest first, so fill from the back for best first. */
+    size_t have = t.have;
+    for (size_t k = have; k > 1; k--) {
+        top_ent_t x = t.best[0];
+        t.best[0] = t.best[k - 1];
+        t.best[k - 1] = x;
+        heap_down(t.best, k - 1, 0);
     }
+    /* best[] is now in descending score order. Each account rendered under its own lock. */
     json_t *arr = json_array();
     for (size_t i = 0; i < have && arr != NULL; i++) {
-        uint64_t h = XXH3_64bits(best[i].id, best[i].len);
+        uint64_t h = XXH3_64bits(t.best[i].id, t.best[i].len);
         pql_shard_t *sh = shard_of(p, h);
         pthread_mutex_lock(&sh->mu);
-        pql_acct_t *a = acct_find(sh, h, best[i].id, best[i].len);
+        pql_acct_t *a = acct_find(sh, h, t.best[i].id, t.best[i].len);
         if (a != NULL) json_array_append_new(arr, acct_json(p, a));
         pthread_mutex_unlock(&sh->mu);
     }
-    free(best);
+    free(t.best);
     json_t *o = json_object();
     if (o != NULL)
         json_object_set_new(o, "accounts", arr);
@@ -1162,33 +1440,32 @@ int pql_top_json(pql_t *p, size_t n, proto_buf_t *out)
     return dump_into(o, out);
 }
 
+typedef struct sweep_walk {
+    uint32_t now_b;
+    size_t expired;
+} sweep_walk_t;
+
+static void sweep_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
+{
+    sweep_walk_t *w = ud;
+    if (a->head >= w->now_b) return;
+    a->head = w->now_b;
+    recompute(p, a);
+    if (a->n_slots == 0) {
+        acct_remove(p, sh, a);
+        w->expired++;
+    } else {
+        (void)evaluate(p, a, NULL, NULL); /* a fall: no signal */
+        acct_remeasure(p, a);
+    }
+}
+
 size_t pql_sweep(pql_t *p, int64_t now_ms)
 {
-    uint32_t now_b = (uint32_t)((uint64_t)(now_ms < 0 ? 0 : now_ms) / p->bucket_ms);
-    size_t expired = 0;
-    for (size_t s = 0; s < PQL_SHARDS; s++) {
-        pql_shard_t *sh = &p->shards[s];
-        pthread_mutex_lock(&sh->mu);
-        pql_acct_t *a = sh->lru_tail;
-        while (a != NULL) {
-            pql_acct_t *prev = a->lprev;
-            if (a->head < now_b) {
-                a->head = now_b;
-                recompute(p, a);
-                if (a->n_slots == 0) {
-                    acct_remove(p, sh, a);
-                    expired++;
-                } else {
-                    (void)evaluate(p, a, NULL, now_ms, NULL); /* a fall: no signal */
-                    acct_remeasure(p, a);
-                }
-            }
-            a = prev;
-        }
-        pthread_mutex_unlock(&sh->mu);
-    }
-    atomic_fetch_add_explicit(&p->expired, expired, memory_order_relaxed);
-    return expired;
+    sweep_walk_t w = {(uint32_t)((uint64_t)(now_ms < 0 ? 0 : now_ms) / p->bucket_ms), 0};
+    walk_all(p, sweep_visit, NULL, &w);
+    atomic_fetch_add_explicit(&p->expired, w.expired, memory_order_relaxed);
+    return w.expired;
 }
 
 /* ---- snapshot ---- */
@@ -1261,6 +1538,46 @@ static int write_all(int fd, const void *d, size_t n)
     return 0;
 }
 
+typedef struct snap_walk {
+    wbuf_t *w;
+    XXH64_state_t *xs;
+    int fd, rc;
+    uint64_t total;
+} snap_walk_t;
+
+/* Serialized under the shard lock (memory only); written by snap_flush without it. */
+static void snap_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
+{
+    (void)sh;
+    snap_walk_t *sw = ud;
+    if (sw->rc != PQL_OK) return; /* the walk still ends normally; the file is dropped */
+    uint8_t mark = 1;
+    wb_put(sw->w, &mark, 1);
+    acct_serialize(p, a, sw->w);
+    sw->total++;
+}
+
+#define SNAP_FLUSH_BYTES (1024 * 1024)
+
+static void snap_flush_now(snap_walk_t *sw)
+{
+    if (sw->rc != PQL_OK) return;
+    if (sw->w->oom) {
+        sw->rc = PQL_E_NOMEM;
+        return;
+    }
+    XXH64_update(sw->xs, sw->w->d, sw->w->len);
+    if (write_all(sw->fd, sw->w->d, sw->w->len) != 0) sw->rc = PQL_E_IO;
+    sw->w->len = 0;
+}
+
+static void snap_flush(pql_t *p, void *ud)
+{
+    (void)p;
+    snap_walk_t *sw = ud;
+    if (sw->w->len >= SNAP_FLUSH_BYTES || sw->w->oom) snap_flush_now(sw);
+}
+
 int pql_snapshot_write(pql_t *p, const char *path)
 {
     char tmp[4096];
@@ -1279,26 +1596,13 @@ int pql_snapshot_write(pql_t *p, const char *path)
     wb_put(&w, SNAP_MAGIC, 8);
     wb_put(&w, &ver, 4);
     wb_put(&w, &p->fingerprint, 8);
-    int rc = PQL_OK;
-    uint64_t total = 0;
-    for (size_t s = 0; s < PQL_SHARDS && rc == PQL_OK; s++) {
-        pql_shard_t *sh = &p->shards[s];
-        /* Serialize under the lock (memory only), write after releasing it. */
-        pthread_mutex_lock(&sh->mu);
-        for (pql_acct_t *a = sh->lru_tail; a != NULL; a = a->lprev) {
-            uint8_t mark = 1;
-            wb_put(&w, &mark, 1);
-            acct_serialize(p, a, &w);
-            total++;
-        }
-        pthread_mutex_unlock(&sh->mu);
-        if (w.oom)
-            rc = PQL_E_NOMEM;
-        else {
-            XXH64_update(xs, w.d, w.len);
-            if (write_all(fd, w.d, w.len) != 0) rc = PQL_E_IO;
-            w.len = 0;
-        }
+    snap_walk_t sw = {&w, xs, fd, PQL_OK, 0};
+    walk_all(p, snap_visit, snap_flush, &sw);
+    int rc = sw.rc;
+    uint64_t total = sw.total;
+    if (rc == PQL_OK) {
+        snap_flush_now(&sw);
+        rc = sw.rc;
     }
     if (rc == PQL_OK) {
         uint8_t end = 0;
@@ -1526,6 +1830,8 @@ void pql_stats(pql_t *p, pql_stats_t *st)
     st->expired = atomic_load_explicit(&p->expired, memory_order_relaxed);
     st->late = atomic_load_explicit(&p->late, memory_order_relaxed);
     st->signals = atomic_load_explicit(&p->signals, memory_order_relaxed);
+    st->queue_bytes = atomic_load_explicit(&p->q_bytes, memory_order_relaxed);
+    st->queue_dropped = atomic_load_explicit(&p->q_dropped, memory_order_relaxed);
     for (size_t t = 0; t < p->n_tiers; t++)
         st->signals_by_tier[t] = atomic_load_explicit(&p->by_tier[t], memory_order_relaxed);
 }
@@ -1555,6 +1861,15 @@ static double g_signals(void *ud)
     return (double)atomic_load_explicit(&((pql_t *)ud)->signals, memory_order_relaxed);
 }
 
+static double g_queue_bytes(void *ud)
+{
+    return (double)atomic_load_explicit(&((pql_t *)ud)->q_bytes, memory_order_relaxed);
+}
+static double g_queue_dropped(void *ud)
+{
+    return (double)atomic_load_explicit(&((pql_t *)ud)->q_dropped, memory_order_relaxed);
+}
+
 /* Per-tier gauges get ud = &p->by_tier[t]. */
 static double g_tier(void *ud)
 {
@@ -1574,6 +1889,12 @@ void pql_register_metrics(pql_t *p)
                                  "events older than the late allowance, not counted", g_late, p);
     (void)metrics_gauge_register("pql_signals_total", "tier rises signalled on pql_signals",
                                  g_signals, p);
+    (void)metrics_gauge_register("pql_queue_bytes",
+                                 "event records waiting for the PQL feeder (pql.queue_bytes)",
+                                 g_queue_bytes, p);
+    (void)metrics_gauge_register("pql_queue_dropped_events_total",
+                                 "events not counted by PQL: its queue was full (pql.queue_bytes)",
+                                 g_queue_dropped, p);
     for (size_t t = 0; t < p->n_tiers; t++)
         (void)metrics_gauge_register(p->metric_names[t], "tier rises signalled for this tier",
                                      g_tier, &p->by_tier[t]);

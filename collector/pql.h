@@ -36,11 +36,14 @@
  * Signals. When the tier rises above the previous evaluation's, and that tier was not signalled
  * within the last window (event time), signal_cb gets the JSON
  * {"accountId","tier","previousTier","score","rules":[holding rules: name,value,threshold,points],
- *  "userIds":[<= 5 most active],"source","triggeredAt"} — called after the shard lock is released,
- * on the thread that fed the event. A tier that falls is not signalled.
+ *  "userIds":[<= 5 most active],"source","triggeredAt"} — captured under the shard lock, rendered
+ * and passed to signal_cb after it is released, on the thread that fed the event (the feeder
+ * thread in the collector). A tier that falls is not signalled.
  *
  * Threads and bounds. Accounts live in 256 shards, each behind its own mutex held only for one
- * account update (never during I/O), so loop threads do not share a global lock. At
+ * account update or one bounded chunk of a worker walk (never during I/O). The collector's loop
+ * threads take none of them: they hand records to the feeder thread (pql_submit, bounded by
+ * pql.queue_bytes). At
  * pql.max_accounts (spread evenly over the shards) the least recently active account of the shard
  * is forgotten (evictions metric). Idle accounts expire after the window (pql_sweep).
  *
@@ -75,7 +78,8 @@
     X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
     X(E_MISMATCH, -5, "snapshot written under other pql settings")                                 \
     X(E_NOTFOUND, -6, "no such account")                                                           \
-    X(E_LATE, -7, "event older than the late allowance")
+    X(E_LATE, -7, "event older than the late allowance")                                          \
+    X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")
 
 typedef enum {
 #define PQL_X_ENUM(name, val, msg) PQL_##name = val,
@@ -126,20 +130,42 @@ int pql_record_append(proto_buf_t *buf, const pql_event_t *ev);
 #define PQL_RECORD_HEAD 13
 void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms);
 
+/* The feeder thread: the collector's loop threads never take a shard lock (a worker walk may
+ * hold one, another loop may be updating the same account); they hand a request's records to
+ * this thread, which feeds them in submission order and emits the signals (signal_cb then runs
+ * on it). pql_feeder_start: PQL_OK, or PQL_E_IO (no thread) / PQL_E_INVALID (running).
+ * max_bytes (pql.queue_bytes) bounds the records waiting. pql_feeder_stop: feeds everything
+ * submitted, joins; call it after the last pql_submit (safe when not started; pql_free calls
+ * it). */
+int pql_feeder_start(pql_t *p, uint64_t max_bytes);
+void pql_feeder_stop(pql_t *p);
+/* Hands rec's records to the feeder without waiting (lock-free push, a sem_post when the
+ * feeder is idle). On PQL_OK rec's memory now belongs to PQL (rec is left empty, still to be
+ * proto_buf_free'd, which is then a no-op). PQL_E_FULL: max_bytes of records already wait;
+ * PQL_E_NOMEM: no memory for the hand-over; both leave rec as it was, its events are not
+ * counted (sluice_pql_queue_dropped_events_total). Without a started feeder the records are fed
+ * on the calling thread (tests, tools). */
+int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms);
+
 /* JSON of one account (live counters, score, tier, each rule's value and whether it holds,
  * top users) appended to out. PQL_E_NOTFOUND when not tracked; PQL_E_NOMEM when out is full. */
 int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto_buf_t *out);
-/* {"accounts":[...]} of the n (1..1000) highest-scored accounts, best first. Scans every account
- * (O(accounts), one shard lock at a time): an admin call, not for the hot path. */
+/* {"accounts":[...]} of the n (1..PQL_TOP_MAX) highest-scored accounts, best first. A worker
+ * walk over every account (O(accounts); shard locks held a chunk at a time, see pql.c), which
+ * waits for a running snapshot or sweep: never on a loop thread (http_conn.c runs it on libuv's
+ * threadpool). */
+#define PQL_TOP_MAX 1000
 int pql_top_json(pql_t *p, size_t n, proto_buf_t *out);
 
 /* Advances idle accounts' windows to the wall-clock bucket of now_ms (their tiers may fall) and
- * forgets accounts with no event in the window. Returns the accounts expired. One shard lock at
- * a time; meant for a worker thread. */
+ * forgets accounts with no event in the window. Returns the accounts expired. A worker walk
+ * (shard locks held a chunk at a time); meant for a worker thread. */
 size_t pql_sweep(pql_t *p, int64_t now_ms);
 
-/* Writes every account to path (via path.tmp, fsync, rename, fsync of the directory). Blocks on
- * disk: never on a loop thread. Returns PQL_OK or PQL_E_IO/E_NOMEM (the old file then stays). */
+/* Writes every account to path (via path.tmp, fsync, rename, fsync of the directory): a worker
+ * walk, serializing a chunk of accounts per shard-lock hold and writing without any lock. An
+ * account fed meanwhile is written either before or after that event. Blocks on disk: never on
+ * a loop thread. Returns PQL_OK or PQL_E_IO/E_NOMEM (the old file then stays). */
 int pql_snapshot_write(pql_t *p, const char *path);
 /* Loads path into an empty tracker. PQL_E_IO when it cannot be read (ENOENT included: check
  * existence first), PQL_E_CORRUPT (checksum, truncation), PQL_E_MISMATCH (other rules or window);
@@ -158,6 +184,7 @@ int pql_saver_stop(pql_saver_t *s);
 
 typedef struct pql_stats {
     uint64_t accounts, bytes, evictions, expired, late, signals;
+    uint64_t queue_bytes, queue_dropped; /* pql_submit */
     uint64_t signals_by_tier[CONFIG_PQL_MAX_TIERS]; /* in the order of cfg->tiers */
 } pql_stats_t;
 void pql_stats(pql_t *p, pql_stats_t *st);

@@ -17,10 +17,10 @@
 # Columns: events/s and req/s in 200 answers; latency percentiles in ms; not_ok = requests
 # without a 200 (other codes, timeouts, connection errors); unsent = open-loop requests that were
 # due but never sent (the rate was not sustained); col_us/ev and load_us/ev = CPU time (user+sys)
-# of the collector and of sluice-load per event answered 200 (Linux /proc; "-" elsewhere);
-# verify = the verified run's verdict.
+# of the collector (from /proc; "-" without it) and of sluice-load (the shell's `times`) per event
+# answered 200; verify = the verified run's verdict.
 #
-# Usage: loadtest/bench.sh [BUILD_DIR]      (default: ./build; use a Release build)
+# Usage: loadtest/bench.sh [BUILD_DIR]      (default: ./build; use a Release build; needs jq)
 # Environment: DURATION (s per run, 15), REPEAT (runs per scenario, 1), CONNECTIONS (32),
 #   THREADS (1, harness threads), COLLECTOR_THREADS (2), VERIFY (1: run scenario 4),
 #   VERIFY_RATE (20000), HALF_RATE (events/s of scenario 3; default half of scenario 1's median),
@@ -91,9 +91,11 @@ MOCK_PID=$!
 exec 3>"$OUT/mock.in"
 wait_for "$OUT/mock.out" ':' "$MOCK_PID"
 BOOT=$(head -1 "$OUT/mock.out")
+# A fresh data dir: no dedup/PQL snapshot of an earlier run is loaded, none is left in the cwd.
+rm -rf "$OUT/data"
 # shellcheck disable=SC2086
 "$COLLECTOR" --listen 127.0.0.1:0 --brokers "$BOOT" --threads "$COLLECTOR_THREADS" \
-    --write-key bench_key=bench ${COLLECTOR_ARGS:-} 2>"$OUT/collector.err" &
+    --data-dir "$OUT/data" --write-key bench_key=bench ${COLLECTOR_ARGS:-} 2>"$OUT/collector.err" &
 COL_PID=$!
 wait_for "$OUT/collector.err" '"msg":"listening"' "$COL_PID"
 PORT=$(grep '"msg":"listening"' "$OUT/collector.err" | head -1 | sed 's/.*"port":\([0-9]*\).*/\1/')

@@ -821,6 +821,195 @@ static void test_concurrent_feeders_and_saver(void **state)
     config_free(&c);
 }
 
+/* ---- worker walks hold each shard lock only briefly (regression: the snapshot and the sweep
+ * held one shard lock for a whole shard, ~1.5 ms at 1 M accounts, stalling loop threads) ---- */
+
+typedef struct walk_probe {
+    pql_t *p;
+    int calls, locked_seen;
+    int fed;
+} walk_probe_t;
+
+/* Runs between two holds of a walk: no shard lock may be held (trylock on every shard), and
+ * feeds that reorder the LRU (existing accounts to the front), create accounts and evict
+ * (max_accounts) must be safe right there. */
+static void walk_probe_hook(void *ud)
+{
+    walk_probe_t *w = ud;
+    w->calls++;
+    for (size_t s = 0; s < PQL_SHARDS; s++) {
+        if (pthread_mutex_trylock(&w->p->shards[s].mu) != 0) {
+            w->locked_seen++;
+            continue;
+        }
+        pthread_mutex_unlock(&w->p->shards[s].mu);
+    }
+    if (w->calls % 3 == 0) {
+        char acct[32];
+        snprintf(acct, sizeof acct, "w%d", (w->calls * 7919) % 6000); /* existing: to the front */
+        if (feed(w->p, acct, "mover", "X", T0 + HOUR_MS) == PQL_OK) w->fed++;
+        snprintf(acct, sizeof acct, "new%d", w->calls); /* created during the walk */
+        (void)feed(w->p, acct, "u", "X", T0 + HOUR_MS);
+    }
+}
+
+static void test_walks_release_shard_locks_between_chunks(void **state)
+{
+    (void)state;
+    config_t c;
+    char err[512], yaml[4096];
+    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
+    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
+    pql_t *p = NULL;
+    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    const int n = 6000;
+    for (int i = 0; i < n; i++) {
+        char acct[32];
+        snprintf(acct, sizeof acct, "w%d", i);
+        assert_int_equal(feed(p, acct, "u1", "Pricing Page Viewed", T0), PQL_OK);
+    }
+    for (int i = 0; i < 3000; i++) /* one sketch-mode account (~80 KiB): alone in its hold */
+    {
+        char user[16];
+        snprintf(user, sizeof user, "u%d", i);
+        assert_int_equal(feed(p, "w0", user, "X", T0), PQL_OK);
+    }
+    walk_probe_t w = {p, 0, 0, 0};
+    p->walk_hook = walk_probe_hook;
+    p->walk_hook_ud = &w;
+    char path[] = "/tmp/sluice_test_pql_walk_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    assert_int_equal(pql_snapshot_write(p, path), PQL_OK);
+    /* ~23 accounts per shard, at most PQL_WALK_STEPS per hold: several holds per shard. */
+    assert_true(atomic_load(&p->walk_holds) >= (uint64_t)n / PQL_WALK_STEPS);
+    assert_true(atomic_load(&p->walk_max_steps) <= PQL_WALK_STEPS);
+    assert_true(w.calls > 0);
+    assert_int_equal(w.locked_seen, 0);
+    assert_true(w.fed > 0);
+    /* Every account present at the start written exactly once (a duplicate would fail the
+     * load), the ones created during the walk not: the loaded tracker has exactly n. */
+    pql_t *q = NULL;
+    assert_int_equal(pql_new(&c.pql, NULL, NULL, &q), PQL_OK);
+    assert_int_equal(pql_snapshot_load(q, path), PQL_OK);
+    pql_stats_t st;
+    pql_stats(q, &st);
+    assert_int_equal(st.accounts, (uint64_t)n);
+    assert_non_null(find(q, "w0"));
+    assert_null(find(q, "new3"));
+    pql_free(q);
+
+    /* The sweep too: it moves every account to a bucket 8 days on (all expire), while the hook
+     * keeps reordering and creating; no lock held between holds, and the walk ends. */
+    uint64_t holds0 = atomic_load(&p->walk_holds);
+    atomic_store(&p->walk_max_steps, 0);
+    w.calls = 0;
+    size_t expired = pql_sweep(p, T0 + 8 * 24 * HOUR_MS);
+    assert_true(expired >= (size_t)n);
+    assert_true(atomic_load(&p->walk_holds) - holds0 >= (uint64_t)n / PQL_WALK_STEPS);
+    assert_true(atomic_load(&p->walk_max_steps) <= PQL_WALK_STEPS);
+    assert_int_equal(w.locked_seen, 0);
+    /* top walks the same way; what remains are accounts the hook created or touched. */
+    proto_buf_t out;
+    proto_buf_init(&out, 1 << 20);
+    assert_int_equal(pql_top_json(p, 3, &out), PQL_OK);
+    assert_true(out.len > 0);
+    proto_buf_free(&out);
+    unlink(path);
+    pql_free(p);
+    config_free(&c);
+}
+
+/* The feeder thread: records submitted from two threads are all counted once pql_feeder_stop
+ * returns (signals emitted on the feeder); a full queue refuses and counts, and the records
+ * stay with the caller. */
+typedef struct submitter {
+    pql_t *p;
+    int id;
+} submitter_t;
+
+static void *submitter_main(void *arg)
+{
+    submitter_t *sb = arg;
+    for (int r = 0; r < 200; r++) {
+        proto_buf_t buf;
+        proto_buf_init(&buf, 1 << 16);
+        for (int i = 0; i < 50; i++) {
+            char acct[16], user[16];
+            snprintf(acct, sizeof acct, "s%d", i % 10);
+            snprintf(user, sizeof user, "t%d-%d", sb->id, i % 8);
+            pql_event_t ev = {acct, strlen(acct), user, strlen(user), "Terms Viewed", 12,
+                              "web",  3,            T0 + r};
+            assert_int_equal(pql_record_append(&buf, &ev), 0);
+        }
+        assert_int_equal(pql_submit(sb->p, &buf, T0), PQL_OK);
+        assert_null(buf.data); /* handed over */
+        proto_buf_free(&buf);
+    }
+    return NULL;
+}
+
+static void test_feeder_thread_counts_everything_submitted(void **state)
+{
+    (void)state;
+    config_t c;
+    char err[512], yaml[4096];
+    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
+    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
+    sig_log_t sl;
+    memset(&sl, 0, sizeof sl);
+    pql_t *p = NULL;
+    assert_int_equal(pql_new(&c.pql, capture_cb, &sl, &p), PQL_OK);
+    assert_int_equal(pql_feeder_start(p, 64ull << 20), PQL_OK);
+    assert_int_equal(pql_feeder_start(p, 64ull << 20), PQL_E_INVALID);
+    pthread_t th[2];
+    submitter_t sb[2] = {{p, 0}, {p, 1}};
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, submitter_main, &sb[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    pql_feeder_stop(p);
+    uint64_t total = 0;
+    for (int i = 0; i < 10; i++) {
+        char acct[16];
+        snprintf(acct, sizeof acct, "s%d", i);
+        pql_acct_t *a = find(p, acct);
+        assert_non_null(a);
+        total += a->agg[0];
+        assert_int_equal(a->agg[p->agg_users], 8); /* 4 per submitter */
+        /* team_of_seven, surge, new_user_surge (all in the recent period), legal_review */
+        assert_int_equal(a->score, 40 + 25 + 20 + 15);
+        assert_int_equal(a->tier, 0); /* hot */
+    }
+    assert_int_equal(total, 2 * 200 * 50);
+    pql_stats_t st;
+    pql_stats(p, &st);
+    assert_true(sl.n >= 10); /* every account rose at least once, on the feeder thread */
+    assert_int_equal((uint64_t)sl.n, st.signals);
+    assert_int_equal(st.queue_bytes, 0);
+    assert_int_equal(st.queue_dropped, 0);
+
+    /* Full: a queue smaller than one request's records refuses it, counts its events. */
+    assert_int_equal(pql_feeder_start(p, 16), PQL_OK);
+    proto_buf_t buf;
+    proto_buf_init(&buf, 4096);
+    pql_event_t ev = {"full", 4, "u", 1, NULL, 0, "web", 3, T0};
+    assert_int_equal(pql_record_append(&buf, &ev), 0);
+    assert_int_equal(pql_record_append(&buf, &ev), 0);
+    size_t len = buf.len;
+    assert_int_equal(pql_submit(p, &buf, T0), PQL_E_FULL);
+    assert_int_equal(buf.len, len); /* still the caller's */
+    pql_stats(p, &st);
+    assert_int_equal(st.queue_dropped, 2);
+    assert_int_equal(st.queue_bytes, 0);
+    proto_buf_free(&buf);
+    pql_feeder_stop(p);
+    pql_feeder_stop(p); /* idempotent */
+    assert_null(find(p, "full"));
+    pql_free(p);
+    config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -837,6 +1026,8 @@ int main(void)
         cmocka_unit_test(test_snapshot_round_trip_and_corruption),
         cmocka_unit_test(test_top_and_account_json),
         cmocka_unit_test(test_concurrent_feeders_and_saver),
+        cmocka_unit_test(test_walks_release_shard_locks_between_chunks),
+        cmocka_unit_test(test_feeder_thread_counts_everything_submitted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
