@@ -1183,12 +1183,14 @@ int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
     b->now_ms = now_ms;
     rec->data = NULL;
     rec->len = rec->cap = 0;
-    b->next = atomic_load_explicit(&p->inbox, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&p->inbox, &b->next, b, memory_order_release,
-                                                  memory_order_relaxed)) {
-    }
+    /* b belongs to the feeder once pushed: only the local head is read after the CAS. */
+    pql_batch_t *head = atomic_load_explicit(&p->inbox, memory_order_relaxed);
+    do
+        b->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&p->inbox, &head, b, memory_order_release,
+                                                  memory_order_relaxed));
     /* Only the push onto an empty stack wakes the feeder: it takes everything at once. */
-    if (b->next == NULL) sem_post(&p->q_sem);
+    if (head == NULL) sem_post(&p->q_sem);
     return PQL_OK;
 }
 
