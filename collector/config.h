@@ -78,7 +78,7 @@ typedef struct config_pql_tier {
 typedef struct config_pql {
     uint32_t window_ms, bucket_ms, late_ms, snapshot_interval_ms;
     uint64_t max_accounts;
-    uint64_t queue_bytes; /* records waiting for PQL's feeder thread (pql.queue_bytes) */
+    uint64_t queue_bytes;     /* records waiting for PQL's feeder thread (pql.queue_bytes) */
     config_pql_tier_t *tiers; /* highest threshold first */
     size_t n_tiers;
     config_pql_rule_t *rules; /* in file order; PQL is on when n_rules > 0 */

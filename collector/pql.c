@@ -30,7 +30,7 @@
 #include "metrics.h"
 
 /* Shards: independent locks for concurrent feeders and readers. */
-#define PQL_SHARDS     256
+#define PQL_SHARDS 256
 /* A worker walk (snapshot, sweep, top) holds a shard lock for at most PQL_WALK_STEPS accounts
  * (visited or skipped) and stops a hold early once the visited accounts' memory reaches
  * PQL_WALK_BYTES: an exact-mode account serializes in well under a microsecond, so a hold is a
@@ -919,8 +919,8 @@ static void sig_capture(const pql_t *p, const pql_acct_t *a, int prev, pql_sig_t
 }
 
 /* The signal JSON (malloc'd, caller frees) or NULL when memory is short. No lock needed. */
-static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t *ev,
-                         int64_t now_ms, size_t *len)
+static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t *ev, int64_t now_ms,
+                         size_t *len)
 {
     char when[96];
     iso8601(now_ms, when, sizeof when);

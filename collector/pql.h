@@ -53,10 +53,12 @@
  *
  * What is counted (the collector, ingest.c/main.c): every accepted event with an accountId (SPEC
  * §2 resolution: groupId, context.groupId, the learned user->account map), once Kafka acknowledged
- * its request — a request answered 503 is not counted, so its retry is not counted twice. Events
- * without an account are not counted (no rule metric is per user). Time: event time; idle
- * accounts are moved to the wall clock by pql_sweep, which the snapshot worker runs every
- * pql.snapshot_interval. The rules are read at start-up (a SIGHUP reload does not change them).
+ * its request — a request answered 503 is not counted, so its retry is not counted twice — by
+ * the feeder thread, within milliseconds of the 200 (a read right after the 200 may not see it
+ * yet). Events without an account are not counted (no rule metric is per user). Time: event time;
+ * idle accounts are moved to the wall clock by pql_sweep, which the snapshot worker runs every
+ * pql.snapshot_interval. The rules are read at start-up (a SIGHUP reload does not change them:
+ * the counters' layout depends on them; config_diff reports the change as needing a restart).
  * Memory (bench_pql, SPEC example rules, 1 M accounts of a Zipf mix): ~320 B/account counted,
  * ~400 B/account of RSS; a sketch-mode account (> 64 users) holds ~80 KiB.
  */
@@ -78,7 +80,7 @@
     X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
     X(E_MISMATCH, -5, "snapshot written under other pql settings")                                 \
     X(E_NOTFOUND, -6, "no such account")                                                           \
-    X(E_LATE, -7, "event older than the late allowance")                                          \
+    X(E_LATE, -7, "event older than the late allowance")                                           \
     X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")
 
 typedef enum {
@@ -184,7 +186,7 @@ int pql_saver_stop(pql_saver_t *s);
 
 typedef struct pql_stats {
     uint64_t accounts, bytes, evictions, expired, late, signals;
-    uint64_t queue_bytes, queue_dropped; /* pql_submit */
+    uint64_t queue_bytes, queue_dropped;            /* pql_submit */
     uint64_t signals_by_tier[CONFIG_PQL_MAX_TIERS]; /* in the order of cfg->tiers */
 } pql_stats_t;
 void pql_stats(pql_t *p, pql_stats_t *st);

@@ -938,8 +938,8 @@ static void *submitter_main(void *arg)
             char acct[16], user[16];
             snprintf(acct, sizeof acct, "s%d", i % 10);
             snprintf(user, sizeof user, "t%d-%d", sb->id, i % 8);
-            pql_event_t ev = {acct, strlen(acct), user, strlen(user), "Terms Viewed", 12,
-                              "web",  3,            T0 + r};
+            pql_event_t ev = {acct, strlen(acct), user, strlen(user), "Terms Viewed",
+                              12,   "web",        3,    T0 + r};
             assert_int_equal(pql_record_append(&buf, &ev), 0);
         }
         assert_int_equal(pql_submit(sb->p, &buf, T0), PQL_OK);
