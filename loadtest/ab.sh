@@ -87,8 +87,8 @@ while [ "$r" -le "$ROUNDS" ]; do
             jq -r --arg n "$name" --arg c0 "$c0" --arg c1 "$c1" --arg hz "$hz" \
                 --arg load "$(cut -d' ' -f1 /proc/loadavg)" \
                 '[$n, .events_per_sec, .latency_ms.p99,
-                  (if .events_per_sec > 0 then (($c1|tonumber) - ($c0|tonumber)) / ($hz|tonumber)
-                     * 1e6 / (.events_per_sec * .duration_s) else 0 end), $load] | @tsv' \
+                  (if .totals.events_ok > 0 then (($c1|tonumber) - ($c0|tonumber)) / ($hz|tonumber)
+                     * 1e6 / .totals.events_ok else 0 end), $load] | @tsv' \
                 "$OUT/$name-$r.json" >>"$OUT/runs.tsv"
         else
             FAILED=1
