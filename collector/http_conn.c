@@ -593,27 +593,30 @@ static int header_budget(http_conn_t *c, size_t n)
     return 0;
 }
 
+/* llhttp hands a URL, field or value over in pieces: appends one piece to buf (holding *len of
+ * cap bytes), or sets *overflow and keeps what it has once the piece would not fit. */
+static void append_capped(char *buf, size_t *len, size_t cap, bool *overflow, const char *at,
+                          size_t n)
+{
+    if (*overflow || *len + n > cap) {
+        *overflow = true;
+        return;
+    }
+    memcpy(buf + *len, at, n);
+    *len += n;
+}
+
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     http_conn_t *c = conn_of(p);
-    if (c->url_len + len > URL_MAX) {
-        c->url_long = true;
-    } else {
-        memcpy(c->url + c->url_len, at, len);
-        c->url_len += len;
-    }
+    append_capped(c->url, &c->url_len, URL_MAX, &c->url_long, at, len);
     return header_budget(c, len);
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     http_conn_t *c = conn_of(p);
-    if (c->field_len + len > FIELD_MAX) {
-        c->field_long = true;
-    } else {
-        memcpy(c->field + c->field_len, at, len);
-        c->field_len += len;
-    }
+    append_capped(c->field, &c->field_len, FIELD_MAX, &c->field_long, at, len);
     return header_budget(c, len);
 }
 
@@ -644,12 +647,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     http_conn_t *c = conn_of(p);
     if (c->cur_hdr != H_NONE) {
         hdr_val_t *h = &c->hdr[c->cur_hdr];
-        if (h->len + len > hdr_caps[c->cur_hdr]) {
-            h->overflow = true;
-        } else {
-            memcpy(h->buf + h->len, at, len);
-            h->len += len;
-        }
+        append_capped(h->buf, &h->len, hdr_caps[c->cur_hdr], &h->overflow, at, len);
     }
     return header_budget(c, len);
 }
