@@ -431,6 +431,10 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         return -1;
     }
 
+    /* Repairs of a readable JSON body (SPEC §2): counted, never a refusal. */
+    if (b.json_surrogates > 0) metrics_add(METRIC_JSON_LONE_SURROGATES, b.json_surrogates);
+    if (b.json_big_ints > 0) metrics_add(METRIC_JSON_BIG_INTS, b.json_big_ints);
+
     const char *source = in->source;
     int key_index = in->key_index;
     if (!in->header_key) {

@@ -35,6 +35,10 @@
       "requests answered 503 because a copy of an event was still being delivered")                \
     X(DEDUP_SNAPSHOT_ERRORS, "sluice_dedup_snapshot_errors_total", "dedup snapshots that failed")  \
     X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
+    X(JSON_LONE_SURROGATES, "sluice_json_lone_surrogates_total",                                   \
+      "lone surrogate escapes in JSON bodies read as U+FFFD")                                      \
+    X(JSON_BIG_INTS, "sluice_json_big_integers_total",                                             \
+      "JSON integers beyond 64 bits read as doubles")                                              \
     X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
     X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \

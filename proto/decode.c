@@ -12,8 +12,9 @@
  */
 #include "proto.h"
 
-#include <jansson.h>
 #include <string.h>
+
+#include "json_reader.h"
 
 /* Levels a body may nest in total, beyond which it is unreadable (E_TOO_DEEP): the envelope
  * (root map, batch array, event map) plus max_depth, plus slack so that moderately deep events
@@ -237,132 +238,13 @@ static int decode_msgpack(proto_batch_t *b, const char *body, size_t len, const 
 
 /* ---- JSON ------------------------------------------------------------------------------------ */
 
-static char *zone_copy(msgpack_zone *z, const char *s, size_t n)
+/* The reader (json_reader.h) writes the tree into the batch's arena; JSON duplicate keys are
+ * left to the per-event check, like msgpack's (SPEC §2: they reject that event alone). */
+static int decode_json(proto_batch_t *b, proto_json_reader_t *r, const char *body, size_t len,
+                       const proto_limits_t *lim)
 {
-    if (n == 0) return (char *)"";
-    char *p = msgpack_zone_malloc_no_align(z, n);
-    if (p != NULL) memcpy(p, s, n);
-    return p;
-}
-
-static int json_to_obj(msgpack_zone *z, json_t *j, msgpack_object *o, uint32_t depth, uint32_t cap)
-{
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: {
-        if (depth > cap) return PROTO_E_TOO_DEEP;
-        size_t n = json_object_size(j);
-        o->type = MSGPACK_OBJECT_MAP;
-        o->via.map.size = (uint32_t)n;
-        o->via.map.ptr = NULL;
-        if (n == 0) return PROTO_OK;
-        o->via.map.ptr = msgpack_zone_malloc(z, n * sizeof(msgpack_object_kv));
-        if (o->via.map.ptr == NULL) return PROTO_E_NOMEM;
-        size_t i = 0;
-        const char *key;
-        size_t key_len;
-        json_t *val;
-        json_object_keylen_foreach(j, key, key_len, val)
-        {
-            if (i >= n) break;
-            msgpack_object_kv *kv = &o->via.map.ptr[i++];
-            kv->key.type = MSGPACK_OBJECT_STR;
-            kv->key.via.str.size = (uint32_t)key_len;
-            kv->key.via.str.ptr = zone_copy(z, key, key_len);
-            if (kv->key.via.str.ptr == NULL) return PROTO_E_NOMEM;
-            int rc = json_to_obj(z, val, &kv->val, depth + 1, cap);
-            if (rc != PROTO_OK) return rc;
-        }
-        return PROTO_OK;
-    }
-    case JSON_ARRAY: {
-        if (depth > cap) return PROTO_E_TOO_DEEP;
-        size_t n = json_array_size(j);
-        o->type = MSGPACK_OBJECT_ARRAY;
-        o->via.array.size = (uint32_t)n;
-        o->via.array.ptr = NULL;
-        if (n == 0) return PROTO_OK;
-        o->via.array.ptr = msgpack_zone_malloc(z, n * sizeof(msgpack_object));
-        if (o->via.array.ptr == NULL) return PROTO_E_NOMEM;
-        for (size_t i = 0; i < n; i++) {
-            int rc = json_to_obj(z, json_array_get(j, i), &o->via.array.ptr[i], depth + 1, cap);
-            if (rc != PROTO_OK) return rc;
-        }
-        return PROTO_OK;
-    }
-    case JSON_STRING:
-        o->type = MSGPACK_OBJECT_STR;
-        o->via.str.size = (uint32_t)json_string_length(j);
-        o->via.str.ptr = zone_copy(z, json_string_value(j), o->via.str.size);
-        return o->via.str.ptr == NULL ? PROTO_E_NOMEM : PROTO_OK;
-    case JSON_INTEGER: {
-        json_int_t v = json_integer_value(j);
-        if (v >= 0) {
-            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-            o->via.u64 = (uint64_t)v;
-        } else {
-            o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-            o->via.i64 = (int64_t)v;
-        }
-        return PROTO_OK;
-    }
-    case JSON_REAL:
-        o->type = MSGPACK_OBJECT_FLOAT64;
-        o->via.f64 = json_real_value(j);
-        return PROTO_OK;
-    case JSON_TRUE:
-    case JSON_FALSE:
-        o->type = MSGPACK_OBJECT_BOOLEAN;
-        o->via.boolean = json_is_true(j);
-        return PROTO_OK;
-    default:
-        o->type = MSGPACK_OBJECT_NIL;
-        return PROTO_OK;
-    }
-}
-
-/*
- * jansson flags:
- *  - JSON_REJECT_DUPLICATES: {"userId":"a","userId":"b"} is ambiguous (which one did the client
- *    mean, which one does a downstream JSON parser pick?). jansson can only fail the whole body,
- *    so a duplicate key in JSON is E_MALFORMED; msgpack rejects just the event (E_DUPLICATE_KEY).
- *  - JSON_DISABLE_EOF_CHECK: stop after the top-level value so that bytes after it can be told
- *    apart (E_TRAILING_DATA) from broken JSON (E_MALFORMED); trailing whitespace is allowed.
- *  - JSON_DECODE_ANY: a scalar body is E_NOT_A_MAP (as in msgpack), not "malformed".
- *  - JSON_ALLOW_NUL: "\u0000" is valid JSON and valid UTF-8; msgpack strings may hold NUL too.
- * jansson itself rejects invalid UTF-8 and lone surrogate escapes, so for JSON they are
- * E_MALFORMED, and integers beyond int64 are E_MALFORMED as well.
- */
-static int decode_json(proto_batch_t *b, const char *body, size_t len, const proto_limits_t *lim)
-{
-    json_error_t jerr;
-    json_t *j = json_loadb(
-        body, len,
-        JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    if (j == NULL) {
-        switch (json_error_code(&jerr)) {
-        case json_error_out_of_memory:
-            return PROTO_E_NOMEM;
-        case json_error_stack_overflow:
-            return PROTO_E_TOO_DEEP;
-        default:
-            return PROTO_E_MALFORMED;
-        }
-    }
-    int rc = PROTO_OK;
-    if (!json_is_object(j)) {
-        rc = PROTO_E_NOT_A_MAP;
-    } else {
-        for (size_t i = (size_t)jerr.position; i < len; i++) {
-            char c = body[i];
-            if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-                rc = PROTO_E_TRAILING_DATA;
-                break;
-            }
-        }
-    }
-    if (rc == PROTO_OK) rc = json_to_obj(&b->zone, j, &b->root, 1, decode_depth_cap(lim));
-    json_decref(j);
-    return rc;
+    return proto_json_read(r, body, len, decode_depth_cap(lim), &b->zone, &b->root,
+                           &b->json_surrogates, &b->json_big_ints);
 }
 
 /* ---- envelope -------------------------------------------------------------------------------- */
@@ -384,7 +266,7 @@ static int write_key(proto_batch_t *b, const msgpack_object *v)
     return PROTO_OK;
 }
 
-static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups)
+static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned checks)
 {
     const msgpack_object *batch = NULL, *sent_at = NULL, *context = NULL, *wk = NULL;
     const msgpack_object_map *m = &b->root.via.map;
@@ -412,7 +294,7 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups
     if (context != NULL && context->type != MSGPACK_OBJECT_NIL) {
         /* The batch context is merged into events' records, so it obeys the event rules. */
         if (context->type != MSGPACK_OBJECT_MAP ||
-            proto_value_check(context, lim->max_depth, lim->event_bytes, dups, NULL) != PROTO_OK)
+            proto_value_check(context, lim->max_depth, lim->event_bytes, checks, NULL) != PROTO_OK)
             return PROTO_E_BAD_BATCH_CONTEXT;
         b->context = context;
     }
@@ -423,7 +305,7 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups
     }
     for (size_t i = 0; i < n; i++)
         proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, b->has_sent_at,
-                             b->sent_at_ms, lim, dups);
+                             b->sent_at_ms, lim, checks);
     b->n_events = n;
     return PROTO_OK;
 }
@@ -431,7 +313,7 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, bool dups
 /* Single-call body: the body is the event; Segment SDKs put writeKey, sentAt and context into it.
  */
 static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limits_t *lim,
-                           bool dups)
+                           unsigned checks)
 {
     const msgpack_object_map *m = &b->root.via.map;
     for (uint32_t i = 0; i < m->size; i++) {
@@ -448,7 +330,7 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
     }
     b->events = msgpack_zone_malloc(&b->zone, sizeof(proto_event_t));
     if (b->events == NULL) return PROTO_E_NOMEM;
-    proto_event_validate(&b->events[0], &b->root, kind, b->has_sent_at, b->sent_at_ms, lim, dups);
+    proto_event_validate(&b->events[0], &b->root, kind, b->has_sent_at, b->sent_at_ms, lim, checks);
     b->n_events = 1;
     return PROTO_OK;
 }
@@ -476,21 +358,23 @@ static int decode_precheck(const char *body, size_t len, const proto_limits_t **
     return PROTO_OK;
 }
 
-/* Everything after the arena is in place (b->zone initialized, the rest of b zeroed). */
-static int decode_body(proto_batch_t *b, const char *body, size_t len, proto_format_t fmt,
-                       proto_type_t kind, const proto_limits_t *lim)
+/* Everything after the arena is in place (b->zone initialized, the rest of b zeroed). json: the
+ * reader for a JSON body (NULL for msgpack). */
+static int decode_body(proto_batch_t *b, proto_json_reader_t *json, const char *body, size_t len,
+                       proto_format_t fmt, proto_type_t kind, const proto_limits_t *lim)
 {
     int rc;
     if (fmt == PROTO_FMT_JSON)
-        rc = decode_json(b, body, len, lim);
+        rc = json != NULL ? decode_json(b, json, body, len, lim) : PROTO_E_NOMEM;
     else
         rc = decode_msgpack(b, body, len, lim, kind == PROTO_T_NONE);
     if (rc == PROTO_OK && b->root.type != MSGPACK_OBJECT_MAP) rc = PROTO_E_NOT_A_MAP;
-    /* jansson already refused duplicate keys, so only msgpack needs the per-map check. */
-    bool dups = fmt != PROTO_FMT_JSON;
+    /* Every body is checked for duplicate keys; a JSON body's UTF-8 was validated by the reader
+     * (simdjson validates the whole text), so only msgpack strings need the per-string check. */
+    unsigned checks = PROTO_CHECK_DUP_KEYS | (fmt == PROTO_FMT_JSON ? 0u : PROTO_CHECK_UTF8);
     if (rc == PROTO_OK)
-        rc = kind == PROTO_T_NONE ? envelope_batch(b, lim, dups)
-                                  : envelope_single(b, kind, lim, dups);
+        rc = kind == PROTO_T_NONE ? envelope_batch(b, lim, checks)
+                                  : envelope_single(b, kind, lim, checks);
     if (rc != PROTO_OK) {
         b->events = NULL;
         b->n_events = 0;
@@ -498,6 +382,8 @@ static int decode_body(proto_batch_t *b, const char *body, size_t len, proto_for
         b->write_key.ptr = NULL;
         b->write_key.len = 0;
         b->has_sent_at = false;
+        b->json_surrogates = 0;
+        b->json_big_ints = 0;
     }
     return rc;
 }
@@ -513,7 +399,11 @@ int proto_decode(proto_batch_t *b, const char *body, size_t len, proto_format_t 
         memset(b, 0, sizeof *b);
         return PROTO_E_NOMEM;
     }
-    return decode_body(b, body, len, fmt, kind, lim);
+    /* One-off decode: a reader for this body only (a loop keeps one in its proto_arena_t). */
+    proto_json_reader_t *json = fmt == PROTO_FMT_JSON ? proto_json_reader_new() : NULL;
+    rc = decode_body(b, json, body, len, fmt, kind, lim);
+    proto_json_reader_free(json);
+    return rc;
 }
 
 /* ---- reusable arena ------------------------------------------------------------------------- */
@@ -526,6 +416,7 @@ void proto_arena_init(proto_arena_t *a)
 void proto_arena_free(proto_arena_t *a)
 {
     if (a->held) msgpack_zone_destroy(&a->zone);
+    proto_json_reader_free(a->json);
     memset(a, 0, sizeof *a);
 }
 
@@ -552,7 +443,8 @@ int proto_decode_arena(proto_batch_t *b, proto_arena_t *a, const char *body, siz
     a->held = false;
     a->lent = true;
     a->chunk0 = b->zone.chunk_list.head;
-    return decode_body(b, body, len, fmt, kind, lim);
+    if (fmt == PROTO_FMT_JSON && a->json == NULL) a->json = proto_json_reader_new();
+    return decode_body(b, a->json, body, len, fmt, kind, lim);
 }
 
 void proto_batch_recycle(proto_batch_t *b, proto_arena_t *a)

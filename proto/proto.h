@@ -10,8 +10,8 @@
  * event array. What points where:
  *   - msgpack body: str/bin/ext objects (and the proto_str_t fields derived from them) point INTO
  *     the caller's body buffer (zero copy), so the body must outlive the batch;
- *   - JSON body: jansson's tree is freed before proto_decode() returns; every string and key is
- *     copied into the batch's arena, so the body may be freed right after the call;
+ *   - JSON body: the JSON reader (json_reader.h, simdjson) writes the tree into the arena, every
+ *     string and key included, so the body may be freed right after the call;
  *   - proto_str_t fields filled by proto_normalize() (source, a learned account_id) point to
  *     memory of the caller (proto_norm_ctx_t.source) or of the lookup callback (which copies
  *     into the batch's zone), see there.
@@ -19,7 +19,7 @@
  *
  * Unified representation: JSON bodies are converted into the same msgpack_object tree that a
  * msgpack body decodes to, so validation, normalization and encoding have one code path.
- * JSON numbers that are integers become POSITIVE/NEGATIVE_INTEGER, others FLOAT64.
+ * JSON numbers that are integers within 64 bits become POSITIVE/NEGATIVE_INTEGER, others FLOAT64.
  */
 #ifndef SLUICE_PROTO_H
 #define SLUICE_PROTO_H
@@ -160,6 +160,8 @@ typedef struct proto_batch {
     bool has_sent_at;
     int64_t sent_at_ms;
     const msgpack_object *context; /* batch-level context map or NULL */
+    uint32_t json_surrogates;      /* JSON: lone surrogate escapes read as U+FFFD (SPEC §2) */
+    uint32_t json_big_ints;        /* JSON: integers beyond 64 bits read as doubles (SPEC §2) */
 } proto_batch_t;
 
 /*
@@ -193,8 +195,9 @@ void proto_batch_free(proto_batch_t *b);
 #define PROTO_ARENA_KEEP_MAX ((size_t)1 << 20)
 
 typedef struct proto_arena {
-    msgpack_zone zone;  /* valid only when held */
-    bool held;          /* zone holds a chunk that is not lent out */
+    msgpack_zone zone;              /* valid only when held */
+    struct proto_json_reader *json; /* the JSON reader, made at the first JSON body, kept */
+    bool held;                      /* zone holds a chunk that is not lent out */
     bool lent;          /* the chunk is lent to a batch (set by decode, cleared by recycle) */
     const void *chunk0; /* the lent chunk (zone.chunk_list.head when it was lent) */
 } proto_arena_t;
@@ -223,30 +226,38 @@ int proto_decode_arena(proto_batch_t *b, proto_arena_t *a, const char *body, siz
  */
 void proto_batch_recycle(proto_batch_t *b, proto_arena_t *a);
 
+/* What proto_value_check() and proto_event_validate() check beyond the rules that always apply.
+ * PROTO_CHECK_UTF8 may be left out only for trees whose strings are already known to be valid
+ * UTF-8 (the JSON reader validated the whole body). */
+#define PROTO_CHECK_DUP_KEYS 1u /* no map has the same key twice */
+#define PROTO_CHECK_UTF8     2u /* every string and key is valid UTF-8 */
+
 /*
  * Checks one value tree against the structural rules that apply to everything inside an event:
- * map keys are strings (E_BAD_KEY), every string and key is valid UTF-8 (E_BAD_UTF8), no
- * bin/ext values (E_BAD_VALUE), containers nest at most max_depth levels with obj itself, when a
- * container, counting as level 1 (E_EVENT_TOO_DEEP), no map has the same key twice when
- * check_dup_keys (E_DUPLICATE_KEY), and the minimal msgpack encoding of obj is at most max_bytes
- * (E_EVENT_TOO_LARGE). Returns 0 or the first violation in depth-first order; the walk stops
- * there. *size_out (may be NULL) receives the encoded size on success. Allocates nothing for maps
- * of up to 256 keys; bigger maps with check_dup_keys use one temporary malloc (E_NOMEM if that
- * fails). Recursion depth is bounded by max_depth.
+ * map keys are strings (E_BAD_KEY), every string and key is valid UTF-8 when checks has
+ * PROTO_CHECK_UTF8 (E_BAD_UTF8), no bin/ext values (E_BAD_VALUE), containers nest at most
+ * max_depth levels with obj itself, when a container, counting as level 1 (E_EVENT_TOO_DEEP), no
+ * map has the same key twice when checks has PROTO_CHECK_DUP_KEYS (E_DUPLICATE_KEY), and the
+ * minimal msgpack encoding of obj is at most max_bytes (E_EVENT_TOO_LARGE). Returns 0 or the first
+ * violation in depth-first order; the walk stops there. *size_out (may be NULL) receives the
+ * encoded size on success. Allocates nothing for maps of up to 256 keys; bigger maps with
+ * PROTO_CHECK_DUP_KEYS use one temporary malloc (E_NOMEM if that fails). Recursion depth is
+ * bounded by max_depth.
  */
 int proto_value_check(const msgpack_object *obj, uint32_t max_depth, size_t max_bytes,
-                      bool check_dup_keys, size_t *size_out);
+                      unsigned checks, size_t *size_out);
 
 /*
  * Validates the event map obj against SPEC §2 (rule order: proto/README.md) and fills *ev
  * (overwritten entirely). kind: the type the endpoint implies (PROTO_T_NONE inside a batch).
  * has_batch_sent_at/batch_sent_at_ms: the batch's sentAt, inherited unless the event has its own.
  * Returns ev->error. For an invalid event, each proto_str_t field is set only when it passes its
- * own rule (so it is safe to echo), else ptr is NULL. Allocates nothing (see proto_value_check).
+ * own rule (so it is safe to echo), else ptr is NULL. checks: as for proto_value_check().
+ * Allocates nothing (see proto_value_check).
  */
 int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_type_t kind,
                          bool has_batch_sent_at, int64_t batch_sent_at_ms,
-                         const proto_limits_t *lim, bool check_dup_keys);
+                         const proto_limits_t *lim, unsigned checks);
 
 /* Parses a SPEC §2 time value: ISO-8601 string or integer epoch ms, within [2000-01-01,
  * 2100-01-01). Returns true and sets *ms_out, else false. */

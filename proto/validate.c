@@ -13,7 +13,7 @@
 struct walk {
     size_t size; /* minimal msgpack encoding size so far */
     size_t max;
-    bool dups;
+    bool dups, utf8;
 };
 
 static size_t hdr_len_str(uint32_t n)
@@ -93,7 +93,7 @@ static int walk(const msgpack_object *o, uint32_t depth_left, struct walk *w)
     case MSGPACK_OBJECT_STR:
         w->size += hdr_len_str(o->via.str.size) + o->via.str.size;
         if (w->size > w->max) return PROTO_E_EVENT_TOO_LARGE;
-        if (!proto_utf8_valid(o->via.str.ptr, o->via.str.size)) return PROTO_E_BAD_UTF8;
+        if (w->utf8 && !proto_utf8_valid(o->via.str.ptr, o->via.str.size)) return PROTO_E_BAD_UTF8;
         return PROTO_OK;
     case MSGPACK_OBJECT_BIN:
     case MSGPACK_OBJECT_EXT:
@@ -127,9 +127,10 @@ static int walk(const msgpack_object *o, uint32_t depth_left, struct walk *w)
 }
 
 int proto_value_check(const msgpack_object *obj, uint32_t max_depth, size_t max_bytes,
-                      bool check_dup_keys, size_t *size_out)
+                      unsigned checks, size_t *size_out)
 {
-    struct walk w = {0, max_bytes, check_dup_keys};
+    struct walk w = {0, max_bytes, (checks & PROTO_CHECK_DUP_KEYS) != 0,
+                     (checks & PROTO_CHECK_UTF8) != 0};
     int rc = walk(obj, max_depth, &w);
     if (rc == PROTO_OK && size_out != NULL) *size_out = w.size;
     return rc;
@@ -223,9 +224,9 @@ static void keep_if(proto_str_t *s, uint32_t max)
 }
 
 static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t kind,
-                 const proto_limits_t *lim, bool check_dup_keys)
+                 const proto_limits_t *lim, unsigned checks)
 {
-    int rc = proto_value_check(ev->obj, lim->max_depth + 1, lim->event_bytes, check_dup_keys, NULL);
+    int rc = proto_value_check(ev->obj, lim->max_depth + 1, lim->event_bytes, checks, NULL);
     if (rc != PROTO_OK) return rc;
 
     const msgpack_object *o = present(f[F_TYPE]);
@@ -286,7 +287,7 @@ static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t
 
 int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_type_t kind,
                          bool has_batch_sent_at, int64_t batch_sent_at_ms,
-                         const proto_limits_t *lim, bool check_dup_keys)
+                         const proto_limits_t *lim, unsigned checks)
 {
     memset(ev, 0, sizeof *ev);
     ev->obj = obj;
@@ -311,7 +312,7 @@ int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_typ
     if ((o = present(f[F_EVENT])) && o->type == MSGPACK_OBJECT_STR) ev->event = to_str(o);
     if ((o = present(f[F_GROUP_ID])) && o->type == MSGPACK_OBJECT_STR) ev->group_id = to_str(o);
 
-    ev->error = rules(ev, f, kind, lim, check_dup_keys);
+    ev->error = rules(ev, f, kind, lim, checks);
     if (!ev->has_sent_at && has_batch_sent_at) {
         ev->has_sent_at = true;
         ev->sent_at_ms = batch_sent_at_ms;

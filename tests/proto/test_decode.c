@@ -162,8 +162,8 @@ static void test_request_errors(void **state)
         assert_null(t.b.write_key.ptr);
         tu_free(&t);
     });
-    /* The same envelope key twice is ambiguous: JSON through jansson's duplicate check, msgpack
-     * through ours (the test's JSON-to-msgpack helper cannot express duplicates). */
+    /* The same envelope key twice is ambiguous, in both formats (msgpack built by hand: the test's
+     * JSON-to-msgpack helper cannot express duplicates). */
     tu_body_t td;
     assert_int_equal(
         tu_decode(&td, "{\"batch\":[],\"batch\":[]}", PROTO_FMT_JSON, PROTO_T_NONE, NULL),
@@ -200,8 +200,10 @@ static void test_malformed(void **state)
     (void)state;
     proto_limits_t lim = proto_limits_default();
     proto_batch_t b;
-    const char *json_bad[] = {"{",   "{\"batch\":[}",       "{\"batch\":[\"\xc3\"]}",
-                              "nul", "{\"a\":\"\\ud800\"}", "{\"batch\":[1e999999]}",
+    /* Invalid UTF-8 bytes make the text not JSON (RFC 8259 8.1); a lone surrogate escape does
+     * not (test_json_lone_surrogates). */
+    const char *json_bad[] = {"{",   "{\"batch\":[}",          "{\"batch\":[\"\xc3\"]}",
+                              "nul", "{\"batch\":[1e999999]}", "{\"batch\":[\"\\ud83x\"]}",
                               ""};
     for (size_t i = 0; i < sizeof json_bad / sizeof json_bad[0]; i++) {
         int rc =
@@ -337,11 +339,12 @@ static void test_trailing_data(void **state)
     assert_int_equal(proto_decode(&b, ok_ws, strlen(ok_ws), PROTO_FMT_JSON, PROTO_T_NONE, &lim),
                      PROTO_OK);
     proto_batch_free(&b);
+    /* JSON: bytes after the root value make the text not JSON (simdjson reads the whole text). */
     const char *trail[] = {"{\"batch\":[]}x", "{\"batch\":[]}{}", "{\"batch\":[]} 1"};
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(
             proto_decode(&b, trail[i], strlen(trail[i]), PROTO_FMT_JSON, PROTO_T_NONE, &lim),
-            PROTO_E_TRAILING_DATA);
+            PROTO_E_MALFORMED);
         proto_batch_free(&b);
     }
     static const uint8_t mp[] = {0x81, 0xa5, 'b', 'a', 't', 'c', 'h', 0x90, 0xc0};
@@ -454,6 +457,130 @@ static void test_json_key_order(void **state)
 }
 
 /* NUL inside strings is data, in both formats. */
+/* The value of key k in map m (NULL if absent). */
+static const msgpack_object *map_get(const msgpack_object *m, const char *k)
+{
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object_str *ks = &m->via.map.ptr[i].key.via.str;
+        if (ks->size == strlen(k) && memcmp(ks->ptr, k, ks->size) == 0)
+            return &m->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static void assert_str(const msgpack_object *o, const char *want, size_t n)
+{
+    assert_non_null(o);
+    assert_int_equal(o->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(o->via.str.size, n);
+    assert_memory_equal(o->via.str.ptr, want, n);
+}
+
+/* SPEC §2: a lone surrogate escape (JavaScript cutting an emoji in half) becomes U+FFFD and is
+ * counted; it never fails the batch, and the event with it is valid. */
+static void test_json_lone_surrogates(void **state)
+{
+    (void)state;
+    const char *body = "{\"batch\":[" TU_EVENT(",\"properties\":{"
+                                               "\"cut\":\"ab\\ud83d\","
+                                               "\"low\":\"\\udc00x\","
+                                               "\"two\":\"\\ud83d\\ud83d\","
+                                               "\"notlow\":\"\\ud83d\\u0041\","
+                                               "\"pair\":\"\\ud83d\\ude00\","
+                                               "\"escaped\":\"\\\\ud83d\"}") "," TU_EVENT("") "]}";
+    tu_body_t t;
+    assert_int_equal(tu_decode(&t, body, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
+    assert_int_equal(t.b.n_events, 2);
+    assert_int_equal(t.b.events[0].error, PROTO_OK);
+    assert_int_equal(t.b.events[1].error, PROTO_OK);
+    assert_int_equal(t.b.json_surrogates, 5);
+    const msgpack_object *p = map_get(t.b.events[0].obj, "properties");
+    assert_non_null(p);
+    assert_str(map_get(p, "cut"), "ab\xef\xbf\xbd", 5);
+    assert_str(map_get(p, "low"), "\xef\xbf\xbdx", 4);
+    assert_str(map_get(p, "two"), "\xef\xbf\xbd\xef\xbf\xbd", 6);
+    assert_str(map_get(p, "notlow"),
+               "\xef\xbf\xbd"
+               "A",
+               4);
+    assert_str(map_get(p, "pair"), "\xf0\x9f\x98\x80", 4); /* a proper pair is untouched */
+    assert_str(map_get(p, "escaped"), "\\ud83d", 6);       /* text, not an escape */
+    tu_free(&t);
+    /* A clean body counts nothing. */
+    assert_int_equal(tu_decode(&t, GOOD_BATCH, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
+    assert_int_equal(t.b.json_surrogates, 0);
+    assert_int_equal(t.b.json_big_ints, 0);
+    tu_free(&t);
+}
+
+/* SPEC §2: an integer beyond 64 bits is kept as a double; the 64-bit extremes stay integers;
+ * digits inside strings are text. */
+static void test_json_big_integers(void **state)
+{
+    (void)state;
+    const char *body = "{\"batch\":[" TU_EVENT(",\"properties\":{"
+                                               "\"big\":123456789012345678901234,"
+                                               "\"neg\":-9223372036854775809,"
+                                               "\"umax\":18446744073709551615,"
+                                               "\"imin\":-9223372036854775808,"
+                                               "\"over\":18446744073709551616,"
+                                               "\"arr\":[100000000000000000000000,1],"
+                                               "\"s\":\"123456789012345678901234\"}") "]}";
+    tu_body_t t;
+    assert_int_equal(tu_decode(&t, body, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
+    assert_int_equal(t.b.events[0].error, PROTO_OK);
+    assert_int_equal(t.b.json_big_ints, 4);
+    const msgpack_object *p = map_get(t.b.events[0].obj, "properties"), *v;
+    assert_non_null(p);
+    v = map_get(p, "big");
+    assert_int_equal(v->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(v->via.f64 == 123456789012345678901234.0);
+    v = map_get(p, "neg");
+    assert_int_equal(v->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(v->via.f64 == -9223372036854775809.0);
+    v = map_get(p, "umax");
+    assert_int_equal(v->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_true(v->via.u64 == UINT64_MAX);
+    v = map_get(p, "imin");
+    assert_int_equal(v->type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
+    assert_true(v->via.i64 == INT64_MIN);
+    v = map_get(p, "over");
+    assert_int_equal(v->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(v->via.f64 == 18446744073709551616.0);
+    v = map_get(p, "arr");
+    assert_int_equal(v->via.array.ptr[0].type, MSGPACK_OBJECT_FLOAT64);
+    assert_int_equal(v->via.array.ptr[1].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_str(map_get(p, "s"), "123456789012345678901234", 24);
+    tu_free(&t);
+    /* Both repairs in one body; still broken JSON elsewhere stays broken. */
+    assert_int_equal(tu_decode(&t, "{\"batch\":[],\"x\":[\"\\ud800\",99999999999999999999999]}",
+                               PROTO_FMT_JSON, PROTO_T_NONE, NULL),
+                     PROTO_OK);
+    assert_int_equal(t.b.json_surrogates, 1);
+    assert_int_equal(t.b.json_big_ints, 1);
+    tu_free(&t);
+    assert_int_equal(tu_decode(&t, "{\"batch\":[],\"x\":[\"\\ud800\",99999999999999999999999,]}",
+                               PROTO_FMT_JSON, PROTO_T_NONE, NULL),
+                     PROTO_E_MALFORMED);
+    assert_int_equal(t.b.json_surrogates, 0);
+    tu_free(&t);
+}
+
+/* SPEC §2: a duplicate key inside a JSON event rejects that event alone, as in msgpack. */
+static void test_json_duplicate_key_one_event(void **state)
+{
+    (void)state;
+    const char *body = "{\"batch\":[" TU_EVENT(",\"userId\":\"u2\"") "," TU_EVENT(
+        ",\"properties\":{\"a\":1,\"a\":2}") "," TU_EVENT("") "]}";
+    tu_body_t t;
+    assert_int_equal(tu_decode(&t, body, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
+    assert_int_equal(t.b.n_events, 3);
+    assert_int_equal(t.b.events[0].error, PROTO_E_DUPLICATE_KEY);
+    assert_int_equal(t.b.events[1].error, PROTO_E_DUPLICATE_KEY);
+    assert_int_equal(t.b.events[2].error, PROTO_OK);
+    tu_free(&t);
+}
+
 static void test_nul_in_strings(void **state)
 {
     (void)state;
@@ -633,6 +760,9 @@ int main(void)
         cmocka_unit_test(test_single_call),
         cmocka_unit_test(test_json_body_may_be_freed),
         cmocka_unit_test(test_json_key_order),
+        cmocka_unit_test(test_json_lone_surrogates),
+        cmocka_unit_test(test_json_big_integers),
+        cmocka_unit_test(test_json_duplicate_key_one_event),
         cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_arena_reuses_chunk),
         cmocka_unit_test(test_arena_grows_to_fit),
