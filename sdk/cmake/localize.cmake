@@ -1,4 +1,4 @@
-# cmake -DLD= -DOBJCOPY= -DOBJDUMP= -DNM= -DOUT= -DOBJS="a.o;b.o" -P localize.cmake
+# cmake -DCC= -DOBJCOPY= -DOBJDUMP= -DNM= -DOUT= -DOBJS="a.o;b.o" -P localize.cmake
 # Makes libsluice's single relocatable object: partial link with section GC rooted at the
 # exported (default-visibility) symbols, every hidden symbol made local, undefined symbols that
 # no relocation needs any more dropped (msgpack-c's, from the collected msgpack->JSON code).
@@ -12,7 +12,9 @@ function(run)
 endfunction()
 
 set(tmp ${OUT}.tmp)
-run(${LD} -r --gc-sections --gc-keep-exported -o ${tmp} ${OBJS})
+# Through the compiler driver, so GNU ld does it whichever compiler (clang's lld has no
+# --gc-keep-exported, and clang drives GNU ld by default).
+run(${CC} -r -nostdlib -Wl,--gc-sections,--gc-keep-exported -o ${tmp} ${OBJS})
 run(${OBJCOPY} --localize-hidden ${tmp})
 run(${OBJDUMP} -r ${tmp})
 set(relocs "${run_out}")
