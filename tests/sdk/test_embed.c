@@ -83,7 +83,8 @@ static void test_embed(void **state)
         snprintf(cmd, sizeof cmd, "'%s' http://127.0.0.1:%d wk_embed >'%s/run-%d.log' 2>&1",
                  bins[i], coll.port, work, i);
         int rc = system(cmd);
-        if (rc != 0) fail_msg("%s exited with status 0x%x (see %s/run-%d.log)", bins[i], rc, work, i);
+        if (rc != 0)
+            fail_msg("%s exited with status 0x%x (see %s/run-%d.log)", bins[i], rc, work, i);
     }
     size_t want = (size_t)n_bins * EXAMPLE_EVENTS;
     sup_kmsgs_t msgs = {0};
@@ -103,7 +104,8 @@ static void test_embed(void **state)
 int main(int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: %s pkg-config|find_package|static|subdirectory|sdk-only\n", argv[0]);
+        fprintf(stderr, "usage: %s pkg-config|find_package|static|subdirectory|sdk-only\n",
+                argv[0]);
         return 2;
     }
     g_mode = argv[1];
