@@ -93,11 +93,11 @@ extern "C" {
     X(E_HTTP, -12, "collector refused the batch")                                                  \
     X(E_CANCELLED, -13, "request cancelled")                                                       \
     X(E_STORAGE, -14, "storage I/O error")                                                         \
-    X(E_CORRUPT, -15, "corrupt storage file skipped")                                             \
-    X(E_URL, -16, "endpoint is not an http:// or https:// URL")                                   \
-    X(E_NUMBER, -17, "number is NaN or infinite")                                                 \
-    X(E_REJECTED, -18, "collector rejected the event")                                            \
-    X(E_EXPIRED, -19, "event older than max_event_age_ms; given up")                              \
+    X(E_CORRUPT, -15, "corrupt storage file skipped")                                              \
+    X(E_URL, -16, "endpoint is not an http:// or https:// URL")                                    \
+    X(E_NUMBER, -17, "number is NaN or infinite")                                                  \
+    X(E_REJECTED, -18, "collector rejected the event")                                             \
+    X(E_EXPIRED, -19, "event older than max_event_age_ms; given up")                               \
     X(E_OPTED_OUT, -20, "tracking is opted out; event not queued")
 
 typedef enum sluice_err {
@@ -328,8 +328,8 @@ SLUICE_API int sluice_flush(sluice_client *c, uint32_t timeout_ms);
 /*
  * One event (SPEC §2), for full control; the typed calls below fill it. Strings NUL-terminated
  * UTF-8, NULL = absent. user_id / anonymous_id 1..255 bytes; when both are NULL the client's
- * anonymousId (sluice_anonymous_id) is used. timestamp_ms 0 = now. message_id NULL = a fresh random UUID v4 (give one to make retries of your own
- * idempotent). properties/traits/context are copied.
+ * anonymousId (sluice_anonymous_id) is used. timestamp_ms 0 = now. message_id NULL = a fresh random
+ * UUID v4 (give one to make retries of your own idempotent). properties/traits/context are copied.
  */
 typedef struct sluice_event {
     const char *type; /* "track", "identify", "group", "page", "screen", "alias" */
@@ -400,14 +400,14 @@ SLUICE_API int sluice_opted_out(sluice_client *c);
 /* Counters since sluice_client_new (monotonic, except the gauges marked "now"). The struct may
  * gain fields at its end in a later minor version (0.x: rebuild against the new header). */
 typedef struct sluice_stats {
-    uint64_t queued;  /* events accepted into the queue */
-    uint64_t sent;    /* events the collector accepted (2xx, minus per-event rejections),
-                         including events of stored batches from earlier runs */
-    uint64_t dropped; /* events not accepted (QUEUE_FULL) or evicted by DROP_OLDEST */
-    uint64_t retried; /* request attempts repeated after a retryable failure */
-    uint64_t failed;  /* events lost after sending: refused (4xx), rejected, expired, lost at
-                         close, an optional max_retries exhausted */
-    uint64_t stored;  /* events written to storage_dir */
+    uint64_t queued;       /* events accepted into the queue */
+    uint64_t sent;         /* events the collector accepted (2xx, minus per-event rejections),
+                              including events of stored batches from earlier runs */
+    uint64_t dropped;      /* events not accepted (QUEUE_FULL) or evicted by DROP_OLDEST */
+    uint64_t retried;      /* request attempts repeated after a retryable failure */
+    uint64_t failed;       /* events lost after sending: refused (4xx), rejected, expired, lost at
+                              close, an optional max_retries exhausted */
+    uint64_t stored;       /* events written to storage_dir */
     uint64_t queue_events; /* now in the queue */
     uint64_t queue_bytes;  /* now in the queue */
     uint64_t in_flight;    /* now held by the worker: the batch being sent or retried */

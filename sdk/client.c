@@ -140,8 +140,7 @@ static int check_url(const char *url)
     else
         return SLUICE_E_URL;
     const char *host = url + skip;
-    if (!*host || *host == '/' || *host == ':' || *host == '?' || *host == '#')
-        return SLUICE_E_URL;
+    if (!*host || *host == '/' || *host == ':' || *host == '?' || *host == '#') return SLUICE_E_URL;
     for (const unsigned char *p = (const unsigned char *)url; *p; p++)
         if (*p <= ' ' || *p == 0x7f) return SLUICE_E_URL;
     return SLUICE_OK;
@@ -702,7 +701,8 @@ int sluice_track_ctx(sluice_client *c, const char *user_id, const char *event,
 int sluice_identify_ctx(sluice_client *c, const char *user_id, const sluice_props *traits,
                         const sluice_props *context)
 {
-    sluice_event ev = {.type = "identify", .user_id = user_id, .traits = traits, .context = context};
+    sluice_event ev = {
+        .type = "identify", .user_id = user_id, .traits = traits, .context = context};
     return sluice_send(c, &ev);
 }
 

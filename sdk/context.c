@@ -100,8 +100,8 @@ static int put_str(writer_buf_t *b, const char *key, const char *str, uint32_t *
 }
 
 /* A nested {name, version} map under key, when either is set. */
-static int put_name_version(writer_buf_t *b, const char *key, const char *name,
-                            const char *version, uint32_t *count)
+static int put_name_version(writer_buf_t *b, const char *key, const char *name, const char *version,
+                            uint32_t *count)
 {
     if ((!name || !*name) && (!version || !*version)) return 0;
     (*count)++;

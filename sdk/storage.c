@@ -10,8 +10,8 @@
  * ("SLB1" files of earlier versions, without born_ms, are read too; their events count as born
  * when the file was named.) Written atomically: a .tmp file is written, fsync'd and renamed,
  * then the directory is fsync'd (base_write_all, base_fsync_dir; not base_afile_*, which closes
- * the file, since the writer keeps its lock through the rename), so a crash leaves either the whole file or a stray .tmp
- * (deleted by a later scan once it is a minute old and unlocked).
+ * the file, since the writer keeps its lock through the rename), so a crash leaves either the whole
+ * file or a stray .tmp (deleted by a later scan once it is a minute old and unlocked).
  *
  * Sharing. Several clients (in one process or many) may use one directory. Whoever sends a file
  * holds an exclusive flock() on it from loading (or from creating it, in write-ahead mode) until
@@ -43,7 +43,7 @@
 #define TMP_STALE_MS (60 * 1000)
 /* Batch files considered per load (the oldest first); more are seen by later loads. */
 #define LOAD_MAX_NAMES 65536
-#define HEADER_LEN 16
+#define HEADER_LEN     16
 /* Sanity bounds for reading: a batch file larger than this is corrupt by definition. */
 #define FILE_MAX_BYTES  (16u * 1024 * 1024)
 #define FILE_MAX_EVENTS 100000u
@@ -261,7 +261,8 @@ int sdk_storage_write(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sd
     /* Locked from creation, so neither a scan (tmp cleanup) nor a loader touches it. */
     int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd >= 0) {
-        bool ok = flock(fd, LOCK_EX) == 0 && base_write_all(fd, buf, size) == BASE_OK && fsync(fd) == 0;
+        bool ok =
+            flock(fd, LOCK_EX) == 0 && base_write_all(fd, buf, size) == BASE_OK && fsync(fd) == 0;
         if (ok && rename(tmp, path) == 0) {
             base_fsync_dir(c->storage_dir);
             c->storage_bytes += size;
@@ -370,14 +371,19 @@ static void quarantine(sluice_client *c, const char *path, uint64_t size, const 
     sdk_report(c, SLUICE_E_CORRUPT, 0, 0, msg);
 }
 
-/* Opens and locks path for sending. 1 held, 0 someone else holds it or it is gone, <0 error. */
+/* Opens and locks path for sending. 1 held, 0 gone (delivered by its holder meanwhile), 2 held
+ * by someone else, <0 error. */
 static int hold(const char *path, sdk_file_t *f)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno == ENOENT ? 0 : SLUICE_E_STORAGE;
     struct stat st;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &st) != 0 || st.st_nlink == 0) {
-        close(fd); /* held elsewhere, or delivered and deleted by its holder meanwhile */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return 2;
+    }
+    if (fstat(fd, &st) != 0 || st.st_nlink == 0) {
+        close(fd); /* we won the lock only after its holder deleted it */
         return 0;
     }
     f->fd = fd;
@@ -427,9 +433,9 @@ int sdk_storage_load_oldest(sluice_client *c, sdk_node_t ***nodes, uint32_t *n, 
         int h = hold(f->path, f);
         if (h < 0) {
             rc = h;
-        } else if (h == 0) {
+        } else if (h == 2) {
             (*locked)++;
-        } else {
+        } else if (h == 1) {
             f->own = strstr(names[i], c->inst) != NULL;
             rc = load_held(c, f, names[i], nodes, n);
             if (rc != 1) { /* quarantined (rc 0: try the next) or an error */

@@ -793,15 +793,9 @@ static void test_config_checks(void **state)
     (void)state;
     env_t *e = env_new();
     sluice_client *c = NULL;
-    static const char *const bad_urls[] = {"ftp://127.0.0.1:21",
-                                           "file:///etc/passwd",
-                                           "not a url",
-                                           "http://",
-                                           "https:///path",
-                                           "http://host name",
-                                           "http://host\n",
-                                           "127.0.0.1:8080",
-                                           "gopher://x"};
+    static const char *const bad_urls[] = {
+        "ftp://127.0.0.1:21", "file:///etc/passwd", "not a url",      "http://",   "https:///path",
+        "http://host name",   "http://host\n",      "127.0.0.1:8080", "gopher://x"};
     for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
         e->cfg.endpoint = bad_urls[i];
         if (sluice_client_new(&c, &e->cfg) != SLUICE_E_URL) fail_msg("accepted %s", bad_urls[i]);
