@@ -12,7 +12,7 @@
  * mock_kafka_group_teardown (the cmocka group teardown) destroys the cluster and checks that
  * every librdkafka handle is gone.
  *
- * Include it after the collector modules (kafka_out.c for kafka_log_cb and kafka_now_ms).
+ * Include it after the collector modules (kafka_out.c for kafka_log_cb).
  * Every wait is bounded (MOCK_WAIT_MS).
  */
 #ifndef SLUICE_TEST_MOCK_CLUSTER_H
