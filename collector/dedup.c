@@ -147,9 +147,7 @@ const char *dedup_strerror(int err)
 static uint64_t realtime_ms(void *ud)
 {
     (void)ud;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)base_wall_ms();
 }
 
 static uint64_t now_ms(const dedup_t *d)
@@ -1163,13 +1161,6 @@ out:
 
 /* ---- worker ---- */
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Makes the shard's next table when it passed DEDUP_SPARE_AT, allocated and faulted in without
  * the lock. A spare made for a size the shard no longer grows to is replaced. */
 static void spare_prepare(shard_t *s)
@@ -1234,21 +1225,19 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    uint64_t last_snap = mono_ms();
+    uint64_t last_snap = (uint64_t)base_mono_ms();
     pthread_mutex_lock(&d->w_mu);
     while (!d->w_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += 1;
+        struct timespec ts = base_deadline(CLOCK_MONOTONIC, 1000);
         pthread_cond_timedwait(&d->w_cv, &d->w_mu, &ts);
         if (d->w_stop) break;
         pthread_mutex_unlock(&d->w_mu);
         dedup_tick(d);
         sweep_all(d);
-        if (d->w_interval_ms > 0 && mono_ms() - last_snap >= d->w_interval_ms) {
-            uint64_t t0 = mono_ms();
+        if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - last_snap >= d->w_interval_ms) {
+            uint64_t t0 = (uint64_t)base_mono_ms();
             int rc = dedup_snapshot_write(d, d->w_dir);
-            last_snap = mono_ms();
+            last_snap = (uint64_t)base_mono_ms();
             if (rc != DEDUP_OK) {
                 metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
                 LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
