@@ -200,7 +200,7 @@ int sdk_storage_scan(sluice_client *c)
     c->storage_files = 0;
     struct dirent *e;
     char path[4096];
-    int64_t now = sdk_wall_ms();
+    int64_t now = base_wall_ms();
     while ((e = readdir(d))) {
         bool batch = has_suffix(e->d_name, ".slb"), tmp = has_suffix(e->d_name, ".slb.tmp");
         if ((!batch && !tmp) || path_join(path, sizeof path, c->storage_dir, e->d_name)) continue;
@@ -250,7 +250,7 @@ int sdk_storage_write(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sd
     put_u32(buf + 12, (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf + HEADER_LEN, payload));
 
     char name[64], path[4096], tmp[4096];
-    snprintf(name, sizeof name, "%013lld-%d-%s-%06u.slb", (long long)sdk_wall_ms(), (int)getpid(),
+    snprintf(name, sizeof name, "%013lld-%d-%s-%06u.slb", (long long)base_wall_ms(), (int)getpid(),
              c->inst, c->file_seq++ % 1000000u);
     int rc = SLUICE_E_STORAGE;
     if (path_join(path, sizeof path, c->storage_dir, name) ||

@@ -57,7 +57,7 @@ static bool wait_pause(sluice_client *c)
     pthread_mutex_lock(&c->mu);
     for (;;) {
         if (atomic_load(&c->abort)) break;
-        int64_t now = sdk_mono_ms();
+        int64_t now = base_mono_ms();
         if (now >= c->pause_until_ms) break;
         struct timespec ts;
         abs_ts(&ts, c->pause_until_ms);
@@ -90,7 +90,7 @@ static int64_t backoff_ms(sluice_client *c, uint32_t k)
 static int build_body(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sluice_request *req)
 {
     writer_buf_reset(&c->body);
-    int rc = writer_batch_begin(&c->body, n, sdk_wall_ms(), NULL, c->ctx_enc, c->ctx_len);
+    int rc = writer_batch_begin(&c->body, n, base_wall_ms(), NULL, c->ctx_enc, c->ctx_len);
     for (uint32_t i = 0; i < n && !rc; i++)
         rc = writer_raw(&c->body, nodes[i]->data, nodes[i]->len);
     if (rc) return SLUICE_E_TOO_LARGE;
@@ -119,7 +119,7 @@ static bool expired(sluice_client *c, sdk_node_t *const *nodes, uint32_t n)
     int64_t newest = 0;
     for (uint32_t i = 0; i < n; i++)
         if (nodes[i]->born_ms > newest) newest = nodes[i]->born_ms;
-    return sdk_wall_ms() - newest > (int64_t)c->cfg.max_event_age_ms;
+    return base_wall_ms() - newest > (int64_t)c->cfg.max_event_age_ms;
 }
 
 static void count_expired(sluice_client *c, uint32_t n)
@@ -242,7 +242,7 @@ static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n,
         if (ra > RETRY_AFTER_MAX_MS) ra = RETRY_AFTER_MAX_MS;
         if (ra > delay) delay = ra;
         pthread_mutex_lock(&c->mu);
-        c->pause_until_ms = sdk_mono_ms() + delay;
+        c->pause_until_ms = base_mono_ms() + delay;
         pthread_mutex_unlock(&c->mu);
         if (!once && c->cfg.max_retries && attempt >= c->cfg.max_retries) {
             int err = rc != SLUICE_OK ? rc : SLUICE_E_HTTP;
@@ -269,7 +269,7 @@ static void send_stored(sluice_client *c)
         if (rc == 0 && !locked)
             c->storage_files = 0;
         else /* files held by another client, or an error: look again later */
-            c->storage_retry_ms = sdk_mono_ms() + c->cfg.retry_max_ms;
+            c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
         pthread_mutex_unlock(&c->mu);
         return;
     }
@@ -365,11 +365,11 @@ void *sdk_worker_main(void *arg)
         c->storage_scanned = true;
     }
     const int64_t interval = c->cfg.flush_interval_ms;
-    int64_t next_tick = sdk_mono_ms() + interval;
+    int64_t next_tick = base_mono_ms() + interval;
 
     pthread_mutex_lock(&c->mu);
     while (batch && !atomic_load(&c->abort)) {
-        int64_t now = sdk_mono_ms();
+        int64_t now = base_mono_ms();
         bool paused = now < c->pause_until_ms;
         if (c->storage_files && !paused && now >= c->storage_retry_ms) {
             pthread_mutex_unlock(&c->mu);
@@ -392,7 +392,7 @@ void *sdk_worker_main(void *arg)
             c->inflight_lo = UINT64_MAX;
             c->inflight_n = 0;
             pthread_cond_broadcast(&c->done);
-            next_tick = sdk_mono_ms() + interval;
+            next_tick = base_mono_ms() + interval;
             continue;
         }
         if (!c->head && now >= next_tick) next_tick = now + interval;
