@@ -33,7 +33,7 @@ int sdk_context_check(const sluice_config *cfg)
         size_t n = strlen(strs[i]);
         /* library name/version may not be empty: they identify the sender. */
         if (n > SDK_CTX_STR_MAX || (i < 2 && n == 0)) return SLUICE_E_INVAL;
-        if (!writer_utf8_valid(strs[i], n)) return SLUICE_E_UTF8;
+        if (!base_utf8_valid(strs[i], n)) return SLUICE_E_UTF8;
     }
     return SLUICE_OK;
 }
@@ -87,7 +87,7 @@ static void detect_timezone(char *out, size_t size)
             }
         }
     }
-    if (!writer_utf8_valid(out, strlen(out))) out[0] = '\0';
+    if (!base_utf8_valid(out, strlen(out))) out[0] = '\0';
 }
 
 /* Appends "key": str when str is set and not empty; counts it. */
@@ -134,8 +134,8 @@ int sdk_context_encode(sluice_client *c)
     if (have_os) {
         snprintf(os_name, sizeof os_name, "%s", u.sysname);
         snprintf(os_version, sizeof os_version, "%s", u.release);
-        if (!writer_utf8_valid(os_name, strlen(os_name))) os_name[0] = '\0';
-        if (!writer_utf8_valid(os_version, strlen(os_version))) os_version[0] = '\0';
+        if (!base_utf8_valid(os_name, strlen(os_name))) os_name[0] = '\0';
+        if (!base_utf8_valid(os_version, strlen(os_version))) os_version[0] = '\0';
     }
 
     writer_buf_t b;
