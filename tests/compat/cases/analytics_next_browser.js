@@ -5,7 +5,8 @@
 // the npm package. The page sets only writeKey and cdnURL = the collector, so the SDK loads its
 // settings from GET {collector}/v1/projects/{key}/settings and then posts each call to
 // {apiHost}/{p,i,t,g,s,a} with fetch, text/plain, Authorization: Basic — a CORS preflight. The
-// page also sends one event the way pages do on unload, with navigator.sendBeacon (text/plain,
+// page then sends 10 tracks through the SDK's batching delivery (one POST to /v1/b), and one
+// event the way pages do on unload, with navigator.sendBeacon (text/plain,
 // the write key in the body). Checks: every call delivered (the SDK saw 2xx), every event on the
 // topic exactly once with its documented fields and as sent, the requests the page made went to
 // 127.0.0.1 only, the preflight was answered, and the POSTs were text/plain.
@@ -40,10 +41,18 @@ window.runSluice = async function (writeKey, cdnURL, tracks, cut) {
   note('group', await analytics.group('acct-browser', { name: 'Acme Browser' }));
   note('screen', await analytics.screen('Mobile Web', 'Settings', { tab: 'privacy' }));
   note('alias', await analytics.alias('u-browser-1', 'anon-browser-prev'));
+  // The SDK's batching delivery (an init option it documents): one POST to {apiHost}/b.
+  const [batching] = await AnalyticsNext.AnalyticsBrowser.load({ writeKey, cdnURL },
+    { integrations: { 'Segment.io': { deliveryStrategy: { strategy: 'batching', config: { size: 10, timeout: 500 } } } } });
+  const batched = [];
+  for (let i = 0; i < 10; i++) {
+    const ctx = await batching.track('Batched Click', { i });
+    batched.push({ name: 'batched ' + i, messageId: ctx.event.messageId, type: ctx.event.type, failed: null });
+  }
   const beacon = navigator.sendBeacon(cdnURL + '/v1/t', JSON.stringify({
     writeKey, type: 'track', messageId: 'beacon-' + Date.now(), anonymousId: analytics.user().anonymousId(),
     event: 'Page Unload Beacon', properties: { via: 'sendBeacon' }, timestamp: new Date().toISOString() }));
-  return { calls: out, beacon, anonymousId: analytics.user().anonymousId() };
+  return { calls: out, batched, beacon, anonymousId: analytics.user().anonymousId() };
 };
 </script></body></html>`;
 
@@ -106,7 +115,9 @@ async function browserCase(env) {
       posts.push({ url: r.url(), headers: await r.allHeaders().catch(() => r.headers()), body: r.postData(), status: res ? res.status() : 0 });
     });
     await page.goto(`${pageOrigin}/index.html`, { waitUntil: 'load' });
+    const batchPost = page.waitForResponse((r) => r.url() === `${env.url}/v1/b`, { timeout: 60000 });
     result = await page.evaluate(([k, u, n, cut]) => window.runSluice(k, u, n, cut), ['wk_compat', env.url, TRACKS, CUT]);
+    rep.equal((await batchPost.catch((e) => ({ status: () => String(e) }))).status(), 200, 'the batching POST to /v1/b answered 200');
     await page.waitForTimeout(500);
   } finally {
     if (context) await context.close().catch(() => {});
@@ -126,6 +137,7 @@ async function browserCase(env) {
   // The SDK's own POSTs: short paths, text/plain, 200, read cross-origin.
   const wanted = { page: '/v1/p', identify: '/v1/i', track: '/v1/t', group: '/v1/g', screen: '/v1/s', alias: '/v1/a' };
   const wire = new Map();
+  const batchSentAt = new Map();
   for (const p of posts) {
     rep.expect(p.status === 200, 'POSTs answered 200', `${p.url} ${p.status}`);
     rep.expect(/^text\/plain/.test(p.headers['content-type'] || ''), 'POSTs are text/plain', `${p.url} ${p.headers['content-type']}`);
@@ -136,12 +148,20 @@ async function browserCase(env) {
       rep.expect(false, 'POST bodies are JSON', p.body && p.body.slice(0, 200));
       continue;
     }
+    if (Array.isArray(body.batch)) {
+      rep.equal(new URL(p.url).pathname, '/v1/b', 'batches go to /v1/b');
+      for (const ev of body.batch) {
+        wire.set(ev.messageId, ev);
+        batchSentAt.set(ev.messageId, body.sentAt);
+      }
+      continue;
+    }
     if (body.type && wanted[body.type]) rep.equal(new URL(p.url).pathname, wanted[body.type], 'short path per type', body.messageId);
     wire.set(body.messageId, body);
   }
   rep.expect((await preflights(env)) > preflightsBefore, 'CORS preflight answered by the collector (204 counted)');
 
-  const calls = result.calls;
+  const calls = result.calls.concat(result.batched);
   const beaconWire = [...wire.values()].find((b) => b.event === 'Page Unload Beacon');
   const expected = calls.map((c) => ({ messageId: c.messageId, type: c.type, name: c.name }));
   if (rep.expect(beaconWire !== undefined, 'the sendBeacon POST was seen', `${posts.length} POSTs`))
@@ -168,6 +188,7 @@ async function browserCase(env) {
       const i = Number(want.name.slice(6));
       doc = { type: 'track', userId: 'u-browser-1', event: 'Browser Click', properties: { i, label: `click ${i}`, nested: { ok: true } } };
     }
+    if (want.name.startsWith('batched ')) doc = { type: 'track', event: 'Batched Click', properties: { i: Number(want.name.slice(8)) } };
     if (rep.expect(subset(doc, v), `documented fields of ${want.type}`, `${want.messageId}: want ${JSON.stringify(doc)}, got ${JSON.stringify(v).slice(0, 600)}`)) documented++;
     rep.equal(v.anonymousId, result.anonymousId, 'one anonymousId for the visitor', want.messageId);
     if (want.name !== 'beacon') {
@@ -176,9 +197,9 @@ async function browserCase(env) {
       rep.expect(typeof (v.context && v.context.userAgent) === 'string', 'context.userAgent', want.messageId);
     }
     const sent = wire.get(want.messageId);
-    if (rep.expect(sent !== undefined, 'its POST was seen by the page', want.messageId)) againstWire(rep, rec, sent, undefined);
+    if (rep.expect(sent !== undefined, 'its POST was seen by the page', want.messageId)) againstWire(rep, rec, sent, batchSentAt.get(want.messageId));
   }
-  return rep.done(`${calls.length} SDK calls + 1 sendBeacon, ${posts.length} POSTs, ${records.length} records, ${once} exactly once, ${documented} with their documented fields`);
+  return rep.done(`${result.calls.length} SDK calls + ${result.batched.length} batched + 1 sendBeacon, ${posts.length} POSTs, ${records.length} records, ${once} exactly once, ${documented} with their documented fields`);
 }
 
 // Answers with status 204 the collector counted (preflights: nothing else here answers 204).
