@@ -856,15 +856,6 @@ static size_t top_order(const pql_acct_t *a, uint8_t *idx, size_t k)
     return n;
 }
 
-static void iso8601(int64_t ms, char *out, size_t cap)
-{
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-}
-
 static json_t *rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding)
 {
     json_t *arr = json_array();
@@ -924,7 +915,7 @@ static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t 
                          size_t *len)
 {
     char when[96];
-    iso8601(now_ms, when, sizeof when);
+    base_iso8601_format(now_ms, when);
     json_t *o = json_object();
     if (o == NULL) return NULL;
     json_object_set_new(o, "accountId", json_stringn(ev->account, ev->account_len));
@@ -1269,7 +1260,7 @@ static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
     json_object_set_new(o, "tier",
                         a->tier == NO_TIER ? json_null() : json_string(p->tier_names[a->tier]));
     char when[96];
-    iso8601((int64_t)a->head * p->bucket_ms, when, sizeof when);
+    base_iso8601_format((int64_t)a->head * p->bucket_ms, when);
     json_object_set_new(o, "lastBucket", json_string(when));
     json_t *c = json_object();
     if (c != NULL) {

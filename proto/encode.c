@@ -38,7 +38,7 @@ static int j_str(proto_buf_t *o, const char *s, size_t n, bool lenient)
         if (c >= 0x80) {
             /* Lenient mode: copy a well-formed sequence, replace a bad byte with U+FFFD. */
             size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (len <= n - i && proto_utf8_valid(s + i, len)) {
+            if (len <= n - i && base_utf8_valid(s + i, len)) {
                 i += len;
                 continue;
             }
@@ -235,12 +235,12 @@ static void plan_record(struct plan *p, const proto_batch_t *batch, const proto_
 {
     memset(p, 0, sizeof *p);
     p->clamped = ev->clamped;
-    proto_format_iso8601(ev->received_at_ms, p->ts[0]);
-    proto_format_iso8601(ev->norm_timestamp_ms, p->ts[1]);
+    base_iso8601_format(ev->received_at_ms, p->ts[0]);
+    base_iso8601_format(ev->norm_timestamp_ms, p->ts[1]);
     add_str(p, "receivedAt", p->ts[0], 24);
     add_str(p, "timestamp", p->ts[1], 24);
     if (ev->clamped) {
-        proto_format_iso8601(ev->original_timestamp_ms, p->ts[2]);
+        base_iso8601_format(ev->original_timestamp_ms, p->ts[2]);
         add_str(p, "originalTimestamp", p->ts[2], 24);
     }
     if (ev->source.ptr != NULL) add_str(p, "source", ev->source.ptr, ev->source.len);
@@ -459,7 +459,7 @@ int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, prot
 
 int proto_json_str(proto_buf_t *out, const char *s, size_t len)
 {
-    if (s == NULL || !proto_utf8_valid(s, len)) return APPEND_LIT(out, "null");
+    if (s == NULL || !base_utf8_valid(s, len)) return APPEND_LIT(out, "null");
     return j_str(out, s, len, false);
 }
 
@@ -478,8 +478,7 @@ int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out)
         rc = ev->source.ptr != NULL ? j_str(out, ev->source.ptr, ev->source.len, true)
                                     : APPEND_LIT(out, "null");
     if (rc == PROTO_OK) rc = APPEND_LIT(out, ",\"receivedAt\":\"");
-    if (rc == PROTO_OK)
-        rc = proto_buf_append(out, ts, proto_format_iso8601(ev->received_at_ms, ts));
+    if (rc == PROTO_OK) rc = proto_buf_append(out, ts, base_iso8601_format(ev->received_at_ms, ts));
     if (rc == PROTO_OK) rc = APPEND_LIT(out, "\",\"raw\":");
     if (rc != PROTO_OK) {
         out->len = start;

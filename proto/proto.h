@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #define PROTO_SCHEMA_VERSION 1
 
 /*
@@ -333,13 +335,5 @@ int proto_json_str(proto_buf_t *out, const char *s, size_t len);
 
 /* The Kafka key of an event: accountId, else userId, else anonymousId (ptr NULL if none). */
 proto_str_t proto_event_key(const proto_event_t *ev);
-
-/* Formats epoch ms as "2026-11-23T12:00:00.000Z" into out (>= 25 bytes). Returns length. */
-size_t proto_format_iso8601(int64_t ms, char *out);
-/* Parses ISO-8601 (date-time with optional fraction and Z or ±hh:mm). Returns true on success. */
-bool proto_parse_iso8601(const char *s, size_t len, int64_t *ms_out);
-
-/* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates). */
-bool proto_utf8_valid(const char *s, size_t len);
 
 #endif

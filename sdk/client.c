@@ -485,7 +485,7 @@ static int check_str(const char *s, size_t max, bool required)
     if (!s) return required ? SLUICE_E_INVAL : SLUICE_OK;
     size_t n = strlen(s);
     if (n == 0 || n > max) return SLUICE_E_INVAL;
-    return writer_utf8_valid(s, n) ? SLUICE_OK : SLUICE_E_UTF8;
+    return base_utf8_valid(s, n) ? SLUICE_OK : SLUICE_E_UTF8;
 }
 
 static int props_blob(const sluice_props *p, const void **data, size_t *len)

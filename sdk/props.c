@@ -91,7 +91,7 @@ static int begin_entry(sluice_props *p, const char *key)
     if (lv->is_map != (key != NULL)) return fail(p, SLUICE_E_STATE);
     if (key) {
         size_t klen = strlen(key);
-        if (!writer_utf8_valid(key, klen)) return fail(p, SLUICE_E_UTF8);
+        if (!base_utf8_valid(key, klen)) return fail(p, SLUICE_E_UTF8);
         int rc = writer_str(&p->buf, key, klen);
         if (rc) return fail(p, to_sluice_err(rc));
     }
@@ -109,7 +109,7 @@ static int end_value(sluice_props *p, int werr)
 
 int sluice_props_set_strn(sluice_props *p, const char *key, const char *value, size_t len)
 {
-    if (value && !writer_utf8_valid(value, len)) return p ? fail(p, SLUICE_E_UTF8) : SLUICE_E_INVAL;
+    if (value && !base_utf8_valid(value, len)) return p ? fail(p, SLUICE_E_UTF8) : SLUICE_E_INVAL;
     int rc = begin_entry(p, key);
     if (rc) return rc;
     return end_value(p, value ? writer_str(&p->buf, value, len) : writer_nil(&p->buf));

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang clang-format
   libuv1-dev librdkafka-dev libmsgpack-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev
-  libyaml-dev libxxhash-dev libjansson-dev libcmocka-dev node-llhttp kcat jq
+  libyaml-dev libxxhash-dev libjansson-dev libcmocka-dev libmimalloc-dev node-llhttp kcat jq
   chromium
 )
 

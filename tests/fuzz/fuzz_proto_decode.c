@@ -82,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (proto_encode_rejected(&b.events[i], &out) != PROTO_OK) abort();
             }
             /* Everything we write as JSON is valid UTF-8. */
-            if (out.len > 0 && out.data[0] == '{' && !proto_utf8_valid(out.data, out.len)) abort();
+            if (out.len > 0 && out.data[0] == '{' && !base_utf8_valid(out.data, out.len)) abort();
         }
         proto_buf_free(&out);
     }

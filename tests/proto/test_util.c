@@ -113,11 +113,11 @@ static void test_utf8(void **state)
         {"12345678\xc3\xa9xyz\xc3", false}, /* bad after fast path */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (proto_utf8_valid(cases[i].s, strlen(cases[i].s)) != cases[i].ok)
+        if (base_utf8_valid(cases[i].s, strlen(cases[i].s)) != cases[i].ok)
             fail_msg("utf8 case %zu", i);
     }
     /* NUL is valid UTF-8 (length is explicit). */
-    assert_true(proto_utf8_valid("a\0b", 3));
+    assert_true(base_utf8_valid("a\0b", 3));
 }
 
 static void test_iso8601_parse(void **state)
@@ -167,30 +167,30 @@ static void test_iso8601_parse(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int64_t ms = 42;
-        bool ok = proto_parse_iso8601(cases[i].s, strlen(cases[i].s), &ms);
+        bool ok = base_iso8601_parse(cases[i].s, strlen(cases[i].s), &ms);
         if (ok != cases[i].ok) fail_msg("iso case %zu (%s): ok=%d", i, cases[i].s, ok);
         if (ok && ms != cases[i].ms)
             fail_msg("iso case %zu (%s): %lld != %lld", i, cases[i].s, (long long)ms,
                      (long long)cases[i].ms);
     }
-    assert_false(proto_parse_iso8601(NULL, 0, &(int64_t){0}));
+    assert_false(base_iso8601_parse(NULL, 0, &(int64_t){0}));
 }
 
 static void test_iso8601_format(void **state)
 {
     (void)state;
     char out[25];
-    assert_int_equal(proto_format_iso8601(1795435200123LL, out), 24);
+    assert_int_equal(base_iso8601_format(1795435200123LL, out), 24);
     assert_string_equal(out, "2026-11-23T12:00:00.123Z");
-    proto_format_iso8601(0, out);
+    base_iso8601_format(0, out);
     assert_string_equal(out, "1970-01-01T00:00:00.000Z");
-    proto_format_iso8601(-1, out);
+    base_iso8601_format(-1, out);
     assert_string_equal(out, "1969-12-31T23:59:59.999Z");
-    proto_format_iso8601(951782400000LL, out);
+    base_iso8601_format(951782400000LL, out);
     assert_string_equal(out, "2000-02-29T00:00:00.000Z");
-    proto_format_iso8601(INT64_MAX, out); /* clamped, fixed shape */
+    base_iso8601_format(INT64_MAX, out); /* clamped, fixed shape */
     assert_string_equal(out, "9999-12-31T23:59:59.999Z");
-    proto_format_iso8601(INT64_MIN, out);
+    base_iso8601_format(INT64_MIN, out);
     assert_string_equal(out, "0000-01-01T00:00:00.000Z");
     /* Round trip over a spread of instants (a fixed LCG: deterministic). */
     uint64_t x = 12345;
@@ -198,8 +198,8 @@ static void test_iso8601_format(void **state)
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
         int64_t ms = (int64_t)(x >> 22) % 4102444800000LL;
         int64_t back = -1;
-        proto_format_iso8601(ms, out);
-        assert_true(proto_parse_iso8601(out, 24, &back));
+        base_iso8601_format(ms, out);
+        assert_true(base_iso8601_parse(out, 24, &back));
         assert_int_equal(back, ms);
     }
 }
