@@ -4,6 +4,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,6 +129,8 @@ int sluice_props_set_int(sluice_props *p, const char *key, int64_t value)
 
 int sluice_props_set_double(sluice_props *p, const char *key, double value)
 {
+    /* JSON has no NaN or Infinity: such a value would break every consumer downstream. */
+    if (!isfinite(value)) return p ? (p->err ? p->err : fail(p, SLUICE_E_NUMBER)) : SLUICE_E_INVAL;
     int rc = begin_entry(p, key);
     return rc ? rc : end_value(p, writer_double(&p->buf, value));
 }
