@@ -86,7 +86,10 @@
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
 #define SNAP_NAME    "dedup.snapshot"
-#define SNAP_REC     9 /* fingerprint + generation index */
+/* The worker ticks every second; a stop waits this long for a snapshot in progress. */
+#define DEDUP_WORKER_PERIOD_MS 1000
+#define DEDUP_WORKER_STOP_MS   60000
+#define SNAP_REC               9 /* fingerprint + generation index */
 
 typedef struct bucket {
     uint64_t fp[DEDUP_SLOTS];
@@ -126,12 +129,10 @@ struct dedup {
     dedup_clock_fn clock;
     void *clock_ud;
     /* worker */
-    pthread_mutex_t w_mu;
-    pthread_cond_t w_cv;
-    pthread_t w_thread;
-    bool w_running, w_stop;
+    base_worker_t *worker; /* NULL when not running */
+    bool w_orphaned;       /* a stop timed out: the worker still uses d, which is never freed */
     char *w_dir;
-    uint64_t w_interval_ms;
+    uint64_t w_interval_ms, w_last_snap_ms; /* w_last_snap_ms: the worker's own */
 };
 
 typedef struct view {
@@ -680,12 +681,6 @@ int dedup_new(const dedup_opts_t *opts, dedup_t **out)
     if (per_shard < DEDUP_MIN_NB) per_shard = DEDUP_MIN_NB;
     if (per_shard > UINT32_MAX / 2) per_shard = UINT32_MAX / 2;
     pthread_mutex_init(&d->gen_mu, NULL);
-    pthread_mutex_init(&d->w_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->w_cv, &ca);
-    pthread_condattr_destroy(&ca);
     atomic_store(&d->gen_start[tag_of(0) - 1], now_ms(d));
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
@@ -706,6 +701,7 @@ void dedup_free(dedup_t *d)
 {
     if (d == NULL) return;
     (void)dedup_worker_stop(d, false);
+    if (d->w_orphaned) return; /* the process is exiting; the worker may still read d */
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         buckets_free(atomic_load(&s->b), atomic_load(&s->nb));
@@ -713,8 +709,6 @@ void dedup_free(dedup_t *d)
         buckets_free(s->spare, s->spare_nb);
     }
     pthread_mutex_destroy(&d->gen_mu);
-    pthread_mutex_destroy(&d->w_mu);
-    pthread_cond_destroy(&d->w_cv);
     free(d->w_dir);
     free(d);
 }
@@ -1225,63 +1219,51 @@ static void sweep_all(dedup_t *d)
     }
 }
 
-static void *worker_main(void *arg)
+/* One worker tick (every DEDUP_WORKER_PERIOD_MS): generations, sweep, periodic snapshot. */
+static void worker_tick(void *arg)
 {
     dedup_t *d = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    uint64_t last_snap = (uint64_t)base_mono_ms();
-    pthread_mutex_lock(&d->w_mu);
-    while (!d->w_stop) {
-        struct timespec ts = base_deadline(CLOCK_MONOTONIC, 1000);
-        pthread_cond_timedwait(&d->w_cv, &d->w_mu, &ts);
-        if (d->w_stop) break;
-        pthread_mutex_unlock(&d->w_mu);
-        dedup_tick(d);
-        sweep_all(d);
-        if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - last_snap >= d->w_interval_ms) {
-            uint64_t t0 = (uint64_t)base_mono_ms();
-            int rc = dedup_snapshot_write(d, d->w_dir);
-            last_snap = (uint64_t)base_mono_ms();
-            if (rc != DEDUP_OK) {
-                metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
-                LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
-                    LS("reason", dedup_strerror(rc)));
-            } else {
-                LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", last_snap - t0));
-            }
+    dedup_tick(d);
+    sweep_all(d);
+    if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - d->w_last_snap_ms >= d->w_interval_ms) {
+        uint64_t t0 = (uint64_t)base_mono_ms();
+        int rc = dedup_snapshot_write(d, d->w_dir);
+        d->w_last_snap_ms = (uint64_t)base_mono_ms();
+        if (rc != DEDUP_OK) {
+            metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+            LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
+                LS("reason", dedup_strerror(rc)));
+        } else {
+            LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", d->w_last_snap_ms - t0));
         }
-        pthread_mutex_lock(&d->w_mu);
     }
-    pthread_mutex_unlock(&d->w_mu);
-    return NULL;
 }
 
 int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms)
 {
-    if (d->w_running) return DEDUP_E_INVALID;
+    if (d->worker != NULL || d->w_orphaned) return DEDUP_E_INVALID;
     char *copy = strdup(dir);
     if (copy == NULL) return DEDUP_E_NOMEM;
     free(d->w_dir);
     d->w_dir = copy;
     d->w_interval_ms = interval_ms;
-    d->w_stop = false;
-    if (pthread_create(&d->w_thread, NULL, worker_main, d) != 0) return DEDUP_E_INVALID;
-    d->w_running = true;
-    return DEDUP_OK;
+    d->w_last_snap_ms = (uint64_t)base_mono_ms();
+    int rc = base_worker_start(&d->worker, "sluice-dedup", DEDUP_WORKER_PERIOD_MS, worker_tick, d);
+    if (rc == BASE_E_NOMEM) return DEDUP_E_NOMEM;
+    return rc == BASE_OK ? DEDUP_OK : DEDUP_E_THREAD;
 }
 
 int dedup_worker_stop(dedup_t *d, bool final)
 {
-    if (d->w_running) {
-        pthread_mutex_lock(&d->w_mu);
-        d->w_stop = true;
-        pthread_cond_signal(&d->w_cv);
-        pthread_mutex_unlock(&d->w_mu);
-        pthread_join(d->w_thread, NULL);
-        d->w_running = false;
+    if (d->worker != NULL) {
+        int rc = base_worker_stop(d->worker, DEDUP_WORKER_STOP_MS);
+        d->worker = NULL;
+        if (rc != BASE_OK) {
+            d->w_orphaned = true;
+            return DEDUP_E_TIMEOUT;
+        }
     }
+    if (d->w_orphaned) return DEDUP_E_TIMEOUT;
     if (!final || d->w_dir == NULL) return DEDUP_OK;
     int rc = dedup_snapshot_write(d, d->w_dir);
     if (rc != DEDUP_OK) metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);

@@ -55,7 +55,9 @@
     X(E_INVALID, -2, "invalid argument")                                                           \
     X(E_IO, -3, "snapshot I/O error")                                                              \
     X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
-    X(E_NOENT, -5, "no snapshot")
+    X(E_NOENT, -5, "no snapshot")                                                                  \
+    X(E_THREAD, -6, "could not start the worker thread")                                           \
+    X(E_TIMEOUT, -7, "the worker did not stop within its deadline")
 
 typedef enum {
 #define DEDUP_X_ENUM(name, val, msg) DEDUP_##name = val,
@@ -166,10 +168,13 @@ int dedup_snapshot_load(dedup_t *d, const char *dir);
 
 /* Starts the worker thread: dedup_tick + background sweep every second, and a snapshot to dir
  * every interval_ms (0: only at dedup_worker_stop when final). dir is copied.
- * Returns 0, DEDUP_E_NOMEM or DEDUP_E_INVALID (already running / thread creation failed). */
+ * Runs on the base layer's worker (base_worker_*). Returns 0, DEDUP_E_NOMEM, DEDUP_E_INVALID
+ * (already running) or DEDUP_E_THREAD (the thread could not start; nothing runs). */
 int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms);
-/* Stops and joins the worker (bounded by the snapshot in progress). When final, writes a last
- * snapshot from the calling thread. Returns the snapshot's result (0 when not final). */
+/* Stops and joins the worker, waiting at most 60 s for a snapshot in progress. When final,
+ * writes a last snapshot from the calling thread. Returns the snapshot's result (0 when not
+ * final), or DEDUP_E_TIMEOUT when the worker did not stop in time: it is left running and
+ * dedup_free() then leaves d allocated (the process is expected to exit). */
 int dedup_worker_stop(dedup_t *d, bool final);
 
 #endif

@@ -69,37 +69,30 @@ void ingest_scratch_free(ingest_scratch_t *s)
 
 void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async)
 {
-    atomic_init(&mb->head, NULL);
+    base_stack_init(&mb->stack);
     mb->async = async;
+}
+
+static ingest_req_t *req_of(base_snode_t *n)
+{
+    return n != NULL ? (ingest_req_t *)((char *)n - offsetof(ingest_req_t, node)) : NULL;
 }
 
 void ingest_mailbox_push(ingest_mailbox_t *mb, ingest_req_t *req)
 {
-    ingest_req_t *old = atomic_load_explicit(&mb->head, memory_order_relaxed);
-    do {
-        req->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&mb->head, &old, req, memory_order_release,
-                                                    memory_order_relaxed));
+    (void)base_stack_push(&mb->stack, &req->node);
     /* uv_async_send coalesces wake-ups; the loop always takes the whole stack. */
     uv_async_send(mb->async);
 }
 
 ingest_req_t *ingest_mailbox_take(ingest_mailbox_t *mb)
 {
-    ingest_req_t *top = atomic_exchange_explicit(&mb->head, NULL, memory_order_acquire);
-    ingest_req_t *fifo = NULL;
-    while (top != NULL) {
-        ingest_req_t *n = top->next;
-        top->next = fifo;
-        fifo = top;
-        top = n;
-    }
-    return fifo;
+    return req_of(base_stack_take(&mb->stack));
 }
 
 ingest_req_t *ingest_req_next(const ingest_req_t *req)
 {
-    return req->next;
+    return req_of(req->node.next);
 }
 
 int ingest_error_json(proto_buf_t *out, const char *code, const char *message)

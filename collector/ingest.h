@@ -35,6 +35,7 @@
 #include <uv.h>
 
 #include "accounts.h"
+#include "base.h"
 #include "auth.h"
 #include "body.h"
 #include "config.h"
@@ -80,11 +81,11 @@ void ingest_scratch_free(ingest_scratch_t *s);
 
 typedef struct ingest_req ingest_req_t;
 
-/* Multi-producer single-consumer stack of finished requests (Treiber stack, C11 atomics).
- * Any thread may push; only the owning loop pops. async is the loop's wake-up handle and must
+/* Multi-producer single-consumer stack of finished requests (the base layer's base_stack_t).
+ * Any thread may push; only the owning loop takes. async is the loop's wake-up handle and must
  * stay open while any request that points at this mailbox can still be pushed. */
 typedef struct ingest_mailbox {
-    _Atomic(ingest_req_t *) head;
+    base_stack_t stack;
     uv_async_t *async;
 } ingest_mailbox_t;
 
@@ -97,7 +98,7 @@ ingest_req_t *ingest_req_next(const ingest_req_t *req);
 
 struct ingest_req {
     kafka_group_t group; /* group.ud == this request */
-    ingest_req_t *next;  /* mailbox link */
+    base_snode_t node;   /* mailbox link */
     ingest_mailbox_t *mailbox;
     ingest_ctx_t *ctx;
     void *owner; /* whoever waits for the answer (a connection); NULL once it left */

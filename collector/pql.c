@@ -182,7 +182,7 @@ typedef struct pql_shard {
 
 /* Records handed over by pql_submit: a lock-free stack (push CAS, take-all exchange). */
 typedef struct pql_batch {
-    struct pql_batch *next;
+    base_snode_t node; /* first: a taken node is its batch */
     int64_t now_ms;
     size_t len;
     char *data;
@@ -214,12 +214,13 @@ struct pql {
     void (*walk_hook)(void *ud);                 /* tests: runs between two holds, no lock held */
     void *walk_hook_ud;
     /* The feeder thread (pql_feeder_start). */
-    _Atomic(pql_batch_t *) inbox;
+    base_stack_t inbox;
     _Atomic uint64_t q_bytes, q_dropped;
     uint64_t q_max;
     sem_t q_sem;
     atomic_bool q_stop;
     bool feeder_on;
+    bool orphaned; /* a saver stop timed out: its tick may still use p, never freed */
     pthread_t feeder;
 };
 
@@ -241,6 +242,7 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
         return PQL_E_INVALID;
     pql_t *p = calloc(1, sizeof *p);
     if (p == NULL) return PQL_E_NOMEM;
+    base_stack_init(&p->inbox);
     p->cb = cb;
     p->ud = ud;
     p->bucket_ms = cfg->bucket_ms;
@@ -380,6 +382,7 @@ void pql_free(pql_t *p)
 {
     if (p == NULL) return;
     pql_feeder_stop(p);
+    if (p->orphaned) return; /* the process is exiting; the saver may still read p */
     for (size_t s = 0; s < PQL_SHARDS; s++) {
         pql_shard_t *sh = &p->shards[s];
         for (size_t i = 0; sh->tab != NULL && i < sh->cap; i++) {
@@ -1176,33 +1179,22 @@ int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
     rec->data = NULL;
     rec->len = rec->cap = 0;
     /* b belongs to the feeder once pushed: only the local head is read after the CAS. */
-    pql_batch_t *head = atomic_load_explicit(&p->inbox, memory_order_relaxed);
-    do
-        b->next = head;
-    while (!atomic_compare_exchange_weak_explicit(&p->inbox, &head, b, memory_order_release,
-                                                  memory_order_relaxed));
-    /* Only the push onto an empty stack wakes the feeder: it takes everything at once. */
-    if (head == NULL) sem_post(&p->q_sem);
+    /* b belongs to the feeder once pushed. Only the push onto an empty stack wakes the feeder:
+     * it takes everything at once. */
+    if (base_stack_push(&p->inbox, &b->node)) sem_post(&p->q_sem);
     return PQL_OK;
 }
 
-/* Feeds a taken stack in submission order and frees it. */
-static void inbox_drain(pql_t *p, pql_batch_t *b)
+/* Feeds a taken stack (base_stack_take: submission order) and frees it. */
+static void inbox_drain(pql_t *p, base_snode_t *n)
 {
-    pql_batch_t *fifo = NULL;
-    while (b != NULL) {
-        pql_batch_t *n = b->next;
-        b->next = fifo;
-        fifo = b;
-        b = n;
-    }
-    while (fifo != NULL) {
-        pql_batch_t *n = fifo->next;
-        pql_feed_records(p, fifo->data, fifo->len, fifo->now_ms);
-        atomic_fetch_sub_explicit(&p->q_bytes, fifo->len, memory_order_relaxed);
-        free(fifo->data);
-        free(fifo);
-        fifo = n;
+    while (n != NULL) {
+        pql_batch_t *b = (pql_batch_t *)n;
+        n = n->next;
+        pql_feed_records(p, b->data, b->len, b->now_ms);
+        atomic_fetch_sub_explicit(&p->q_bytes, b->len, memory_order_relaxed);
+        free(b->data);
+        free(b);
     }
 }
 
@@ -1216,7 +1208,7 @@ static void *inbox_thread_main(void *arg)
         while (sem_wait(&p->q_sem) != 0 && errno == EINTR) {
         }
         bool stop = atomic_load_explicit(&p->q_stop, memory_order_acquire);
-        inbox_drain(p, atomic_exchange_explicit(&p->inbox, NULL, memory_order_acquire));
+        inbox_drain(p, base_stack_take(&p->inbox));
         if (stop) break;
     }
     return NULL;
@@ -1227,10 +1219,10 @@ int pql_feeder_start(pql_t *p, uint64_t max_bytes)
     if (p->feeder_on) return PQL_E_INVALID;
     p->q_max = max_bytes;
     atomic_store(&p->q_stop, false);
-    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_IO;
+    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_THREAD;
     if (pthread_create(&p->feeder, NULL, inbox_thread_main, p) != 0) {
         sem_destroy(&p->q_sem);
-        return PQL_E_IO;
+        return PQL_E_THREAD;
     }
     p->feeder_on = true;
     return PQL_OK;
@@ -1244,7 +1236,7 @@ void pql_feeder_stop(pql_t *p)
     pthread_join(p->feeder, NULL);
     /* Anything pushed after the feeder's last take (a caller breaking the contract) is fed
      * here rather than leaked. */
-    inbox_drain(p, atomic_exchange(&p->inbox, NULL));
+    inbox_drain(p, base_stack_take(&p->inbox));
     sem_destroy(&p->q_sem);
     p->feeder_on = false;
 }
@@ -1858,39 +1850,24 @@ void pql_register_metrics(pql_t *p)
 struct pql_saver {
     pql_t *p;
     char *path;
-    uint32_t interval_ms;
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* CLOCK_MONOTONIC */
-    bool stop;         /* protected by mu */
+    base_worker_t *w;
 };
 
-static void *saver_main(void *arg)
+/* A saver stop waits this long for a snapshot in progress. */
+#define PQL_SAVER_STOP_MS 60000
+
+/* One saver tick (every interval): the idle accounts' windows advance, then the snapshot. */
+static void saver_tick(void *arg)
 {
     pql_saver_t *s = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        struct timespec dl = base_deadline(CLOCK_MONOTONIC, s->interval_ms);
-        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &dl) != ETIMEDOUT) {
-        }
-        if (s->stop) break;
-        pthread_mutex_unlock(&s->mu);
-        size_t expired = pql_sweep(s->p, base_wall_ms());
-        uint64_t t0 = (uint64_t)base_wall_ms();
-        int rc = pql_snapshot_write(s->p, s->path);
-        if (rc != PQL_OK)
-            LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path),
-                LS("error", pql_strerror(rc)));
-        else
-            LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
-                LI("ms", (uint64_t)base_wall_ms() - t0));
-        pthread_mutex_lock(&s->mu);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
+    size_t expired = pql_sweep(s->p, base_wall_ms());
+    int64_t t0 = base_mono_ms();
+    int rc = pql_snapshot_write(s->p, s->path);
+    if (rc != PQL_OK)
+        LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path), LS("error", pql_strerror(rc)));
+    else
+        LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
+            LI("ms", (uint64_t)(base_mono_ms() - t0)));
 }
 
 int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out)
@@ -1902,19 +1879,12 @@ int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_
         return PQL_E_NOMEM;
     }
     s->p = p;
-    s->interval_ms = interval_ms > 0 ? interval_ms : 1000;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (pthread_create(&s->th, NULL, saver_main, s) != 0) {
-        pthread_cond_destroy(&s->cv);
-        pthread_mutex_destroy(&s->mu);
+    int rc = base_worker_start(&s->w, "sluice-pql-save", interval_ms > 0 ? interval_ms : 1000,
+                               saver_tick, s);
+    if (rc != BASE_OK) {
         free(s->path);
         free(s);
-        return PQL_E_IO;
+        return rc == BASE_E_NOMEM ? PQL_E_NOMEM : PQL_E_THREAD;
     }
     *out = s;
     return PQL_OK;
@@ -1923,14 +1893,12 @@ int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_
 int pql_saver_stop(pql_saver_t *s)
 {
     if (s == NULL) return PQL_OK;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->th, NULL);
+    if (base_worker_stop(s->w, PQL_SAVER_STOP_MS) != BASE_OK) {
+        /* Still writing: s and its pql stay allocated for the running tick. */
+        s->p->orphaned = true;
+        return PQL_E_TIMEOUT;
+    }
     int rc = pql_snapshot_write(s->p, s->path);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
     free(s->path);
     free(s);
     return rc;

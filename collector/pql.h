@@ -83,7 +83,8 @@
     X(E_LATE, -7, "event older than the late allowance")                                           \
     X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")                                              \
     X(E_TOO_LARGE, -9, "larger than its limit")                                                    \
-    X(E_THREAD, -10, "could not start a thread")
+    X(E_THREAD, -10, "could not start a thread")                                                   \
+    X(E_TIMEOUT, -11, "a worker did not stop within its deadline")
 
 typedef enum {
 #define PQL_X_ENUM(name, val, msg) PQL_##name = val,
@@ -137,7 +138,7 @@ void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms);
 /* The feeder thread: the collector's loop threads never take a shard lock (a worker walk may
  * hold one, another loop may be updating the same account); they hand a request's records to
  * this thread, which feeds them in submission order and emits the signals (signal_cb then runs
- * on it). pql_feeder_start: PQL_OK, or PQL_E_IO (no thread) / PQL_E_INVALID (running).
+ * on it). pql_feeder_start: PQL_OK, or PQL_E_THREAD (no thread) / PQL_E_INVALID (running).
  * max_bytes (pql.queue_bytes) bounds the records waiting. pql_feeder_stop: feeds everything
  * submitted, joins; call it after the last pql_submit (safe when not started; pql_free calls
  * it). */
@@ -176,14 +177,17 @@ int pql_snapshot_write(pql_t *p, const char *path);
  * on any failure the tracker is left empty. */
 int pql_snapshot_load(pql_t *p, const char *path);
 
-/* The snapshot worker: a dedicated thread (signals blocked) that every interval_ms sweeps idle
- * accounts (pql_sweep) and writes the snapshot to path (logging failures). pql_saver_stop() wakes
- * and joins it, then writes the final snapshot (blocks on disk: main only, at shutdown, after the
- * loops stopped feeding). path is copied. Returns PQL_OK or PQL_E_NOMEM/E_IO (thread not
- * started). */
+/* The snapshot worker: the base layer's periodic worker (base_worker_*, signals blocked) that
+ * every interval_ms sweeps idle accounts (pql_sweep) and writes the snapshot to path (logging
+ * failures). pql_saver_stop() wakes and joins it (waiting at most 60 s for a snapshot in
+ * progress), then writes the final snapshot (blocks on disk: main only, at shutdown, after the
+ * loops stopped feeding). path is copied. Returns PQL_OK, PQL_E_NOMEM or PQL_E_THREAD (thread
+ * not started). */
 typedef struct pql_saver pql_saver_t;
 int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out);
-/* Returns the final snapshot's result. Safe with NULL (returns PQL_OK). */
+/* Returns the final snapshot's result, or PQL_E_TIMEOUT when the worker did not stop in time
+ * (it is left running; pql_free() then leaves the tracker allocated, as the process exits).
+ * Safe with NULL (returns PQL_OK). */
 int pql_saver_stop(pql_saver_t *s);
 
 typedef struct pql_stats {

@@ -248,7 +248,7 @@ typedef struct sluice_config {
     const char *endpoint;              /* "http://HOST:PORT" (https works); required */
     const char *write_key;             /* required */
     uint32_t batch_size;               /* events per batch; default 100 */
-    uint32_t batch_bytes;              /* encoded events per batch; default 500 KiB, max 511 KiB */
+    uint32_t batch_bytes;              /* encoded events per batch; default 500 KiB, max 510 KiB */
     uint32_t flush_interval_ms;        /* a partial batch is sent after this; default 1000 */
     uint32_t queue_max_events;         /* default 10000 */
     uint32_t queue_max_bytes;          /* encoded bytes in the queue; default 16 MiB */
