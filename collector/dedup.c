@@ -19,16 +19,21 @@
  * Growth is incremental (as Redis's dict.c rehashes): at 90% load a shard allocates a table of
  * 1.5x the buckets and keeps the old one beside it. New entries go to the new table; every
  * operation on the shard first moves the live entries of the next DEDUP_MIGRATE_STEP old buckets
- * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves the rest in chunks of
- * DEDUP_WORKER_MIGRATE buckets per lock hold. A lookup probes the new table, then the old one
+ * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves one chunk of
+ * DEDUP_WORKER_MIGRATE buckets per shard per one-second round, so a shard without traffic finishes
+ * too. Both are paced on purpose: all 64 shards cross 90% at about the same moment, and a worker
+ * that finished every move at once burned seconds of CPU in one burst (a 5-minute open-loop run
+ * showed 300-670 ms latency spikes at each growth); per operation, the moves cost at most
+ * DEDUP_MIGRATE_STEP * DEDUP_SLOTS placements. A lookup probes the new table, then the old one
  * with its own probing rules: a moved slot is simply empty there, and the old buckets keep their
  * ovf bytes, so chains through already-moved buckets stay intact. The old table is freed when its
- * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb/2 operations, while
+ * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb operations, while
  * filling the new table to 90% takes ~3 nb inserts, so a move always ends before the next growth.
- * The new table itself is made off the loops: once a shard passes 80% load, the worker allocates
- * and faults in its next table outside the lock and leaves it as the shard's spare, so the growth
- * step only swaps pointers. (Without a spare — tests, or tables filling faster than the worker's
- * one-second rounds, which happens only while they are small — the growth allocates in place.)
+ * The new table itself is made off the loops: once a shard passes 70% load, the worker allocates
+ * and faults in its next table outside the lock (at most DEDUP_WORKER_SPARES per round, again so
+ * as not to burst) and leaves it as the shard's spare, so the growth step only swaps pointers.
+ * (Without a spare — tests, or tables filling faster than the worker's one-second rounds, which
+ * happens only while they are small — the growth allocates in place.)
  *
  * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
  * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
@@ -66,14 +71,17 @@
 #define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
 #define DEDUP_PREFETCH    16
 /* Old buckets moved by each operation on a growing shard, and by the worker per lock hold. */
-#define DEDUP_MIGRATE_STEP   2
+#define DEDUP_MIGRATE_STEP   1
 #define DEDUP_WORKER_MIGRATE 256
-#define DEDUP_HUGE           (2u << 20)
+/* Spare tables the worker makes per round. */
+#define DEDUP_WORKER_SPARES 8
+#define DEDUP_HUGE          (2u << 20)
 /* Grow (or evict) when live entries would pass 90% of the slots. */
 #define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
-/* The worker prepares the next table once live entries pass 80% of the slots (late, so a spare
- * costs memory only shortly before it is needed). */
-#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 8 / 10)
+/* The worker prepares the next table once live entries pass 70% of the slots: late enough that a
+ * spare costs memory only shortly before it is needed, early enough that DEDUP_WORKER_SPARES per
+ * round covers all 64 shards before they reach 90%. */
+#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 7 / 10)
 
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
@@ -1157,7 +1165,7 @@ out:
 
 /* Makes the shard's next table when it passed DEDUP_SPARE_AT, allocated and faulted in without
  * the lock. A spare made for a size the shard no longer grows to is replaced. */
-static void spare_prepare(shard_t *s)
+static bool spare_prepare(shard_t *s)
 {
     shard_lock(s);
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
@@ -1171,9 +1179,9 @@ static void spare_prepare(shard_t *s)
     }
     shard_unlock(s);
     buckets_free(stale, stale_nb);
-    if (!want) return;
+    if (!want) return false;
     bucket_t *b = buckets_alloc(nnb);
-    if (b == NULL) return;
+    if (b == NULL) return false;
     shard_lock(s);
     if (s->spare == NULL &&
         grown_nb(s, atomic_load_explicit(&s->nb, memory_order_relaxed)) == nnb) {
@@ -1183,12 +1191,14 @@ static void spare_prepare(shard_t *s)
     }
     shard_unlock(s);
     buckets_free(b, nnb);
+    return true;
 }
 
 /* Sweeps the shards in which generations died since their last sweep, prepares the next tables
  * of those about to grow and finishes growths in progress. */
 static void sweep_all(dedup_t *d)
 {
+    unsigned spares = 0;
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         view_t v;
@@ -1198,18 +1208,14 @@ static void sweep_all(dedup_t *d)
         if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
             shard_sweep(s, &v);
         shard_unlock(s);
-        spare_prepare(s);
-        /* Finish a growth in progress, a bounded chunk per lock hold, so the old table is
-         * freed (and lookups stop probing it) even when the shard sees little traffic. */
-        bool growing = true;
-        while (growing) {
-            shard_lock(s);
-            view_load(d, &v);
-            shard_prepare(d, s, &v);
-            shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
-            growing = s->ob != NULL;
-            shard_unlock(s);
-        }
+        if (spares < DEDUP_WORKER_SPARES && spare_prepare(s)) spares++;
+        /* One chunk of a growth in progress, so the old table is freed (and lookups stop
+         * probing it) even when the shard sees little traffic. */
+        shard_lock(s);
+        view_load(d, &v);
+        shard_prepare(d, s, &v);
+        shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
+        shard_unlock(s);
     }
 }
 

@@ -19,11 +19,11 @@
  * new event is wrongly called a duplicate with probability about N / 2^64 (README has the figure).
  *
  * Growth is incremental: a grown shard keeps its old table beside the new one, and each operation
- * moves the entries of two old buckets (at most 14) while the worker moves the rest in chunks, so
+ * moves the entries of one old bucket (at most 7) while the worker moves a chunk per second, so
  * no insert pays for a whole rehash.
  *
  * Threads: every function may be called from any thread. Each shard has its own short spin lock
- * (held for one probe plus at most 14 moves, or for one sweep of that shard — 1/64 of the table,
+ * (held for one probe plus at most 7 moves, or for one sweep of that shard — 1/64 of the table,
  * or one 256-bucket chunk of the worker's growth moves); generation
  * changes take a separate mutex, never on the lookup path. No call blocks on I/O except the
  * snapshot functions and dedup_worker_stop, which belong to main or the worker thread.
@@ -144,7 +144,7 @@ typedef struct dedup_stats {
     uint32_t generations;    /* live generations */
     uint32_t growing;        /* shards moving entries into a grown table */
     uint64_t grow_moved;     /* entries moved by table growth, since creation */
-    uint32_t grow_step_max;  /* most entries one lookup/insert moved (<= 2 buckets' worth) */
+    uint32_t grow_step_max;  /* most entries one lookup/insert moved (<= 7) */
 } dedup_stats_t;
 /* Consistent per shard, not across shards. Takes each shard lock briefly. */
 void dedup_stats(dedup_t *d, dedup_stats_t *st);

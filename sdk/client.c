@@ -631,6 +631,13 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
         (rc = props_blob(ev->traits, &we.traits, &we.traits_len)) ||
         (rc = props_blob(ev->context, &we.context, &we.context_len)))
         return rc;
+    /* An event with its own context gets the default context's keys it lacks (the batch-level
+     * context, merged by the server, covers events without one). */
+    char *merged = NULL;
+    if (we.context &&
+        (rc = sdk_context_merge(c, we.context, we.context_len, &merged, &we.context_len)))
+        return rc;
+    if (merged) we.context = merged;
     char id[WRITER_UUID_LEN + 1];
     if (ev->message_id) {
         we.message_id = ev->message_id;
@@ -639,12 +646,15 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
         we.message_id = id;
     }
     size_t size = writer_event_size(&we);
-    if (size > c->cfg.event_max_bytes) return SLUICE_E_TOO_LARGE;
-    sdk_node_t *n = malloc(sizeof *n + size);
-    if (!n) return SLUICE_E_NOMEM;
+    sdk_node_t *n = size > c->cfg.event_max_bytes ? NULL : malloc(sizeof *n + size);
+    if (!n) {
+        free(merged);
+        return size > c->cfg.event_max_bytes ? SLUICE_E_TOO_LARGE : SLUICE_E_NOMEM;
+    }
     writer_buf_t b;
     writer_buf_init_fixed(&b, n->data, size);
     rc = writer_event(&b, &we);
+    free(merged);
     if (rc || b.len != size) { /* writer_event_size() and writer_event() disagree: our bug */
         free(n);
         return SLUICE_E_NOMEM;

@@ -112,6 +112,12 @@ void sdk_report(sluice_client *c, int err, int status, uint32_t n_events, const 
 int sdk_context_check(const sluice_config *cfg);
 /* Encodes the batch-level context into c->ctx_enc from c->cfg (strings already copied). */
 int sdk_context_encode(sluice_client *c);
+/* An event's own context (an encoded map) with the default context's top-level keys it lacks
+ * appended (the event's keys win), so the defaults reach it whatever the server merges. *out is
+ * malloc'd (caller frees) or NULL when there is nothing to add (or ctx is not one map: sent as
+ * it is). 0 or SLUICE_E_NOMEM. */
+int sdk_context_merge(const sluice_client *c, const void *ctx, size_t len, char **out,
+                      size_t *out_len);
 
 /* reply.c: reads a 2xx answer's body. Reports each rejected event (E_REJECTED) and returns how
  * many of the batch's n events were rejected (0 when the body lists none or is absent). */

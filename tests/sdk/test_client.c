@@ -198,6 +198,8 @@ static void test_event_fields(void **state)
     assert_non_null(strstr(f->events[6].json, "\"anonymousId\":\"anon-1\""));
     assert_non_null(strstr(f->events[6].json, "\"timestamp\":1700000000000"));
     assert_non_null(strstr(f->events[6].json, "\"context\":{\"plan\":\"pro\""));
+    /* the default context's keys are merged into an event's own context */
+    assert_non_null(strstr(f->events[6].json, "\"library\":{\"name\":\"sluice-c\""));
     assert_string_equal(f->events[6].id, "my-id-1");
     /* generated ids: UUID v4 */
     for (int i = 0; i < 6; i++) {
@@ -698,6 +700,52 @@ static void test_storage_is_bounded(void **state)
     env_free(e);
 }
 
+/* An event's own context of every value type: the merge keeps it whole, its keys win. */
+static void test_context_merge(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    e->cfg.app_name = "App";
+    e->cfg.locale = "";
+    e->cfg.timezone = "";
+    env_start(e);
+    sluice_props *p = sluice_props_new();
+    sluice_props_begin_map(p, "library");
+    sluice_props_set_str(p, "name", "mine");
+    sluice_props_end(p);
+    sluice_props_set_int(p, "neg", -70000);
+    sluice_props_set_int(p, "big", 5000000000);
+    sluice_props_set_int(p, "small", 7);
+    sluice_props_set_double(p, "d", 2.5);
+    sluice_props_set_bool(p, "b", 1);
+    sluice_props_set_null(p, "z");
+    char longs[300];
+    memset(longs, 's', sizeof longs - 1);
+    longs[sizeof longs - 1] = '\0';
+    sluice_props_set_str(p, "long", longs);
+    sluice_props_begin_array(p, "arr");
+    sluice_props_set_int(p, NULL, 1);
+    sluice_props_begin_map(p, NULL);
+    sluice_props_set_str(p, "k", "v");
+    sluice_props_end(p);
+    sluice_props_end(p);
+    assert_int_equal(sluice_track_ctx(e->c, "u", "E", NULL, p), 0);
+    sluice_props_free(p);
+    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    assert_int_equal(e->fake.bad_bodies, 0);
+    assert_int_equal(e->fake.n_events, 1);
+    const char *j = e->fake.events[0].json;
+    assert_non_null(strstr(j, "\"library\":{\"name\":\"mine\"}")); /* the event's own wins */
+    assert_null(strstr(j, "sluice-c"));
+    assert_non_null(strstr(j, "\"app\":{\"name\":\"App\"}"));
+    assert_non_null(strstr(j, "\"os\":{\"name\":"));
+    assert_non_null(strstr(j, "\"arr\":[1,{\"k\":\"v\"}]"));
+    assert_non_null(strstr(j, "\"big\":5000000000"));
+    assert_non_null(strstr(j, "\"neg\":-70000"));
+    assert_null(strstr(j, "\"locale\"")); /* "" = absent */
+    env_free(e);
+}
+
 /* A long outage is outlasted: no retry count gives events up, only their age does. */
 static void test_retries_governed_by_age(void **state)
 {
@@ -1159,6 +1207,7 @@ int main(void)
         cmocka_unit_test(test_storage_offline_then_delivered),
         cmocka_unit_test(test_storage_corrupt_file_skipped),
         cmocka_unit_test(test_storage_is_bounded),
+        cmocka_unit_test(test_context_merge),
         cmocka_unit_test(test_retries_governed_by_age),
         cmocka_unit_test(test_close_reports_lifetime_losses),
         cmocka_unit_test(test_stats_in_flight),

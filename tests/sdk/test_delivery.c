@@ -11,7 +11,8 @@
  *   per_event_rejection         an event the collector rejects inside a 200 reaches error_cb and
  *                               is not counted as sent;
  *   default_context             library (overridden, as a wrapper SDK does), app, os, locale and
- *                               timezone arrive in the event's context; the anonymousId too.
+ *                               timezone arrive in the event's context (also merged into an event's
+ *                               own context, whose keys win); the anonymousId too.
  * Each case is its own ctest (sdk_delivery_<case>): `sdk_delivery test_<case>`.
  */
 #include <setjmp.h>
@@ -449,10 +450,18 @@ static void test_default_context(void **state)
     snprintf(anon, sizeof anon, "%s", sluice_anonymous_id(c));
     sluice_event ev = {.type = "track", .event = "Anon Viewed", .message_id = "ctx-1"};
     assert_int_equal(sluice_send(c, &ev), SLUICE_OK);
+    /* an event with its own context: its keys win, the defaults it lacks are added */
+    sluice_props *own = sluice_props_new();
+    sluice_props_set_str(own, "locale", "fr-FR");
+    sluice_props_set_str(own, "campaign", "spring");
+    sluice_event ev2 = {
+        .type = "track", .user_id = "u-ctx", .event = "Own", .message_id = "ctx-2", .context = own};
+    assert_int_equal(sluice_send(c, &ev2), SLUICE_OK);
+    sluice_props_free(own);
     assert_int_equal(sluice_client_close(c, 10000), 0);
 
     sup_kmsgs_t msgs = {0};
-    assert_int_equal(sup_consume(k.bootstrap, "events", 1, 20000, &msgs), 0);
+    assert_int_equal(sup_consume(k.bootstrap, "events", 2, 20000, &msgs), 0);
     long i = sup_kmsgs_find(&msgs, "ctx-1");
     assert_true(i >= 0);
     json_t *v = sup_kmsg_value(&msgs.msgs[i]);
@@ -468,6 +477,17 @@ static void test_default_context(void **state)
     assert_string_equal(jpath(ctx, "timezone", NULL), "Europe/Berlin");
     assert_string_equal(jpath(v, "anonymousId", NULL), anon);
     assert_null(json_object_get(v, "userId"));
+    json_decref(v);
+    i = sup_kmsgs_find(&msgs, "ctx-2");
+    assert_true(i >= 0);
+    v = sup_kmsg_value(&msgs.msgs[i]);
+    ctx = json_object_get(v, "context");
+    assert_string_equal(jpath(ctx, "locale", NULL), "fr-FR");
+    assert_string_equal(jpath(ctx, "campaign", NULL), "spring");
+    assert_string_equal(jpath(ctx, "library", "name"), "sluice-unity");
+    assert_string_equal(jpath(ctx, "app", "name"), "Shop");
+    assert_string_equal(jpath(ctx, "timezone", NULL), "Europe/Berlin");
+    assert_null(json_object_get(v, "anonymousId")); /* a known user gets none added */
     json_decref(v);
     sup_kmsgs_free(&msgs);
     env_down(&k, &mock);
