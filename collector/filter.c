@@ -700,13 +700,13 @@ int filter_apply(filter_set_t *fs, proto_batch_t *b, proto_event_t *ev, bool *ke
 
 /* ---- metrics ---- */
 
-int filter_set_render(const filter_set_t *fs, proto_buf_t *out)
+int filter_set_render(const filter_set_t *fs, base_buf_t *out)
 {
     static const char head[] =
         "# HELP sluice_filter_events_total events each filter rule acted on (drop, allow, sample: "
         "filtered out; strip, hash: modified)\n# TYPE sluice_filter_events_total counter\n";
     if (filter_set_count(fs) == 0) return PROTO_OK;
-    int rc = proto_buf_append(out, head, sizeof head - 1);
+    int rc = base_buf_append(out, head, sizeof head - 1);
     for (size_t i = 0; i < fs->n && rc == PROTO_OK; i++) {
         char line[FILTER_NAME_MAX + 128];
         /* Rule names are [A-Za-z0-9_.-]: nothing to escape in a label value. */
@@ -714,7 +714,7 @@ int filter_set_render(const filter_set_t *fs, proto_buf_t *out)
                          "sluice_filter_events_total{rule=\"%s\",action=\"%s\"} %llu\n",
                          fs->rules[i].name, filter_kind_name(fs->rules[i].kind),
                          (unsigned long long)filter_rule_count(fs, i));
-        rc = n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n)
+        rc = n > 0 && (size_t)n < sizeof line ? base_buf_append(out, line, (size_t)n)
                                               : PROTO_E_NOMEM;
     }
     return rc;

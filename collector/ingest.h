@@ -70,7 +70,7 @@ typedef struct ingest_scratch {
     body_decoder_t dec;
     char *plain;
     size_t plain_cap;
-    proto_buf_t enc;
+    base_buf_t enc;
     proto_arena_t arena;
     dedup_scratch_t dedup; /* in-request duplicate set */
 } ingest_scratch_t;
@@ -105,9 +105,9 @@ struct ingest_req {
     ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
     uint64_t start_ns;           /* uv_hrtime() at request start */
     uint32_t n_events, n_accepted, n_rejected, n_filtered;
-    int produce_err;    /* kafka_err_t of the first refused produce, 0 if none */
-    proto_buf_t answer; /* the 200 body, built while producing */
-    proto_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
+    int produce_err;   /* kafka_err_t of the first refused produce, 0 if none */
+    base_buf_t answer; /* the 200 body, built while producing */
+    base_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
 
     uint32_t n_duplicates; /* valid events skipped as duplicates (answer's "duplicates") */
     uint32_t n_dedup;      /* dedup_fps[0..n_dedup): reserved (PENDING) by this request,
@@ -162,6 +162,6 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply);
 void ingest_req_free(ingest_req_t *req);
 
 /* Appends {"success":false,"error":CODE,"message":MSG}. Returns 0 or PROTO_E_NOMEM. */
-int ingest_error_json(proto_buf_t *out, const char *code, const char *message);
+int ingest_error_json(base_buf_t *out, const char *code, const char *message);
 
 #endif

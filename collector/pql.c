@@ -1090,7 +1090,7 @@ out:
 
 /* u8 account_len, u8 user_len, u8 source_len, u8 has_event, u8 event_len (<= 200), i64 ts,
  * then the bytes. */
-int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
+int pql_record_append(base_buf_t *buf, const pql_event_t *ev)
 {
     if (ev->account == NULL || ev->user == NULL || ev->account_len == 0 || ev->account_len > 255 ||
         ev->user_len == 0 || ev->user_len > 255 || ev->source_len > 255 || ev->event_len > 255)
@@ -1104,11 +1104,11 @@ int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
     memcpy(h + 5, &ev->ts_ms, 8);
     size_t need = sizeof h + h[0] + h[1] + h[2] + h[4];
     if (buf->len + need > buf->max) return PROTO_E_NOMEM;
-    int rc = proto_buf_append(buf, h, sizeof h);
-    if (rc == 0) rc = proto_buf_append(buf, ev->account, h[0]);
-    if (rc == 0) rc = proto_buf_append(buf, ev->user, h[1]);
-    if (rc == 0 && h[2]) rc = proto_buf_append(buf, ev->source, h[2]);
-    if (rc == 0 && h[4]) rc = proto_buf_append(buf, ev->event, h[4]);
+    int rc = base_buf_append(buf, h, sizeof h);
+    if (rc == 0) rc = base_buf_append(buf, ev->account, h[0]);
+    if (rc == 0) rc = base_buf_append(buf, ev->user, h[1]);
+    if (rc == 0 && h[2]) rc = base_buf_append(buf, ev->source, h[2]);
+    if (rc == 0 && h[4]) rc = base_buf_append(buf, ev->event, h[4]);
     return rc;
 }
 
@@ -1157,7 +1157,7 @@ static uint64_t records_count(const char *buf, size_t len)
     return n;
 }
 
-int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
+int pql_submit(pql_t *p, base_buf_t *rec, int64_t now_ms)
 {
     if (rec->len == 0) return PQL_OK;
     if (!p->feeder_on) {
@@ -1267,18 +1267,19 @@ static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
     return o;
 }
 
-static int dump_into(json_t *o, proto_buf_t *out)
+static int dump_into(json_t *o, base_buf_t *out)
 {
     if (o == NULL) return PQL_E_NOMEM;
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (s == NULL) return PQL_E_NOMEM;
-    int rc = proto_buf_append(out, s, strlen(s)) == 0 ? PQL_OK : PQL_E_NOMEM;
+    int brc = base_buf_append(out, s, strlen(s));
+    int rc = brc == BASE_OK ? PQL_OK : brc == BASE_E_TOO_LARGE ? PQL_E_TOO_LARGE : PQL_E_NOMEM;
     free(s);
     return rc;
 }
 
-int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto_buf_t *out)
+int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, base_buf_t *out)
 {
     (void)now_ms;
     if (len == 0 || len > 255) return PQL_E_NOTFOUND;
@@ -1392,7 +1393,7 @@ static void top_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
     }
 }
 
-int pql_top_json(pql_t *p, size_t n, proto_buf_t *out)
+int pql_top_json(pql_t *p, size_t n, base_buf_t *out)
 {
     if (n < 1) n = 1;
     if (n > PQL_TOP_MAX) n = PQL_TOP_MAX;

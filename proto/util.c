@@ -1,7 +1,7 @@
 /*
  * util.c — the small pieces of the wire format that everything else builds on: error tables,
- * event type names, default limits, the bounded output buffer. UTF-8 and ISO-8601 live in the
- * base layer (base/base.h).
+ * event type names, default limits. The output buffer (base_buf_t), UTF-8 and ISO-8601 live in
+ * the base layer (base/base.h).
  */
 #include "proto.h"
 
@@ -99,57 +99,4 @@ proto_str_t proto_event_key(const proto_event_t *ev)
     if (ev->anonymous_id.ptr != NULL && ev->anonymous_id.len > 0) return ev->anonymous_id;
     proto_str_t none = {NULL, 0};
     return none;
-}
-
-/* ---- bounded buffer -------------------------------------------------------------------------- */
-
-void proto_buf_init(proto_buf_t *buf, size_t max)
-{
-    buf->data = NULL;
-    buf->len = 0;
-    buf->cap = 0;
-    buf->max = max;
-}
-
-int proto_buf_reserve(proto_buf_t *buf, size_t n)
-{
-    if (n > buf->max || buf->len > buf->max - n) return PROTO_E_NOMEM;
-    size_t need = buf->len + n;
-    if (need <= buf->cap) return PROTO_OK;
-    size_t cap = buf->cap ? buf->cap : 256;
-    while (cap < need)
-        cap = cap > buf->max / 2 ? buf->max : cap * 2;
-    char *p = realloc(buf->data, cap);
-    if (p == NULL) return PROTO_E_NOMEM;
-    buf->data = p;
-    buf->cap = cap;
-    return PROTO_OK;
-}
-
-int proto_buf_append(proto_buf_t *buf, const void *p, size_t n)
-{
-    if (n == 0) return PROTO_OK;
-    /* max is checked even when the allocation has room: a caller may lower max to bound one
-     * record inside a buffer that already grew for bigger ones. */
-    if (n > buf->max || buf->len > buf->max - n) return PROTO_E_NOMEM;
-    if (buf->cap - buf->len < n) {
-        int rc = proto_buf_reserve(buf, n);
-        if (rc != PROTO_OK) return rc;
-    }
-    memcpy(buf->data + buf->len, p, n);
-    buf->len += n;
-    return PROTO_OK;
-}
-
-void proto_buf_reset(proto_buf_t *buf)
-{
-    buf->len = 0;
-}
-
-void proto_buf_free(proto_buf_t *buf)
-{
-    free(buf->data);
-    buf->data = NULL;
-    buf->len = 0;
-    buf->cap = 0;
 }

@@ -646,15 +646,15 @@ static void test_metrics_gauges(void **state)
     dedup_t *d = mk(NULL, 3600000, 1 << 20);
     fill(d, 0, 42);
     assert_int_equal(dedup_register_metrics(d), 0);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     assert_int_equal(metrics_render(&out), 0);
-    assert_int_equal(proto_buf_append(&out, "", 1), 0);
+    assert_int_equal(base_buf_append(&out, "", 1), 0);
     assert_non_null(strstr(out.data, "sluice_dedup_entries 42"));
     assert_non_null(strstr(out.data, "sluice_dedup_bytes "));
     assert_non_null(strstr(out.data, "sluice_dedup_window_seconds "));
     assert_non_null(strstr(out.data, "sluice_dedup_evictions_total 0"));
-    proto_buf_free(&out);
+    base_buf_free(&out);
     metrics_reset();
     dedup_free(d);
 }

@@ -601,8 +601,8 @@ static void test_records_round_trip(void **state)
     if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
     pql_t *p = NULL;
     assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
-    proto_buf_t buf;
-    proto_buf_init(&buf, 200);
+    base_buf_t buf;
+    base_buf_init(&buf, 200);
     pql_event_t ev = {"acct", 4, "user-1", 6, "Pricing Page Viewed", 19, "web", 3, T0};
     assert_int_equal(pql_record_append(&buf, &ev), 0);
     pql_event_t noacct = {NULL, 0, "user-1", 6, NULL, 0, "web", 3, T0};
@@ -617,7 +617,7 @@ static void test_records_round_trip(void **state)
     assert_non_null(a);
     assert_int_equal(a->agg[p->agg_users], 2);
     assert_int_equal(a->score, 10);
-    proto_buf_free(&buf);
+    base_buf_free(&buf);
     pql_free(p);
     config_free(&c);
 }
@@ -626,14 +626,14 @@ static void test_records_round_trip(void **state)
 
 static char *account_json(pql_t *p, const char *id)
 {
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     if (pql_account_json(p, id, strlen(id), T0, &out) != PQL_OK) {
-        proto_buf_free(&out);
+        base_buf_free(&out);
         return NULL;
     }
     char *s = strndup(out.data, out.len);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     return s;
 }
 
@@ -734,8 +734,8 @@ static void test_top_and_account_json(void **state)
     feed(p, "mid", "u", "Pricing Page Viewed", T0);
     feed(p, "high", "u", "Pricing Page Viewed", T0);
     feed(p, "high", "u", "Terms Viewed", T0);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     assert_int_equal(pql_top_json(p, 2, &out), PQL_OK);
     char *s = strndup(out.data, out.len);
     char *h = strstr(s, "\"accountId\":\"high\""), *m = strstr(s, "\"accountId\":\"mid\"");
@@ -752,7 +752,14 @@ static void test_top_and_account_json(void **state)
     assert_non_null(strstr(s, "\"holds\":true"));
     assert_non_null(strstr(s, "\"activeUsers\":1"));
     free(s);
-    proto_buf_free(&out);
+    /* An answer past the buffer's cap is "too large", never "out of memory" (the admin route
+     * answers 500 too_large rather than 503). */
+    base_buf_t small;
+    base_buf_init(&small, 16);
+    assert_int_equal(pql_account_json(p, "high", 4, T0, &small), PQL_E_TOO_LARGE);
+    assert_int_equal(pql_top_json(p, 3, &small), PQL_E_TOO_LARGE);
+    base_buf_free(&small);
+    base_buf_free(&out);
     pql_free(p);
     config_free(&c);
 }
@@ -910,11 +917,11 @@ static void test_walks_release_shard_locks_between_chunks(void **state)
     assert_true(atomic_load(&p->walk_max_steps) <= PQL_WALK_STEPS);
     assert_int_equal(w.locked_seen, 0);
     /* top walks the same way; what remains are accounts the hook created or touched. */
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     assert_int_equal(pql_top_json(p, 3, &out), PQL_OK);
     assert_true(out.len > 0);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     unlink(path);
     pql_free(p);
     config_free(&c);
@@ -932,8 +939,8 @@ static void *submitter_main(void *arg)
 {
     submitter_t *sb = arg;
     for (int r = 0; r < 200; r++) {
-        proto_buf_t buf;
-        proto_buf_init(&buf, 1 << 16);
+        base_buf_t buf;
+        base_buf_init(&buf, 1 << 16);
         for (int i = 0; i < 50; i++) {
             char acct[16], user[16];
             snprintf(acct, sizeof acct, "s%d", i % 10);
@@ -944,7 +951,7 @@ static void *submitter_main(void *arg)
         }
         assert_int_equal(pql_submit(sb->p, &buf, T0), PQL_OK);
         assert_null(buf.data); /* handed over */
-        proto_buf_free(&buf);
+        base_buf_free(&buf);
     }
     return NULL;
 }
@@ -991,8 +998,8 @@ static void test_feeder_thread_counts_everything_submitted(void **state)
 
     /* Full: a queue smaller than one request's records refuses it, counts its events. */
     assert_int_equal(pql_feeder_start(p, 16), PQL_OK);
-    proto_buf_t buf;
-    proto_buf_init(&buf, 4096);
+    base_buf_t buf;
+    base_buf_init(&buf, 4096);
     pql_event_t ev = {"full", 4, "u", 1, NULL, 0, "web", 3, T0};
     assert_int_equal(pql_record_append(&buf, &ev), 0);
     assert_int_equal(pql_record_append(&buf, &ev), 0);
@@ -1002,7 +1009,7 @@ static void test_feeder_thread_counts_everything_submitted(void **state)
     pql_stats(p, &st);
     assert_int_equal(st.queue_dropped, 2);
     assert_int_equal(st.queue_bytes, 0);
-    proto_buf_free(&buf);
+    base_buf_free(&buf);
     pql_feeder_stop(p);
     pql_feeder_stop(p); /* idempotent */
     assert_null(find(p, "full"));

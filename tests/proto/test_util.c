@@ -1,4 +1,5 @@
-/* Unit tests for proto/util.c: error tables, types, limits, proto_buf, UTF-8, ISO-8601. */
+/* Unit tests for proto/util.c: error tables, types, limits, base layer functions as proto uses
+ * them. */
 #include "testutil.h"
 
 static void test_err_tables(void **state)
@@ -50,34 +51,6 @@ static void test_limits_default(void **state)
     assert_int_equal(l.body_bytes, 512 * 1024);
     assert_int_equal(l.max_depth, 16);
     assert_int_equal(l.max_events, 10000);
-}
-
-static void test_buf(void **state)
-{
-    (void)state;
-    proto_buf_t b;
-    proto_buf_init(&b, 1000);
-    char chunk[300];
-    memset(chunk, 'x', sizeof chunk);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(b.len, 900);
-    assert_true(b.cap <= 1000);
-    /* Over the cap: refused, buffer unchanged. */
-    assert_int_equal(proto_buf_append(&b, chunk, 101), PROTO_E_NOMEM);
-    assert_int_equal(b.len, 900);
-    assert_int_equal(proto_buf_append(&b, chunk, 100), PROTO_OK);
-    assert_int_equal(b.len, 1000);
-    assert_int_equal(proto_buf_append(&b, chunk, 1), PROTO_E_NOMEM);
-    assert_int_equal(proto_buf_reserve(&b, (size_t)-1), PROTO_E_NOMEM);
-    size_t cap = b.cap;
-    proto_buf_reset(&b);
-    assert_int_equal(b.len, 0);
-    assert_int_equal(b.cap, cap);
-    proto_buf_free(&b);
-    assert_null(b.data);
-    proto_buf_free(&b); /* twice is fine */
 }
 
 static void test_utf8(void **state)
@@ -250,10 +223,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_err_tables),     cmocka_unit_test(test_types),
-        cmocka_unit_test(test_limits_default), cmocka_unit_test(test_buf),
-        cmocka_unit_test(test_utf8),           cmocka_unit_test(test_iso8601_parse),
-        cmocka_unit_test(test_iso8601_format), cmocka_unit_test(test_time_values),
-        cmocka_unit_test(test_event_key),
+        cmocka_unit_test(test_limits_default), cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_iso8601_parse),  cmocka_unit_test(test_iso8601_format),
+        cmocka_unit_test(test_time_values),    cmocka_unit_test(test_event_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
