@@ -29,6 +29,7 @@
 #include "base.h"
 #include "log.h"
 #include "metrics.h"
+#include "pql_hll.h"
 
 /* Shards: independent locks for concurrent feeders and readers. */
 #define PQL_SHARDS 256
@@ -40,8 +41,6 @@
 #define PQL_WALK_STEPS 32
 #define PQL_WALK_BYTES (64 * 1024)
 #define PQL_SHARD_BITS 8
-#define PQL_HLL_M      (1u << PQL_HLL_P)
-#define PQL_RHO_MAX    50 /* registers saturate here so the fixed-point sum fits 64 bits */
 #define PQL_SIGNAL_TOP 5
 #define PQL_MAX_SETS   (1 + CONFIG_PQL_MAX_RULES)
 #define DAY_MS         86400000LL
@@ -58,56 +57,6 @@ const char *pql_strerror(int err)
     default:
         return "unknown error";
     }
-}
-
-/* ---- HyperLogLog with an incrementally maintained estimate ---- */
-
-typedef struct hll {
-    uint64_t sum;   /* sum of 2^(RHO_MAX - reg[j]) */
-    uint32_t zeros; /* registers still 0 */
-    uint8_t reg[PQL_HLL_M];
-} hll_t;
-
-static void hll_clear(hll_t *h)
-{
-    memset(h->reg, 0, sizeof h->reg);
-    h->zeros = PQL_HLL_M;
-    h->sum = (uint64_t)PQL_HLL_M << PQL_RHO_MAX;
-}
-
-static void hll_set(hll_t *h, uint32_t j, uint8_t rho)
-{
-    uint8_t old = h->reg[j];
-    if (rho <= old) return;
-    h->sum -= 1ull << (PQL_RHO_MAX - old);
-    h->sum += 1ull << (PQL_RHO_MAX - rho);
-    if (old == 0) h->zeros--;
-    h->reg[j] = rho;
-}
-
-static void hll_hash_split(uint64_t x, uint32_t *j, uint8_t *rho)
-{
-    *j = (uint32_t)(x >> (64 - PQL_HLL_P));
-    uint64_t w = x << PQL_HLL_P;
-    int r = w == 0 ? 64 - PQL_HLL_P + 1 : __builtin_clzll(w) + 1;
-    if (r > PQL_RHO_MAX) r = PQL_RHO_MAX;
-    *rho = (uint8_t)r;
-}
-
-static void hll_merge(hll_t *dst, const hll_t *src)
-{
-    for (uint32_t j = 0; j < PQL_HLL_M; j++)
-        hll_set(dst, j, src->reg[j]);
-}
-
-static double hll_estimate(const hll_t *h)
-{
-    const double m = PQL_HLL_M;
-    const double alpha = 0.7213 / (1.0 + 1.079 / m);
-    double harm = (double)h->sum / (double)(1ull << PQL_RHO_MAX);
-    double e = alpha * m * m / harm;
-    if (e <= 2.5 * m && h->zeros > 0) e = m * log(m / (double)h->zeros);
-    return e;
 }
 
 /* ---- configuration compiled for the hot path ---- */
@@ -146,8 +95,8 @@ typedef struct pql_top {
 typedef struct pql_sketch {
     uint32_t built_head; /* the head the unions were built for (they depend on nothing else) */
     uint32_t *day_of;    /* ring slot -> day it holds, UINT32_MAX empty */
-    hll_t *days;         /* n_days ring, slot = day % n_days */
-    hll_t *uni;          /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
+    pql_hll_t *days;     /* n_days ring, slot = day % n_days */
+    pql_hll_t *uni;      /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
 } pql_sketch_t;
 
 typedef struct pql_acct pql_acct_t;
@@ -420,7 +369,8 @@ static uint32_t acct_bytes(const pql_t *p, const pql_acct_t *a)
         b += a->top[i].len + 1u;
     if (a->tier_sig != NULL) b += p->n_tiers * 4;
     if (a->sk != NULL)
-        b += sizeof *a->sk + p->n_days * (sizeof(hll_t) + 4) + (1 + p->n_uv) * sizeof(hll_t);
+        b +=
+            sizeof *a->sk + p->n_days * (sizeof(pql_hll_t) + 4) + (1 + p->n_uv) * sizeof(pql_hll_t);
     return (uint32_t)b;
 }
 
@@ -601,14 +551,14 @@ static void sketch_rebuild(pql_t *p, pql_acct_t *a)
     uint32_t wd = day_of_bucket(p, window_start(p, a->head));
     for (uint32_t i = 0; i < p->n_days; i++)
         if (sk->day_of[i] != UINT32_MAX && (sk->day_of[i] < wd || sk->day_of[i] > hd)) {
-            hll_clear(&sk->days[i]);
+            pql_hll_clear(&sk->days[i]);
             sk->day_of[i] = UINT32_MAX;
         }
     for (size_t u = 0; u <= p->n_uv; u++)
-        hll_clear(&sk->uni[u]);
+        pql_hll_clear(&sk->uni[u]);
     for (uint32_t i = 0; i < p->n_days; i++) {
         if (sk->day_of[i] == UINT32_MAX) continue;
-        hll_merge(&sk->uni[0], &sk->days[i]);
+        pql_hll_merge(&sk->uni[0], &sk->days[i]);
     }
     for (size_t r = 0; r < p->n_rules; r++) {
         const pql_rule_t *ru = &p->rules[r];
@@ -616,7 +566,7 @@ static void sketch_rebuild(pql_t *p, pql_acct_t *a)
         uint32_t rd = day_of_bucket(p, recent_start(a->head, ru->recent_b));
         for (uint32_t i = 0; i < p->n_days; i++)
             if (sk->day_of[i] != UINT32_MAX && sk->day_of[i] < rd)
-                hll_merge(&sk->uni[1 + ru->uv], &sk->days[i]);
+                pql_hll_merge(&sk->uni[1 + ru->uv], &sk->days[i]);
     }
     sk->built_head = a->head;
 }
@@ -628,19 +578,19 @@ static void sketch_add(pql_t *p, pql_acct_t *a, uint64_t uh, uint32_t b)
     uint32_t d = day_of_bucket(p, b);
     uint32_t i = d % p->n_days;
     if (sk->day_of[i] != d) {
-        hll_clear(&sk->days[i]);
+        pql_hll_clear(&sk->days[i]);
         sk->day_of[i] = d;
     }
     uint32_t j;
     uint8_t rho;
-    hll_hash_split(uh, &j, &rho);
-    hll_set(&sk->days[i], j, rho);
-    hll_set(&sk->uni[0], j, rho);
+    pql_hll_hash_split(uh, &j, &rho);
+    pql_hll_set(&sk->days[i], j, rho);
+    pql_hll_set(&sk->uni[0], j, rho);
     for (size_t r = 0; r < p->n_rules; r++) {
         const pql_rule_t *ru = &p->rules[r];
         if (ru->uv < 0) continue;
         if (d < day_of_bucket(p, recent_start(a->head, ru->recent_b)))
-            hll_set(&sk->uni[1 + ru->uv], j, rho);
+            pql_hll_set(&sk->uni[1 + ru->uv], j, rho);
     }
 }
 
@@ -661,10 +611,10 @@ static int to_sketch(pql_t *p, pql_acct_t *a)
     }
     for (uint32_t i = 0; i < p->n_days; i++) {
         sk->day_of[i] = UINT32_MAX;
-        hll_clear(&sk->days[i]);
+        pql_hll_clear(&sk->days[i]);
     }
     for (size_t u = 0; u <= p->n_uv; u++)
-        hll_clear(&sk->uni[u]);
+        pql_hll_clear(&sk->uni[u]);
     a->sk = sk;
     /* A user counts on the day of its first and of its last event: present in every union that
      * the exact set would have counted it in, at day granularity. */
@@ -735,21 +685,21 @@ static void recompute(pql_t *p, pql_acct_t *a)
 static double users_active(const pql_t *p, const pql_acct_t *a)
 {
     if (a->sk == NULL) return a->agg[p->agg_users];
-    return floor(hll_estimate(&a->sk->uni[0]) + 0.5);
+    return floor(pql_hll_estimate(&a->sk->uni[0]) + 0.5);
 }
 
 static double users_new_recent(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru)
 {
     if (a->sk == NULL) return a->agg[ru->agg_recent];
-    double all = hll_estimate(&a->sk->uni[0]);
-    double rest = hll_estimate(&a->sk->uni[1 + ru->uv]);
+    double all = pql_hll_estimate(&a->sk->uni[0]);
+    double rest = pql_hll_estimate(&a->sk->uni[1 + ru->uv]);
     return all > rest ? floor(all - rest + 0.5) : 0;
 }
 
 static double users_new_rest(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru)
 {
     if (a->sk == NULL) return a->agg[ru->agg_recent + 1];
-    return floor(hll_estimate(&a->sk->uni[1 + ru->uv]) + 0.5);
+    return floor(pql_hll_estimate(&a->sk->uni[1 + ru->uv]) + 0.5);
 }
 
 /* The value a rule compares with at_least. */
@@ -1653,12 +1603,12 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
         if (to_sketch(p, a) != PQL_OK) goto out;
         rb_get(r, a->sk->day_of, p->n_days * 4);
         for (uint32_t i = 0; i < p->n_days && !r->bad; i++) {
-            hll_clear(&a->sk->days[i]);
+            pql_hll_clear(&a->sk->days[i]);
             if (a->sk->day_of[i] == UINT32_MAX) continue;
             uint8_t reg[PQL_HLL_M];
             rb_get(r, reg, PQL_HLL_M);
             for (uint32_t j = 0; j < PQL_HLL_M; j++)
-                hll_set(&a->sk->days[i], j, reg[j] > PQL_RHO_MAX ? PQL_RHO_MAX : reg[j]);
+                pql_hll_set(&a->sk->days[i], j, reg[j] > PQL_RHO_MAX ? PQL_RHO_MAX : reg[j]);
         }
         a->sk->built_head = a->head + 1; /* the unions are rebuilt from the loaded days */
     }
