@@ -29,6 +29,7 @@
 #include "base.h"
 #include "log.h"
 #include "metrics.h"
+#include "pql_hll.h"
 
 /* Shards: independent locks for concurrent feeders and readers. */
 #define PQL_SHARDS 256
@@ -40,8 +41,6 @@
 #define PQL_WALK_STEPS 32
 #define PQL_WALK_BYTES (64 * 1024)
 #define PQL_SHARD_BITS 8
-#define PQL_HLL_M      (1u << PQL_HLL_P)
-#define PQL_RHO_MAX    50 /* registers saturate here so the fixed-point sum fits 64 bits */
 #define PQL_SIGNAL_TOP 5
 #define PQL_MAX_SETS   (1 + CONFIG_PQL_MAX_RULES)
 #define DAY_MS         86400000LL
@@ -58,56 +57,6 @@ const char *pql_strerror(int err)
     default:
         return "unknown error";
     }
-}
-
-/* ---- HyperLogLog with an incrementally maintained estimate ---- */
-
-typedef struct hll {
-    uint64_t sum;   /* sum of 2^(RHO_MAX - reg[j]) */
-    uint32_t zeros; /* registers still 0 */
-    uint8_t reg[PQL_HLL_M];
-} hll_t;
-
-static void hll_clear(hll_t *h)
-{
-    memset(h->reg, 0, sizeof h->reg);
-    h->zeros = PQL_HLL_M;
-    h->sum = (uint64_t)PQL_HLL_M << PQL_RHO_MAX;
-}
-
-static void hll_set(hll_t *h, uint32_t j, uint8_t rho)
-{
-    uint8_t old = h->reg[j];
-    if (rho <= old) return;
-    h->sum -= 1ull << (PQL_RHO_MAX - old);
-    h->sum += 1ull << (PQL_RHO_MAX - rho);
-    if (old == 0) h->zeros--;
-    h->reg[j] = rho;
-}
-
-static void hll_hash_split(uint64_t x, uint32_t *j, uint8_t *rho)
-{
-    *j = (uint32_t)(x >> (64 - PQL_HLL_P));
-    uint64_t w = x << PQL_HLL_P;
-    int r = w == 0 ? 64 - PQL_HLL_P + 1 : __builtin_clzll(w) + 1;
-    if (r > PQL_RHO_MAX) r = PQL_RHO_MAX;
-    *rho = (uint8_t)r;
-}
-
-static void hll_merge(hll_t *dst, const hll_t *src)
-{
-    for (uint32_t j = 0; j < PQL_HLL_M; j++)
-        hll_set(dst, j, src->reg[j]);
-}
-
-static double hll_estimate(const hll_t *h)
-{
-    const double m = PQL_HLL_M;
-    const double alpha = 0.7213 / (1.0 + 1.079 / m);
-    double harm = (double)h->sum / (double)(1ull << PQL_RHO_MAX);
-    double e = alpha * m * m / harm;
-    if (e <= 2.5 * m && h->zeros > 0) e = m * log(m / (double)h->zeros);
-    return e;
 }
 
 /* ---- configuration compiled for the hot path ---- */
@@ -146,8 +95,8 @@ typedef struct pql_top {
 typedef struct pql_sketch {
     uint32_t built_head; /* the head the unions were built for (they depend on nothing else) */
     uint32_t *day_of;    /* ring slot -> day it holds, UINT32_MAX empty */
-    hll_t *days;         /* n_days ring, slot = day % n_days */
-    hll_t *uni;          /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
+    pql_hll_t *days;     /* n_days ring, slot = day % n_days */
+    pql_hll_t *uni;      /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
 } pql_sketch_t;
 
 typedef struct pql_acct pql_acct_t;
@@ -182,7 +131,7 @@ typedef struct pql_shard {
 
 /* Records handed over by pql_submit: a lock-free stack (push CAS, take-all exchange). */
 typedef struct pql_batch {
-    struct pql_batch *next;
+    base_snode_t node; /* first: a taken node is its batch */
     int64_t now_ms;
     size_t len;
     char *data;
@@ -214,12 +163,13 @@ struct pql {
     void (*walk_hook)(void *ud);                 /* tests: runs between two holds, no lock held */
     void *walk_hook_ud;
     /* The feeder thread (pql_feeder_start). */
-    _Atomic(pql_batch_t *) inbox;
+    base_stack_t inbox;
     _Atomic uint64_t q_bytes, q_dropped;
     uint64_t q_max;
     sem_t q_sem;
     atomic_bool q_stop;
     bool feeder_on;
+    bool orphaned; /* a saver stop timed out: its tick may still use p, never freed */
     pthread_t feeder;
 };
 
@@ -241,6 +191,7 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
         return PQL_E_INVALID;
     pql_t *p = calloc(1, sizeof *p);
     if (p == NULL) return PQL_E_NOMEM;
+    base_stack_init(&p->inbox);
     p->cb = cb;
     p->ud = ud;
     p->bucket_ms = cfg->bucket_ms;
@@ -380,6 +331,7 @@ void pql_free(pql_t *p)
 {
     if (p == NULL) return;
     pql_feeder_stop(p);
+    if (p->orphaned) return; /* the process is exiting; the saver may still read p */
     for (size_t s = 0; s < PQL_SHARDS; s++) {
         pql_shard_t *sh = &p->shards[s];
         for (size_t i = 0; sh->tab != NULL && i < sh->cap; i++) {
@@ -417,7 +369,8 @@ static uint32_t acct_bytes(const pql_t *p, const pql_acct_t *a)
         b += a->top[i].len + 1u;
     if (a->tier_sig != NULL) b += p->n_tiers * 4;
     if (a->sk != NULL)
-        b += sizeof *a->sk + p->n_days * (sizeof(hll_t) + 4) + (1 + p->n_uv) * sizeof(hll_t);
+        b +=
+            sizeof *a->sk + p->n_days * (sizeof(pql_hll_t) + 4) + (1 + p->n_uv) * sizeof(pql_hll_t);
     return (uint32_t)b;
 }
 
@@ -598,14 +551,14 @@ static void sketch_rebuild(pql_t *p, pql_acct_t *a)
     uint32_t wd = day_of_bucket(p, window_start(p, a->head));
     for (uint32_t i = 0; i < p->n_days; i++)
         if (sk->day_of[i] != UINT32_MAX && (sk->day_of[i] < wd || sk->day_of[i] > hd)) {
-            hll_clear(&sk->days[i]);
+            pql_hll_clear(&sk->days[i]);
             sk->day_of[i] = UINT32_MAX;
         }
     for (size_t u = 0; u <= p->n_uv; u++)
-        hll_clear(&sk->uni[u]);
+        pql_hll_clear(&sk->uni[u]);
     for (uint32_t i = 0; i < p->n_days; i++) {
         if (sk->day_of[i] == UINT32_MAX) continue;
-        hll_merge(&sk->uni[0], &sk->days[i]);
+        pql_hll_merge(&sk->uni[0], &sk->days[i]);
     }
     for (size_t r = 0; r < p->n_rules; r++) {
         const pql_rule_t *ru = &p->rules[r];
@@ -613,7 +566,7 @@ static void sketch_rebuild(pql_t *p, pql_acct_t *a)
         uint32_t rd = day_of_bucket(p, recent_start(a->head, ru->recent_b));
         for (uint32_t i = 0; i < p->n_days; i++)
             if (sk->day_of[i] != UINT32_MAX && sk->day_of[i] < rd)
-                hll_merge(&sk->uni[1 + ru->uv], &sk->days[i]);
+                pql_hll_merge(&sk->uni[1 + ru->uv], &sk->days[i]);
     }
     sk->built_head = a->head;
 }
@@ -625,19 +578,19 @@ static void sketch_add(pql_t *p, pql_acct_t *a, uint64_t uh, uint32_t b)
     uint32_t d = day_of_bucket(p, b);
     uint32_t i = d % p->n_days;
     if (sk->day_of[i] != d) {
-        hll_clear(&sk->days[i]);
+        pql_hll_clear(&sk->days[i]);
         sk->day_of[i] = d;
     }
     uint32_t j;
     uint8_t rho;
-    hll_hash_split(uh, &j, &rho);
-    hll_set(&sk->days[i], j, rho);
-    hll_set(&sk->uni[0], j, rho);
+    pql_hll_hash_split(uh, &j, &rho);
+    pql_hll_set(&sk->days[i], j, rho);
+    pql_hll_set(&sk->uni[0], j, rho);
     for (size_t r = 0; r < p->n_rules; r++) {
         const pql_rule_t *ru = &p->rules[r];
         if (ru->uv < 0) continue;
         if (d < day_of_bucket(p, recent_start(a->head, ru->recent_b)))
-            hll_set(&sk->uni[1 + ru->uv], j, rho);
+            pql_hll_set(&sk->uni[1 + ru->uv], j, rho);
     }
 }
 
@@ -658,10 +611,10 @@ static int to_sketch(pql_t *p, pql_acct_t *a)
     }
     for (uint32_t i = 0; i < p->n_days; i++) {
         sk->day_of[i] = UINT32_MAX;
-        hll_clear(&sk->days[i]);
+        pql_hll_clear(&sk->days[i]);
     }
     for (size_t u = 0; u <= p->n_uv; u++)
-        hll_clear(&sk->uni[u]);
+        pql_hll_clear(&sk->uni[u]);
     a->sk = sk;
     /* A user counts on the day of its first and of its last event: present in every union that
      * the exact set would have counted it in, at day granularity. */
@@ -732,21 +685,21 @@ static void recompute(pql_t *p, pql_acct_t *a)
 static double users_active(const pql_t *p, const pql_acct_t *a)
 {
     if (a->sk == NULL) return a->agg[p->agg_users];
-    return floor(hll_estimate(&a->sk->uni[0]) + 0.5);
+    return floor(pql_hll_estimate(&a->sk->uni[0]) + 0.5);
 }
 
 static double users_new_recent(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru)
 {
     if (a->sk == NULL) return a->agg[ru->agg_recent];
-    double all = hll_estimate(&a->sk->uni[0]);
-    double rest = hll_estimate(&a->sk->uni[1 + ru->uv]);
+    double all = pql_hll_estimate(&a->sk->uni[0]);
+    double rest = pql_hll_estimate(&a->sk->uni[1 + ru->uv]);
     return all > rest ? floor(all - rest + 0.5) : 0;
 }
 
 static double users_new_rest(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru)
 {
     if (a->sk == NULL) return a->agg[ru->agg_recent + 1];
-    return floor(hll_estimate(&a->sk->uni[1 + ru->uv]) + 0.5);
+    return floor(pql_hll_estimate(&a->sk->uni[1 + ru->uv]) + 0.5);
 }
 
 /* The value a rule compares with at_least. */
@@ -856,15 +809,6 @@ static size_t top_order(const pql_acct_t *a, uint8_t *idx, size_t k)
     return n;
 }
 
-static void iso8601(int64_t ms, char *out, size_t cap)
-{
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-}
-
 static json_t *rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding)
 {
     json_t *arr = json_array();
@@ -924,7 +868,7 @@ static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t 
                          size_t *len)
 {
     char when[96];
-    iso8601(now_ms, when, sizeof when);
+    base_iso8601_format(now_ms, when);
     json_t *o = json_object();
     if (o == NULL) return NULL;
     json_object_set_new(o, "accountId", json_stringn(ev->account, ev->account_len));
@@ -1096,7 +1040,7 @@ out:
 
 /* u8 account_len, u8 user_len, u8 source_len, u8 has_event, u8 event_len (<= 200), i64 ts,
  * then the bytes. */
-int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
+int pql_record_append(base_buf_t *buf, const pql_event_t *ev)
 {
     if (ev->account == NULL || ev->user == NULL || ev->account_len == 0 || ev->account_len > 255 ||
         ev->user_len == 0 || ev->user_len > 255 || ev->source_len > 255 || ev->event_len > 255)
@@ -1110,11 +1054,11 @@ int pql_record_append(proto_buf_t *buf, const pql_event_t *ev)
     memcpy(h + 5, &ev->ts_ms, 8);
     size_t need = sizeof h + h[0] + h[1] + h[2] + h[4];
     if (buf->len + need > buf->max) return PROTO_E_NOMEM;
-    int rc = proto_buf_append(buf, h, sizeof h);
-    if (rc == 0) rc = proto_buf_append(buf, ev->account, h[0]);
-    if (rc == 0) rc = proto_buf_append(buf, ev->user, h[1]);
-    if (rc == 0 && h[2]) rc = proto_buf_append(buf, ev->source, h[2]);
-    if (rc == 0 && h[4]) rc = proto_buf_append(buf, ev->event, h[4]);
+    int rc = base_buf_append(buf, h, sizeof h);
+    if (rc == 0) rc = base_buf_append(buf, ev->account, h[0]);
+    if (rc == 0) rc = base_buf_append(buf, ev->user, h[1]);
+    if (rc == 0 && h[2]) rc = base_buf_append(buf, ev->source, h[2]);
+    if (rc == 0 && h[4]) rc = base_buf_append(buf, ev->event, h[4]);
     return rc;
 }
 
@@ -1163,7 +1107,7 @@ static uint64_t records_count(const char *buf, size_t len)
     return n;
 }
 
-int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
+int pql_submit(pql_t *p, base_buf_t *rec, int64_t now_ms)
 {
     if (rec->len == 0) return PQL_OK;
     if (!p->feeder_on) {
@@ -1185,33 +1129,22 @@ int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms)
     rec->data = NULL;
     rec->len = rec->cap = 0;
     /* b belongs to the feeder once pushed: only the local head is read after the CAS. */
-    pql_batch_t *head = atomic_load_explicit(&p->inbox, memory_order_relaxed);
-    do
-        b->next = head;
-    while (!atomic_compare_exchange_weak_explicit(&p->inbox, &head, b, memory_order_release,
-                                                  memory_order_relaxed));
-    /* Only the push onto an empty stack wakes the feeder: it takes everything at once. */
-    if (head == NULL) sem_post(&p->q_sem);
+    /* b belongs to the feeder once pushed. Only the push onto an empty stack wakes the feeder:
+     * it takes everything at once. */
+    if (base_stack_push(&p->inbox, &b->node)) sem_post(&p->q_sem);
     return PQL_OK;
 }
 
-/* Feeds a taken stack in submission order and frees it. */
-static void inbox_drain(pql_t *p, pql_batch_t *b)
+/* Feeds a taken stack (base_stack_take: submission order) and frees it. */
+static void inbox_drain(pql_t *p, base_snode_t *n)
 {
-    pql_batch_t *fifo = NULL;
-    while (b != NULL) {
-        pql_batch_t *n = b->next;
-        b->next = fifo;
-        fifo = b;
-        b = n;
-    }
-    while (fifo != NULL) {
-        pql_batch_t *n = fifo->next;
-        pql_feed_records(p, fifo->data, fifo->len, fifo->now_ms);
-        atomic_fetch_sub_explicit(&p->q_bytes, fifo->len, memory_order_relaxed);
-        free(fifo->data);
-        free(fifo);
-        fifo = n;
+    while (n != NULL) {
+        pql_batch_t *b = (pql_batch_t *)n;
+        n = n->next;
+        pql_feed_records(p, b->data, b->len, b->now_ms);
+        atomic_fetch_sub_explicit(&p->q_bytes, b->len, memory_order_relaxed);
+        free(b->data);
+        free(b);
     }
 }
 
@@ -1225,7 +1158,7 @@ static void *inbox_thread_main(void *arg)
         while (sem_wait(&p->q_sem) != 0 && errno == EINTR) {
         }
         bool stop = atomic_load_explicit(&p->q_stop, memory_order_acquire);
-        inbox_drain(p, atomic_exchange_explicit(&p->inbox, NULL, memory_order_acquire));
+        inbox_drain(p, base_stack_take(&p->inbox));
         if (stop) break;
     }
     return NULL;
@@ -1236,10 +1169,10 @@ int pql_feeder_start(pql_t *p, uint64_t max_bytes)
     if (p->feeder_on) return PQL_E_INVALID;
     p->q_max = max_bytes;
     atomic_store(&p->q_stop, false);
-    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_IO;
+    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_THREAD;
     if (pthread_create(&p->feeder, NULL, inbox_thread_main, p) != 0) {
         sem_destroy(&p->q_sem);
-        return PQL_E_IO;
+        return PQL_E_THREAD;
     }
     p->feeder_on = true;
     return PQL_OK;
@@ -1253,7 +1186,7 @@ void pql_feeder_stop(pql_t *p)
     pthread_join(p->feeder, NULL);
     /* Anything pushed after the feeder's last take (a caller breaking the contract) is fed
      * here rather than leaked. */
-    inbox_drain(p, atomic_exchange(&p->inbox, NULL));
+    inbox_drain(p, base_stack_take(&p->inbox));
     sem_destroy(&p->q_sem);
     p->feeder_on = false;
 }
@@ -1269,7 +1202,7 @@ static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
     json_object_set_new(o, "tier",
                         a->tier == NO_TIER ? json_null() : json_string(p->tier_names[a->tier]));
     char when[96];
-    iso8601((int64_t)a->head * p->bucket_ms, when, sizeof when);
+    base_iso8601_format((int64_t)a->head * p->bucket_ms, when);
     json_object_set_new(o, "lastBucket", json_string(when));
     json_t *c = json_object();
     if (c != NULL) {
@@ -1284,18 +1217,19 @@ static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
     return o;
 }
 
-static int dump_into(json_t *o, proto_buf_t *out)
+static int dump_into(json_t *o, base_buf_t *out)
 {
     if (o == NULL) return PQL_E_NOMEM;
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (s == NULL) return PQL_E_NOMEM;
-    int rc = proto_buf_append(out, s, strlen(s)) == 0 ? PQL_OK : PQL_E_NOMEM;
+    int brc = base_buf_append(out, s, strlen(s));
+    int rc = brc == BASE_OK ? PQL_OK : brc == BASE_E_TOO_LARGE ? PQL_E_TOO_LARGE : PQL_E_NOMEM;
     free(s);
     return rc;
 }
 
-int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto_buf_t *out)
+int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, base_buf_t *out)
 {
     (void)now_ms;
     if (len == 0 || len > 255) return PQL_E_NOTFOUND;
@@ -1409,7 +1343,7 @@ static void top_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
     }
 }
 
-int pql_top_json(pql_t *p, size_t n, proto_buf_t *out)
+int pql_top_json(pql_t *p, size_t n, base_buf_t *out)
 {
     if (n < 1) n = 1;
     if (n > PQL_TOP_MAX) n = PQL_TOP_MAX;
@@ -1669,12 +1603,12 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
         if (to_sketch(p, a) != PQL_OK) goto out;
         rb_get(r, a->sk->day_of, p->n_days * 4);
         for (uint32_t i = 0; i < p->n_days && !r->bad; i++) {
-            hll_clear(&a->sk->days[i]);
+            pql_hll_clear(&a->sk->days[i]);
             if (a->sk->day_of[i] == UINT32_MAX) continue;
             uint8_t reg[PQL_HLL_M];
             rb_get(r, reg, PQL_HLL_M);
             for (uint32_t j = 0; j < PQL_HLL_M; j++)
-                hll_set(&a->sk->days[i], j, reg[j] > PQL_RHO_MAX ? PQL_RHO_MAX : reg[j]);
+                pql_hll_set(&a->sk->days[i], j, reg[j] > PQL_RHO_MAX ? PQL_RHO_MAX : reg[j]);
         }
         a->sk->built_head = a->head + 1; /* the unions are rebuilt from the loaded days */
     }
@@ -1867,53 +1801,24 @@ void pql_register_metrics(pql_t *p)
 struct pql_saver {
     pql_t *p;
     char *path;
-    uint32_t interval_ms;
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* CLOCK_MONOTONIC */
-    bool stop;         /* protected by mu */
+    base_worker_t *w;
 };
 
-static int64_t wall_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* A saver stop waits this long for a snapshot in progress. */
+#define PQL_SAVER_STOP_MS 60000
 
-static void *saver_main(void *arg)
+/* One saver tick (every interval): the idle accounts' windows advance, then the snapshot. */
+static void saver_tick(void *arg)
 {
     pql_saver_t *s = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += s->interval_ms / 1000;
-        dl.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &dl) != ETIMEDOUT) {
-        }
-        if (s->stop) break;
-        pthread_mutex_unlock(&s->mu);
-        size_t expired = pql_sweep(s->p, wall_now_ms());
-        uint64_t t0 = (uint64_t)wall_now_ms();
-        int rc = pql_snapshot_write(s->p, s->path);
-        if (rc != PQL_OK)
-            LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path),
-                LS("error", pql_strerror(rc)));
-        else
-            LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
-                LI("ms", (uint64_t)wall_now_ms() - t0));
-        pthread_mutex_lock(&s->mu);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
+    size_t expired = pql_sweep(s->p, base_wall_ms());
+    int64_t t0 = base_mono_ms();
+    int rc = pql_snapshot_write(s->p, s->path);
+    if (rc != PQL_OK)
+        LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path), LS("error", pql_strerror(rc)));
+    else
+        LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
+            LI("ms", (uint64_t)(base_mono_ms() - t0)));
 }
 
 int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out)
@@ -1925,19 +1830,12 @@ int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_
         return PQL_E_NOMEM;
     }
     s->p = p;
-    s->interval_ms = interval_ms > 0 ? interval_ms : 1000;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (pthread_create(&s->th, NULL, saver_main, s) != 0) {
-        pthread_cond_destroy(&s->cv);
-        pthread_mutex_destroy(&s->mu);
+    int rc = base_worker_start(&s->w, "sluice-pql-save", interval_ms > 0 ? interval_ms : 1000,
+                               saver_tick, s);
+    if (rc != BASE_OK) {
         free(s->path);
         free(s);
-        return PQL_E_IO;
+        return rc == BASE_E_NOMEM ? PQL_E_NOMEM : PQL_E_THREAD;
     }
     *out = s;
     return PQL_OK;
@@ -1946,14 +1844,12 @@ int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_
 int pql_saver_stop(pql_saver_t *s)
 {
     if (s == NULL) return PQL_OK;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->th, NULL);
+    if (base_worker_stop(s->w, PQL_SAVER_STOP_MS) != BASE_OK) {
+        /* Still writing: s and its pql stay allocated for the running tick. */
+        s->p->orphaned = true;
+        return PQL_E_TIMEOUT;
+    }
     int rc = pql_snapshot_write(s->p, s->path);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
     free(s->path);
     free(s);
     return rc;

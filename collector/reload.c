@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base.h"
 #include "log.h"
 
 /* How long reload_apply waits for readers of the old version (they never block, so this is a
@@ -48,22 +49,15 @@ int reload_init(reload_t *rl, config_t *cfg)
     return 0;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Waits until no reader that entered before this call is inside (see reload.h). Returns false
  * when the bound passed first. */
 static bool grace_period(reload_t *rl)
 {
-    const uint64_t deadline = mono_ns() + RELOAD_GRACE_NS;
+    const uint64_t deadline = base_mono_ns() + RELOAD_GRACE_NS;
     for (int phase = 0; phase < 2; phase++) {
         unsigned old = atomic_fetch_xor(&rl->epoch, 1u) & 1u;
         while (atomic_load(&rl->readers[old]) != 0) {
-            if (mono_ns() > deadline) return false;
+            if (base_mono_ns() > deadline) return false;
             struct timespec d = {0, 50 * 1000}; /* 50 µs: readers hold for one request's CPU work */
             nanosleep(&d, NULL);
         }
@@ -148,7 +142,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
     return 0;
 }
 
-int reload_render_metrics(proto_buf_t *out, void *ud)
+int reload_render_metrics(base_buf_t *out, void *ud)
 {
     reload_t *rl = ud;
     char line[256];
@@ -160,7 +154,7 @@ int reload_render_metrics(proto_buf_t *out, void *ud)
                      (unsigned long long)atomic_load(&rl->reloads),
                      (unsigned long long)atomic_load(&rl->failures));
     int rc =
-        n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n) : PROTO_E_NOMEM;
+        n > 0 && (size_t)n < sizeof line ? base_buf_append(out, line, (size_t)n) : PROTO_E_NOMEM;
     reload_ticket_t t;
     const runtime_t *rt = reload_enter(rl, &t);
     if (rc == PROTO_OK) rc = filter_set_render(rt->filters, out);

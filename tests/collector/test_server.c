@@ -167,7 +167,7 @@ static void test_threads_and_drain(void **state)
     accounts_free(accounts);
     /* The one accepted event is in Kafka. */
     assert_int_equal(mock_topic_count(&mk, mk.events), 1);
-    mock_msg_t ev[1];
+    mock_msg_t ev[1] = {0};
     assert_int_equal(mock_consume(&mk, mk.events, 1, ev, 1), 1);
     assert_string_equal(mock_header(&ev[0], "message-id"), "d1");
     mock_msgs_free(ev, 1);
@@ -237,9 +237,9 @@ static void test_kafka_free_after_server_stop(void **state)
     assert_false(server_wait_drained(srv, 200));
     assert_true(kafka_out_flush(ko, 100) > 0);
     server_stop(srv);
-    assert_null(atomic_load(&srv->loops[0].http.mailbox.head));
+    assert_null(atomic_load(&srv->loops[0].http.mailbox.stack.head));
     kafka_out_free(ko); /* the purge report reaches done_cb: a push into a stopped loop */
-    assert_non_null(atomic_load(&srv->loops[0].http.mailbox.head));
+    assert_non_null(atomic_load(&srv->loops[0].http.mailbox.stack.head));
     assert_true(metrics_get(METRIC_KAFKA_ERRORS) >= 1);
     server_free(srv); /* frees the request that never came back */
 
