@@ -177,7 +177,13 @@ typedef struct base_snode {
 } base_snode_t;
 
 typedef struct base_stack {
+#ifdef __cplusplus
+    /* The one C++ file (proto/json_reader.cpp) only sees this layout, never touches it: a
+     * pointer-sized atomic has a plain pointer's size and alignment on every target we build. */
+    base_snode_t *head;
+#else
     _Atomic(base_snode_t *) head;
+#endif
 } base_stack_t;
 
 void base_stack_init(base_stack_t *s);
