@@ -105,6 +105,8 @@ typedef struct config {
     uint64_t header_bytes;      /* all request headers together, 16 KiB */
     uint32_t header_timeout_ms; /* 10 s: slowloris */
     uint32_t idle_timeout_ms;   /* 60 s: idle keep-alive */
+    uint32_t request_timeout_ms; /* 30 s: whole request (headers + body); also answer writes */
+    uint64_t body_memory;        /* 256 MiB: request bodies held in memory, all connections */
     uint32_t max_depth;         /* 16 */
     uint64_t max_users;         /* user->account map entries, 1,000,000 */
 
