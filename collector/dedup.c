@@ -37,6 +37,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -58,7 +59,6 @@
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
 #define SNAP_NAME    "dedup.snapshot"
-#define SNAP_TMP     "dedup.snapshot.tmp"
 #define SNAP_REC     9 /* fingerprint + generation index */
 
 typedef struct bucket {
@@ -796,8 +796,9 @@ int dedup_register_metrics(dedup_t *d)
 
 /* ---- snapshots ---- */
 
+/* The snapshot being written: the base layer's atomic file, hashed as it is written. */
 typedef struct snap_out {
-    FILE *f;
+    base_afile_t f;
     XXH3_state_t *h;
     bool err;
 } snap_out_t;
@@ -806,7 +807,7 @@ static void snap_put(snap_out_t *o, const void *p, size_t n)
 {
     if (o->err) return;
     XXH3_64bits_update(o->h, p, n);
-    if (fwrite(p, 1, n, o->f) != n) o->err = true;
+    if (base_afile_write(&o->f, p, n) != BASE_OK) o->err = true;
 }
 
 static void put_u64(uint8_t *p, uint64_t v)
@@ -825,15 +826,6 @@ static int path_join(char *out, size_t cap, const char *dir, const char *name)
 {
     int n = snprintf(out, cap, "%s/%s", dir, name);
     return n > 0 && (size_t)n < cap ? 0 : -1;
-}
-
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
 }
 
 /* Writes the body (entries); returns the count, with o->err set on failure. */
@@ -895,16 +887,15 @@ static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_
  */
 int dedup_snapshot_write(dedup_t *d, const char *dir)
 {
-    char path[4096], tmp[4096];
-    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0 ||
-        path_join(tmp, sizeof tmp, dir, SNAP_TMP) != 0)
-        return DEDUP_E_INVALID;
+    char path[4096];
+    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) return DEDUP_E_INVALID;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) return DEDUP_E_IO;
-    snap_out_t o = {fopen(tmp, "wb"), XXH3_createState(), false};
-    if (o.f == NULL || o.h == NULL) {
-        if (o.f != NULL) fclose(o.f);
+    snap_out_t o = {.h = XXH3_createState()};
+    if (o.h == NULL) return DEDUP_E_NOMEM;
+    int orc = base_afile_open(&o.f, path, 0666);
+    if (orc != BASE_OK) {
         XXH3_freeState(o.h);
-        return o.h == NULL ? DEDUP_E_NOMEM : DEDUP_E_IO;
+        return orc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO;
     }
     XXH3_64bits_reset(o.h);
     view_t v;
@@ -928,16 +919,13 @@ int dedup_snapshot_write(dedup_t *d, const char *dir)
     snap_put(&o, tail, sizeof tail);
     uint8_t sum[8];
     put_u64(sum, XXH3_64bits_digest(o.h));
-    if (!o.err && fwrite(sum, 1, 8, o.f) != 8) o.err = true;
+    if (!o.err && base_afile_write(&o.f, sum, 8) != BASE_OK) o.err = true;
     XXH3_freeState(o.h);
-    if (fflush(o.f) != 0 || fsync(fileno(o.f)) != 0) o.err = true;
-    if (fclose(o.f) != 0) o.err = true;
-    if (o.err || rename(tmp, path) != 0) {
-        unlink(tmp);
+    if (o.err) {
+        base_afile_abort(&o.f);
         return DEDUP_E_IO;
     }
-    (void)fsync_dir(dir);
-    return DEDUP_OK;
+    return base_afile_commit(&o.f) == BASE_OK ? DEDUP_OK : DEDUP_E_IO;
 }
 
 /* Inserts a remembered entry while loading (d is private to the loader, no request runs). */

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "base.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -1475,29 +1476,19 @@ size_t pql_sweep(pql_t *p, int64_t now_ms)
 #define SNAP_MAGIC   "SLPQLSN1"
 #define SNAP_VERSION 1u
 
+/* The serialized accounts of one walk chunk wait in a base_buf_t (capped: a chunk holds at most
+ * PQL_WALK_STEPS accounts, each far below the cap) until snap_flush hands them to the file.
+ * Appends are sticky: the first failure is kept in wbuf_t.rc and later appends do nothing. */
+#define SNAP_BUF_MAX ((size_t)256 * 1024 * 1024)
+
 typedef struct wbuf {
-    unsigned char *d;
-    size_t len, cap;
-    bool oom;
+    base_buf_t b;
+    int rc; /* BASE_OK or the first append's error */
 } wbuf_t;
 
 static void wb_put(wbuf_t *w, const void *src, size_t n)
 {
-    if (w->oom || n == 0) return;
-    if (w->len + n > w->cap) {
-        size_t nc = w->cap ? w->cap * 2 : 65536;
-        while (nc < w->len + n)
-            nc *= 2;
-        unsigned char *nd = realloc(w->d, nc);
-        if (nd == NULL) {
-            w->oom = true;
-            return;
-        }
-        w->d = nd;
-        w->cap = nc;
-    }
-    memcpy(w->d + w->len, src, n);
-    w->len += n;
+    if (w->rc == BASE_OK) w->rc = base_buf_append(&w->b, src, n);
 }
 
 static void acct_serialize(const pql_t *p, const pql_acct_t *a, wbuf_t *w)
@@ -1527,23 +1518,11 @@ static void acct_serialize(const pql_t *p, const pql_acct_t *a, wbuf_t *w)
     }
 }
 
-static int write_all(int fd, const void *d, size_t n)
-{
-    const char *c = d;
-    while (n > 0) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 typedef struct snap_walk {
     wbuf_t *w;
     XXH64_state_t *xs;
-    int fd, rc;
+    base_afile_t *f;
+    int rc;
     uint64_t total;
 } snap_walk_t;
 
@@ -1564,41 +1543,40 @@ static void snap_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
 static void snap_flush_now(snap_walk_t *sw)
 {
     if (sw->rc != PQL_OK) return;
-    if (sw->w->oom) {
-        sw->rc = PQL_E_NOMEM;
+    if (sw->w->rc != BASE_OK) {
+        sw->rc = sw->w->rc == BASE_E_TOO_LARGE ? PQL_E_TOO_LARGE : PQL_E_NOMEM;
         return;
     }
-    XXH64_update(sw->xs, sw->w->d, sw->w->len);
-    if (write_all(sw->fd, sw->w->d, sw->w->len) != 0) sw->rc = PQL_E_IO;
-    sw->w->len = 0;
+    XXH64_update(sw->xs, sw->w->b.data, sw->w->b.len);
+    if (base_afile_write(sw->f, sw->w->b.data, sw->w->b.len) != BASE_OK) sw->rc = PQL_E_IO;
+    base_buf_reset(&sw->w->b);
 }
 
 static void snap_flush(pql_t *p, void *ud)
 {
     (void)p;
     snap_walk_t *sw = ud;
-    if (sw->w->len >= SNAP_FLUSH_BYTES || sw->w->oom) snap_flush_now(sw);
+    if (sw->w->b.len >= SNAP_FLUSH_BYTES || sw->w->rc != BASE_OK) snap_flush_now(sw);
 }
 
 int pql_snapshot_write(pql_t *p, const char *path)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) return PQL_E_INVALID;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return PQL_E_IO;
     XXH64_state_t *xs = XXH64_createState();
-    if (xs == NULL) {
-        close(fd);
-        unlink(tmp);
-        return PQL_E_NOMEM;
+    if (xs == NULL) return PQL_E_NOMEM;
+    base_afile_t f;
+    int frc = base_afile_open(&f, path, 0644);
+    if (frc != BASE_OK) {
+        XXH64_freeState(xs);
+        return frc == BASE_E_NOMEM ? PQL_E_NOMEM : frc == BASE_E_INVAL ? PQL_E_INVALID : PQL_E_IO;
     }
     XXH64_reset(xs, 0);
-    wbuf_t w = {0};
+    wbuf_t w = {.rc = BASE_OK};
+    base_buf_init(&w.b, SNAP_BUF_MAX);
     uint32_t ver = SNAP_VERSION;
     wb_put(&w, SNAP_MAGIC, 8);
     wb_put(&w, &ver, 4);
     wb_put(&w, &p->fingerprint, 8);
-    snap_walk_t sw = {&w, xs, fd, PQL_OK, 0};
+    snap_walk_t sw = {&w, xs, &f, PQL_OK, 0};
     walk_all(p, snap_visit, snap_flush, &sw);
     int rc = sw.rc;
     uint64_t total = sw.total;
@@ -1610,39 +1588,21 @@ int pql_snapshot_write(pql_t *p, const char *path)
         uint8_t end = 0;
         wb_put(&w, &end, 1);
         wb_put(&w, &total, 8);
-        if (w.oom)
-            rc = PQL_E_NOMEM;
-        else
-            XXH64_update(xs, w.d, w.len);
+        if (w.rc == BASE_OK) XXH64_update(xs, w.b.data, w.b.len);
         uint64_t sum = XXH64_digest(xs);
         wb_put(&w, &sum, 8);
-        if (rc == PQL_OK && (w.oom || write_all(fd, w.d, w.len) != 0)) rc = PQL_E_IO;
+        if (w.rc != BASE_OK)
+            rc = PQL_E_NOMEM;
+        else if (base_afile_write(&f, w.b.data, w.b.len) != BASE_OK)
+            rc = PQL_E_IO;
     }
-    free(w.d);
+    base_buf_free(&w.b);
     XXH64_freeState(xs);
-    if (rc == PQL_OK && fsync(fd) != 0) rc = PQL_E_IO;
-    if (close(fd) != 0 && rc == PQL_OK) rc = PQL_E_IO;
-    if (rc == PQL_OK && rename(tmp, path) != 0) rc = PQL_E_IO;
     if (rc != PQL_OK) {
-        unlink(tmp);
+        base_afile_abort(&f);
         return rc;
     }
-    /* Make the rename itself durable. */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        slash[1] = '\0';
-    else if (slash != NULL)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-    return PQL_OK;
+    return base_afile_commit(&f) == BASE_OK ? PQL_OK : PQL_E_IO;
 }
 
 typedef struct rbuf {

@@ -81,7 +81,9 @@
     X(E_MISMATCH, -5, "snapshot written under other pql settings")                                 \
     X(E_NOTFOUND, -6, "no such account")                                                           \
     X(E_LATE, -7, "event older than the late allowance")                                           \
-    X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")
+    X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")                                              \
+    X(E_TOO_LARGE, -9, "larger than its limit")                                                    \
+    X(E_THREAD, -10, "could not start a thread")
 
 typedef enum {
 #define PQL_X_ENUM(name, val, msg) PQL_##name = val,

@@ -13,6 +13,8 @@
  */
 #include "internal.h"
 
+#include "base.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -84,18 +86,6 @@ int sdk_storage_scan(sluice_client *c)
     return SLUICE_OK;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int sdk_storage_write(sluice_client *c, sdk_node_t *const *nodes, uint32_t n)
 {
     size_t size = HEADER_LEN;
@@ -116,31 +106,15 @@ int sdk_storage_write(sluice_client *c, sdk_node_t *const *nodes, uint32_t n)
     put_u32(buf + 8, payload);
     put_u32(buf + 12, (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf + HEADER_LEN, payload));
 
-    char name[64], path[4096], tmp[4096];
+    char name[64], path[4096];
     snprintf(name, sizeof name, "%013lld-%d-%06u.slb", (long long)sdk_wall_ms(), (int)getpid(),
              c->file_seq++ % 1000000u);
     int rc = SLUICE_E_STORAGE;
-    if (path_join(path, sizeof path, c->storage_dir, name) ||
-        snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        free(buf);
-        return rc;
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        bool ok = write_all(fd, buf, size) == 0 && fsync(fd) == 0;
-        ok = close(fd) == 0 && ok;
-        if (ok && rename(tmp, path) == 0) {
-            int dfd = open(c->storage_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                fsync(dfd);
-                close(dfd);
-            }
-            c->storage_bytes += size;
-            c->storage_files++;
-            rc = SLUICE_OK;
-        } else {
-            unlink(tmp);
-        }
+    if (path_join(path, sizeof path, c->storage_dir, name) == 0 &&
+        base_file_replace(path, 0600, buf, size, NULL) == BASE_OK) {
+        c->storage_bytes += size;
+        c->storage_files++;
+        rc = SLUICE_OK;
     }
     free(buf);
     return rc;

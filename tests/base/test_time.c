@@ -1,0 +1,119 @@
+/* test_time.c — ISO-8601 format and parse (including dates before 1970) and the clocks. */
+#include "base.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static void fmt(int64_t ms, const char *want)
+{
+    char out[BASE_ISO8601_LEN + 1];
+    assert_int_equal(base_iso8601_format(ms, out), BASE_ISO8601_LEN);
+    assert_string_equal(out, want);
+}
+
+static int64_t parse(const char *s)
+{
+    int64_t ms = 12345;
+    assert_true(base_iso8601_parse(s, strlen(s), &ms));
+    return ms;
+}
+
+static void formats_epoch_and_later(void **state)
+{
+    (void)state;
+    fmt(0, "1970-01-01T00:00:00.000Z");
+    fmt(1764000000123, "2025-11-24T16:00:00.123Z");
+    fmt(951782400000, "2000-02-29T00:00:00.000Z");
+}
+
+static void formats_before_1970(void **state)
+{
+    (void)state;
+    fmt(-1, "1969-12-31T23:59:59.999Z");
+    fmt(-1000, "1969-12-31T23:59:59.000Z");
+    fmt(-86400000, "1969-12-31T00:00:00.000Z");
+    fmt(-2208988800000, "1900-01-01T00:00:00.000Z");
+    fmt(INT64_MIN, "0000-01-01T00:00:00.000Z");
+    fmt(INT64_MAX, "9999-12-31T23:59:59.999Z");
+}
+
+static void parses_zones_and_fractions(void **state)
+{
+    (void)state;
+    assert_int_equal(parse("1970-01-01T00:00:00Z"), 0);
+    assert_int_equal(parse("1970-01-01T00:00:00"), 0);
+    assert_int_equal(parse("1970-01-01 00:00:00.5z"), 500);
+    assert_int_equal(parse("1970-01-01T00:00:00.123456789Z"), 123);
+    assert_int_equal(parse("1970-01-01T01:00:00+01:00"), 0);
+    assert_int_equal(parse("1969-12-31T23:00:00-0100"), 0);
+    assert_int_equal(parse("1969-12-31T23:59:59.999Z"), -1);
+    assert_int_equal(parse("1900-01-01T00:00:00.000Z"), -2208988800000);
+    assert_int_equal(parse("2016-12-31T23:59:60Z"), parse("2017-01-01T00:00:00Z"));
+}
+
+static void rejects_bad_shapes(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "",
+        "2025-11-24",
+        "2025-13-01T00:00:00Z",
+        "2025-02-29T00:00:00Z",
+        "2025-11-24T24:00:00Z",
+        "2025-11-24X00:00:00Z",
+        "2025-11-24T00:00:00.Z",
+        "2025-11-24T00:00:00+1:00",
+        "2025-11-24T00:00:00Zjunk",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int64_t ms = 7;
+        assert_false(base_iso8601_parse(bad[i], strlen(bad[i]), &ms));
+        assert_int_equal(ms, 7);
+    }
+    int64_t ms = 7;
+    assert_false(base_iso8601_parse(NULL, 0, &ms));
+}
+
+static void round_trips(void **state)
+{
+    (void)state;
+    const int64_t vals[] = {0, -1, 1, -62135596800000, 1764000000123, 253402300799999};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        char out[BASE_ISO8601_LEN + 1];
+        base_iso8601_format(vals[i], out);
+        assert_int_equal(parse(out), vals[i]);
+    }
+}
+
+static void clocks_move_forward(void **state)
+{
+    (void)state;
+    uint64_t a = base_mono_ns();
+    uint64_t b = base_mono_ns();
+    assert_true(b >= a);
+    assert_true(base_wall_ms() > 1700000000000);
+    struct timespec now, dl;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    dl = base_deadline(CLOCK_MONOTONIC, 1500);
+    int64_t diff_ms =
+        (int64_t)(dl.tv_sec - now.tv_sec) * 1000 + (dl.tv_nsec - now.tv_nsec) / 1000000;
+    assert_true(diff_ms >= 1499 && diff_ms < 60000);
+    assert_true(dl.tv_nsec >= 0 && dl.tv_nsec < 1000000000L);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(formats_epoch_and_later),
+        cmocka_unit_test(formats_before_1970),
+        cmocka_unit_test(parses_zones_and_fractions),
+        cmocka_unit_test(rejects_bad_shapes),
+        cmocka_unit_test(round_trips),
+        cmocka_unit_test(clocks_move_forward),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
