@@ -227,11 +227,12 @@ static void test_slow_body_trickle_is_cut(void **state)
     }
     uint64_t timeouts = metric(e, "sluice_request_timeouts_total");
     legit_stop_and_check(&l, "slow_body_trickle");
-    printf("[slow_body_trickle] %d trickling clients, %llu body bytes trickled, %d cut (%d answered "
-           "408), last cut %.1f s after start (request_timeout 3 s); "
-           "sluice_request_timeouts_total %llu\n",
-           TRICKLERS, (unsigned long long)trickled, n_cut, n408, (double)last_cut / 1000.0,
-           (unsigned long long)timeouts);
+    printf(
+        "[slow_body_trickle] %d trickling clients, %llu body bytes trickled, %d cut (%d answered "
+        "408), last cut %.1f s after start (request_timeout 3 s); "
+        "sluice_request_timeouts_total %llu\n",
+        TRICKLERS, (unsigned long long)trickled, n_cut, n408, (double)last_cut / 1000.0,
+        (unsigned long long)timeouts);
     assert_int_equal(n_cut, TRICKLERS);
     assert_int_equal(n408, TRICKLERS);
     assert_true(timeouts >= TRICKLERS);
