@@ -35,7 +35,9 @@ for t in $targets; do
   fi
   echo "==== fuzz_$t: fuzz ${secs}s"
   # -rss_limit_mb: a target that grows without bound fails the run too.
-  if "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
+  dict=()
+  if [ -f "$root/tests/fuzz/$t.dict" ]; then dict=(-dict="$root/tests/fuzz/$t.dict"); fi
+  if "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 -max_len=65536 "${dict[@]}" \
     -artifact_prefix="$work/" "$work" "$seeds" >"$work/fuzz.log" 2>&1; then
     grep -E '^#[0-9]+.*(DONE|pulse)' "$work/fuzz.log" | tail -1 || true
   else
