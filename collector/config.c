@@ -75,6 +75,10 @@ static const config_key_t config_keys[] = {
     {"write_keys", CT_WRITE_KEYS, F(write_keys), 0, CONFIG_MAX_WRITE_KEYS, NULL, NULL,
      "List of {key: K, source: S} or {key_env: VAR, source: S}; source defaults to \"default\". "
      "Keys are 1..256 visible ASCII characters without ':'. Required unless dev."},
+    {"public_url", CT_STRING, F(public_url), 0, 0, NULL, NULL,
+     "Base URL browsers reach this collector at (http[s]://HOST[:PORT][/PREFIX]), named in the "
+     "settings document GET /v1/projects/{writeKey}/settings serves to @segment/analytics-next; "
+     "unset: http:// and the request's Host header."},
     {"dev", CT_BOOL, F(dev), 0, 0, "false", NULL,
      "Development mode: accept any write key (source \"dev\")."},
     {"log_level", CT_ENUM, F(log_level), 0, 0, "info", "debug|info|warn/warning|error|off",
@@ -187,6 +191,7 @@ static const config_flag_t config_flags[] = {
     {"--admin-token", "T", "admin_token", NULL},
     {"--log-level", "L", "log_level", NULL},
     {"--dev", NULL, "dev", NULL},
+    {"--public-url", "URL", "public_url", NULL},
     {"--check-config", NULL, NULL, "Load and validate everything, then exit (0 if valid)."},
     {"--version", NULL, NULL, "Print the version and exit."},
     {"--help", NULL, NULL, "Print this help and exit."},
@@ -1320,6 +1325,18 @@ int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port)
     return CONFIG_OK;
 }
 
+/* public_url: a scheme, a non-empty host and an optional path, nothing a JSON string or a URL
+ * would read differently (so the settings document can carry it as is). */
+static bool public_url_ok(const char *u)
+{
+    size_t skip = strncmp(u, "http://", 7) == 0 ? 7 : strncmp(u, "https://", 8) == 0 ? 8 : 0;
+    if (skip == 0 || u[skip] == '\0' || u[skip] == '/' || strlen(u) > 512) return false;
+    for (const char *p = u + skip; *p != '\0'; p++)
+        if (*p <= ' ' || *p >= 0x7f || *p == '"' || *p == '\\' || *p == '?' || *p == '#')
+            return false;
+    return true;
+}
+
 int config_validate(const config_t *c, char *err, size_t errlen)
 {
     char host[64];
@@ -1346,6 +1363,11 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                 return cfg_fail(CONFIG_E_INVALID, err, errlen,
                                 "write key %zu: duplicate of write key %zu", i + 1, j + 1);
     }
+    if (c->public_url != NULL && !public_url_ok(c->public_url))
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "public_url: \"%s\" is not http[s]://HOST[:PORT][/PREFIX] (visible "
+                        "ASCII, no quotes, backslashes, '?' or '#')",
+                        c->public_url);
     if (c->event_bytes > c->body_bytes)
         return cfg_fail(CONFIG_E_INVALID, err, errlen,
                         "limits.event_bytes (%llu) must not exceed limits.body_bytes (%llu)",

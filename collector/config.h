@@ -93,8 +93,9 @@ typedef struct config {
     char *admin_token;
     config_write_key_t *write_keys;
     size_t n_write_keys;
-    bool dev;      /* --dev: accept any write key (source "dev") */
-    int log_level; /* log_level_t */
+    char *public_url; /* http[s]://HOST[:PORT][/PREFIX] browsers use; NULL: the Host header */
+    bool dev;         /* --dev: accept any write key (source "dev") */
+    int log_level;    /* log_level_t */
 
     /* limits */
     uint64_t event_bytes;        /* 32 KiB */

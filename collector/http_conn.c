@@ -57,17 +57,33 @@ typedef enum {
     ROUTE_HEALTHZ,
     ROUTE_READYZ,
     ROUTE_METRICS,
-    ROUTE_ACCOUNT, /* GET /v1/accounts/{id} (admin, PQL) */
-    ROUTE_PQL_TOP, /* GET /v1/pql/top?n=N (admin, PQL) */
+    ROUTE_ACCOUNT,  /* GET /v1/accounts/{id} (admin, PQL) */
+    ROUTE_PQL_TOP,  /* GET /v1/pql/top?n=N (admin, PQL) */
+    ROUTE_SETTINGS, /* GET /v1/projects/{writeKey}/settings (browser SDK settings) */
 } route_t;
 
 typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
 
 /* Headers we capture; values longer than their buffer are flagged, never truncated silently. */
-typedef enum { H_NONE = -1, H_CTYPE, H_CENC, H_AUTHZ, H_EXPECT, H_TE, H_COUNT } hdr_id_t;
-static const char *const hdr_names[H_COUNT] = {"content-type", "content-encoding", "authorization",
-                                               "expect", "transfer-encoding"};
-static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32, 32};
+typedef enum {
+    H_NONE = -1,
+    H_CTYPE,
+    H_CENC,
+    H_AUTHZ,
+    H_EXPECT,
+    H_HOST,
+    H_ACRH, /* Access-Control-Request-Headers (CORS preflight) */
+    H_TE,
+    H_COUNT
+} hdr_id_t;
+static const char *const hdr_names[H_COUNT] = {"content-type",
+                                               "content-encoding",
+                                               "authorization",
+                                               "expect",
+                                               "host",
+                                               "access-control-request-headers",
+                                               "transfer-encoding"};
+static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32, 256, 256, 32};
 
 /* Headers that may appear at most once (RFC 9110 §5.3: a second one is either a list the field
  * does not allow or a disagreement a front proxy may resolve differently; CVE-2022-32213). */
@@ -111,7 +127,7 @@ struct http_conn {
     size_t field_len;
     bool field_long;
     hdr_id_t cur_hdr;
-    char hdr_mem[128 + 64 + 1100 + 32 + 32];
+    char hdr_mem[128 + 64 + 1100 + 32 + 256 + 256 + 32];
     hdr_val_t hdr[H_COUNT];
     route_t route;
     int method;
@@ -156,6 +172,20 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
 
 /* ---- small pure helpers (unit-tested) ---- */
 
+/* True when path[0..n) is /v1/projects/{key}/settings with a non-empty key without '/'; the
+ * key's (still percent-encoded) slice goes to *key, *klen when they are not NULL. */
+static bool settings_key(const char *path, size_t n, const char **key, size_t *klen)
+{
+    static const char pre[] = "/v1/projects/", suf[] = "/settings";
+    const size_t pl = sizeof pre - 1, sl = sizeof suf - 1;
+    if (n <= pl + sl || memcmp(path, pre, pl) != 0 || memcmp(path + n - sl, suf, sl) != 0)
+        return false;
+    if (memchr(path + pl, '/', n - pl - sl) != NULL) return false;
+    if (key != NULL) *key = path + pl;
+    if (klen != NULL) *klen = n - pl - sl;
+    return true;
+}
+
 static route_t route_parse(const char *url, size_t len)
 {
     size_t n = 0;
@@ -165,14 +195,29 @@ static route_t route_parse(const char *url, size_t len)
         const char *path;
         route_t r;
     } table[] = {
-        {"/v1/batch", ROUTE_BATCH},  {"/v1/track", ROUTE_TRACK},  {"/v1/identify", ROUTE_IDENTIFY},
-        {"/v1/group", ROUTE_GROUP},  {"/v1/page", ROUTE_PAGE},    {"/v1/screen", ROUTE_SCREEN},
-        {"/v1/alias", ROUTE_ALIAS},  {"/healthz", ROUTE_HEALTHZ}, {"/readyz", ROUTE_READYZ},
+        {"/v1/batch", ROUTE_BATCH},
+        {"/v1/track", ROUTE_TRACK},
+        {"/v1/identify", ROUTE_IDENTIFY},
+        {"/v1/group", ROUTE_GROUP},
+        {"/v1/page", ROUTE_PAGE},
+        {"/v1/screen", ROUTE_SCREEN},
+        {"/v1/alias", ROUTE_ALIAS},
+        {"/healthz", ROUTE_HEALTHZ},
+        {"/readyz", ROUTE_READYZ},
         {"/metrics", ROUTE_METRICS},
+        /* The short paths of @segment/analytics-next (its "{apiHost}/{type's first letter}"). */
+        {"/v1/b", ROUTE_BATCH},
+        {"/v1/t", ROUTE_TRACK},
+        {"/v1/i", ROUTE_IDENTIFY},
+        {"/v1/g", ROUTE_GROUP},
+        {"/v1/p", ROUTE_PAGE},
+        {"/v1/s", ROUTE_SCREEN},
+        {"/v1/a", ROUTE_ALIAS},
     };
     /* A trailing slash is tolerated ("/v1/batch/"), as most HTTP servers do. */
     if (n > 1 && url[n - 1] == '/') n--;
     if (n > 13 && memcmp(url, "/v1/accounts/", 13) == 0) return ROUTE_ACCOUNT;
+    if (settings_key(url, n, NULL, NULL)) return ROUTE_SETTINGS;
     if (n == 11 && memcmp(url, "/v1/pql/top", 11) == 0) return ROUTE_PQL_TOP;
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         size_t pl = strlen(table[i].path);
@@ -184,6 +229,20 @@ static route_t route_parse(const char *url, size_t len)
 static bool route_is_ingest(route_t r)
 {
     return r >= ROUTE_BATCH && r <= ROUTE_ALIAS;
+}
+
+/* Routes a browser page calls cross-origin: CORS headers on every answer, OPTIONS preflight. */
+static bool route_is_cors(route_t r)
+{
+    return route_is_ingest(r) || r == ROUTE_SETTINGS;
+}
+
+/* The methods a route answers (Allow on a 405, Access-Control-Allow-Methods on a preflight). */
+static const char *route_methods(route_t r)
+{
+    if (route_is_ingest(r)) return "POST, OPTIONS";
+    if (r == ROUTE_SETTINGS) return "GET, HEAD, OPTIONS";
+    return "GET, HEAD";
 }
 
 static proto_type_t route_kind(route_t r)
@@ -206,9 +265,12 @@ static proto_type_t route_kind(route_t r)
     }
 }
 
-/* Media type of a Content-Type value, parameters (charset...) ignored. Missing or empty: JSON
- * (Segment-compatible; browsers' sendBeacon also sends text/plain JSON). Returns 0 or -1. */
-static int content_type_parse(const char *s, size_t len, proto_format_t *fmt)
+/* Body format from a Content-Type value (SPEC §3): msgpack only when labelled
+ * application/msgpack or application/x-msgpack (parameters ignored), JSON whatever else the
+ * client says — missing, application/json, text/plain (browsers' sendBeacon and
+ * analytics-next's fetch), application/x-www-form-urlencoded (@rudderstack/rudder-sdk-node's
+ * gzip bodies) or anything else. A body that then is not JSON is a 400, not a 415. */
+static proto_format_t content_type_parse(const char *s, size_t len)
 {
     size_t end = 0;
     while (end < len && s[end] != ';')
@@ -220,14 +282,9 @@ static int content_type_parse(const char *s, size_t len, proto_format_t *fmt)
         end--;
     const char *t = s + b;
     size_t n = end - b;
-    *fmt = PROTO_FMT_JSON;
-    if (n == 0) return 0;
-    if (n == 16 && strncasecmp(t, "application/json", 16) == 0) return 0;
-    if (n == 10 && strncasecmp(t, "text/plain", 10) == 0) return 0;
-    *fmt = PROTO_FMT_MSGPACK;
-    if (n == 19 && strncasecmp(t, "application/msgpack", 19) == 0) return 0;
-    if (n == 21 && strncasecmp(t, "application/x-msgpack", 21) == 0) return 0;
-    return -1;
+    if (n == 19 && strncasecmp(t, "application/msgpack", 19) == 0) return PROTO_FMT_MSGPACK;
+    if (n == 21 && strncasecmp(t, "application/x-msgpack", 21) == 0) return PROTO_FMT_MSGPACK;
+    return PROTO_FMT_JSON;
 }
 
 static const char *status_text(int status)
@@ -592,20 +649,19 @@ static void respond_error(http_conn_t *c, int status, const char *code, const ch
     char extra[256];
     int n = 0;
     extra[0] = '\0';
-    if (route_is_ingest(c->route))
+    if (route_is_cors(c->route))
         n += snprintf(extra + n, sizeof extra - (size_t)n, "Access-Control-Allow-Origin: *\r\n");
     if (retry_after > 0)
         n += snprintf(extra + n, sizeof extra - (size_t)n, "Retry-After: %d\r\n", retry_after);
     if (status == 405)
-        snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n",
-                 route_is_ingest(c->route) ? "POST, OPTIONS" : "GET, HEAD");
+        snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n", route_methods(c->route));
     conn_respond(c, status, "application/json", out.data, out.len, extra, close_after);
 }
 
 static void respond_json(http_conn_t *c, int status, const char *json, size_t len)
 {
     conn_respond(c, status, "application/json", json, len,
-                 route_is_ingest(c->route) ? "Access-Control-Allow-Origin: *\r\n" : NULL, false);
+                 route_is_cors(c->route) ? "Access-Control-Allow-Origin: *\r\n" : NULL, false);
 }
 
 /* ---- llhttp callbacks ---- */
@@ -880,8 +936,9 @@ static int on_headers_complete(llhttp_t *p)
     }
     if (c->route == ROUTE_NONE) {
         early(c, 404, "not_found", "no such endpoint");
+    } else if (route_is_cors(c->route) && c->method == HTTP_OPTIONS) {
+        return 0;
     } else if (route_is_ingest(c->route)) {
-        if (c->method == HTTP_OPTIONS) return 0;
         if (c->method != HTTP_POST) {
             early(c, 405, "method_not_allowed", "use POST");
         }
@@ -897,9 +954,8 @@ static int on_headers_complete(llhttp_t *p)
 
     /* POST to an ingest endpoint. */
     hdr_val_t *ct = &c->hdr[H_CTYPE], *ce = &c->hdr[H_CENC];
-    if (ct->overflow || content_type_parse(ct->buf, ct->len, &c->fmt) != 0)
-        early(c, 415, "unsupported_media_type",
-              "Content-Type must be application/json or application/msgpack");
+    /* A label too long to keep is no msgpack label: JSON, like any other label. */
+    c->fmt = ct->overflow ? PROTO_FMT_JSON : content_type_parse(ct->buf, ct->len);
     c->enc = ce->overflow ? BODY_ENC_UNKNOWN : body_encoding_parse(ce->buf, ce->len);
     if (c->enc == BODY_ENC_UNKNOWN)
         early(c, 415, "unsupported_media_type", "Content-Encoding must be zstd, gzip or identity");
@@ -1156,6 +1212,130 @@ static void respond_pql(http_conn_t *c)
     c->pql_job = job;
 }
 
+/* True when s[0..len) is 1..len of the bytes in allowed. */
+static bool chars_in(const char *s, size_t len, const char *allowed)
+{
+    if (len == 0) return false;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '\0' || strchr(allowed, s[i]) == NULL) return false;
+    return true;
+}
+
+#define TOKEN_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
+
+/*
+ * CORS preflight (OPTIONS on an ingest route or the settings route). Any origin may post (the
+ * write key, not the origin, authenticates; no cookies are involved, so "*" is safe). The
+ * headers the browser asks for (Access-Control-Request-Headers) are granted as asked when they
+ * are a plain list of header names — analytics-next adds X-Retry-Count on retries, other SDKs
+ * their own — else the headers sluice reads are granted.
+ */
+static void respond_preflight(http_conn_t *c)
+{
+    const hdr_val_t *h = &c->hdr[H_ACRH];
+    bool echo = h->seen && !h->overflow && chars_in(h->buf, h->len, TOKEN_CHARS ", \t");
+    static const char sluice_headers[] =
+        "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
+    char extra[640];
+    int n = snprintf(extra, sizeof extra,
+                     "Access-Control-Allow-Origin: *\r\n"
+                     "Access-Control-Allow-Methods: %s\r\n"
+                     "Access-Control-Allow-Headers: %.*s\r\n"
+                     "Access-Control-Max-Age: 86400\r\n",
+                     route_methods(c->route), echo ? (int)h->len : (int)sizeof sluice_headers - 1,
+                     echo ? h->buf : sluice_headers);
+    if (n < 0 || (size_t)n >= sizeof extra) {
+        conn_close(c);
+        return;
+    }
+    conn_respond(c, 204, NULL, NULL, 0, extra, false);
+}
+
+/*
+ * GET /v1/projects/{writeKey}/settings: the settings document @segment/analytics-next loads
+ * from its cdnURL before anything else (its CDNSettings). It points the SDK's "Segment.io"
+ * destination at this collector — apiHost "HOST[:PORT][/PREFIX]/v1" and protocol, from
+ * public_url, else the request's Host header over http — so the SDK then posts to the short
+ * paths /v1/t, /v1/p, ... (or /v1/b when batching). Remote metrics are off (sampleRate 0: the
+ * SDK would post them to Segment), and no device-mode destination, middleware or remote plugin
+ * is named, so the SDK loads nothing else. Answers: 200 the document; 401 unknown write key
+ * (any key in dev mode); 400 a key that does not decode, or no usable Host header and no
+ * public_url.
+ */
+static void respond_settings(http_conn_t *c)
+{
+    const config_t *cfg = c->hl->cfg;
+    size_t n = 0;
+    while (n < c->url_len && c->url[n] != '?' && c->url[n] != '#')
+        n++;
+    if (n > 1 && c->url[n - 1] == '/') n--;
+    const char *enc = NULL;
+    size_t enc_len = 0;
+    char key[AUTH_KEY_MAX];
+    long klen = -1;
+    if (settings_key(c->url, n, &enc, &enc_len)) klen = url_unescape(enc, enc_len, key, sizeof key);
+    if (klen <= 0) {
+        respond_error(c, 400, "bad_request", "malformed write key in the path", 0, false);
+        return;
+    }
+    const char *source = NULL;
+    int key_index = -1;
+    if (!cfg->dev &&
+        auth_lookup(c->hl->ingest->auth, key, (size_t)klen, &source, &key_index) != AUTH_OK) {
+        metrics_add(METRIC_AUTH_FAILURES, 1);
+        respond_error(c, 401, "unauthorized", "unknown write key", 0, false);
+        return;
+    }
+    const char *proto = "http", *host;
+    size_t host_len;
+    if (cfg->public_url != NULL) {
+        bool tls = strncmp(cfg->public_url, "https://", 8) == 0;
+        proto = tls ? "https" : "http";
+        host = cfg->public_url + (tls ? 8 : 7);
+        host_len = strlen(host);
+        while (host_len > 0 && host[host_len - 1] == '/')
+            host_len--;
+    } else {
+        const hdr_val_t *h = &c->hdr[H_HOST];
+        host = h->buf;
+        host_len = h->len;
+        if (!h->seen || h->overflow ||
+            !chars_in(h->buf, h->len,
+                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]")) {
+            respond_error(c, 400, "bad_request",
+                          "no usable Host header to name this collector (set public_url)", 0,
+                          false);
+            return;
+        }
+    }
+    proto_buf_t out;
+    proto_buf_init(&out, 8192);
+    int rc = buf_lit(&out, "{\"integrations\":{\"Segment.io\":{\"apiKey\":");
+    if (rc == 0) rc = proto_json_str(&out, key, (size_t)klen);
+    if (rc == 0) rc = buf_lit(&out, ",\"apiHost\":\"");
+    if (rc == 0) rc = proto_buf_append(&out, host, host_len);
+    if (rc == 0) rc = buf_lit(&out, "/v1\",\"protocol\":\"");
+    if (rc == 0) rc = proto_buf_append(&out, proto, strlen(proto));
+    if (rc == 0)
+        rc = buf_lit(&out, "\",\"addBundledMetadata\":true,\"unbundledIntegrations\":[],"
+                           "\"maybeBundledConfigIds\":{}}},"
+                           "\"plan\":{\"track\":{\"__default\":{\"enabled\":true,"
+                           "\"integrations\":{}}},\"identify\":{\"__default\":{\"enabled\":true}},"
+                           "\"group\":{\"__default\":{\"enabled\":true}}},"
+                           "\"edgeFunction\":{},\"analyticsNextEnabled\":true,"
+                           "\"middlewareSettings\":{},\"enabledMiddleware\":{},"
+                           "\"metrics\":{\"sampleRate\":0},\"legacyVideoPluginsEnabled\":false,"
+                           "\"remotePlugins\":[]}");
+    if (rc != 0) {
+        proto_buf_free(&out);
+        respond_error(c, 503, "unavailable", "out of memory", 1, false);
+        return;
+    }
+    conn_respond(c, 200, "application/json", out.data, out.len,
+                 "Access-Control-Allow-Origin: *\r\nCache-Control: public, max-age=60\r\n", false);
+    proto_buf_free(&out);
+}
+
 static void dispatch_ingest(http_conn_t *c)
 {
     http_loop_t *hl = c->hl;
@@ -1195,9 +1375,16 @@ static void conn_dispatch(http_conn_t *c)
         respond_error(c, c->early_status, c->early_code, c->early_msg, 0, false);
         return;
     }
+    if (c->method == HTTP_OPTIONS && route_is_cors(c->route)) {
+        respond_preflight(c);
+        return;
+    }
     switch (c->route) {
     case ROUTE_HEALTHZ:
         respond_json(c, 200, "{\"status\":\"ok\"}", 15);
+        return;
+    case ROUTE_SETTINGS:
+        respond_settings(c);
         return;
     case ROUTE_READYZ:
         respond_readyz(c);
@@ -1211,16 +1398,6 @@ static void conn_dispatch(http_conn_t *c)
         return;
     default:
         break;
-    }
-    if (c->method == HTTP_OPTIONS) {
-        conn_respond(c, 204, NULL, NULL, 0,
-                     "Access-Control-Allow-Origin: *\r\n"
-                     "Access-Control-Allow-Methods: POST, OPTIONS\r\n"
-                     "Access-Control-Allow-Headers: Authorization, Content-Type, "
-                     "Content-Encoding\r\n"
-                     "Access-Control-Max-Age: 86400\r\n",
-                     false);
-        return;
     }
     dispatch_ingest(c);
 }

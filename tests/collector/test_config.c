@@ -450,6 +450,12 @@ static void test_cli_errors(void **state)
         {"--config", "configs/missing.yaml", "configs/missing.yaml: cannot open: "},
         {"--write-key", "", "--write-key: write key is empty"},
         {"--write-key", "a:b", "--write-key: write key must be visible ASCII"},
+        {"--public-url", "collect.example.com", "public_url: \"collect.example.com\" is not"},
+        {"--public-url", "ftp://x", "public_url: \"ftp://x\" is not"},
+        {"--public-url", "https://", "public_url: \"https://\" is not"},
+        {"--public-url", "https:///p", "public_url: \"https:///p\" is not"},
+        {"--public-url", "https://a.example/?q", "public_url: \"https://a.example/?q\" is not"},
+        {"--public-url", "http://a\"b", "public_url: \"http://a\"b\" is not"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         config_t c;
@@ -467,6 +473,12 @@ static void test_cli_errors(void **state)
     char err[256];
     assert_true(from_args(&c, &act, err, sizeof err, "--config", "a", "--config", "b", NULL) < 0);
     assert_string_equal(err, "--config: given more than once");
+    config_free(&c);
+    /* A good public_url, with a port and a path prefix. */
+    assert_int_equal(from_args(&c, &act, err, sizeof err, "--dev", "--public-url",
+                               "https://collect.example.com:8443/sluice/", NULL),
+                     0);
+    assert_string_equal(c.public_url, "https://collect.example.com:8443/sluice/");
     config_free(&c);
 }
 
