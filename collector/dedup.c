@@ -16,6 +16,20 @@
  * lookup goes on past the alternate bucket only while that bucket's ovf tag is live, so dead
  * slots are free at once without tombstones.
  *
+ * Growth is incremental (as Redis's dict.c rehashes): at 90% load a shard allocates a table of
+ * 1.5x the buckets and keeps the old one beside it. New entries go to the new table; every
+ * operation on the shard first moves the live entries of the next DEDUP_MIGRATE_STEP old buckets
+ * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves the rest in chunks of
+ * DEDUP_WORKER_MIGRATE buckets per lock hold. A lookup probes the new table, then the old one
+ * with its own probing rules: a moved slot is simply empty there, and the old buckets keep their
+ * ovf bytes, so chains through already-moved buckets stay intact. The old table is freed when its
+ * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb/2 operations, while
+ * filling the new table to 90% takes ~3 nb inserts, so a move always ends before the next growth.
+ * The new table itself is made off the loops: once a shard passes 80% load, the worker allocates
+ * and faults in its next table outside the lock and leaves it as the shard's spare, so the growth
+ * step only swaps pointers. (Without a spare — tests, or tables filling faster than the worker's
+ * one-second rounds, which happens only while they are small — the growth allocates in place.)
+ *
  * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
  * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
  */
@@ -41,20 +55,25 @@
 #include "log.h"
 #include "metrics.h"
 
-#define DEDUP_SHARD_BITS   6
-#define DEDUP_SHARDS       (1u << DEDUP_SHARD_BITS)
-#define DEDUP_SLOTS        7
-#define DEDUP_TAGS         127 /* generation tags 1..127 */
-#define DEDUP_PENDING      0x80u
-#define DEDUP_GENS         32 /* generations per window */
-#define DEDUP_MAX_LIVE     (DEDUP_GENS + 3)
-#define DEDUP_SWEEP_FORCE  48
-#define DEDUP_MIN_NB       16 /* buckets per shard at creation (1 KiB) */
-#define DEDUP_PREFETCH     16
-#define DEDUP_REHASH_AHEAD 16
-#define DEDUP_HUGE         (2u << 20)
+#define DEDUP_SHARD_BITS  6
+#define DEDUP_SHARDS      (1u << DEDUP_SHARD_BITS)
+#define DEDUP_SLOTS       7
+#define DEDUP_TAGS        127 /* generation tags 1..127 */
+#define DEDUP_PENDING     0x80u
+#define DEDUP_GENS        32 /* generations per window */
+#define DEDUP_MAX_LIVE    (DEDUP_GENS + 3)
+#define DEDUP_SWEEP_FORCE 48
+#define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
+#define DEDUP_PREFETCH    16
+/* Old buckets moved by each operation on a growing shard, and by the worker per lock hold. */
+#define DEDUP_MIGRATE_STEP   2
+#define DEDUP_WORKER_MIGRATE 256
+#define DEDUP_HUGE           (2u << 20)
 /* Grow (or evict) when live entries would pass 90% of the slots. */
 #define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
+/* The worker prepares the next table once live entries pass 80% of the slots (late, so a spare
+ * costs memory only shortly before it is needed). */
+#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 8 / 10)
 
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
@@ -73,6 +92,13 @@ typedef struct shard {
     _Atomic(bucket_t *) b; /* atomic only so that prefetch hints may read it unlocked */
     _Atomic uint32_t nb;
     uint32_t max_nb;
+    /* While growing: the previous table, its bucket count and the next bucket to move. */
+    bucket_t *ob;
+    uint32_t onb, mig;
+    bucket_t *spare; /* the next table, made ready by the worker (spare_nb buckets) */
+    uint32_t spare_nb;
+    uint32_t step_max; /* most entries one operation moved (the growth bound, for tests) */
+    uint64_t moved;    /* entries moved by growth, in all */
     uint64_t live, pending;
     uint64_t seen_floor; /* counts of generations below it were dropped */
     uint64_t swept_gen;  /* cur at the last sweep */
@@ -121,9 +147,7 @@ const char *dedup_strerror(int err)
 static uint64_t realtime_ms(void *ud)
 {
     (void)ud;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)base_wall_ms();
 }
 
 static uint64_t now_ms(const dedup_t *d)
@@ -204,21 +228,47 @@ static void shard_unlock(shard_t *s)
     atomic_store_explicit(&s->lock, 0, memory_order_release);
 }
 
+static size_t buckets_mapped(uint32_t nb)
+{
+    return ((size_t)nb * sizeof(bucket_t) + 4095) / 4096 * 4096;
+}
+
 static bucket_t *buckets_alloc(uint32_t nb)
 {
     size_t bytes = (size_t)nb * sizeof(bucket_t);
-    /* From 2 MiB on, ask for transparent huge pages: every probe is a random access, and with
-     * 4 KiB pages nearly each would also miss the TLB (~30% of the insert time measured by
-     * bench_dedup). The region is 2 MiB aligned; its tail keeps small pages. */
-    bool huge = bytes >= DEDUP_HUGE;
-    bucket_t *b =
-        aligned_alloc(huge ? DEDUP_HUGE : 64, huge ? (bytes + 4095) / 4096 * 4096 : bytes);
-    if (b == NULL) return NULL;
+    if (bytes < DEDUP_HUGE) {
+        bucket_t *b = aligned_alloc(64, bytes);
+        if (b != NULL) memset(b, 0, bytes);
+        return b;
+    }
+    /* From 2 MiB on: straight from mmap (zero already), 2 MiB aligned, with transparent huge
+     * pages asked for: every probe is a random access, and with 4 KiB pages nearly each would
+     * also miss the TLB (~30% of the insert time measured by bench_dedup). Every page is faulted
+     * in here, by whoever allocates (normally the worker), not by the first probes after a
+     * growth: a fresh table gets nearly one fault per insert otherwise. */
+    size_t len = buckets_mapped(nb);
+    void *p =
+        mmap(NULL, len + DEDUP_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uintptr_t a = ((uintptr_t)p + DEDUP_HUGE - 1) & ~(uintptr_t)(DEDUP_HUGE - 1);
+    size_t head = a - (uintptr_t)p;
+    if (head > 0) munmap(p, head);
+    if (DEDUP_HUGE - head > 0) munmap((char *)a + len, DEDUP_HUGE - head);
 #ifdef MADV_HUGEPAGE
-    if (huge) (void)madvise(b, bytes / DEDUP_HUGE * DEDUP_HUGE, MADV_HUGEPAGE);
+    (void)madvise((void *)a, bytes / DEDUP_HUGE * DEDUP_HUGE, MADV_HUGEPAGE);
 #endif
-    memset(b, 0, bytes);
-    return b;
+    for (size_t off = 0; off < len; off += 4096)
+        ((volatile char *)a)[off] = 0;
+    return (bucket_t *)a;
+}
+
+static void buckets_free(bucket_t *b, uint32_t nb)
+{
+    if (b == NULL) return;
+    if ((size_t)nb * sizeof(bucket_t) < DEDUP_HUGE)
+        free(b);
+    else
+        munmap(b, buckets_mapped(nb));
 }
 
 /* ---- generations (gen_mu) ---- */
@@ -281,15 +331,22 @@ static void gen_evict_oldest(dedup_t *d, view_t *v)
 
 /* ---- shard internals (shard lock held) ---- */
 
-static void shard_sweep(shard_t *s, const view_t *v)
+static void table_sweep(bucket_t *b, uint32_t from, uint32_t nb, const view_t *v)
 {
-    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
-    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-    for (uint32_t i = 0; i < nb; i++) {
+    for (uint32_t i = from; i < nb; i++) {
         for (int k = 0; k < DEDUP_SLOTS; k++)
             if (b[i].tag[k] != 0 && !tag_live(v, b[i].tag[k])) b[i].tag[k] = 0;
         if (b[i].ovf != 0 && !tag_live(v, b[i].ovf)) b[i].ovf = 0;
     }
+}
+
+/* Both tables while growing: the old one's unmoved buckets still hold entries. (Moved buckets
+ * keep only ovf bytes, which die with their generations like any other.) */
+static void shard_sweep(shard_t *s, const view_t *v)
+{
+    table_sweep(atomic_load_explicit(&s->b, memory_order_relaxed), 0,
+                atomic_load_explicit(&s->nb, memory_order_relaxed), v);
+    if (s->ob != NULL) table_sweep(s->ob, 0, s->onb, v);
     s->swept_gen = v->cur;
     s->swept_floor = v->floor;
 }
@@ -320,11 +377,9 @@ static void shard_prepare(dedup_t *d, shard_t *s, const view_t *v)
     if (v->cur - s->swept_gen >= DEDUP_SWEEP_FORCE) shard_sweep(s, v);
 }
 
-/* Finds a live slot holding fp. Returns its tag byte, or NULL. */
-static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
+/* Finds a live slot holding fp in one table. Returns its tag byte, or NULL. */
+static uint8_t *table_find(bucket_t *b, uint32_t nb, const view_t *v, uint64_t fp)
 {
-    bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
-    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
     bucket_t *b1 = &b[home_of(fp, nb)];
     for (int k = 0; k < DEDUP_SLOTS; k++)
         if (b1->fp[k] == fp && tag_live(v, b1->tag[k])) return &b1->tag[k];
@@ -337,6 +392,15 @@ static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
         if (++i == nb) i = 0;
     }
     return NULL;
+}
+
+/* Finds a live slot holding fp: the new table, then (while growing) the old one. */
+static uint8_t *shard_find(shard_t *s, const view_t *v, uint64_t fp)
+{
+    uint8_t *t = table_find(atomic_load_explicit(&s->b, memory_order_relaxed),
+                            atomic_load_explicit(&s->nb, memory_order_relaxed), v, fp);
+    if (t == NULL && s->ob != NULL) t = table_find(s->ob, s->onb, v, fp);
+    return t;
 }
 
 /* Puts fp in the first free (empty or dead) slot from its home bucket; marks the full buckets it
@@ -396,46 +460,86 @@ static void shard_place(shard_t *s, const view_t *v, uint64_t fp, uint8_t tag)
     }
 }
 
-/* Rehashes into 1.5x the buckets (capped). Returns 0, or -1 when at the cap or memory is short. */
-static int shard_grow(shard_t *s, const view_t *v)
+/* Moves the live entries of the next `buckets` old buckets into the new table (at most
+ * buckets * DEDUP_SLOTS of them); frees the old table after its last bucket. Their new places
+ * are prefetched first, so the cache misses overlap. Returns the number moved. */
+static uint32_t shard_migrate(shard_t *s, const view_t *v, uint32_t buckets)
+{
+    if (s->ob == NULL) return 0;
+    bucket_t *nbk = atomic_load_explicit(&s->b, memory_order_relaxed);
+    uint32_t nnb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    uint32_t moved = 0;
+    while (buckets > 0 && s->mig < s->onb) {
+        uint32_t end = s->onb - s->mig < DEDUP_MIGRATE_STEP ? s->onb : s->mig + DEDUP_MIGRATE_STEP;
+        uint64_t fp[DEDUP_MIGRATE_STEP * DEDUP_SLOTS];
+        uint8_t tag[DEDUP_MIGRATE_STEP * DEDUP_SLOTS];
+        unsigned n = 0;
+        for (; s->mig < end && buckets > 0; s->mig++, buckets--) {
+            bucket_t *ob = &s->ob[s->mig];
+            for (int k = 0; k < DEDUP_SLOTS; k++) {
+                if (tag_live(v, ob->tag[k])) {
+                    fp[n] = ob->fp[k];
+                    tag[n] = ob->tag[k];
+                    __builtin_prefetch(&nbk[home_of(fp[n], nnb)], 1);
+                    __builtin_prefetch(&nbk[alt_of(fp[n], nnb)], 1);
+                    n++;
+                }
+                ob->tag[k] = 0; /* ovf stays: later old buckets' chains pass through here */
+            }
+        }
+        for (unsigned j = 0; j < n; j++)
+            table_place(nbk, nnb, v, fp[j], tag[j]);
+        moved += n;
+    }
+    s->moved += moved;
+    if (s->mig == s->onb) {
+        buckets_free(s->ob, s->onb);
+        s->ob = NULL;
+        s->onb = s->mig = 0;
+    }
+    return moved;
+}
+
+/* What every lookup or insert does first: shard_prepare, then one bounded step of a growth in
+ * progress. */
+static void shard_enter(dedup_t *d, shard_t *s, const view_t *v)
+{
+    shard_prepare(d, s, v);
+    if (s->ob != NULL) {
+        uint32_t m = shard_migrate(s, v, DEDUP_MIGRATE_STEP);
+        if (m > s->step_max) s->step_max = m;
+    }
+}
+
+/* The bucket count after nb: 1.5x, capped. */
+static uint32_t grown_nb(const shard_t *s, uint32_t nb)
+{
+    uint64_t want = (uint64_t)nb + nb / 2;
+    return want > s->max_nb ? s->max_nb : (uint32_t)want;
+}
+
+/* Starts growing into 1.5x the buckets (capped), into the spare when the worker made one: entries
+ * move later, a few per operation. Returns 0, or -1 when at the cap, still moving the previous
+ * table, or memory is short. */
+static int shard_grow(shard_t *s)
 {
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-    if (nb >= s->max_nb) return -1;
-    uint64_t want = (uint64_t)nb + nb / 2;
-    uint32_t nnb = want > s->max_nb ? s->max_nb : (uint32_t)want;
-    bucket_t *nbk = buckets_alloc(nnb);
+    if (nb >= s->max_nb || s->ob != NULL) return -1;
+    uint32_t nnb = grown_nb(s, nb);
+    bucket_t *nbk;
+    if (s->spare != NULL && s->spare_nb == nnb) {
+        nbk = s->spare;
+        s->spare = NULL;
+        s->spare_nb = 0;
+    } else {
+        nbk = buckets_alloc(nnb);
+    }
     if (nbk == NULL) return -1;
-    bucket_t *old = atomic_load_explicit(&s->b, memory_order_relaxed);
-    /* Placements are random writes: keep DEDUP_REHASH_AHEAD of them in flight (prefetched) so
-     * the lock is held for a fraction of the cache-miss-bound time. */
-    uint64_t ring_fp[DEDUP_REHASH_AHEAD];
-    uint8_t ring_tag[DEDUP_REHASH_AHEAD];
-    unsigned r = 0, used = 0;
-    for (uint32_t i = 0; i < nb; i++) {
-        for (int k = 0; k < DEDUP_SLOTS; k++) {
-            if (!tag_live(v, old[i].tag[k])) continue;
-            if (used == DEDUP_REHASH_AHEAD)
-                table_place(nbk, nnb, v, ring_fp[r], ring_tag[r]);
-            else
-                used++;
-            ring_fp[r] = old[i].fp[k];
-            ring_tag[r] = old[i].tag[k];
-            __builtin_prefetch(&nbk[home_of(ring_fp[r], nnb)], 1);
-            __builtin_prefetch(&nbk[alt_of(ring_fp[r], nnb)], 1);
-            r = (r + 1) % DEDUP_REHASH_AHEAD;
-        }
-    }
-    /* The oldest left in the ring first, so the order of placement is unchanged. */
-    for (unsigned j = 0; j < used; j++) {
-        unsigned idx = (r + DEDUP_REHASH_AHEAD - used + j) % DEDUP_REHASH_AHEAD;
-        table_place(nbk, nnb, v, ring_fp[idx], ring_tag[idx]);
-    }
+    s->ob = atomic_load_explicit(&s->b, memory_order_relaxed);
+    s->onb = nb;
+    s->mig = 0;
     atomic_store_explicit(&s->b, nbk, memory_order_relaxed);
     atomic_store_explicit(&s->nb, nnb, memory_order_relaxed);
-    free(old);
-    /* Dead slots were not copied: the new table is as good as swept. */
-    s->swept_gen = v->cur;
-    s->swept_floor = v->floor;
     return 0;
 }
 
@@ -445,7 +549,7 @@ static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
 {
     for (int guard = 0; guard < 4 * DEDUP_MAX_LIVE + 64; guard++) {
         if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed))) return;
-        if (shard_grow(s, v) == 0) continue;
+        if (shard_grow(s) == 0) continue;
         gen_evict_oldest(d, v);
         shard_prepare(d, s, v);
     }
@@ -474,9 +578,9 @@ static int reserve_one(dedup_t *d, uint64_t fp)
     view_t v;
     shard_lock(s);
     view_load(d, &v);
-    shard_prepare(d, s, &v);
+    shard_enter(d, s, &v);
     /* The common case in one pass over the two candidate buckets (shard_find + table_place
-     * would scan them twice); chains and growth take the general path. */
+     * would scan them twice); chains and growth (the old table) take the general path. */
     bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed);
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
     bucket_t *b1 = &b[home_of(fp, nb)], *b2 = &b[alt_of(fp, nb)];
@@ -487,7 +591,7 @@ static int reserve_one(dedup_t *d, uint64_t fp)
         hit = bucket_scan(b2, &v, fp, &f2, &k2);
         if (hit >= 0)
             t = &b2->tag[hit];
-        else if (tag_live(&v, b2->ovf))
+        else if (tag_live(&v, b2->ovf) || s->ob != NULL)
             t = shard_find(s, &v, fp);
     }
     int verdict;
@@ -521,7 +625,7 @@ static void resolve_one(dedup_t *d, uint64_t fp, bool commit)
     view_t v;
     shard_lock(s);
     view_load(d, &v);
-    shard_prepare(d, s, &v);
+    shard_enter(d, s, &v);
     uint8_t *t = shard_find(s, &v, fp);
     if (t != NULL && (*t & DEDUP_PENDING)) {
         s->pending--;
@@ -594,8 +698,12 @@ void dedup_free(dedup_t *d)
 {
     if (d == NULL) return;
     (void)dedup_worker_stop(d, false);
-    for (unsigned i = 0; i < DEDUP_SHARDS; i++)
-        free(atomic_load(&d->shards[i].b));
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
+        shard_t *s = &d->shards[i];
+        buckets_free(atomic_load(&s->b), atomic_load(&s->nb));
+        buckets_free(s->ob, s->onb);
+        buckets_free(s->spare, s->spare_nb);
+    }
     pthread_mutex_destroy(&d->gen_mu);
     pthread_mutex_destroy(&d->w_mu);
     pthread_cond_destroy(&d->w_cv);
@@ -698,7 +806,7 @@ bool dedup_all_remembered(dedup_t *d, const uint64_t *fps, size_t n)
         view_t v;
         shard_lock(s);
         view_load(d, &v);
-        shard_prepare(d, s, &v);
+        shard_enter(d, s, &v);
         uint8_t *t = shard_find(s, &v, fps[i]);
         bool ok = t != NULL && !(*t & DEDUP_PENDING);
         shard_unlock(s);
@@ -735,9 +843,12 @@ void dedup_stats(dedup_t *d, dedup_stats_t *st)
         shard_prepare(d, s, &v);
         st->entries += s->live;
         st->pending += s->pending;
-        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-        st->bytes += (uint64_t)nb * sizeof(bucket_t);
-        st->table_slots += (uint64_t)nb * DEDUP_SLOTS;
+        uint64_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed) + (uint64_t)s->onb;
+        st->bytes += (nb + s->spare_nb) * sizeof(bucket_t);
+        st->table_slots += nb * DEDUP_SLOTS;
+        if (s->ob != NULL) st->growing++;
+        st->grow_moved += s->moved;
+        if (s->step_max > st->grow_step_max) st->grow_step_max = s->step_max;
         shard_unlock(s);
     }
     view_t v;
@@ -842,7 +953,9 @@ static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_
         shard_lock(s);
         view_load(d, &v);
         shard_prepare(d, s, &v);
-        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+        /* The new table, then the old one's unmoved buckets while growing. */
+        uint32_t nnb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+        uint32_t nb = nnb + (s->ob != NULL ? s->onb - s->mig : 0);
         if (nb > copy_cap) {
             bucket_t *c = realloc(copy, (size_t)nb * sizeof *c);
             if (c == NULL) {
@@ -853,7 +966,8 @@ static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_
             copy = c;
             copy_cap = nb;
         }
-        memcpy(copy, atomic_load_explicit(&s->b, memory_order_relaxed), (size_t)nb * sizeof *copy);
+        memcpy(copy, atomic_load_explicit(&s->b, memory_order_relaxed), (size_t)nnb * sizeof *copy);
+        if (nb > nnb) memcpy(copy + nnb, s->ob + s->mig, (size_t)(nb - nnb) * sizeof *copy);
         shard_unlock(s);
         for (uint32_t i = 0; i < nb; i++) {
             for (int k = 0; k < DEDUP_SLOTS; k++) {
@@ -935,7 +1049,7 @@ static void load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
     view_t v;
     shard_lock(s);
     view_load(d, &v);
-    shard_prepare(d, s, &v);
+    shard_enter(d, s, &v);
     if (shard_find(s, &v, fp) == NULL) {
         shard_make_room(d, s, &v);
         /* The cap may have dropped this entry's generation meanwhile. */
@@ -1047,14 +1161,38 @@ out:
 
 /* ---- worker ---- */
 
-static uint64_t mono_ms(void)
+/* Makes the shard's next table when it passed DEDUP_SPARE_AT, allocated and faulted in without
+ * the lock. A spare made for a size the shard no longer grows to is replaced. */
+static void spare_prepare(shard_t *s)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    shard_lock(s);
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    uint32_t nnb = grown_nb(s, nb);
+    bool want = nnb > nb && s->live >= DEDUP_SPARE_AT(nb) && s->spare_nb != nnb;
+    bucket_t *stale = want ? s->spare : NULL;
+    uint32_t stale_nb = want ? s->spare_nb : 0;
+    if (want) {
+        s->spare = NULL;
+        s->spare_nb = 0;
+    }
+    shard_unlock(s);
+    buckets_free(stale, stale_nb);
+    if (!want) return;
+    bucket_t *b = buckets_alloc(nnb);
+    if (b == NULL) return;
+    shard_lock(s);
+    if (s->spare == NULL &&
+        grown_nb(s, atomic_load_explicit(&s->nb, memory_order_relaxed)) == nnb) {
+        s->spare = b;
+        s->spare_nb = nnb;
+        b = NULL;
+    }
+    shard_unlock(s);
+    buckets_free(b, nnb);
 }
 
-/* Sweeps the shards in which generations died since their last sweep. */
+/* Sweeps the shards in which generations died since their last sweep, prepares the next tables
+ * of those about to grow and finishes growths in progress. */
 static void sweep_all(dedup_t *d)
 {
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
@@ -1066,6 +1204,18 @@ static void sweep_all(dedup_t *d)
         if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
             shard_sweep(s, &v);
         shard_unlock(s);
+        spare_prepare(s);
+        /* Finish a growth in progress, a bounded chunk per lock hold, so the old table is
+         * freed (and lookups stop probing it) even when the shard sees little traffic. */
+        bool growing = true;
+        while (growing) {
+            shard_lock(s);
+            view_load(d, &v);
+            shard_prepare(d, s, &v);
+            shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
+            growing = s->ob != NULL;
+            shard_unlock(s);
+        }
     }
 }
 
@@ -1075,21 +1225,19 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    uint64_t last_snap = mono_ms();
+    uint64_t last_snap = (uint64_t)base_mono_ms();
     pthread_mutex_lock(&d->w_mu);
     while (!d->w_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += 1;
+        struct timespec ts = base_deadline(CLOCK_MONOTONIC, 1000);
         pthread_cond_timedwait(&d->w_cv, &d->w_mu, &ts);
         if (d->w_stop) break;
         pthread_mutex_unlock(&d->w_mu);
         dedup_tick(d);
         sweep_all(d);
-        if (d->w_interval_ms > 0 && mono_ms() - last_snap >= d->w_interval_ms) {
-            uint64_t t0 = mono_ms();
+        if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - last_snap >= d->w_interval_ms) {
+            uint64_t t0 = (uint64_t)base_mono_ms();
             int rc = dedup_snapshot_write(d, d->w_dir);
-            last_snap = mono_ms();
+            last_snap = (uint64_t)base_mono_ms();
             if (rc != DEDUP_OK) {
                 metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
                 LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),

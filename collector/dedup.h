@@ -18,8 +18,13 @@
  * Fingerprints: two different keys collide with probability 2^-64 per pair, so with N entries a
  * new event is wrongly called a duplicate with probability about N / 2^64 (README has the figure).
  *
+ * Growth is incremental: a grown shard keeps its old table beside the new one, and each operation
+ * moves the entries of two old buckets (at most 14) while the worker moves the rest in chunks, so
+ * no insert pays for a whole rehash.
+ *
  * Threads: every function may be called from any thread. Each shard has its own short spin lock
- * (held for one probe, or for one rehash/sweep of that shard — 1/64 of the table); generation
+ * (held for one probe plus at most 14 moves, or for one sweep of that shard — 1/64 of the table,
+ * or one 256-bucket chunk of the worker's growth moves); generation
  * changes take a separate mutex, never on the lookup path. No call blocks on I/O except the
  * snapshot functions and dedup_worker_stop, which belong to main or the worker thread.
  *
@@ -135,6 +140,9 @@ typedef struct dedup_stats {
     double window_s;         /* effective window: age of the oldest live generation, <= window */
     uint64_t evicted_by_cap; /* entries dropped early at the memory cap, since creation */
     uint32_t generations;    /* live generations */
+    uint32_t growing;        /* shards moving entries into a grown table */
+    uint64_t grow_moved;     /* entries moved by table growth, since creation */
+    uint32_t grow_step_max;  /* most entries one lookup/insert moved (<= 2 buckets' worth) */
 } dedup_stats_t;
 /* Consistent per shard, not across shards. Takes each shard lock briefly. */
 void dedup_stats(dedup_t *d, dedup_stats_t *st);

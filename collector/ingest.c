@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base.h"
 #include "log.h"
 #include "metrics.h"
 #include "pql.h"
@@ -118,13 +119,6 @@ static void refuse(ingest_error_t *err, int status, const char *code, const char
     err->code = code;
     err->message = message;
     err->retry_after = retry_after;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool account_lookup_cb(void *ud, proto_str_t user, msgpack_zone *zone, proto_str_t *out)
@@ -466,7 +460,7 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     kafka_group_init(&req->group, group_done_cb, req);
     metrics_add(METRIC_EVENTS_RECEIVED, b.n_events);
 
-    int64_t now = wall_ms();
+    int64_t now = base_wall_ms();
     proto_norm_ctx_t nctx = {
         .received_at_ms = now,
         .source = {source, (uint32_t)strlen(source)},
@@ -541,7 +535,7 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
     /* PQL counts delivered events only: here, after Kafka acknowledged them. The records go to
      * PQL's feeder thread (no shard lock on this loop; a signal follows within milliseconds,
      * well inside SPEC §6's second); a full queue is counted there, not an error here. */
-    if (ctx->pql != NULL && req->pql.len > 0) (void)pql_submit(ctx->pql, &req->pql, wall_ms());
+    if (ctx->pql != NULL && req->pql.len > 0) (void)pql_submit(ctx->pql, &req->pql, base_wall_ms());
     if (req->n_wait > 0 &&
         !dedup_all_remembered(ctx->dedup, req->dedup_fps + req->n_dedup, req->n_wait)) {
         /* A copy skipped because another request was delivering it is not delivered (yet, or

@@ -59,6 +59,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "base.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -164,13 +165,6 @@ const char *kafka_strerror(int err)
     return "unknown Kafka output error";
 }
 
-static int64_t kafka_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 __attribute__((format(printf, 3, 4))) static void kafka_seterr(char *err, size_t errlen,
                                                                const char *fmt, ...)
 {
@@ -254,7 +248,7 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
                      buf);
             pthread_rwlock_unlock(&ko->lock);
             atomic_store(&ko->fatal, ferr != 0 ? (int)ferr : err);
-            ko->recreate_at_ms = kafka_now_ms() + kafka_recreate_delay_ms;
+            ko->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
         }
         LOG(LOG_ERROR, "kafka_fatal", LS("error", rd_kafka_err2name(ferr)), LS("reason", buf),
             LI("recreate_in_ms", kafka_recreate_delay_ms));
@@ -262,7 +256,7 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
     }
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) atomic_store(&ko->brokers_down, true);
 
-    int64_t now = kafka_now_ms();
+    int64_t now = base_mono_ms();
     if (err == ko->errlog_code && now - ko->errlog_last_ms < KAFKA_ERRLOG_REPEAT_MS) {
         ko->errlog_suppressed++;
         return;
@@ -286,7 +280,7 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
             LS("detail", buf));
         return;
     }
-    int64_t now = kafka_now_ms();
+    int64_t now = base_mono_ms();
     int_fast64_t last = atomic_load(&ko->rdlog_last_ms);
     if (now - last < KAFKA_RDLOG_INTERVAL_MS ||
         !atomic_compare_exchange_strong(&ko->rdlog_last_ms, &last, now)) {
@@ -337,7 +331,7 @@ static void kafka_recreate(kafka_out_t *ko)
     rd_kafka_topic_t *rkt[KAFKA_NTOPICS] = {NULL};
     if (kafka_new_producer(ko, &rk, rkt, err, sizeof err) != KAFKA_OK) {
         LOG(LOG_ERROR, "kafka_recreate_failed", LS("reason", err));
-        ko->recreate_at_ms = kafka_now_ms() + kafka_recreate_delay_ms;
+        ko->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
         return;
     }
     rd_kafka_t *old = ko->rk;
@@ -352,8 +346,8 @@ static void kafka_recreate(kafka_out_t *ko)
     atomic_fetch_add(&ko->recreated, 1u);
 
     rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    int64_t deadline = kafka_now_ms() + KAFKA_DRAIN_MS;
-    while (rd_kafka_outq_len(old) > 0 && kafka_now_ms() < deadline)
+    int64_t deadline = base_mono_ms() + KAFKA_DRAIN_MS;
+    while (rd_kafka_outq_len(old) > 0 && base_mono_ms() < deadline)
         rd_kafka_poll(old, 10);
     /* Not expected (purged messages report at once), but if it happens those groups never
      * complete: say so loudly. */
@@ -369,11 +363,11 @@ static void *kafka_poll_main(void *arg)
     while (!atomic_load(&ko->stop_poll)) {
         rd_kafka_poll(ko->rk, KAFKA_POLL_MS);
         if (atomic_load(&ko->fatal) != 0) {
-            if (kafka_now_ms() >= ko->recreate_at_ms) kafka_recreate(ko);
+            if (base_mono_ms() >= ko->recreate_at_ms) kafka_recreate(ko);
             continue;
         }
         if (!kafka_unhealthy(ko)) continue;
-        int64_t now = kafka_now_ms();
+        int64_t now = base_mono_ms();
         if (now < ko->next_probe_ms) continue;
         ko->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
         if (kafka_probe(ko)) {
@@ -760,9 +754,9 @@ int kafka_out_flush(kafka_out_t *ko, int timeout_ms)
 {
     /* Waits for the poll thread to serve every report instead of calling rd_kafka_flush(),
      * which would poll here and run done_cb on this thread, outside the header's promise. */
-    int64_t deadline = kafka_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    int64_t deadline = base_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     int left;
-    while ((left = kafka_outq_len_locked(ko)) > 0 && kafka_now_ms() < deadline) {
+    while ((left = kafka_outq_len_locked(ko)) > 0 && base_mono_ms() < deadline) {
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -780,8 +774,8 @@ void kafka_out_free(kafka_out_t *ko)
         pthread_rwlock_rdlock(&ko->lock);
         rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         pthread_rwlock_unlock(&ko->lock);
-        int64_t deadline = kafka_now_ms() + KAFKA_DRAIN_MS;
-        while (kafka_outq_len_locked(ko) > 0 && kafka_now_ms() < deadline) {
+        int64_t deadline = base_mono_ms() + KAFKA_DRAIN_MS;
+        while (kafka_outq_len_locked(ko) > 0 && base_mono_ms() < deadline) {
             struct timespec ts = {0, 5 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }

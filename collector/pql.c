@@ -1874,13 +1874,6 @@ struct pql_saver {
     bool stop;         /* protected by mu */
 };
 
-static int64_t wall_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void *saver_main(void *arg)
 {
     pql_saver_t *s = arg;
@@ -1889,27 +1882,20 @@ static void *saver_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += s->interval_ms / 1000;
-        dl.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = base_deadline(CLOCK_MONOTONIC, s->interval_ms);
         while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &dl) != ETIMEDOUT) {
         }
         if (s->stop) break;
         pthread_mutex_unlock(&s->mu);
-        size_t expired = pql_sweep(s->p, wall_now_ms());
-        uint64_t t0 = (uint64_t)wall_now_ms();
+        size_t expired = pql_sweep(s->p, base_wall_ms());
+        uint64_t t0 = (uint64_t)base_wall_ms();
         int rc = pql_snapshot_write(s->p, s->path);
         if (rc != PQL_OK)
             LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path),
                 LS("error", pql_strerror(rc)));
         else
             LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
-                LI("ms", (uint64_t)wall_now_ms() - t0));
+                LI("ms", (uint64_t)base_wall_ms() - t0));
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);

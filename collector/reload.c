@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base.h"
 #include "log.h"
 
 /* How long reload_apply waits for readers of the old version (they never block, so this is a
@@ -48,22 +49,15 @@ int reload_init(reload_t *rl, config_t *cfg)
     return 0;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Waits until no reader that entered before this call is inside (see reload.h). Returns false
  * when the bound passed first. */
 static bool grace_period(reload_t *rl)
 {
-    const uint64_t deadline = mono_ns() + RELOAD_GRACE_NS;
+    const uint64_t deadline = base_mono_ns() + RELOAD_GRACE_NS;
     for (int phase = 0; phase < 2; phase++) {
         unsigned old = atomic_fetch_xor(&rl->epoch, 1u) & 1u;
         while (atomic_load(&rl->readers[old]) != 0) {
-            if (mono_ns() > deadline) return false;
+            if (base_mono_ns() > deadline) return false;
             struct timespec d = {0, 50 * 1000}; /* 50 µs: readers hold for one request's CPU work */
             nanosleep(&d, NULL);
         }

@@ -1,6 +1,7 @@
 /* client.c — libuv/llhttp load sender; see client.h for the open-loop and ledger contracts. */
 #include "client.h"
 
+#include "base.h"
 #include "lt_error.h"
 
 #include <errno.h>
@@ -107,13 +108,6 @@ static uint64_t add(_Atomic uint64_t *a, uint64_t v)
 static uint64_t get(_Atomic uint64_t *a)
 {
     return atomic_load_explicit(a, memory_order_relaxed);
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- ledger ---- */
@@ -286,7 +280,7 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     const char *raw;
     size_t raw_len, n;
     const model_item_t *items;
-    int rc = model_stream_next(w->stream, wall_ms(), &raw, &raw_len, &items, &n);
+    int rc = model_stream_next(w->stream, base_wall_ms(), &raw, &raw_len, &items, &n);
     if (rc != 0) return rc;
     if ((rc = compress_body(w, c, raw, raw_len)) != 0) return rc;
     for (size_t i = 0; i < n; i++)

@@ -5,6 +5,7 @@
  * Exit status: 0 run done (and verified, with --verify); 1 verification failed; 2 usage error;
  * 3 the run itself failed (cannot connect threads, write reports, reach Kafka).
  */
+#include "base.h"
 #include "client.h"
 #include "lt_error.h"
 #include "model.h"
@@ -325,9 +326,7 @@ int main(int argc, char **argv)
         return bad("--verify-quiet-ms", val[F_VQUIET]);
     bool verify = val[F_VERIFY][0] != 0;
     cc.ledger_max = verify ? ledger_max : 0;
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    mc.base_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    mc.base_ms = base_wall_ms();
     char started[32];
     model_iso8601(mc.base_ms, started);
 

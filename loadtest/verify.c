@@ -1,6 +1,7 @@
 /* verify.c — post-run consumer and accounting; the rules are in verify.h. */
 #include "verify.h"
 
+#include "base.h"
 #include "client.h"
 #include "lt_error.h"
 
@@ -33,13 +34,6 @@ typedef struct vstate {
     part_t parts[MAX_PARTS];
     int n_parts;
 } vstate_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void problem(vstate_t *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void problem(vstate_t *v, const char *fmt, ...)
@@ -333,9 +327,10 @@ static int consume(vstate_t *v)
         rc = LT_E_KAFKA;
     }
     rd_kafka_topic_partition_list_destroy(list);
-    double t0 = now_s(), deadline = t0 + cfg->timeout_ms / 1000.0, last_msg = t0;
+    double t0 = ((double)base_mono_ns() / 1e9), deadline = t0 + cfg->timeout_ms / 1000.0,
+           last_msg = t0;
     while (rc == 0 && v->n_parts > 0) {
-        double now = now_s();
+        double now = ((double)base_mono_ns() / 1e9);
         bool all_end = true;
         for (int i = 0; i < v->n_parts; i++)
             all_end &= v->parts[i].at_end;
@@ -358,7 +353,7 @@ static int consume(vstate_t *v)
         } else if (m->err) {
             /* transient broker errors: librdkafka retries; the deadline bounds us */
         } else {
-            last_msg = now_s();
+            last_msg = ((double)base_mono_ns() / 1e9);
             if (pp) pp->at_end = false;
             if (ti == 0)
                 on_event(v, m);
@@ -373,7 +368,7 @@ static int consume(vstate_t *v)
         v->res->complete = true; /* nothing to read; the accounting below reports the loss */
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
-    v->res->consume_s = now_s() - t0;
+    v->res->consume_s = ((double)base_mono_ns() / 1e9) - t0;
     return rc;
 }
 

@@ -62,20 +62,6 @@ void sluice_global_cleanup(void)
 
 /* ---- clocks, logging ---- */
 
-int64_t sdk_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t sdk_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void sdk_log(sluice_client *c, int level, const char *fmt, ...)
 {
     if (!c->cfg.log_cb) return;
@@ -394,7 +380,7 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
     if (!c->zctx || !c->zbuf || writer_buf_reserve(&c->body, c->body.max)) goto fail;
     if (encode_context(c)) goto fail;
     if (getrandom(&c->rng, sizeof c->rng, 0) != (ssize_t)sizeof c->rng)
-        c->rng = (uint64_t)sdk_wall_ms() * 0x9e3779b97f4a7c15u | 1;
+        c->rng = (uint64_t)base_wall_ms() * 0x9e3779b97f4a7c15u | 1;
     reg_add(c);
     pthread_mutex_lock(&c->mu);
     rc = start_worker(c);
@@ -425,7 +411,7 @@ static void deadline_ts(struct timespec *ts, int64_t deadline_ms)
 int sluice_flush(sluice_client *c, uint32_t timeout_ms)
 {
     if (!c) return SLUICE_E_INVAL;
-    int64_t deadline = sdk_mono_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     struct timespec ts;
     deadline_ts(&ts, deadline);
     int rc = SLUICE_OK;
@@ -447,7 +433,7 @@ int sluice_flush(sluice_client *c, uint32_t timeout_ms)
 int sluice_client_close(sluice_client *c, uint32_t timeout_ms)
 {
     if (!c) return SLUICE_E_INVAL;
-    int64_t deadline = sdk_mono_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     struct timespec ts;
     deadline_ts(&ts, deadline);
     reg_remove(c);
@@ -577,7 +563,7 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
                          .group_id = group ? ev->group_id : NULL,
                          .previous_id = alias ? ev->previous_id : NULL,
                          .has_timestamp = true,
-                         .timestamp_ms = ev->timestamp_ms ? ev->timestamp_ms : sdk_wall_ms()};
+                         .timestamp_ms = ev->timestamp_ms ? ev->timestamp_ms : base_wall_ms()};
     if ((rc = props_blob(ev->properties, &we.properties, &we.properties_len)) ||
         (rc = props_blob(ev->traits, &we.traits, &we.traits_len)) ||
         (rc = props_blob(ev->context, &we.context, &we.context_len)))

@@ -10,6 +10,7 @@
 #ifndef SLUICE_SDK_INTERNAL_H
 #define SLUICE_SDK_INTERNAL_H
 
+#include "base.h"
 #include "sluice.h"
 #include "writer.h"
 
@@ -82,8 +83,6 @@ struct sluice_client {
 };
 
 /* Monotonic and wall clocks in ms. */
-int64_t sdk_mono_ms(void);
-int64_t sdk_wall_ms(void);
 
 /* Logging and error reporting through the configured callbacks (no-ops when unset). */
 void sdk_log(sluice_client *c, int level, const char *fmt, ...)

@@ -107,7 +107,7 @@ int sdk_storage_write(sluice_client *c, sdk_node_t *const *nodes, uint32_t n)
     put_u32(buf + 12, (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf + HEADER_LEN, payload));
 
     char name[64], path[4096];
-    snprintf(name, sizeof name, "%013lld-%d-%06u.slb", (long long)sdk_wall_ms(), (int)getpid(),
+    snprintf(name, sizeof name, "%013lld-%d-%06u.slb", (long long)base_wall_ms(), (int)getpid(),
              c->file_seq++ % 1000000u);
     int rc = SLUICE_E_STORAGE;
     if (path_join(path, sizeof path, c->storage_dir, name) == 0 &&

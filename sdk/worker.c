@@ -50,7 +50,7 @@ static bool wait_pause(sluice_client *c)
     pthread_mutex_lock(&c->mu);
     for (;;) {
         if (atomic_load(&c->abort)) break;
-        int64_t now = sdk_mono_ms();
+        int64_t now = base_mono_ms();
         if (now >= c->pause_until_ms) break;
         struct timespec ts;
         abs_ts(&ts, c->pause_until_ms);
@@ -83,7 +83,7 @@ static int64_t backoff_ms(sluice_client *c, uint32_t attempt)
 static int build_body(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sluice_request *req)
 {
     writer_buf_reset(&c->body);
-    int rc = writer_batch_begin(&c->body, n, sdk_wall_ms(), NULL, c->ctx_enc, c->ctx_len);
+    int rc = writer_batch_begin(&c->body, n, base_wall_ms(), NULL, c->ctx_enc, c->ctx_len);
     for (uint32_t i = 0; i < n && !rc; i++)
         rc = writer_raw(&c->body, nodes[i]->data, nodes[i]->len);
     if (rc) return SLUICE_E_TOO_LARGE;
@@ -115,7 +115,7 @@ static void give_up(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, int 
         if (rc == SLUICE_OK) {
             atomic_fetch_add(&c->n_stored, n);
             /* Offline: do not retry the file just written before a full backoff period. */
-            c->storage_retry_ms = sdk_mono_ms() + c->cfg.retry_max_ms;
+            c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
             sdk_log(c, SLUICE_LOG_WARN, "%u events stored for later delivery (%s)", n, why);
             return;
         }
@@ -187,7 +187,7 @@ static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n,
         if (ra > RETRY_AFTER_MAX_MS) ra = RETRY_AFTER_MAX_MS;
         if (ra > delay) delay = ra;
         pthread_mutex_lock(&c->mu);
-        c->pause_until_ms = sdk_mono_ms() + delay;
+        c->pause_until_ms = base_mono_ms() + delay;
         pthread_mutex_unlock(&c->mu);
         resp.message[sizeof resp.message - 1] = '\0';
         if (attempt >= c->cfg.max_retries) {
@@ -216,7 +216,7 @@ static void send_stored(sluice_client *c)
         if (rc == 0)
             c->storage_files = 0;
         else
-            c->storage_retry_ms = sdk_mono_ms() + c->cfg.retry_max_ms;
+            c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
         pthread_mutex_unlock(&c->mu);
         return;
     }
@@ -225,7 +225,7 @@ static void send_stored(sluice_client *c)
         sdk_storage_remove(c, path);
     } else {
         pthread_mutex_lock(&c->mu);
-        c->storage_retry_ms = sdk_mono_ms() + c->cfg.retry_max_ms;
+        c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
         pthread_mutex_unlock(&c->mu);
     }
     for (uint32_t i = 0; i < n; i++)
@@ -284,11 +284,11 @@ void *sdk_worker_main(void *arg)
         c->storage_scanned = true;
     }
     const int64_t interval = c->cfg.flush_interval_ms;
-    int64_t next_tick = sdk_mono_ms() + interval;
+    int64_t next_tick = base_mono_ms() + interval;
 
     pthread_mutex_lock(&c->mu);
     while (batch && !atomic_load(&c->abort)) {
-        int64_t now = sdk_mono_ms();
+        int64_t now = base_mono_ms();
         bool paused = now < c->pause_until_ms;
         if (c->storage_files && !paused && now >= c->storage_retry_ms) {
             pthread_mutex_unlock(&c->mu);
@@ -308,7 +308,7 @@ void *sdk_worker_main(void *arg)
             pthread_mutex_lock(&c->mu);
             c->inflight_lo = UINT64_MAX;
             pthread_cond_broadcast(&c->done);
-            next_tick = sdk_mono_ms() + interval;
+            next_tick = base_mono_ms() + interval;
             continue;
         }
         if (!c->head && now >= next_tick) next_tick = now + interval;

@@ -112,7 +112,7 @@ bool base_iso8601_parse(const char *s, size_t len, int64_t *ms_out);
 /* ---- clocks ---------------------------------------------------------------------------------- */
 
 uint64_t base_mono_ns(void); /* CLOCK_MONOTONIC: for intervals and deadlines */
-uint64_t base_mono_ms(void);
+int64_t base_mono_ms(void);
 int64_t base_wall_ms(void); /* CLOCK_REALTIME epoch ms: for timestamps only */
 /* The absolute time ms from now on clock (CLOCK_MONOTONIC or CLOCK_REALTIME), for
  * pthread_cond_timedwait / sem_timedwait. */

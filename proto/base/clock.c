@@ -8,9 +8,9 @@ uint64_t base_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t base_mono_ms(void)
+int64_t base_mono_ms(void)
 {
-    return base_mono_ns() / 1000000u;
+    return (int64_t)(base_mono_ns() / 1000000u);
 }
 
 int64_t base_wall_ms(void)

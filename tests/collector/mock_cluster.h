@@ -12,7 +12,7 @@
  * mock_kafka_group_teardown (the cmocka group teardown) destroys the cluster and checks that
  * every librdkafka handle is gone.
  *
- * Include it after the collector modules (kafka_out.c for kafka_log_cb and kafka_now_ms).
+ * Include it after the collector modules (kafka_out.c for kafka_log_cb).
  * Every wait is bounded (MOCK_WAIT_MS).
  */
 #ifndef SLUICE_TEST_MOCK_CLUSTER_H
@@ -177,8 +177,8 @@ static inline size_t mock_consume(const mock_kafka_t *m, const char *topic, size
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     size_t got = 0;
     if (rkt != NULL && rd_kafka_consume_start(rkt, 0, RD_KAFKA_OFFSET_BEGINNING) == 0) {
-        int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS;
-        while (got < want && got < cap && kafka_now_ms() < deadline) {
+        int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+        while (got < want && got < cap && base_mono_ms() < deadline) {
             rd_kafka_message_t *msg = rd_kafka_consume(rkt, 0, 50);
             if (msg == NULL) continue;
             if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {

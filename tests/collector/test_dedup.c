@@ -1,7 +1,8 @@
 /*
  * test_dedup.c — the dedup structure (collector/dedup.c): window expiry by an injected clock,
  * eviction order at the memory cap, bytes per entry, PENDING/commit/release and in-request
- * duplicates, concurrent reservations from 4 threads, snapshots (round trip, expiry at load,
+ * duplicates, concurrent reservations from 4 threads, incremental growth (bounded moves per
+ * operation, exact answers while growing), snapshots (round trip, expiry at load,
  * corrupt, truncated, missing) and the worker's final snapshot.
  */
 #include <setjmp.h>
@@ -360,6 +361,113 @@ static void fill(dedup_t *d, uint64_t from, uint64_t n)
         assert_int_equal(seen(d, key(i)), DEDUP_NEW);
 }
 
+static bool remembered(dedup_t *d, uint64_t fp)
+{
+    return dedup_all_remembered(d, &fp, 1);
+}
+
+/* Growth is incremental: while shards move their entries into grown tables, no single lookup or
+ * insert moves more than two old buckets' worth (counted, not timed), and every answer stays
+ * exact: each key inserted so far is remembered, none of the keys not inserted is. */
+static void test_growth_bounded_and_exact(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    enum { N = 400000 };
+    uint64_t growing_seen = 0, checks = 0;
+    uint64_t lcg = 12345;
+    for (uint64_t i = 0; i < N; i++) {
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+        /* An earlier key (anywhere in 0..i), the key just inserted, and one never inserted. */
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t j = (lcg >> 11) % (i + 1);
+        assert_true(remembered(d, key(j)));
+        assert_true(remembered(d, key(i)));
+        assert_false(remembered(d, key(N + i)));
+        checks++;
+        if (i % 1000 == 0) {
+            dedup_stats_t st;
+            dedup_stats(d, &st);
+            growing_seen += st.growing;
+            assert_true(st.grow_step_max <= DEDUP_MIGRATE_STEP * DEDUP_SLOTS);
+        }
+    }
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    print_message("growth: %llu entries moved, at most %u per operation, %llu shard-samples "
+                  "growing\n",
+                  (unsigned long long)st.grow_moved, st.grow_step_max,
+                  (unsigned long long)growing_seen);
+    assert_true(growing_seen > 0);      /* lookups above ran while tables were growing */
+    assert_true(st.grow_moved > N / 2); /* entries did move */
+    assert_true(st.grow_step_max > 0 && st.grow_step_max <= DEDUP_MIGRATE_STEP * DEDUP_SLOTS);
+    assert_int_equal(st.entries, N);
+    /* The worker's pass finishes every growth in progress, in bounded chunks. */
+    sweep_all(d);
+    dedup_stats(d, &st);
+    assert_int_equal(st.growing, 0);
+    assert_int_equal(st.entries, N);
+    for (uint64_t i = 0; i < N; i++)
+        assert_true(remembered(d, key(i)));
+    for (uint64_t i = N; i < N + 10000; i++)
+        assert_int_equal(reserve1(d, key(i)), DEDUP_NEW);
+    dedup_free(d);
+}
+
+/* PENDING entries reserved before a growth are found in the old table or the new one, and
+ * commit/release act on them wherever they are. */
+static void test_growth_keeps_pending(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    enum { P = 2000, N = 300000 };
+    static uint64_t fps[P];
+    static uint8_t v[P];
+    for (uint64_t i = 0; i < P; i++)
+        fps[i] = key(1000000 + i);
+    dedup_reserve_batch(d, fps, P, v);
+    for (uint64_t i = 0; i < P; i++)
+        assert_int_equal(v[i], DEDUP_NEW);
+    fill(d, 0, N); /* grows every shard several times */
+    dedup_reserve_batch(d, fps, P, v);
+    for (uint64_t i = 0; i < P; i++)
+        assert_int_equal(v[i], DEDUP_BUSY);
+    dedup_commit(d, fps, P / 2);
+    dedup_release(d, fps + P / 2, P - P / 2);
+    for (uint64_t i = 0; i < P; i++)
+        assert_int_equal(remembered(d, fps[i]), i < P / 2);
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, N + P / 2);
+    assert_int_equal(st.pending, 0);
+    dedup_free(d);
+}
+
+/* The worker makes a shard's next table before it is needed; the growth then takes it instead of
+ * allocating under the lock. */
+static void test_growth_uses_spare(void **state)
+{
+    (void)state;
+    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    shard_t *s0 = &d->shards[0];
+    uint64_t i = 0;
+    while (s0->live < DEDUP_SPARE_AT(atomic_load(&s0->nb)) + 1)
+        assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
+    uint32_t nb = atomic_load(&s0->nb);
+    assert_null(s0->spare);
+    sweep_all(d);
+    assert_non_null(s0->spare);
+    assert_int_equal(s0->spare_nb, grown_nb(s0, nb));
+    bucket_t *spare = s0->spare;
+    while (atomic_load(&s0->nb) == nb)
+        assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
+    assert_ptr_equal(atomic_load(&s0->b), spare);
+    assert_null(s0->spare);
+    for (uint64_t j = 0; j < i; j++)
+        assert_true(remembered(d, key(j)));
+    dedup_free(d);
+}
+
 static void test_snapshot_round_trip(void **state)
 {
     (void)state;
@@ -559,6 +667,9 @@ int main(void)
         cmocka_unit_test(test_bytes_per_entry),
         cmocka_unit_test(test_pending_commit_release),
         cmocka_unit_test(test_concurrent_reserve_one_winner),
+        cmocka_unit_test(test_growth_bounded_and_exact),
+        cmocka_unit_test(test_growth_keeps_pending),
+        cmocka_unit_test(test_growth_uses_spare),
         cmocka_unit_test(test_snapshot_round_trip),
         cmocka_unit_test(test_snapshot_corrupt_truncated_missing),
         cmocka_unit_test(test_snapshot_unwritable_dir),

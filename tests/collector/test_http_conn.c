@@ -382,7 +382,7 @@ static bool one(const char *req, size_t len)
 static bool readyz_until(const char *want)
 {
     static const char req[] = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
-    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS; kafka_now_ms() < deadline;) {
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS; base_mono_ms() < deadline;) {
         one(req, sizeof req - 1);
         if (strncmp(rbuf, want, strlen(want)) == 0) return true;
         mock_sleep_ms(50);

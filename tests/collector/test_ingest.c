@@ -127,8 +127,8 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
     /* Kafka's poll thread pushes the request once every delivery report is in (bounded by
      * delivery_timeout_ms; the wait here is longer). */
     ingest_req_t *got = NULL;
-    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS;
-         got == NULL && kafka_now_ms() < deadline;)
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+         got == NULL && base_mono_ms() < deadline;)
         if ((got = ingest_mailbox_take(&f->mb)) == NULL) mock_sleep_ms(2);
     assert_ptr_equal(got, req);
     assert_null(ingest_req_next(got));
@@ -168,7 +168,7 @@ static void test_batch_produced(void **state)
     /* Answered 200: every message is in Kafka. Two events, one rejected, nothing else. */
     assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
     assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 1);
-    mock_msg_t ev[2], rej[1];
+    mock_msg_t ev[2] = {0}, rej[1] = {0};
     assert_int_equal(mock_consume(&f->mk, f->mk.events, 2, ev, 2), 2);
     assert_int_equal(mock_consume(&f->mk, f->mk.rejected, 1, rej, 1), 1);
     /* In batch order: event, rejected, event (produce timestamps across the two topics). */
@@ -210,7 +210,7 @@ static void test_group_learns_account(void **state)
                          out, sizeof out, NULL),
                      200);
     assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
-    mock_msg_t ev[2];
+    mock_msg_t ev[2] = {0};
     assert_int_equal(mock_consume(&f->mk, f->mk.events, 2, ev, 2), 2);
     /* Both keyed by the account: the group by its groupId, the track by the learned account. */
     assert_int_equal(ev[0].keylen, 4);
@@ -235,7 +235,7 @@ static void test_single_call(void **state)
                          out, sizeof out, NULL),
                      200);
     assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 1);
-    mock_msg_t ev[1];
+    mock_msg_t ev[1] = {0};
     assert_int_equal(mock_consume(&f->mk, f->mk.events, 1, ev, 1), 1);
     assert_string_equal(mock_header(&ev[0], "event-type"), "track");
     mock_msgs_free(ev, 1);
@@ -324,7 +324,7 @@ static void test_delivery_failure_is_503(void **state)
     /* Retried after recovery: accepted, and delivered once (the failed attempt left nothing). */
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     bool ready = false;
-    for (int64_t deadline = kafka_now_ms() + MOCK_WAIT_MS; !ready && kafka_now_ms() < deadline;)
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS; !ready && base_mono_ms() < deadline;)
         if (!(ready = kafka_out_ready(f->ko, why, sizeof why))) mock_sleep_ms(20);
     assert_true(ready);
     assert_int_equal(

@@ -42,7 +42,7 @@ typedef struct fixture {
 
 static int64_t now_ms(void)
 {
-    return kafka_now_ms();
+    return base_mono_ms();
 }
 
 static void sleep_ms(int ms)

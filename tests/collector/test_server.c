@@ -169,7 +169,7 @@ static void test_threads_and_drain(void **state)
     accounts_free(accounts);
     /* The one accepted event is in Kafka. */
     assert_int_equal(mock_topic_count(&mk, mk.events), 1);
-    mock_msg_t ev[1];
+    mock_msg_t ev[1] = {0};
     assert_int_equal(mock_consume(&mk, mk.events, 1, ev, 1), 1);
     assert_string_equal(mock_header(&ev[0], "message-id"), "d1");
     mock_msgs_free(ev, 1);

@@ -231,13 +231,13 @@ static void test_wrong_encoding(void **state)
 
 static void post_bomb(sup_env_t *e, const char *enc, const sup_buf_t *bomb)
 {
-    int64_t t0 = sup_now_ms();
+    int64_t t0 = base_mono_ms();
     sup_http_resp_t r;
     it_post(e, "/v1/batch", "application/json", enc, bomb->data, bomb->len, &r);
     it_assert_error(&r, 413, "payload_too_large");
     sup_http_resp_free(&r);
     /* Decompression stops at the limit: the answer does not wait for 256 MiB of zeros. */
-    assert_true(sup_now_ms() - t0 < 5000);
+    assert_true(base_mono_ms() - t0 < 5000);
 }
 
 static void bad_zstd_bomb(sup_env_t *e, it_ids_t *ids)
@@ -282,10 +282,10 @@ static void bad_content_length_over_limit(sup_env_t *e, it_ids_t *ids)
                          lengths[i]);
         /* Only the head is sent: the 413 must come without the body. */
         sup_buf_t answer = {0};
-        int64_t t0 = sup_now_ms();
+        int64_t t0 = base_mono_ms();
         int status = raw_exchange(e, head, (size_t)n, &answer, 5000);
         assert_raw_error(&answer, status, 413, "payload_too_large");
-        assert_true(sup_now_ms() - t0 < 4000);
+        assert_true(base_mono_ms() - t0 < 4000);
         sup_buf_free(&answer);
     }
 }
@@ -537,7 +537,7 @@ static void bad_absurd_timestamps(sup_env_t *e, it_ids_t *ids)
     json_object_set_new(ev, "sentAt", json_string("soon"));
     json_array_append_new(events, ev);
     ev = sup_track("ts-ok-int", "ts-user", "T", 0);
-    json_object_set_new(ev, "timestamp", json_integer(sup_wall_ms() - 1000));
+    json_object_set_new(ev, "timestamp", json_integer(base_wall_ms() - 1000));
     json_array_append_new(events, ev);
     sup_http_resp_t r;
     post_events(e, events, 1, 6, &r);
@@ -563,7 +563,7 @@ static void test_absurd_timestamps(void **state)
 
 static void bad_future_clamped(sup_env_t *e, it_ids_t *ids)
 {
-    int64_t now = sup_wall_ms();
+    int64_t now = base_wall_ms();
     char far[32], near[32];
     sup_iso8601(now + 48LL * 3600 * 1000, far, sizeof far);
     sup_iso8601(now + 3600 * 1000, near, sizeof near);
@@ -715,8 +715,8 @@ static void bad_disconnect_mid_body(sup_env_t *e, it_ids_t *ids)
     }
     sup_buf_free(&txt);
     /* The half-sent events must not appear; the abort is counted. */
-    int64_t deadline = sup_now_ms() + 3000;
-    while (metric(e, "sluice_client_aborts_total") < 3 && sup_now_ms() < deadline)
+    int64_t deadline = base_mono_ms() + 3000;
+    while (metric(e, "sluice_client_aborts_total") < 3 && base_mono_ms() < deadline)
         sup_sleep_ms(50);
     assert_true(metric(e, "sluice_client_aborts_total") >= 3);
 }
@@ -844,21 +844,21 @@ static void bad_slowloris(sup_env_t *e, it_ids_t *ids)
     int fd = sup_tcp_connect(e->coll.port, 5000);
     assert_true(fd >= 0);
     static const char partial[] = "POST /v1/batch HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n";
-    int64_t t0 = sup_now_ms();
+    int64_t t0 = base_mono_ms();
     assert_int_equal(sup_tcp_send(fd, partial, sizeof partial - 1, 2000), 0);
     /* While it dangles, other clients are served. */
     it_post_good(e, "during", 2, ids);
     /* Dribble a header byte every 200 ms: trickling does not extend the deadline. */
     bool closed = false;
     sup_buf_t answer = {0};
-    while (!closed && sup_now_ms() - t0 < 6000) {
+    while (!closed && base_mono_ms() - t0 < 6000) {
         if (sup_tcp_send(fd, "X", 1, 500) != 0) {
             closed = true;
             break;
         }
         closed = sup_tcp_read_until_close(fd, &answer, 65536, 200) == 1;
     }
-    int64_t took = sup_now_ms() - t0;
+    int64_t took = base_mono_ms() - t0;
     close(fd);
     sup_buf_free(&answer);
     if (!closed) fprintf(stderr, "slow connection still open after %lld ms\n", (long long)took);
@@ -884,9 +884,9 @@ static void bad_idle_keep_alive(sup_env_t *e, it_ids_t *ids)
     assert_int_equal(sup_tcp_read_answer(fd, &answer, 5000), 200);
     sup_buf_free(&answer);
     /* Idle after a complete exchange: closed after limits.idle_timeout (1 s here). */
-    int64_t t0 = sup_now_ms();
+    int64_t t0 = base_mono_ms();
     int closed = sup_tcp_read_until_close(fd, &answer, 65536, 5000);
-    int64_t took = sup_now_ms() - t0;
+    int64_t took = base_mono_ms() - t0;
     close(fd);
     sup_buf_free(&answer);
     assert_true(closed);
@@ -916,12 +916,12 @@ static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
     for (int i = 0; i < 3; i++)
         close(held[i]);
     /* Slots free again once the held connections are gone. */
-    int64_t deadline = sup_now_ms() + 3000;
+    int64_t deadline = base_mono_ms() + 3000;
     do {
         sup_sleep_ms(100);
         status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
         sup_buf_free(&answer);
-    } while (status != 200 && sup_now_ms() < deadline);
+    } while (status != 200 && base_mono_ms() < deadline);
     assert_int_equal(status, 200);
 }
 

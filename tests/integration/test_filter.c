@@ -265,8 +265,8 @@ static void write_config(const sup_env_t *e, const char *yaml)
 
 static void wait_log(const sup_env_t *e, const char *needle, int timeout_ms)
 {
-    int64_t until = sup_now_ms() + timeout_ms;
-    while (!sup_collector_log_contains(&e->coll, needle) && sup_now_ms() < until)
+    int64_t until = base_mono_ms() + timeout_ms;
+    while (!sup_collector_log_contains(&e->coll, needle) && base_mono_ms() < until)
         sup_sleep_ms(20);
     if (!sup_collector_log_contains(&e->coll, needle)) sup_collector_dump_log(&e->coll, 4000);
     assert_true(sup_collector_log_contains(&e->coll, needle));

@@ -131,7 +131,7 @@ static void test_batch_msgpack_zstd(void **state)
 {
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
-    int64_t t0 = sup_wall_ms();
+    int64_t t0 = base_wall_ms();
     /* The client's clock runs an hour behind: only the offsets within the batch matter. */
     json_t *batch = skewed_batch(100, "mz", &ids, t0 - 3600 * 1000);
     sup_buf_t mp = {0}, z = {0};
@@ -141,7 +141,7 @@ static void test_batch_msgpack_zstd(void **state)
     it_post(e, "/v1/batch", "application/msgpack", "zstd", z.data, z.len, &resp);
     it_assert_ok(&resp, 100, 0);
     sup_http_resp_free(&resp);
-    int64_t t1 = sup_wall_ms();
+    int64_t t1 = base_wall_ms();
     assert_skewed_delivery(e, &ids, t0, t1, "msgpack");
     json_decref(batch);
     sup_buf_free(&mp);
@@ -152,7 +152,7 @@ static void test_batch_json_gzip(void **state)
 {
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
-    int64_t t0 = sup_wall_ms();
+    int64_t t0 = base_wall_ms();
     json_t *batch = skewed_batch(40, "jg", &ids, t0 + 90 * 1000); /* clock 90 s ahead */
     sup_buf_t txt = {0}, g = {0};
     assert_int_equal(sup_json_dump(batch, &txt), 0);
@@ -161,7 +161,7 @@ static void test_batch_json_gzip(void **state)
     it_post(e, "/v1/batch", "application/json", "gzip", g.data, g.len, &resp);
     it_assert_ok(&resp, 40, 0);
     sup_http_resp_free(&resp);
-    assert_skewed_delivery(e, &ids, t0, sup_wall_ms(), "msgpack");
+    assert_skewed_delivery(e, &ids, t0, base_wall_ms(), "msgpack");
     json_decref(batch);
     sup_buf_free(&txt);
     sup_buf_free(&g);
@@ -171,23 +171,23 @@ static void test_batch_json_plain_and_x_msgpack(void **state)
 {
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
-    int64_t t0 = sup_wall_ms();
+    int64_t t0 = base_wall_ms();
     json_t *batch = skewed_batch(12, "jp", &ids, t0);
     sup_http_resp_t resp;
     it_post_json(e, "/v1/batch", batch, &resp);
     it_assert_ok(&resp, 12, 0);
     sup_http_resp_free(&resp);
-    assert_skewed_delivery(e, &ids, t0, sup_wall_ms(), "msgpack");
+    assert_skewed_delivery(e, &ids, t0, base_wall_ms(), "msgpack");
     json_decref(batch);
 
     /* application/x-msgpack and a charset parameter on JSON are accepted too. */
-    json_t *b2 = skewed_batch(4, "xm", &ids, sup_wall_ms());
+    json_t *b2 = skewed_batch(4, "xm", &ids, base_wall_ms());
     sup_buf_t mp = {0}, txt = {0};
     assert_int_equal(sup_msgpack_encode(b2, &mp), 0);
     it_post(e, "/v1/batch", "application/x-msgpack", NULL, mp.data, mp.len, &resp);
     it_assert_ok(&resp, 4, 0);
     sup_http_resp_free(&resp);
-    json_t *b3 = skewed_batch(3, "cs", &ids, sup_wall_ms());
+    json_t *b3 = skewed_batch(3, "cs", &ids, base_wall_ms());
     assert_int_equal(sup_json_dump(b3, &txt), 0);
     it_post(e, "/v1/batch", "application/json; charset=utf-8", NULL, txt.data, txt.len, &resp);
     it_assert_ok(&resp, 3, 0);
@@ -366,7 +366,7 @@ static void test_output_json_format(void **state)
 {
     sup_env_t *e = it_start(state, "kafka: {format: json}\n");
     it_ids_t ids = {0};
-    int64_t t0 = sup_wall_ms();
+    int64_t t0 = base_wall_ms();
     json_t *batch = skewed_batch(8, "fj", &ids, t0);
     sup_buf_t mp = {0};
     assert_int_equal(sup_msgpack_encode(batch, &mp), 0);
@@ -374,7 +374,7 @@ static void test_output_json_format(void **state)
     it_post(e, "/v1/batch", "application/msgpack", NULL, mp.data, mp.len, &resp);
     it_assert_ok(&resp, 8, 0);
     sup_http_resp_free(&resp);
-    assert_skewed_delivery(e, &ids, t0, sup_wall_ms(), "json");
+    assert_skewed_delivery(e, &ids, t0, base_wall_ms(), "json");
     sup_kmsgs_t m;
     assert_int_equal(sup_consume(e->mock.bootstrap, "events", 8, 10000, &m), 0);
     for (size_t i = 0; i < m.n; i++) {

@@ -206,9 +206,9 @@ static void test_unreachable_collector_never_hangs(void **state)
     assert_int_equal(sluice_client_new(&c, &cfg), SLUICE_OK);
     for (int i = 0; i < 10; i++)
         assert_int_equal(sluice_track(c, "u", "E", NULL), SLUICE_OK);
-    int64_t t0 = sup_now_ms();
+    int64_t t0 = base_mono_ms();
     assert_int_equal(sluice_client_close(c, 700), 10);
-    int64_t took = sup_now_ms() - t0;
+    int64_t took = base_mono_ms() - t0;
     if (took > 2500) fail_msg("close(700) took %lld ms", (long long)took);
 }
 

@@ -46,20 +46,6 @@ static void fail(const char *fmt, ...)
 
 /* ---------- time ---------- */
 
-int64_t sup_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t sup_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void sup_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -69,7 +55,7 @@ void sup_sleep_ms(int ms)
 
 static int remaining_ms(int64_t deadline)
 {
-    int64_t r = deadline - sup_now_ms();
+    int64_t r = deadline - base_mono_ms();
     return r < 0 ? 0 : (int)r;
 }
 
@@ -184,7 +170,7 @@ static pid_t spawn(char *const argv[], int in_fd, int out_fd, int err_fd)
 /* Waits for pid up to timeout_ms. Returns exit status, 128+sig, or -1 on timeout. */
 static int reap(pid_t pid, int timeout_ms)
 {
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     for (;;) {
         int st = 0;
         pid_t r = waitpid(pid, &st, WNOHANG);
@@ -198,7 +184,7 @@ static int reap(pid_t pid, int timeout_ms)
             child_untrack(pid);
             return -1;
         }
-        if (sup_now_ms() >= deadline) return -1;
+        if (base_mono_ms() >= deadline) return -1;
         sup_sleep_ms(10);
     }
 }
@@ -206,7 +192,7 @@ static int reap(pid_t pid, int timeout_ms)
 /* Reads one '\n'-terminated line from fd (without the '\n') within timeout_ms. */
 static int read_line(int fd, char *line, size_t cap, int timeout_ms)
 {
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     size_t n = 0;
     for (;;) {
         struct pollfd p = {fd, POLLIN, 0};
@@ -394,7 +380,7 @@ int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, c
     if (null_fd >= 0) close(null_fd);
     if (c->pid < 0) return -1;
 
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     for (;;) {
         sup_buf_t log = {0};
         read_file(c->log_path, &log);
@@ -412,7 +398,7 @@ int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, c
             sup_collector_dump_log(c, 4096);
             return -1;
         }
-        if (sup_now_ms() >= deadline) break;
+        if (base_mono_ms() >= deadline) break;
         sup_sleep_ms(20);
     }
     fail("collector did not log \"listening\" within %d ms", timeout_ms);
@@ -721,7 +707,7 @@ int sup_tcp_connect(int port, int timeout_ms)
 
 int sup_tcp_send(int fd, const void *p, size_t n, int timeout_ms)
 {
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     const char *c = p;
     while (n > 0) {
         ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
@@ -743,7 +729,7 @@ int sup_tcp_send(int fd, const void *p, size_t n, int timeout_ms)
 
 int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms)
 {
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     char tmp[4096];
     while (out->len < max) {
         struct pollfd pf = {fd, POLLIN, 0};
@@ -760,7 +746,7 @@ int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms)
 
 int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms)
 {
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     char tmp[4096];
     for (;;) {
         if (out->data) {
@@ -831,7 +817,7 @@ int sup_parse_iso8601(const char *s, int64_t *ms)
 json_t *sup_batch(json_t *events)
 {
     char now[32];
-    sup_iso8601(sup_wall_ms(), now, sizeof now);
+    sup_iso8601(base_wall_ms(), now, sizeof now);
     return json_pack("{s:o, s:s}", "batch", events, "sentAt", now);
 }
 
@@ -1048,7 +1034,7 @@ static rd_kafka_t *consumer_new(const char *bootstrap)
     char group[64];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     /* A group is needed for assign()/consumer_poll(); nothing is committed to it. */
-    snprintf(group, sizeof group, "sluice-it-%d-%lld", (int)getpid(), (long long)sup_now_ms());
+    snprintf(group, sizeof group, "sluice-it-%d-%lld", (int)getpid(), (long long)base_mono_ms());
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err) ||
         rd_kafka_conf_set(conf, "group.id", group, err, sizeof err) ||
         rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err) ||
@@ -1071,7 +1057,7 @@ static int partition_count(rd_kafka_t *rk, const char *topic, int64_t deadline)
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     if (!rkt) return -1;
     int n = -1;
-    while (n <= 0 && sup_now_ms() < deadline) {
+    while (n <= 0 && base_mono_ms() < deadline) {
         const struct rd_kafka_metadata *md = NULL;
         if (rd_kafka_metadata(rk, 0, rkt, &md,
                               remaining_ms(deadline) > 2000 ? 2000 : remaining_ms(deadline) + 1) ==
@@ -1132,7 +1118,7 @@ int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int 
                 sup_kmsgs_t *out)
 {
     memset(out, 0, sizeof *out);
-    int64_t deadline = sup_now_ms() + timeout_ms;
+    int64_t deadline = base_mono_ms() + timeout_ms;
     rd_kafka_t *rk = consumer_new(bootstrap);
     if (!rk) return -1;
     int rc = -1;
@@ -1163,7 +1149,7 @@ int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int 
             total += hi[p] - lo;
         }
         if (ok && total >= (int64_t)min_count) break;
-        if (sup_now_ms() >= deadline) {
+        if (base_mono_ms() >= deadline) {
             if (!ok) {
                 fail("topic %s: watermarks unavailable", topic);
                 goto out;
@@ -1194,7 +1180,7 @@ int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int 
             rc = 0;
             break;
         }
-        if (sup_now_ms() >= deadline + 5000) {
+        if (base_mono_ms() >= deadline + 5000) {
             fail("topic %s: read %zu of %lld messages before the deadline", topic, out->n,
                  (long long)total);
             break;

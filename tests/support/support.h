@@ -23,12 +23,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* ---------- time ---------- */
+#include "base.h"
 
-/* Monotonic clock in ms. */
-int64_t sup_now_ms(void);
-/* Wall clock in epoch ms. */
-int64_t sup_wall_ms(void);
+/* ---------- time (clocks: base_mono_ms / base_wall_ms) ---------- */
+
 void sup_sleep_ms(int ms);
 
 /* ---------- growable byte buffer (hard cap: 256 MiB; appends beyond it fail) ---------- */
