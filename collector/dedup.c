@@ -19,16 +19,21 @@
  * Growth is incremental (as Redis's dict.c rehashes): at 90% load a shard allocates a table of
  * 1.5x the buckets and keeps the old one beside it. New entries go to the new table; every
  * operation on the shard first moves the live entries of the next DEDUP_MIGRATE_STEP old buckets
- * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves the rest in chunks of
- * DEDUP_WORKER_MIGRATE buckets per lock hold. A lookup probes the new table, then the old one
+ * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves one chunk of
+ * DEDUP_WORKER_MIGRATE buckets per shard per one-second round, so a shard without traffic finishes
+ * too. Both are paced on purpose: all 64 shards cross 90% at about the same moment, and a worker
+ * that finished every move at once burned seconds of CPU in one burst (a 5-minute open-loop run
+ * showed 300-670 ms latency spikes at each growth); per operation, the moves cost at most
+ * DEDUP_MIGRATE_STEP * DEDUP_SLOTS placements. A lookup probes the new table, then the old one
  * with its own probing rules: a moved slot is simply empty there, and the old buckets keep their
  * ovf bytes, so chains through already-moved buckets stay intact. The old table is freed when its
- * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb/2 operations, while
+ * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb operations, while
  * filling the new table to 90% takes ~3 nb inserts, so a move always ends before the next growth.
- * The new table itself is made off the loops: once a shard passes 80% load, the worker allocates
- * and faults in its next table outside the lock and leaves it as the shard's spare, so the growth
- * step only swaps pointers. (Without a spare — tests, or tables filling faster than the worker's
- * one-second rounds, which happens only while they are small — the growth allocates in place.)
+ * The new table itself is made off the loops: once a shard passes 70% load, the worker allocates
+ * and faults in its next table outside the lock (at most DEDUP_WORKER_SPARES per round, again so
+ * as not to burst) and leaves it as the shard's spare, so the growth step only swaps pointers.
+ * (Without a spare — tests, or tables filling faster than the worker's one-second rounds, which
+ * happens only while they are small — the growth allocates in place.)
  *
  * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
  * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
@@ -66,19 +71,25 @@
 #define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
 #define DEDUP_PREFETCH    16
 /* Old buckets moved by each operation on a growing shard, and by the worker per lock hold. */
-#define DEDUP_MIGRATE_STEP   2
+#define DEDUP_MIGRATE_STEP   1
 #define DEDUP_WORKER_MIGRATE 256
-#define DEDUP_HUGE           (2u << 20)
+/* Spare tables the worker makes per round. */
+#define DEDUP_WORKER_SPARES 8
+#define DEDUP_HUGE          (2u << 20)
 /* Grow (or evict) when live entries would pass 90% of the slots. */
 #define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
-/* The worker prepares the next table once live entries pass 80% of the slots (late, so a spare
- * costs memory only shortly before it is needed). */
-#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 8 / 10)
+/* The worker prepares the next table once live entries pass 70% of the slots: late enough that a
+ * spare costs memory only shortly before it is needed, early enough that DEDUP_WORKER_SPARES per
+ * round covers all 64 shards before they reach 90%. */
+#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 7 / 10)
 
 #define SNAP_MAGIC   "SLUDEDUP"
 #define SNAP_VERSION 1u
 #define SNAP_NAME    "dedup.snapshot"
-#define SNAP_REC     9 /* fingerprint + generation index */
+/* The worker ticks every second; a stop waits this long for a snapshot in progress. */
+#define DEDUP_WORKER_PERIOD_MS 1000
+#define DEDUP_WORKER_STOP_MS   60000
+#define SNAP_REC               9 /* fingerprint + generation index */
 
 typedef struct bucket {
     uint64_t fp[DEDUP_SLOTS];
@@ -118,12 +129,10 @@ struct dedup {
     dedup_clock_fn clock;
     void *clock_ud;
     /* worker */
-    pthread_mutex_t w_mu;
-    pthread_cond_t w_cv;
-    pthread_t w_thread;
-    bool w_running, w_stop;
+    base_worker_t *worker; /* NULL when not running */
+    bool w_orphaned;       /* a stop timed out: the worker still uses d, which is never freed */
     char *w_dir;
-    uint64_t w_interval_ms;
+    uint64_t w_interval_ms, w_last_snap_ms; /* w_last_snap_ms: the worker's own */
 };
 
 typedef struct view {
@@ -672,12 +681,6 @@ int dedup_new(const dedup_opts_t *opts, dedup_t **out)
     if (per_shard < DEDUP_MIN_NB) per_shard = DEDUP_MIN_NB;
     if (per_shard > UINT32_MAX / 2) per_shard = UINT32_MAX / 2;
     pthread_mutex_init(&d->gen_mu, NULL);
-    pthread_mutex_init(&d->w_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->w_cv, &ca);
-    pthread_condattr_destroy(&ca);
     atomic_store(&d->gen_start[tag_of(0) - 1], now_ms(d));
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
@@ -698,6 +701,7 @@ void dedup_free(dedup_t *d)
 {
     if (d == NULL) return;
     (void)dedup_worker_stop(d, false);
+    if (d->w_orphaned) return; /* the process is exiting; the worker may still read d */
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         buckets_free(atomic_load(&s->b), atomic_load(&s->nb));
@@ -705,8 +709,6 @@ void dedup_free(dedup_t *d)
         buckets_free(s->spare, s->spare_nb);
     }
     pthread_mutex_destroy(&d->gen_mu);
-    pthread_mutex_destroy(&d->w_mu);
-    pthread_cond_destroy(&d->w_cv);
     free(d->w_dir);
     free(d);
 }
@@ -1163,7 +1165,7 @@ out:
 
 /* Makes the shard's next table when it passed DEDUP_SPARE_AT, allocated and faulted in without
  * the lock. A spare made for a size the shard no longer grows to is replaced. */
-static void spare_prepare(shard_t *s)
+static bool spare_prepare(shard_t *s)
 {
     shard_lock(s);
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
@@ -1177,9 +1179,9 @@ static void spare_prepare(shard_t *s)
     }
     shard_unlock(s);
     buckets_free(stale, stale_nb);
-    if (!want) return;
+    if (!want) return false;
     bucket_t *b = buckets_alloc(nnb);
-    if (b == NULL) return;
+    if (b == NULL) return false;
     shard_lock(s);
     if (s->spare == NULL &&
         grown_nb(s, atomic_load_explicit(&s->nb, memory_order_relaxed)) == nnb) {
@@ -1189,12 +1191,14 @@ static void spare_prepare(shard_t *s)
     }
     shard_unlock(s);
     buckets_free(b, nnb);
+    return true;
 }
 
 /* Sweeps the shards in which generations died since their last sweep, prepares the next tables
  * of those about to grow and finishes growths in progress. */
 static void sweep_all(dedup_t *d)
 {
+    unsigned spares = 0;
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         view_t v;
@@ -1204,78 +1208,62 @@ static void sweep_all(dedup_t *d)
         if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
             shard_sweep(s, &v);
         shard_unlock(s);
-        spare_prepare(s);
-        /* Finish a growth in progress, a bounded chunk per lock hold, so the old table is
-         * freed (and lookups stop probing it) even when the shard sees little traffic. */
-        bool growing = true;
-        while (growing) {
-            shard_lock(s);
-            view_load(d, &v);
-            shard_prepare(d, s, &v);
-            shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
-            growing = s->ob != NULL;
-            shard_unlock(s);
-        }
+        if (spares < DEDUP_WORKER_SPARES && spare_prepare(s)) spares++;
+        /* One chunk of a growth in progress, so the old table is freed (and lookups stop
+         * probing it) even when the shard sees little traffic. */
+        shard_lock(s);
+        view_load(d, &v);
+        shard_prepare(d, s, &v);
+        shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
+        shard_unlock(s);
     }
 }
 
-static void *worker_main(void *arg)
+/* One worker tick (every DEDUP_WORKER_PERIOD_MS): generations, sweep, periodic snapshot. */
+static void worker_tick(void *arg)
 {
     dedup_t *d = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    uint64_t last_snap = (uint64_t)base_mono_ms();
-    pthread_mutex_lock(&d->w_mu);
-    while (!d->w_stop) {
-        struct timespec ts = base_deadline(CLOCK_MONOTONIC, 1000);
-        pthread_cond_timedwait(&d->w_cv, &d->w_mu, &ts);
-        if (d->w_stop) break;
-        pthread_mutex_unlock(&d->w_mu);
-        dedup_tick(d);
-        sweep_all(d);
-        if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - last_snap >= d->w_interval_ms) {
-            uint64_t t0 = (uint64_t)base_mono_ms();
-            int rc = dedup_snapshot_write(d, d->w_dir);
-            last_snap = (uint64_t)base_mono_ms();
-            if (rc != DEDUP_OK) {
-                metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
-                LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
-                    LS("reason", dedup_strerror(rc)));
-            } else {
-                LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", last_snap - t0));
-            }
+    dedup_tick(d);
+    sweep_all(d);
+    if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - d->w_last_snap_ms >= d->w_interval_ms) {
+        uint64_t t0 = (uint64_t)base_mono_ms();
+        int rc = dedup_snapshot_write(d, d->w_dir);
+        d->w_last_snap_ms = (uint64_t)base_mono_ms();
+        if (rc != DEDUP_OK) {
+            metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+            LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
+                LS("reason", dedup_strerror(rc)));
+        } else {
+            LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", d->w_last_snap_ms - t0));
         }
-        pthread_mutex_lock(&d->w_mu);
     }
-    pthread_mutex_unlock(&d->w_mu);
-    return NULL;
 }
 
 int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms)
 {
-    if (d->w_running) return DEDUP_E_INVALID;
+    if (d->worker != NULL || d->w_orphaned) return DEDUP_E_INVALID;
     char *copy = strdup(dir);
     if (copy == NULL) return DEDUP_E_NOMEM;
     free(d->w_dir);
     d->w_dir = copy;
     d->w_interval_ms = interval_ms;
-    d->w_stop = false;
-    if (pthread_create(&d->w_thread, NULL, worker_main, d) != 0) return DEDUP_E_INVALID;
-    d->w_running = true;
-    return DEDUP_OK;
+    d->w_last_snap_ms = (uint64_t)base_mono_ms();
+    int rc = base_worker_start(&d->worker, "sluice-dedup", DEDUP_WORKER_PERIOD_MS, worker_tick, d);
+    if (rc == BASE_E_NOMEM) return DEDUP_E_NOMEM;
+    return rc == BASE_OK ? DEDUP_OK : DEDUP_E_THREAD;
 }
 
 int dedup_worker_stop(dedup_t *d, bool final)
 {
-    if (d->w_running) {
-        pthread_mutex_lock(&d->w_mu);
-        d->w_stop = true;
-        pthread_cond_signal(&d->w_cv);
-        pthread_mutex_unlock(&d->w_mu);
-        pthread_join(d->w_thread, NULL);
-        d->w_running = false;
+    if (d->worker != NULL) {
+        int rc = base_worker_stop(d->worker, DEDUP_WORKER_STOP_MS);
+        d->worker = NULL;
+        if (rc != BASE_OK) {
+            d->w_orphaned = true;
+            return DEDUP_E_TIMEOUT;
+        }
     }
+    if (d->w_orphaned) return DEDUP_E_TIMEOUT;
     if (!final || d->w_dir == NULL) return DEDUP_OK;
     int rc = dedup_snapshot_write(d, d->w_dir);
     if (rc != DEDUP_OK) metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);

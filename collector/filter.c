@@ -22,6 +22,8 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "base.h"
+
 /* Fixed seed of the sampling hash: a user's decision must not change across restarts. */
 #define FILTER_SAMPLE_SEED 0x736c75696365ULL /* "sluice" */
 #define FILTER_NAME_MAX    64
@@ -202,14 +204,6 @@ static bool lit_eq(const char *s, const char *lit, size_t n, bool icase)
     return true;
 }
 
-/* Length of the UTF-8 sequence starting at s[0] (1 for a stray byte), within len. */
-static size_t utf8_len(const char *s, size_t len)
-{
-    unsigned char c = (unsigned char)s[0];
-    size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    return n <= len ? n : 1;
-}
-
 static bool glob_general(const filter_glob_t *g, const char *s, size_t len)
 {
     size_t ti = 0, si = 0, star = SIZE_MAX, mark = 0;
@@ -224,8 +218,9 @@ static bool glob_general(const filter_glob_t *g, const char *s, size_t len)
             unsigned char c = (unsigned char)s[si];
             if (g->icase) c = lower(c);
             const gtok_t *k = &t[ti];
-            if (k->kind == T_ANY) { /* one character: a whole UTF-8 sequence */
-                si += utf8_len(s + si, len - si);
+            if (k->kind == T_ANY) { /* one character: a whole UTF-8 sequence (or a stray byte) */
+                size_t n = base_utf8_seq_len(s + si, len - si);
+                si += n > 0 ? n : 1;
                 ti++;
                 continue;
             }
@@ -705,13 +700,13 @@ int filter_apply(filter_set_t *fs, proto_batch_t *b, proto_event_t *ev, bool *ke
 
 /* ---- metrics ---- */
 
-int filter_set_render(const filter_set_t *fs, proto_buf_t *out)
+int filter_set_render(const filter_set_t *fs, base_buf_t *out)
 {
     static const char head[] =
         "# HELP sluice_filter_events_total events each filter rule acted on (drop, allow, sample: "
         "filtered out; strip, hash: modified)\n# TYPE sluice_filter_events_total counter\n";
     if (filter_set_count(fs) == 0) return PROTO_OK;
-    int rc = proto_buf_append(out, head, sizeof head - 1);
+    int rc = base_buf_append(out, head, sizeof head - 1);
     for (size_t i = 0; i < fs->n && rc == PROTO_OK; i++) {
         char line[FILTER_NAME_MAX + 128];
         /* Rule names are [A-Za-z0-9_.-]: nothing to escape in a label value. */
@@ -719,7 +714,7 @@ int filter_set_render(const filter_set_t *fs, proto_buf_t *out)
                          "sluice_filter_events_total{rule=\"%s\",action=\"%s\"} %llu\n",
                          fs->rules[i].name, filter_kind_name(fs->rules[i].kind),
                          (unsigned long long)filter_rule_count(fs, i));
-        rc = n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n)
+        rc = n > 0 && (size_t)n < sizeof line ? base_buf_append(out, line, (size_t)n)
                                               : PROTO_E_NOMEM;
     }
     return rc;

@@ -133,7 +133,7 @@ void filter_glob_free(filter_glob_t *g);
 
 /* Appends the sluice_filter_events_total family (# HELP, # TYPE, a line per rule) to out.
  * Returns 0 or PROTO_E_NOMEM. Nothing is written for a set without rules. */
-int filter_set_render(const filter_set_t *fs, proto_buf_t *out);
+int filter_set_render(const filter_set_t *fs, base_buf_t *out);
 
 /* Markdown section "Filter rules" of collector/CONFIG.md. */
 void filter_print_reference(FILE *out);

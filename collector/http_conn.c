@@ -31,7 +31,7 @@
 #include "proto.h"
 
 /* Appends a string literal (its length known at compile time, no NUL). */
-#define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
+#define buf_lit(out, lit) base_buf_append((out), (lit), sizeof(lit) - 1)
 
 #define URL_MAX   256
 #define FIELD_MAX 32
@@ -438,7 +438,7 @@ typedef struct pql_job {
     size_t id_len;
     char id[256];
     int rc;
-    proto_buf_t out;
+    base_buf_t out;
 } pql_job_t;
 
 static void conn_close(http_conn_t *c)
@@ -643,8 +643,8 @@ static void respond_error(http_conn_t *c, int status, const char *code, const ch
                           int retry_after, bool close_after)
 {
     char body[512];
-    proto_buf_t out = {body, 0, sizeof body, sizeof body};
-    /* A stack buffer posing as a full-capacity proto_buf: appends never reallocate it. */
+    base_buf_t out = {body, 0, sizeof body, sizeof body};
+    /* A stack buffer posing as a full-capacity base_buf_t: appends never reallocate it. */
     if (ingest_error_json(&out, code, message) != 0) out.len = 0;
     char extra[256];
     int n = 0;
@@ -1052,9 +1052,8 @@ static void respond_readyz(http_conn_t *c)
     if (atomic_load_explicit(c->hl->draining, memory_order_relaxed))
         snprintf(why, sizeof why, "shutting down");
     char body[512];
-    proto_buf_t out = {body, 0, sizeof body, sizeof body};
-    int rc =
-        proto_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
+    base_buf_t out = {body, 0, sizeof body, sizeof body};
+    int rc = base_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
     if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
     if (rc == 0 && !ready) rc = proto_json_str(&out, why, strnlen(why, sizeof why));
     if (rc == 0) rc = buf_lit(&out, "}");
@@ -1063,15 +1062,15 @@ static void respond_readyz(http_conn_t *c)
 
 static void respond_metrics(http_conn_t *c)
 {
-    proto_buf_t out;
-    proto_buf_init(&out, METRICS_MAX);
+    base_buf_t out;
+    base_buf_init(&out, METRICS_MAX);
     if (metrics_render(&out) != 0) {
-        proto_buf_free(&out);
+        base_buf_free(&out);
         respond_error(c, 503, "unavailable", "metrics could not be rendered", 1, false);
         return;
     }
     conn_respond(c, 200, "text/plain; version=0.0.4", out.data, out.len, NULL, false);
-    proto_buf_free(&out);
+    base_buf_free(&out);
 }
 
 /* Percent-decodes s[0..len) into out (outcap); returns the length or -1 (bad escape, NUL, too
@@ -1120,12 +1119,16 @@ static void pql_job_done_cb(uv_work_t *w, int status)
             respond_error(c, 503, "unavailable", "request cancelled", 1, false);
         else if (job->rc == PQL_E_NOTFOUND)
             respond_error(c, 404, "not_found", "account not tracked", 0, false);
-        else if (job->rc != PQL_OK)
+        else if (job->rc == PQL_E_TOO_LARGE)
+            respond_error(c, 500, "too_large", "the answer is larger than its limit", 0, false);
+        else if (job->rc == PQL_E_NOMEM)
             respond_error(c, 503, "unavailable", "out of memory", 1, false);
+        else if (job->rc != PQL_OK)
+            respond_error(c, 500, "internal", pql_strerror(job->rc), 0, false);
         else
             respond_json(c, 200, job->out.data, job->out.len);
     }
-    proto_buf_free(&job->out);
+    base_buf_free(&job->out);
     free(job);
 }
 
@@ -1169,7 +1172,7 @@ static void respond_pql(http_conn_t *c)
     job->pql = pql;
     job->work.data = job;
     /* Bounded answer: n <= PQL_TOP_MAX accounts of a few KiB each. */
-    proto_buf_init(&job->out, 4 * 1024 * 1024);
+    base_buf_init(&job->out, 4 * 1024 * 1024);
     if (c->route == ROUTE_ACCOUNT) {
         size_t plen = path_len;
         if (plen > 13 && c->url[plen - 1] == '/') plen--;
@@ -1308,14 +1311,14 @@ static void respond_settings(http_conn_t *c)
             return;
         }
     }
-    proto_buf_t out;
-    proto_buf_init(&out, 8192);
+    base_buf_t out;
+    base_buf_init(&out, 8192);
     int rc = buf_lit(&out, "{\"integrations\":{\"Segment.io\":{\"apiKey\":");
     if (rc == 0) rc = proto_json_str(&out, key, (size_t)klen);
     if (rc == 0) rc = buf_lit(&out, ",\"apiHost\":\"");
-    if (rc == 0) rc = proto_buf_append(&out, host, host_len);
+    if (rc == 0) rc = base_buf_append(&out, host, host_len);
     if (rc == 0) rc = buf_lit(&out, "/v1\",\"protocol\":\"");
-    if (rc == 0) rc = proto_buf_append(&out, proto, strlen(proto));
+    if (rc == 0) rc = base_buf_append(&out, proto, strlen(proto));
     if (rc == 0)
         rc = buf_lit(&out, "\",\"addBundledMetadata\":true,\"unbundledIntegrations\":[],"
                            "\"maybeBundledConfigIds\":{}}},"
@@ -1327,13 +1330,13 @@ static void respond_settings(http_conn_t *c)
                            "\"metrics\":{\"sampleRate\":0},\"legacyVideoPluginsEnabled\":false,"
                            "\"remotePlugins\":[]}");
     if (rc != 0) {
-        proto_buf_free(&out);
+        base_buf_free(&out);
         respond_error(c, 503, "unavailable", "out of memory", 1, false);
         return;
     }
     conn_respond(c, 200, "application/json", out.data, out.len,
                  "Access-Control-Allow-Origin: *\r\nCache-Control: public, max-age=60\r\n", false);
-    proto_buf_free(&out);
+    base_buf_free(&out);
 }
 
 static void dispatch_ingest(http_conn_t *c)

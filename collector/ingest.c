@@ -15,7 +15,7 @@
 #include "pql.h"
 
 /* Appends a string literal (its length known at compile time, no NUL). */
-#define buf_lit(out, lit) proto_buf_append((out), (lit), sizeof(lit) - 1)
+#define buf_lit(out, lit) base_buf_append((out), (lit), sizeof(lit) - 1)
 
 /* The errors array of an answer lists at most this many events ("errors_truncated" beyond). */
 #define INGEST_MAX_ERRORS 100
@@ -52,7 +52,7 @@ int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg)
     s->plain_cap = (size_t)cfg->body_bytes;
     s->plain = malloc(s->plain_cap > 0 ? s->plain_cap : 1);
     /* A rejected record embeds the raw event, which may be as large as the body, escaped. */
-    proto_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
+    base_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
     proto_arena_init(&s->arena);
     return s->plain != NULL ? 0 : -1;
 }
@@ -62,47 +62,40 @@ void ingest_scratch_free(ingest_scratch_t *s)
     body_decoder_free(&s->dec);
     free(s->plain);
     s->plain = NULL;
-    proto_buf_free(&s->enc);
+    base_buf_free(&s->enc);
     proto_arena_free(&s->arena);
     dedup_scratch_free(&s->dedup);
 }
 
 void ingest_mailbox_init(ingest_mailbox_t *mb, uv_async_t *async)
 {
-    atomic_init(&mb->head, NULL);
+    base_stack_init(&mb->stack);
     mb->async = async;
+}
+
+static ingest_req_t *req_of(base_snode_t *n)
+{
+    return n != NULL ? (ingest_req_t *)((char *)n - offsetof(ingest_req_t, node)) : NULL;
 }
 
 void ingest_mailbox_push(ingest_mailbox_t *mb, ingest_req_t *req)
 {
-    ingest_req_t *old = atomic_load_explicit(&mb->head, memory_order_relaxed);
-    do {
-        req->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&mb->head, &old, req, memory_order_release,
-                                                    memory_order_relaxed));
+    (void)base_stack_push(&mb->stack, &req->node);
     /* uv_async_send coalesces wake-ups; the loop always takes the whole stack. */
     uv_async_send(mb->async);
 }
 
 ingest_req_t *ingest_mailbox_take(ingest_mailbox_t *mb)
 {
-    ingest_req_t *top = atomic_exchange_explicit(&mb->head, NULL, memory_order_acquire);
-    ingest_req_t *fifo = NULL;
-    while (top != NULL) {
-        ingest_req_t *n = top->next;
-        top->next = fifo;
-        fifo = top;
-        top = n;
-    }
-    return fifo;
+    return req_of(base_stack_take(&mb->stack));
 }
 
 ingest_req_t *ingest_req_next(const ingest_req_t *req)
 {
-    return req->next;
+    return req_of(req->node.next);
 }
 
-int ingest_error_json(proto_buf_t *out, const char *code, const char *message)
+int ingest_error_json(base_buf_t *out, const char *code, const char *message)
 {
     int rc = buf_lit(out, "{\"success\":false,\"error\":");
     if (rc == 0) rc = proto_json_str(out, code, strlen(code));
@@ -161,11 +154,11 @@ static int decode_error_status(int rc)
     }
 }
 
-static int append_u(proto_buf_t *out, const char *prefix, uint64_t v)
+static int append_u(base_buf_t *out, const char *prefix, uint64_t v)
 {
     char tmp[64];
     int n = snprintf(tmp, sizeof tmp, "%s%" PRIu64, prefix, v);
-    return proto_buf_append(out, tmp, (size_t)n);
+    return base_buf_append(out, tmp, (size_t)n);
 }
 
 /* Edge filters (SPEC §5), in order, on every valid normalized event, with the rules of one
@@ -300,13 +293,13 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
     for (size_t i = 0; i < b->n_events; i++) {
         proto_event_t *ev = &b->events[i];
         if (filtered != NULL && filtered[i]) continue;
-        proto_buf_reset(&s->enc);
+        base_buf_reset(&s->enc);
         if (ev->error == 0) {
             int erc = proto_encode_event(b, ev, fmt, &s->enc);
             if (erc != 0) {
                 /* Valid by the rules but not encodable within the limits: reject it. */
-                ev->error = erc == PROTO_E_NOMEM ? PROTO_E_EVENT_TOO_LARGE : erc;
-                proto_buf_reset(&s->enc);
+                ev->error = erc;
+                base_buf_reset(&s->enc);
             }
         }
         proto_str_t key = proto_event_key(ev);
@@ -351,7 +344,7 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
 }
 
 /* The 200 body: counters and the first INGEST_MAX_ERRORS rejected events. */
-static int build_answer(proto_buf_t *out, const proto_batch_t *b, const ingest_req_t *req)
+static int build_answer(base_buf_t *out, const proto_batch_t *b, const ingest_req_t *req)
 {
     int rc = append_u(out, "{\"success\":true,\"accepted\":", req->n_accepted);
     if (rc == 0) rc = append_u(out, ",\"duplicates\":", req->n_duplicates);
@@ -455,8 +448,8 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     req->ctx = ctx;
     req->start_ns = in->start_ns;
     req->n_events = (uint32_t)b.n_events;
-    proto_buf_init(&req->answer, INGEST_ANSWER_MAX);
-    proto_buf_init(&req->pql, INGEST_PQL_MAX);
+    base_buf_init(&req->answer, INGEST_ANSWER_MAX);
+    base_buf_init(&req->pql, INGEST_PQL_MAX);
     kafka_group_init(&req->group, group_done_cb, req);
     metrics_add(METRIC_EVENTS_RECEIVED, b.n_events);
 
@@ -479,7 +472,7 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
                         ev->anonymous_id.len + ev->source.len + ev->event.len;
         }
         if (need > 0)
-            (void)proto_buf_reserve(&req->pql, need < INGEST_PQL_MAX ? need : INGEST_PQL_MAX);
+            (void)base_buf_reserve(&req->pql, need < INGEST_PQL_MAX ? need : INGEST_PQL_MAX);
     }
 
     uint8_t *filtered = NULL;
@@ -557,8 +550,8 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
 void ingest_req_free(ingest_req_t *req)
 {
     if (req == NULL) return;
-    proto_buf_free(&req->answer);
-    proto_buf_free(&req->pql);
+    base_buf_free(&req->answer);
+    base_buf_free(&req->pql);
     free(req->dedup_fps);
     free(req);
 }

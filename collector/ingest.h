@@ -35,6 +35,7 @@
 #include <uv.h>
 
 #include "accounts.h"
+#include "base.h"
 #include "auth.h"
 #include "body.h"
 #include "config.h"
@@ -69,7 +70,7 @@ typedef struct ingest_scratch {
     body_decoder_t dec;
     char *plain;
     size_t plain_cap;
-    proto_buf_t enc;
+    base_buf_t enc;
     proto_arena_t arena;
     dedup_scratch_t dedup; /* in-request duplicate set */
 } ingest_scratch_t;
@@ -80,11 +81,11 @@ void ingest_scratch_free(ingest_scratch_t *s);
 
 typedef struct ingest_req ingest_req_t;
 
-/* Multi-producer single-consumer stack of finished requests (Treiber stack, C11 atomics).
- * Any thread may push; only the owning loop pops. async is the loop's wake-up handle and must
+/* Multi-producer single-consumer stack of finished requests (the base layer's base_stack_t).
+ * Any thread may push; only the owning loop takes. async is the loop's wake-up handle and must
  * stay open while any request that points at this mailbox can still be pushed. */
 typedef struct ingest_mailbox {
-    _Atomic(ingest_req_t *) head;
+    base_stack_t stack;
     uv_async_t *async;
 } ingest_mailbox_t;
 
@@ -97,16 +98,16 @@ ingest_req_t *ingest_req_next(const ingest_req_t *req);
 
 struct ingest_req {
     kafka_group_t group; /* group.ud == this request */
-    ingest_req_t *next;  /* mailbox link */
+    base_snode_t node;   /* mailbox link */
     ingest_mailbox_t *mailbox;
     ingest_ctx_t *ctx;
     void *owner; /* whoever waits for the answer (a connection); NULL once it left */
     ingest_req_t *lprev, *lnext; /* the owner loop's list of live requests (loop thread only) */
     uint64_t start_ns;           /* uv_hrtime() at request start */
     uint32_t n_events, n_accepted, n_rejected, n_filtered;
-    int produce_err;    /* kafka_err_t of the first refused produce, 0 if none */
-    proto_buf_t answer; /* the 200 body, built while producing */
-    proto_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
+    int produce_err;   /* kafka_err_t of the first refused produce, 0 if none */
+    base_buf_t answer; /* the 200 body, built while producing */
+    base_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
 
     uint32_t n_duplicates; /* valid events skipped as duplicates (answer's "duplicates") */
     uint32_t n_dedup;      /* dedup_fps[0..n_dedup): reserved (PENDING) by this request,
@@ -161,6 +162,6 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply);
 void ingest_req_free(ingest_req_t *req);
 
 /* Appends {"success":false,"error":CODE,"message":MSG}. Returns 0 or PROTO_E_NOMEM. */
-int ingest_error_json(proto_buf_t *out, const char *code, const char *message);
+int ingest_error_json(base_buf_t *out, const char *code, const char *message);
 
 #endif

@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base.h"
+
 /* One line, newline included. */
 #define LOG_LINE_MAX 4096
 /* Room always kept free for `,"truncated":true}` + newline, so a line is always valid JSON. */
@@ -68,38 +70,6 @@ static void w_put(log_w_t *w, const char *s, size_t n)
 static void w_puts(log_w_t *w, const char *s)
 {
     w_put(w, s, strlen(s));
-}
-
-/*
- * Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 if the bytes there are not one
- * (overlong forms, surrogates and code points above U+10FFFF are invalid).
- */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        cp = c & 0x1Fu;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        cp = c & 0x0Fu;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        cp = c & 0x07u;
-    } else {
-        return 0;
-    }
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3Fu);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) return 0;
-    if (cp >= 0xD800 && cp <= 0xDFFF) return 0;
-    return len;
 }
 
 /*
@@ -163,7 +133,7 @@ static void w_json_str(log_w_t *w, const char *s, size_t n)
             i++;
             continue;
         }
-        size_t sl = utf8_seq_len(u + i, n - i);
+        size_t sl = base_utf8_seq_len(s + i, n - i);
         if (sl == 0) {
             w_put(w, "\xEF\xBF\xBD", 3);
             i++;
@@ -179,16 +149,8 @@ static void w_json_str(log_w_t *w, const char *s, size_t n)
 /* "2026-11-23T12:00:00.000Z" */
 static void w_timestamp(log_w_t *w)
 {
-    struct timespec ts;
-    struct tm tm;
-    char buf[32];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    time_t sec = ts.tv_sec;
-    gmtime_r(&sec, &tm);
-    int n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (long)(ts.tv_nsec / 1000000));
-    if (n > 0 && (size_t)n < sizeof buf) w_put(w, buf, (size_t)n);
+    char buf[BASE_ISO8601_LEN + 1];
+    w_put(w, buf, base_iso8601_format(base_wall_ms(), buf));
 }
 
 /* Writes the whole line; retries EINTR and short writes a bounded number of times. */

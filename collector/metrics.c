@@ -177,13 +177,13 @@ void metrics_reset(void)
 /* ---- rendering ---- */
 
 typedef struct metrics_out {
-    proto_buf_t *buf;
+    base_buf_t *buf;
     int err;
 } metrics_out_t;
 
 static void out_put(metrics_out_t *o, const char *s, size_t n)
 {
-    if (o->err == 0 && proto_buf_append(o->buf, s, n) != 0) o->err = PROTO_E_NOMEM;
+    if (o->err == 0 && base_buf_append(o->buf, s, n) != 0) o->err = PROTO_E_NOMEM;
 }
 
 static void out_puts(metrics_out_t *o, const char *s)
@@ -314,7 +314,7 @@ static void render_latency(metrics_out_t *o)
     out_puts(o, "\n");
 }
 
-int metrics_render(proto_buf_t *out)
+int metrics_render(base_buf_t *out)
 {
     metrics_out_t o = {out, 0};
 

@@ -74,11 +74,11 @@ int metrics_gauge_register(const char *name, const char *help, metrics_gauge_fn 
  * complete exposition lines, # HELP and # TYPE included, and returns 0 or PROTO_E_NOMEM. Called
  * from metrics_render() on the rendering thread, so it must not block. Register at start-up,
  * before serving; up to 16. Returns 0 or -1 when full. */
-typedef int (*metrics_section_fn)(proto_buf_t *out, void *ud);
+typedef int (*metrics_section_fn)(base_buf_t *out, void *ud);
 int metrics_section_register(metrics_section_fn fn, void *ud);
 
 /* Appends the whole exposition to out. Returns 0 or PROTO_E_NOMEM. */
-int metrics_render(proto_buf_t *out);
+int metrics_render(base_buf_t *out);
 
 /* Test hook: zero every counter and drop registered gauges and sections. */
 void metrics_reset(void);

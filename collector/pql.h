@@ -83,7 +83,8 @@
     X(E_LATE, -7, "event older than the late allowance")                                           \
     X(E_FULL, -8, "PQL queue full (pql.queue_bytes)")                                              \
     X(E_TOO_LARGE, -9, "larger than its limit")                                                    \
-    X(E_THREAD, -10, "could not start a thread")
+    X(E_THREAD, -10, "could not start a thread")                                                   \
+    X(E_TIMEOUT, -11, "a worker did not stop within its deadline")
 
 typedef enum {
 #define PQL_X_ENUM(name, val, msg) PQL_##name = val,
@@ -128,7 +129,7 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms);
  * only once Kafka acknowledged them, so a failed request's retry is not counted twice).
  * pql_record_append copies ev into buf (bounded by buf's max: returns PROTO_E_NOMEM when full,
  * and the event is then not counted). pql_feed_records feeds every record of buf[0..len). */
-int pql_record_append(proto_buf_t *buf, const pql_event_t *ev);
+int pql_record_append(base_buf_t *buf, const pql_event_t *ev);
 /* A record's size: PQL_RECORD_HEAD + the lengths of account, user, source and event (to reserve
  * a request's buffer at once). */
 #define PQL_RECORD_HEAD 13
@@ -137,7 +138,7 @@ void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms);
 /* The feeder thread: the collector's loop threads never take a shard lock (a worker walk may
  * hold one, another loop may be updating the same account); they hand a request's records to
  * this thread, which feeds them in submission order and emits the signals (signal_cb then runs
- * on it). pql_feeder_start: PQL_OK, or PQL_E_IO (no thread) / PQL_E_INVALID (running).
+ * on it). pql_feeder_start: PQL_OK, or PQL_E_THREAD (no thread) / PQL_E_INVALID (running).
  * max_bytes (pql.queue_bytes) bounds the records waiting. pql_feeder_stop: feeds everything
  * submitted, joins; call it after the last pql_submit (safe when not started; pql_free calls
  * it). */
@@ -145,21 +146,21 @@ int pql_feeder_start(pql_t *p, uint64_t max_bytes);
 void pql_feeder_stop(pql_t *p);
 /* Hands rec's records to the feeder without waiting (lock-free push, a sem_post when the
  * feeder is idle). On PQL_OK rec's memory now belongs to PQL (rec is left empty, still to be
- * proto_buf_free'd, which is then a no-op). PQL_E_FULL: max_bytes of records already wait;
+ * base_buf_free'd, which is then a no-op). PQL_E_FULL: max_bytes of records already wait;
  * PQL_E_NOMEM: no memory for the hand-over; both leave rec as it was, its events are not
  * counted (sluice_pql_queue_dropped_events_total). Without a started feeder the records are fed
  * on the calling thread (tests, tools). */
-int pql_submit(pql_t *p, proto_buf_t *rec, int64_t now_ms);
+int pql_submit(pql_t *p, base_buf_t *rec, int64_t now_ms);
 
 /* JSON of one account (live counters, score, tier, each rule's value and whether it holds,
  * top users) appended to out. PQL_E_NOTFOUND when not tracked; PQL_E_NOMEM when out is full. */
-int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, proto_buf_t *out);
+int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, base_buf_t *out);
 /* {"accounts":[...]} of the n (1..PQL_TOP_MAX) highest-scored accounts, best first. A worker
  * walk over every account (O(accounts); shard locks held a chunk at a time, see pql.c), which
  * waits for a running snapshot or sweep: never on a loop thread (http_conn.c runs it on libuv's
  * threadpool). */
 #define PQL_TOP_MAX 1000
-int pql_top_json(pql_t *p, size_t n, proto_buf_t *out);
+int pql_top_json(pql_t *p, size_t n, base_buf_t *out);
 
 /* Advances idle accounts' windows to the wall-clock bucket of now_ms (their tiers may fall) and
  * forgets accounts with no event in the window. Returns the accounts expired. A worker walk
@@ -176,14 +177,17 @@ int pql_snapshot_write(pql_t *p, const char *path);
  * on any failure the tracker is left empty. */
 int pql_snapshot_load(pql_t *p, const char *path);
 
-/* The snapshot worker: a dedicated thread (signals blocked) that every interval_ms sweeps idle
- * accounts (pql_sweep) and writes the snapshot to path (logging failures). pql_saver_stop() wakes
- * and joins it, then writes the final snapshot (blocks on disk: main only, at shutdown, after the
- * loops stopped feeding). path is copied. Returns PQL_OK or PQL_E_NOMEM/E_IO (thread not
- * started). */
+/* The snapshot worker: the base layer's periodic worker (base_worker_*, signals blocked) that
+ * every interval_ms sweeps idle accounts (pql_sweep) and writes the snapshot to path (logging
+ * failures). pql_saver_stop() wakes and joins it (waiting at most 60 s for a snapshot in
+ * progress), then writes the final snapshot (blocks on disk: main only, at shutdown, after the
+ * loops stopped feeding). path is copied. Returns PQL_OK, PQL_E_NOMEM or PQL_E_THREAD (thread
+ * not started). */
 typedef struct pql_saver pql_saver_t;
 int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out);
-/* Returns the final snapshot's result. Safe with NULL (returns PQL_OK). */
+/* Returns the final snapshot's result, or PQL_E_TIMEOUT when the worker did not stop in time
+ * (it is left running; pql_free() then leaves the tracker allocated, as the process exits).
+ * Safe with NULL (returns PQL_OK). */
 int pql_saver_stop(pql_saver_t *s);
 
 typedef struct pql_stats {

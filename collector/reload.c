@@ -142,7 +142,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
     return 0;
 }
 
-int reload_render_metrics(proto_buf_t *out, void *ud)
+int reload_render_metrics(base_buf_t *out, void *ud)
 {
     reload_t *rl = ud;
     char line[256];
@@ -154,7 +154,7 @@ int reload_render_metrics(proto_buf_t *out, void *ud)
                      (unsigned long long)atomic_load(&rl->reloads),
                      (unsigned long long)atomic_load(&rl->failures));
     int rc =
-        n > 0 && (size_t)n < sizeof line ? proto_buf_append(out, line, (size_t)n) : PROTO_E_NOMEM;
+        n > 0 && (size_t)n < sizeof line ? base_buf_append(out, line, (size_t)n) : PROTO_E_NOMEM;
     reload_ticket_t t;
     const runtime_t *rt = reload_enter(rl, &t);
     if (rc == PROTO_OK) rc = filter_set_render(rt->filters, out);

@@ -89,7 +89,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv);
 
 /* Appends the per-rule filter counters of the current runtime (metrics section callback:
  * ud is the reload_t). Returns 0 or PROTO_E_NOMEM. */
-int reload_render_metrics(proto_buf_t *out, void *ud);
+int reload_render_metrics(base_buf_t *out, void *ud);
 
 /* Frees the current runtime. No reader may be inside. */
 void reload_free(reload_t *rl);

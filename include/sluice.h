@@ -23,8 +23,17 @@
  * Errors. Functions that can fail return a sluice_err (0 OK, negative failure); results go out
  * through pointers. sluice_strerror()/sluice_err_name() describe any code. When a call fails
  * synchronously nothing was queued and no callback will run for it. Failures that happen later
- * on the worker (a batch refused by the collector, a corrupt storage file) are reported through
- * sluice_config.error_cb.
+ * on the worker (a batch refused by the collector, an event rejected inside a 200 answer, an
+ * event given up by age, a corrupt storage file) are reported through sluice_config.error_cb.
+ *
+ * Delivery. An accepted event is retried until it is delivered or refused; it is given up only
+ * by age (max_event_age_ms, default 24 h) or by queue pressure (the queue_full_policy) -- never
+ * after a number of attempts -- so a collector restart or deploy loses nothing. With storage_dir,
+ * batches the collector cannot take now go to disk and are sent later (also by the next run);
+ * with write_ahead, every batch is on disk before its first send, so kill -9 loses nothing that
+ * was batched (an event is batched at most flush_interval_ms after its call; sluice_flush()
+ * returns once every earlier event is delivered or on disk). sluice_client_close() returns how
+ * many accepted events were not delivered over the client's life.
  *
  * Signals. The worker thread blocks every signal, so the application's signal handling is never
  * disturbed. libcurl is used with CURLOPT_NOSIGNAL.
@@ -63,9 +72,10 @@ extern "C" {
 
 /*
  * X(NAME, value, "message"). Append-only: values never change meaning. Categories:
- * bad input (INVAL, UTF8, TOO_LARGE, DEPTH, STATE, VERSION), out of resources (NOMEM,
- * QUEUE_FULL, THREAD), try later / delivery (TIMEOUT, NETWORK, HTTP, CANCELLED), storage
- * (STORAGE, CORRUPT).
+ * bad input (INVAL, UTF8, TOO_LARGE, DEPTH, STATE, VERSION, URL, NUMBER), out of resources
+ * (NOMEM, QUEUE_FULL, THREAD), try later / delivery (TIMEOUT, NETWORK, HTTP, CANCELLED), refused
+ * by the collector (HTTP, REJECTED), given up (EXPIRED), storage (STORAGE, CORRUPT), the user's
+ * choice (OPTED_OUT).
  */
 #define SLUICE_ERRORS(X)                                                                           \
     X(OK, 0, "ok")                                                                                 \
@@ -83,7 +93,12 @@ extern "C" {
     X(E_HTTP, -12, "collector refused the batch")                                                  \
     X(E_CANCELLED, -13, "request cancelled")                                                       \
     X(E_STORAGE, -14, "storage I/O error")                                                         \
-    X(E_CORRUPT, -15, "corrupt storage file skipped")
+    X(E_CORRUPT, -15, "corrupt storage file skipped")                                              \
+    X(E_URL, -16, "endpoint is not an http:// or https:// URL")                                    \
+    X(E_NUMBER, -17, "number is NaN or infinite")                                                  \
+    X(E_REJECTED, -18, "collector rejected the event")                                             \
+    X(E_EXPIRED, -19, "event older than max_event_age_ms; given up")                               \
+    X(E_OPTED_OUT, -20, "tracking is opted out; event not queued")
 
 typedef enum sluice_err {
 #define SLUICE_X_ENUM(name, val, msg) SLUICE_##name = val,
@@ -120,7 +135,8 @@ SLUICE_API void sluice_global_cleanup(void);
  * array the key must be NULL. sluice_props_begin_map/array open a nested container (depth <= 15
  * below the top map), sluice_props_end closes the innermost one. Keys are not de-duplicated.
  *
- * Errors are sticky: the first failure (E_UTF8, E_TOO_LARGE past max_bytes, E_DEPTH, E_STATE for
+ * Errors are sticky: the first failure (E_UTF8, E_NUMBER for a NaN or infinite double,
+ * E_TOO_LARGE past max_bytes, E_DEPTH, E_STATE for
  * a key where none belongs / a missing key / an unbalanced end, E_NOMEM) is returned by the
  * failing setter AND by every later setter and by any call given this props, until
  * sluice_props_clear(). So a chain of setters may be checked once, at the send call.
@@ -168,6 +184,11 @@ typedef struct sluice_response {
     int status;             /* HTTP status; 0 when no response was received */
     int64_t retry_after_ms; /* Retry-After converted to ms; -1 when absent */
     char message[256];      /* optional NUL-terminated detail (error body, curl error) */
+    /* Optional: the whole answer body, owned by the transport and valid until its next send_cb
+     * or destroy_cb. A 2xx body's "errors" list (SPEC §3) is what reports per-event rejections;
+     * a transport that leaves body NULL has every event of a 2xx counted as sent. */
+    const char *body;
+    size_t body_len;
 } sluice_response;
 
 /*
@@ -205,13 +226,16 @@ enum sluice_log_level { SLUICE_LOG_DEBUG = 0, SLUICE_LOG_INFO, SLUICE_LOG_WARN, 
 /* Called on the worker thread (or the closing thread). msg is valid during the call only. The
  * callback must not call back into the client except sluice_client_stats(). */
 typedef void (*sluice_log_cb)(void *ud, int level, const char *msg);
-/* A loss or a problem on the worker: err is a sluice_err (E_HTTP with http_status for a refused
- * batch, E_NETWORK/E_TIMEOUT when retries ran out without storage, E_CORRUPT for a skipped
- * storage file, E_STORAGE ...), n_events how many events it concerns (0 if none). */
+/* A loss or a problem on the worker: err is a sluice_err -- E_HTTP with http_status for a refused
+ * batch; E_REJECTED (http_status 200, n_events 1, msg "<messageId>: <error code>") for each event
+ * the collector rejected inside a 2xx answer; E_EXPIRED for events given up by age; E_NETWORK /
+ * E_TIMEOUT / E_CANCELLED for events lost at close without storage, or when an optional
+ * max_retries ran out; E_CORRUPT for a skipped storage file; E_STORAGE -- and n_events how many
+ * events it concerns (0 if none). */
 typedef void (*sluice_error_cb)(void *ud, int err, int http_status, uint32_t n_events,
                                 const char *msg);
 
-#define SLUICE_CONFIG_VERSION 1
+#define SLUICE_CONFIG_VERSION 2
 
 /*
  * Client configuration. Always prepare it with sluice_config_init(cfg, SLUICE_CONFIG_VERSION),
@@ -224,7 +248,7 @@ typedef struct sluice_config {
     const char *endpoint;              /* "http://HOST:PORT" (https works); required */
     const char *write_key;             /* required */
     uint32_t batch_size;               /* events per batch; default 100 */
-    uint32_t batch_bytes;              /* encoded events per batch; default 500 KiB, max 511 KiB */
+    uint32_t batch_bytes;              /* encoded events per batch; default 500 KiB, max 510 KiB */
     uint32_t flush_interval_ms;        /* a partial batch is sent after this; default 1000 */
     uint32_t queue_max_events;         /* default 10000 */
     uint32_t queue_max_bytes;          /* encoded bytes in the queue; default 16 MiB */
@@ -234,16 +258,35 @@ typedef struct sluice_config {
     uint32_t request_timeout_ms;       /* default 15000 */
     uint32_t retry_base_ms;            /* first backoff cap; default 200 */
     uint32_t retry_max_ms;             /* backoff cap; default 30000 */
-    uint32_t max_retries;              /* attempts after the first, per batch; default 8 */
+    uint32_t max_retries;              /* 0 (default): no limit, events are given up by age only;
+                                          N: also give a batch up after N retries (not advised) */
     int compress;                      /* zstd bodies; default 1 */
     const char *storage_dir;           /* NULL (default): no persistence. Created (one level, 0700)
-                                          if missing. One client (one process) per directory. */
-    uint64_t storage_max_bytes;        /* default 64 MiB; a batch that would exceed it is dropped */
+                                          if missing; must be writable (else SLUICE_E_STORAGE).
+                                          Several clients and processes may share one: a batch
+                                          file is locked (flock) by whoever sends it. */
+    uint64_t storage_max_bytes;        /* default 64 MiB; a batch that does not fit stays in
+                                          memory (retried, subject to the queue bounds) */
     const sluice_transport *transport; /* NULL: libcurl. Copied; on success the client owns
                                           transport->ud (destroy_cb at close) */
     sluice_log_cb log_cb;              /* may be NULL */
     sluice_error_cb error_cb;          /* may be NULL */
     void *cb_ud;                       /* passed to log_cb and error_cb */
+    /* ---- version 2 ---- */
+    uint64_t max_event_age_ms; /* an undelivered event older than this is given up (E_EXPIRED);
+                                  default 24 h, min 1000 */
+    int write_ahead;           /* 1: every batch is written to storage_dir before it is sent
+                                  (needs storage_dir); default 0 */
+    int opt_out;               /* 1: start opted out (see sluice_set_opt_out); default 0 */
+    /* The default context sent with every batch and merged by the collector into each event's
+     * context (the event's own keys win). Strings are copied; each at most 128 bytes UTF-8.
+     * library_*: NULL = "sluice-c" / this version -- wrapper SDKs put their own name here.
+     * app_*: NULL = absent. locale: NULL = from LC_ALL / LC_MESSAGES / LANG ("en-US"), "" = absent.
+     * timezone: NULL = from TZ or /etc/timezone or /etc/localtime ("Europe/Berlin"), "" = absent.
+     * os: always {name, version} from uname(). */
+    const char *library_name, *library_version;
+    const char *app_name, *app_version;
+    const char *locale, *timezone;
 } sluice_config;
 
 /* Sets every field to its default and cfg->version to version. Returns SLUICE_E_VERSION if
@@ -252,8 +295,12 @@ SLUICE_API int sluice_config_init(sluice_config *cfg, int version);
 
 /*
  * Creates a client and stores it in *out. Validates cfg (SLUICE_E_INVAL for a missing endpoint
- * or write key or out-of-range limit, SLUICE_E_VERSION), allocates the queue bookkeeping and
- * starts the worker thread. With storage_dir, batches stored by an earlier run are sent first.
+ * or write key, an out-of-range limit, write_ahead without storage_dir, a context string over
+ * 128 bytes; SLUICE_E_UTF8 for a context string; SLUICE_E_URL for an endpoint that is not
+ * http:// or https:// followed by a host, or holds spaces or control characters;
+ * SLUICE_E_VERSION), creates storage_dir and checks that it can write there (SLUICE_E_STORAGE),
+ * loads or creates the persisted anonymousId, allocates the queue bookkeeping and starts the
+ * worker thread. With storage_dir, batches stored by an earlier run are sent first.
  * On failure returns the error and *out is NULL; a custom transport's destroy_cb has been called,
  * except for SLUICE_E_VERSION (a config this library cannot read is not touched).
  */
@@ -263,9 +310,11 @@ SLUICE_API int sluice_client_new(sluice_client **out, const sluice_config *cfg);
  * Flushes and frees the client. Sends everything queued, waiting at most timeout_ms (0: do not
  * wait; the in-flight request is cancelled at once). At the deadline the in-flight request is
  * cancelled; then every event not delivered is written to storage_dir when it is set.
- * Returns the number of events not delivered (0 when everything was sent; those events are in
- * storage when storage_dir is set), or a negative error (SLUICE_E_INVAL for NULL). The client is
- * freed in every case.
+ * Returns the number of events this client accepted over its life that were not delivered --
+ * refused, rejected, expired, evicted by DROP_OLDEST, lost, or still in storage_dir for a later
+ * run (0 when every accepted event reached the collector) -- or a negative error
+ * (SLUICE_E_INVAL for NULL). Events refused synchronously (an error returned by the call) were
+ * never accepted and are not counted. The client is freed in every case.
  */
 SLUICE_API int sluice_client_close(sluice_client *c, uint32_t timeout_ms);
 
@@ -278,9 +327,9 @@ SLUICE_API int sluice_flush(sluice_client *c, uint32_t timeout_ms);
 
 /*
  * One event (SPEC §2), for full control; the typed calls below fill it. Strings NUL-terminated
- * UTF-8, NULL = absent. At least one of user_id / anonymous_id (1..255 bytes). timestamp_ms 0 =
- * now. message_id NULL = a fresh random UUID v4 (give one to make retries of your own
- * idempotent). properties/traits/context are copied.
+ * UTF-8, NULL = absent. user_id / anonymous_id 1..255 bytes; when both are NULL the client's
+ * anonymousId (sluice_anonymous_id) is used. timestamp_ms 0 = now. message_id NULL = a fresh random
+ * UUID v4 (give one to make retries of your own idempotent). properties/traits/context are copied.
  */
 typedef struct sluice_event {
     const char *type; /* "track", "identify", "group", "page", "screen", "alias" */
@@ -300,12 +349,13 @@ typedef struct sluice_event {
 /*
  * Queues one event. Returns 0; SLUICE_E_INVAL (missing/oversized required field, unknown type),
  * SLUICE_E_UTF8, SLUICE_E_TOO_LARGE (encoded event over event_max_bytes), a props' sticky error,
- * SLUICE_E_QUEUE_FULL (REJECT policy; counted in dropped), SLUICE_E_NOMEM. Never blocks on I/O.
+ * SLUICE_E_QUEUE_FULL (REJECT policy; counted in dropped), SLUICE_E_OPTED_OUT, SLUICE_E_NOMEM.
+ * Never blocks on I/O.
  */
 SLUICE_API int sluice_send(sluice_client *c, const sluice_event *ev);
 
-/* Typed shorthands for sluice_send(); props may be NULL. user_id required (use sluice_send for
- * anonymous-only events). */
+/* Typed shorthands for sluice_send(); props may be NULL. user_id NULL: the event is anonymous
+ * (the client's anonymousId). The _ctx forms also take the event's own context (may be NULL). */
 SLUICE_API int sluice_track(sluice_client *c, const char *user_id, const char *event,
                             const sluice_props *properties);
 SLUICE_API int sluice_identify(sluice_client *c, const char *user_id, const sluice_props *traits);
@@ -316,17 +366,53 @@ SLUICE_API int sluice_page(sluice_client *c, const char *user_id, const char *na
 SLUICE_API int sluice_screen(sluice_client *c, const char *user_id, const char *name,
                              const sluice_props *properties);
 SLUICE_API int sluice_alias(sluice_client *c, const char *user_id, const char *previous_id);
+SLUICE_API int sluice_track_ctx(sluice_client *c, const char *user_id, const char *event,
+                                const sluice_props *properties, const sluice_props *context);
+SLUICE_API int sluice_identify_ctx(sluice_client *c, const char *user_id,
+                                   const sluice_props *traits, const sluice_props *context);
+SLUICE_API int sluice_group_ctx(sluice_client *c, const char *user_id, const char *group_id,
+                                const sluice_props *traits, const sluice_props *context);
+SLUICE_API int sluice_page_ctx(sluice_client *c, const char *user_id, const char *name,
+                               const sluice_props *properties, const sluice_props *context);
+SLUICE_API int sluice_screen_ctx(sluice_client *c, const char *user_id, const char *name,
+                                 const sluice_props *properties, const sluice_props *context);
+SLUICE_API int sluice_alias_ctx(sluice_client *c, const char *user_id, const char *previous_id,
+                                const sluice_props *context);
 
-/* Counters since sluice_client_new (monotonic, except the two queue_ gauges). */
+/*
+ * The anonymousId given to events without a user id: a random UUID v4 generated once and kept in
+ * storage_dir/anonymous_id (so every run and every client on that directory shares it), or per
+ * client without storage_dir. Owned by the client, valid until sluice_client_close(). NULL for
+ * a NULL client.
+ */
+SLUICE_API const char *sluice_anonymous_id(sluice_client *c);
+
+/*
+ * Opt-out switch (the user's choice not to be tracked). While opted out every send call returns
+ * SLUICE_E_OPTED_OUT and queues nothing; events queued before are still delivered. With
+ * storage_dir the choice is persisted (storage_dir/opted_out) and applies to later runs and to
+ * every client on that directory. Returns 0, SLUICE_E_INVAL, or SLUICE_E_STORAGE when the choice
+ * could not be persisted (it applies to this client anyway). sluice_opted_out(): 1 or 0.
+ */
+SLUICE_API int sluice_set_opt_out(sluice_client *c, int opted_out);
+SLUICE_API int sluice_opted_out(sluice_client *c);
+
+/* Counters since sluice_client_new (monotonic, except the gauges marked "now"). The struct may
+ * gain fields at its end in a later minor version (0.x: rebuild against the new header). */
 typedef struct sluice_stats {
-    uint64_t queued;  /* events accepted into the queue */
-    uint64_t sent;    /* events the collector answered 2xx for */
-    uint64_t dropped; /* events lost before sending: queue full, storage full */
-    uint64_t retried; /* request attempts repeated after a retryable failure */
-    uint64_t failed;  /* events lost after sending: refused (4xx), retries exhausted w/o storage */
-    uint64_t stored;  /* events written to storage_dir */
+    uint64_t queued;       /* events accepted into the queue */
+    uint64_t sent;         /* events the collector accepted (2xx, minus per-event rejections),
+                              including events of stored batches from earlier runs */
+    uint64_t dropped;      /* events not accepted (QUEUE_FULL) or evicted by DROP_OLDEST */
+    uint64_t retried;      /* request attempts repeated after a retryable failure */
+    uint64_t failed;       /* events lost after sending: refused (4xx), rejected, expired, lost at
+                              close, an optional max_retries exhausted */
+    uint64_t stored;       /* events written to storage_dir */
     uint64_t queue_events; /* now in the queue */
     uint64_t queue_bytes;  /* now in the queue */
+    uint64_t in_flight;    /* now held by the worker: the batch being sent or retried */
+    uint64_t rejected;     /* events rejected inside a 2xx answer (part of failed) */
+    uint64_t expired;      /* events given up by max_event_age_ms (part of failed) */
 } sluice_stats;
 
 /* Copies the counters into *out. Returns 0 or SLUICE_E_INVAL. */

@@ -328,7 +328,7 @@ int main(int argc, char **argv)
     cc.ledger_max = verify ? ledger_max : 0;
     mc.base_ms = base_wall_ms();
     char started[32];
-    model_iso8601(mc.base_ms, started);
+    base_iso8601_format(mc.base_ms, started);
 
     model_t *model = NULL;
     int rc = model_new(&mc, &model);

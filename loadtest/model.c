@@ -1,6 +1,7 @@
 /* model.c — deterministic traffic model; see model.h for what a run sends and why. */
 #include "model.h"
 
+#include "base.h"
 #include "lt_error.h"
 
 #include <writer.h>
@@ -268,17 +269,6 @@ void model_scripted(const model_t *m, size_t i, const char **account_id, const c
 {
     *account_id = m->scripted_ids[i];
     *tier = script_tiers[i];
-}
-
-size_t model_iso8601(int64_t ms, char *out)
-{
-    time_t sec = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-    int msec = (int)(ms - (int64_t)sec * 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    int n = snprintf(out, 25, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, msec);
-    return n > 0 ? (size_t)n : 0;
 }
 
 bool model_parse_message_id(const model_t *m, const char *id, size_t len, uint32_t *stream,
@@ -584,7 +574,7 @@ static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id, bo
         enc_str(e, ev->bad_timestamp);
     } else if (cfg->format == ENC_JSON) {
         char iso[32];
-        enc_strn(e, iso, model_iso8601(ev->timestamp_ms, iso));
+        enc_strn(e, iso, base_iso8601_format(ev->timestamp_ms, iso));
     } else {
         enc_int(e, ev->timestamp_ms);
     }
@@ -885,7 +875,7 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         enc_end(e, false);
         enc_key(e, "sentAt");
         char iso[32];
-        enc_strn(e, iso, model_iso8601(sent_at_ms, iso));
+        enc_strn(e, iso, base_iso8601_format(sent_at_ms, iso));
         enc_end(e, true);
     }
     if (e->err) return LT_E_TOO_LARGE;

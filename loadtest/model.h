@@ -145,7 +145,4 @@ size_t model_scripted_count(const model_t *m);
  * under SPEC §6's example rules. Strings owned by m. */
 void model_scripted(const model_t *m, size_t i, const char **account_id, const char **tier);
 
-/* Formats epoch ms as ISO-8601 UTC with milliseconds into out (>= 25 bytes); returns length. */
-size_t model_iso8601(int64_t ms, char *out);
-
 #endif

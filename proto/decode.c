@@ -377,7 +377,7 @@ static int write_key(proto_batch_t *b, const msgpack_object *v)
 {
     if (v->type == MSGPACK_OBJECT_NIL) return PROTO_OK;
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 || v->via.str.size > 1024 ||
-        !proto_utf8_valid(v->via.str.ptr, v->via.str.size))
+        !base_utf8_valid(v->via.str.ptr, v->via.str.size))
         return PROTO_E_BAD_WRITE_KEY;
     b->write_key.ptr = v->via.str.ptr;
     b->write_key.len = v->via.str.size;

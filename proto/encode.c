@@ -18,78 +18,27 @@
 
 /* ---- JSON writer ----------------------------------------------------------------------------- */
 
-#define APPEND_LIT(o, lit) proto_buf_append((o), (lit), sizeof(lit) - 1)
+#define APPEND_LIT(o, lit) base_buf_append((o), (lit), sizeof(lit) - 1)
 
-static int j_value(proto_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth);
-
-static const char hexd[] = "0123456789abcdef";
-
-static int j_str(proto_buf_t *o, const char *s, size_t n, bool lenient)
+/* The writers below return base_buf_t's codes; proto's callers get PROTO_E_EVENT_TOO_LARGE when
+ * the record reached out's cap and PROTO_E_NOMEM when memory ran out. */
+static int out_err(int rc)
 {
-    int rc = proto_buf_append(o, "\"", 1);
-    size_t run = 0; /* start of the pending run of bytes that need no escaping */
-    size_t i = 0;
-    while (rc == PROTO_OK && i < n) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && (c < 0x80 || !lenient)) {
-            i++;
-            continue;
-        }
-        if (c >= 0x80) {
-            /* Lenient mode: copy a well-formed sequence, replace a bad byte with U+FFFD. */
-            size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (len <= n - i && proto_utf8_valid(s + i, len)) {
-                i += len;
-                continue;
-            }
-            rc = proto_buf_append(o, s + run, i - run);
-            if (rc == PROTO_OK) rc = APPEND_LIT(o, "\\ufffd");
-            run = ++i;
-            continue;
-        }
-        rc = proto_buf_append(o, s + run, i - run);
-        if (rc != PROTO_OK) break;
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t elen = 2;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hexd[c >> 4];
-            esc[5] = hexd[c & 15];
-            elen = 6;
-        }
-        rc = proto_buf_append(o, esc, elen);
-        run = ++i;
-    }
-    if (rc == PROTO_OK) rc = proto_buf_append(o, s + run, n - run);
-    if (rc == PROTO_OK) rc = proto_buf_append(o, "\"", 1);
-    return rc;
+    return rc == BASE_E_TOO_LARGE ? PROTO_E_EVENT_TOO_LARGE
+           : rc == BASE_E_NOMEM   ? PROTO_E_NOMEM
+                                  : rc;
 }
 
-static int j_u64(proto_buf_t *o, uint64_t u, bool neg)
+static int j_value(base_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth);
+
+/* Strict (valid events: UTF-8 checked at decode) or lenient (a rejected event's raw copy: each
+ * bad byte becomes U+FFFD): the base layer's JSON string writer either way. */
+static int j_str(base_buf_t *o, const char *s, size_t n, bool lenient)
+{
+    return lenient ? base_json_str(o, s, n) : base_json_str_utf8(o, s, n);
+}
+
+static int j_u64(base_buf_t *o, uint64_t u, bool neg)
 {
     char tmp[24];
     size_t i = sizeof tmp;
@@ -98,10 +47,10 @@ static int j_u64(proto_buf_t *o, uint64_t u, bool neg)
         u /= 10;
     } while (u != 0);
     if (neg) tmp[--i] = '-';
-    return proto_buf_append(o, tmp + i, sizeof tmp - i);
+    return base_buf_append(o, tmp + i, sizeof tmp - i);
 }
 
-static int j_float(proto_buf_t *o, double d, bool f32)
+static int j_float(base_buf_t *o, double d, bool f32)
 {
     if (!isfinite(d)) return APPEND_LIT(o, "null");
     char tmp[40];
@@ -111,22 +60,22 @@ static int j_float(proto_buf_t *o, double d, bool f32)
         tmp[n++] = '.';
         tmp[n++] = '0';
     }
-    return proto_buf_append(o, tmp, (size_t)n);
+    return base_buf_append(o, tmp, (size_t)n);
 }
 
 /* A non-string key of a rejected event's raw copy: the string of the key's own JSON text. */
-static int j_key_lenient(proto_buf_t *o, const msgpack_object *k, uint32_t depth)
+static int j_key_lenient(base_buf_t *o, const msgpack_object *k, uint32_t depth)
 {
     if (k->type == MSGPACK_OBJECT_STR) return j_str(o, k->via.str.ptr, k->via.str.size, true);
-    proto_buf_t tmp;
-    proto_buf_init(&tmp, o->max);
+    base_buf_t tmp;
+    base_buf_init(&tmp, o->max);
     int rc = j_value(&tmp, k, true, depth);
     if (rc == PROTO_OK) rc = j_str(o, tmp.data, tmp.len, true);
-    proto_buf_free(&tmp);
+    base_buf_free(&tmp);
     return rc;
 }
 
-static int j_value(proto_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth)
+static int j_value(base_buf_t *o, const msgpack_object *v, bool lenient, uint32_t depth)
 {
     switch (v->type) {
     case MSGPACK_OBJECT_NIL:
@@ -143,25 +92,25 @@ static int j_value(proto_buf_t *o, const msgpack_object *v, bool lenient, uint32
     case MSGPACK_OBJECT_STR:
         return j_str(o, v->via.str.ptr, v->via.str.size, lenient);
     case MSGPACK_OBJECT_ARRAY: {
-        int rc = proto_buf_append(o, "[", 1);
+        int rc = base_buf_append(o, "[", 1);
         for (uint32_t i = 0; rc == PROTO_OK && i < v->via.array.size; i++) {
-            if (i > 0) rc = proto_buf_append(o, ",", 1);
+            if (i > 0) rc = base_buf_append(o, ",", 1);
             if (rc == PROTO_OK) rc = j_value(o, &v->via.array.ptr[i], lenient, depth + 1);
         }
-        return rc == PROTO_OK ? proto_buf_append(o, "]", 1) : rc;
+        return rc == PROTO_OK ? base_buf_append(o, "]", 1) : rc;
     }
     case MSGPACK_OBJECT_MAP: {
-        int rc = proto_buf_append(o, "{", 1);
+        int rc = base_buf_append(o, "{", 1);
         for (uint32_t i = 0; rc == PROTO_OK && i < v->via.map.size; i++) {
             const msgpack_object_kv *kv = &v->via.map.ptr[i];
-            if (i > 0) rc = proto_buf_append(o, ",", 1);
+            if (i > 0) rc = base_buf_append(o, ",", 1);
             if (rc == PROTO_OK)
                 rc = lenient ? j_key_lenient(o, &kv->key, depth + 1)
                              : j_str(o, kv->key.via.str.ptr, kv->key.via.str.size, false);
-            if (rc == PROTO_OK) rc = proto_buf_append(o, ":", 1);
+            if (rc == PROTO_OK) rc = base_buf_append(o, ":", 1);
             if (rc == PROTO_OK) rc = j_value(o, &kv->val, lenient, depth + 1);
         }
-        return rc == PROTO_OK ? proto_buf_append(o, "}", 1) : rc;
+        return rc == PROTO_OK ? base_buf_append(o, "}", 1) : rc;
     }
     default: /* bin, ext: only reachable in a rejected event's raw copy */
         return APPEND_LIT(o, "null");
@@ -235,12 +184,12 @@ static void plan_record(struct plan *p, const proto_batch_t *batch, const proto_
 {
     memset(p, 0, sizeof *p);
     p->clamped = ev->clamped;
-    proto_format_iso8601(ev->received_at_ms, p->ts[0]);
-    proto_format_iso8601(ev->norm_timestamp_ms, p->ts[1]);
+    base_iso8601_format(ev->received_at_ms, p->ts[0]);
+    base_iso8601_format(ev->norm_timestamp_ms, p->ts[1]);
     add_str(p, "receivedAt", p->ts[0], 24);
     add_str(p, "timestamp", p->ts[1], 24);
     if (ev->clamped) {
-        proto_format_iso8601(ev->original_timestamp_ms, p->ts[2]);
+        base_iso8601_format(ev->original_timestamp_ms, p->ts[2]);
         add_str(p, "originalTimestamp", p->ts[2], 24);
     }
     if (ev->source.ptr != NULL) add_str(p, "source", ev->source.ptr, ev->source.len);
@@ -278,13 +227,13 @@ static void plan_record(struct plan *p, const proto_batch_t *batch, const proto_
  * the top of the collector's profile. Here each token makes one inline room check and writes
  * directly; output is the same minimal encoding msgpack-c produces (str8 for 32..255 bytes).
  */
-static inline int room(proto_buf_t *o, size_t n)
+static inline int room(base_buf_t *o, size_t n)
 {
     if (n <= o->cap - o->len && n <= o->max - o->len) return PROTO_OK;
-    return proto_buf_reserve(o, n);
+    return base_buf_reserve(o, n);
 }
 
-static inline void put_be(proto_buf_t *o, uint8_t code, uint64_t v, size_t n)
+static inline void put_be(base_buf_t *o, uint8_t code, uint64_t v, size_t n)
 {
     char *d = o->data + o->len;
     d[0] = (char)code;
@@ -293,7 +242,7 @@ static inline void put_be(proto_buf_t *o, uint8_t code, uint64_t v, size_t n)
     o->len += 1 + n;
 }
 
-static inline int mp_hdr(proto_buf_t *o, uint32_t n, uint8_t fix, uint32_t fix_max, uint8_t c8,
+static inline int mp_hdr(base_buf_t *o, uint32_t n, uint8_t fix, uint32_t fix_max, uint8_t c8,
                          uint8_t c16, uint8_t c32)
 {
     int rc = room(o, 5);
@@ -309,7 +258,7 @@ static inline int mp_hdr(proto_buf_t *o, uint32_t n, uint8_t fix, uint32_t fix_m
     return PROTO_OK;
 }
 
-static int mp_str(proto_buf_t *o, const char *s, uint32_t n)
+static int mp_str(base_buf_t *o, const char *s, uint32_t n)
 {
     int rc = room(o, (size_t)n + 5);
     if (rc != PROTO_OK) return rc;
@@ -319,7 +268,7 @@ static int mp_str(proto_buf_t *o, const char *s, uint32_t n)
     return PROTO_OK;
 }
 
-static int mp_obj(proto_buf_t *o, const msgpack_object *v)
+static int mp_obj(base_buf_t *o, const msgpack_object *v)
 {
     int rc = room(o, 9);
     if (rc != PROTO_OK) return rc;
@@ -390,7 +339,7 @@ static int mp_obj(proto_buf_t *o, const msgpack_object *v)
     }
 }
 
-static int encode_msgpack(const struct plan *p, const msgpack_object *obj, proto_buf_t *out)
+static int encode_msgpack(const struct plan *p, const msgpack_object *obj, base_buf_t *out)
 {
     const msgpack_object_map *m = &obj->via.map;
     uint32_t kept = 0;
@@ -412,36 +361,36 @@ static int encode_msgpack(const struct plan *p, const msgpack_object *obj, proto
     return rc;
 }
 
-static int encode_json(const struct plan *p, const msgpack_object *obj, proto_buf_t *out)
+static int encode_json(const struct plan *p, const msgpack_object *obj, base_buf_t *out)
 {
     const msgpack_object_map *m = &obj->via.map;
-    int rc = proto_buf_append(out, "{", 1);
+    int rc = base_buf_append(out, "{", 1);
     bool first = true;
     for (uint32_t i = 0; rc == PROTO_OK && i < m->size; i++) {
         const msgpack_object_kv *kv = &m->ptr[i];
         if (dropped(p, &kv->key)) continue;
-        if (!first) rc = proto_buf_append(out, ",", 1);
+        if (!first) rc = base_buf_append(out, ",", 1);
         first = false;
         if (rc == PROTO_OK) rc = j_str(out, kv->key.via.str.ptr, kv->key.via.str.size, false);
-        if (rc == PROTO_OK) rc = proto_buf_append(out, ":", 1);
+        if (rc == PROTO_OK) rc = base_buf_append(out, ":", 1);
         if (rc == PROTO_OK) rc = j_value(out, &kv->val, false, 1);
     }
     for (size_t i = 0; rc == PROTO_OK && i < p->nx; i++) {
         const struct extra *e = &p->x[i];
-        if (!first) rc = proto_buf_append(out, ",", 1);
+        if (!first) rc = base_buf_append(out, ",", 1);
         first = false;
         if (rc == PROTO_OK) rc = j_str(out, e->key, e->key_len, false);
-        if (rc == PROTO_OK) rc = proto_buf_append(out, ":", 1);
+        if (rc == PROTO_OK) rc = base_buf_append(out, ":", 1);
         if (rc == PROTO_OK)
             rc = e->obj != NULL ? j_value(out, e->obj, false, 1)
                                 : j_str(out, e->str, e->str_len, true);
     }
-    if (rc == PROTO_OK) rc = proto_buf_append(out, "}", 1);
+    if (rc == PROTO_OK) rc = base_buf_append(out, "}", 1);
     return rc;
 }
 
 int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, proto_format_t fmt,
-                       proto_buf_t *out)
+                       base_buf_t *out)
 {
     /* Only a validated event has string keys and valid UTF-8 throughout (strict writer). */
     if (ev->error != PROTO_OK || ev->obj == NULL || ev->obj->type != MSGPACK_OBJECT_MAP)
@@ -452,18 +401,18 @@ int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, prot
     int rc =
         fmt == PROTO_FMT_JSON ? encode_json(&p, ev->obj, out) : encode_msgpack(&p, ev->obj, out);
     if (rc != PROTO_OK) out->len = start;
-    return rc;
+    return out_err(rc);
 }
 
 /* ---- rejected record ------------------------------------------------------------------------- */
 
-int proto_json_str(proto_buf_t *out, const char *s, size_t len)
+int proto_json_str(base_buf_t *out, const char *s, size_t len)
 {
-    if (s == NULL || !proto_utf8_valid(s, len)) return APPEND_LIT(out, "null");
-    return j_str(out, s, len, false);
+    if (s == NULL || !base_utf8_valid(s, len)) return out_err(APPEND_LIT(out, "null"));
+    return out_err(base_json_str_utf8(out, s, len));
 }
 
-int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out)
+int proto_encode_rejected(const proto_event_t *ev, base_buf_t *out)
 {
     size_t start = out->len;
     char ts[25];
@@ -478,21 +427,20 @@ int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out)
         rc = ev->source.ptr != NULL ? j_str(out, ev->source.ptr, ev->source.len, true)
                                     : APPEND_LIT(out, "null");
     if (rc == PROTO_OK) rc = APPEND_LIT(out, ",\"receivedAt\":\"");
-    if (rc == PROTO_OK)
-        rc = proto_buf_append(out, ts, proto_format_iso8601(ev->received_at_ms, ts));
+    if (rc == PROTO_OK) rc = base_buf_append(out, ts, base_iso8601_format(ev->received_at_ms, ts));
     if (rc == PROTO_OK) rc = APPEND_LIT(out, "\",\"raw\":");
     if (rc != PROTO_OK) {
         out->len = start;
-        return rc;
+        return out_err(rc);
     }
     size_t raw_start = out->len;
     rc = ev->obj != NULL ? j_value(out, ev->obj, true, 1) : APPEND_LIT(out, "null");
-    if (rc == PROTO_OK) rc = proto_buf_append(out, "}", 1);
+    if (rc == PROTO_OK) rc = base_buf_append(out, "}", 1);
     if (rc != PROTO_OK) {
         /* The raw event does not fit the record's cap: keep the reason, say it was cut. */
         out->len = raw_start;
         rc = APPEND_LIT(out, "null,\"rawTruncated\":true}");
         if (rc != PROTO_OK) out->len = start;
     }
-    return rc;
+    return out_err(rc);
 }

@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #define PROTO_SCHEMA_VERSION 1
 
 /*
@@ -287,27 +289,11 @@ typedef struct proto_norm_ctx {
 void proto_normalize(proto_batch_t *b, const proto_norm_ctx_t *ctx);
 
 /*
- * Growable output buffer with a hard cap (curl dynbuf style). proto_buf_t memory is owned by the
- * buffer; proto_buf_free() releases it; proto_buf_reset() keeps the allocation.
- */
-typedef struct proto_buf {
-    char *data;
-    size_t len, cap, max;
-} proto_buf_t;
-void proto_buf_init(proto_buf_t *buf, size_t max);
-/* Returns 0 or PROTO_E_NOMEM (allocation failed or max would be exceeded); on failure buf is
- * unchanged. */
-int proto_buf_append(proto_buf_t *buf, const void *p, size_t n);
-/* Makes room for n more bytes (len + n <= cap afterwards). 0 or PROTO_E_NOMEM, buf unchanged. */
-int proto_buf_reserve(proto_buf_t *buf, size_t n);
-void proto_buf_reset(proto_buf_t *buf);
-void proto_buf_free(proto_buf_t *buf);
-
-/*
  * Record rules (proto/README.md): keys writeKey, receivedAt, timestamp, source, accountId of the
  * event as received are dropped (and originalTimestamp when clamped), then the normalized values
  * are appended after the event's own keys. On failure (ev invalid: PROTO_E_EVENT_NOT_A_MAP;
- * out's cap: PROTO_E_NOMEM) out->len is restored to its value before the call.
+ * out's cap: PROTO_E_EVENT_TOO_LARGE; malloc failed: PROTO_E_NOMEM) out->len is restored to its
+ * value before the call.
  *
  * Appends the normalized record of valid event ev (the event as received with receivedAt,
  * timestamp (ISO-8601 UTC, ms), originalTimestamp when clamped, source, accountId set and the
@@ -315,31 +301,22 @@ void proto_buf_free(proto_buf_t *buf);
  * batch may be NULL (no batch-level context).
  */
 int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, proto_format_t fmt,
-                       proto_buf_t *out);
+                       base_buf_t *out);
 
 /*
  * Appends the rejected record as JSON:
  * {"error":CODE,"message":TEXT,"source":NAME,"receivedAt":ISO,"raw":<event as received>}
  * raw is written leniently (non-string keys as strings, bad UTF-8 bytes as U+FFFD, bin/ext as
- * null). When raw does not fit out's cap it becomes null plus "rawTruncated":true. Returns 0 or
- * PROTO_E_NOMEM (then out->len is restored).
+ * null). When raw does not fit out's cap it becomes null plus "rawTruncated":true. Returns 0,
+ * PROTO_E_EVENT_TOO_LARGE (not even that fits) or PROTO_E_NOMEM (then out->len is restored).
  */
-int proto_encode_rejected(const proto_event_t *ev, proto_buf_t *out);
+int proto_encode_rejected(const proto_event_t *ev, base_buf_t *out);
 
-/* Appends s[0..len) as a JSON string literal (quoted, escaped), or null when s is NULL or not
- * valid UTF-8. Returns 0 or PROTO_E_NOMEM (out's cap). The one JSON string writer: the collector's
- * answers and logs of untrusted text use it too. */
-int proto_json_str(proto_buf_t *out, const char *s, size_t len);
+/* Appends s[0..len) as a JSON string literal (quoted, escaped: base_json_str_utf8), or null when
+ * s is NULL or not valid UTF-8. Returns 0, PROTO_E_EVENT_TOO_LARGE (out's cap) or PROTO_E_NOMEM. */
+int proto_json_str(base_buf_t *out, const char *s, size_t len);
 
 /* The Kafka key of an event: accountId, else userId, else anonymousId (ptr NULL if none). */
 proto_str_t proto_event_key(const proto_event_t *ev);
-
-/* Formats epoch ms as "2026-11-23T12:00:00.000Z" into out (>= 25 bytes). Returns length. */
-size_t proto_format_iso8601(int64_t ms, char *out);
-/* Parses ISO-8601 (date-time with optional fraction and Z or ±hh:mm). Returns true on success. */
-bool proto_parse_iso8601(const char *s, size_t len, int64_t *ms_out);
-
-/* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates). */
-bool proto_utf8_valid(const char *s, size_t len);
 
 #endif

@@ -93,7 +93,7 @@ static int walk(const msgpack_object *o, uint32_t depth_left, struct walk *w)
     case MSGPACK_OBJECT_STR:
         w->size += hdr_len_str(o->via.str.size) + o->via.str.size;
         if (w->size > w->max) return PROTO_E_EVENT_TOO_LARGE;
-        if (!proto_utf8_valid(o->via.str.ptr, o->via.str.size)) return PROTO_E_BAD_UTF8;
+        if (!base_utf8_valid(o->via.str.ptr, o->via.str.size)) return PROTO_E_BAD_UTF8;
         return PROTO_OK;
     case MSGPACK_OBJECT_BIN:
     case MSGPACK_OBJECT_EXT:
@@ -141,7 +141,7 @@ bool proto_parse_time(const msgpack_object *obj, int64_t *ms_out)
 {
     int64_t ms;
     if (obj->type == MSGPACK_OBJECT_STR) {
-        if (!proto_parse_iso8601(obj->via.str.ptr, obj->via.str.size, &ms)) return false;
+        if (!base_iso8601_parse(obj->via.str.ptr, obj->via.str.size, &ms)) return false;
     } else if (obj->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (obj->via.u64 >= (uint64_t)PROTO_TIME_MAX_MS) return false;
         ms = (int64_t)obj->via.u64;
@@ -216,7 +216,7 @@ static const msgpack_object *present(const msgpack_object *o)
 /* For an invalid event, keep only string fields that are safe to echo (their own rule holds). */
 static void keep_if(proto_str_t *s, uint32_t max)
 {
-    if (s->ptr != NULL && (s->len < 1 || s->len > max || !proto_utf8_valid(s->ptr, s->len))) {
+    if (s->ptr != NULL && (s->len < 1 || s->len > max || !base_utf8_valid(s->ptr, s->len))) {
         s->ptr = NULL;
         s->len = 0;
     }

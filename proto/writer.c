@@ -570,36 +570,3 @@ void writer_uuid_v4(uint64_t hi, uint64_t lo, char out[WRITER_UUID_LEN + 1])
     }
     *p = '\0';
 }
-
-bool writer_utf8_valid(const char *str, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        uint32_t cp;
-        if (c >= 0xc2 && c <= 0xdf)
-            n = 1, cp = c & 0x1fu;
-        else if (c >= 0xe0 && c <= 0xef)
-            n = 2, cp = c & 0x0fu;
-        else if (c >= 0xf0 && c <= 0xf4)
-            n = 3, cp = c & 0x07u;
-        else
-            return false;
-        if (len - i - 1 < n) return false;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + k] & 0x3fu);
-        }
-        if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += n + 1;
-    }
-    return true;
-}

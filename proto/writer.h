@@ -80,7 +80,7 @@ void writer_buf_free(writer_buf_t *b);
 
 /*
  * msgpack values. Each returns 0, WRITER_E_TOO_LARGE or WRITER_E_NOMEM.
- * writer_str() does NOT check UTF-8 (use writer_utf8_valid() on untrusted input); s may be NULL
+ * writer_str() does NOT check UTF-8 (use base_utf8_valid() on untrusted input); s may be NULL
  * when len is 0. writer_cstr(NULL) writes nil.
  */
 int writer_nil(writer_buf_t *b);
@@ -171,8 +171,5 @@ int writer_msgpack_to_json(const void *mp, size_t len, writer_buf_t *out);
  */
 #define WRITER_UUID_LEN 36
 void writer_uuid_v4(uint64_t hi, uint64_t lo, char out[WRITER_UUID_LEN + 1]);
-
-/* True when s[0..len) is valid UTF-8 (no overlong forms, no surrogates, <= U+10FFFF). */
-bool writer_utf8_valid(const char *s, size_t len);
 
 #endif

@@ -13,7 +13,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -99,9 +101,34 @@ int sluice_config_init(sluice_config *cfg, int version)
     cfg->request_timeout_ms = 15000;
     cfg->retry_base_ms = 200;
     cfg->retry_max_ms = 30000;
-    cfg->max_retries = 8;
+    cfg->max_retries = 0;
     cfg->compress = 1;
     cfg->storage_max_bytes = 64u * 1024 * 1024;
+    cfg->max_event_age_ms = 24ull * 3600 * 1000;
+    return SLUICE_OK;
+}
+
+/* Size of a version-1 sluice_config: a v1 caller's struct ends here. */
+#define CONFIG_V1_SIZE offsetof(sluice_config, max_event_age_ms)
+
+/*
+ * SLUICE_E_URL unless url is "http://" or "https://" (any case) followed by a host, without
+ * spaces or control characters. Anything else (ftp://, file://, "not a url") could never reach
+ * a collector and would only retry until the events expire.
+ */
+static int check_url(const char *url)
+{
+    size_t skip;
+    if (!strncasecmp(url, "http://", 7))
+        skip = 7;
+    else if (!strncasecmp(url, "https://", 8))
+        skip = 8;
+    else
+        return SLUICE_E_URL;
+    const char *host = url + skip;
+    if (!*host || *host == '/' || *host == ':' || *host == '?' || *host == '#') return SLUICE_E_URL;
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++)
+        if (*p <= ' ' || *p == 0x7f) return SLUICE_E_URL;
     return SLUICE_OK;
 }
 
@@ -111,6 +138,8 @@ static int config_check(const sluice_config *cfg)
     if (!cfg->endpoint || !*cfg->endpoint || !cfg->write_key || !*cfg->write_key)
         return SLUICE_E_INVAL;
     if (strlen(cfg->endpoint) > 2048 || strlen(cfg->write_key) > 1024) return SLUICE_E_INVAL;
+    int rc = check_url(cfg->endpoint);
+    if (rc) return rc;
     if (cfg->batch_size < 1 || cfg->batch_size > 10000) return SLUICE_E_INVAL;
     if (cfg->batch_bytes < 1024 || cfg->batch_bytes > SDK_BODY_LIMIT - SDK_ENVELOPE_MAX)
         return SLUICE_E_INVAL;
@@ -125,7 +154,11 @@ static int config_check(const sluice_config *cfg)
         return SLUICE_E_INVAL;
     if (cfg->retry_base_ms > cfg->retry_max_ms) return SLUICE_E_INVAL;
     if (cfg->transport && !cfg->transport->send_cb) return SLUICE_E_INVAL;
-    return SLUICE_OK;
+    if (cfg->storage_dir && (!*cfg->storage_dir || strlen(cfg->storage_dir) > 3000))
+        return SLUICE_E_INVAL;
+    if (cfg->max_event_age_ms < 1000) return SLUICE_E_INVAL;
+    if (cfg->write_ahead && !cfg->storage_dir) return SLUICE_E_INVAL;
+    return sdk_context_check(cfg);
 }
 
 /* ---- fork handling ---- */
@@ -182,6 +215,9 @@ static void atfork_child(void)
         c->q_bytes = 0;
         c->flush_upto = 0;
         c->inflight_lo = UINT64_MAX;
+        c->inflight_n = 0;
+        atomic_store(&c->life_queued, 0);
+        atomic_store(&c->life_delivered, 0);
         c->stopping = false;
         c->worker_running = false;
         c->worker_exited = false;
@@ -271,7 +307,7 @@ static void rng_seed(void)
         (void)rng_next();
 }
 
-static void make_uuid(char out[WRITER_UUID_LEN + 1])
+void sdk_uuid(char out[SDK_UUID_LEN + 1])
 {
     rng_seed();
     uint64_t hi = rng_next();
@@ -296,6 +332,8 @@ static void client_free(sluice_client *c)
     free(c->write_key);
     free(c->storage_dir);
     free(c->url);
+    for (size_t i = 0; i < sizeof c->ctx_strs / sizeof c->ctx_strs[0]; i++)
+        free(c->ctx_strs[i]);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->wake);
     pthread_cond_destroy(&c->done);
@@ -317,19 +355,27 @@ static int start_worker(sluice_client *c)
     return SLUICE_OK;
 }
 
-static int encode_context(sluice_client *c)
+/* Copies the (complete) config and every string it points at. SLUICE_E_NOMEM. */
+static int copy_config(sluice_client *c, const sluice_config *cfg)
 {
-    writer_buf_t b;
-    writer_buf_init_fixed(&b, c->ctx_enc, sizeof c->ctx_enc);
-    int rc = writer_map_header(&b, 1);
-    if (!rc) rc = writer_cstr(&b, "library");
-    if (!rc) rc = writer_map_header(&b, 2);
-    if (!rc) rc = writer_cstr(&b, "name");
-    if (!rc) rc = writer_cstr(&b, "sluice-c");
-    if (!rc) rc = writer_cstr(&b, "version");
-    if (!rc) rc = writer_cstr(&b, SLUICE_VERSION_STRING);
-    c->ctx_len = b.len;
-    return rc ? SLUICE_E_NOMEM : SLUICE_OK;
+    c->cfg = *cfg;
+    c->endpoint = strdup(cfg->endpoint);
+    c->write_key = strdup(cfg->write_key);
+    c->storage_dir = dup_or_null(cfg->storage_dir);
+    c->cfg.endpoint = c->endpoint;
+    c->cfg.write_key = c->write_key;
+    c->cfg.storage_dir = c->storage_dir;
+    c->cfg.transport = NULL;
+    if (!c->endpoint || !c->write_key || (cfg->storage_dir && !c->storage_dir))
+        return SLUICE_E_NOMEM;
+    const char **strs[6] = {&c->cfg.library_name, &c->cfg.library_version, &c->cfg.app_name,
+                            &c->cfg.app_version,  &c->cfg.locale,          &c->cfg.timezone};
+    for (size_t i = 0; i < 6; i++) {
+        if (!*strs[i]) continue;
+        if (!(c->ctx_strs[i] = strdup(*strs[i]))) return SLUICE_E_NOMEM;
+        *strs[i] = c->ctx_strs[i];
+    }
+    return SLUICE_OK;
 }
 
 int sluice_client_new(sluice_client **out, const sluice_config *cfg)
@@ -337,6 +383,12 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
     if (!out) return SLUICE_E_INVAL;
     *out = NULL;
     if (!cfg) return SLUICE_E_INVAL;
+    if (cfg->version < 1 || cfg->version > SLUICE_CONFIG_VERSION) return SLUICE_E_VERSION;
+    /* Only the fields a config of cfg->version has are read; the others keep their defaults. */
+    sluice_config full;
+    sluice_config_init(&full, SLUICE_CONFIG_VERSION);
+    memcpy(&full, cfg, cfg->version == 1 ? CONFIG_V1_SIZE : sizeof full);
+    cfg = &full;
     int rc = config_check(cfg);
     if (rc) {
         if (cfg->transport && cfg->transport->destroy_cb && rc != SLUICE_E_VERSION)
@@ -349,36 +401,39 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
             cfg->transport->destroy_cb(cfg->transport->ud);
         return SLUICE_E_NOMEM;
     }
-    c->cfg = *cfg;
     if (cfg->transport) c->tp = *cfg->transport;
     init_sync(c);
     c->inflight_lo = UINT64_MAX;
     atomic_init(&c->abort, false);
-    c->endpoint = strdup(cfg->endpoint);
-    c->write_key = strdup(cfg->write_key);
-    c->storage_dir = dup_or_null(cfg->storage_dir);
+    rc = copy_config(c, cfg);
+    if (rc) goto fail;
+    rc = SLUICE_E_NOMEM;
     size_t elen = strlen(cfg->endpoint);
     while (elen && cfg->endpoint[elen - 1] == '/')
         elen--;
     c->url = malloc(elen + sizeof "/v1/batch");
-    if (c->url) {
-        memcpy(c->url, cfg->endpoint, elen);
-        memcpy(c->url + elen, "/v1/batch", sizeof "/v1/batch");
+    if (!c->url) goto fail;
+    memcpy(c->url, cfg->endpoint, elen);
+    memcpy(c->url + elen, "/v1/batch", sizeof "/v1/batch");
+    char tag[SDK_UUID_LEN + 1];
+    sdk_uuid(tag);
+    memcpy(c->inst, tag, 8);
+    c->inst[8] = '\0';
+    atomic_init(&c->opted_out, c->cfg.opt_out != 0);
+    if (c->storage_dir) {
+        /* Disk I/O on the creating thread, once: an unusable directory is a config error. */
+        if ((rc = sdk_storage_open(c))) goto fail;
+    } else {
+        sdk_uuid(c->anon_id);
     }
-    c->cfg.endpoint = c->endpoint;
-    c->cfg.write_key = c->write_key;
-    c->cfg.storage_dir = c->storage_dir;
-    c->cfg.transport = NULL;
     rc = SLUICE_E_NOMEM;
-    if (!c->endpoint || !c->write_key || !c->url || (cfg->storage_dir && !c->storage_dir))
-        goto fail;
     if (!cfg->transport && sdk_curl_transport_new(&c->tp)) goto fail;
     c->zctx = ZSTD_createCCtx();
     writer_buf_init(&c->body, c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
     c->zcap = ZSTD_compressBound(c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
     c->zbuf = malloc(c->zcap);
     if (!c->zctx || !c->zbuf || writer_buf_reserve(&c->body, c->body.max)) goto fail;
-    if (encode_context(c)) goto fail;
+    if (sdk_context_encode(c)) goto fail;
     if (getrandom(&c->rng, sizeof c->rng, 0) != (ssize_t)sizeof c->rng)
         c->rng = (uint64_t)base_wall_ms() * 0x9e3779b97f4a7c15u | 1;
     reg_add(c);
@@ -455,8 +510,10 @@ int sluice_client_close(sluice_client *c, uint32_t timeout_ms)
         pthread_mutex_unlock(&c->mu);
     }
     if (running) pthread_join(c->thread, NULL);
-    /* Without a running worker (a fork child that never queued), the queue is empty. */
-    uint64_t unsent = atomic_load(&c->close_unsent) + c->q_events;
+    /* Everything accepted and not delivered, over the client's life (the worker has exited, so
+     * nothing moves any more). */
+    uint64_t queued = atomic_load(&c->life_queued), delivered = atomic_load(&c->life_delivered);
+    uint64_t unsent = queued > delivered ? queued - delivered : 0;
     client_free(c);
     return unsent > INT32_MAX ? INT32_MAX : (int)unsent;
 }
@@ -470,9 +527,12 @@ int sluice_client_stats(sluice_client *c, sluice_stats *out)
     out->retried = atomic_load_explicit(&c->n_retried, memory_order_relaxed);
     out->failed = atomic_load_explicit(&c->n_failed, memory_order_relaxed);
     out->stored = atomic_load_explicit(&c->n_stored, memory_order_relaxed);
+    out->rejected = atomic_load_explicit(&c->n_rejected, memory_order_relaxed);
+    out->expired = atomic_load_explicit(&c->n_expired, memory_order_relaxed);
     pthread_mutex_lock(&c->mu);
     out->queue_events = c->q_events;
     out->queue_bytes = c->q_bytes;
+    out->in_flight = c->inflight_n;
     pthread_mutex_unlock(&c->mu);
     return SLUICE_OK;
 }
@@ -485,7 +545,7 @@ static int check_str(const char *s, size_t max, bool required)
     if (!s) return required ? SLUICE_E_INVAL : SLUICE_OK;
     size_t n = strlen(s);
     if (n == 0 || n > max) return SLUICE_E_INVAL;
-    return writer_utf8_valid(s, n) ? SLUICE_OK : SLUICE_E_UTF8;
+    return base_utf8_valid(s, n) ? SLUICE_OK : SLUICE_E_UTF8;
 }
 
 static int props_blob(const sluice_props *p, const void **data, size_t *len)
@@ -522,6 +582,7 @@ static int enqueue_locked(sluice_client *c, sdk_node_t *n, sdk_node_t **evicted)
     if (!c->head) c->tail = NULL;
     *evicted = ev_head;
     if (dropped) atomic_fetch_add_explicit(&c->n_dropped, dropped, memory_order_relaxed);
+    n->born_ms = base_wall_ms();
     n->seq = c->next_seq++;
     n->next = NULL;
     if (c->tail)
@@ -542,11 +603,13 @@ static int enqueue_locked(sluice_client *c, sdk_node_t *n, sdk_node_t **evicted)
 int sluice_send(sluice_client *c, const sluice_event *ev)
 {
     if (!c || !ev || !ev->type) return SLUICE_E_INVAL;
+    if (atomic_load_explicit(&c->opted_out, memory_order_relaxed)) return SLUICE_E_OPTED_OUT;
     const char *t = ev->type;
     bool track = !strcmp(t, "track"), group = !strcmp(t, "group"), alias = !strcmp(t, "alias");
     bool page = !strcmp(t, "page") || !strcmp(t, "screen");
     if (!track && !group && !alias && !page && strcmp(t, "identify")) return SLUICE_E_INVAL;
-    if (!ev->user_id && !ev->anonymous_id) return SLUICE_E_INVAL;
+    const char *anon = ev->anonymous_id;
+    if (!ev->user_id && !anon) anon = c->anon_id;
     int rc;
     if ((rc = check_str(ev->user_id, 255, false)) ||
         (rc = check_str(ev->anonymous_id, 255, false)) || (rc = check_str(ev->event, 200, track)) ||
@@ -557,7 +620,7 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
 
     writer_event_t we = {.type = t,
                          .user_id = ev->user_id,
-                         .anonymous_id = ev->anonymous_id,
+                         .anonymous_id = anon,
                          .event = track ? ev->event : NULL,
                          .name = page ? ev->name : NULL,
                          .group_id = group ? ev->group_id : NULL,
@@ -568,20 +631,30 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
         (rc = props_blob(ev->traits, &we.traits, &we.traits_len)) ||
         (rc = props_blob(ev->context, &we.context, &we.context_len)))
         return rc;
+    /* An event with its own context gets the default context's keys it lacks (the batch-level
+     * context, merged by the server, covers events without one). */
+    char *merged = NULL;
+    if (we.context &&
+        (rc = sdk_context_merge(c, we.context, we.context_len, &merged, &we.context_len)))
+        return rc;
+    if (merged) we.context = merged;
     char id[WRITER_UUID_LEN + 1];
     if (ev->message_id) {
         we.message_id = ev->message_id;
     } else {
-        make_uuid(id);
+        sdk_uuid(id);
         we.message_id = id;
     }
     size_t size = writer_event_size(&we);
-    if (size > c->cfg.event_max_bytes) return SLUICE_E_TOO_LARGE;
-    sdk_node_t *n = malloc(sizeof *n + size);
-    if (!n) return SLUICE_E_NOMEM;
+    sdk_node_t *n = size > c->cfg.event_max_bytes ? NULL : malloc(sizeof *n + size);
+    if (!n) {
+        free(merged);
+        return size > c->cfg.event_max_bytes ? SLUICE_E_TOO_LARGE : SLUICE_E_NOMEM;
+    }
     writer_buf_t b;
     writer_buf_init_fixed(&b, n->data, size);
     rc = writer_event(&b, &we);
+    free(merged);
     if (rc || b.len != size) { /* writer_event_size() and writer_event() disagree: our bug */
         free(n);
         return SLUICE_E_NOMEM;
@@ -591,7 +664,10 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
     sdk_node_t *evicted = NULL;
     pthread_mutex_lock(&c->mu);
     rc = enqueue_locked(c, n, &evicted);
-    if (!rc) atomic_fetch_add_explicit(&c->n_queued, 1, memory_order_relaxed);
+    if (!rc) {
+        atomic_fetch_add_explicit(&c->n_queued, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->life_queued, 1, memory_order_relaxed);
+    }
     if (!rc && !c->worker_running && !c->stopping) {
         /* Fresh fork child: restart the worker lazily. A failure keeps the event queued (flush
          * and close report it) and is retried by the next call. */
@@ -607,44 +683,116 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
     return SLUICE_OK;
 }
 
+int sluice_track_ctx(sluice_client *c, const char *user_id, const char *event,
+                     const sluice_props *properties, const sluice_props *context)
+{
+    sluice_event ev = {.type = "track",
+                       .user_id = user_id,
+                       .event = event,
+                       .properties = properties,
+                       .context = context};
+    return sluice_send(c, &ev);
+}
+
+int sluice_identify_ctx(sluice_client *c, const char *user_id, const sluice_props *traits,
+                        const sluice_props *context)
+{
+    sluice_event ev = {
+        .type = "identify", .user_id = user_id, .traits = traits, .context = context};
+    return sluice_send(c, &ev);
+}
+
+int sluice_group_ctx(sluice_client *c, const char *user_id, const char *group_id,
+                     const sluice_props *traits, const sluice_props *context)
+{
+    sluice_event ev = {.type = "group",
+                       .user_id = user_id,
+                       .group_id = group_id,
+                       .traits = traits,
+                       .context = context};
+    return sluice_send(c, &ev);
+}
+
+int sluice_page_ctx(sluice_client *c, const char *user_id, const char *name,
+                    const sluice_props *properties, const sluice_props *context)
+{
+    sluice_event ev = {.type = "page",
+                       .user_id = user_id,
+                       .name = name,
+                       .properties = properties,
+                       .context = context};
+    return sluice_send(c, &ev);
+}
+
+int sluice_screen_ctx(sluice_client *c, const char *user_id, const char *name,
+                      const sluice_props *properties, const sluice_props *context)
+{
+    sluice_event ev = {.type = "screen",
+                       .user_id = user_id,
+                       .name = name,
+                       .properties = properties,
+                       .context = context};
+    return sluice_send(c, &ev);
+}
+
+int sluice_alias_ctx(sluice_client *c, const char *user_id, const char *previous_id,
+                     const sluice_props *context)
+{
+    /* alias links previous_id to a known user: an anonymous alias makes no sense. */
+    sluice_event ev = {
+        .type = "alias", .user_id = user_id, .previous_id = previous_id, .context = context};
+    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+}
+
 int sluice_track(sluice_client *c, const char *user_id, const char *event,
                  const sluice_props *properties)
 {
-    sluice_event ev = {
-        .type = "track", .user_id = user_id, .event = event, .properties = properties};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_track_ctx(c, user_id, event, properties, NULL);
 }
 
 int sluice_identify(sluice_client *c, const char *user_id, const sluice_props *traits)
 {
-    sluice_event ev = {.type = "identify", .user_id = user_id, .traits = traits};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_identify_ctx(c, user_id, traits, NULL);
 }
 
 int sluice_group(sluice_client *c, const char *user_id, const char *group_id,
                  const sluice_props *traits)
 {
-    sluice_event ev = {.type = "group", .user_id = user_id, .group_id = group_id, .traits = traits};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_group_ctx(c, user_id, group_id, traits, NULL);
 }
 
 int sluice_page(sluice_client *c, const char *user_id, const char *name,
                 const sluice_props *properties)
 {
-    sluice_event ev = {.type = "page", .user_id = user_id, .name = name, .properties = properties};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_page_ctx(c, user_id, name, properties, NULL);
 }
 
 int sluice_screen(sluice_client *c, const char *user_id, const char *name,
                   const sluice_props *properties)
 {
-    sluice_event ev = {
-        .type = "screen", .user_id = user_id, .name = name, .properties = properties};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_screen_ctx(c, user_id, name, properties, NULL);
 }
 
 int sluice_alias(sluice_client *c, const char *user_id, const char *previous_id)
 {
-    sluice_event ev = {.type = "alias", .user_id = user_id, .previous_id = previous_id};
-    return user_id ? sluice_send(c, &ev) : SLUICE_E_INVAL;
+    return sluice_alias_ctx(c, user_id, previous_id, NULL);
+}
+
+/* ---- anonymousId, opt-out ---- */
+
+const char *sluice_anonymous_id(sluice_client *c)
+{
+    return c ? c->anon_id : NULL;
+}
+
+int sluice_set_opt_out(sluice_client *c, int opted_out)
+{
+    if (!c) return SLUICE_E_INVAL;
+    atomic_store(&c->opted_out, opted_out != 0);
+    return c->storage_dir ? sdk_storage_set_opt_out(c, opted_out != 0) : SLUICE_OK;
+}
+
+int sluice_opted_out(sluice_client *c)
+{
+    return c && atomic_load(&c->opted_out) ? 1 : 0;
 }

@@ -4,6 +4,7 @@
  */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,7 +92,7 @@ static int begin_entry(sluice_props *p, const char *key)
     if (lv->is_map != (key != NULL)) return fail(p, SLUICE_E_STATE);
     if (key) {
         size_t klen = strlen(key);
-        if (!writer_utf8_valid(key, klen)) return fail(p, SLUICE_E_UTF8);
+        if (!base_utf8_valid(key, klen)) return fail(p, SLUICE_E_UTF8);
         int rc = writer_str(&p->buf, key, klen);
         if (rc) return fail(p, to_sluice_err(rc));
     }
@@ -109,7 +110,7 @@ static int end_value(sluice_props *p, int werr)
 
 int sluice_props_set_strn(sluice_props *p, const char *key, const char *value, size_t len)
 {
-    if (value && !writer_utf8_valid(value, len)) return p ? fail(p, SLUICE_E_UTF8) : SLUICE_E_INVAL;
+    if (value && !base_utf8_valid(value, len)) return p ? fail(p, SLUICE_E_UTF8) : SLUICE_E_INVAL;
     int rc = begin_entry(p, key);
     if (rc) return rc;
     return end_value(p, value ? writer_str(&p->buf, value, len) : writer_nil(&p->buf));
@@ -128,6 +129,8 @@ int sluice_props_set_int(sluice_props *p, const char *key, int64_t value)
 
 int sluice_props_set_double(sluice_props *p, const char *key, double value)
 {
+    /* JSON has no NaN or Infinity: such a value would break every consumer downstream. */
+    if (!isfinite(value)) return p ? (p->err ? p->err : fail(p, SLUICE_E_NUMBER)) : SLUICE_E_INVAL;
     int rc = begin_entry(p, key);
     return rc ? rc : end_value(p, writer_double(&p->buf, value));
 }

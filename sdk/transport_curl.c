@@ -17,6 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The collector's answers are at most 64 KiB (100 listed errors); the rest is cut. */
+#define BODY_MAX (64 * 1024)
+
 typedef struct curl_tp {
     pthread_mutex_t mu; /* guards multi against cancel_cb during (re)creation; never held in I/O */
     CURLM *multi;
@@ -25,6 +28,8 @@ typedef struct curl_tp {
     atomic_bool cancelled;
     sluice_response *resp; /* the response being filled by the callbacks */
     size_t msg_len;
+    char *body; /* the answer body (resp->body), at most BODY_MAX bytes; kept for reuse */
+    size_t body_len;
     char errbuf[CURL_ERROR_SIZE];
 } curl_tp_t;
 
@@ -59,7 +64,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
     return len;
 }
 
-/* Keeps the start of the answer body (for error reports); the rest is discarded. */
+/* Keeps the start of the answer body: in message (for error reports) and in body (per-event
+ * rejections of a 2xx); beyond BODY_MAX it is discarded. */
 static size_t write_cb(char *buf, size_t size, size_t n, void *ud)
 {
     curl_tp_t *t = ud;
@@ -68,6 +74,11 @@ static size_t write_cb(char *buf, size_t size, size_t n, void *ud)
     memcpy(t->resp->message + t->msg_len, buf, take);
     t->msg_len += take;
     t->resp->message[t->msg_len] = '\0';
+    if (t->body) {
+        take = len < BODY_MAX - t->body_len ? len : BODY_MAX - t->body_len;
+        memcpy(t->body + t->body_len, buf, take);
+        t->body_len += take;
+    }
     return len;
 }
 
@@ -124,6 +135,7 @@ static int curl_send(void *ud, const sluice_request *req, sluice_response *resp)
     h = h3;
     t->resp = resp;
     t->msg_len = 0;
+    t->body_len = 0;
     t->errbuf[0] = '\0';
     curl_easy_setopt(e, CURLOPT_URL, req->url);
     curl_easy_setopt(e, CURLOPT_USERNAME, req->write_key);
@@ -164,6 +176,10 @@ static int curl_send(void *ud, const sluice_request *req, sluice_response *resp)
         long status = 0;
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
         resp->status = (int)status;
+        if (t->body) {
+            resp->body = t->body;
+            resp->body_len = t->body_len;
+        }
         rc = SLUICE_OK;
     } else {
         snprintf(resp->message, sizeof resp->message, "%s",
@@ -190,6 +206,7 @@ static void curl_destroy(void *ud)
         if (t->multi) curl_multi_cleanup(t->multi);
     }
     pthread_mutex_destroy(&t->mu);
+    free(t->body);
     free(t);
 }
 
@@ -200,6 +217,8 @@ int sdk_curl_transport_new(sluice_transport *tp)
     pthread_mutex_init(&t->mu, NULL);
     atomic_init(&t->cancelled, false);
     t->pid = getpid();
+    /* Without it, per-event rejections go unseen (every event of a 2xx counts as sent). */
+    t->body = malloc(BODY_MAX);
     tp->ud = t;
     tp->send_cb = curl_send;
     tp->cancel_cb = curl_cancel;

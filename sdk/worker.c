@@ -4,15 +4,23 @@
  * an application thread. It holds the client mutex only to take events off the queue and to
  * wait; never while encoding, compressing, sending or writing files.
  *
- * Delivery of one batch (deliver()):
- *   2xx                      -> sent
+ * One attempt at a batch (deliver()):
+ *   2xx                      -> sent, minus the events its body lists as rejected (reply.c)
  *   413                      -> split in half, each half delivered on its own (one event: refused)
- *   408, 429, 5xx, network   -> retried, at most max_retries times, after a full-jitter
- *                               exponential backoff: uniform in [0, min(retry_max, base * 2^k)];
- *                               a Retry-After is a minimum and pauses the whole sender
+ *   408, 429, 5xx, network   -> retryable: the whole sender pauses for a full-jitter exponential
+ *                               backoff, uniform in [0, min(retry_max, base * 2^k)], k counting
+ *                               the sender's consecutive failures; a Retry-After is a minimum
  *   other status             -> refused: counted failed, reported through error_cb
- * A batch whose retries ran out, or that is still held when close() hits its deadline, is written
- * to storage_dir when set (else counted failed and reported). Retries resend the same bytes'
+ * What a retryable failure leads to depends on storage_dir (dispatch()):
+ *   no storage_dir           -> the batch is kept in memory and retried until it is delivered,
+ *                               refused, older than max_event_age_ms, or close() hits its deadline
+ *                               (new events meanwhile fill the bounded queue: queue pressure)
+ *   storage_dir              -> the batch goes to a file, sent (oldest first) once the pause is
+ *                               over; while paused, every batch formed goes straight to disk
+ *   storage_dir + write_ahead -> every batch is written (and fsync'd) before its first attempt,
+ *                               and sent from that locked file
+ * A batch is given up by age only: when its newest event is older than max_event_age_ms
+ * (E_EXPIRED), or, if the application set one, after max_retries. Retries resend the same
  * events: messageIds never change, so the collector's dedup makes retries idempotent.
  */
 #include "internal.h"
@@ -43,7 +51,6 @@ static void abs_ts(struct timespec *ts, int64_t mono_ms)
     ts->tv_sec = mono_ms / 1000;
     ts->tv_nsec = (mono_ms % 1000) * 1000000;
 }
-
 /* Waits (interruptibly by abort) until the sender's pause is over. False when aborted. */
 static bool wait_pause(sluice_client *c)
 {
@@ -69,11 +76,11 @@ static uint64_t jitter_rand(sluice_client *c)
     return z ^ (z >> 31);
 }
 
-/* Backoff before retry number `attempt` (1-based), full jitter. */
-static int64_t backoff_ms(sluice_client *c, uint32_t attempt)
+/* Backoff after the sender's k-th consecutive failure (1-based), full jitter. */
+static int64_t backoff_ms(sluice_client *c, uint32_t k)
 {
     uint64_t cap = c->cfg.retry_base_ms;
-    for (uint32_t i = 1; i < attempt && cap < c->cfg.retry_max_ms; i++)
+    for (uint32_t i = 1; i < k && cap < c->cfg.retry_max_ms; i++)
         cap *= 2;
     if (cap > c->cfg.retry_max_ms) cap = c->cfg.retry_max_ms;
     return (int64_t)(jitter_rand(c) % (cap + 1));
@@ -101,27 +108,57 @@ static int build_body(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sl
     return SLUICE_OK;
 }
 
-/* Disposes of a queue batch that could not be delivered: storage when set, else lost. */
-static void give_up(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, int err, int status,
-                    const char *why)
+static bool closing(sluice_client *c)
 {
-    bool closing = atomic_load(&c->abort);
-    pthread_mutex_lock(&c->mu);
-    closing = closing || c->stopping;
-    pthread_mutex_unlock(&c->mu);
-    if (closing) atomic_fetch_add(&c->close_unsent, n);
-    if (c->storage_dir) {
-        int rc = sdk_storage_write(c, nodes, n);
-        if (rc == SLUICE_OK) {
-            atomic_fetch_add(&c->n_stored, n);
-            /* Offline: do not retry the file just written before a full backoff period. */
-            c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
-            sdk_log(c, SLUICE_LOG_WARN, "%u events stored for later delivery (%s)", n, why);
-            return;
-        }
-        atomic_fetch_add(&c->n_dropped, n);
-        sdk_report(c, rc, status, n,
-                   rc == SLUICE_E_TOO_LARGE ? "storage_dir is full" : "cannot write storage_dir");
+    return atomic_load(&c->abort);
+}
+
+/* True when every event of nodes[0..n) is older than max_event_age_ms. */
+static bool expired(sluice_client *c, sdk_node_t *const *nodes, uint32_t n)
+{
+    int64_t newest = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (nodes[i]->born_ms > newest) newest = nodes[i]->born_ms;
+    return base_wall_ms() - newest > (int64_t)c->cfg.max_event_age_ms;
+}
+
+static void count_expired(sluice_client *c, uint32_t n)
+{
+    atomic_fetch_add(&c->n_failed, n);
+    atomic_fetch_add(&c->n_expired, n);
+    sdk_report(c, SLUICE_E_EXPIRED, 0, n, "undelivered for longer than max_event_age_ms");
+}
+
+static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, bool once,
+                         bool own);
+
+/* Writes a batch to storage_dir. True when stored (held: kept locked in *held). */
+static bool store(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sdk_file_t *held,
+                  const char *why)
+{
+    int rc = sdk_storage_write(c, nodes, n, held);
+    if (rc == SLUICE_OK) {
+        atomic_fetch_add(&c->n_stored, n);
+        sdk_log(c, SLUICE_LOG_DEBUG, "%u events stored (%s)", n, why);
+        return true;
+    }
+    sdk_log(c, SLUICE_LOG_WARN, "%u events not stored (%s): %s; kept in memory", n,
+            rc == SLUICE_E_TOO_LARGE ? "storage_max_bytes reached" : "cannot write storage_dir",
+            why);
+    return false;
+}
+
+/*
+ * A memory batch whose attempt failed (or that close() interrupted): to storage_dir when set;
+ * else, while the client runs, kept and retried in place (deliver, persistent); at close's
+ * deadline, lost and reported.
+ */
+static void park(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, int err, int status,
+                 const char *why)
+{
+    if (c->storage_dir && store(c, nodes, n, NULL, why)) return;
+    if (!closing(c)) {
+        deliver(c, nodes, n, false, true);
         return;
     }
     atomic_fetch_add(&c->n_failed, n);
@@ -134,14 +171,22 @@ static bool retryable(int rc, int status)
 }
 
 /*
- * Delivers nodes[0..n) (see the file comment). Does not free the nodes. from_file: the batch
- * came from storage_dir, so an undeliverable batch is left in its file instead of given up.
+ * Delivers nodes[0..n) (see the file comment). Does not free the nodes. once: a single attempt;
+ * a retryable failure returns DELIVER_UNSENT with the sender paused (the caller stores the batch
+ * or keeps its file). Otherwise (a memory batch without storage) it is retried until delivered,
+ * refused, expired or aborted by close (then parked). own: the events were accepted by this
+ * client (close() accounting).
  */
-static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, bool from_file)
+static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, bool once,
+                         bool own)
 {
     for (uint32_t attempt = 0;; attempt++) {
+        if (!once && expired(c, nodes, n)) {
+            count_expired(c, n);
+            return DELIVER_DONE;
+        }
         if (!wait_pause(c)) {
-            if (!from_file) give_up(c, nodes, n, SLUICE_E_CANCELLED, 0, "closed before delivery");
+            if (!once) park(c, nodes, n, SLUICE_E_CANCELLED, 0, "closed before delivery");
             return DELIVER_UNSENT;
         }
         sluice_request req = {.url = c->url,
@@ -159,78 +204,114 @@ static deliver_t deliver(sluice_client *c, sdk_node_t *const *nodes, uint32_t n,
         } else {
             resp.status = 413; /* larger than one body (stored under a bigger batch_bytes) */
         }
-        if (atomic_load(&c->abort)) {
-            if (!from_file) give_up(c, nodes, n, SLUICE_E_CANCELLED, 0, "cancelled at close");
+        if (closing(c)) {
+            if (!once) park(c, nodes, n, SLUICE_E_CANCELLED, 0, "cancelled at close");
             return DELIVER_UNSENT;
         }
         int status = rc == SLUICE_OK ? resp.status : 0;
+        resp.message[sizeof resp.message - 1] = '\0';
         if (rc == SLUICE_OK && status >= 200 && status < 300) {
-            atomic_fetch_add(&c->n_sent, n);
+            c->fail_streak = 0;
+            uint32_t rej = sdk_reply_rejections(c, resp.body, resp.body_len, n);
+            atomic_fetch_add(&c->n_sent, n - rej);
+            if (own) atomic_fetch_add(&c->life_delivered, n - rej);
+            if (rej) {
+                atomic_fetch_add(&c->n_failed, rej);
+                atomic_fetch_add(&c->n_rejected, rej);
+            }
             return DELIVER_DONE;
         }
         if (status == 413 && n > 1) {
             uint32_t h = n / 2;
             sdk_log(c, SLUICE_LOG_WARN, "413 for %u events: splitting", n);
-            deliver_t a = deliver(c, nodes, h, from_file);
-            deliver_t b = deliver(c, nodes + h, n - h, from_file);
+            deliver_t a = deliver(c, nodes, h, once, own);
+            deliver_t b = deliver(c, nodes + h, n - h, once, own);
             return a == DELIVER_UNSENT || b == DELIVER_UNSENT ? DELIVER_UNSENT : DELIVER_DONE;
         }
         if (!retryable(rc, status)) {
+            c->fail_streak = 0;
             atomic_fetch_add(&c->n_failed, n);
             sdk_report(c, SLUICE_E_HTTP, status, n,
                        resp.message[0] ? resp.message : "batch refused by the collector");
             return DELIVER_DONE;
         }
         /* Retryable: pause the whole sender (a Retry-After is a floor), then try again. */
-        int64_t delay = backoff_ms(c, attempt + 1);
+        if (c->fail_streak < 64) c->fail_streak++;
+        int64_t delay = backoff_ms(c, c->fail_streak);
         int64_t ra = resp.retry_after_ms;
         if (ra > RETRY_AFTER_MAX_MS) ra = RETRY_AFTER_MAX_MS;
         if (ra > delay) delay = ra;
         pthread_mutex_lock(&c->mu);
         c->pause_until_ms = base_mono_ms() + delay;
         pthread_mutex_unlock(&c->mu);
-        resp.message[sizeof resp.message - 1] = '\0';
-        if (attempt >= c->cfg.max_retries) {
-            if (!from_file) {
-                int err = rc != SLUICE_OK ? rc : SLUICE_E_HTTP;
-                give_up(c, nodes, n, err, status,
-                        resp.message[0] ? resp.message : "retries exhausted");
-            }
-            return DELIVER_UNSENT;
+        if (!once && c->cfg.max_retries && attempt >= c->cfg.max_retries) {
+            int err = rc != SLUICE_OK ? rc : SLUICE_E_HTTP;
+            atomic_fetch_add(&c->n_failed, n);
+            sdk_report(c, err, status, n, resp.message[0] ? resp.message : "max_retries reached");
+            return DELIVER_DONE;
         }
         atomic_fetch_add(&c->n_retried, 1);
-        sdk_log(c, SLUICE_LOG_INFO, "retry %u for %u events in %lld ms (status %d, %s)",
-                attempt + 1, n, (long long)delay, status, sluice_err_name(rc));
+        sdk_log(c, SLUICE_LOG_INFO, "%u events: attempt %u failed (status %d, %s); next in %lld ms",
+                n, attempt + 1, status, sluice_err_name(rc), (long long)delay);
+        if (once) return DELIVER_UNSENT;
     }
 }
 
-/* Sends the oldest stored batch file. Called without mu. */
+/* Sends the oldest stored batch file no one else holds. Called without mu. */
 static void send_stored(sluice_client *c)
 {
     sdk_node_t **nodes = NULL;
-    uint32_t n = 0;
-    char path[4096];
-    int rc = sdk_storage_load_oldest(c, &nodes, &n, path, sizeof path);
+    uint32_t n = 0, locked = 0;
+    sdk_file_t f;
+    int rc = sdk_storage_load_oldest(c, &nodes, &n, &f, &locked);
     if (rc <= 0) {
         pthread_mutex_lock(&c->mu);
-        if (rc == 0)
+        if (rc == 0 && !locked)
             c->storage_files = 0;
-        else
+        else /* files held by another client, or an error: look again later */
             c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
         pthread_mutex_unlock(&c->mu);
         return;
     }
-    deliver_t d = deliver(c, nodes, n, true);
-    if (d == DELIVER_DONE) {
-        sdk_storage_remove(c, path);
+    if (expired(c, nodes, n)) {
+        count_expired(c, n);
+        sdk_storage_remove(c, &f);
+    } else if (deliver(c, nodes, n, true, f.own) == DELIVER_DONE) {
+        sdk_storage_remove(c, &f);
     } else {
-        pthread_mutex_lock(&c->mu);
-        c->storage_retry_ms = base_mono_ms() + c->cfg.retry_max_ms;
-        pthread_mutex_unlock(&c->mu);
+        sdk_storage_release(&f);
     }
     for (uint32_t i = 0; i < n; i++)
         free(nodes[i]);
     free(nodes);
+}
+
+/* A batch just taken off the queue (see the file comment). paused: the sender is pausing after
+ * a failure, so (with storage_dir) the batch goes to disk without an attempt. */
+static void dispatch(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, bool paused)
+{
+    if (!c->storage_dir) {
+        deliver(c, nodes, n, false, true);
+        return;
+    }
+    if (c->cfg.write_ahead || paused) {
+        sdk_file_t f;
+        bool send_now = c->cfg.write_ahead && !paused;
+        if (store(c, nodes, n, send_now ? &f : NULL, paused ? "sender paused" : "write-ahead")) {
+            if (send_now) {
+                if (deliver(c, nodes, n, true, true) == DELIVER_DONE)
+                    sdk_storage_remove(c, &f);
+                else
+                    sdk_storage_release(&f);
+            }
+            return;
+        }
+        /* Storage full or failing: deliver from memory (retried until delivered or expired). */
+        deliver(c, nodes, n, false, true);
+        return;
+    }
+    if (deliver(c, nodes, n, true, true) == DELIVER_UNSENT)
+        park(c, nodes, n, SLUICE_E_CANCELLED, 0, "not delivered before close");
 }
 
 /* Takes up to one batch off the queue head. Called with mu held. */
@@ -252,7 +333,7 @@ static uint32_t take_batch(sluice_client *c, sdk_node_t **batch)
     return n;
 }
 
-/* Hands what is left in the queue at exit to give_up() in batch-sized pieces. Called without mu
+/* Hands what is left in the queue at exit to park() in batch-sized pieces. Called without mu
  * on a list the worker already detached. */
 static void drain_rest(sluice_client *c, sdk_node_t *rest, sdk_node_t **batch)
 {
@@ -265,7 +346,7 @@ static void drain_rest(sluice_client *c, sdk_node_t *rest, sdk_node_t **batch)
             batch[n++] = rest;
             rest = rest->next;
         }
-        give_up(c, batch, n, SLUICE_E_CANCELLED, 0, "not sent before close");
+        park(c, batch, n, SLUICE_E_CANCELLED, 0, "not sent before close");
         for (uint32_t i = 0; i < n; i++)
             free(batch[i]);
     }
@@ -298,15 +379,18 @@ void *sdk_worker_main(void *arg)
         }
         bool ready = c->q_events >= c->cfg.batch_size || c->q_bytes >= c->cfg.batch_bytes ||
                      (c->head && (c->stopping || c->head->seq < c->flush_upto || now >= next_tick));
-        if (ready && !paused) {
+        /* With storage_dir, batches formed while paused go to disk at once. */
+        if (ready && (!paused || c->storage_dir)) {
             uint32_t n = take_batch(c, batch);
             c->inflight_lo = batch[0]->seq;
+            c->inflight_n = n;
             pthread_mutex_unlock(&c->mu);
-            deliver(c, batch, n, false);
+            dispatch(c, batch, n, paused);
             for (uint32_t i = 0; i < n; i++)
                 free(batch[i]);
             pthread_mutex_lock(&c->mu);
             c->inflight_lo = UINT64_MAX;
+            c->inflight_n = 0;
             pthread_cond_broadcast(&c->done);
             next_tick = base_mono_ms() + interval;
             continue;
@@ -331,7 +415,7 @@ void *sdk_worker_main(void *arg)
     } else {
         sdk_report(c, SLUICE_E_NOMEM, 0, 0, "worker cannot allocate its batch array");
         for (sdk_node_t *r = rest; r; r = r->next)
-            atomic_fetch_add(&c->close_unsent, 1);
+            atomic_fetch_add(&c->n_failed, 1);
         sdk_nodes_free(rest);
     }
     free(batch);

@@ -86,8 +86,8 @@ static int make_body(msgpack_sbuffer *sb)
 /* ns per event of rounds x (decode, normalize, [filter], encode). */
 static double run(const msgpack_sbuffer *body, filter_set_t *fs, long rounds, size_t *bytes)
 {
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     size_t events = 0;
     *bytes = 0;
     double t0 = now_s();
@@ -102,7 +102,7 @@ static double run(const msgpack_sbuffer *body, filter_set_t *fs, long rounds, si
             bool keep = true;
             if (fs != NULL && filter_apply(fs, &b, &b.events[i], &keep) != FILTER_OK) abort();
             if (!keep) continue;
-            proto_buf_reset(&out);
+            base_buf_reset(&out);
             if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) != 0) abort();
             *bytes += out.len;
             events++;
@@ -110,7 +110,7 @@ static double run(const msgpack_sbuffer *body, filter_set_t *fs, long rounds, si
         proto_batch_free(&b);
     }
     double dt = now_s() - t0;
-    proto_buf_free(&out);
+    base_buf_free(&out);
     return dt * 1e9 / (double)(rounds * 100);
 }
 

@@ -157,7 +157,7 @@ static void test_glob(void **state)
 
 typedef struct tbatch {
     proto_batch_t b;
-    proto_buf_t out;
+    base_buf_t out;
 } tbatch_t;
 
 static void decode(tbatch_t *t, const char *json)
@@ -167,13 +167,13 @@ static void decode(tbatch_t *t, const char *json)
                      0);
     proto_norm_ctx_t c = {.received_at_ms = 1795000000000LL, .source = {"web", 3}};
     proto_normalize(&t->b, &c);
-    proto_buf_init(&t->out, 1 << 20);
+    base_buf_init(&t->out, 1 << 20);
 }
 
 static void tfree(tbatch_t *t)
 {
     proto_batch_free(&t->b);
-    proto_buf_free(&t->out);
+    base_buf_free(&t->out);
 }
 
 /* Applies fs to event i and returns whether it is kept. */
@@ -188,9 +188,9 @@ static bool keep(filter_set_t *fs, tbatch_t *t, size_t i)
 /* The JSON record of event i, NUL-terminated (valid until the next call). */
 static const char *record(tbatch_t *t, size_t i)
 {
-    proto_buf_reset(&t->out);
+    base_buf_reset(&t->out);
     assert_int_equal(proto_encode_event(&t->b, &t->b.events[i], PROTO_FMT_JSON, &t->out), 0);
-    assert_int_equal(proto_buf_append(&t->out, "", 1), 0);
+    assert_int_equal(base_buf_append(&t->out, "", 1), 0);
     return t->out.data;
 }
 
@@ -261,10 +261,10 @@ static void test_spec_example_loads(void **state)
     assert_int_equal(filter_rule_count(fs, 4), 2);
     assert_int_equal(filter_rule_count(fs, 5), 1);
 
-    proto_buf_t m;
-    proto_buf_init(&m, 1 << 16);
+    base_buf_t m;
+    base_buf_init(&m, 1 << 16);
     assert_int_equal(filter_set_render(fs, &m), 0);
-    assert_int_equal(proto_buf_append(&m, "", 1), 0);
+    assert_int_equal(base_buf_append(&m, "", 1), 0);
     assert_non_null(strstr(m.data, "# TYPE sluice_filter_events_total counter\n"));
     assert_non_null(
         strstr(m.data, "sluice_filter_events_total{rule=\"no_bots\",action=\"drop\"} 1\n"));
@@ -272,7 +272,7 @@ static void test_spec_example_loads(void **state)
         strstr(m.data, "sluice_filter_events_total{rule=\"scrub_pii\",action=\"strip\"} 2\n"));
     assert_non_null(
         strstr(m.data, "sluice_filter_events_total{rule=\"heartbeats\",action=\"sample\"} 0\n"));
-    proto_buf_free(&m);
+    base_buf_free(&m);
     tfree(&t);
     filter_set_free(fs);
 }
@@ -642,17 +642,17 @@ static void test_reload(void **state)
     assert_int_equal(reload_apply(&rl, &cfg, argc, argv), -1);
     assert_false(rt_keeps(&rl, "debug.y"));
 
-    proto_buf_t m;
-    proto_buf_init(&m, 1 << 16);
+    base_buf_t m;
+    base_buf_init(&m, 1 << 16);
     assert_int_equal(reload_render_metrics(&m, &rl), 0);
-    assert_int_equal(proto_buf_append(&m, "", 1), 0);
+    assert_int_equal(base_buf_append(&m, "", 1), 0);
     assert_non_null(strstr(m.data, "sluice_config_reloads_total{result=\"ok\"} 1\n"));
     assert_non_null(strstr(m.data, "sluice_config_reloads_total{result=\"failed\"} 2\n"));
     assert_non_null(
         strstr(m.data, "sluice_filter_events_total{rule=\"no_debug\",action=\"drop\"} 2\n"));
     assert_non_null(
         strstr(m.data, "sluice_filter_events_total{rule=\"no_test\",action=\"drop\"} 2\n"));
-    proto_buf_free(&m);
+    base_buf_free(&m);
     reload_free(&rl);
     config_free(&cfg);
 }

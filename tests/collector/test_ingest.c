@@ -117,7 +117,7 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
     out[0] = '\0';
     if (ingest_start(&f->ctx, &f->scratch, &f->mb, &in, &req, &err) != 0) {
         assert_null(req);
-        proto_buf_t b = {out, 0, outcap, outcap};
+        base_buf_t b = {out, 0, outcap, outcap};
         ingest_error_json(&b, err.code, err.message);
         out[b.len < outcap ? b.len : outcap - 1] = '\0';
         if (retry_after) *retry_after = err.retry_after;
@@ -390,14 +390,14 @@ static void test_errors_truncated(void **state)
 {
     fixture_t *f = *state;
     /* 150 invalid events: the answer lists 100 and says it was truncated. */
-    proto_buf_t b;
-    proto_buf_init(&b, 1 << 20);
+    base_buf_t b;
+    base_buf_init(&b, 1 << 20);
     assert_int_equal(buf_lit(&b, "{\"writeKey\":\"wk_test_123\",\"batch\":["), 0);
     for (int i = 0; i < 150; i++) {
         char ev[96];
         int n = snprintf(ev, sizeof ev, "%s{\"type\":\"track\",\"messageId\":\"bad%d\"}",
                          i ? "," : "", i);
-        assert_int_equal(proto_buf_append(&b, ev, (size_t)n), 0);
+        assert_int_equal(base_buf_append(&b, ev, (size_t)n), 0);
     }
     assert_int_equal(buf_lit(&b, "]}"), 0);
     char *out = malloc(64 * 1024);
@@ -408,14 +408,14 @@ static void test_errors_truncated(void **state)
     assert_non_null(strstr(out, "\"messageId\":\"bad99\""));
     assert_null(strstr(out, "\"messageId\":\"bad100\""));
     free(out);
-    proto_buf_free(&b);
+    base_buf_free(&b);
 }
 
 static void test_json_str(void **state)
 {
     (void)state;
     char mem[128];
-    proto_buf_t b = {mem, 0, sizeof mem, sizeof mem};
+    base_buf_t b = {mem, 0, sizeof mem, sizeof mem};
     assert_int_equal(proto_json_str(&b, "a\"b\\c\n\x01", 7), 0);
     assert_int_equal(proto_json_str(&b, "\xff", 1), 0);
     assert_int_equal(proto_json_str(&b, NULL, 0), 0);

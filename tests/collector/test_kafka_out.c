@@ -261,12 +261,12 @@ static void test_produce_group_roundtrip(void **state)
     assert_int_equal(atomic_load(&empty.calls), 1);
 
     /* The gauges read the live producer. */
-    proto_buf_t buf;
-    proto_buf_init(&buf, 1u << 20);
+    base_buf_t buf;
+    base_buf_init(&buf, 1u << 20);
     assert_int_equal(metrics_render(&buf), 0);
     const char *want = "\nsluice_kafka_queue_messages 0\n";
     assert_non_null(memmem(buf.data, buf.len, want, strlen(want)));
-    proto_buf_free(&buf);
+    base_buf_free(&buf);
     kafka_out_free(ko);
 
     int seen[N_MSGS] = {0};

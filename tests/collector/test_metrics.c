@@ -14,14 +14,14 @@
 
 static char *render(void)
 {
-    proto_buf_t b;
-    proto_buf_init(&b, 1 << 20);
+    base_buf_t b;
+    base_buf_init(&b, 1 << 20);
     assert_int_equal(metrics_render(&b), 0);
     char *s = malloc(b.len + 1);
     assert_non_null(s);
     memcpy(s, b.data, b.len);
     s[b.len] = '\0';
-    proto_buf_free(&b);
+    base_buf_free(&b);
     return s;
 }
 
@@ -241,10 +241,10 @@ static void test_format_parses(void **state)
 /* Render fails cleanly when the output buffer's cap is too small. */
 static void test_render_cap(void **state)
 {
-    proto_buf_t b;
-    proto_buf_init(&b, 100);
+    base_buf_t b;
+    base_buf_init(&b, 100);
     assert_int_equal(metrics_render(&b), PROTO_E_NOMEM);
-    proto_buf_free(&b);
+    base_buf_free(&b);
 }
 
 static void *bump(void *arg)

@@ -241,9 +241,9 @@ static void test_kafka_free_after_server_stop(void **state)
     assert_false(server_wait_drained(srv, 200));
     assert_true(kafka_out_flush(ko, 100) > 0);
     server_stop(srv);
-    assert_null(atomic_load(&srv->loops[0].http.mailbox.head));
+    assert_null(atomic_load(&srv->loops[0].http.mailbox.stack.head));
     kafka_out_free(ko); /* the purge report reaches done_cb: a push into a stopped loop */
-    assert_non_null(atomic_load(&srv->loops[0].http.mailbox.head));
+    assert_non_null(atomic_load(&srv->loops[0].http.mailbox.stack.head));
     assert_true(metrics_get(METRIC_KAFKA_ERRORS) >= 1);
     server_free(srv); /* frees the request that never came back */
 

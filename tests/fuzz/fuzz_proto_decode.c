@@ -56,10 +56,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             .max_future_ms = 86400000,
         };
         proto_normalize(&b, &ctx);
-        proto_buf_t out;
-        proto_buf_init(&out, 256 * 1024);
+        base_buf_t out;
+        base_buf_init(&out, 256 * 1024);
         for (size_t i = 0; i < b.n_events; i++) {
-            proto_buf_reset(&out);
+            base_buf_reset(&out);
             if (b.events[i].error == PROTO_OK) {
                 if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) != PROTO_OK)
                     abort();
@@ -76,15 +76,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     abort();
                 if (rb.events[0].error != (ts_ok ? PROTO_OK : PROTO_E_BAD_TIMESTAMP)) abort();
                 proto_batch_free(&rb);
-                proto_buf_reset(&out);
+                base_buf_reset(&out);
                 if (proto_encode_event(&b, &b.events[i], PROTO_FMT_JSON, &out) != PROTO_OK) abort();
             } else {
                 if (proto_encode_rejected(&b.events[i], &out) != PROTO_OK) abort();
             }
             /* Everything we write as JSON is valid UTF-8. */
-            if (out.len > 0 && out.data[0] == '{' && !proto_utf8_valid(out.data, out.len)) abort();
+            if (out.len > 0 && out.data[0] == '{' && !base_utf8_valid(out.data, out.len)) abort();
         }
-        proto_buf_free(&out);
+        base_buf_free(&out);
     }
     proto_batch_free(&b);
     free(body);

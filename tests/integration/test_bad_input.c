@@ -565,8 +565,8 @@ static void bad_future_clamped(sup_env_t *e, it_ids_t *ids)
 {
     int64_t now = base_wall_ms();
     char far[32], near[32];
-    sup_iso8601(now + 48LL * 3600 * 1000, far, sizeof far);
-    sup_iso8601(now + 3600 * 1000, near, sizeof near);
+    base_iso8601_format(now + 48LL * 3600 * 1000, far);
+    base_iso8601_format(now + 3600 * 1000, near);
     json_t *a = sup_track("fut-48h", "fut-user", "F", 0);
     json_object_set_new(a, "timestamp", json_string(far));
     json_t *b = sup_track("fut-1h", "fut-user", "F", 1);

@@ -75,7 +75,7 @@ static json_t *skewed_batch(size_t n, const char *prefix, it_ids_t *ids, int64_t
         sup_message_id(id, sizeof id, prefix);
         snprintf(user, sizeof user, "u%zu", i % 10);
         json_t *ev = sup_track(id, user, "Clicked", (int)i);
-        sup_iso8601(sent_at - 5000 - (int64_t)i, ts, sizeof ts);
+        base_iso8601_format(sent_at - 5000 - (int64_t)i, ts);
         json_object_set_new(ev, "timestamp", json_string(ts));
         if (i % 4 == 0) {
             char acct[32];
@@ -86,7 +86,7 @@ static json_t *skewed_batch(size_t n, const char *prefix, it_ids_t *ids, int64_t
         it_ids_add(ids, id);
     }
     char sent[32];
-    sup_iso8601(sent_at, sent, sizeof sent);
+    base_iso8601_format(sent_at, sent);
     return json_pack("{s:o, s:s}", "batch", events, "sentAt", sent);
 }
 

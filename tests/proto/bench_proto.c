@@ -83,8 +83,8 @@ static void run(const char *name, const char *body, size_t len, proto_format_t f
 {
     proto_limits_t lim = proto_limits_default();
     proto_norm_ctx_t ctx = {.received_at_ms = 1795435200500LL, .source = {"web", 3}};
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 20);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 20);
     size_t events = 0, bytes = 0;
     double t0 = now_s(), t;
     do {
@@ -96,7 +96,7 @@ static void run(const char *name, const char *body, size_t len, proto_format_t f
             if (rc != PROTO_OK) return;
             proto_normalize(&b, &ctx);
             for (size_t i = 0; i < b.n_events; i++) {
-                proto_buf_reset(&out);
+                base_buf_reset(&out);
                 if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) == PROTO_OK)
                     bytes += out.len;
             }
@@ -111,7 +111,7 @@ static void run(const char *name, const char *body, size_t len, proto_format_t f
     printf("%-8s %-6s body %6zu B: %9.0f events/s (%.0f ns/event, record %zu B avg)\n", name,
            arena != NULL ? "arena" : "plain", len, (double)events / t, t * 1e9 / (double)events,
            bytes / events);
-    proto_buf_free(&out);
+    base_buf_free(&out);
 }
 
 int main(int argc, char **argv)
@@ -131,8 +131,8 @@ int main(int argc, char **argv)
     proto_batch_t b;
     proto_limits_t lim = proto_limits_default();
     proto_decode(&b, sb.data, sb.size, PROTO_FMT_MSGPACK, PROTO_T_NONE, &lim);
-    proto_buf_t js;
-    proto_buf_init(&js, 1 << 20);
+    base_buf_t js;
+    base_buf_init(&js, 1 << 20);
     proto_event_t whole = {.obj = &b.root, .error = PROTO_E_MALFORMED};
     proto_encode_rejected(&whole, &js);
     const char *raw = strstr(js.data, "\"raw\":") + 6;
@@ -140,7 +140,7 @@ int main(int argc, char **argv)
     run("json", raw, rawlen, PROTO_FMT_JSON, NULL);
     run("json", raw, rawlen, PROTO_FMT_JSON, &arena);
     proto_arena_free(&arena);
-    proto_buf_free(&js);
+    base_buf_free(&js);
     proto_batch_free(&b);
     msgpack_sbuffer_destroy(&sb);
     return 0;

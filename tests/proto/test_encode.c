@@ -23,7 +23,7 @@ static proto_norm_ctx_t ctx(void)
     "{\"type\":\"group\",\"messageId\":\"m2\",\"userId\":\"u1\",\"groupId\":\"acme\",\"context\":" \
     "{\"own\":1}}]}"
 
-static json_t *record_json(const proto_buf_t *out)
+static json_t *record_json(const base_buf_t *out)
 {
     json_error_t err;
     json_t *j = json_loadb(out->data, out->len, JSON_REJECT_DUPLICATES, &err);
@@ -77,8 +77,8 @@ static void test_msgpack_record(void **state)
         proto_normalize(&t.b, &c);
         for (size_t i = 0; i < 2; i++) {
             assert_int_equal(t.b.events[i].error, PROTO_OK);
-            proto_buf_t out;
-            proto_buf_init(&out, 1 << 20);
+            base_buf_t out;
+            base_buf_init(&out, 1 << 20);
             assert_int_equal(proto_encode_event(&t.b, &t.b.events[i], PROTO_FMT_MSGPACK, &out),
                              PROTO_OK);
             /* msgpack-c's own unpacker accepts it and sees exactly one value. */
@@ -101,15 +101,15 @@ static void test_msgpack_record(void **state)
             assert_int_equal(rb.events[0].timestamp_ms, t.b.events[i].norm_timestamp_ms);
             assert_null(rb.write_key.ptr); /* the secret is gone */
             /* ... and re-encoded as JSON it carries the same fields. */
-            proto_buf_t js;
-            proto_buf_init(&js, 1 << 20);
+            base_buf_t js;
+            base_buf_init(&js, 1 << 20);
             assert_int_equal(proto_encode_rejected(&rb.events[0], &js), PROTO_OK);
             json_t *rej = record_json(&js);
             check_record(json_object_get(rej, "raw"), i == 0);
             json_decref(rej);
-            proto_buf_free(&js);
+            base_buf_free(&js);
             proto_batch_free(&rb);
-            proto_buf_free(&out);
+            base_buf_free(&out);
         }
         tu_free(&t);
     });
@@ -125,8 +125,8 @@ static void test_json_record(void **state)
         assert_int_equal(tu_decode(&t, BATCH, fmt, PROTO_T_NONE, NULL), PROTO_OK);
         proto_normalize(&t.b, &c);
         for (size_t i = 0; i < 2; i++) {
-            proto_buf_t out;
-            proto_buf_init(&out, 1 << 20);
+            base_buf_t out;
+            base_buf_init(&out, 1 << 20);
             assert_int_equal(proto_encode_event(&t.b, &t.b.events[i], PROTO_FMT_JSON, &out),
                              PROTO_OK);
             json_t *r = record_json(&out);
@@ -143,7 +143,7 @@ static void test_json_record(void **state)
                     assert_memory_equal(first[0], out.data, out.len);
                 }
             }
-            proto_buf_free(&out);
+            base_buf_free(&out);
         }
         tu_free(&t);
     });
@@ -160,8 +160,8 @@ static void test_clamped_record(void **state)
                                PROTO_FMT_JSON, PROTO_T_NONE, NULL),
                      PROTO_OK);
     proto_normalize(&t.b, &c);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 16);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
     assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     json_t *r = record_json(&out); /* REJECT_DUPLICATES: the client's originalTimestamp is gone */
     assert_string_equal(json_string_value(json_object_get(r, "timestamp")),
@@ -169,7 +169,7 @@ static void test_clamped_record(void **state)
     assert_string_equal(json_string_value(json_object_get(r, "originalTimestamp")),
                         "2027-01-01T00:00:00.000Z");
     json_decref(r);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     tu_free(&t);
 }
 
@@ -206,8 +206,8 @@ static void test_numbers(void **state)
     assert_int_equal(b.events[0].error, PROTO_OK);
     proto_norm_ctx_t c = ctx();
     proto_normalize(&b, &c);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 16);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
     assert_int_equal(proto_encode_event(&b, &b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     const char *want = "\"properties\":{\"nan\":null,\"inf\":null,\"one\":1.0,"
                        "\"tenth\":0.10000000000000001,\"f32\":1.25,\"big\":1.0000000000000001e+300,"
@@ -215,7 +215,7 @@ static void test_numbers(void **state)
     if (memmem(out.data, out.len, want, strlen(want)) == NULL)
         fail_msg("numbers: %.*s", (int)out.len, out.data);
     /* The msgpack record keeps float32 as float32 and NaN as NaN. */
-    proto_buf_reset(&out);
+    base_buf_reset(&out);
     assert_int_equal(proto_encode_event(&b, &b.events[0], PROTO_FMT_MSGPACK, &out), PROTO_OK);
     msgpack_unpacked up;
     msgpack_unpacked_init(&up);
@@ -229,7 +229,7 @@ static void test_numbers(void **state)
     assert_true(isnan(props->via.map.ptr[0].val.via.f64));
     assert_int_equal(props->via.map.ptr[4].val.type, MSGPACK_OBJECT_FLOAT32);
     msgpack_unpacked_destroy(&up);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     proto_batch_free(&b);
     msgpack_sbuffer_destroy(&m.sb);
 }
@@ -242,12 +242,12 @@ static void test_caps_and_errors(void **state)
     assert_int_equal(tu_decode(&t, BATCH, PROTO_FMT_JSON, PROTO_T_NONE, NULL), PROTO_OK);
     proto_normalize(&t.b, &c);
     for (int f = 0; f < 2; f++) {
-        proto_buf_t out;
-        proto_buf_init(&out, 1 << 16);
-        assert_int_equal(proto_buf_append(&out, "prefix", 6), PROTO_OK);
+        base_buf_t out;
+        base_buf_init(&out, 1 << 16);
+        assert_int_equal(base_buf_append(&out, "prefix", 6), PROTO_OK);
         out.max = 100; /* far too small for the record */
         assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], (proto_format_t)f, &out),
-                         PROTO_E_NOMEM);
+                         PROTO_E_EVENT_TOO_LARGE);
         assert_int_equal(out.len, 6); /* restored */
         assert_memory_equal(out.data, "prefix", 6);
         /* Records append: two in one buffer. */
@@ -258,18 +258,18 @@ static void test_caps_and_errors(void **state)
         assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], (proto_format_t)f, &out),
                          PROTO_OK);
         assert_int_equal(out.len, 6 + 2 * one);
-        proto_buf_free(&out);
+        base_buf_free(&out);
     }
     tu_free(&t);
     /* An invalid event has no normalized record. */
     assert_int_equal(
         tu_decode(&t, "{\"batch\":[{\"type\":\"track\"}]}", PROTO_FMT_JSON, PROTO_T_NONE, NULL),
         PROTO_OK);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 16);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
     assert_int_not_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     assert_int_equal(out.len, 0);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     tu_free(&t);
 }
 
@@ -284,8 +284,8 @@ static void test_rejected_record(void **state)
                                PROTO_FMT_JSON, PROTO_T_NONE, NULL),
                      PROTO_OK);
     proto_normalize(&t.b, &c);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 16);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
     assert_int_equal(proto_encode_rejected(&t.b.events[0], &out), PROTO_OK);
     json_t *r = record_json(&out);
     assert_string_equal(json_string_value(json_object_get(r, "error")), "missing_event");
@@ -303,7 +303,7 @@ static void test_rejected_record(void **state)
     json_decref(r);
 
     /* Cap: raw does not fit → null plus rawTruncated, the reason is kept. */
-    proto_buf_reset(&out);
+    base_buf_reset(&out);
     out.max = 180;
     assert_int_equal(proto_encode_rejected(&t.b.events[0], &out), PROTO_OK);
     r = record_json(&out);
@@ -311,11 +311,11 @@ static void test_rejected_record(void **state)
     assert_true(json_is_true(json_object_get(r, "rawTruncated")));
     assert_string_equal(json_string_value(json_object_get(r, "error")), "missing_event");
     json_decref(r);
-    proto_buf_reset(&out);
+    base_buf_reset(&out);
     out.max = 20;
-    assert_int_equal(proto_encode_rejected(&t.b.events[0], &out), PROTO_E_NOMEM);
+    assert_int_equal(proto_encode_rejected(&t.b.events[0], &out), PROTO_E_EVENT_TOO_LARGE);
     assert_int_equal(out.len, 0);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     tu_free(&t);
 }
 
@@ -341,10 +341,10 @@ static void test_rejected_hostile_raw(void **state)
     assert_int_equal(b.events[0].error, PROTO_E_BAD_KEY);
     proto_norm_ctx_t c = ctx();
     proto_normalize(&b, &c);
-    proto_buf_t out;
-    proto_buf_init(&out, 1 << 16);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
     assert_int_equal(proto_encode_rejected(&b.events[0], &out), PROTO_OK);
-    assert_true(proto_utf8_valid(out.data, out.len));
+    assert_true(base_utf8_valid(out.data, out.len));
     json_t *r = record_json(&out);
     json_t *raw = json_object_get(r, "raw");
     assert_string_equal(json_string_value(json_object_get(raw, "42")), "int-key");
@@ -355,7 +355,7 @@ static void test_rejected_hostile_raw(void **state)
     assert_true(json_is_null(json_object_get(raw, "[true]")));
     assert_string_equal(json_string_value(json_object_get(r, "error")), "invalid_key");
     json_decref(r);
-    proto_buf_free(&out);
+    base_buf_free(&out);
     proto_batch_free(&b);
     msgpack_sbuffer_destroy(&m.sb);
 }
@@ -373,8 +373,8 @@ static void test_single_call_record(void **state)
                                    fmt, PROTO_T_PAGE, NULL),
                          PROTO_OK);
         proto_normalize(&t.b, &c);
-        proto_buf_t out;
-        proto_buf_init(&out, 1 << 16);
+        base_buf_t out;
+        base_buf_init(&out, 1 << 16);
         assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
         json_t *r = record_json(&out);
         assert_null(json_object_get(r, "writeKey"));
@@ -383,7 +383,7 @@ static void test_single_call_record(void **state)
         assert_int_equal(json_object_size(r), 7);
         assert_string_equal(json_string_value(json_object_get(r, "type")), "page");
         json_decref(r);
-        proto_buf_free(&out);
+        base_buf_free(&out);
         tu_free(&t);
     });
 }

@@ -1,4 +1,5 @@
-/* Unit tests for proto/util.c: error tables, types, limits, proto_buf, UTF-8, ISO-8601. */
+/* Unit tests for proto/util.c: error tables, types, limits, base layer functions as proto uses
+ * them. */
 #include "testutil.h"
 
 static void test_err_tables(void **state)
@@ -52,34 +53,6 @@ static void test_limits_default(void **state)
     assert_int_equal(l.max_events, 10000);
 }
 
-static void test_buf(void **state)
-{
-    (void)state;
-    proto_buf_t b;
-    proto_buf_init(&b, 1000);
-    char chunk[300];
-    memset(chunk, 'x', sizeof chunk);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(proto_buf_append(&b, chunk, 300), PROTO_OK);
-    assert_int_equal(b.len, 900);
-    assert_true(b.cap <= 1000);
-    /* Over the cap: refused, buffer unchanged. */
-    assert_int_equal(proto_buf_append(&b, chunk, 101), PROTO_E_NOMEM);
-    assert_int_equal(b.len, 900);
-    assert_int_equal(proto_buf_append(&b, chunk, 100), PROTO_OK);
-    assert_int_equal(b.len, 1000);
-    assert_int_equal(proto_buf_append(&b, chunk, 1), PROTO_E_NOMEM);
-    assert_int_equal(proto_buf_reserve(&b, (size_t)-1), PROTO_E_NOMEM);
-    size_t cap = b.cap;
-    proto_buf_reset(&b);
-    assert_int_equal(b.len, 0);
-    assert_int_equal(b.cap, cap);
-    proto_buf_free(&b);
-    assert_null(b.data);
-    proto_buf_free(&b); /* twice is fine */
-}
-
 static void test_utf8(void **state)
 {
     (void)state;
@@ -113,11 +86,11 @@ static void test_utf8(void **state)
         {"12345678\xc3\xa9xyz\xc3", false}, /* bad after fast path */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (proto_utf8_valid(cases[i].s, strlen(cases[i].s)) != cases[i].ok)
+        if (base_utf8_valid(cases[i].s, strlen(cases[i].s)) != cases[i].ok)
             fail_msg("utf8 case %zu", i);
     }
     /* NUL is valid UTF-8 (length is explicit). */
-    assert_true(proto_utf8_valid("a\0b", 3));
+    assert_true(base_utf8_valid("a\0b", 3));
 }
 
 static void test_iso8601_parse(void **state)
@@ -167,30 +140,30 @@ static void test_iso8601_parse(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int64_t ms = 42;
-        bool ok = proto_parse_iso8601(cases[i].s, strlen(cases[i].s), &ms);
+        bool ok = base_iso8601_parse(cases[i].s, strlen(cases[i].s), &ms);
         if (ok != cases[i].ok) fail_msg("iso case %zu (%s): ok=%d", i, cases[i].s, ok);
         if (ok && ms != cases[i].ms)
             fail_msg("iso case %zu (%s): %lld != %lld", i, cases[i].s, (long long)ms,
                      (long long)cases[i].ms);
     }
-    assert_false(proto_parse_iso8601(NULL, 0, &(int64_t){0}));
+    assert_false(base_iso8601_parse(NULL, 0, &(int64_t){0}));
 }
 
 static void test_iso8601_format(void **state)
 {
     (void)state;
     char out[25];
-    assert_int_equal(proto_format_iso8601(1795435200123LL, out), 24);
+    assert_int_equal(base_iso8601_format(1795435200123LL, out), 24);
     assert_string_equal(out, "2026-11-23T12:00:00.123Z");
-    proto_format_iso8601(0, out);
+    base_iso8601_format(0, out);
     assert_string_equal(out, "1970-01-01T00:00:00.000Z");
-    proto_format_iso8601(-1, out);
+    base_iso8601_format(-1, out);
     assert_string_equal(out, "1969-12-31T23:59:59.999Z");
-    proto_format_iso8601(951782400000LL, out);
+    base_iso8601_format(951782400000LL, out);
     assert_string_equal(out, "2000-02-29T00:00:00.000Z");
-    proto_format_iso8601(INT64_MAX, out); /* clamped, fixed shape */
+    base_iso8601_format(INT64_MAX, out); /* clamped, fixed shape */
     assert_string_equal(out, "9999-12-31T23:59:59.999Z");
-    proto_format_iso8601(INT64_MIN, out);
+    base_iso8601_format(INT64_MIN, out);
     assert_string_equal(out, "0000-01-01T00:00:00.000Z");
     /* Round trip over a spread of instants (a fixed LCG: deterministic). */
     uint64_t x = 12345;
@@ -198,8 +171,8 @@ static void test_iso8601_format(void **state)
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
         int64_t ms = (int64_t)(x >> 22) % 4102444800000LL;
         int64_t back = -1;
-        proto_format_iso8601(ms, out);
-        assert_true(proto_parse_iso8601(out, 24, &back));
+        base_iso8601_format(ms, out);
+        assert_true(base_iso8601_parse(out, 24, &back));
         assert_int_equal(back, ms);
     }
 }
@@ -250,10 +223,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_err_tables),     cmocka_unit_test(test_types),
-        cmocka_unit_test(test_limits_default), cmocka_unit_test(test_buf),
-        cmocka_unit_test(test_utf8),           cmocka_unit_test(test_iso8601_parse),
-        cmocka_unit_test(test_iso8601_format), cmocka_unit_test(test_time_values),
-        cmocka_unit_test(test_event_key),
+        cmocka_unit_test(test_limits_default), cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_iso8601_parse),  cmocka_unit_test(test_iso8601_format),
+        cmocka_unit_test(test_time_values),    cmocka_unit_test(test_event_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,8 @@
 # test_embed.c then runs each against the real collector. MODE:
 #   pkg-config    cmake --install BUILD_DIR into a temp prefix; cc with `pkg-config --cflags
 #                 --libs sluice`, and the example's CMake project with SLUICE_LINK=pkg-config
-#   find_package  install; the example's CMake project with find_package(sluice)
+#   find_package  install; both libraries must define only sluice_* globals (nm) and need no
+#                 msgpack-c; the example's CMake project with find_package(sluice)
 #   static        install, remove libsluice.so* (a static-only install); cc with
 #                 `pkg-config --static --cflags --libs sluice`; the result must not need libsluice.so
 #   subdirectory  the example's project with add_subdirectory(<repository root>)
@@ -42,6 +43,15 @@ pkg-config)
   ;;
 find_package)
   install_into "$build"
+  # Both installed libraries define only sluice_* globals and need nothing of msgpack-c.
+  lib=$(dirname "$(find "$prefix" -name 'libsluice.a' | head -1)")
+  if nm -g --defined-only "$lib/libsluice.a" | grep -E '^[0-9a-f]+ [A-Z] ' | grep -v ' sluice_' ||
+    nm -D --defined-only "$lib/libsluice.so" | grep -E '^[0-9a-f]+ [A-Z] ' | grep -v ' sluice_' ||
+    nm -u "$lib/libsluice.a" | grep -i msgpack ||
+    readelf -d "$lib/libsluice.so" | grep -i 'NEEDED.*msgpack'; then
+    echo "embed.sh: libsluice exports or needs more than sluice_* (above)" >&2
+    exit 1
+  fi
   cmake_example -DSLUICE_LINK=find_package -DCMAKE_PREFIX_PATH="$prefix"
   ;;
 static)

@@ -198,6 +198,8 @@ static void test_event_fields(void **state)
     assert_non_null(strstr(f->events[6].json, "\"anonymousId\":\"anon-1\""));
     assert_non_null(strstr(f->events[6].json, "\"timestamp\":1700000000000"));
     assert_non_null(strstr(f->events[6].json, "\"context\":{\"plan\":\"pro\""));
+    /* the default context's keys are merged into an event's own context */
+    assert_non_null(strstr(f->events[6].json, "\"library\":{\"name\":\"sluice-c\""));
     assert_string_equal(f->events[6].id, "my-id-1");
     /* generated ids: UUID v4 */
     for (int i = 0; i < 6; i++) {
@@ -224,7 +226,6 @@ static void test_validation(void **state)
     char longs[300];
     memset(longs, 'e', sizeof longs - 1);
     longs[sizeof longs - 1] = '\0';
-    assert_int_equal(sluice_track(e->c, NULL, "E", NULL), SLUICE_E_INVAL);
     assert_int_equal(sluice_track(e->c, "u", NULL, NULL), SLUICE_E_INVAL);
     assert_int_equal(sluice_track(e->c, "u", "", NULL), SLUICE_E_INVAL);
     assert_int_equal(sluice_track(e->c, "u", longs, NULL), SLUICE_E_INVAL); /* event > 200 */
@@ -234,8 +235,7 @@ static void test_validation(void **state)
     assert_int_equal(sluice_alias(e->c, "u", NULL), SLUICE_E_INVAL);
     sluice_event ev = {.type = "bogus", .user_id = "u"};
     assert_int_equal(sluice_send(e->c, &ev), SLUICE_E_INVAL);
-    sluice_event anon = {.type = "identify"};
-    assert_int_equal(sluice_send(e->c, &anon), SLUICE_E_INVAL);
+    assert_int_equal(sluice_alias(e->c, NULL, "prev"), SLUICE_E_INVAL); /* alias needs a user */
     sluice_props *p = sluice_props_new();
     for (int i = 0; i < 10; i++)
         sluice_props_set_str(p, "k", longs);
@@ -243,6 +243,17 @@ static void test_validation(void **state)
     sluice_props_clear(p);
     sluice_props_set_str(p, "bad", "\xff");
     assert_int_equal(sluice_track(e->c, "u", "E", p), SLUICE_E_UTF8); /* sticky props error */
+    sluice_props_clear(p);
+    /* NaN / Inf: refused by the setter, sticky for the send call */
+    assert_int_equal(sluice_props_set_double(p, "x", 0.0 / 0.0), SLUICE_E_NUMBER);
+    assert_int_equal(sluice_props_set_int(p, "y", 1), SLUICE_E_NUMBER);
+    assert_int_equal(sluice_track(e->c, "u", "E", p), SLUICE_E_NUMBER);
+    sluice_props_clear(p);
+    assert_int_equal(sluice_props_set_double(p, "x", 1.0 / 0.0), SLUICE_E_NUMBER);
+    sluice_props_clear(p);
+    assert_int_equal(sluice_props_set_double(p, "x", -1.0 / 0.0), SLUICE_E_NUMBER);
+    sluice_props_clear(p);
+    assert_int_equal(sluice_props_set_double(p, "x", 1e308), SLUICE_OK);
     sluice_props_free(p);
     sluice_stats st;
     sluice_client_stats(e->c, &st);
@@ -661,23 +672,321 @@ static void test_storage_is_bounded(void **state)
     env_t *e = env_new();
     make_dir(e->dir, sizeof e->dir);
     e->cfg.storage_dir = e->dir;
-    e->cfg.storage_max_bytes = 600; /* room for one small batch file, not two */
+    e->cfg.storage_max_bytes = 700; /* room for one small batch file, not two */
     e->cfg.batch_size = 4;
-    e->cfg.max_retries = 0;
     e->fake.dflt = (fake_step_t){0, -1, SLUICE_E_NETWORK, false};
     env_start(e);
     for (int i = 0; i < 8; i++)
         assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
-    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    /* the first batch goes to disk; the second does not fit and stays in memory, retried */
+    assert_int_equal(sluice_flush(e->c, 1500), SLUICE_E_TIMEOUT);
     sluice_stats st;
     sluice_client_stats(e->c, &st);
     assert_int_equal(st.stored, 4);
-    assert_int_equal(st.dropped, 4);
+    assert_int_equal(st.in_flight, 4);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.failed, 0);
     assert_int_equal(count_suffix(e->dir, ".slb"), 1);
+    /* the collector comes back: both batches are delivered, nothing was lost */
+    pthread_mutex_lock(&e->fake.mu);
+    e->fake.dflt = (fake_step_t){200, -1, 0, false};
+    pthread_mutex_unlock(&e->fake.mu);
+    assert_int_equal(fake_wait_events(&e->fake, 8, 5000), 8);
+    assert_int_equal(sluice_client_close(e->c, 2000), 0);
+    e->c = NULL;
+    assert_int_equal(e->cb.n, 0);
+    assert_int_equal(count_suffix(e->dir, ".slb"), 0);
+    remove_dir(e->dir);
+    env_free(e);
+}
+
+/* An event's own context of every value type: the merge keeps it whole, its keys win. */
+static void test_context_merge(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    e->cfg.app_name = "App";
+    e->cfg.locale = "";
+    e->cfg.timezone = "";
+    env_start(e);
+    sluice_props *p = sluice_props_new();
+    sluice_props_begin_map(p, "library");
+    sluice_props_set_str(p, "name", "mine");
+    sluice_props_end(p);
+    sluice_props_set_int(p, "neg", -70000);
+    sluice_props_set_int(p, "big", 5000000000);
+    sluice_props_set_int(p, "small", 7);
+    sluice_props_set_double(p, "d", 2.5);
+    sluice_props_set_bool(p, "b", 1);
+    sluice_props_set_null(p, "z");
+    char longs[300];
+    memset(longs, 's', sizeof longs - 1);
+    longs[sizeof longs - 1] = '\0';
+    sluice_props_set_str(p, "long", longs);
+    sluice_props_begin_array(p, "arr");
+    sluice_props_set_int(p, NULL, 1);
+    sluice_props_begin_map(p, NULL);
+    sluice_props_set_str(p, "k", "v");
+    sluice_props_end(p);
+    sluice_props_end(p);
+    assert_int_equal(sluice_track_ctx(e->c, "u", "E", NULL, p), 0);
+    sluice_props_free(p);
+    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    assert_int_equal(e->fake.bad_bodies, 0);
+    assert_int_equal(e->fake.n_events, 1);
+    const char *j = e->fake.events[0].json;
+    assert_non_null(strstr(j, "\"library\":{\"name\":\"mine\"}")); /* the event's own wins */
+    assert_null(strstr(j, "sluice-c"));
+    assert_non_null(strstr(j, "\"app\":{\"name\":\"App\"}"));
+    assert_non_null(strstr(j, "\"os\":{\"name\":"));
+    assert_non_null(strstr(j, "\"arr\":[1,{\"k\":\"v\"}]"));
+    assert_non_null(strstr(j, "\"big\":5000000000"));
+    assert_non_null(strstr(j, "\"neg\":-70000"));
+    assert_null(strstr(j, "\"locale\"")); /* "" = absent */
+    env_free(e);
+}
+
+/* A long outage is outlasted: no retry count gives events up, only their age does. */
+static void test_retries_governed_by_age(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    e->cfg.retry_base_ms = 1;
+    e->cfg.retry_max_ms = 4;
+    fake_step_t s[FAKE_MAX_STEPS];
+    for (int i = 0; i < FAKE_MAX_STEPS; i++)
+        s[i] = (fake_step_t){i % 2 ? 503 : 0, -1, i % 2 ? 0 : SLUICE_E_NETWORK, false};
+    fake_script(&e->fake, s, FAKE_MAX_STEPS); /* 64 failures, then 200 */
+    env_start(e);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    assert_int_equal(sluice_flush(e->c, 10000), 0);
+    sluice_stats st;
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(e->fake.n_req, FAKE_MAX_STEPS + 1);
+    assert_int_equal(st.retried, FAKE_MAX_STEPS);
+    assert_int_equal(st.sent, 3);
+    assert_int_equal(st.failed, 0);
+    assert_int_equal(sluice_client_close(e->c, 1000), 0);
+    e->c = NULL;
+    env_free(e);
+
+    /* a collector that never comes back: given up once older than max_event_age_ms */
+    e = env_new();
+    e->cfg.max_event_age_ms = 1000;
+    e->cfg.retry_max_ms = 50;
+    e->fake.dflt = (fake_step_t){503, -1, 0, false};
+    env_start(e);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    int64_t t0 = fake_now_ms();
+    assert_int_equal(sluice_flush(e->c, 8000), 0);
+    assert_true(fake_now_ms() - t0 >= 900);
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(st.expired, 3);
+    assert_int_equal(st.failed, 3);
+    assert_int_equal(st.in_flight, 0);
     assert_int_equal(e->cb.n, 1);
-    assert_int_equal(e->cb.err[0], SLUICE_E_TOO_LARGE);
-    assert_int_equal(e->cb.events[0], 4);
-    assert_int_equal(sluice_client_close(e->c, 200), 0);
+    assert_int_equal(e->cb.err[0], SLUICE_E_EXPIRED);
+    assert_int_equal(e->cb.events[0], 3);
+    assert_int_equal(sluice_client_close(e->c, 1000), 3);
+    e->c = NULL;
+    env_free(e);
+}
+
+/* close() counts what was not delivered over the client's whole life, not just at close. */
+static void test_close_reports_lifetime_losses(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    e->cfg.batch_size = 2;
+    fake_step_t s[] = {{400, -1, 0, false}};
+    fake_script(&e->fake, s, 1);
+    env_start(e);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    assert_int_equal(e->cb.n, 1);
+    assert_int_equal(e->cb.events[0], 2);
+    assert_int_equal(sluice_client_close(e->c, 2000), 2);
+    e->c = NULL;
+    env_free(e);
+}
+
+static void test_stats_in_flight(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    fake_step_t s[] = {{200, -1, 0, true}};
+    fake_script(&e->fake, s, 1);
+    env_start(e);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    assert_int_equal(sluice_flush(e->c, 0), SLUICE_E_TIMEOUT); /* kicks the worker */
+    assert_true(fake_wait_hanging(&e->fake, 5000));
+    sluice_stats st;
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(st.in_flight, 5);
+    assert_int_equal(st.queue_events, 0);
+    fake_release(&e->fake);
+    assert_int_equal(sluice_flush(e->c, 5000), 0);
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(st.sent, 5);
+    env_free(e);
+}
+
+static void test_config_checks(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    sluice_client *c = NULL;
+    static const char *const bad_urls[] = {
+        "ftp://127.0.0.1:21", "file:///etc/passwd", "not a url",      "http://",   "https:///path",
+        "http://host name",   "http://host\n",      "127.0.0.1:8080", "gopher://x"};
+    for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
+        e->cfg.endpoint = bad_urls[i];
+        if (sluice_client_new(&c, &e->cfg) != SLUICE_E_URL) fail_msg("accepted %s", bad_urls[i]);
+        assert_null(c);
+    }
+    static const char *const good_urls[] = {"http://127.0.0.1:9", "HTTPS://collector.example",
+                                            "https://[::1]:8443/"};
+    for (size_t i = 0; i < sizeof good_urls / sizeof good_urls[0]; i++) {
+        e->cfg.endpoint = good_urls[i];
+        assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_OK);
+        assert_int_equal(sluice_client_close(c, 0), 0);
+    }
+    e->cfg.endpoint = "http://127.0.0.1:9";
+    /* storage_dir that cannot be created or written: a path below a regular file */
+    e->cfg.storage_dir = "/etc/hostname/sluice";
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_STORAGE);
+    assert_null(c);
+    e->cfg.storage_dir = "/proc/sluice-cannot-write";
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_STORAGE);
+    e->cfg.storage_dir = NULL;
+    e->cfg.write_ahead = 1; /* needs storage_dir */
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_INVAL);
+    e->cfg.write_ahead = 0;
+    e->cfg.max_event_age_ms = 10;
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_INVAL);
+    e->cfg.max_event_age_ms = 1000;
+    e->cfg.app_name = "\xff";
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_UTF8);
+    char longs[200];
+    memset(longs, 'a', sizeof longs - 1);
+    longs[sizeof longs - 1] = '\0';
+    e->cfg.app_name = longs;
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_INVAL);
+    e->cfg.app_name = NULL;
+    e->cfg.library_name = "";
+    assert_int_equal(sluice_client_new(&c, &e->cfg), SLUICE_E_INVAL);
+    /* every new code has a name and a message */
+    for (int err = SLUICE_E_URL; err >= SLUICE_E_OPTED_OUT; err--) {
+        assert_string_not_equal(sluice_err_name(err), "SLUICE_E_UNKNOWN");
+        assert_string_not_equal(sluice_strerror(err), "unknown error");
+    }
+    env_free(e);
+}
+
+/* A version-1 config (the struct an application built against 0.1.0 passes) still works: the
+ * fields it does not have keep their defaults. */
+static void test_config_v1(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    /* exactly the v1 size on the heap: ASan catches any read past it */
+    e->cfg.version = 1;
+    void *v1 = malloc(offsetof(sluice_config, max_event_age_ms));
+    memcpy(v1, &e->cfg, offsetof(sluice_config, max_event_age_ms));
+    assert_int_equal(sluice_client_new(&e->c, (const sluice_config *)v1), SLUICE_OK);
+    free(v1);
+    assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    assert_int_equal(e->fake.n_events, 1);
+    env_free(e);
+}
+
+static void test_anonymous_id_and_opt_out(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    make_dir(e->dir, sizeof e->dir);
+    e->cfg.storage_dir = e->dir;
+    env_start(e);
+    const char *anon = sluice_anonymous_id(e->c);
+    assert_non_null(anon);
+    assert_int_equal(strlen(anon), 36);
+    char saved[40];
+    snprintf(saved, sizeof saved, "%s", anon);
+    /* no user id: the persisted anonymousId; with a user id: no anonymousId is added */
+    assert_int_equal(sluice_track(e->c, NULL, "Anon Event", NULL), 0);
+    assert_int_equal(sluice_page(e->c, NULL, "Home", NULL), 0);
+    assert_int_equal(sluice_track(e->c, "u", "Known", NULL), 0);
+    assert_int_equal(sluice_flush(e->c, 3000), 0);
+    char want[80];
+    snprintf(want, sizeof want, "\"anonymousId\":\"%s\"", saved);
+    assert_non_null(strstr(e->fake.events[0].json, want));
+    assert_non_null(strstr(e->fake.events[1].json, want));
+    assert_null(strstr(e->fake.events[2].json, "anonymousId"));
+    /* opt-out: refused, persisted for the next client on this directory */
+    assert_int_equal(sluice_opted_out(e->c), 0);
+    assert_int_equal(sluice_set_opt_out(e->c, 1), 0);
+    assert_int_equal(sluice_opted_out(e->c), 1);
+    assert_int_equal(sluice_track(e->c, "u", "E", NULL), SLUICE_E_OPTED_OUT);
+    sluice_stats st;
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(st.queued, 3);
+    assert_int_equal(sluice_client_close(e->c, 1000), 0);
+    e->c = NULL;
+
+    env_t *e2 = env_new();
+    e2->cfg.storage_dir = e->dir;
+    env_start(e2);
+    assert_string_equal(sluice_anonymous_id(e2->c), saved); /* persisted */
+    assert_int_equal(sluice_opted_out(e2->c), 1);
+    assert_int_equal(sluice_identify(e2->c, "u", NULL), SLUICE_E_OPTED_OUT);
+    assert_int_equal(sluice_set_opt_out(e2->c, 0), 0);
+    assert_int_equal(sluice_identify(e2->c, "u", NULL), 0);
+    assert_int_equal(sluice_client_close(e2->c, 2000), 0);
+    e2->c = NULL;
+
+    /* without storage_dir: a fresh id per client; cfg.opt_out starts opted out */
+    env_t *e3 = env_new();
+    e3->cfg.opt_out = 1;
+    env_start(e3);
+    assert_string_not_equal(sluice_anonymous_id(e3->c), saved);
+    assert_int_equal(sluice_track(e3->c, NULL, "E", NULL), SLUICE_E_OPTED_OUT);
+    remove_dir(e->dir);
+    env_free(e3);
+    env_free(e2);
+    env_free(e);
+}
+
+/* write_ahead: every batch is on disk before its first attempt, and deleted once delivered. */
+static void test_write_ahead(void **state)
+{
+    (void)state;
+    env_t *e = env_new();
+    make_dir(e->dir, sizeof e->dir);
+    e->cfg.storage_dir = e->dir;
+    e->cfg.write_ahead = 1;
+    e->cfg.batch_size = 5;
+    fake_step_t s[] = {{200, -1, 0, true}};
+    fake_script(&e->fake, s, 1);
+    env_start(e);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sluice_track(e->c, "u", "E", NULL), 0);
+    assert_true(fake_wait_hanging(&e->fake, 5000));
+    assert_int_equal(count_suffix(e->dir, ".slb"), 1); /* written before the send */
+    fake_release(&e->fake);
+    assert_int_equal(sluice_flush(e->c, 5000), 0);
+    assert_int_equal(e->fake.n_events, 5);
+    assert_int_equal(count_suffix(e->dir, ".slb"), 0);
+    sluice_stats st;
+    sluice_client_stats(e->c, &st);
+    assert_int_equal(st.stored, 5);
+    assert_int_equal(st.sent, 5);
+    assert_int_equal(sluice_client_close(e->c, 1000), 0);
     e->c = NULL;
     remove_dir(e->dir);
     env_free(e);
@@ -898,6 +1207,14 @@ int main(void)
         cmocka_unit_test(test_storage_offline_then_delivered),
         cmocka_unit_test(test_storage_corrupt_file_skipped),
         cmocka_unit_test(test_storage_is_bounded),
+        cmocka_unit_test(test_context_merge),
+        cmocka_unit_test(test_retries_governed_by_age),
+        cmocka_unit_test(test_close_reports_lifetime_losses),
+        cmocka_unit_test(test_stats_in_flight),
+        cmocka_unit_test(test_config_checks),
+        cmocka_unit_test(test_config_v1),
+        cmocka_unit_test(test_anonymous_id_and_opt_out),
+        cmocka_unit_test(test_write_ahead),
         cmocka_unit_test(test_concurrent_callers),
         cmocka_unit_test(test_fork),
     };

@@ -9,6 +9,7 @@
 #include <msgpack.h>
 #include <string.h>
 
+#include "base.h"
 #include "writer.h"
 
 static const msgpack_object *get(const msgpack_object *m, const char *key)
@@ -205,13 +206,13 @@ static void test_uuid_v4(void **state)
 static void test_utf8(void **state)
 {
     (void)state;
-    assert_true(writer_utf8_valid("plain", 5));
-    assert_true(writer_utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9));
-    assert_false(writer_utf8_valid("\xc0\xaf", 2));         /* overlong */
-    assert_false(writer_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    assert_false(writer_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    assert_false(writer_utf8_valid("\xe2\x82", 2));         /* truncated */
-    assert_false(writer_utf8_valid("\x80", 1));
+    assert_true(base_utf8_valid("plain", 5));
+    assert_true(base_utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9));
+    assert_false(base_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(base_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(base_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    assert_false(base_utf8_valid("\xe2\x82", 2));         /* truncated */
+    assert_false(base_utf8_valid("\x80", 1));
 }
 
 int main(void)

@@ -791,33 +791,18 @@ json_t *sup_track(const char *message_id, const char *user_id, const char *event
                      "userId", user_id, "event", event, "properties", "i", i);
 }
 
-void sup_iso8601(int64_t ms, char *out, size_t outlen)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-}
-
 int sup_parse_iso8601(const char *s, int64_t *ms)
 {
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int frac = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &frac) != 7)
-        return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    *ms = (int64_t)timegm(&tm) * 1000 + frac;
-    return 0;
+    size_t n = s != NULL ? strlen(s) : 0;
+    /* The collector's shape exactly (base_iso8601_parse alone accepts more). */
+    if (n != BASE_ISO8601_LEN || s[10] != 'T' || s[19] != '.' || s[23] != 'Z') return -1;
+    return base_iso8601_parse(s, n, ms) ? 0 : -1;
 }
 
 json_t *sup_batch(json_t *events)
 {
     char now[32];
-    sup_iso8601(base_wall_ms(), now, sizeof now);
+    base_iso8601_format(base_wall_ms(), now);
     return json_pack("{s:o, s:s}", "batch", events, "sentAt", now);
 }
 

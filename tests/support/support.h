@@ -165,9 +165,7 @@ void sup_message_id(char *out, size_t outlen, const char *prefix);
 json_t *sup_track(const char *message_id, const char *user_id, const char *event, int i);
 /* {"batch":events (reference stolen),"sentAt":ISO now} — new ref. */
 json_t *sup_batch(json_t *events);
-/* Epoch ms as ISO-8601 ms Z (out >= 32 bytes). */
-void sup_iso8601(int64_t ms, char *out, size_t outlen);
-/* Parses "YYYY-MM-DDTHH:MM:SS.mmmZ" to epoch ms. */
+/* Parses "YYYY-MM-DDTHH:MM:SS.mmmZ" (that shape only) to epoch ms: 0, or -1. */
 int sup_parse_iso8601(const char *s, int64_t *ms);
 
 /* json_dumps (compact) into buf. */

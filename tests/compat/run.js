@@ -1,0 +1,40 @@
+'use strict';
+// Runs one conformance case against a fresh mock Kafka + sluice-collector:
+//   node tests/compat/run.js CASE
+// CASE is raw_NAME for one of the raw HTTP cases in cases/raw_http.js. Exit 0 when every check
+// passed.
+const fs = require('node:fs');
+const path = require('node:path');
+const { start } = require('./lib/env');
+
+async function main() {
+  const name = process.argv[2];
+  if (!name) throw new Error('usage: node run.js CASE');
+  if (!fs.existsSync(path.join(__dirname, 'node_modules'))) {
+    throw new Error('tests/compat/node_modules is missing: install the pinned packages with tests/deps.sh (or npm ci --prefix tests/compat)');
+  }
+  let fn;
+  if (name.startsWith('raw_')) {
+    const raw = require('./cases/raw_http');
+    fn = raw[name.slice(4)];
+  }
+  if (typeof fn !== 'function') throw new Error(`no such case: ${name}`);
+  const env = await start(fn.envOptions || {});
+  let ok = false;
+  try {
+    ok = await fn(env);
+  } catch (e) {
+    console.error(e && e.stack ? e.stack : e);
+    env.dumpLog();
+  }
+  await env.stop();
+  return ok;
+}
+
+main().then(
+  (ok) => process.exit(ok ? 0 : 1),
+  (e) => {
+    console.error(e && e.stack ? e.stack : e);
+    process.exit(1);
+  },
+);
