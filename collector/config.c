@@ -98,6 +98,15 @@ static const config_key_t config_keys[] = {
      "A request whose headers have not arrived by then is closed (slowloris)."},
     {"limits.idle_timeout", CT_DURATION, F(idle_timeout_ms), 100, 86400000, "60s", NULL,
      "Idle keep-alive connections are closed after this."},
+    {"limits.request_timeout", CT_DURATION, F(request_timeout_ms), 100, 3600000, "30s", NULL,
+     "A whole request (headers and body) must arrive within this, however slowly it trickles "
+     "(408 and close beyond; sluice_request_timeouts_total); an answer the client has not read "
+     "within it closes the connection (sluice_write_timeouts_total)."},
+    {"limits.body_memory", CT_SIZE, F(body_memory), 1 * MiB, 64 * GiB, "256MiB", NULL,
+     "Request bodies held in memory across all connections, the loops' decompression buffers "
+     "included (sluice_http_body_memory_bytes); a body that does not fit gets 503 + Retry-After "
+     "(sluice_body_memory_refused_total). The last eighth is kept for bodies up to 64 KiB. At "
+     "least 2 x (threads + 1) x limits.body_bytes."},
     {"limits.max_depth", CT_UINT, F(max_depth), 1, 64, "16", NULL,
      "Nesting depth of properties, traits and context."},
     {"limits.max_users", CT_UINT, F(max_users), 64, 1e9, "1000000", NULL,
@@ -1363,6 +1372,13 @@ int config_validate(const config_t *c, char *err, size_t errlen)
         return cfg_fail(CONFIG_E_INVALID, err, errlen,
                         "limits.event_bytes (%llu) must not exceed limits.body_bytes (%llu)",
                         (unsigned long long)c->event_bytes, (unsigned long long)c->body_bytes);
+    /* Every loop's decompression buffer plus room for large bodies beside them. */
+    uint64_t min_body_memory = 2 * ((uint64_t)c->threads + 1) * c->body_bytes;
+    if (c->body_memory < min_body_memory)
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "limits.body_memory (%llu) must be at least 2 x (threads + 1) x "
+                        "limits.body_bytes (%llu)",
+                        (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
         return cfg_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
     const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql};

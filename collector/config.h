@@ -98,16 +98,18 @@ typedef struct config {
     int log_level;    /* log_level_t */
 
     /* limits */
-    uint64_t event_bytes;       /* 32 KiB */
-    uint64_t body_bytes;        /* 512 KiB, before and after decompression */
-    uint32_t max_connections;   /* 10000 per process */
-    double rate_per_key;        /* events/s per write key, 0 = unlimited */
-    uint32_t max_events;        /* events per batch, default 10000 */
-    uint64_t header_bytes;      /* all request headers together, 16 KiB */
-    uint32_t header_timeout_ms; /* 10 s: slowloris */
-    uint32_t idle_timeout_ms;   /* 60 s: idle keep-alive */
-    uint32_t max_depth;         /* 16 */
-    uint64_t max_users;         /* user->account map entries, 1,000,000 */
+    uint64_t event_bytes;        /* 32 KiB */
+    uint64_t body_bytes;         /* 512 KiB, before and after decompression */
+    uint32_t max_connections;    /* 10000 per process */
+    double rate_per_key;         /* events/s per write key, 0 = unlimited */
+    uint32_t max_events;         /* events per batch, default 10000 */
+    uint64_t header_bytes;       /* all request headers together, 16 KiB */
+    uint32_t header_timeout_ms;  /* 10 s: slowloris */
+    uint32_t idle_timeout_ms;    /* 60 s: idle keep-alive */
+    uint32_t request_timeout_ms; /* 30 s: whole request (headers + body); also answer writes */
+    uint64_t body_memory;        /* 256 MiB: request bodies held in memory, all connections */
+    uint32_t max_depth;          /* 16 */
+    uint64_t max_users;          /* user->account map entries, 1,000,000 */
 
     /* kafka */
     char *brokers;    /* NULL/empty: embedded mock cluster */

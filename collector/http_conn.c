@@ -4,10 +4,13 @@
  * Connection states:
  *   IDLE     between requests (idle timer armed; header timer on a fresh connection)
  *   HEADERS  a request started, headers not complete (header timer armed: slowloris)
- *   BODY     headers complete, reading the body (idle timer re-armed on every read)
+ *   BODY     headers complete, reading the body (timer: the earlier of the request deadline
+ *            and idle_timeout after the last read)
  *   BUSY     message complete: parser paused, reading stopped, answer being produced/written
+ *            (timer: delivery_timeout while waiting for Kafka, request_timeout while writing)
  * Limits are checked while parsing: header bytes (431), Content-Length (413 before the body),
- * accumulated chunked body (413); each of those answers and closes the connection.
+ * accumulated chunked body (413), body memory (503), duplicated or missing singleton headers
+ * (400); each of those answers and closes the connection.
  */
 #include "http_conn.h"
 
@@ -70,12 +73,25 @@ typedef enum {
     H_EXPECT,
     H_HOST,
     H_ACRH, /* Access-Control-Request-Headers (CORS preflight) */
+    H_TE,
     H_COUNT
 } hdr_id_t;
-static const char *const hdr_names[H_COUNT] = {"content-type",  "content-encoding",
-                                               "authorization", "expect",
-                                               "host",          "access-control-request-headers"};
-static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32, 256, 256};
+static const char *const hdr_names[H_COUNT] = {"content-type",
+                                               "content-encoding",
+                                               "authorization",
+                                               "expect",
+                                               "host",
+                                               "access-control-request-headers",
+                                               "transfer-encoding"};
+static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32, 256, 256, 32};
+
+/* Headers that may appear at most once (RFC 9110 §5.3: a second one is either a list the field
+ * does not allow or a disagreement a front proxy may resolve differently; CVE-2022-32213). */
+static const char *const once_names[] = {"host",           "authorization",
+                                         "content-type",   "content-encoding",
+                                         "content-length", "transfer-encoding"};
+#define ONCE_HOST  0
+#define ONCE_COUNT (sizeof once_names / sizeof once_names[0])
 
 typedef struct hdr_val {
     char *buf;
@@ -99,6 +115,10 @@ struct http_conn {
 
     /* The request being parsed. */
     uint64_t start_ns;
+    uint64_t deadline_ns;  /* start + request_timeout: the body must be complete by then */
+    unsigned once_seen;    /* bit i: once_names[i] seen */
+    const char *exec_data; /* the buffer llhttp_execute is parsing now */
+    bool value_started;    /* a piece of the current header value was seen */
     size_t header_bytes;
     char url[URL_MAX];
     size_t url_len;
@@ -107,7 +127,7 @@ struct http_conn {
     size_t field_len;
     bool field_long;
     hdr_id_t cur_hdr;
-    char hdr_mem[128 + 64 + 1100 + 32 + 256 + 256];
+    char hdr_mem[128 + 64 + 1100 + 32 + 256 + 256 + 32];
     hdr_val_t hdr[H_COUNT];
     route_t route;
     int method;
@@ -124,12 +144,12 @@ struct http_conn {
     proto_format_t fmt;
     body_encoding_t enc;
     char *body;
-    size_t body_len, body_cap;
-    size_t body_seen; /* body bytes of this request, kept or discarded */
+    size_t body_len, body_cap; /* body_cap bytes are charged to hl->body_mem */
+    size_t body_seen;          /* body bytes of this request, kept or discarded */
 
-    /* Pipelined bytes received beyond the current message. */
+    /* Pipelined bytes received beyond the current message (pending_cap charged to body_mem). */
     char *pending;
-    size_t pending_off, pending_len;
+    size_t pending_off, pending_len, pending_cap;
 
     ingest_req_t *req;       /* waiting for Kafka, NULL otherwise */
     struct pql_job *pql_job; /* an admin PQL read running on the threadpool, NULL otherwise */
@@ -331,7 +351,24 @@ static void timer_cb(uv_timer_t *t)
                       "events could not be made durable in time; retry later", 5, false);
         return;
     }
-    if (c->state == CS_BUSY) return; /* writing an answer */
+    if (c->state == CS_BUSY) {
+        if (c->writes == 0) return; /* an admin read on the threadpool */
+        /* The client has not taken its answer within request_timeout (it does not read). */
+        metrics_add(METRIC_WRITE_TIMEOUTS, 1);
+        LOG(LOG_DEBUG, "write_timeout", LI("ms", c->hl->cfg->request_timeout_ms));
+        conn_close(c);
+        return;
+    }
+    if (c->state == CS_BODY) {
+        /* The body is not complete by the request deadline, or stalled for idle_timeout. */
+        metrics_add(METRIC_REQUEST_TIMEOUTS, 1);
+        LOG(LOG_DEBUG, "request_timeout", LI("ms", c->hl->cfg->request_timeout_ms));
+        c->keep_alive = false;
+        c->linger = true;
+        respond_error(c, 408, "request_timeout",
+                      "the request body did not arrive in time (limits.request_timeout)", 0, true);
+        return;
+    }
     metrics_add(METRIC_CONN_TIMEOUTS, 1);
     LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
     conn_close(c);
@@ -343,10 +380,45 @@ static void timer_arm(http_conn_t *c, uint32_t ms)
     uv_timer_start(&c->timer, timer_cb, ms > 0 ? ms : 1, 0);
 }
 
+/* Arms the timer for at most ms, and never beyond the request deadline. */
+static void timer_arm_request(http_conn_t *c, uint32_t ms)
+{
+    uint64_t now = uv_hrtime();
+    uint64_t left = c->deadline_ns > now ? (c->deadline_ns - now) / 1000000u : 0;
+    timer_arm(c, left < ms ? (uint32_t)left : ms);
+}
+
+/* ---- body memory (limits.body_memory, shared by every loop) ---- */
+
+/* Charges (grow) or gives back (shrink) without a limit: for memory already allocated. */
+static void body_mem_adjust(http_loop_t *hl, size_t old_size, size_t new_size)
+{
+    if (new_size > old_size)
+        atomic_fetch_add_explicit(hl->body_mem, new_size - old_size, memory_order_relaxed);
+    else if (old_size > new_size)
+        atomic_fetch_sub_explicit(hl->body_mem, old_size - new_size, memory_order_relaxed);
+}
+
+/* Charges a body buffer growing from old_cap to new_cap, if it fits: bodies over BODY_KEEP_MAX
+ * may use only the first seven eighths of limits.body_memory (the rest stays for small ones).
+ * Returns false (nothing charged, the refusal counted) when it does not. */
+static bool body_mem_admit(http_loop_t *hl, size_t old_cap, size_t new_cap)
+{
+    size_t delta = new_cap - old_cap;
+    uint64_t limit = hl->cfg->body_memory;
+    if (new_cap > BODY_KEEP_MAX) limit -= limit / 8;
+    size_t prev = atomic_fetch_add_explicit(hl->body_mem, delta, memory_order_relaxed);
+    if ((uint64_t)prev + delta <= limit) return true;
+    atomic_fetch_sub_explicit(hl->body_mem, delta, memory_order_relaxed);
+    metrics_add(METRIC_BODY_MEMORY_REFUSED, 1);
+    return false;
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->open_handles > 0) return;
+    body_mem_adjust(c->hl, c->body_cap + c->pending_cap, 0);
     free(c->body);
     free(c->pending);
     free(c);
@@ -418,7 +490,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
-        if (c->state == CS_BODY) timer_arm(c, c->hl->cfg->idle_timeout_ms);
+        if (c->state == CS_BODY) timer_arm_request(c, c->hl->cfg->idle_timeout_ms);
         conn_feed(c, buf->base, (size_t)nread, false);
         return;
     }
@@ -562,7 +634,8 @@ static void conn_respond(http_conn_t *c, int status, const char *ctype, const ch
     metrics_http_status(status);
     c->state = CS_BUSY;
     read_stop(c);
-    uv_timer_stop(&c->timer);
+    /* The client has request_timeout to take the answer (write_cb moves on and re-arms). */
+    timer_arm(c, hl->cfg->request_timeout_ms);
     conn_write_raw(c, w);
 }
 
@@ -613,9 +686,14 @@ static void request_reset(http_conn_t *c)
     c->header_key = false;
     c->source = NULL;
     c->key_index = -1;
+    c->once_seen = 0;
     c->body_len = 0;
     c->body_seen = 0;
-    if (c->body_cap > BODY_KEEP_MAX) {
+    /* Keep a small buffer for the next request, unless bodies are using half the budget. */
+    if (c->body_cap > BODY_KEEP_MAX ||
+        (c->body_cap > 0 && atomic_load_explicit(c->hl->body_mem, memory_order_relaxed) >=
+                                c->hl->cfg->body_memory / 2)) {
+        body_mem_adjust(c->hl, c->body_cap, 0);
         free(c->body);
         c->body = NULL;
         c->body_cap = 0;
@@ -627,8 +705,9 @@ static int on_message_begin(llhttp_t *p)
     http_conn_t *c = conn_of(p);
     request_reset(c);
     c->start_ns = uv_hrtime();
+    c->deadline_ns = c->start_ns + (uint64_t)c->hl->cfg->request_timeout_ms * 1000000u;
     c->state = CS_HEADERS;
-    timer_arm(c, c->hl->cfg->header_timeout_ms);
+    timer_arm_request(c, c->hl->cfg->header_timeout_ms);
     return 0;
 }
 
@@ -675,12 +754,25 @@ static int on_header_field_complete(llhttp_t *p)
 {
     http_conn_t *c = conn_of(p);
     c->cur_hdr = H_NONE;
+    c->value_started = false;
+    for (unsigned i = 0; i < ONCE_COUNT && !c->field_long; i++) {
+        if (strlen(once_names[i]) != c->field_len ||
+            strncasecmp(c->field, once_names[i], c->field_len) != 0)
+            continue;
+        if (c->once_seen & (1u << i)) {
+            c->fatal_status = 400;
+            c->fatal_code = "bad_request";
+            c->fatal_msg = "a header that must appear once is repeated";
+            return HPE_USER;
+        }
+        c->once_seen |= 1u << i;
+        break;
+    }
     if (!c->field_long) {
         for (int i = 0; i < H_COUNT; i++) {
             if (strlen(hdr_names[i]) == c->field_len &&
                 strncasecmp(c->field, hdr_names[i], c->field_len) == 0) {
                 c->cur_hdr = (hdr_id_t)i;
-                /* A repeated header: the last one counts. */
                 c->hdr[i].len = 0;
                 c->hdr[i].overflow = false;
                 c->hdr[i].seen = true;
@@ -696,6 +788,17 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     http_conn_t *c = conn_of(p);
+    /* llhttp hands a value over in one piece per read, and starts a new piece within a read
+     * only for an obs-fold continuation line. RFC 9112 §5.2 lets a server refuse those, and a
+     * proxy may unfold them differently: refuse. */
+    bool fold = c->value_started && at != c->exec_data;
+    c->value_started = true;
+    if (fold) {
+        c->fatal_status = 400;
+        c->fatal_code = "bad_request";
+        c->fatal_msg = "folded header lines (obs-fold) are not accepted";
+        return HPE_USER;
+    }
     if (c->cur_hdr != H_NONE) {
         hdr_val_t *h = &c->hdr[c->cur_hdr];
         append_capped(h->buf, &h->len, hdr_caps[c->cur_hdr], &h->overflow, at, len);
@@ -769,6 +872,27 @@ static int refuse_early(http_conn_t *c, bool expect_continue)
     return HPE_USER;
 }
 
+/* True when a Transfer-Encoding value is exactly "chunked" (case-insensitive, blanks around). */
+static bool te_is_chunked(const char *s, size_t len)
+{
+    while (len > 0 && (*s == ' ' || *s == '\t')) {
+        s++;
+        len--;
+    }
+    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        len--;
+    return len == 7 && strncasecmp(s, "chunked", 7) == 0;
+}
+
+/* A body that does not fit in limits.body_memory: 503 now, and close. */
+static int refuse_body_memory(http_conn_t *c)
+{
+    c->fatal_status = 503;
+    c->fatal_code = "unavailable";
+    c->fatal_msg = "request bodies are using all the memory set aside for them; retry later";
+    return HPE_USER;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     http_conn_t *c = conn_of(p);
@@ -776,14 +900,31 @@ static int on_headers_complete(llhttp_t *p)
     const config_t *cfg = hl->cfg;
     metrics_add(METRIC_HTTP_REQUESTS, 1);
     c->state = CS_BODY;
-    timer_arm(c, cfg->idle_timeout_ms);
+    timer_arm_request(c, cfg->idle_timeout_ms);
     c->method = llhttp_get_method(p);
     c->route = c->url_long ? ROUTE_NONE : route_parse(c->url, c->url_len);
+
+    /* RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400. */
+    if (!(c->once_seen & (1u << ONCE_HOST)) && p->http_major == 1 && p->http_minor >= 1) {
+        c->fatal_status = 400;
+        c->fatal_code = "bad_request";
+        c->fatal_msg = "an HTTP/1.1 request needs a Host header";
+        return HPE_USER;
+    }
 
     if (atomic_load_explicit(hl->draining, memory_order_relaxed)) {
         c->fatal_status = 503;
         c->fatal_code = "unavailable";
         c->fatal_msg = "shutting down";
+        return HPE_USER;
+    }
+    /* Transfer codings other than chunked are not implemented (a front proxy might decode
+     * them; we would read the coded bytes as the body). */
+    hdr_val_t *te = &c->hdr[H_TE];
+    if (te->seen && (te->overflow || te_is_chunked(te->buf, te->len) == false)) {
+        c->fatal_status = 400;
+        c->fatal_code = "bad_request";
+        c->fatal_msg = "Transfer-Encoding must be chunked";
         return HPE_USER;
     }
     /* Any request, whatever its route: a declared body over the limit is refused unread. */
@@ -823,8 +964,10 @@ static int on_headers_complete(llhttp_t *p)
 
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_cap) {
         size_t want = (size_t)p->content_length;
-        char *nb = realloc(c->body, want > 0 ? want : 1);
+        if (!body_mem_admit(hl, c->body_cap, want)) return refuse_body_memory(c);
+        char *nb = realloc(c->body, want);
         if (nb == NULL) {
+            body_mem_adjust(hl, want, c->body_cap);
             c->fatal_status = 503;
             c->fatal_code = "unavailable";
             c->fatal_msg = "out of memory";
@@ -856,8 +999,10 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         while (ncap < c->body_len + len)
             ncap *= 2;
         if (ncap > max) ncap = max;
+        if (!body_mem_admit(c->hl, c->body_cap, ncap)) return refuse_body_memory(c);
         char *nb = realloc(c->body, ncap);
         if (nb == NULL) {
+            body_mem_adjust(c->hl, ncap, c->body_cap);
             c->fatal_status = 503;
             c->fatal_code = "unavailable";
             c->fatal_msg = "out of memory";
@@ -1273,16 +1418,20 @@ static int keep_pending(http_conn_t *c, const char *data, size_t len, size_t con
     c->pending_off = 0;
     c->pending_len = rest;
     if (rest == 0) return 0;
-    /* The buffer holds at most one read (HTTP_READ_BUF): bounded per connection. */
+    /* The buffer holds at most one read (HTTP_READ_BUF): bounded per connection. It is
+     * charged to body_mem (already received: it is counted, never refused). */
     char *nb = realloc(c->pending, rest);
     if (nb == NULL) return -1;
+    body_mem_adjust(c->hl, c->pending_cap, rest);
     c->pending = nb;
+    c->pending_cap = rest;
     memcpy(c->pending, data + consumed, rest);
     return 0;
 }
 
 static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending)
 {
+    c->exec_data = data;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     if (err == HPE_OK) {
         if (from_pending) c->pending_off = c->pending_len = 0;
@@ -1303,6 +1452,8 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     if (c->fatal_status != 0) {
         LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status),
             LS("error", c->fatal_code));
+        if (c->fatal_status == 400) metrics_add(METRIC_HTTP_PARSE_ERRORS, 1);
+        c->keep_alive = false;
         c->linger = true;
         respond_error(c, c->fatal_status, c->fatal_code, c->fatal_msg,
                       c->fatal_status == 503 ? 5 : 0, true);
@@ -1332,7 +1483,8 @@ static void conn_next(http_conn_t *c)
 /* ---- loop-level API ---- */
 
 int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_ctx_t *ingest,
-                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns)
+                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns,
+                   atomic_size_t *body_mem)
 {
     uv_once(&http_settings_once, http_settings_init);
     memset(hl, 0, sizeof *hl);
@@ -1341,9 +1493,12 @@ int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_c
     hl->ingest = ingest;
     hl->draining = draining;
     hl->n_conns = n_conns;
+    hl->body_mem = body_mem;
     ingest_mailbox_init(&hl->mailbox, async);
     hl->readbuf = malloc(HTTP_READ_BUF);
     int rc = ingest_scratch_init(&hl->scratch, cfg);
+    /* The decompression buffer holds bodies too. */
+    body_mem_adjust(hl, 0, hl->scratch.plain_cap);
     return hl->readbuf != NULL && rc == 0 ? 0 : -1;
 }
 
@@ -1372,6 +1527,11 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener)
     uv_timer_init(hl->uv, &c->timer);
     c->open_handles = 2;
     llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
+    /* Strict RFC 9112 parsing (see http_conn.h): every leniency stays off. */
+    llhttp_set_lenient_headers(&c->parser, 0);
+    llhttp_set_lenient_chunked_length(&c->parser, 0);
+    llhttp_set_lenient_keep_alive(&c->parser, 0);
+    llhttp_set_lenient_transfer_encoding(&c->parser, 0);
     c->parser.data = c;
     c->next = hl->conns;
     if (hl->conns != NULL) hl->conns->prev = c;
@@ -1469,6 +1629,8 @@ void http_loop_free(http_loop_t *hl)
         r = next;
     }
     hl->reqs = NULL;
+    if (hl->body_mem != NULL) body_mem_adjust(hl, hl->scratch.plain_cap, 0);
+    hl->body_mem = NULL;
     ingest_scratch_free(&hl->scratch);
     free(hl->readbuf);
     hl->readbuf = NULL;

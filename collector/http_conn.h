@@ -7,9 +7,26 @@
  * are kept (at most one read buffer) and parsed after the answer has been written.
  *
  * Timers (one per connection): header_timeout from the first byte of a request (and for a fresh
- * connection) until its headers are complete; idle_timeout between requests and as body
- * inactivity; delivery_timeout while a request waits for Kafka — when it passes, the client is
- * answered 503 (Retry-After) and the connection goes on.
+ * connection) until its headers are complete (then the connection is closed: slowloris);
+ * request_timeout from the first byte until the body is complete, however slowly it trickles,
+ * with idle_timeout as body inactivity (either: 408 and close); idle_timeout between requests;
+ * delivery_timeout while a request waits for Kafka — when it passes, the client is answered 503
+ * (Retry-After) and the connection goes on; request_timeout again while an answer is being
+ * written (a client that does not read its answers is closed).
+ *
+ * Memory: answers are written one at a time (the next request is parsed only once the previous
+ * answer left), so at most one answer (and one "100 Continue") is queued for write per
+ * connection. Request bodies are charged to the process-wide body_mem counter (with the loops'
+ * decompression buffers) and bounded by limits.body_memory: a body that does not fit is refused
+ * with 503 + Retry-After before it is read (Content-Length) or as it grows (chunked). Bodies over
+ * 64 KiB may use only the first seven eighths, so a flood of large bodies leaves room for small
+ * ones. A connection keeps its body buffer (up to 64 KiB) between requests only while less than
+ * half of body_memory is in use.
+ *
+ * Parsing is strict (RFC 9112; llhttp built with LLHTTP_STRICT_MODE, every lenient flag off):
+ * anything a front proxy could read differently is 400 and close — a chunk not ended by CRLF, a
+ * header name with a space, an HTTP/1.1 request without Host, or a second Host, Authorization,
+ * Content-Type, Content-Encoding, Content-Length or Transfer-Encoding header.
  *
  * Everything here runs on the loop's thread, except the mailbox push of finished requests
  * (ingest.h). A request outlives its connection when the client leaves, or is answered by the
@@ -42,6 +59,7 @@ typedef struct http_loop {
     ingest_mailbox_t mailbox; /* finished requests come back here */
     atomic_bool *draining;    /* process-wide: shutting down, refuse new requests */
     atomic_uint *n_conns;     /* process-wide open connections, for max_connections */
+    atomic_size_t *body_mem;  /* process-wide body bytes held, for limits.body_memory */
     bool drained;             /* this loop already closed its idle connections */
     char *readbuf;            /* HTTP_READ_BUF bytes, shared by this loop's reads */
     http_conn_t *conns;       /* live connections */
@@ -49,9 +67,12 @@ typedef struct http_loop {
 } http_loop_t;
 
 /* Sets up hl for the loop uv. async is the loop's wake-up handle used by the mailbox. None of
- * the pointers is owned. Returns 0 or -1 (memory short; http_loop_free is then safe). */
+ * the pointers is owned; draining, n_conns and body_mem are shared by every loop of the process
+ * (the loop's decompression buffer is charged to body_mem here, and given back by
+ * http_loop_free). Returns 0 or -1 (memory short; http_loop_free is then safe). */
 int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_ctx_t *ingest,
-                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns);
+                   uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns,
+                   atomic_size_t *body_mem);
 
 /* Accepts one pending connection from listener (call from its connection callback). At the
  * connection cap, or while draining, the client gets 503 too_many_connections and is closed. */

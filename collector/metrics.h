@@ -22,6 +22,12 @@
     X(CONN_TIMEOUTS, "sluice_connection_timeouts_total",                                           \
       "connections closed by header/idle timeout")                                                 \
     X(CLIENT_ABORTS, "sluice_client_aborts_total", "clients that went away mid-request")           \
+    X(REQUEST_TIMEOUTS, "sluice_request_timeouts_total",                                           \
+      "requests answered 408: body not complete within limits.request_timeout")                    \
+    X(WRITE_TIMEOUTS, "sluice_write_timeouts_total",                                               \
+      "connections closed: answer not read within limits.request_timeout")                         \
+    X(BODY_MEMORY_REFUSED, "sluice_body_memory_refused_total",                                     \
+      "requests answered 503: their body did not fit in limits.body_memory")                       \
     X(BYTES_IN, "sluice_http_body_bytes_total", "request body bytes received (as sent)")           \
     X(DECOMPRESS_LIMIT, "sluice_decompress_limit_total",                                           \
       "bodies refused at the decompression limit")                                                 \

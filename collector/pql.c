@@ -1,5 +1,6 @@
 /*
- * pql.c — PQL counters, scoring and signals (contract and the metric definitions in pql.h).
+ * pql.c — PQL counters, scoring and signals (contract and the metric definitions in pql.h; the
+ * other files of the engine and what they share: pql_internal.h).
  *
  * Locking: shard->mu protects the shard's hash table, LRU list (and its walk cursor) and every
  * account in it; it is held for one account update, or by a worker walk (snapshot, sweep, top)
@@ -9,7 +10,7 @@
  * feeder thread (pql_submit), which is the only one to wait on a shard held by a walk.
  * Statistics are relaxed atomics.
  */
-#include "pql.h"
+#include "pql_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,21 +32,6 @@
 #include "metrics.h"
 #include "pql_hll.h"
 
-/* Shards: independent locks for concurrent feeders and readers. */
-#define PQL_SHARDS 256
-/* A worker walk (snapshot, sweep, top) holds a shard lock for at most PQL_WALK_STEPS accounts
- * (visited or skipped) and stops a hold early once the visited accounts' memory reaches
- * PQL_WALK_BYTES: an exact-mode account serializes in well under a microsecond, so a hold is a
- * few tens of microseconds; a sketch-mode account (~80 KiB) is alone in its hold, which then
- * costs about what one event's update of that account costs (a union rebuild). */
-#define PQL_WALK_STEPS 32
-#define PQL_WALK_BYTES (64 * 1024)
-#define PQL_SHARD_BITS 8
-#define PQL_SIGNAL_TOP 5
-#define PQL_MAX_SETS   (1 + CONFIG_PQL_MAX_RULES)
-#define DAY_MS         86400000LL
-#define NO_TIER        (-1)
-
 const char *pql_strerror(int err)
 {
     switch (err) {
@@ -60,118 +46,6 @@ const char *pql_strerror(int err)
 }
 
 /* ---- configuration compiled for the hot path ---- */
-
-typedef struct pql_rule {
-    int metric;
-    double at_least, min_recent;
-    uint32_t points;
-    uint32_t recent_b; /* velocity: recent period in buckets */
-    double periods;    /* velocity: periods of that length in the rest of the window */
-    int set;           /* count set (events, events_velocity, event_seen) */
-    int agg_recent;    /* velocity: index of its recent count in agg[] */
-    int uv;            /* users_velocity: index among the users_velocity rules */
-    const char *name;
-} pql_rule_t;
-
-/* An event-name list; set 0 (all events) has none. */
-typedef struct pql_set {
-    char **names;
-    size_t *lens;
-    size_t n;
-} pql_set_t;
-
-typedef struct pql_user {
-    uint64_t h;
-    uint32_t first, last; /* buckets */
-} pql_user_t;
-
-typedef struct pql_top {
-    uint64_t h;
-    uint32_t count;
-    uint8_t len;
-    char *id;
-} pql_top_t;
-
-typedef struct pql_sketch {
-    uint32_t built_head; /* the head the unions were built for (they depend on nothing else) */
-    uint32_t *day_of;    /* ring slot -> day it holds, UINT32_MAX empty */
-    pql_hll_t *days;     /* n_days ring, slot = day % n_days */
-    pql_hll_t *uni;      /* 1 + n_uv: [0] the window, [1+i] days before uv rule i's period */
-} pql_sketch_t;
-
-typedef struct pql_acct pql_acct_t;
-struct pql_acct {
-    pql_acct_t *hnext;
-    pql_acct_t *lprev, *lnext; /* shard LRU: head most recent */
-    uint64_t h;
-    uint32_t head;      /* newest bucket */
-    uint32_t *slots;    /* n_slots x stride: bucket, counts[n_sets] */
-    uint32_t *agg;      /* aggregates (pql_t.n_agg), in the same allocation as the account */
-    uint32_t *tier_sig; /* n_tiers: bucket + 1 of the last signal, 0 never */
-    pql_user_t *users;  /* exact mode */
-    pql_sketch_t *sk;   /* sketch mode (users == NULL) */
-    pql_top_t *top;
-    uint32_t score;
-    uint32_t bytes;
-    uint16_t n_slots, cap_slots, n_users, cap_users;
-    uint8_t n_top;
-    int8_t tier;
-    uint8_t walk_gen; /* the last worker walk that visited it (see shard_walk) */
-    uint8_t id_len;
-    char id[];
-};
-
-typedef struct pql_shard {
-    pthread_mutex_t mu;
-    pql_acct_t **tab;
-    size_t cap, n, max;
-    pql_acct_t *lru_head, *lru_tail;
-    pql_acct_t *cursor; /* a walk's next account (towards lru_head), kept valid by lru_unlink */
-} pql_shard_t;
-
-/* Records handed over by pql_submit: a lock-free stack (push CAS, take-all exchange). */
-typedef struct pql_batch {
-    base_snode_t node; /* first: a taken node is its batch */
-    int64_t now_ms;
-    size_t len;
-    char *data;
-} pql_batch_t;
-
-struct pql {
-    pql_signal_cb cb;
-    void *ud;
-    uint32_t bucket_ms, window_b, late_b, day_b, n_days;
-    size_t n_rules, n_tiers, n_sets, n_uv, stride, n_agg;
-    size_t agg_days, agg_users;
-    size_t n_ev;                            /* events_velocity rules */
-    uint8_t ev_rules[CONFIG_PQL_MAX_RULES]; /* their indices */
-    uint8_t uv_rules[CONFIG_PQL_MAX_RULES]; /* users_velocity rules, by uv index */
-    pql_rule_t rules[CONFIG_PQL_MAX_RULES];
-    pql_set_t sets[PQL_MAX_SETS];
-    char *tier_names[CONFIG_PQL_MAX_TIERS];
-    uint32_t tier_th[CONFIG_PQL_MAX_TIERS];
-    char *rule_names[CONFIG_PQL_MAX_RULES];
-    uint64_t fingerprint;
-    pql_shard_t shards[PQL_SHARDS];
-    _Atomic uint64_t n_accounts, bytes, evictions, expired, late, signals;
-    _Atomic uint64_t by_tier[CONFIG_PQL_MAX_TIERS];
-    char metric_names[CONFIG_PQL_MAX_TIERS][96];
-    /* Worker walks: one at a time (walk_mu, never taken by a loop thread). */
-    pthread_mutex_t walk_mu;
-    _Atomic uint32_t walk_gen;
-    _Atomic uint64_t walk_holds, walk_max_steps; /* tests: every hold bounded */
-    void (*walk_hook)(void *ud);                 /* tests: runs between two holds, no lock held */
-    void *walk_hook_ud;
-    /* The feeder thread (pql_feeder_start). */
-    base_stack_t inbox;
-    _Atomic uint64_t q_bytes, q_dropped;
-    uint64_t q_max;
-    sem_t q_sem;
-    atomic_bool q_stop;
-    bool feeder_on;
-    bool orphaned; /* a saver stop timed out: its tick may still use p, never freed */
-    pthread_t feeder;
-};
 
 static bool set_equal(const config_pql_rule_t *r, const pql_set_t *s)
 {
@@ -375,7 +249,7 @@ static uint32_t acct_bytes(const pql_t *p, const pql_acct_t *a)
 }
 
 /* Re-measures a, moving the global figure by the difference. */
-static void acct_remeasure(pql_t *p, pql_acct_t *a)
+void pql__acct_remeasure(pql_t *p, pql_acct_t *a)
 {
     uint32_t nb = acct_bytes(p, a);
     if (nb >= a->bytes)
@@ -408,14 +282,14 @@ static void lru_front(pql_shard_t *sh, pql_acct_t *a)
     if (sh->lru_tail == NULL) sh->lru_tail = a;
 }
 
-static pql_acct_t *acct_find(pql_shard_t *sh, uint64_t h, const char *id, size_t len)
+pql_acct_t *pql__acct_find(pql_shard_t *sh, uint64_t h, const char *id, size_t len)
 {
     for (pql_acct_t *a = sh->tab[(h >> PQL_SHARD_BITS) & (sh->cap - 1)]; a != NULL; a = a->hnext)
         if (a->h == h && a->id_len == len && memcmp(a->id, id, len) == 0) return a;
     return NULL;
 }
 
-static void acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a)
+void pql__acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a)
 {
     pql_acct_t **pp = &sh->tab[(a->h >> PQL_SHARD_BITS) & (sh->cap - 1)];
     while (*pp != a)
@@ -448,10 +322,10 @@ static void shard_grow(pql_shard_t *sh)
     sh->cap = ncap;
 }
 
-static pql_acct_t *acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char *id, size_t len)
+pql_acct_t *pql__acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char *id, size_t len)
 {
     if (sh->n >= sh->max && sh->lru_tail != NULL) {
-        acct_remove(p, sh, sh->lru_tail);
+        pql__acct_remove(p, sh, sh->lru_tail);
         atomic_fetch_add_explicit(&p->evictions, 1, memory_order_relaxed);
     }
     /* One allocation: header, id, then the aggregates (4-byte aligned): one cache miss less
@@ -473,13 +347,13 @@ static pql_acct_t *acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char
     lru_front(sh, a);
     sh->n++;
     atomic_fetch_add_explicit(&p->n_accounts, 1, memory_order_relaxed);
-    acct_remeasure(p, a);
+    pql__acct_remeasure(p, a);
     return a;
 }
 
 /* ---- per-account counters ---- */
 
-static uint32_t *slot_at(const pql_t *p, const pql_acct_t *a, size_t i)
+uint32_t *pql__slot_at(const pql_t *p, const pql_acct_t *a, size_t i)
 {
     return a->slots + i * p->stride;
 }
@@ -488,15 +362,15 @@ static uint32_t *slot_at(const pql_t *p, const pql_acct_t *a, size_t i)
 static uint32_t *slot_get(pql_t *p, pql_acct_t *a, uint32_t b)
 {
     size_t lo = 0, hi = a->n_slots;
-    if (hi > 0 && slot_at(p, a, hi - 1)[0] == b) return slot_at(p, a, hi - 1);
+    if (hi > 0 && pql__slot_at(p, a, hi - 1)[0] == b) return pql__slot_at(p, a, hi - 1);
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (slot_at(p, a, mid)[0] < b)
+        if (pql__slot_at(p, a, mid)[0] < b)
             lo = mid + 1;
         else
             hi = mid;
     }
-    if (lo < a->n_slots && slot_at(p, a, lo)[0] == b) return slot_at(p, a, lo);
+    if (lo < a->n_slots && pql__slot_at(p, a, lo)[0] == b) return pql__slot_at(p, a, lo);
     if (a->n_slots == UINT16_MAX) return NULL;
     if (a->n_slots == a->cap_slots) {
         size_t ncap = a->cap_slots < 2 ? 2 : (size_t)a->cap_slots * 2;
@@ -506,7 +380,7 @@ static uint32_t *slot_get(pql_t *p, pql_acct_t *a, uint32_t b)
         a->slots = ns;
         a->cap_slots = (uint16_t)ncap;
     }
-    uint32_t *s = slot_at(p, a, lo);
+    uint32_t *s = pql__slot_at(p, a, lo);
     memmove(s + p->stride, s, (a->n_slots - lo) * p->stride * sizeof *s);
     memset(s, 0, p->stride * sizeof *s);
     s[0] = b;
@@ -595,7 +469,7 @@ static void sketch_add(pql_t *p, pql_acct_t *a, uint64_t uh, uint32_t b)
 }
 
 /* Exact users -> sketches, once the account has more than PQL_EXACT_USERS. */
-static int to_sketch(pql_t *p, pql_acct_t *a)
+int pql__to_sketch(pql_t *p, pql_acct_t *a)
 {
     pql_sketch_t *sk = calloc(1, sizeof *sk);
     if (sk == NULL) return PQL_E_NOMEM;
@@ -632,20 +506,20 @@ static int to_sketch(pql_t *p, pql_acct_t *a)
 }
 
 /* Recomputes every aggregate of a from its buckets and users, dropping what left the window. */
-static void recompute(pql_t *p, pql_acct_t *a)
+void pql__recompute(pql_t *p, pql_acct_t *a)
 {
     uint32_t ws = window_start(p, a->head);
     size_t keep = 0;
-    while (keep < a->n_slots && slot_at(p, a, keep)[0] < ws)
+    while (keep < a->n_slots && pql__slot_at(p, a, keep)[0] < ws)
         keep++;
     if (keep > 0) {
-        memmove(a->slots, slot_at(p, a, keep), (a->n_slots - keep) * p->stride * 4);
+        memmove(a->slots, pql__slot_at(p, a, keep), (a->n_slots - keep) * p->stride * 4);
         a->n_slots = (uint16_t)(a->n_slots - keep);
     }
     memset(a->agg, 0, p->n_agg * sizeof *a->agg);
     uint32_t last_day = UINT32_MAX;
     for (size_t i = 0; i < a->n_slots; i++) {
-        const uint32_t *s = slot_at(p, a, i);
+        const uint32_t *s = pql__slot_at(p, a, i);
         for (size_t k = 0; k < p->n_sets; k++)
             a->agg[k] += s[1 + k];
         uint32_t d = day_of_bucket(p, s[0]);
@@ -656,8 +530,8 @@ static void recompute(pql_t *p, pql_acct_t *a)
     for (size_t v = 0; v < p->n_ev; v++) {
         const pql_rule_t *ru = &p->rules[p->ev_rules[v]];
         uint32_t rs = recent_start(a->head, ru->recent_b);
-        for (size_t i = a->n_slots; i > 0 && slot_at(p, a, i - 1)[0] >= rs; i--)
-            a->agg[ru->agg_recent] += slot_at(p, a, i - 1)[1 + ru->set];
+        for (size_t i = a->n_slots; i > 0 && pql__slot_at(p, a, i - 1)[0] >= rs; i--)
+            a->agg[ru->agg_recent] += pql__slot_at(p, a, i - 1)[1 + ru->set];
     }
     if (a->users != NULL || a->sk == NULL) {
         size_t n = 0;
@@ -682,7 +556,7 @@ static void recompute(pql_t *p, pql_acct_t *a)
 }
 
 /* Sketch-mode user figures, computed when read (O(1) each). */
-static double users_active(const pql_t *p, const pql_acct_t *a)
+double pql__users_active(const pql_t *p, const pql_acct_t *a)
 {
     if (a->sk == NULL) return a->agg[p->agg_users];
     return floor(pql_hll_estimate(&a->sk->uni[0]) + 0.5);
@@ -709,7 +583,7 @@ static double rule_value(const pql_t *p, const pql_acct_t *a, const pql_rule_t *
     double rec, rest;
     switch (ru->metric) {
     case CONFIG_PQL_ACTIVE_USERS:
-        return users_active(p, a);
+        return pql__users_active(p, a);
     case CONFIG_PQL_EVENTS:
         return a->agg[ru->set];
     case CONFIG_PQL_ACTIVE_DAYS:
@@ -743,7 +617,7 @@ static bool rule_holds(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru
     return true;
 }
 
-static uint32_t score_of(const pql_t *p, const pql_acct_t *a)
+uint32_t pql__score_of(const pql_t *p, const pql_acct_t *a)
 {
     uint32_t s = 0;
     for (size_t r = 0; r < p->n_rules; r++)
@@ -759,7 +633,7 @@ static int tier_of(const pql_t *p, uint32_t score)
 }
 
 /* Space-saving top users. Returns true when the list's memory changed. */
-static bool top_touch(pql_acct_t *a, uint64_t uh, const char *user, size_t len)
+bool pql__top_touch(pql_acct_t *a, uint64_t uh, const char *user, size_t len)
 {
     /* Users are told apart by their 64-bit hash, as in the distinct-user set (a collision,
      * ~n^2/2^65, would merge two users); the id is read only to report it. */
@@ -809,7 +683,7 @@ static size_t top_order(const pql_acct_t *a, uint8_t *idx, size_t k)
     return n;
 }
 
-static json_t *rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding)
+json_t *pql__rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding)
 {
     json_t *arr = json_array();
     for (size_t r = 0; r < p->n_rules && arr != NULL; r++) {
@@ -825,7 +699,7 @@ static json_t *rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding
     return arr;
 }
 
-static json_t *users_json(const pql_acct_t *a, size_t k)
+json_t *pql__users_json(const pql_acct_t *a, size_t k)
 {
     uint8_t idx[PQL_TOP_USERS];
     size_t n = top_order(a, idx, k);
@@ -903,7 +777,7 @@ static char *signal_json(const pql_t *p, const pql_sig_t *sg, const pql_event_t 
 static bool evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, pql_sig_t *sg)
 {
     int prev = a->tier;
-    a->score = score_of(p, a);
+    a->score = pql__score_of(p, a);
     a->tier = (int8_t)tier_of(p, a->score);
     /* Only an event raises a signal (a sweep only moves time forward). */
     if (ev == NULL || sg == NULL || a->tier == NO_TIER || (prev != NO_TIER && a->tier >= prev))
@@ -921,7 +795,7 @@ static bool evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, pql_sig_t *
     return true;
 }
 
-static pql_shard_t *shard_of(pql_t *p, uint64_t h)
+pql_shard_t *pql__shard_of(pql_t *p, uint64_t h)
 {
     return &p->shards[h & (PQL_SHARDS - 1)];
 }
@@ -935,15 +809,15 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
     uint64_t uh = XXH3_64bits(ev->user, ev->user_len);
     uint64_t sets = sets_of(p, ev->event, ev->event_len);
     uint32_t b = (uint32_t)((uint64_t)ev->ts_ms / p->bucket_ms);
-    pql_shard_t *sh = shard_of(p, ah);
+    pql_shard_t *sh = pql__shard_of(p, ah);
     pql_sig_t sg;
     bool sig = false;
     int rc = PQL_OK;
 
     pthread_mutex_lock(&sh->mu);
-    pql_acct_t *a = acct_find(sh, ah, ev->account, ev->account_len);
+    pql_acct_t *a = pql__acct_find(sh, ah, ev->account, ev->account_len);
     if (a == NULL) {
-        a = acct_create(p, sh, ah, ev->account, ev->account_len);
+        a = pql__acct_create(p, sh, ah, ev->account, ev->account_len);
         if (a == NULL) {
             pthread_mutex_unlock(&sh->mu);
             return PQL_E_NOMEM;
@@ -958,7 +832,7 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
         atomic_fetch_add_explicit(&p->late, 1, memory_order_relaxed);
         return PQL_E_LATE;
     }
-    bool slow = b != a->head || a->n_slots == 0 || slot_at(p, a, a->n_slots - 1)[0] != b;
+    bool slow = b != a->head || a->n_slots == 0 || pql__slot_at(p, a, a->n_slots - 1)[0] != b;
     bool grew = false; /* memory changes only on the paths that set it */
     if (b > a->head) a->head = b;
     uint32_t *s = slot_get(p, a, b);
@@ -1010,7 +884,7 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
                     a->agg[p->rules[p->uv_rules[v]].agg_recent]++;
             }
         } else {
-            if (to_sketch(p, a) != PQL_OK) {
+            if (pql__to_sketch(p, a) != PQL_OK) {
                 rc = PQL_E_NOMEM;
                 goto out;
             }
@@ -1020,12 +894,12 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
     } else {
         sketch_add(p, a, uh, b);
     }
-    grew |= top_touch(a, uh, ev->user, ev->user_len);
-    if (slow) recompute(p, a);
+    grew |= pql__top_touch(a, uh, ev->user, ev->user_len);
+    if (slow) pql__recompute(p, a);
     sig = evaluate(p, a, ev, &sg);
 out:
-    if (rc != PQL_OK && slow) recompute(p, a); /* keep the aggregates true to the buckets */
-    if (slow || grew || rc != PQL_OK) acct_remeasure(p, a);
+    if (rc != PQL_OK && slow) pql__recompute(p, a); /* keep the aggregates true to the buckets */
+    if (slow || grew || rc != PQL_OK) pql__acct_remeasure(p, a);
     pthread_mutex_unlock(&sh->mu);
     if (sig && p->cb != NULL) {
         size_t jlen = 0;
@@ -1093,160 +967,7 @@ void pql_feed_records(pql_t *p, const char *buf, size_t len, int64_t now_ms)
     }
 }
 
-/* ---- the feeder thread (pql_submit) ---- */
-
-static uint64_t records_count(const char *buf, size_t len)
-{
-    uint64_t n = 0;
-    size_t off = 0;
-    while (off + PQL_RECORD_HEAD <= len) {
-        const unsigned char *h = (const unsigned char *)buf + off;
-        off += PQL_RECORD_HEAD + (size_t)h[0] + h[1] + h[2] + h[4];
-        n++;
-    }
-    return n;
-}
-
-int pql_submit(pql_t *p, base_buf_t *rec, int64_t now_ms)
-{
-    if (rec->len == 0) return PQL_OK;
-    if (!p->feeder_on) {
-        pql_feed_records(p, rec->data, rec->len, now_ms);
-        return PQL_OK;
-    }
-    uint64_t len = rec->len;
-    uint64_t q = atomic_fetch_add_explicit(&p->q_bytes, len, memory_order_relaxed) + len;
-    pql_batch_t *b = q <= p->q_max ? malloc(sizeof *b) : NULL;
-    if (b == NULL) {
-        atomic_fetch_sub_explicit(&p->q_bytes, len, memory_order_relaxed);
-        atomic_fetch_add_explicit(&p->q_dropped, records_count(rec->data, rec->len),
-                                  memory_order_relaxed);
-        return q <= p->q_max ? PQL_E_NOMEM : PQL_E_FULL;
-    }
-    b->data = rec->data;
-    b->len = rec->len;
-    b->now_ms = now_ms;
-    rec->data = NULL;
-    rec->len = rec->cap = 0;
-    /* b belongs to the feeder once pushed: only the local head is read after the CAS. */
-    /* b belongs to the feeder once pushed. Only the push onto an empty stack wakes the feeder:
-     * it takes everything at once. */
-    if (base_stack_push(&p->inbox, &b->node)) sem_post(&p->q_sem);
-    return PQL_OK;
-}
-
-/* Feeds a taken stack (base_stack_take: submission order) and frees it. */
-static void inbox_drain(pql_t *p, base_snode_t *n)
-{
-    while (n != NULL) {
-        pql_batch_t *b = (pql_batch_t *)n;
-        n = n->next;
-        pql_feed_records(p, b->data, b->len, b->now_ms);
-        atomic_fetch_sub_explicit(&p->q_bytes, b->len, memory_order_relaxed);
-        free(b->data);
-        free(b);
-    }
-}
-
-static void *inbox_thread_main(void *arg)
-{
-    pql_t *p = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    for (;;) {
-        while (sem_wait(&p->q_sem) != 0 && errno == EINTR) {
-        }
-        bool stop = atomic_load_explicit(&p->q_stop, memory_order_acquire);
-        inbox_drain(p, base_stack_take(&p->inbox));
-        if (stop) break;
-    }
-    return NULL;
-}
-
-int pql_feeder_start(pql_t *p, uint64_t max_bytes)
-{
-    if (p->feeder_on) return PQL_E_INVALID;
-    p->q_max = max_bytes;
-    atomic_store(&p->q_stop, false);
-    if (sem_init(&p->q_sem, 0, 0) != 0) return PQL_E_THREAD;
-    if (pthread_create(&p->feeder, NULL, inbox_thread_main, p) != 0) {
-        sem_destroy(&p->q_sem);
-        return PQL_E_THREAD;
-    }
-    p->feeder_on = true;
-    return PQL_OK;
-}
-
-void pql_feeder_stop(pql_t *p)
-{
-    if (p == NULL || !p->feeder_on) return;
-    atomic_store_explicit(&p->q_stop, true, memory_order_release);
-    sem_post(&p->q_sem);
-    pthread_join(p->feeder, NULL);
-    /* Anything pushed after the feeder's last take (a caller breaking the contract) is fed
-     * here rather than leaked. */
-    inbox_drain(p, base_stack_take(&p->inbox));
-    sem_destroy(&p->q_sem);
-    p->feeder_on = false;
-}
-
-/* ---- reading ---- */
-
-static json_t *acct_json(const pql_t *p, const pql_acct_t *a)
-{
-    json_t *o = json_object();
-    if (o == NULL) return NULL;
-    json_object_set_new(o, "accountId", json_stringn(a->id, a->id_len));
-    json_object_set_new(o, "score", json_integer(a->score));
-    json_object_set_new(o, "tier",
-                        a->tier == NO_TIER ? json_null() : json_string(p->tier_names[a->tier]));
-    char when[96];
-    base_iso8601_format((int64_t)a->head * p->bucket_ms, when);
-    json_object_set_new(o, "lastBucket", json_string(when));
-    json_t *c = json_object();
-    if (c != NULL) {
-        json_object_set_new(c, "events", json_integer(a->agg[0]));
-        json_object_set_new(c, "activeUsers", json_integer((json_int_t)users_active(p, a)));
-        json_object_set_new(c, "activeDays", json_integer(a->agg[p->agg_days]));
-        json_object_set_new(c, "usersExact", json_boolean(a->sk == NULL));
-        json_object_set_new(o, "counters", c);
-    }
-    json_object_set_new(o, "rules", rules_json(p, a, false));
-    json_object_set_new(o, "userIds", users_json(a, PQL_SIGNAL_TOP));
-    return o;
-}
-
-static int dump_into(json_t *o, base_buf_t *out)
-{
-    if (o == NULL) return PQL_E_NOMEM;
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (s == NULL) return PQL_E_NOMEM;
-    int brc = base_buf_append(out, s, strlen(s));
-    int rc = brc == BASE_OK ? PQL_OK : brc == BASE_E_TOO_LARGE ? PQL_E_TOO_LARGE : PQL_E_NOMEM;
-    free(s);
-    return rc;
-}
-
-int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, base_buf_t *out)
-{
-    (void)now_ms;
-    if (len == 0 || len > 255) return PQL_E_NOTFOUND;
-    uint64_t h = XXH3_64bits(id, len);
-    pql_shard_t *sh = shard_of(p, h);
-    pthread_mutex_lock(&sh->mu);
-    pql_acct_t *a = acct_find(sh, h, id, len);
-    json_t *o = a != NULL ? acct_json(p, a) : NULL;
-    pthread_mutex_unlock(&sh->mu);
-    if (a == NULL) return PQL_E_NOTFOUND;
-    return dump_into(o, out);
-}
-
 /* ---- worker walks ---- */
-
-typedef void (*walk_visit_fn)(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud);
-typedef void (*walk_flush_fn)(pql_t *p, void *ud);
 
 /*
  * One walk over the accounts present when it starts, shard by shard, from the least recently
@@ -1258,7 +979,7 @@ typedef void (*walk_flush_fn)(pql_t *p, void *ud);
  * every step moves the cursor one account towards the LRU head, and only accounts moved to the
  * front during the walk are met a second time (and skipped). Walks run one at a time (walk_mu).
  */
-static void walk_all(pql_t *p, walk_visit_fn visit, walk_flush_fn flush, void *ud)
+void pql__walk_all(pql_t *p, walk_visit_fn visit, walk_flush_fn flush, void *ud)
 {
     pthread_mutex_lock(&p->walk_mu);
     uint8_t gen = (uint8_t)(atomic_fetch_add_explicit(&p->walk_gen, 1, memory_order_relaxed) + 1);
@@ -1292,91 +1013,6 @@ static void walk_all(pql_t *p, walk_visit_fn visit, walk_flush_fn flush, void *u
     pthread_mutex_unlock(&p->walk_mu);
 }
 
-typedef struct top_ent {
-    uint32_t score;
-    uint8_t len;
-    char id[256];
-} top_ent_t;
-
-/* The n best so far: a min-heap on score (best[0] the weakest). */
-typedef struct top_walk {
-    top_ent_t *best;
-    size_t n, have;
-} top_walk_t;
-
-static void heap_down(top_ent_t *h, size_t n, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        if (l < n && h[l].score < h[m].score) m = l;
-        if (l + 1 < n && h[l + 1].score < h[m].score) m = l + 1;
-        if (m == i) return;
-        top_ent_t t = h[i];
-        h[i] = h[m];
-        h[m] = t;
-        i = m;
-    }
-}
-
-static void top_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
-{
-    (void)p;
-    (void)sh;
-    top_walk_t *t = ud;
-    top_ent_t e;
-    if (t->have == t->n && a->score <= t->best[0].score) return;
-    e.score = a->score;
-    e.len = a->id_len;
-    memcpy(e.id, a->id, a->id_len);
-    if (t->have < t->n) {
-        size_t i = t->have++;
-        t->best[i] = e;
-        while (i > 0 && t->best[(i - 1) / 2].score > t->best[i].score) {
-            top_ent_t x = t->best[i];
-            t->best[i] = t->best[(i - 1) / 2];
-            t->best[(i - 1) / 2] = x;
-            i = (i - 1) / 2;
-        }
-    } else {
-        t->best[0] = e;
-        heap_down(t->best, t->n, 0);
-    }
-}
-
-int pql_top_json(pql_t *p, size_t n, base_buf_t *out)
-{
-    if (n < 1) n = 1;
-    if (n > PQL_TOP_MAX) n = PQL_TOP_MAX;
-    top_walk_t t = {calloc(n, sizeof(top_ent_t)), n, 0};
-    if (t.best == NULL) return PQL_E_NOMEM;
-    walk_all(p, top_visit, NULL, &t);
-    /* Pop the heap: weakest first, so fill from the back for best first. */
-    size_t have = t.have;
-    for (size_t k = have; k > 1; k--) {
-        top_ent_t x = t.best[0];
-        t.best[0] = t.best[k - 1];
-        t.best[k - 1] = x;
-        heap_down(t.best, k - 1, 0);
-    }
-    /* best[] is now in descending score order. Each account rendered under its own lock. */
-    json_t *arr = json_array();
-    for (size_t i = 0; i < have && arr != NULL; i++) {
-        uint64_t h = XXH3_64bits(t.best[i].id, t.best[i].len);
-        pql_shard_t *sh = shard_of(p, h);
-        pthread_mutex_lock(&sh->mu);
-        pql_acct_t *a = acct_find(sh, h, t.best[i].id, t.best[i].len);
-        if (a != NULL) json_array_append_new(arr, acct_json(p, a));
-        pthread_mutex_unlock(&sh->mu);
-    }
-    free(t.best);
-    json_t *o = json_object();
-    if (o != NULL)
-        json_object_set_new(o, "accounts", arr);
-    else
-        json_decref(arr);
-    return dump_into(o, out);
-}
-
 typedef struct sweep_walk {
     uint32_t now_b;
     size_t expired;
@@ -1387,332 +1023,22 @@ static void sweep_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
     sweep_walk_t *w = ud;
     if (a->head >= w->now_b) return;
     a->head = w->now_b;
-    recompute(p, a);
+    pql__recompute(p, a);
     if (a->n_slots == 0) {
-        acct_remove(p, sh, a);
+        pql__acct_remove(p, sh, a);
         w->expired++;
     } else {
         (void)evaluate(p, a, NULL, NULL); /* a fall: no signal */
-        acct_remeasure(p, a);
+        pql__acct_remeasure(p, a);
     }
 }
 
 size_t pql_sweep(pql_t *p, int64_t now_ms)
 {
     sweep_walk_t w = {(uint32_t)((uint64_t)(now_ms < 0 ? 0 : now_ms) / p->bucket_ms), 0};
-    walk_all(p, sweep_visit, NULL, &w);
+    pql__walk_all(p, sweep_visit, NULL, &w);
     atomic_fetch_add_explicit(&p->expired, w.expired, memory_order_relaxed);
     return w.expired;
-}
-
-/* ---- snapshot ---- */
-
-#define SNAP_MAGIC   "SLPQLSN1"
-#define SNAP_VERSION 1u
-
-/* The serialized accounts of one walk chunk wait in a base_buf_t (capped: a chunk holds at most
- * PQL_WALK_STEPS accounts, each far below the cap) until snap_flush hands them to the file.
- * Appends are sticky: the first failure is kept in wbuf_t.rc and later appends do nothing. */
-#define SNAP_BUF_MAX ((size_t)256 * 1024 * 1024)
-
-typedef struct wbuf {
-    base_buf_t b;
-    int rc; /* BASE_OK or the first append's error */
-} wbuf_t;
-
-static void wb_put(wbuf_t *w, const void *src, size_t n)
-{
-    if (w->rc == BASE_OK) w->rc = base_buf_append(&w->b, src, n);
-}
-
-static void acct_serialize(const pql_t *p, const pql_acct_t *a, wbuf_t *w)
-{
-    uint8_t flags = (a->sk != NULL) | (a->tier_sig != NULL) << 1;
-    wb_put(w, &a->id_len, 1);
-    wb_put(w, a->id, a->id_len);
-    wb_put(w, &flags, 1);
-    wb_put(w, &a->head, 4);
-    wb_put(w, &a->n_slots, 2);
-    wb_put(w, a->slots, (size_t)a->n_slots * p->stride * 4);
-    wb_put(w, &a->n_users, 2);
-    wb_put(w, a->users, (size_t)a->n_users * sizeof(pql_user_t));
-    if (a->sk != NULL) {
-        wb_put(w, a->sk->day_of, p->n_days * 4);
-        for (uint32_t i = 0; i < p->n_days; i++)
-            if (a->sk->day_of[i] != UINT32_MAX) wb_put(w, a->sk->days[i].reg, PQL_HLL_M);
-    }
-    if (a->tier_sig != NULL) wb_put(w, a->tier_sig, p->n_tiers * 4);
-    int8_t tier = a->tier;
-    wb_put(w, &tier, 1);
-    wb_put(w, &a->n_top, 1);
-    for (uint8_t i = 0; i < a->n_top; i++) {
-        wb_put(w, &a->top[i].len, 1);
-        wb_put(w, a->top[i].id, a->top[i].len);
-        wb_put(w, &a->top[i].count, 4);
-    }
-}
-
-typedef struct snap_walk {
-    wbuf_t *w;
-    XXH64_state_t *xs;
-    base_afile_t *f;
-    int rc;
-    uint64_t total;
-} snap_walk_t;
-
-/* Serialized under the shard lock (memory only); written by snap_flush without it. */
-static void snap_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
-{
-    (void)sh;
-    snap_walk_t *sw = ud;
-    if (sw->rc != PQL_OK) return; /* the walk still ends normally; the file is dropped */
-    uint8_t mark = 1;
-    wb_put(sw->w, &mark, 1);
-    acct_serialize(p, a, sw->w);
-    sw->total++;
-}
-
-#define SNAP_FLUSH_BYTES (1024 * 1024)
-
-static void snap_flush_now(snap_walk_t *sw)
-{
-    if (sw->rc != PQL_OK) return;
-    if (sw->w->rc != BASE_OK) {
-        sw->rc = sw->w->rc == BASE_E_TOO_LARGE ? PQL_E_TOO_LARGE : PQL_E_NOMEM;
-        return;
-    }
-    XXH64_update(sw->xs, sw->w->b.data, sw->w->b.len);
-    if (base_afile_write(sw->f, sw->w->b.data, sw->w->b.len) != BASE_OK) sw->rc = PQL_E_IO;
-    base_buf_reset(&sw->w->b);
-}
-
-static void snap_flush(pql_t *p, void *ud)
-{
-    (void)p;
-    snap_walk_t *sw = ud;
-    if (sw->w->b.len >= SNAP_FLUSH_BYTES || sw->w->rc != BASE_OK) snap_flush_now(sw);
-}
-
-int pql_snapshot_write(pql_t *p, const char *path)
-{
-    XXH64_state_t *xs = XXH64_createState();
-    if (xs == NULL) return PQL_E_NOMEM;
-    base_afile_t f;
-    int frc = base_afile_open(&f, path, 0644);
-    if (frc != BASE_OK) {
-        XXH64_freeState(xs);
-        return frc == BASE_E_NOMEM ? PQL_E_NOMEM : frc == BASE_E_INVAL ? PQL_E_INVALID : PQL_E_IO;
-    }
-    XXH64_reset(xs, 0);
-    wbuf_t w = {.rc = BASE_OK};
-    base_buf_init(&w.b, SNAP_BUF_MAX);
-    uint32_t ver = SNAP_VERSION;
-    wb_put(&w, SNAP_MAGIC, 8);
-    wb_put(&w, &ver, 4);
-    wb_put(&w, &p->fingerprint, 8);
-    snap_walk_t sw = {&w, xs, &f, PQL_OK, 0};
-    walk_all(p, snap_visit, snap_flush, &sw);
-    int rc = sw.rc;
-    uint64_t total = sw.total;
-    if (rc == PQL_OK) {
-        snap_flush_now(&sw);
-        rc = sw.rc;
-    }
-    if (rc == PQL_OK) {
-        uint8_t end = 0;
-        wb_put(&w, &end, 1);
-        wb_put(&w, &total, 8);
-        if (w.rc == BASE_OK) XXH64_update(xs, w.b.data, w.b.len);
-        uint64_t sum = XXH64_digest(xs);
-        wb_put(&w, &sum, 8);
-        if (w.rc != BASE_OK)
-            rc = PQL_E_NOMEM;
-        else if (base_afile_write(&f, w.b.data, w.b.len) != BASE_OK)
-            rc = PQL_E_IO;
-    }
-    base_buf_free(&w.b);
-    XXH64_freeState(xs);
-    if (rc != PQL_OK) {
-        base_afile_abort(&f);
-        return rc;
-    }
-    return base_afile_commit(&f) == BASE_OK ? PQL_OK : PQL_E_IO;
-}
-
-typedef struct rbuf {
-    const unsigned char *d;
-    size_t len, off;
-    bool bad;
-} rbuf_t;
-
-static void rb_get(rbuf_t *r, void *dst, size_t n)
-{
-    if (r->bad || r->len - r->off < n) {
-        r->bad = true;
-        memset(dst, 0, n);
-        return;
-    }
-    memcpy(dst, r->d + r->off, n);
-    r->off += n;
-}
-
-static void clear_all(pql_t *p)
-{
-    for (size_t s = 0; s < PQL_SHARDS; s++) {
-        pql_shard_t *sh = &p->shards[s];
-        pthread_mutex_lock(&sh->mu);
-        while (sh->lru_head != NULL)
-            acct_remove(p, sh, sh->lru_head);
-        pthread_mutex_unlock(&sh->mu);
-    }
-}
-
-/* One account from r into the tracker. Returns false on a malformed record. */
-static bool acct_restore(pql_t *p, rbuf_t *r)
-{
-    uint8_t len = 0, flags = 0;
-    char id[256];
-    rb_get(r, &len, 1);
-    rb_get(r, id, len);
-    rb_get(r, &flags, 1);
-    if (r->bad || len == 0) return false;
-    uint64_t h = XXH3_64bits(id, len);
-    pql_shard_t *sh = shard_of(p, h);
-    pthread_mutex_lock(&sh->mu);
-    bool ok = false;
-    pql_acct_t *a = acct_find(sh, h, id, len) == NULL ? acct_create(p, sh, h, id, len) : NULL;
-    if (a == NULL) goto out;
-    rb_get(r, &a->head, 4);
-    uint16_t n = 0;
-    rb_get(r, &n, 2);
-    if (n > 0 && !r->bad) {
-        a->slots = malloc((size_t)n * p->stride * 4);
-        if (a->slots == NULL) goto out;
-        a->cap_slots = a->n_slots = n;
-        rb_get(r, a->slots, (size_t)n * p->stride * 4);
-    }
-    rb_get(r, &n, 2);
-    if (n > PQL_EXACT_USERS) r->bad = true;
-    if (n > 0 && !r->bad) {
-        a->users = malloc((size_t)n * sizeof(pql_user_t));
-        if (a->users == NULL) goto out;
-        a->cap_users = a->n_users = n;
-        rb_get(r, a->users, (size_t)n * sizeof(pql_user_t));
-    }
-    if ((flags & 1) && !r->bad) {
-        if (to_sketch(p, a) != PQL_OK) goto out;
-        rb_get(r, a->sk->day_of, p->n_days * 4);
-        for (uint32_t i = 0; i < p->n_days && !r->bad; i++) {
-            pql_hll_clear(&a->sk->days[i]);
-            if (a->sk->day_of[i] == UINT32_MAX) continue;
-            uint8_t reg[PQL_HLL_M];
-            rb_get(r, reg, PQL_HLL_M);
-            for (uint32_t j = 0; j < PQL_HLL_M; j++)
-                pql_hll_set(&a->sk->days[i], j, reg[j] > PQL_RHO_MAX ? PQL_RHO_MAX : reg[j]);
-        }
-        a->sk->built_head = a->head + 1; /* the unions are rebuilt from the loaded days */
-    }
-    if ((flags & 2) && !r->bad) {
-        a->tier_sig = calloc(p->n_tiers, 4);
-        if (a->tier_sig == NULL) goto out;
-        rb_get(r, a->tier_sig, p->n_tiers * 4);
-    }
-    int8_t tier = 0;
-    rb_get(r, &tier, 1);
-    a->tier = tier >= 0 && (size_t)tier < p->n_tiers ? tier : NO_TIER;
-    uint8_t nt = 0;
-    rb_get(r, &nt, 1);
-    if (nt > PQL_TOP_USERS) r->bad = true;
-    for (uint8_t i = 0; i < nt && !r->bad; i++) {
-        uint8_t ul = 0;
-        char uid[256];
-        uint32_t cnt = 0;
-        rb_get(r, &ul, 1);
-        rb_get(r, uid, ul);
-        rb_get(r, &cnt, 4);
-        if (r->bad || ul == 0) break;
-        uint64_t uh = XXH3_64bits(uid, ul);
-        (void)top_touch(a, uh, uid, ul);
-        if (a->n_top > 0) a->top[a->n_top - 1].count = cnt;
-    }
-    if (r->bad) goto out;
-    for (uint16_t i = 1; i < a->n_slots; i++)
-        if (slot_at(p, a, i)[0] <= slot_at(p, a, i - 1)[0]) goto out;
-    recompute(p, a);
-    a->score = score_of(p, a);
-    acct_remeasure(p, a);
-    ok = true;
-out:
-    if (!ok && a != NULL) acct_remove(p, sh, a);
-    pthread_mutex_unlock(&sh->mu);
-    return ok;
-}
-
-int pql_snapshot_load(pql_t *p, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) return PQL_E_IO;
-    unsigned char *d = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            size_t nc = cap ? cap * 2 : 65536;
-            unsigned char *nd = realloc(d, nc);
-            if (nd == NULL) {
-                free(d);
-                fclose(f);
-                return PQL_E_NOMEM;
-            }
-            d = nd;
-            cap = nc;
-        }
-        size_t k = fread(d + len, 1, cap - len, f);
-        len += k;
-        if (k == 0) break;
-    }
-    bool rerr = ferror(f) != 0;
-    fclose(f);
-    int rc = PQL_OK;
-    if (rerr)
-        rc = PQL_E_IO;
-    else if (len < 8 + 4 + 8 + 1 + 8 + 8 || memcmp(d, SNAP_MAGIC, 8) != 0)
-        rc = PQL_E_CORRUPT;
-    else {
-        uint64_t sum;
-        memcpy(&sum, d + len - 8, 8);
-        if (XXH64(d, len - 8, 0) != sum) rc = PQL_E_CORRUPT;
-    }
-    if (rc == PQL_OK) {
-        rbuf_t r = {d, len - 8, 8, false};
-        uint32_t ver = 0;
-        uint64_t fpr = 0, total = 0, got = 0;
-        rb_get(&r, &ver, 4);
-        rb_get(&r, &fpr, 8);
-        if (ver != SNAP_VERSION)
-            rc = PQL_E_CORRUPT;
-        else if (fpr != p->fingerprint)
-            rc = PQL_E_MISMATCH;
-        for (;;) {
-            if (rc != PQL_OK) break;
-            uint8_t mark = 0;
-            rb_get(&r, &mark, 1);
-            if (r.bad)
-                rc = PQL_E_CORRUPT;
-            else if (mark == 0)
-                break;
-            else if (mark != 1 || !acct_restore(p, &r))
-                rc = r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
-            else
-                got++;
-        }
-        if (rc == PQL_OK) {
-            rb_get(&r, &total, 8);
-            if (r.bad || total != got || r.off != r.len) rc = PQL_E_CORRUPT;
-        }
-    }
-    free(d);
-    if (rc != PQL_OK) clear_all(p);
-    return rc;
 }
 
 /* ---- statistics ---- */
@@ -1794,63 +1120,4 @@ void pql_register_metrics(pql_t *p)
     for (size_t t = 0; t < p->n_tiers; t++)
         (void)metrics_gauge_register(p->metric_names[t], "tier rises signalled for this tier",
                                      g_tier, &p->by_tier[t]);
-}
-
-/* ---- snapshot worker ---- */
-
-struct pql_saver {
-    pql_t *p;
-    char *path;
-    base_worker_t *w;
-};
-
-/* A saver stop waits this long for a snapshot in progress. */
-#define PQL_SAVER_STOP_MS 60000
-
-/* One saver tick (every interval): the idle accounts' windows advance, then the snapshot. */
-static void saver_tick(void *arg)
-{
-    pql_saver_t *s = arg;
-    size_t expired = pql_sweep(s->p, base_wall_ms());
-    int64_t t0 = base_mono_ms();
-    int rc = pql_snapshot_write(s->p, s->path);
-    if (rc != PQL_OK)
-        LOG(LOG_WARN, "pql_snapshot_failed", LS("path", s->path), LS("error", pql_strerror(rc)));
-    else
-        LOG(LOG_DEBUG, "pql_snapshot", LS("path", s->path), LI("expired", expired),
-            LI("ms", (uint64_t)(base_mono_ms() - t0)));
-}
-
-int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out)
-{
-    *out = NULL;
-    pql_saver_t *s = calloc(1, sizeof *s);
-    if (s == NULL || (s->path = strdup(path)) == NULL) {
-        free(s);
-        return PQL_E_NOMEM;
-    }
-    s->p = p;
-    int rc = base_worker_start(&s->w, "sluice-pql-save", interval_ms > 0 ? interval_ms : 1000,
-                               saver_tick, s);
-    if (rc != BASE_OK) {
-        free(s->path);
-        free(s);
-        return rc == BASE_E_NOMEM ? PQL_E_NOMEM : PQL_E_THREAD;
-    }
-    *out = s;
-    return PQL_OK;
-}
-
-int pql_saver_stop(pql_saver_t *s)
-{
-    if (s == NULL) return PQL_OK;
-    if (base_worker_stop(s->w, PQL_SAVER_STOP_MS) != BASE_OK) {
-        /* Still writing: s and its pql stay allocated for the running tick. */
-        s->p->orphaned = true;
-        return PQL_E_TIMEOUT;
-    }
-    int rc = pql_snapshot_write(s->p, s->path);
-    free(s->path);
-    free(s);
-    return rc;
 }

@@ -46,12 +46,19 @@ struct server {
     int port;
     atomic_bool draining;
     atomic_uint n_conns;
+    atomic_size_t body_mem; /* limits.body_memory: bytes of request bodies held, all loops */
 };
 
 static double gauge_connections(void *ud)
 {
     server_t *s = ud;
     return (double)atomic_load_explicit(&s->n_conns, memory_order_relaxed);
+}
+
+static double gauge_body_memory(void *ud)
+{
+    server_t *s = ud;
+    return (double)atomic_load_explicit(&s->body_mem, memory_order_relaxed);
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -137,6 +144,7 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
     s->ingest = ingest;
     atomic_init(&s->draining, false);
     atomic_init(&s->n_conns, 0);
+    atomic_init(&s->body_mem, 0);
     s->n_loops = cfg->threads > 0 ? cfg->threads : 1;
     s->loops = calloc(s->n_loops, sizeof *s->loops);
     if (s->loops == NULL) {
@@ -200,8 +208,8 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
         uv_async_init(&sl->loop, &sl->async, on_async);
         sl->async.data = sl;
         sl->async_ok = true;
-        if (http_loop_init(&sl->http, &sl->loop, cfg, ingest, &sl->async, &s->draining,
-                           &s->n_conns) != 0) {
+        if (http_loop_init(&sl->http, &sl->loop, cfg, ingest, &sl->async, &s->draining, &s->n_conns,
+                           &s->body_mem) != 0) {
             sl->http_ok = true;
             snprintf(err, errlen, "out of memory");
             goto fail;
@@ -218,6 +226,10 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
         sl->fd = -1; /* now owned by the handle */
     }
     metrics_gauge_register("http_connections", "open HTTP connections", gauge_connections, s);
+    metrics_gauge_register("http_body_memory_bytes",
+                           "request bodies held in memory, decompression buffers included "
+                           "(limits.body_memory)",
+                           gauge_body_memory, s);
     *out = s;
     return 0;
 fail:

@@ -418,7 +418,8 @@ static void conn_close(conn_t *c)
 {
     if (c->state == C_CLOSED || c->state == C_CLOSING) return;
     c->state = C_CLOSING;
-    uv_close((uv_handle_t *)&c->tcp, on_close);
+    /* finish() may have closed the handle already (uv_walk): closing twice aborts. */
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -490,6 +491,10 @@ static void close_all_cb(uv_handle_t *h, void *arg)
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Ends the worker's run: every connection becomes C_CLOSING before uv_walk closes the handles,
+ * so the callbacks that still run for them (a connect or write cancelled by the close) see a
+ * closing connection and leave it alone (issue 12 item 8: a reconnect in flight at the end of
+ * the run used to be closed a second time). */
 static void finish(worker_t *w, uint64_t now)
 {
     for (uint32_t i = 0; i < w->n_conns; i++) {
@@ -499,8 +504,8 @@ static void finish(worker_t *w, uint64_t now)
             ledger_mark(w, c, LEDGER_UNSURE);
             add(&w->events_not_ok, c->n_items);
             c->n_items = 0;
-            c->state = C_CLOSING;
         }
+        if (c->state != C_CLOSED) c->state = C_CLOSING;
     }
     flush_local(w);
     w->finished = true;

@@ -7,6 +7,8 @@
 #      minus $tsan_exclude: the SDK's, and the collector unit tests that do not start
 #      librdkafka's mock cluster, whose uninstrumented threads crash under TSan)
 #   5. clang-format --dry-run --Werror over our .c/.h files
+#   6. clang libFuzzer (tests/fuzz/run.sh): build the fuzz targets, replay every seed corpus,
+#      fuzz each target for $FUZZ_SECONDS (default 20) seconds
 # Every step runs even when an earlier one failed; the script ends with a summary and exits
 # non-zero if any step failed. Build trees go to $SLUICE_BUILD_ROOT (default ./build-ci).
 # JOBS sets build and test parallelism (default: the number of CPUs).
@@ -81,6 +83,8 @@ step "clang Release: build with -Werror" build_and_test clang Release "$out/clan
 step "gcc Debug (ASan+UBSan): build + ctest" build_and_test gcc Debug "$out/gcc-debug" test
 step "gcc TSan: build + concurrency tests" tsan_build_and_test "$out/gcc-tsan"
 step "clang-format --dry-run --Werror" check_format
+step "clang libFuzzer: replay corpora + ${FUZZ_SECONDS:-20} s per target" \
+  env JOBS="$jobs" "$root/tests/fuzz/run.sh" "$out/clang-fuzz"
 
 printf '\n==== summary (%d s)\n' "$(($(date +%s) - start))"
 printf '%s\n' "${summary[@]}"

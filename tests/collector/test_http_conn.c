@@ -111,6 +111,7 @@ static struct {
     http_loop_t hl;
     atomic_bool draining;
     atomic_uint n_conns;
+    atomic_size_t body_mem;
     int port;
     bool timed_out;
 } L;
@@ -180,6 +181,8 @@ static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_
     L.cfg.header_bytes = 1024;
     L.cfg.header_timeout_ms = header_timeout_ms;
     L.cfg.idle_timeout_ms = 5000;
+    L.cfg.request_timeout_ms = 8000;
+    L.cfg.body_memory = 1024 * 1024;
     L.cfg.max_connections = max_conns;
     L.cfg.delivery_timeout_ms = delivery_ms;
     L.cfg.kafka_format = PROTO_FMT_MSGPACK;
@@ -198,14 +201,16 @@ static void run_loop(void (*scenario)(void), uint32_t header_timeout_ms, uint32_
     ingest_ctx_init(&L.ictx, &L.cfg, L.ko, L.auth, L.accounts);
     atomic_init(&L.draining, false);
     atomic_init(&L.n_conns, 0);
+    atomic_init(&L.body_mem, 0);
     uv_loop_init(&L.loop);
     uv_async_init(&L.loop, &L.mail, on_mail);
     uv_async_init(&L.loop, &L.done, on_done);
     uv_async_init(&L.loop, &L.kill, on_kill);
     uv_timer_init(&L.loop, &L.guard);
     uv_timer_start(&L.guard, on_guard, 20000, 0);
-    assert_int_equal(
-        http_loop_init(&L.hl, &L.loop, &L.cfg, &L.ictx, &L.mail, &L.draining, &L.n_conns), 0);
+    assert_int_equal(http_loop_init(&L.hl, &L.loop, &L.cfg, &L.ictx, &L.mail, &L.draining,
+                                    &L.n_conns, &L.body_mem),
+                     0);
     uv_tcp_init(&L.loop, &L.listener);
     struct sockaddr_in sa;
     uv_ip4_addr("127.0.0.1", 0, &sa);
@@ -376,7 +381,7 @@ static bool one(const char *req, size_t len)
 /* GET /readyz until the answer starts with want (bounded: MOCK_WAIT_MS). */
 static bool readyz_until(const char *want)
 {
-    static const char req[] = "GET /readyz HTTP/1.1\r\n\r\n";
+    static const char req[] = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS; base_mono_ms() < deadline;) {
         one(req, sizeof req - 1);
         if (strncmp(rbuf, want, strlen(want)) == 0) return true;
@@ -416,7 +421,7 @@ static void scenario_errors(void)
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
     /* Headers over header_bytes (1 KiB): 431 and close. */
-    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /healthz HTTP/1.1\r\n");
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
     for (int i = 0; i < 40; i++)
         n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "X-Pad-%d: %040d\r\n", i, i);
     n += (size_t)snprintf(sbuf + n, sizeof sbuf - n, "\r\n");
@@ -431,12 +436,14 @@ static void scenario_errors(void)
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 405 "));
     assert_non_null(strstr(rbuf, "Allow: POST, OPTIONS\r\n"));
-    n = (size_t)snprintf(sbuf, sizeof sbuf, "POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    n = (size_t)snprintf(sbuf, sizeof sbuf,
+                         "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "Allow: GET, HEAD\r\n"));
     /* HEAD: headers only (the Content-Length of the GET answer, no body). */
     int hfd = cli_connect();
-    const char *head_get = "HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n";
+    const char *head_get =
+        "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     cli_send(hfd, head_get, strlen(head_get));
     usleep(200000);
     ssize_t hr = recv(hfd, rbuf, sizeof rbuf - 1, 0);
@@ -454,7 +461,7 @@ static void scenario_errors(void)
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 415 "));
     n = (size_t)snprintf(sbuf, sizeof sbuf,
-                         "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wrong\r\n"
+                         "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
                          "Content-Length: 2\r\n\r\n{}");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 401 "));
@@ -470,7 +477,7 @@ static void scenario_errors(void)
     assert_true(metrics_get(METRIC_HTTP_PARSE_ERRORS) >= 1);
     /* CORS preflight. */
     n = (size_t)snprintf(sbuf, sizeof sbuf,
-                         "OPTIONS /v1/track HTTP/1.1\r\nOrigin: https://a.example\r\n"
+                         "OPTIONS /v1/track HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
                          "Access-Control-Request-Method: POST\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 204 "));
@@ -478,7 +485,7 @@ static void scenario_errors(void)
     assert_non_null(strstr(rbuf, "Access-Control-Allow-Methods: POST, OPTIONS\r\n"));
     assert_non_null(strstr(rbuf, "Access-Control-Allow-Headers: Authorization"));
     /* Health, readiness (ready and not), metrics. */
-    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /readyz HTTP/1.1\r\n\r\n");
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
     /* The broker goes down: librdkafka reports all brokers down, /readyz turns 503. */
@@ -488,7 +495,7 @@ static void scenario_errors(void)
     /* Back up: ready again without traffic (the producer probes the cluster). */
     assert_int_equal(rd_kafka_mock_broker_set_up(L.mk.mc, 1), 0);
     assert_true(readyz_until("HTTP/1.1 200 OK"));
-    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /metrics HTTP/1.1\r\n\r\n");
+    n = (size_t)snprintf(sbuf, sizeof sbuf, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_false(one(sbuf, n));
     assert_non_null(strstr(rbuf, "Content-Type: text/plain; version=0.0.4\r\n"));
     assert_non_null(strstr(rbuf, "\nsluice_http_requests_total "));
@@ -496,10 +503,11 @@ static void scenario_errors(void)
     /* Expect: 100-continue gets its interim answer before the body is sent. */
     int fd = cli_connect();
     const char *body = "{\"batch\":[" EV("x") "]}";
-    n = (size_t)snprintf(sbuf, sizeof sbuf,
-                         "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wk_test_123\r\n"
-                         "Expect: 100-continue\r\nContent-Length: %zu\r\n\r\n",
-                         strlen(body));
+    n = (size_t)snprintf(
+        sbuf, sizeof sbuf,
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wk_test_123\r\n"
+        "Expect: 100-continue\r\nContent-Length: %zu\r\n\r\n",
+        strlen(body));
     cli_send(fd, sbuf, n);
     struct pollfd pfd = {fd, POLLIN, 0};
     assert_int_equal(poll(&pfd, 1, 2000), 1);
@@ -513,7 +521,7 @@ static void scenario_errors(void)
     close(fd);
     /* Expect: 100-continue with a refused request: the final answer at once, then close. */
     n = (size_t)snprintf(sbuf, sizeof sbuf,
-                         "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer nope\r\n"
+                         "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
                          "Expect: 100-continue\r\nContent-Length: 100\r\n\r\n");
     assert_true(one(sbuf, n));
     assert_non_null(strstr(rbuf, "HTTP/1.1 401 "));
@@ -571,15 +579,16 @@ static void scenario_timeouts_and_cap(void)
     close(b);
     usleep(200000);
     /* Below the cap again. */
-    assert_false(one("GET /healthz HTTP/1.1\r\n\r\n", 25));
+    assert_false(one("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 34));
     assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
     /* A client that leaves mid-body. */
     fd = cli_connect();
-    cli_send(fd, "POST /v1/batch HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"batch\":[", 58);
+    cli_send(fd, "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"batch\":[",
+             67);
     usleep(50000);
     close(fd);
     usleep(50000);
-    assert_false(one("GET /healthz HTTP/1.1\r\n\r\n", 25));
+    assert_false(one("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 34));
     assert_non_null(strstr(rbuf, "HTTP/1.1 200 OK"));
 }
 

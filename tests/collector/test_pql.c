@@ -22,6 +22,10 @@
 #include "../../collector/log.c"
 #include "../../collector/metrics.c"
 #include "../../collector/pql.c"
+#include "../../collector/pql_admin.c"
+#include "../../collector/pql_feeder.c"
+#include "../../collector/pql_saver.c"
+#include "../../collector/pql_snapshot.c"
 
 #define HOUR_MS 3600000LL
 /* A fixed epoch-aligned start (2026-01-01T00:00:00Z). */
@@ -87,7 +91,7 @@ static int feed(pql_t *p, const char *acct, const char *user, const char *event,
 static pql_acct_t *find(pql_t *p, const char *id)
 {
     uint64_t h = XXH3_64bits(id, strlen(id));
-    return acct_find(shard_of(p, h), h, id, strlen(id));
+    return pql__acct_find(pql__shard_of(p, h), h, id, strlen(id));
 }
 
 /* ---- config ---- */
@@ -378,7 +382,7 @@ static void test_sketch_mode_active_users(void **state)
     }
     pql_acct_t *a = find(p, "big");
     assert_non_null(a->sk);
-    double est = users_active(p, a);
+    double est = pql__users_active(p, a);
     if (fabs(est - n) / n > 0.03) fail_msg("estimate %.0f for %d", est, n);
     /* Day 2: 100 returning users. users_velocity (recent 24h) sees few new ones. */
     for (int i = 0; i < 100; i++) {
@@ -390,7 +394,7 @@ static void test_sketch_mode_active_users(void **state)
     assert_true(fresh < 0.03 * n);
     /* Ten days later everything earlier left the window. */
     assert_int_equal(feed(p, "big", "late-comer", "X", T0 + 10 * 86400000LL), PQL_OK);
-    est = users_active(p, a);
+    est = pql__users_active(p, a);
     assert_true(est >= 1 && est <= 2);
     pql_stats_t st;
     pql_stats(p, &st);

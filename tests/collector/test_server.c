@@ -88,6 +88,8 @@ static void test_threads_and_drain(void **state)
     cfg.header_bytes = 8192;
     cfg.header_timeout_ms = 5000;
     cfg.idle_timeout_ms = 5000;
+    cfg.request_timeout_ms = 8000;
+    cfg.body_memory = 16 * 1024 * 1024;
     cfg.delivery_timeout_ms = 5000;
     cfg.max_connections = 100;
     mock_kafka_cfg(&mk, &cfg);
@@ -129,7 +131,7 @@ static void test_threads_and_drain(void **state)
         "{\"batch\":[{\"type\":\"track\",\"messageId\":\"d1\",\"userId\":\"u\",\"event\":\"e\"}]}";
     char head[256];
     int hn = snprintf(head, sizeof head,
-                      "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wk_test_123\r\n"
+                      "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wk_test_123\r\n"
                       "Content-Length: %zu\r\n\r\n",
                       sizeof body - 1);
     assert_int_equal(send(slow, head, (size_t)hn, MSG_NOSIGNAL), hn);
@@ -199,6 +201,8 @@ static void test_kafka_free_after_server_stop(void **state)
     cfg.header_bytes = 8192;
     cfg.header_timeout_ms = 5000;
     cfg.idle_timeout_ms = 5000;
+    cfg.request_timeout_ms = 8000;
+    cfg.body_memory = 16 * 1024 * 1024;
     cfg.delivery_timeout_ms = 10000;
     cfg.max_connections = 100;
     mock_kafka_cfg(&mk, &cfg);
@@ -224,7 +228,7 @@ static void test_kafka_free_after_server_stop(void **state)
         "{\"batch\":[{\"type\":\"track\",\"messageId\":\"s1\",\"userId\":\"u\",\"event\":\"e\"}]}";
     char req[512];
     int rn = snprintf(req, sizeof req,
-                      "POST /v1/batch HTTP/1.1\r\nAuthorization: Bearer wk_test_123\r\n"
+                      "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wk_test_123\r\n"
                       "Content-Length: %zu\r\n\r\n%s",
                       sizeof body - 1, body);
     assert_int_equal(send(fd, req, (size_t)rn, MSG_NOSIGNAL), rn);

@@ -4,7 +4,10 @@
  *  - open loop corrects coordinated omission: when the server is slower than the schedule,
  *    latency is counted from the intended send time (grows with the queue) and the unsent
  *    backlog is reported, while closed loop reports only the service time;
- *  - the verification ledger marks events ACKED on 200, UNSURE on 503, neither on 400.
+ *  - the verification ledger marks events ACKED on 200, UNSURE on 503, neither on 400;
+ *  - the end of a run with connections still connecting (the server closed idle ones and the
+ *    client was reconnecting) finishes with a report instead of aborting in uv_close (issue 12
+ *    item 8).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +18,10 @@
 #include <strings.h>
 
 #include <cmocka.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "client.h"
@@ -31,6 +37,7 @@ typedef struct server {
     int delay_ms;
     int status;
     int requests;
+    bool close_after_answer; /* close each connection once its answer is written */
 } server_t;
 
 typedef struct sconn {
@@ -65,7 +72,7 @@ static void on_written(uv_write_t *w, int status)
 {
     sconn_t *c = w->data;
     c->waiting = false;
-    if (status < 0) {
+    if (status < 0 || c->s->close_after_answer) {
         sconn_close(c);
         return;
     }
@@ -294,10 +301,69 @@ static void test_ledger_400_refused(void **state)
     check_ledger(400, 0);
 }
 
+/* Regression (issue 12 item 8): connections still connecting when the run ends. A listener
+ * whose accept queue is full and never drained keeps every connect after the first pending; the
+ * run must end with a report (before the fix: uv_close assertion, exit 134). */
+static void test_run_ends_with_connects_pending(void **state)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 0), 0);
+    socklen_t alen = sizeof a;
+    getsockname(lfd, (struct sockaddr *)&a, &alen);
+    server_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.port = ntohs(a.sin_port);
+    model_t *m = new_model();
+    client_config_t c = base_cfg(&fake, m);
+    c.rate = 0;
+    c.connections = 8;
+    c.duration_s = 0.3;
+    c.timeout_ms = 200;
+    client_result_t r;
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    assert_int_equal(r.responses, 0);
+    client_result_free(&r);
+    model_free(m);
+    close(lfd);
+}
+
+/* The same through a server that closes each connection after its answer (as a collector
+ * closing idle keep-alive connections does): the client reconnects all the time, so runs end
+ * with reconnects in flight. Every run must report. */
+static void test_run_ends_while_reconnecting(void **state)
+{
+    server_t s;
+    server_start(&s, 0, 200);
+    s.close_after_answer = true;
+    model_t *m = new_model();
+    for (int run = 0; run < 6; run++) {
+        client_config_t c = base_cfg(&s, m);
+        c.rate = 0;
+        c.connections = 32;
+        c.duration_s = 0.2;
+        c.timeout_ms = 500;
+        client_result_t r;
+        assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+        assert_true(r.responses > 0);
+        assert_int_equal(r.status[200], r.responses);
+        client_result_free(&r);
+    }
+    model_free(m);
+    server_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_loop_counts_queueing),
+        cmocka_unit_test(test_run_ends_with_connects_pending),
+        cmocka_unit_test(test_run_ends_while_reconnecting),
         cmocka_unit_test(test_ledger_200_acked),
         cmocka_unit_test(test_ledger_503_unsure),
         cmocka_unit_test(test_ledger_400_refused),
