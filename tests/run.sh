@@ -40,7 +40,7 @@ step() {
 
 build_and_test() { # compiler build-type dir [test]
   local cc=$1 type=$2 dir=$3 run_tests=${4:-}
-  CC=$cc cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DSLUICE_WERROR=ON >/dev/null &&
+  CC=$cc CXX=$([ "$cc" = clang ] && echo clang++ || echo g++) cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DSLUICE_WERROR=ON >/dev/null &&
     cmake --build "$dir" -j"$jobs" || return 1
   if [ -n "$run_tests" ]; then
     # ctest's own summary ("100% tests passed, 0 tests failed out of N") is the result line.

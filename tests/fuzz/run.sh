@@ -15,7 +15,7 @@ jobs=${JOBS:-$(nproc)}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
-CC=clang cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DSLUICE_FUZZ=ON \
+CC=clang CXX=clang++ cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DSLUICE_FUZZ=ON \
   -DSLUICE_WERROR=ON >/dev/null
 bins=()
 for t in $targets; do bins+=("fuzz_$t"); done
