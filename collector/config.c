@@ -67,7 +67,7 @@ static const config_key_t config_keys[] = {
      "port)."},
     {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
     {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
-     "Directory for the spool and snapshots."},
+     "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
     {"admin_token", CT_STRING, F(admin_token), 0, 0, NULL, NULL,
      "Bearer token for the admin endpoints; unset disables them."},
     {"admin_token_env", CT_ENV, F(admin_token), 0, 0, NULL, NULL,

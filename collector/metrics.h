@@ -40,6 +40,7 @@
     X(DEDUP_IN_FLIGHT, "sluice_dedup_in_flight_total",                                             \
       "requests answered 503 because a copy of an event was still being delivered")                \
     X(DEDUP_SNAPSHOT_ERRORS, "sluice_dedup_snapshot_errors_total", "dedup snapshots that failed")  \
+    X(PQL_SNAPSHOT_ERRORS, "sluice_pql_snapshot_errors_total", "PQL snapshots that failed")        \
     X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
     X(JSON_LONE_SURROGATES, "sluice_json_lone_surrogates_total",                                   \
       "lone surrogate escapes in JSON bodies read as U+FFFD")                                      \
