@@ -51,7 +51,11 @@
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
     X(KAFKA_FAIL_FAST, "sluice_kafka_fail_fast_total",                                             \
       "requests answered 503 at once: Kafka known down and the spool off or full")                 \
-    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
+    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key") \
+    X(TLS_HANDSHAKES, "sluice_tls_handshakes_total", "TLS handshakes completed (tls set)")         \
+    X(TLS_HANDSHAKE_FAILURES, "sluice_tls_handshake_failures_total",                               \
+      "TLS connections closed before their handshake completed: not TLS (e.g. plain HTTP), a "     \
+      "failed handshake, or limits.header_timeout")
 
 typedef enum {
 #define METRICS_X_ENUM(id, name, help) METRIC_##id,
