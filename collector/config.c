@@ -67,7 +67,7 @@ static const config_key_t config_keys[] = {
      "port)."},
     {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
     {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
-     "Directory for the spool and snapshots."},
+     "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
     {"admin_token", CT_STRING, F(admin_token), 0, 0, NULL, NULL,
      "Bearer token for the admin endpoints; unset disables them."},
     {"admin_token_env", CT_ENV, F(admin_token), 0, 0, NULL, NULL,
@@ -124,7 +124,8 @@ static const config_key_t config_keys[] = {
      "Topic of PQL tier changes."},
     {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
      "Map of librdkafka properties (string values, in order), applied after sluice's own "
-     "(e.g. security.protocol, sasl.*, linger.ms)."},
+     "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
+     "and reconnect.backoff.max.ms 500, so the producer is back within ~1 s of a broker."},
     {"kafka.delivery_timeout", CT_DURATION, F(delivery_timeout_ms), 100, 600000, "5s", NULL,
      "A request whose events are not acknowledged by Kafka by then gets 503."},
     {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,

@@ -913,7 +913,8 @@ int dedup_register_metrics(dedup_t *d)
 typedef struct snap_out {
     base_afile_t f;
     XXH3_state_t *h;
-    bool err;
+    bool err; /* a write failed (f.err says how) or memory ran short (nomem) */
+    bool nomem;
 } snap_out_t;
 
 static void snap_put(snap_out_t *o, const void *p, size_t n)
@@ -962,7 +963,7 @@ static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_
             bucket_t *c = realloc(copy, (size_t)nb * sizeof *c);
             if (c == NULL) {
                 shard_unlock(s);
-                o->err = true;
+                o->err = o->nomem = true;
                 break;
             }
             copy = c;
@@ -1001,17 +1002,31 @@ static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_
  *   | n_entries x (u64 fingerprint, u8 generation index) | u64 n_entries | u64 written_ms
  *   | u64 XXH3-64 of everything before it
  */
-int dedup_snapshot_write(dedup_t *d, const char *dir)
+static int io_fail(base_ioerr_t *err, const base_ioerr_t *e, int rc)
 {
+    if (err != NULL) *err = *e;
+    return rc;
+}
+
+int dedup_snapshot_write(dedup_t *d, const char *dir, base_ioerr_t *err)
+{
+    base_ioerr_t none = {0, NULL};
+    if (err != NULL) *err = none;
     char path[4096];
-    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) return DEDUP_E_INVALID;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return DEDUP_E_IO;
+    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) {
+        base_ioerr_t e = {ENAMETOOLONG, "open"};
+        return io_fail(err, &e, DEDUP_E_INVALID);
+    }
+    base_ioerr_t me;
+    int mrc = base_mkdir_p(dir, 0750, &me);
+    if (mrc != BASE_OK)
+        return io_fail(err, &me, mrc == BASE_E_INVAL ? DEDUP_E_INVALID : DEDUP_E_IO);
     snap_out_t o = {.h = XXH3_createState()};
     if (o.h == NULL) return DEDUP_E_NOMEM;
-    int orc = base_afile_open(&o.f, path, 0666);
+    int orc = base_afile_open(&o.f, path, 0640);
     if (orc != BASE_OK) {
         XXH3_freeState(o.h);
-        return orc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO;
+        return io_fail(err, &o.f.err, orc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO);
     }
     XXH3_64bits_reset(o.h);
     view_t v;
@@ -1038,10 +1053,14 @@ int dedup_snapshot_write(dedup_t *d, const char *dir)
     if (!o.err && base_afile_write(&o.f, sum, 8) != BASE_OK) o.err = true;
     XXH3_freeState(o.h);
     if (o.err) {
+        /* The tmp file goes; an earlier snapshot stays as it was. */
+        base_ioerr_t e = o.f.err;
         base_afile_abort(&o.f);
-        return DEDUP_E_IO;
+        return io_fail(err, &e, o.nomem ? DEDUP_E_NOMEM : DEDUP_E_IO);
     }
-    return base_afile_commit(&o.f) == BASE_OK ? DEDUP_OK : DEDUP_E_IO;
+    int crc = base_afile_commit(&o.f);
+    if (crc == BASE_OK) return DEDUP_OK;
+    return io_fail(err, &o.f.err, crc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO);
 }
 
 /* Inserts a remembered entry while loading (d is private to the loader, no request runs). */
@@ -1219,6 +1238,21 @@ static void sweep_all(dedup_t *d)
     }
 }
 
+/* The one warning of a failed snapshot, periodic or final (same fields): the file, the step and
+ * errno by name and text, so a full disk (ENOSPC), a read-only one (EROFS) and a missing
+ * directory (ENOENT, ENOTDIR) read differently. */
+static void snapshot_failed(dedup_t *d, const char *when, int rc, const base_ioerr_t *e)
+{
+    metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+    char path[4096];
+    if (path_join(path, sizeof path, d->w_dir, SNAP_NAME) != 0) snprintf(path, sizeof path, "?");
+    LOG(LOG_WARN, "dedup_snapshot_failed", LS("path", path), LS("when", when),
+        LS("reason", dedup_strerror(rc)), LS("op", e->op),
+        LS("errno", e->errnum != 0 ? base_errno_name(e->errnum) : NULL),
+        LS("error", e->errnum != 0 ? strerror(e->errnum) : NULL),
+        LS("effect", "dedup state since the last good snapshot is not on disk"));
+}
+
 /* One worker tick (every DEDUP_WORKER_PERIOD_MS): generations, sweep, periodic snapshot. */
 static void worker_tick(void *arg)
 {
@@ -1227,15 +1261,13 @@ static void worker_tick(void *arg)
     sweep_all(d);
     if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - d->w_last_snap_ms >= d->w_interval_ms) {
         uint64_t t0 = (uint64_t)base_mono_ms();
-        int rc = dedup_snapshot_write(d, d->w_dir);
+        base_ioerr_t e;
+        int rc = dedup_snapshot_write(d, d->w_dir, &e);
         d->w_last_snap_ms = (uint64_t)base_mono_ms();
-        if (rc != DEDUP_OK) {
-            metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
-            LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", d->w_dir),
-                LS("reason", dedup_strerror(rc)));
-        } else {
+        if (rc != DEDUP_OK)
+            snapshot_failed(d, "periodic", rc, &e);
+        else
             LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", d->w_last_snap_ms - t0));
-        }
     }
 }
 
@@ -1265,7 +1297,8 @@ int dedup_worker_stop(dedup_t *d, bool final)
     }
     if (d->w_orphaned) return DEDUP_E_TIMEOUT;
     if (!final || d->w_dir == NULL) return DEDUP_OK;
-    int rc = dedup_snapshot_write(d, d->w_dir);
-    if (rc != DEDUP_OK) metrics_add(METRIC_DEDUP_SNAPSHOT_ERRORS, 1);
+    base_ioerr_t e;
+    int rc = dedup_snapshot_write(d, d->w_dir, &e);
+    if (rc != DEDUP_OK) snapshot_failed(d, "final", rc, &e);
     return rc;
 }

@@ -157,9 +157,14 @@ int dedup_register_metrics(dedup_t *d);
  * Snapshots. File "<dir>/dedup.snapshot": header (magic, version, window, generation start
  * times, entry count), remembered entries (PENDING ones are not: they were not delivered yet),
  * XXH3-64 checksum trailer. Written to "dedup.snapshot.tmp", fsync'd, renamed, directory
- * fsync'd; dir is created if missing. Blocks on I/O: never call from a loop thread.
+ * fsync'd; dir is created if missing (mkdir -p, mode 0750). Blocks on I/O: never call from a loop
+ * thread. Returns 0, DEDUP_E_IO, DEDUP_E_NOMEM or DEDUP_E_INVALID (path too long); on failure
+ * the tmp file is removed and an earlier snapshot is left intact, and *err (may be NULL) says
+ * which step failed ("mkdir", "open", "write", "fsync", "rename", "fsync dir") with errno
+ * (errnum 0 when the failure was not an I/O error).
  */
-int dedup_snapshot_write(dedup_t *d, const char *dir);
+struct base_ioerr;
+int dedup_snapshot_write(dedup_t *d, const char *dir, struct base_ioerr *err);
 /* Loads dir's snapshot into d, which must be fresh (nothing reserved yet). Generations older
  * than the window are skipped. Returns 0, DEDUP_E_NOENT (no file), DEDUP_E_CORRUPT (bad magic,
  * version, size or checksum: d is left empty), DEDUP_E_IO or DEDUP_E_NOMEM. Reads the file twice
@@ -174,7 +179,11 @@ int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms);
 /* Stops and joins the worker, waiting at most 60 s for a snapshot in progress. When final,
  * writes a last snapshot from the calling thread. Returns the snapshot's result (0 when not
  * final), or DEDUP_E_TIMEOUT when the worker did not stop in time: it is left running and
- * dedup_free() then leaves d allocated (the process is expected to exit). */
+ * dedup_free() then leaves d allocated (the process is expected to exit).
+ * Every failed snapshot, periodic (worker) or final (here), is logged by dedup itself as one
+ * warning "dedup_snapshot_failed" with the same fields: path, when ("periodic" | "final"),
+ * reason, op, errno (name, e.g. "ENOSPC"), error (strerror), and counted in
+ * sluice_dedup_snapshot_errors_total. */
 int dedup_worker_stop(dedup_t *d, bool final);
 
 #endif

@@ -29,6 +29,9 @@
 #define INGEST_PQL_MAX (4 * 1024 * 1024)
 /* Retry-After for "cannot make events durable now". */
 #define INGEST_RETRY_AFTER_S 5
+/* Retry-After of a fail-fast 503 (Kafka known down): short, since the producer reconnects
+ * within 500 ms of the broker's return and readiness follows within the probe interval. */
+#define INGEST_FAIL_FAST_RETRY_AFTER_S 2
 
 void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, auth_t *auth,
                      accounts_t *accounts)
@@ -444,6 +447,16 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
                    arc == AUTH_E_MISSING ? "a write key is required" : "unknown write key", 0);
             return -1;
         }
+    }
+    if (kafka_out_down(ctx->ko)) {
+        /* SPEC §3: Kafka is known unreachable and nothing else can make the events durable:
+         * answer now rather than after kafka.delivery_timeout. Before the rate limit, so a
+         * refused request spends none of the key's budget. */
+        proto_batch_free(&b);
+        metrics_add(METRIC_KAFKA_FAIL_FAST, 1);
+        refuse(err, 503, "kafka_unavailable", "Kafka is unreachable; retry later",
+               INGEST_FAIL_FAST_RETRY_AFTER_S);
+        return -1;
     }
     int retry_after = 0;
     if (auth_rate_take(ctx->auth, key_index, b.n_events, in->start_ns, &retry_after) != AUTH_OK) {

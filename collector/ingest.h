@@ -12,7 +12,9 @@
  *
  * Durability: the answer is 200 only when every message of the request was acknowledged.
  * Any produce refusal or failed delivery makes it 503 (Retry-After), and the request's events
- * are then not remembered as seen.
+ * are then not remembered as seen. Fail fast (SPEC §3): when Kafka is known down
+ * (kafka_out_down) ingest_start refuses at once with 503 kafka_unavailable, before the rate
+ * limit and dedup, so nothing is produced or reserved.
  *
  * Dedup (SPEC §5, dedup.h): after the filters, every valid event's (source, messageId) is
  * reserved PENDING; copies already remembered or repeated inside the request are not produced

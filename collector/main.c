@@ -4,7 +4,8 @@
  * requests, flush Kafka, exit 0).
  *
  * Exit codes: 0 normal (including --help/--version/--check-config), 2 bad configuration,
- * 1 start-up failure (socket, Kafka, memory).
+ * 1 start-up failure (socket, Kafka, memory), 3 shut down cleanly but a final snapshot (dedup or
+ * PQL) could not be written to --data-dir (its warning names path and errno).
  */
 #include <errno.h>
 #include <signal.h>
@@ -85,8 +86,6 @@ static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_save
     if (pql_new(&cfg->pql, pql_signal_to_kafka, ko, pql) != PQL_OK) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/pql.snapshot", cfg->data_dir);
-    if (mkdir(cfg->data_dir, 0755) != 0 && errno != EEXIST)
-        LOG(LOG_WARN, "data_dir_unusable", LS("path", cfg->data_dir), LS("error", strerror(errno)));
     struct stat st;
     if (stat(path, &st) == 0) {
         int rc = pql_snapshot_load(*pql, path);
@@ -141,6 +140,18 @@ static int dedup_start(const config_t *cfg, dedup_t **out)
     }
     *out = d;
     return 0;
+}
+
+/* --data-dir is created when missing (mkdir -p, mode 0750). When that fails the collector still
+ * serves (state then lives in memory only; every snapshot attempt logs the same errno) but says
+ * so at start, once, at error level, with the errno name. */
+static void data_dir_prepare(const config_t *cfg)
+{
+    base_ioerr_t e;
+    if (base_mkdir_p(cfg->data_dir, 0750, &e) == BASE_OK) return;
+    LOG(LOG_ERROR, "data_dir_unusable", LS("path", cfg->data_dir), LS("op", e.op),
+        LS("errno", base_errno_name(e.errnum)), LS("error", strerror(e.errnum)),
+        LS("effect", "dedup and PQL state will not be saved; serving goes on"));
 }
 
 /* Logs the effective configuration, write keys masked. */
@@ -202,6 +213,7 @@ int main(int argc, char **argv)
     }
     log_set_level((log_level_t)cfg.log_level);
     log_config(&cfg);
+    data_dir_prepare(&cfg);
 
     int rc = 1;
     accounts_t *accounts = accounts_new(cfg.max_users >= 64 ? (size_t)cfg.max_users : 64);
@@ -309,21 +321,22 @@ int main(int argc, char **argv)
         spent = (uint32_t)((uv_hrtime() - t0) / 1000000ull);
         (void)kafka_out_flush(ko, spent < budget ? (int)(budget - spent) : 0);
     }
-    int prc = pql_saver_stop(pql_saver);
+    /* A failed final snapshot is logged by its owner (pql_snapshot_failed, dedup_snapshot_failed,
+     * with errno) and makes the exit code 3. */
+    bool snap_failed = false;
+    if (pql_saver_stop(pql_saver) != PQL_OK) snap_failed = true;
     pql_saver = NULL;
-    if (prc != PQL_OK) LOG(LOG_WARN, "pql_snapshot_failed", LS("error", pql_strerror(prc)));
     /* Finished requests have committed or released their dedup reservations: final snapshot
      * (PENDING entries are never written). */
     if (dedup != NULL) {
         uint64_t ts = uv_hrtime();
-        int drc = dedup_worker_stop(dedup, true);
-        if (drc != DEDUP_OK)
-            LOG(LOG_WARN, "dedup_snapshot_failed", LS("dir", cfg.data_dir),
-                LS("error", dedup_strerror(drc)));
+        if (dedup_worker_stop(dedup, true) != DEDUP_OK)
+            snap_failed = true;
         else
             LOG(LOG_INFO, "dedup_snapshot_written", LS("dir", cfg.data_dir),
                 LI("ms", (uv_hrtime() - ts) / 1000000u));
     }
+    if (snap_failed && rc == 0) rc = 3;
     kafka_out_free(ko);
     ko = NULL;
     server_free(srv);

@@ -40,6 +40,7 @@
     X(DEDUP_IN_FLIGHT, "sluice_dedup_in_flight_total",                                             \
       "requests answered 503 because a copy of an event was still being delivered")                \
     X(DEDUP_SNAPSHOT_ERRORS, "sluice_dedup_snapshot_errors_total", "dedup snapshots that failed")  \
+    X(PQL_SNAPSHOT_ERRORS, "sluice_pql_snapshot_errors_total", "PQL snapshots that failed")        \
     X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
     X(JSON_LONE_SURROGATES, "sluice_json_lone_surrogates_total",                                   \
       "lone surrogate escapes in JSON bodies read as U+FFFD")                                      \
@@ -50,6 +51,8 @@
     X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
     X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
+    X(KAFKA_FAIL_FAST, "sluice_kafka_fail_fast_total",                                             \
+      "requests answered 503 at once: Kafka known down and the spool off or full")                 \
     X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
 
 typedef enum {

@@ -170,8 +170,10 @@ size_t pql_sweep(pql_t *p, int64_t now_ms);
 /* Writes every account to path (via path.tmp, fsync, rename, fsync of the directory): a worker
  * walk, serializing a chunk of accounts per shard-lock hold and writing without any lock. An
  * account fed meanwhile is written either before or after that event. Blocks on disk: never on
- * a loop thread. Returns PQL_OK or PQL_E_IO/E_NOMEM (the old file then stays). */
-int pql_snapshot_write(pql_t *p, const char *path);
+ * a loop thread. Returns PQL_OK or PQL_E_IO/E_NOMEM/E_TOO_LARGE (the tmp file is removed and the
+ * old file stays); *err (may be NULL) names the failed step and errno (errnum 0 when the failure
+ * was not an I/O error). */
+int pql_snapshot_write(pql_t *p, const char *path, base_ioerr_t *err);
 /* Loads path into an empty tracker. PQL_E_IO when it cannot be read (ENOENT included: check
  * existence first), PQL_E_CORRUPT (checksum, truncation), PQL_E_MISMATCH (other rules or window);
  * on any failure the tracker is left empty. */
@@ -187,7 +189,10 @@ typedef struct pql_saver pql_saver_t;
 int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_t **out);
 /* Returns the final snapshot's result, or PQL_E_TIMEOUT when the worker did not stop in time
  * (it is left running; pql_free() then leaves the tracker allocated, as the process exits).
- * Safe with NULL (returns PQL_OK). */
+ * Safe with NULL (returns PQL_OK). Every failed snapshot, periodic or final, is logged by the
+ * saver as one warning "pql_snapshot_failed" with the same fields as dedup's: path, when
+ * ("periodic" | "final"), reason, op, errno (name), error (strerror); and counted in
+ * sluice_pql_snapshot_errors_total. */
 int pql_saver_stop(pql_saver_t *s);
 
 typedef struct pql_stats {

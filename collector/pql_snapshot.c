@@ -103,14 +103,19 @@ static void snap_flush(pql_t *p, void *ud)
     if (sw->w->b.len >= SNAP_FLUSH_BYTES || sw->w->rc != BASE_OK) snap_flush_now(sw);
 }
 
-int pql_snapshot_write(pql_t *p, const char *path)
+int pql_snapshot_write(pql_t *p, const char *path, base_ioerr_t *err)
 {
+    if (err != NULL) {
+        err->errnum = 0;
+        err->op = NULL;
+    }
     XXH64_state_t *xs = XXH64_createState();
     if (xs == NULL) return PQL_E_NOMEM;
     base_afile_t f;
     int frc = base_afile_open(&f, path, 0644);
     if (frc != BASE_OK) {
         XXH64_freeState(xs);
+        if (err != NULL) *err = f.err;
         return frc == BASE_E_NOMEM ? PQL_E_NOMEM : frc == BASE_E_INVAL ? PQL_E_INVALID : PQL_E_IO;
     }
     XXH64_reset(xs, 0);
@@ -143,10 +148,15 @@ int pql_snapshot_write(pql_t *p, const char *path)
     base_buf_free(&w.b);
     XXH64_freeState(xs);
     if (rc != PQL_OK) {
+        /* The tmp file goes; an earlier snapshot stays as it was. */
+        if (err != NULL) *err = f.err;
         base_afile_abort(&f);
         return rc;
     }
-    return base_afile_commit(&f) == BASE_OK ? PQL_OK : PQL_E_IO;
+    int crc = base_afile_commit(&f);
+    if (crc == BASE_OK) return PQL_OK;
+    if (err != NULL) *err = f.err;
+    return crc == BASE_E_NOMEM ? PQL_E_NOMEM : PQL_E_IO;
 }
 
 typedef struct rbuf {

@@ -42,6 +42,11 @@ typedef enum {
 /* A static English message for a base_err_t ("unknown error" for anything else). */
 const char *base_strerror(int err);
 
+/* The symbolic name of an errno value ("ENOSPC", "EROFS", "ENOENT", ...), static, for logs that
+ * must tell disk full from read-only from missing; "EUNKNOWN" for a value it does not know, ""
+ * for 0. Thread-safe. */
+const char *base_errno_name(int errnum);
+
 /* ---- bounded buffer (curl's dynbuf) ---------------------------------------------------------- */
 
 /*
@@ -133,6 +138,12 @@ int base_write_all(int fd, const void *p, size_t n);
 /* fsyncs the directory dir (Redis's fsyncFileDir), making a rename in it durable. BASE_OK or
  * BASE_E_IO (errno set). */
 int base_fsync_dir(const char *dir);
+
+/* mkdir -p: creates dir and every missing parent with mode (existing ones are left as they are).
+ * BASE_OK when dir exists as a directory afterwards; BASE_E_IO with *err (op "mkdir", or "stat"
+ * when a component exists but is not a directory: ENOTDIR) and errno set; BASE_E_INVAL for an
+ * empty or over-long path. err may be NULL. */
+int base_mkdir_p(const char *dir, unsigned mode, base_ioerr_t *err);
 
 /*
  * Atomic file replace: base_afile_open() creates "<path>.tmp" (truncating a stale one) with

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define AFILE_BUF (64 * 1024)
@@ -42,6 +43,54 @@ int base_fsync_dir(const char *dir)
     close(fd);
     errno = saved;
     return rc == 0 ? BASE_OK : BASE_E_IO;
+}
+
+static int mkdir_fail(base_ioerr_t *err, const char *op, int errnum)
+{
+    if (err != NULL) {
+        err->errnum = errnum;
+        err->op = op;
+    }
+    errno = errnum;
+    return errnum == EINVAL ? BASE_E_INVAL : BASE_E_IO;
+}
+
+/* One component: created, or already a directory. */
+static int mkdir_one(const char *p, unsigned mode, base_ioerr_t *err)
+{
+    if (mkdir(p, (mode_t)mode) == 0) return BASE_OK;
+    int e = errno;
+    struct stat st;
+    if (e == EEXIST) {
+        if (stat(p, &st) != 0) return mkdir_fail(err, "stat", errno);
+        return S_ISDIR(st.st_mode) ? BASE_OK : mkdir_fail(err, "stat", ENOTDIR);
+    }
+    /* A read-only or unreadable parent still lets an existing directory through. */
+    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) return BASE_OK;
+    return mkdir_fail(err, "mkdir", e);
+}
+
+int base_mkdir_p(const char *dir, unsigned mode, base_ioerr_t *err)
+{
+    if (err != NULL) {
+        err->errnum = 0;
+        err->op = NULL;
+    }
+    size_t n = strlen(dir);
+    if (n == 0 || n >= 4096) return mkdir_fail(err, "mkdir", EINVAL);
+    char p[4096];
+    memcpy(p, dir, n + 1);
+    while (n > 1 && p[n - 1] == '/')
+        p[--n] = '\0';
+    /* Parents first (each stops at an existing one), then dir itself. */
+    for (char *s = p + 1; *s != '\0'; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        int rc = mkdir_one(p, mode, err);
+        *s = '/';
+        if (rc != BASE_OK) return rc;
+    }
+    return mkdir_one(p, mode, err);
 }
 
 static int fail(base_afile_t *f, int rc, const char *op)

@@ -139,6 +139,54 @@ static void write_all_to_a_closed_fd_is_io(void **state)
     assert_int_equal(base_fsync_dir("/nonexistent-dir-for-base"), BASE_E_IO);
 }
 
+static void mkdir_p_creates_parents_and_accepts_existing(void **state)
+{
+    fx_t *f = *state;
+    char deep[200], mid[200], top[200];
+    snprintf(top, sizeof top, "%s/a", f->dir);
+    snprintf(mid, sizeof mid, "%s/a/b", f->dir);
+    snprintf(deep, sizeof deep, "%s/a/b/c/", f->dir);
+    base_ioerr_t err = {0, NULL};
+    assert_int_equal(base_mkdir_p(deep, 0750, &err), BASE_OK);
+    struct stat st;
+    assert_int_equal(stat(deep, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0750 & ~(unsigned)umask(022));
+    assert_int_equal(base_mkdir_p(deep, 0750, &err), BASE_OK); /* exists: fine */
+    deep[strlen(deep) - 1] = '\0';
+    rmdir(deep);
+    rmdir(mid);
+    rmdir(top);
+}
+
+/* A data dir under a regular file: ENOTDIR, named, nothing created. */
+static void mkdir_p_under_a_file_is_enotdir(void **state)
+{
+    fx_t *f = *state;
+    assert_int_equal(base_file_replace(f->path, 0600, "x", 1, NULL), BASE_OK);
+    char bad[200];
+    snprintf(bad, sizeof bad, "%s/data", f->path);
+    base_ioerr_t err = {0, NULL};
+    assert_int_equal(base_mkdir_p(bad, 0750, &err), BASE_E_IO);
+    assert_int_equal(err.errnum, ENOTDIR);
+    assert_string_equal(base_errno_name(err.errnum), "ENOTDIR");
+    /* The path itself a regular file. */
+    assert_int_equal(base_mkdir_p(f->path, 0750, &err), BASE_E_IO);
+    assert_int_equal(err.errnum, ENOTDIR);
+    assert_string_equal(err.op, "stat");
+    assert_int_equal(base_mkdir_p("", 0750, &err), BASE_E_INVAL);
+}
+
+static void errno_names(void **state)
+{
+    (void)state;
+    assert_string_equal(base_errno_name(ENOSPC), "ENOSPC");
+    assert_string_equal(base_errno_name(EROFS), "EROFS");
+    assert_string_equal(base_errno_name(ENOENT), "ENOENT");
+    assert_string_equal(base_errno_name(0), "");
+    assert_string_equal(base_errno_name(100000), "EUNKNOWN");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -149,6 +197,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(rename_over_a_directory_fails_with_errno, setup, teardown),
         cmocka_unit_test(write_all_to_a_closed_fd_is_io),
+        cmocka_unit_test_setup_teardown(mkdir_p_creates_parents_and_accepts_existing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(mkdir_p_under_a_file_is_enotdir, setup, teardown),
+        cmocka_unit_test(errno_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

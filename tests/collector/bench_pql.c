@@ -137,7 +137,7 @@ int main(int argc, char **argv)
                (double)(rss1 - rss0) / 1024.0,
                (double)(rss1 - rss0) * 1024.0 / (double)st.accounts);
         double t0 = now_s();
-        pql_snapshot_write(p, "/tmp/bench_pql.snapshot");
+        pql_snapshot_write(p, "/tmp/bench_pql.snapshot", NULL);
         printf("snapshot of %llu accounts written in %.2f s\n", (unsigned long long)st.accounts,
                now_s() - t0);
         remove("/tmp/bench_pql.snapshot");

@@ -482,7 +482,7 @@ static void test_snapshot_round_trip(void **state)
     fill(d, 5000, 5000);
     for (uint64_t i = 20000; i < 20005; i++)
         assert_int_equal(reserve1(d, key(i)), DEDUP_NEW); /* pending: not in the snapshot */
-    assert_int_equal(dedup_snapshot_write(d, dir), DEDUP_OK);
+    assert_int_equal(dedup_snapshot_write(d, dir, NULL), DEDUP_OK);
     dedup_free(d);
 
     atomic_fetch_add(&clk.ms, 20000); /* a restart 20 s later */
@@ -556,7 +556,7 @@ static void test_snapshot_corrupt_truncated_missing(void **state)
     dedup_t *d = mk(NULL, 3600000, 8 << 20);
     assert_int_equal(dedup_snapshot_load(d, dir), DEDUP_E_NOENT);
     fill(d, 0, 3000);
-    assert_int_equal(dedup_snapshot_write(d, dir), DEDUP_OK);
+    assert_int_equal(dedup_snapshot_write(d, dir, NULL), DEDUP_OK);
     dedup_free(d);
     char path[4200];
     snprintf(path, sizeof path, "%s/dedup.snapshot", dir);
@@ -604,8 +604,52 @@ static void test_snapshot_unwritable_dir(void **state)
     (void)state;
     dedup_t *d = mk(NULL, 3600000, 1 << 20);
     fill(d, 0, 10);
-    assert_int_equal(dedup_snapshot_write(d, "/proc/no/such/dir"), DEDUP_E_IO);
+    base_ioerr_t e;
+    assert_int_equal(dedup_snapshot_write(d, "/proc/no/such/dir", &e), DEDUP_E_IO);
+    assert_string_equal(e.op, "mkdir");
+    assert_int_equal(e.errnum, ENOENT);
     dedup_free(d);
+}
+
+/* Regression (issue 12 item 9): a data dir under a regular file fails with ENOTDIR named, and a
+ * failed write leaves the earlier snapshot whole (no tmp file, still loads). */
+static void test_snapshot_error_names_errno_and_keeps_old(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    dedup_t *d = mk(NULL, 3600000, 1 << 20);
+    fill(d, 0, 10);
+    assert_int_equal(dedup_snapshot_write(d, dir, NULL), DEDUP_OK);
+    char file[4200], under[4300], snap[4300];
+    snprintf(file, sizeof file, "%s/plain", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(under, sizeof under, "%s/data", file);
+    base_ioerr_t e;
+    assert_int_equal(dedup_snapshot_write(d, under, &e), DEDUP_E_IO);
+    assert_int_equal(e.errnum, ENOTDIR);
+    /* The snapshot file itself replaced by a directory: rename fails (EISDIR), tmp removed. */
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/d2", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    snprintf(snap, sizeof snap, "%s/dedup.snapshot", sub);
+    assert_int_equal(mkdir(snap, 0755), 0);
+    assert_int_equal(dedup_snapshot_write(d, sub, &e), DEDUP_E_IO);
+    assert_string_equal(e.op, "rename");
+    assert_int_equal(e.errnum, EISDIR);
+    char tmp[4400];
+    snprintf(tmp, sizeof tmp, "%s.tmp", snap);
+    assert_int_equal(access(tmp, F_OK), -1);
+    rmdir(snap);
+    rmdir(sub);
+    unlink(file);
+    dedup_t *d2 = mk(NULL, 3600000, 1 << 20);
+    assert_int_equal(dedup_snapshot_load(d2, dir), DEDUP_OK);
+    assert_int_equal(reserve1(d2, key(3)), DEDUP_DUPLICATE);
+    dedup_free(d2);
+    dedup_free(d);
+    rmdir_all(dir);
 }
 
 static void test_worker_final_snapshot(void **state)
@@ -676,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_round_trip),
         cmocka_unit_test(test_snapshot_corrupt_truncated_missing),
         cmocka_unit_test(test_snapshot_unwritable_dir),
+        cmocka_unit_test(test_snapshot_error_names_errno_and_keeps_old),
         cmocka_unit_test(test_worker_final_snapshot),
         cmocka_unit_test(test_metrics_gauges),
     };

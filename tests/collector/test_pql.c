@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -635,7 +636,7 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     char path[] = "/tmp/sluice_test_pql_snap_XXXXXX";
     int fd = mkstemp(path);
     close(fd);
-    assert_int_equal(pql_snapshot_write(p, path), PQL_OK);
+    assert_int_equal(pql_snapshot_write(p, path, NULL), PQL_OK);
     pql_stats_t st0;
     pql_stats(p, &st0);
 
@@ -673,14 +674,19 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     pql_stats(q, &st1);
     assert_int_equal(st1.accounts, 0);
     /* Truncated. */
-    assert_int_equal(pql_snapshot_write(p, path), PQL_OK);
+    assert_int_equal(pql_snapshot_write(p, path, NULL), PQL_OK);
     assert_int_equal(truncate(path, 50), 0);
     assert_int_equal(pql_snapshot_load(q, path), PQL_E_CORRUPT);
     assert_int_equal(pql_snapshot_load(q, "/nonexistent/pql.snapshot"), PQL_E_IO);
     pql_free(q);
+    /* Regression (issue 12 item 9): a failed write names the step and errno. */
+    base_ioerr_t ioe;
+    assert_int_equal(pql_snapshot_write(p, "/nonexistent/pql.snapshot", &ioe), PQL_E_IO);
+    assert_string_equal(ioe.op, "open");
+    assert_int_equal(ioe.errnum, ENOENT);
 
     /* Written under other rules: refused. */
-    assert_int_equal(pql_snapshot_write(p, path), PQL_OK);
+    assert_int_equal(pql_snapshot_write(p, path, NULL), PQL_OK);
     config_t c2;
     if (load_yaml(&c2, ref_yaml, err, sizeof err) != 0) fail_msg("%s", err);
     assert_int_equal(pql_new(&c2.pql, NULL, NULL, &q), PQL_OK);
@@ -859,7 +865,7 @@ static void test_walks_release_shard_locks_between_chunks(void **state)
     char path[] = "/tmp/sluice_test_pql_walk_XXXXXX";
     int fd = mkstemp(path);
     close(fd);
-    assert_int_equal(pql_snapshot_write(p, path), PQL_OK);
+    assert_int_equal(pql_snapshot_write(p, path, NULL), PQL_OK);
     /* ~23 accounts per shard, at most PQL_WALK_STEPS per hold: several holds per shard. */
     assert_true(atomic_load(&p->walk_holds) >= (uint64_t)n / PQL_WALK_STEPS);
     assert_true(atomic_load(&p->walk_max_steps) <= PQL_WALK_STEPS);
