@@ -281,14 +281,28 @@ static void test_batch_merge(void **state)
     }
     TU_BOTH({
         tu_body_t t;
-        const char *body =
-            "{\"batch\":[" EV("own", ",\"context\":{\"ip\":\"1.2.3.4\",\"locale\":\"de\"},"
-                                     "\"integrations\":{\"A\":false}") "," EV("none", "") "," EV(
-                "null", ",\"context\":null") ","
-                                             "{\"type\":\"track\",\"messageId\":\"bad\"}],"
-                                             "\"context\":{\"locale\":\"en\",\"library\":{\"name\":"
-                                             "\"x\"},\"groupId\":\"acct-9\"},"
-                                             "\"integrations\":{\"A\":true,\"B\":true}}";
+        const char *body = "{\"batch\":[" EV(
+            "own",
+            ",\"context\":{\"ip\":\"1.2.3.4\",\"locale\":\"de\"},"
+            "\"integrations\":{\"A\":false}") "," EV("none",
+                                                     "") "," EV("null",
+                                                                ",\"context\":null") ","
+                                                                                     "{\"type\":"
+                                                                                     "\"track\","
+                                                                                     "\"messageId\""
+                                                                                     ":\"bad\"}],"
+                                                                                     "\"context\":{"
+                                                                                     "\"locale\":"
+                                                                                     "\"en\","
+                                                                                     "\"library\":{"
+                                                                                     "\"name\":"
+                                                                                     "\"x\"},"
+                                                                                     "\"groupId\":"
+                                                                                     "\"acct-9\"},"
+                                                                                     "\"integration"
+                                                                                     "s\":{\"A\":"
+                                                                                     "true,\"B\":"
+                                                                                     "true}}";
         assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
         assert_int_equal(t.b.n_events, 4);
         const msgpack_object *c = get(t.b.events[0].obj, "context");
