@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base.h"
 #include "log.h"
@@ -61,6 +63,13 @@ int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg)
     /* A rejected record embeds the raw event, which may be as large as the body, escaped. */
     base_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
     proto_arena_init(&s->arena);
+    /* Seeds of this loop's generated messageIds (SPEC §2): random, so no two loops or processes
+     * share a sequence; when the kernel gives no randomness, clock, pid and address stand in. */
+    s->id_seq = 0;
+    if (getrandom(s->id_seed, sizeof s->id_seed, GRND_NONBLOCK) != (ssize_t)sizeof s->id_seed) {
+        s->id_seed[0] = (uint64_t)base_wall_ms() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+        s->id_seed[1] = base_mono_ns() ^ (uint64_t)(uintptr_t)s;
+    }
     return s->plain != NULL ? 0 : -1;
 }
 
@@ -266,7 +275,8 @@ static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *
     uint32_t m = 0;
     for (size_t i = 0; i < n; i++) {
         const proto_event_t *ev = &b->events[i];
-        if (ev->error != 0 || (*skip)[i]) continue;
+        /* A generated messageId is new by construction: nothing to deduplicate (SPEC §2). */
+        if (ev->error != 0 || (*skip)[i] || ev->message_id_generated) continue;
         pass->fps[m] = dedup_fp(seed, ev->message_id.ptr, ev->message_id.len);
         pass->idx[m++] = (uint32_t)i;
     }
@@ -351,7 +361,7 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
         if (filtered != NULL && filtered[i]) continue;
         base_buf_reset(&s->enc);
         if (ev->error == 0) {
-            int erc = proto_encode_event(b, ev, fmt, &s->enc);
+            int erc = proto_encode_event(ev, fmt, &s->enc);
             if (erc != 0) {
                 /* Valid by the rules but not encodable within the limits: reject it. */
                 ev->error = erc;
@@ -530,8 +540,12 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         .learn = ctx->accounts != NULL ? account_learn_cb : NULL,
         .lookup_ud = ctx->accounts,
         .max_future_ms = INGEST_MAX_FUTURE_MS,
+        .id_seed = {s->id_seed[0], s->id_seed[1]},
+        .id_seq = &s->id_seq,
     };
+    uint64_t seq0 = s->id_seq;
     proto_normalize(&b, &nctx);
+    if (s->id_seq != seq0) metrics_add(METRIC_MESSAGE_IDS_GENERATED, s->id_seq - seq0);
     if (ctx->pql != NULL) { /* the request's PQL records in one allocation (not growth) */
         size_t need = 0;
         for (size_t i = 0; i < b.n_events; i++) {

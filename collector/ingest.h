@@ -85,6 +85,8 @@ typedef struct ingest_scratch {
     base_buf_t enc;
     proto_arena_t arena;
     dedup_scratch_t dedup; /* in-request duplicate set */
+    uint64_t id_seed[2];   /* generated messageIds (proto_norm_ctx_t): random per loop */
+    uint64_t id_seq;
 } ingest_scratch_t;
 
 /* Returns 0, or -1 when memory is short (then ingest_scratch_free is still safe). */
