@@ -104,7 +104,7 @@ static double run(const msgpack_sbuffer *body, filter_set_t *fs, long rounds, si
             if (fs != NULL && filter_apply(fs, &b, &b.events[i], &keep) != FILTER_OK) abort();
             if (!keep) continue;
             base_buf_reset(&out);
-            if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) != 0) abort();
+            if (proto_encode_event(&b.events[i], PROTO_FMT_MSGPACK, &out) != 0) abort();
             *bytes += out.len;
             events++;
         }
