@@ -148,6 +148,16 @@ static const config_key_t config_keys[] = {
      "window shrinks (sluice_dedup_window_seconds)."},
     {"dedup.snapshot_interval", CT_DURATION, F(dedup_snapshot_interval_ms), 1000, 86400000, "60s",
      NULL, "How often the dedup state is written to data_dir (also at shutdown)."},
+    {"spool.enabled", CT_BOOL, F(spool_enabled), 0, 0, "true", NULL,
+     "Spool to data_dir/spool when Kafka is unreachable or its queue is full: such requests get "
+     "200 once their events are fsync'd there, and the spool drains to Kafka in order when it "
+     "recovers. false: those requests get 503."},
+    {"spool.max_bytes", CT_SIZE, F(spool_max_bytes), 1 * MiB, 16384 * GiB, "1GiB", NULL,
+     "Spool cap (segments on disk); beyond it requests that need the spool get 503 + "
+     "Retry-After (sluice_spool_full_total, sluice_spool_bytes)."},
+    {"spool.segment_bytes", CT_SIZE, F(spool_segment_bytes), 64 * KiB, 1 * GiB, "64MiB", NULL,
+     "A spool segment file is closed at this size and deleted once all its records are "
+     "delivered."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
@@ -175,7 +185,7 @@ static const config_key_t config_keys[] = {
 
 /* Sections of SPEC §7 that later versions implement; naming them is a clear error, not an
  * "unknown key", so an operator knows the file is right but the binary is too old. */
-static const char *const config_unsupported[] = {"spool"};
+static const char *const config_unsupported[] = {NULL}; /* NULL-terminated; none today */
 
 typedef struct config_flag {
     const char *flag;
@@ -1215,7 +1225,7 @@ static int yaml_map(yctx_t *y, yaml_node_t *map, const char *prefix)
         bool name_ok = len > 0 && (size_t)len < sizeof name && strchr(kn, '.') == NULL &&
                        kn[0] != '\0' && !scalar_has_nul(k);
         if (name_ok && prefix[0] == '\0') {
-            for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
+            for (size_t i = 0; config_unsupported[i] != NULL; i++)
                 if (strcmp(kn, config_unsupported[i]) == 0)
                     return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
                                     "%s:%lu: %s: not supported by this version of sluice-collector",
@@ -1683,10 +1693,12 @@ void config_print_help(FILE *out)
         fprintf(out, ", default %s\n", k->def ? k->def : "unset");
         print_wrapped(out, 6, k->doc);
     }
-    fprintf(out, "\nNot supported by this version: ");
-    for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
-        fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
-    fprintf(out, ".\n");
+    if (config_unsupported[0] != NULL) {
+        fprintf(out, "\nNot supported by this version: ");
+        for (size_t i = 0; config_unsupported[i] != NULL; i++)
+            fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
+        fprintf(out, ".\n");
+    }
 }
 
 void config_print_reference(FILE *out)
@@ -1711,15 +1723,19 @@ void config_print_reference(FILE *out)
                 k->def ? k->def : "unset", k->def ? "`" : "", range, k->doc);
     }
     /* Listed from config_unsupported[], so implementing a section only edits that array. */
-    const size_t n_unsup = sizeof config_unsupported / sizeof config_unsupported[0];
-    fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
-    for (size_t i = 0; i < n_unsup; i++) {
-        const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
-        fprintf(out, "%s`%s`", sep, config_unsupported[i]);
+    size_t n_unsup = 0;
+    while (config_unsupported[n_unsup] != NULL)
+        n_unsup++;
+    if (n_unsup > 0) {
+        fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
+        for (size_t i = 0; i < n_unsup; i++) {
+            const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
+            fprintf(out, "%s`%s`", sep, config_unsupported[i]);
+        }
+        fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
+        fprintf(out, "\"not supported by this version of sluice-collector\".\n");
     }
-    fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
-    fprintf(out, "\"not supported by this version of sluice-collector\".\n\n"
-                 "## Command-line flags\n\n");
+    fprintf(out, "\n## Command-line flags\n\n");
     fprintf(out, "| flag | YAML key | description |\n"
                  "| --- | --- | --- |\n");
     for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {

@@ -133,6 +133,11 @@ typedef struct config {
     uint32_t dedup_snapshot_interval_ms; /* 60 s */
 
     config_pql_t pql; /* SPEC §6 */
+
+    /* spool (SPEC §4) */
+    bool spool_enabled;           /* default true */
+    uint64_t spool_max_bytes;     /* 1 GiB: 503 beyond */
+    uint64_t spool_segment_bytes; /* 64 MiB per segment file */
 } config_t;
 
 typedef enum {

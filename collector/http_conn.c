@@ -1060,18 +1060,43 @@ static void http_settings_init(void)
 
 /* ---- request dispatch ---- */
 
+/* SPEC §3: ready when events can be made durable now: Kafka reachable (and no spooled backlog
+ * that new events would have to queue behind in a full spool), or the spool has room. The body
+ * says why not, and with a spool shows its bytes, records and oldest age. */
 static void respond_readyz(http_conn_t *c)
 {
     char why[200] = "";
-    bool ready = !atomic_load_explicit(c->hl->draining, memory_order_relaxed) &&
-                 kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
-    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed))
+    spool_t *sp = c->hl->ingest->spool;
+    bool kafka_ok = kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
+    bool spool_room = sp != NULL && spool_has_room(sp);
+    bool ready = kafka_ok ? sp == NULL || spool_room || !spool_busy(sp) : spool_room;
+    char kafka_why[sizeof why];
+    memcpy(kafka_why, kafka_ok ? "ok" : why, kafka_ok ? 3 : sizeof why);
+    if (kafka_ok && !ready) snprintf(why, sizeof why, "spool full");
+    if (!kafka_ok && sp != NULL && !ready) {
+        size_t n = strnlen(why, sizeof why - 13);
+        memcpy(why + n, "; spool full", 13);
+    }
+    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed)) {
+        ready = false;
         snprintf(why, sizeof why, "shutting down");
-    char body[512];
+    }
+    char body[768];
     base_buf_t out = {body, 0, sizeof body, sizeof body};
     int rc = base_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
     if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
     if (rc == 0 && !ready) rc = proto_json_str(&out, why, strnlen(why, sizeof why));
+    if (rc == 0 && sp != NULL) {
+        spool_stats_t st;
+        spool_stats(sp, &st);
+        rc = buf_lit(&out, ",\"kafka\":");
+        if (rc == 0) rc = proto_json_str(&out, kafka_why, strnlen(kafka_why, sizeof kafka_why));
+        if (rc == 0)
+            rc = base_buf_printf(&out,
+                                 ",\"spool\":{\"bytes\":%" PRIu64 ",\"records\":%" PRIu64
+                                 ",\"oldest_age_seconds\":%.3f}",
+                                 st.bytes, st.records, st.oldest_age_s);
+    }
     if (rc == 0) rc = buf_lit(&out, "}");
     respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);
 }

@@ -27,6 +27,7 @@
 #include "pql.h"
 #include "reload.h"
 #include "server.h"
+#include "spool.h"
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -154,6 +155,37 @@ static void data_dir_prepare(const config_t *cfg)
         LS("effect", "dedup and PQL state will not be saved; serving goes on"));
 }
 
+/* Spool on (spool.enabled, SPEC §4): data_dir/spool recovered (torn tails cut, logged) and its
+ * writer and drain threads started. Returns 0 (*out NULL when off, or when the directory cannot
+ * be used: logged, the collector serves without it), or -1 when a thread cannot start. */
+static int spool_start_cfg(const config_t *cfg, kafka_out_t *ko, spool_t **out)
+{
+    *out = NULL;
+    if (!cfg->spool_enabled) {
+        LOG(LOG_INFO, "spool_off", LS("reason", "spool.enabled is false"));
+        return 0;
+    }
+    spool_opts_t o = {.data_dir = cfg->data_dir,
+                      .max_bytes = cfg->spool_max_bytes,
+                      .segment_bytes = cfg->spool_segment_bytes,
+                      .ko = ko};
+    char err[600] = "";
+    int rc = spool_open(&o, out, err, sizeof err);
+    if (rc != SPOOL_OK) {
+        /* An unusable data dir must not stop the service: serve without the spool. */
+        LOG(LOG_ERROR, "spool_unavailable", LS("reason", err[0] ? err : spool_strerror(rc)),
+            LS("effect", "spool off: requests get 503 while Kafka is unreachable"));
+        return 0;
+    }
+    if (spool_start(*out) != SPOOL_OK) {
+        LOG(LOG_ERROR, "startup_failed", LS("reason", "spool: cannot start its threads"));
+        spool_free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* Logs the effective configuration, write keys masked. */
 static void log_config(const config_t *cfg)
 {
@@ -224,6 +256,7 @@ int main(int argc, char **argv)
     pql_t *pql = NULL;
     pql_saver_t *pql_saver = NULL;
     dedup_t *dedup = NULL;
+    spool_t *spool = NULL;
     ingest_ctx_t ingest;
     reload_t rl;
     bool rl_ok = false;
@@ -271,6 +304,8 @@ int main(int argc, char **argv)
         goto out;
     }
     ingest.dedup = dedup;
+    if (spool_start_cfg(&cfg, ko, &spool) != 0) goto out;
+    ingest.spool = spool;
     if (server_new(&cfg, &ingest, &srv, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         goto out;
@@ -313,6 +348,9 @@ int main(int argc, char **argv)
     uint32_t spent = (uint32_t)((uv_hrtime() - t0) / 1000000ull);
     LOG(LOG_INFO, "shutdown_drained", LI("complete", drained),
         LI("in_flight", atomic_load(&ingest.in_flight)), LI("ms", spent));
+    /* The drain stops before the flush (what it has not delivered stays spooled for the next
+     * start), so the flush waits only for the requests' own messages. */
+    spool_stop_drain(spool);
     int left = kafka_out_flush(ko, spent < budget ? (int)(budget - spent) : 0);
     LOG(LOG_INFO, "shutdown_kafka_flushed", LI("messages_left", left));
     /* Loops first, so none can produce into a destroyed producer (a drain that timed out may
@@ -320,6 +358,8 @@ int main(int argc, char **argv)
      * queued; those done_cb push into the stopped loops' mailboxes, whose async handles stay
      * open until server_free, which frees the requests (test_kafka_free_after_server_stop). */
     server_stop(srv);
+    /* The loops no longer submit to the spool either: write what is queued, stop the writer. */
+    spool_stop(spool);
     /* The loops no longer submit to PQL: feed what is queued (its signals flushed within what
      * is left of the budget), then write its final snapshot. */
     if (pql != NULL) {
@@ -347,6 +387,8 @@ int main(int argc, char **argv)
     ko = NULL;
     server_free(srv);
     srv = NULL;
+    spool_free(spool); /* after kafka_out_free: a drain message's report may come until then */
+    spool = NULL;
     uv_loop_close(main_loop);
     LOG(LOG_INFO, "shutdown_complete", LI("ms", (uv_hrtime() - t0) / 1000000ull));
 out:
@@ -357,7 +399,9 @@ out:
         server_free(srv);
     }
     (void)pql_saver_stop(pql_saver);
+    spool_stop(spool);
     kafka_out_free(ko);
+    spool_free(spool);
     pql_free(pql);
     dedup_free(dedup); /* stops the worker if start-up failed after it began */
     auth_free(auth);

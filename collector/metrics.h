@@ -53,6 +53,13 @@
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
     X(KAFKA_FAIL_FAST, "sluice_kafka_fail_fast_total",                                             \
       "requests answered 503 at once: Kafka known down and the spool off or full")                 \
+    X(SPOOL_APPENDED, "sluice_spool_appended_total", "records written and fsync'd to the spool")   \
+    X(SPOOL_DRAINED, "sluice_spool_drained_total", "spooled records delivered to Kafka")           \
+    X(SPOOL_TRUNCATED_BYTES, "sluice_spool_truncated_bytes_total",                                 \
+      "spool bytes dropped: torn or corrupt tails cut at start, unreadable records skipped")       \
+    X(SPOOL_FULL, "sluice_spool_full_total", "requests answered 503: spool.max_bytes reached")     \
+    X(SPOOL_WRITE_ERRORS, "sluice_spool_write_errors_total",                                       \
+      "spool group commits that failed (write or fsync): their requests answered 503")             \
     X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
 
 typedef enum {
