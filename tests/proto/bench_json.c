@@ -63,8 +63,8 @@ static int finish_batch(proto_batch_t *b)
     if (b->events == NULL) return PROTO_E_NOMEM;
     proto_envelope_t env = {.has_sent_at = b->has_sent_at, .sent_at_ms = b->sent_at_ms};
     for (size_t i = 0; i < n; i++)
-        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, &env,
-                             limits(), PROTO_CHECK_DUP_KEYS);
+        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, &env, limits(),
+                             PROTO_CHECK_DUP_KEYS);
     b->n_events = n;
     return PROTO_OK;
 }
