@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "pql_config.h"
 #include <stdio.h>
 
 /* X(NAME, value, "message"). Append-only. Every failing function also fills err with detail. */
@@ -43,47 +45,6 @@ typedef struct config_write_key {
 typedef struct config_kv {
     char *key, *value;
 } config_kv_t;
-
-/* pql: section (SPEC §6). Rules and tiers are validated at load (names unique, thresholds set,
- * velocity periods a multiple of the bucket and shorter than the window). */
-typedef enum {
-    CONFIG_PQL_ACTIVE_USERS = 0,
-    CONFIG_PQL_EVENTS,
-    CONFIG_PQL_EVENTS_VELOCITY,
-    CONFIG_PQL_USERS_VELOCITY,
-    CONFIG_PQL_ACTIVE_DAYS,
-    CONFIG_PQL_EVENT_SEEN,
-} config_pql_metric_t;
-
-#define CONFIG_PQL_MAX_RULES  64
-#define CONFIG_PQL_MAX_TIERS  16
-#define CONFIG_PQL_MAX_EVENTS 32 /* event names of one rule */
-
-typedef struct config_pql_rule {
-    char *name;
-    int metric;         /* config_pql_metric_t */
-    double at_least;    /* threshold; event_seen: 1 */
-    uint32_t points;    /* added to the score while the rule holds */
-    uint32_t recent_ms; /* *_velocity: the recent period (default 24h) */
-    double min_recent;  /* *_velocity: the recent count must reach this too (default 0) */
-    char **events;      /* events / events_velocity / event_seen: names (NULL: all events) */
-    size_t n_events;
-} config_pql_rule_t;
-
-typedef struct config_pql_tier {
-    char *name;
-    uint32_t threshold;
-} config_pql_tier_t;
-
-typedef struct config_pql {
-    uint32_t window_ms, bucket_ms, late_ms, snapshot_interval_ms;
-    uint64_t max_accounts;
-    uint64_t queue_bytes;     /* records waiting for PQL's feeder thread (pql.queue_bytes) */
-    config_pql_tier_t *tiers; /* highest threshold first */
-    size_t n_tiers;
-    config_pql_rule_t *rules; /* in file order; PQL is on when n_rules > 0 */
-    size_t n_rules;
-} config_pql_t;
 
 typedef struct config {
     /* listen: "ADDR:PORT" (IPv4, or [IPv6]:PORT). */
@@ -137,7 +98,7 @@ typedef struct config {
     uint64_t dedup_max_memory;           /* 256 MiB */
     uint32_t dedup_snapshot_interval_ms; /* 60 s */
 
-    config_pql_t pql; /* SPEC §6 */
+    pql_config_t pql; /* SPEC §6 */
 
     /* spool (SPEC §4) */
     bool spool_enabled;           /* default true */
