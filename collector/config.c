@@ -21,6 +21,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "tls.h"
 
 /* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
  * limit. */
@@ -71,6 +72,13 @@ static const config_key_t config_keys[] = {
      "for them and this one answers 404 for everything else but /healthz and /readyz, which "
      "both serve. Its connections count against limits.max_connections. Unset: everything on "
      "listen."},
+    {"tls.cert_file", CT_STRING, F(tls_cert_file), 0, 0, NULL, NULL,
+     "PEM certificate chain (leaf first) to serve HTTPS on listen (TLS 1.2+, HTTP/1.1); with "
+     "tls.key_file. Re-read on SIGHUP: new connections use the new certificate, open ones keep "
+     "theirs; a pair that does not load is refused (config_reload_failed) and the old one stays. "
+     "Turning TLS on or off needs a restart. admin_listen stays plain HTTP. Unset: plain HTTP."},
+    {"tls.key_file", CT_STRING, F(tls_key_file), 0, 0, NULL, NULL,
+     "PEM private key (unencrypted) of tls.cert_file; must match it."},
     {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
     {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
      "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
@@ -559,6 +567,8 @@ void config_free(config_t *c)
     c->n_kafka_properties = 0;
     filter_set_free(c->filters);
     c->filters = NULL;
+    tls_ctx_free(c->tls_ctx);
+    c->tls_ctx = NULL;
     free_pql_tiers(c->pql.tiers, c->pql.n_tiers);
     c->pql.tiers = NULL;
     c->pql.n_tiers = 0;
@@ -1381,6 +1391,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                             "needs its own",
                             c->admin_listen);
     }
+    if ((c->tls_cert_file != NULL) != (c->tls_key_file != NULL))
+        return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                        "tls: needs both cert_file and key_file (%s is missing)",
+                        c->tls_cert_file == NULL ? "tls.cert_file" : "tls.key_file");
     if (c->threads < 1 || c->threads > 64)
         return cfg_fail(CONFIG_E_INVALID, err, errlen, "threads: %u is out of range 1..64",
                         c->threads);
@@ -1576,6 +1590,10 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
         if (rc != CONFIG_OK) return cfg_fail(rc, err, errlen, "%s: %s", f->flag, why.text);
     }
     if ((rc = config_validate(c, err, errlen)) != CONFIG_OK) return rc;
+    if (c->tls_cert_file != NULL) {
+        rc = tls_ctx_new(c->tls_cert_file, c->tls_key_file, &c->tls_ctx, err, errlen);
+        if (rc != TLS_OK) return rc == TLS_E_NOMEM ? CONFIG_E_NOMEM : CONFIG_E_INVALID;
+    }
     *action = check ? CONFIG_CHECK : CONFIG_RUN;
     return CONFIG_OK;
 }

@@ -91,6 +91,11 @@ typedef struct config {
     /* admin_listen: a second "ADDR:PORT" serving /metrics and the admin views (then no longer
      * served on listen); NULL: everything on listen. */
     char *admin_listen;
+    /* tls: {cert_file, key_file} (SPEC §3): both set serves HTTPS on listen. tls_ctx is the
+     * OpenSSL context made from them by config_from_args (NULL without tls, and after
+     * config_load_file alone); owned, like filters, until reload_init takes it. */
+    char *tls_cert_file, *tls_key_file;
+    struct ssl_ctx_st *tls_ctx;
     uint32_t threads; /* event-loop threads, 1..64, default 2 */
     char *data_dir;   /* default "./sluice-data" */
     char *admin_token;
@@ -158,7 +163,9 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen);
 
 /*
  * Full start-up parse: defaults, then --config FILE (if given), then the other flags override.
- * Then validates (config_validate). *action tells what main should do.
+ * Then validates (config_validate) and, with tls set, reads the certificate and key into
+ * c->tls_ctx (a file that does not load, or a key that does not match, is an error naming both
+ * files). *action tells what main should do.
  * c need not be initialized (config_init is called first); call config_free(c) afterwards
  * whatever the result. --help/--version return 0 at once with CONFIG_HELP/CONFIG_VERSION (main
  * prints config_print_help()/the version). --write-key flags replace the file's write_keys;

@@ -203,6 +203,7 @@ static void log_config(const config_t *cfg)
         if (off >= sizeof keys) off = sizeof keys - 1;
     }
     LOG(LOG_INFO, "config", LS("version", SLUICE_VERSION), LS("listen", cfg->listen),
+        LS("tls", cfg->tls_cert_file != NULL ? "on" : "off"),
         LS("admin_listen", cfg->admin_listen != NULL ? cfg->admin_listen : "(listen)"),
         LI("threads", cfg->threads),
         LS("brokers", cfg->brokers != NULL && cfg->brokers[0] ? cfg->brokers : "(embedded)"),
@@ -293,6 +294,12 @@ int main(int argc, char **argv)
     }
     rl_ok = true;
     ingest.reload = &rl;
+    if (atomic_load(&rl.cur)->tls != NULL) {
+        char desc[512];
+        tls_ctx_describe(atomic_load(&rl.cur)->tls, desc, sizeof desc);
+        LOG(LOG_INFO, "tls_certificate_loaded", LS("certificate", desc),
+            LS("cert_file", cfg.tls_cert_file), LS("key_file", cfg.tls_key_file));
+    }
     (void)metrics_section_register(reload_render_metrics, &rl);
     if (pql_start(&cfg, ko, &pql, &pql_saver) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", "PQL could not start (memory)"));
@@ -330,7 +337,8 @@ int main(int argc, char **argv)
             LOG(LOG_INFO, "admin_listening", LS("addr", server_admin_host(srv)),
                 LI("port", server_admin_port(srv)),
                 LS("serves", "/metrics, /v1/accounts/{id}, /v1/pql/top, /healthz, /readyz"));
-        LOG(LOG_INFO, "listening", LS("addr", server_host(srv)), LI("port", server_port(srv)));
+        LOG(LOG_INFO, "listening", LS("addr", server_host(srv)), LI("port", server_port(srv)),
+            LS("scheme", cfg.tls_cert_file != NULL ? "https" : "http"));
         uv_run(main_loop, UV_RUN_DEFAULT);
         rc = 0;
     }

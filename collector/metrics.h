@@ -60,7 +60,11 @@
     X(SPOOL_FULL, "sluice_spool_full_total", "requests answered 503: spool.max_bytes reached")     \
     X(SPOOL_WRITE_ERRORS, "sluice_spool_write_errors_total",                                       \
       "spool group commits that failed (write or fsync): their requests answered 503")             \
-    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
+    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key") \
+    X(TLS_HANDSHAKES, "sluice_tls_handshakes_total", "TLS handshakes completed (tls set)")         \
+    X(TLS_HANDSHAKE_FAILURES, "sluice_tls_handshake_failures_total",                               \
+      "TLS connections closed before their handshake completed: not TLS (e.g. plain HTTP), a "     \
+      "failed handshake, or limits.header_timeout")
 
 typedef enum {
 #define METRICS_X_ENUM(id, name, help) METRIC_##id,
