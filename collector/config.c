@@ -500,6 +500,8 @@ void config_free(config_t *c)
             SECTION(&config_keys[i])->free(field(c, &config_keys[i]));
     tls_ctx_free(c->tls_ctx);
     c->tls_ctx = NULL;
+    free(c->config_file);
+    c->config_file = NULL;
 }
 
 static bool str_differs(const char *a, const char *b)
@@ -656,6 +658,7 @@ static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
                                  name, kn);
             } else if (is_key) {
                 key = config_yaml_text(v);
+                if (y->c->inline_secret_line == 0) y->c->inline_secret_line = config_yaml_line(v);
             } else {
                 source = config_yaml_text(v);
                 if (!config_name_ok(source, CONFIG_SOURCE_MAX_LEN))
@@ -787,7 +790,11 @@ static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_nod
         if (rc != CONFIG_OK)
             return config_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file,
                                config_yaml_line(v), k->name, why.text);
-        if (strcmp(k->name, "admin_token") == 0) y->admin_token_line = (int)config_yaml_line(key);
+        if (strcmp(k->name, "admin_token") == 0) {
+            y->admin_token_line = (int)config_yaml_line(key);
+            if (!config_yaml_is_null(v) && y->c->inline_secret_line == 0)
+                y->c->inline_secret_line = config_yaml_line(v);
+        }
         break;
     }
     }
@@ -1136,6 +1143,8 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
         }
         if (strcmp(f->flag, "--check-config") == 0) check = true;
     }
+    if (config_file != NULL && (c->config_file = strdup(config_file)) == NULL)
+        return config_fail(CONFIG_E_NOMEM, err, errlen, "out of memory");
     if (config_file != NULL && (rc = config_load_file(c, config_file, err, errlen)) != CONFIG_OK)
         return rc;
 
@@ -1153,9 +1162,11 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
                 cli_keys = true;
             }
             if ((rc = add_cli_write_key(c, val, err, errlen)) != CONFIG_OK) return rc;
+            c->cli_secret_flag = "--write-key";
             continue;
         }
         if (f->key == NULL) continue;
+        if (strcmp(f->key, "admin_token") == 0) c->cli_secret_flag = "--admin-token";
         const config_key_t *k = key_find(f->key);
         config_why_t why;
         rc = set_scalar(c, k, val ? val : "true", false, &why);

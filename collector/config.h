@@ -104,6 +104,15 @@ typedef struct config {
     bool spool_enabled;           /* default true */
     uint64_t spool_max_bytes;     /* 1 GiB: 503 beyond */
     uint64_t spool_segment_bytes; /* 64 MiB per segment file */
+
+    /* Secrets hygiene, recorded while loading (not keys of the table; main warns at start):
+     * config_file is the --config path (owned; NULL: none); inline_secret_line the first line of
+     * that file holding a write key or admin_token in clear (0: none; key_env and
+     * admin_token_env do not count); cli_secret_flag "--write-key" or "--admin-token" when a
+     * secret was given on the command line (static string; NULL: none). */
+    char *config_file;
+    unsigned long inline_secret_line;
+    const char *cli_secret_flag;
 } config_t;
 
 typedef enum {

@@ -186,6 +186,28 @@ static int spool_start_cfg(const config_t *cfg, kafka_out_t *ko, spool_t **out)
     return 0;
 }
 
+/* Secrets hygiene: a config file holding a write key or the admin token in clear that group or
+ * others may read, and secrets on the command line (visible to every local user in ps and
+ * /proc/PID/cmdline), are warned about once at start. The secrets themselves are never logged. */
+static void warn_secrets(const config_t *cfg)
+{
+    struct stat st;
+    if (cfg->config_file != NULL && cfg->inline_secret_line > 0 &&
+        stat(cfg->config_file, &st) == 0 && (st.st_mode & 077) != 0) {
+        char mode[8];
+        snprintf(mode, sizeof mode, "%04o", (unsigned)(st.st_mode & 07777));
+        LOG(LOG_WARN, "config_file_readable_by_others", LS("path", cfg->config_file),
+            LS("mode", mode), LI("line", cfg->inline_secret_line),
+            LS("reason", "the file holds a write key or admin_token in clear and group or others "
+                         "may read it"),
+            LS("fix", "chmod 600 the file, or use key_env / admin_token_env"));
+    }
+    if (cfg->cli_secret_flag != NULL)
+        LOG(LOG_WARN, "secret_on_command_line", LS("flag", cfg->cli_secret_flag),
+            LS("reason", "command lines are visible to every local user (ps, /proc/PID/cmdline)"),
+            LS("fix", "put the key in the environment: write_keys key_env, admin_token_env"));
+}
+
 /* Logs the effective configuration, write keys masked. */
 static void log_config(const config_t *cfg)
 {
@@ -247,6 +269,7 @@ int main(int argc, char **argv)
     }
     log_set_level((log_level_t)cfg.log_level);
     log_config(&cfg);
+    warn_secrets(&cfg);
     data_dir_prepare(&cfg);
 
     int rc = 1;

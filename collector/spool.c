@@ -195,7 +195,9 @@ size_t spool_scan(const void *data, size_t n, size_t *valid_len, spool_scan_cb c
 
 typedef struct seg {
     uint64_t seq;
-    uint64_t size; /* committed (synced) bytes: the drain reads no further */
+    uint64_t size;    /* committed (synced) bytes: the drain reads no further */
+    uint64_t records; /* committed records */
+    uint64_t done;    /* of them delivered (or dropped as unreadable) */
 } seg_t;
 
 /* One drained record in flight: its own group, so each report is known. */
@@ -254,7 +256,7 @@ static int segs_push(spool_t *sp, uint64_t seq, uint64_t size)
         sp->segs = ns;
         sp->capsegs = nc;
     }
-    sp->segs[sp->nsegs++] = (seg_t){seq, size};
+    sp->segs[sp->nsegs++] = (seg_t){seq, size, 0, 0};
     return SPOOL_OK;
 }
 
@@ -466,6 +468,7 @@ static int spool_recover(spool_t *sp, char *err, size_t errlen)
             continue;
         }
         if ((rc = segs_push(sp, seqs[i], size)) != SPOOL_OK) break;
+        sp->segs[sp->nsegs - 1].records = (uint64_t)cnt;
         records += (uint64_t)cnt;
         bytes += size;
         if (first) {
@@ -474,6 +477,7 @@ static int spool_recover(spool_t *sp, char *err, size_t errlen)
             oldest = fs.ts;
             if (fs.found) { /* records before the saved cursor were delivered already */
                 sp->cur_off = coff;
+                sp->segs[0].done = fs.before;
                 records -= fs.before;
             }
         }
@@ -663,9 +667,13 @@ static void writer_tick(void *ud)
         }
         pos = start;
     } else {
+        uint64_t nrec = 0;
+        for (base_snode_t *n = list; n != NULL; n = n->next)
+            nrec += batch_of(n)->n_records;
         sp->wsize = pos;
         pthread_mutex_lock(&sp->mu);
         sp->segs[sp->nsegs - 1].size = pos;
+        sp->segs[sp->nsegs - 1].records += nrec;
         pthread_mutex_unlock(&sp->mu);
     }
     int64_t first_ts = 0;
@@ -852,6 +860,25 @@ static void drain_drop_head(spool_t *sp)
     pthread_mutex_lock(&sp->mu);
 }
 
+/* The rest of segment seq cannot be read (gone, or bytes that do not check): its undelivered
+ * records are given up, logged and counted, so the spool does not stay busy forever. */
+static void drain_skip_rest(spool_t *sp, uint64_t seq, uint64_t off, uint64_t limit,
+                            const char *why)
+{
+    pthread_mutex_lock(&sp->mu);
+    uint64_t lost = 0;
+    if (sp->nsegs > 0 && sp->segs[0].seq == seq && sp->cur_off == off) {
+        lost = sp->segs[0].records - sp->segs[0].done;
+        sp->segs[0].done = sp->segs[0].records;
+        sp->cur_off = limit;
+    }
+    pthread_mutex_unlock(&sp->mu);
+    atomic_fetch_sub(&sp->pending, (uint_fast64_t)lost);
+    metrics_add(METRIC_SPOOL_TRUNCATED_BYTES, limit - off);
+    LOG(LOG_ERROR, "spool_records_lost", LI("segment", seq), LI("offset", off), LI("records", lost),
+        LI("bytes", limit - off), LS("reason", why));
+}
+
 static void drain_tick(void *ud)
 {
     spool_t *sp = ud;
@@ -874,6 +901,10 @@ static void drain_tick(void *ud)
             sp->rfd = open(path, O_RDONLY | O_CLOEXEC);
             sp->rseq = seq;
             if (sp->rfd < 0) {
+                if (errno == ENOENT) { /* removed behind our back: nothing left to retry */
+                    drain_skip_rest(sp, seq, off, limit, "segment file missing");
+                    continue;
+                }
                 LOG(LOG_ERROR, "spool_segment_unreadable", LS("path", path),
                     LS("error", strerror(errno)));
                 return; /* retried next tick */
@@ -883,18 +914,14 @@ static void drain_tick(void *ud)
         if (count == -2) return;
         if (count <= 0) {
             /* Committed bytes that do not read back: skip the rest of this segment. */
-            LOG(LOG_ERROR, "spool_segment_corrupt", LI("segment", seq), LI("offset", off),
-                LI("dropped_bytes", limit - off));
-            metrics_add(METRIC_SPOOL_TRUNCATED_BYTES, limit - off);
-            pthread_mutex_lock(&sp->mu);
-            if (sp->cur_seq == seq) sp->cur_off = limit;
-            pthread_mutex_unlock(&sp->mu);
+            drain_skip_rest(sp, seq, off, limit, "committed records do not check");
             continue;
         }
         if (!drain_window(sp, count)) return;
         uint64_t end = off + sp->window.len;
         pthread_mutex_lock(&sp->mu);
         sp->cur_off = end;
+        sp->segs[0].done += (uint64_t)count;
         uint64_t next_limit = sp->segs[0].size;
         bool more = end < next_limit || sp->nsegs > 1;
         pthread_mutex_unlock(&sp->mu);

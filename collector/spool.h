@@ -21,6 +21,8 @@
  *    not check (a torn tail after kill -9 or power loss) ends the segment: the file is truncated
  *    there, what was dropped is logged (spool_truncated) and counted, and everything before it
  *    is drained. A record that was fsync'd is never behind a torn one in the same segment.
+ *    Committed records that cannot be read back later (the file removed, bytes that no longer
+ *    check) are given up by the drain (spool_records_lost, counted), never retried for ever.
  *  - Bounded. max_bytes (spool.max_bytes) caps the bytes on disk plus those queued for the
  *    writer: spool_submit() answers SPOOL_E_FULL beyond it (the caller answers 503), and
  *    spool_has_room() says whether a request could still be taken (/readyz, fail fast).

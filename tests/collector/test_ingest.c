@@ -468,6 +468,53 @@ static void test_spool_when_kafka_down(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Kafka down and the spool full (spool.max_bytes): fail fast, 503 kafka_unavailable at once,
+ * counted in sluice_kafka_fail_fast_total; nothing spooled, nothing produced. */
+static void test_spool_full_fails_fast(void **state)
+{
+    fixture_t *f = *state;
+    char out[1024], data[] = "/tmp/sluice-ingest-spool-XXXXXX";
+    int ra = 0;
+    assert_non_null(mkdtemp(data));
+    spool_opts_t o = {
+        .data_dir = data, .max_bytes = 1 << 20, .segment_bytes = 1 << 20, .ko = f->ko};
+    char err[256];
+    assert_int_equal(spool_open(&o, &f->spool, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(f->spool), SPOOL_OK);
+    f->ctx.spool = f->spool;
+    assert_int_equal(kafka_out_produce(f->ko, KAFKA_TOPIC_PQL, "k", 1, "warm", 4, NULL, 0, NULL),
+                     KAFKA_OK);
+    assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+         !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
+        mock_sleep_ms(10);
+    assert_int_equal(
+        run(f, BODY3, strlen(BODY3), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        200);
+    /* Reopened with its cap at exactly what it holds: full. */
+    spool_stats_t st;
+    spool_stats(f->spool, &st);
+    spool_free(f->spool);
+    o.max_bytes = st.bytes;
+    assert_int_equal(spool_open(&o, &f->spool, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(f->spool), SPOOL_OK);
+    f->ctx.spool = f->spool;
+    assert_false(spool_has_room(f->spool));
+    int64_t t0 = base_mono_ms();
+    assert_int_equal(
+        run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        503);
+    assert_true(base_mono_ms() - t0 < 1000);
+    assert_non_null(strstr(out, "\"error\":\"kafka_unavailable\""));
+    assert_true(ra > 0);
+    assert_int_equal(metrics_get(METRIC_KAFKA_FAIL_FAST), 1);
+    assert_int_equal(metrics_get(METRIC_SPOOL_APPENDED), 2);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* The producer queue (kafka_queue_bytes, 1 KiB here) takes the first message, not the second:
  * 503, the first message is still delivered, and the refusal is counted once. */
 static void test_queue_full_is_503(void **state)
@@ -611,6 +658,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delivery_failure_is_503, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kafka_down_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_when_kafka_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_full_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full_is_503, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors_truncated, setup, teardown),

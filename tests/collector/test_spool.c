@@ -336,6 +336,59 @@ static void test_spool_then_drain(void **state)
         base_buf_free(&recs[j]);
 }
 
+/* A segment file removed behind the spool's back (an operator, a disk repair): its records are
+ * given up, logged and counted, and the spool does not stay busy (which would send every new
+ * request to the spool for ever); the next segment is still drained. */
+static void test_lost_segment_is_skipped(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(kafka_out_produce(f->ko, KAFKA_TOPIC_PQL, "k", 1, "x", 1, NULL, 0, NULL), 0);
+    assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
+    for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; !kafka_out_down(f->ko) && base_mono_ms() < dl;)
+        mock_sleep_ms(10);
+    spool_opts_t o = {.data_dir = f->data, .max_bytes = 1 << 20, .segment_bytes = 1, .ko = f->ko};
+    spool_t *sp = NULL;
+    char err[256];
+    assert_int_equal(spool_open(&o, &sp, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(sp), SPOOL_OK);
+    waiter_t w[2];
+    base_buf_t recs[2];
+    spool_batch_t batch[2];
+    for (int j = 0; j < 2; j++) {
+        base_buf_init(&recs[j], 1 << 16);
+        for (int i = 0; i < 10; i++) {
+            char v[16];
+            int vl = snprintf(v, sizeof v, "b%d-%d", j, i);
+            assert_int_equal(spool_encode(&recs[j], 0, "k", 1, v, (size_t)vl, NULL, 0, 1), 0);
+        }
+        kafka_group_init(&w[j].g, waiter_done_cb, &w[j]);
+        atomic_init(&w[j].done, false);
+        batch[j] = (spool_batch_t){.records = &recs[j], .n_records = 10, .g = &w[j].g};
+        assert_int_equal(spool_submit(sp, &batch[j]), SPOOL_OK);
+        kafka_group_seal(&w[j].g);
+        assert_true(wait_for(&w[j].done, MOCK_WAIT_MS)); /* segment_bytes 1: a file each */
+    }
+    assert_int_equal(count_segments(f->data), 2);
+    char seg[400];
+    snprintf(seg, sizeof seg, "%s/spool/%016x.seg", f->data, 1);
+    assert_int_equal(unlink(seg), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
+    for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; spool_busy(sp) && base_mono_ms() < dl;)
+        mock_sleep_ms(20);
+    assert_false(spool_busy(sp));
+    assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 10);
+    assert_true(metrics_get(METRIC_SPOOL_TRUNCATED_BYTES) > 0);
+    mock_msg_t msgs[12] = {0};
+    size_t n = mock_consume(&f->mk, f->mk.events, 10, msgs, 12);
+    assert_int_equal(n, 10);
+    assert_string_equal(msgs[0].value, "b1-0");
+    mock_msgs_free(msgs, n);
+    spool_free(sp);
+    for (int j = 0; j < 2; j++)
+        base_buf_free(&recs[j]);
+}
+
 /* At spool.max_bytes, submit refuses (the caller answers 503) and the group is untouched. */
 static void test_spool_full(void **state)
 {
@@ -419,6 +472,7 @@ int main(void)
         cmocka_unit_test(test_scan),
         cmocka_unit_test(test_recover_torn_tail),
         cmocka_unit_test_setup_teardown(test_spool_then_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_segment_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_survives_restart, setup, teardown),
     };

@@ -1,8 +1,10 @@
 /*
  * fuzz_spool.c — libFuzzer target for spool recovery (collector/spool.c): the input is the
  * content of a segment file after a crash. Checks spool.h's recovery contract on any bytes:
- *  - spool_scan() never reads past the input, every record it reports lies inside the good
- *    prefix with fields inside the record, and a record it accepts re-encodes to the same bytes;
+ *  - spool_scan() (on the input, and on a copy whose record CRCs are made right so the body
+ *    checks behind them are reached too) never reads past the input, every record it reports lies
+ * inside the good prefix with fields inside the record, and a record it accepts re-encodes to the
+ * same bytes;
  *  - spool_open() on a data dir holding the input as its one segment cuts the file to exactly
  *    the good prefix (or removes it when nothing is usable) and reports exactly the good
  *    records as pending; nothing leaks (ASan).
@@ -19,6 +21,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <zlib.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -53,6 +57,34 @@ static bool check_cb(void *ud, uint64_t offset, const spool_record_t *rec)
     return true;
 }
 
+/* The input with every record's CRC made right (lengths as they are), so the fuzzer also
+ * reaches the body checks behind the CRC. Returns a malloc'd copy. */
+static uint8_t *fix_crcs(const uint8_t *data, size_t size)
+{
+    uint8_t *c = malloc(size ? size : 1);
+    if (c == NULL) abort();
+    memcpy(c, data, size);
+    for (size_t off = SPOOL_SEG_HEADER; off + SPOOL_RECORD_HEAD <= size;) {
+        uint32_t len = (uint32_t)c[off] | (uint32_t)c[off + 1] << 8 | (uint32_t)c[off + 2] << 16 |
+                       (uint32_t)c[off + 3] << 24;
+        if (len > size - off - SPOOL_RECORD_HEAD) break;
+        uint32_t crc = (uint32_t)crc32(0L, c + off + SPOOL_RECORD_HEAD, (uInt)len);
+        for (int i = 0; i < 4; i++)
+            c[off + 4 + (size_t)i] = (uint8_t)(crc >> (8 * i));
+        off += SPOOL_RECORD_HEAD + len;
+    }
+    return c;
+}
+
+static void scan_checked(const uint8_t *data, size_t size, size_t *n, size_t *valid)
+{
+    check_t c = {data, size, {0}};
+    base_buf_init(&c.re, SPOOL_RECORD_MAX + SPOOL_RECORD_HEAD);
+    *n = spool_scan(data, size, valid, check_cb, &c);
+    base_buf_free(&c.re);
+    if (*valid > size || (*n > 0 && *valid < SPOOL_SEG_HEADER)) abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (dir[0] == '\0') {
@@ -64,12 +96,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mkdir(sdir, 0755);
         snprintf(seg, sizeof seg, "%s/0000000000000001.seg", sdir);
     }
-    check_t c = {data, size, {0}};
-    base_buf_init(&c.re, SPOOL_RECORD_MAX + SPOOL_RECORD_HEAD);
-    size_t valid = 0;
-    size_t n = spool_scan(data, size, &valid, check_cb, &c);
-    base_buf_free(&c.re);
-    if (valid > size || (n > 0 && valid < SPOOL_SEG_HEADER)) abort();
+    size_t n = 0, valid = 0;
+    uint8_t *fixed = fix_crcs(data, size);
+    scan_checked(fixed, size, &n, &valid);
+    free(fixed);
+    scan_checked(data, size, &n, &valid);
 
     int fd = open(seg, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || (size > 0 && write(fd, data, size) != (ssize_t)size)) abort();
