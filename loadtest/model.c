@@ -510,8 +510,8 @@ static void write_event_shared(model_stream_t *s, const ev_t *ev, const char *ld
     size_t need = writer_event_size(&w);
     char *dst = enc_claim(e, need);
     if (!dst) return;
-    writer_buf_t wb;
-    writer_buf_init_fixed(&wb, dst, need);
+    base_buf_t wb;
+    base_buf_init_fixed(&wb, dst, need);
     if (writer_event(&wb, &w) != 0 || wb.len != need) e->err = -1;
 }
 
@@ -849,9 +849,9 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         /* {"sentAt":..,"batch":[ from the shared encoder; the events follow */
         size_t need = writer_batch_overhead(cfg->batch, sent_at_ms, NULL, 0);
         char *dst = enc_claim(e, need);
-        writer_buf_t wb;
+        base_buf_t wb;
         if (dst) {
-            writer_buf_init_fixed(&wb, dst, need);
+            base_buf_init_fixed(&wb, dst, need);
             if (writer_batch_begin(&wb, cfg->batch, sent_at_ms, NULL, NULL, 0) != 0 ||
                 wb.len != need)
                 e->err = -1;
