@@ -65,6 +65,12 @@ static const config_key_t config_keys[] = {
     {"listen", CT_STRING, F(listen), 0, 0, "0.0.0.0:8080", NULL,
      "Address to serve HTTP on: IPV4:PORT, [IPV6]:PORT or localhost:PORT (port 0 picks a free "
      "port)."},
+    {"admin_listen", CT_STRING, F(admin_listen), 0, 0, NULL, NULL,
+     "Address of a second, plain-HTTP listener (typically 127.0.0.1:PORT) for /metrics and the "
+     "admin views (GET /v1/accounts/{id}, /v1/pql/top); when set, the listen port answers 404 "
+     "for them and this one answers 404 for everything else but /healthz and /readyz, which "
+     "both serve. Its connections count against limits.max_connections. Unset: everything on "
+     "listen."},
     {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
     {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
      "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
@@ -124,7 +130,8 @@ static const config_key_t config_keys[] = {
      "Topic of PQL tier changes."},
     {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
      "Map of librdkafka properties (string values, in order), applied after sluice's own "
-     "(e.g. security.protocol, sasl.*, linger.ms)."},
+     "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
+     "and reconnect.backoff.max.ms 500, so the producer is back within ~1 s of a broker."},
     {"kafka.delivery_timeout", CT_DURATION, F(delivery_timeout_ms), 100, 600000, "5s", NULL,
      "A request whose events are not acknowledged by Kafka by then gets 503."},
     {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,
@@ -1296,7 +1303,11 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen)
 
 int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port)
 {
-    const char *s = c->listen;
+    return config_addr_parse(c->listen, host, hostlen, port);
+}
+
+int config_addr_parse(const char *s, char *host, size_t hostlen, int *port)
+{
     if (s == NULL || host == NULL || hostlen == 0) return CONFIG_E_INVALID;
     const char *h, *colon;
     size_t hl;
@@ -1353,6 +1364,21 @@ int config_validate(const config_t *c, char *err, size_t errlen)
         return cfg_fail(CONFIG_E_INVALID, err, errlen,
                         "listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
                         c->listen ? c->listen : "");
+    if (c->admin_listen != NULL) {
+        char ahost[64];
+        int aport;
+        if (config_addr_parse(c->admin_listen, ahost, sizeof ahost, &aport) != CONFIG_OK)
+            return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                            "admin_listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
+                            c->admin_listen);
+        bool wild = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ||
+                    strcmp(ahost, "0.0.0.0") == 0 || strcmp(ahost, "::") == 0;
+        if (aport != 0 && aport == port && (wild || strcmp(host, ahost) == 0))
+            return cfg_fail(CONFIG_E_INVALID, err, errlen,
+                            "admin_listen: \"%s\" is the listen address; the admin listener "
+                            "needs its own",
+                            c->admin_listen);
+    }
     if (c->threads < 1 || c->threads > 64)
         return cfg_fail(CONFIG_E_INVALID, err, errlen, "threads: %u is out of range 1..64",
                         c->threads);

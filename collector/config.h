@@ -88,6 +88,9 @@ typedef struct config_pql {
 typedef struct config {
     /* listen: "ADDR:PORT" (IPv4, or [IPv6]:PORT). */
     char *listen;
+    /* admin_listen: a second "ADDR:PORT" serving /metrics and the admin views (then no longer
+     * served on listen); NULL: everything on listen. */
+    char *admin_listen;
     uint32_t threads; /* event-loop threads, 1..64, default 2 */
     char *data_dir;   /* default "./sluice-data" */
     char *admin_token;
@@ -171,7 +174,10 @@ int config_validate(const config_t *c, char *err, size_t errlen);
 void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *key, void *ud),
                  void *ud);
 
-/* Splits c->listen into host (NUL-terminated, into host[hostlen]) and port. */
+/* Splits an "ADDR:PORT" text (IPV4:PORT, [IPV6]:PORT, localhost:PORT; numeric, no DNS) into
+ * host (NUL-terminated, into host[hostlen]) and port. Returns CONFIG_OK or CONFIG_E_INVALID. */
+int config_addr_parse(const char *s, char *host, size_t hostlen, int *port);
+/* config_addr_parse of c->listen. */
 int config_listen_addr(const config_t *c, char *host, size_t hostlen, int *port);
 
 /* --help text (flags and every YAML key with its default and doc). */

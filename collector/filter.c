@@ -5,17 +5,20 @@
  * Compiled form: each glob is classified once (exact, prefix*, *suffix, *contains*, * or general)
  * so the common patterns match with one memcmp/memmem; general globs are a token array matched
  * by the linear star-backtracking algorithm (no recursion, O(len * tokens) worst case). Paths
- * are split into (ptr, len) segments. The hash key is expanded into its XXH3 secret at load.
+ * are split into (ptr, len) segments. The hash key is keyed into an HMAC-SHA256 context at load.
  *
  * Modifying a record: a msgpack_object tree is shared read-only by the decoder's arena, so strip
  * and hash copy only the maps along the edited path into the batch's zone (copy-on-write) and
  * repoint ev->obj; proto_encode_event() then writes the edited record unchanged otherwise.
  */
-#define XXH_STATIC_LINKING_ONLY
 #include "filter.h"
 
 #include <errno.h>
 #include <math.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -302,7 +305,7 @@ typedef struct frule {
     double keep;
     fpath_t *paths;
     size_t n_paths;
-    unsigned char *secret; /* FILTER_SECRET_LEN bytes, hash rules */
+    filter_hmac_t *hmac; /* hash rules */
     _Atomic uint64_t count;
 } frule_t;
 
@@ -333,10 +336,7 @@ static void rule_free(frule_t *r)
     for (size_t i = 0; i < r->n_paths; i++)
         free(r->paths[i].text);
     free(r->paths);
-    if (r->secret != NULL) {
-        memset(r->secret, 0, FILTER_SECRET_LEN);
-        free(r->secret);
-    }
+    filter_hmac_free(r->hmac);
 }
 
 void filter_set_free(filter_set_t *fs)
@@ -391,24 +391,88 @@ void filter_set_add_counts(filter_set_t *dst, const filter_set_t *src, const uin
 
 /* ---- keyed hash and sampling ---- */
 
-void filter_derive_secret(const void *key, size_t len, unsigned char secret[FILTER_SECRET_LEN])
+/* Contexts kept ready for concurrent callers: one per loop thread is enough (threads: 2 by
+ * default); a caller that finds them all taken copies the keyed context instead. */
+#define FILTER_HMAC_SLOTS 8
+
+struct filter_hmac {
+    EVP_MAC *mac;
+    EVP_MAC_CTX *keyed; /* initialised with the key; only ever copied after that */
+    EVP_MAC_CTX *slot[FILTER_HMAC_SLOTS]; /* copies of keyed, each used by one caller at a time */
+    _Atomic bool busy[FILTER_HMAC_SLOTS]; /* slot[i] taken (a try-lock: nobody waits on it) */
+};
+
+void filter_hmac_free(filter_hmac_t *h)
 {
-    /* Expands any key into a secret of XXH3's required quality (xxhash >= 0.8.1). */
-    (void)XXH3_generateSecret(secret, FILTER_SECRET_LEN, key, len);
+    if (h == NULL) return;
+    for (size_t i = 0; i < FILTER_HMAC_SLOTS; i++)
+        EVP_MAC_CTX_free(h->slot[i]);
+    EVP_MAC_CTX_free(h->keyed); /* OpenSSL cleanses the key material it holds */
+    EVP_MAC_free(h->mac);
+    free(h);
 }
 
-void filter_keyed_hash(const unsigned char secret[FILTER_SECRET_LEN], const void *data, size_t len,
-                       char out[FILTER_HASH_LEN])
+int filter_hmac_new(const void *key, size_t len, filter_hmac_t **out)
+{
+    *out = NULL;
+    filter_hmac_t *h = calloc(1, sizeof *h);
+    if (h == NULL) return FILTER_E_NOMEM;
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (h->mac != NULL) h->keyed = EVP_MAC_CTX_new(h->mac);
+    bool ok = h->keyed != NULL && EVP_MAC_init(h->keyed, key, len, params) == 1;
+    for (size_t i = 0; ok && i < FILTER_HMAC_SLOTS; i++) {
+        atomic_init(&h->busy[i], false);
+        h->slot[i] = EVP_MAC_CTX_dup(h->keyed);
+        ok = h->slot[i] != NULL;
+    }
+    if (!ok) {
+        filter_hmac_free(h);
+        return FILTER_E_NOMEM;
+    }
+    *out = h;
+    return FILTER_OK;
+}
+
+/* One MAC on c; reset: c is a copy of the keyed context that may have been used before (init
+ * with no key restarts it under the same key without redoing the key schedule). */
+static bool hmac_run(EVP_MAC_CTX *c, bool reset, const void *data, size_t len, unsigned char md[32])
+{
+    size_t n = 0;
+    return (!reset || EVP_MAC_init(c, NULL, 0, NULL) == 1) && EVP_MAC_update(c, data, len) == 1 &&
+           EVP_MAC_final(c, md, &n, 32) == 1 && n == 32;
+}
+
+int filter_hmac(const filter_hmac_t *h, const void *data, size_t len, char out[FILTER_HASH_LEN])
 {
     static const char hex[] = "0123456789abcdef";
-    XXH128_hash_t h = XXH3_128bits_withSecret(data, len, secret, FILTER_SECRET_LEN);
-    memcpy(out, "xxh3:", 5);
-    for (int i = 0; i < 16; i++) {
-        uint64_t w = i < 8 ? h.high64 : h.low64;
-        unsigned byte = (unsigned)(w >> (8 * (7 - (i & 7)))) & 0xFF;
-        out[5 + 2 * i] = hex[byte >> 4];
-        out[6 + 2 * i] = hex[byte & 15];
+    unsigned char md[32];
+    filter_hmac_t *m = (filter_hmac_t *)h; /* only the slots' state changes, under busy[] */
+    bool ok = false, done = false;
+    for (size_t i = 0; i < FILTER_HMAC_SLOTS && !done; i++) {
+        if (atomic_load_explicit(&m->busy[i], memory_order_relaxed) ||
+            atomic_exchange_explicit(&m->busy[i], true, memory_order_acquire))
+            continue;
+        ok = hmac_run(m->slot[i], true, data, len, md);
+        atomic_store_explicit(&m->busy[i], false, memory_order_release);
+        done = true;
     }
+    if (!done) { /* every slot in use: a private copy of the keyed context */
+        EVP_MAC_CTX *c = EVP_MAC_CTX_dup(h->keyed);
+        if (c == NULL) return FILTER_E_NOMEM;
+        ok = hmac_run(c, false, data, len, md);
+        EVP_MAC_CTX_free(c);
+    }
+    if (!ok) return FILTER_E_NOMEM;
+    memcpy(out, FILTER_HASH_PREFIX, FILTER_HASH_PREFIX_LEN);
+    for (size_t i = 0; i < sizeof md; i++) {
+        out[FILTER_HASH_PREFIX_LEN + 2 * i] = hex[md[i] >> 4];
+        out[FILTER_HASH_PREFIX_LEN + 2 * i + 1] = hex[md[i] & 15];
+    }
+    OPENSSL_cleanse(md, sizeof md);
+    return FILTER_OK;
 }
 
 double filter_sample_value(const char *id, size_t len)
@@ -549,7 +613,7 @@ static int hash_value(msgpack_zone *z, const frule_t *r, const msgpack_object *v
     const char *s;
     size_t n;
     if (value_text(v, tmp, sizeof tmp, &s, &n)) {
-        filter_keyed_hash(r->secret, s, n, h);
+        if (filter_hmac(r->hmac, s, n, h) != FILTER_OK) return -1;
     } else { /* a map or an array: the hash of its msgpack encoding */
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -559,8 +623,9 @@ static int hash_value(msgpack_zone *z, const frule_t *r, const msgpack_object *v
             msgpack_sbuffer_destroy(&sb);
             return -1;
         }
-        filter_keyed_hash(r->secret, sb.data, sb.size, h);
+        int rc = filter_hmac(r->hmac, sb.data, sb.size, h);
         msgpack_sbuffer_destroy(&sb);
+        if (rc != FILTER_OK) return -1;
     }
     out->type = MSGPACK_OBJECT_STR;
     out->via.str.ptr = h;
@@ -1059,9 +1124,10 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
             return pfail(p, FILTER_E_INVALID, key_env,
                          "key_env: environment variable %s must hold at least %d bytes",
                          text_of(key_env), FILTER_MIN_KEY);
-        r->secret = malloc(FILTER_SECRET_LEN);
-        if (r->secret == NULL) return pfail(p, FILTER_E_NOMEM, key_env, "out of memory");
-        filter_derive_secret(key, strlen(key), r->secret);
+        if (filter_hmac_new(key, strlen(key), &r->hmac) != FILTER_OK)
+            return pfail(p, FILTER_E_NOMEM, key_env,
+                         "cannot make an HMAC-SHA256 context (out of memory, or OpenSSL has no "
+                         "HMAC/SHA256)");
     }
     return FILTER_OK;
 }
@@ -1136,7 +1202,7 @@ void filter_print_reference(FILE *out)
         "condition is given), those of users whose sampling value is ≥ F are filtered out |\n"
         "| `strip` | list of PATHs | removes these keys from the record |\n"
         "| `hash` | list of PATHs, plus `key_env: VAR` on the rule | replaces these values by a "
-        "keyed hash |\n\n"
+        "HMAC-SHA256 |\n\n"
         "**MATCH** is a mapping of conditions; all given conditions must hold, and a list matches "
         "when any of its patterns does:\n\n"
         "- `type`: an event type or a list of them (`track`, `identify`, `group`, `page`, "
@@ -1158,18 +1224,19 @@ void filter_print_reference(FILE *out)
         "`anonymousId`) with a fixed seed, mapped to [0, 1); an event is kept when that value is "
         "below `keep`, so a user is kept or dropped whole, across requests, collectors and "
         "restarts, and a user kept at 0.1 is also kept at 0.2.\n\n"
-        "**Hashing** replaces a value by `\"xxh3:\"` followed by 32 lowercase hex digits: "
-        "XXH3-128 keyed with a secret derived (XXH3_generateSecret) from the key in the "
-        "environment variable `key_env` (which must be set and hold at least 16 bytes, else the "
-        "config is refused). The input is the value's string form as above; objects and arrays "
-        "are hashed over their msgpack encoding; `null` stays `null`. The same value and key "
-        "always give the same output, so hashed values still join. This is a keyed "
-        "pseudonymization hash, NOT a cryptographic MAC: it resists casual reversal by someone "
-        "without the key, but it is not designed to withstand a determined attacker; treat the "
-        "key as a secret. The variable is read whenever the config loads, but a running "
-        "process's environment is fixed at start, so a new key needs a restart (or a reload "
-        "whose `key_env` names another variable that was already set at start); a new key "
-        "changes every output.\n\n"
+        "**Hashing** replaces a value by `\"hmac-sha256:\"` followed by 64 lowercase hex "
+        "digits: HMAC-SHA256 (OpenSSL) under the key held by the environment variable `key_env` "
+        "(its bytes as they are; it must be set and hold at least 16 bytes, else the config is "
+        "refused with the file and line of the rule). The input is the value's string form as "
+        "above; objects and arrays are hashed over their msgpack encoding; `null` stays `null`. "
+        "The same value and key always give the same output, so hashed values still join. "
+        "HMAC-SHA256 is a real MAC: without the key a pseudonym can neither be reversed nor "
+        "forged, short of trying every candidate value *with* the key, so treat the key as a "
+        "secret and use a random one (`openssl rand -hex 32`). An output can be checked with "
+        "`printf %s VALUE | openssl dgst -sha256 -hmac \"$SLUICE_HASH_KEY\"`. The variable is "
+        "read whenever the config loads, but a running process's environment is fixed at start, "
+        "so a new key needs a restart (or a reload whose `key_env` names another variable that "
+        "was already set at start); a new key changes every output.\n\n"
         "**Metrics**: `sluice_filter_events_total{rule=\"NAME\",action=\"drop|allow|sample|strip|"
         "hash\"}` counts the events each rule filtered out (drop, allow, sample) or modified "
         "(strip, hash); `sluice_events_filtered_total` counts all filtered events. Counters of a "

@@ -105,6 +105,7 @@ struct http_conn {
     llhttp_t parser;
     http_loop_t *hl;
     http_conn_t *prev, *next; /* hl->conns */
+    http_port_t port;         /* the listener it came from: which routes it serves */
     int open_handles;
     bool closing, reading, counted;
     bool linger;    /* close after the answer by lingering: the client may still be sending */
@@ -229,6 +230,20 @@ static route_t route_parse(const char *url, size_t len)
 static bool route_is_ingest(route_t r)
 {
     return r >= ROUTE_BATCH && r <= ROUTE_ALIAS;
+}
+
+/* /metrics and the admin views: on admin_listen when it is set. */
+static bool route_is_admin(route_t r)
+{
+    return r == ROUTE_METRICS || r == ROUTE_ACCOUNT || r == ROUTE_PQL_TOP;
+}
+
+/* Whether a listener of kind port serves route r (else: 404, as for an unknown path, so the
+ * public port does not even confirm that admin routes exist). */
+static bool route_on_port(route_t r, http_port_t port)
+{
+    if (r == ROUTE_HEALTHZ || r == ROUTE_READYZ || port == HTTP_PORT_ALL) return true;
+    return route_is_admin(r) == (port == HTTP_PORT_ADMIN);
 }
 
 /* Routes a browser page calls cross-origin: CORS headers on every answer, OPTIONS preflight. */
@@ -903,6 +918,7 @@ static int on_headers_complete(llhttp_t *p)
     timer_arm_request(c, cfg->idle_timeout_ms);
     c->method = llhttp_get_method(p);
     c->route = c->url_long ? ROUTE_NONE : route_parse(c->url, c->url_len);
+    if (!route_on_port(c->route, c->port)) c->route = ROUTE_NONE;
 
     /* RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400. */
     if (!(c->once_seen & (1u << ONCE_HOST)) && p->http_major == 1 && p->http_minor >= 1) {
@@ -1510,11 +1526,12 @@ static void refused_write_cb(uv_write_t *wr, int status)
     conn_close(c);
 }
 
-void http_conn_accept(http_loop_t *hl, uv_stream_t *listener)
+void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
 {
     http_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) return;
     c->hl = hl;
+    c->port = port;
     c->tcp.data = c;
     c->timer.data = c;
     c->key_index = -1;

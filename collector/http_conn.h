@@ -74,9 +74,17 @@ int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_c
                    uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns,
                    atomic_size_t *body_mem);
 
-/* Accepts one pending connection from listener (call from its connection callback). At the
- * connection cap, or while draining, the client gets 503 too_many_connections and is closed. */
-void http_conn_accept(http_loop_t *hl, uv_stream_t *listener);
+/* Which routes a listener serves (SPEC §3 admin_listen). /healthz and /readyz: on every port. */
+typedef enum {
+    HTTP_PORT_ALL = 0, /* listen without admin_listen: every route */
+    HTTP_PORT_PUBLIC,  /* listen with admin_listen: all but /metrics and the admin views (404) */
+    HTTP_PORT_ADMIN,   /* admin_listen: /metrics, the admin views and health only (else 404) */
+} http_port_t;
+
+/* Accepts one pending connection from listener (call from its connection callback); port says
+ * which routes it serves. At the connection cap, or while draining, the client gets 503
+ * too_many_connections and is closed. */
+void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port);
 
 /* Answers every request that came back through the mailbox (call from the async callback). */
 void http_loop_deliver(http_loop_t *hl);

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base.h"
 #include "log.h"
@@ -27,6 +29,9 @@
 #define INGEST_PQL_MAX (4 * 1024 * 1024)
 /* Retry-After for "cannot make events durable now". */
 #define INGEST_RETRY_AFTER_S 5
+/* Retry-After of a fail-fast 503 (Kafka known down): short, since the producer reconnects
+ * within 500 ms of the broker's return and readiness follows within the probe interval. */
+#define INGEST_FAIL_FAST_RETRY_AFTER_S 2
 
 void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, auth_t *auth,
                      accounts_t *accounts)
@@ -55,6 +60,13 @@ int ingest_scratch_init(ingest_scratch_t *s, const config_t *cfg)
     /* A rejected record embeds the raw event, which may be as large as the body, escaped. */
     base_buf_init(&s->enc, 2 * (size_t)cfg->body_bytes + 64 * 1024);
     proto_arena_init(&s->arena);
+    /* Seeds of this loop's generated messageIds (SPEC §2): random, so no two loops or processes
+     * share a sequence; when the kernel gives no randomness, clock, pid and address stand in. */
+    s->id_seq = 0;
+    if (getrandom(s->id_seed, sizeof s->id_seed, GRND_NONBLOCK) != (ssize_t)sizeof s->id_seed) {
+        s->id_seed[0] = (uint64_t)base_wall_ms() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+        s->id_seed[1] = base_mono_ns() ^ (uint64_t)(uintptr_t)s;
+    }
     return s->plain != NULL ? 0 : -1;
 }
 
@@ -252,7 +264,8 @@ static int dedup_reserve(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *
     uint32_t m = 0;
     for (size_t i = 0; i < n; i++) {
         const proto_event_t *ev = &b->events[i];
-        if (ev->error != 0 || (*skip)[i]) continue;
+        /* A generated messageId is new by construction: nothing to deduplicate (SPEC §2). */
+        if (ev->error != 0 || (*skip)[i] || ev->message_id_generated) continue;
         pass->fps[m] = dedup_fp(seed, ev->message_id.ptr, ev->message_id.len);
         pass->idx[m++] = (uint32_t)i;
     }
@@ -314,7 +327,7 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
         if (filtered != NULL && filtered[i]) continue;
         base_buf_reset(&s->enc);
         if (ev->error == 0) {
-            int erc = proto_encode_event(b, ev, fmt, &s->enc);
+            int erc = proto_encode_event(ev, fmt, &s->enc);
             if (erc != 0) {
                 /* Valid by the rules but not encodable within the limits: reject it. */
                 ev->error = erc;
@@ -454,6 +467,16 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
             return -1;
         }
     }
+    if (kafka_out_down(ctx->ko)) {
+        /* SPEC §3: Kafka is known unreachable and nothing else can make the events durable:
+         * answer now rather than after kafka.delivery_timeout. Before the rate limit, so a
+         * refused request spends none of the key's budget. */
+        proto_batch_free(&b);
+        metrics_add(METRIC_KAFKA_FAIL_FAST, 1);
+        refuse(err, 503, "kafka_unavailable", "Kafka is unreachable; retry later",
+               INGEST_FAIL_FAST_RETRY_AFTER_S);
+        return -1;
+    }
     int retry_after = 0;
     if (auth_rate_take(ctx->auth, key_index, b.n_events, in->start_ns, &retry_after) != AUTH_OK) {
         proto_batch_free(&b);
@@ -484,8 +507,12 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
         .learn = ctx->accounts != NULL ? account_learn_cb : NULL,
         .lookup_ud = ctx->accounts,
         .max_future_ms = INGEST_MAX_FUTURE_MS,
+        .id_seed = {s->id_seed[0], s->id_seed[1]},
+        .id_seq = &s->id_seq,
     };
+    uint64_t seq0 = s->id_seq;
     proto_normalize(&b, &nctx);
+    if (s->id_seq != seq0) metrics_add(METRIC_MESSAGE_IDS_GENERATED, s->id_seq - seq0);
     if (ctx->pql != NULL) { /* the request's PQL records in one allocation (not growth) */
         size_t need = 0;
         for (size_t i = 0; i < b.n_events; i++) {

@@ -12,7 +12,9 @@
  *
  * Durability: the answer is 200 only when every message of the request was acknowledged.
  * Any produce refusal or failed delivery makes it 503 (Retry-After), and the request's events
- * are then not remembered as seen.
+ * are then not remembered as seen. Fail fast (SPEC §3): when Kafka is known down
+ * (kafka_out_down) ingest_start refuses at once with 503 kafka_unavailable, before the rate
+ * limit and dedup, so nothing is produced or reserved.
  *
  * Dedup (SPEC §5, dedup.h): after the filters, every valid event's (source, messageId) is
  * reserved PENDING; copies already remembered or repeated inside the request are not produced
@@ -82,6 +84,8 @@ typedef struct ingest_scratch {
     base_buf_t enc;
     proto_arena_t arena;
     dedup_scratch_t dedup; /* in-request duplicate set */
+    uint64_t id_seed[2];   /* generated messageIds (proto_norm_ctx_t): random per loop */
+    uint64_t id_seq;
 } ingest_scratch_t;
 
 /* Returns 0, or -1 when memory is short (then ingest_scratch_free is still safe). */

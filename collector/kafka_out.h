@@ -95,6 +95,12 @@ void kafka_group_seal(kafka_group_t *g);
  * the producer queue >= 90% full. Recovers on a successful delivery or a successful metadata
  * probe (the poll thread probes once a second while unhealthy). Never blocks. */
 bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen);
+/* Known unreachable: librdkafka reported every broker down (__ALL_BROKERS_DOWN, cleared by a
+ * successful delivery or probe), the producer is in a fatal state (until replaced), or it is
+ * stopping. A produce now would only wait for message.timeout.ms: callers answer 503 at once
+ * (fail fast) or spool. Narrower than !kafka_out_ready(): a slow broker or a full queue is not
+ * "down". Never blocks. */
+bool kafka_out_down(kafka_out_t *ko);
 /* Messages waiting in the producer (rd_kafka_outq_len). */
 int kafka_out_queue_len(kafka_out_t *ko);
 

@@ -191,6 +191,7 @@ static void log_config(const config_t *cfg)
         if (off >= sizeof keys) off = sizeof keys - 1;
     }
     LOG(LOG_INFO, "config", LS("version", SLUICE_VERSION), LS("listen", cfg->listen),
+        LS("admin_listen", cfg->admin_listen != NULL ? cfg->admin_listen : "(listen)"),
         LI("threads", cfg->threads),
         LS("brokers", cfg->brokers != NULL && cfg->brokers[0] ? cfg->brokers : "(embedded)"),
         LS("format", cfg->kafka_format == PROTO_FMT_JSON ? "json" : "msgpack"),
@@ -311,6 +312,11 @@ int main(int argc, char **argv)
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         server_stop(srv);
     } else {
+        /* The admin line first: whoever waits for "listening" finds both ports logged. */
+        if (server_admin_port(srv) > 0)
+            LOG(LOG_INFO, "admin_listening", LS("addr", server_admin_host(srv)),
+                LI("port", server_admin_port(srv)),
+                LS("serves", "/metrics, /v1/accounts/{id}, /v1/pql/top, /healthz, /readyz"));
         LOG(LOG_INFO, "listening", LS("addr", server_host(srv)), LI("port", server_port(srv)));
         uv_run(main_loop, UV_RUN_DEFAULT);
         rc = 0;

@@ -54,9 +54,13 @@
       "lone surrogate escapes in JSON bodies read as U+FFFD")                                      \
     X(JSON_BIG_INTS, "sluice_json_big_integers_total",                                             \
       "JSON integers beyond 64 bits read as doubles")                                              \
+    X(MESSAGE_IDS_GENERATED, "sluice_message_ids_generated_total",                                 \
+      "events that came without a messageId (one was generated; not deduplicated)")                \
     X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
     X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
+    X(KAFKA_FAIL_FAST, "sluice_kafka_fail_fast_total",                                             \
+      "requests answered 503 at once: Kafka known down and the spool off or full")                 \
     X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
 
 typedef enum {

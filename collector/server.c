@@ -26,13 +26,14 @@
 typedef struct server_loop {
     uv_loop_t loop;
     uv_tcp_t listener;
-    uv_async_t async; /* mailbox wake-ups and control (drain, stop) */
+    uv_tcp_t admin_listener; /* loop 0 only, when admin_listen is set */
+    uv_async_t async;        /* mailbox wake-ups and control (drain, stop) */
     http_loop_t http;
     uv_thread_t thread;
     server_t *srv;
     int fd;
-    bool loop_ok, listener_ok, async_ok, http_ok, thread_ok;
-    bool listener_closed;
+    bool loop_ok, listener_ok, async_ok, http_ok, thread_ok, admin_ok;
+    bool listener_closed, admin_closed;
     atomic_bool drain_ack;
     atomic_bool stop_req;
 } server_loop_t;
@@ -44,6 +45,9 @@ struct server {
     uint32_t n_loops;
     char host[256];
     int port;
+    char admin_host[256]; /* admin_listen: "" when unset */
+    int admin_port;
+    int admin_fd; /* until loop 0's admin handle owns it */
     atomic_bool draining;
     atomic_uint n_conns;
     atomic_size_t body_mem; /* limits.body_memory: bytes of request bodies held, all loops */
@@ -68,7 +72,18 @@ static void on_connection(uv_stream_t *listener, int status)
         LOG(LOG_DEBUG, "accept_error", LS("reason", uv_strerror(status)));
         return;
     }
-    http_conn_accept(&sl->http, listener);
+    http_conn_accept(&sl->http, listener,
+                     sl->srv->admin_host[0] != '\0' ? HTTP_PORT_PUBLIC : HTTP_PORT_ALL);
+}
+
+static void on_admin_connection(uv_stream_t *listener, int status)
+{
+    server_loop_t *sl = listener->data;
+    if (status < 0) {
+        LOG(LOG_DEBUG, "accept_error", LS("reason", uv_strerror(status)));
+        return;
+    }
+    http_conn_accept(&sl->http, listener, HTTP_PORT_ADMIN);
 }
 
 static void close_listener(server_loop_t *sl)
@@ -76,6 +91,10 @@ static void close_listener(server_loop_t *sl)
     if (sl->listener_ok && !sl->listener_closed) {
         sl->listener_closed = true;
         uv_close((uv_handle_t *)&sl->listener, NULL);
+    }
+    if (sl->admin_ok && !sl->admin_closed) {
+        sl->admin_closed = true;
+        uv_close((uv_handle_t *)&sl->admin_listener, NULL);
     }
 }
 
@@ -132,6 +151,42 @@ static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *fd_out, 
     return 0;
 }
 
+/* Start-up only (main thread, before serving): the address is numeric (config_addr_parse), so
+ * this never waits on DNS. what names the key in errors. */
+static int resolve(const char *what, const char *host, int port, struct sockaddr_storage *ss,
+                   socklen_t *sslen, char *err, size_t errlen)
+{
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int gai = getaddrinfo(host[0] != '\0' ? host : NULL, portstr, &hints, &ai);
+    if (gai != 0 || ai == NULL) {
+        snprintf(err, errlen, "%s: %s: %s", what, host, gai_strerror(gai));
+        return -1;
+    }
+    *sslen = (socklen_t)ai->ai_addrlen;
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    return 0;
+}
+
+/* The port a bound socket got (port 0: the kernel's pick), or -1 with err filled. */
+static int bound_port(int fd, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &l) != 0) {
+        snprintf(err, errlen, "getsockname: %s", strerror(errno));
+        return -1;
+    }
+    return ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                    : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
 int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -154,30 +209,35 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
     }
     for (uint32_t i = 0; i < s->n_loops; i++)
         s->loops[i].fd = -1;
+    s->admin_fd = -1;
 
     int port = 0;
     if (config_listen_addr(cfg, s->host, sizeof s->host, &port) != 0) {
         snprintf(err, errlen, "listen: cannot parse \"%s\"", cfg->listen ? cfg->listen : "");
         goto fail;
     }
-    /* Start-up only (main thread, before serving): a name lookup may block here. */
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    const char *node = s->host[0] != '\0' ? s->host : NULL;
-    int gai = getaddrinfo(node, portstr, &hints, &ai);
-    if (gai != 0 || ai == NULL) {
-        snprintf(err, errlen, "listen: %s: %s", s->host, gai_strerror(gai));
-        goto fail;
-    }
     struct sockaddr_storage ss;
-    socklen_t sslen = (socklen_t)ai->ai_addrlen;
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    freeaddrinfo(ai);
+    socklen_t sslen;
+    if (resolve("listen", s->host, port, &ss, &sslen, err, errlen) != 0) goto fail;
+    if (cfg->admin_listen != NULL) {
+        int aport = 0;
+        struct sockaddr_storage as;
+        socklen_t aslen;
+        if (config_addr_parse(cfg->admin_listen, s->admin_host, sizeof s->admin_host, &aport) !=
+            0) {
+            snprintf(err, errlen, "admin_listen: cannot parse \"%s\"", cfg->admin_listen);
+            goto fail;
+        }
+        if (resolve("admin_listen", s->admin_host, aport, &as, &aslen, err, errlen) != 0 ||
+            bind_socket((struct sockaddr *)&as, aslen, &s->admin_fd, err, errlen) != 0 ||
+            (s->admin_port = bound_port(s->admin_fd, err, errlen)) < 0) {
+            /* err names the step; say which listener */
+            char e2[256];
+            snprintf(e2, sizeof e2, "admin_listen %s: %s", cfg->admin_listen, err);
+            snprintf(err, errlen, "%s", e2);
+            goto fail;
+        }
+    }
 
     for (uint32_t i = 0; i < s->n_loops; i++) {
         if (bind_socket((struct sockaddr *)&ss, sslen, &s->loops[i].fd, err, errlen) != 0)
@@ -224,6 +284,17 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
             goto fail;
         }
         sl->fd = -1; /* now owned by the handle */
+        if (i == 0 && s->admin_fd >= 0) {
+            uv_tcp_init(&sl->loop, &sl->admin_listener);
+            sl->admin_listener.data = sl;
+            sl->admin_ok = true;
+            rc = uv_tcp_open(&sl->admin_listener, s->admin_fd);
+            if (rc != 0) {
+                snprintf(err, errlen, "admin_listen: uv_tcp_open: %s", uv_strerror(rc));
+                goto fail;
+            }
+            s->admin_fd = -1;
+        }
     }
     metrics_gauge_register("http_connections", "open HTTP connections", gauge_connections, s);
     metrics_gauge_register("http_body_memory_bytes",
@@ -247,6 +318,16 @@ int server_port(const server_t *s)
     return s->port;
 }
 
+const char *server_admin_host(const server_t *s)
+{
+    return s->admin_host;
+}
+
+int server_admin_port(const server_t *s)
+{
+    return s->admin_host[0] != '\0' ? s->admin_port : 0;
+}
+
 int server_start(server_t *s, char *err, size_t errlen)
 {
     for (uint32_t i = 0; i < s->n_loops; i++) {
@@ -255,6 +336,13 @@ int server_start(server_t *s, char *err, size_t errlen)
         if (rc != 0) {
             snprintf(err, errlen, "listen: %s", uv_strerror(rc));
             return -1;
+        }
+        if (sl->admin_ok) {
+            rc = uv_listen((uv_stream_t *)&sl->admin_listener, LISTEN_BACKLOG, on_admin_connection);
+            if (rc != 0) {
+                snprintf(err, errlen, "admin_listen: %s", uv_strerror(rc));
+                return -1;
+            }
         }
     }
     for (uint32_t i = 0; i < s->n_loops; i++) {
@@ -320,6 +408,7 @@ void server_free(server_t *s)
     for (uint32_t i = 0; i < s->n_loops; i++) {
         server_loop_t *sl = &s->loops[i];
         if (sl->fd >= 0) close(sl->fd);
+        if (i == 0 && s->admin_fd >= 0) close(s->admin_fd);
         if (!sl->loop_ok) continue;
         /* The thread is gone: main drives the loop to finish closing its handles. */
         if (sl->http_ok) http_loop_close_all(&sl->http);

@@ -28,14 +28,19 @@ typedef struct server server_t;
 
 /*
  * Creates cfg->threads loops and binds their listening sockets to cfg->listen (port 0 picks a
- * free port, shared by every loop). Does not start the threads. Returns 0 and *out, or -1 with
- * err filled (nothing is left open). cfg and ingest must outlive the server.
+ * free port, shared by every loop), and the admin listener to cfg->admin_listen when set. Does not
+ * start the threads. Returns 0 and *out, or -1 with err filled (nothing is left open). cfg and
+ * ingest must outlive the server.
  */
 int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen);
 
 /* The bound address: host as configured (numeric) and the actual port. */
 const char *server_host(const server_t *s);
 int server_port(const server_t *s);
+/* The admin listener (admin_listen; served by loop 0, plain HTTP): host and actual port, or ""
+ * and 0 when admin_listen is unset. */
+const char *server_admin_host(const server_t *s);
+int server_admin_port(const server_t *s);
 
 /* Starts listening and the loop threads. Returns 0, or -1 with err filled (then call
  * server_stop and server_free). */

@@ -303,6 +303,7 @@ typedef struct {
     const char *type;
     const char *message_id;
     size_t message_id_len;
+    bool message_id_number; /* messageId sent as the number 12345 instead (invalid) */
     const char *user_id;
     size_t user_id_len;
     const char *anonymous_id;
@@ -526,7 +527,7 @@ static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id, bo
     const model_config_t *cfg = &s->m->cfg;
     uint32_t n = 2; /* timestamp, context */
     n += ev->type != NULL;
-    n += ev->message_id != NULL;
+    n += ev->message_id != NULL || ev->message_id_number;
     n += ev->user_id != NULL;
     n += ev->anonymous_id != NULL;
     n += ev->event != NULL;
@@ -541,7 +542,10 @@ static void write_event(model_stream_t *s, const ev_t *ev, const char *ld_id, bo
         enc_key(e, "type");
         enc_str(e, ev->type);
     }
-    if (ev->message_id) {
+    if (ev->message_id_number) {
+        enc_key(e, "messageId");
+        enc_int(e, 12345);
+    } else if (ev->message_id) {
         enc_key(e, "messageId");
         enc_strn(e, ev->message_id, ev->message_id_len);
     }
@@ -638,7 +642,7 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
 {
     const model_t *m = s->m;
     const model_config_t *cfg = &m->cfg;
-    char mid[160], uid[300], anon[40], acct[64], prev[64], evname[256];
+    char mid[160], uid[300], anon[40], acct[64], prev[64], evname[256], aid[300];
     int midn =
         snprintf(mid, sizeof(mid), "%s-%u-%llu", cfg->run_id, s->id, (unsigned long long)seq);
     uint64_t r = event_hash(s, seq, 2);
@@ -721,8 +725,9 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
     case MODEL_INV_BAD_TYPE:
         ev.type = "purchase";
         break;
-    case MODEL_INV_MISSING_MESSAGE_ID:
+    case MODEL_INV_NUMERIC_MESSAGE_ID:
         ev.message_id = NULL;
+        ev.message_id_number = true;
         ev.ctx = C_LDID;
         break;
     case MODEL_INV_BAD_MESSAGE_ID:
@@ -742,7 +747,9 @@ static void gen_event(model_stream_t *s, uint64_t seq, int kind)
         ev.user_id_len = 256;
         break;
     case MODEL_INV_BAD_ANONYMOUS_ID:
-        ev.anonymous_id = "";
+        memset(aid, 'a', 256);
+        aid[256] = 0;
+        ev.anonymous_id = aid;
         break;
     case MODEL_INV_MISSING_EVENT:
         ev.event = NULL;

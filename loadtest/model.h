@@ -46,11 +46,11 @@
     X(NOT_A_MAP, PROTO_E_EVENT_NOT_A_MAP, false, "event is a string, not a map")                   \
     X(MISSING_TYPE, PROTO_E_MISSING_TYPE, false, "no type")                                        \
     X(BAD_TYPE, PROTO_E_BAD_TYPE, false, "type \"purchase\"")                                      \
-    X(MISSING_MESSAGE_ID, PROTO_E_MISSING_MESSAGE_ID, false, "no messageId")                       \
+    X(NUMERIC_MESSAGE_ID, PROTO_E_BAD_MESSAGE_ID, false, "messageId is a number")                  \
     X(BAD_MESSAGE_ID, PROTO_E_BAD_MESSAGE_ID, false, "messageId of 101 bytes")                     \
     X(MISSING_USER, PROTO_E_MISSING_USER, false, "neither userId nor anonymousId")                 \
     X(BAD_USER_ID, PROTO_E_BAD_USER_ID, false, "userId of 256 bytes")                              \
-    X(BAD_ANONYMOUS_ID, PROTO_E_BAD_ANONYMOUS_ID, false, "empty anonymousId")                      \
+    X(BAD_ANONYMOUS_ID, PROTO_E_BAD_ANONYMOUS_ID, false, "anonymousId of 256 bytes")               \
     X(MISSING_EVENT, PROTO_E_MISSING_EVENT, false, "track without event")                          \
     X(BAD_EVENT, PROTO_E_BAD_EVENT, false, "event name of 201 bytes")                              \
     X(MISSING_GROUP_ID, PROTO_E_MISSING_GROUP_ID, false, "group without groupId")                  \

@@ -266,17 +266,158 @@ static int write_key(proto_batch_t *b, const msgpack_object *v)
     return PROTO_OK;
 }
 
+/* ---- batch-level context and integrations (SPEC §2: merged key by key, the event's own keys
+ * win). The merged map is built in the batch's arena and replaces the event's own in its map, so
+ * validation's results, filters and the encoder all see one event. */
+
+/* FNV-1a of a key: only to spread keys over the probe table below. */
+static uint32_t key_hash(const char *p, uint32_t n)
+{
+    uint32_t h = 2166136261u;
+    for (uint32_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)p[i]) * 16777619u;
+    return h;
+}
+
+/* The keys of one map, for "is this key there" (open addressing over key indices). Small maps
+ * are scanned instead (no table). */
+#define MERGE_SCAN_MAX 8
+
+struct keyset {
+    const msgpack_object_map *m;
+    uint32_t *slot; /* index + 1, 0 empty; NULL: scan */
+    uint32_t mask;
+};
+
+static bool keyset_has(const struct keyset *ks, const msgpack_object *k)
+{
+    const msgpack_object_map *m = ks->m;
+    if (ks->slot == NULL) {
+        for (uint32_t i = 0; i < m->size; i++)
+            if (key_is(&m->ptr[i].key, k->via.str.ptr, k->via.str.size)) return true;
+        return false;
+    }
+    for (uint32_t h = key_hash(k->via.str.ptr, k->via.str.size) & ks->mask;;
+         h = (h + 1) & ks->mask) {
+        uint32_t s = ks->slot[h];
+        if (s == 0) return false;
+        if (key_is(&m->ptr[s - 1].key, k->via.str.ptr, k->via.str.size)) return true;
+    }
+}
+
+/* Builds the set over m; the table (when m is large) is malloc'd: free ks->slot after. */
+static int keyset_init(struct keyset *ks, const msgpack_object_map *m)
+{
+    ks->m = m;
+    ks->slot = NULL;
+    ks->mask = 0;
+    if (m->size <= MERGE_SCAN_MAX) return PROTO_OK;
+    uint32_t cap = 16;
+    while (cap < 2 * m->size)
+        cap *= 2;
+    ks->slot = calloc(cap, sizeof *ks->slot);
+    if (ks->slot == NULL) return PROTO_E_NOMEM;
+    ks->mask = cap - 1;
+    for (uint32_t i = 0; i < m->size; i++) {
+        const msgpack_object *k = &m->ptr[i].key; /* string keys: the event is valid */
+        uint32_t h = key_hash(k->via.str.ptr, k->via.str.size) & ks->mask;
+        while (ks->slot[h] != 0)
+            h = (h + 1) & ks->mask;
+        ks->slot[h] = i + 1;
+    }
+    return PROTO_OK;
+}
+
+/* obj's value under key (the event map's own kv), or NULL. */
+static msgpack_object_kv *map_kv(const msgpack_object *obj, const char *key, uint32_t n)
+{
+    for (uint32_t i = 0; i < obj->via.map.size; i++)
+        if (key_is(&obj->via.map.ptr[i].key, key, n)) return &obj->via.map.ptr[i];
+    return NULL;
+}
+
+/* Merges the batch's map add (context or integrations) into valid event ev under key. */
+static int merge_into(msgpack_zone *z, proto_event_t *ev, const char *key, uint32_t klen,
+                      const msgpack_object *add)
+{
+    msgpack_object *obj = (msgpack_object *)ev->obj; /* the event lives in the batch's arena */
+    msgpack_object_kv *own = map_kv(obj, key, klen);
+    if (own != NULL && own->val.type == MSGPACK_OBJECT_NIL) {
+        own->val = *add; /* null counts as absent: the batch's map as it is */
+        return PROTO_OK;
+    }
+    if (own == NULL) { /* a new key: the event's map grows by one */
+        uint32_t n = obj->via.map.size;
+        msgpack_object_kv *kv = msgpack_zone_malloc(z, ((size_t)n + 1) * sizeof *kv);
+        if (kv == NULL) return PROTO_E_NOMEM;
+        if (n > 0) memcpy(kv, obj->via.map.ptr, (size_t)n * sizeof *kv);
+        kv[n].key.type = MSGPACK_OBJECT_STR;
+        kv[n].key.via.str.ptr = key; /* a literal: lives longer than the batch */
+        kv[n].key.via.str.size = klen;
+        kv[n].val = *add;
+        obj->via.map.ptr = kv;
+        obj->via.map.size = n + 1;
+        return PROTO_OK;
+    }
+    const msgpack_object_map *mine = &own->val.via.map; /* a map: the event is valid */
+    struct keyset ks;
+    int rc = keyset_init(&ks, mine);
+    if (rc != PROTO_OK) return rc;
+    uint32_t extra = 0;
+    for (uint32_t i = 0; i < add->via.map.size; i++)
+        extra += !keyset_has(&ks, &add->via.map.ptr[i].key);
+    if (extra > 0) {
+        size_t n = (size_t)mine->size + extra;
+        msgpack_object_kv *kv = msgpack_zone_malloc(z, n * sizeof *kv);
+        if (kv == NULL) {
+            rc = PROTO_E_NOMEM;
+        } else {
+            if (mine->size > 0) memcpy(kv, mine->ptr, (size_t)mine->size * sizeof *kv);
+            uint32_t o = mine->size;
+            for (uint32_t i = 0; i < add->via.map.size; i++)
+                if (!keyset_has(&ks, &add->via.map.ptr[i].key)) kv[o++] = add->via.map.ptr[i];
+            own->val.via.map.ptr = kv;
+            own->val.via.map.size = (uint32_t)n;
+        }
+    }
+    free(ks.slot);
+    return rc;
+}
+
+/* A valid string context.groupId of the batch context, the account hint for events whose own
+ * context has none. */
+static proto_str_t context_group_id(const msgpack_object *ctx)
+{
+    proto_str_t s = {NULL, 0};
+    msgpack_object_kv *kv = ctx != NULL ? map_kv(ctx, "groupId", 7) : NULL;
+    if (kv != NULL && kv->val.type == MSGPACK_OBJECT_STR && kv->val.via.str.size >= 1 &&
+        kv->val.via.str.size <= 255) {
+        s.ptr = kv->val.via.str.ptr;
+        s.len = kv->val.via.str.size;
+    }
+    return s;
+}
+
+/* A batch-level map (context, integrations): it is merged into events' records, so it obeys the
+ * event rules; false when it does not (its events are rejected, SPEC §2). */
+static bool batch_map_ok(const msgpack_object *v, const proto_limits_t *lim, unsigned checks)
+{
+    return v->type == MSGPACK_OBJECT_MAP &&
+           proto_value_check(v, lim->max_depth, lim->event_bytes, checks, NULL) == PROTO_OK;
+}
+
 static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned checks)
 {
-    const msgpack_object *batch = NULL, *sent_at = NULL, *context = NULL, *wk = NULL;
+    const msgpack_object *batch = NULL, *sent_at = NULL, *context = NULL, *integ = NULL, *wk = NULL;
     const msgpack_object_map *m = &b->root.via.map;
     for (uint32_t i = 0; i < m->size; i++) {
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
-        const msgpack_object **slot = key_is(k, "batch", 5)      ? &batch
-                                      : key_is(k, "sentAt", 6)   ? &sent_at
-                                      : key_is(k, "context", 7)  ? &context
-                                      : key_is(k, "writeKey", 8) ? &wk
-                                                                 : NULL;
+        const msgpack_object **slot = key_is(k, "batch", 5)           ? &batch
+                                      : key_is(k, "sentAt", 6)        ? &sent_at
+                                      : key_is(k, "context", 7)       ? &context
+                                      : key_is(k, "integrations", 12) ? &integ
+                                      : key_is(k, "writeKey", 8)      ? &wk
+                                                                      : NULL;
         if (slot == NULL) continue; /* unknown envelope keys are ignored, as Segment does */
         if (*slot != NULL) return PROTO_E_MALFORMED; /* the same envelope key twice: ambiguous */
         *slot = v;
@@ -287,25 +428,48 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned 
         int rc = write_key(b, wk);
         if (rc != PROTO_OK) return rc;
     }
+    /* A bad sentAt, context or integrations of a readable batch rejects its events, one by one
+     * (each with its reason in the answer and in events_rejected), not the request. */
+    proto_envelope_t env = {0};
     if (sent_at != NULL && sent_at->type != MSGPACK_OBJECT_NIL) {
-        if (!proto_parse_time(sent_at, &b->sent_at_ms)) return PROTO_E_BAD_SENT_AT;
-        b->has_sent_at = true;
+        if (proto_parse_time(sent_at, &b->sent_at_ms))
+            b->has_sent_at = true;
+        else
+            env.bad_sent_at = true;
     }
+    env.has_sent_at = b->has_sent_at;
+    env.sent_at_ms = b->sent_at_ms;
     if (context != NULL && context->type != MSGPACK_OBJECT_NIL) {
-        /* The batch context is merged into events' records, so it obeys the event rules. */
-        if (context->type != MSGPACK_OBJECT_MAP ||
-            proto_value_check(context, lim->max_depth, lim->event_bytes, checks, NULL) != PROTO_OK)
-            return PROTO_E_BAD_BATCH_CONTEXT;
-        b->context = context;
+        if (batch_map_ok(context, lim, checks))
+            b->context = context;
+        else
+            env.bad_context = true;
+    }
+    if (integ != NULL && integ->type != MSGPACK_OBJECT_NIL) {
+        if (batch_map_ok(integ, lim, checks))
+            b->integrations = integ;
+        else
+            env.bad_integrations = true;
     }
     size_t n = batch->via.array.size;
     if (n > 0) {
         b->events = msgpack_zone_malloc(&b->zone, n * sizeof(proto_event_t));
         if (b->events == NULL) return PROTO_E_NOMEM;
     }
-    for (size_t i = 0; i < n; i++)
-        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, b->has_sent_at,
-                             b->sent_at_ms, lim, checks);
+    proto_str_t ctx_gid = context_group_id(b->context);
+    for (size_t i = 0; i < n; i++) {
+        proto_event_t *ev = &b->events[i];
+        proto_event_validate(ev, &batch->via.array.ptr[i], PROTO_T_NONE, &env, lim, checks);
+        if (ev->error != PROTO_OK) continue; /* a rejected event's raw copy is as received */
+        int rc = PROTO_OK;
+        if (b->context != NULL && b->context->via.map.size > 0) {
+            rc = merge_into(&b->zone, ev, "context", 7, b->context);
+            if (ev->context_group_id.ptr == NULL) ev->context_group_id = ctx_gid;
+        }
+        if (rc == PROTO_OK && b->integrations != NULL && b->integrations->via.map.size > 0)
+            rc = merge_into(&b->zone, ev, "integrations", 12, b->integrations);
+        if (rc != PROTO_OK) return rc;
+    }
     b->n_events = n;
     return PROTO_OK;
 }
@@ -330,7 +494,8 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
     }
     b->events = msgpack_zone_malloc(&b->zone, sizeof(proto_event_t));
     if (b->events == NULL) return PROTO_E_NOMEM;
-    proto_event_validate(&b->events[0], &b->root, kind, b->has_sent_at, b->sent_at_ms, lim, checks);
+    /* The event's own sentAt is validated as the event's (E_BAD_EVENT_SENT_AT). */
+    proto_event_validate(&b->events[0], &b->root, kind, NULL, lim, checks);
     b->n_events = 1;
     return PROTO_OK;
 }
@@ -379,6 +544,7 @@ static int decode_body(proto_batch_t *b, proto_json_reader_t *json, const char *
         b->events = NULL;
         b->n_events = 0;
         b->context = NULL;
+        b->integrations = NULL;
         b->write_key.ptr = NULL;
         b->write_key.len = 0;
         b->has_sent_at = false;

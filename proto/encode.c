@@ -137,13 +137,14 @@ struct extra {
 };
 
 struct plan {
-    struct extra x[8];
+    struct extra x[16];
     size_t nx;
-    char ts[3][25];
-    bool use_batch_context;
+    char ts[4][25];
+    const proto_event_t *ev;
     bool add_type;
-    bool clamped;
 };
+
+static const msgpack_object TRUE_OBJ = {.type = MSGPACK_OBJECT_BOOLEAN, .via.boolean = true};
 
 static void add_str(struct plan *p, const char *key, const char *s, size_t n)
 {
@@ -155,70 +156,88 @@ static void add_str(struct plan *p, const char *key, const char *s, size_t n)
     e->obj = NULL;
 }
 
+static void add_obj(struct plan *p, const char *key, const msgpack_object *obj)
+{
+    struct extra *e = &p->x[p->nx++];
+    e->key = key;
+    e->key_len = strlen(key);
+    e->str = NULL;
+    e->str_len = 0;
+    e->obj = obj;
+}
+
 /* Keys of the event as received that the record does not carry: writeKey is a secret; the rest
- * are set by the collector and must not be forged by a client. */
+ * are set by the collector (appended by plan_record) and must not be forged by a client. */
 static bool dropped(const struct plan *p, const msgpack_object *k)
 {
     if (k->type != MSGPACK_OBJECT_STR) return false;
+    const proto_event_t *ev = p->ev;
     switch (k->via.str.size) {
     case 4:
         return p->add_type && KEY_IS(k, "type");
     case 6:
-        return KEY_IS(k, "source");
+        return KEY_IS(k, "source") || KEY_IS(k, "sentAt") ||
+               ((ev->rewrite & PROTO_RW_USER_ID) && KEY_IS(k, "userId"));
     case 7:
-        return p->use_batch_context && KEY_IS(k, "context");
+        return (ev->rewrite & PROTO_RW_GROUP_ID) && KEY_IS(k, "groupId");
     case 8:
         return KEY_IS(k, "writeKey");
     case 9:
-        return KEY_IS(k, "timestamp") || KEY_IS(k, "accountId");
+        return KEY_IS(k, "timestamp") || KEY_IS(k, "accountId") ||
+               (ev->message_id_generated && KEY_IS(k, "messageId"));
     case 10:
         return KEY_IS(k, "receivedAt");
+    case 11:
+        return (ev->rewrite & PROTO_RW_ANONYMOUS_ID) && KEY_IS(k, "anonymousId");
     case 17:
-        return p->clamped && KEY_IS(k, "originalTimestamp");
+        return KEY_IS(k, "originalTimestamp");
+    case 18:
+        return KEY_IS(k, "messageIdGenerated");
     default:
         return false;
     }
 }
 
-static void plan_record(struct plan *p, const proto_batch_t *batch, const proto_event_t *ev)
+static void add_id(struct plan *p, unsigned flag, const char *key, proto_str_t v)
+{
+    if ((p->ev->rewrite & flag) && v.ptr != NULL) add_str(p, key, v.ptr, v.len);
+}
+
+static void plan_record(struct plan *p, const proto_event_t *ev)
 {
     memset(p, 0, sizeof *p);
-    p->clamped = ev->clamped;
+    p->ev = ev;
     base_iso8601_format(ev->received_at_ms, p->ts[0]);
     base_iso8601_format(ev->norm_timestamp_ms, p->ts[1]);
     add_str(p, "receivedAt", p->ts[0], 24);
     add_str(p, "timestamp", p->ts[1], 24);
-    if (ev->clamped) {
-        base_iso8601_format(ev->original_timestamp_ms, p->ts[2]);
+    if (ev->has_timestamp) { /* the client's time as sent (Segment's originalTimestamp) */
+        base_iso8601_format(ev->timestamp_ms, p->ts[2]);
         add_str(p, "originalTimestamp", p->ts[2], 24);
+    }
+    if (ev->has_sent_at) {
+        base_iso8601_format(ev->sent_at_ms, p->ts[3]);
+        add_str(p, "sentAt", p->ts[3], 24);
     }
     if (ev->source.ptr != NULL) add_str(p, "source", ev->source.ptr, ev->source.len);
     if (ev->account_id.ptr != NULL) add_str(p, "accountId", ev->account_id.ptr, ev->account_id.len);
-    bool has_ctx = false, has_type = false;
+    bool has_type = false;
     const msgpack_object_map *m = &ev->obj->via.map;
-    for (uint32_t i = 0; i < m->size; i++) {
-        if (m->ptr[i].val.type == MSGPACK_OBJECT_NIL) continue;
-        if (KEY_IS(&m->ptr[i].key, "context"))
-            has_ctx = true;
-        else if (KEY_IS(&m->ptr[i].key, "type"))
-            has_type = true;
-    }
+    for (uint32_t i = 0; i < m->size && !has_type; i++)
+        has_type = m->ptr[i].val.type != MSGPACK_OBJECT_NIL && KEY_IS(&m->ptr[i].key, "type");
     /* A single-call body may leave the type to the endpoint; the record always states it. */
     if (!has_type) {
         p->add_type = true;
         const char *tn = proto_type_name(ev->type);
         add_str(p, "type", tn, strlen(tn));
     }
-    if (batch != NULL && batch->context != NULL && ev->obj != &batch->root) {
-        if (!has_ctx) {
-            p->use_batch_context = true;
-            struct extra *e = &p->x[p->nx++];
-            e->key = "context";
-            e->key_len = 7;
-            e->str = NULL;
-            e->obj = batch->context;
-        }
+    if (ev->message_id_generated && ev->message_id.ptr != NULL) {
+        add_str(p, "messageId", ev->message_id.ptr, ev->message_id.len);
+        add_obj(p, "messageIdGenerated", &TRUE_OBJ);
     }
+    add_id(p, PROTO_RW_USER_ID, "userId", ev->user_id);
+    add_id(p, PROTO_RW_ANONYMOUS_ID, "anonymousId", ev->anonymous_id);
+    add_id(p, PROTO_RW_GROUP_ID, "groupId", ev->group_id);
 }
 
 /*
@@ -389,14 +408,13 @@ static int encode_json(const struct plan *p, const msgpack_object *obj, base_buf
     return rc;
 }
 
-int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, proto_format_t fmt,
-                       base_buf_t *out)
+int proto_encode_event(const proto_event_t *ev, proto_format_t fmt, base_buf_t *out)
 {
     /* Only a validated event has string keys and valid UTF-8 throughout (strict writer). */
     if (ev->error != PROTO_OK || ev->obj == NULL || ev->obj->type != MSGPACK_OBJECT_MAP)
         return PROTO_E_EVENT_NOT_A_MAP;
     struct plan p;
-    plan_record(&p, batch, ev);
+    plan_record(&p, ev);
     size_t start = out->len;
     int rc =
         fmt == PROTO_FMT_JSON ? encode_json(&p, ev->obj, out) : encode_msgpack(&p, ev->obj, out);

@@ -82,7 +82,8 @@
     X(E_BAD_EVENT_SENT_AT, -40, "invalid_sent_at",                                                 \
       "sentAt must be an ISO-8601 string or epoch ms")                                             \
     X(E_DUPLICATE_KEY, -41, "duplicate_key", "an object has the same key twice")                   \
-    X(E_BAD_VALUE, -42, "invalid_value", "binary and extension values are not allowed")
+    X(E_BAD_VALUE, -42, "invalid_value", "binary and extension values are not allowed")            \
+    X(E_BAD_INTEGRATIONS, -43, "invalid_integrations", "integrations must be an object")
 
 typedef enum {
 #define PROTO_X_ENUM(name, val, code, msg) PROTO_##name = val,
@@ -135,14 +136,35 @@ typedef struct proto_limits {
 /* SPEC §2 defaults. */
 proto_limits_t proto_limits_default(void);
 
+/* Fields whose value in the record differs from the event as received (proto_event_t.rewrite):
+ * a numeric id becomes its decimal text, "" becomes absent; the record drops the received key
+ * and carries the value of the proto_event_t field instead (nothing when its ptr is NULL). */
+#define PROTO_RW_USER_ID      1u
+#define PROTO_RW_ANONYMOUS_ID 2u
+#define PROTO_RW_GROUP_ID     4u
+
+/* Room for the decimal text of a numeric id: a 64-bit integer (20 digits and a sign) or the
+ * shortest round-trip form of a double ("-1.2345678901234567e-308"). */
+#define PROTO_NUM_TEXT 26
+/* A generated messageId: a version-4 UUID in text form ("xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx"). */
+#define PROTO_GEN_ID_LEN 36
+
 typedef struct proto_event {
-    const msgpack_object *obj; /* the event map as received (inside the batch's arena) */
+    const msgpack_object *obj; /* the event map as received (inside the batch's arena); for a
+                                * valid event of a batch with a batch-level context/integrations
+                                * the map holds the merged context/integrations (SPEC §2) */
     int error;                 /* proto_err_t: 0 valid, else the first rule it broke */
     proto_type_t type;
     proto_str_t message_id, user_id, anonymous_id, event, group_id, context_group_id;
     bool has_timestamp, has_sent_at;
-    int64_t timestamp_ms; /* as sent (epoch ms) when has_timestamp */
+    bool message_id_generated; /* messageId was absent: proto_normalize() generates one; such an
+                                * event cannot be deduplicated (SPEC §2) */
+    uint8_t rewrite;           /* PROTO_RW_* */
+    int64_t timestamp_ms; /* as sent (epoch ms) when has_timestamp: "timestamp", else (RudderStack)
+                           * "originalTimestamp" */
     int64_t sent_at_ms;   /* event-level sentAt, else the batch's, when has_sent_at */
+    char num_text[3][PROTO_NUM_TEXT];  /* storage of numeric userId, anonymousId, groupId text */
+    char gen_id[PROTO_GEN_ID_LEN + 1]; /* storage of a generated messageId */
 
     /* Filled by proto_normalize(). */
     int64_t received_at_ms;
@@ -161,9 +183,11 @@ typedef struct proto_batch {
     proto_str_t write_key; /* body's writeKey, ptr NULL if absent */
     bool has_sent_at;
     int64_t sent_at_ms;
-    const msgpack_object *context; /* batch-level context map or NULL */
-    uint32_t json_surrogates;      /* JSON: lone surrogate escapes read as U+FFFD (SPEC §2) */
-    uint32_t json_big_ints;        /* JSON: integers beyond 64 bits read as doubles (SPEC §2) */
+    const msgpack_object *context;      /* batch-level context map or NULL (single call: the
+                                         * event's own context) */
+    const msgpack_object *integrations; /* batch-level integrations map or NULL */
+    uint32_t json_surrogates;           /* JSON: lone surrogate escapes read as U+FFFD (SPEC §2) */
+    uint32_t json_big_ints; /* JSON: integers beyond 64 bits read as doubles (SPEC §2) */
 } proto_batch_t;
 
 /*
@@ -249,17 +273,30 @@ void proto_batch_recycle(proto_batch_t *b, proto_arena_t *a);
 int proto_value_check(const msgpack_object *obj, uint32_t max_depth, size_t max_bytes,
                       unsigned checks, size_t *size_out);
 
+/* What an event inherits from its batch's envelope (SPEC §2: a readable batch with a bad
+ * envelope value rejects its events one by one, not the request). */
+typedef struct proto_envelope {
+    bool has_sent_at; /* the batch's sentAt, inherited unless the event has its own */
+    int64_t sent_at_ms;
+    bool bad_sent_at;      /* the batch's sentAt is no time value: events without their own
+                            * sentAt are invalid_sent_at (-40) */
+    bool bad_context;      /* the batch's context is not a valid map: every event
+                            * invalid_context (-35) */
+    bool bad_integrations; /* the same for integrations: invalid_integrations */
+} proto_envelope_t;
+
 /*
  * Validates the event map obj against SPEC §2 (rule order: proto/README.md) and fills *ev
  * (overwritten entirely). kind: the type the endpoint implies (PROTO_T_NONE inside a batch).
- * has_batch_sent_at/batch_sent_at_ms: the batch's sentAt, inherited unless the event has its own.
- * Returns ev->error. For an invalid event, each proto_str_t field is set only when it passes its
- * own rule (so it is safe to echo), else ptr is NULL. checks: as for proto_value_check().
- * Allocates nothing (see proto_value_check).
+ * env: what the event inherits from its batch (NULL: nothing). Returns ev->error. For an invalid
+ * event, each proto_str_t field is set only when it passes its own rule (so it is safe to
+ * echo), else ptr is NULL. A numeric userId/anonymousId/groupId is converted into ev->num_text
+ * (and flagged in ev->rewrite); a missing messageId sets ev->message_id_generated (the id itself
+ * comes from proto_normalize). checks: as for proto_value_check(). Allocates nothing (see
+ * proto_value_check).
  */
 int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_type_t kind,
-                         bool has_batch_sent_at, int64_t batch_sent_at_ms,
-                         const proto_limits_t *lim, unsigned checks);
+                         const proto_envelope_t *env, const proto_limits_t *lim, unsigned checks);
 
 /* Parses a SPEC §2 time value: ISO-8601 string or integer epoch ms, within [2000-01-01,
  * 2100-01-01). Returns true and sets *ms_out, else false. */
@@ -286,33 +323,40 @@ typedef struct proto_norm_ctx {
     proto_account_learn_cb learn;   /* may be NULL */
     void *lookup_ud;                /* passed to both */
     int64_t max_future_ms;          /* clamp threshold, SPEC 24 h */
+    /* Generated messageIds (events that came without one): ids are a bijection of (seed,
+     * *id_seq), so one seed never repeats an id; callers seed each thread from a random source.
+     * id_seq is advanced once per generated id; NULL: a local sequence starting at 0. */
+    uint64_t id_seed[2];
+    uint64_t *id_seq;
 } proto_norm_ctx_t;
 
 /*
- * Normalizes every valid event of b (SPEC §2): receivedAt, corrected timestamp, clamp with
- * originalTimestamp, source, accountId. Does not touch invalid events' error codes; invalid events
- * get received_at_ms and source only (the rejected record carries them).
- * Account order: groupId of a group call, else context.groupId, else lookup(userId), else absent.
- * learn() runs right after a valid group event with a userId is normalized, so later events of
- * the same batch see it. max_future_ms <= 0 means the SPEC default (24 h). ev->source points to
- * ctx->source.ptr, which must outlive every use of the batch's events.
+ * Normalizes every valid event of b (SPEC §2): receivedAt, corrected timestamp, clamp, source,
+ * accountId, and a generated messageId (a UUID v4 from ctx->id_seed) for an event without one. Does
+ * not touch invalid events' error codes; invalid events get received_at_ms and source only (the
+ * rejected record carries them). Account order: groupId of a group call, else context.groupId, else
+ * lookup(userId), else absent. learn() runs right after a valid group event with a userId is
+ * normalized, so later events of the same batch see it. max_future_ms <= 0 means the SPEC default
+ * (24 h). ev->source points to ctx->source.ptr, which must outlive every use of the batch's events.
  */
 void proto_normalize(proto_batch_t *b, const proto_norm_ctx_t *ctx);
 
 /*
- * Record rules (proto/README.md): keys writeKey, receivedAt, timestamp, source, accountId of the
- * event as received are dropped (and originalTimestamp when clamped), then the normalized values
- * are appended after the event's own keys. On failure (ev invalid: PROTO_E_EVENT_NOT_A_MAP;
- * out's cap: PROTO_E_EVENT_TOO_LARGE; malloc failed: PROTO_E_NOMEM) out->len is restored to its
- * value before the call.
+ * Record rules (proto/README.md §4): the keys of the event as received are kept in their order
+ * except writeKey (a secret) and the keys the collector sets — receivedAt, timestamp,
+ * originalTimestamp, sentAt, source, accountId, messageIdGenerated, and the ids in ev->rewrite
+ * (and messageId when generated) — then the collector's values are appended: receivedAt,
+ * timestamp (clock-skew corrected, clamped), originalTimestamp (the client's time as sent, when
+ * it sent one), sentAt (when known), source, accountId (when known), type (when the event left
+ * it to the endpoint), messageId + messageIdGenerated:true (when generated), rewritten ids. Times
+ * are ISO-8601 UTC with milliseconds. Batch-level context/integrations are already merged into
+ * ev->obj by proto_decode().
  *
- * Appends the normalized record of valid event ev (the event as received with receivedAt,
- * timestamp (ISO-8601 UTC, ms), originalTimestamp when clamped, source, accountId set and the
- * batch-level context merged in when the event has none) to out, as fmt. Returns 0 or an error.
- * batch may be NULL (no batch-level context).
+ * Appends the record of valid event ev to out, as fmt. Returns 0 or an error; on failure (ev
+ * invalid: PROTO_E_EVENT_NOT_A_MAP; out's cap: PROTO_E_EVENT_TOO_LARGE; malloc failed:
+ * PROTO_E_NOMEM) out->len is restored to its value before the call.
  */
-int proto_encode_event(const proto_batch_t *batch, const proto_event_t *ev, proto_format_t fmt,
-                       base_buf_t *out);
+int proto_encode_event(const proto_event_t *ev, proto_format_t fmt, base_buf_t *out);
 
 /*
  * Appends the rejected record as JSON:

@@ -5,6 +5,8 @@
  */
 #include "proto.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,10 +165,12 @@ enum field {
     F_EVENT,
     F_GROUP_ID,
     F_TIMESTAMP,
+    F_ORIGINAL_TIMESTAMP,
     F_SENT_AT,
     F_PROPERTIES,
     F_TRAITS,
     F_CONTEXT,
+    F_INTEGRATIONS,
     F_COUNT
 };
 
@@ -191,6 +195,10 @@ static enum field field_of(const char *p, uint32_t n)
         return IS("properties") ? F_PROPERTIES : F_NONE;
     case 11:
         return IS("anonymousId") ? F_ANONYMOUS_ID : F_NONE;
+    case 12:
+        return IS("integrations") ? F_INTEGRATIONS : F_NONE;
+    case 17:
+        return IS("originalTimestamp") ? F_ORIGINAL_TIMESTAMP : F_NONE;
     default:
         return F_NONE;
     }
@@ -223,8 +231,60 @@ static void keep_if(proto_str_t *s, uint32_t max)
     }
 }
 
+/* Shortest "%.*g" text of d that reads back as d (at most 17 significant digits). */
+static size_t double_text(double d, char *out)
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        int n = snprintf(out, PROTO_NUM_TEXT, "%.*g", prec, d);
+        if (n > 0 && n < PROTO_NUM_TEXT && strtod(out, NULL) == d) return (size_t)n;
+    }
+    return 0;
+}
+
+/* An id field (userId, anonymousId, groupId): a string of 1..max bytes, or a number, converted
+ * to its decimal text in buf (SPEC §2: several server SDKs send numeric ids). "" counts as
+ * absent when empty_absent. Returns 1 (an id in *out; *rewritten when its text differs from the
+ * received value), 0 (absent) or -1 (not an id). */
+static int id_value(const msgpack_object *o, uint32_t max, bool empty_absent,
+                    char buf[PROTO_NUM_TEXT], proto_str_t *out, bool *rewritten)
+{
+    *rewritten = false;
+    out->ptr = NULL;
+    out->len = 0;
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL) return 0;
+    size_t n;
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR:
+        if (o->via.str.size == 0 && empty_absent) {
+            *rewritten = true; /* the record carries no "" id */
+            return 0;
+        }
+        if (!str_ok(o, max)) return -1;
+        *out = to_str(o);
+        return 1;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        n = (size_t)snprintf(buf, PROTO_NUM_TEXT, "%llu", (unsigned long long)o->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        n = (size_t)snprintf(buf, PROTO_NUM_TEXT, "%lld", (long long)o->via.i64);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        if (!isfinite(o->via.f64)) return -1;
+        n = double_text(o->via.f64, buf);
+        if (n == 0) return -1;
+        break;
+    default:
+        return -1;
+    }
+    out->ptr = buf;
+    out->len = (uint32_t)n;
+    *rewritten = true;
+    return 1;
+}
+
 static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t kind,
-                 const proto_limits_t *lim, unsigned checks)
+                 const proto_envelope_t *env, const proto_limits_t *lim, unsigned checks)
 {
     int rc = proto_value_check(ev->obj, lim->max_depth + 1, lim->event_bytes, checks, NULL);
     if (rc != PROTO_OK) return rc;
@@ -240,30 +300,42 @@ static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t
             return PROTO_E_BAD_TYPE;
     }
 
-    if ((o = present(f[F_MESSAGE_ID])) == NULL) return PROTO_E_MISSING_MESSAGE_ID;
-    if (!str_ok(o, 100)) return PROTO_E_BAD_MESSAGE_ID;
+    /* No messageId (Segment's own HTTP examples send none): proto_normalize generates one. */
+    if ((o = present(f[F_MESSAGE_ID])) == NULL)
+        ev->message_id_generated = true;
+    else if (!str_ok(o, 100))
+        return PROTO_E_BAD_MESSAGE_ID;
 
-    const msgpack_object *uid = present(f[F_USER_ID]), *aid = present(f[F_ANONYMOUS_ID]);
-    if (uid != NULL && !str_ok(uid, 255)) return PROTO_E_BAD_USER_ID;
-    if (aid != NULL && !str_ok(aid, 255)) return PROTO_E_BAD_ANONYMOUS_ID;
-    if (uid == NULL && aid == NULL) return PROTO_E_MISSING_USER;
+    bool rw;
+    int uid = id_value(f[F_USER_ID], 255, true, ev->num_text[0], &ev->user_id, &rw);
+    if (uid < 0) return PROTO_E_BAD_USER_ID;
+    if (rw) ev->rewrite |= PROTO_RW_USER_ID;
+    int aid = id_value(f[F_ANONYMOUS_ID], 255, true, ev->num_text[1], &ev->anonymous_id, &rw);
+    if (aid < 0) return PROTO_E_BAD_ANONYMOUS_ID;
+    if (rw) ev->rewrite |= PROTO_RW_ANONYMOUS_ID;
+    if (uid == 0 && aid == 0) return PROTO_E_MISSING_USER;
 
     if (ev->type == PROTO_T_TRACK) {
         if ((o = present(f[F_EVENT])) == NULL) return PROTO_E_MISSING_EVENT;
         if (!str_ok(o, 200)) return PROTO_E_BAD_EVENT;
     }
     if (ev->type == PROTO_T_GROUP) {
-        if ((o = present(f[F_GROUP_ID])) == NULL) return PROTO_E_MISSING_GROUP_ID;
-        if (!str_ok(o, 255)) return PROTO_E_BAD_GROUP_ID;
+        int gid = id_value(f[F_GROUP_ID], 255, false, ev->num_text[2], &ev->group_id, &rw);
+        if (gid == 0) return PROTO_E_MISSING_GROUP_ID;
+        if (gid < 0) return PROTO_E_BAD_GROUP_ID;
+        if (rw) ev->rewrite |= PROTO_RW_GROUP_ID;
     }
 
-    if ((o = present(f[F_TIMESTAMP])) != NULL) {
+    /* timestamp; RudderStack sends the client time as originalTimestamp and no timestamp. */
+    if ((o = present(f[F_TIMESTAMP])) != NULL || (o = present(f[F_ORIGINAL_TIMESTAMP])) != NULL) {
         if (!proto_parse_time(o, &ev->timestamp_ms)) return PROTO_E_BAD_TIMESTAMP;
         ev->has_timestamp = true;
     }
     if ((o = present(f[F_SENT_AT])) != NULL) {
         if (!proto_parse_time(o, &ev->sent_at_ms)) return PROTO_E_BAD_EVENT_SENT_AT;
         ev->has_sent_at = true;
+    } else if (env != NULL && env->bad_sent_at) {
+        return PROTO_E_BAD_EVENT_SENT_AT; /* inherits the batch's unreadable sentAt */
     }
 
     if ((o = present(f[F_PROPERTIES])) != NULL && o->type != MSGPACK_OBJECT_MAP)
@@ -282,12 +354,15 @@ static int rules(proto_event_t *ev, const msgpack_object *const *f, proto_type_t
             }
         }
     }
+    if (env != NULL && env->bad_context) return PROTO_E_BAD_CONTEXT;
+    if ((o = present(f[F_INTEGRATIONS])) != NULL && o->type != MSGPACK_OBJECT_MAP)
+        return PROTO_E_BAD_INTEGRATIONS;
+    if (env != NULL && env->bad_integrations) return PROTO_E_BAD_INTEGRATIONS;
     return PROTO_OK;
 }
 
 int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_type_t kind,
-                         bool has_batch_sent_at, int64_t batch_sent_at_ms,
-                         const proto_limits_t *lim, unsigned checks)
+                         const proto_envelope_t *env, const proto_limits_t *lim, unsigned checks)
 {
     memset(ev, 0, sizeof *ev);
     ev->obj = obj;
@@ -312,12 +387,14 @@ int proto_event_validate(proto_event_t *ev, const msgpack_object *obj, proto_typ
     if ((o = present(f[F_EVENT])) && o->type == MSGPACK_OBJECT_STR) ev->event = to_str(o);
     if ((o = present(f[F_GROUP_ID])) && o->type == MSGPACK_OBJECT_STR) ev->group_id = to_str(o);
 
-    ev->error = rules(ev, f, kind, lim, checks);
-    if (!ev->has_sent_at && has_batch_sent_at) {
+    ev->error = rules(ev, f, kind, env, lim, checks);
+    if (!ev->has_sent_at && env != NULL && env->has_sent_at) {
         ev->has_sent_at = true;
-        ev->sent_at_ms = batch_sent_at_ms;
+        ev->sent_at_ms = env->sent_at_ms;
     }
     if (ev->error != PROTO_OK) {
+        ev->message_id_generated = false;
+        ev->rewrite = 0;
         keep_if(&ev->message_id, 100);
         keep_if(&ev->user_id, 255);
         keep_if(&ev->anonymous_id, 255);

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config clang clang-format
-  libuv1-dev librdkafka-dev libmsgpack-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev
+  libuv1-dev librdkafka-dev libmsgpack-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev libssl-dev openssl
   libyaml-dev libxxhash-dev libjansson-dev libcmocka-dev libmimalloc-dev libsimdjson-dev libyajl-dev node-llhttp kcat jq
   chromium
 )

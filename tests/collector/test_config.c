@@ -565,6 +565,37 @@ static void test_listen_addr(void **state)
     config_free(&c);
 }
 
+/* admin_listen: an address of its own, not the listen one (a wildcard overlaps any host). */
+static void test_admin_listen_validate(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *listen, *admin;
+        bool ok;
+    } cases[] = {
+        {"0.0.0.0:8080", "127.0.0.1:9090", true},
+        {"127.0.0.1:0", "127.0.0.1:0", true}, /* both picked by the kernel */
+        {"10.0.0.1:8080", "127.0.0.1:8080", true},
+        {"0.0.0.0:8080", "127.0.0.1:8080", false},
+        {"127.0.0.1:8080", "127.0.0.1:8080", false},
+        {"127.0.0.1:8080", "[::]:8080", false},
+        {"127.0.0.1:8080", "admin:9090", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        config_t c;
+        config_init(&c);
+        c.dev = true;
+        free(c.listen);
+        c.listen = strdup(cases[i].listen);
+        c.admin_listen = strdup(cases[i].admin);
+        char err[256] = "";
+        int rc = config_validate(&c, err, sizeof err);
+        if ((rc == 0) != cases[i].ok || (!cases[i].ok && strncmp(err, "admin_listen: ", 14) != 0))
+            fail_msg("case %zu: rc %d \"%s\"", i, rc, err);
+        config_free(&c);
+    }
+}
+
 static char *capture(void (*fn)(FILE *))
 {
     char *buf = NULL;
@@ -661,6 +692,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_listen_addr),
+        cmocka_unit_test(test_admin_listen_validate),
         cmocka_unit_test(test_help_lists_everything),
         cmocka_unit_test(test_reference_up_to_date),
         cmocka_unit_test(test_strerror),

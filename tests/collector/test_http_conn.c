@@ -72,6 +72,22 @@ static void test_routes(void **state)
     assert_false(route_is_ingest(ROUTE_METRICS));
 }
 
+/* admin_listen (SPEC §3): which routes each kind of listener serves. */
+static void test_routes_by_port(void **state)
+{
+    (void)state;
+    static const route_t all[] = {ROUTE_BATCH,   ROUTE_TRACK,   ROUTE_HEALTHZ, ROUTE_READYZ,
+                                  ROUTE_METRICS, ROUTE_ACCOUNT, ROUTE_PQL_TOP, ROUTE_SETTINGS};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        route_t r = all[i];
+        bool health = r == ROUTE_HEALTHZ || r == ROUTE_READYZ;
+        bool admin = r == ROUTE_METRICS || r == ROUTE_ACCOUNT || r == ROUTE_PQL_TOP;
+        assert_true(route_on_port(r, HTTP_PORT_ALL));
+        assert_int_equal(route_on_port(r, HTTP_PORT_PUBLIC), health || !admin);
+        assert_int_equal(route_on_port(r, HTTP_PORT_ADMIN), health || admin);
+    }
+}
+
 static void test_content_type(void **state)
 {
     (void)state;
@@ -118,7 +134,7 @@ static struct {
 
 static void on_conn(uv_stream_t *s, int status)
 {
-    if (status == 0) http_conn_accept(&L.hl, s);
+    if (status == 0) http_conn_accept(&L.hl, s, HTTP_PORT_ALL);
 }
 
 static void on_mail(uv_async_t *a)
@@ -689,9 +705,13 @@ int main(void)
 {
     log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_routes),           cmocka_unit_test(test_content_type),
-        cmocka_unit_test(test_pipelining),       cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_timeouts_and_cap), cmocka_unit_test(test_leave_while_waiting),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_routes_by_port),
+        cmocka_unit_test(test_content_type),
+        cmocka_unit_test(test_pipelining),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_timeouts_and_cap),
+        cmocka_unit_test(test_leave_while_waiting),
         cmocka_unit_test(test_delivery_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, mock_kafka_group_teardown);

@@ -53,7 +53,7 @@ static struct {
 
 static void on_conn(uv_stream_t *s, int status)
 {
-    if (status == 0) http_conn_accept(&F.hl, s);
+    if (status == 0) http_conn_accept(&F.hl, s, HTTP_PORT_ALL);
 }
 
 static void on_mail(uv_async_t *a)

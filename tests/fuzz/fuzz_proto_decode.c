@@ -61,8 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < b.n_events; i++) {
             base_buf_reset(&out);
             if (b.events[i].error == PROTO_OK) {
-                if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) != PROTO_OK)
-                    abort();
+                if (proto_encode_event(&b.events[i], PROTO_FMT_MSGPACK, &out) != PROTO_OK) abort();
                 /* The msgpack record must decode again as a valid event; only a skew-corrected
                  * timestamp may fall outside [2000, 2100) (sentAt far ahead of timestamp). */
                 proto_batch_t rb;
@@ -77,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (rb.events[0].error != (ts_ok ? PROTO_OK : PROTO_E_BAD_TIMESTAMP)) abort();
                 proto_batch_free(&rb);
                 base_buf_reset(&out);
-                if (proto_encode_event(&b, &b.events[i], PROTO_FMT_JSON, &out) != PROTO_OK) abort();
+                if (proto_encode_event(&b.events[i], PROTO_FMT_JSON, &out) != PROTO_OK) abort();
             } else {
                 if (proto_encode_rejected(&b.events[i], &out) != PROTO_OK) abort();
             }

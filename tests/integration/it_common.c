@@ -3,9 +3,14 @@
  */
 #include "it_common.h"
 
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 void it_ids_add(it_ids_t *ids, const char *id)
 {
@@ -187,4 +192,74 @@ int it_run(int argc, char **argv, const char *group, const struct CMUnitTest *te
         cmocka_set_test_filter(argv[1]);
     }
     return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void it_assert_refused(const char *config_yaml, const char *const *extra_args, const char *want,
+                       sup_buf_t *log)
+{
+    const char *coll = getenv("SLUICE_COLLECTOR");
+    assert_non_null(coll);
+    char dir[] = "/tmp/sluice-it-refused-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cfg[128], data[128], out[128];
+    snprintf(cfg, sizeof cfg, "%s/sluice.yaml", dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(out, sizeof out, "%s/stderr", dir);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs(config_yaml, f);
+    fclose(f);
+    const char *argv[32] = {coll,       "--config",    cfg,
+                            "--listen", "127.0.0.1:0", "--data-dir",
+                            data,       "--write-key", IT_KEY "=" IT_SOURCE};
+    size_t n = 9;
+    for (size_t i = 0; extra_args != NULL && extra_args[i] != NULL && n < 31; i++)
+        argv[n++] = extra_args[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0) _exit(127);
+        dup2(fd, 2);
+        execv(coll, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0, done = 0;
+    for (int i = 0; i < 200 && !done; i++) { /* 20 s */
+        done = waitpid(pid, &st, WNOHANG) == pid;
+        if (!done) sup_sleep_ms(100);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    sup_buf_t err = {0};
+    f = fopen(out, "r");
+    char chunk[4096];
+    size_t got;
+    while (f != NULL && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        assert_int_equal(sup_buf_append(&err, chunk, got), 0);
+    if (f != NULL) fclose(f);
+    if (err.data == NULL) assert_int_equal(sup_buf_append(&err, "", 0), 0);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    bool ok = done && WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(err.data, want) != NULL;
+    if (!ok)
+        fprintf(stderr, "collector %s (status %d), want a refusal with \"%s\"; stderr:\n%s\n",
+                done ? "exited" : "still running after 20 s (killed)", st, want, err.data);
+    assert_true(ok);
+    if (log != NULL) {
+        sup_buf_free(log);
+        *log = err;
+    } else {
+        sup_buf_free(&err);
+    }
 }

@@ -64,6 +64,14 @@ void it_assert_events_exactly(const sup_env_t *e, const it_ids_t *ids, sup_kmsgs
 /* Asserts that a good batch on a new connection is still accepted (the collector survived). */
 void it_assert_still_serving(const sup_env_t *e, it_ids_t *ids);
 
+/* Runs the collector with --config (config_yaml written to a temp dir; the file is named
+ * "sluice.yaml"), --listen 127.0.0.1:0, --write-key IT_KEY=IT_SOURCE, a temp --data-dir and the
+ * NULL-terminated extra_args (may be NULL), and asserts that it refuses to start: it exits
+ * non-zero within 20 s and its stderr contains want. The stderr is copied into log (when not
+ * NULL, NUL-terminated) for further checks. */
+void it_assert_refused(const char *config_yaml, const char *const *extra_args, const char *want,
+                       sup_buf_t *log);
+
 /* Runs the single case named by argv[1] (or all when absent) from tests[]. */
 int it_run(int argc, char **argv, const char *group, const struct CMUnitTest *tests, size_t n);
 

@@ -449,22 +449,27 @@ static void test_invalid_utf8(void **state)
 
 static void bad_missing_fields(sup_env_t *e, it_ids_t *ids)
 {
-    char long_id[102];
+    char long_id[102], long_uid[257];
     memset(long_id, 'm', 101);
     long_id[101] = '\0';
+    memset(long_uid, 'u', 256);
+    long_uid[256] = '\0';
+    /* SPEC §2: no messageId (one is generated), userId "" beside an anonymousId and numeric ids
+     * are valid now; their cases are in tests/compat/cases and test_surface.c. */
     json_t *events = json_pack(
-        "[{s:s,s:s,s:s}, {s:i,s:s,s:s,s:s}, {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:s},"
+        "[{s:s,s:s,s:s}, {s:i,s:s,s:s,s:s}, {s:s,s:i,s:s,s:s}, {s:s,s:s,s:s,s:s}, "
+        "{s:s,s:s,s:s,s:s},"
         " {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:s}, {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s},"
         " {s:s,s:s,s:s}, {s:s,s:s,s:s,s:s,s:s}, {s:s,s:s,s:s,s:[i]}, {s:s,s:s,s:s,s:i}, s,"
         " {s:s,s:s,s:s,s:s}]",
         /* 0 */ "messageId", "mf-0", "userId", "u", "event", "E",
         /* 1 */ "type", 42, "messageId", "mf-1", "userId", "u", "event", "E",
-        /* 2 */ "type", "track", "userId", "u", "event", "E",
+        /* 2 */ "type", "track", "messageId", 7, "userId", "u", "event", "E",
         /* 3 */ "type", "track", "messageId", "", "userId", "u", "event", "E",
         /* 4 */ "type", "track", "messageId", long_id, "userId", "u", "event", "E",
         /* 5 */ "type", "track", "messageId", "mf-5", "event", "E",
-        /* 6 */ "type", "track", "messageId", "mf-6", "userId", "", "event", "E",
-        /* 7 */ "type", "track", "messageId", "mf-7", "anonymousId", "", "event", "E",
+        /* 6 */ "type", "track", "messageId", "mf-6", "userId", long_uid, "event", "E",
+        /* 7 */ "type", "track", "messageId", "mf-7", "anonymousId", long_uid, "event", "E",
         /* 8 */ "type", "track", "messageId", "mf-8", "userId", "u",
         /* 9 */ "type", "track", "messageId", "mf-9", "userId", "u", "event", "",
         /* 10 */ "type", "group", "messageId", "mf-10", "userId", "u",
@@ -476,7 +481,7 @@ static void bad_missing_fields(sup_env_t *e, it_ids_t *ids)
         /* 15 */ "type", "track", "messageId", "mf-ok", "userId", "u", "event", "E");
     assert_non_null(events);
     static const char *const want[] = {
-        "missing_type",       "invalid_type",    "missing_message_id", "invalid_message_id",
+        "missing_type",       "invalid_type",    "invalid_message_id", "invalid_message_id",
         "invalid_message_id", "missing_user",    "invalid_user_id",    "invalid_anonymous_id",
         "missing_event",      "invalid_event",   "missing_group_id",   "invalid_properties",
         "invalid_traits",     "invalid_context", "event_not_an_object"};
@@ -547,13 +552,18 @@ static void bad_absurd_timestamps(sup_env_t *e, it_ids_t *ids)
     sup_http_resp_free(&r);
     it_ids_add(ids, "ts-ok-int");
 
-    /* A batch-level sentAt that is not a time makes the body unreadable. */
-    json_t *b = sup_batch(json_pack("[o]", sup_track("ts-batch", "ts-user", "T", 0)));
+    /* A batch-level sentAt that is not a time rejects the events that inherit it, one by one
+     * (SPEC §2); an event with its own sentAt goes through. */
+    json_t *own = sup_track("ts-batch-own", "ts-user", "T", 0);
+    json_object_set_new(own, "sentAt", json_string("2026-11-23T12:00:00Z"));
+    json_t *b = sup_batch(json_pack("[o,o]", sup_track("ts-batch", "ts-user", "T", 0), own));
     json_object_set_new(b, "sentAt", json_string("garbage"));
     it_post_json(e, "/v1/batch", b, &r);
-    it_assert_error(&r, 400, "invalid_sent_at");
+    it_assert_ok(&r, 1, 1);
+    it_assert_event_error(&r, 0, "ts-batch", "invalid_sent_at");
     sup_http_resp_free(&r);
     json_decref(b);
+    it_ids_add(ids, "ts-batch-own");
 }
 
 static void test_absurd_timestamps(void **state)
@@ -601,9 +611,10 @@ static void bad_future_clamped(sup_env_t *e, it_ids_t *ids)
     int64_t want_orig = 0;
     sup_parse_iso8601(far, &want_orig);
     assert_int_equal(orig, want_orig);
-    /* One hour ahead is within the 24 h allowance: kept as sent, no originalTimestamp. */
+    /* One hour ahead is within the 24 h allowance: kept as sent (and originalTimestamp, the
+     * client's time as sent, is the same). */
     assert_string_equal(json_string_value(json_object_get(v1, "timestamp")), near);
-    assert_null(json_object_get(v1, "originalTimestamp"));
+    assert_string_equal(json_string_value(json_object_get(v1, "originalTimestamp")), near);
     json_decref(v48);
     json_decref(v1);
     sup_kmsgs_free(&m);

@@ -98,6 +98,82 @@ static void test_broker_down_then_retry(void **state)
     sup_buf_free(&body);
 }
 
+/* SPEC §3 fail fast: once the collector knows every broker is down (and the spool is off),
+ * a POST is answered 503 kafka_unavailable + Retry-After at once, not after
+ * kafka.delivery_timeout; after the broker returns, the first 200 comes within ~1 s
+ * (reconnect.backoff.max.ms 500 plus the 250 ms readiness probe). Prints both times. */
+static void test_kafka_down_fails_fast(void **state)
+{
+    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\n");
+    it_ids_t ids = {0};
+    it_post_good(e, "before", 3, &ids);
+
+    assert_int_equal(sup_mock_cmd(&e->mock, "down 1", 5000), 0);
+    int64_t t_down = base_mono_ms();
+    int64_t t_first = -1;
+    int fast = 0;
+    sup_http_resp_t r;
+    /* Until the first fail-fast 503 (requests produced before librdkafka noticed wait for the
+     * 2 s delivery timeout and get 503 unavailable), then ten more, each answered at once. */
+    for (int64_t deadline = t_down + 10000; fast < 10 && base_mono_ms() < deadline;) {
+        json_t *events = json_array();
+        char id[IT_ID_BYTES];
+        sup_message_id(id, sizeof id, "down");
+        json_array_append_new(events, sup_track(id, "down-user", "During Outage", 0));
+        json_t *batch = sup_batch(events);
+        int64_t t0 = base_mono_ms();
+        it_post_json(e, "/v1/batch", batch, &r);
+        int64_t took = base_mono_ms() - t0;
+        json_decref(batch);
+        assert_int_equal(r.status, 503);
+        const char *code = json_string_value(json_object_get(r.json, "error"));
+        assert_non_null(code);
+        char retry_after[32];
+        assert_true(sup_http_header(&r, "Retry-After", retry_after, sizeof retry_after));
+        assert_true(atoi(retry_after) >= 1);
+        if (strcmp(code, "kafka_unavailable") == 0) {
+            if (t_first < 0) t_first = base_mono_ms() - t_down;
+            assert_true(took < 1000);
+            fast++;
+        } else {
+            assert_string_equal(code, "unavailable");
+        }
+        sup_http_resp_free(&r);
+    }
+    fprintf(stderr, "first fail-fast 503 %lld ms after broker down\n", (long long)t_first);
+    assert_int_equal(fast, 10);
+    assert_true(t_first >= 0 && t_first < 3000);
+    sup_http_req_t get = {.method = "GET", .path = "/metrics", .timeout_ms = 5000};
+    assert_int_equal(sup_http_once(e->coll.port, &get, &r), 0);
+    assert_non_null(strstr(r.body.data, "sluice_kafka_fail_fast_total "));
+    assert_null(strstr(r.body.data, "sluice_kafka_fail_fast_total 0\n"));
+    sup_http_resp_free(&r);
+
+    assert_int_equal(sup_mock_cmd(&e->mock, "up 1", 5000), 0);
+    int64_t t_up = base_mono_ms();
+    long status = 0;
+    for (int64_t deadline = t_up + 15000; status != 200 && base_mono_ms() < deadline;) {
+        json_t *events = json_array();
+        char id[IT_ID_BYTES];
+        sup_message_id(id, sizeof id, "after");
+        json_array_append_new(events, sup_track(id, "after-user", "After Outage", 0));
+        json_t *batch = sup_batch(events);
+        it_post_json(e, "/v1/batch", batch, &r);
+        json_decref(batch);
+        status = r.status;
+        if (status == 200) it_ids_add(&ids, id);
+        sup_http_resp_free(&r);
+        if (status != 200) sup_sleep_ms(20);
+    }
+    int64_t t_ok = base_mono_ms() - t_up;
+    fprintf(stderr, "first 200 %lld ms after broker up\n", (long long)t_ok);
+    assert_int_equal(status, 200);
+    assert_true(t_ok < 3000);
+    /* Nothing refused was written; what got a 200 is there once. */
+    sup_sleep_ms(2500);
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
 /* Sends a batch of 3 on a raw connection, split at `split` bytes of the body; returns fd. */
 static int send_head_and_part(const sup_env_t *e, it_ids_t *ids, sup_buf_t *body, size_t *split)
 {
@@ -217,6 +293,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_broker_down_then_retry, it_teardown),
+        cmocka_unit_test_teardown(test_kafka_down_fails_fast, it_teardown),
         cmocka_unit_test_teardown(test_sigterm_mid_body, it_teardown),
         cmocka_unit_test_teardown(test_sigterm_waiting_for_kafka, it_teardown),
         cmocka_unit_test_teardown(test_client_leaves_while_waiting_for_kafka, it_teardown),

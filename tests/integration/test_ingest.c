@@ -121,7 +121,9 @@ static void assert_skewed_delivery(const sup_env_t *e, const it_ids_t *ids, int6
         assert_true(received >= t0 - 1000 && received <= t1 + 1000);
         /* timestamp = receivedAt - (sentAt - timestamp): the client's clock skew removed. */
         assert_int_equal(received - ts, 5000 + (int64_t)i);
-        assert_null(json_object_get(v, "originalTimestamp"));
+        /* originalTimestamp is the client's clock as sent, sentAt the batch's (Segment's). */
+        int64_t orig = iso_field(v, "originalTimestamp"), sent = iso_field(v, "sentAt");
+        assert_int_equal(sent - orig, 5000 + (int64_t)i);
         json_decref(v);
     }
     sup_kmsgs_free(&m);

@@ -130,7 +130,8 @@ static void check_msgpack_body(const model_t *m, const char *body, size_t len,
         for (uint32_t k = 0; k < ev->via.map.size; k++) {
             const msgpack_object_kv *kv = &ev->via.map.ptr[k];
             if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 9 &&
-                memcmp(kv->key.via.str.ptr, "messageId", 9) == 0) {
+                memcmp(kv->key.via.str.ptr, "messageId", 9) == 0 &&
+                items[i].kind != MODEL_INV_NUMERIC_MESSAGE_ID) {
                 uint32_t st;
                 uint64_t sq;
                 assert_true(

@@ -60,8 +60,9 @@ static int finish_batch(proto_batch_t *b)
     b->events = msgpack_zone_malloc(&b->zone, n * sizeof(proto_event_t) + 1);
     if (b->events == NULL) return PROTO_E_NOMEM;
     for (size_t i = 0; i < n; i++)
-        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, b->has_sent_at,
-                             b->sent_at_ms, limits(), PROTO_CHECK_DUP_KEYS);
+        proto_envelope_t env = {.has_sent_at = b->has_sent_at, .sent_at_ms = b->sent_at_ms};
+    proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, &env, limits(),
+                         PROTO_CHECK_DUP_KEYS);
     b->n_events = n;
     return PROTO_OK;
 }

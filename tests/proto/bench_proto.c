@@ -97,7 +97,7 @@ static void run(const char *name, const char *body, size_t len, proto_format_t f
             proto_normalize(&b, &ctx);
             for (size_t i = 0; i < b.n_events; i++) {
                 base_buf_reset(&out);
-                if (proto_encode_event(&b, &b.events[i], PROTO_FMT_MSGPACK, &out) == PROTO_OK)
+                if (proto_encode_event(&b.events[i], PROTO_FMT_MSGPACK, &out) == PROTO_OK)
                     bytes += out.len;
             }
             events += b.n_events;

@@ -135,12 +135,10 @@ static void test_request_errors(void **state)
         assert_int_equal(tu_decode(&t, "{\"batch\":{}}", fmt, PROTO_T_NONE, NULL),
                          PROTO_E_NO_BATCH);
         tu_free(&t);
+        /* A bad sentAt or context of a readable batch rejects its events (test_envelope_*). */
         assert_int_equal(
             tu_decode(&t, "{\"batch\":[],\"sentAt\":\"yesterday\"}", fmt, PROTO_T_NONE, NULL),
-            PROTO_E_BAD_SENT_AT);
-        tu_free(&t);
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"sentAt\":1.5}", fmt, PROTO_T_NONE, NULL),
-                         PROTO_E_BAD_SENT_AT);
+            PROTO_OK);
         tu_free(&t);
         assert_int_equal(tu_decode(&t, "{\"batch\":[],\"sentAt\":null}", fmt, PROTO_T_NONE, NULL),
                          PROTO_OK);
@@ -151,9 +149,6 @@ static void test_request_errors(void **state)
         tu_free(&t);
         assert_int_equal(tu_decode(&t, "{\"batch\":[],\"writeKey\":7}", fmt, PROTO_T_NONE, NULL),
                          PROTO_E_BAD_WRITE_KEY);
-        tu_free(&t);
-        assert_int_equal(tu_decode(&t, "{\"batch\":[],\"context\":[]}", fmt, PROTO_T_NONE, NULL),
-                         PROTO_E_BAD_BATCH_CONTEXT);
         tu_free(&t);
         /* Unknown envelope keys are ignored. */
         assert_int_equal(
@@ -190,7 +185,157 @@ static void test_request_errors(void **state)
         tu_free(&t);
         proto_limits_t lim = proto_limits_default();
         lim.max_depth = 15;
-        assert_int_equal(tu_decode(&t, deep, fmt, PROTO_T_NONE, &lim), PROTO_E_BAD_BATCH_CONTEXT);
+        assert_int_equal(tu_decode(&t, deep, fmt, PROTO_T_NONE, &lim), PROTO_OK);
+        assert_null(t.b.context);
+        tu_free(&t);
+    });
+}
+
+#define EV(mid, extra)                                                                             \
+    "{\"type\":\"track\",\"messageId\":\"" mid "\",\"userId\":\"u\",\"event\":\"E\"" extra "}"
+
+/* SPEC §2: anything wrong with the envelope of a readable batch rejects its events one by one
+ * (each listed with its reason), never the request. */
+static void test_envelope_rejects_events(void **state)
+{
+    (void)state;
+    static const char *bad_sent_at[] = {"\"yesterday\"", "1.5", "[]", "\"2150-01-01T00:00:00Z\""};
+    static const char *bad_ctx[] = {"[]", "1", "\"x\""};
+    TU_BOTH({
+        for (size_t i = 0; i < sizeof bad_sent_at / sizeof *bad_sent_at; i++) {
+            tu_body_t t;
+            const char *body =
+                tu_fmt("{\"batch\":[" EV("a", "") "," EV(
+                           "b", ",\"sentAt\":\"2026-11-23T12:00:00Z\"") "],"
+                                                                        "\"sentAt\":%s}",
+                       bad_sent_at[i]);
+            assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+            assert_int_equal(t.b.n_events, 2);
+            assert_int_equal(t.b.events[0].error, PROTO_E_BAD_EVENT_SENT_AT);
+            assert_int_equal(t.b.events[0].message_id.len, 1); /* still echoed */
+            assert_int_equal(t.b.events[1].error, PROTO_OK);   /* has its own sentAt */
+            assert_false(t.b.has_sent_at);
+            tu_free(&t);
+        }
+        for (size_t i = 0; i < 3; i++) {
+            tu_body_t t;
+            const char *body =
+                tu_fmt("{\"batch\":[" EV("a", "") "," EV("b", ",\"context\":{}") "],"
+                                                                                 "\"context\":%s}",
+                       bad_ctx[i]);
+            assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+            assert_int_equal(t.b.events[0].error, PROTO_E_BAD_CONTEXT);
+            assert_int_equal(t.b.events[1].error, PROTO_E_BAD_CONTEXT);
+            tu_free(&t);
+            body = tu_fmt("{\"batch\":[" EV("a", "") "],\"integrations\":%s}", bad_ctx[i]);
+            assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+            assert_int_equal(t.b.events[0].error, PROTO_E_BAD_INTEGRATIONS);
+            tu_free(&t);
+        }
+        /* The rule order holds: an earlier broken rule is the event's reason. */
+        tu_body_t t;
+        assert_int_equal(tu_decode(&t,
+                                   "{\"batch\":[{\"type\":\"track\",\"userId\":\"u\"}],"
+                                   "\"sentAt\":\"x\"}",
+                                   fmt, PROTO_T_NONE, NULL),
+                         PROTO_OK);
+        assert_int_equal(t.b.events[0].error, PROTO_E_MISSING_EVENT);
+        tu_free(&t);
+    });
+}
+
+/* The value under key of map obj (a string key), or NULL. */
+static const msgpack_object *get(const msgpack_object *obj, const char *key)
+{
+    assert_int_equal(obj->type, MSGPACK_OBJECT_MAP);
+    for (uint32_t i = 0; i < obj->via.map.size; i++) {
+        const msgpack_object *k = &obj->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(key) &&
+            memcmp(k->via.str.ptr, key, k->via.str.size) == 0)
+            return &obj->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static void expect_str(const msgpack_object *o, const char *want)
+{
+    assert_non_null(o);
+    assert_int_equal(o->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(o->via.str.size, strlen(want));
+    assert_memory_equal(o->via.str.ptr, want, strlen(want));
+}
+
+/* SPEC §2: batch-level context and integrations apply to every event, merged key by key, the
+ * event's own keys winning; a rejected event keeps its raw form. */
+static void test_batch_merge(void **state)
+{
+    (void)state;
+    /* Big maps too (the merge uses a hash set beyond a few keys). */
+    char big_ev[4096] = "", big_batch[4096] = "";
+    for (int i = 0; i < 40; i++) {
+        char kv[32];
+        snprintf(kv, sizeof kv, "%s\"k%d\":\"e%d\"", i ? "," : "", i, i);
+        strcat(big_ev, kv);
+        snprintf(kv, sizeof kv, "%s\"k%d\":\"b%d\"", i ? "," : "", i + 20, i + 20);
+        strcat(big_batch, kv);
+    }
+    TU_BOTH({
+        tu_body_t t;
+        const char *body = "{\"batch\":[" EV(
+            "own",
+            ",\"context\":{\"ip\":\"1.2.3.4\",\"locale\":\"de\"},"
+            "\"integrations\":{\"A\":false}") "," EV("none",
+                                                     "") "," EV("null",
+                                                                ",\"context\":null") ","
+                                                                                     "{\"type\":"
+                                                                                     "\"track\","
+                                                                                     "\"messageId\""
+                                                                                     ":\"bad\"}],"
+                                                                                     "\"context\":{"
+                                                                                     "\"locale\":"
+                                                                                     "\"en\","
+                                                                                     "\"library\":{"
+                                                                                     "\"name\":"
+                                                                                     "\"x\"},"
+                                                                                     "\"groupId\":"
+                                                                                     "\"acct-9\"},"
+                                                                                     "\"integration"
+                                                                                     "s\":{\"A\":"
+                                                                                     "true,\"B\":"
+                                                                                     "true}}";
+        assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+        assert_int_equal(t.b.n_events, 4);
+        const msgpack_object *c = get(t.b.events[0].obj, "context");
+        assert_int_equal(c->via.map.size, 4);
+        expect_str(get(c, "ip"), "1.2.3.4");
+        expect_str(get(c, "locale"), "de"); /* the event's own key wins */
+        assert_non_null(get(c, "library"));
+        expect_str(get(c, "groupId"), "acct-9");
+        const msgpack_object *in = get(t.b.events[0].obj, "integrations");
+        assert_int_equal(in->via.map.size, 2);
+        assert_false(get(in, "A")->via.boolean);
+        assert_true(get(in, "B")->via.boolean);
+        /* the batch context's groupId is the account hint of each event */
+        assert_int_equal(t.b.events[0].context_group_id.len, 6);
+        for (int i = 1; i <= 2; i++) {
+            c = get(t.b.events[i].obj, "context");
+            assert_non_null(c);
+            assert_int_equal(c->via.map.size, 3);
+            expect_str(get(c, "locale"), "en");
+            assert_int_equal(get(t.b.events[i].obj, "integrations")->via.map.size, 2);
+        }
+        assert_int_not_equal(t.b.events[3].error, PROTO_OK);
+        assert_null(get(t.b.events[3].obj, "context")); /* raw: as received */
+        tu_free(&t);
+
+        body = tu_fmt("{\"batch\":[" EV("m", ",\"context\":{%s}") "],\"context\":{%s}}", big_ev,
+                      big_batch);
+        assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+        assert_int_equal(t.b.events[0].error, PROTO_OK);
+        c = get(t.b.events[0].obj, "context");
+        assert_int_equal(c->via.map.size, 60); /* k0..k39 own, k40..k59 from the batch */
+        expect_str(get(c, "k20"), "e20");
+        expect_str(get(c, "k59"), "b59");
         tu_free(&t);
     });
 }
@@ -751,6 +896,8 @@ int main(void)
         cmocka_unit_test(test_number_mapping),
         cmocka_unit_test(test_msgpack_int_widths),
         cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_envelope_rejects_events),
+        cmocka_unit_test(test_batch_merge),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_huge_counts),
         cmocka_unit_test(test_too_many_events),

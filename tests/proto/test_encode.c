@@ -42,7 +42,12 @@ static void check_record(json_t *r, bool first)
         assert_string_equal(json_string_value(json_object_get(r, "timestamp")),
                             "2026-11-23T11:59:00.000Z");
         assert_null(json_object_get(r, "accountId")); /* forged one dropped, none known */
-        assert_null(json_object_get(r, "originalTimestamp"));
+        /* Segment's warehouse columns: the client's time as sent, and the batch's sentAt. */
+        assert_string_equal(json_string_value(json_object_get(r, "originalTimestamp")),
+                            "2026-11-23T10:59:00.000Z");
+        assert_string_equal(json_string_value(json_object_get(r, "sentAt")),
+                            "2026-11-23T11:00:00.000Z");
+        assert_null(json_object_get(r, "messageIdGenerated"));
         json_t *ctxo = json_object_get(r, "context"); /* batch context merged */
         assert_string_equal(json_string_value(json_object_get(ctxo, "ip")), "9.9.9.9");
         json_t *p = json_object_get(r, "properties");
@@ -59,9 +64,12 @@ static void check_record(json_t *r, bool first)
         assert_string_equal(json_string_value(json_object_get(r, "event")), "Plan Upgraded");
     } else {
         assert_string_equal(json_string_value(json_object_get(r, "accountId")), "acme");
-        json_t *ctxo = json_object_get(r, "context"); /* own context kept, not merged */
+        json_t *ctxo = json_object_get(r, "context"); /* own context merged with the batch's */
         assert_int_equal(json_integer_value(json_object_get(ctxo, "own")), 1);
-        assert_null(json_object_get(ctxo, "ip"));
+        assert_string_equal(json_string_value(json_object_get(ctxo, "ip")), "9.9.9.9");
+        assert_null(json_object_get(r, "originalTimestamp")); /* the client sent no time */
+        assert_string_equal(json_string_value(json_object_get(r, "sentAt")),
+                            "2026-11-23T11:00:00.000Z");
     }
 }
 
@@ -79,8 +87,7 @@ static void test_msgpack_record(void **state)
             assert_int_equal(t.b.events[i].error, PROTO_OK);
             base_buf_t out;
             base_buf_init(&out, 1 << 20);
-            assert_int_equal(proto_encode_event(&t.b, &t.b.events[i], PROTO_FMT_MSGPACK, &out),
-                             PROTO_OK);
+            assert_int_equal(proto_encode_event(&t.b.events[i], PROTO_FMT_MSGPACK, &out), PROTO_OK);
             /* msgpack-c's own unpacker accepts it and sees exactly one value. */
             msgpack_unpacked up;
             msgpack_unpacked_init(&up);
@@ -127,8 +134,7 @@ static void test_json_record(void **state)
         for (size_t i = 0; i < 2; i++) {
             base_buf_t out;
             base_buf_init(&out, 1 << 20);
-            assert_int_equal(proto_encode_event(&t.b, &t.b.events[i], PROTO_FMT_JSON, &out),
-                             PROTO_OK);
+            assert_int_equal(proto_encode_event(&t.b.events[i], PROTO_FMT_JSON, &out), PROTO_OK);
             json_t *r = record_json(&out);
             check_record(r, i == 0);
             json_decref(r);
@@ -162,7 +168,7 @@ static void test_clamped_record(void **state)
     proto_normalize(&t.b, &c);
     base_buf_t out;
     base_buf_init(&out, 1 << 16);
-    assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
+    assert_int_equal(proto_encode_event(&t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     json_t *r = record_json(&out); /* REJECT_DUPLICATES: the client's originalTimestamp is gone */
     assert_string_equal(json_string_value(json_object_get(r, "timestamp")),
                         "2026-11-23T12:00:00.000Z");
@@ -171,6 +177,90 @@ static void test_clamped_record(void **state)
     json_decref(r);
     base_buf_free(&out);
     tu_free(&t);
+}
+
+/* The SPEC §2 fields a Segment-family client relies on: a generated messageId (marked, and a
+ * forged mark dropped), numeric and empty ids, RudderStack's originalTimestamp, in both formats
+ * of the record (the msgpack one checked through our JSON writer after decoding it back). */
+static void test_segment_fields(void **state)
+{
+    (void)state;
+    uint64_t seq = 0;
+    proto_norm_ctx_t c = ctx();
+    c.id_seed[0] = 1;
+    c.id_seed[1] = 2;
+    c.id_seq = &seq;
+    TU_BOTH({
+        tu_body_t t;
+        assert_int_equal(
+            tu_decode(
+                &t,
+                "{\"batch\":["
+                "{\"type\":\"track\",\"userId\":42,\"event\":\"E\",\"messageIdGenerated\":false},"
+                "{\"type\":\"track\",\"userId\":\"\",\"anonymousId\":\"a1\",\"event\":\"E\","
+                "\"messageId\":null,\"originalTimestamp\":\"2026-11-23T10:00:00Z\"},"
+                "{\"type\":\"group\",\"messageId\":\"g\",\"userId\":\"u\",\"groupId\":7}]}",
+                fmt, PROTO_T_NONE, NULL),
+            PROTO_OK);
+        proto_normalize(&t.b, &c);
+        const char *ids[2];
+        for (size_t i = 0; i < 3; i++) {
+            base_buf_t out;
+            base_buf_init(&out, 1 << 16);
+            assert_int_equal(proto_encode_event(&t.b.events[i], PROTO_FMT_JSON, &out), PROTO_OK);
+            json_t *r = record_json(&out); /* REJECT_DUPLICATES: each key once */
+            if (i < 2) {
+                const char *mid = json_string_value(json_object_get(r, "messageId"));
+                assert_non_null(mid);
+                assert_int_equal(strlen(mid), PROTO_GEN_ID_LEN);
+                assert_int_equal(mid[14], '4'); /* UUID version 4 */
+                ids[i] = t.b.events[i].message_id.ptr;
+                assert_true(json_is_true(json_object_get(r, "messageIdGenerated")));
+            }
+            if (i == 0) {
+                assert_string_equal(json_string_value(json_object_get(r, "userId")), "42");
+            } else if (i == 1) {
+                assert_null(json_object_get(r, "userId")); /* "" is absent */
+                assert_string_equal(json_string_value(json_object_get(r, "anonymousId")), "a1");
+                /* RudderStack: originalTimestamp is the timestamp when no timestamp came */
+                assert_string_equal(json_string_value(json_object_get(r, "originalTimestamp")),
+                                    "2026-11-23T10:00:00.000Z");
+                assert_string_equal(json_string_value(json_object_get(r, "timestamp")),
+                                    "2026-11-23T10:00:00.000Z");
+            } else {
+                assert_string_equal(json_string_value(json_object_get(r, "groupId")), "7");
+                assert_string_equal(json_string_value(json_object_get(r, "accountId")), "7");
+                assert_string_equal(json_string_value(json_object_get(r, "messageId")), "g");
+                assert_null(json_object_get(r, "messageIdGenerated"));
+            }
+            json_decref(r);
+            /* The msgpack record carries the same keys. */
+            base_buf_reset(&out);
+            assert_int_equal(proto_encode_event(&t.b.events[i], PROTO_FMT_MSGPACK, &out), PROTO_OK);
+            msgpack_unpacked up;
+            msgpack_unpacked_init(&up);
+            assert_int_equal(msgpack_unpack_next(&up, out.data, out.len, NULL),
+                             MSGPACK_UNPACK_SUCCESS);
+            bool gen = false;
+            bool uid_str = false;
+            for (uint32_t k = 0; k < up.data.via.map.size; k++) {
+                const msgpack_object *key = &up.data.via.map.ptr[k].key;
+                const msgpack_object *val = &up.data.via.map.ptr[k].val;
+                if (key->via.str.size == 18 &&
+                    memcmp(key->via.str.ptr, "messageIdGenerated", 18) == 0)
+                    gen = val->type == MSGPACK_OBJECT_BOOLEAN && val->via.boolean;
+                if (key->via.str.size == 6 && memcmp(key->via.str.ptr, "userId", 6) == 0)
+                    uid_str = val->type == MSGPACK_OBJECT_STR;
+            }
+            assert_int_equal(gen, i < 2);
+            assert_int_equal(uid_str, i != 1);
+            msgpack_unpacked_destroy(&up);
+            base_buf_free(&out);
+        }
+        assert_memory_not_equal(ids[0], ids[1], PROTO_GEN_ID_LEN);
+        tu_free(&t);
+    });
+    assert_int_equal(seq, 4); /* two generated ids per format */
 }
 
 /* Numbers the JSON writer must get right; NaN/Inf only exist in msgpack input. */
@@ -208,7 +298,7 @@ static void test_numbers(void **state)
     proto_normalize(&b, &c);
     base_buf_t out;
     base_buf_init(&out, 1 << 16);
-    assert_int_equal(proto_encode_event(&b, &b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
+    assert_int_equal(proto_encode_event(&b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     const char *want = "\"properties\":{\"nan\":null,\"inf\":null,\"one\":1.0,"
                        "\"tenth\":0.10000000000000001,\"f32\":1.25,\"big\":1.0000000000000001e+300,"
                        "\"min\":-9223372036854775808,\"max\":18446744073709551615,\"negz\":-0.0}";
@@ -216,7 +306,7 @@ static void test_numbers(void **state)
         fail_msg("numbers: %.*s", (int)out.len, out.data);
     /* The msgpack record keeps float32 as float32 and NaN as NaN. */
     base_buf_reset(&out);
-    assert_int_equal(proto_encode_event(&b, &b.events[0], PROTO_FMT_MSGPACK, &out), PROTO_OK);
+    assert_int_equal(proto_encode_event(&b.events[0], PROTO_FMT_MSGPACK, &out), PROTO_OK);
     msgpack_unpacked up;
     msgpack_unpacked_init(&up);
     assert_int_equal(msgpack_unpack_next(&up, out.data, out.len, NULL), MSGPACK_UNPACK_SUCCESS);
@@ -246,17 +336,15 @@ static void test_caps_and_errors(void **state)
         base_buf_init(&out, 1 << 16);
         assert_int_equal(base_buf_append(&out, "prefix", 6), PROTO_OK);
         out.max = 100; /* far too small for the record */
-        assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], (proto_format_t)f, &out),
+        assert_int_equal(proto_encode_event(&t.b.events[0], (proto_format_t)f, &out),
                          PROTO_E_EVENT_TOO_LARGE);
         assert_int_equal(out.len, 6); /* restored */
         assert_memory_equal(out.data, "prefix", 6);
         /* Records append: two in one buffer. */
         out.max = 1 << 16;
-        assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], (proto_format_t)f, &out),
-                         PROTO_OK);
+        assert_int_equal(proto_encode_event(&t.b.events[0], (proto_format_t)f, &out), PROTO_OK);
         size_t one = out.len - 6;
-        assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], (proto_format_t)f, &out),
-                         PROTO_OK);
+        assert_int_equal(proto_encode_event(&t.b.events[0], (proto_format_t)f, &out), PROTO_OK);
         assert_int_equal(out.len, 6 + 2 * one);
         base_buf_free(&out);
     }
@@ -267,7 +355,7 @@ static void test_caps_and_errors(void **state)
         PROTO_OK);
     base_buf_t out;
     base_buf_init(&out, 1 << 16);
-    assert_int_not_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
+    assert_int_not_equal(proto_encode_event(&t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
     assert_int_equal(out.len, 0);
     base_buf_free(&out);
     tu_free(&t);
@@ -375,7 +463,7 @@ static void test_single_call_record(void **state)
         proto_normalize(&t.b, &c);
         base_buf_t out;
         base_buf_init(&out, 1 << 16);
-        assert_int_equal(proto_encode_event(&t.b, &t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
+        assert_int_equal(proto_encode_event(&t.b.events[0], PROTO_FMT_JSON, &out), PROTO_OK);
         json_t *r = record_json(&out);
         assert_null(json_object_get(r, "writeKey"));
         assert_non_null(json_object_get(json_object_get(r, "context"), "library"));
@@ -391,10 +479,15 @@ static void test_single_call_record(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_msgpack_record),       cmocka_unit_test(test_json_record),
-        cmocka_unit_test(test_clamped_record),       cmocka_unit_test(test_numbers),
-        cmocka_unit_test(test_caps_and_errors),      cmocka_unit_test(test_rejected_record),
-        cmocka_unit_test(test_rejected_hostile_raw), cmocka_unit_test(test_single_call_record),
+        cmocka_unit_test(test_msgpack_record),
+        cmocka_unit_test(test_json_record),
+        cmocka_unit_test(test_clamped_record),
+        cmocka_unit_test(test_segment_fields),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_caps_and_errors),
+        cmocka_unit_test(test_rejected_record),
+        cmocka_unit_test(test_rejected_hostile_raw),
+        cmocka_unit_test(test_single_call_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -209,8 +209,8 @@ static void test_learn_order(void **state)
         "{\"type\":\"track\",\"messageId\":\"3\",\"userId\":\"bob\",\"event\":\"B\"},"
         "{\"type\":\"group\",\"messageId\":\"4\",\"userId\":\"bob\",\"groupId\":\"g2\"},"
         "{\"type\":\"track\",\"messageId\":\"5\",\"userId\":\"bob\",\"event\":\"C\"},"
-        /* invalid group (no messageId) and anonymous group: never learned */
-        "{\"type\":\"group\",\"userId\":\"bob\",\"groupId\":\"bad\"},"
+        /* invalid group (a numeric messageId) and anonymous group: never learned */
+        "{\"type\":\"group\",\"messageId\":6,\"userId\":\"bob\",\"groupId\":\"bad\"},"
         "{\"type\":\"group\",\"messageId\":\"7\",\"anonymousId\":\"x\",\"groupId\":\"g3\"},"
         "{\"type\":\"track\",\"messageId\":\"8\",\"userId\":\"bob\",\"event\":\"D\"}"
         "]}",
@@ -219,7 +219,7 @@ static void test_learn_order(void **state)
     assert_null(e[0].account_id.ptr);
     assert_memory_equal(e[2].account_id.ptr, "g1", 2);
     assert_memory_equal(e[4].account_id.ptr, "g2", 2);
-    assert_int_equal(e[5].error, PROTO_E_MISSING_MESSAGE_ID);
+    assert_int_equal(e[5].error, PROTO_E_BAD_MESSAGE_ID);
     assert_null(e[5].account_id.ptr);
     assert_memory_equal(e[6].account_id.ptr, "g3", 2);
     assert_memory_equal(e[7].account_id.ptr, "g2", 2);
@@ -241,10 +241,12 @@ static void test_invalid_events(void **state)
     struct accounts a = {0};
     proto_norm_ctx_t c = ctx_for(&a);
     tu_body_t t;
-    normalize_json(&t, "{\"batch\":[{\"type\":\"group\",\"userId\":\"u\",\"groupId\":\"g\"}]}",
-                   PROTO_FMT_JSON, &c);
+    normalize_json(
+        &t, "{\"batch\":[{\"type\":\"group\",\"messageId\":5,\"userId\":\"u\",\"groupId\":\"g\"}]}",
+        PROTO_FMT_JSON, &c);
     proto_event_t *e = &t.b.events[0];
-    assert_int_equal(e->error, PROTO_E_MISSING_MESSAGE_ID);
+    assert_int_equal(e->error, PROTO_E_BAD_MESSAGE_ID);
+    assert_null(e->message_id.ptr); /* none generated for a rejected event */
     assert_int_equal(e->received_at_ms, NOW);
     assert_memory_equal(e->source.ptr, "web", 3);
     assert_null(e->account_id.ptr);

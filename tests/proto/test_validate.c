@@ -57,10 +57,49 @@ static void test_type_rules(void **state)
     EXPECT("{\"type\":1,\"messageId\":\"m\",\"userId\":\"u\"}", PROTO_E_BAD_TYPE);
 }
 
+/* The id fields of the only event of {"batch":[EVENT]}; asserts it is valid. */
+static void expect_ids(const char *json, const char *mid, bool generated, const char *uid,
+                       const char *aid, unsigned rewrite)
+{
+    TU_BOTH({
+        tu_body_t t;
+        assert_int_equal(tu_decode(&t, tu_fmt("{\"batch\":[%s]}", json), fmt, PROTO_T_NONE, NULL),
+                         PROTO_OK);
+        const proto_event_t *ev = &t.b.events[0];
+        if (ev->error != PROTO_OK) fail_msg("%s: %s", json, proto_err_code(ev->error));
+        assert_int_equal(ev->message_id_generated, generated);
+        if (mid == NULL)
+            assert_null(ev->message_id.ptr);
+        else
+            assert_true(ev->message_id.len == strlen(mid) &&
+                        memcmp(ev->message_id.ptr, mid, ev->message_id.len) == 0);
+        if (uid == NULL) {
+            assert_null(ev->user_id.ptr);
+        } else if (ev->user_id.len != strlen(uid) ||
+                   memcmp(ev->user_id.ptr, uid, ev->user_id.len) != 0) {
+            fail_msg("%s: userId '%.*s' want '%s'", json, (int)ev->user_id.len, ev->user_id.ptr,
+                     uid);
+        }
+        if (aid == NULL)
+            assert_null(ev->anonymous_id.ptr);
+        else
+            assert_true(ev->anonymous_id.len == strlen(aid) &&
+                        memcmp(ev->anonymous_id.ptr, aid, ev->anonymous_id.len) == 0);
+        assert_int_equal(ev->rewrite, rewrite);
+        tu_free(&t);
+    });
+}
+
 static void test_message_id(void **state)
 {
     (void)state;
-    EXPECT("{\"type\":\"screen\",\"userId\":\"u\"}", PROTO_E_MISSING_MESSAGE_ID);
+    /* Absent or null: valid, the collector generates one at normalization (SPEC §2). */
+    EXPECT("{\"type\":\"screen\",\"userId\":\"u\"}", PROTO_OK);
+    expect_ids("{\"type\":\"screen\",\"userId\":\"u\"}", NULL, true, "u", NULL, 0);
+    expect_ids("{\"type\":\"screen\",\"userId\":\"u\",\"messageId\":null}", NULL, true, "u", NULL,
+               0);
+    expect_ids("{\"type\":\"screen\",\"userId\":\"u\",\"messageId\":\"m-1\"}", "m-1", false, "u",
+               NULL, 0);
     EXPECT("{\"type\":\"screen\",\"messageId\":\"\",\"userId\":\"u\"}", PROTO_E_BAD_MESSAGE_ID);
     EXPECT("{\"type\":\"screen\",\"messageId\":5,\"userId\":\"u\"}", PROTO_E_BAD_MESSAGE_ID);
     EXPECT(tu_fmt("{\"type\":\"screen\",\"messageId\":\"%s\",\"userId\":\"u\"}", repeat('m', 100)),
@@ -75,14 +114,34 @@ static void test_user_ids(void **state)
     EXPECT("{\"type\":\"screen\",\"messageId\":\"m\"}", PROTO_E_MISSING_USER);
     EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":null,\"anonymousId\":null}",
            PROTO_E_MISSING_USER);
-    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"\"}", PROTO_E_BAD_USER_ID);
-    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":42}", PROTO_E_BAD_USER_ID);
+    /* "" counts as absent (the official SDKs send userId:"" with an anonymousId). */
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"\"}", PROTO_E_MISSING_USER);
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"\",\"anonymousId\":\"\"}",
+           PROTO_E_MISSING_USER);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"\",\"anonymousId\":\"a-1\"}",
+               "m", false, NULL, "a-1", PROTO_RW_USER_ID);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"u\",\"anonymousId\":\"\"}",
+               "m", false, "u", NULL, PROTO_RW_ANONYMOUS_ID);
+    /* A number is its decimal text. */
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":42}", "m", false, "42", NULL,
+               PROTO_RW_USER_ID);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":-7,\"anonymousId\":0}", "m",
+               false, "-7", "0", PROTO_RW_USER_ID | PROTO_RW_ANONYMOUS_ID);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":9223372036854775807}", "m",
+               false, "9223372036854775807", NULL, PROTO_RW_USER_ID);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":1.5}", "m", false, "1.5", NULL,
+               PROTO_RW_USER_ID);
+    expect_ids("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":0.1}", "m", false, "0.1", NULL,
+               PROTO_RW_USER_ID);
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":true}", PROTO_E_BAD_USER_ID);
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":{}}", PROTO_E_BAD_USER_ID);
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"anonymousId\":[1]}",
+           PROTO_E_BAD_ANONYMOUS_ID);
     EXPECT(tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"%s\"}", repeat('u', 255)),
            PROTO_OK);
     EXPECT(tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"%s\"}", repeat('u', 256)),
            PROTO_E_BAD_USER_ID);
-    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"anonymousId\":\"\"}",
-           PROTO_E_BAD_ANONYMOUS_ID);
+    EXPECT("{\"type\":\"screen\",\"messageId\":\"m\",\"anonymousId\":\"\"}", PROTO_E_MISSING_USER);
     EXPECT(
         tu_fmt("{\"type\":\"screen\",\"messageId\":\"m\",\"userId\":\"u\",\"anonymousId\":\"%s\"}",
                repeat('a', 256)),
@@ -116,8 +175,23 @@ static void test_group_id(void **state)
     EXPECT("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\"}", PROTO_E_MISSING_GROUP_ID);
     EXPECT("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\",\"groupId\":\"\"}",
            PROTO_E_BAD_GROUP_ID);
-    EXPECT("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\",\"groupId\":7}",
+    EXPECT("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\",\"groupId\":null}",
+           PROTO_E_MISSING_GROUP_ID);
+    EXPECT("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\",\"groupId\":true}",
            PROTO_E_BAD_GROUP_ID);
+    TU_BOTH({ /* a numeric groupId is its decimal text, like the user ids */
+              tu_body_t t;
+              assert_int_equal(tu_decode(&t,
+                                         "{\"batch\":[{\"type\":\"group\",\"messageId\":\"m\","
+                                         "\"userId\":\"u\",\"groupId\":7}]}",
+                                         fmt, PROTO_T_NONE, NULL),
+                               PROTO_OK);
+              assert_int_equal(t.b.events[0].error, PROTO_OK);
+              assert_int_equal(t.b.events[0].group_id.len, 1);
+              assert_memory_equal(t.b.events[0].group_id.ptr, "7", 1);
+              assert_int_equal(t.b.events[0].rewrite, PROTO_RW_GROUP_ID);
+              tu_free(&t);
+    });
     EXPECT(tu_fmt("{\"type\":\"group\",\"messageId\":\"m\",\"userId\":\"u\",\"groupId\":\"%s\"}",
                   repeat('g', 256)),
            PROTO_E_BAD_GROUP_ID);
@@ -139,6 +213,23 @@ static void test_timestamps(void **state)
     EXPECT(TU_EVENT(",\"sentAt\":\"2026-11-23T12:00:00Z\""), PROTO_OK);
     EXPECT(TU_EVENT(",\"sentAt\":[]"), PROTO_E_BAD_EVENT_SENT_AT);
     EXPECT(TU_EVENT(",\"sentAt\":\"2150-01-01T00:00:00Z\""), PROTO_E_BAD_EVENT_SENT_AT);
+    /* RudderStack: the client time as originalTimestamp and no timestamp. */
+    EXPECT(TU_EVENT(",\"originalTimestamp\":\"soon\""), PROTO_E_BAD_TIMESTAMP);
+    EXPECT(TU_EVENT(",\"timestamp\":null,\"originalTimestamp\":[]"), PROTO_E_BAD_TIMESTAMP);
+    /* With a timestamp, the received originalTimestamp plays no part (the record sets its own). */
+    EXPECT(TU_EVENT(",\"timestamp\":1795435200000,\"originalTimestamp\":\"soon\""), PROTO_OK);
+    TU_BOTH({
+        tu_body_t t;
+        assert_int_equal(
+            tu_decode(
+                &t, "{\"batch\":[" TU_EVENT(",\"originalTimestamp\":\"2026-11-23T12:00:00Z\"") "]}",
+                fmt, PROTO_T_NONE, NULL),
+            PROTO_OK);
+        assert_int_equal(t.b.events[0].error, PROTO_OK);
+        assert_true(t.b.events[0].has_timestamp);
+        assert_int_equal(t.b.events[0].timestamp_ms, 1795435200000LL);
+        tu_free(&t);
+    });
 }
 
 static void test_object_fields(void **state)
@@ -149,6 +240,10 @@ static void test_object_fields(void **state)
     EXPECT(TU_EVENT(",\"traits\":1"), PROTO_E_BAD_TRAITS);
     EXPECT(TU_EVENT(",\"context\":true"), PROTO_E_BAD_CONTEXT);
     EXPECT(TU_EVENT(",\"properties\":{},\"traits\":{},\"context\":{}"), PROTO_OK);
+    EXPECT(TU_EVENT(",\"integrations\":{\"All\":false}"), PROTO_OK);
+    EXPECT(TU_EVENT(",\"integrations\":null"), PROTO_OK);
+    EXPECT(TU_EVENT(",\"integrations\":true"), PROTO_E_BAD_INTEGRATIONS);
+    EXPECT(TU_EVENT(",\"context\":1,\"integrations\":1"), PROTO_E_BAD_CONTEXT);
 }
 
 /* Builds properties nested `levels` maps deep, counting properties itself as level 1. */
@@ -364,7 +459,8 @@ static void test_rule_order(void **state)
 {
     (void)state;
     EXPECT("{\"type\":\"nope\"}", PROTO_E_BAD_TYPE);
-    EXPECT("{\"type\":\"track\"}", PROTO_E_MISSING_MESSAGE_ID);
+    EXPECT("{\"type\":\"track\"}", PROTO_E_MISSING_USER);
+    EXPECT("{\"type\":\"track\",\"messageId\":5}", PROTO_E_BAD_MESSAGE_ID);
     EXPECT("{\"type\":\"track\",\"messageId\":\"m\"}", PROTO_E_MISSING_USER);
     EXPECT("{\"type\":\"track\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"x\"}",
            PROTO_E_MISSING_EVENT);
@@ -415,12 +511,14 @@ static void test_mixed_batch(void **state)
         tu_body_t t;
         assert_int_equal(
             tu_decode(
-                &t, "{\"batch\":[" TU_EVENT("") ",{\"type\":\"track\"}," TU_EVENT(",\"x\":1") "]}",
+                &t,
+                "{\"batch\":[" TU_EVENT("") ",{\"type\":\"track\",\"messageId\":\"m\"}," TU_EVENT(
+                    ",\"x\":1") "]}",
                 fmt, PROTO_T_NONE, NULL),
             PROTO_OK);
         assert_int_equal(t.b.n_events, 3);
         assert_int_equal(t.b.events[0].error, PROTO_OK);
-        assert_int_equal(t.b.events[1].error, PROTO_E_MISSING_MESSAGE_ID);
+        assert_int_equal(t.b.events[1].error, PROTO_E_MISSING_USER);
         assert_int_equal(t.b.events[2].error, PROTO_OK);
         tu_free(&t);
     });

@@ -308,11 +308,13 @@ static int write_file(const char *path, const char *text)
     return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
-/* Port from the first log line with "msg":"listening", or 0. */
-static int find_listening_port(const char *log)
+/* Port from the first log line with "msg":MSG (e.g. "listening"), or 0. */
+static int find_listening_port(const char *log, const char *msg)
 {
+    char needle[64];
+    snprintf(needle, sizeof needle, "\"msg\":\"%s\"", msg);
     const char *p = log;
-    while ((p = strstr(p, "\"msg\":\"listening\"")) != NULL) {
+    while ((p = strstr(p, needle)) != NULL) {
         const char *start = p;
         while (start > log && start[-1] != '\n')
             start--;
@@ -384,10 +386,13 @@ int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, c
     for (;;) {
         sup_buf_t log = {0};
         read_file(c->log_path, &log);
-        int port = log.data ? find_listening_port(log.data) : 0;
+        int port = log.data ? find_listening_port(log.data, "listening") : 0;
+        /* main logs admin_listening before listening */
+        int admin_port = port > 0 ? find_listening_port(log.data, "admin_listening") : 0;
         sup_buf_free(&log);
         if (port > 0) {
             c->port = port;
+            c->admin_port = admin_port;
             return 0;
         }
         int st = 0;

@@ -62,6 +62,7 @@ void sup_mock_stop(sup_mock_t *m);
 typedef struct sup_collector {
     pid_t pid;
     int port;
+    int admin_port;     /* from the "admin_listening" line (admin_listen set), else 0 */
     char log_path[512]; /* its stderr (JSON lines), kept after the process ends */
 } sup_collector_t;
 
