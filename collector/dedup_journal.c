@@ -33,6 +33,7 @@
 #define JNL_RETRY_MS   1000
 #define JNL_STOP_MS    30000
 #define JNL_MAX_SEGS   4096
+#define JNL_SLOW_MS    500 /* a group commit this slow is logged */
 #define JNL_PATH_BYTES 4096
 
 struct dedup_journal {
@@ -266,6 +267,7 @@ static void writer_tick(void *ud)
     base_snode_t *list = base_stack_take(&j->queue);
     if (list == NULL) return;
     uint64_t t = (uint64_t)base_wall_ms();
+    int64_t t0 = base_mono_ms();
     pthread_mutex_lock(&j->seg_mu);
     base_buf_reset(&j->wbuf);
     uint64_t n_recs = 0;
@@ -307,6 +309,10 @@ static void writer_tick(void *ud)
             seg_abandon(j);
         } else {
             durable = true;
+            int64_t ms = base_mono_ms() - t0;
+            if (ms >= JNL_SLOW_MS)
+                LOG(LOG_WARN, "dedup_journal_slow_commit", LS("path", path), LI("ms", ms),
+                    LI("records", n_recs), LS("effect", "the answers of these requests waited"));
             j->seg_bytes += len;
             gauge_update(j);
             metrics_add(METRIC_DEDUP_JOURNAL_RECORDS, n_recs);
