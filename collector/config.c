@@ -19,8 +19,10 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "config_yaml.h"
 #include "filter.h"
 #include "log.h"
+#include "tls.h"
 
 /* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
  * limit. */
@@ -41,9 +43,7 @@ typedef enum {
     CT_ENV,      /* name of an environment variable whose value goes into a string field */
     CT_WRITE_KEYS,
     CT_PROPERTIES,
-    CT_FILTERS,   /* filters: parsed and compiled by filter.c */
-    CT_PQL_TIERS, /* pql.tiers: {name: threshold, ...} */
-    CT_PQL_RULES, /* pql.rules: [{name, metric, ...}, ...] */
+    CT_SECTION, /* parsed by the module that owns it: key.section (config_yaml.h) */
 } config_type_t;
 
 typedef struct config_key {
@@ -71,6 +71,13 @@ static const config_key_t config_keys[] = {
      "for them and this one answers 404 for everything else but /healthz and /readyz, which "
      "both serve. Its connections count against limits.max_connections. Unset: everything on "
      "listen."},
+    {"tls.cert_file", CT_STRING, F(tls_cert_file), 0, 0, NULL, NULL,
+     "PEM certificate chain (leaf first) to serve HTTPS on listen (TLS 1.2+, HTTP/1.1); with "
+     "tls.key_file. Re-read on SIGHUP: new connections use the new certificate, open ones keep "
+     "theirs; a pair that does not load is refused (config_reload_failed) and the old one stays. "
+     "Turning TLS on or off needs a restart. admin_listen stays plain HTTP. Unset: plain HTTP."},
+    {"tls.key_file", CT_STRING, F(tls_key_file), 0, 0, NULL, NULL,
+     "PEM private key (unencrypted) of tls.cert_file; must match it."},
     {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
     {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
      "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
@@ -136,7 +143,7 @@ static const config_key_t config_keys[] = {
      "A request whose events are not acknowledged by Kafka by then gets 503."},
     {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,
      "Producer queue cap; when full, requests get 503."},
-    {"filters", CT_FILTERS, F(filters), 0, FILTER_MAX_RULES, NULL, NULL,
+    {"filters", CT_SECTION, F(filters), 0, FILTER_MAX_RULES, NULL, NULL,
      "Edge filter rules (drop, allow, sample, strip, hash), applied in order to every valid "
      "event; see \"Filter rules\" below. Reloaded by SIGHUP."},
     {"shutdown_timeout", CT_DURATION, F(shutdown_timeout_ms), 0, 600000, "10s", NULL,
@@ -156,6 +163,16 @@ static const config_key_t config_keys[] = {
      "Journal cap (records of 24 bytes; also the bound of its queue): at it a snapshot is forced "
      "(which truncates the journal); at twice it records are dropped "
      "(sluice_dedup_journal_dropped_total) until a snapshot succeeds."},
+    {"spool.enabled", CT_BOOL, F(spool_enabled), 0, 0, "true", NULL,
+     "Spool to data_dir/spool when Kafka is unreachable or its queue is full: such requests get "
+     "200 once their events are fsync'd there, and the spool drains to Kafka in order when it "
+     "recovers. false: those requests get 503."},
+    {"spool.max_bytes", CT_SIZE, F(spool_max_bytes), 1 * MiB, 16384 * GiB, "1GiB", NULL,
+     "Spool cap (segments on disk); beyond it requests that need the spool get 503 + "
+     "Retry-After (sluice_spool_full_total, sluice_spool_bytes)."},
+    {"spool.segment_bytes", CT_SIZE, F(spool_segment_bytes), 64 * KiB, 1 * GiB, "64MiB", NULL,
+     "A spool segment file is closed at this size and deleted once all its records are "
+     "delivered."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
@@ -171,9 +188,9 @@ static const config_key_t config_keys[] = {
     {"pql.queue_bytes", CT_SIZE, F(pql.queue_bytes), 64 * KiB, 4 * GiB, "64MiB", NULL,
      "Event records waiting for PQL's feeder thread (the loops hand accepted events to it); "
      "beyond it a request's events are not counted (sluice_pql_queue_dropped_events_total)."},
-    {"pql.tiers", CT_PQL_TIERS, F(pql.tiers), 0, CONFIG_PQL_MAX_TIERS, NULL, NULL,
+    {"pql.tiers", CT_SECTION, F(pql), 0, PQL_CONFIG_MAX_TIERS, NULL, NULL,
      "Map of tier name to score threshold, e.g. {hot: 80, warm: 50}; required with rules."},
-    {"pql.rules", CT_PQL_RULES, F(pql.rules), 0, CONFIG_PQL_MAX_RULES, NULL, NULL,
+    {"pql.rules", CT_SECTION, F(pql), 0, PQL_CONFIG_MAX_RULES, NULL, NULL,
      "List of {name, metric, at_least, points, recent, min_recent, event}; metric is "
      "active_users, events, events_velocity, users_velocity, active_days or event_seen; event (a "
      "name or a list) restricts events/events_velocity and names what event_seen looks for; "
@@ -183,7 +200,28 @@ static const config_key_t config_keys[] = {
 
 /* Sections of SPEC §7 that later versions implement; naming them is a clear error, not an
  * "unknown key", so an operator knows the file is right but the binary is too old. */
-static const char *const config_unsupported[] = {"spool"};
+/* The sections: keys of type CT_SECTION and the module that parses each (config_yaml.h); the
+ * slot is the key's field. */
+static const struct {
+    const char *key;
+    const config_section_t *section;
+    const char *shape; /* for the reference: "list" or "map" */
+} config_sections[] = {
+    {"filters", &filter_config_section, "list"},
+    {"pql.tiers", &pql_config_tiers_section, "map"},
+    {"pql.rules", &pql_config_rules_section, "list"},
+};
+
+static size_t section_index(const config_key_t *k)
+{
+    for (size_t i = 0; i < sizeof config_sections / sizeof config_sections[0]; i++)
+        if (strcmp(config_sections[i].key, k->name) == 0) return i;
+    abort(); /* a CT_SECTION key missing from config_sections: a build-time mistake */
+}
+
+#define SECTION(k) (config_sections[section_index(k)].section)
+
+static const char *const config_unsupported[] = {NULL}; /* NULL-terminated; none today */
 
 typedef struct config_flag {
     const char *flag;
@@ -226,18 +264,6 @@ const char *config_strerror(int err)
     }
 }
 
-__attribute__((format(printf, 4, 5))) static int cfg_fail(int code, char *err, size_t errlen,
-                                                          const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static const config_key_t *key_find(const char *name)
 {
     for (size_t i = 0; i < CONFIG_N_KEYS; i++)
@@ -271,24 +297,6 @@ static void free_write_keys(config_write_key_t *wk, size_t n)
     free(wk);
 }
 
-static void free_pql_rules(config_pql_rule_t *r, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(r[i].name);
-        for (size_t j = 0; j < r[i].n_events; j++)
-            free(r[i].events[j]);
-        free(r[i].events);
-    }
-    free(r);
-}
-
-static void free_pql_tiers(config_pql_tier_t *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(t[i].name);
-    free(t);
-}
-
 static void free_properties(config_kv_t *kv, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -303,66 +311,6 @@ static void free_properties(config_kv_t *kv, size_t n)
 typedef struct config_why {
     char text[160];
 } config_why_t;
-
-static const char *parse_u64(const char *s, uint64_t *out)
-{
-    if (*s < '0' || *s > '9') return "expected a non-negative integer";
-    uint64_t v = 0;
-    for (; *s >= '0' && *s <= '9'; s++) {
-        unsigned d = (unsigned)(*s - '0');
-        if (v > (UINT64_MAX - d) / 10) return "number too large";
-        v = v * 10 + d;
-    }
-    if (*s != '\0') return "expected a non-negative integer";
-    *out = v;
-    return NULL;
-}
-
-/* "<integer><unit>" with unit one of units[] (multipliers mul[]); unit_required says whether a
- * bare integer is allowed (it then means unit 1; "0" is always allowed). */
-static const char *parse_with_unit(const char *s, const char *const *units, const uint64_t *mul,
-                                   size_t nunits, bool unit_required, uint64_t *out)
-{
-    const char *p = s;
-    uint64_t v = 0;
-    if (*p < '0' || *p > '9') return "expected a number";
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) return "number too large";
-        v = v * 10 + d;
-    }
-    while (*p == ' ')
-        p++;
-    if (*p == '\0') {
-        if (unit_required && v != 0) return "a unit is required";
-        *out = v;
-        return NULL;
-    }
-    for (size_t i = 0; i < nunits; i++) {
-        if (strcmp(p, units[i]) == 0) {
-            if (v != 0 && v > UINT64_MAX / mul[i]) return "number too large";
-            *out = v * mul[i];
-            return NULL;
-        }
-    }
-    return "unknown unit";
-}
-
-static const char *parse_size(const char *s, uint64_t *out)
-{
-    static const char *const units[] = {"B", "KB", "KiB", "MB", "MiB", "GB", "GiB"};
-    static const uint64_t mul[] = {1, 1000, 1024, 1000000, 1048576, 1000000000, 1073741824};
-    const char *why = parse_with_unit(s, units, mul, 7, false, out);
-    return why ? "expected a size such as 512KiB (units B, KB, KiB, MB, MiB, GB, GiB)" : NULL;
-}
-
-static const char *parse_duration(const char *s, uint64_t *out)
-{
-    static const char *const units[] = {"ms", "s", "m", "h", "d"};
-    static const uint64_t mul[] = {1, 1000, 60000, 3600000, 86400000};
-    const char *why = parse_with_unit(s, units, mul, 5, true, out);
-    return why ? "expected a duration such as 10s (integer with unit ms, s, m, h or d)" : NULL;
-}
 
 static const char *parse_bool(const char *s, bool *out)
 {
@@ -494,13 +442,13 @@ static int set_scalar(config_t *c, const config_key_t *k, const char *s, bool is
         return CONFIG_OK;
     }
     case CT_UINT:
-        reason = parse_u64(s, &u);
+        reason = config_parse_u64(s, &u);
         break;
     case CT_SIZE:
-        reason = parse_size(s, &u);
+        reason = config_parse_size(s, &u);
         break;
     case CT_DURATION:
-        reason = parse_duration(s, &u);
+        reason = config_parse_duration(s, &u);
         break;
     default:
         reason = "not a scalar key";
@@ -555,30 +503,18 @@ void config_free(config_t *c)
     free_properties(c->kafka_properties, c->n_kafka_properties);
     c->kafka_properties = NULL;
     c->n_kafka_properties = 0;
-    filter_set_free(c->filters);
-    c->filters = NULL;
-    free_pql_tiers(c->pql.tiers, c->pql.n_tiers);
-    c->pql.tiers = NULL;
-    c->pql.n_tiers = 0;
-    free_pql_rules(c->pql.rules, c->pql.n_rules);
-    c->pql.rules = NULL;
-    c->pql.n_rules = 0;
+    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
+        if (config_keys[i].type == CT_SECTION)
+            SECTION(&config_keys[i])->free(field(c, &config_keys[i]));
+    tls_ctx_free(c->tls_ctx);
+    c->tls_ctx = NULL;
+    free(c->config_file);
+    c->config_file = NULL;
 }
 
 static bool str_differs(const char *a, const char *b)
 {
     return (a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0);
-}
-
-static bool pql_rule_differs(const config_pql_rule_t *a, const config_pql_rule_t *b)
-{
-    if (str_differs(a->name, b->name) || a->metric != b->metric || a->at_least != b->at_least ||
-        a->points != b->points || a->recent_ms != b->recent_ms || a->min_recent != b->min_recent ||
-        a->n_events != b->n_events)
-        return true;
-    for (size_t i = 0; i < a->n_events; i++)
-        if (str_differs(a->events[i], b->events[i])) return true;
-    return false;
 }
 
 void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *key, void *ud),
@@ -589,8 +525,10 @@ void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *ke
         const void *fa = (const char *)a + k->offset, *fb = (const char *)b + k->offset;
         bool differs = false;
         switch (k->type) {
-        case CT_ENV:     /* an alias of admin_token, compared there */
-        case CT_FILTERS: /* compiled rules: live, never "changed" */
+        case CT_ENV: /* an alias of admin_token, compared there */
+            break;
+        case CT_SECTION: /* the owner says; a live section (differs NULL) never "changed" */
+            differs = SECTION(k)->differs != NULL && SECTION(k)->differs(fa, fb);
             break;
         case CT_STRING:
             differs = str_differs(*(char *const *)fa, *(char *const *)fb);
@@ -615,17 +553,6 @@ void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *ke
         case CT_ENUM:
             differs = memcmp(fa, fb, k->width) != 0;
             break;
-        case CT_PQL_TIERS: /* PQL reads its rules at start-up: a change needs a restart */
-            differs = a->pql.n_tiers != b->pql.n_tiers;
-            for (size_t j = 0; !differs && j < a->pql.n_tiers; j++)
-                differs = str_differs(a->pql.tiers[j].name, b->pql.tiers[j].name) ||
-                          a->pql.tiers[j].threshold != b->pql.tiers[j].threshold;
-            break;
-        case CT_PQL_RULES:
-            differs = a->pql.n_rules != b->pql.n_rules;
-            for (size_t j = 0; !differs && j < a->pql.n_rules; j++)
-                differs = pql_rule_differs(&a->pql.rules[j], &b->pql.rules[j]);
-            break;
         default: /* a structured section: its owner adds a comparison when it matters */
             break;
         }
@@ -635,20 +562,6 @@ void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *ke
 
 /* ---- validation helpers shared by YAML and CLI ---- */
 
-static bool source_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > CONFIG_SOURCE_MAX_LEN) return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '.' || ch == '-'))
-            return false;
-    }
-    return true;
-}
-
-/* Write keys travel as a Basic user name or a Bearer token: visible ASCII, no ':'. */
 static const char *write_key_problem(const char *k)
 {
     size_t n = strlen(k);
@@ -673,76 +586,28 @@ typedef struct yctx {
     int admin_token_line, admin_env_line;
 } yctx_t;
 
-static unsigned long node_line(const yaml_node_t *n)
-{
-    return (unsigned long)n->start_mark.line + 1;
-}
-
-static bool scalar_is_null(const yaml_node_t *n)
-{
-    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
-    const char *v = (const char *)n->data.scalar.value;
-    return v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
-           strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
-}
-
-static const char *scalar_text(const yaml_node_t *n)
-{
-    return (const char *)n->data.scalar.value;
-}
-
-static bool scalar_has_nul(const yaml_node_t *n)
-{
-    return strlen(scalar_text(n)) != n->data.scalar.length;
-}
-
-/* Finds an earlier pair of the mapping with the same scalar key; returns its node or NULL. */
-static yaml_node_t *dup_key(yaml_document_t *doc, yaml_node_t *map, yaml_node_pair_t *upto)
-{
-    yaml_node_t *key = yaml_document_get_node(doc, upto->key);
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < upto; p++) {
-        yaml_node_t *k = yaml_document_get_node(doc, p->key);
-        if (k != NULL && k->type == YAML_SCALAR_NODE &&
-            k->data.scalar.length == key->data.scalar.length &&
-            memcmp(k->data.scalar.value, key->data.scalar.value, key->data.scalar.length) == 0)
-            return k;
-    }
-    return NULL;
-}
-
 /* Checks a mapping's keys: strings, no duplicates. */
 static int check_map_keys(yctx_t *y, yaml_node_t *map, const char *name)
 {
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
-         p++) {
-        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
-        if (k == NULL || k->type != YAML_SCALAR_NODE)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: keys must be strings",
-                            y->file, k ? node_line(k) : node_line(map), name);
-        yaml_node_t *prev = dup_key(y->doc, map, p);
-        if (prev != NULL)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s: duplicate key \"%s\" (first at line %lu)", y->file,
-                            node_line(k), name, scalar_text(k), node_line(prev));
-    }
-    return CONFIG_OK;
+    config_yaml_t cy = {y->doc, y->file, y->err, y->errlen};
+    return config_yaml_map_keys(&cy, map, name);
 }
 
 static int env_value(yctx_t *y, const yaml_node_t *v, const char *name, const char **out)
 {
-    if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v))
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected the name of an environment variable", y->file,
-                        node_line(v), name);
-    const char *val = getenv(scalar_text(v));
+    if (v->type != YAML_SCALAR_NODE || config_yaml_is_null(v) || config_yaml_has_nul(v))
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: expected the name of an environment variable", y->file,
+                           config_yaml_line(v), name);
+    const char *val = getenv(config_yaml_text(v));
     if (val == NULL)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: environment variable %s is not set", y->file, node_line(v),
-                        name, scalar_text(v));
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: environment variable %s is not set", y->file,
+                           config_yaml_line(v), name, config_yaml_text(v));
     if (val[0] == '\0')
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: environment variable %s is empty", y->file, node_line(v), name,
-                        scalar_text(v));
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: environment variable %s is empty", y->file,
+                           config_yaml_line(v), name, config_yaml_text(v));
     *out = val;
     return CONFIG_OK;
 }
@@ -751,28 +616,29 @@ static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
 {
     const char *name = "write_keys";
     if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected a list of {key: ..., source: ...}", y->file,
-                        node_line(seq), name);
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: expected a list of {key: ..., source: ...}", y->file,
+                           config_yaml_line(seq), name);
     size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
     if (n > CONFIG_MAX_WRITE_KEYS)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d keys",
-                        y->file, node_line(seq), name, CONFIG_MAX_WRITE_KEYS);
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d keys",
+                           y->file, config_yaml_line(seq), name, CONFIG_MAX_WRITE_KEYS);
     config_write_key_t *wk = calloc(n ? n : 1, sizeof *wk);
     unsigned long *lines = calloc(n ? n : 1, sizeof *lines);
     if (wk == NULL || lines == NULL) {
         free(wk);
         free(lines);
-        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+        return config_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
     }
     int rc = CONFIG_OK;
     size_t i = 0;
     for (; i < n && rc == CONFIG_OK; i++) {
         yaml_node_t *item = yaml_document_get_node(y->doc, seq->data.sequence.items.start[i]);
-        lines[i] = node_line(item);
+        lines[i] = config_yaml_line(item);
         if (item->type != YAML_MAPPING_NODE) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s: expected {key: ..., source: ...}", y->file, lines[i], name);
+            rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                             "%s:%lu: %s: expected {key: ..., source: ...}", y->file, lines[i],
+                             name);
             break;
         }
         if ((rc = check_map_keys(y, item, name)) != CONFIG_OK) break;
@@ -781,49 +647,52 @@ static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
              p < item->data.mapping.pairs.top && rc == CONFIG_OK; p++) {
             yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
             yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
-            const char *kn = scalar_text(k);
+            const char *kn = config_yaml_text(k);
             bool is_key = strcmp(kn, "key") == 0, is_env = strcmp(kn, "key_env") == 0;
             if (!is_key && !is_env && strcmp(kn, "source") != 0) {
-                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                              "%s:%lu: %s: unknown key \"%s\" (expected key, key_env or source)",
-                              y->file, node_line(k), name, kn);
+                rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                 "%s:%lu: %s: unknown key \"%s\" (expected key, key_env or source)",
+                                 y->file, config_yaml_line(k), name, kn);
             } else if ((is_key || is_env) && key != NULL) {
-                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                              "%s:%lu: %s: key and key_env are exclusive", y->file, node_line(k),
-                              name);
+                rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                 "%s:%lu: %s: key and key_env are exclusive", y->file,
+                                 config_yaml_line(k), name);
             } else if (is_env) {
                 rc = env_value(y, v, "write_keys.key_env", &key);
-            } else if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v)) {
-                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: %s needs a string",
-                              y->file, node_line(v), name, kn);
+            } else if (v->type != YAML_SCALAR_NODE || config_yaml_is_null(v) ||
+                       config_yaml_has_nul(v)) {
+                rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                 "%s:%lu: %s: %s needs a string", y->file, config_yaml_line(v),
+                                 name, kn);
             } else if (is_key) {
-                key = scalar_text(v);
+                key = config_yaml_text(v);
+                if (y->c->inline_secret_line == 0) y->c->inline_secret_line = config_yaml_line(v);
             } else {
-                source = scalar_text(v);
-                if (!source_name_ok(source))
-                    rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                                  "%s:%lu: %s: source must be 1..64 of [A-Za-z0-9_.-]", y->file,
-                                  node_line(v), name);
+                source = config_yaml_text(v);
+                if (!config_name_ok(source, CONFIG_SOURCE_MAX_LEN))
+                    rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                     "%s:%lu: %s: source must be 1..64 of [A-Za-z0-9_.-]", y->file,
+                                     config_yaml_line(v), name);
             }
         }
         if (rc != CONFIG_OK) break;
         if (key == NULL) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s: entry needs key or key_env", y->file, lines[i], name);
+            rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                             "%s:%lu: %s: entry needs key or key_env", y->file, lines[i], name);
             break;
         }
         const char *problem = write_key_problem(key);
         if (problem != NULL) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: %s", y->file, lines[i],
-                          name, problem);
+            rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: %s", y->file,
+                             lines[i], name, problem);
             break;
         }
         for (size_t j = 0; j < i; j++) {
             if (strcmp(wk[j].key, key) == 0) {
                 /* The key itself is a secret: name the lines, not the key. */
-                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                              "%s:%lu: %s: duplicate write key (same as line %lu)", y->file,
-                              lines[i], name, lines[j]);
+                rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                 "%s:%lu: %s: duplicate write key (same as line %lu)", y->file,
+                                 lines[i], name, lines[j]);
                 break;
             }
         }
@@ -832,7 +701,7 @@ static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
         wk[i].source = strdup(source);
         if (wk[i].key == NULL || wk[i].source == NULL) {
             i++;
-            rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+            rc = config_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
             break;
         }
     }
@@ -850,34 +719,36 @@ static int yaml_write_keys(yctx_t *y, yaml_node_t *seq)
 static int yaml_properties(yctx_t *y, yaml_node_t *map, const char *name)
 {
     if (map->type != YAML_MAPPING_NODE)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected a map of librdkafka property: value", y->file,
-                        node_line(map), name);
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: expected a map of librdkafka property: value", y->file,
+                           config_yaml_line(map), name);
     int rc = check_map_keys(y, map, name);
     if (rc != CONFIG_OK) return rc;
     size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
     if (n > CONFIG_MAX_PROPERTIES)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d properties",
-                        y->file, node_line(map), name, CONFIG_MAX_PROPERTIES);
+        return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                           "%s:%lu: %s: more than %d properties", y->file, config_yaml_line(map),
+                           name, CONFIG_MAX_PROPERTIES);
     config_kv_t *kv = calloc(n ? n : 1, sizeof *kv);
     if (kv == NULL)
-        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+        return config_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
     for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
         yaml_node_pair_t *p = &map->data.mapping.pairs.start[i];
         yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
         yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
-        if (scalar_text(k)[0] == '\0' || scalar_has_nul(k)) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: empty property name",
-                          y->file, node_line(k), name);
-        } else if (v->type != YAML_SCALAR_NODE || scalar_is_null(v) || scalar_has_nul(v)) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s.%s: expected a string, number or boolean", y->file,
-                          node_line(v), name, scalar_text(k));
+        if (config_yaml_text(k)[0] == '\0' || config_yaml_has_nul(k)) {
+            rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: empty property name",
+                             y->file, config_yaml_line(k), name);
+        } else if (v->type != YAML_SCALAR_NODE || config_yaml_is_null(v) ||
+                   config_yaml_has_nul(v)) {
+            rc = config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                             "%s:%lu: %s.%s: expected a string, number or boolean", y->file,
+                             config_yaml_line(v), name, config_yaml_text(k));
         } else {
-            kv[i].key = strdup(scalar_text(k));
-            kv[i].value = strdup(scalar_text(v));
+            kv[i].key = strdup(config_yaml_text(k));
+            kv[i].value = strdup(config_yaml_text(v));
             if (kv[i].key == NULL || kv[i].value == NULL)
-                rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
+                rc = config_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
         }
     }
     if (rc != CONFIG_OK) {
@@ -890,269 +761,6 @@ static int yaml_properties(yctx_t *y, yaml_node_t *map, const char *name)
     return CONFIG_OK;
 }
 
-/* ---- pql: tiers and rules (SPEC §6) ---- */
-
-/* A rule or tier name: 1..64 of [A-Za-z0-9_.-] (it appears in JSON and in metric labels). */
-static bool pql_name_ok(const yaml_node_t *v)
-{
-    return v->type == YAML_SCALAR_NODE && !scalar_is_null(v) && !scalar_has_nul(v) &&
-           source_name_ok(scalar_text(v));
-}
-
-static int yaml_pql_tiers(yctx_t *y, yaml_node_t *map, const char *name)
-{
-    if (map->type != YAML_MAPPING_NODE)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected a map of tier name: score threshold", y->file,
-                        node_line(map), name);
-    int rc = check_map_keys(y, map, name);
-    if (rc != CONFIG_OK) return rc;
-    size_t n = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
-    if (n > CONFIG_PQL_MAX_TIERS)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d tiers",
-                        y->file, node_line(map), name, CONFIG_PQL_MAX_TIERS);
-    config_pql_tier_t *t = calloc(n ? n : 1, sizeof *t);
-    if (t == NULL) return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-    for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
-        yaml_node_pair_t *p = &map->data.mapping.pairs.start[i];
-        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
-        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
-        uint64_t th = 0;
-        if (!pql_name_ok(k)) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s: tier name must be 1..64 of [A-Za-z0-9_.-]", y->file,
-                          node_line(k), name);
-        } else if (strcmp(scalar_text(k), "none") == 0) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s: \"none\" is reserved (no tier reached)", y->file,
-                          node_line(k), name);
-        } else if (v->type != YAML_SCALAR_NODE || scalar_has_nul(v) ||
-                   parse_u64(scalar_text(v), &th) != NULL || th < 1 || th > 1000000) {
-            rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                          "%s:%lu: %s.%s: expected a score threshold 1..1000000", y->file,
-                          node_line(v), name, scalar_text(k));
-        } else {
-            for (size_t j = 0; j < i && rc == CONFIG_OK; j++)
-                if (t[j].threshold == th)
-                    rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                                  "%s:%lu: %s.%s: same threshold as tier %s", y->file, node_line(v),
-                                  name, scalar_text(k), t[j].name);
-            if (rc == CONFIG_OK) {
-                t[i].threshold = (uint32_t)th;
-                if ((t[i].name = strdup(scalar_text(k))) == NULL)
-                    rc = cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-            }
-        }
-    }
-    if (rc != CONFIG_OK) {
-        free_pql_tiers(t, n);
-        return rc;
-    }
-    /* Highest threshold first: the tier of a score is the first one it reaches. */
-    for (size_t i = 1; i < n; i++)
-        for (size_t j = i; j > 0 && t[j].threshold > t[j - 1].threshold; j--) {
-            config_pql_tier_t tmp = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = tmp;
-        }
-    free_pql_tiers(y->c->pql.tiers, y->c->pql.n_tiers);
-    y->c->pql.tiers = t;
-    y->c->pql.n_tiers = n;
-    return CONFIG_OK;
-}
-
-/* event: "Name" or ["A", "B"] into r->events. */
-static int yaml_pql_events(yctx_t *y, yaml_node_t *v, config_pql_rule_t *r, const char *name)
-{
-    size_t n = 1;
-    yaml_node_item_t *items = NULL;
-    if (v->type == YAML_SEQUENCE_NODE) {
-        items = v->data.sequence.items.start;
-        n = (size_t)(v->data.sequence.items.top - items);
-    } else if (v->type != YAML_SCALAR_NODE) {
-        n = 0;
-    }
-    if (n < 1 || n > CONFIG_PQL_MAX_EVENTS)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s.event: expected an event name or a list of 1..%d names",
-                        y->file, node_line(v), name, CONFIG_PQL_MAX_EVENTS);
-    r->events = calloc(n, sizeof *r->events);
-    if (r->events == NULL)
-        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-    for (size_t i = 0; i < n; i++) {
-        yaml_node_t *e = items ? yaml_document_get_node(y->doc, items[i]) : v;
-        size_t len = e->type == YAML_SCALAR_NODE ? e->data.scalar.length : 0;
-        if (e->type != YAML_SCALAR_NODE || scalar_is_null(e) || scalar_has_nul(e) || len < 1 ||
-            len > 200)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s.event: an event name is 1..200 bytes", y->file,
-                            node_line(e), name);
-        if ((r->events[i] = strdup(scalar_text(e))) == NULL)
-            return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-        r->n_events = i + 1;
-    }
-    return CONFIG_OK;
-}
-
-static int pql_number(yctx_t *y, yaml_node_t *v, const char *rule, const char *key, double max,
-                      double *out)
-{
-    char *end = NULL;
-    double d = 0;
-    if (v->type == YAML_SCALAR_NODE && !scalar_is_null(v) && !scalar_has_nul(v)) {
-        errno = 0;
-        d = strtod(scalar_text(v), &end);
-    }
-    if (end == NULL || end == scalar_text(v) || *end != '\0' || errno != 0 || !isfinite(d) ||
-        d < 0 || d > max)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: pql.rules %s: %s: expected a number 0..%.0f", y->file,
-                        node_line(v), rule, key, max);
-    *out = d;
-    return CONFIG_OK;
-}
-
-static int yaml_pql_rule(yctx_t *y, yaml_node_t *item, config_pql_rule_t *r)
-{
-    static const char *const metrics[] = {"active_users",   "events",      "events_velocity",
-                                          "users_velocity", "active_days", "event_seen"};
-    const char *name = "pql.rules";
-    if (item->type != YAML_MAPPING_NODE)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected {name: ..., metric: ..., ...}", y->file,
-                        node_line(item), name);
-    int rc = check_map_keys(y, item, name);
-    if (rc != CONFIG_OK) return rc;
-    yaml_node_t *nm = NULL, *metric = NULL, *at_least = NULL, *points = NULL, *recent = NULL,
-                *min_recent = NULL, *event = NULL;
-    for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
-         p++) {
-        yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
-        yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
-        const char *kn = scalar_text(k);
-        if (strcmp(kn, "name") == 0)
-            nm = v;
-        else if (strcmp(kn, "metric") == 0)
-            metric = v;
-        else if (strcmp(kn, "at_least") == 0)
-            at_least = v;
-        else if (strcmp(kn, "points") == 0)
-            points = v;
-        else if (strcmp(kn, "recent") == 0)
-            recent = v;
-        else if (strcmp(kn, "min_recent") == 0)
-            min_recent = v;
-        else if (strcmp(kn, "event") == 0)
-            event = v;
-        else
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s: unknown key \"%s\" (expected name, metric, at_least, "
-                            "points, recent, min_recent or event)",
-                            y->file, node_line(k), name, kn);
-    }
-    if (nm == NULL || !pql_name_ok(nm))
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: every rule needs a name of 1..64 [A-Za-z0-9_.-]", y->file,
-                        node_line(nm ? nm : item), name);
-    const char *rn = scalar_text(nm);
-    if ((r->name = strdup(rn)) == NULL)
-        return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-    r->metric = -1;
-    for (int i = 0; metric != NULL && metric->type == YAML_SCALAR_NODE && i < 6; i++)
-        if (strcmp(scalar_text(metric), metrics[i]) == 0) r->metric = i;
-    if (r->metric < 0)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s %s: metric must be one of active_users, events, "
-                        "events_velocity, users_velocity, active_days, event_seen",
-                        y->file, node_line(metric ? metric : item), name, rn);
-    bool velocity =
-        r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
-    bool seen = r->metric == CONFIG_PQL_EVENT_SEEN;
-    double pts = 0;
-    if (points == NULL)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s %s: points is required",
-                        y->file, node_line(item), name, rn);
-    if ((rc = pql_number(y, points, rn, "points", 1000000, &pts)) != CONFIG_OK) return rc;
-    if (pts != floor(pts))
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s %s: points must be an integer", y->file, node_line(points),
-                        name, rn);
-    r->points = (uint32_t)pts;
-    if (seen) {
-        if (at_least != NULL)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s %s: event_seen takes no at_least", y->file,
-                            node_line(at_least), name, rn);
-        r->at_least = 1;
-    } else if (at_least == NULL) {
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s %s: at_least is required",
-                        y->file, node_line(item), name, rn);
-    } else if ((rc = pql_number(y, at_least, rn, "at_least", 1e12, &r->at_least)) != CONFIG_OK) {
-        return rc;
-    }
-    if (!velocity && (recent != NULL || min_recent != NULL))
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s %s: recent and min_recent are for *_velocity metrics", y->file,
-                        node_line(recent ? recent : min_recent), name, rn);
-    r->recent_ms = 86400000;
-    if (recent != NULL) {
-        uint64_t ms = 0;
-        if (recent->type != YAML_SCALAR_NODE || scalar_has_nul(recent) ||
-            parse_duration(scalar_text(recent), &ms) != NULL || ms < 60000 || ms > 30 * 86400000ull)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s %s: recent: expected a duration such as 24h (1m..30d)",
-                            y->file, node_line(recent), name, rn);
-        r->recent_ms = (uint32_t)ms;
-    }
-    if (min_recent != NULL &&
-        (rc = pql_number(y, min_recent, rn, "min_recent", 1e12, &r->min_recent)) != CONFIG_OK)
-        return rc;
-    bool takes_event =
-        seen || r->metric == CONFIG_PQL_EVENTS || r->metric == CONFIG_PQL_EVENTS_VELOCITY;
-    if (event != NULL && !takes_event)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s %s: event is for events, events_velocity and event_seen",
-                        y->file, node_line(event), name, rn);
-    if (seen && event == NULL)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s %s: event_seen needs event", y->file, node_line(item), name,
-                        rn);
-    if (event != NULL) return yaml_pql_events(y, event, r, rn);
-    return CONFIG_OK;
-}
-
-static int yaml_pql_rules(yctx_t *y, yaml_node_t *seq, const char *name)
-{
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                        "%s:%lu: %s: expected a list of {name: ..., metric: ..., ...}", y->file,
-                        node_line(seq), name);
-    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
-    if (n > CONFIG_PQL_MAX_RULES)
-        return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: more than %d rules",
-                        y->file, node_line(seq), name, CONFIG_PQL_MAX_RULES);
-    config_pql_rule_t *r = calloc(n ? n : 1, sizeof *r);
-    if (r == NULL) return cfg_fail(CONFIG_E_NOMEM, y->err, y->errlen, "%s: out of memory", y->file);
-    int rc = CONFIG_OK;
-    for (size_t i = 0; i < n && rc == CONFIG_OK; i++) {
-        yaml_node_t *item = yaml_document_get_node(y->doc, seq->data.sequence.items.start[i]);
-        rc = yaml_pql_rule(y, item, &r[i]);
-        for (size_t j = 0; j < i && rc == CONFIG_OK; j++)
-            if (strcmp(r[i].name, r[j].name) == 0)
-                rc = cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                              "%s:%lu: %s: duplicate rule name \"%s\"", y->file, node_line(item),
-                              name, r[i].name);
-    }
-    if (rc != CONFIG_OK) {
-        free_pql_rules(r, n);
-        return rc;
-    }
-    free_pql_rules(y->c->pql.rules, y->c->pql.n_rules);
-    y->c->pql.rules = r;
-    y->c->pql.n_rules = n;
-    return CONFIG_OK;
-}
-
 static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_node_t *v)
 {
     switch (k->type) {
@@ -1160,51 +768,50 @@ static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_nod
         return yaml_write_keys(y, v);
     case CT_PROPERTIES:
         return yaml_properties(y, v, k->name);
-    case CT_FILTERS: {
-        filter_set_t *fs = NULL;
-        if (filter_parse_yaml(y->doc, v, y->file, &fs, y->err, y->errlen) != FILTER_OK)
-            return CONFIG_E_INVALID;
-        filter_set_free(y->c->filters);
-        y->c->filters = fs;
-        return CONFIG_OK;
+    case CT_SECTION: {
+        config_yaml_t cy = {y->doc, y->file, y->err, y->errlen};
+        return SECTION(k)->parse(&cy, v, k->name, field(y->c, k));
     }
-    case CT_PQL_TIERS:
-        return yaml_pql_tiers(y, v, k->name);
-    case CT_PQL_RULES:
-        return yaml_pql_rules(y, v, k->name);
     case CT_ENV: {
         const char *val = NULL;
         int rc = env_value(y, v, k->name, &val);
         if (rc != CONFIG_OK) return rc;
-        y->admin_env_line = (int)node_line(key);
+        y->admin_env_line = (int)config_yaml_line(key);
         config_why_t why;
         rc = set_scalar(y->c, key_find("admin_token"), val, false, &why);
         if (rc != CONFIG_OK)
-            return cfg_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file, node_line(v), k->name,
-                            why.text);
+            return config_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file,
+                               config_yaml_line(v), k->name, why.text);
         break;
     }
     default: {
         if (v->type != YAML_SCALAR_NODE)
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                            "%s:%lu: %s: expected a single value", y->file, node_line(v), k->name);
-        if (scalar_has_nul(v))
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s: contains a NUL byte",
-                            y->file, node_line(v), k->name);
+            return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                               "%s:%lu: %s: expected a single value", y->file, config_yaml_line(v),
+                               k->name);
+        if (config_yaml_has_nul(v))
+            return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                               "%s:%lu: %s: contains a NUL byte", y->file, config_yaml_line(v),
+                               k->name);
         config_why_t why;
-        int rc = set_scalar(y->c, k, scalar_text(v), scalar_is_null(v), &why);
+        int rc = set_scalar(y->c, k, config_yaml_text(v), config_yaml_is_null(v), &why);
         if (rc != CONFIG_OK)
-            return cfg_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file, node_line(v), k->name,
-                            why.text);
-        if (strcmp(k->name, "admin_token") == 0) y->admin_token_line = (int)node_line(key);
+            return config_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file,
+                               config_yaml_line(v), k->name, why.text);
+        if (strcmp(k->name, "admin_token") == 0) {
+            y->admin_token_line = (int)config_yaml_line(key);
+            if (!config_yaml_is_null(v) && y->c->inline_secret_line == 0)
+                y->c->inline_secret_line = config_yaml_line(v);
+        }
         break;
     }
     }
     if (y->admin_token_line && y->admin_env_line)
-        return cfg_fail(
+        return config_fail(
             CONFIG_E_INVALID, y->err, y->errlen,
             "%s:%lu: %s: admin_token and admin_token_env are exclusive (other at line %d)", y->file,
-            node_line(key), k->name, k->type == CT_ENV ? y->admin_token_line : y->admin_env_line);
+            config_yaml_line(key), k->name,
+            k->type == CT_ENV ? y->admin_token_line : y->admin_env_line);
     return CONFIG_OK;
 }
 
@@ -1217,29 +824,31 @@ static int yaml_map(yctx_t *y, yaml_node_t *map, const char *prefix)
          p++) {
         yaml_node_t *k = yaml_document_get_node(y->doc, p->key);
         yaml_node_t *v = yaml_document_get_node(y->doc, p->value);
-        const char *kn = scalar_text(k);
+        const char *kn = config_yaml_text(k);
         char name[CONFIG_NAME_MAX];
         int len = snprintf(name, sizeof name, "%s%s%s", prefix, prefix[0] ? "." : "", kn);
         bool name_ok = len > 0 && (size_t)len < sizeof name && strchr(kn, '.') == NULL &&
-                       kn[0] != '\0' && !scalar_has_nul(k);
+                       kn[0] != '\0' && !config_yaml_has_nul(k);
         if (name_ok && prefix[0] == '\0') {
-            for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
+            for (size_t i = 0; config_unsupported[i] != NULL; i++)
                 if (strcmp(kn, config_unsupported[i]) == 0)
-                    return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                                    "%s:%lu: %s: not supported by this version of sluice-collector",
-                                    y->file, node_line(k), kn);
+                    return config_fail(
+                        CONFIG_E_INVALID, y->err, y->errlen,
+                        "%s:%lu: %s: not supported by this version of sluice-collector", y->file,
+                        config_yaml_line(k), kn);
         }
         const config_key_t *key = name_ok ? key_find(name) : NULL;
         if (key != NULL) {
             rc = yaml_key(y, key, k, v);
         } else if (name_ok && key_is_section(name)) {
             if (v->type != YAML_MAPPING_NODE)
-                return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen,
-                                "%s:%lu: %s: expected a mapping", y->file, node_line(v), name);
+                return config_fail(CONFIG_E_INVALID, y->err, y->errlen,
+                                   "%s:%lu: %s: expected a mapping", y->file, config_yaml_line(v),
+                                   name);
             rc = yaml_map(y, v, name);
         } else {
-            return cfg_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s%s%s: unknown key",
-                            y->file, node_line(k), prefix, prefix[0] ? "." : "", kn);
+            return config_fail(CONFIG_E_INVALID, y->err, y->errlen, "%s:%lu: %s%s%s: unknown key",
+                               y->file, config_yaml_line(k), prefix, prefix[0] ? "." : "", kn);
         }
         if (rc != CONFIG_OK) return rc;
     }
@@ -1250,21 +859,21 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        return cfg_fail(CONFIG_E_IO, err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return config_fail(CONFIG_E_IO, err, errlen, "%s: cannot open: %s", path, strerror(errno));
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) {
         fclose(f);
-        return cfg_fail(CONFIG_E_NOMEM, err, errlen, "%s: out of memory", path);
+        return config_fail(CONFIG_E_NOMEM, err, errlen, "%s: out of memory", path);
     }
     yaml_parser_set_input_file(&parser, f);
     int rc = CONFIG_OK;
     if (!yaml_parser_load(&parser, &doc)) {
-        rc = cfg_fail(parser.error == YAML_MEMORY_ERROR ? CONFIG_E_NOMEM : CONFIG_E_INVALID, err,
-                      errlen, "%s:%lu: YAML: %s%s%s", path,
-                      (unsigned long)parser.problem_mark.line + 1,
-                      parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
-                      parser.context ? parser.context : "");
+        rc = config_fail(parser.error == YAML_MEMORY_ERROR ? CONFIG_E_NOMEM : CONFIG_E_INVALID, err,
+                         errlen, "%s:%lu: YAML: %s%s%s", path,
+                         (unsigned long)parser.problem_mark.line + 1,
+                         parser.problem ? parser.problem : "syntax error",
+                         parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
         fclose(f);
         return rc;
@@ -1274,23 +883,25 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen)
         yctx_t y = {&doc, path, c, err, errlen, 0, 0};
         if (root->type == YAML_MAPPING_NODE)
             rc = yaml_map(&y, root, "");
-        else if (!(root->type == YAML_SCALAR_NODE && scalar_is_null(root)))
-            rc = cfg_fail(CONFIG_E_INVALID, err, errlen, "%s:%lu: the top level must be a mapping",
-                          path, node_line(root));
+        else if (!(root->type == YAML_SCALAR_NODE && config_yaml_is_null(root)))
+            rc = config_fail(CONFIG_E_INVALID, err, errlen,
+                             "%s:%lu: the top level must be a mapping", path,
+                             config_yaml_line(root));
     }
     yaml_document_delete(&doc);
     if (rc == CONFIG_OK) {
         /* A second document would be silently ignored; say so instead. */
         yaml_document_t next;
         if (!yaml_parser_load(&parser, &next)) {
-            rc = cfg_fail(CONFIG_E_INVALID, err, errlen, "%s:%lu: YAML: %s", path,
-                          (unsigned long)parser.problem_mark.line + 1,
-                          parser.problem ? parser.problem : "syntax error");
+            rc = config_fail(CONFIG_E_INVALID, err, errlen, "%s:%lu: YAML: %s", path,
+                             (unsigned long)parser.problem_mark.line + 1,
+                             parser.problem ? parser.problem : "syntax error");
         } else {
             yaml_node_t *r2 = yaml_document_get_root_node(&next);
             if (r2 != NULL)
-                rc = cfg_fail(CONFIG_E_INVALID, err, errlen,
-                              "%s:%lu: only one YAML document is allowed", path, node_line(r2));
+                rc = config_fail(CONFIG_E_INVALID, err, errlen,
+                                 "%s:%lu: only one YAML document is allowed", path,
+                                 config_yaml_line(r2));
             yaml_document_delete(&next);
         }
     }
@@ -1336,7 +947,8 @@ int config_addr_parse(const char *s, char *host, size_t hostlen, int *port)
     unsigned char addr[16];
     if (inet_pton(family, buf, addr) != 1) return CONFIG_E_INVALID;
     uint64_t p;
-    if (colon[1] == '\0' || strlen(colon + 1) > 5 || parse_u64(colon + 1, &p) != NULL || p > 65535)
+    if (colon[1] == '\0' || strlen(colon + 1) > 5 || config_parse_u64(colon + 1, &p) != NULL ||
+        p > 65535)
         return CONFIG_E_INVALID;
     if (strlen(buf) >= hostlen) return CONFIG_E_INVALID;
     memcpy(host, buf, strlen(buf) + 1);
@@ -1361,89 +973,80 @@ int config_validate(const config_t *c, char *err, size_t errlen)
     char host[64];
     int port;
     if (config_listen_addr(c, host, sizeof host, &port) != CONFIG_OK)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
-                        c->listen ? c->listen : "");
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
+                           c->listen ? c->listen : "");
     if (c->admin_listen != NULL) {
         char ahost[64];
         int aport;
         if (config_addr_parse(c->admin_listen, ahost, sizeof ahost, &aport) != CONFIG_OK)
-            return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                            "admin_listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
-                            c->admin_listen);
+            return config_fail(
+                CONFIG_E_INVALID, err, errlen,
+                "admin_listen: \"%s\" is not IPV4:PORT, [IPV6]:PORT or localhost:PORT",
+                c->admin_listen);
         bool wild = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ||
                     strcmp(ahost, "0.0.0.0") == 0 || strcmp(ahost, "::") == 0;
         if (aport != 0 && aport == port && (wild || strcmp(host, ahost) == 0))
-            return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                            "admin_listen: \"%s\" is the listen address; the admin listener "
-                            "needs its own",
-                            c->admin_listen);
+            return config_fail(CONFIG_E_INVALID, err, errlen,
+                               "admin_listen: \"%s\" is the listen address; the admin listener "
+                               "needs its own",
+                               c->admin_listen);
     }
+    if ((c->tls_cert_file != NULL) != (c->tls_key_file != NULL))
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "tls: needs both cert_file and key_file (%s is missing)",
+                           c->tls_cert_file == NULL ? "tls.cert_file" : "tls.key_file");
     if (c->threads < 1 || c->threads > 64)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "threads: %u is out of range 1..64",
-                        c->threads);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "threads: %u is out of range 1..64",
+                           c->threads);
     if (c->n_write_keys == 0 && !c->dev)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "no write key configured (use --write-key or write_keys, or --dev)");
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "no write key configured (use --write-key or write_keys, or --dev)");
     for (size_t i = 0; i < c->n_write_keys; i++) {
         const char *problem = write_key_problem(c->write_keys[i].key);
         if (problem != NULL)
-            return cfg_fail(CONFIG_E_INVALID, err, errlen, "write key %zu: %s", i + 1, problem);
-        if (!source_name_ok(c->write_keys[i].source))
-            return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                            "write key %zu: source must be 1..64 of [A-Za-z0-9_.-]", i + 1);
+            return config_fail(CONFIG_E_INVALID, err, errlen, "write key %zu: %s", i + 1, problem);
+        if (!config_name_ok(c->write_keys[i].source, CONFIG_SOURCE_MAX_LEN))
+            return config_fail(CONFIG_E_INVALID, err, errlen,
+                               "write key %zu: source must be 1..64 of [A-Za-z0-9_.-]", i + 1);
         for (size_t j = 0; j < i; j++)
             if (strcmp(c->write_keys[i].key, c->write_keys[j].key) == 0)
-                return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                                "write key %zu: duplicate of write key %zu", i + 1, j + 1);
+                return config_fail(CONFIG_E_INVALID, err, errlen,
+                                   "write key %zu: duplicate of write key %zu", i + 1, j + 1);
     }
     if (c->public_url != NULL && !public_url_ok(c->public_url))
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "public_url: \"%s\" is not http[s]://HOST[:PORT][/PREFIX] (visible "
-                        "ASCII, no quotes, backslashes, '?' or '#')",
-                        c->public_url);
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "public_url: \"%s\" is not http[s]://HOST[:PORT][/PREFIX] (visible "
+                           "ASCII, no quotes, backslashes, '?' or '#')",
+                           c->public_url);
     if (c->event_bytes > c->body_bytes)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "limits.event_bytes (%llu) must not exceed limits.body_bytes (%llu)",
-                        (unsigned long long)c->event_bytes, (unsigned long long)c->body_bytes);
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "limits.event_bytes (%llu) must not exceed limits.body_bytes (%llu)",
+                           (unsigned long long)c->event_bytes, (unsigned long long)c->body_bytes);
     /* Every loop's decompression buffer plus room for large bodies beside them. */
     uint64_t min_body_memory = 2 * ((uint64_t)c->threads + 1) * c->body_bytes;
     if (c->body_memory < min_body_memory)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "limits.body_memory (%llu) must be at least 2 x (threads + 1) x "
-                        "limits.body_bytes (%llu)",
-                        (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "limits.body_memory (%llu) must be at least 2 x (threads + 1) x "
+                           "limits.body_bytes (%llu)",
+                           (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
+        return config_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
     const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql};
     const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql"};
     for (int i = 0; i < 3; i++) {
         if (topics[i] == NULL || topics[i][0] == '\0')
-            return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
+            return config_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
         for (int j = 0; j < i; j++)
             if (strcmp(topics[i], topics[j]) == 0)
-                return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: same topic as %s", tnames[i],
-                                tnames[j]);
+                return config_fail(CONFIG_E_INVALID, err, errlen, "%s: same topic as %s", tnames[i],
+                                   tnames[j]);
     }
-    const config_pql_t *q = &c->pql;
-    if (q->bucket_ms == 0 || 86400000u % q->bucket_ms != 0 || q->window_ms % q->bucket_ms != 0)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                        "pql.bucket: must divide 1d and pql.window (%u ms)", q->window_ms);
-    if (q->n_rules > 0 && q->n_tiers == 0)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "pql.tiers: required when pql.rules is set");
-    for (size_t i = 0; i < q->n_rules; i++) {
-        const config_pql_rule_t *r = &q->rules[i];
-        bool vel =
-            r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY;
-        if (vel && (r->recent_ms % q->bucket_ms != 0 || r->recent_ms >= q->window_ms))
-            return cfg_fail(CONFIG_E_INVALID, err, errlen,
-                            "pql.rules %s: recent must be a multiple of pql.bucket and shorter "
-                            "than pql.window",
-                            r->name);
-    }
+    int prc = pql_config_validate(&c->pql, err, errlen);
+    if (prc != CONFIG_OK) return prc;
     if (c->log_level < LOG_DEBUG || c->log_level > LOG_OFF ||
         (c->kafka_format != 0 && c->kafka_format != 1))
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
+        return config_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
     return CONFIG_OK;
 }
 
@@ -1464,24 +1067,24 @@ static int next_flag(int argc, char **argv, int *i, const config_flag_t **flag, 
 {
     const char *a = argv[*i];
     if (a[0] != '-')
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "unexpected argument \"%s\"", a);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "unexpected argument \"%s\"", a);
     const char *eq = strchr(a, '=');
     size_t len = eq ? (size_t)(eq - a) : strlen(a);
     const config_flag_t *f = flag_find(a, len);
     if (f == NULL)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "%.*s: unknown option (see --help)",
-                        (int)len, a);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "%.*s: unknown option (see --help)",
+                           (int)len, a);
     *flag = f;
     *val = NULL;
     if (f->arg == NULL) {
         if (eq != NULL)
-            return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: takes no value", f->flag);
+            return config_fail(CONFIG_E_INVALID, err, errlen, "%s: takes no value", f->flag);
     } else if (eq != NULL) {
         *val = eq + 1;
     } else if (*i + 1 < argc) {
         *val = argv[++*i];
     } else {
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "%s: needs a value %s", f->flag, f->arg);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "%s: needs a value %s", f->flag, f->arg);
     }
     return CONFIG_OK;
 }
@@ -1490,12 +1093,12 @@ static int next_flag(int argc, char **argv, int *i, const config_flag_t **flag, 
 static int add_cli_write_key(config_t *c, const char *val, char *err, size_t errlen)
 {
     if (c->n_write_keys >= CONFIG_MAX_WRITE_KEYS)
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "--write-key: more than %d keys",
-                        CONFIG_MAX_WRITE_KEYS);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "--write-key: more than %d keys",
+                           CONFIG_MAX_WRITE_KEYS);
     const char *eq = strrchr(val, '=');
     size_t klen = strlen(val);
     const char *source = "default";
-    if (eq != NULL && eq != val && source_name_ok(eq + 1)) {
+    if (eq != NULL && eq != val && config_name_ok(eq + 1, CONFIG_SOURCE_MAX_LEN)) {
         klen = (size_t)(eq - val);
         source = eq + 1;
     }
@@ -1506,14 +1109,14 @@ static int add_cli_write_key(config_t *c, const char *val, char *err, size_t err
         free(key);
         free(src);
         if (wk != NULL) c->write_keys = wk;
-        return cfg_fail(CONFIG_E_NOMEM, err, errlen, "--write-key: out of memory");
+        return config_fail(CONFIG_E_NOMEM, err, errlen, "--write-key: out of memory");
     }
     c->write_keys = wk;
     const char *problem = write_key_problem(key);
     if (problem != NULL) {
         free(key);
         free(src);
-        return cfg_fail(CONFIG_E_INVALID, err, errlen, "--write-key: %s", problem);
+        return config_fail(CONFIG_E_INVALID, err, errlen, "--write-key: %s", problem);
     }
     wk[c->n_write_keys++] = (config_write_key_t){key, src};
     return CONFIG_OK;
@@ -1543,11 +1146,13 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
         }
         if (strcmp(f->flag, "--config") == 0) {
             if (config_file != NULL)
-                return cfg_fail(CONFIG_E_INVALID, err, errlen, "--config: given more than once");
+                return config_fail(CONFIG_E_INVALID, err, errlen, "--config: given more than once");
             config_file = val;
         }
         if (strcmp(f->flag, "--check-config") == 0) check = true;
     }
+    if (config_file != NULL && (c->config_file = strdup(config_file)) == NULL)
+        return config_fail(CONFIG_E_NOMEM, err, errlen, "out of memory");
     if (config_file != NULL && (rc = config_load_file(c, config_file, err, errlen)) != CONFIG_OK)
         return rc;
 
@@ -1565,15 +1170,21 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
                 cli_keys = true;
             }
             if ((rc = add_cli_write_key(c, val, err, errlen)) != CONFIG_OK) return rc;
+            c->cli_secret_flag = "--write-key";
             continue;
         }
         if (f->key == NULL) continue;
+        if (strcmp(f->key, "admin_token") == 0) c->cli_secret_flag = "--admin-token";
         const config_key_t *k = key_find(f->key);
         config_why_t why;
         rc = set_scalar(c, k, val ? val : "true", false, &why);
-        if (rc != CONFIG_OK) return cfg_fail(rc, err, errlen, "%s: %s", f->flag, why.text);
+        if (rc != CONFIG_OK) return config_fail(rc, err, errlen, "%s: %s", f->flag, why.text);
     }
     if ((rc = config_validate(c, err, errlen)) != CONFIG_OK) return rc;
+    if (c->tls_cert_file != NULL) {
+        rc = tls_ctx_new(c->tls_cert_file, c->tls_key_file, &c->tls_ctx, err, errlen);
+        if (rc != TLS_OK) return rc == TLS_E_NOMEM ? CONFIG_E_NOMEM : CONFIG_E_INVALID;
+    }
     *action = check ? CONFIG_CHECK : CONFIG_RUN;
     return CONFIG_OK;
 }
@@ -1603,12 +1214,8 @@ static const char *type_name(const config_key_t *k)
         return "list";
     case CT_PROPERTIES:
         return "map";
-    case CT_FILTERS:
-        return "list";
-    case CT_PQL_TIERS:
-        return "map";
-    case CT_PQL_RULES:
-        return "list";
+    case CT_SECTION:
+        return config_sections[section_index(k)].shape;
     }
     return "?";
 }
@@ -1635,8 +1242,7 @@ static void range_text(const config_key_t *k, char *out, size_t outlen)
         format_bound(k, k->min, lo, sizeof lo);
         format_bound(k, k->max, hi, sizeof hi);
         snprintf(out, outlen, "%s..%s", lo, hi);
-    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_FILTERS ||
-               k->type == CT_PQL_TIERS || k->type == CT_PQL_RULES) {
+    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_SECTION) {
         snprintf(out, outlen, "≤ %.0f entries", k->max);
     }
 }
@@ -1691,10 +1297,12 @@ void config_print_help(FILE *out)
         fprintf(out, ", default %s\n", k->def ? k->def : "unset");
         print_wrapped(out, 6, k->doc);
     }
-    fprintf(out, "\nNot supported by this version: ");
-    for (size_t i = 0; i < sizeof config_unsupported / sizeof config_unsupported[0]; i++)
-        fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
-    fprintf(out, ".\n");
+    if (config_unsupported[0] != NULL) {
+        fprintf(out, "\nNot supported by this version: ");
+        for (size_t i = 0; config_unsupported[i] != NULL; i++)
+            fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
+        fprintf(out, ".\n");
+    }
 }
 
 void config_print_reference(FILE *out)
@@ -1719,15 +1327,19 @@ void config_print_reference(FILE *out)
                 k->def ? k->def : "unset", k->def ? "`" : "", range, k->doc);
     }
     /* Listed from config_unsupported[], so implementing a section only edits that array. */
-    const size_t n_unsup = sizeof config_unsupported / sizeof config_unsupported[0];
-    fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
-    for (size_t i = 0; i < n_unsup; i++) {
-        const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
-        fprintf(out, "%s`%s`", sep, config_unsupported[i]);
+    size_t n_unsup = 0;
+    while (config_unsupported[n_unsup] != NULL)
+        n_unsup++;
+    if (n_unsup > 0) {
+        fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
+        for (size_t i = 0; i < n_unsup; i++) {
+            const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
+            fprintf(out, "%s`%s`", sep, config_unsupported[i]);
+        }
+        fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
+        fprintf(out, "\"not supported by this version of sluice-collector\".\n");
     }
-    fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
-    fprintf(out, "\"not supported by this version of sluice-collector\".\n\n"
-                 "## Command-line flags\n\n");
+    fprintf(out, "\n## Command-line flags\n\n");
     fprintf(out, "| flag | YAML key | description |\n"
                  "| --- | --- | --- |\n");
     for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "pql_config.h"
 #include <stdio.h>
 
 /* X(NAME, value, "message"). Append-only. Every failing function also fills err with detail. */
@@ -44,53 +46,17 @@ typedef struct config_kv {
     char *key, *value;
 } config_kv_t;
 
-/* pql: section (SPEC §6). Rules and tiers are validated at load (names unique, thresholds set,
- * velocity periods a multiple of the bucket and shorter than the window). */
-typedef enum {
-    CONFIG_PQL_ACTIVE_USERS = 0,
-    CONFIG_PQL_EVENTS,
-    CONFIG_PQL_EVENTS_VELOCITY,
-    CONFIG_PQL_USERS_VELOCITY,
-    CONFIG_PQL_ACTIVE_DAYS,
-    CONFIG_PQL_EVENT_SEEN,
-} config_pql_metric_t;
-
-#define CONFIG_PQL_MAX_RULES  64
-#define CONFIG_PQL_MAX_TIERS  16
-#define CONFIG_PQL_MAX_EVENTS 32 /* event names of one rule */
-
-typedef struct config_pql_rule {
-    char *name;
-    int metric;         /* config_pql_metric_t */
-    double at_least;    /* threshold; event_seen: 1 */
-    uint32_t points;    /* added to the score while the rule holds */
-    uint32_t recent_ms; /* *_velocity: the recent period (default 24h) */
-    double min_recent;  /* *_velocity: the recent count must reach this too (default 0) */
-    char **events;      /* events / events_velocity / event_seen: names (NULL: all events) */
-    size_t n_events;
-} config_pql_rule_t;
-
-typedef struct config_pql_tier {
-    char *name;
-    uint32_t threshold;
-} config_pql_tier_t;
-
-typedef struct config_pql {
-    uint32_t window_ms, bucket_ms, late_ms, snapshot_interval_ms;
-    uint64_t max_accounts;
-    uint64_t queue_bytes;     /* records waiting for PQL's feeder thread (pql.queue_bytes) */
-    config_pql_tier_t *tiers; /* highest threshold first */
-    size_t n_tiers;
-    config_pql_rule_t *rules; /* in file order; PQL is on when n_rules > 0 */
-    size_t n_rules;
-} config_pql_t;
-
 typedef struct config {
     /* listen: "ADDR:PORT" (IPv4, or [IPv6]:PORT). */
     char *listen;
     /* admin_listen: a second "ADDR:PORT" serving /metrics and the admin views (then no longer
      * served on listen); NULL: everything on listen. */
     char *admin_listen;
+    /* tls: {cert_file, key_file} (SPEC §3): both set serves HTTPS on listen. tls_ctx is the
+     * OpenSSL context made from them by config_from_args (NULL without tls, and after
+     * config_load_file alone); owned, like filters, until reload_init takes it. */
+    char *tls_cert_file, *tls_key_file;
+    struct ssl_ctx_st *tls_ctx;
     uint32_t threads; /* event-loop threads, 1..64, default 2 */
     char *data_dir;   /* default "./sluice-data" */
     char *admin_token;
@@ -134,7 +100,21 @@ typedef struct config {
     bool dedup_journal;                  /* true: append-only journal of remembered events */
     uint64_t dedup_journal_max_bytes;    /* 64 MiB: forced snapshot at it, no journal at 2x */
 
-    config_pql_t pql; /* SPEC §6 */
+    pql_config_t pql; /* SPEC §6 */
+
+    /* spool (SPEC §4) */
+    bool spool_enabled;           /* default true */
+    uint64_t spool_max_bytes;     /* 1 GiB: 503 beyond */
+    uint64_t spool_segment_bytes; /* 64 MiB per segment file */
+
+    /* Secrets hygiene, recorded while loading (not keys of the table; main warns at start):
+     * config_file is the --config path (owned; NULL: none); inline_secret_line the first line of
+     * that file holding a write key or admin_token in clear (0: none; key_env and
+     * admin_token_env do not count); cli_secret_flag "--write-key" or "--admin-token" when a
+     * secret was given on the command line (static string; NULL: none). */
+    char *config_file;
+    unsigned long inline_secret_line;
+    const char *cli_secret_flag;
 } config_t;
 
 typedef enum {
@@ -155,7 +135,9 @@ int config_load_file(config_t *c, const char *path, char *err, size_t errlen);
 
 /*
  * Full start-up parse: defaults, then --config FILE (if given), then the other flags override.
- * Then validates (config_validate). *action tells what main should do.
+ * Then validates (config_validate) and, with tls set, reads the certificate and key into
+ * c->tls_ctx (a file that does not load, or a key that does not match, is an error naming both
+ * files). *action tells what main should do.
  * c need not be initialized (config_init is called first); call config_free(c) afterwards
  * whatever the result. --help/--version return 0 at once with CONFIG_HELP/CONFIG_VERSION (main
  * prints config_print_help()/the version). --write-key flags replace the file's write_keys;

@@ -26,6 +26,7 @@
 #include <xxhash.h>
 
 #include "base.h"
+#include "config.h"
 
 /* Fixed seed of the sampling hash: a user's decision must not change across restarts. */
 #define FILTER_SAMPLE_SEED 0x736c75696365ULL /* "sluice" */
@@ -796,17 +797,13 @@ typedef struct pctx {
     const char *name; /* the rule's name once known */
 } pctx_t;
 
-static unsigned long line_of(const yaml_node_t *n)
-{
-    return (unsigned long)n->start_mark.line + 1;
-}
-
 __attribute__((format(printf, 4, 5))) static int pfail(pctx_t *p, int code, const yaml_node_t *at,
                                                        const char *fmt, ...)
 {
     if (p->err != NULL && p->errlen > 0) {
-        int n = snprintf(p->err, p->errlen, "%s:%lu: filters[%zu]%s%s%s: ", p->file, line_of(at),
-                         p->index, p->name ? " (" : "", p->name ? p->name : "", p->name ? ")" : "");
+        int n = snprintf(p->err, p->errlen, "%s:%lu: filters[%zu]%s%s%s: ", p->file,
+                         config_yaml_line(at), p->index, p->name ? " (" : "",
+                         p->name ? p->name : "", p->name ? ")" : "");
         if (n >= 0 && (size_t)n < p->errlen) {
             va_list ap;
             va_start(ap, fmt);
@@ -817,36 +814,18 @@ __attribute__((format(printf, 4, 5))) static int pfail(pctx_t *p, int code, cons
     return code;
 }
 
-static const char *text_of(const yaml_node_t *n)
-{
-    return (const char *)n->data.scalar.value;
-}
-
-/* A scalar usable as text: not null, no NUL byte. */
-static bool is_text(const yaml_node_t *n)
-{
-    if (n == NULL || n->type != YAML_SCALAR_NODE) return false;
-    if (strlen(text_of(n)) != n->data.scalar.length) return false;
-    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return true;
-    const char *v = text_of(n);
-    return v[0] != '\0' && strcmp(v, "~") != 0 && strcmp(v, "null") != 0 &&
-           strcmp(v, "Null") != 0 && strcmp(v, "NULL") != 0;
-}
-
 /* Checks a mapping's keys: text, no duplicates. */
 static int check_keys(pctx_t *p, yaml_node_t *map, const char *what)
 {
     for (yaml_node_pair_t *a = map->data.mapping.pairs.start; a < map->data.mapping.pairs.top;
          a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
-        if (!is_text(k))
+        if (!config_yaml_is_text(k))
             return pfail(p, FILTER_E_INVALID, k ? k : map, "%s: keys must be strings", what);
-        for (yaml_node_pair_t *b = map->data.mapping.pairs.start; b < a; b++) {
-            yaml_node_t *kb = yaml_document_get_node(p->doc, b->key);
-            if (strcmp(text_of(kb), text_of(k)) == 0)
-                return pfail(p, FILTER_E_INVALID, k, "%s: duplicate key \"%s\" (first at line %lu)",
-                             what, text_of(k), line_of(kb));
-        }
+        yaml_node_t *kb = config_yaml_dup_key(p->doc, map, a);
+        if (kb != NULL)
+            return pfail(p, FILTER_E_INVALID, k, "%s: duplicate key \"%s\" (first at line %lu)",
+                         what, config_yaml_text(k), config_yaml_line(kb));
     }
     return FILTER_OK;
 }
@@ -857,7 +836,8 @@ static int scalar_list(pctx_t *p, yaml_node_t *n, const char *what, yaml_node_t 
 {
     *count = 0;
     if (n->type == YAML_SCALAR_NODE) {
-        if (!is_text(n)) return pfail(p, FILTER_E_INVALID, n, "%s: expected a string", what);
+        if (!config_yaml_is_text(n))
+            return pfail(p, FILTER_E_INVALID, n, "%s: expected a string", what);
         items[(*count)++] = n;
         return FILTER_OK;
     }
@@ -869,7 +849,7 @@ static int scalar_list(pctx_t *p, yaml_node_t *n, const char *what, yaml_node_t 
         return pfail(p, FILTER_E_INVALID, n, "%s: more than %d entries", what, FILTER_MAX_ITEMS);
     for (size_t i = 0; i < len; i++) {
         yaml_node_t *it = yaml_document_get_node(p->doc, n->data.sequence.items.start[i]);
-        if (!is_text(it))
+        if (!config_yaml_is_text(it))
             return pfail(p, FILTER_E_INVALID, it ? it : n, "%s: expected a string", what);
         items[(*count)++] = it;
     }
@@ -886,10 +866,10 @@ static int parse_globs(pctx_t *p, yaml_node_t *n, const char *what, bool icase, 
     if (out->g == NULL) return pfail(p, FILTER_E_NOMEM, n, "out of memory");
     for (size_t i = 0; i < count; i++) {
         const char *why = NULL;
-        rc = filter_glob_new(text_of(items[i]), items[i]->data.scalar.length, icase, &out->g[i],
-                             &why);
+        rc = filter_glob_new(config_yaml_text(items[i]), items[i]->data.scalar.length, icase,
+                             &out->g[i], &why);
         if (rc != FILTER_OK)
-            return pfail(p, rc, items[i], "%s: \"%s\": %s", what, text_of(items[i]),
+            return pfail(p, rc, items[i], "%s: \"%s\": %s", what, config_yaml_text(items[i]),
                          why ? why : "out of memory");
         out->n++;
     }
@@ -900,7 +880,7 @@ static int parse_globs(pctx_t *p, yaml_node_t *n, const char *what, bool icase, 
  * a key inside it. */
 static int parse_path(pctx_t *p, yaml_node_t *n, const char *what, bool edit, fpath_t *out)
 {
-    const char *s = text_of(n);
+    const char *s = config_yaml_text(n);
     size_t len = n->data.scalar.length;
     out->text = strndup(s, len);
     if (out->text == NULL) return pfail(p, FILTER_E_NOMEM, n, "out of memory");
@@ -947,7 +927,7 @@ static int parse_match(pctx_t *p, yaml_node_t *n, frule_t *r)
     for (yaml_node_pair_t *a = n->data.mapping.pairs.start; a < n->data.mapping.pairs.top; a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
         yaml_node_t *v = yaml_document_get_node(p->doc, a->value);
-        const char *kn = text_of(k);
+        const char *kn = config_yaml_text(k);
         char what[64];
         snprintf(what, sizeof what, "%s.%s", kind, kn);
         if (strcmp(kn, "type") == 0) {
@@ -955,11 +935,12 @@ static int parse_match(pctx_t *p, yaml_node_t *n, frule_t *r)
             size_t count;
             if ((rc = scalar_list(p, v, what, items, &count)) != FILTER_OK) return rc;
             for (size_t i = 0; i < count; i++) {
-                proto_type_t t = proto_type_parse(text_of(items[i]), items[i]->data.scalar.length);
+                proto_type_t t =
+                    proto_type_parse(config_yaml_text(items[i]), items[i]->data.scalar.length);
                 if (t == PROTO_T_NONE)
                     return pfail(p, FILTER_E_INVALID, items[i],
                                  "%s: \"%s\" is not track, identify, group, page, screen or alias",
-                                 what, text_of(items[i]));
+                                 what, config_yaml_text(items[i]));
                 r->m.types |= 1u << t;
             }
         } else if (strcmp(kn, "event") == 0) {
@@ -988,9 +969,9 @@ static int parse_match(pctx_t *p, yaml_node_t *n, frule_t *r)
         } else if (strcmp(kn, "keep") == 0 && r->kind == FILTER_SAMPLE) {
             char *endp = NULL;
             errno = 0;
-            double d = is_text(v) ? strtod(text_of(v), &endp) : NAN;
-            if (!is_text(v) || endp == text_of(v) || *endp != '\0' || errno != 0 || !(d >= 0) ||
-                d > 1)
+            double d = config_yaml_is_text(v) ? strtod(config_yaml_text(v), &endp) : NAN;
+            if (!config_yaml_is_text(v) || endp == config_yaml_text(v) || *endp != '\0' ||
+                errno != 0 || !(d >= 0) || d > 1)
                 return pfail(p, FILTER_E_INVALID, v, "%s: expected a fraction from 0 to 1", what);
             r->keep = d;
             have_keep = true;
@@ -1052,15 +1033,15 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
          a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
         yaml_node_t *v = yaml_document_get_node(p->doc, a->value);
-        if (strcmp(text_of(k), "name") == 0 && is_text(v) &&
-            name_ok(text_of(v), v->data.scalar.length))
-            p->name = text_of(v);
+        if (strcmp(config_yaml_text(k), "name") == 0 && config_yaml_is_text(v) &&
+            name_ok(config_yaml_text(v), v->data.scalar.length))
+            p->name = config_yaml_text(v);
     }
     for (yaml_node_pair_t *a = item->data.mapping.pairs.start; a < item->data.mapping.pairs.top;
          a++) {
         yaml_node_t *k = yaml_document_get_node(p->doc, a->key);
         yaml_node_t *v = yaml_document_get_node(p->doc, a->value);
-        const char *kn = text_of(k);
+        const char *kn = config_yaml_text(k);
         int which = -1;
         for (int i = 0; i < 5; i++)
             if (strcmp(kn, filter_kind_name((filter_kind_t)i)) == 0) which = i;
@@ -1074,7 +1055,7 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
                 return pfail(p, FILTER_E_INVALID, k,
                              "a rule has exactly one of drop, allow, sample, strip, hash (also "
                              "\"%s\" at line %lu)",
-                             text_of(body_key), line_of(body_key));
+                             config_yaml_text(body_key), config_yaml_line(body_key));
             body = v;
             body_key = k;
             kind = (filter_kind_t)which;
@@ -1086,12 +1067,12 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
         }
     }
     if (name == NULL) return pfail(p, FILTER_E_INVALID, item, "needs a name");
-    if (!is_text(name) || !name_ok(text_of(name), name->data.scalar.length))
+    if (!config_yaml_is_text(name) || !name_ok(config_yaml_text(name), name->data.scalar.length))
         return pfail(p, FILTER_E_INVALID, name, "name must be 1..64 of [A-Za-z0-9_.-]");
     for (size_t i = 0; i < fs->n; i++)
-        if (strcmp(fs->rules[i].name, text_of(name)) == 0)
+        if (strcmp(fs->rules[i].name, config_yaml_text(name)) == 0)
             return pfail(p, FILTER_E_INVALID, name, "name \"%s\" is used by filters[%zu]",
-                         text_of(name), i + 1);
+                         config_yaml_text(name), i + 1);
     if (body == NULL)
         return pfail(p, FILTER_E_INVALID, item, "needs one of drop, allow, sample, strip, hash");
     if (key_env != NULL && kind != FILTER_HASH)
@@ -1105,7 +1086,7 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
     fs->n++; /* counted at once so that filter_set_free releases what the rule holds */
     r->kind = kind;
     atomic_init(&r->count, 0);
-    r->name = strdup(text_of(name));
+    r->name = strdup(config_yaml_text(name));
     if (r->name == NULL) return pfail(p, FILTER_E_NOMEM, name, "out of memory");
     if (kind == FILTER_STRIP || kind == FILTER_HASH)
         rc = parse_paths(p, body, r);
@@ -1113,17 +1094,17 @@ static int parse_rule(pctx_t *p, yaml_node_t *item, filter_set_t *fs)
         rc = parse_match(p, body, r);
     if (rc != FILTER_OK) return rc;
     if (kind == FILTER_HASH) {
-        if (!is_text(key_env))
+        if (!config_yaml_is_text(key_env))
             return pfail(p, FILTER_E_INVALID, key_env,
                          "key_env: expected the name of an environment variable");
-        const char *key = getenv(text_of(key_env));
+        const char *key = getenv(config_yaml_text(key_env));
         if (key == NULL)
             return pfail(p, FILTER_E_INVALID, key_env,
-                         "key_env: environment variable %s is not set", text_of(key_env));
+                         "key_env: environment variable %s is not set", config_yaml_text(key_env));
         if (strlen(key) < FILTER_MIN_KEY)
             return pfail(p, FILTER_E_INVALID, key_env,
                          "key_env: environment variable %s must hold at least %d bytes",
-                         text_of(key_env), FILTER_MIN_KEY);
+                         config_yaml_text(key_env), FILTER_MIN_KEY);
         if (filter_hmac_new(key, strlen(key), &r->hmac) != FILTER_OK)
             return pfail(p, FILTER_E_NOMEM, key_env,
                          "cannot make an HMAC-SHA256 context (out of memory, or OpenSSL has no "
@@ -1137,17 +1118,18 @@ int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file,
 {
     *out = NULL;
     pctx_t p = {doc, file, err, errlen, 0, NULL};
-    bool null = node->type == YAML_SCALAR_NODE && !is_text(node);
+    bool null = node->type == YAML_SCALAR_NODE && !config_yaml_is_text(node);
     if (node->type != YAML_SEQUENCE_NODE && !null) {
         if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s:%lu: filters: expected a list of rules", file, line_of(node));
+            snprintf(err, errlen, "%s:%lu: filters: expected a list of rules", file,
+                     config_yaml_line(node));
         return FILTER_E_INVALID;
     }
     size_t n = null ? 0 : (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
     if (n > FILTER_MAX_RULES) {
         if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s:%lu: filters: more than %d rules", file, line_of(node),
-                     FILTER_MAX_RULES);
+            snprintf(err, errlen, "%s:%lu: filters: more than %d rules", file,
+                     config_yaml_line(node), FILTER_MAX_RULES);
         return FILTER_E_INVALID;
     }
     filter_set_t *fs = calloc(1, sizeof *fs);
@@ -1249,3 +1231,27 @@ void filter_print_reference(FILE *out)
         "logged (`config_reload_restart_required`) and need a restart.\n",
         out);
 }
+
+/* ---- the config section (config_yaml.h): slot is config_t.filters ---- */
+
+static int section_parse(const config_yaml_t *y, yaml_node_t *node, const char *key, void *slot)
+{
+    (void)key;
+    filter_set_t *fs = NULL;
+    int rc = filter_parse_yaml(y->doc, node, y->file, &fs, y->err, y->errlen);
+    if (rc != FILTER_OK) return rc == FILTER_E_NOMEM ? CONFIG_E_NOMEM : CONFIG_E_INVALID;
+    filter_set_t **cur = slot;
+    filter_set_free(*cur);
+    *cur = fs;
+    return CONFIG_OK;
+}
+
+static void section_free(void *slot)
+{
+    filter_set_t **cur = slot;
+    filter_set_free(*cur);
+    *cur = NULL;
+}
+
+/* Filters reload live on SIGHUP: never reported as a change that needs a restart. */
+const config_section_t filter_config_section = {section_parse, section_free, NULL};

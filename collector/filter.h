@@ -29,6 +29,8 @@
 #include <stdio.h>
 #include <yaml.h>
 
+#include "config_yaml.h"
+
 #include "proto.h"
 
 /* X(NAME, value, "message"). Append-only. */
@@ -78,6 +80,10 @@ typedef struct filter_set filter_set_t;
  * an empty list gives a set with no rules. On failure returns FILTER_E_INVALID or FILTER_E_NOMEM,
  * *out is NULL and nothing is left allocated.
  */
+/* The `filters:` section of config.c's table (slot: config_t.filters), parsed by
+ * filter_parse_yaml(); reloads live, so config_diff never reports it. */
+extern const config_section_t filter_config_section;
+
 int filter_parse_yaml(yaml_document_t *doc, yaml_node_t *node, const char *file, filter_set_t **out,
                       char *err, size_t errlen);
 

@@ -11,6 +11,15 @@
  * Limits are checked while parsing: header bytes (431), Content-Length (413 before the body),
  * accumulated chunked body (413), body memory (503), duplicated or missing singleton headers
  * (400); each of those answers and closes the connection.
+ *
+ * TLS (tls set, listen only): the connection holds a tls_conn_t (tls.h). Socket bytes go into
+ * its read BIO and come out as plaintext in the loop's tlsbuf, fed to llhttp exactly as plain
+ * reads are; answers are encrypted in conn_write_raw and what OpenSSL wants to send (handshake
+ * records, alerts) is flushed after every read. Decryption stops while a request is BUSY, like
+ * reading does; what is left (ciphertext in the read BIO, at most one socket read, charged to
+ * body_mem as pending bytes are) is decrypted by conn_next before it reads the socket again, so
+ * pipelined requests inside one TLS record are not stranded. The handshake happens before any
+ * request, so the fresh connection's header_timeout covers it.
  */
 #include "http_conn.h"
 
@@ -29,6 +38,8 @@
 #include "metrics.h"
 #include "pql.h"
 #include "proto.h"
+#include "reload.h"
+#include "tls.h"
 
 /* Appends a string literal (its length known at compile time, no NUL). */
 #define buf_lit(out, lit) base_buf_append((out), (lit), sizeof(lit) - 1)
@@ -154,6 +165,11 @@ struct http_conn {
 
     ingest_req_t *req;       /* waiting for Kafka, NULL otherwise */
     struct pql_job *pql_job; /* an admin PQL read running on the threadpool, NULL otherwise */
+
+    tls_conn_t *tls;  /* HTTPS: the session; NULL on plain connections */
+    size_t tls_held;  /* undecrypted ciphertext charged to body_mem */
+    bool tls_counted; /* handshake counted (sluice_tls_handshakes_total) */
+    bool tls_broken;  /* a protocol error: no close_notify */
 };
 
 typedef struct conn_write {
@@ -168,6 +184,8 @@ typedef struct conn_write {
 
 static void conn_close(http_conn_t *c);
 static void conn_linger(http_conn_t *c);
+static void tls_pump(http_conn_t *c);
+static void tls_flush(http_conn_t *c);
 static void conn_next(http_conn_t *c);
 static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending);
 
@@ -385,7 +403,13 @@ static void timer_cb(uv_timer_t *t)
         return;
     }
     metrics_add(METRIC_CONN_TIMEOUTS, 1);
-    LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
+    if (c->tls != NULL && !c->tls_counted) {
+        metrics_add(METRIC_TLS_HANDSHAKE_FAILURES, 1);
+        c->tls_broken = true; /* no session to close politely */
+        LOG(LOG_DEBUG, "tls_handshake_timeout", LI("ms", c->hl->cfg->header_timeout_ms));
+    } else {
+        LOG(LOG_DEBUG, "connection_timeout", LS("state", c->state == CS_IDLE ? "idle" : "request"));
+    }
     conn_close(c);
 }
 
@@ -433,7 +457,8 @@ static void on_handle_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->open_handles > 0) return;
-    body_mem_adjust(c->hl, c->body_cap + c->pending_cap, 0);
+    body_mem_adjust(c->hl, c->body_cap + c->pending_cap + c->tls_held, 0);
+    tls_conn_free(c->tls);
     free(c->body);
     free(c->pending);
     free(c);
@@ -479,6 +504,15 @@ static void conn_close(http_conn_t *c)
     c->prev = c->next = NULL;
     if (c->counted) atomic_fetch_sub_explicit(hl->n_conns, 1, memory_order_relaxed);
     c->counted = false;
+    if (c->tls != NULL && c->tls_counted && !c->tls_broken && !c->lingering) {
+        /* close_notify, best effort and never waiting: a client that reads it knows the answer
+         * was not truncated. */
+        tls_conn_shutdown(c->tls);
+        char out[256];
+        size_t n = tls_conn_take(c->tls, out, sizeof out);
+        uv_buf_t b = uv_buf_init(out, (unsigned)n);
+        if (n > 0) (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -506,6 +540,14 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0) {
         if (c->state == CS_BODY) timer_arm_request(c, c->hl->cfg->idle_timeout_ms);
+        if (c->tls != NULL) {
+            if (tls_conn_feed(c->tls, buf->base, (size_t)nread) != TLS_OK) {
+                conn_close(c);
+                return;
+            }
+            tls_pump(c);
+            return;
+        }
         conn_feed(c, buf->base, (size_t)nread, false);
         return;
     }
@@ -557,6 +599,11 @@ static void linger_shutdown_cb(uv_shutdown_t *sr, int status)
  */
 static void conn_linger(http_conn_t *c)
 {
+    if (c->tls != NULL && c->tls_counted && !c->tls_broken) {
+        tls_conn_shutdown(c->tls); /* queued before the shutdown, which waits for it */
+        tls_flush(c);
+        if (c->closing) return;
+    }
     uv_shutdown_t *sr = malloc(sizeof *sr);
     if (sr == NULL) {
         conn_close(c);
@@ -592,8 +639,33 @@ static void write_cb(uv_write_t *wr, int status)
         conn_next(c);
 }
 
+/* Over TLS: w's plaintext replaced by its ciphertext (with everything OpenSSL had queued before
+ * it, in order), w's flags kept. Returns the write to send, or NULL (w freed, c closed). */
+static conn_write_t *tls_encrypt(http_conn_t *c, conn_write_t *w)
+{
+    if (tls_conn_write(c->tls, w->data, w->len) != TLS_OK) {
+        LOG(LOG_DEBUG, "tls_write_failed", LS("reason", tls_conn_reason(c->tls)));
+        free(w);
+        c->tls_broken = true;
+        conn_close(c);
+        return NULL;
+    }
+    size_t n = tls_conn_pending_out(c->tls);
+    conn_write_t *e = malloc(sizeof *e + n);
+    if (e == NULL) {
+        free(w);
+        conn_close(c);
+        return NULL;
+    }
+    memcpy(e, w, sizeof *e);
+    e->len = tls_conn_take(c->tls, e->data, n);
+    free(w);
+    return e;
+}
+
 static void conn_write_raw(http_conn_t *c, conn_write_t *w)
 {
+    if (c->tls != NULL && (w = tls_encrypt(c, w)) == NULL) return;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
     w->c = c;
     c->writes++;
@@ -602,6 +674,75 @@ static void conn_write_raw(http_conn_t *c, conn_write_t *w)
         free(w);
         conn_close(c);
     }
+}
+
+/* Sends what OpenSSL queued (handshake records, session tickets, an alert, close_notify). */
+static void tls_flush(http_conn_t *c)
+{
+    size_t n = tls_conn_pending_out(c->tls);
+    if (n == 0 || c->closing) return;
+    conn_write_t *w = malloc(sizeof *w + n);
+    if (w == NULL) {
+        conn_close(c);
+        return;
+    }
+    w->len = tls_conn_take(c->tls, w->data, n);
+    w->close_after = false;
+    w->final = false;
+    w->observe = false;
+    w->c = c;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    c->writes++;
+    if (uv_write(&w->wr, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+        c->writes--;
+        free(w);
+        conn_close(c);
+    }
+}
+
+/*
+ * Decrypts what has arrived and feeds it to llhttp, until OpenSSL needs more input, a request
+ * is complete (BUSY: the rest waits, see the top of this file) or the connection ends; then
+ * flushes what OpenSSL wants to send and re-charges the undecrypted bytes to body_mem.
+ */
+static void tls_pump(http_conn_t *c)
+{
+    http_loop_t *hl = c->hl;
+    while (!c->closing && c->state != CS_BUSY) {
+        int n = tls_conn_read(c->tls, hl->tlsbuf, HTTP_READ_BUF);
+        if (!c->tls_counted && tls_conn_established(c->tls)) {
+            c->tls_counted = true;
+            metrics_add(METRIC_TLS_HANDSHAKES, 1);
+        }
+        if (n > 0) {
+            conn_feed(c, hl->tlsbuf, (size_t)n, false);
+            continue;
+        }
+        if (n == 0) break;
+        if (!c->tls_counted) {
+            metrics_add(METRIC_TLS_HANDSHAKE_FAILURES, 1);
+            LOG(LOG_DEBUG, "tls_handshake_failed", LS("reason", tls_conn_reason(c->tls)));
+        } else if (n != TLS_E_CLOSED || c->state == CS_HEADERS || c->state == CS_BODY) {
+            metrics_add(METRIC_CLIENT_ABORTS, 1);
+            LOG(LOG_DEBUG, "client_abort",
+                LS("reason", n == TLS_E_CLOSED ? "close_notify" : tls_conn_reason(c->tls)));
+        }
+        if (n != TLS_E_CLOSED) c->tls_broken = true;
+        /* The alert OpenSSL made, if any, best effort (a queued uv_write would be cancelled
+         * by the close). */
+        char alert[512];
+        size_t an = tls_conn_take(c->tls, alert, sizeof alert);
+        uv_buf_t b = uv_buf_init(alert, (unsigned)an);
+        if (an > 0) (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        conn_close(c);
+        return;
+    }
+    if (c->closing) return;
+    tls_flush(c);
+    if (c->closing) return;
+    size_t held = tls_conn_pending_in(c->tls);
+    body_mem_adjust(hl, c->tls_held, held);
+    c->tls_held = held;
 }
 
 /*
@@ -1060,18 +1201,43 @@ static void http_settings_init(void)
 
 /* ---- request dispatch ---- */
 
+/* SPEC §3: ready when events can be made durable now: Kafka reachable (and no spooled backlog
+ * that new events would have to queue behind in a full spool), or the spool has room. The body
+ * says why not, and with a spool shows its bytes, records and oldest age. */
 static void respond_readyz(http_conn_t *c)
 {
     char why[200] = "";
-    bool ready = !atomic_load_explicit(c->hl->draining, memory_order_relaxed) &&
-                 kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
-    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed))
+    spool_t *sp = c->hl->ingest->spool;
+    bool kafka_ok = kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
+    bool spool_room = sp != NULL && spool_has_room(sp);
+    bool ready = kafka_ok ? sp == NULL || spool_room || !spool_busy(sp) : spool_room;
+    char kafka_why[sizeof why];
+    memcpy(kafka_why, kafka_ok ? "ok" : why, kafka_ok ? 3 : sizeof why);
+    if (kafka_ok && !ready) snprintf(why, sizeof why, "spool full");
+    if (!kafka_ok && sp != NULL && !ready) {
+        size_t n = strnlen(why, sizeof why - 13);
+        memcpy(why + n, "; spool full", 13);
+    }
+    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed)) {
+        ready = false;
         snprintf(why, sizeof why, "shutting down");
-    char body[512];
+    }
+    char body[768];
     base_buf_t out = {body, 0, sizeof body, sizeof body};
     int rc = base_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
     if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
     if (rc == 0 && !ready) rc = proto_json_str(&out, why, strnlen(why, sizeof why));
+    if (rc == 0 && sp != NULL) {
+        spool_stats_t st;
+        spool_stats(sp, &st);
+        rc = buf_lit(&out, ",\"kafka\":");
+        if (rc == 0) rc = proto_json_str(&out, kafka_why, strnlen(kafka_why, sizeof kafka_why));
+        if (rc == 0)
+            rc = base_buf_printf(&out,
+                                 ",\"spool\":{\"bytes\":%" PRIu64 ",\"records\":%" PRIu64
+                                 ",\"oldest_age_seconds\":%.3f}",
+                                 st.bytes, st.records, st.oldest_age_s);
+    }
     if (rc == 0) rc = buf_lit(&out, "}");
     respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);
 }
@@ -1492,6 +1658,10 @@ static void conn_next(http_conn_t *c)
         conn_feed(c, c->pending + c->pending_off, c->pending_len, true);
         if (c->closing || c->state == CS_BUSY) return;
     }
+    if (c->tls != NULL && (tls_conn_pending_in(c->tls) > 0 || tls_conn_has_plaintext(c->tls))) {
+        tls_pump(c);
+        if (c->closing || c->state == CS_BUSY) return;
+    }
     read_start(c);
     if (c->state == CS_IDLE) timer_arm(c, c->hl->cfg->idle_timeout_ms);
 }
@@ -1512,10 +1682,13 @@ int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_c
     hl->body_mem = body_mem;
     ingest_mailbox_init(&hl->mailbox, async);
     hl->readbuf = malloc(HTTP_READ_BUF);
+    hl->tlsbuf = cfg->tls_cert_file != NULL ? malloc(HTTP_READ_BUF) : NULL;
     int rc = ingest_scratch_init(&hl->scratch, cfg);
     /* The decompression buffer holds bodies too. */
     body_mem_adjust(hl, 0, hl->scratch.plain_cap);
-    return hl->readbuf != NULL && rc == 0 ? 0 : -1;
+    return hl->readbuf != NULL && (cfg->tls_cert_file == NULL || hl->tlsbuf != NULL) && rc == 0
+               ? 0
+               : -1;
 }
 
 static void refused_write_cb(uv_write_t *wr, int status)
@@ -1560,6 +1733,14 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
     uv_tcp_nodelay(&c->tcp, 1);
     unsigned n = atomic_fetch_add_explicit(hl->n_conns, 1, memory_order_relaxed) + 1;
     c->counted = true;
+    bool use_tls = port != HTTP_PORT_ADMIN && hl->cfg->tls_cert_file != NULL;
+    if (use_tls && (n > hl->cfg->max_connections || atomic_load(hl->draining))) {
+        /* On the TLS port a 503 would cost a whole handshake at the moment we are overloaded:
+         * the connection is closed unanswered (counted as refused). */
+        metrics_add(METRIC_CONN_REFUSED, 1);
+        conn_close(c);
+        return;
+    }
     if (n > hl->cfg->max_connections || atomic_load(hl->draining)) {
         metrics_add(METRIC_CONN_REFUSED, 1);
         metrics_http_status(503);
@@ -1586,6 +1767,21 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
             conn_close(c);
         }
         return;
+    }
+    if (use_tls) {
+        /* The context current now (reload swaps it for new connections only). */
+        int rc = TLS_E_NOMEM;
+        if (hl->ingest->reload != NULL) {
+            reload_ticket_t t;
+            const runtime_t *rt = reload_enter(hl->ingest->reload, &t);
+            if (rt->tls != NULL) rc = tls_conn_new(rt->tls, &c->tls);
+            reload_exit(hl->ingest->reload, t);
+        }
+        if (rc != TLS_OK) {
+            LOG(LOG_WARN, "tls_session_failed", LS("reason", tls_strerror(rc)));
+            conn_close(c);
+            return;
+        }
     }
     metrics_add(METRIC_CONN_ACCEPTED, 1);
     c->state = CS_IDLE;
@@ -1651,4 +1847,6 @@ void http_loop_free(http_loop_t *hl)
     ingest_scratch_free(&hl->scratch);
     free(hl->readbuf);
     hl->readbuf = NULL;
+    free(hl->tlsbuf);
+    hl->tlsbuf = NULL;
 }

@@ -62,6 +62,7 @@ typedef struct http_loop {
     atomic_size_t *body_mem;  /* process-wide body bytes held, for limits.body_memory */
     bool drained;             /* this loop already closed its idle connections */
     char *readbuf;            /* HTTP_READ_BUF bytes, shared by this loop's reads */
+    char *tlsbuf;             /* HTTP_READ_BUF bytes of decrypted reads (tls set), shared too */
     http_conn_t *conns;       /* live connections */
     ingest_req_t *reqs;       /* live requests (waiting for Kafka or being answered) */
 } http_loop_t;

@@ -29,6 +29,9 @@
 #define INGEST_PQL_MAX (4 * 1024 * 1024)
 /* Retry-After for "cannot make events durable now". */
 #define INGEST_RETRY_AFTER_S 5
+/* A request's spool batch: its records re-encoded with their headers (rejected ones embed the
+ * raw event, up to twice the body), plus slack. */
+#define INGEST_SPOOL_SLACK (1u << 20)
 /* Retry-After of a fail-fast 503 (Kafka known down): short, since the producer reconnects
  * within 500 ms of the broker's return and readiness follows within the probe interval. */
 #define INGEST_FAIL_FAST_RETRY_AFTER_S 2
@@ -43,6 +46,7 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
     ctx->pql = NULL;
     ctx->dedup = NULL;
     ctx->journal = NULL;
+    ctx->spool = NULL;
     ctx->reload = NULL;
     ctx->limits = proto_limits_default();
     ctx->limits.event_bytes = (size_t)cfg->event_bytes;
@@ -125,6 +129,32 @@ static void refuse(ingest_error_t *err, int status, const char *code, const char
     err->code = code;
     err->message = message;
     err->retry_after = retry_after;
+}
+
+/* Where a new request's messages can go (contract in ingest.h): *to_spool when it must go to
+ * the spool. Returns true (err filled) when neither Kafka nor the spool can take it now — SPEC
+ * §3's fail fast: answered at once, not after kafka.delivery_timeout. Called before the rate
+ * limit, so a refused request spends none of the key's budget. */
+static bool cannot_take(ingest_ctx_t *ctx, bool *to_spool, ingest_error_t *err)
+{
+    bool down = kafka_out_down(ctx->ko);
+    *to_spool = ctx->spool != NULL && (down || spool_busy(ctx->spool));
+    if (*to_spool && spool_has_room(ctx->spool)) return false;
+    if (down) {
+        metrics_add(METRIC_KAFKA_FAIL_FAST, 1);
+        refuse(err, 503, "kafka_unavailable",
+               ctx->spool != NULL ? "Kafka is unreachable and the spool is full; retry later"
+                                  : "Kafka is unreachable; retry later",
+               INGEST_FAIL_FAST_RETRY_AFTER_S);
+        return true;
+    }
+    if (*to_spool) {
+        metrics_add(METRIC_SPOOL_FULL, 1);
+        refuse(err, 503, "spool_full", "the spool is full and draining to Kafka; retry later",
+               INGEST_RETRY_AFTER_S);
+        return true;
+    }
+    return false;
 }
 
 static bool account_lookup_cb(void *ud, proto_str_t user, msgpack_zone *zone, proto_str_t *out)
@@ -309,6 +339,29 @@ static int dedup_settle(ingest_ctx_t *ctx, const proto_batch_t *b, ingest_req_t 
     return 0;
 }
 
+/* One message of req: to Kafka, or to the request's spool batch once spooling. A QUEUE_FULL
+ * from Kafka switches the request to the spool (when there is one) from this message on.
+ * Returns 0 or a kafka_err_t (a spool refusal: KAFKA_E_PRODUCE with req->spool_err set). */
+static int emit(ingest_ctx_t *ctx, ingest_req_t *req, kafka_topic_t topic, proto_str_t key,
+                const void *value, size_t len, const kafka_header_t *hdr, size_t nhdr,
+                int64_t received_at)
+{
+    if (!req->spooling) {
+        int rc =
+            kafka_out_produce(ctx->ko, topic, key.ptr, key.len, value, len, hdr, nhdr, &req->group);
+        if (rc != KAFKA_E_QUEUE_FULL || ctx->spool == NULL) return rc;
+        req->spooling = true;
+    }
+    int src = spool_encode(&req->spool_recs, (int)topic, key.ptr, key.len, value, len, hdr, nhdr,
+                           received_at);
+    if (src != SPOOL_OK) {
+        req->spool_err = src;
+        return src == SPOOL_E_NOMEM ? KAFKA_E_NOMEM : KAFKA_E_PRODUCE;
+    }
+    req->spool_batch.n_records++;
+    return 0;
+}
+
 /* Produces every event of b into req's group (skipping those marked in filtered, which may be
  * NULL). Returns 0, or the kafka_err_t of the first refused produce (the loop stops there: the
  * request will be answered 503 anyway). */
@@ -344,8 +397,8 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                 {"event-type", tname, strlen(tname)},
                 {"message-id", ev->message_id.ptr, ev->message_id.len},
             };
-            rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_EVENTS, key.ptr, key.len, s->enc.data,
-                                   s->enc.len, hdr, 4, &req->group);
+            rc = emit(ctx, req, KAFKA_TOPIC_EVENTS, key, s->enc.data, s->enc.len, hdr, 4,
+                      received_at);
             if (rc != 0) return rc;
             req->n_accepted++;
             if (ctx->pql != NULL) {
@@ -364,8 +417,8 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                 LOG(LOG_DEBUG, "reject_encode_failed", LI("index", i),
                     LS("reason", proto_err_code(ev->error)));
             } else {
-                rc = kafka_out_produce(ctx->ko, KAFKA_TOPIC_REJECTED, key.ptr, key.len, s->enc.data,
-                                       s->enc.len, NULL, 0, &req->group);
+                rc = emit(ctx, req, KAFKA_TOPIC_REJECTED, key, s->enc.data, s->enc.len, NULL, 0,
+                          received_at);
                 if (rc != 0) return rc;
             }
             req->n_rejected++;
@@ -467,14 +520,9 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
             return -1;
         }
     }
-    if (kafka_out_down(ctx->ko)) {
-        /* SPEC §3: Kafka is known unreachable and nothing else can make the events durable:
-         * answer now rather than after kafka.delivery_timeout. Before the rate limit, so a
-         * refused request spends none of the key's budget. */
+    bool to_spool = false;
+    if (cannot_take(ctx, &to_spool, err)) {
         proto_batch_free(&b);
-        metrics_add(METRIC_KAFKA_FAIL_FAST, 1);
-        refuse(err, 503, "kafka_unavailable", "Kafka is unreachable; retry later",
-               INGEST_FAIL_FAST_RETRY_AFTER_S);
         return -1;
     }
     int retry_after = 0;
@@ -497,6 +545,10 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     base_buf_init(&req->answer, INGEST_ANSWER_MAX);
     base_buf_init(&req->pql, INGEST_PQL_MAX);
     kafka_group_init(&req->group, group_done_cb, req);
+    req->spooling = to_spool;
+    base_buf_init(&req->spool_recs, 4 * (size_t)ctx->cfg->body_bytes + INGEST_SPOOL_SLACK);
+    req->spool_batch.records = &req->spool_recs;
+    req->spool_batch.g = &req->group;
     metrics_add(METRIC_EVENTS_RECEIVED, b.n_events);
 
     int64_t now = base_wall_ms();
@@ -540,6 +592,14 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     }
     if (req->produce_err == 0 && build_answer(&req->answer, &b, req) != 0)
         req->produce_err = KAFKA_E_NOMEM;
+    if (req->produce_err == 0 && req->spool_batch.n_records > 0) {
+        /* Holds the group until the records are fsync'd (or their write failed). */
+        int src = spool_submit(ctx->spool, &req->spool_batch);
+        if (src != SPOOL_OK) {
+            req->spool_err = src;
+            req->produce_err = KAFKA_E_PRODUCE;
+        }
+    }
     proto_batch_recycle(&b, &s->arena);
 
     atomic_fetch_add_explicit(&ctx->in_flight, 1, memory_order_relaxed);
@@ -562,8 +622,9 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
             LI("kafka_error", atomic_load(&req->group.first_err)));
         reply->status = 503;
         reply->retry_after = INGEST_RETRY_AFTER_S;
-        reply->code = "unavailable";
-        reply->message = req->produce_err == KAFKA_E_QUEUE_FULL
+        reply->code = req->spool_err == SPOOL_E_FULL ? "spool_full" : "unavailable";
+        reply->message = req->spool_err == SPOOL_E_FULL ? "the spool is full; retry later"
+                         : req->produce_err == KAFKA_E_QUEUE_FULL
                              ? "Kafka producer queue is full; retry later"
                              : "events could not be made durable; retry later";
         /* Forgotten: a failed request's events must go through on retry (SPEC §3). */
@@ -604,6 +665,7 @@ void ingest_req_free(ingest_req_t *req)
     if (req == NULL) return;
     base_buf_free(&req->answer);
     base_buf_free(&req->pql);
+    base_buf_free(&req->spool_recs);
     free(req->dedup_fps);
     free(req);
 }

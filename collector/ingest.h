@@ -16,6 +16,14 @@
  * (kafka_out_down) ingest_start refuses at once with 503 kafka_unavailable, before the rate
  * limit and dedup, so nothing is produced or reserved.
  *
+ * Spool (SPEC §4, spool.h), when ctx->spool is set: a request goes to the spool when Kafka is
+ * known down or the spool still holds undelivered records (so per-key order holds: nothing new
+ * overtakes what is spooled), and from the message Kafka's queue refuses (QUEUE_FULL) on. Its
+ * group then completes when the spool's group commit is fsync'd: 200 as for a Kafka ack, 503 on
+ * a write error (events released from dedup). Fail fast then applies only when the spool is
+ * full too (503 kafka_unavailable; 503 spool_full when Kafka is up but the spool is busy and
+ * full). Dedup and PQL see spooled events exactly as delivered ones.
+ *
  * Dedup (SPEC §5, dedup.h): after the filters, every valid event's (source, messageId) is
  * reserved PENDING; copies already remembered or repeated inside the request are not produced
  * and are counted in "duplicates". The reservations are committed in ingest_finish when every
@@ -52,6 +60,7 @@
 #include "kafka_out.h"
 #include "proto.h"
 #include "reload.h"
+#include "spool.h"
 
 /* Shared by every loop; immutable after ingest_ctx_init except the atomic counter. */
 typedef struct ingest_ctx {
@@ -66,6 +75,7 @@ typedef struct ingest_ctx {
     dedup_t *dedup;       /* may be NULL: dedup off (dedup.window 0). Set after ingest_ctx_init */
     struct dedup_journal *journal; /* may be NULL: no journal (dedup.journal false). A delivered
                                     * request's reservations go through it before its answer */
+    spool_t *spool; /* may be NULL: spool off (spool.enabled false). Set after init */
     proto_limits_t limits;
     atomic_uint in_flight; /* requests started and not yet finished, all loops */
 } ingest_ctx_t;
@@ -130,6 +140,14 @@ struct ingest_req {
     uint64_t *dedup_fps;
     dedup_journal_req_t jreq; /* the trip through the journal (ctx->journal set) */
     bool journaled;           /* the journal committed dedup_fps[0..n_dedup) in dedup */
+
+    /* Spool (spool.h): from the first message that needs it on (Kafka down or the spool busy
+     * at the start, or Kafka's queue full midway), the request's messages are encoded into
+     * spool_recs and submitted as one batch that holds the group until it is fsync'd. */
+    bool spooling;
+    base_buf_t spool_recs;
+    spool_batch_t spool_batch;
+    int spool_err; /* spool_err_t of a refused encode or submit, 0 if none */
 };
 
 typedef struct ingest_input {

@@ -207,6 +207,22 @@ void kafka_group_seal(kafka_group_t *g)
     kafka_group_release(g);
 }
 
+void kafka_group_hold(kafka_group_t *g)
+{
+    atomic_fetch_add(&g->pending, 1u);
+}
+
+void kafka_group_report(kafka_group_t *g, unsigned delivered, unsigned failed, int err)
+{
+    if (failed > 0) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&g->first_err, &zero, err != 0 ? err : -1);
+        atomic_fetch_add(&g->failed, failed);
+    }
+    atomic_fetch_add(&g->delivered, delivered);
+    kafka_group_release(g);
+}
+
 /* ---- librdkafka callbacks -------------------------------------------------------------- */
 
 /* Poll thread (or kafka_out_free's thread after the poll thread is gone). Reports of a

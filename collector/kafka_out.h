@@ -90,6 +90,13 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
 /* No more messages will be added to g. done_cb runs once all reports are in (maybe right here). */
 void kafka_group_seal(kafka_group_t *g);
 
+/* For a sink other than Kafka that makes messages of g durable (the spool, spool.h): hold adds
+ * one outstanding report to g (before g is sealed); report gives it back with the outcome of
+ * `delivered` and `failed` messages (err: the first failure's code, 0 if none). Any thread;
+ * report may run done_cb, with the same rules as a delivery report. */
+void kafka_group_hold(kafka_group_t *g);
+void kafka_group_report(kafka_group_t *g, unsigned delivered, unsigned failed, int err);
+
 /* Readiness for /readyz: true when events can be made durable now; else why (a short reason).
  * Not ready: fatal producer error (permanent), all brokers down, the last delivery failed, or
  * the producer queue >= 90% full. Recovers on a successful delivery or a successful metadata

@@ -28,6 +28,7 @@
 #include "pql.h"
 #include "reload.h"
 #include "server.h"
+#include "spool.h"
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -174,6 +175,59 @@ static void data_dir_prepare(const config_t *cfg)
         LS("effect", "dedup and PQL state will not be saved; serving goes on"));
 }
 
+/* Spool on (spool.enabled, SPEC §4): data_dir/spool recovered (torn tails cut, logged) and its
+ * writer and drain threads started. Returns 0 (*out NULL when off, or when the directory cannot
+ * be used: logged, the collector serves without it), or -1 when a thread cannot start. */
+static int spool_start_cfg(const config_t *cfg, kafka_out_t *ko, spool_t **out)
+{
+    *out = NULL;
+    if (!cfg->spool_enabled) {
+        LOG(LOG_INFO, "spool_off", LS("reason", "spool.enabled is false"));
+        return 0;
+    }
+    spool_opts_t o = {.data_dir = cfg->data_dir,
+                      .max_bytes = cfg->spool_max_bytes,
+                      .segment_bytes = cfg->spool_segment_bytes,
+                      .ko = ko};
+    char err[600] = "";
+    int rc = spool_open(&o, out, err, sizeof err);
+    if (rc != SPOOL_OK) {
+        /* An unusable data dir must not stop the service: serve without the spool. */
+        LOG(LOG_ERROR, "spool_unavailable", LS("reason", err[0] ? err : spool_strerror(rc)),
+            LS("effect", "spool off: requests get 503 while Kafka is unreachable"));
+        return 0;
+    }
+    if (spool_start(*out) != SPOOL_OK) {
+        LOG(LOG_ERROR, "startup_failed", LS("reason", "spool: cannot start its threads"));
+        spool_free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Secrets hygiene: a config file holding a write key or the admin token in clear that group or
+ * others may read, and secrets on the command line (visible to every local user in ps and
+ * /proc/PID/cmdline), are warned about once at start. The secrets themselves are never logged. */
+static void warn_secrets(const config_t *cfg)
+{
+    struct stat st;
+    if (cfg->config_file != NULL && cfg->inline_secret_line > 0 &&
+        stat(cfg->config_file, &st) == 0 && (st.st_mode & 077) != 0) {
+        char mode[8];
+        snprintf(mode, sizeof mode, "%04o", (unsigned)(st.st_mode & 07777));
+        LOG(LOG_WARN, "config_file_readable_by_others", LS("path", cfg->config_file),
+            LS("mode", mode), LI("line", cfg->inline_secret_line),
+            LS("reason", "the file holds a write key or admin_token in clear and group or others "
+                         "may read it"),
+            LS("fix", "chmod 600 the file, or use key_env / admin_token_env"));
+    }
+    if (cfg->cli_secret_flag != NULL)
+        LOG(LOG_WARN, "secret_on_command_line", LS("flag", cfg->cli_secret_flag),
+            LS("reason", "command lines are visible to every local user (ps, /proc/PID/cmdline)"),
+            LS("fix", "put the key in the environment: write_keys key_env, admin_token_env"));
+}
+
 /* Logs the effective configuration, write keys masked. */
 static void log_config(const config_t *cfg)
 {
@@ -191,6 +245,7 @@ static void log_config(const config_t *cfg)
         if (off >= sizeof keys) off = sizeof keys - 1;
     }
     LOG(LOG_INFO, "config", LS("version", SLUICE_VERSION), LS("listen", cfg->listen),
+        LS("tls", cfg->tls_cert_file != NULL ? "on" : "off"),
         LS("admin_listen", cfg->admin_listen != NULL ? cfg->admin_listen : "(listen)"),
         LI("threads", cfg->threads),
         LS("brokers", cfg->brokers != NULL && cfg->brokers[0] ? cfg->brokers : "(embedded)"),
@@ -234,6 +289,7 @@ int main(int argc, char **argv)
     }
     log_set_level((log_level_t)cfg.log_level);
     log_config(&cfg);
+    warn_secrets(&cfg);
     data_dir_prepare(&cfg);
 
     int rc = 1;
@@ -245,6 +301,7 @@ int main(int argc, char **argv)
     pql_saver_t *pql_saver = NULL;
     dedup_t *dedup = NULL;
     dedup_journal_t *journal = NULL;
+    spool_t *spool = NULL;
     ingest_ctx_t ingest;
     reload_t rl;
     bool rl_ok = false;
@@ -281,6 +338,12 @@ int main(int argc, char **argv)
     }
     rl_ok = true;
     ingest.reload = &rl;
+    if (atomic_load(&rl.cur)->tls != NULL) {
+        char desc[512];
+        tls_ctx_describe(atomic_load(&rl.cur)->tls, desc, sizeof desc);
+        LOG(LOG_INFO, "tls_certificate_loaded", LS("certificate", desc),
+            LS("cert_file", cfg.tls_cert_file), LS("key_file", cfg.tls_key_file));
+    }
     (void)metrics_section_register(reload_render_metrics, &rl);
     if (pql_start(&cfg, ko, &pql, &pql_saver) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", "PQL could not start (memory)"));
@@ -293,6 +356,8 @@ int main(int argc, char **argv)
     }
     ingest.dedup = dedup;
     ingest.journal = journal;
+    if (spool_start_cfg(&cfg, ko, &spool) != 0) goto out;
+    ingest.spool = spool;
     if (server_new(&cfg, &ingest, &srv, err, sizeof err) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", err));
         goto out;
@@ -317,7 +382,8 @@ int main(int argc, char **argv)
             LOG(LOG_INFO, "admin_listening", LS("addr", server_admin_host(srv)),
                 LI("port", server_admin_port(srv)),
                 LS("serves", "/metrics, /v1/accounts/{id}, /v1/pql/top, /healthz, /readyz"));
-        LOG(LOG_INFO, "listening", LS("addr", server_host(srv)), LI("port", server_port(srv)));
+        LOG(LOG_INFO, "listening", LS("addr", server_host(srv)), LI("port", server_port(srv)),
+            LS("scheme", cfg.tls_cert_file != NULL ? "https" : "http"));
         uv_run(main_loop, UV_RUN_DEFAULT);
         rc = 0;
     }
@@ -335,6 +401,9 @@ int main(int argc, char **argv)
     uint32_t spent = (uint32_t)((uv_hrtime() - t0) / 1000000ull);
     LOG(LOG_INFO, "shutdown_drained", LI("complete", drained),
         LI("in_flight", atomic_load(&ingest.in_flight)), LI("ms", spent));
+    /* The drain stops before the flush (what it has not delivered stays spooled for the next
+     * start), so the flush waits only for the requests' own messages. */
+    spool_stop_drain(spool);
     int left = kafka_out_flush(ko, spent < budget ? (int)(budget - spent) : 0);
     LOG(LOG_INFO, "shutdown_kafka_flushed", LI("messages_left", left));
     /* Loops first, so none can produce into a destroyed producer (a drain that timed out may
@@ -342,6 +411,8 @@ int main(int argc, char **argv)
      * queued; those done_cb push into the stopped loops' mailboxes, whose async handles stay
      * open until server_free, which frees the requests (test_kafka_free_after_server_stop). */
     server_stop(srv);
+    /* The loops no longer submit to the spool either: write what is queued, stop the writer. */
+    spool_stop(spool);
     /* The loops no longer submit to PQL: feed what is queued (its signals flushed within what
      * is left of the budget), then write its final snapshot. */
     if (pql != NULL) {
@@ -375,6 +446,8 @@ int main(int argc, char **argv)
     journal = NULL;
     server_free(srv);
     srv = NULL;
+    spool_free(spool); /* after kafka_out_free: a drain message's report may come until then */
+    spool = NULL;
     uv_loop_close(main_loop);
     LOG(LOG_INFO, "shutdown_complete", LI("ms", (uv_hrtime() - t0) / 1000000ull));
 out:
@@ -388,7 +461,9 @@ out:
     }
     dedup_journal_free(journal);
     (void)pql_saver_stop(pql_saver);
+    spool_stop(spool);
     kafka_out_free(ko);
+    spool_free(spool);
     pql_free(pql);
     dedup_free(dedup); /* stops the worker if start-up failed after it began */
     auth_free(auth);

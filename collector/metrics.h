@@ -61,7 +61,18 @@
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \
     X(KAFKA_FAIL_FAST, "sluice_kafka_fail_fast_total",                                             \
       "requests answered 503 at once: Kafka known down and the spool off or full")                 \
-    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key")
+    X(SPOOL_APPENDED, "sluice_spool_appended_total", "records written and fsync'd to the spool")   \
+    X(SPOOL_DRAINED, "sluice_spool_drained_total", "spooled records delivered to Kafka")           \
+    X(SPOOL_TRUNCATED_BYTES, "sluice_spool_truncated_bytes_total",                                 \
+      "spool bytes dropped: torn or corrupt tails cut at start, unreadable records skipped")       \
+    X(SPOOL_FULL, "sluice_spool_full_total", "requests answered 503: spool.max_bytes reached")     \
+    X(SPOOL_WRITE_ERRORS, "sluice_spool_write_errors_total",                                       \
+      "spool group commits that failed (write or fsync): their requests answered 503")             \
+    X(AUTH_FAILURES, "sluice_auth_failures_total", "requests with a missing or unknown write key") \
+    X(TLS_HANDSHAKES, "sluice_tls_handshakes_total", "TLS handshakes completed (tls set)")         \
+    X(TLS_HANDSHAKE_FAILURES, "sluice_tls_handshake_failures_total",                               \
+      "TLS connections closed before their handshake completed: not TLS (e.g. plain HTTP), a "     \
+      "failed handshake, or limits.header_timeout")
 
 typedef enum {
 #define METRICS_X_ENUM(id, name, help) METRIC_##id,

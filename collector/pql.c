@@ -47,7 +47,7 @@ const char *pql_strerror(int err)
 
 /* ---- configuration compiled for the hot path ---- */
 
-static bool set_equal(const config_pql_rule_t *r, const pql_set_t *s)
+static bool set_equal(const pql_config_rule_t *r, const pql_set_t *s)
 {
     if (r->n_events != s->n) return false;
     for (size_t i = 0; i < s->n; i++)
@@ -55,11 +55,11 @@ static bool set_equal(const config_pql_rule_t *r, const pql_set_t *s)
     return true;
 }
 
-int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
+int pql_new(const pql_config_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
 {
     *out = NULL;
-    if (cfg == NULL || cfg->n_rules == 0 || cfg->n_rules > CONFIG_PQL_MAX_RULES ||
-        cfg->n_tiers == 0 || cfg->n_tiers > CONFIG_PQL_MAX_TIERS || cfg->bucket_ms == 0 ||
+    if (cfg == NULL || cfg->n_rules == 0 || cfg->n_rules > PQL_CONFIG_MAX_RULES ||
+        cfg->n_tiers == 0 || cfg->n_tiers > PQL_CONFIG_MAX_TIERS || cfg->bucket_ms == 0 ||
         DAY_MS % cfg->bucket_ms != 0 || cfg->window_ms % cfg->bucket_ms != 0 ||
         cfg->window_ms < cfg->bucket_ms)
         return PQL_E_INVALID;
@@ -86,7 +86,7 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
     else
         XXH64_reset(fp, 0x51);
     for (size_t i = 0; i < cfg->n_rules && rc == PQL_OK; i++) {
-        const config_pql_rule_t *cr = &cfg->rules[i];
+        const pql_config_rule_t *cr = &cfg->rules[i];
         pql_rule_t *r = &p->rules[i];
         r->metric = cr->metric;
         r->at_least = cr->at_least;
@@ -123,11 +123,11 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
             r->set = (int)s;
         }
         r->uv = -1;
-        if (r->metric == CONFIG_PQL_USERS_VELOCITY) {
+        if (r->metric == PQL_METRIC_USERS_VELOCITY) {
             p->uv_rules[p->n_uv] = (uint8_t)i;
             r->uv = (int)p->n_uv++;
         }
-        if (r->metric == CONFIG_PQL_EVENTS_VELOCITY) p->ev_rules[p->n_ev++] = (uint8_t)i;
+        if (r->metric == PQL_METRIC_EVENTS_VELOCITY) p->ev_rules[p->n_ev++] = (uint8_t)i;
         if ((p->rule_names[i] = strdup(cr->name)) == NULL) rc = PQL_E_NOMEM;
         r->name = p->rule_names[i];
         /* The fingerprint covers what the stored counters mean. */
@@ -140,7 +140,7 @@ int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
     }
     for (size_t i = 0; i < p->n_rules; i++) {
         pql_rule_t *r = &p->rules[i];
-        if (r->metric == CONFIG_PQL_EVENTS_VELOCITY || r->metric == CONFIG_PQL_USERS_VELOCITY) {
+        if (r->metric == PQL_METRIC_EVENTS_VELOCITY || r->metric == PQL_METRIC_USERS_VELOCITY) {
             r->agg_recent = (int)(p->n_sets + agg);
             agg += 2; /* recent, and (users_velocity) first-seen users of the rest */
         } else
@@ -225,9 +225,9 @@ void pql_free(pql_t *p)
         free(p->sets[i].names);
         free(p->sets[i].lens);
     }
-    for (size_t i = 0; i < CONFIG_PQL_MAX_TIERS; i++)
+    for (size_t i = 0; i < PQL_CONFIG_MAX_TIERS; i++)
         free(p->tier_names[i]);
-    for (size_t i = 0; i < CONFIG_PQL_MAX_RULES; i++)
+    for (size_t i = 0; i < PQL_CONFIG_MAX_RULES; i++)
         free(p->rule_names[i]);
     pthread_mutex_destroy(&p->walk_mu);
     free(p);
@@ -582,15 +582,15 @@ static double rule_value(const pql_t *p, const pql_acct_t *a, const pql_rule_t *
     const double periods = ru->periods;
     double rec, rest;
     switch (ru->metric) {
-    case CONFIG_PQL_ACTIVE_USERS:
+    case PQL_METRIC_ACTIVE_USERS:
         return pql__users_active(p, a);
-    case CONFIG_PQL_EVENTS:
+    case PQL_METRIC_EVENTS:
         return a->agg[ru->set];
-    case CONFIG_PQL_ACTIVE_DAYS:
+    case PQL_METRIC_ACTIVE_DAYS:
         return a->agg[p->agg_days];
-    case CONFIG_PQL_EVENT_SEEN:
+    case PQL_METRIC_EVENT_SEEN:
         return a->agg[ru->set] > 0 ? 1 : 0;
-    case CONFIG_PQL_EVENTS_VELOCITY:
+    case PQL_METRIC_EVENTS_VELOCITY:
         rec = a->agg[ru->agg_recent];
         rest = (double)a->agg[ru->set] - rec;
         break;
@@ -611,7 +611,7 @@ static bool rule_holds(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru
     double v = rule_value(p, a, ru, &recent);
     if (value) *value = v;
     if (v < ru->at_least) return false;
-    if ((ru->metric == CONFIG_PQL_EVENTS_VELOCITY || ru->metric == CONFIG_PQL_USERS_VELOCITY) &&
+    if ((ru->metric == PQL_METRIC_EVENTS_VELOCITY || ru->metric == PQL_METRIC_USERS_VELOCITY) &&
         recent < ru->min_recent)
         return false;
     return true;
@@ -714,8 +714,8 @@ json_t *pql__users_json(const pql_acct_t *a, size_t k)
 typedef struct pql_sig {
     int tier, prev;
     uint32_t score;
-    uint64_t holds; /* bit r: rule r holds (CONFIG_PQL_MAX_RULES <= 64) */
-    double value[CONFIG_PQL_MAX_RULES];
+    uint64_t holds; /* bit r: rule r holds (PQL_CONFIG_MAX_RULES <= 64) */
+    double value[PQL_CONFIG_MAX_RULES];
     uint8_t n_users;
     uint8_t ulen[PQL_SIGNAL_TOP];
     char uid[PQL_SIGNAL_TOP][255];

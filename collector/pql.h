@@ -69,7 +69,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "pql_config.h"
 #include "proto.h"
 
 #define PQL_ERRORS(X)                                                                              \
@@ -105,7 +105,7 @@ typedef void (*pql_signal_cb)(void *ud, const char *account, size_t alen, const 
 
 /* Builds the tracker for cfg (copied what it needs: cfg may go away afterwards). cfg->n_rules
  * must be > 0. Returns PQL_OK and *out, or PQL_E_NOMEM / PQL_E_INVALID. Free with pql_free(). */
-int pql_new(const config_pql_t *cfg, pql_signal_cb cb, void *ud, pql_t **out);
+int pql_new(const pql_config_t *cfg, pql_signal_cb cb, void *ud, pql_t **out);
 void pql_free(pql_t *p);
 
 typedef struct pql_event {
@@ -198,7 +198,7 @@ int pql_saver_stop(pql_saver_t *s);
 typedef struct pql_stats {
     uint64_t accounts, bytes, evictions, expired, late, signals;
     uint64_t queue_bytes, queue_dropped;            /* pql_submit */
-    uint64_t signals_by_tier[CONFIG_PQL_MAX_TIERS]; /* in the order of cfg->tiers */
+    uint64_t signals_by_tier[PQL_CONFIG_MAX_TIERS]; /* in the order of cfg->tiers */
 } pql_stats_t;
 void pql_stats(pql_t *p, pql_stats_t *st);
 

@@ -37,7 +37,7 @@
 #define PQL_WALK_BYTES (64 * 1024)
 #define PQL_SHARD_BITS 8
 #define PQL_SIGNAL_TOP 5
-#define PQL_MAX_SETS   (1 + CONFIG_PQL_MAX_RULES)
+#define PQL_MAX_SETS   (1 + PQL_CONFIG_MAX_RULES)
 #define DAY_MS         86400000LL
 #define NO_TIER        (-1)
 
@@ -124,18 +124,18 @@ struct pql {
     size_t n_rules, n_tiers, n_sets, n_uv, stride, n_agg;
     size_t agg_days, agg_users;
     size_t n_ev;                            /* events_velocity rules */
-    uint8_t ev_rules[CONFIG_PQL_MAX_RULES]; /* their indices */
-    uint8_t uv_rules[CONFIG_PQL_MAX_RULES]; /* users_velocity rules, by uv index */
-    pql_rule_t rules[CONFIG_PQL_MAX_RULES];
+    uint8_t ev_rules[PQL_CONFIG_MAX_RULES]; /* their indices */
+    uint8_t uv_rules[PQL_CONFIG_MAX_RULES]; /* users_velocity rules, by uv index */
+    pql_rule_t rules[PQL_CONFIG_MAX_RULES];
     pql_set_t sets[PQL_MAX_SETS];
-    char *tier_names[CONFIG_PQL_MAX_TIERS];
-    uint32_t tier_th[CONFIG_PQL_MAX_TIERS];
-    char *rule_names[CONFIG_PQL_MAX_RULES];
+    char *tier_names[PQL_CONFIG_MAX_TIERS];
+    uint32_t tier_th[PQL_CONFIG_MAX_TIERS];
+    char *rule_names[PQL_CONFIG_MAX_RULES];
     uint64_t fingerprint;
     pql_shard_t shards[PQL_SHARDS];
     _Atomic uint64_t n_accounts, bytes, evictions, expired, late, signals;
-    _Atomic uint64_t by_tier[CONFIG_PQL_MAX_TIERS];
-    char metric_names[CONFIG_PQL_MAX_TIERS][96];
+    _Atomic uint64_t by_tier[PQL_CONFIG_MAX_TIERS];
+    char metric_names[PQL_CONFIG_MAX_TIERS][96];
     /* Worker walks: one at a time (walk_mu, never taken by a loop thread). */
     pthread_mutex_t walk_mu;
     _Atomic uint32_t walk_gen;

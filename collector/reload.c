@@ -20,6 +20,7 @@ static void runtime_free(runtime_t *rt)
 {
     if (rt == NULL) return;
     filter_set_free(rt->filters);
+    tls_ctx_free(rt->tls);
     free(rt);
 }
 
@@ -30,6 +31,8 @@ static runtime_t *runtime_build(config_t *cfg, uint64_t generation)
     if (rt == NULL) return NULL;
     rt->filters = cfg->filters;
     cfg->filters = NULL;
+    rt->tls = cfg->tls_ctx;
+    cfg->tls_ctx = NULL;
     rt->log_level = cfg->log_level;
     rt->generation = generation;
     return rt;
@@ -73,7 +76,7 @@ typedef struct diff_ctx {
 static void diff_cb(const char *key, void *ud)
 {
     diff_ctx_t *d = ud;
-    if (strcmp(key, "log_level") == 0) return; /* applied live */
+    if (strcmp(key, "log_level") == 0 || strncmp(key, "tls.", 4) == 0) return; /* applied live */
     d->n++;
     int w = snprintf(d->list + d->len, sizeof d->list - d->len, "%s%s", d->len ? "," : "", key);
     if (w > 0 && (size_t)w < sizeof d->list - d->len) d->len += (size_t)w;
@@ -88,6 +91,14 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
     if (rc != CONFIG_OK) {
         atomic_fetch_add(&rl->failures, 1);
         LOG(LOG_ERROR, "config_reload_failed", LS("reason", err),
+            LS("kept", "the running configuration stays"));
+        config_free(&next);
+        return -1;
+    }
+    if ((running->tls_cert_file != NULL) != (next.tls_cert_file != NULL)) {
+        atomic_fetch_add(&rl->failures, 1);
+        LOG(LOG_ERROR, "config_reload_failed",
+            LS("reason", "tls: turning HTTPS on or off needs a restart"),
             LS("kept", "the running configuration stays"));
         config_free(&next);
         return -1;
@@ -136,6 +147,12 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
     atomic_fetch_add(&rl->reloads, 1);
     LOG(LOG_INFO, "config_reloaded", LI("generation", rt->generation),
         LI("filters", filter_set_count(rt->filters)));
+    if (rt->tls != NULL) {
+        char desc[512];
+        tls_ctx_describe(rt->tls, desc, sizeof desc);
+        LOG(LOG_INFO, "tls_certificate_loaded", LS("certificate", desc),
+            LS("effect", "new connections use it; open ones keep theirs"));
+    }
     if (d.n > 0)
         LOG(LOG_WARN, "config_reload_restart_required", LS("keys", d.list),
             LS("reason", "these keys cannot change while running; restart to apply them"));

@@ -1,6 +1,7 @@
 /*
  * reload.h — the reloadable runtime: the part of the configuration that can change while the
- * collector serves (today the compiled filter rules and log_level), and SIGHUP reload (SPEC §5).
+ * collector serves (the compiled filter rules, log_level and the TLS certificate), and SIGHUP
+ * reload (SPEC §5).
  *
  * Versions: a runtime_t is immutable once published (rule counters aside). reload_apply() builds
  * a complete new one from a fully validated config, publishes it with one atomic pointer swap and
@@ -38,9 +39,11 @@
 #include "config.h"
 #include "filter.h"
 #include "proto.h"
+#include "tls.h"
 
 typedef struct runtime {
     filter_set_t *filters; /* owned; NULL when no rules are configured */
+    tls_ctx_t *tls;        /* owned reference; NULL without tls. New connections take theirs */
     int log_level;
     uint64_t generation;  /* 1 at start, +1 per successful reload */
     struct runtime *next; /* reload.c: list of retired versions still awaiting their free */
@@ -70,20 +73,21 @@ static inline void reload_exit(reload_t *rl, reload_ticket_t ticket)
 }
 
 /*
- * Publishes the first runtime, taking ownership of cfg->filters (cfg->filters is NULL after the
- * call; an absent list becomes an empty set). Returns 0, or -1 when memory is short (cfg then
- * still owns its filters).
+ * Publishes the first runtime, taking ownership of cfg->filters and cfg->tls_ctx (both NULL
+ * after the call; an absent list becomes an empty set). Returns 0, or -1 when memory is short (cfg
+ * then still owns its filters).
  */
 int reload_init(reload_t *rl, config_t *cfg);
 
 /*
  * SIGHUP: re-runs the start-up parse (config_from_args over argc/argv: the --config file, then
- * the same flags) and full validation. On failure logs "config_reload_failed" with the reason,
- * keeps the running runtime and returns -1. On success publishes the new runtime, applies its
- * log_level, waits (bounded, 10 s) for readers of the old one to leave and frees it, logs
- * "config_reloaded" and, for every key that differs from running (the start-up config) but
- * cannot change live, "config_reload_restart_required"; returns 0.
- * Blocks on file I/O and on the grace period: call it from main's thread, never a loop thread.
+ * the same flags) and full validation, the TLS certificate and key re-read when tls is set. On
+ * failure (a bad certificate/key pair included, or tls turned on or off: that needs a restart)
+ * logs "config_reload_failed" with the reason, keeps the running runtime and returns -1. On success
+ * publishes the new runtime, applies its log_level, waits (bounded, 10 s) for readers of the old
+ * one to leave and frees it, logs "config_reloaded" and, for every key that differs from running
+ * (the start-up config) but cannot change live, "config_reload_restart_required"; returns 0. Blocks
+ * on file I/O and on the grace period: call it from main's thread, never a loop thread.
  */
 int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv);
 

@@ -235,7 +235,7 @@ typedef void (*sluice_log_cb)(void *ud, int level, const char *msg);
 typedef void (*sluice_error_cb)(void *ud, int err, int http_status, uint32_t n_events,
                                 const char *msg);
 
-#define SLUICE_CONFIG_VERSION 2
+#define SLUICE_CONFIG_VERSION 3
 
 /*
  * Client configuration. Always prepare it with sluice_config_init(cfg, SLUICE_CONFIG_VERSION),
@@ -287,6 +287,11 @@ typedef struct sluice_config {
     const char *library_name, *library_version;
     const char *app_name, *app_version;
     const char *locale, *timezone;
+    /* ---- version 3 ---- */
+    const char *ca_file; /* https endpoints: PEM file of the CA certificate(s) to trust instead of
+                            the system store (a collector's self-signed certificate is its own
+                            CA); NULL (default): the system store. Copied; read by libcurl when
+                            a connection is made. Ignored by a replaced transport. */
 } sluice_config;
 
 /* Sets every field to its default and cfg->version to version. Returns SLUICE_E_VERSION if

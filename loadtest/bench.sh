@@ -5,7 +5,13 @@
 #   2. json_max      JSON+gzip, batches of 100, --rate max
 #   3. msgpack_half  msgpack+zstd, batches of 100, open loop at 50% of scenario 1's events/s
 #                    (latency from the intended send time)
-#   4. verified      (VERIFY=1) a short verified run: 3 s at VERIFY_RATE events/s with 1% invalid
+#   4. json_body     the fixed JSON body (issue 9): $BODY (default loadtest/bodies/track100.json,
+#                    100 Segment-style track events as analytics-node sends them, ~38 KB), the
+#                    same bytes in every request, uncompressed, closed loop, to a second collector
+#                    with dedup off (the body's messageIds repeat); col_us/ev is its CPU
+#   5. msgpack_body  the same batch converted to msgpack (zstd), same collector: the formats on
+#                    one body
+#   6. verified      (VERIFY=1) a short verified run: 3 s at VERIFY_RATE events/s with 1% invalid
 #                    events, checked in Kafka. Short on purpose: librdkafka's mock cluster keeps
 #                    only ~5 MiB per partition, so the big scenarios' data cannot all be read back
 #                    (sluice-load reports that as "pruned" instead of as loss).
@@ -25,7 +31,9 @@
 #   THREADS (1, harness threads), COLLECTOR_THREADS (2), VERIFY (1: run scenario 4),
 #   VERIFY_RATE (20000), HALF_RATE (events/s of scenario 3; default half of scenario 1's median),
 #   OUT (report dir), COLLECTOR_ARGS (extra collector flags, e.g. "--config f.yaml" to try
-#   kafka.properties), LOAD_ARGS (extra sluice-load flags).
+#   kafka.properties), LOAD_ARGS (extra sluice-load flags), BODY (the fixed body's file),
+#   ONLY (the scenarios to run, e.g. ONLY="json_body msgpack_body"; default all), COLLECTOR
+#   (the collector binary, default BUILD_DIR/collector/sluice-collector: A/B against an older build).
 # Exit status: 0 when every run produced a report (and the verified run passed), else 1;
 # 2 when a binary is missing, 3 when the mock broker or the collector did not start.
 set -u
@@ -37,10 +45,13 @@ THREADS=${THREADS:-1}
 COLLECTOR_THREADS=${COLLECTOR_THREADS:-2}
 VERIFY=${VERIFY:-1}
 VERIFY_RATE=${VERIFY_RATE:-20000}
+BODY=${BODY:-$(dirname "$0")/bodies/track100.json}
+ONLY=${ONLY:-msgpack_max json_max msgpack_half json_body msgpack_body verified}
+want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 HALF_RATE=${HALF_RATE:-}
 OUT=${OUT:-$(mktemp -d /tmp/sluice-bench-XXXXXX)}
 LOAD=$BUILD/loadtest/sluice-load
-COLLECTOR=$BUILD/collector/sluice-collector
+COLLECTOR=${COLLECTOR:-$BUILD/collector/sluice-collector}
 MOCK=$BUILD/tests/support/sluice-mock-kafka
 for b in "$LOAD" "$COLLECTOR" "$MOCK"; do
     [ -x "$b" ] || { echo "bench.sh: $b not built (cmake --build $BUILD)" >&2; exit 2; }
@@ -49,18 +60,21 @@ command -v jq >/dev/null 2>&1 || { echo "bench.sh: jq is required to read the re
 case $REPEAT in '' | *[!0-9]* | 0) echo "bench.sh: REPEAT must be >= 1" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 rm -f "$OUT/runs.txt"
-MOCK_PID='' COL_PID='' FAILED=0
+[ -r "$BODY" ] || { echo "bench.sh: BODY $BODY not readable" >&2; exit 2; }
+MOCK_PID='' COL_PID='' FIX_PID='' FAILED=0
 # shellcheck disable=SC2317 # called from the EXIT trap
+stop_collector() { # PID
+    kill -TERM "$1" 2>/dev/null
+    # Bounded: the collector's own shutdown is bounded, but never hang the script on it.
+    i=0
+    while kill -0 "$1" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
 cleanup() {
-    if [ -n "$COL_PID" ]; then
-        kill -TERM "$COL_PID" 2>/dev/null
-        # Bounded: the collector's own shutdown is bounded, but never hang the script on it.
-        i=0
-        while kill -0 "$COL_PID" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -KILL "$COL_PID" 2>/dev/null
-        wait "$COL_PID" 2>/dev/null
-        COL_PID=''
-    fi
+    [ -n "$COL_PID" ] && stop_collector "$COL_PID"
+    [ -n "$FIX_PID" ] && stop_collector "$FIX_PID"
+    COL_PID='' FIX_PID=
     exec 3>&- # EOF on its stdin ends the mock broker
     [ -n "$MOCK_PID" ] && wait "$MOCK_PID" 2>/dev/null
     MOCK_PID=''
@@ -101,6 +115,20 @@ wait_for "$OUT/collector.err" '"msg":"listening"' "$COL_PID"
 PORT=$(grep '"msg":"listening"' "$OUT/collector.err" | head -1 | sed 's/.*"port":\([0-9]*\).*/\1/')
 URL=http://127.0.0.1:$PORT
 echo "bench.sh: collector pid $COL_PID on $URL, mock broker $BOOT, reports in $OUT" >&2
+# The fixed-body scenarios' collector: the same but dedup off (the body's messageIds repeat).
+if want json_body || want msgpack_body; then
+    printf 'dedup:\n  window: 0s\n' >"$OUT/nodedup.yaml"
+    rm -rf "$OUT/data-fixed"
+    # shellcheck disable=SC2086
+    "$COLLECTOR" --config "$OUT/nodedup.yaml" --listen 127.0.0.1:0 --brokers "$BOOT" \
+        --threads "$COLLECTOR_THREADS" --data-dir "$OUT/data-fixed" --write-key bench_key=bench \
+        ${COLLECTOR_ARGS:-} 2>"$OUT/collector-fixed.err" &
+    FIX_PID=$!
+    wait_for "$OUT/collector-fixed.err" '"msg":"listening"' "$FIX_PID"
+    FIX_URL=http://127.0.0.1:$(grep '"msg":"listening"' "$OUT/collector-fixed.err" | head -1 |
+        sed 's/.*"port":\([0-9]*\).*/\1/')
+    echo "bench.sh: fixed-body collector pid $FIX_PID on $FIX_URL (dedup off), body $BODY" >&2
+fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo -)
 
 num() { # FILE JQ_PATH: the number there, or "-"
@@ -108,8 +136,9 @@ num() { # FILE JQ_PATH: the number there, or "-"
     case $v in '' | null) echo - ;; *) echo "$v" ;; esac
 }
 
-run() { # NAME TAG ARGS...: one sluice-load run, one line in runs.txt
+run() { # NAME TAG ARGS...: one sluice-load run against $COL_PID at $URL, one line in runs.txt
     name=$1; tag=$2; shift 2
+    want "$name" || return 0
     if ! kill -0 "$COL_PID" 2>/dev/null; then
         echo "bench.sh: the collector is gone before $tag (see $OUT/collector.err)" >&2
         FAILED=1
@@ -184,8 +213,22 @@ while [ $r -le "$REPEAT" ]; do
     run msgpack_half "msgpack_half.$r" --format msgpack --rate "$HALF_RATE"
     r=$((r + 1))
 done
-SCENARIOS="msgpack_max json_max msgpack_half"
-if [ "$VERIFY" = 1 ]; then
+if [ -n "$FIX_PID" ]; then
+    MAIN_PID=$COL_PID MAIN_URL=$URL
+    COL_PID=$FIX_PID URL=$FIX_URL
+    r=1
+    while [ $r -le "$REPEAT" ]; do
+        run json_body "json_body.$r" --format json --compress none --body "$BODY" --rate max
+        run msgpack_body "msgpack_body.$r" --format msgpack --compress zstd --body "$BODY" --rate max
+        r=$((r + 1))
+    done
+    COL_PID=$MAIN_PID URL=$MAIN_URL
+fi
+SCENARIOS=
+for s in msgpack_max json_max msgpack_half json_body msgpack_body; do
+    want "$s" && SCENARIOS="$SCENARIOS $s"
+done
+if [ "$VERIFY" = 1 ] && want verified; then
     run verified verified.1 --duration 3 --format msgpack --rate "$VERIFY_RATE" \
         --invalid-rate 0.01 --verify "$BOOT" --verify-timeout 60
     SCENARIOS="$SCENARIOS verified"

@@ -54,6 +54,7 @@ typedef struct conn {
     size_t body_len, body_cap;
     model_item_t *items; /* the events of the request in flight */
     size_t n_items;
+    bool fixed_ready; /* --body: c->body holds the fixed body, encoded, for every request */
     char resp[RESP_HEAD + 1];
     size_t resp_len;
 } conn_t;
@@ -280,12 +281,22 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     const char *raw;
     size_t raw_len, n;
     const model_item_t *items;
-    int rc = model_stream_next(w->stream, base_wall_ms(), &raw, &raw_len, &items, &n);
-    if (rc != 0) return rc;
-    if ((rc = compress_body(w, c, raw, raw_len)) != 0) return rc;
-    for (size_t i = 0; i < n; i++)
-        if (!items[i].dup) ledger_note_new(w, items[i].seq, items[i].kind);
-    memcpy(c->items, items, n * sizeof(*items));
+    int rc;
+    if (cfg->fixed_body != NULL) { /* --body: the same bytes every time, encoded once */
+        if (!c->fixed_ready) {
+            if ((rc = compress_body(w, c, cfg->fixed_body, cfg->fixed_len)) != 0) return rc;
+            c->fixed_ready = true;
+        }
+        raw_len = cfg->fixed_len;
+        n = cfg->fixed_events;
+    } else {
+        rc = model_stream_next(w->stream, base_wall_ms(), &raw, &raw_len, &items, &n);
+        if (rc != 0) return rc;
+        if ((rc = compress_body(w, c, raw, raw_len)) != 0) return rc;
+        for (size_t i = 0; i < n; i++)
+            if (!items[i].dup) ledger_note_new(w, items[i].seq, items[i].kind);
+        memcpy(c->items, items, n * sizeof(*items));
+    }
     c->n_items = n;
     const char *ctype = model_config(cfg->model)->format == ENC_JSON ? "json" : "msgpack";
     const char *cenc = cfg->compress == CLIENT_COMPRESS_ZSTD   ? "Content-Encoding: zstd\r\n"

@@ -64,6 +64,12 @@ typedef struct client_config {
     uint32_t timeout_ms;  /* per request; also the drain deadline after the duration */
     uint64_t ledger_max;  /* events tracked for --verify over all threads; 0 = no ledger */
     const model_t *model; /* borrowed; read-only during the run */
+    /* --body: every request sends these bytes (encoded per compress) instead of the model's
+     * batches; fixed_events is the number of events in it (for the events/s figures). No
+     * ledger: a fixed body cannot be verified. NULL: the model. Borrowed for the run. */
+    const char *fixed_body;
+    size_t fixed_len;
+    uint32_t fixed_events;
 } client_config_t;
 
 /* One second of the run, as the progress line and the report's charts show it. */

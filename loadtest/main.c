@@ -9,9 +9,11 @@
 #include "client.h"
 #include "lt_error.h"
 #include "model.h"
+#include "proto.h"
 #include "report.h"
 #include "verify.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <signal.h>
@@ -32,6 +34,9 @@
     X(CONNS, "connections", "C", "16", "keep-alive connections in total, spread over threads")     \
     X(THREADS, "threads", "T", "1", "sending threads, one libuv loop each")                        \
     X(BATCH, "batch", "N", "100", "events per request (POST /v1/batch)")                           \
+    X(BODY, "body", "FILE", "",                                                                    \
+      "send FILE (a batch in --format, read and checked once) as every request's body instead "    \
+      "of the traffic model's batches: a fixed-body benchmark; no --verify")                       \
     X(FORMAT, "format", "msgpack|json", "msgpack", "body format")                                  \
     X(COMPRESS, "compress", "zstd|gzip|none", "",                                                  \
       "body encoding; default zstd for msgpack, gzip for json")                                    \
@@ -193,6 +198,69 @@ static int parse_url(const char *url, client_config_t *cfg)
     return rc == 0 ? 0 : -1;
 }
 
+/* --body FILE: the file's bytes, which must be a readable batch of fmt (checked with the
+ * collector's own decoder, so a typo fails here and not as 400s); *events = its events.
+ * Returns 0, or 2 (usage error: the message is printed). */
+static int read_fixed_body(const char *path, enc_format_t fmt, char **out, size_t *len,
+                           uint32_t *events)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "sluice-load: --body %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    char *buf = malloc(MODEL_BODY_MAX);
+    size_t n = buf != NULL ? fread(buf, 1, MODEL_BODY_MAX, f) : 0;
+    bool too_big = buf != NULL && n == MODEL_BODY_MAX && fgetc(f) != EOF;
+    int read_err = ferror(f);
+    fclose(f);
+    if (buf == NULL || read_err || too_big || n == 0) {
+        fprintf(stderr, "sluice-load: --body %s: %s\n", path,
+                buf == NULL ? "out of memory"
+                : too_big   ? "larger than 8 MiB"
+                : n == 0    ? "empty"
+                            : "read error");
+        free(buf);
+        return 2;
+    }
+    proto_limits_t lim = proto_limits_default();
+    lim.body_bytes = MODEL_BODY_MAX;
+    /* A JSON file sent as msgpack is converted once (the same batch, msgpack-encoded), so one
+     * body file serves both formats. */
+    bool convert = fmt == ENC_MSGPACK && (buf[0] == '{' || buf[0] == ' ' || buf[0] == '\n');
+    proto_batch_t b;
+    int rc =
+        proto_decode(&b, buf, n, fmt == ENC_JSON || convert ? PROTO_FMT_JSON : PROTO_FMT_MSGPACK,
+                     PROTO_T_NONE, &lim);
+    size_t ne = b.n_events;
+    if (rc == PROTO_OK && convert) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        if (msgpack_pack_object(&pk, b.root) != 0 || sb.size > MODEL_BODY_MAX) {
+            rc = PROTO_E_NOMEM;
+        } else {
+            memcpy(buf, sb.data, sb.size);
+            n = sb.size;
+        }
+        msgpack_sbuffer_destroy(&sb);
+    }
+    proto_batch_free(&b);
+    if (rc != PROTO_OK || ne == 0) {
+        fprintf(stderr,
+                "sluice-load: --body %s: not a readable batch of events for --format %s (%s)\n",
+                path, fmt == ENC_JSON ? "json" : "msgpack",
+                rc != PROTO_OK ? proto_err_code(rc) : "no events");
+        free(buf);
+        return 2;
+    }
+    *out = buf;
+    *len = n;
+    *events = (uint32_t)ne;
+    return 0;
+}
+
 static void on_sigint(int sig)
 {
     client_request_stop();
@@ -326,6 +394,13 @@ int main(int argc, char **argv)
         return bad("--verify-quiet-ms", val[F_VQUIET]);
     bool verify = val[F_VERIFY][0] != 0;
     cc.ledger_max = verify ? ledger_max : 0;
+    char *fixed = NULL;
+    if (val[F_BODY][0]) {
+        if (verify) return bad("--body (a fixed body cannot be verified; drop --verify)", NULL);
+        int frc = read_fixed_body(val[F_BODY], mc.format, &fixed, &cc.fixed_len, &cc.fixed_events);
+        if (frc != 0) return frc;
+        cc.fixed_body = fixed;
+    }
     mc.base_ms = base_wall_ms();
     char started[32];
     base_iso8601_format(mc.base_ms, started);
@@ -375,6 +450,7 @@ int main(int argc, char **argv)
         client_result_free(&res);
         model_free(model);
         free(vstart);
+        free(fixed);
         return rc == LT_E_INVAL ? 2 : 3;
     }
     verify_result_t vr;
@@ -418,6 +494,7 @@ int main(int argc, char **argv)
     }
     client_result_free(&res);
     model_free(model);
+    free(fixed);
     free(vstart);
     return exit_code;
 }

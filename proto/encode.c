@@ -430,6 +430,26 @@ int proto_json_str(base_buf_t *out, const char *s, size_t len)
     return out_err(base_json_str_utf8(out, s, len));
 }
 
+/* The raw copy of a rejected event: the event map as received, but for a top-level writeKey
+ * (a single-event call carries it in the event itself), which is a secret and is dropped as the
+ * accepted record drops it. Anything that is not a map is written as it is. */
+static int j_raw_event(base_buf_t *o, const msgpack_object *v)
+{
+    if (v->type != MSGPACK_OBJECT_MAP) return j_value(o, v, true, 1);
+    int rc = base_buf_append(o, "{", 1);
+    bool first = true;
+    for (uint32_t i = 0; rc == PROTO_OK && i < v->via.map.size; i++) {
+        const msgpack_object_kv *kv = &v->via.map.ptr[i];
+        if (KEY_IS(&kv->key, "writeKey")) continue;
+        if (!first) rc = base_buf_append(o, ",", 1);
+        first = false;
+        if (rc == PROTO_OK) rc = j_key_lenient(o, &kv->key, 2);
+        if (rc == PROTO_OK) rc = base_buf_append(o, ":", 1);
+        if (rc == PROTO_OK) rc = j_value(o, &kv->val, true, 2);
+    }
+    return rc == PROTO_OK ? base_buf_append(o, "}", 1) : rc;
+}
+
 int proto_encode_rejected(const proto_event_t *ev, base_buf_t *out)
 {
     size_t start = out->len;
@@ -452,7 +472,7 @@ int proto_encode_rejected(const proto_event_t *ev, base_buf_t *out)
         return out_err(rc);
     }
     size_t raw_start = out->len;
-    rc = ev->obj != NULL ? j_value(out, ev->obj, true, 1) : APPEND_LIT(out, "null");
+    rc = ev->obj != NULL ? j_raw_event(out, ev->obj) : APPEND_LIT(out, "null");
     if (rc == PROTO_OK) rc = base_buf_append(out, "}", 1);
     if (rc != PROTO_OK) {
         /* The raw event does not fit the record's cap: keep the reason, say it was cut. */

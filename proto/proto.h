@@ -361,6 +361,7 @@ int proto_encode_event(const proto_event_t *ev, proto_format_t fmt, base_buf_t *
 /*
  * Appends the rejected record as JSON:
  * {"error":CODE,"message":TEXT,"source":NAME,"receivedAt":ISO,"raw":<event as received>}
+ * (but for a top-level writeKey, a secret: never copied, as in the accepted record).
  * raw is written leniently (non-string keys as strings, bad UTF-8 bytes as U+FFFD, bin/ext as
  * null). When raw does not fit out's cap it becomes null plus "rawTruncated":true. Returns 0,
  * PROTO_E_EVENT_TOO_LARGE (not even that fits) or PROTO_E_NOMEM (then out->len is restored).

@@ -108,8 +108,9 @@ int sluice_config_init(sluice_config *cfg, int version)
     return SLUICE_OK;
 }
 
-/* Size of a version-1 sluice_config: a v1 caller's struct ends here. */
+/* Sizes of older sluice_configs: a v1 / v2 caller's struct ends here. */
 #define CONFIG_V1_SIZE offsetof(sluice_config, max_event_age_ms)
+#define CONFIG_V2_SIZE offsetof(sluice_config, ca_file)
 
 /*
  * SLUICE_E_URL unless url is "http://" or "https://" (any case) followed by a host, without
@@ -387,7 +388,10 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
     /* Only the fields a config of cfg->version has are read; the others keep their defaults. */
     sluice_config full;
     sluice_config_init(&full, SLUICE_CONFIG_VERSION);
-    memcpy(&full, cfg, cfg->version == 1 ? CONFIG_V1_SIZE : sizeof full);
+    memcpy(&full, cfg,
+           cfg->version == 1   ? CONFIG_V1_SIZE
+           : cfg->version == 2 ? CONFIG_V2_SIZE
+                               : sizeof full);
     cfg = &full;
     int rc = config_check(cfg);
     if (rc) {
@@ -427,7 +431,7 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
         sdk_uuid(c->anon_id);
     }
     rc = SLUICE_E_NOMEM;
-    if (!cfg->transport && sdk_curl_transport_new(&c->tp)) goto fail;
+    if (!cfg->transport && sdk_curl_transport_new(&c->tp, cfg->ca_file)) goto fail;
     c->zctx = ZSTD_createCCtx();
     writer_buf_init(&c->body, c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
     c->zcap = ZSTD_compressBound(c->cfg.batch_bytes + SDK_ENVELOPE_MAX);

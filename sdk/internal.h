@@ -170,7 +170,8 @@ void sdk_storage_remove(sluice_client *c, sdk_file_t *f);
 /* Releases a held file without deleting it (it will be sent later). */
 void sdk_storage_release(sdk_file_t *f);
 
-/* transport_curl.c: fills *tp with the libcurl transport. 0 or SLUICE_E_NOMEM. */
-int sdk_curl_transport_new(sluice_transport *tp);
+/* transport_curl.c: fills *tp with the libcurl transport; ca_file (may be NULL: the system
+ * store) is copied and given to libcurl as CURLOPT_CAINFO. 0 or SLUICE_E_NOMEM. */
+int sdk_curl_transport_new(sluice_transport *tp, const char *ca_file);
 
 #endif

@@ -2,7 +2,9 @@
  * transport_curl.c — the default transport: one libcurl easy handle (kept, so its connection is
  * reused: keep-alive) driven through a multi handle, so that cancel_cb can interrupt a hung
  * request at once with curl_multi_wakeup() instead of waiting for a progress callback.
- * TLS, proxies (environment variables) and HTTP/1.1 keep-alive come from libcurl's defaults.
+ * TLS, proxies (environment variables) and HTTP/1.1 keep-alive come from libcurl's defaults;
+ * sluice_config.ca_file replaces the CA store (CURLOPT_CAINFO) for a collector whose
+ * certificate is self-signed or from a private CA. Verification is never turned off.
  *
  * fork(): handles created in another process are abandoned, never used or cleaned up (cleanup
  * could write a TLS close_notify on the parent's socket); the child creates its own.
@@ -31,6 +33,7 @@ typedef struct curl_tp {
     char *body; /* the answer body (resp->body), at most BODY_MAX bytes; kept for reuse */
     size_t body_len;
     char errbuf[CURL_ERROR_SIZE];
+    char *ca_file; /* CURLOPT_CAINFO, or NULL */
 } curl_tp_t;
 
 static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
@@ -110,6 +113,7 @@ static int ensure_handles(curl_tp_t *t)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
     curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
     curl_easy_setopt(e, CURLOPT_PASSWORD, "");
+    if (t->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, t->ca_file);
     return SLUICE_OK;
 }
 
@@ -206,14 +210,19 @@ static void curl_destroy(void *ud)
         if (t->multi) curl_multi_cleanup(t->multi);
     }
     pthread_mutex_destroy(&t->mu);
+    free(t->ca_file);
     free(t->body);
     free(t);
 }
 
-int sdk_curl_transport_new(sluice_transport *tp)
+int sdk_curl_transport_new(sluice_transport *tp, const char *ca_file)
 {
     curl_tp_t *t = calloc(1, sizeof *t);
     if (!t) return SLUICE_E_NOMEM;
+    if (ca_file && !(t->ca_file = strdup(ca_file))) {
+        free(t);
+        return SLUICE_E_NOMEM;
+    }
     pthread_mutex_init(&t->mu, NULL);
     atomic_init(&t->cancelled, false);
     t->pid = getpid();

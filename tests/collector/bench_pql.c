@@ -48,19 +48,19 @@ static uint64_t xorshift(void)
     return rng;
 }
 
-static void spec_config(config_pql_t *q)
+static void spec_config(pql_config_t *q)
 {
-    static config_pql_tier_t tiers[] = {{"hot", 80}, {"warm", 50}, {"watching", 30}};
+    static pql_config_tier_t tiers[] = {{"hot", 80}, {"warm", 50}, {"watching", 30}};
     static char *pricing[] = {"Pricing Page Viewed"};
     static char *legal[] = {"Terms Viewed", "Privacy Policy Viewed"};
-    static config_pql_rule_t rules[] = {
-        {"team_of_seven", CONFIG_PQL_ACTIVE_USERS, 7, 40, 86400000, 0, NULL, 0},
-        {"heavy_usage", CONFIG_PQL_EVENTS, 10000, 20, 86400000, 0, NULL, 0},
-        {"surge", CONFIG_PQL_EVENTS_VELOCITY, 3.0, 25, 86400000, 200, NULL, 0},
-        {"new_user_surge", CONFIG_PQL_USERS_VELOCITY, 2.0, 20, 86400000, 3, NULL, 0},
-        {"regular_use", CONFIG_PQL_ACTIVE_DAYS, 5, 20, 86400000, 0, NULL, 0},
-        {"pricing_interest", CONFIG_PQL_EVENT_SEEN, 1, 10, 86400000, 0, pricing, 1},
-        {"legal_review", CONFIG_PQL_EVENT_SEEN, 1, 15, 86400000, 0, legal, 2},
+    static pql_config_rule_t rules[] = {
+        {"team_of_seven", PQL_METRIC_ACTIVE_USERS, 7, 40, 86400000, 0, NULL, 0},
+        {"heavy_usage", PQL_METRIC_EVENTS, 10000, 20, 86400000, 0, NULL, 0},
+        {"surge", PQL_METRIC_EVENTS_VELOCITY, 3.0, 25, 86400000, 200, NULL, 0},
+        {"new_user_surge", PQL_METRIC_USERS_VELOCITY, 2.0, 20, 86400000, 3, NULL, 0},
+        {"regular_use", PQL_METRIC_ACTIVE_DAYS, 5, 20, 86400000, 0, NULL, 0},
+        {"pricing_interest", PQL_METRIC_EVENT_SEEN, 1, 10, 86400000, 0, pricing, 1},
+        {"legal_review", PQL_METRIC_EVENT_SEEN, 1, 15, 86400000, 0, legal, 2},
     };
     memset(q, 0, sizeof *q);
     q->window_ms = 7 * 86400000u;
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     long n_accounts = argc > 2 ? atol(argv[2]) : 1000000;
     long streams = argc > 3 ? atol(argv[3]) : 3;
     if (millions < 1 || n_accounts < 1) return 2;
-    config_pql_t q;
+    pql_config_t q;
     spec_config(&q);
 
     /* ---- 1. memory (first, so RSS growth is not hidden by freed heap) for n_accounts ---- */

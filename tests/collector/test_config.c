@@ -234,8 +234,9 @@ static const bad_case_t bad_cases[] = {
     {"threads: 2\npql:\n  rules:\n    - {name: a, metric: velocity, at_least: 1, points: 1}\n",
      "t.yaml:4: pql.rules a: metric must be one of active_users, events"},
     {"pql:\n  tiers: {hot: many}\n", "t.yaml:2: pql.tiers.hot: expected a score threshold"},
-    {"spool: {max_bytes: 1GiB}\n",
-     "t.yaml:1: spool: not supported by this version of sluice-collector"},
+    {"spool: {max_bytes: 1KiB}\n",
+     "t.yaml:1: spool.max_bytes: 1KiB is out of range 1MiB..16384GiB"},
+    {"spool: {enabled: maybe}\n", "t.yaml:1: spool.enabled: expected true or false"},
     /* dedup (SPEC §5) */
     {"dedup: {window: 1 hour}\n", "t.yaml:1: dedup.window: expected a duration"},
     {"dedup: {window: 8d}\n", "t.yaml:1: dedup.window: 8d is out of range 0..7d"},
@@ -292,15 +293,19 @@ static void test_bad_files(void **state)
     }
 }
 
-static void test_unsupported_fixture(void **state)
+/* The spool section (SPEC §7), once "not supported", loads (configs/spool.yaml). */
+static void test_spool_fixture(void **state)
 {
     config_t c;
     char err[256];
     config_init(&c);
-    assert_int_equal(config_load_file(&c, "configs/unsupported.yaml", err, sizeof err),
-                     CONFIG_E_INVALID);
-    assert_string_equal(err, "configs/unsupported.yaml:2: spool: not supported by this version "
-                             "of sluice-collector");
+    assert_true(c.spool_enabled);
+    assert_int_equal(c.spool_max_bytes, 1ull << 30);
+    assert_int_equal(c.spool_segment_bytes, 64ull << 20);
+    assert_int_equal(config_load_file(&c, "configs/spool.yaml", err, sizeof err), CONFIG_OK);
+    assert_false(c.spool_enabled);
+    assert_int_equal(c.spool_max_bytes, 2ull << 30);
+    assert_int_equal(c.spool_segment_bytes, 1ull << 20);
     config_free(&c);
 }
 
@@ -412,9 +417,9 @@ static void test_cli_actions(void **state)
     assert_string_equal(err, "no write key configured (use --write-key or write_keys, or --dev)");
     config_free(&c);
     assert_int_equal(from_args(&c, &act, err, sizeof err, "--check-config", "--config",
-                               "configs/unsupported.yaml", NULL),
+                               "configs/bad_spool.yaml", NULL),
                      CONFIG_E_INVALID);
-    assert_non_null(strstr(err, "unsupported.yaml:2: spool: not supported"));
+    assert_non_null(strstr(err, "bad_spool.yaml:2: spool.segment_bytes: 1KiB is out of range"));
     config_free(&c);
     /* --help and --version win over everything, even a broken config file. */
     assert_int_equal(from_args(&c, &act, err, sizeof err, "--config", "nope.yaml", "--help", NULL),
@@ -685,7 +690,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_empty_and_minimal_files),
         cmocka_unit_test(test_bad_files),
-        cmocka_unit_test(test_unsupported_fixture),
+        cmocka_unit_test(test_spool_fixture),
         cmocka_unit_test(test_cli_overrides_file),
         cmocka_unit_test(test_log_level_spellings),
         cmocka_unit_test(test_cli_actions),

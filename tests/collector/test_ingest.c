@@ -21,6 +21,8 @@
 
 #include "mock_cluster.h"
 
+#include <sys/stat.h>
+
 static config_write_key_t keys[] = {{"wk_test_123", "test"}};
 
 typedef struct fixture {
@@ -34,6 +36,8 @@ typedef struct fixture {
     uv_loop_t loop;
     uv_async_t async;
     ingest_mailbox_t mb;
+    spool_t *spool; /* test_spool_*: freed after the producer */
+    dedup_t *dedup;
 } fixture_t;
 
 static void async_noop(uv_async_t *a)
@@ -74,7 +78,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
+    spool_stop(f->spool);
     kafka_out_free(f->ko);
+    spool_free(f->spool);
+    dedup_free(f->dedup);
     ingest_scratch_free(&f->scratch);
     auth_free(f->auth);
     accounts_free(f->accounts);
@@ -378,6 +385,136 @@ static void test_kafka_down_fails_fast(void **state)
     assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 2);
 }
 
+#define BODY3                                                                                      \
+    "{\"writeKey\":\"wk_test_123\",\"batch\":["                                                    \
+    "{\"type\":\"track\",\"messageId\":\"m4\",\"userId\":\"u1\",\"event\":\"Second\"},"            \
+    "{\"type\":\"track\",\"messageId\":\"m5\",\"userId\":\"u2\",\"event\":\"Third\"}]}"
+
+/* Kafka down with the spool on (SPEC §3-§4): a request is answered 200 once its messages are
+ * fsync'd to the spool; dedup remembers spooled events as delivered ones; a request whose spool
+ * write fails gets 503 and is forgotten by dedup, so its retry goes through; once the broker is
+ * back the spool drains every message, once. */
+static void test_spool_when_kafka_down(void **state)
+{
+    fixture_t *f = *state;
+    char out[1024], data[] = "/tmp/sluice-ingest-spool-XXXXXX", sdir[64];
+    int ra = 0;
+    assert_non_null(mkdtemp(data));
+    snprintf(sdir, sizeof sdir, "%s/spool", data);
+    /* segment_bytes 1: every group commit starts a new file, so removing the directory makes
+     * the next one fail. */
+    spool_opts_t o = {.data_dir = data, .max_bytes = 1 << 20, .segment_bytes = 1, .ko = f->ko};
+    char err[256];
+    assert_int_equal(spool_open(&o, &f->spool, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(f->spool), SPOOL_OK);
+    f->ctx.spool = f->spool;
+    dedup_opts_t dopts = {.window_ms = 3600000, .max_memory = 1 << 20};
+    assert_int_equal(dedup_new(&dopts, &f->dedup), DEDUP_OK);
+    f->ctx.dedup = f->dedup;
+
+    assert_int_equal(kafka_out_produce(f->ko, KAFKA_TOPIC_PQL, "k", 1, "warm", 4, NULL, 0, NULL),
+                     KAFKA_OK);
+    assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+         !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
+        mock_sleep_ms(10);
+    assert_true(kafka_out_down(f->ko));
+
+    int64_t t0 = base_mono_ms();
+    assert_int_equal(
+        run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        200);
+    assert_true(base_mono_ms() - t0 < 1000);
+    assert_non_null(strstr(out, "\"accepted\":2,\"duplicates\":0,\"rejected\":1"));
+    assert_int_equal(metrics_get(METRIC_SPOOL_APPENDED), 3); /* 2 events + 1 rejected */
+    assert_int_equal(metrics_get(METRIC_KAFKA_FAIL_FAST), 0);
+    assert_true(spool_busy(f->spool));
+    /* Remembered as seen, exactly as a delivered event. */
+    assert_int_equal(
+        run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        200);
+    assert_non_null(strstr(out, "\"accepted\":0,\"duplicates\":2"));
+
+    /* The spool cannot write (its directory is gone for a moment): 503, and the events are not
+     * remembered. */
+    char away[80];
+    snprintf(away, sizeof away, "%s.away", sdir);
+    assert_int_equal(rename(sdir, away), 0);
+    assert_int_equal(
+        run(f, BODY3, strlen(BODY3), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        503);
+    assert_string_equal(out, "unavailable");
+    assert_true(ra > 0);
+    assert_int_equal(metrics_get(METRIC_SPOOL_WRITE_ERRORS), 1);
+    assert_int_equal(rename(away, sdir), 0);
+    assert_int_equal(
+        run(f, BODY3, strlen(BODY3), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        200);
+    assert_non_null(strstr(out, "\"accepted\":2,\"duplicates\":0"));
+
+    /* Back: everything spooled is delivered, once; the spool empties. */
+    assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+         spool_busy(f->spool) && base_mono_ms() < deadline;)
+        mock_sleep_ms(20);
+    assert_false(spool_busy(f->spool));
+    /* m1, m2, m4, m5 once; the rejected event of BODY2 twice (rejections are not deduped). */
+    assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 6);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.events), 4);
+    assert_int_equal(mock_topic_count(&f->mk, f->mk.rejected), 2);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Kafka down and the spool full (spool.max_bytes): fail fast, 503 kafka_unavailable at once,
+ * counted in sluice_kafka_fail_fast_total; nothing spooled, nothing produced. */
+static void test_spool_full_fails_fast(void **state)
+{
+    fixture_t *f = *state;
+    char out[1024], data[] = "/tmp/sluice-ingest-spool-XXXXXX";
+    int ra = 0;
+    assert_non_null(mkdtemp(data));
+    spool_opts_t o = {
+        .data_dir = data, .max_bytes = 1 << 20, .segment_bytes = 1 << 20, .ko = f->ko};
+    char err[256];
+    assert_int_equal(spool_open(&o, &f->spool, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(f->spool), SPOOL_OK);
+    f->ctx.spool = f->spool;
+    assert_int_equal(kafka_out_produce(f->ko, KAFKA_TOPIC_PQL, "k", 1, "warm", 4, NULL, 0, NULL),
+                     KAFKA_OK);
+    assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
+    for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
+         !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
+        mock_sleep_ms(10);
+    assert_int_equal(
+        run(f, BODY3, strlen(BODY3), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        200);
+    /* Reopened with its cap at exactly what it holds: full. */
+    spool_stats_t st;
+    spool_stats(f->spool, &st);
+    spool_free(f->spool);
+    o.max_bytes = st.bytes;
+    assert_int_equal(spool_open(&o, &f->spool, err, sizeof err), SPOOL_OK);
+    assert_int_equal(spool_start(f->spool), SPOOL_OK);
+    f->ctx.spool = f->spool;
+    assert_false(spool_has_room(f->spool));
+    int64_t t0 = base_mono_ms();
+    assert_int_equal(
+        run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
+        503);
+    assert_true(base_mono_ms() - t0 < 1000);
+    assert_non_null(strstr(out, "\"error\":\"kafka_unavailable\""));
+    assert_true(ra > 0);
+    assert_int_equal(metrics_get(METRIC_KAFKA_FAIL_FAST), 1);
+    assert_int_equal(metrics_get(METRIC_SPOOL_APPENDED), 2);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* The producer queue (kafka_queue_bytes, 1 KiB here) takes the first message, not the second:
  * 503, the first message is still delivered, and the refusal is counted once. */
 static void test_queue_full_is_503(void **state)
@@ -520,6 +657,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unreadable_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delivery_failure_is_503, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kafka_down_fails_fast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_when_kafka_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_full_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full_is_503, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors_truncated, setup, teardown),

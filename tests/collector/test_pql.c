@@ -122,7 +122,7 @@ static void test_spec_example_loads_verbatim(void **state)
     snprintf(full, sizeof full, "dev: true\n%s", spec_yaml);
     rc = load_yaml(&c, full, err, sizeof err);
     if (rc != 0) fail_msg("%s", err);
-    const config_pql_t *q = &c.pql;
+    const pql_config_t *q = &c.pql;
     assert_int_equal(q->window_ms, 7 * 86400000u);
     assert_int_equal(q->bucket_ms, 3600000u);
     assert_int_equal(q->n_tiers, 3);
@@ -130,7 +130,7 @@ static void test_spec_example_loads_verbatim(void **state)
     assert_int_equal(q->tiers[0].threshold, 80);
     assert_string_equal(q->tiers[2].name, "watching");
     assert_int_equal(q->n_rules, 7);
-    assert_int_equal(q->rules[2].metric, CONFIG_PQL_EVENTS_VELOCITY);
+    assert_int_equal(q->rules[2].metric, PQL_METRIC_EVENTS_VELOCITY);
     assert_int_equal(q->rules[2].recent_ms, 86400000u);
     assert_true(q->rules[2].min_recent == 200);
     assert_true(q->rules[2].at_least == 3.0);
@@ -244,11 +244,11 @@ typedef struct ref_user {
 } ref_user_t;
 
 /* The value of rule r computed from scratch over the accepted events. */
-static double ref_value(const config_pql_t *q, size_t r, const rec_t *acc, size_t n_acc,
+static double ref_value(const pql_config_t *q, size_t r, const rec_t *acc, size_t n_acc,
                         int64_t head, const ref_user_t *users, int n_users)
 {
     const int64_t W = q->window_ms / q->bucket_ms;
-    const config_pql_rule_t *ru = &q->rules[r];
+    const pql_config_rule_t *ru = &q->rules[r];
     int64_t ws = head - W + 1, R = ru->recent_ms / q->bucket_ms, rs = head - R + 1;
     double count = 0, recent = 0;
     bool days[64] = {false};
@@ -267,23 +267,23 @@ static double ref_value(const config_pql_t *q, size_t r, const rec_t *acc, size_
     }
     double periods = (double)(W - R) / (double)R;
     switch (ru->metric) {
-    case CONFIG_PQL_ACTIVE_USERS: {
+    case PQL_METRIC_ACTIVE_USERS: {
         int n = 0;
         for (int u = 0; u < 64; u++)
             n += seen_user[u];
         return n;
     }
-    case CONFIG_PQL_EVENTS:
+    case PQL_METRIC_EVENTS:
         return count;
-    case CONFIG_PQL_EVENT_SEEN:
+    case PQL_METRIC_EVENT_SEEN:
         return count > 0;
-    case CONFIG_PQL_ACTIVE_DAYS: {
+    case PQL_METRIC_ACTIVE_DAYS: {
         int n = 0;
         for (int d = 0; d < 64; d++)
             n += days[d];
         return n;
     }
-    case CONFIG_PQL_EVENTS_VELOCITY: {
+    case PQL_METRIC_EVENTS_VELOCITY: {
         double mean = (count - recent) / periods;
         return recent / (mean < 1 ? 1 : mean);
     }
@@ -308,7 +308,7 @@ static void test_metrics_match_brute_force(void **state)
     config_t c;
     char err[512];
     if (load_yaml(&c, ref_yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    const config_pql_t *q = &c.pql;
+    const pql_config_t *q = &c.pql;
     const int64_t W = q->window_ms / q->bucket_ms, L = q->late_ms / q->bucket_ms;
     for (unsigned seed = 1; seed <= 6; seed++) {
         pql_t *p = NULL;

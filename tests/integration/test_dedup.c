@@ -163,7 +163,8 @@ static void test_dedup_key_includes_source(void **state)
 
 static void test_dedup_retry_after_delivery_failure(void **state)
 {
-    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\n");
+    /* Spool off: the first attempt must fail (with the spool it would be a 200). */
+    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\nspool: {enabled: false}\n");
     it_ids_t ids = {0};
     const char *idp[8];
     char idbuf[8][IT_ID_BYTES];

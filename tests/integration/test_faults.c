@@ -35,7 +35,8 @@ static long wait_status(const sup_env_t *e, const char *path, long want, int tim
 
 static void test_broker_down_then_retry(void **state)
 {
-    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\n");
+    /* Without the spool: with it, the outage request would get a 200 (test_spool.c). */
+    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\nspool: {enabled: false}\n");
     it_ids_t ids = {0};
     it_post_good(e, "before", 5, &ids);
 
@@ -100,11 +101,12 @@ static void test_broker_down_then_retry(void **state)
 
 /* SPEC §3 fail fast: once the collector knows every broker is down (and the spool is off),
  * a POST is answered 503 kafka_unavailable + Retry-After at once, not after
- * kafka.delivery_timeout; after the broker returns, the first 200 comes within ~1 s
- * (reconnect.backoff.max.ms 500 plus the 250 ms readiness probe). Prints both times. */
+ * kafka.delivery_timeout (the spool's full case is the same branch: ingest.c cannot_take); after
+ * the broker returns, the first 200 comes within ~1 s (reconnect.backoff.max.ms 500 plus the 250 ms
+ * readiness probe). Prints both times. */
 static void test_kafka_down_fails_fast(void **state)
 {
-    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\n");
+    sup_env_t *e = it_start(state, "kafka: {delivery_timeout: 2s}\nspool: {enabled: false}\n");
     it_ids_t ids = {0};
     it_post_good(e, "before", 3, &ids);
 

@@ -8,10 +8,12 @@
  *   jansson   the old path: json_loadb() tree, copied into the arena, json_decref()
  *   msgpack   the same body as msgpack through proto_decode_arena(), for reference
  * Not a ctest test (timings are not assertions). Build and run by hand, from the repo root:
- *   g++ -O2 -std=c++17 -fno-exceptions -fno-rtti -Iproto -c proto/json_reader.cpp -o /tmp/jr.o
- *   cc -O2 -std=c11 -D_GNU_SOURCE -Iproto tests/proto/bench_json.c proto/decode.c proto/encode.c \
- *      proto/normalize.c proto/util.c proto/validate.c /tmp/jr.o \
- *      $(pkg-config --cflags --libs msgpack jansson yajl simdjson) -lstdc++ -o /tmp/bench_json
+ *   g++ -O2 -std=c++17 -fno-exceptions -fno-rtti -Iproto -Iproto/base -c proto/json_reader.cpp \
+ *      -o /tmp/jr.o
+ *   cc -O2 -std=c11 -D_GNU_SOURCE -Iproto -Iproto/base tests/proto/bench_json.c proto/decode.c \
+ *      proto/encode.c proto/normalize.c proto/util.c proto/validate.c proto/base/\*.c /tmp/jr.o \
+ *      $(pkg-config --cflags --libs msgpack jansson yajl simdjson) -lstdc++ -lpthread -lm \
+ *      -o /tmp/bench_json
  *   /tmp/bench_json [BODY] [MODE] [ITERS]
  * Without MODE it runs every mode for ~2 s of CPU time each and prints ns/event. With MODE
  * (simdjson|yajl|jansson|msgpack) and ITERS it runs that many bodies of that mode only, for
@@ -59,10 +61,10 @@ static int finish_batch(proto_batch_t *b)
     size_t n = batch->via.array.size;
     b->events = msgpack_zone_malloc(&b->zone, n * sizeof(proto_event_t) + 1);
     if (b->events == NULL) return PROTO_E_NOMEM;
+    proto_envelope_t env = {.has_sent_at = b->has_sent_at, .sent_at_ms = b->sent_at_ms};
     for (size_t i = 0; i < n; i++)
-        proto_envelope_t env = {.has_sent_at = b->has_sent_at, .sent_at_ms = b->sent_at_ms};
-    proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, &env, limits(),
-                         PROTO_CHECK_DUP_KEYS);
+        proto_event_validate(&b->events[i], &batch->via.array.ptr[i], PROTO_T_NONE, &env, limits(),
+                             PROTO_CHECK_DUP_KEYS);
     b->n_events = n;
     return PROTO_OK;
 }

@@ -407,6 +407,37 @@ static void test_rejected_record(void **state)
     tu_free(&t);
 }
 
+/* Regression (issue 15): a single-event call carries writeKey in the event itself; the rejected
+ * record's raw copy kept it, so the secret reached events_rejected. It is dropped, as in the
+ * accepted record; everything else of the event stays, a nested writeKey too (it is data). */
+static void test_rejected_raw_drops_writekey(void **state)
+{
+    (void)state;
+    proto_norm_ctx_t c = ctx();
+    tu_body_t t;
+    assert_int_equal(tu_decode(&t,
+                               "{\"writeKey\":\"wk_secret_123\",\"userId\":\"u\","
+                               "\"messageId\":\"m1\",\"properties\":{\"writeKey\":\"x\"}}",
+                               PROTO_FMT_JSON, PROTO_T_TRACK, NULL),
+                     PROTO_OK);
+    proto_normalize(&t.b, &c);
+    assert_int_equal(t.b.n_events, 1);
+    base_buf_t out;
+    base_buf_init(&out, 1 << 16);
+    assert_int_equal(proto_encode_rejected(&t.b.events[0], &out), PROTO_OK);
+    assert_null(memmem(out.data, out.len, "wk_secret_123", 13));
+    json_t *r = record_json(&out);
+    assert_string_equal(json_string_value(json_object_get(r, "error")), "missing_event");
+    json_t *raw = json_object_get(r, "raw");
+    assert_null(json_object_get(raw, "writeKey"));
+    assert_string_equal(json_string_value(json_object_get(raw, "messageId")), "m1");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(raw, "properties"), "writeKey")), "x");
+    json_decref(r);
+    base_buf_free(&out);
+    tu_free(&t);
+}
+
 /* The raw copy of a rejected msgpack event may hold anything: it is still valid JSON. */
 static void test_rejected_hostile_raw(void **state)
 {
@@ -486,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_caps_and_errors),
         cmocka_unit_test(test_rejected_record),
+        cmocka_unit_test(test_rejected_raw_drops_writekey),
         cmocka_unit_test(test_rejected_hostile_raw),
         cmocka_unit_test(test_single_call_record),
     };

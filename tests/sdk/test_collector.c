@@ -212,12 +212,89 @@ static void test_unreachable_collector_never_hangs(void **state)
     if (took > 2500) fail_msg("close(700) took %lld ms", (long long)took);
 }
 
+/* Log lines of the client, for the reason of a failed TLS connection. */
+static char tls_log[4096];
+static void log_to_buf(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    size_t n = strlen(tls_log);
+    snprintf(tls_log + n, sizeof tls_log - n, "%s\n", msg);
+}
+
+/* An https:// endpoint: with ca_file naming the collector's self-signed certificate every event
+ * arrives; without it (the system store does not know that certificate) nothing is sent, the
+ * batch is retried as a network error. */
+static void test_https_with_ca_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-sdk-tls-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(sup_tls_make_cert(dir, "c", "sluice-sdk-test"), 0);
+    char yaml[512], ca[128];
+    snprintf(yaml, sizeof yaml, "tls: {cert_file: %s/c.crt, key_file: %s/c.key}\n", dir, dir);
+    snprintf(ca, sizeof ca, "%s/c.crt", dir);
+    sup_env_t env;
+    sup_env_opts_t o = {.config_yaml = yaml};
+    assert_int_equal(sup_env_start(&env, &o), 0);
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "https://127.0.0.1:%d", env.coll.port);
+
+    sluice_config cfg;
+    sluice_config_init(&cfg, SLUICE_CONFIG_VERSION);
+    cfg.endpoint = endpoint;
+    cfg.write_key = "wk_test";
+    cfg.batch_size = 10;
+    cfg.retry_base_ms = 20;
+    cfg.retry_max_ms = 100;
+    cfg.log_cb = log_to_buf;
+    sluice_client *c;
+    assert_int_equal(sluice_client_new(&c, &cfg), SLUICE_OK);
+    assert_int_equal(sluice_track(c, "u-tls", "Untrusted", NULL), SLUICE_OK);
+    (void)sluice_flush(c, 1000);
+    sluice_stats st;
+    sluice_client_stats(c, &st);
+    assert_int_equal(st.sent, 0);
+    assert_true(st.retried > 0);
+    assert_int_equal(sluice_client_close(c, 200), 1);
+    /* a network error (status 0), retried: the certificate was not trusted */
+    if (!strstr(tls_log, "status 0, SLUICE_E_NETWORK")) fail_msg("log: %s", tls_log);
+
+    cfg.ca_file = ca;
+    cfg.log_cb = NULL;
+    assert_int_equal(sluice_client_new(&c, &cfg), SLUICE_OK);
+    char id[32];
+    for (int i = 0; i < 25; i++) {
+        snprintf(id, sizeof id, "sdk-tls-%d", i);
+        sluice_event ev = {
+            .type = "track", .user_id = "u-tls", .event = "Over TLS", .message_id = id};
+        assert_int_equal(sluice_send(c, &ev), SLUICE_OK);
+    }
+    assert_int_equal(sluice_flush(c, 20000), SLUICE_OK);
+    sluice_client_stats(c, &st);
+    assert_int_equal(st.sent, 25);
+    assert_int_equal(sluice_client_close(c, 10000), 0);
+    sup_kmsgs_t msgs = {0};
+    assert_int_equal(sup_consume(env.mock.bootstrap, "events", 25, 20000, &msgs), 0);
+    assert_int_equal(msgs.n, 25);
+    for (int i = 0; i < 25; i++) {
+        snprintf(id, sizeof id, "sdk-tls-%d", i);
+        assert_int_equal(sup_kmsgs_count_id(&msgs, id), 1);
+    }
+    sup_kmsgs_free(&msgs);
+    assert_int_equal(sup_env_stop(&env), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_events_arrive_exactly_once),
         cmocka_unit_test(test_embedded_kafka_mode),
         cmocka_unit_test(test_unreachable_collector_never_hangs),
+        cmocka_unit_test(test_https_with_ca_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -523,6 +523,7 @@ int sup_env_stop(sup_env_t *e)
 struct sup_http {
     CURL *curl;
     int port;
+    char cafile[512]; /* "": http://; else https:// trusting this CA file */
 };
 
 typedef struct upload {
@@ -575,6 +576,11 @@ sup_http_t *sup_http_new(int port)
     return h;
 }
 
+void sup_http_set_ca(sup_http_t *h, const char *cafile)
+{
+    snprintf(h->cafile, sizeof h->cafile, "%s", cafile != NULL ? cafile : "");
+}
+
 void sup_http_free(sup_http_t *h)
 {
     if (!h) return;
@@ -588,9 +594,17 @@ int sup_http_do(sup_http_t *h, const sup_http_req_t *req, sup_http_resp_t *resp)
     CURL *c = h->curl;
     curl_easy_reset(c); /* keeps the connection cache: keep-alive survives */
     char url[1024];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", h->port, req->path);
+    snprintf(url, sizeof url, "%s://127.0.0.1:%d%s", h->cafile[0] ? "https" : "http", h->port,
+             req->path);
     const char *method = req->method ? req->method : "POST";
     curl_easy_setopt(c, CURLOPT_URL, url);
+    if (h->cafile[0]) {
+        curl_easy_setopt(c, CURLOPT_CAINFO, h->cafile);
+        curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    }
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms > 0 ? req->timeout_ms : 15000));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);

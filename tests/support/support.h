@@ -134,6 +134,9 @@ typedef struct sup_http_req {
 typedef struct sup_http sup_http_t; /* one curl easy handle: keeps its connection alive */
 
 sup_http_t *sup_http_new(int port);
+/* From now on: https://, verifying the server against the CA (PEM) file cafile (NULL: back to
+ * http://). */
+void sup_http_set_ca(sup_http_t *h, const char *cafile);
 void sup_http_free(sup_http_t *h);
 /* Performs req. Returns 0 when an HTTP answer arrived (any status), -1 otherwise (resp->status 0).
  * resp must be released with sup_http_resp_free() in both cases. */
@@ -157,6 +160,28 @@ int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms)
 /* Reads until one full HTTP answer head and its Content-Length body are in out, or the peer
  * closes, or timeout_ms passes. Returns the status code, or -1 when no status line arrived. */
 int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms);
+
+/* ---------- TLS to 127.0.0.1 (OpenSSL; support_tls.c) ---------- */
+
+/* Makes a self-signed EC P-256 certificate for 127.0.0.1 (subjectAltName IP:127.0.0.1) with
+ * subject CN=cn, by the openssl command: DIR/NAME.crt and DIR/NAME.key. Returns 0 or -1. */
+int sup_tls_make_cert(const char *dir, const char *name, const char *cn);
+
+typedef struct sup_tls sup_tls_t; /* one TLS client connection (blocking socket + deadlines) */
+
+/* Connects and completes a handshake, verifying the server against cafile (PEM) for IP
+ * 127.0.0.1. NULL on failure (a line on stderr says why). */
+sup_tls_t *sup_tls_connect(int port, const char *cafile, int timeout_ms);
+void sup_tls_close(sup_tls_t *t);
+/* Subject CN of the server's certificate, into out. Returns 0 or -1. */
+int sup_tls_peer_cn(sup_tls_t *t, char *out, size_t outlen);
+/* Writes all of p. Returns 0, or -1. */
+int sup_tls_send(sup_tls_t *t, const void *p, size_t n, int timeout_ms);
+/* As sup_tcp_read_answer, over TLS: one answer (head + Content-Length body) appended to out;
+ * returns the status, or -1 when no status line arrived (closed, timeout). */
+int sup_tls_read_answer(sup_tls_t *t, sup_buf_t *out, int timeout_ms);
+/* Reads until the peer closes (close_notify, EOF or reset: returns 1) or timeout_ms (0). */
+int sup_tls_read_until_close(sup_tls_t *t, sup_buf_t *out, size_t max, int timeout_ms);
 
 /* ---------- event / batch builders (jansson) ---------- */
 
