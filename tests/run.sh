@@ -50,7 +50,7 @@ build_and_test() { # compiler build-type dir [test]
 
 # Tests run under TSan; each test's name is its executable's target name.
 tsan_tests='^(sdk_|collector_test_)'
-tsan_exclude='^collector_test_(kafka_out|ingest|http_conn|server)$'
+tsan_exclude='^collector_test_(kafka_out|ingest|http_conn|server|spool)$'
 
 tsan_build_and_test() { # dir
   local dir=$1 targets
