@@ -22,7 +22,7 @@
 static const char *const KEYS[] = {"wk_test=test", "wk_web=web", NULL};
 
 typedef struct crash_run {
-    sup_buf_t body[BATCHES + IN_FLIGHT];
+    base_buf_t body[BATCHES + IN_FLIGHT];
     char ids[BATCHES + IN_FLIGHT][PER_BATCH][IT_ID_BYTES];
     bool acked[BATCHES + IN_FLIGHT];
     size_t n_acked, reaccepted, duplicates, missing_in_kafka;
@@ -74,7 +74,7 @@ static void crash_and_resend(sup_env_t *e, const char *yaml, crash_run_t *cr)
     /* More requests in flight, then SIGKILL at once. */
     int fds[IN_FLIGHT];
     for (int k = 0; k < IN_FLIGHT; k++) {
-        const sup_buf_t *b = &cr->body[BATCHES + k];
+        const base_buf_t *b = &cr->body[BATCHES + k];
         fds[k] = sup_tcp_connect(e->coll.port, 2000);
         assert_true(fds[k] >= 0);
         char head[512];
@@ -89,13 +89,13 @@ static void crash_and_resend(sup_env_t *e, const char *yaml, crash_run_t *cr)
     assert_int_equal(sup_collector_wait(&e->coll, 5000), 128 + SIGKILL);
     int64_t load_ms = base_mono_ms() - t0;
     for (int k = 0; k < IN_FLIGHT; k++) {
-        sup_buf_t ans = {0};
+        base_buf_t ans = {0};
         int st = sup_tcp_read_answer(fds[k], &ans, 2000);
         if (st == 200) { /* answered before the kill: acknowledged too */
             cr->acked[BATCHES + k] = true;
             cr->n_acked++;
         }
-        sup_buf_free(&ans);
+        base_buf_free(&ans);
         close(fds[k]);
     }
     fprintf(stderr, "load: %d batches x %d events in %lld ms, %zu acknowledged, then kill -9\n",
@@ -135,7 +135,7 @@ static void crash_and_resend(sup_env_t *e, const char *yaml, crash_run_t *cr)
             "acknowledged events missing in Kafka\n",
             cr->n_acked, cr->reaccepted, cr->duplicates, cr->missing_in_kafka);
     for (int b = 0; b < BATCHES + IN_FLIGHT; b++)
-        sup_buf_free(&cr->body[b]);
+        base_buf_free(&cr->body[b]);
 }
 
 static void test_dedup_survives_kill9(void **state)
