@@ -676,7 +676,7 @@ static void test_reload(void **state)
 
     /* bad: refused, old rules stay */
     write_yaml(rules_bad);
-    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), -1);
+    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), RELOAD_E_CONFIG);
     rt = reload_enter(&rl, &tk);
     assert_int_equal(rt->generation, 2);
     assert_int_equal(filter_set_count(rt->filters), 2);
@@ -684,7 +684,8 @@ static void test_reload(void **state)
     assert_false(rt_keeps(&rl, "test.x"));
     /* a missing file too */
     unlink(yaml_path);
-    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), -1);
+    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), RELOAD_E_IO);
+    assert_string_equal(reload_strerror(RELOAD_E_IO), "cannot read the configuration file");
     assert_false(rt_keeps(&rl, "debug.y"));
 
     base_buf_t m;
@@ -771,6 +772,12 @@ static void test_reload_races_readers(void **state)
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         assert_int_equal(pthread_create(&th[i], NULL, reader_thread, &r), 0);
+    /* The readers must be running before the reloads race them (on a loaded machine 40 reloads
+     * can otherwise finish before a reader thread is first scheduled). Bounded: 10 s. */
+    for (int w = 0; w < 10000 && atomic_load(&r.reads) == 0; w++) {
+        struct timespec d = {0, 1000 * 1000};
+        nanosleep(&d, NULL);
+    }
     for (int i = 0; i < 40; i++) {
         write_yaml(i % 2 ? rules_a : rules_b);
         assert_int_equal(reload_apply(&rl, &cfg, 5, argv), 0);
