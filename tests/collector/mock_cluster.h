@@ -12,7 +12,7 @@
  * mock_kafka_group_teardown (the cmocka group teardown) destroys the cluster and checks that
  * every librdkafka handle is gone.
  *
- * Include it after the collector modules (kafka_out.c for kafka_log_cb).
+ * Include it after kafka_out.h (its librdkafka handles log through kafka_out_log_cb).
  * Every wait is bounded (MOCK_WAIT_MS).
  */
 #ifndef SLUICE_TEST_MOCK_CLUSTER_H
@@ -70,7 +70,7 @@ static inline int mock_kafka_start(mock_kafka_t *m)
     if (mock_mc_ == NULL) {
         char errstr[256];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
-        rd_kafka_conf_set_log_cb(conf, kafka_log_cb); /* opaque NULL: debug-level lines only */
+        rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb); /* opaque NULL: debug-level lines only */
         mock_owner_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
         if (mock_owner_ == NULL) {
             rd_kafka_conf_destroy(conf);
@@ -139,7 +139,7 @@ static inline rd_kafka_t *mock_consumer(const mock_kafka_t *m)
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb);
     mock_consumer_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (mock_consumer_ == NULL) rd_kafka_conf_destroy(conf);
     return mock_consumer_;

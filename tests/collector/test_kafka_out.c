@@ -68,7 +68,7 @@ static int setup(void **state)
     assert_non_null(f);
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb); /* opaque NULL: debug-level lines only */
+    rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb); /* opaque NULL: debug-level lines only */
     f->owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     assert_non_null(f->owner);
     f->mc = rd_kafka_mock_cluster_new(f->owner, 1);
@@ -180,7 +180,7 @@ static int consume_check(const char *bootstrap, const char *topic, int nparts, i
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr),
                      RD_KAFKA_CONF_OK);
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     assert_non_null(rk);
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
