@@ -182,17 +182,30 @@ static void shard_grow(acct_shard_t *s, size_t nb)
     free(old); /* the replaced array, or ours if another thread grew the table first */
 }
 
+const char *accounts_strerror(int err)
+{
+    switch (err) {
+#define ACCOUNTS_X_STR(name, val, msg)                                                             \
+    case val:                                                                                      \
+        return msg;
+        ACCOUNTS_ERRORS(ACCOUNTS_X_STR)
+#undef ACCOUNTS_X_STR
+    default:
+        return "unknown error";
+    }
+}
+
 int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen)
 {
     if (a == NULL || user == NULL || acct == NULL || ulen == 0 || alen == 0 ||
         ulen > ACCOUNTS_STR_MAX || alen > ACCOUNTS_STR_MAX)
-        return -1;
+        return ACCOUNTS_E_INVALID;
     uint64_t h = XXH3_64bits(user, ulen);
     acct_shard_t *s = shard_of(a, h);
 
     /* Allocated before locking; freed after unlocking if an in-place update was enough. */
     acct_entry_t *fresh = malloc(entry_size(ulen, alen));
-    if (fresh == NULL) return -1;
+    if (fresh == NULL) return ACCOUNTS_E_NOMEM;
     fresh->hash = h;
     fresh->ulen = (uint16_t)ulen;
     fresh->alen = fresh->acap = (uint16_t)alen;
@@ -231,7 +244,7 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
     size_t nb = atomic_load_explicit(&s->nbuckets, memory_order_relaxed);
     if (nb < s->max_buckets && atomic_load_explicit(&s->count, memory_order_relaxed) > nb)
         shard_grow(s, nb);
-    return 0;
+    return ACCOUNTS_OK;
 }
 
 bool accounts_lookup(accounts_t *a, const char *user, size_t ulen, char *out, size_t outcap,

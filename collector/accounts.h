@@ -13,14 +13,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* X(NAME, value, "message"). 0 = OK, negative = failure; append-only. */
+#define ACCOUNTS_ERRORS(X)                                                                         \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_NOMEM, -1, "out of memory")                                                                \
+    X(E_INVALID, -2, "user or account empty or longer than 255 bytes")
+
+typedef enum {
+#define ACCOUNTS_X_ENUM(name, val, msg) ACCOUNTS_##name = val,
+    ACCOUNTS_ERRORS(ACCOUNTS_X_ENUM)
+#undef ACCOUNTS_X_ENUM
+} accounts_err_t;
+
+/* Message for an accounts_err_t; "unknown error" for other values. Never NULL. */
+const char *accounts_strerror(int err);
+
 typedef struct accounts accounts_t;
 
 /* max_entries >= 64. Returns NULL on allocation failure. Free with accounts_free(). */
 accounts_t *accounts_new(size_t max_entries);
 void accounts_free(accounts_t *a);
 
-/* Remembers that user joined account (replacing any earlier account). Returns 0, or -1 when
- * either string is empty or longer than 255 bytes, or memory is short (the map is unchanged). */
+/* Remembers that user joined account (replacing any earlier account). Returns ACCOUNTS_OK,
+ * ACCOUNTS_E_INVALID when either string is empty or longer than 255 bytes (or a is NULL), or
+ * ACCOUNTS_E_NOMEM; on failure the map is unchanged. */
 int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen);
 
 /* Copies the account of user into out (outcap >= 256 always suffices) and sets *outlen.

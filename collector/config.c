@@ -155,6 +155,14 @@ static const config_key_t config_keys[] = {
      "window shrinks (sluice_dedup_window_seconds)."},
     {"dedup.snapshot_interval", CT_DURATION, F(dedup_snapshot_interval_ms), 1000, 86400000, "60s",
      NULL, "How often the dedup state is written to data_dir (also at shutdown)."},
+    {"dedup.journal", CT_BOOL, F(dedup_journal), 0, 0, "true", NULL,
+     "Append every remembered (delivered) event to a journal in data_dir, fsync'd before the 200, "
+     "so dedup survives kill -9; replayed over the snapshot at start."},
+    {"dedup.journal_max_bytes", CT_SIZE, F(dedup_journal_max_bytes), 64 * KiB, 16 * GiB, "64MiB",
+     NULL,
+     "Journal cap (records of 24 bytes; also the bound of its queue): at it a snapshot is forced "
+     "(which truncates the journal); at twice it records are dropped "
+     "(sluice_dedup_journal_dropped_total) until a snapshot succeeds."},
     {"spool.enabled", CT_BOOL, F(spool_enabled), 0, 0, "true", NULL,
      "Spool to data_dir/spool when Kafka is unreachable or its queue is full: such requests get "
      "200 once their events are fsync'd there, and the spool drains to Kafka in order when it "

@@ -97,6 +97,8 @@ typedef struct config {
     uint32_t dedup_window_ms;            /* 1 h; 0 = off */
     uint64_t dedup_max_memory;           /* 256 MiB */
     uint32_t dedup_snapshot_interval_ms; /* 60 s */
+    bool dedup_journal;                  /* true: append-only journal of remembered events */
+    uint64_t dedup_journal_max_bytes;    /* 64 MiB: forced snapshot at it, no journal at 2x */
 
     pql_config_t pql; /* SPEC §6 */
 

@@ -57,6 +57,7 @@
 #include <xxhash.h>
 
 #include "base.h"
+#include "dedup_journal.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -133,6 +134,8 @@ struct dedup {
     bool w_orphaned;       /* a stop timed out: the worker still uses d, which is never freed */
     char *w_dir;
     uint64_t w_interval_ms, w_last_snap_ms; /* w_last_snap_ms: the worker's own */
+    atomic_bool w_snap_soon;                /* dedup_snapshot_soon: snapshot at the next tick */
+    struct dedup_journal *journal;          /* rotated around each snapshot; may be NULL */
 };
 
 typedef struct view {
@@ -1079,6 +1082,35 @@ static void load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
     shard_unlock(s);
 }
 
+bool dedup_restore(dedup_t *d, uint64_t fp, uint64_t t_ms)
+{
+    uint64_t now = now_ms(d);
+    if (t_ms + d->window_ms <= now) return false; /* its window is over */
+    view_t v;
+    view_load(d, &v);
+    /* The newest live generation that had started by t_ms (the oldest live one for older
+     * records): the entry then lives at least its window from t_ms. */
+    uint64_t g = v.cur;
+    while (g > v.floor &&
+           atomic_load_explicit(&d->gen_start[tag_of(g) - 1], memory_order_relaxed) > t_ms)
+        g--;
+    shard_t *s = shard_of(d, fp);
+    shard_lock(s);
+    view_load(d, &v);
+    shard_enter(d, s, &v);
+    bool added = false;
+    if (shard_find(s, &v, fp) == NULL) {
+        shard_make_room(d, s, &v);
+        int tag = tag_of(g);
+        if (tag_live(&v, (unsigned)tag)) {
+            shard_place(s, &v, fp, (uint8_t)tag);
+            added = true;
+        }
+    }
+    shard_unlock(s);
+    return added;
+}
+
 int dedup_snapshot_load(dedup_t *d, const char *dir)
 {
     char path[4096];
@@ -1253,22 +1285,47 @@ static void snapshot_failed(dedup_t *d, const char *when, int rc, const base_ioe
         LS("effect", "dedup state since the last good snapshot is not on disk"));
 }
 
-/* One worker tick (every DEDUP_WORKER_PERIOD_MS): generations, sweep, periodic snapshot. */
+/* A snapshot with the journal around it: rotate first (every record in the older segments is
+ * then remembered in memory), drop those segments once the snapshot is durable. */
+static int snapshot_with_journal(dedup_t *d, base_ioerr_t *e)
+{
+    uint64_t seq = d->journal != NULL ? dedup_journal_rotate(d->journal) : 0;
+    int rc = dedup_snapshot_write(d, d->w_dir, e);
+    if (rc == DEDUP_OK && d->journal != NULL) dedup_journal_drop_before(d->journal, seq);
+    return rc;
+}
+
+/* One worker tick (every DEDUP_WORKER_PERIOD_MS, or at once after dedup_snapshot_soon):
+ * generations, sweep, periodic snapshot. */
 static void worker_tick(void *arg)
 {
     dedup_t *d = arg;
     dedup_tick(d);
     sweep_all(d);
-    if (d->w_interval_ms > 0 && (uint64_t)base_mono_ms() - d->w_last_snap_ms >= d->w_interval_ms) {
+    bool soon = atomic_exchange(&d->w_snap_soon, false);
+    if (soon || (d->w_interval_ms > 0 &&
+                 (uint64_t)base_mono_ms() - d->w_last_snap_ms >= d->w_interval_ms)) {
         uint64_t t0 = (uint64_t)base_mono_ms();
         base_ioerr_t e;
-        int rc = dedup_snapshot_write(d, d->w_dir, &e);
+        int rc = snapshot_with_journal(d, &e);
         d->w_last_snap_ms = (uint64_t)base_mono_ms();
         if (rc != DEDUP_OK)
             snapshot_failed(d, "periodic", rc, &e);
         else
-            LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", d->w_last_snap_ms - t0));
+            LOG(LOG_DEBUG, "dedup_snapshot", LI("ms", d->w_last_snap_ms - t0),
+                LS("cause", soon ? "journal_max_bytes" : "interval"));
     }
+}
+
+void dedup_snapshot_soon(dedup_t *d)
+{
+    atomic_store(&d->w_snap_soon, true);
+    if (d->worker != NULL) base_worker_wake(d->worker);
+}
+
+void dedup_attach_journal(dedup_t *d, struct dedup_journal *j)
+{
+    d->journal = j;
 }
 
 int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms)
@@ -1298,7 +1355,7 @@ int dedup_worker_stop(dedup_t *d, bool final)
     if (d->w_orphaned) return DEDUP_E_TIMEOUT;
     if (!final || d->w_dir == NULL) return DEDUP_OK;
     base_ioerr_t e;
-    int rc = dedup_snapshot_write(d, d->w_dir, &e);
+    int rc = snapshot_with_journal(d, &e);
     if (rc != DEDUP_OK) snapshot_failed(d, "final", rc, &e);
     return rc;
 }

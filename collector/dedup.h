@@ -57,7 +57,8 @@
     X(E_CORRUPT, -4, "snapshot corrupt or truncated")                                              \
     X(E_NOENT, -5, "no snapshot")                                                                  \
     X(E_THREAD, -6, "could not start the worker thread")                                           \
-    X(E_TIMEOUT, -7, "the worker did not stop within its deadline")
+    X(E_TIMEOUT, -7, "the worker did not stop within its deadline")                                \
+    X(E_FULL, -8, "journal queue full or journal stopping")
 
 typedef enum {
 #define DEDUP_X_ENUM(name, val, msg) DEDUP_##name = val,
@@ -170,6 +171,19 @@ int dedup_snapshot_write(dedup_t *d, const char *dir, struct base_ioerr *err);
  * version, size or checksum: d is left empty), DEDUP_E_IO or DEDUP_E_NOMEM. Reads the file twice
  * (checksum, then entries); about a second at the default cap. */
 int dedup_snapshot_load(dedup_t *d, const char *dir);
+
+/* Remembers fp as delivered at wall time t_ms (journal replay, after dedup_snapshot_load): in
+ * the newest live generation started by t_ms, so it lives at least the window from t_ms.
+ * Returns true when it was added (false: already known, or t_ms is more than a window ago). */
+bool dedup_restore(dedup_t *d, uint64_t fp, uint64_t t_ms);
+
+/* The journal (dedup_journal.h) the worker rotates before each snapshot and truncates after a
+ * durable one; NULL detaches. Call before dedup_worker_start. */
+struct dedup_journal;
+void dedup_attach_journal(dedup_t *d, struct dedup_journal *j);
+/* Asks the worker for a snapshot at once (the journal reached dedup.journal_max_bytes). Any
+ * thread. */
+void dedup_snapshot_soon(dedup_t *d);
 
 /* Starts the worker thread: dedup_tick + background sweep every second, and a snapshot to dir
  * every interval_ms (0: only at dedup_worker_stop when final). dir is copied.

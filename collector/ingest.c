@@ -45,6 +45,7 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
     ctx->accounts = accounts;
     ctx->pql = NULL;
     ctx->dedup = NULL;
+    ctx->journal = NULL;
     ctx->spool = NULL;
     ctx->reload = NULL;
     ctx->limits = proto_limits_default();
@@ -177,9 +178,27 @@ static void account_learn_cb(void *ud, proto_str_t user, proto_str_t group)
     (void)accounts_learn(ud, user.ptr, user.len, group.ptr, group.len);
 }
 
+static void journal_done_cb(dedup_journal_req_t *r, bool durable)
+{
+    (void)durable; /* not durable: logged and counted by the journal; the answer is the same */
+    ingest_req_t *req = (ingest_req_t *)((char *)r - offsetof(ingest_req_t, jreq));
+    req->journaled = true;
+    ingest_mailbox_push(req->mailbox, req);
+}
+
+/* Every report is in (Kafka's poll thread, or inside ingest_start). A delivered request with
+ * reservations takes the journal's trip first (ingest.h). */
 static void group_done_cb(kafka_group_t *g)
 {
     ingest_req_t *req = g->ud;
+    ingest_ctx_t *ctx = req->ctx;
+    if (ctx->journal != NULL && req->n_dedup > 0 && req->produce_err == 0 &&
+        atomic_load_explicit(&g->failed, memory_order_acquire) == 0) {
+        req->jreq.fps = req->dedup_fps;
+        req->jreq.n = req->n_dedup;
+        req->jreq.done_cb = journal_done_cb;
+        if (dedup_journal_submit(ctx->journal, &req->jreq) == DEDUP_OK) return;
+    }
     ingest_mailbox_push(req->mailbox, req);
 }
 
@@ -613,8 +632,10 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
         return;
     }
     /* Success: every message acknowledged. Dedup (SPEC §5) records the request's
-     * (source, messageId) pairs as seen at exactly this point, and nowhere else. */
-    if (ctx->dedup != NULL) dedup_commit(ctx->dedup, req->dedup_fps, req->n_dedup);
+     * (source, messageId) pairs as seen at exactly this point — or, with the journal, the
+     * writer already did right after its fsync (ingest.h). */
+    if (ctx->dedup != NULL && !req->journaled)
+        dedup_commit(ctx->dedup, req->dedup_fps, req->n_dedup);
     metrics_add(METRIC_EVENTS_DUPLICATE, req->n_duplicates);
     metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
     /* PQL counts delivered events only: here, after Kafka acknowledged them. The records go to

@@ -33,6 +33,12 @@
  * that another request is still delivering is not produced either; this request answers 200
  * only if, once its own messages are acknowledged, that event is remembered (delivered); else
  * 503 + Retry-After: 1, since a 200 could lose the event if that delivery failed.
+ *
+ * Journal (dedup_journal.h): with ctx->journal set, a request whose messages were all
+ * acknowledged goes from its done callback to the journal writer, which fsyncs its fingerprints,
+ * commits them in dedup and only then pushes it to the mailbox: the 200 leaves after both the
+ * Kafka ack and the journal fsync. A request the journal cannot take (queue full, stopping) is
+ * committed in ingest_finish as without a journal.
  */
 #ifndef SLUICE_INGEST_H
 #define SLUICE_INGEST_H
@@ -50,6 +56,7 @@
 #include "body.h"
 #include "config.h"
 #include "dedup.h"
+#include "dedup_journal.h"
 #include "kafka_out.h"
 #include "proto.h"
 #include "reload.h"
@@ -66,7 +73,9 @@ typedef struct ingest_ctx {
                            * events are fed in ingest_finish's success branch only, so a failed
                            * request's retry is not counted twice (records: pql_record_append). */
     dedup_t *dedup;       /* may be NULL: dedup off (dedup.window 0). Set after ingest_ctx_init */
-    spool_t *spool;       /* may be NULL: spool off (spool.enabled false). Set after init */
+    struct dedup_journal *journal; /* may be NULL: no journal (dedup.journal false). A delivered
+                                    * request's reservations go through it before its answer */
+    spool_t *spool; /* may be NULL: spool off (spool.enabled false). Set after init */
     proto_limits_t limits;
     atomic_uint in_flight; /* requests started and not yet finished, all loops */
 } ingest_ctx_t;
@@ -129,6 +138,8 @@ struct ingest_req {
     uint32_t n_wait;       /* dedup_fps[n_dedup..+n_wait): copies PENDING for other requests,
                             * which must be remembered by the end for a 200 */
     uint64_t *dedup_fps;
+    dedup_journal_req_t jreq; /* the trip through the journal (ctx->journal set) */
+    bool journaled;           /* the journal committed dedup_fps[0..n_dedup) in dedup */
 
     /* Spool (spool.h): from the first message that needs it on (Kafka down or the spool busy
      * at the start, or Kafka's queue full midway), the request's messages are encoded into

@@ -50,21 +50,16 @@ int log_level_parse(const char *s)
     return -1;
 }
 
-/* A bounded writer over the line buffer. Once an append does not fit, ok stays false. */
+/* A bounded writer over the line buffer: a fixed base_buf_t over the stack line, and ok, which
+ * stays false once an append did not fit. */
 typedef struct log_w {
-    char *p;
-    size_t len, cap;
+    base_buf_t b;
     bool ok;
 } log_w_t;
 
 static void w_put(log_w_t *w, const char *s, size_t n)
 {
-    if (!w->ok || n > w->cap - w->len) {
-        w->ok = false;
-        return;
-    }
-    memcpy(w->p + w->len, s, n);
-    w->len += n;
+    if (w->ok && base_buf_append(&w->b, s, n) != BASE_OK) w->ok = false;
 }
 
 static void w_puts(log_w_t *w, const char *s)
@@ -73,12 +68,11 @@ static void w_puts(log_w_t *w, const char *s)
 }
 
 /*
- * Appends s[0..n) as a JSON string (with quotes). Input longer than LOG_VALUE_MAX is cut at a
- * character boundary and ends with "…". Invalid UTF-8 bytes become U+FFFD each.
+ * Appends s[0..n) as a JSON string (with quotes) by base_json_str(): invalid UTF-8 bytes become
+ * U+FFFD each. Input longer than LOG_VALUE_MAX is cut at a character boundary and ends with "…".
  */
 static void w_json_str(log_w_t *w, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
     bool cut = false;
     if (n > LOG_VALUE_MAX) {
@@ -91,59 +85,15 @@ static void w_json_str(log_w_t *w, const char *s, size_t n)
         n = keep;
         cut = true;
     }
-    w_put(w, "\"", 1);
-    size_t i = 0;
-    while (i < n && w->ok) {
-        unsigned char c = u[i];
-        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
-            size_t j = i + 1;
-            while (j < n && u[j] >= 0x20 && u[j] < 0x7F && u[j] != '"' && u[j] != '\\')
-                j++;
-            w_put(w, s + i, j - i);
-            i = j;
-            continue;
-        }
-        switch (c) {
-        case '"':
-            w_put(w, "\\\"", 2);
-            i++;
-            continue;
-        case '\\':
-            w_put(w, "\\\\", 2);
-            i++;
-            continue;
-        case '\n':
-            w_put(w, "\\n", 2);
-            i++;
-            continue;
-        case '\r':
-            w_put(w, "\\r", 2);
-            i++;
-            continue;
-        case '\t':
-            w_put(w, "\\t", 2);
-            i++;
-            continue;
-        default:
-            break;
-        }
-        if (c < 0x20 || c == 0x7F) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            w_put(w, esc, sizeof esc);
-            i++;
-            continue;
-        }
-        size_t sl = base_utf8_seq_len(s + i, n - i);
-        if (sl == 0) {
-            w_put(w, "\xEF\xBF\xBD", 3);
-            i++;
-            continue;
-        }
-        w_put(w, s + i, sl);
-        i += sl;
+    if (!w->ok) return;
+    if (base_json_str(&w->b, s, n) != BASE_OK) {
+        w->ok = false;
+        return;
     }
-    if (cut) w_put(w, "\xE2\x80\xA6", 3);
-    w_put(w, "\"", 1);
+    if (cut) {
+        w->b.len--; /* the closing quote goes after the ellipsis */
+        w_put(w, "\xE2\x80\xA6\"", 4);
+    }
 }
 
 /* "2026-11-23T12:00:00.000Z" */
@@ -172,7 +122,9 @@ void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_
 {
     if ((int)lvl < LOG_DEBUG || lvl >= LOG_OFF || lvl < log_get_level()) return;
     char line[LOG_LINE_MAX];
-    log_w_t w = {line, 0, LOG_LINE_MAX - LOG_TAIL_RESERVE, true};
+    log_w_t w = {.ok = true};
+    base_buf_init_fixed(&w.b, line, LOG_LINE_MAX);
+    w.b.max = LOG_LINE_MAX - LOG_TAIL_RESERVE;
     w_puts(&w, "{\"ts\":\"");
     w_timestamp(&w);
     w_puts(&w, "\",\"level\":\"");
@@ -184,7 +136,7 @@ void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_
     if (truncated) {
         /* Only an absurdly long msg gets here; keep the line valid JSON. */
         w.ok = true;
-        w.len = 0;
+        w.b.len = 0;
         w_puts(&w, "{\"ts\":\"");
         w_timestamp(&w);
         w_puts(&w, "\",\"level\":\"");
@@ -192,7 +144,7 @@ void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_
         w_puts(&w, "\",\"msg\":\"\"");
     }
     for (size_t i = 0; i < nfields && !truncated; i++) {
-        size_t mark = w.len;
+        size_t mark = w.b.len;
         const log_field_t *f = &fields[i];
         const char *key = f->key ? f->key : "";
         w_put(&w, ",", 1);
@@ -209,13 +161,13 @@ void log_emit(log_level_t lvl, const char *msg, size_t nfields, const log_field_
         }
         if (!w.ok) {
             /* The field does not fit: drop it whole and flag the line. */
-            w.len = mark;
+            w.b.len = mark;
             w.ok = true;
             truncated = true;
         }
     }
-    w.cap = LOG_LINE_MAX; /* release the reserve for the tail */
+    w.b.max = LOG_LINE_MAX; /* release the reserve for the tail */
     if (truncated) w_puts(&w, ",\"truncated\":true");
     w_puts(&w, "}\n");
-    log_write_line(line, w.len);
+    log_write_line(w.b.data, w.b.len);
 }

@@ -20,6 +20,7 @@
 #include "auth.h"
 #include "config.h"
 #include "dedup.h"
+#include "dedup_journal.h"
 #include "ingest.h"
 #include "kafka_out.h"
 #include "log.h"
@@ -106,9 +107,10 @@ static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_save
 /* Dedup on (dedup.window > 0): the structure, its snapshot restored from data_dir (missing: a
  * log line; corrupt or unreadable: a warning, and dedup starts empty) and its worker (generation
  * ticks, sweeps, periodic snapshots). Returns 0, or -1 when memory or a thread is short. */
-static int dedup_start(const config_t *cfg, dedup_t **out)
+static int dedup_start(const config_t *cfg, dedup_t **out, dedup_journal_t **jout)
 {
     *out = NULL;
+    *jout = NULL;
     if (cfg->dedup_window_ms == 0) {
         LOG(LOG_INFO, "dedup_off", LS("reason", "dedup.window is 0"));
         return 0;
@@ -135,11 +137,29 @@ static int dedup_start(const config_t *cfg, dedup_t **out)
         if (dedup_new(&o, &d) != DEDUP_OK) return -1;
     }
     if (dedup_register_metrics(d) != 0) LOG(LOG_WARN, "dedup_metrics_unavailable");
+    /* The journal: replayed over the snapshot (what was remembered after it), then appended to
+     * before every 200 (dedup_journal.h). */
+    dedup_journal_t *j = NULL;
+    if (cfg->dedup_journal) {
+        t0 = uv_hrtime();
+        dedup_journal_replay_t rp;
+        if (dedup_journal_open(d, cfg->data_dir, cfg->dedup_journal_max_bytes, &rp, &j) !=
+            DEDUP_OK) {
+            dedup_free(d);
+            return -1;
+        }
+        LOG(LOG_INFO, "dedup_journal_replayed", LS("dir", cfg->data_dir),
+            LI("segments", rp.segments), LI("records", rp.records), LI("restored", rp.restored),
+            LI("torn_bytes", rp.torn_bytes), LI("ms", (uv_hrtime() - t0) / 1000000u));
+        dedup_attach_journal(d, j);
+    }
     if (dedup_worker_start(d, cfg->data_dir, cfg->dedup_snapshot_interval_ms) != DEDUP_OK) {
+        dedup_journal_free(j);
         dedup_free(d);
         return -1;
     }
     *out = d;
+    *jout = j;
     return 0;
 }
 
@@ -280,6 +300,7 @@ int main(int argc, char **argv)
     pql_t *pql = NULL;
     pql_saver_t *pql_saver = NULL;
     dedup_t *dedup = NULL;
+    dedup_journal_t *journal = NULL;
     spool_t *spool = NULL;
     ingest_ctx_t ingest;
     reload_t rl;
@@ -329,11 +350,12 @@ int main(int argc, char **argv)
         goto out;
     }
     ingest.pql = pql;
-    if (dedup_start(&cfg, &dedup) != 0) {
+    if (dedup_start(&cfg, &dedup, &journal) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", "dedup could not start (memory, thread)"));
         goto out;
     }
     ingest.dedup = dedup;
+    ingest.journal = journal;
     if (spool_start_cfg(&cfg, ko, &spool) != 0) goto out;
     ingest.spool = spool;
     if (server_new(&cfg, &ingest, &srv, err, sizeof err) != 0) {
@@ -405,6 +427,9 @@ int main(int argc, char **argv)
     pql_saver = NULL;
     /* Finished requests have committed or released their dedup reservations: final snapshot
      * (PENDING entries are never written). */
+    /* The journal writes what is queued (those requests are then answered into the stopped
+     * loops' mailboxes, freed by server_free) before the final snapshot truncates it. */
+    dedup_journal_stop(journal);
     if (dedup != NULL) {
         uint64_t ts = uv_hrtime();
         if (dedup_worker_stop(dedup, true) != DEDUP_OK)
@@ -416,6 +441,9 @@ int main(int argc, char **argv)
     if (snap_failed && rc == 0) rc = 3;
     kafka_out_free(ko);
     ko = NULL;
+    /* After the last delivery report, before the mailboxes go. */
+    dedup_journal_free(journal);
+    journal = NULL;
     server_free(srv);
     srv = NULL;
     spool_free(spool); /* after kafka_out_free: a drain message's report may come until then */
@@ -427,8 +455,11 @@ out:
         server_stop(srv);
         kafka_out_free(ko);
         ko = NULL;
+        dedup_journal_free(journal);
+        journal = NULL;
         server_free(srv);
     }
+    dedup_journal_free(journal);
     (void)pql_saver_stop(pql_saver);
     spool_stop(spool);
     kafka_out_free(ko);

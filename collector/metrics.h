@@ -41,6 +41,14 @@
       "requests answered 503 because a copy of an event was still being delivered")                \
     X(DEDUP_SNAPSHOT_ERRORS, "sluice_dedup_snapshot_errors_total", "dedup snapshots that failed")  \
     X(PQL_SNAPSHOT_ERRORS, "sluice_pql_snapshot_errors_total", "PQL snapshots that failed")        \
+    X(DEDUP_JOURNAL_RECORDS, "sluice_dedup_journal_records_total",                                 \
+      "dedup journal records written and fsync'd")                                                 \
+    X(DEDUP_JOURNAL_ERRORS, "sluice_dedup_journal_errors_total",                                   \
+      "dedup journal writes or fsyncs that failed")                                                \
+    X(DEDUP_JOURNAL_DROPPED, "sluice_dedup_journal_dropped_total",                                 \
+      "remembered events not journaled (queue or size cap, disk error)")                           \
+    X(DEDUP_JOURNAL_FORCED_SNAPSHOTS, "sluice_dedup_journal_forced_snapshots_total",               \
+      "dedup snapshots forced by dedup.journal_max_bytes")                                         \
     X(EVENTS_FILTERED, "sluice_events_filtered_total", "events dropped by filter rules")           \
     X(JSON_LONE_SURROGATES, "sluice_json_lone_surrogates_total",                                   \
       "lone surrogate escapes in JSON bodies read as U+FFFD")                                      \

@@ -273,24 +273,20 @@ int pql_snapshot_load(pql_t *p, const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) return PQL_E_IO;
-    unsigned char *d = NULL;
-    size_t len = 0, cap = 0;
+    base_buf_t b;
+    base_buf_init(&b, SIZE_MAX); /* the file is as large as the table it was written from */
     for (;;) {
-        if (len == cap) {
-            size_t nc = cap ? cap * 2 : 65536;
-            unsigned char *nd = realloc(d, nc);
-            if (nd == NULL) {
-                free(d);
-                fclose(f);
-                return PQL_E_NOMEM;
-            }
-            d = nd;
-            cap = nc;
+        if (b.len == b.cap && base_buf_reserve(&b, 65536) != BASE_OK) {
+            base_buf_free(&b);
+            fclose(f);
+            return PQL_E_NOMEM;
         }
-        size_t k = fread(d + len, 1, cap - len, f);
-        len += k;
+        size_t k = fread(b.data + b.len, 1, b.cap - b.len, f);
+        b.len += k;
         if (k == 0) break;
     }
+    const unsigned char *d = (const unsigned char *)b.data;
+    size_t len = b.len;
     bool rerr = ferror(f) != 0;
     fclose(f);
     int rc = PQL_OK;
@@ -331,7 +327,7 @@ int pql_snapshot_load(pql_t *p, const char *path)
             if (r.bad || total != got || r.off != r.len) rc = PQL_E_CORRUPT;
         }
     }
-    free(d);
+    base_buf_free(&b);
     if (rc != PQL_OK) clear_all(p);
     return rc;
 }

@@ -38,6 +38,19 @@ static runtime_t *runtime_build(config_t *cfg, uint64_t generation)
     return rt;
 }
 
+const char *reload_strerror(int err)
+{
+    switch (err) {
+#define RELOAD_X_STR(name, val, msg)                                                               \
+    case val:                                                                                      \
+        return msg;
+        RELOAD_ERRORS(RELOAD_X_STR)
+#undef RELOAD_X_STR
+    default:
+        return "unknown error";
+    }
+}
+
 int reload_init(reload_t *rl, config_t *cfg)
 {
     memset(rl, 0, sizeof *rl);
@@ -47,9 +60,9 @@ int reload_init(reload_t *rl, config_t *cfg)
     atomic_init(&rl->reloads, 0);
     atomic_init(&rl->failures, 0);
     runtime_t *rt = runtime_build(cfg, 1);
-    if (rt == NULL) return -1;
+    if (rt == NULL) return RELOAD_E_NOMEM;
     atomic_init(&rl->cur, rt);
-    return 0;
+    return RELOAD_OK;
 }
 
 /* Waits until no reader that entered before this call is inside (see reload.h). Returns false
@@ -93,7 +106,9 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
         LOG(LOG_ERROR, "config_reload_failed", LS("reason", err),
             LS("kept", "the running configuration stays"));
         config_free(&next);
-        return -1;
+        return rc == CONFIG_E_NOMEM ? RELOAD_E_NOMEM
+               : rc == CONFIG_E_IO  ? RELOAD_E_IO
+                                    : RELOAD_E_CONFIG;
     }
     if ((running->tls_cert_file != NULL) != (next.tls_cert_file != NULL)) {
         atomic_fetch_add(&rl->failures, 1);
@@ -101,7 +116,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
             LS("reason", "tls: turning HTTPS on or off needs a restart"),
             LS("kept", "the running configuration stays"));
         config_free(&next);
-        return -1;
+        return RELOAD_E_RESTART;
     }
     runtime_t *old = atomic_load(&rl->cur);
     runtime_t *rt = runtime_build(&next, old->generation + 1);
@@ -110,7 +125,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
         LOG(LOG_ERROR, "config_reload_failed", LS("reason", "out of memory"),
             LS("kept", "the running configuration stays"));
         config_free(&next);
-        return -1;
+        return RELOAD_E_NOMEM;
     }
     diff_ctx_t d = {.len = 0, .n = 0};
     d.list[0] = '\0';
@@ -156,7 +171,7 @@ int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv)
     if (d.n > 0)
         LOG(LOG_WARN, "config_reload_restart_required", LS("keys", d.list),
             LS("reason", "these keys cannot change while running; restart to apply them"));
-    return 0;
+    return RELOAD_OK;
 }
 
 int reload_render_metrics(base_buf_t *out, void *ud)

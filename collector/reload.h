@@ -41,6 +41,23 @@
 #include "proto.h"
 #include "tls.h"
 
+/* X(NAME, value, "message"). 0 = OK, negative = failure; append-only. */
+#define RELOAD_ERRORS(X)                                                                           \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_NOMEM, -1, "out of memory")                                                                \
+    X(E_CONFIG, -2, "the new configuration is invalid")                                            \
+    X(E_RESTART, -3, "the change cannot be applied live: restart")                                 \
+    X(E_IO, -4, "cannot read the configuration file")
+
+typedef enum {
+#define RELOAD_X_ENUM(name, val, msg) RELOAD_##name = val,
+    RELOAD_ERRORS(RELOAD_X_ENUM)
+#undef RELOAD_X_ENUM
+} reload_err_t;
+
+/* Message for a reload_err_t; "unknown error" for other values. Never NULL. */
+const char *reload_strerror(int err);
+
 typedef struct runtime {
     filter_set_t *filters; /* owned; NULL when no rules are configured */
     tls_ctx_t *tls;        /* owned reference; NULL without tls. New connections take theirs */
@@ -74,8 +91,8 @@ static inline void reload_exit(reload_t *rl, reload_ticket_t ticket)
 
 /*
  * Publishes the first runtime, taking ownership of cfg->filters and cfg->tls_ctx (both NULL
- * after the call; an absent list becomes an empty set). Returns 0, or -1 when memory is short (cfg
- * then still owns its filters).
+ * after the call; an absent list becomes an empty set). Returns RELOAD_OK, or RELOAD_E_NOMEM
+ * (cfg then still owns its filters).
  */
 int reload_init(reload_t *rl, config_t *cfg);
 
@@ -83,10 +100,14 @@ int reload_init(reload_t *rl, config_t *cfg);
  * SIGHUP: re-runs the start-up parse (config_from_args over argc/argv: the --config file, then
  * the same flags) and full validation, the TLS certificate and key re-read when tls is set. On
  * failure (a bad certificate/key pair included, or tls turned on or off: that needs a restart)
- * logs "config_reload_failed" with the reason, keeps the running runtime and returns -1. On success
+ * logs "config_reload_failed" with the reason, keeps the running runtime and returns
+ * RELOAD_E_CONFIG (the file or flags do not parse or validate, certificate included),
+ * RELOAD_E_IO (the --config file cannot be read), RELOAD_E_RESTART (tls turned on or off) or
+ * RELOAD_E_NOMEM. On success
  * publishes the new runtime, applies its log_level, waits (bounded, 10 s) for readers of the old
  * one to leave and frees it, logs "config_reloaded" and, for every key that differs from running
- * (the start-up config) but cannot change live, "config_reload_restart_required"; returns 0. Blocks
+ * (the start-up config) but cannot change live, "config_reload_restart_required"; returns
+ * RELOAD_OK. Blocks
  * on file I/O and on the grace period: call it from main's thread, never a loop thread.
  */
 int reload_apply(reload_t *rl, const config_t *running, int argc, char **argv);

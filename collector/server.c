@@ -133,22 +133,22 @@ static int bind_socket(const struct sockaddr *sa, socklen_t salen, int *fd_out, 
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -1;
+        return SERVER_E_SOCKET;
     }
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         snprintf(err, errlen, "setsockopt: %s", strerror(errno));
         close(fd);
-        return -1;
+        return SERVER_E_SOCKET;
     }
     if (bind(fd, sa, salen) != 0) {
         snprintf(err, errlen, "bind: %s", strerror(errno));
         close(fd);
-        return -1;
+        return SERVER_E_SOCKET;
     }
     *fd_out = fd;
-    return 0;
+    return SERVER_OK;
 }
 
 /* Start-up only (main thread, before serving): the address is numeric (config_addr_parse), so
@@ -166,12 +166,12 @@ static int resolve(const char *what, const char *host, int port, struct sockaddr
     int gai = getaddrinfo(host[0] != '\0' ? host : NULL, portstr, &hints, &ai);
     if (gai != 0 || ai == NULL) {
         snprintf(err, errlen, "%s: %s: %s", what, host, gai_strerror(gai));
-        return -1;
+        return SERVER_E_ADDRESS;
     }
     *sslen = (socklen_t)ai->ai_addrlen;
     memcpy(ss, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
-    return 0;
+    return SERVER_OK;
 }
 
 /* The port a bound socket got (port 0: the kernel's pick), or -1 with err filled. */
@@ -187,13 +187,26 @@ static int bound_port(int fd, char *err, size_t errlen)
                                     : ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+const char *server_strerror(int err)
+{
+    switch (err) {
+#define SERVER_X_STR(name, val, msg)                                                               \
+    case val:                                                                                      \
+        return msg;
+        SERVER_ERRORS(SERVER_X_STR)
+#undef SERVER_X_STR
+    default:
+        return "unknown error";
+    }
+}
+
 int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     server_t *s = calloc(1, sizeof *s);
     if (s == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return SERVER_E_NOMEM;
     }
     s->cfg = cfg;
     s->ingest = ingest;
@@ -205,12 +218,13 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
     if (s->loops == NULL) {
         free(s);
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return SERVER_E_NOMEM;
     }
     for (uint32_t i = 0; i < s->n_loops; i++)
         s->loops[i].fd = -1;
     s->admin_fd = -1;
 
+    int rc = SERVER_E_ADDRESS;
     int port = 0;
     if (config_listen_addr(cfg, s->host, sizeof s->host, &port) != 0) {
         snprintf(err, errlen, "listen: cannot parse \"%s\"", cfg->listen ? cfg->listen : "");
@@ -218,7 +232,7 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
     }
     struct sockaddr_storage ss;
     socklen_t sslen;
-    if (resolve("listen", s->host, port, &ss, &sslen, err, errlen) != 0) goto fail;
+    if ((rc = resolve("listen", s->host, port, &ss, &sslen, err, errlen)) != SERVER_OK) goto fail;
     if (cfg->admin_listen != NULL) {
         int aport = 0;
         struct sockaddr_storage as;
@@ -226,11 +240,13 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
         if (config_addr_parse(cfg->admin_listen, s->admin_host, sizeof s->admin_host, &aport) !=
             0) {
             snprintf(err, errlen, "admin_listen: cannot parse \"%s\"", cfg->admin_listen);
+            rc = SERVER_E_ADDRESS;
             goto fail;
         }
-        if (resolve("admin_listen", s->admin_host, aport, &as, &aslen, err, errlen) != 0 ||
-            bind_socket((struct sockaddr *)&as, aslen, &s->admin_fd, err, errlen) != 0 ||
+        if ((rc = resolve("admin_listen", s->admin_host, aport, &as, &aslen, err, errlen)) != 0 ||
+            (rc = bind_socket((struct sockaddr *)&as, aslen, &s->admin_fd, err, errlen)) != 0 ||
             (s->admin_port = bound_port(s->admin_fd, err, errlen)) < 0) {
+            if (rc == SERVER_OK) rc = SERVER_E_SOCKET; /* getsockname */
             /* err names the step; say which listener */
             char e2[256];
             snprintf(e2, sizeof e2, "admin_listen %s: %s", cfg->admin_listen, err);
@@ -240,13 +256,14 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
     }
 
     for (uint32_t i = 0; i < s->n_loops; i++) {
-        if (bind_socket((struct sockaddr *)&ss, sslen, &s->loops[i].fd, err, errlen) != 0)
+        if ((rc = bind_socket((struct sockaddr *)&ss, sslen, &s->loops[i].fd, err, errlen)) != 0)
             goto fail;
         if (i == 0) {
             /* Port 0: the kernel picked one; every other loop binds the same. */
             socklen_t l = sizeof ss;
             if (getsockname(s->loops[0].fd, (struct sockaddr *)&ss, &l) != 0) {
                 snprintf(err, errlen, "getsockname: %s", strerror(errno));
+                rc = SERVER_E_SOCKET;
                 goto fail;
             }
             sslen = l;
@@ -262,6 +279,7 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
         atomic_init(&sl->stop_req, false);
         if (uv_loop_init(&sl->loop) != 0) {
             snprintf(err, errlen, "uv_loop_init failed");
+            rc = SERVER_E_LOOP;
             goto fail;
         }
         sl->loop_ok = true;
@@ -272,15 +290,17 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
                            &s->body_mem) != 0) {
             sl->http_ok = true;
             snprintf(err, errlen, "out of memory");
+            rc = SERVER_E_NOMEM;
             goto fail;
         }
         sl->http_ok = true;
         uv_tcp_init(&sl->loop, &sl->listener);
         sl->listener.data = sl;
         sl->listener_ok = true;
-        int rc = uv_tcp_open(&sl->listener, sl->fd);
-        if (rc != 0) {
-            snprintf(err, errlen, "uv_tcp_open: %s", uv_strerror(rc));
+        int urc = uv_tcp_open(&sl->listener, sl->fd);
+        if (urc != 0) {
+            snprintf(err, errlen, "uv_tcp_open: %s", uv_strerror(urc));
+            rc = SERVER_E_LOOP;
             goto fail;
         }
         sl->fd = -1; /* now owned by the handle */
@@ -288,9 +308,10 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
             uv_tcp_init(&sl->loop, &sl->admin_listener);
             sl->admin_listener.data = sl;
             sl->admin_ok = true;
-            rc = uv_tcp_open(&sl->admin_listener, s->admin_fd);
-            if (rc != 0) {
-                snprintf(err, errlen, "admin_listen: uv_tcp_open: %s", uv_strerror(rc));
+            urc = uv_tcp_open(&sl->admin_listener, s->admin_fd);
+            if (urc != 0) {
+                snprintf(err, errlen, "admin_listen: uv_tcp_open: %s", uv_strerror(urc));
+                rc = SERVER_E_LOOP;
                 goto fail;
             }
             s->admin_fd = -1;
@@ -302,10 +323,10 @@ int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *
                            "(limits.body_memory)",
                            gauge_body_memory, s);
     *out = s;
-    return 0;
+    return SERVER_OK;
 fail:
     server_free(s);
-    return -1;
+    return rc;
 }
 
 const char *server_host(const server_t *s)
@@ -335,13 +356,13 @@ int server_start(server_t *s, char *err, size_t errlen)
         int rc = uv_listen((uv_stream_t *)&sl->listener, LISTEN_BACKLOG, on_connection);
         if (rc != 0) {
             snprintf(err, errlen, "listen: %s", uv_strerror(rc));
-            return -1;
+            return SERVER_E_LISTEN;
         }
         if (sl->admin_ok) {
             rc = uv_listen((uv_stream_t *)&sl->admin_listener, LISTEN_BACKLOG, on_admin_connection);
             if (rc != 0) {
                 snprintf(err, errlen, "admin_listen: %s", uv_strerror(rc));
-                return -1;
+                return SERVER_E_LISTEN;
             }
         }
     }
@@ -349,11 +370,11 @@ int server_start(server_t *s, char *err, size_t errlen)
         server_loop_t *sl = &s->loops[i];
         if (uv_thread_create(&sl->thread, loop_thread, sl) != 0) {
             snprintf(err, errlen, "cannot start loop thread");
-            return -1;
+            return SERVER_E_THREAD;
         }
         sl->thread_ok = true;
     }
-    return 0;
+    return SERVER_OK;
 }
 
 void server_drain_begin(server_t *s)

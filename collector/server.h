@@ -24,12 +24,35 @@
 #include "config.h"
 #include "ingest.h"
 
+/* X(NAME, value, "message"). 0 = OK, negative = failure; append-only. The err text filled next
+ * to each code names the step and the system's reason. */
+#define SERVER_ERRORS(X)                                                                           \
+    X(OK, 0, "ok")                                                                                 \
+    X(E_NOMEM, -1, "out of memory")                                                                \
+    X(E_ADDRESS, -2, "listen or admin_listen is not a usable numeric address")                     \
+    X(E_SOCKET, -3, "cannot open or bind the listening socket")                                    \
+    X(E_LOOP, -4, "cannot set up an event loop")                                                   \
+    X(E_LISTEN, -5, "cannot listen on the socket")                                                 \
+    X(E_THREAD, -6, "cannot start a loop thread")
+
+typedef enum {
+#define SERVER_X_ENUM(name, val, msg) SERVER_##name = val,
+    SERVER_ERRORS(SERVER_X_ENUM)
+#undef SERVER_X_ENUM
+} server_err_t;
+
+/* Message for a server_err_t; "unknown error" for other values. Never NULL. */
+const char *server_strerror(int err);
+
 typedef struct server server_t;
 
 /*
  * Creates cfg->threads loops and binds their listening sockets to cfg->listen (port 0 picks a
  * free port, shared by every loop), and the admin listener to cfg->admin_listen when set. Does not
- * start the threads. Returns 0 and *out, or -1 with err filled (nothing is left open). cfg and
+ * start the threads. Returns SERVER_OK and *out, or with *out NULL and err filled (nothing is
+ * left open): SERVER_E_NOMEM, SERVER_E_ADDRESS (an address that does not parse or resolve
+ * numerically), SERVER_E_SOCKET (socket/setsockopt/bind/getsockname failed: in use, not ours,
+ * no permission) or SERVER_E_LOOP (libuv could not set up a loop or adopt a socket). cfg and
  * ingest must outlive the server.
  */
 int server_new(const config_t *cfg, ingest_ctx_t *ingest, server_t **out, char *err, size_t errlen);
@@ -42,8 +65,8 @@ int server_port(const server_t *s);
 const char *server_admin_host(const server_t *s);
 int server_admin_port(const server_t *s);
 
-/* Starts listening and the loop threads. Returns 0, or -1 with err filled (then call
- * server_stop and server_free). */
+/* Starts listening and the loop threads. Returns SERVER_OK, or SERVER_E_LISTEN or
+ * SERVER_E_THREAD with err filled (then call server_stop and server_free). */
 int server_start(server_t *s, char *err, size_t errlen);
 
 void server_drain_begin(server_t *s);

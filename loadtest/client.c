@@ -6,6 +6,9 @@
 
 #include <errno.h>
 #include <llhttp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -34,7 +37,8 @@ void client_request_stop(void)
 
 typedef struct worker worker_t;
 
-typedef enum { C_CLOSED, C_CONNECTING, C_IDLE, C_BUSY, C_CLOSING } conn_state_t;
+/* C_HANDSHAKE: TCP connected, TLS handshake under way (cfg.tls only; bounded by timeout_ms). */
+typedef enum { C_CLOSED, C_CONNECTING, C_HANDSHAKE, C_IDLE, C_BUSY, C_CLOSING } conn_state_t;
 
 typedef struct conn {
     uv_tcp_t tcp;
@@ -57,6 +61,7 @@ typedef struct conn {
     bool fixed_ready; /* --body: c->body holds the fixed body, encoded, for every request */
     char resp[RESP_HEAD + 1];
     size_t resp_len;
+    SSL *ssl; /* cfg.tls: this connection's TLS, over two memory BIOs; freed when it closes */
 } conn_t;
 
 struct worker {
@@ -84,10 +89,15 @@ struct worker {
     uint64_t drain_deadline_ns;
     llhttp_settings_t settings;
     char readbuf[READ_BUF];
+    SSL_CTX *tls_ctx;    /* cfg.tls: one per worker; NULL for plain HTTP */
+    bool tls_ip;         /* cfg.tls_name is an IP address (checked against IP SANs) */
+    char *tls_plain;     /* READ_BUF bytes: SSL_read's output, fed to llhttp */
+    char tls_error[256]; /* the first handshake failure; read by client_run after the join */
 
     /* Written by the worker, read by the collecting thread. */
     _Atomic uint64_t events_sent, requests_sent, responses, events_ok, events_not_ok, non_200;
     _Atomic uint64_t bytes_out, bytes_in, body_raw, conn_errors, accepted, duplicates, rejected;
+    _Atomic uint64_t tls_ok, tls_failed;
     _Atomic uint64_t status[CLIENT_ST_SLOTS];
     atomic_int done;
     pthread_mutex_t mu; /* protects mail only; held for one hist_merge, never during I/O */
@@ -264,6 +274,170 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
     return LT_E_INVAL;
 }
 
+/* ---- TLS (cfg.tls): memory BIOs driven by the loop's callbacks, never blocking ---- */
+
+/* One flight of ciphertext on its way to the socket; freed by its write callback. */
+typedef struct tls_chunk {
+    uv_write_t req;
+    conn_t *c;
+    char data[];
+} tls_chunk_t;
+
+static SSL_CTX *tls_ctx_make(const client_config_t *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "cannot make an SSL_CTX (%s)",
+                 ERR_reason_error_string(ERR_get_error()));
+        ERR_clear_error();
+        return NULL;
+    }
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL); /* never off */
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    int ok = cfg->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, cfg->ca_file, NULL)
+                                  : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        unsigned long e = ERR_get_error();
+        snprintf(err, errlen, "--ca-file %s: cannot load trusted certificates (%s)",
+                 cfg->ca_file ? cfg->ca_file : "(system store)",
+                 e ? ERR_reason_error_string(e) : "no certificate found");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int client_tls_check(const client_config_t *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_ctx_make(cfg, err, errlen);
+    if (ctx == NULL) return LT_E_INVAL;
+    SSL_CTX_free(ctx);
+    return 0;
+}
+
+static void on_tls_write(uv_write_t *req, int status)
+{
+    tls_chunk_t *k = req->data;
+    conn_t *c = k->c;
+    free(k);
+    if (status < 0 && (c->state == C_BUSY || c->state == C_HANDSHAKE)) {
+        if (c->state == C_BUSY)
+            request_failed(c, CLIENT_ST_CONN_ERROR, uv_hrtime());
+        else
+            add(&c->w->conn_errors, 1);
+        conn_close(c);
+    }
+}
+
+/* Sends the ciphertext OpenSSL left in the write BIO. 0, or -1 (the caller closes). */
+static int tls_flush(conn_t *c)
+{
+    BIO *wb = SSL_get_wbio(c->ssl);
+    size_t n = BIO_ctrl_pending(wb);
+    if (n == 0) return 0;
+    tls_chunk_t *k = malloc(sizeof(*k) + n);
+    if (k == NULL) return -1;
+    if (BIO_read(wb, k->data, (int)n) != (int)n) {
+        free(k);
+        return -1;
+    }
+    k->c = c;
+    k->req.data = k;
+    uv_buf_t b = uv_buf_init(k->data, (unsigned)n);
+    if (uv_write(&k->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write) < 0) {
+        free(k);
+        return -1;
+    }
+    return 0;
+}
+
+static void reconnect_backoff(conn_t *c)
+{
+    c->backoff_ns = c->backoff_ns ? c->backoff_ns * 2 : RECONNECT_MIN_NS;
+    if (c->backoff_ns > RECONNECT_MAX_NS) c->backoff_ns = RECONNECT_MAX_NS;
+}
+
+/* The handshake failed (why == NULL: OpenSSL's error queue and the verify result say why):
+ * counted, the first reason kept for the report, the alert sent (best effort), closed. */
+static void tls_failed(conn_t *c, const char *why)
+{
+    worker_t *w = c->w;
+    add(&w->tls_failed, 1);
+    add(&w->conn_errors, 1);
+    if (w->tls_error[0] == 0) {
+        long v = SSL_get_verify_result(c->ssl);
+        unsigned long e = ERR_peek_error();
+        if (why != NULL)
+            snprintf(w->tls_error, sizeof(w->tls_error), "%s", why);
+        else if (v != X509_V_OK)
+            snprintf(w->tls_error, sizeof(w->tls_error), "certificate verify failed: %s",
+                     X509_verify_cert_error_string(v));
+        else if (e != 0)
+            snprintf(w->tls_error, sizeof(w->tls_error), "%s%s", ERR_reason_error_string(e),
+                     ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER
+                         ? " (the server does not speak TLS on this port?)"
+                         : "");
+        else
+            snprintf(w->tls_error, sizeof(w->tls_error), "the handshake failed");
+    }
+    ERR_clear_error();
+    reconnect_backoff(c);
+    (void)tls_flush(c); /* the alert, if OpenSSL made one */
+    conn_close(c);
+}
+
+/* Advances the handshake. false when the connection was closed; else it is still C_HANDSHAKE
+ * (waiting for the server) or became C_IDLE. */
+static bool tls_handshake(conn_t *c)
+{
+    int r = SSL_do_handshake(c->ssl);
+    if (r != 1 && SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ) {
+        tls_failed(c, NULL);
+        return false;
+    }
+    if (tls_flush(c) != 0) {
+        tls_failed(c, "cannot send the handshake");
+        return false;
+    }
+    if (r == 1) {
+        add(&c->w->tls_ok, 1);
+        c->backoff_ns = 0;
+        c->state = C_IDLE;
+    }
+    return true;
+}
+
+/* TCP is up: a fresh SSL on two memory BIOs, the ClientHello sent. false when closed. */
+static bool tls_start(conn_t *c, uint64_t now)
+{
+    worker_t *w = c->w;
+    const char *name = w->cfg->tls_name;
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    c->ssl = rb && wb ? SSL_new(w->tls_ctx) : NULL;
+    if (c->ssl == NULL) {
+        BIO_free(rb);
+        BIO_free(wb);
+        add(&w->conn_errors, 1);
+        conn_close(c);
+        return false;
+    }
+    SSL_set_bio(c->ssl, rb, wb); /* the SSL owns them now */
+    SSL_set_connect_state(c->ssl);
+    int ok = w->tls_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), name)
+                       : SSL_set1_host(c->ssl, name) && SSL_set_tlsext_host_name(c->ssl, name);
+    if (!ok) {
+        tls_failed(c, "cannot set the name to verify");
+        return false;
+    }
+    c->state = C_HANDSHAKE;
+    c->deadline_ns = now + (uint64_t)w->cfg->timeout_ms * 1000000ULL;
+    return tls_handshake(c);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     conn_t *c = req->data;
@@ -322,6 +496,15 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     add(&w->events_sent, n);
     add(&w->bytes_out, c->hdr_len + c->body_len);
     add(&w->body_raw, raw_len);
+    if (c->ssl != NULL) { /* two records (head, body), one write of their ciphertext */
+        if (SSL_write(c->ssl, c->hdr, (int)c->hdr_len) <= 0 || c->body_len == 0 ||
+            SSL_write(c->ssl, c->body, (int)c->body_len) <= 0 || tls_flush(c) != 0) {
+            ERR_clear_error();
+            request_failed(c, CLIENT_ST_CONN_ERROR, now);
+            conn_close(c);
+        }
+        return 0;
+    }
     rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, 2, on_write);
     if (rc < 0) {
         request_failed(c, CLIENT_ST_CONN_ERROR, now);
@@ -386,19 +569,9 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void maybe_send_closed_loop(conn_t *c, uint64_t now);
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* After response bytes went through llhttp (e its result; eof: the stream ended with them). */
+static void after_parse(conn_t *c, llhttp_errno_t e, bool eof, uint64_t now)
 {
-    conn_t *c = s->data;
-    worker_t *w = c->w;
-    if (nread == 0) return;
-    uint64_t now = uv_hrtime();
-    if (nread < 0) {
-        if (c->state == C_BUSY) request_failed(c, CLIENT_ST_CONN_ERROR, now);
-        conn_close(c);
-        return;
-    }
-    add(&w->bytes_in, (uint64_t)nread);
-    llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
     if (c->answered) {
         c->answered = false;
         if (c->state == C_BUSY) {
@@ -406,7 +579,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             c->state = C_IDLE;
         }
     }
-    if (e != HPE_OK) {
+    if (e != HPE_OK || eof) {
         if (c->state == C_BUSY) request_failed(c, CLIENT_ST_CONN_ERROR, now);
         conn_close(c);
         return;
@@ -418,10 +591,65 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->state == C_IDLE) maybe_send_closed_loop(c, now);
 }
 
+/* Ciphertext from the socket: into the read BIO, the handshake advanced, then every plaintext
+ * byte SSL_read gives to llhttp. A close_notify or TLS error ends the connection after what was
+ * decrypted before it has been parsed. */
+static void tls_on_read(conn_t *c, const char *p, size_t n, uint64_t now)
+{
+    worker_t *w = c->w;
+    if (BIO_write(SSL_get_rbio(c->ssl), p, (int)n) != (int)n) {
+        if (c->state == C_HANDSHAKE) {
+            tls_failed(c, "out of memory");
+            return;
+        }
+        after_parse(c, HPE_OK, true, now);
+        return;
+    }
+    if (c->state == C_HANDSHAKE && (!tls_handshake(c) || c->state == C_HANDSHAKE)) return;
+    llhttp_errno_t e = HPE_OK;
+    bool eof = false;
+    for (;;) {
+        int r = SSL_read(c->ssl, w->tls_plain, READ_BUF);
+        if (r <= 0) {
+            eof = SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ;
+            break;
+        }
+        if (e == HPE_OK) e = llhttp_execute(&c->parser, w->tls_plain, (size_t)r);
+    }
+    ERR_clear_error();
+    if (tls_flush(c) != 0) eof = true;
+    after_parse(c, e, eof, now);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = s->data;
+    worker_t *w = c->w;
+    if (nread == 0) return;
+    uint64_t now = uv_hrtime();
+    if (nread < 0) {
+        if (c->state == C_HANDSHAKE) {
+            tls_failed(c, "the server closed the connection during the TLS handshake");
+            return;
+        }
+        if (c->state == C_BUSY) request_failed(c, CLIENT_ST_CONN_ERROR, now);
+        conn_close(c);
+        return;
+    }
+    add(&w->bytes_in, (uint64_t)nread);
+    if (c->ssl != NULL) {
+        tls_on_read(c, buf->base, (size_t)nread, now);
+        return;
+    }
+    after_parse(c, llhttp_execute(&c->parser, buf->base, (size_t)nread), false, now);
+}
+
 static void on_close(uv_handle_t *h)
 {
     conn_t *c = h->data;
     c->state = C_CLOSED;
+    SSL_free(c->ssl); /* pending writes were cancelled before this callback */
+    c->ssl = NULL;
     c->next_connect_ns = uv_hrtime() + c->backoff_ns;
 }
 
@@ -440,12 +668,10 @@ static void on_connect(uv_connect_t *req, int status)
     if (c->state != C_CONNECTING) return;
     if (status < 0) {
         add(&w->conn_errors, 1);
-        c->backoff_ns = c->backoff_ns ? c->backoff_ns * 2 : RECONNECT_MIN_NS;
-        if (c->backoff_ns > RECONNECT_MAX_NS) c->backoff_ns = RECONNECT_MAX_NS;
+        reconnect_backoff(c);
         conn_close(c);
         return;
     }
-    c->backoff_ns = 0;
     llhttp_init(&c->parser, HTTP_RESPONSE, &w->settings);
     c->parser.data = c;
     c->close_after = false;
@@ -454,8 +680,14 @@ static void on_connect(uv_connect_t *req, int status)
         conn_close(c);
         return;
     }
+    uint64_t now = uv_hrtime();
+    if (w->tls_ctx != NULL) { /* the backoff is reset when the handshake succeeds */
+        if (tls_start(c, now) && c->state == C_IDLE) maybe_send_closed_loop(c, now);
+        return;
+    }
+    c->backoff_ns = 0;
     c->state = C_IDLE;
-    maybe_send_closed_loop(c, uv_hrtime());
+    maybe_send_closed_loop(c, now);
 }
 
 static void conn_connect(conn_t *c, uint64_t now)
@@ -534,6 +766,8 @@ static void on_tick(uv_timer_t *t)
         if (c->state == C_BUSY && now > c->deadline_ns) {
             request_failed(c, CLIENT_ST_TIMEOUT, now);
             conn_close(c);
+        } else if (c->state == C_HANDSHAKE && now > c->deadline_ns) {
+            tls_failed(c, "the TLS handshake did not finish within --timeout-ms");
         } else if (c->state == C_CLOSED && !w->draining && now >= c->next_connect_ns) {
             conn_connect(c, now);
         }
@@ -595,9 +829,12 @@ static void worker_free(worker_t *w)
         for (uint32_t i = 0; i < w->n_conns; i++) {
             free(w->conns[i].body);
             free(w->conns[i].items);
+            SSL_free(w->conns[i].ssl); /* closed by finish()'s uv_walk, without on_close */
         }
         free(w->conns);
     }
+    SSL_CTX_free(w->tls_ctx);
+    free(w->tls_plain);
     free(w->idle);
     model_stream_free(w->stream);
     ZSTD_freeCCtx(w->zc);
@@ -643,6 +880,15 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
         w->zs_ok = true;
     }
     w->ledger_max = cfg->ledger_max / cfg->threads;
+    if (cfg->tls) {
+        unsigned char ip[16];
+        w->tls_ip = uv_inet_pton(AF_INET, cfg->tls_name, ip) == 0 ||
+                    uv_inet_pton(AF_INET6, cfg->tls_name, ip) == 0;
+        w->tls_plain = malloc(READ_BUF);
+        if (w->tls_plain == NULL) return LT_E_NOMEM;
+        char err[256];
+        if ((w->tls_ctx = tls_ctx_make(cfg, err, sizeof(err))) == NULL) return LT_E_INVAL;
+    }
     return 0;
 }
 
@@ -654,6 +900,7 @@ static void collect(worker_t *ws, uint32_t n, hist_t *sec, client_result_t *tot)
     tot->events_sent = tot->requests_sent = tot->responses = tot->events_ok = 0;
     tot->events_not_ok = tot->bytes_out = tot->bytes_in = tot->body_bytes_raw = 0;
     tot->conn_errors = tot->accepted = tot->duplicates = tot->rejected = 0;
+    tot->tls_handshakes = tot->tls_handshake_failures = 0;
     for (uint32_t i = 0; i < n; i++) {
         worker_t *w = &ws[i];
         pthread_mutex_lock(&w->mu);
@@ -672,6 +919,8 @@ static void collect(worker_t *ws, uint32_t n, hist_t *sec, client_result_t *tot)
         tot->accepted += get(&w->accepted);
         tot->duplicates += get(&w->duplicates);
         tot->rejected += get(&w->rejected);
+        tot->tls_handshakes += get(&w->tls_ok);
+        tot->tls_handshake_failures += get(&w->tls_failed);
         for (int s = 0; s < CLIENT_ST_SLOTS; s++)
             tot->status[s] += get(&w->status[s]);
     }
@@ -702,7 +951,7 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
         cfg->connections < cfg->threads || cfg->connections > CLIENT_MAX_CONNECTIONS ||
         !(cfg->duration_s > 0) || cfg->duration_s > CLIENT_MAX_SECONDS || cfg->rate < 0 ||
         cfg->timeout_ms < 1 || !cfg->write_key || strlen(cfg->write_key) > 512 ||
-        parse_addr(cfg, &addr) != 0)
+        (cfg->tls && !cfg->tls_name[0]) || parse_addr(cfg, &addr) != 0)
         return LT_E_INVAL;
     uint32_t batch = model_config(cfg->model)->batch;
     double req_rate = cfg->rate / batch / cfg->threads; /* requests/s per thread */
@@ -815,6 +1064,8 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     res->accepted = tot.accepted;
     res->duplicates = tot.duplicates;
     res->rejected = tot.rejected;
+    res->tls_handshakes = tot.tls_handshakes;
+    res->tls_handshake_failures = tot.tls_handshake_failures;
     double send_end = (double)((stop_ns > start ? stop_ns : start) - start) / 1e9;
     res->send_s = send_end;
     res->elapsed_s = (double)(last_answer_ns - start) / 1e9;
@@ -834,6 +1085,8 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
         res->backlog_at_end += w->backlog_at_end;
         res->in_flight_at_end += w->in_flight_at_end;
         if (w->ledger_overflow) res->ledger_overflow = true;
+        if (!res->tls_error[0] && w->tls_error[0])
+            snprintf(res->tls_error, sizeof(res->tls_error), "%s", w->tls_error);
         if (res->n_ledgers) {
             res->ledgers[i] = w->ledger;
             res->ledger_len[i] = w->ledger_len;

@@ -14,6 +14,14 @@
  * statistics leave the thread through atomics plus a per-thread mailbox whose mutex is held only
  * to merge one histogram, never during I/O.
  *
+ * HTTPS (cfg.tls): each worker has one SSL_CTX (TLS 1.2+, peer verification always on, the CA
+ * file read by client_run before the loops start) and each connection one SSL over two memory
+ * BIOs: ciphertext read from the socket is fed in, the handshake is driven from the connect and
+ * read callbacks, SSL_read's plaintext goes to the same llhttp parser, and a request is
+ * SSL_write'n and its ciphertext sent with uv_write. A handshake that fails (or does not finish
+ * within timeout_ms) closes the connection, counts in tls_handshake_failures and conn_errors, and
+ * the connection reconnects with the usual backoff. The plain-HTTP path is unchanged.
+ *
  * Verification ledger (cfg.ledger_max > 0): one byte per generated event, per thread, indexed by
  * the event's seq: the low 6 bits are its model_kind_t, LEDGER_ACKED is set when a request that
  * carried it was answered 200, LEDGER_UNSURE when one got no definite answer (5xx, 429, timeout,
@@ -27,6 +35,7 @@
 #include "model.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CLIENT_MAX_THREADS     64
@@ -70,6 +79,12 @@ typedef struct client_config {
     const char *fixed_body;
     size_t fixed_len;
     uint32_t fixed_events;
+    /* https:// URL: TLS on every connection. tls_name is the URL's host (no brackets), checked
+     * against the certificate (an IP address against its IP SANs, a name against its DNS names,
+     * and sent as SNI). ca_file: PEM file of trusted CAs (borrowed); NULL = the system's store. */
+    bool tls;
+    char tls_name[300];
+    const char *ca_file;
 } client_config_t;
 
 /* One second of the run, as the progress line and the report's charts show it. */
@@ -92,6 +107,8 @@ typedef struct client_result {
     uint64_t status[CLIENT_ST_SLOTS];
     uint64_t accepted, duplicates, rejected; /* sums of the 200 answers' counts */
     uint64_t conn_errors;
+    uint64_t tls_handshakes, tls_handshake_failures; /* counted in conn_errors too */
+    char tls_error[256];     /* the first handshake failure, as OpenSSL explained it; "" if none */
     hist_t latency;          /* microseconds, answered requests (any status) */
     client_second_t *series; /* owned; n_series entries */
     size_t n_series;
@@ -114,6 +131,10 @@ typedef void (*client_progress_cb)(const client_second_t *sec, const client_resu
  * could not start (then no worker is left running).
  */
 int client_run(const client_config_t *cfg, client_result_t *res, client_progress_cb cb, void *ud);
+/* Checks that an SSL_CTX for cfg can be made (CA file readable and holding certificates).
+ * Returns 0, or LT_E_INVAL with a message in err. Not needed before client_run (which fails
+ * with LT_E_INVAL then), but gives the caller the reason. */
+int client_tls_check(const client_config_t *cfg, char *err, size_t errlen);
 /* Async-signal-safe: asks a running client_run() to stop sending now and finish. */
 void client_request_stop(void);
 void client_result_free(client_result_t *res);

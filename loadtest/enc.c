@@ -6,46 +6,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int enc_reserve(enc_t *e, size_t n)
-{
-    if (e->err) return -1;
-    if (n > e->max - e->len) {
-        e->err = -1;
-        return -1;
-    }
-    if (e->len + n <= e->cap) return 0;
-    size_t cap = e->cap ? e->cap : 4096;
-    while (cap < e->len + n)
-        cap *= 2;
-    if (cap > e->max) cap = e->max;
-    char *p = realloc(e->buf, cap);
-    if (!p) {
-        e->err = -1;
-        return -1;
-    }
-    e->buf = p;
-    e->cap = cap;
-    return 0;
-}
-
 static void put(enc_t *e, const void *p, size_t n)
 {
-    if (enc_reserve(e, n) == 0) {
-        memcpy(e->buf + e->len, p, n);
-        e->len += n;
-    }
+    if (e->err == 0) e->err = base_buf_append(&e->buf, p, n);
 }
 
 static void putc1(enc_t *e, char c)
 {
-    if (enc_reserve(e, 1) == 0) e->buf[e->len++] = c;
+    put(e, &c, 1);
 }
 
 char *enc_claim(enc_t *e, size_t n)
 {
-    if (enc_reserve(e, n) != 0) return NULL;
-    char *p = e->buf + e->len;
-    e->len += n;
+    if (e->err == 0) e->err = base_buf_reserve(&e->buf, n);
+    if (e->err != 0) return NULL;
+    char *p = e->buf.data + e->buf.len;
+    e->buf.len += n;
     return p;
 }
 
@@ -60,14 +36,14 @@ void enc_init(enc_t *e, enc_format_t fmt, size_t max)
 {
     memset(e, 0, sizeof(*e));
     e->fmt = fmt;
-    e->max = max;
+    base_buf_init(&e->buf, max);
     msgpack_packer_init(&e->pk, e, pk_write);
     e->first[0] = true;
 }
 
 void enc_reset(enc_t *e)
 {
-    e->len = 0;
+    base_buf_reset(&e->buf);
     e->err = 0;
     e->depth = 0;
     e->after_key = false;
@@ -76,9 +52,7 @@ void enc_reset(enc_t *e)
 
 void enc_free(enc_t *e)
 {
-    free(e->buf);
-    e->buf = NULL;
-    e->len = e->cap = 0;
+    base_buf_free(&e->buf);
 }
 
 /* JSON: the separator owed before a new key or array element. */
@@ -96,7 +70,7 @@ static void json_open(enc_t *e, char c)
 {
     json_sep(e);
     if (e->depth >= ENC_MAX_DEPTH) {
-        e->err = -1;
+        e->err = BASE_E_INVAL;
         return;
     }
     putc1(e, c);
@@ -124,7 +98,7 @@ void enc_end(enc_t *e, bool is_map)
 {
     if (e->fmt == ENC_MSGPACK || e->err) return;
     if (e->depth == 0) {
-        e->err = -1;
+        e->err = BASE_E_INVAL;
         return;
     }
     putc1(e, is_map ? '}' : ']');
@@ -133,24 +107,7 @@ void enc_end(enc_t *e, bool is_map)
 
 static void json_string(enc_t *e, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    putc1(e, '"');
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        put(e, s + run, i - run);
-        run = i + 1;
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            put(e, esc, 2);
-        } else {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            put(e, esc, 6);
-        }
-    }
-    put(e, s + run, n - run);
-    putc1(e, '"');
+    if (e->err == 0) e->err = base_json_str_utf8(&e->buf, s, n);
 }
 
 void enc_key(enc_t *e, const char *k)

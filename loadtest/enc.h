@@ -17,9 +17,11 @@
  * The properties/traits/context maps handed to writer_event() are also built here (writer.h
  * leaves nesting to the caller).
  *
- * Memory: enc_t owns buf (grown on demand up to max); enc_free() releases it. After any failure
- * (allocation, max exceeded, nesting beyond ENC_MAX_DEPTH) e->err is set, further calls do
- * nothing, and the buffer content is unusable until enc_reset().
+ * Memory: enc_t owns buf (a base_buf_t grown on demand up to max); enc_free() releases it. After
+ * any failure (allocation, max exceeded, nesting beyond ENC_MAX_DEPTH) e->err is set, further
+ * calls do nothing, and the buffer content is unusable until enc_reset(). JSON strings are
+ * written by base_json_str_utf8(): bytes are copied as given, so invalid UTF-8 stays invalid
+ * (the bad-input kinds rely on it).
  */
 #ifndef SLUICE_LOADTEST_ENC_H
 #define SLUICE_LOADTEST_ENC_H
@@ -29,15 +31,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #define ENC_MAX_DEPTH 64
 
 typedef enum { ENC_MSGPACK = 0, ENC_JSON = 1 } enc_format_t;
 
 typedef struct enc {
     enc_format_t fmt;
-    char *buf;
-    size_t len, cap, max;
-    int err; /* 0, or -1 once anything failed */
+    base_buf_t buf;
+    int err; /* 0, or a negative base_err_t (BASE_E_INVAL: bad nesting) once anything failed */
     msgpack_packer pk;
     int depth;
     bool after_key;

@@ -24,7 +24,12 @@
 #include <unistd.h>
 
 #define FLAGS(X)                                                                                   \
-    X(URL, "url", "URL", "", "collector base URL: http://HOST:PORT (path defaults to /v1/batch)")  \
+    X(URL, "url", "URL", "",                                                                       \
+      "collector base URL: http://HOST:PORT or https://HOST:PORT (path defaults to /v1/batch)")    \
+    X(CAFILE, "ca-file", "PATH", "",                                                               \
+      "https: PEM file of the CA certificates to trust (e.g. the collector's self-signed "         \
+      "certificate); the certificate is always verified, and must name the URL's host (IP "        \
+      "SAN for an address); default: the system's store")                                          \
     X(KEY, "write-key", "KEY", "", "write key, sent as the HTTP Basic user name")                  \
     X(RATE, "rate", "N|max", "max",                                                                \
       "events/s over all threads, open loop: batches leave on schedule and latency counts "        \
@@ -99,7 +104,7 @@ static bool set[F_COUNT];
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sluice-load --url http://HOST:PORT --write-key KEY [options]\n\n"
+    fprintf(out, "usage: sluice-load --url http[s]://HOST:PORT --write-key KEY [options]\n\n"
                  "Sends realistic batched events to a sluice collector, measures throughput "
                  "and latency,\nand with --verify checks in Kafka that nothing was lost or "
                  "duplicated.\n\n");
@@ -158,11 +163,19 @@ static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
     return true;
 }
 
-/* http://HOST:PORT[/path] -> numeric host (resolved here, never on a loop thread). */
+/* http[s]://HOST:PORT[/path] -> numeric host (resolved here, never on a loop thread); https
+ * also sets cfg->tls and cfg->tls_name (HOST without brackets, what the certificate must name). */
 static int parse_url(const char *url, client_config_t *cfg)
 {
-    if (strncmp(url, "http://", 7) != 0) return -1;
-    const char *h = url + 7, *slash = strchr(h, '/');
+    size_t skip;
+    if (strncmp(url, "http://", 7) == 0)
+        skip = 7;
+    else if (strncmp(url, "https://", 8) == 0)
+        skip = 8;
+    else
+        return -1;
+    cfg->tls = skip == 8;
+    const char *h = url + skip, *slash = strchr(h, '/');
     size_t hl = slash ? (size_t)(slash - h) : strlen(h);
     if (hl == 0 || hl >= sizeof(cfg->host_header)) return -1;
     memcpy(cfg->host_header, h, hl);
@@ -182,7 +195,12 @@ static int parse_url(const char *url, client_config_t *cfg)
         port = strrchr(host, ':');
         if (port) *port = 0;
     }
-    cfg->port = 80;
+    if (cfg->tls) {
+        size_t nl = strlen(host);
+        if (nl == 0 || nl >= sizeof(cfg->tls_name)) return -1;
+        memcpy(cfg->tls_name, host, nl + 1);
+    }
+    cfg->port = cfg->tls ? 443 : 80;
     if (port) {
         uint64_t p;
         if (!parse_u64(port + 1, 1, 65535, &p)) return -1;
@@ -323,6 +341,17 @@ int main(int argc, char **argv)
     model_config_t mc;
     model_config_default(&mc);
     if (!val[F_URL][0] || parse_url(val[F_URL], &cc) != 0) return bad("--url", val[F_URL]);
+    if (val[F_CAFILE][0]) {
+        if (!cc.tls) return bad("--ca-file (needs an https:// --url)", val[F_CAFILE]);
+        cc.ca_file = val[F_CAFILE];
+    }
+    if (cc.tls) {
+        char err[300];
+        if (client_tls_check(&cc, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluice-load: %s\n", err);
+            return 2;
+        }
+    }
     if (!val[F_KEY][0]) return bad("--write-key", NULL);
     cc.write_key = val[F_KEY];
     uint64_t u;
@@ -479,6 +508,9 @@ int main(int argc, char **argv)
                          .res = &res,
                          .ver = verify && rc == 0 ? &vr : NULL};
     report_print_summary(&in, stdout);
+    if (res.tls_handshake_failures)
+        fprintf(stderr, "sluice-load: %llu TLS handshake failures with %s (first: %s)\n",
+                (unsigned long long)res.tls_handshake_failures, val[F_URL], res.tls_error);
     if (res.responses == 0) {
         fprintf(stderr, "sluice-load: no request was answered (%llu connection errors)\n",
                 (unsigned long long)res.conn_errors);

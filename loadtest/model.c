@@ -473,20 +473,20 @@ static void write_event_shared(model_stream_t *s, const ev_t *ev, const char *ld
     enc_reset(sub);
     size_t po = 0, pl = 0, to = 0, tl = 0, co, cl;
     if (ev->props != P_NONE) {
-        po = sub->len;
+        po = sub->buf.len;
         write_props_value(sub, ev, s->big);
-        pl = sub->len - po;
+        pl = sub->buf.len - po;
     }
     if (ev->traits != T_NONE) {
-        to = sub->len;
+        to = sub->buf.len;
         write_traits_value(sub, ev);
-        tl = sub->len - to;
+        tl = sub->buf.len - to;
     }
-    co = sub->len;
+    co = sub->buf.len;
     write_context_value(sub, ev, ld_id);
-    cl = sub->len - co;
+    cl = sub->buf.len - co;
     if (sub->err) {
-        e->err = -1;
+        e->err = sub->err;
         return;
     }
     writer_event_t w = {
@@ -500,19 +500,20 @@ static void write_event_shared(model_stream_t *s, const ev_t *ev, const char *ld
         .previous_id = ev->previous_id,
         .has_timestamp = true,
         .timestamp_ms = ev->timestamp_ms,
-        .properties = pl ? sub->buf + po : NULL,
+        .properties = pl ? sub->buf.data + po : NULL,
         .properties_len = pl,
-        .traits = tl ? sub->buf + to : NULL,
+        .traits = tl ? sub->buf.data + to : NULL,
         .traits_len = tl,
-        .context = sub->buf + co,
+        .context = sub->buf.data + co,
         .context_len = cl,
     };
     size_t need = writer_event_size(&w);
     char *dst = enc_claim(e, need);
     if (!dst) return;
-    writer_buf_t wb;
-    writer_buf_init_fixed(&wb, dst, need);
-    if (writer_event(&wb, &w) != 0 || wb.len != need) e->err = -1;
+    base_buf_t wb;
+    base_buf_init_fixed(&wb, dst, need);
+    int rc = writer_event(&wb, &w);
+    if (rc != 0 || wb.len != need) e->err = rc != 0 ? rc : BASE_E_INVAL; /* size disagrees: a bug */
 }
 
 /* Writes one event map. Valid msgpack events go through the shared encoder; invalid ones and
@@ -849,12 +850,11 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         /* {"sentAt":..,"batch":[ from the shared encoder; the events follow */
         size_t need = writer_batch_overhead(cfg->batch, sent_at_ms, NULL, 0);
         char *dst = enc_claim(e, need);
-        writer_buf_t wb;
+        base_buf_t wb;
         if (dst) {
-            writer_buf_init_fixed(&wb, dst, need);
-            if (writer_batch_begin(&wb, cfg->batch, sent_at_ms, NULL, NULL, 0) != 0 ||
-                wb.len != need)
-                e->err = -1;
+            base_buf_init_fixed(&wb, dst, need);
+            int rc = writer_batch_begin(&wb, cfg->batch, sent_at_ms, NULL, NULL, 0);
+            if (rc != 0 || wb.len != need) e->err = rc != 0 ? rc : BASE_E_INVAL;
         }
     } else {
         enc_map(e, 2);
@@ -893,8 +893,8 @@ int model_stream_next(model_stream_t *s, int64_t sent_at_ms, const char **body, 
         s->ring_pos = (s->ring_pos + 1) % MODEL_DUP_RING;
         if (s->ring_n < MODEL_DUP_RING) s->ring_n++;
     }
-    *body = e->buf;
-    *len = e->len;
+    *body = e->buf.data;
+    *len = e->buf.len;
     *items = s->items;
     *n_items = cfg->batch;
     return 0;

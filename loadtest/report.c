@@ -70,6 +70,11 @@ void report_print_summary(const report_input_t *in, FILE *out)
     fprintf(out, "   collector said    accepted %llu, duplicates %llu, rejected %llu\n",
             (unsigned long long)r->accepted, (unsigned long long)r->duplicates,
             (unsigned long long)r->rejected);
+    if (in->cfg->tls)
+        fprintf(out, "   tls               %llu handshakes, %llu failed%s%s\n",
+                (unsigned long long)r->tls_handshakes,
+                (unsigned long long)r->tls_handshake_failures, r->tls_error[0] ? ": " : "",
+                r->tls_error);
     if (r->backlog_at_end || r->in_flight_at_end || r->conn_errors)
         fprintf(out,
                 "   NOTE              %llu requests due but not sent at the end (rate not "
@@ -163,6 +168,16 @@ int report_write_json(const report_input_t *in, const char *path)
         (json_int_t)r->rejected, "backlog_at_end", (json_int_t)r->backlog_at_end,
         "in_flight_at_end", (json_int_t)r->in_flight_at_end, "conn_errors",
         (json_int_t)r->conn_errors, "latency_samples", (json_int_t)h->count, "series", series);
+    if (root && in->cfg->tls) {
+        json_t *tls = json_pack("{s:I,s:I,s:s}", "handshakes", (json_int_t)r->tls_handshakes,
+                                "handshake_failures", (json_int_t)r->tls_handshake_failures,
+                                "first_error", r->tls_error);
+        json_t *totals = json_object_get(root, "totals");
+        if (tls && totals)
+            json_object_set_new(totals, "tls", tls);
+        else
+            json_decref(tls);
+    }
     if (!root) return LT_E_NOMEM;
     int rc =
         json_dump_file(root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) == 0 ? 0 : LT_E_IO;
@@ -433,6 +448,11 @@ int report_write_html(const report_input_t *in, const char *path)
                  in->cfg->rate, (unsigned long long)r->backlog_at_end);
     html_row(f, "unanswered at the end / connection errors", "%llu / %llu",
              (unsigned long long)r->in_flight_at_end, (unsigned long long)r->conn_errors);
+    if (in->cfg->tls)
+        html_row(f, "TLS handshakes / failed", "%llu / %llu%s",
+                 (unsigned long long)r->tls_handshakes,
+                 (unsigned long long)r->tls_handshake_failures,
+                 r->tls_error[0] ? " (first failure in the text report)" : "");
     fprintf(f, "</table>\n");
     const verify_result_t *v = in->ver;
     if (v) {

@@ -24,62 +24,11 @@ const char *writer_strerror(int err)
     return "unknown error";
 }
 
-void writer_buf_init(writer_buf_t *b, size_t max)
-{
-    b->data = NULL;
-    b->len = b->cap = 0;
-    b->max = max;
-    b->fixed = false;
-}
-
-void writer_buf_init_fixed(writer_buf_t *b, void *mem, size_t cap)
-{
-    b->data = mem;
-    b->len = 0;
-    b->cap = b->max = cap;
-    b->fixed = true;
-}
-
-int writer_buf_reserve(writer_buf_t *b, size_t n)
-{
-    if (n > b->max - b->len) return WRITER_E_TOO_LARGE;
-    if (n <= b->cap - b->len) return WRITER_OK;
-    if (b->fixed) return WRITER_E_TOO_LARGE;
-    size_t need = b->len + n;
-    size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < need)
-        ncap = ncap > b->max / 2 ? b->max : ncap * 2;
-    if (ncap > b->max) ncap = b->max;
-    char *p = realloc(b->data, ncap);
-    if (!p) return WRITER_E_NOMEM;
-    b->data = p;
-    b->cap = ncap;
-    return WRITER_OK;
-}
-
-int writer_buf_append(writer_buf_t *b, const void *p, size_t n)
-{
-    int rc = writer_buf_reserve(b, n);
-    if (rc) return rc;
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return WRITER_OK;
-}
-
-void writer_buf_reset(writer_buf_t *b)
-{
-    b->len = 0;
-}
-
-void writer_buf_free(writer_buf_t *b)
-{
-    if (!b->fixed) {
-        free(b->data);
-        b->data = NULL;
-        b->cap = 0;
-    }
-    b->len = 0;
-}
+/* Buffer failures pass through as writer errors: the codes are the same numbers. */
+_Static_assert((int)WRITER_E_NOMEM == (int)BASE_E_NOMEM, "writer and base share the NOMEM code");
+_Static_assert((int)WRITER_E_TOO_LARGE == (int)BASE_E_TOO_LARGE,
+               "writer and base share the TOO_LARGE code");
+_Static_assert((int)WRITER_E_INVAL == (int)BASE_E_INVAL, "writer and base share the INVAL code");
 
 /* Big-endian stores into a reserved area. */
 static void be16(unsigned char *p, uint16_t v)
@@ -103,9 +52,9 @@ static void be64(unsigned char *p, uint64_t v)
 }
 
 /* Writes a one-byte tag followed by an n-byte big-endian value (n = 0, 1, 2, 4 or 8). */
-static int tagged(writer_buf_t *b, unsigned char tag, uint64_t v, int n)
+static int tagged(base_buf_t *b, unsigned char tag, uint64_t v, int n)
 {
-    int rc = writer_buf_reserve(b, 1 + (size_t)n);
+    int rc = base_buf_reserve(b, 1 + (size_t)n);
     if (rc) return rc;
     unsigned char *p = (unsigned char *)b->data + b->len;
     p[0] = tag;
@@ -129,17 +78,17 @@ static int tagged(writer_buf_t *b, unsigned char tag, uint64_t v, int n)
     return WRITER_OK;
 }
 
-int writer_nil(writer_buf_t *b)
+int writer_nil(base_buf_t *b)
 {
     return tagged(b, 0xc0, 0, 0);
 }
 
-int writer_bool(writer_buf_t *b, bool v)
+int writer_bool(base_buf_t *b, bool v)
 {
     return tagged(b, v ? 0xc3 : 0xc2, 0, 0);
 }
 
-int writer_uint(writer_buf_t *b, uint64_t v)
+int writer_uint(base_buf_t *b, uint64_t v)
 {
     if (v < 128) return tagged(b, (unsigned char)v, 0, 0);
     if (v <= UINT8_MAX) return tagged(b, 0xcc, v, 1);
@@ -148,7 +97,7 @@ int writer_uint(writer_buf_t *b, uint64_t v)
     return tagged(b, 0xcf, v, 8);
 }
 
-int writer_int(writer_buf_t *b, int64_t v)
+int writer_int(base_buf_t *b, int64_t v)
 {
     if (v >= 0) return writer_uint(b, (uint64_t)v);
     if (v >= -32) return tagged(b, (unsigned char)(0xe0 | (v & 0x1f)), 0, 0);
@@ -158,7 +107,7 @@ int writer_int(writer_buf_t *b, int64_t v)
     return tagged(b, 0xd3, (uint64_t)v, 8);
 }
 
-int writer_double(writer_buf_t *b, double v)
+int writer_double(base_buf_t *b, double v)
 {
     uint64_t bits;
     memcpy(&bits, &v, sizeof bits);
@@ -173,10 +122,10 @@ size_t writer_str_size(size_t len)
     return 5 + len;
 }
 
-int writer_str(writer_buf_t *b, const char *s, size_t len)
+int writer_str(base_buf_t *b, const char *s, size_t len)
 {
     if (len > UINT32_MAX) return WRITER_E_TOO_LARGE;
-    int rc = writer_buf_reserve(b, writer_str_size(len));
+    int rc = base_buf_reserve(b, writer_str_size(len));
     if (rc) return rc;
     /* reserve succeeded for header + payload, so neither step below can fail */
     if (len < 32)
@@ -192,19 +141,19 @@ int writer_str(writer_buf_t *b, const char *s, size_t len)
     return WRITER_OK;
 }
 
-int writer_cstr(writer_buf_t *b, const char *s)
+int writer_cstr(base_buf_t *b, const char *s)
 {
     return s ? writer_str(b, s, strlen(s)) : writer_nil(b);
 }
 
-int writer_map_header(writer_buf_t *b, uint32_t n)
+int writer_map_header(base_buf_t *b, uint32_t n)
 {
     if (n < 16) return tagged(b, (unsigned char)(0x80 | n), 0, 0);
     if (n <= UINT16_MAX) return tagged(b, 0xde, n, 2);
     return tagged(b, 0xdf, n, 4);
 }
 
-int writer_array_header(writer_buf_t *b, uint32_t n)
+int writer_array_header(base_buf_t *b, uint32_t n)
 {
     if (n < 16) return tagged(b, (unsigned char)(0x90 | n), 0, 0);
     if (n <= UINT16_MAX) return tagged(b, 0xdc, n, 2);
@@ -216,24 +165,24 @@ static size_t container_header_size(uint32_t n)
     return n < 16 ? 1 : n <= UINT16_MAX ? 3 : 5;
 }
 
-int writer_raw(writer_buf_t *b, const void *p, size_t n)
+int writer_raw(base_buf_t *b, const void *p, size_t n)
 {
-    return writer_buf_append(b, p, n);
+    return base_buf_append(b, p, n);
 }
 
-int writer_map_open(writer_buf_t *b, size_t *pos)
+int writer_map_open(base_buf_t *b, size_t *pos)
 {
     *pos = b->len;
     return tagged(b, 0xdf, 0, 4);
 }
 
-int writer_array_open(writer_buf_t *b, size_t *pos)
+int writer_array_open(base_buf_t *b, size_t *pos)
 {
     *pos = b->len;
     return tagged(b, 0xdd, 0, 4);
 }
 
-void writer_close(writer_buf_t *b, size_t pos, uint32_t count)
+void writer_close(base_buf_t *b, size_t pos, uint32_t count)
 {
     be32((unsigned char *)b->data + pos + 1, count);
 }
@@ -293,7 +242,7 @@ size_t writer_event_size(const writer_event_t *ev)
     return sz;
 }
 
-int writer_event(writer_buf_t *out, const writer_event_t *ev)
+int writer_event(base_buf_t *out, const writer_event_t *ev)
 {
     int rc = writer_map_header(out, event_field_count(ev));
 #define PUT_STR(key, f)                                                                            \
@@ -329,7 +278,7 @@ size_t writer_batch_overhead(uint32_t n_events, int64_t sent_at_ms, const char *
     return sz;
 }
 
-int writer_batch_begin(writer_buf_t *out, uint32_t n_events, int64_t sent_at_ms,
+int writer_batch_begin(base_buf_t *out, uint32_t n_events, int64_t sent_at_ms,
                        const char *write_key, const void *context, size_t context_len)
 {
     if (!context) context_len = 0;
@@ -354,78 +303,47 @@ int writer_batch_begin(writer_buf_t *out, uint32_t n_events, int64_t sent_at_ms,
 
 #define JSON_MAX_DEPTH 64
 
-static int json_str(writer_buf_t *out, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    int rc = writer_buf_append(out, "\"", 1);
-    size_t run = 0; /* bytes [i-run, i) need no escaping and are flushed in one append */
-    for (size_t i = 0; i < len && !rc; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            run++;
-            continue;
-        }
-        rc = writer_buf_append(out, s + i - run, run);
-        run = 0;
-        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-        if (rc) break;
-        if (c == '"' || c == '\\') {
-            esc[1] = (char)c;
-            rc = writer_buf_append(out, esc, 2);
-        } else if (c == '\n' || c == '\t' || c == '\r') {
-            esc[1] = c == '\n' ? 'n' : c == '\t' ? 't' : 'r';
-            rc = writer_buf_append(out, esc, 2);
-        } else {
-            rc = writer_buf_append(out, esc, 6);
-        }
-    }
-    if (!rc) rc = writer_buf_append(out, s + len - run, run);
-    if (!rc) rc = writer_buf_append(out, "\"", 1);
-    return rc;
-}
-
-static int json_value(writer_buf_t *out, const msgpack_object *o, int depth)
+static int json_value(base_buf_t *out, const msgpack_object *o, int depth)
 {
     char num[40];
     int n, rc = 0;
     if (depth > JSON_MAX_DEPTH) return WRITER_E_DEPTH;
     switch (o->type) {
     case MSGPACK_OBJECT_NIL:
-        return writer_buf_append(out, "null", 4);
+        return base_buf_append(out, "null", 4);
     case MSGPACK_OBJECT_BOOLEAN:
-        return o->via.boolean ? writer_buf_append(out, "true", 4)
-                              : writer_buf_append(out, "false", 5);
+        return o->via.boolean ? base_buf_append(out, "true", 4) : base_buf_append(out, "false", 5);
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
         n = snprintf(num, sizeof num, "%llu", (unsigned long long)o->via.u64);
-        return writer_buf_append(out, num, (size_t)n);
+        return base_buf_append(out, num, (size_t)n);
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
         n = snprintf(num, sizeof num, "%lld", (long long)o->via.i64);
-        return writer_buf_append(out, num, (size_t)n);
+        return base_buf_append(out, num, (size_t)n);
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
-        if (!isfinite(o->via.f64)) return writer_buf_append(out, "null", 4);
+        if (!isfinite(o->via.f64)) return base_buf_append(out, "null", 4);
         n = snprintf(num, sizeof num, "%.17g", o->via.f64);
-        return writer_buf_append(out, num, (size_t)n);
+        return base_buf_append(out, num, (size_t)n);
     case MSGPACK_OBJECT_STR:
-        return json_str(out, o->via.str.ptr, o->via.str.size);
+        return base_json_str_utf8(out, o->via.str.ptr, o->via.str.size);
     case MSGPACK_OBJECT_ARRAY:
-        rc = writer_buf_append(out, "[", 1);
+        rc = base_buf_append(out, "[", 1);
         for (uint32_t i = 0; i < o->via.array.size && !rc; i++) {
-            if (i) rc = writer_buf_append(out, ",", 1);
+            if (i) rc = base_buf_append(out, ",", 1);
             if (!rc) rc = json_value(out, &o->via.array.ptr[i], depth + 1);
         }
-        return rc ? rc : writer_buf_append(out, "]", 1);
+        return rc ? rc : base_buf_append(out, "]", 1);
     case MSGPACK_OBJECT_MAP:
-        rc = writer_buf_append(out, "{", 1);
+        rc = base_buf_append(out, "{", 1);
         for (uint32_t i = 0; i < o->via.map.size && !rc; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             if (kv->key.type != MSGPACK_OBJECT_STR) return WRITER_E_MALFORMED;
-            if (i) rc = writer_buf_append(out, ",", 1);
-            if (!rc) rc = json_str(out, kv->key.via.str.ptr, kv->key.via.str.size);
-            if (!rc) rc = writer_buf_append(out, ":", 1);
+            if (i) rc = base_buf_append(out, ",", 1);
+            if (!rc) rc = base_json_str_utf8(out, kv->key.via.str.ptr, kv->key.via.str.size);
+            if (!rc) rc = base_buf_append(out, ":", 1);
             if (!rc) rc = json_value(out, &kv->val, depth + 1);
         }
-        return rc ? rc : writer_buf_append(out, "}", 1);
+        return rc ? rc : base_buf_append(out, "}", 1);
     default:
         return WRITER_E_MALFORMED;
     }
@@ -531,7 +449,7 @@ malformed:
     return 0;
 }
 
-int writer_msgpack_to_json(const void *mp, size_t len, writer_buf_t *out)
+int writer_msgpack_to_json(const void *mp, size_t len, base_buf_t *out)
 {
     int err = WRITER_OK;
     size_t end = mp_scan(mp, len, &err);

@@ -5,7 +5,7 @@
  * writer_msgpack_to_json() only, msgpack-c's unpacker.
  *
  * No I/O, no threads, no globals: every function is safe to call concurrently on distinct
- * buffers. Nothing here allocates except writer_buf_t growth (bounded by its max) and
+ * buffers. Nothing here allocates except base_buf_t growth (bounded by its max) and
  * writer_msgpack_to_json() (bounded by a small multiple of its input).
  *
  * Encoding choices, all valid msgpack that proto_decode() accepts:
@@ -17,12 +17,12 @@
  *
  * A typical batch (what the SDK sends, and what sluice-load sends):
  *
- *     writer_buf_t b;
- *     writer_buf_init(&b, 512 * 1024);
+ *     base_buf_t b;
+ *     base_buf_init(&b, 512 * 1024);
  *     writer_batch_begin(&b, n, now_ms, NULL, NULL, 0);   // {"sentAt":..,"batch":[  (n events)
  *     for (i = 0; i < n; i++) writer_event(&b, &ev[i]);  // each: {"type":..,"messageId":..,...}
  *     ... POST b.data[0..b.len) as application/msgpack ...
- *     writer_buf_free(&b);
+ *     base_buf_free(&b);
  *
  * Properties/traits/context are passed to writer_event() as already-encoded msgpack maps, so a
  * caller builds them once (writer_map_open + key/value calls + writer_close) and may reuse them.
@@ -33,6 +33,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "base.h"
 
 /* X(NAME, value, "message"). 0 = OK, negative = failure; append-only. */
 #define WRITER_ERRORS(X)                                                                           \
@@ -54,47 +56,31 @@ typedef enum {
 const char *writer_strerror(int err);
 
 /*
- * Output buffer with a hard size limit (curl dynbuf style). Two kinds:
- *   - heap (writer_buf_init): grows geometrically up to max bytes; memory owned by the buffer,
- *     released by writer_buf_free(); writer_buf_reset() keeps the allocation for reuse;
- *   - fixed (writer_buf_init_fixed): writes into caller memory of cap bytes, never allocates;
- *     writer_buf_free() does nothing to the memory.
- * Every append either writes all its bytes or none: on failure (WRITER_E_TOO_LARGE when the limit
- * would be exceeded, WRITER_E_NOMEM when growth failed) len is unchanged. Note that multi-part
- * writers (writer_event, writer_batch_begin) may leave a partial value behind on failure: the
- * caller discards the buffer (or resets len to its value before the call).
+ * Output goes to a base_buf_t (base.h: heap with a hard max, or fixed over caller memory). Every
+ * single-value writer either writes all its bytes or none: on failure (WRITER_E_TOO_LARGE when
+ * the buffer's limit would be exceeded, WRITER_E_NOMEM when growth failed — the same values as
+ * BASE_E_TOO_LARGE and BASE_E_NOMEM) len is unchanged. Multi-part writers (writer_event,
+ * writer_batch_begin) may leave a partial value behind on failure: the caller discards the
+ * buffer (or resets len to its value before the call).
  */
-typedef struct writer_buf {
-    char *data; /* NULL until the first append of a heap buffer */
-    size_t len, cap, max;
-    bool fixed;
-} writer_buf_t;
-
-void writer_buf_init(writer_buf_t *b, size_t max);
-void writer_buf_init_fixed(writer_buf_t *b, void *mem, size_t cap);
-/* Ensures room for n more bytes. 0, WRITER_E_TOO_LARGE or WRITER_E_NOMEM. */
-int writer_buf_reserve(writer_buf_t *b, size_t n);
-int writer_buf_append(writer_buf_t *b, const void *p, size_t n);
-void writer_buf_reset(writer_buf_t *b);
-void writer_buf_free(writer_buf_t *b);
 
 /*
  * msgpack values. Each returns 0, WRITER_E_TOO_LARGE or WRITER_E_NOMEM.
  * writer_str() does NOT check UTF-8 (use base_utf8_valid() on untrusted input); s may be NULL
  * when len is 0. writer_cstr(NULL) writes nil.
  */
-int writer_nil(writer_buf_t *b);
-int writer_bool(writer_buf_t *b, bool v);
-int writer_int(writer_buf_t *b, int64_t v);
-int writer_uint(writer_buf_t *b, uint64_t v);
-int writer_double(writer_buf_t *b, double v);
-int writer_str(writer_buf_t *b, const char *s, size_t len);
-int writer_cstr(writer_buf_t *b, const char *s);
+int writer_nil(base_buf_t *b);
+int writer_bool(base_buf_t *b, bool v);
+int writer_int(base_buf_t *b, int64_t v);
+int writer_uint(base_buf_t *b, uint64_t v);
+int writer_double(base_buf_t *b, double v);
+int writer_str(base_buf_t *b, const char *s, size_t len);
+int writer_cstr(base_buf_t *b, const char *s);
 /* Headers for containers of known size; the caller then writes n entries (map: key, value). */
-int writer_map_header(writer_buf_t *b, uint32_t n);
-int writer_array_header(writer_buf_t *b, uint32_t n);
+int writer_map_header(base_buf_t *b, uint32_t n);
+int writer_array_header(base_buf_t *b, uint32_t n);
 /* Appends raw bytes that already are one or more msgpack values (e.g. an encoded event). */
-int writer_raw(writer_buf_t *b, const void *p, size_t n);
+int writer_raw(base_buf_t *b, const void *p, size_t n);
 
 /*
  * Containers of unknown size: open writes a 5-byte map32/array32 header with count 0 and stores
@@ -102,9 +88,9 @@ int writer_raw(writer_buf_t *b, const void *p, size_t n);
  * (count = number of key/value pairs for a map, of elements for an array). Nesting is the
  * caller's to track (the SDK's property builder keeps a bounded stack of positions).
  */
-int writer_map_open(writer_buf_t *b, size_t *pos);
-int writer_array_open(writer_buf_t *b, size_t *pos);
-void writer_close(writer_buf_t *b, size_t pos, uint32_t count);
+int writer_map_open(base_buf_t *b, size_t *pos);
+int writer_array_open(base_buf_t *b, size_t *pos);
+void writer_close(base_buf_t *b, size_t pos, uint32_t count);
 
 /* Exact encoded size of a string of len bytes (header + payload). */
 size_t writer_str_size(size_t len);
@@ -140,7 +126,7 @@ typedef struct writer_event {
 /* Exact number of bytes writer_event() appends for ev (lets a caller allocate once). */
 size_t writer_event_size(const writer_event_t *ev);
 /* Appends ev as one msgpack map. 0, WRITER_E_TOO_LARGE or WRITER_E_NOMEM. */
-int writer_event(writer_buf_t *out, const writer_event_t *ev);
+int writer_event(base_buf_t *out, const writer_event_t *ev);
 
 /*
  * Batch envelope: appends the map {"sentAt": sent_at_ms, "writeKey": write_key?,
@@ -149,7 +135,7 @@ int writer_event(writer_buf_t *out, const writer_event_t *ev);
  * writer_raw() of previously encoded events); the body is complete after the last one.
  * write_key NULL and context NULL/0 omit those fields. Returns 0 or a buffer error.
  */
-int writer_batch_begin(writer_buf_t *out, uint32_t n_events, int64_t sent_at_ms,
+int writer_batch_begin(base_buf_t *out, uint32_t n_events, int64_t sent_at_ms,
                        const char *write_key, const void *context, size_t context_len);
 /* Exact number of bytes writer_batch_begin() appends with these arguments. */
 size_t writer_batch_overhead(uint32_t n_events, int64_t sent_at_ms, const char *write_key,
@@ -157,12 +143,13 @@ size_t writer_batch_overhead(uint32_t n_events, int64_t sent_at_ms, const char *
 
 /*
  * Converts ONE msgpack value mp[0..len) (e.g. a whole batch body) to JSON text appended to out
- * (not NUL-terminated). Strings are escaped per RFC 8259; map keys must be strings; float NaN/Inf
+ * (not NUL-terminated). Strings are escaped per RFC 8259 by base_json_str_utf8() (bytes copied
+ * as they are, not re-validated); map keys must be strings; float NaN/Inf
  * become null; bin and ext values are refused. Depth is limited to 64.
  * Returns 0, WRITER_E_MALFORMED (not exactly one msgpack value, or a non-string key, bin or ext),
  * WRITER_E_DEPTH, WRITER_E_TOO_LARGE or WRITER_E_NOMEM. On failure out->len is restored.
  */
-int writer_msgpack_to_json(const void *mp, size_t len, writer_buf_t *out);
+int writer_msgpack_to_json(const void *mp, size_t len, base_buf_t *out);
 
 /*
  * Formats 128 random bits as an RFC 4122 version-4 UUID ("xxxxxxxx-xxxx-4xxx-Yxxx-xxxxxxxxxxxx",

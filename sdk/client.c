@@ -327,7 +327,7 @@ static void client_free(sluice_client *c)
     if (c->tp.destroy_cb) c->tp.destroy_cb(c->tp.ud);
     sdk_nodes_free(c->head);
     ZSTD_freeCCtx(c->zctx);
-    writer_buf_free(&c->body);
+    base_buf_free(&c->body);
     free(c->zbuf);
     free(c->endpoint);
     free(c->write_key);
@@ -433,10 +433,10 @@ int sluice_client_new(sluice_client **out, const sluice_config *cfg)
     rc = SLUICE_E_NOMEM;
     if (!cfg->transport && sdk_curl_transport_new(&c->tp, cfg->ca_file)) goto fail;
     c->zctx = ZSTD_createCCtx();
-    writer_buf_init(&c->body, c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
+    base_buf_init(&c->body, c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
     c->zcap = ZSTD_compressBound(c->cfg.batch_bytes + SDK_ENVELOPE_MAX);
     c->zbuf = malloc(c->zcap);
-    if (!c->zctx || !c->zbuf || writer_buf_reserve(&c->body, c->body.max)) goto fail;
+    if (!c->zctx || !c->zbuf || base_buf_reserve(&c->body, c->body.max)) goto fail;
     if (sdk_context_encode(c)) goto fail;
     if (getrandom(&c->rng, sizeof c->rng, 0) != (ssize_t)sizeof c->rng)
         c->rng = (uint64_t)base_wall_ms() * 0x9e3779b97f4a7c15u | 1;
@@ -655,8 +655,8 @@ int sluice_send(sluice_client *c, const sluice_event *ev)
         free(merged);
         return size > c->cfg.event_max_bytes ? SLUICE_E_TOO_LARGE : SLUICE_E_NOMEM;
     }
-    writer_buf_t b;
-    writer_buf_init_fixed(&b, n->data, size);
+    base_buf_t b;
+    base_buf_init_fixed(&b, n->data, size);
     rc = writer_event(&b, &we);
     free(merged);
     if (rc || b.len != size) { /* writer_event_size() and writer_event() disagree: our bug */

@@ -93,7 +93,7 @@ static void detect_timezone(char *out, size_t size)
 }
 
 /* Appends "key": str when str is set and not empty; counts it. */
-static int put_str(writer_buf_t *b, const char *key, const char *str, uint32_t *count)
+static int put_str(base_buf_t *b, const char *key, const char *str, uint32_t *count)
 {
     if (!str || !*str) return 0;
     (*count)++;
@@ -102,7 +102,7 @@ static int put_str(writer_buf_t *b, const char *key, const char *str, uint32_t *
 }
 
 /* A nested {name, version} map under key, when either is set. */
-static int put_name_version(writer_buf_t *b, const char *key, const char *name, const char *version,
+static int put_name_version(base_buf_t *b, const char *key, const char *name, const char *version,
                             uint32_t *count)
 {
     if ((!name || !*name) && (!version || !*version)) return 0;
@@ -140,8 +140,8 @@ int sdk_context_encode(sluice_client *c)
         if (!base_utf8_valid(os_version, strlen(os_version))) os_version[0] = '\0';
     }
 
-    writer_buf_t b;
-    writer_buf_init_fixed(&b, c->ctx_enc, sizeof c->ctx_enc);
+    base_buf_t b;
+    base_buf_init_fixed(&b, c->ctx_enc, sizeof c->ctx_enc);
     size_t pos;
     uint32_t n = 0;
     int rc = writer_map_open(&b, &pos);

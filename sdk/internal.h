@@ -86,8 +86,8 @@ struct sluice_client {
     uint32_t fail_streak;   /* consecutive retryable failures of the sender (backoff exponent) */
     uint64_t rng;           /* backoff jitter PRNG */
     ZSTD_CCtx *zctx;
-    writer_buf_t body; /* uncompressed batch body */
-    void *zbuf;        /* compressed body */
+    base_buf_t body; /* uncompressed batch body */
+    void *zbuf;      /* compressed body */
     size_t zcap;
     char ctx_enc[SDK_ENVELOPE_MAX - 64]; /* batch-level default context, encoded (context.c) */
     size_t ctx_len;

@@ -18,7 +18,7 @@ typedef struct props_level {
 } props_level_t;
 
 struct sluice_props {
-    writer_buf_t buf;
+    base_buf_t buf;
     int err;
     int depth; /* open containers, including the top map */
     props_level_t lv[PROPS_MAX_DEPTH];
@@ -49,10 +49,10 @@ sluice_props *sluice_props_new(void)
 {
     sluice_props *p = malloc(sizeof *p);
     if (!p) return NULL;
-    writer_buf_init(&p->buf, PROPS_MAX_BYTES);
+    base_buf_init(&p->buf, PROPS_MAX_BYTES);
     props_open_top(p);
     if (p->err) {
-        writer_buf_free(&p->buf);
+        base_buf_free(&p->buf);
         free(p);
         return NULL;
     }
@@ -62,7 +62,7 @@ sluice_props *sluice_props_new(void)
 void sluice_props_free(sluice_props *p)
 {
     if (!p) return;
-    writer_buf_free(&p->buf);
+    base_buf_free(&p->buf);
     free(p);
 }
 

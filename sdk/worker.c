@@ -89,7 +89,7 @@ static int64_t backoff_ms(sluice_client *c, uint32_t k)
 /* Builds the request body for nodes[0..n) into c->body (and c->zbuf when compressing). */
 static int build_body(sluice_client *c, sdk_node_t *const *nodes, uint32_t n, sluice_request *req)
 {
-    writer_buf_reset(&c->body);
+    base_buf_reset(&c->body);
     int rc = writer_batch_begin(&c->body, n, base_wall_ms(), NULL, c->ctx_enc, c->ctx_len);
     for (uint32_t i = 0; i < n && !rc; i++)
         rc = writer_raw(&c->body, nodes[i]->data, nodes[i]->len);

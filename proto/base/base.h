@@ -59,6 +59,11 @@ const char *base_errno_name(int errnum);
  * limit the caller chose: answer 413 or "too large", never "out of memory"), or BASE_E_NOMEM when
  * malloc failed. On failure the buffer is unchanged. max may be lowered between appends to
  * bound one record inside a buffer that already grew for bigger ones.
+ *
+ * A fixed buffer (base_buf_init_fixed) writes into caller memory of cap bytes and never
+ * allocates, because max never exceeds cap: appends past cap are BASE_E_TOO_LARGE. The caller
+ * owns the memory: it may lower max and raise it again up to cap (never beyond), and must not
+ * call base_buf_free() or base_buf_detach() on it (base_buf_reset() is fine).
  */
 typedef struct base_buf {
     char *data;
@@ -66,6 +71,7 @@ typedef struct base_buf {
 } base_buf_t;
 
 void base_buf_init(base_buf_t *b, size_t max);
+void base_buf_init_fixed(base_buf_t *b, void *mem, size_t cap);
 int base_buf_reserve(base_buf_t *b, size_t n); /* afterwards len + n <= cap */
 int base_buf_append(base_buf_t *b, const void *p, size_t n);
 int base_buf_append_str(base_buf_t *b, const char *s); /* strlen(s) bytes, no NUL */

@@ -17,6 +17,14 @@ void base_buf_init(base_buf_t *b, size_t max)
     b->max = max;
 }
 
+void base_buf_init_fixed(base_buf_t *b, void *mem, size_t cap)
+{
+    b->data = mem;
+    b->len = 0;
+    b->cap = cap;
+    b->max = cap; /* len + n <= max <= cap: reserve never reaches realloc */
+}
+
 int base_buf_reserve(base_buf_t *b, size_t n)
 {
     if (n > b->max || b->len > b->max - n) return BASE_E_TOO_LARGE;

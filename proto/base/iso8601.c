@@ -5,6 +5,8 @@
  */
 #include "base.h"
 
+#include <string.h>
+
 /* Days since 1970-01-01 of a proleptic Gregorian date. */
 static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
 {
@@ -108,15 +110,9 @@ static void put2(char *p, unsigned v)
     p[1] = (char)('0' + v % 10);
 }
 
-size_t base_iso8601_format(int64_t ms, char *out)
+/* The "YYYY-MM-DDThh:mm:ss." prefix of one second. */
+static void format_second(int64_t secs, char *out)
 {
-    const int64_t lo = -62167219200000LL; /* 0000-01-01T00:00:00.000Z */
-    const int64_t hi = 253402300799999LL; /* 9999-12-31T23:59:59.999Z */
-    if (ms < lo) ms = lo;
-    if (ms > hi) ms = hi;
-    /* Floor division, so a negative ms falls into the second and day before it. */
-    int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
-    unsigned milli = (unsigned)(ms - secs * 1000);
     int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
     unsigned sod = (unsigned)(secs - days * 86400);
     int64_t y;
@@ -136,6 +132,42 @@ size_t base_iso8601_format(int64_t ms, char *out)
     out[16] = ':';
     put2(out + 17, sod % 60);
     out[19] = '.';
+}
+
+/* Per thread, the prefixes of the last few seconds formatted: a record's times (received, sent,
+ * the event's own) mostly fall in a handful of seconds shared by a whole batch, so the calendar
+ * arithmetic runs once per second and stream instead of once per field (issue 11). A miss
+ * replaces the least recently used entry, so a field whose second changes with every event
+ * (an event's own timestamp) does not evict the batch's shared ones. Thread-local: no locking. */
+#define ISO8601_CACHE 4
+static _Thread_local struct {
+    int64_t secs[ISO8601_CACHE];
+    uint64_t used[ISO8601_CACHE]; /* 0: empty; else the tick of the last use */
+    uint64_t tick;
+    char prefix[ISO8601_CACHE][20];
+} iso8601_cache;
+
+size_t base_iso8601_format(int64_t ms, char *out)
+{
+    const int64_t lo = -62167219200000LL; /* 0000-01-01T00:00:00.000Z */
+    const int64_t hi = 253402300799999LL; /* 9999-12-31T23:59:59.999Z */
+    if (ms < lo) ms = lo;
+    if (ms > hi) ms = hi;
+    /* Floor division, so a negative ms falls into the second and day before it. */
+    int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+    unsigned milli = (unsigned)(ms - secs * 1000);
+    unsigned i = 0, lru = 0;
+    for (; i < ISO8601_CACHE; i++) {
+        if (iso8601_cache.used[i] != 0 && iso8601_cache.secs[i] == secs) break;
+        if (iso8601_cache.used[i] < iso8601_cache.used[lru]) lru = i;
+    }
+    if (i == ISO8601_CACHE) {
+        i = lru;
+        iso8601_cache.secs[i] = secs;
+        format_second(secs, iso8601_cache.prefix[i]);
+    }
+    iso8601_cache.used[i] = ++iso8601_cache.tick;
+    memcpy(out, iso8601_cache.prefix[i], 20);
     out[20] = (char)('0' + milli / 100);
     put2(out + 21, milli % 100);
     out[23] = 'Z';

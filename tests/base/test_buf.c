@@ -104,6 +104,27 @@ static void reset_keeps_and_detach_hands_over(void **state)
     free(d);
 }
 
+static void fixed_buffer_writes_into_caller_memory_and_never_grows(void **state)
+{
+    (void)state;
+    char mem[8];
+    base_buf_t b;
+    base_buf_init_fixed(&b, mem, sizeof mem);
+    assert_int_equal(BASE_BUF_LIT(&b, "abcdef"), BASE_OK);
+    assert_ptr_equal(b.data, mem);
+    assert_int_equal(BASE_BUF_LIT(&b, "ghi"), BASE_E_TOO_LARGE); /* past the caller's memory */
+    assert_int_equal(b.len, 6);
+    b.max = 7; /* lowered: bounds one record */
+    assert_int_equal(BASE_BUF_LIT(&b, "gh"), BASE_E_TOO_LARGE);
+    b.max = sizeof mem; /* raised back up to cap */
+    assert_int_equal(base_buf_printf(&b, "%s", "gh"), BASE_OK);
+    assert_ptr_equal(b.data, mem);
+    assert_memory_equal(mem, "abcdefgh", 8);
+    base_buf_reset(&b);
+    assert_int_equal(b.len, 0);
+    assert_ptr_equal(b.data, mem);
+}
+
 static void strerror_names_each_kind(void **state)
 {
     (void)state;
@@ -122,6 +143,7 @@ int main(void)
         cmocka_unit_test(zero_cap_refuses_everything_but_empty),
         cmocka_unit_test(printf_short_and_long),
         cmocka_unit_test(reset_keeps_and_detach_hands_over),
+        cmocka_unit_test(fixed_buffer_writes_into_caller_memory_and_never_grows),
         cmocka_unit_test(strerror_names_each_kind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

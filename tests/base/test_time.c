@@ -89,6 +89,31 @@ static void round_trips(void **state)
     }
 }
 
+/* The per-thread cache of formatted seconds (issue 11): more distinct seconds than it holds,
+ * interleaved and revisited, and neighbours a millisecond apart across second, day and year
+ * boundaries, each checked against the expected text and a parse round trip. */
+static void format_cache_never_serves_a_stale_second(void **state)
+{
+    (void)state;
+    const int64_t base[] = {1764000000123, -1, 951782400000, 0, 1735689599999, -2208988800000};
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < sizeof base / sizeof base[0]; i++) {
+            for (int64_t d = -1; d <= 1; d++) {
+                char out[BASE_ISO8601_LEN + 1];
+                base_iso8601_format(base[i] + d, out);
+                assert_int_equal(parse(out), base[i] + d);
+            }
+        }
+    }
+    fmt(1735689599999, "2024-12-31T23:59:59.999Z");
+    fmt(1735689600000, "2025-01-01T00:00:00.000Z");
+    fmt(1735689599000, "2024-12-31T23:59:59.000Z");
+    fmt(-1, "1969-12-31T23:59:59.999Z");
+    fmt(0, "1970-01-01T00:00:00.000Z");
+    fmt(-1000, "1969-12-31T23:59:59.000Z");
+    fmt(-999, "1969-12-31T23:59:59.001Z");
+}
+
 static void clocks_move_forward(void **state)
 {
     (void)state;
@@ -113,6 +138,7 @@ int main(void)
         cmocka_unit_test(parses_zones_and_fractions),
         cmocka_unit_test(rejects_bad_shapes),
         cmocka_unit_test(round_trips),
+        cmocka_unit_test(format_cache_never_serves_a_stale_second),
         cmocka_unit_test(clocks_move_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

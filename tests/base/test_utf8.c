@@ -38,6 +38,32 @@ static void rejects_ill_formed(void **state)
     assert_false(V("\xe2\x28\xa1"));     /* bad continuation */
 }
 
+/* The word-at-a-time ASCII check (issue 11) reads short strings and tails as overlapping loads:
+ * one bad byte, or one good 2-byte sequence, at every position of every length 0..40 must be
+ * seen, and bytes past len never looked at. */
+static void every_length_and_position(void **state)
+{
+    (void)state;
+    char buf[48];
+    for (size_t len = 0; len <= 40; len++) {
+        memset(buf, 'a', sizeof buf);
+        buf[len] = (char)0xFF; /* just past the end: must not matter */
+        assert_true(base_utf8_valid(buf, len));
+        for (size_t at = 0; at < len; at++) {
+            memset(buf, 'a', sizeof buf);
+            buf[at] = (char)0xFF;
+            assert_false(base_utf8_valid(buf, len));
+            buf[at] = (char)0x80; /* a lone continuation byte */
+            assert_false(base_utf8_valid(buf, len));
+            if (at + 1 < len) {
+                buf[at] = (char)0xC3; /* U+00E9 */
+                buf[at + 1] = (char)0xA9;
+                assert_true(base_utf8_valid(buf, len));
+            }
+        }
+    }
+}
+
 static void seq_len_of_each_shape(void **state)
 {
     (void)state;
@@ -56,6 +82,7 @@ int main(void)
         cmocka_unit_test(accepts_well_formed),
         cmocka_unit_test(rejects_ill_formed),
         cmocka_unit_test(seq_len_of_each_shape),
+        cmocka_unit_test(every_length_and_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -70,12 +70,17 @@ static void test_refuses_bad_strings(void **state)
     s255[255] = '\0';
     memset(s256, 'y', 256);
     s256[256] = '\0';
-    assert_int_equal(accounts_learn(a, "", 0, "acct", 4), -1);
-    assert_int_equal(accounts_learn(a, "u", 1, "", 0), -1);
-    assert_int_equal(accounts_learn(a, s256, 256, "acct", 4), -1);
-    assert_int_equal(accounts_learn(a, "u", 1, s256, 256), -1);
+    assert_int_equal(accounts_learn(a, "", 0, "acct", 4), ACCOUNTS_E_INVALID);
+    assert_int_equal(accounts_learn(a, "u", 1, "", 0), ACCOUNTS_E_INVALID);
+    assert_int_equal(accounts_learn(a, s256, 256, "acct", 4), ACCOUNTS_E_INVALID);
+    assert_int_equal(accounts_learn(a, "u", 1, s256, 256), ACCOUNTS_E_INVALID);
+    assert_int_equal(accounts_learn(NULL, "u", 1, "acct", 4), ACCOUNTS_E_INVALID);
     assert_int_equal(accounts_count(a), 0);
-    assert_int_equal(learn(a, s255, s255), 0);
+    assert_string_equal(accounts_strerror(ACCOUNTS_E_INVALID),
+                        "user or account empty or longer than 255 bytes");
+    assert_string_equal(accounts_strerror(ACCOUNTS_E_NOMEM), "out of memory");
+    assert_string_equal(accounts_strerror(7), "unknown error");
+    assert_int_equal(learn(a, s255, s255), ACCOUNTS_OK);
     assert_string_equal(lookup(a, s255), s255);
     assert_false(accounts_lookup(a, s256, 256, s256, sizeof s256, NULL));
     assert_int_equal(accounts_count(a), 1);

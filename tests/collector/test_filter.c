@@ -676,7 +676,7 @@ static void test_reload(void **state)
 
     /* bad: refused, old rules stay */
     write_yaml(rules_bad);
-    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), -1);
+    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), RELOAD_E_CONFIG);
     rt = reload_enter(&rl, &tk);
     assert_int_equal(rt->generation, 2);
     assert_int_equal(filter_set_count(rt->filters), 2);
@@ -684,7 +684,8 @@ static void test_reload(void **state)
     assert_false(rt_keeps(&rl, "test.x"));
     /* a missing file too */
     unlink(yaml_path);
-    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), -1);
+    assert_int_equal(reload_apply(&rl, &cfg, argc, argv), RELOAD_E_IO);
+    assert_string_equal(reload_strerror(RELOAD_E_IO), "cannot read the configuration file");
     assert_false(rt_keeps(&rl, "debug.y"));
 
     base_buf_t m;

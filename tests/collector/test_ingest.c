@@ -124,7 +124,8 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
     out[0] = '\0';
     if (ingest_start(&f->ctx, &f->scratch, &f->mb, &in, &req, &err) != 0) {
         assert_null(req);
-        base_buf_t b = {out, 0, outcap, outcap};
+        base_buf_t b;
+        base_buf_init_fixed(&b, out, outcap);
         ingest_error_json(&b, err.code, err.message);
         out[b.len < outcap ? b.len : outcap - 1] = '\0';
         if (retry_after) *retry_after = err.retry_after;
@@ -595,7 +596,8 @@ static void test_json_str(void **state)
 {
     (void)state;
     char mem[128];
-    base_buf_t b = {mem, 0, sizeof mem, sizeof mem};
+    base_buf_t b;
+    base_buf_init_fixed(&b, mem, sizeof mem);
     assert_int_equal(proto_json_str(&b, "a\"b\\c\n\x01", 7), 0);
     assert_int_equal(proto_json_str(&b, "\xff", 1), 0);
     assert_int_equal(proto_json_str(&b, NULL, 0), 0);

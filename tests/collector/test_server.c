@@ -270,9 +270,37 @@ static void test_bind_failure(void **state)
     memset(&ictx, 0, sizeof ictx);
     server_t *srv = (server_t *)&ictx; /* must be reset to NULL on failure */
     char err[256] = "";
-    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), -1);
+    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), SERVER_E_SOCKET);
     assert_null(srv);
     assert_non_null(strstr(err, "bind"));
+    assert_string_equal(server_strerror(SERVER_E_SOCKET),
+                        "cannot open or bind the listening socket");
+}
+
+/* An address that does not parse is the operator's mistake (SERVER_E_ADDRESS), not a socket
+ * failure, for the listener and for the admin listener alike. */
+static void test_unparsable_address_is_an_address_error(void **state)
+{
+    (void)state;
+    config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.threads = 1;
+    cfg.body_bytes = 1024;
+    ingest_ctx_t ictx;
+    memset(&ictx, 0, sizeof ictx);
+    server_t *srv = (server_t *)&ictx;
+    char err[256] = "";
+    cfg.listen = "not an address";
+    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), SERVER_E_ADDRESS);
+    assert_null(srv);
+    assert_non_null(strstr(err, "listen"));
+    cfg.listen = "127.0.0.1:0";
+    cfg.admin_listen = "nor this";
+    srv = (server_t *)&ictx;
+    assert_int_equal(server_new(&cfg, &ictx, &srv, err, sizeof err), SERVER_E_ADDRESS);
+    assert_null(srv);
+    assert_non_null(strstr(err, "admin_listen"));
+    assert_string_equal(server_strerror(12345), "unknown error");
 }
 
 int main(void)
@@ -282,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_threads_and_drain),
         cmocka_unit_test(test_kafka_free_after_server_stop),
         cmocka_unit_test(test_bind_failure),
+        cmocka_unit_test(test_unparsable_address_is_an_address_error),
     };
     return cmocka_run_group_tests(tests, NULL, mock_kafka_group_teardown);
 }

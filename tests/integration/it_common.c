@@ -66,10 +66,10 @@ void it_post(const sup_env_t *e, const char *path, const char *content_type, con
 
 void it_post_json(const sup_env_t *e, const char *path, const json_t *j, sup_http_resp_t *resp)
 {
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     assert_int_equal(sup_json_dump(j, &body), 0);
     it_post(e, path, "application/json", NULL, body.data, body.len, resp);
-    sup_buf_free(&body);
+    base_buf_free(&body);
 }
 
 void it_post_good(const sup_env_t *e, const char *prefix, size_t n, it_ids_t *ids)
@@ -203,7 +203,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 }
 
 void it_assert_refused(const char *config_yaml, const char *const *extra_args, const char *want,
-                       sup_buf_t *log)
+                       base_buf_t *log)
 {
     const char *coll = getenv("SLUICE_COLLECTOR");
     assert_non_null(coll);
@@ -242,14 +242,14 @@ void it_assert_refused(const char *config_yaml, const char *const *extra_args, c
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
     }
-    sup_buf_t err = {0};
+    base_buf_t err = {0};
     f = fopen(out, "r");
     char chunk[4096];
     size_t got;
     while (f != NULL && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        assert_int_equal(sup_buf_append(&err, chunk, got), 0);
+        assert_int_equal(sup_text_append(&err, chunk, got), 0);
     if (f != NULL) fclose(f);
-    if (err.data == NULL) assert_int_equal(sup_buf_append(&err, "", 0), 0);
+    if (err.data == NULL) assert_int_equal(sup_text_append(&err, "", 0), 0);
     nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
     bool ok = done && WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(err.data, want) != NULL;
     if (!ok)
@@ -257,9 +257,9 @@ void it_assert_refused(const char *config_yaml, const char *const *extra_args, c
                 done ? "exited" : "still running after 20 s (killed)", st, want, err.data);
     assert_true(ok);
     if (log != NULL) {
-        sup_buf_free(log);
+        base_buf_free(log);
         *log = err;
     } else {
-        sup_buf_free(&err);
+        base_buf_free(&err);
     }
 }

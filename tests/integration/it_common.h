@@ -70,7 +70,7 @@ void it_assert_still_serving(const sup_env_t *e, it_ids_t *ids);
  * non-zero within 20 s and its stderr contains want. The stderr is copied into log (when not
  * NULL, NUL-terminated) for further checks. */
 void it_assert_refused(const char *config_yaml, const char *const *extra_args, const char *want,
-                       sup_buf_t *log);
+                       base_buf_t *log);
 
 /* Runs the single case named by argv[1] (or all when absent) from tests[]. */
 int it_run(int argc, char **argv, const char *group, const struct CMUnitTest *tests, size_t n);

@@ -56,7 +56,7 @@ static void *legit_main(void *arg)
             json_array_append_new(events, sup_track(id, "legit-user", "Legit", i));
         }
         json_t *b = sup_batch(events);
-        sup_buf_t body = {0};
+        base_buf_t body = {0};
         sup_json_dump(b, &body);
         json_decref(b);
         static const char *const hdrs[] = {"Content-Type: application/json", NULL};
@@ -80,7 +80,7 @@ static void *legit_main(void *arg)
             l->lat[l->n_lat++] = (double)(base_mono_ms() - t0) / 1000.0;
         }
         sup_http_resp_free(&r);
-        sup_buf_free(&body);
+        base_buf_free(&body);
     }
     sup_http_free(h);
     return NULL;

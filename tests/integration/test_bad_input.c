@@ -26,7 +26,7 @@ static void run_bad(void **state, const char *yaml, bad_fn bad)
 }
 
 /* Sends raw bytes on a new connection and reads one answer (status, or -1 when none). */
-static int raw_exchange(const sup_env_t *e, const void *p, size_t n, sup_buf_t *answer,
+static int raw_exchange(const sup_env_t *e, const void *p, size_t n, base_buf_t *answer,
                         int timeout_ms)
 {
     int fd = sup_tcp_connect(e->coll.port, 5000);
@@ -38,13 +38,13 @@ static int raw_exchange(const sup_env_t *e, const void *p, size_t n, sup_buf_t *
 }
 
 /* The JSON body of a raw answer (after the head), parsed; new ref or NULL. */
-static json_t *raw_body_json(const sup_buf_t *answer)
+static json_t *raw_body_json(const base_buf_t *answer)
 {
     const char *b = answer->data ? strstr(answer->data, "\r\n\r\n") : NULL;
     return b ? json_loads(b + 4, 0, NULL) : NULL;
 }
 
-static void assert_raw_error(const sup_buf_t *answer, int status, int want, const char *code)
+static void assert_raw_error(const base_buf_t *answer, int status, int want, const char *code)
 {
     if (status != want)
         fprintf(stderr, "want %d, got %d: %s\n", want, status,
@@ -58,7 +58,7 @@ static void assert_raw_error(const sup_buf_t *answer, int status, int want, cons
 }
 
 /* A small valid JSON batch text (3 events) whose ids go to ids only if keep is true. */
-static void small_batch_text(sup_buf_t *out, it_ids_t *ids, bool keep)
+static void small_batch_text(base_buf_t *out, it_ids_t *ids, bool keep)
 {
     json_t *events = json_array();
     for (int i = 0; i < 3; i++) {
@@ -131,7 +131,7 @@ static void test_malformed_msgpack(void **state)
 
 static void bad_truncated_body(sup_env_t *e, it_ids_t *ids)
 {
-    sup_buf_t txt = {0}, z = {0}, g = {0}, mp = {0};
+    base_buf_t txt = {0}, z = {0}, g = {0}, mp = {0};
     small_batch_text(&txt, ids, false);
     sup_http_resp_t r;
     it_post(e, "/v1/batch", "application/json", NULL, txt.data, txt.len / 2, &r);
@@ -154,10 +154,10 @@ static void bad_truncated_body(sup_env_t *e, it_ids_t *ids)
     it_post(e, "/v1/batch", "application/json", "gzip", g.data, g.len - 10, &r);
     it_assert_error(&r, 400, "malformed_body");
     sup_http_resp_free(&r);
-    sup_buf_free(&txt);
-    sup_buf_free(&z);
-    sup_buf_free(&g);
-    sup_buf_free(&mp);
+    base_buf_free(&txt);
+    base_buf_free(&z);
+    base_buf_free(&g);
+    base_buf_free(&mp);
 }
 
 static void test_truncated_body(void **state)
@@ -174,7 +174,7 @@ static void bad_body_unlike_label(sup_env_t *e, it_ids_t *ids)
     sup_message_id(id, sizeof id, "unlike");
     json_array_append_new(events, sup_track(id, "small-user", "Small", 0));
     json_t *b = sup_batch(events);
-    sup_buf_t mp = {0}, txt = {0};
+    base_buf_t mp = {0}, txt = {0};
     assert_int_equal(sup_msgpack_encode(b, &mp), 0);
     assert_int_equal(sup_json_dump(b, &txt), 0);
     json_decref(b);
@@ -190,15 +190,15 @@ static void bad_body_unlike_label(sup_env_t *e, it_ids_t *ids)
     it_post(e, "/v1/batch", "application/msgpack", NULL, txt.data, txt.len, &r);
     it_assert_error(&r, 400, NULL);
     sup_http_resp_free(&r);
-    sup_buf_free(&mp);
-    sup_buf_free(&txt);
+    base_buf_free(&mp);
+    base_buf_free(&txt);
     /* text/plain is JSON (what browsers' sendBeacon sends), as in Segment's API. */
-    sup_buf_t plain = {0};
+    base_buf_t plain = {0};
     small_batch_text(&plain, ids, true);
     it_post(e, "/v1/batch", "text/plain;charset=UTF-8", NULL, plain.data, plain.len, &r);
     it_assert_ok(&r, 3, 0);
     sup_http_resp_free(&r);
-    sup_buf_free(&plain);
+    base_buf_free(&plain);
 }
 
 static void test_body_unlike_label(void **state)
@@ -210,7 +210,7 @@ static void test_body_unlike_label(void **state)
 
 static void bad_wrong_encoding(sup_env_t *e, it_ids_t *ids)
 {
-    sup_buf_t txt = {0};
+    base_buf_t txt = {0};
     small_batch_text(&txt, ids, false);
     static const char *const encs[] = {"br", "deflate", "gzip, zstd", "compress"};
     for (size_t i = 0; i < sizeof encs / sizeof encs[0]; i++) {
@@ -219,7 +219,7 @@ static void bad_wrong_encoding(sup_env_t *e, it_ids_t *ids)
         it_assert_error(&r, 415, "unsupported_media_type");
         sup_http_resp_free(&r);
     }
-    sup_buf_free(&txt);
+    base_buf_free(&txt);
 }
 
 static void test_wrong_encoding(void **state)
@@ -229,7 +229,7 @@ static void test_wrong_encoding(void **state)
 
 /* ---- 413 ---- */
 
-static void post_bomb(sup_env_t *e, const char *enc, const sup_buf_t *bomb)
+static void post_bomb(sup_env_t *e, const char *enc, const base_buf_t *bomb)
 {
     int64_t t0 = base_mono_ms();
     sup_http_resp_t r;
@@ -243,11 +243,11 @@ static void post_bomb(sup_env_t *e, const char *enc, const sup_buf_t *bomb)
 static void bad_zstd_bomb(sup_env_t *e, it_ids_t *ids)
 {
     (void)ids;
-    sup_buf_t bomb = {0};
+    base_buf_t bomb = {0};
     assert_int_equal(sup_zstd_zeros((size_t)256 << 20, &bomb), 0);
     assert_true(bomb.len < 64 * 1024);
     post_bomb(e, "zstd", &bomb);
-    sup_buf_free(&bomb);
+    base_buf_free(&bomb);
 }
 
 static void test_zstd_bomb(void **state)
@@ -258,11 +258,11 @@ static void test_zstd_bomb(void **state)
 static void bad_gzip_bomb(sup_env_t *e, it_ids_t *ids)
 {
     (void)ids;
-    sup_buf_t bomb = {0};
+    base_buf_t bomb = {0};
     assert_int_equal(sup_gzip_zeros((size_t)100 << 20, &bomb), 0);
     assert_true(bomb.len < 256 * 1024);
     post_bomb(e, "gzip", &bomb);
-    sup_buf_free(&bomb);
+    base_buf_free(&bomb);
 }
 
 static void test_gzip_bomb(void **state)
@@ -281,12 +281,12 @@ static void bad_content_length_over_limit(sup_env_t *e, it_ids_t *ids)
                          "Content-Type: application/json\r\nContent-Length: %ld\r\n\r\n",
                          lengths[i]);
         /* Only the head is sent: the 413 must come without the body. */
-        sup_buf_t answer = {0};
+        base_buf_t answer = {0};
         int64_t t0 = base_mono_ms();
         int status = raw_exchange(e, head, (size_t)n, &answer, 5000);
         assert_raw_error(&answer, status, 413, "payload_too_large");
         assert_true(base_mono_ms() - t0 < 4000);
-        sup_buf_free(&answer);
+        base_buf_free(&answer);
     }
 }
 
@@ -311,11 +311,11 @@ static void bad_chunked_over_limit(sup_env_t *e, it_ids_t *ids)
     /* 1 MiB of chunks, or until the server stops reading. */
     for (int i = 0; i < 128; i++)
         if (sup_tcp_send(fd, chunk, (size_t)hn + 8194, 2000) != 0) break;
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     int status = sup_tcp_read_answer(fd, &answer, 5000);
     close(fd);
     assert_raw_error(&answer, status, 413, "payload_too_large");
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
 }
 
 static void test_chunked_over_limit(void **state)
@@ -382,15 +382,15 @@ static void bad_deep_nesting(sup_env_t *e, it_ids_t *ids)
 
     /* 100k nested arrays: refused (as a body or as an event), never a stack overflow. */
     size_t depth = 100000;
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     const char *pre = "{\"batch\":[{\"type\":\"track\",\"messageId\":\"deep-x\",\"userId\":\"u\","
                       "\"event\":\"E\",\"properties\":{\"a\":";
-    assert_int_equal(sup_buf_append(&body, pre, strlen(pre)), 0);
+    assert_int_equal(sup_text_append(&body, pre, strlen(pre)), 0);
     for (size_t i = 0; i < depth; i++)
-        assert_int_equal(sup_buf_append(&body, "[", 1), 0);
+        assert_int_equal(sup_text_append(&body, "[", 1), 0);
     for (size_t i = 0; i < depth; i++)
-        assert_int_equal(sup_buf_append(&body, "]", 1), 0);
-    assert_int_equal(sup_buf_append(&body, "}}]}", 4), 0);
+        assert_int_equal(sup_text_append(&body, "]", 1), 0);
+    assert_int_equal(sup_text_append(&body, "}}]}", 4), 0);
     it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, &r);
     if (r.status == 400) {
         it_assert_error(&r, 400, "too_deep");
@@ -399,7 +399,7 @@ static void bad_deep_nesting(sup_env_t *e, it_ids_t *ids)
         it_assert_event_error(&r, 0, "deep-x", "too_deep");
     }
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
 }
 
 static void test_deep_nesting(void **state)
@@ -417,7 +417,7 @@ static void bad_invalid_utf8(sup_env_t *e, it_ids_t *ids)
                         json_stringn_nocheck("\xed\xa0\x80", 3)); /* a surrogate */
     json_t *good = sup_track("utf8-ok", "utf-user", "héllo wörld ✓", 0);
     json_t *b = sup_batch(json_pack("[o,o,o]", bad_name, bad_prop, good));
-    sup_buf_t mp = {0};
+    base_buf_t mp = {0};
     assert_int_equal(sup_msgpack_encode(b, &mp), 0);
     sup_http_resp_t r;
     it_post(e, "/v1/batch", "application/msgpack", NULL, mp.data, mp.len, &r);
@@ -427,7 +427,7 @@ static void bad_invalid_utf8(sup_env_t *e, it_ids_t *ids)
     sup_http_resp_free(&r);
     it_ids_add(ids, "utf8-ok");
     json_decref(b);
-    sup_buf_free(&mp);
+    base_buf_free(&mp);
 
     /* The same bytes inside JSON text: the body (400) or the event may be refused. */
     static const char body[] = "{\"batch\":[{\"type\":\"track\",\"messageId\":\"utf8-json\","
@@ -640,7 +640,7 @@ static void bad_malformed_http(sup_env_t *e, it_ids_t *ids)
         int fd = sup_tcp_connect(e->coll.port, 5000);
         assert_true(fd >= 0);
         sup_tcp_send(fd, garbage[i], strlen(garbage[i]), 2000);
-        sup_buf_t answer = {0};
+        base_buf_t answer = {0};
         int closed = sup_tcp_read_until_close(fd, &answer, 65536, 5000);
         close(fd);
         /* Either a 400 answer then close, or just a close: never a hang, never a 2xx. */
@@ -653,20 +653,20 @@ static void bad_malformed_http(sup_env_t *e, it_ids_t *ids)
                 fprintf(stderr, "garbage %zu answered: %s\n", i, answer.data);
             assert_true(status == 400 || status == 505);
         }
-        sup_buf_free(&answer);
+        base_buf_free(&answer);
     }
     /* Headers beyond the header-size bound: 431 or 400, or a close. */
-    sup_buf_t big = {0};
+    base_buf_t big = {0};
     const char *start = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
-    assert_int_equal(sup_buf_append(&big, start, strlen(start)), 0);
+    assert_int_equal(sup_text_append(&big, start, strlen(start)), 0);
     for (int i = 0; i < 2000; i++)
         assert_int_equal(
-            sup_buf_append(&big, "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 44), 0);
-    assert_int_equal(sup_buf_append(&big, "\r\n", 2), 0);
+            sup_text_append(&big, "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 44), 0);
+    assert_int_equal(sup_text_append(&big, "\r\n", 2), 0);
     int fd = sup_tcp_connect(e->coll.port, 5000);
     assert_true(fd >= 0);
     sup_tcp_send(fd, big.data, big.len, 2000);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     assert_true(sup_tcp_read_until_close(fd, &answer, 65536, 5000));
     close(fd);
     if (answer.len > 0) {
@@ -674,8 +674,8 @@ static void bad_malformed_http(sup_env_t *e, it_ids_t *ids)
         sscanf(answer.data, "HTTP/1.%*d %d", &status);
         assert_true(status == 431 || status == 400 || status == 413);
     }
-    sup_buf_free(&answer);
-    sup_buf_free(&big);
+    base_buf_free(&answer);
+    base_buf_free(&big);
 }
 
 static void test_malformed_http(void **state)
@@ -709,7 +709,7 @@ static uint64_t metric(const sup_env_t *e, const char *name)
 
 static void bad_disconnect_mid_body(sup_env_t *e, it_ids_t *ids)
 {
-    sup_buf_t txt = {0};
+    base_buf_t txt = {0};
     small_batch_text(&txt, ids, false);
     for (int round = 0; round < 3; round++) {
         int fd = sup_tcp_connect(e->coll.port, 5000);
@@ -724,7 +724,7 @@ static void bad_disconnect_mid_body(sup_env_t *e, it_ids_t *ids)
         sup_sleep_ms(50);
         close(fd);
     }
-    sup_buf_free(&txt);
+    base_buf_free(&txt);
     /* The half-sent events must not appear; the abort is counted. */
     int64_t deadline = base_mono_ms() + 3000;
     while (metric(e, "sluice_client_aborts_total") < 3 && base_mono_ms() < deadline)
@@ -748,7 +748,7 @@ static void bad_chunked_body(sup_env_t *e, it_ids_t *ids)
         it_ids_add(ids, id);
     }
     json_t *b = sup_batch(events);
-    sup_buf_t txt = {0};
+    base_buf_t txt = {0};
     assert_int_equal(sup_json_dump(b, &txt), 0);
     assert_true(txt.len > 3000);
     const char *h1[] = {"Content-Type: application/json", NULL};
@@ -765,7 +765,7 @@ static void bad_chunked_body(sup_env_t *e, it_ids_t *ids)
 
     json_t *b2 = sup_batch(json_pack("[o,o]", sup_track("chunk-z-0", "cz", "Z", 0),
                                      sup_track("chunk-z-1", "cz", "Z", 1)));
-    sup_buf_t mp = {0}, z = {0};
+    base_buf_t mp = {0}, z = {0};
     assert_int_equal(sup_msgpack_encode(b2, &mp), 0);
     assert_int_equal(sup_zstd(mp.data, mp.len, &z), 0);
     const char *h2[] = {"Content-Type: application/msgpack", "Content-Encoding: zstd", NULL};
@@ -782,9 +782,9 @@ static void bad_chunked_body(sup_env_t *e, it_ids_t *ids)
     it_ids_add(ids, "chunk-z-1");
     json_decref(b);
     json_decref(b2);
-    sup_buf_free(&txt);
-    sup_buf_free(&mp);
-    sup_buf_free(&z);
+    base_buf_free(&txt);
+    base_buf_free(&mp);
+    base_buf_free(&z);
 }
 
 static void test_chunked_body(void **state)
@@ -797,7 +797,7 @@ static void bad_keep_alive(sup_env_t *e, it_ids_t *ids)
     sup_http_t *h = sup_http_new(e->coll.port);
     assert_non_null(h);
     for (int i = 0; i < 6; i++) {
-        sup_buf_t txt = {0};
+        base_buf_t txt = {0};
         small_batch_text(&txt, ids, true);
         const char *hd[] = {"Content-Type: application/json", NULL};
         sup_http_req_t req = {.path = "/v1/batch",
@@ -818,7 +818,7 @@ static void bad_keep_alive(sup_env_t *e, it_ids_t *ids)
         /* One connection for all requests. */
         assert_int_equal(r.num_connects, i == 0 ? 1 : 0);
         sup_http_resp_free(&r);
-        sup_buf_free(&txt);
+        base_buf_free(&txt);
     }
     sup_http_free(h);
 
@@ -828,21 +828,21 @@ static void bad_keep_alive(sup_env_t *e, it_ids_t *ids)
     int fd = sup_tcp_connect(e->coll.port, 5000);
     assert_true(fd >= 0);
     assert_int_equal(sup_tcp_send(fd, two, sizeof two - 1, 2000), 0);
-    sup_buf_t a1 = {0};
+    base_buf_t a1 = {0};
     assert_int_equal(sup_tcp_read_answer(fd, &a1, 5000), 200);
     /* The second answer may already be in a1 after the first one. */
     const char *second = strstr(a1.data + 5, "HTTP/1.1 ");
-    sup_buf_t a2 = {0};
+    base_buf_t a2 = {0};
     if (second)
-        sup_buf_append(&a2, second, strlen(second));
+        sup_text_append(&a2, second, strlen(second));
     else
         sup_tcp_read_answer(fd, &a2, 5000);
     int s2 = -1;
     if (a2.data) sscanf(a2.data, "HTTP/1.%*d %d", &s2);
     assert_int_equal(s2, 404);
     close(fd);
-    sup_buf_free(&a1);
-    sup_buf_free(&a2);
+    base_buf_free(&a1);
+    base_buf_free(&a2);
 }
 
 static void test_keep_alive(void **state)
@@ -861,7 +861,7 @@ static void bad_slowloris(sup_env_t *e, it_ids_t *ids)
     it_post_good(e, "during", 2, ids);
     /* Dribble a header byte every 200 ms: trickling does not extend the deadline. */
     bool closed = false;
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     while (!closed && base_mono_ms() - t0 < 6000) {
         if (sup_tcp_send(fd, "X", 1, 500) != 0) {
             closed = true;
@@ -871,7 +871,7 @@ static void bad_slowloris(sup_env_t *e, it_ids_t *ids)
     }
     int64_t took = base_mono_ms() - t0;
     close(fd);
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
     if (!closed) fprintf(stderr, "slow connection still open after %lld ms\n", (long long)took);
     assert_true(closed);
     /* limits.header_timeout is 1 s here. */
@@ -891,15 +891,15 @@ static void bad_idle_keep_alive(sup_env_t *e, it_ids_t *ids)
     assert_true(fd >= 0);
     static const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_int_equal(sup_tcp_send(fd, get, sizeof get - 1, 2000), 0);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     assert_int_equal(sup_tcp_read_answer(fd, &answer, 5000), 200);
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
     /* Idle after a complete exchange: closed after limits.idle_timeout (1 s here). */
     int64_t t0 = base_mono_ms();
     int closed = sup_tcp_read_until_close(fd, &answer, 65536, 5000);
     int64_t took = base_mono_ms() - t0;
     close(fd);
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
     assert_true(closed);
     assert_true(took >= 700 && took < 4000);
 }
@@ -919,11 +919,11 @@ static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
     }
     sup_sleep_ms(200); /* let the collector accept them */
     /* The cap (3) is reached: the next client is answered 503 and closed. */
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     static const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     int status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
     assert_raw_error(&answer, status, 503, NULL);
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
     for (int i = 0; i < 3; i++)
         close(held[i]);
     /* Slots free again once the held connections are gone. */
@@ -931,7 +931,7 @@ static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
     do {
         sup_sleep_ms(100);
         status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
-        sup_buf_free(&answer);
+        base_buf_free(&answer);
     } while (status != 200 && base_mono_ms() < deadline);
     assert_int_equal(status, 200);
 }

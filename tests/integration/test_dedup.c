@@ -16,7 +16,7 @@
 #define BASIC_WK_TEST "Authorization: Basic d2tfdGVzdDo=\r\n" /* "wk_test:" */
 
 /* A JSON batch of the given message ids (track events). */
-static void batch_of(const char *const *ids, size_t n, sup_buf_t *out)
+static void batch_of(const char *const *ids, size_t n, base_buf_t *out)
 {
     json_t *events = json_array();
     for (size_t i = 0; i < n; i++)
@@ -48,10 +48,10 @@ static void assert_counts(const sup_http_resp_t *r, long accepted, long duplicat
 
 static void post_ids(const sup_env_t *e, const char *const *ids, size_t n, sup_http_resp_t *r)
 {
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     batch_of(ids, n, &body);
     it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
 }
 
 /* The value of a metric line "name value" in /metrics, or -1 when absent. */
@@ -99,7 +99,7 @@ static void test_dedup_within_and_across_batches(void **state)
     json_array_append_new(events, sup_track(a, "dedup-user", "Dedup Event", 0));
     json_array_append_new(events, sup_track(c, "dedup-user", "Dedup Event", 1));
     json_t *batch = sup_batch(events);
-    sup_buf_t mp = {0}, z = {0};
+    base_buf_t mp = {0}, z = {0};
     assert_int_equal(sup_msgpack_encode(batch, &mp), 0);
     assert_int_equal(sup_zstd(mp.data, mp.len, &z), 0);
     json_decref(batch);
@@ -113,8 +113,8 @@ static void test_dedup_within_and_across_batches(void **state)
         sup_http_resp_free(&r);
     }
     sup_http_free(h);
-    sup_buf_free(&mp);
-    sup_buf_free(&z);
+    base_buf_free(&mp);
+    base_buf_free(&z);
     /* A single-event call with a known id. */
     json_t *one = sup_track(b, "dedup-user", "Dedup Event", 9);
     it_post_json(e, "/v1/track", one, &r);
@@ -137,7 +137,7 @@ static void test_dedup_key_includes_source(void **state)
     char a[IT_ID_BYTES];
     sup_message_id(a, sizeof a, "src");
     const char *ids[] = {a};
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     batch_of(ids, 1, &body);
     const char *hdrs[] = {"Content-Type: application/json", NULL};
     const char *users[] = {"wk_test", "wk_web", "wk_test", "wk_web"};
@@ -153,7 +153,7 @@ static void test_dedup_key_includes_source(void **state)
         assert_counts(&r, want_accepted[i], 1 - want_accepted[i]);
         sup_http_resp_free(&r);
     }
-    sup_buf_free(&body);
+    base_buf_free(&body);
     sup_kmsgs_t m;
     assert_int_equal(sup_consume(e->mock.bootstrap, "events", 2, 10000, &m), 0);
     assert_int_equal(m.n, 2);
@@ -173,7 +173,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
         idp[i] = idbuf[i];
         it_ids_add(&ids, idbuf[i]);
     }
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     batch_of(idp, 8, &body);
 
     assert_int_equal(sup_mock_cmd(&e->mock, "down 1", 5000), 0);
@@ -208,7 +208,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
     it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, &r);
     assert_counts(&r, 0, 8);
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
     sup_sleep_ms(2500); /* anything still pending from the failed attempt lands before counting */
     it_assert_events_exactly(e, &ids, NULL);
 }
@@ -216,7 +216,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
 /* Reads one answer from fd; returns its status and fills accepted/duplicates (-1 when absent). */
 static int read_answer(int fd, long *accepted, long *duplicates, int *retry_after)
 {
-    sup_buf_t ans = {0};
+    base_buf_t ans = {0};
     int status = sup_tcp_read_answer(fd, &ans, 15000);
     *accepted = *duplicates = -1;
     *retry_after = 0;
@@ -231,7 +231,7 @@ static int read_answer(int fd, long *accepted, long *duplicates, int *retry_afte
         }
         json_decref(j);
     }
-    sup_buf_free(&ans);
+    base_buf_free(&ans);
     return status;
 }
 
@@ -253,7 +253,7 @@ static void test_dedup_concurrent_copies(void **state)
     }
     sup_message_id(fresh, sizeof fresh, "conc-new");
     it_ids_add(&ids, fresh);
-    sup_buf_t body = {0}, mixed = {0};
+    base_buf_t body = {0}, mixed = {0};
     batch_of(idp, 5, &body);
     const char *mix_ids[] = {fresh, idp[0], idp[3]};
     batch_of(mix_ids, 3, &mixed);
@@ -265,7 +265,7 @@ static void test_dedup_concurrent_copies(void **state)
         assert_true(fds[i] >= 0);
     }
     for (int i = 0; i < N; i++) {
-        const sup_buf_t *b = i == 4 ? &mixed : &body;
+        const base_buf_t *b = i == 4 ? &mixed : &body;
         char head[512];
         int hn = snprintf(head, sizeof head,
                           "POST /v1/batch HTTP/1.1\r\nHost: x\r\n" BASIC_WK_TEST
@@ -308,8 +308,8 @@ static void test_dedup_concurrent_copies(void **state)
     it_post(e, "/v1/batch", "application/json", NULL, mixed.data, mixed.len, &r);
     assert_counts(&r, 0, 3);
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
-    sup_buf_free(&mixed);
+    base_buf_free(&body);
+    base_buf_free(&mixed);
     it_assert_events_exactly(e, &ids, NULL);
 }
 

@@ -49,7 +49,7 @@ static void test_broker_down_then_retry(void **state)
         it_ids_add(&retry_ids, id);
     }
     json_t *batch = sup_batch(events);
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     assert_int_equal(sup_json_dump(batch, &body), 0);
     json_decref(batch);
 
@@ -96,7 +96,7 @@ static void test_broker_down_then_retry(void **state)
     /* Let any delivery still pending from the failed attempt land before counting. */
     sup_sleep_ms(2500);
     it_assert_events_exactly(e, &ids, NULL);
-    sup_buf_free(&body);
+    base_buf_free(&body);
 }
 
 /* SPEC §3 fail fast: once the collector knows every broker is down (and the spool is off),
@@ -177,7 +177,7 @@ static void test_kafka_down_fails_fast(void **state)
 }
 
 /* Sends a batch of 3 on a raw connection, split at `split` bytes of the body; returns fd. */
-static int send_head_and_part(const sup_env_t *e, it_ids_t *ids, sup_buf_t *body, size_t *split)
+static int send_head_and_part(const sup_env_t *e, it_ids_t *ids, base_buf_t *body, size_t *split)
 {
     json_t *events = json_array();
     for (int i = 0; i < 3; i++) {
@@ -202,7 +202,7 @@ static int send_head_and_part(const sup_env_t *e, it_ids_t *ids, sup_buf_t *body
     return fd;
 }
 
-static void assert_raw_ok(const sup_buf_t *answer, int status, long accepted)
+static void assert_raw_ok(const base_buf_t *answer, int status, long accepted)
 {
     if (status != 200)
         fprintf(stderr, "in-flight answer: %s\n", answer->data ? answer->data : "(none)");
@@ -220,7 +220,7 @@ static void test_sigterm_mid_body(void **state)
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
     it_post_good(e, "before", 3, &ids);
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     size_t split = 0;
     int fd = send_head_and_part(e, &ids, &body, &split);
     sup_sleep_ms(300);
@@ -230,12 +230,12 @@ static void test_sigterm_mid_body(void **state)
     long s = get_status(e, "/v1/batch");
     assert_true(s == 0 || s == 503);
     assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     int status = sup_tcp_read_answer(fd, &answer, 10000);
     close(fd);
     assert_raw_ok(&answer, status, 3);
-    sup_buf_free(&answer);
-    sup_buf_free(&body);
+    base_buf_free(&answer);
+    base_buf_free(&body);
     assert_int_equal(sup_collector_wait(&e->coll, 15000), 0);
     it_assert_events_exactly(e, &ids, NULL);
 }
@@ -247,21 +247,21 @@ static void test_sigterm_waiting_for_kafka(void **state)
     it_post_good(e, "before", 3, &ids);
     /* Every broker answer now takes 1.5 s: the request below waits for its acks. */
     assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 1500", 5000), 0);
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     size_t split = 0;
     int fd = send_head_and_part(e, &ids, &body, &split);
     assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
     int64_t t0 = base_mono_ms();
     sup_sleep_ms(300);
     sup_collector_signal(&e->coll, SIGTERM);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     int status = sup_tcp_read_answer(fd, &answer, 15000);
     /* The answer waited for the slow acks, so SIGTERM really came while it was in flight. */
     assert_true(base_mono_ms() - t0 >= 1000);
     close(fd);
     assert_raw_ok(&answer, status, 3);
-    sup_buf_free(&answer);
-    sup_buf_free(&body);
+    base_buf_free(&answer);
+    base_buf_free(&body);
     assert_int_equal(sup_collector_wait(&e->coll, 15000), 0);
     assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 0", 5000), 0);
     it_assert_events_exactly(e, &ids, NULL);
@@ -275,13 +275,13 @@ static void test_client_leaves_while_waiting_for_kafka(void **state)
     /* Slow acks: each request below is still waiting for Kafka when its client goes away. */
     assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 700", 5000), 0);
     for (int i = 0; i < 4; i++) {
-        sup_buf_t body = {0};
+        base_buf_t body = {0};
         size_t split = 0;
         int fd = send_head_and_part(e, &ids, &body, &split);
         assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
         sup_sleep_ms(50);
         close(fd);
-        sup_buf_free(&body);
+        base_buf_free(&body);
     }
     assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 0", 5000), 0);
     /* The collector survives its clients leaving (the requests finish detached), and the events

@@ -39,14 +39,14 @@ static void post_expect(const sup_env_t *e, const char *body, long accepted, lon
 }
 
 /* GET /metrics into out (NUL-terminated). */
-static void get_metrics(const sup_env_t *e, sup_buf_t *out)
+static void get_metrics(const sup_env_t *e, base_buf_t *out)
 {
     sup_http_req_t get = {.method = "GET", .path = "/metrics"};
     sup_http_resp_t r;
     assert_int_equal(sup_http_once(e->coll.port, &get, &r), 0);
     assert_int_equal(r.status, 200);
     out->len = 0;
-    assert_int_equal(sup_buf_append(out, r.body.data, r.body.len), 0);
+    assert_int_equal(sup_text_append(out, r.body.data, r.body.len), 0);
     sup_http_resp_free(&r);
 }
 
@@ -64,7 +64,7 @@ static void openssl_hmac(const char *key, const char *data, char out[128])
     snprintf(out, 128, "hmac-sha256:%.64s", line);
 }
 
-static void assert_metric(const sup_buf_t *m, const char *line)
+static void assert_metric(const base_buf_t *m, const char *line)
 {
     if (!strstr(m->data, line))
         fprintf(stderr,
@@ -141,7 +141,7 @@ static void test_filter_drop_allow_sample(void **state)
     }
     sup_kmsgs_free(&m);
 
-    sup_buf_t met = {0};
+    base_buf_t met = {0};
     get_metrics(e, &met);
     assert_metric(&met, "sluice_filter_events_total{rule=\"no_bots\",action=\"drop\"} 1\n");
     assert_metric(&met, "sluice_filter_events_total{rule=\"no_debug\",action=\"drop\"} 1\n");
@@ -154,7 +154,7 @@ static void test_filter_drop_allow_sample(void **state)
     assert_metric(&met, line);
     snprintf(line, sizeof line, "sluice_events_filtered_total %ld\n", 4 + filtered_total);
     assert_metric(&met, line);
-    sup_buf_free(&met);
+    base_buf_free(&met);
 }
 
 static void test_filter_strip_hash_in_kafka(void **state)
@@ -213,11 +213,11 @@ static void test_filter_strip_hash_in_kafka(void **state)
     json_decref(v2);
     sup_kmsgs_free(&m);
 
-    sup_buf_t met = {0};
+    base_buf_t met = {0};
     get_metrics(e, &met);
     assert_metric(&met, "sluice_filter_events_total{rule=\"scrub_pii\",action=\"strip\"} 2\n");
     assert_metric(&met, "sluice_filter_events_total{rule=\"pseudonymize\",action=\"hash\"} 2\n");
-    sup_buf_free(&met);
+    base_buf_free(&met);
 }
 
 /* ---- SIGHUP under load ---- */
@@ -341,7 +341,7 @@ static void test_filter_sighup_reload_under_load(void **state)
                 "{\"type\":\"track\",\"messageId\":\"z-2\",\"userId\":\"u\",\"event\":\"test.x\"},"
                 "{\"type\":\"track\",\"messageId\":\"z-3\",\"userId\":\"u\",\"event\":\"ok\"}]}",
                 1, 2);
-    sup_buf_t met = {0};
+    base_buf_t met = {0};
     get_metrics(e, &met);
     assert_metric(&met, "sluice_config_reloads_total{result=\"ok\"} 1\n");
     assert_metric(&met, "sluice_config_reloads_total{result=\"failed\"} 1\n");
@@ -351,7 +351,7 @@ static void test_filter_sighup_reload_under_load(void **state)
     snprintf(line, sizeof line,
              "sluice_filter_events_total{rule=\"no_debug\",action=\"drop\"} %ld\n", requests + 1);
     assert_metric(&met, line);
-    sup_buf_free(&met);
+    base_buf_free(&met);
 }
 
 /* A hash rule whose key is missing or shorter than 16 bytes: the collector refuses to start and

@@ -29,7 +29,7 @@ static void expect_400_and_close(const sup_env_t *e, const char *raw, const char
     int fd = sup_tcp_connect(e->coll.port, 5000);
     assert_true(fd >= 0);
     assert_int_equal(sup_tcp_send(fd, raw, strlen(raw), 5000), 0);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     int closed = sup_tcp_read_until_close(fd, &answer, 65536, 10000);
     close(fd);
     int status = -1;
@@ -42,7 +42,7 @@ static void expect_400_and_close(const sup_env_t *e, const char *raw, const char
     assert_non_null(strstr(answer.data, "\"error\":\"bad_request\""));
     /* One answer only: the request behind it was not parsed. */
     assert_null(strstr(answer.data, "HTTP/1.1 200"));
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
 }
 
 static void run_strict(void **state, const char *raw, const char *why)
@@ -176,10 +176,10 @@ static void test_http10_without_host_is_served(void **state)
     assert_true(fd >= 0);
     static const char get[] = "GET /healthz HTTP/1.0\r\n\r\n";
     assert_int_equal(sup_tcp_send(fd, get, sizeof get - 1, 5000), 0);
-    sup_buf_t answer = {0};
+    base_buf_t answer = {0};
     assert_int_equal(sup_tcp_read_answer(fd, &answer, 10000), 200);
     close(fd);
-    sup_buf_free(&answer);
+    base_buf_free(&answer);
 }
 
 int main(int argc, char **argv)

@@ -136,7 +136,7 @@ static void test_batch_msgpack_zstd(void **state)
     int64_t t0 = base_wall_ms();
     /* The client's clock runs an hour behind: only the offsets within the batch matter. */
     json_t *batch = skewed_batch(100, "mz", &ids, t0 - 3600 * 1000);
-    sup_buf_t mp = {0}, z = {0};
+    base_buf_t mp = {0}, z = {0};
     assert_int_equal(sup_msgpack_encode(batch, &mp), 0);
     assert_int_equal(sup_zstd(mp.data, mp.len, &z), 0);
     sup_http_resp_t resp;
@@ -146,8 +146,8 @@ static void test_batch_msgpack_zstd(void **state)
     int64_t t1 = base_wall_ms();
     assert_skewed_delivery(e, &ids, t0, t1, "msgpack");
     json_decref(batch);
-    sup_buf_free(&mp);
-    sup_buf_free(&z);
+    base_buf_free(&mp);
+    base_buf_free(&z);
 }
 
 static void test_batch_json_gzip(void **state)
@@ -156,7 +156,7 @@ static void test_batch_json_gzip(void **state)
     it_ids_t ids = {0};
     int64_t t0 = base_wall_ms();
     json_t *batch = skewed_batch(40, "jg", &ids, t0 + 90 * 1000); /* clock 90 s ahead */
-    sup_buf_t txt = {0}, g = {0};
+    base_buf_t txt = {0}, g = {0};
     assert_int_equal(sup_json_dump(batch, &txt), 0);
     assert_int_equal(sup_gzip(txt.data, txt.len, &g), 0);
     sup_http_resp_t resp;
@@ -165,8 +165,8 @@ static void test_batch_json_gzip(void **state)
     sup_http_resp_free(&resp);
     assert_skewed_delivery(e, &ids, t0, base_wall_ms(), "msgpack");
     json_decref(batch);
-    sup_buf_free(&txt);
-    sup_buf_free(&g);
+    base_buf_free(&txt);
+    base_buf_free(&g);
 }
 
 static void test_batch_json_plain_and_x_msgpack(void **state)
@@ -184,7 +184,7 @@ static void test_batch_json_plain_and_x_msgpack(void **state)
 
     /* application/x-msgpack and a charset parameter on JSON are accepted too. */
     json_t *b2 = skewed_batch(4, "xm", &ids, base_wall_ms());
-    sup_buf_t mp = {0}, txt = {0};
+    base_buf_t mp = {0}, txt = {0};
     assert_int_equal(sup_msgpack_encode(b2, &mp), 0);
     it_post(e, "/v1/batch", "application/x-msgpack", NULL, mp.data, mp.len, &resp);
     it_assert_ok(&resp, 4, 0);
@@ -197,8 +197,8 @@ static void test_batch_json_plain_and_x_msgpack(void **state)
     it_assert_events_exactly(e, &ids, NULL);
     json_decref(b2);
     json_decref(b3);
-    sup_buf_free(&mp);
-    sup_buf_free(&txt);
+    base_buf_free(&mp);
+    base_buf_free(&txt);
 }
 
 static void test_single_calls(void **state)
@@ -370,7 +370,7 @@ static void test_output_json_format(void **state)
     it_ids_t ids = {0};
     int64_t t0 = base_wall_ms();
     json_t *batch = skewed_batch(8, "fj", &ids, t0);
-    sup_buf_t mp = {0};
+    base_buf_t mp = {0};
     assert_int_equal(sup_msgpack_encode(batch, &mp), 0);
     sup_http_resp_t resp;
     it_post(e, "/v1/batch", "application/msgpack", NULL, mp.data, mp.len, &resp);
@@ -388,7 +388,7 @@ static void test_output_json_format(void **state)
     }
     sup_kmsgs_free(&m);
     json_decref(batch);
-    sup_buf_free(&mp);
+    base_buf_free(&mp);
 }
 
 /* Posts one track event with the given auth; returns the HTTP status; adds the id when 200. */
@@ -397,7 +397,7 @@ static long post_with_auth(const sup_env_t *e, const char *user, const char *bea
 {
     json_t *batch = sup_batch(json_pack("[o]", sup_track(id, "auth-user", "Auth", 0)));
     if (body_key) json_object_set_new(batch, "writeKey", json_string(body_key));
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     assert_int_equal(sup_json_dump(batch, &body), 0);
     char auth[128];
     const char *headers[3] = {"Content-Type: application/json", NULL, NULL};
@@ -420,7 +420,7 @@ static long post_with_auth(const sup_env_t *e, const char *user, const char *bea
         it_assert_error(&resp, status, NULL);
     }
     sup_http_resp_free(&resp);
-    sup_buf_free(&body);
+    base_buf_free(&body);
     json_decref(batch);
     return status;
 }
@@ -608,7 +608,7 @@ static void test_rate_limit_429(void **state)
     char id[IT_ID_BYTES];
     sup_message_id(id, sizeof id, "rate-web");
     json_t *batch = sup_batch(json_pack("[o]", sup_track(id, "rate-user", "Other Key", 0)));
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     assert_int_equal(sup_json_dump(batch, &body), 0);
     const char *hd[] = {"Content-Type: application/json", NULL};
     sup_http_req_t req = {.path = "/v1/batch",
@@ -621,7 +621,7 @@ static void test_rate_limit_429(void **state)
     it_assert_ok(&r, 1, 0);
     it_ids_add(&ids, id);
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
     json_decref(batch);
     it_assert_events_exactly(e, &ids, NULL);
 }

@@ -55,26 +55,26 @@ static void test_json_lone_surrogate(void **state)
 {
     sup_env_t *e = it_start(state, NULL);
     it_ids_t ids = {0};
-    sup_buf_t body = {0};
-    assert_int_equal(sup_buf_append(&body, "{\"batch\":[", 10), 0);
+    base_buf_t body = {0};
+    assert_int_equal(sup_text_append(&body, "{\"batch\":[", 10), 0);
     for (int i = 0; i < 20; i++) {
         char ev[256];
         int n = snprintf(ev, sizeof ev,
                          "%s{\"type\":\"track\",\"messageId\":\"sur-%02d\",\"userId\":\"u\","
                          "\"event\":\"E\",\"properties\":{\"title\":\"%s\"}}",
                          i ? "," : "", i, i == 7 ? "party \\ud83d" : "plain");
-        assert_int_equal(sup_buf_append(&body, ev, (size_t)n), 0);
+        assert_int_equal(sup_text_append(&body, ev, (size_t)n), 0);
         char id[16];
         snprintf(id, sizeof id, "sur-%02d", i);
         it_ids_add(&ids, id);
     }
-    assert_int_equal(sup_buf_append(&body, "]}", 2), 0);
+    assert_int_equal(sup_text_append(&body, "]}", 2), 0);
     double before = metric(e, "sluice_json_lone_surrogates_total");
     sup_http_resp_t r;
     it_post(e, "/v1/batch", "application/json", NULL, body.data, body.len, &r);
     it_assert_ok(&r, 20, 0);
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
     assert_true(metric(e, "sluice_json_lone_surrogates_total") == before + 1);
 
     sup_kmsgs_t m;

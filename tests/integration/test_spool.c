@@ -48,7 +48,7 @@ static void load_free(load_t *l)
 }
 
 /* Builds a batch of BATCH new events (ids added to l, not yet acknowledged) into body. */
-static size_t load_batch(load_t *l, const char *prefix, sup_buf_t *body)
+static size_t load_batch(load_t *l, const char *prefix, base_buf_t *body)
 {
     if (l->n + BATCH > l->cap) {
         l->cap = l->cap ? l->cap * 2 : 4096;
@@ -81,7 +81,7 @@ static size_t load_batch(load_t *l, const char *prefix, sup_buf_t *body)
 static long load_send(const sup_env_t *e, sup_http_t *h, load_t *l, const char *prefix,
                       int64_t deadline_ms)
 {
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     size_t first = load_batch(l, prefix, &body);
     const char *hdr[] = {"Content-Type: application/json", NULL};
     sup_http_req_t req = {.path = "/v1/batch",
@@ -112,7 +112,7 @@ static long load_send(const sup_env_t *e, sup_http_t *h, load_t *l, const char *
             l->retried[i] = refused;
         }
     }
-    sup_buf_free(&body);
+    base_buf_free(&body);
     return status;
 }
 
@@ -278,7 +278,7 @@ static void test_spool_kill9_restart(void **state)
     for (int64_t dl = base_mono_ms() + 20000; l.ok < ok_before + 30 && base_mono_ms() < dl;)
         assert_int_equal(load_send(e, h, &l, "down", base_mono_ms() + 10000), 200);
     assert_true(l.ok >= ok_before + 30);
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     (void)load_batch(&l, "killed", &body);
     int fd = sup_tcp_connect(e->coll.port, 2000);
     assert_true(fd >= 0);
@@ -291,7 +291,7 @@ static void test_spool_kill9_restart(void **state)
     assert_int_equal(sup_tcp_send(fd, body.data, body.len, 2000), 0);
     sup_collector_signal(&e->coll, SIGKILL);
     close(fd);
-    sup_buf_free(&body);
+    base_buf_free(&body);
     assert_int_equal(sup_collector_wait(&e->coll, 5000), 128 + SIGKILL);
     sup_http_free(h);
     static const char *const keys[] = {"wk_test=test", "wk_web=web", NULL};

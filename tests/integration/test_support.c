@@ -101,7 +101,7 @@ static void test_codecs_roundtrip(void **state)
         json_pack("{s:s, s:i, s:f, s:b, s:n, s:[i,s,{s:s}], s:{s:{s:i}}}", "s", "héllo", "i", -42,
                   "f", 1.5, "b", 1, "nil", "arr", 1, "two", "k", "v", "nest", "a", "b", 3);
     assert_non_null(j);
-    sup_buf_t mp = {0};
+    base_buf_t mp = {0};
     assert_int_equal(sup_msgpack_encode(j, &mp), 0);
     assert_true((unsigned char)mp.data[0] >= 0x80 && (unsigned char)mp.data[0] <= 0x8f);
     json_t *back = sup_msgpack_decode(mp.data, mp.len);
@@ -111,7 +111,7 @@ static void test_codecs_roundtrip(void **state)
     /* Trailing bytes after the value are refused. */
     assert_null(sup_msgpack_decode(mp.data, mp.len - 1));
 
-    sup_buf_t txt = {0}, z = {0}, g = {0};
+    base_buf_t txt = {0}, z = {0}, g = {0};
     assert_int_equal(sup_json_dump(j, &txt), 0);
     assert_int_equal(sup_zstd(txt.data, txt.len, &z), 0);
     char out[4096];
@@ -134,7 +134,7 @@ static void test_codecs_roundtrip(void **state)
     inflateEnd(&zs);
 
     /* Bombs: 64 MiB of zeros in a few KiB. */
-    sup_buf_t zb = {0}, gb = {0};
+    base_buf_t zb = {0}, gb = {0};
     assert_int_equal(sup_zstd_zeros((size_t)64 << 20, &zb), 0);
     assert_int_equal(sup_gzip_zeros((size_t)64 << 20, &gb), 0);
     assert_true(zb.len > 0 && zb.len < 64 * 1024);
@@ -149,12 +149,12 @@ static void test_codecs_roundtrip(void **state)
     assert_int_equal(sup_parse_iso8601(iso, &ms), 0);
     assert_int_equal(ms, 1795435200123);
 
-    sup_buf_free(&mp);
-    sup_buf_free(&txt);
-    sup_buf_free(&z);
-    sup_buf_free(&g);
-    sup_buf_free(&zb);
-    sup_buf_free(&gb);
+    base_buf_free(&mp);
+    base_buf_free(&txt);
+    base_buf_free(&z);
+    base_buf_free(&g);
+    base_buf_free(&zb);
+    base_buf_free(&gb);
     json_decref(j);
 }
 

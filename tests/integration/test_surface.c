@@ -305,7 +305,7 @@ static void test_content_type_labels(void **state)
                 json_array_append_new(events, sup_track(id, "label-user", "Labelled", k));
             }
             json_t *batch = sup_batch(events);
-            sup_buf_t txt = {0}, g = {0};
+            base_buf_t txt = {0}, g = {0};
             assert_int_equal(sup_json_dump(batch, &txt), 0);
             if (gz) assert_int_equal(sup_gzip(txt.data, txt.len, &g), 0);
             sup_http_resp_t resp;
@@ -316,8 +316,8 @@ static void test_content_type_labels(void **state)
             it_assert_ok(&resp, 2, 0);
             sup_http_resp_free(&resp);
             json_decref(batch);
-            sup_buf_free(&txt);
-            sup_buf_free(&g);
+            base_buf_free(&txt);
+            base_buf_free(&g);
         }
     }
     /* msgpack, labelled as such, gzip'd; then the same bytes labelled JSON: 400. */
@@ -325,7 +325,7 @@ static void test_content_type_labels(void **state)
     sup_message_id(id, sizeof id, "label-mp");
     it_ids_add(&ids, id);
     json_t *batch = sup_batch(json_pack("[o]", sup_track(id, "label-user", "Packed", 0)));
-    sup_buf_t mp = {0}, g = {0};
+    base_buf_t mp = {0}, g = {0};
     assert_int_equal(sup_msgpack_encode(batch, &mp), 0);
     assert_int_equal(sup_gzip(mp.data, mp.len, &g), 0);
     sup_http_resp_t resp;
@@ -339,8 +339,8 @@ static void test_content_type_labels(void **state)
     it_assert_error(&resp, 415, "unsupported_media_type");
     sup_http_resp_free(&resp);
     json_decref(batch);
-    sup_buf_free(&mp);
-    sup_buf_free(&g);
+    base_buf_free(&mp);
+    base_buf_free(&g);
     it_assert_events_exactly(e, &ids, NULL);
 }
 

@@ -100,7 +100,7 @@ static void https_post_good(sup_http_t *h, const char *prefix, size_t n, it_ids_
         it_ids_add(ids, id);
     }
     json_t *batch = sup_batch(events);
-    sup_buf_t body = {0};
+    base_buf_t body = {0};
     assert_int_equal(sup_json_dump(batch, &body), 0);
     json_decref(batch);
     const char *hdr[] = {"Content-Type: application/json", NULL};
@@ -114,11 +114,11 @@ static void https_post_good(sup_http_t *h, const char *prefix, size_t n, it_ids_
     it_assert_ok(&r, (long)n, 0);
     if (num_connects != NULL) *num_connects = r.num_connects;
     sup_http_resp_free(&r);
-    sup_buf_free(&body);
+    base_buf_free(&body);
 }
 
 /* GET path over a new TLS connection verified against ca; returns the status. */
-static long https_get(int port, const char *ca, const char *path, sup_buf_t *out)
+static long https_get(int port, const char *ca, const char *path, base_buf_t *out)
 {
     sup_http_t *h = sup_http_new(port);
     sup_http_set_ca(h, ca);
@@ -127,7 +127,7 @@ static long https_get(int port, const char *ca, const char *path, sup_buf_t *out
     sup_http_do(h, &q, &r);
     long st = r.status;
     if (out != NULL && r.body.data)
-        assert_int_equal(sup_buf_append(out, r.body.data, r.body.len), 0);
+        assert_int_equal(sup_text_append(out, r.body.data, r.body.len), 0);
     sup_http_resp_free(&r);
     sup_http_free(h);
     return st;
@@ -135,14 +135,14 @@ static long https_get(int port, const char *ca, const char *path, sup_buf_t *out
 
 static long metric(int port, const char *name)
 {
-    sup_buf_t m = {0};
+    base_buf_t m = {0};
     assert_int_equal(https_get(port, ca_a, "/metrics", &m), 200);
     const char *p = strstr(m.data, name);
     long v = -1;
     while (p != NULL && (p[strlen(name)] != ' ' || (p > m.data && p[-1] != '\n')))
         p = strstr(p + 1, name); /* the sample line, not # HELP */
     if (p != NULL) v = atol(p + strlen(name) + 1);
-    sup_buf_free(&m);
+    base_buf_free(&m);
     return v;
 }
 
@@ -205,7 +205,7 @@ static void test_tls_keepalive_pipelining(void **state)
     off += (size_t)snprintf(reqs + off, sizeof reqs - off,
                             "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     assert_int_equal(sup_tls_send(t, reqs, off, 5000), 0);
-    sup_buf_t out = {0};
+    base_buf_t out = {0};
     for (int i = 0; i < 4; i++) {
         /* answers one at a time, in order */
         int st = sup_tls_read_answer(t, &out, 10000);
@@ -224,7 +224,7 @@ static void test_tls_keepalive_pipelining(void **state)
     assert_int_equal(sup_tls_read_until_close(t, &out, 1 << 16, 10000), 1);
     assert_non_null(strstr(out.data, "HTTP/1.1 200"));
     assert_non_null(strstr(out.data, "Connection: close"));
-    sup_buf_free(&out);
+    base_buf_free(&out);
     sup_tls_close(t);
     it_assert_events_exactly(e, &ids, NULL);
 }
@@ -237,12 +237,12 @@ static void test_tls_plain_http_refused(void **state)
     assert_true(fd >= 0);
     static const char req[] = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     assert_int_equal(sup_tcp_send(fd, req, sizeof req - 1, 2000), 0);
-    sup_buf_t out = {0};
+    base_buf_t out = {0};
     int64_t t0 = base_mono_ms();
     assert_int_equal(sup_tcp_read_until_close(fd, &out, 4096, 5000), 1);
     assert_true(base_mono_ms() - t0 < 2000);                         /* at once, not at a timeout */
     assert_true(out.len == 0 || (unsigned char)out.data[0] == 0x15); /* nothing, or an alert */
-    sup_buf_free(&out);
+    base_buf_free(&out);
     close(fd);
     assert_int_equal(https_get(e->coll.port, ca_a, "/healthz", NULL), 200);
     assert_int_equal(metric(e->coll.port, "sluice_tls_handshake_failures_total"), 1);
@@ -262,12 +262,12 @@ static void test_tls_slowloris_handshake(void **state)
             assert_int_equal(sup_tcp_send(fd, rec, sizeof rec - 1, 2000), 0);
         }
         int64_t t0 = base_mono_ms();
-        sup_buf_t out = {0};
+        base_buf_t out = {0};
         assert_int_equal(sup_tcp_read_until_close(fd, &out, 4096, 8000), 1);
         int64_t dt = base_mono_ms() - t0;
         if (dt < 800 || dt > 4000) fprintf(stderr, "closed after %lld ms\n", (long long)dt);
         assert_true(dt >= 800 && dt <= 4000);
-        sup_buf_free(&out);
+        base_buf_free(&out);
         close(fd);
     }
     assert_int_equal(metric(e->coll.port, "sluice_tls_handshake_failures_total"), 2);
@@ -296,9 +296,9 @@ static void keepalive_healthz(sup_tls_t *t)
 {
     static const char req[] = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     assert_int_equal(sup_tls_send(t, req, sizeof req - 1, 5000), 0);
-    sup_buf_t out = {0};
+    base_buf_t out = {0};
     assert_int_equal(sup_tls_read_answer(t, &out, 5000), 200);
-    sup_buf_free(&out);
+    base_buf_free(&out);
 }
 
 static void assert_cn(int port, const char *ca, const char *want)
@@ -340,11 +340,11 @@ static void test_tls_sighup_swaps_certificate(void **state)
     sup_tls_close(old);
     install("a", "a");
 
-    sup_buf_t m = {0};
+    base_buf_t m = {0};
     assert_int_equal(https_get(port, ca_b, "/metrics", &m), 200);
     assert_non_null(strstr(m.data, "sluice_config_reloads_total{result=\"ok\"} 1\n"));
     assert_non_null(strstr(m.data, "sluice_config_reloads_total{result=\"failed\"} 1\n"));
-    sup_buf_free(&m);
+    base_buf_free(&m);
 }
 
 static void test_tls_wrong_pair_refused_at_start(void **state)
@@ -409,7 +409,7 @@ static void test_tls_http_corpus_replay(void **state)
         sup_tls_t *t = sup_tls_connect(e->coll.port, ca_a, 5000);
         assert_non_null(t);
         assert_int_equal(sup_tls_send(t, input, n, 5000), 0);
-        sup_buf_t out = {0};
+        base_buf_t out = {0};
         int closed = sup_tls_read_until_close(t, &out, 1 << 20, 10000);
         int answers = 0;
         bool ok = closed == 1 && answers_well_formed(out.data ? out.data : "", out.len, &answers);
@@ -418,7 +418,7 @@ static void test_tls_http_corpus_replay(void **state)
                     (int)out.len, out.data ? out.data : "");
         assert_true(ok);
         assert_true(answers >= 1);
-        sup_buf_free(&out);
+        base_buf_free(&out);
         sup_tls_close(t);
         files++;
     }

@@ -130,13 +130,13 @@ static int decode_body(fake_t *f, const sluice_request *req, bool keep)
                 msgpack_packer pk;
                 msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
                 msgpack_pack_object(&pk, *ev);
-                writer_buf_t jb;
-                writer_buf_init(&jb, 1 << 20);
+                base_buf_t jb;
+                base_buf_init(&jb, 1 << 20);
                 if (writer_msgpack_to_json(sb.data, sb.size, &jb) == 0 &&
-                    writer_buf_append(&jb, "", 1) == 0) {
+                    base_buf_append(&jb, "", 1) == 0) {
                     fe->json = jb.data;
                 } else {
-                    writer_buf_free(&jb);
+                    base_buf_free(&jb);
                     fe->json = strdup("");
                 }
                 msgpack_sbuffer_destroy(&sb);

@@ -17,10 +17,10 @@ static char *to_json(const sluice_props *p)
     int err;
     const void *d = sdk_props_data(p, &len, &err);
     assert_int_equal(err, 0);
-    writer_buf_t j;
-    writer_buf_init(&j, 1 << 20);
+    base_buf_t j;
+    base_buf_init(&j, 1 << 20);
     assert_int_equal(writer_msgpack_to_json(d, len, &j), 0);
-    assert_int_equal(writer_buf_append(&j, "", 1), 0);
+    assert_int_equal(base_buf_append(&j, "", 1), 0);
     return j.data;
 }
 

@@ -28,7 +28,6 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#define SUP_BUF_MAX   ((size_t)256 << 20)
 #define SUP_MAX_CHILD 8
 #define SUP_LINE_MAX  512
 #define SUP_KMSGS_MAX 100000
@@ -59,30 +58,16 @@ static int remaining_ms(int64_t deadline)
     return r < 0 ? 0 : (int)r;
 }
 
-/* ---------- buffer ---------- */
+/* ---------- text buffers ---------- */
 
-int sup_buf_append(sup_buf_t *b, const void *p, size_t n)
+int sup_text_append(base_buf_t *b, const void *p, size_t n)
 {
-    if (n > SUP_BUF_MAX - b->len) return -1;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (!d) return -1;
-        b->data = d;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-void sup_buf_free(sup_buf_t *b)
-{
-    free(b->data);
-    memset(b, 0, sizeof *b);
+    if (b->data == NULL && b->cap == 0 && b->max == 0) base_buf_init(b, SUP_TEXT_MAX);
+    if (n == SIZE_MAX) return BASE_E_TOO_LARGE;
+    int rc = base_buf_reserve(b, n + 1); /* + the NUL, kept past len */
+    if (rc == BASE_OK) rc = base_buf_append(b, p, n);
+    if (rc == BASE_OK) b->data[b->len] = '\0';
+    return rc;
 }
 
 /* ---------- children ---------- */
@@ -284,7 +269,7 @@ void sup_mock_stop(sup_mock_t *m)
 
 /* ---------- collector ---------- */
 
-static int read_file(const char *path, sup_buf_t *out)
+static int read_file(const char *path, base_buf_t *out)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -293,7 +278,7 @@ static int read_file(const char *path, sup_buf_t *out)
         ssize_t r = read(fd, tmp, sizeof tmp);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
-        if (sup_buf_append(out, tmp, (size_t)r) != 0) break;
+        if (sup_text_append(out, tmp, (size_t)r) != 0) break;
     }
     close(fd);
     return 0;
@@ -384,12 +369,12 @@ int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, c
 
     int64_t deadline = base_mono_ms() + timeout_ms;
     for (;;) {
-        sup_buf_t log = {0};
+        base_buf_t log = {0};
         read_file(c->log_path, &log);
         int port = log.data ? find_listening_port(log.data, "listening") : 0;
         /* main logs admin_listening before listening */
         int admin_port = port > 0 ? find_listening_port(log.data, "admin_listening") : 0;
-        sup_buf_free(&log);
+        base_buf_free(&log);
         if (port > 0) {
             c->port = port;
             c->admin_port = admin_port;
@@ -444,7 +429,7 @@ int sup_collector_stop(sup_collector_t *c, int timeout_ms)
 
 void sup_collector_dump_log(const sup_collector_t *c, size_t max_bytes)
 {
-    sup_buf_t log = {0};
+    base_buf_t log = {0};
     if (read_file(c->log_path, &log) != 0 || !log.data) {
         fprintf(stderr, "(no collector log at %s)\n", c->log_path);
         return;
@@ -452,14 +437,14 @@ void sup_collector_dump_log(const sup_collector_t *c, size_t max_bytes)
     size_t from = log.len > max_bytes ? log.len - max_bytes : 0;
     fprintf(stderr, "---- collector log tail (%s) ----\n%s\n---- end ----\n", c->log_path,
             log.data + from);
-    sup_buf_free(&log);
+    base_buf_free(&log);
 }
 
 bool sup_collector_log_contains(const sup_collector_t *c, const char *needle)
 {
-    sup_buf_t log = {0};
+    base_buf_t log = {0};
     bool found = read_file(c->log_path, &log) == 0 && log.data && strstr(log.data, needle);
-    sup_buf_free(&log);
+    base_buf_free(&log);
     return found;
 }
 
@@ -533,17 +518,17 @@ typedef struct upload {
 
 static size_t body_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    sup_buf_t *b = ud;
-    return sup_buf_append(b, ptr, size * nmemb) == 0 ? size * nmemb : 0;
+    base_buf_t *b = ud;
+    return sup_text_append(b, ptr, size * nmemb) == 0 ? size * nmemb : 0;
 }
 
 static size_t header_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    sup_buf_t *b = ud;
+    base_buf_t *b = ud;
     size_t n = size * nmemb;
     /* Keep only the final answer's headers (a 100 Continue has its own block). */
     if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) b->len = 0;
-    return sup_buf_append(b, ptr, n) == 0 ? n : 0;
+    return sup_text_append(b, ptr, n) == 0 ? n : 0;
 }
 
 static size_t read_cb(char *ptr, size_t size, size_t nmemb, void *ud)
@@ -654,8 +639,8 @@ int sup_http_do(sup_http_t *h, const sup_http_req_t *req, sup_http_resp_t *resp)
 
 void sup_http_resp_free(sup_http_resp_t *resp)
 {
-    sup_buf_free(&resp->body);
-    sup_buf_free(&resp->headers);
+    base_buf_free(&resp->body);
+    base_buf_free(&resp->headers);
     if (resp->json) json_decref(resp->json);
     resp->json = NULL;
 }
@@ -746,7 +731,7 @@ int sup_tcp_send(int fd, const void *p, size_t n, int timeout_ms)
     return 0;
 }
 
-int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms)
+int sup_tcp_read_until_close(int fd, base_buf_t *out, size_t max, int timeout_ms)
 {
     int64_t deadline = base_mono_ms() + timeout_ms;
     char tmp[4096];
@@ -758,12 +743,12 @@ int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms)
         ssize_t got = recv(fd, tmp, sizeof tmp, 0);
         if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (got <= 0) return 1; /* EOF or reset: closed by the peer */
-        if (sup_buf_append(out, tmp, (size_t)got) != 0) return 0;
+        if (sup_text_append(out, tmp, (size_t)got) != 0) return 0;
     }
     return 0;
 }
 
-int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms)
+int sup_tcp_read_answer(int fd, base_buf_t *out, int timeout_ms)
 {
     int64_t deadline = base_mono_ms() + timeout_ms;
     char tmp[4096];
@@ -789,7 +774,7 @@ int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms)
         ssize_t got = recv(fd, tmp, sizeof tmp, 0);
         if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (got <= 0) break;
-        if (sup_buf_append(out, tmp, (size_t)got) != 0) break;
+        if (sup_text_append(out, tmp, (size_t)got) != 0) break;
     }
     int status = -1;
     if (out->data && sscanf(out->data, "HTTP/1.%*d %d", &status) != 1) status = -1;
@@ -827,17 +812,17 @@ json_t *sup_batch(json_t *events)
 
 static int dump_cb(const char *p, size_t n, void *ud)
 {
-    return sup_buf_append(ud, p, n);
+    return sup_text_append(ud, p, n);
 }
 
-int sup_json_dump(const json_t *j, sup_buf_t *out)
+int sup_json_dump(const json_t *j, base_buf_t *out)
 {
     return json_dump_callback(j, dump_cb, out, JSON_COMPACT);
 }
 
 static int mp_write(void *ud, const char *p, size_t n)
 {
-    return sup_buf_append(ud, p, n);
+    return sup_text_append(ud, p, n);
 }
 
 static int mp_pack(msgpack_packer *pk, const json_t *j, int depth)
@@ -881,7 +866,7 @@ static int mp_pack(msgpack_packer *pk, const json_t *j, int depth)
     return -1;
 }
 
-int sup_msgpack_encode(const json_t *j, sup_buf_t *out)
+int sup_msgpack_encode(const json_t *j, base_buf_t *out)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, mp_write);
@@ -946,18 +931,18 @@ json_t *sup_msgpack_decode(const void *p, size_t n)
     return j;
 }
 
-int sup_zstd(const void *p, size_t n, sup_buf_t *out)
+int sup_zstd(const void *p, size_t n, base_buf_t *out)
 {
     size_t bound = ZSTD_compressBound(n);
     char *tmp = malloc(bound);
     if (!tmp) return -1;
     size_t r = ZSTD_compress(tmp, bound, p, n, 3);
-    int rc = ZSTD_isError(r) ? -1 : sup_buf_append(out, tmp, r);
+    int rc = ZSTD_isError(r) ? -1 : sup_text_append(out, tmp, r);
     free(tmp);
     return rc;
 }
 
-static int gzip_stream(const void *p, size_t n, size_t zeros, sup_buf_t *out)
+static int gzip_stream(const void *p, size_t n, size_t zeros, base_buf_t *out)
 {
     z_stream z;
     memset(&z, 0, sizeof z);
@@ -977,7 +962,7 @@ static int gzip_stream(const void *p, size_t n, size_t zeros, sup_buf_t *out)
             z.next_out = tmp;
             z.avail_out = sizeof tmp;
             zr = deflate(&z, flush);
-            if (zr == Z_STREAM_ERROR || sup_buf_append(out, tmp, sizeof tmp - z.avail_out) != 0) {
+            if (zr == Z_STREAM_ERROR || sup_text_append(out, tmp, sizeof tmp - z.avail_out) != 0) {
                 rc = -1;
                 goto done;
             }
@@ -991,17 +976,17 @@ done:
     return rc;
 }
 
-int sup_gzip(const void *p, size_t n, sup_buf_t *out)
+int sup_gzip(const void *p, size_t n, base_buf_t *out)
 {
     return gzip_stream(p ? p : "", n, 0, out);
 }
 
-int sup_gzip_zeros(size_t zero_bytes, sup_buf_t *out)
+int sup_gzip_zeros(size_t zero_bytes, base_buf_t *out)
 {
     return gzip_stream(NULL, 0, zero_bytes, out);
 }
 
-int sup_zstd_zeros(size_t zero_bytes, sup_buf_t *out)
+int sup_zstd_zeros(size_t zero_bytes, base_buf_t *out)
 {
     ZSTD_CCtx *cc = ZSTD_createCCtx();
     if (!cc) return -1;
@@ -1017,7 +1002,7 @@ int sup_zstd_zeros(size_t zero_bytes, sup_buf_t *out)
         do {
             ZSTD_outBuffer o = {tmp, sizeof tmp, 0};
             pending = ZSTD_compressStream2(cc, &o, &in, mode);
-            if (ZSTD_isError(pending) || sup_buf_append(out, tmp, o.pos) != 0) {
+            if (ZSTD_isError(pending) || sup_text_append(out, tmp, o.pos) != 0) {
                 rc = -1;
                 goto done;
             }

@@ -29,16 +29,16 @@
 
 void sup_sleep_ms(int ms);
 
-/* ---------- growable byte buffer (hard cap: 256 MiB; appends beyond it fail) ---------- */
+/* ---------- text buffers: base_buf_t, kept NUL-terminated ---------- */
 
-typedef struct sup_buf {
-    char *data; /* always NUL-terminated when non-NULL (the NUL is not counted in len) */
-    size_t len, cap;
-} sup_buf_t;
+#define SUP_TEXT_MAX ((size_t)256 << 20) /* the cap of a zeroed buffer */
 
-/* Returns 0, or -1 when out of memory or over the cap (buf unchanged). */
-int sup_buf_append(sup_buf_t *b, const void *p, size_t n);
-void sup_buf_free(sup_buf_t *b);
+/* Appends p[0..n) to b and keeps b->data NUL-terminated (the NUL is not counted in len, so
+ * data is a C string once anything, even 0 bytes, was appended). A zeroed base_buf_t ({0},
+ * calloc) is taken as an empty buffer capped at SUP_TEXT_MAX, so every sup_ output parameter
+ * may start zeroed. Returns 0, BASE_E_TOO_LARGE or BASE_E_NOMEM (b unchanged). Free with
+ * base_buf_free(). */
+int sup_text_append(base_buf_t *b, const void *p, size_t n);
 
 /* ---------- the mock Kafka helper process (sluice-mock-kafka) ---------- */
 
@@ -112,12 +112,12 @@ int sup_env_stop(sup_env_t *e);
 /* ---------- HTTP over libcurl ---------- */
 
 typedef struct sup_http_resp {
-    long status;       /* 0 when the transfer failed (connection refused/closed) */
-    sup_buf_t body;    /* NUL-terminated */
-    sup_buf_t headers; /* raw header lines of the final answer, NUL-terminated */
-    long num_connects; /* new connections this transfer made (0 = reused keep-alive) */
-    double seconds;    /* total time */
-    json_t *json;      /* body parsed as JSON, or NULL */
+    long status;        /* 0 when the transfer failed (connection refused/closed) */
+    base_buf_t body;    /* NUL-terminated */
+    base_buf_t headers; /* raw header lines of the final answer, NUL-terminated */
+    long num_connects;  /* new connections this transfer made (0 = reused keep-alive) */
+    double seconds;     /* total time */
+    json_t *json;       /* body parsed as JSON, or NULL */
 } sup_http_resp_t;
 
 typedef struct sup_http_req {
@@ -156,10 +156,10 @@ int sup_tcp_connect(int port, int timeout_ms);
 int sup_tcp_send(int fd, const void *p, size_t n, int timeout_ms);
 /* Reads until the peer closes, out holds max bytes, or timeout_ms passes. Returns 1 if the peer
  * closed (EOF or reset), 0 on timeout/full. */
-int sup_tcp_read_until_close(int fd, sup_buf_t *out, size_t max, int timeout_ms);
+int sup_tcp_read_until_close(int fd, base_buf_t *out, size_t max, int timeout_ms);
 /* Reads until one full HTTP answer head and its Content-Length body are in out, or the peer
  * closes, or timeout_ms passes. Returns the status code, or -1 when no status line arrived. */
-int sup_tcp_read_answer(int fd, sup_buf_t *out, int timeout_ms);
+int sup_tcp_read_answer(int fd, base_buf_t *out, int timeout_ms);
 
 /* ---------- TLS to 127.0.0.1 (OpenSSL; support_tls.c) ---------- */
 
@@ -179,9 +179,9 @@ int sup_tls_peer_cn(sup_tls_t *t, char *out, size_t outlen);
 int sup_tls_send(sup_tls_t *t, const void *p, size_t n, int timeout_ms);
 /* As sup_tcp_read_answer, over TLS: one answer (head + Content-Length body) appended to out;
  * returns the status, or -1 when no status line arrived (closed, timeout). */
-int sup_tls_read_answer(sup_tls_t *t, sup_buf_t *out, int timeout_ms);
+int sup_tls_read_answer(sup_tls_t *t, base_buf_t *out, int timeout_ms);
 /* Reads until the peer closes (close_notify, EOF or reset: returns 1) or timeout_ms (0). */
-int sup_tls_read_until_close(sup_tls_t *t, sup_buf_t *out, size_t max, int timeout_ms);
+int sup_tls_read_until_close(sup_tls_t *t, base_buf_t *out, size_t max, int timeout_ms);
 
 /* ---------- event / batch builders (jansson) ---------- */
 
@@ -195,20 +195,20 @@ json_t *sup_batch(json_t *events);
 int sup_parse_iso8601(const char *s, int64_t *ms);
 
 /* json_dumps (compact) into buf. */
-int sup_json_dump(const json_t *j, sup_buf_t *out);
+int sup_json_dump(const json_t *j, base_buf_t *out);
 /* Encodes j as msgpack (maps, arrays, strings, integers, reals, booleans, null). */
-int sup_msgpack_encode(const json_t *j, sup_buf_t *out);
+int sup_msgpack_encode(const json_t *j, base_buf_t *out);
 /* Decodes one msgpack value into JSON (binary/ext become strings). NULL when malformed or when
  * bytes remain after the value. */
 json_t *sup_msgpack_decode(const void *p, size_t n);
 
 /* Compresses p with zstd (level 3) / gzip (RFC 1952). */
-int sup_zstd(const void *p, size_t n, sup_buf_t *out);
-int sup_gzip(const void *p, size_t n, sup_buf_t *out);
+int sup_zstd(const void *p, size_t n, base_buf_t *out);
+int sup_gzip(const void *p, size_t n, base_buf_t *out);
 /* Compresses zero_bytes zero bytes, streaming (never holds them in memory): a decompression bomb.
  */
-int sup_zstd_zeros(size_t zero_bytes, sup_buf_t *out);
-int sup_gzip_zeros(size_t zero_bytes, sup_buf_t *out);
+int sup_zstd_zeros(size_t zero_bytes, base_buf_t *out);
+int sup_gzip_zeros(size_t zero_bytes, base_buf_t *out);
 
 /* ---------- Kafka consumer ---------- */
 

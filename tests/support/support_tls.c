@@ -133,13 +133,13 @@ int sup_tls_send(sup_tls_t *t, const void *p, size_t n, int timeout_ms)
 }
 
 /* One read into out: 1 bytes read, 0 timeout, -1 closed. */
-static int read_some(sup_tls_t *t, sup_buf_t *out, int64_t deadline)
+static int read_some(sup_tls_t *t, base_buf_t *out, int64_t deadline)
 {
     char tmp[4096];
     for (;;) {
         size_t got = 0;
         int rc = SSL_read_ex(t->ssl, tmp, sizeof tmp, &got);
-        if (rc == 1) return sup_buf_append(out, tmp, got) == 0 ? 1 : -1;
+        if (rc == 1) return sup_text_append(out, tmp, got) == 0 ? 1 : -1;
         int e = SSL_get_error(t->ssl, rc);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
             if (remaining(deadline) == 0) return 0;
@@ -151,7 +151,7 @@ static int read_some(sup_tls_t *t, sup_buf_t *out, int64_t deadline)
     }
 }
 
-int sup_tls_read_answer(sup_tls_t *t, sup_buf_t *out, int timeout_ms)
+int sup_tls_read_answer(sup_tls_t *t, base_buf_t *out, int timeout_ms)
 {
     int64_t deadline = base_mono_ms() + timeout_ms;
     for (;;) {
@@ -176,7 +176,7 @@ int sup_tls_read_answer(sup_tls_t *t, sup_buf_t *out, int timeout_ms)
     return status;
 }
 
-int sup_tls_read_until_close(sup_tls_t *t, sup_buf_t *out, size_t max, int timeout_ms)
+int sup_tls_read_until_close(sup_tls_t *t, base_buf_t *out, size_t max, int timeout_ms)
 {
     int64_t deadline = base_mono_ms() + timeout_ms;
     while (out->len < max) {
