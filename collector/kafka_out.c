@@ -295,7 +295,7 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
 /* Any librdkafka thread. librdkafka's own lines (syslog levels) become JSON lines: warnings and
  * worse at most once per KAFKA_RDLOG_INTERVAL_MS (error_cb already reports broker trouble),
  * the rest at debug level. */
-void kafka_out_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     kafka_out_t *ko = rd_kafka_opaque(rk);
 
@@ -446,7 +446,7 @@ static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
         rd_kafka_conf_destroy(conf);
         return KAFKA_E_CONFIG;
     }
-    rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb);
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     ko->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (ko->mock_rk == NULL) {
         rd_kafka_conf_destroy(conf);
@@ -518,7 +518,7 @@ static int kafka_build_conf(kafka_out_t *ko, rd_kafka_conf_t *conf, char *err, s
     }
     rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
-    rd_kafka_conf_set_log_cb(conf, kafka_out_log_cb);
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     rd_kafka_conf_set_opaque(conf, ko);
     return KAFKA_OK;
 }

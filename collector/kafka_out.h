@@ -97,13 +97,6 @@ void kafka_group_seal(kafka_group_t *g);
 void kafka_group_hold(kafka_group_t *g);
 void kafka_group_report(kafka_group_t *g, unsigned delivered, unsigned failed, int err);
 
-/* librdkafka's log callback (rd_kafka_conf_set_log_cb) for every handle the collector makes:
- * librdkafka's lines (syslog levels) become JSON log lines; with the handle's opaque a
- * kafka_out_t, warnings and worse at most once per KAFKA_RDLOG_INTERVAL_MS, else (opaque NULL,
- * the mock cluster's handles) debug level only. Any librdkafka thread. */
-struct rd_kafka_s;
-void kafka_out_log_cb(const struct rd_kafka_s *rk, int level, const char *fac, const char *buf);
-
 /* Readiness for /readyz: true when events can be made durable now; else why (a short reason).
  * Not ready: fatal producer error (permanent), all brokers down, the last delivery failed, or
  * the producer queue >= 90% full. Recovers on a successful delivery or a successful metadata

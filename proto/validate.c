@@ -115,8 +115,12 @@ static int walk(const msgpack_object *o, uint32_t depth_left, struct walk *w)
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             if (kv->key.type != MSGPACK_OBJECT_STR) return PROTO_E_BAD_KEY;
-            int rc = walk(&kv->key, depth_left - 1, w);
-            if (rc == PROTO_OK) rc = walk(&kv->val, depth_left - 1, w);
+            /* The key's string case of walk(), inline: one call fewer per entry. */
+            const msgpack_object_str *k = &kv->key.via.str;
+            w->size += hdr_len_str(k->size) + k->size;
+            if (w->size > w->max) return PROTO_E_EVENT_TOO_LARGE;
+            if (w->utf8 && !base_utf8_valid(k->ptr, k->size)) return PROTO_E_BAD_UTF8;
+            int rc = walk(&kv->val, depth_left - 1, w);
             if (rc != PROTO_OK) return rc;
         }
         if (w->dups) return check_dup_keys(&o->via.map);

@@ -122,6 +122,59 @@ static void test_msgpack_record(void **state)
     });
 }
 
+/* The msgpack writer copies strings of up to 16 bytes as overlapping loads (issue 11): every
+ * length 0..40, each byte distinct within its string, comes back byte for byte. */
+static void test_msgpack_string_lengths(void **state)
+{
+    (void)state;
+    char body[4096];
+    size_t n = (size_t)snprintf(body, sizeof body,
+                                "{\"batch\":[{\"type\":\"track\",\"messageId\":\"m1\",\"userId\":"
+                                "\"u1\",\"event\":\"E\",\"properties\":{");
+    for (int len = 0; len <= 40; len++) {
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s\"k%d\":\"", len ? "," : "", len);
+        for (int k = 0; k < len; k++)
+            body[n++] = (char)('A' + (k * 7 + len) % 26);
+        body[n++] = '"';
+    }
+    n += (size_t)snprintf(body + n, sizeof body - n, "}}]}");
+    body[n] = '\0';
+    proto_norm_ctx_t c = ctx();
+    TU_BOTH({
+        tu_body_t t;
+        assert_int_equal(tu_decode(&t, body, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+        proto_normalize(&t.b, &c);
+        assert_int_equal(t.b.events[0].error, PROTO_OK);
+        base_buf_t out;
+        base_buf_init(&out, 1 << 20);
+        assert_int_equal(proto_encode_event(&t.b.events[0], PROTO_FMT_MSGPACK, &out), PROTO_OK);
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        size_t off = 0;
+        assert_int_equal(msgpack_unpack_next(&up, out.data, out.len, &off), MSGPACK_UNPACK_SUCCESS);
+        const msgpack_object *props = NULL;
+        for (uint32_t i = 0; i < up.data.via.map.size; i++) {
+            const msgpack_object_kv *kv = &up.data.via.map.ptr[i];
+            if (kv->key.via.str.size == 10 && memcmp(kv->key.via.str.ptr, "properties", 10) == 0)
+                props = &kv->val;
+        }
+        assert_non_null(props);
+        assert_int_equal(props->via.map.size, 41);
+        for (uint32_t i = 0; i < 41; i++) {
+            const msgpack_object_kv *kv = &props->via.map.ptr[i];
+            char want[48];
+            for (uint32_t k = 0; k < i; k++)
+                want[k] = (char)('A' + (k * 7 + i) % 26);
+            assert_int_equal(kv->val.type, MSGPACK_OBJECT_STR);
+            assert_int_equal(kv->val.via.str.size, i);
+            assert_memory_equal(kv->val.via.str.ptr, want, i);
+        }
+        msgpack_unpacked_destroy(&up);
+        base_buf_free(&out);
+        tu_free(&t);
+    });
+}
+
 static void test_json_record(void **state)
 {
     (void)state;
@@ -520,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_rejected_raw_drops_writekey),
         cmocka_unit_test(test_rejected_hostile_raw),
         cmocka_unit_test(test_single_call_record),
+        cmocka_unit_test(test_msgpack_string_lengths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
