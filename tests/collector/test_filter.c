@@ -772,6 +772,12 @@ static void test_reload_races_readers(void **state)
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         assert_int_equal(pthread_create(&th[i], NULL, reader_thread, &r), 0);
+    /* The readers must be running before the reloads race them (on a loaded machine 40 reloads
+     * can otherwise finish before a reader thread is first scheduled). Bounded: 10 s. */
+    for (int w = 0; w < 10000 && atomic_load(&r.reads) == 0; w++) {
+        struct timespec d = {0, 1000 * 1000};
+        nanosleep(&d, NULL);
+    }
     for (int i = 0; i < 40; i++) {
         write_yaml(i % 2 ? rules_a : rules_b);
         assert_int_equal(reload_apply(&rl, &cfg, 5, argv), 0);

@@ -26,6 +26,7 @@
 #include "../../collector/kafka_out.c"
 #include "../../collector/log.c"
 #include "../../collector/metrics.c"
+#include "mock_cluster.h"
 
 #define WAIT_MS 8000
 #define N_MSGS  40
@@ -33,9 +34,7 @@
 /* ---- fixture: one mock cluster per test ------------------------------------------------ */
 
 typedef struct fixture {
-    rd_kafka_t *owner;
-    rd_kafka_mock_cluster_t *mc;
-    char bootstrap[256];
+    mock_cluster_t kc; /* tests/support/mock_cluster.h */
     config_t cfg;
     config_kv_t props[4];
 } fixture_t;
@@ -66,18 +65,12 @@ static int setup(void **state)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb); /* opaque NULL: debug-level lines only */
-    f->owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    assert_non_null(f->owner);
-    f->mc = rd_kafka_mock_cluster_new(f->owner, 1);
-    assert_non_null(f->mc);
-    assert_int_equal(rd_kafka_mock_topic_create(f->mc, "events", 4, 1), 0);
-    assert_int_equal(rd_kafka_mock_topic_create(f->mc, "events_rejected", 1, 1), 0);
-    assert_int_equal(rd_kafka_mock_topic_create(f->mc, "pql_signals", 1, 1), 0);
-    snprintf(f->bootstrap, sizeof f->bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(f->mc));
-    cfg_defaults(&f->cfg, f->bootstrap);
+    char err[512];
+    assert_int_equal(mock_cluster_start(&f->kc, 1, true, err, sizeof err), 0);
+    assert_int_equal(mock_cluster_topic(&f->kc, "events", 4, 1, err, sizeof err), 0);
+    assert_int_equal(mock_cluster_topic(&f->kc, "events_rejected", 1, 1, err, sizeof err), 0);
+    assert_int_equal(mock_cluster_topic(&f->kc, "pql_signals", 1, 1, err, sizeof err), 0);
+    cfg_defaults(&f->cfg, f->kc.bootstrap);
     metrics_reset();
     *state = f;
     return 0;
@@ -86,8 +79,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
-    rd_kafka_mock_cluster_destroy(f->mc);
-    rd_kafka_destroy(f->owner);
+    mock_cluster_stop(&f->kc);
     free(f);
     metrics_reset();
     /* Every handle must be gone: rd_kafka_wait_destroyed fails if one is left. */
@@ -234,7 +226,7 @@ static void test_produce_group_roundtrip(void **state)
     char err[512];
     assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
     assert_false(kafka_out_embedded(ko));
-    assert_string_equal(kafka_out_bootstrap(ko), f->bootstrap);
+    assert_string_equal(kafka_out_bootstrap(ko), f->kc.bootstrap);
 
     waiter_t w;
     waiter_init(&w);
@@ -270,7 +262,7 @@ static void test_produce_group_roundtrip(void **state)
     kafka_out_free(ko);
 
     int seen[N_MSGS] = {0};
-    assert_int_equal(consume_check(f->bootstrap, "events", 4, N_MSGS, seen, N_MSGS), N_MSGS);
+    assert_int_equal(consume_check(f->kc.bootstrap, "events", 4, N_MSGS, seen, N_MSGS), N_MSGS);
     for (int i = 0; i < N_MSGS; i++)
         assert_int_equal(seen[i], 1);
 }
@@ -292,7 +284,7 @@ static void test_broker_down_then_up(void **state)
     waiter_wait(&warm);
     assert_int_equal(atomic_load(&warm.g.delivered), 1);
 
-    assert_int_equal(rd_kafka_mock_broker_set_down(f->mc, 1), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_down(f->kc.mc, 1), 0);
     waiter_t down;
     waiter_init(&down);
     produce_range(ko, 1, 10, &down.g);
@@ -308,7 +300,7 @@ static void test_broker_down_then_up(void **state)
     char fe[256];
     assert_int_equal(rd_kafka_fatal_error(ko->rk, fe, sizeof fe), 0);
 
-    assert_int_equal(rd_kafka_mock_broker_set_up(f->mc, 1), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_up(f->kc.mc, 1), 0);
     assert_true(wait_ready(ko, true, why, sizeof why)); /* no traffic needed */
 
     waiter_t retry; /* the client's retry of the failed batch */
@@ -322,7 +314,7 @@ static void test_broker_down_then_up(void **state)
     kafka_out_free(ko);
 
     int seen[11] = {0};
-    assert_int_equal(consume_check(f->bootstrap, "events", 4, 11, seen, 11), 11);
+    assert_int_equal(consume_check(f->kc.bootstrap, "events", 4, 11, seen, 11), 11);
     for (int i = 0; i < 11; i++)
         assert_int_equal(seen[i], 1); /* the timed-out attempt left nothing behind */
 }
@@ -348,7 +340,7 @@ static void test_inflight_timeout_no_fatal(void **state)
     waiter_wait(&warm);
     assert_int_equal(atomic_load(&warm.g.delivered), 1);
 
-    assert_int_equal(rd_kafka_mock_broker_set_rtt(f->mc, 1, 2500), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(f->kc.mc, 1, 2500), 0);
     waiter_t slow;
     waiter_init(&slow);
     produce_range(ko, 1, 5, &slow.g);
@@ -359,7 +351,7 @@ static void test_inflight_timeout_no_fatal(void **state)
     assert_false(kafka_out_ready(ko, why, sizeof why));
     assert_non_null(strstr(why, "kafka"));
 
-    assert_int_equal(rd_kafka_mock_broker_set_rtt(f->mc, 1, 0), 0);
+    assert_int_equal(rd_kafka_mock_broker_set_rtt(f->kc.mc, 1, 0), 0);
     waiter_t after; /* the client's retry of 1..5, then new events 6..10 */
     waiter_init(&after);
     produce_range(ko, 1, 10, &after.g);
@@ -371,7 +363,7 @@ static void test_inflight_timeout_no_fatal(void **state)
     kafka_out_free(ko);
 
     int seen[11] = {0};
-    assert_int_equal(consume_check(f->bootstrap, "events", 4, 16, seen, 11), 16);
+    assert_int_equal(consume_check(f->kc.bootstrap, "events", 4, 16, seen, 11), 16);
     assert_int_equal(seen[0], 1);
     for (int i = 1; i <= 5; i++)
         assert_int_equal(seen[i], 2); /* written despite the timeout, then retried */
@@ -568,7 +560,7 @@ static void test_fatal_then_recreated(void **state)
     kafka_recreate_delay_ms = 5000;
 
     int seen[5] = {0};
-    assert_int_equal(consume_check(f->bootstrap, "events", 4, 2, seen, 5), 2);
+    assert_int_equal(consume_check(f->kc.bootstrap, "events", 4, 2, seen, 5), 2);
     assert_int_equal(seen[3] + seen[4], 2);
 }
 
