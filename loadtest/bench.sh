@@ -11,6 +11,11 @@
 #                    with dedup off (the body's messageIds repeat); col_us/ev is its CPU
 #   5. msgpack_body  the same batch converted to msgpack (zstd), same collector: the formats on
 #                    one body
+#   json_body_tls, msgpack_body_tls  scenarios 4 and 5 over HTTPS (issue 15): a third collector,
+#                    the same as the fixed-body one plus `tls:` with an EC P-256 self-signed
+#                    certificate made with `openssl req` into $OUT/tls, sluice-load with
+#                    --url https://... --ca-file; run right after 4 and 5 in each round, so
+#                    col_us/ev of json_body_tls / json_body is TLS's cost per event
 #   6. verified      (VERIFY=1) a short verified run: 3 s at VERIFY_RATE events/s with 1% invalid
 #                    events, checked in Kafka. Short on purpose: librdkafka's mock cluster keeps
 #                    only ~5 MiB per partition, so the big scenarios' data cannot all be read back
@@ -46,7 +51,7 @@ COLLECTOR_THREADS=${COLLECTOR_THREADS:-2}
 VERIFY=${VERIFY:-1}
 VERIFY_RATE=${VERIFY_RATE:-20000}
 BODY=${BODY:-$(dirname "$0")/bodies/track100.json}
-ONLY=${ONLY:-msgpack_max json_max msgpack_half json_body msgpack_body verified}
+ONLY=${ONLY:-msgpack_max json_max msgpack_half json_body msgpack_body json_body_tls msgpack_body_tls verified}
 want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 HALF_RATE=${HALF_RATE:-}
 OUT=${OUT:-$(mktemp -d /tmp/sluice-bench-XXXXXX)}
@@ -61,7 +66,7 @@ case $REPEAT in '' | *[!0-9]* | 0) echo "bench.sh: REPEAT must be >= 1" >&2; exi
 mkdir -p "$OUT"
 rm -f "$OUT/runs.txt"
 [ -r "$BODY" ] || { echo "bench.sh: BODY $BODY not readable" >&2; exit 2; }
-MOCK_PID='' COL_PID='' FIX_PID='' FAILED=0
+MOCK_PID='' COL_PID='' FIX_PID='' TLS_PID='' FAILED=0
 # shellcheck disable=SC2317 # called from the EXIT trap
 stop_collector() { # PID
     kill -TERM "$1" 2>/dev/null
@@ -74,7 +79,8 @@ stop_collector() { # PID
 cleanup() {
     [ -n "$COL_PID" ] && stop_collector "$COL_PID"
     [ -n "$FIX_PID" ] && stop_collector "$FIX_PID"
-    COL_PID='' FIX_PID=
+    [ -n "$TLS_PID" ] && stop_collector "$TLS_PID"
+    COL_PID='' FIX_PID='' TLS_PID=''
     exec 3>&- # EOF on its stdin ends the mock broker
     [ -n "$MOCK_PID" ] && wait "$MOCK_PID" 2>/dev/null
     MOCK_PID=''
@@ -128,6 +134,27 @@ if want json_body || want msgpack_body; then
     FIX_URL=http://127.0.0.1:$(grep '"msg":"listening"' "$OUT/collector-fixed.err" | head -1 |
         sed 's/.*"port":\([0-9]*\).*/\1/')
     echo "bench.sh: fixed-body collector pid $FIX_PID on $FIX_URL (dedup off), body $BODY" >&2
+fi
+# The HTTPS fixed-body scenarios' collector: the fixed-body one plus tls, on a fresh certificate.
+if want json_body_tls || want msgpack_body_tls; then
+    command -v openssl >/dev/null 2>&1 || { echo "bench.sh: openssl is required for *_tls" >&2; exit 2; }
+    mkdir -p "$OUT/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" -days 2 -subj /CN=sluice-bench \
+        -addext subjectAltName=IP:127.0.0.1 >"$OUT/tls/openssl.err" 2>&1 ||
+        { echo "bench.sh: openssl req failed (see $OUT/tls/openssl.err)" >&2; exit 3; }
+    printf 'dedup:\n  window: 0s\ntls: {cert_file: %s, key_file: %s}\n' "$OUT/tls/cert.pem" \
+        "$OUT/tls/key.pem" >"$OUT/nodedup-tls.yaml"
+    rm -rf "$OUT/data-tls"
+    # shellcheck disable=SC2086
+    "$COLLECTOR" --config "$OUT/nodedup-tls.yaml" --listen 127.0.0.1:0 --brokers "$BOOT" \
+        --threads "$COLLECTOR_THREADS" --data-dir "$OUT/data-tls" --write-key bench_key=bench \
+        ${COLLECTOR_ARGS:-} 2>"$OUT/collector-tls.err" &
+    TLS_PID=$!
+    wait_for "$OUT/collector-tls.err" '"msg":"listening"' "$TLS_PID"
+    TLS_URL=https://127.0.0.1:$(grep '"msg":"listening"' "$OUT/collector-tls.err" | head -1 |
+        sed 's/.*"port":\([0-9]*\).*/\1/')
+    echo "bench.sh: HTTPS fixed-body collector pid $TLS_PID on $TLS_URL (dedup off)" >&2
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo -)
 
@@ -213,19 +240,29 @@ while [ $r -le "$REPEAT" ]; do
     run msgpack_half "msgpack_half.$r" --format msgpack --rate "$HALF_RATE"
     r=$((r + 1))
 done
-if [ -n "$FIX_PID" ]; then
+if [ -n "$FIX_PID" ] || [ -n "$TLS_PID" ]; then
     MAIN_PID=$COL_PID MAIN_URL=$URL
-    COL_PID=$FIX_PID URL=$FIX_URL
     r=1
     while [ $r -le "$REPEAT" ]; do
-        run json_body "json_body.$r" --format json --compress none --body "$BODY" --rate max
-        run msgpack_body "msgpack_body.$r" --format msgpack --compress zstd --body "$BODY" --rate max
+        if [ -n "$FIX_PID" ]; then
+            COL_PID=$FIX_PID URL=$FIX_URL
+            run json_body "json_body.$r" --format json --compress none --body "$BODY" --rate max
+            run msgpack_body "msgpack_body.$r" --format msgpack --compress zstd --body "$BODY" \
+                --rate max
+        fi
+        if [ -n "$TLS_PID" ]; then
+            COL_PID=$TLS_PID URL=$TLS_URL
+            run json_body_tls "json_body_tls.$r" --format json --compress none --body "$BODY" \
+                --rate max --ca-file "$OUT/tls/cert.pem"
+            run msgpack_body_tls "msgpack_body_tls.$r" --format msgpack --compress zstd \
+                --body "$BODY" --rate max --ca-file "$OUT/tls/cert.pem"
+        fi
         r=$((r + 1))
     done
     COL_PID=$MAIN_PID URL=$MAIN_URL
 fi
 SCENARIOS=
-for s in msgpack_max json_max msgpack_half json_body msgpack_body; do
+for s in msgpack_max json_max msgpack_half json_body msgpack_body json_body_tls msgpack_body_tls; do
     want "$s" && SCENARIOS="$SCENARIOS $s"
 done
 if [ "$VERIFY" = 1 ] && want verified; then
@@ -237,7 +274,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo -)
 
 fmt_row() { # values as in runs.txt minus the tag
     awk -v OFS=' ' '{
-        printf "%-13s", $1
+        printf "%-16s", $1
         printf (($2 == "-") ? " %10s" : " %10.0f"), $2
         printf (($3 == "-") ? " %8s" : " %8.0f"), $3
         for (i = 4; i <= 8; i++) printf (($i == "-") ? " %8s" : " %8.2f"), $i
@@ -246,7 +283,7 @@ fmt_row() { # values as in runs.txt minus the tag
         printf " %s\n", $13 }'
 }
 {
-    printf '\n%-13s %10s %8s %8s %8s %8s %8s %8s %7s %7s %9s %9s %s\n' scenario events/s req/s \
+    printf '\n%-16s %10s %8s %8s %8s %8s %8s %8s %7s %7s %9s %9s %s\n' scenario events/s req/s \
         p50_ms p90_ms p99_ms p999_ms max_ms not_ok unsent col_us/ev load_us/ev verify
     for s in $SCENARIOS; do
         row=$s

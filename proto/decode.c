@@ -35,7 +35,35 @@ struct mp {
     uint32_t max_events;
     bool batch_next; /* the next value read is the root map's "batch" value */
     bool want_batch; /* body kind is a batch: watch for the root's "batch" key */
+    /* Raw spans (proto_raw_t): containers read at depth raw_depth while raw_on are recorded in
+     * b->raw_tab (an event's top-level values: depth 4 inside the batch array, 2 for a single
+     * call). A full table only stops the recording: the encoder then re-encodes. */
+    proto_batch_t *b;
+    uint32_t raw_depth;
+    bool raw_on;
 };
+
+/* Records the container o, read from [start, r->p), as a raw span. */
+static void raw_note(struct mp *r, const msgpack_object *o, const uint8_t *start)
+{
+    proto_batch_t *b = r->b;
+    const void *elems = o->type == MSGPACK_OBJECT_MAP ? (const void *)o->via.map.ptr
+                                                      : (const void *)o->via.array.ptr;
+    uint32_t n = o->type == MSGPACK_OBJECT_MAP ? o->via.map.size : o->via.array.size;
+    if (n == 0 || (size_t)(r->p - start) > UINT32_MAX) return;
+    if (b->n_raw == b->cap_raw) {
+        uint32_t cap = b->cap_raw ? b->cap_raw * 2 : 64;
+        proto_raw_t *t = msgpack_zone_malloc(r->zone, (size_t)cap * sizeof *t);
+        if (t == NULL) {
+            r->raw_on = false;
+            return;
+        }
+        if (b->n_raw > 0) memcpy(t, b->raw_tab, (size_t)b->n_raw * sizeof *t);
+        b->raw_tab = t;
+        b->cap_raw = cap;
+    }
+    b->raw_tab[b->n_raw++] = (proto_raw_t){elems, n, (uint32_t)(r->p - start), (const char *)start};
+}
 
 static uint64_t be(const uint8_t *p, size_t n)
 {
@@ -56,7 +84,8 @@ static int mp_span(struct mp *r, uint64_t n, const char **out)
     return PROTO_OK;
 }
 
-static int mp_array(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, bool is_batch)
+static int mp_array(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, bool is_batch,
+                    const uint8_t *start)
 {
     if (depth > r->depth_cap) return PROTO_E_TOO_DEEP;
     if (n > (uint64_t)(r->end - r->p))
@@ -68,14 +97,27 @@ static int mp_array(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth,
     if (n == 0) return PROTO_OK;
     o->via.array.ptr = msgpack_zone_malloc(r->zone, (size_t)n * sizeof(msgpack_object));
     if (o->via.array.ptr == NULL) return PROTO_E_NOMEM;
+    uint32_t *first = NULL;
+    if (is_batch) { /* each element's raw spans start where the previous element's end */
+        first = msgpack_zone_malloc(r->zone, ((size_t)n + 1) * sizeof *first);
+        r->b->raw_first = first;
+        r->b->n_raw_first = first != NULL ? (uint32_t)n : 0;
+        r->raw_on = first != NULL;
+    }
     for (uint64_t i = 0; i < n; i++) {
+        if (first != NULL) first[i] = r->b->n_raw;
         int rc = mp_value(r, &o->via.array.ptr[i], depth + 1);
         if (rc != PROTO_OK) return rc;
     }
+    if (first != NULL) {
+        first[n] = r->b->n_raw;
+        r->raw_on = false;
+    }
+    if (r->raw_on && depth == r->raw_depth) raw_note(r, o, start);
     return PROTO_OK;
 }
 
-static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth)
+static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, const uint8_t *start)
 {
     if (depth > r->depth_cap) return PROTO_E_TOO_DEEP;
     if (n > (uint64_t)(r->end - r->p) / 2)
@@ -96,6 +138,7 @@ static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth)
         rc = mp_value(r, &kv->val, depth + 1);
         if (rc != PROTO_OK) return rc;
     }
+    if (r->raw_on && depth == r->raw_depth) raw_note(r, o, start);
     return PROTO_OK;
 }
 
@@ -104,6 +147,7 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
     bool is_batch = r->batch_next;
     r->batch_next = false;
     if (r->p >= r->end) return PROTO_E_MALFORMED;
+    const uint8_t *start = r->p;
     uint8_t c = *r->p++;
     size_t left = (size_t)(r->end - r->p);
     if (c <= 0x7f) {
@@ -116,8 +160,8 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
         o->via.i64 = (int8_t)c;
         return PROTO_OK;
     }
-    if (c >= 0x80 && c <= 0x8f) return mp_map(r, o, c & 0x0f, depth);
-    if (c >= 0x90 && c <= 0x9f) return mp_array(r, o, c & 0x0f, depth, is_batch);
+    if (c >= 0x80 && c <= 0x8f) return mp_map(r, o, c & 0x0f, depth, start);
+    if (c >= 0x90 && c <= 0x9f) return mp_array(r, o, c & 0x0f, depth, is_batch, start);
     if (c >= 0xa0 && c <= 0xbf) {
         o->type = MSGPACK_OBJECT_STR;
         o->via.str.size = c & 0x1f;
@@ -210,10 +254,10 @@ static int mp_value(struct mp *r, msgpack_object *o, uint32_t depth)
         return mp_span(r, v, &o->via.str.ptr);
     case 0xdc:
     case 0xdd:
-        return mp_array(r, o, v, depth, is_batch);
+        return mp_array(r, o, v, depth, is_batch, start);
     case 0xde:
     case 0xdf:
-        return mp_map(r, o, v, depth);
+        return mp_map(r, o, v, depth, start);
     default: /* 0xc1: never used */
         return PROTO_E_MALFORMED;
     }
@@ -229,6 +273,9 @@ static int decode_msgpack(proto_batch_t *b, const char *body, size_t len, const 
         .depth_cap = decode_depth_cap(lim),
         .max_events = lim->max_events,
         .want_batch = want_batch,
+        .b = b,
+        .raw_depth = want_batch ? 4 : 2,
+        .raw_on = !want_batch,
     };
     int rc = mp_value(&r, &b->root, 1);
     if (rc != PROTO_OK) return rc;
@@ -461,6 +508,10 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned 
         proto_event_t *ev = &b->events[i];
         proto_event_validate(ev, &batch->via.array.ptr[i], PROTO_T_NONE, &env, lim, checks);
         if (ev->error != PROTO_OK) continue; /* a rejected event's raw copy is as received */
+        if (b->raw_first != NULL && i < b->n_raw_first) {
+            ev->raw = b->raw_tab + b->raw_first[i];
+            ev->n_raw = b->raw_first[i + 1] - b->raw_first[i];
+        }
         int rc = PROTO_OK;
         if (b->context != NULL && b->context->via.map.size > 0) {
             rc = merge_into(&b->zone, ev, "context", 7, b->context);
@@ -496,6 +547,10 @@ static int envelope_single(proto_batch_t *b, proto_type_t kind, const proto_limi
     if (b->events == NULL) return PROTO_E_NOMEM;
     /* The event's own sentAt is validated as the event's (E_BAD_EVENT_SENT_AT). */
     proto_event_validate(&b->events[0], &b->root, kind, NULL, lim, checks);
+    if (b->events[0].error == PROTO_OK && b->raw_tab != NULL) {
+        b->events[0].raw = b->raw_tab;
+        b->events[0].n_raw = b->n_raw;
+    }
     b->n_events = 1;
     return PROTO_OK;
 }
@@ -550,6 +605,10 @@ static int decode_body(proto_batch_t *b, proto_json_reader_t *json, const char *
         b->has_sent_at = false;
         b->json_surrogates = 0;
         b->json_big_ints = 0;
+        b->raw_tab = NULL;
+        b->n_raw = b->cap_raw = 0;
+        b->raw_first = NULL;
+        b->n_raw_first = 0;
     }
     return rc;
 }

@@ -392,7 +392,31 @@ static int mp_obj(base_buf_t *o, const msgpack_object *v)
     }
 }
 
-static int encode_msgpack(const struct plan *p, const msgpack_object *obj, base_buf_t *out)
+/* The raw span of v when v is a container of the event exactly as decoded from a msgpack body
+ * (same element array, same count: the tree is edited copy-on-write, so anything changed inside
+ * v gave it a new array), else NULL. */
+static const proto_raw_t *raw_of(const proto_event_t *ev, const msgpack_object *v)
+{
+    const void *elems;
+    uint32_t n;
+    if (v->type == MSGPACK_OBJECT_MAP) {
+        elems = v->via.map.ptr;
+        n = v->via.map.size;
+    } else if (v->type == MSGPACK_OBJECT_ARRAY) {
+        elems = v->via.array.ptr;
+        n = v->via.array.size;
+    } else {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < ev->n_raw; i++)
+        if (ev->raw[i].elems == elems && ev->raw[i].n == n) return &ev->raw[i];
+    return NULL;
+}
+
+/* use_raw: top-level containers still as received are copied from the body (validated, so the
+ * same values; only a sender's non-minimal encoding would make them longer than ours). */
+static int encode_msgpack(const struct plan *p, const msgpack_object *obj, base_buf_t *out,
+                          bool use_raw)
 {
     const msgpack_object_map *m = &obj->via.map;
     /* Which of the first 64 keys are dropped, decided once (the count goes first in msgpack). */
@@ -408,7 +432,16 @@ static int encode_msgpack(const struct plan *p, const msgpack_object *obj, base_
         const msgpack_object_kv *kv = &m->ptr[i];
         if (i < 64 ? (drop >> i) & 1 : dropped(p, &kv->key)) continue;
         rc = mp_obj(out, &kv->key);
-        if (rc == PROTO_OK) rc = mp_obj(out, &kv->val);
+        const proto_raw_t *raw = use_raw ? raw_of(p->ev, &kv->val) : NULL;
+        if (rc == PROTO_OK && raw != NULL) {
+            rc = room(out, raw->len);
+            if (rc == PROTO_OK) {
+                memcpy(out->data + out->len, raw->bytes, raw->len);
+                out->len += raw->len;
+            }
+        } else if (rc == PROTO_OK) {
+            rc = mp_obj(out, &kv->val);
+        }
     }
     for (size_t i = 0; rc == PROTO_OK && i < p->nx; i++) {
         const struct extra *e = &p->x[i];
@@ -455,8 +488,17 @@ int proto_encode_event(const proto_event_t *ev, proto_format_t fmt, base_buf_t *
     struct plan p;
     plan_record(&p, ev);
     size_t start = out->len;
-    int rc =
-        fmt == PROTO_FMT_JSON ? encode_json(&p, ev->obj, out) : encode_msgpack(&p, ev->obj, out);
+    int rc;
+    if (fmt == PROTO_FMT_JSON) {
+        rc = encode_json(&p, ev->obj, out);
+    } else {
+        rc = encode_msgpack(&p, ev->obj, out, ev->n_raw > 0);
+        if (rc == BASE_E_TOO_LARGE && ev->n_raw > 0) {
+            /* A sender's longer-than-minimal encoding may not fit where ours does. */
+            out->len = start;
+            rc = encode_msgpack(&p, ev->obj, out, false);
+        }
+    }
     if (rc != PROTO_OK) out->len = start;
     return out_err(rc);
 }

@@ -149,6 +149,16 @@ proto_limits_t proto_limits_default(void);
 /* A generated messageId: a version-4 UUID in text form ("xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx"). */
 #define PROTO_GEN_ID_LEN 36
 
+/* Where a container value of an event's top-level map lies in a msgpack body as received: the
+ * value's element array in the arena (its identity: an edit of anything inside it replaces that
+ * array, see collector/filter.c and merge_into) and its bytes in the body. */
+typedef struct proto_raw {
+    const void *elems; /* via.map.ptr / via.array.ptr of the value as decoded */
+    uint32_t n;        /* its element count as decoded */
+    uint32_t len;      /* bytes of its encoding in the body */
+    const char *bytes; /* its encoding in the body (lives as long as the body) */
+} proto_raw_t;
+
 typedef struct proto_event {
     const msgpack_object *obj; /* the event map as received (inside the batch's arena); for a
                                 * valid event of a batch with a batch-level context/integrations
@@ -173,6 +183,12 @@ typedef struct proto_event {
     bool clamped;
     proto_str_t source;
     proto_str_t account_id; /* groupId / context.groupId / learned; ptr NULL when absent */
+
+    /* msgpack bodies: the top-level container values of the event as received (in the batch's
+     * arena), which proto_encode_event() copies instead of re-encoding when the record still
+     * holds them unchanged; NULL/0 for JSON bodies. */
+    const proto_raw_t *raw;
+    uint32_t n_raw;
 } proto_event_t;
 
 typedef struct proto_batch {
@@ -188,6 +204,12 @@ typedef struct proto_batch {
     const msgpack_object *integrations; /* batch-level integrations map or NULL */
     uint32_t json_surrogates;           /* JSON: lone surrogate escapes read as U+FFFD (SPEC §2) */
     uint32_t json_big_ints; /* JSON: integers beyond 64 bits read as doubles (SPEC §2) */
+    /* msgpack bodies: the raw spans of the events' top-level container values, in the arena;
+     * raw_first[i] .. raw_first[i + 1] are batch element i's (single call: all of them). */
+    proto_raw_t *raw_tab;
+    uint32_t n_raw, cap_raw;
+    uint32_t *raw_first;
+    uint32_t n_raw_first; /* batch elements covered by raw_first (+1 entries) */
 } proto_batch_t;
 
 /*

@@ -26,6 +26,7 @@
 #include "../../collector/pql_admin.c"
 #include "../../collector/pql_feeder.c"
 #include "../../collector/pql_saver.c"
+#include "../../collector/pql_score.c"
 #include "../../collector/pql_snapshot.c"
 
 #define HOUR_MS 3600000LL

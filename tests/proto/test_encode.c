@@ -175,6 +175,148 @@ static void test_msgpack_string_lengths(void **state)
     });
 }
 
+/* True when needle[0..n) occurs in out. */
+static bool has_bytes(const base_buf_t *out, const char *needle, size_t n)
+{
+    for (size_t i = 0; i + n <= out->len; i++)
+        if (memcmp(out->data + i, needle, n) == 0) return true;
+    return false;
+}
+
+/* Encodes ev as msgpack into a fresh buffer capped at max. */
+static int encode_mp(const proto_event_t *ev, size_t max, base_buf_t *out)
+{
+    base_buf_init(out, max);
+    return proto_encode_event(ev, PROTO_FMT_MSGPACK, out);
+}
+
+/* Issue 11: a msgpack body's top-level containers are copied from the body as received. With a
+ * minimal encoding (what msgpack-c and our SDK write) the record is byte for byte the one the
+ * re-encoding writes; JSON bodies have no raw spans. */
+static void test_raw_copy_same_bytes(void **state)
+{
+    (void)state;
+    proto_norm_ctx_t c = ctx();
+    TU_BOTH({
+        tu_body_t t;
+        assert_int_equal(tu_decode(&t, BATCH, fmt, PROTO_T_NONE, NULL), PROTO_OK);
+        proto_normalize(&t.b, &c);
+        for (size_t i = 0; i < 2; i++) {
+            proto_event_t *ev = &t.b.events[i];
+            assert_int_equal(ev->error, PROTO_OK);
+            if (fmt == PROTO_FMT_MSGPACK)
+                assert_true(ev->n_raw > 0);
+            else
+                assert_int_equal(ev->n_raw, 0);
+            proto_event_t copy = *ev;
+            copy.n_raw = 0;
+            base_buf_t a;
+            base_buf_t b;
+            assert_int_equal(encode_mp(ev, 1 << 20, &a), PROTO_OK);
+            assert_int_equal(encode_mp(&copy, 1 << 20, &b), PROTO_OK);
+            assert_int_equal(a.len, b.len);
+            assert_memory_equal(a.data, b.data, a.len);
+            base_buf_free(&a);
+            base_buf_free(&b);
+        }
+        tu_free(&t);
+    });
+}
+
+/* The tree is edited copy-on-write (collector/filter.c, the batch context merge): a container
+ * with a new element array is re-encoded, so an edit deep inside properties reaches the record,
+ * while an untouched sibling is still copied. */
+static void test_raw_copy_skips_edited(void **state)
+{
+    (void)state;
+    proto_norm_ctx_t c = ctx();
+    tu_body_t t;
+    assert_int_equal(tu_decode(&t, BATCH, PROTO_FMT_MSGPACK, PROTO_T_NONE, NULL), PROTO_OK);
+    proto_normalize(&t.b, &c);
+    proto_event_t *ev = &t.b.events[0];
+    const msgpack_object_map *m = &ev->obj->via.map;
+    /* A new event map whose properties is a new map with "plan" changed to "edited". */
+    msgpack_object_kv kv[32];
+    assert_true(m->size <= 32);
+    memcpy(kv, m->ptr, m->size * sizeof *kv);
+    msgpack_object_kv props[16];
+    msgpack_object obj = {.type = MSGPACK_OBJECT_MAP, .via.map = {m->size, kv}};
+    bool found = false;
+    for (uint32_t i = 0; i < m->size; i++) {
+        if (kv[i].key.via.str.size != 10 || memcmp(kv[i].key.via.str.ptr, "properties", 10) != 0)
+            continue;
+        const msgpack_object_map *pm = &kv[i].val.via.map;
+        assert_true(pm->size <= 16);
+        memcpy(props, pm->ptr, pm->size * sizeof *props);
+        for (uint32_t j = 0; j < pm->size; j++)
+            if (props[j].key.via.str.size == 4 && memcmp(props[j].key.via.str.ptr, "plan", 4) == 0)
+                props[j].val.via.str = (msgpack_object_str){6, "edited"};
+        kv[i].val.via.map.ptr = props;
+        found = true;
+    }
+    assert_true(found);
+    ev->obj = &obj;
+    base_buf_t out;
+    assert_int_equal(encode_mp(ev, 1 << 20, &out), PROTO_OK);
+    assert_true(has_bytes(&out,
+                          "\xa6"
+                          "edited",
+                          7));
+    assert_false(has_bytes(&out,
+                           "\xa3"
+                           "pro",
+                           4)); /* the old value is gone */
+    assert_true(has_bytes(&out,
+                          "\xa7"
+                          "9.9.9.9",
+                          8)); /* the merged batch context */
+    base_buf_free(&out);
+    tu_free(&t);
+}
+
+/* A sender's longer-than-minimal encoding (str32 for 10-byte strings) is still the same value;
+ * when the copy would not fit the record's cap but the minimal encoding does, the record is the
+ * minimal one instead of E_EVENT_TOO_LARGE. */
+static void test_raw_copy_non_minimal_fits_cap(void **state)
+{
+    (void)state;
+    tu_mp_t m;
+    tu_mp_event_start(&m, 1);
+    tu_mp_str(&m, "properties");
+    msgpack_pack_map(&m.pk, 5);
+    for (int i = 0; i < 5; i++) {
+        char k[2] = {(char)('a' + i), 0};
+        tu_mp_str(&m, k);
+        tu_mp_raw(&m,
+                  "\xdb\x00\x00\x00\x0a"
+                  "0123456789",
+                  15);
+    }
+    proto_batch_t b;
+    assert_int_equal(proto_decode(&b, m.sb.data, m.sb.size, PROTO_FMT_MSGPACK, PROTO_T_NONE, NULL),
+                     PROTO_OK);
+    proto_norm_ctx_t c = ctx();
+    proto_normalize(&b, &c);
+    proto_event_t *ev = &b.events[0];
+    assert_int_equal(ev->error, PROTO_OK);
+    assert_true(ev->n_raw > 0);
+    proto_event_t copy = *ev;
+    copy.n_raw = 0;
+    base_buf_t minimal, raw, capped;
+    assert_int_equal(encode_mp(&copy, 1 << 20, &minimal), PROTO_OK);
+    assert_int_equal(encode_mp(ev, 1 << 20, &raw), PROTO_OK);
+    assert_int_equal(raw.len, minimal.len + 20); /* the sender's str32 headers, as sent */
+    /* The writer asks for up to 9 bytes of room per token, so the cap has that much slack. */
+    assert_int_equal(encode_mp(ev, minimal.len + 10, &capped), PROTO_OK);
+    assert_int_equal(capped.len, minimal.len);
+    assert_memory_equal(capped.data, minimal.data, minimal.len);
+    base_buf_free(&minimal);
+    base_buf_free(&raw);
+    base_buf_free(&capped);
+    proto_batch_free(&b);
+    msgpack_sbuffer_destroy(&m.sb);
+}
+
 static void test_json_record(void **state)
 {
     (void)state;
@@ -574,6 +716,9 @@ int main(void)
         cmocka_unit_test(test_rejected_hostile_raw),
         cmocka_unit_test(test_single_call_record),
         cmocka_unit_test(test_msgpack_string_lengths),
+        cmocka_unit_test(test_raw_copy_same_bytes),
+        cmocka_unit_test(test_raw_copy_skips_edited),
+        cmocka_unit_test(test_raw_copy_non_minimal_fits_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
