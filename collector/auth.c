@@ -188,9 +188,11 @@ static long b64_decode(const char *in, size_t len, unsigned char *out, size_t ca
     return (long)o;
 }
 
-int auth_parse_header(const char *value, size_t len, char *out, size_t outcap, size_t *outlen)
+/* Splits an Authorization value into its scheme and argument (RFC 9110 §11.4: scheme, 1*SP,
+ * credentials), blanks around the whole value dropped. */
+static void split_credentials(const char *value, size_t len, const char **scheme, size_t *slen,
+                              const char **arg, size_t *arglen)
 {
-    *outlen = 0;
     while (len > 0 && (*value == ' ' || *value == '\t')) {
         value++;
         len--;
@@ -200,20 +202,36 @@ int auth_parse_header(const char *value, size_t len, char *out, size_t outcap, s
     size_t sp = 0;
     while (sp < len && value[sp] != ' ')
         sp++;
-    const char *arg = value + sp;
-    size_t arglen = len - sp;
-    while (arglen > 0 && *arg == ' ') {
-        arg++;
-        arglen--;
+    *scheme = value;
+    *slen = sp;
+    *arg = value + sp;
+    *arglen = len - sp;
+    while (*arglen > 0 && **arg == ' ') {
+        (*arg)++;
+        (*arglen)--;
     }
-    if (sp == 6 && strncasecmp(value, "Bearer", 6) == 0) {
+}
+
+static bool is_scheme(const char *scheme, size_t slen, const char *want)
+{
+    size_t n = strlen(want);
+    return slen == n && strncasecmp(scheme, want, n) == 0;
+}
+
+int auth_parse_header(const char *value, size_t len, char *out, size_t outcap, size_t *outlen)
+{
+    *outlen = 0;
+    const char *scheme, *arg;
+    size_t slen, arglen;
+    split_credentials(value, len, &scheme, &slen, &arg, &arglen);
+    if (is_scheme(scheme, slen, "Bearer")) {
         if (arglen == 0) return AUTH_E_MISSING;
         if (arglen > outcap) return AUTH_E_MALFORMED;
         memcpy(out, arg, arglen);
         *outlen = arglen;
         return AUTH_OK;
     }
-    if (sp == 5 && strncasecmp(value, "Basic", 5) == 0) {
+    if (is_scheme(scheme, slen, "Basic")) {
         unsigned char dec[3 * AUTH_KEY_MAX];
         long n = b64_decode(arg, arglen, dec, sizeof dec);
         if (n < 0) return AUTH_E_MALFORMED;
@@ -227,6 +245,17 @@ int auth_parse_header(const char *value, size_t len, char *out, size_t outcap, s
         return AUTH_OK;
     }
     return AUTH_E_MALFORMED;
+}
+
+int auth_check_admin(const char *value, size_t len, const char *token, size_t token_len)
+{
+    if (value == NULL) return AUTH_E_MISSING;
+    const char *scheme, *arg;
+    size_t slen, arglen;
+    split_credentials(value, len, &scheme, &slen, &arg, &arglen);
+    if (!is_scheme(scheme, slen, "Bearer")) return AUTH_E_MALFORMED;
+    if (arglen == 0) return AUTH_E_MISSING;
+    return auth_ct_equal(arg, arglen, token, token_len) ? AUTH_OK : AUTH_E_UNKNOWN;
 }
 
 char *auth_mask(const char *key, size_t len, char *out, size_t outcap)

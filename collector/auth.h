@@ -59,6 +59,16 @@ void auth_free(auth_t *a);
 int auth_parse_header(const char *value, size_t len, char *out, size_t outcap, size_t *outlen);
 
 /*
+ * Checks an Authorization header value against the admin token token[0..token_len) (SPEC §6,
+ * admin_token): "Bearer TOKEN" with the same grammar auth_parse_header reads (scheme
+ * case-insensitive), TOKEN compared in constant time (time depends on token_len only). value
+ * NULL means no header (or one too long to keep). Returns AUTH_OK, AUTH_E_MISSING (no header,
+ * or an empty token), AUTH_E_MALFORMED (another scheme: Basic does not carry the admin token),
+ * or AUTH_E_UNKNOWN (a different token). Needs no auth_t: the admin token is not a write key.
+ */
+int auth_check_admin(const char *value, size_t len, const char *token, size_t token_len);
+
+/*
  * Finds the configured key equal to key[0..len). Returns AUTH_OK with *source (owned by a,
  * valid while a lives) and *key_index (for auth_rate_take), AUTH_E_MISSING when len is 0 and
  * not in dev mode, or AUTH_E_UNKNOWN. In dev mode a configured key still maps to its source;

@@ -88,6 +88,7 @@ typedef struct config {
     size_t n_kafka_properties;
     uint32_t delivery_timeout_ms; /* 503 when a request's events are not delivered by then; 5 s */
     uint64_t kafka_queue_bytes;   /* producer queue cap; full -> 503. 256 MiB */
+    uint32_t kafka_producers;     /* producers, partitions shared out among them; 16 (0 = 1) */
 
     uint32_t shutdown_timeout_ms; /* graceful drain bound, 10 s */
 

@@ -38,7 +38,7 @@
  * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
  * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
  */
-#include "dedup.h"
+#include "dedup_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,88 +61,6 @@
 #include "log.h"
 #include "metrics.h"
 
-#define DEDUP_SHARD_BITS  6
-#define DEDUP_SHARDS      (1u << DEDUP_SHARD_BITS)
-#define DEDUP_SLOTS       7
-#define DEDUP_TAGS        127 /* generation tags 1..127 */
-#define DEDUP_PENDING     0x80u
-#define DEDUP_GENS        32 /* generations per window */
-#define DEDUP_MAX_LIVE    (DEDUP_GENS + 3)
-#define DEDUP_SWEEP_FORCE 48
-#define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
-#define DEDUP_PREFETCH    16
-/* Old buckets moved by each operation on a growing shard, and by the worker per lock hold. */
-#define DEDUP_MIGRATE_STEP   1
-#define DEDUP_WORKER_MIGRATE 256
-/* Spare tables the worker makes per round. */
-#define DEDUP_WORKER_SPARES 8
-#define DEDUP_HUGE          (2u << 20)
-/* Grow (or evict) when live entries would pass 90% of the slots. */
-#define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
-/* The worker prepares the next table once live entries pass 70% of the slots: late enough that a
- * spare costs memory only shortly before it is needed, early enough that DEDUP_WORKER_SPARES per
- * round covers all 64 shards before they reach 90%. */
-#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 7 / 10)
-
-#define SNAP_MAGIC   "SLUDEDUP"
-#define SNAP_VERSION 1u
-#define SNAP_NAME    "dedup.snapshot"
-/* The worker ticks every second; a stop waits this long for a snapshot in progress. */
-#define DEDUP_WORKER_PERIOD_MS 1000
-#define DEDUP_WORKER_STOP_MS   60000
-#define SNAP_REC               9 /* fingerprint + generation index */
-
-typedef struct bucket {
-    uint64_t fp[DEDUP_SLOTS];
-    uint8_t tag[DEDUP_SLOTS];
-    uint8_t ovf;
-} bucket_t;
-_Static_assert(sizeof(bucket_t) == 64, "a bucket is one cache line");
-
-typedef struct shard {
-    alignas(64) atomic_int lock;
-    _Atomic(bucket_t *) b; /* atomic only so that prefetch hints may read it unlocked */
-    _Atomic uint32_t nb;
-    uint32_t max_nb;
-    /* While growing: the previous table, its bucket count and the next bucket to move. */
-    bucket_t *ob;
-    uint32_t onb, mig;
-    bucket_t *spare; /* the next table, made ready by the worker (spare_nb buckets) */
-    uint32_t spare_nb;
-    uint32_t step_max; /* most entries one operation moved (the growth bound, for tests) */
-    uint64_t moved;    /* entries moved by growth, in all */
-    uint64_t live, pending;
-    uint64_t seen_floor; /* counts of generations below it were dropped */
-    uint64_t swept_gen;  /* cur at the last sweep */
-    uint64_t swept_floor;
-    uint32_t count[DEDUP_TAGS];  /* live entries per generation tag - 1 */
-    uint32_t pcount[DEDUP_TAGS]; /* of which PENDING */
-} shard_t;
-
-struct dedup {
-    shard_t shards[DEDUP_SHARDS];
-    pthread_mutex_t gen_mu;
-    _Atomic uint64_t cur, floor;
-    _Atomic uint64_t gen_start[DEDUP_TAGS]; /* ms, by tag - 1 */
-    _Atomic uint8_t gen_by_cap[DEDUP_TAGS]; /* the generation was dropped at the cap */
-    _Atomic uint64_t evicted;
-    uint64_t window_ms, gen_ms;
-    dedup_clock_fn clock;
-    void *clock_ud;
-    /* worker */
-    base_worker_t *worker; /* NULL when not running */
-    bool w_orphaned;       /* a stop timed out: the worker still uses d, which is never freed */
-    char *w_dir;
-    uint64_t w_interval_ms, w_last_snap_ms; /* w_last_snap_ms: the worker's own */
-    atomic_bool w_snap_soon;                /* dedup_snapshot_soon: snapshot at the next tick */
-    struct dedup_journal *journal;          /* rotated around each snapshot; may be NULL */
-};
-
-typedef struct view {
-    uint64_t cur, floor, span;
-    int ctag;
-} view_t;
-
 const char *dedup_strerror(int err)
 {
     switch (err) {
@@ -162,46 +80,6 @@ static uint64_t realtime_ms(void *ud)
     return (uint64_t)base_wall_ms();
 }
 
-static uint64_t now_ms(const dedup_t *d)
-{
-    return d->clock(d->clock_ud);
-}
-
-static inline int tag_of(uint64_t gen)
-{
-    return (int)(gen % DEDUP_TAGS) + 1;
-}
-
-static inline void view_load(dedup_t *d, view_t *v)
-{
-    /* floor first: cur is stored before floor, so cur >= floor holds for what we read. */
-    v->floor = atomic_load_explicit(&d->floor, memory_order_acquire);
-    v->cur = atomic_load_explicit(&d->cur, memory_order_acquire);
-    v->span = v->cur - v->floor;
-    v->ctag = tag_of(v->cur);
-}
-
-static inline bool tag_live(const view_t *v, unsigned tag)
-{
-    int t = (int)(tag & 0x7fu);
-    if (t == 0) return false;
-    int dist = v->ctag - t;
-    if (dist < 0) dist += DEDUP_TAGS;
-    return (uint64_t)dist <= v->span;
-}
-
-static inline uint64_t tag_gen(const view_t *v, unsigned tag)
-{
-    int dist = v->ctag - (int)(tag & 0x7fu);
-    if (dist < 0) dist += DEDUP_TAGS;
-    return v->cur - (uint64_t)dist;
-}
-
-static inline shard_t *shard_of(dedup_t *d, uint64_t fp)
-{
-    return &d->shards[fp >> (64 - DEDUP_SHARD_BITS)];
-}
-
 /* The two candidate buckets of fp: from its low 32 bits, and from a multiplicative mix (the top
  * 6 bits chose the shard). */
 static inline uint32_t home_of(uint64_t fp, uint32_t nb)
@@ -212,32 +90,6 @@ static inline uint32_t home_of(uint64_t fp, uint32_t nb)
 static inline uint32_t alt_of(uint64_t fp, uint32_t nb)
 {
     return (uint32_t)((((fp * 0x9e3779b97f4a7c15ull) >> 32) * (uint64_t)nb) >> 32);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static void shard_lock(shard_t *s)
-{
-    for (unsigned spins = 0;; spins++) {
-        if (!atomic_exchange_explicit(&s->lock, 1, memory_order_acquire)) return;
-        while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
-            /* Held for a rehash or sweep: stop burning the core. */
-            if (++spins > 256)
-                sched_yield();
-            else
-                cpu_relax();
-        }
-    }
-}
-
-static void shard_unlock(shard_t *s)
-{
-    atomic_store_explicit(&s->lock, 0, memory_order_release);
 }
 
 static size_t buckets_mapped(uint32_t nb)
@@ -364,7 +216,7 @@ static void shard_sweep(shard_t *s, const view_t *v)
 }
 
 /* Drops the counts of generations that died since the shard last looked; sweeps when overdue. */
-static void shard_prepare(dedup_t *d, shard_t *s, const view_t *v)
+void dedup__shard_prepare(dedup_t *d, shard_t *s, const view_t *v)
 {
     if (s->seen_floor < v->floor) {
         uint64_t from = s->seen_floor;
@@ -516,7 +368,7 @@ static uint32_t shard_migrate(shard_t *s, const view_t *v, uint32_t buckets)
  * progress. */
 static void shard_enter(dedup_t *d, shard_t *s, const view_t *v)
 {
-    shard_prepare(d, s, v);
+    dedup__shard_prepare(d, s, v);
     if (s->ob != NULL) {
         uint32_t m = shard_migrate(s, v, DEDUP_MIGRATE_STEP);
         if (m > s->step_max) s->step_max = m;
@@ -563,7 +415,7 @@ static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
         if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed))) return;
         if (shard_grow(s) == 0) continue;
         gen_evict_oldest(d, v);
-        shard_prepare(d, s, v);
+        dedup__shard_prepare(d, s, v);
     }
 }
 
@@ -845,7 +697,7 @@ void dedup_stats(dedup_t *d, dedup_stats_t *st)
         view_t v;
         shard_lock(s);
         view_load(d, &v);
-        shard_prepare(d, s, &v);
+        dedup__shard_prepare(d, s, &v);
         st->entries += s->live;
         st->pending += s->pending;
         uint64_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed) + (uint64_t)s->onb;
@@ -910,164 +762,10 @@ int dedup_register_metrics(dedup_t *d)
     return 0;
 }
 
-/* ---- snapshots ---- */
+/* ---- restoring entries (snapshot load, journal replay) ---- */
 
-/* The snapshot being written: the base layer's atomic file, hashed as it is written. */
-typedef struct snap_out {
-    base_afile_t f;
-    XXH3_state_t *h;
-    bool err; /* a write failed (f.err says how) or memory ran short (nomem) */
-    bool nomem;
-} snap_out_t;
-
-static void snap_put(snap_out_t *o, const void *p, size_t n)
-{
-    if (o->err) return;
-    XXH3_64bits_update(o->h, p, n);
-    if (base_afile_write(&o->f, p, n) != BASE_OK) o->err = true;
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    memcpy(p, &v, 8);
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static int path_join(char *out, size_t cap, const char *dir, const char *name)
-{
-    int n = snprintf(out, cap, "%s/%s", dir, name);
-    return n > 0 && (size_t)n < cap ? 0 : -1;
-}
-
-/* Writes the body (entries); returns the count, with o->err set on failure. */
-static uint64_t snap_entries(dedup_t *d, snap_out_t *o, uint64_t floor0, uint64_t cur0)
-{
-    uint64_t n = 0;
-    bucket_t *copy = NULL;
-    uint32_t copy_cap = 0;
-    uint8_t rec[4096 * SNAP_REC];
-    size_t rn = 0;
-    for (unsigned si = 0; si < DEDUP_SHARDS && !o->err; si++) {
-        shard_t *s = &d->shards[si];
-        view_t v;
-        shard_lock(s);
-        view_load(d, &v);
-        shard_prepare(d, s, &v);
-        /* The new table, then the old one's unmoved buckets while growing. */
-        uint32_t nnb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-        uint32_t nb = nnb + (s->ob != NULL ? s->onb - s->mig : 0);
-        if (nb > copy_cap) {
-            bucket_t *c = realloc(copy, (size_t)nb * sizeof *c);
-            if (c == NULL) {
-                shard_unlock(s);
-                o->err = o->nomem = true;
-                break;
-            }
-            copy = c;
-            copy_cap = nb;
-        }
-        memcpy(copy, atomic_load_explicit(&s->b, memory_order_relaxed), (size_t)nnb * sizeof *copy);
-        if (nb > nnb) memcpy(copy + nnb, s->ob + s->mig, (size_t)(nb - nnb) * sizeof *copy);
-        shard_unlock(s);
-        for (uint32_t i = 0; i < nb; i++) {
-            for (int k = 0; k < DEDUP_SLOTS; k++) {
-                uint8_t t = copy[i].tag[k];
-                if ((t & DEDUP_PENDING) || !tag_live(&v, t)) continue;
-                uint64_t g = tag_gen(&v, t);
-                /* The floor only grows, so g >= floor0; a generation opened meanwhile is filed
-                 * under cur0, whose end is the write time, so its entries keep their lifetime. */
-                if (g < floor0) continue;
-                if (g > cur0) g = cur0;
-                put_u64(rec + rn * SNAP_REC, copy[i].fp[k]);
-                rec[rn * SNAP_REC + 8] = (uint8_t)(g - floor0);
-                n++;
-                if (++rn == 4096) {
-                    snap_put(o, rec, rn * SNAP_REC);
-                    rn = 0;
-                }
-            }
-        }
-    }
-    if (rn > 0) snap_put(o, rec, rn * SNAP_REC);
-    free(copy);
-    return n;
-}
-
-/*
- * Layout (host byte order; the magic is checked, so a foreign-endian file reads as corrupt):
- *   "SLUDEDUP" | u32 version | u32 n_gens | u64 window_ms | n_gens x u64 generation start ms
- *   | n_entries x (u64 fingerprint, u8 generation index) | u64 n_entries | u64 written_ms
- *   | u64 XXH3-64 of everything before it
- */
-static int io_fail(base_ioerr_t *err, const base_ioerr_t *e, int rc)
-{
-    if (err != NULL) *err = *e;
-    return rc;
-}
-
-int dedup_snapshot_write(dedup_t *d, const char *dir, base_ioerr_t *err)
-{
-    base_ioerr_t none = {0, NULL};
-    if (err != NULL) *err = none;
-    char path[4096];
-    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) {
-        base_ioerr_t e = {ENAMETOOLONG, "open"};
-        return io_fail(err, &e, DEDUP_E_INVALID);
-    }
-    base_ioerr_t me;
-    int mrc = base_mkdir_p(dir, 0750, &me);
-    if (mrc != BASE_OK)
-        return io_fail(err, &me, mrc == BASE_E_INVAL ? DEDUP_E_INVALID : DEDUP_E_IO);
-    snap_out_t o = {.h = XXH3_createState()};
-    if (o.h == NULL) return DEDUP_E_NOMEM;
-    int orc = base_afile_open(&o.f, path, 0640);
-    if (orc != BASE_OK) {
-        XXH3_freeState(o.h);
-        return io_fail(err, &o.f.err, orc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO);
-    }
-    XXH3_64bits_reset(o.h);
-    view_t v;
-    view_load(d, &v);
-    uint8_t hdr[24];
-    memcpy(hdr, SNAP_MAGIC, 8);
-    uint32_t version = SNAP_VERSION, n_gens = (uint32_t)(v.span + 1);
-    memcpy(hdr + 8, &version, 4);
-    memcpy(hdr + 12, &n_gens, 4);
-    put_u64(hdr + 16, d->window_ms);
-    snap_put(&o, hdr, sizeof hdr);
-    for (uint64_t g = v.floor; g <= v.cur; g++) {
-        uint8_t b[8];
-        put_u64(b, atomic_load_explicit(&d->gen_start[tag_of(g) - 1], memory_order_relaxed));
-        snap_put(&o, b, 8);
-    }
-    uint64_t n = snap_entries(d, &o, v.floor, v.cur);
-    uint8_t tail[16];
-    put_u64(tail, n);
-    put_u64(tail + 8, now_ms(d));
-    snap_put(&o, tail, sizeof tail);
-    uint8_t sum[8];
-    put_u64(sum, XXH3_64bits_digest(o.h));
-    if (!o.err && base_afile_write(&o.f, sum, 8) != BASE_OK) o.err = true;
-    XXH3_freeState(o.h);
-    if (o.err) {
-        /* The tmp file goes; an earlier snapshot stays as it was. */
-        base_ioerr_t e = o.f.err;
-        base_afile_abort(&o.f);
-        return io_fail(err, &e, o.nomem ? DEDUP_E_NOMEM : DEDUP_E_IO);
-    }
-    int crc = base_afile_commit(&o.f);
-    if (crc == BASE_OK) return DEDUP_OK;
-    return io_fail(err, &o.f.err, crc == BASE_E_NOMEM ? DEDUP_E_NOMEM : DEDUP_E_IO);
-}
-
-/* Inserts a remembered entry while loading (d is private to the loader, no request runs). */
-static void load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
+/* See dedup_internal.h. */
+void dedup__load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
 {
     shard_t *s = shard_of(d, fp);
     view_t v;
@@ -1109,107 +807,6 @@ bool dedup_restore(dedup_t *d, uint64_t fp, uint64_t t_ms)
     }
     shard_unlock(s);
     return added;
-}
-
-int dedup_snapshot_load(dedup_t *d, const char *dir)
-{
-    char path[4096];
-    if (path_join(path, sizeof path, dir, SNAP_NAME) != 0) return DEDUP_E_INVALID;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) return errno == ENOENT ? DEDUP_E_NOENT : DEDUP_E_IO;
-    int rc = DEDUP_E_CORRUPT;
-    uint8_t *buf = malloc(1 << 20);
-    XXH3_state_t *h = XXH3_createState();
-    struct stat stt;
-    uint8_t hdr[24], tail[24];
-    uint32_t version = 0, n_gens = 0;
-    if (buf == NULL || h == NULL) {
-        rc = DEDUP_E_NOMEM;
-        goto out;
-    }
-    if (fstat(fileno(f), &stt) != 0) {
-        rc = DEDUP_E_IO;
-        goto out;
-    }
-    uint64_t size = (uint64_t)stt.st_size;
-    if (size < sizeof hdr + sizeof tail || fread(hdr, 1, sizeof hdr, f) != sizeof hdr) goto out;
-    memcpy(&version, hdr + 8, 4);
-    memcpy(&n_gens, hdr + 12, 4);
-    if (memcmp(hdr, SNAP_MAGIC, 8) != 0 || version != SNAP_VERSION || n_gens == 0 ||
-        n_gens > DEDUP_TAGS)
-        goto out;
-    uint64_t head = sizeof hdr + 8ull * n_gens;
-    if (size < head + sizeof tail || (size - head - sizeof tail) % SNAP_REC != 0) goto out;
-    uint64_t n_recs = (size - head - sizeof tail) / SNAP_REC;
-    /* Pass 1: checksum of everything but the last 8 bytes. */
-    XXH3_64bits_reset(h);
-    XXH3_64bits_update(h, hdr, sizeof hdr);
-    uint64_t left = size - sizeof hdr - 8;
-    while (left > 0) {
-        size_t want = left > (1 << 20) ? (1 << 20) : (size_t)left;
-        if (fread(buf, 1, want, f) != want) goto out;
-        XXH3_64bits_update(h, buf, want);
-        left -= want;
-    }
-    if (fread(tail, 1, 8, f) != 8 || get_u64(tail) != XXH3_64bits_digest(h)) goto out;
-    if (fseek(f, (long)(size - sizeof tail), SEEK_SET) != 0 || fread(tail, 1, 24, f) != 24)
-        goto out;
-    if (get_u64(tail) != n_recs) goto out;
-    uint64_t written = get_u64(tail + 8);
-    /* Pass 2: generations, then entries. */
-    uint64_t starts[DEDUP_TAGS];
-    if (fseek(f, (long)sizeof hdr, SEEK_SET) != 0 ||
-        fread(buf, 1, 8ull * n_gens, f) != 8ull * n_gens)
-        goto out;
-    for (uint32_t j = 0; j < n_gens; j++)
-        starts[j] = get_u64(buf + 8 * j);
-    uint64_t t = now_ms(d);
-    /* Keep generation j when its end (next start, or the write time) is within the window. */
-    uint32_t j0 = 0;
-    while (j0 < n_gens) {
-        uint64_t end = j0 + 1 < n_gens ? starts[j0 + 1] : written;
-        if (end + d->window_ms > t) break;
-        j0++;
-    }
-    if (n_gens - j0 > DEDUP_MAX_LIVE - 1) j0 = n_gens - (DEDUP_MAX_LIVE - 1);
-    uint32_t kept = n_gens - j0;
-    pthread_mutex_lock(&d->gen_mu);
-    for (uint32_t i = 0; i < kept; i++)
-        atomic_store(&d->gen_start[tag_of(i) - 1], starts[j0 + i]);
-    /* The snapshot's last generation ends at the write time, not at this restart: the open
-     * generation is dated from the write, and dedup_tick opens a fresh one for what comes now. */
-    atomic_store(&d->gen_start[tag_of(kept) - 1], written < t ? written : t);
-    atomic_store(&d->floor, 0);
-    atomic_store(&d->cur, (uint64_t)kept);
-    pthread_mutex_unlock(&d->gen_mu);
-    dedup_tick(d);
-    uint64_t done = 0;
-    rc = DEDUP_OK;
-    while (done < n_recs) {
-        size_t m =
-            n_recs - done > (1 << 20) / SNAP_REC ? (1 << 20) / SNAP_REC : (size_t)(n_recs - done);
-        if (fread(buf, 1, m * SNAP_REC, f) != m * SNAP_REC) {
-            rc = DEDUP_E_IO;
-            break;
-        }
-        for (size_t i = 0; i < m; i++) {
-            const uint8_t *r = buf + i * SNAP_REC;
-            uint32_t gi = r[8];
-            if (gi >= n_gens) {
-                rc = DEDUP_E_CORRUPT;
-                break;
-            }
-            if (gi < j0) continue;
-            load_insert(d, get_u64(r), (uint8_t)tag_of(gi - j0));
-        }
-        if (rc != DEDUP_OK) break;
-        done += m;
-    }
-out:
-    XXH3_freeState(h);
-    free(buf);
-    fclose(f);
-    return rc;
 }
 
 /* ---- worker ---- */
@@ -1255,7 +852,7 @@ static void sweep_all(dedup_t *d)
         view_t v;
         shard_lock(s);
         view_load(d, &v);
-        shard_prepare(d, s, &v);
+        dedup__shard_prepare(d, s, &v);
         if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
             shard_sweep(s, &v);
         shard_unlock(s);
@@ -1264,7 +861,7 @@ static void sweep_all(dedup_t *d)
          * probing it) even when the shard sees little traffic. */
         shard_lock(s);
         view_load(d, &v);
-        shard_prepare(d, s, &v);
+        dedup__shard_prepare(d, s, &v);
         shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
         shard_unlock(s);
     }

@@ -33,16 +33,12 @@
 
 #include "auth.h"
 #include "body.h"
-#include "kafka_out.h"
 #include "log.h"
 #include "metrics.h"
-#include "pql.h"
 #include "proto.h"
 #include "reload.h"
+#include "routes.h"
 #include "tls.h"
-
-/* Appends a string literal (its length known at compile time, no NUL). */
-#define buf_lit(out, lit) base_buf_append((out), (lit), sizeof(lit) - 1)
 
 #define URL_MAX   256
 #define FIELD_MAX 32
@@ -51,50 +47,22 @@
 #define HEADER_OVERHEAD 4
 /* Keep a connection's body allocation between requests only up to this size. */
 #define BODY_KEEP_MAX (64 * 1024)
-#define METRICS_MAX   (4 * 1024 * 1024)
 /* Lingering close after refusing a request mid-body: at most this long / this many bytes. */
 #define LINGER_MS        1000
 #define LINGER_MAX_BYTES (1024 * 1024)
 
-typedef enum {
-    ROUTE_NONE = 0,
-    ROUTE_BATCH,
-    ROUTE_TRACK,
-    ROUTE_IDENTIFY,
-    ROUTE_GROUP,
-    ROUTE_PAGE,
-    ROUTE_SCREEN,
-    ROUTE_ALIAS,
-    ROUTE_HEALTHZ,
-    ROUTE_READYZ,
-    ROUTE_METRICS,
-    ROUTE_ACCOUNT,  /* GET /v1/accounts/{id} (admin, PQL) */
-    ROUTE_PQL_TOP,  /* GET /v1/pql/top?n=N (admin, PQL) */
-    ROUTE_SETTINGS, /* GET /v1/projects/{writeKey}/settings (browser SDK settings) */
-} route_t;
-
 typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
 
-/* Headers we capture; values longer than their buffer are flagged, never truncated silently. */
-typedef enum {
-    H_NONE = -1,
-    H_CTYPE,
-    H_CENC,
-    H_AUTHZ,
-    H_EXPECT,
-    H_HOST,
-    H_ACRH, /* Access-Control-Request-Headers (CORS preflight) */
-    H_TE,
-    H_COUNT
-} hdr_id_t;
-static const char *const hdr_names[H_COUNT] = {"content-type",
-                                               "content-encoding",
-                                               "authorization",
-                                               "expect",
-                                               "host",
-                                               "access-control-request-headers",
-                                               "transfer-encoding"};
-static const size_t hdr_caps[H_COUNT] = {128, 64, 1100, 32, 256, 256, 32};
+/* Headers we capture (http_hdr_t, http_conn.h); values longer than their buffer are flagged,
+ * never truncated silently. */
+static const char *const hdr_names[HTTP_HDR_COUNT] = {"content-type",
+                                                      "content-encoding",
+                                                      "authorization",
+                                                      "expect",
+                                                      "host",
+                                                      "access-control-request-headers",
+                                                      "transfer-encoding"};
+static const size_t hdr_caps[HTTP_HDR_COUNT] = {128, 64, 1100, 32, 256, 256, 32};
 
 /* Headers that may appear at most once (RFC 9110 §5.3: a second one is either a list the field
  * does not allow or a disagreement a front proxy may resolve differently; CVE-2022-32213). */
@@ -138,10 +106,10 @@ struct http_conn {
     char field[FIELD_MAX];
     size_t field_len;
     bool field_long;
-    hdr_id_t cur_hdr;
+    http_hdr_t cur_hdr;
     char hdr_mem[128 + 64 + 1100 + 32 + 256 + 256 + 32];
-    hdr_val_t hdr[H_COUNT];
-    route_t route;
+    hdr_val_t hdr[HTTP_HDR_COUNT];
+    const route_t *route; /* NULL: no such endpoint (on this listener) */
     int method;
     bool keep_alive;
     /* A refusal decided before the body: answered at message complete, body discarded. */
@@ -163,8 +131,10 @@ struct http_conn {
     char *pending;
     size_t pending_off, pending_len, pending_cap;
 
-    ingest_req_t *req;       /* waiting for Kafka, NULL otherwise */
-    struct pql_job *pql_job; /* an admin PQL read running on the threadpool, NULL otherwise */
+    ingest_req_t *req; /* waiting for Kafka, NULL otherwise */
+    /* A handler answering later (http_conn_defer): called if the connection closes first. */
+    void (*defer_cancel)(void *arg);
+    void *defer_arg;
 
     tls_conn_t *tls;  /* HTTPS: the session; NULL on plain connections */
     size_t tls_held;  /* undecrypted ciphertext charged to body_mem */
@@ -191,111 +161,15 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
 
 /* ---- small pure helpers (unit-tested) ---- */
 
-/* True when path[0..n) is /v1/projects/{key}/settings with a non-empty key without '/'; the
- * key's (still percent-encoded) slice goes to *key, *klen when they are not NULL. */
-static bool settings_key(const char *path, size_t n, const char **key, size_t *klen)
+static bool route_is_ingest(const route_t *r)
 {
-    static const char pre[] = "/v1/projects/", suf[] = "/settings";
-    const size_t pl = sizeof pre - 1, sl = sizeof suf - 1;
-    if (n <= pl + sl || memcmp(path, pre, pl) != 0 || memcmp(path + n - sl, suf, sl) != 0)
-        return false;
-    if (memchr(path + pl, '/', n - pl - sl) != NULL) return false;
-    if (key != NULL) *key = path + pl;
-    if (klen != NULL) *klen = n - pl - sl;
-    return true;
-}
-
-static route_t route_parse(const char *url, size_t len)
-{
-    size_t n = 0;
-    while (n < len && url[n] != '?' && url[n] != '#')
-        n++;
-    static const struct {
-        const char *path;
-        route_t r;
-    } table[] = {
-        {"/v1/batch", ROUTE_BATCH},
-        {"/v1/track", ROUTE_TRACK},
-        {"/v1/identify", ROUTE_IDENTIFY},
-        {"/v1/group", ROUTE_GROUP},
-        {"/v1/page", ROUTE_PAGE},
-        {"/v1/screen", ROUTE_SCREEN},
-        {"/v1/alias", ROUTE_ALIAS},
-        {"/healthz", ROUTE_HEALTHZ},
-        {"/readyz", ROUTE_READYZ},
-        {"/metrics", ROUTE_METRICS},
-        /* The short paths of @segment/analytics-next (its "{apiHost}/{type's first letter}"). */
-        {"/v1/b", ROUTE_BATCH},
-        {"/v1/t", ROUTE_TRACK},
-        {"/v1/i", ROUTE_IDENTIFY},
-        {"/v1/g", ROUTE_GROUP},
-        {"/v1/p", ROUTE_PAGE},
-        {"/v1/s", ROUTE_SCREEN},
-        {"/v1/a", ROUTE_ALIAS},
-    };
-    /* A trailing slash is tolerated ("/v1/batch/"), as most HTTP servers do. */
-    if (n > 1 && url[n - 1] == '/') n--;
-    if (n > 13 && memcmp(url, "/v1/accounts/", 13) == 0) return ROUTE_ACCOUNT;
-    if (settings_key(url, n, NULL, NULL)) return ROUTE_SETTINGS;
-    if (n == 11 && memcmp(url, "/v1/pql/top", 11) == 0) return ROUTE_PQL_TOP;
-    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-        size_t pl = strlen(table[i].path);
-        if (pl == n && memcmp(url, table[i].path, n) == 0) return table[i].r;
-    }
-    return ROUTE_NONE;
-}
-
-static bool route_is_ingest(route_t r)
-{
-    return r >= ROUTE_BATCH && r <= ROUTE_ALIAS;
-}
-
-/* /metrics and the admin views: on admin_listen when it is set. */
-static bool route_is_admin(route_t r)
-{
-    return r == ROUTE_METRICS || r == ROUTE_ACCOUNT || r == ROUTE_PQL_TOP;
-}
-
-/* Whether a listener of kind port serves route r (else: 404, as for an unknown path, so the
- * public port does not even confirm that admin routes exist). */
-static bool route_on_port(route_t r, http_port_t port)
-{
-    if (r == ROUTE_HEALTHZ || r == ROUTE_READYZ || port == HTTP_PORT_ALL) return true;
-    return route_is_admin(r) == (port == HTTP_PORT_ADMIN);
+    return r != NULL && (r->flags & ROUTE_F_INGEST) != 0;
 }
 
 /* Routes a browser page calls cross-origin: CORS headers on every answer, OPTIONS preflight. */
-static bool route_is_cors(route_t r)
+static bool route_is_cors(const route_t *r)
 {
-    return route_is_ingest(r) || r == ROUTE_SETTINGS;
-}
-
-/* The methods a route answers (Allow on a 405, Access-Control-Allow-Methods on a preflight). */
-static const char *route_methods(route_t r)
-{
-    if (route_is_ingest(r)) return "POST, OPTIONS";
-    if (r == ROUTE_SETTINGS) return "GET, HEAD, OPTIONS";
-    return "GET, HEAD";
-}
-
-static proto_type_t route_kind(route_t r)
-{
-    switch (r) {
-    case ROUTE_TRACK:
-        return PROTO_T_TRACK;
-    case ROUTE_IDENTIFY:
-        return PROTO_T_IDENTIFY;
-    case ROUTE_GROUP:
-        return PROTO_T_GROUP;
-    case ROUTE_PAGE:
-        return PROTO_T_PAGE;
-    case ROUTE_SCREEN:
-        return PROTO_T_SCREEN;
-    case ROUTE_ALIAS:
-        return PROTO_T_ALIAS;
-    default:
-        return PROTO_T_NONE;
-    }
+    return r != NULL && (r->flags & ROUTE_F_CORS) != 0;
 }
 
 /* Body format from a Content-Type value (SPEC §3): msgpack only when labelled
@@ -364,8 +238,7 @@ static http_conn_t *conn_of(llhttp_t *p)
 }
 
 static void timer_arm(http_conn_t *c, uint32_t ms);
-static void respond_error(http_conn_t *c, int status, const char *code, const char *message,
-                          int retry_after, bool close_after);
+static void conn_refuse(http_conn_t *c, int status, const char *code, const char *message);
 
 static void timer_cb(uv_timer_t *t)
 {
@@ -380,12 +253,12 @@ static void timer_cb(uv_timer_t *t)
         c->req->owner = NULL;
         c->req = NULL;
         LOG(LOG_DEBUG, "delivery_timeout", LI("ms", c->hl->cfg->delivery_timeout_ms));
-        respond_error(c, 503, "unavailable",
-                      "events could not be made durable in time; retry later", 5, false);
+        http_respond_retry(c, 503, "unavailable",
+                           "events could not be made durable in time; retry later", 5);
         return;
     }
     if (c->state == CS_BUSY) {
-        if (c->writes == 0) return; /* an admin read on the threadpool */
+        if (c->writes == 0) return; /* a deferred answer (http_conn_defer) */
         /* The client has not taken its answer within request_timeout (it does not read). */
         metrics_add(METRIC_WRITE_TIMEOUTS, 1);
         LOG(LOG_DEBUG, "write_timeout", LI("ms", c->hl->cfg->request_timeout_ms));
@@ -396,10 +269,8 @@ static void timer_cb(uv_timer_t *t)
         /* The body is not complete by the request deadline, or stalled for idle_timeout. */
         metrics_add(METRIC_REQUEST_TIMEOUTS, 1);
         LOG(LOG_DEBUG, "request_timeout", LI("ms", c->hl->cfg->request_timeout_ms));
-        c->keep_alive = false;
-        c->linger = true;
-        respond_error(c, 408, "request_timeout",
-                      "the request body did not arrive in time (limits.request_timeout)", 0, true);
+        conn_refuse(c, 408, "request_timeout",
+                    "the request body did not arrive in time (limits.request_timeout)");
         return;
     }
     metrics_add(METRIC_CONN_TIMEOUTS, 1);
@@ -464,31 +335,15 @@ static void on_handle_closed(uv_handle_t *h)
     free(c);
 }
 
-/* An admin PQL read (GET /v1/accounts/{id}, /v1/pql/top) runs on libuv's threadpool: it takes
- * shard locks (top walks every account), which a loop thread must not wait on. The connection
- * points at its job and the job at its owner; a connection that closes meanwhile detaches
- * (owner NULL) and the after-work callback only frees the job. The loop stays alive until
- * after-work ran (server_stop runs it to completion), and PQL outlives the loops. */
-typedef struct pql_job {
-    uv_work_t work;
-    http_conn_t *owner;
-    pql_t *pql;
-    bool top;
-    size_t n; /* top: 1..PQL_TOP_MAX */
-    size_t id_len;
-    char id[256];
-    int rc;
-    base_buf_t out;
-} pql_job_t;
-
 static void conn_close(http_conn_t *c)
 {
     if (c->closing) return;
     c->closing = true;
     http_loop_t *hl = c->hl;
-    if (c->pql_job != NULL) {
-        c->pql_job->owner = NULL;
-        c->pql_job = NULL;
+    if (c->defer_cancel != NULL) {
+        void (*cancel)(void *) = c->defer_cancel;
+        c->defer_cancel = NULL;
+        cancel(c->defer_arg);
     }
     if (c->req != NULL) {
         /* The request lives on until its delivery group reports; nobody to answer then. */
@@ -746,17 +601,16 @@ static void tls_pump(http_conn_t *c)
 }
 
 /*
- * Writes a complete answer. extra: additional header lines, each ending in CRLF (may be NULL).
- * After it is written the connection closes (close_after, or the client asked, or draining)
- * or goes on with the next request.
+ * Writes a complete answer (http_conn.h). After it is written the connection closes (the
+ * client asked, a refusal cleared keep_alive, or draining) or goes on with the next request.
  */
-static void conn_respond(http_conn_t *c, int status, const char *ctype, const char *body,
-                         size_t len, const char *extra, bool close_after)
+void http_respond(http_conn_t *c, int status, const char *ctype, const char *body, size_t len,
+                  const char *extra)
 {
+    c->defer_cancel = NULL; /* answered: a deferred handler is done with c */
     if (c->closing) return;
     http_loop_t *hl = c->hl;
-    if (!c->keep_alive || atomic_load_explicit(hl->draining, memory_order_relaxed))
-        close_after = true;
+    bool close_after = !c->keep_alive || atomic_load_explicit(hl->draining, memory_order_relaxed);
     char head[1024], clen[48] = "";
     /* RFC 9110 §8.6: no Content-Length on a 204. */
     if (status != 204) snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
@@ -795,8 +649,8 @@ static void conn_respond(http_conn_t *c, int status, const char *ctype, const ch
     conn_write_raw(c, w);
 }
 
-static void respond_error(http_conn_t *c, int status, const char *code, const char *message,
-                          int retry_after, bool close_after)
+void http_respond_retry(http_conn_t *c, int status, const char *code, const char *message,
+                        int retry_after)
 {
     char body[512];
     base_buf_t out = {body, 0, sizeof body, sizeof body};
@@ -810,14 +664,56 @@ static void respond_error(http_conn_t *c, int status, const char *code, const ch
     if (retry_after > 0)
         n += snprintf(extra + n, sizeof extra - (size_t)n, "Retry-After: %d\r\n", retry_after);
     if (status == 405)
-        snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n", route_methods(c->route));
-    conn_respond(c, status, "application/json", out.data, out.len, extra, close_after);
+        snprintf(extra + n, sizeof extra - (size_t)n, "Allow: %s\r\n",
+                 c->route != NULL ? c->route->allow : "GET, HEAD");
+    http_respond(c, status, "application/json", out.data, out.len, extra);
 }
 
-static void respond_json(http_conn_t *c, int status, const char *json, size_t len)
+void http_respond_error(http_conn_t *c, int status, const char *code, const char *message)
 {
-    conn_respond(c, status, "application/json", json, len,
-                 route_is_cors(c->route) ? "Access-Control-Allow-Origin: *\r\n" : NULL, false);
+    http_respond_retry(c, status, code, message, 0);
+}
+
+void http_respond_json(http_conn_t *c, int status, const char *json, size_t len)
+{
+    http_respond(c, status, "application/json", json, len,
+                 route_is_cors(c->route) ? "Access-Control-Allow-Origin: *\r\n" : NULL);
+}
+
+/* A refusal that ends the connection: answered, then a lingering close (the client may still
+ * be sending). 503 carries Retry-After: 5. */
+static void conn_refuse(http_conn_t *c, int status, const char *code, const char *message)
+{
+    c->keep_alive = false;
+    c->linger = true;
+    http_respond_retry(c, status, code, message, status == 503 ? 5 : 0);
+}
+
+/* ---- for route handlers (http_conn.h) ---- */
+
+http_loop_t *http_conn_loop(const http_conn_t *c)
+{
+    return c->hl;
+}
+
+const char *http_conn_target(const http_conn_t *c, size_t *len)
+{
+    *len = c->url_len;
+    return c->url;
+}
+
+const char *http_conn_header(const http_conn_t *c, http_hdr_t h, size_t *len)
+{
+    *len = 0;
+    if (h < 0 || h >= HTTP_HDR_COUNT || !c->hdr[h].seen || c->hdr[h].overflow) return NULL;
+    *len = c->hdr[h].len;
+    return c->hdr[h].buf;
+}
+
+void http_conn_defer(http_conn_t *c, void (*cancel_cb)(void *arg), void *arg)
+{
+    c->defer_cancel = cancel_cb;
+    c->defer_arg = arg;
 }
 
 /* ---- llhttp callbacks ---- */
@@ -830,13 +726,13 @@ static void request_reset(http_conn_t *c)
     c->url_long = false;
     c->field_len = 0;
     c->field_long = false;
-    c->cur_hdr = H_NONE;
-    for (int i = 0; i < H_COUNT; i++) {
+    c->cur_hdr = HTTP_HDR_NONE;
+    for (int i = 0; i < HTTP_HDR_COUNT; i++) {
         c->hdr[i].len = 0;
         c->hdr[i].seen = false;
         c->hdr[i].overflow = false;
     }
-    c->route = ROUTE_NONE;
+    c->route = NULL;
     c->early_status = 0;
     c->fatal_status = 0;
     c->header_key = false;
@@ -909,7 +805,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_field_complete(llhttp_t *p)
 {
     http_conn_t *c = conn_of(p);
-    c->cur_hdr = H_NONE;
+    c->cur_hdr = HTTP_HDR_NONE;
     c->value_started = false;
     for (unsigned i = 0; i < ONCE_COUNT && !c->field_long; i++) {
         if (strlen(once_names[i]) != c->field_len ||
@@ -925,10 +821,10 @@ static int on_header_field_complete(llhttp_t *p)
         break;
     }
     if (!c->field_long) {
-        for (int i = 0; i < H_COUNT; i++) {
+        for (int i = 0; i < HTTP_HDR_COUNT; i++) {
             if (strlen(hdr_names[i]) == c->field_len &&
                 strncasecmp(c->field, hdr_names[i], c->field_len) == 0) {
-                c->cur_hdr = (hdr_id_t)i;
+                c->cur_hdr = (http_hdr_t)i;
                 c->hdr[i].len = 0;
                 c->hdr[i].overflow = false;
                 c->hdr[i].seen = true;
@@ -955,7 +851,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         c->fatal_msg = "folded header lines (obs-fold) are not accepted";
         return HPE_USER;
     }
-    if (c->cur_hdr != H_NONE) {
+    if (c->cur_hdr != HTTP_HDR_NONE) {
         hdr_val_t *h = &c->hdr[c->cur_hdr];
         append_capped(h->buf, &h->len, hdr_caps[c->cur_hdr], &h->overflow, at, len);
     }
@@ -964,7 +860,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_value_complete(llhttp_t *p)
 {
-    conn_of(p)->cur_hdr = H_NONE;
+    conn_of(p)->cur_hdr = HTTP_HDR_NONE;
     return 0;
 }
 
@@ -993,7 +889,7 @@ static void send_continue(http_conn_t *c)
 static void header_auth(http_conn_t *c)
 {
     http_loop_t *hl = c->hl;
-    hdr_val_t *h = &c->hdr[H_AUTHZ];
+    hdr_val_t *h = &c->hdr[HTTP_HDR_AUTHORIZATION];
     if (!h->seen) return; /* maybe the body carries writeKey */
     char key[AUTH_KEY_MAX];
     size_t klen = 0;
@@ -1058,8 +954,7 @@ static int on_headers_complete(llhttp_t *p)
     c->state = CS_BODY;
     timer_arm_request(c, cfg->idle_timeout_ms);
     c->method = llhttp_get_method(p);
-    c->route = c->url_long ? ROUTE_NONE : route_parse(c->url, c->url_len);
-    if (!route_on_port(c->route, c->port)) c->route = ROUTE_NONE;
+    c->route = c->url_long ? NULL : routes_match(c->url, c->url_len, c->port);
 
     /* RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400. */
     if (!(c->once_seen & (1u << ONCE_HOST)) && p->http_major == 1 && p->http_minor >= 1) {
@@ -1077,7 +972,7 @@ static int on_headers_complete(llhttp_t *p)
     }
     /* Transfer codings other than chunked are not implemented (a front proxy might decode
      * them; we would read the coded bytes as the body). */
-    hdr_val_t *te = &c->hdr[H_TE];
+    hdr_val_t *te = &c->hdr[HTTP_HDR_TRANSFER_ENCODING];
     if (te->seen && (te->overflow || te_is_chunked(te->buf, te->len) == false)) {
         c->fatal_status = 400;
         c->fatal_code = "bad_request";
@@ -1091,18 +986,14 @@ static int on_headers_complete(llhttp_t *p)
         c->fatal_msg = "body larger than allowed";
         return HPE_USER;
     }
-    if (c->route == ROUTE_NONE) {
+    if (c->route == NULL) {
         early(c, 404, "not_found", "no such endpoint");
     } else if (route_is_cors(c->route) && c->method == HTTP_OPTIONS) {
         return 0;
-    } else if (route_is_ingest(c->route)) {
-        if (c->method != HTTP_POST) {
-            early(c, 405, "method_not_allowed", "use POST");
-        }
-    } else if (c->method != HTTP_GET && c->method != HTTP_HEAD) {
-        early(c, 405, "method_not_allowed", "use GET");
+    } else if (!route_allows(c->route, c->method)) {
+        early(c, 405, "method_not_allowed", c->route->wrong_method);
     }
-    hdr_val_t *ex = &c->hdr[H_EXPECT];
+    hdr_val_t *ex = &c->hdr[HTTP_HDR_EXPECT];
     bool expect_continue = ex->seen && ex->len == 12 &&
                            strncasecmp(ex->buf, "100-continue", 12) == 0 && p->http_major == 1 &&
                            p->http_minor >= 1;
@@ -1110,7 +1001,7 @@ static int on_headers_complete(llhttp_t *p)
     if (!route_is_ingest(c->route)) return 0;
 
     /* POST to an ingest endpoint. */
-    hdr_val_t *ct = &c->hdr[H_CTYPE], *ce = &c->hdr[H_CENC];
+    hdr_val_t *ct = &c->hdr[HTTP_HDR_CONTENT_TYPE], *ce = &c->hdr[HTTP_HDR_CONTENT_ENCODING];
     /* A label too long to keep is no msgpack label: JSON, like any other label. */
     c->fmt = ct->overflow ? PROTO_FMT_JSON : content_type_parse(ct->buf, ct->len);
     c->enc = ce->overflow ? BODY_ENC_UNKNOWN : body_encoding_parse(ce->buf, ce->len);
@@ -1201,202 +1092,6 @@ static void http_settings_init(void)
 
 /* ---- request dispatch ---- */
 
-/* SPEC §3: ready when events can be made durable now: Kafka reachable (and no spooled backlog
- * that new events would have to queue behind in a full spool), or the spool has room. The body
- * says why not, and with a spool shows its bytes, records and oldest age. */
-static void respond_readyz(http_conn_t *c)
-{
-    char why[200] = "";
-    spool_t *sp = c->hl->ingest->spool;
-    bool kafka_ok = kafka_out_ready(c->hl->ingest->ko, why, sizeof why);
-    bool spool_room = sp != NULL && spool_has_room(sp);
-    bool ready = kafka_ok ? sp == NULL || spool_room || !spool_busy(sp) : spool_room;
-    char kafka_why[sizeof why];
-    memcpy(kafka_why, kafka_ok ? "ok" : why, kafka_ok ? 3 : sizeof why);
-    if (kafka_ok && !ready) snprintf(why, sizeof why, "spool full");
-    if (!kafka_ok && sp != NULL && !ready) {
-        size_t n = strnlen(why, sizeof why - 13);
-        memcpy(why + n, "; spool full", 13);
-    }
-    if (atomic_load_explicit(c->hl->draining, memory_order_relaxed)) {
-        ready = false;
-        snprintf(why, sizeof why, "shutting down");
-    }
-    char body[768];
-    base_buf_t out = {body, 0, sizeof body, sizeof body};
-    int rc = base_buf_append(&out, ready ? "{\"ready\":true" : "{\"ready\":false", ready ? 13 : 14);
-    if (rc == 0 && !ready) rc = buf_lit(&out, ",\"reason\":");
-    if (rc == 0 && !ready) rc = proto_json_str(&out, why, strnlen(why, sizeof why));
-    if (rc == 0 && sp != NULL) {
-        spool_stats_t st;
-        spool_stats(sp, &st);
-        rc = buf_lit(&out, ",\"kafka\":");
-        if (rc == 0) rc = proto_json_str(&out, kafka_why, strnlen(kafka_why, sizeof kafka_why));
-        if (rc == 0)
-            rc = base_buf_printf(&out,
-                                 ",\"spool\":{\"bytes\":%" PRIu64 ",\"records\":%" PRIu64
-                                 ",\"oldest_age_seconds\":%.3f}",
-                                 st.bytes, st.records, st.oldest_age_s);
-    }
-    if (rc == 0) rc = buf_lit(&out, "}");
-    respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);
-}
-
-static void respond_metrics(http_conn_t *c)
-{
-    base_buf_t out;
-    base_buf_init(&out, METRICS_MAX);
-    if (metrics_render(&out) != 0) {
-        base_buf_free(&out);
-        respond_error(c, 503, "unavailable", "metrics could not be rendered", 1, false);
-        return;
-    }
-    conn_respond(c, 200, "text/plain; version=0.0.4", out.data, out.len, NULL, false);
-    base_buf_free(&out);
-}
-
-/* Percent-decodes s[0..len) into out (outcap); returns the length or -1 (bad escape, NUL, too
- * long). */
-static long url_unescape(const char *s, size_t len, char *out, size_t outcap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '%') {
-            if (i + 2 >= len) return -1;
-            int v = 0;
-            for (int k = 1; k <= 2; k++) {
-                char h = s[i + (size_t)k];
-                v = v * 16 + (h >= '0' && h <= '9'   ? h - '0'
-                              : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                              : h >= 'A' && h <= 'F' ? h - 'A' + 10
-                                                     : -1000);
-            }
-            if (v <= 0) return -1;
-            ch = (unsigned char)v;
-            i += 2;
-        }
-        if (o >= outcap) return -1;
-        out[o++] = (char)ch;
-    }
-    return (long)o;
-}
-
-/* Threadpool side: the PQL read, no loop state touched. */
-static void pql_job_work_cb(uv_work_t *w)
-{
-    pql_job_t *job = w->data;
-    job->rc = job->top ? pql_top_json(job->pql, job->n, &job->out)
-                       : pql_account_json(job->pql, job->id, job->id_len, 0, &job->out);
-}
-
-/* Loop side: answers the connection if it is still there, then frees the job. */
-static void pql_job_done_cb(uv_work_t *w, int status)
-{
-    pql_job_t *job = w->data;
-    http_conn_t *c = job->owner;
-    if (c != NULL) {
-        c->pql_job = NULL;
-        if (status != 0)
-            respond_error(c, 503, "unavailable", "request cancelled", 1, false);
-        else if (job->rc == PQL_E_NOTFOUND)
-            respond_error(c, 404, "not_found", "account not tracked", 0, false);
-        else if (job->rc == PQL_E_TOO_LARGE)
-            respond_error(c, 500, "too_large", "the answer is larger than its limit", 0, false);
-        else if (job->rc == PQL_E_NOMEM)
-            respond_error(c, 503, "unavailable", "out of memory", 1, false);
-        else if (job->rc != PQL_OK)
-            respond_error(c, 500, "internal", pql_strerror(job->rc), 0, false);
-        else
-            respond_json(c, 200, job->out.data, job->out.len);
-    }
-    base_buf_free(&job->out);
-    free(job);
-}
-
-/*
- * GET /v1/accounts/{id} and /v1/pql/top?n=N (SPEC §6). Admin endpoints: with no admin token
- * configured they do not exist (404, as config.h says "unset disables them"); otherwise they
- * need "Authorization: Bearer <admin token>" (compared in constant time), else 401. With PQL
- * off (no pql.rules) they are 404 too. The read itself runs on libuv's threadpool (pql_job_t):
- * it takes shard locks, and top walks every account.
- */
-static void respond_pql(http_conn_t *c)
-{
-    const config_t *cfg = c->hl->cfg;
-    pql_t *pql = c->hl->ingest->pql;
-    if (cfg->admin_token == NULL || cfg->admin_token[0] == '\0') {
-        respond_error(c, 404, "not_found", "admin endpoints are disabled (no admin token)", 0,
-                      false);
-        return;
-    }
-    hdr_val_t *h = &c->hdr[H_AUTHZ];
-    bool ok = h->seen && !h->overflow && h->len > 7 && strncasecmp(h->buf, "Bearer ", 7) == 0 &&
-              auth_ct_equal(h->buf + 7, h->len - 7, cfg->admin_token, strlen(cfg->admin_token));
-    if (!ok) {
-        metrics_add(METRIC_AUTH_FAILURES, 1);
-        respond_error(c, 401, "unauthorized", "admin token required (Authorization: Bearer)", 0,
-                      false);
-        return;
-    }
-    if (pql == NULL) {
-        respond_error(c, 404, "not_found", "PQL is off (no pql.rules configured)", 0, false);
-        return;
-    }
-    size_t path_len = 0;
-    while (path_len < c->url_len && c->url[path_len] != '?' && c->url[path_len] != '#')
-        path_len++;
-    pql_job_t *job = calloc(1, sizeof *job);
-    if (job == NULL) {
-        respond_error(c, 503, "unavailable", "out of memory", 1, false);
-        return;
-    }
-    job->pql = pql;
-    job->work.data = job;
-    /* Bounded answer: n <= PQL_TOP_MAX accounts of a few KiB each. */
-    base_buf_init(&job->out, 4 * 1024 * 1024);
-    if (c->route == ROUTE_ACCOUNT) {
-        size_t plen = path_len;
-        if (plen > 13 && c->url[plen - 1] == '/') plen--;
-        long idlen = url_unescape(c->url + 13, plen - 13, job->id, sizeof job->id - 1);
-        if (idlen <= 0) {
-            free(job);
-            respond_error(c, 400, "bad_request", "malformed account id", 0, false);
-            return;
-        }
-        job->id_len = (size_t)idlen;
-    } else {
-        long n = 10;
-        const char *q = c->url + path_len;
-        const char *end = c->url + c->url_len;
-        for (const char *p = q; p < end; p++) {
-            if ((*p == '?' || *p == '&') && end - p >= 3 && p[1] == 'n' && p[2] == '=') {
-                char num[16];
-                size_t k = 0;
-                for (const char *d = p + 3; d < end && *d != '&' && k < sizeof num - 1; d++)
-                    num[k++] = *d;
-                num[k] = '\0';
-                char *e = NULL;
-                n = strtol(num, &e, 10);
-                if (k == 0 || *e != '\0' || n < 1 || n > PQL_TOP_MAX) {
-                    free(job);
-                    respond_error(c, 400, "bad_request", "n must be an integer 1..1000", 0, false);
-                    return;
-                }
-            }
-        }
-        job->top = true;
-        job->n = (size_t)n;
-    }
-    job->owner = c;
-    if (uv_queue_work(c->hl->uv, &job->work, pql_job_work_cb, pql_job_done_cb) != 0) {
-        free(job);
-        respond_error(c, 503, "unavailable", "could not schedule the request", 1, false);
-        return;
-    }
-    c->pql_job = job;
-}
-
 /* True when s[0..len) is 1..len of the bytes in allowed. */
 static bool chars_in(const char *s, size_t len, const char *allowed)
 {
@@ -1417,7 +1112,7 @@ static bool chars_in(const char *s, size_t len, const char *allowed)
  */
 static void respond_preflight(http_conn_t *c)
 {
-    const hdr_val_t *h = &c->hdr[H_ACRH];
+    const hdr_val_t *h = &c->hdr[HTTP_HDR_ACRH];
     bool echo = h->seen && !h->overflow && chars_in(h->buf, h->len, TOKEN_CHARS ", \t");
     static const char sluice_headers[] =
         "Authorization, Content-Type, Content-Encoding, X-Retry-Count";
@@ -1427,105 +1122,20 @@ static void respond_preflight(http_conn_t *c)
                      "Access-Control-Allow-Methods: %s\r\n"
                      "Access-Control-Allow-Headers: %.*s\r\n"
                      "Access-Control-Max-Age: 86400\r\n",
-                     route_methods(c->route), echo ? (int)h->len : (int)sizeof sluice_headers - 1,
+                     c->route->allow, echo ? (int)h->len : (int)sizeof sluice_headers - 1,
                      echo ? h->buf : sluice_headers);
     if (n < 0 || (size_t)n >= sizeof extra) {
         conn_close(c);
         return;
     }
-    conn_respond(c, 204, NULL, NULL, 0, extra, false);
+    http_respond(c, 204, NULL, NULL, 0, extra);
 }
 
-/*
- * GET /v1/projects/{writeKey}/settings: the settings document @segment/analytics-next loads
- * from its cdnURL before anything else (its CDNSettings). It points the SDK's "Segment.io"
- * destination at this collector — apiHost "HOST[:PORT][/PREFIX]/v1" and protocol, from
- * public_url, else the request's Host header over http — so the SDK then posts to the short
- * paths /v1/t, /v1/p, ... (or /v1/b when batching). Remote metrics are off (sampleRate 0: the
- * SDK would post them to Segment), and no device-mode destination, middleware or remote plugin
- * is named, so the SDK loads nothing else. Answers: 200 the document; 401 unknown write key
- * (any key in dev mode); 400 a key that does not decode, or no usable Host header and no
- * public_url.
- */
-static void respond_settings(http_conn_t *c)
-{
-    const config_t *cfg = c->hl->cfg;
-    size_t n = 0;
-    while (n < c->url_len && c->url[n] != '?' && c->url[n] != '#')
-        n++;
-    if (n > 1 && c->url[n - 1] == '/') n--;
-    const char *enc = NULL;
-    size_t enc_len = 0;
-    char key[AUTH_KEY_MAX];
-    long klen = -1;
-    if (settings_key(c->url, n, &enc, &enc_len)) klen = url_unescape(enc, enc_len, key, sizeof key);
-    if (klen <= 0) {
-        respond_error(c, 400, "bad_request", "malformed write key in the path", 0, false);
-        return;
-    }
-    const char *source = NULL;
-    int key_index = -1;
-    if (!cfg->dev &&
-        auth_lookup(c->hl->ingest->auth, key, (size_t)klen, &source, &key_index) != AUTH_OK) {
-        metrics_add(METRIC_AUTH_FAILURES, 1);
-        respond_error(c, 401, "unauthorized", "unknown write key", 0, false);
-        return;
-    }
-    const char *proto = "http", *host;
-    size_t host_len;
-    if (cfg->public_url != NULL) {
-        bool tls = strncmp(cfg->public_url, "https://", 8) == 0;
-        proto = tls ? "https" : "http";
-        host = cfg->public_url + (tls ? 8 : 7);
-        host_len = strlen(host);
-        while (host_len > 0 && host[host_len - 1] == '/')
-            host_len--;
-    } else {
-        const hdr_val_t *h = &c->hdr[H_HOST];
-        host = h->buf;
-        host_len = h->len;
-        if (!h->seen || h->overflow ||
-            !chars_in(h->buf, h->len,
-                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]")) {
-            respond_error(c, 400, "bad_request",
-                          "no usable Host header to name this collector (set public_url)", 0,
-                          false);
-            return;
-        }
-    }
-    base_buf_t out;
-    base_buf_init(&out, 8192);
-    int rc = buf_lit(&out, "{\"integrations\":{\"Segment.io\":{\"apiKey\":");
-    if (rc == 0) rc = proto_json_str(&out, key, (size_t)klen);
-    if (rc == 0) rc = buf_lit(&out, ",\"apiHost\":\"");
-    if (rc == 0) rc = base_buf_append(&out, host, host_len);
-    if (rc == 0) rc = buf_lit(&out, "/v1\",\"protocol\":\"");
-    if (rc == 0) rc = base_buf_append(&out, proto, strlen(proto));
-    if (rc == 0)
-        rc = buf_lit(&out, "\",\"addBundledMetadata\":true,\"unbundledIntegrations\":[],"
-                           "\"maybeBundledConfigIds\":{}}},"
-                           "\"plan\":{\"track\":{\"__default\":{\"enabled\":true,"
-                           "\"integrations\":{}}},\"identify\":{\"__default\":{\"enabled\":true}},"
-                           "\"group\":{\"__default\":{\"enabled\":true}}},"
-                           "\"edgeFunction\":{},\"analyticsNextEnabled\":true,"
-                           "\"middlewareSettings\":{},\"enabledMiddleware\":{},"
-                           "\"metrics\":{\"sampleRate\":0},\"legacyVideoPluginsEnabled\":false,"
-                           "\"remotePlugins\":[]}");
-    if (rc != 0) {
-        base_buf_free(&out);
-        respond_error(c, 503, "unavailable", "out of memory", 1, false);
-        return;
-    }
-    conn_respond(c, 200, "application/json", out.data, out.len,
-                 "Access-Control-Allow-Origin: *\r\nCache-Control: public, max-age=60\r\n", false);
-    base_buf_free(&out);
-}
-
-static void dispatch_ingest(http_conn_t *c)
+void http_conn_ingest(http_conn_t *c, const route_t *r)
 {
     http_loop_t *hl = c->hl;
     ingest_input_t in = {
-        .kind = route_kind(c->route),
+        .kind = r->kind,
         .fmt = c->fmt,
         .enc = c->enc,
         .body = c->body,
@@ -1539,7 +1149,7 @@ static void dispatch_ingest(http_conn_t *c)
     ingest_error_t err;
     if (ingest_start(hl->ingest, &hl->scratch, &hl->mailbox, &in, &req, &err) != 0) {
         LOG(LOG_DEBUG, "request_refused", LI("status", err.status), LS("error", err.code));
-        respond_error(c, err.status, err.code, err.message, err.retry_after, false);
+        http_respond_retry(c, err.status, err.code, err.message, err.retry_after);
         return;
     }
     req->owner = c;
@@ -1557,34 +1167,14 @@ static void conn_dispatch(http_conn_t *c)
     read_stop(c);
     uv_timer_stop(&c->timer);
     if (c->early_status != 0) {
-        respond_error(c, c->early_status, c->early_code, c->early_msg, 0, false);
+        http_respond_error(c, c->early_status, c->early_code, c->early_msg);
         return;
     }
     if (c->method == HTTP_OPTIONS && route_is_cors(c->route)) {
         respond_preflight(c);
         return;
     }
-    switch (c->route) {
-    case ROUTE_HEALTHZ:
-        respond_json(c, 200, "{\"status\":\"ok\"}", 15);
-        return;
-    case ROUTE_SETTINGS:
-        respond_settings(c);
-        return;
-    case ROUTE_READYZ:
-        respond_readyz(c);
-        return;
-    case ROUTE_METRICS:
-        respond_metrics(c);
-        return;
-    case ROUTE_ACCOUNT:
-    case ROUTE_PQL_TOP:
-        respond_pql(c);
-        return;
-    default:
-        break;
-    }
-    dispatch_ingest(c);
+    c->route->handler(c, c->route);
 }
 
 /* Saves data[consumed..len) for after the answer. from_pending: data lies inside c->pending. */
@@ -1635,18 +1225,13 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
         LOG(LOG_DEBUG, "request_refused", LI("status", c->fatal_status),
             LS("error", c->fatal_code));
         if (c->fatal_status == 400) metrics_add(METRIC_HTTP_PARSE_ERRORS, 1);
-        c->keep_alive = false;
-        c->linger = true;
-        respond_error(c, c->fatal_status, c->fatal_code, c->fatal_msg,
-                      c->fatal_status == 503 ? 5 : 0, true);
+        conn_refuse(c, c->fatal_status, c->fatal_code, c->fatal_msg);
         return;
     }
     metrics_add(METRIC_HTTP_PARSE_ERRORS, 1);
     LOG(LOG_DEBUG, "http_parse_error", LS("error", llhttp_errno_name(err)),
         LS("reason", llhttp_get_error_reason(&c->parser)));
-    c->keep_alive = false;
-    c->linger = true;
-    respond_error(c, 400, "bad_request", "malformed HTTP request", 0, true);
+    conn_refuse(c, 400, "bad_request", "malformed HTTP request");
 }
 
 static void conn_next(http_conn_t *c)
@@ -1709,7 +1294,7 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
     c->timer.data = c;
     c->key_index = -1;
     size_t off = 0;
-    for (int i = 0; i < H_COUNT; i++) {
+    for (int i = 0; i < HTTP_HDR_COUNT; i++) {
         c->hdr[i].buf = c->hdr_mem + off;
         off += hdr_caps[i];
     }
@@ -1806,9 +1391,9 @@ void http_loop_deliver(http_loop_t *hl)
         if (c != NULL) {
             c->req = NULL;
             if (reply.status == 200)
-                respond_json(c, 200, reply.body, reply.body_len);
+                http_respond_json(c, 200, reply.body, reply.body_len);
             else
-                respond_error(c, reply.status, reply.code, reply.message, reply.retry_after, false);
+                http_respond_retry(c, reply.status, reply.code, reply.message, reply.retry_after);
         }
         ingest_req_free(req);
         req = next;

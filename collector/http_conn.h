@@ -1,6 +1,8 @@
 /*
  * http_conn.h — HTTP/1.1 connections of one event loop (SPEC §3): llhttp parsing with bounded
- * headers and bodies, routing, CORS, timeouts, keep-alive and pipelining, and the answers.
+ * headers and bodies, dispatch through the route table (routes.h), CORS, timeouts, keep-alive
+ * and pipelining, and writing the answers. What each route answers is its handler's business
+ * (routes.h); the calls handlers use are at the end of this header.
  *
  * One request at a time per connection: the parser pauses at the end of each message, reading
  * stops while the request waits for Kafka, and bytes of pipelined requests that already arrived
@@ -101,5 +103,65 @@ void http_loop_close_all(http_loop_t *hl);
 /* Releases hl. Call once the loop has stopped and no delivery report can arrive any more
  * (the Kafka producer is destroyed): frees requests that never came back. */
 void http_loop_free(http_loop_t *hl);
+
+/* ---- for route handlers (routes.h): the request a connection is answering ----
+ *
+ * Every call below runs on c's loop thread, between the handler's call and its answer. c stays
+ * valid until the handler answers, or, after http_conn_defer, until it answers or its cancel
+ * callback runs. Exactly one http_respond* per request. */
+
+/* The request headers the transport keeps (each bounded; a longer value is not kept). */
+typedef enum {
+    HTTP_HDR_NONE = -1,
+    HTTP_HDR_CONTENT_TYPE,
+    HTTP_HDR_CONTENT_ENCODING,
+    HTTP_HDR_AUTHORIZATION,
+    HTTP_HDR_EXPECT,
+    HTTP_HDR_HOST,
+    HTTP_HDR_ACRH, /* Access-Control-Request-Headers (CORS preflight) */
+    HTTP_HDR_TRANSFER_ENCODING,
+    HTTP_HDR_COUNT
+} http_hdr_t;
+
+/* The loop c belongs to (its config, ingest context, libuv loop). */
+http_loop_t *http_conn_loop(const http_conn_t *c);
+
+/* The request target as received (path and query, not NUL-terminated), *len its length
+ * (at most the transport's URL_MAX: a longer target matches no route). */
+const char *http_conn_target(const http_conn_t *c, size_t *len);
+
+/* Header h's value (not NUL-terminated) and *len, or NULL (*len 0) when the request did not
+ * carry it or it was longer than the transport keeps: either way, not usable. */
+const char *http_conn_header(const http_conn_t *c, http_hdr_t h, size_t *len);
+
+/* Answers status with body[0..len) (copied) and Content-Type ctype (NULL: none); extra: more
+ * header lines, each ending in CRLF (NULL: none). Content-Length, Connection (keep-alive unless
+ * the client, an earlier refusal or shutdown says close) and HEAD's empty body are the
+ * transport's. */
+void http_respond(http_conn_t *c, int status, const char *ctype, const char *body, size_t len,
+                  const char *extra);
+
+/* http_respond with Content-Type application/json, plus Access-Control-Allow-Origin on a
+ * ROUTE_F_CORS route. */
+void http_respond_json(http_conn_t *c, int status, const char *json, size_t len);
+
+/* An error answer, SPEC §3's {"success":false,"error":code,"message":message}, with the
+ * headers every error carries (Access-Control-Allow-Origin on a CORS route, Allow on a 405). */
+void http_respond_error(http_conn_t *c, int status, const char *code, const char *message);
+
+/* http_respond_error plus Retry-After: retry_after_s (none when retry_after_s <= 0). */
+void http_respond_retry(http_conn_t *c, int status, const char *code, const char *message,
+                        int retry_after_s);
+
+/* The handler answers later (from work on libuv's threadpool, say): c waits (not reading,
+ * timer stopped) for the handler's http_respond*. If the connection closes first,
+ * cancel_cb(arg) runs once, on the loop thread, inside the close; c must not be used after. */
+void http_conn_defer(http_conn_t *c, void (*cancel_cb)(void *arg), void *arg);
+
+struct route;
+/* The handler of the event endpoints (ROUTE_F_INGEST): hands the body the transport read to
+ * ingest_start (ingest.h) and answers when its delivery group reports through the mailbox
+ * (http_loop_deliver), or with 503 when kafka.delivery_timeout passes first. */
+void http_conn_ingest(http_conn_t *c, const struct route *r);
 
 #endif

@@ -41,6 +41,22 @@
  * partition (oldest message sets dropped beyond ~5 MiB or 100k sets), so it cannot grow
  * without limit; consumers that fall further behind than that lose the oldest data.
  *
+ * Producer lanes (kafka.producers, issue 12 item 7). librdkafka 2.0.2 sends one ProduceRequest
+ * per partition, and an idempotent producer keeps at most 5 requests in flight per broker
+ * connection (max.in.flight.requests.per.connection <= 5). A partition is therefore served once
+ * per (partitions led by the broker / 5) round trips: 64 partitions at a 500 ms RTT wait 6.4 s
+ * for their turn, beyond the 5 s message timeout, so every request timed out (503) whatever the
+ * event rate — measured: exactly 10 ProduceRequests/s, 0 answers 200 in 10 s. More in flight
+ * needs more connections, so the collector runs N producers ("lanes"), each with its own
+ * connection per broker: a keyed events message goes to the lane owning its partition
+ * (partition % N, the partition computed with the partitioner librdkafka is configured with),
+ * so each partition is written by one producer (its idempotent sequence stays valid) and a
+ * key's messages keep their order. Rejected and PQL messages (low volume), keyless messages,
+ * a non-keyed partitioner, and events produced before lane 0 has read the partition count go
+ * through lane 0 with librdkafka's own partitioning. Each lane has 1/N of the queue caps and
+ * its own poll thread; health (brokers down, deliveries failing) is shared, a fatal error
+ * replaces only the lane it hit (the collector reports "down" until then).
+ *
  * Queue accounting: librdkafka enforces queue.buffering.max.kbytes itself (produce answers
  * __QUEUE_FULL); the byte count kept here (key + value of every message not yet reported)
  * only feeds readiness (not ready at 90%) and the queue gauges.
@@ -99,6 +115,11 @@ static const int kafka_mock_partitions[KAFKA_NTOPICS] = {4, 1, 1};
  * getting through (fail-fast 503s, the spool taking events) the probe is what notices. */
 #define KAFKA_PROBE_INTERVAL_MS 250
 #define KAFKA_PROBE_TIMEOUT_MS  500
+/* Lane 0 reads the events topic's partition count (routing to lanes, see above) at start, again
+ * every KAFKA_PARTS_REFRESH_MS, and every KAFKA_PROBE_INTERVAL_MS while unknown; each read is
+ * bounded by KAFKA_PARTS_TIMEOUT_MS (lane 0's reports wait meanwhile). */
+#define KAFKA_PARTS_REFRESH_MS 30000
+#define KAFKA_PARTS_TIMEOUT_MS 1000
 /* error_cb: a new error code is logged at once, a repeat of the same code at most this often
  * (with the number of repeats suppressed meanwhile). */
 #define KAFKA_ERRLOG_REPEAT_MS 30000
@@ -112,18 +133,45 @@ static int kafka_recreate_delay_ms = 5000;
 /* Bound on serving the reports of a replaced producer's purged messages. */
 #define KAFKA_DRAIN_MS 2000
 
-struct kafka_out {
-    const config_t *cfg;
-    /* The producer and its topic handles. Replaced only by the poll thread (after a fatal
-     * error), under the write side of `lock`; every other thread uses them under the read
-     * side. Readers never wait for each other; the writer holds the lock only for the pointer
-     * swap (writer-preferring, so a steady stream of produce calls cannot starve it). The
-     * poll thread reads them without the lock: it is the only writer. fatal_reason is
-     * protected by the same lock. */
-    pthread_rwlock_t lock;
-    bool lock_init;
+/* One producer of the set (see "Producer lanes" above). rk/rkt/fatal_reason are replaced only
+ * by the lane's own poll thread (after a fatal error), under the write side of ko->lock; every
+ * other thread reads them under the read side. The poll thread reads them without the lock: it is
+ * their only writer. */
+typedef struct kafka_lane {
+    kafka_out_t *ko;
+    unsigned index;
     rd_kafka_t *rk;
     rd_kafka_topic_t *rkt[KAFKA_NTOPICS];
+    atomic_int fatal; /* rd_kafka_resp_err_t underlying the fatal error, 0 if none */
+    char fatal_reason[2 * KAFKA_REASON_MAX];
+
+    pthread_t poll_thread;
+    bool poll_started;
+
+    /* This lane's poll thread only. */
+    int64_t next_probe_ms;
+    int64_t next_parts_ms; /* lane 0: next refresh of the events topic's partition count */
+    int64_t recreate_at_ms;
+    int errlog_code;
+    int64_t errlog_last_ms;
+    unsigned errlog_suppressed;
+} kafka_lane_t;
+
+struct kafka_out {
+    const config_t *cfg;
+    /* Protects every lane's producer pointers and fatal_reason (see kafka_lane_t). Readers never
+     * wait for each other; a writer holds it only for a pointer swap (writer-preferring, so a
+     * steady stream of produce calls cannot starve it). */
+    pthread_rwlock_t lock;
+    bool lock_init;
+    kafka_lane_t lane[KAFKA_MAX_PRODUCERS];
+    unsigned n_lanes;
+
+    /* Routing of keyed events messages to lanes: the partitioner librdkafka is configured with
+     * (NULL: not one we can compute, everything goes through lane 0) and the events topic's
+     * partition count (0 until known: lane 0, partition chosen by librdkafka). */
+    int32_t (*partitioner)(const rd_kafka_topic_t *, const void *, size_t, int32_t, void *, void *);
+    atomic_int events_partitions;
 
     /* Embedded mode: the mock cluster and the client handle that owns it (librdkafka needs an
      * rd_kafka_t for the cluster's bookkeeping; it sends nothing). */
@@ -131,28 +179,18 @@ struct kafka_out {
     rd_kafka_mock_cluster_t *mcluster;
     char *bootstrap; /* owned copy */
 
-    pthread_t poll_thread;
-    bool poll_started;
-    atomic_bool stop_poll; /* set by kafka_out_free: the poll thread exits */
+    atomic_bool stop_poll; /* set by kafka_out_free: the poll threads exit */
     atomic_bool stopping;  /* set by kafka_out_free: produce answers E_STOPPED */
 
-    uint64_t queue_cap_bytes;          /* effective queue.buffering.max.kbytes * 1024 */
-    uint64_t queue_cap_msgs;           /* effective queue.buffering.max.messages */
+    uint64_t queue_cap_bytes;          /* effective queue.buffering.max.kbytes * 1024, all lanes */
+    uint64_t queue_cap_msgs;           /* effective queue.buffering.max.messages, all lanes */
     atomic_uint_fast64_t queued_bytes; /* key+value bytes of messages not yet reported */
 
-    /* Health. */
-    atomic_int fatal; /* rd_kafka_resp_err_t underlying the fatal error, 0 if none */
-    char fatal_reason[2 * KAFKA_REASON_MAX];
+    /* Health, shared by the lanes. */
+    atomic_uint fatal_lanes;     /* lanes whose producer is in a fatal state */
     atomic_uint recreated;       /* producers replaced after a fatal error */
     atomic_bool brokers_down;    /* __ALL_BROKERS_DOWN seen, no success since */
     atomic_int delivery_failing; /* error of the last failed report, 0 after a success */
-
-    /* Poll-thread only. */
-    int64_t next_probe_ms;
-    int64_t recreate_at_ms;
-    int errlog_code;
-    int64_t errlog_last_ms;
-    unsigned errlog_suppressed;
 
     /* log_cb limiter (any librdkafka thread). */
     atomic_int_fast64_t rdlog_last_ms;
@@ -225,13 +263,14 @@ void kafka_group_report(kafka_group_t *g, unsigned delivered, unsigned failed, i
 
 /* ---- librdkafka callbacks -------------------------------------------------------------- */
 
-/* Poll thread (or kafka_out_free's thread after the poll thread is gone). Reports of a
- * replaced producer count for their groups and metrics, not for health. */
+/* A lane's poll thread (or kafka_out_free's thread after the poll threads are gone). Reports of
+ * a replaced producer count for their groups and metrics, not for health. */
 static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    kafka_out_t *ko = opaque;
+    kafka_lane_t *lane = opaque;
+    kafka_out_t *ko = lane->ko;
     kafka_group_t *g = m->_private;
-    bool current = rk == ko->rk;
+    bool current = rk == lane->rk;
 
     atomic_fetch_sub(&ko->queued_bytes, (uint_fast64_t)m->len + m->key_len);
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -256,40 +295,43 @@ static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (g != NULL) kafka_group_release(g);
 }
 
-/* Poll thread. Logs a new error code at once, repeats of the same code at most once per
+/* A lane's poll thread. Logs a new error code at once, repeats of the same code at most once per
  * KAFKA_ERRLOG_REPEAT_MS: a broker that stays down must not write a line every second. */
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    kafka_out_t *ko = opaque;
+    kafka_lane_t *lane = opaque;
+    kafka_out_t *ko = lane->ko;
 
-    if (rk != ko->rk) return; /* a replaced producer being drained: its troubles are over */
+    if (rk != lane->rk) return; /* a replaced producer being drained: its troubles are over */
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[KAFKA_REASON_MAX];
         rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(rk, buf, sizeof buf);
-        if (atomic_load(&ko->fatal) == 0) {
+        if (atomic_load(&lane->fatal) == 0) {
             pthread_rwlock_wrlock(&ko->lock);
-            snprintf(ko->fatal_reason, sizeof ko->fatal_reason, "%s: %s", rd_kafka_err2name(ferr),
-                     buf);
+            snprintf(lane->fatal_reason, sizeof lane->fatal_reason, "%s: %s",
+                     rd_kafka_err2name(ferr), buf);
             pthread_rwlock_unlock(&ko->lock);
-            atomic_store(&ko->fatal, ferr != 0 ? (int)ferr : err);
-            ko->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
+            atomic_store(&lane->fatal, ferr != 0 ? (int)ferr : err);
+            atomic_fetch_add(&ko->fatal_lanes, 1u);
+            lane->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
         }
         LOG(LOG_ERROR, "kafka_fatal", LS("error", rd_kafka_err2name(ferr)), LS("reason", buf),
-            LI("recreate_in_ms", kafka_recreate_delay_ms));
+            LI("producer", lane->index), LI("recreate_in_ms", kafka_recreate_delay_ms));
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) atomic_store(&ko->brokers_down, true);
 
     int64_t now = base_mono_ms();
-    if (err == ko->errlog_code && now - ko->errlog_last_ms < KAFKA_ERRLOG_REPEAT_MS) {
-        ko->errlog_suppressed++;
+    if (err == lane->errlog_code && now - lane->errlog_last_ms < KAFKA_ERRLOG_REPEAT_MS) {
+        lane->errlog_suppressed++;
         return;
     }
     LOG(LOG_WARN, "kafka_error", LS("error", rd_kafka_err2name((rd_kafka_resp_err_t)err)),
-        LS("reason", reason), LI("suppressed", ko->errlog_suppressed));
-    ko->errlog_code = err;
-    ko->errlog_last_ms = now;
-    ko->errlog_suppressed = 0;
+        LS("reason", reason), LI("producer", lane->index),
+        LI("suppressed", lane->errlog_suppressed));
+    lane->errlog_code = err;
+    lane->errlog_last_ms = now;
+    lane->errlog_suppressed = 0;
 }
 
 /* Any librdkafka thread. librdkafka's own lines (syslog levels) become JSON lines: warnings and
@@ -297,7 +339,8 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
  * the rest at debug level. */
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    kafka_out_t *ko = rd_kafka_opaque(rk);
+    kafka_lane_t *lane = rd_kafka_opaque(rk);
+    kafka_out_t *ko = lane != NULL ? lane->ko : NULL;
 
     if (level > 4 || ko == NULL) {
         LOG(LOG_DEBUG, "librdkafka", LS("client", rd_kafka_name(rk)), LS("fac", fac),
@@ -316,57 +359,74 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
         LI("suppressed", atomic_exchange(&ko->rdlog_suppressed, 0u)));
 }
 
-/* ---- health probe (poll thread) -------------------------------------------------------- */
+/* ---- health probe and partition count (poll threads) ----------------------------------- */
 
 static bool kafka_unhealthy(kafka_out_t *ko)
 {
     return atomic_load(&ko->brokers_down) || atomic_load(&ko->delivery_failing) != 0;
 }
 
-/* True when the cluster answers metadata in which every partition of the events topic has a
- * leader: what a produce to it needs. Blocks at most KAFKA_PROBE_TIMEOUT_MS. */
-static bool kafka_probe(kafka_out_t *ko)
+/* Metadata of the events topic from lane's producer, bounded by timeout_ms. Returns the
+ * partition count (0 when unknown) and sets *all_led when every partition has a leader. */
+static int kafka_events_metadata(kafka_lane_t *lane, int timeout_ms, bool *all_led)
 {
     const struct rd_kafka_metadata *md = NULL;
-    if (rd_kafka_metadata(ko->rk, 0, ko->rkt[KAFKA_TOPIC_EVENTS], &md, KAFKA_PROBE_TIMEOUT_MS) !=
+    *all_led = false;
+    if (rd_kafka_metadata(lane->rk, 0, lane->rkt[KAFKA_TOPIC_EVENTS], &md, timeout_ms) !=
         RD_KAFKA_RESP_ERR_NO_ERROR)
-        return false;
-    bool ok = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-              md->topics[0].partition_cnt > 0;
-    for (int i = 0; ok && i < md->topics[0].partition_cnt; i++) {
-        const rd_kafka_metadata_partition_t *p = &md->topics[0].partitions[i];
-        ok = p->err == RD_KAFKA_RESP_ERR_NO_ERROR && p->leader >= 0;
+        return 0;
+    int n = 0;
+    if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        n = md->topics[0].partition_cnt;
+        bool ok = n > 0;
+        for (int i = 0; ok && i < n; i++) {
+            const rd_kafka_metadata_partition_t *p = &md->topics[0].partitions[i];
+            ok = p->err == RD_KAFKA_RESP_ERR_NO_ERROR && p->leader >= 0;
+        }
+        *all_led = ok;
     }
     rd_kafka_metadata_destroy(md);
-    return ok;
+    return n > 0 ? n : 0;
 }
 
-static int kafka_new_producer(kafka_out_t *ko, rd_kafka_t **rkp, rd_kafka_topic_t **rkt, char *err,
-                              size_t errlen);
+/* Lane 0 (or the only lane): records the events topic's partition count n for the routing. */
+static void kafka_set_partitions(kafka_out_t *ko, int n)
+{
+    if (n <= 0) return;
+    int old = atomic_exchange(&ko->events_partitions, n);
+    if (old != n)
+        LOG(LOG_INFO, "kafka_partitions", LS("topic", ko->cfg->topic_events), LI("partitions", n),
+            LI("previous", old), LI("producers", ko->n_lanes));
+}
+
+static int kafka_new_producer(kafka_lane_t *lane, rd_kafka_t **rkp, rd_kafka_topic_t **rkt,
+                              char *err, size_t errlen);
 static void kafka_destroy_producer(rd_kafka_t *rk, rd_kafka_topic_t **rkt);
 
-/* Poll thread, after a fatal error: a new producer takes over; the old one's queued messages
- * are purged (their groups complete with failures, so requests answer 503 and clients retry)
- * and it is destroyed. On failure the old one stays and the attempt is repeated later. */
-static void kafka_recreate(kafka_out_t *ko)
+/* The lane's poll thread, after a fatal error: a new producer takes over; the old one's queued
+ * messages are purged (their groups complete with failures, so requests answer 503 and clients
+ * retry) and it is destroyed. On failure the old one stays and the attempt is repeated later. */
+static void kafka_recreate(kafka_lane_t *lane)
 {
+    kafka_out_t *ko = lane->ko;
     char err[512];
     rd_kafka_t *rk = NULL;
     rd_kafka_topic_t *rkt[KAFKA_NTOPICS] = {NULL};
-    if (kafka_new_producer(ko, &rk, rkt, err, sizeof err) != KAFKA_OK) {
-        LOG(LOG_ERROR, "kafka_recreate_failed", LS("reason", err));
-        ko->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
+    if (kafka_new_producer(lane, &rk, rkt, err, sizeof err) != KAFKA_OK) {
+        LOG(LOG_ERROR, "kafka_recreate_failed", LS("reason", err), LI("producer", lane->index));
+        lane->recreate_at_ms = base_mono_ms() + kafka_recreate_delay_ms;
         return;
     }
-    rd_kafka_t *old = ko->rk;
+    rd_kafka_t *old = lane->rk;
     rd_kafka_topic_t *oldt[KAFKA_NTOPICS];
     pthread_rwlock_wrlock(&ko->lock);
-    memcpy(oldt, ko->rkt, sizeof oldt);
-    ko->rk = rk;
-    memcpy(ko->rkt, rkt, sizeof rkt);
-    ko->fatal_reason[0] = '\0';
-    atomic_store(&ko->fatal, 0);
+    memcpy(oldt, lane->rkt, sizeof oldt);
+    lane->rk = rk;
+    memcpy(lane->rkt, rkt, sizeof rkt);
+    lane->fatal_reason[0] = '\0';
+    atomic_store(&lane->fatal, 0);
     pthread_rwlock_unlock(&ko->lock);
+    atomic_fetch_sub(&ko->fatal_lanes, 1u);
     atomic_fetch_add(&ko->recreated, 1u);
 
     rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -378,26 +438,41 @@ static void kafka_recreate(kafka_out_t *ko)
     if (rd_kafka_outq_len(old) > 0)
         LOG(LOG_ERROR, "kafka_reports_lost", LI("messages", rd_kafka_outq_len(old)));
     kafka_destroy_producer(old, oldt);
-    LOG(LOG_WARN, "kafka_producer_recreated", LS("client", rd_kafka_name(rk)));
+    LOG(LOG_WARN, "kafka_producer_recreated", LS("client", rd_kafka_name(rk)),
+        LI("producer", lane->index));
 }
 
 static void *kafka_poll_main(void *arg)
 {
-    kafka_out_t *ko = arg;
+    kafka_lane_t *lane = arg;
+    kafka_out_t *ko = lane->ko;
     while (!atomic_load(&ko->stop_poll)) {
-        rd_kafka_poll(ko->rk, KAFKA_POLL_MS);
-        if (atomic_load(&ko->fatal) != 0) {
-            if (base_mono_ms() >= ko->recreate_at_ms) kafka_recreate(ko);
+        rd_kafka_poll(lane->rk, KAFKA_POLL_MS);
+        if (atomic_load(&lane->fatal) != 0) {
+            if (base_mono_ms() >= lane->recreate_at_ms) kafka_recreate(lane);
             continue;
         }
-        if (!kafka_unhealthy(ko)) continue;
         int64_t now = base_mono_ms();
-        if (now < ko->next_probe_ms) continue;
-        ko->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
-        if (kafka_probe(ko)) {
-            atomic_store(&ko->brokers_down, false);
-            atomic_store(&ko->delivery_failing, 0);
-            LOG(LOG_INFO, "kafka_reachable", LS("bootstrap", ko->bootstrap));
+        bool probe = lane->index == 0 && kafka_unhealthy(ko) && now >= lane->next_probe_ms;
+        bool parts = lane->index == 0 && ko->n_lanes > 1 && now >= lane->next_parts_ms;
+        if (!probe && !parts) continue;
+        /* Lane 0 alone probes (health is shared) and keeps the partition count current. */
+        bool led = false;
+        int n = kafka_events_metadata(lane, probe ? KAFKA_PROBE_TIMEOUT_MS : KAFKA_PARTS_TIMEOUT_MS,
+                                      &led);
+        kafka_set_partitions(ko, n);
+        now = base_mono_ms();
+        if (parts || n > 0)
+            lane->next_parts_ms =
+                now + (atomic_load(&ko->events_partitions) > 0 ? KAFKA_PARTS_REFRESH_MS
+                                                               : KAFKA_PROBE_INTERVAL_MS);
+        if (probe) {
+            lane->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
+            if (led) {
+                atomic_store(&ko->brokers_down, false);
+                atomic_store(&ko->delivery_failing, 0);
+                LOG(LOG_INFO, "kafka_reachable", LS("bootstrap", ko->bootstrap));
+            }
         }
     }
     return NULL;
@@ -407,8 +482,10 @@ static void *kafka_poll_main(void *arg)
 
 static int kafka_outq_len_locked(kafka_out_t *ko)
 {
+    int n = 0;
     pthread_rwlock_rdlock(&ko->lock);
-    int n = rd_kafka_outq_len(ko->rk);
+    for (unsigned i = 0; i < ko->n_lanes; i++)
+        if (ko->lane[i].rk != NULL) n += rd_kafka_outq_len(ko->lane[i].rk);
     pthread_rwlock_unlock(&ko->lock);
     return n;
 }
@@ -421,6 +498,11 @@ static double kafka_gauge_messages(void *ud)
 static double kafka_gauge_bytes(void *ud)
 {
     return (double)atomic_load(&((kafka_out_t *)ud)->queued_bytes);
+}
+
+static double kafka_gauge_producers(void *ud)
+{
+    return (double)((kafka_out_t *)ud)->n_lanes;
 }
 
 /* ---- set-up ---------------------------------------------------------------------------- */
@@ -476,18 +558,46 @@ static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
     return KAFKA_OK;
 }
 
-/* Our defaults, then bootstrap.servers, then every kafka.properties entry (which may override
- * any of ours). */
-static int kafka_build_conf(kafka_out_t *ko, rd_kafka_conf_t *conf, char *err, size_t errlen)
+/* The partitioner a name in librdkafka's `partitioner` property stands for, when it is a
+ * deterministic function of the key that librdkafka exports; else NULL (random partitioners:
+ * no order to keep, librdkafka picks). */
+static int32_t (*kafka_partitioner_named(const char *name))(const rd_kafka_topic_t *, const void *,
+                                                            size_t, int32_t, void *, void *)
 {
+    static const struct {
+        const char *name;
+        int32_t (*fn)(const rd_kafka_topic_t *, const void *, size_t, int32_t, void *, void *);
+    } known[] = {
+        {"consistent", rd_kafka_msg_partitioner_consistent},
+        {"consistent_random", rd_kafka_msg_partitioner_consistent_random},
+        {"murmur2", rd_kafka_msg_partitioner_murmur2},
+        {"murmur2_random", rd_kafka_msg_partitioner_murmur2_random},
+        {"fnv1a", rd_kafka_msg_partitioner_fnv1a},
+        {"fnv1a_random", rd_kafka_msg_partitioner_fnv1a_random},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(name, known[i].name) == 0) return known[i].fn;
+    return NULL;
+}
+
+/* Our defaults, then bootstrap.servers, then every kafka.properties entry (which may override
+ * any of ours). Each lane gets 1/n_lanes of the queue caps and its own client.id suffix. */
+static int kafka_build_conf(kafka_lane_t *lane, rd_kafka_conf_t *conf, char *err, size_t errlen)
+{
+    kafka_out_t *ko = lane->ko;
     const config_t *cfg = ko->cfg;
-    char timeout[16], kbytes[24], maxmsgs[24];
+    char timeout[16], kbytes[24], maxmsgs[24], client_id[64];
+    uint64_t kb = ko->queue_cap_bytes / 1024 / ko->n_lanes;
     snprintf(timeout, sizeof timeout, "%" PRIu32, cfg->delivery_timeout_ms);
-    snprintf(kbytes, sizeof kbytes, "%" PRIu64, ko->queue_cap_bytes / 1024);
-    snprintf(maxmsgs, sizeof maxmsgs, "%" PRIu64, ko->queue_cap_msgs);
+    snprintf(kbytes, sizeof kbytes, "%" PRIu64, kb > 0 ? kb : 1);
+    snprintf(maxmsgs, sizeof maxmsgs, "%" PRIu64, ko->queue_cap_msgs / ko->n_lanes);
+    if (ko->n_lanes > 1)
+        snprintf(client_id, sizeof client_id, "sluice-collector-p%u", lane->index);
+    else
+        snprintf(client_id, sizeof client_id, "sluice-collector");
 
     const char *defaults[][2] = {
-        {"client.id", "sluice-collector"},
+        {"client.id", client_id},
         {"bootstrap.servers", ko->bootstrap},
         {"enable.idempotence", "true"},
         {"acks", "all"},
@@ -519,32 +629,49 @@ static int kafka_build_conf(kafka_out_t *ko, rd_kafka_conf_t *conf, char *err, s
     rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
     rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
-    rd_kafka_conf_set_opaque(conf, ko);
+    rd_kafka_conf_set_opaque(conf, lane);
     return KAFKA_OK;
 }
 
-/* A producer and its three topic handles, into *rkp and rkt[]. On failure nothing is left
- * allocated and err says why. */
-static int kafka_new_producer(kafka_out_t *ko, rd_kafka_t **rkp, rd_kafka_topic_t **rkt, char *err,
-                              size_t errlen)
+/* The value of property name in conf (global, else its default topic conf) into buf, or NULL. */
+static const char *kafka_conf_value(rd_kafka_conf_t *conf, const char *name, char *buf, size_t len)
 {
+    size_t n = len;
+    if (rd_kafka_conf_get(conf, name, buf, &n) == RD_KAFKA_CONF_OK) return buf;
+    n = len;
+    const rd_kafka_topic_conf_t *tconf = rd_kafka_conf_get_default_topic_conf(conf);
+    if (tconf != NULL && rd_kafka_topic_conf_get(tconf, name, buf, &n) == RD_KAFKA_CONF_OK)
+        return buf;
+    return NULL;
+}
+
+/* A producer and its three topic handles for lane, into *rkp and rkt[]. On failure nothing is
+ * left allocated and err says why. */
+static int kafka_new_producer(kafka_lane_t *lane, rd_kafka_t **rkp, rd_kafka_topic_t **rkt,
+                              char *err, size_t errlen)
+{
+    kafka_out_t *ko = lane->ko;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (conf == NULL) return KAFKA_E_NOMEM;
-    int rc = kafka_build_conf(ko, conf, err, errlen);
+    int rc = kafka_build_conf(lane, conf, err, errlen);
     if (rc != KAFKA_OK) {
         rd_kafka_conf_destroy(conf);
         return rc;
     }
-    if (ko->rk == NULL) {
-        /* First producer: the caps readiness measures against are the effective ones, which
-         * kafka.properties may have overridden. */
-        char v[32];
-        size_t vlen = sizeof v;
-        if (rd_kafka_conf_get(conf, "queue.buffering.max.kbytes", v, &vlen) == RD_KAFKA_CONF_OK)
-            ko->queue_cap_bytes = strtoull(v, NULL, 10) * 1024;
-        vlen = sizeof v;
-        if (rd_kafka_conf_get(conf, "queue.buffering.max.messages", v, &vlen) == RD_KAFKA_CONF_OK)
-            ko->queue_cap_msgs = strtoull(v, NULL, 10);
+    if (lane->index == 0 && lane->rk == NULL) {
+        /* First producer: the caps readiness measures against are the effective ones (kafka.
+         * properties may have overridden ours; each lane has the same), and the partitioner
+         * the routing must agree with. */
+        char v[64];
+        if (kafka_conf_value(conf, "queue.buffering.max.kbytes", v, sizeof v) != NULL)
+            ko->queue_cap_bytes = strtoull(v, NULL, 10) * 1024 * ko->n_lanes;
+        if (kafka_conf_value(conf, "queue.buffering.max.messages", v, sizeof v) != NULL)
+            ko->queue_cap_msgs = strtoull(v, NULL, 10) * ko->n_lanes;
+        const char *p = kafka_conf_value(conf, "partitioner", v, sizeof v);
+        ko->partitioner = kafka_partitioner_named(p != NULL ? p : "consistent_random");
+        if (ko->partitioner == NULL && ko->n_lanes > 1)
+            LOG(LOG_WARN, "kafka_producers_unused", LS("partitioner", p),
+                LS("effect", "not a keyed partitioner: every message goes through producer 0"));
     }
     char errstr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
@@ -579,16 +706,16 @@ static void kafka_destroy_producer(rd_kafka_t *rk, rd_kafka_topic_t **rkt)
     rd_kafka_destroy(rk);
 }
 
-static int kafka_start_poll_thread(kafka_out_t *ko)
+static int kafka_start_poll_thread(kafka_lane_t *lane)
 {
     /* The thread inherits a mask with every signal blocked: signals are the loop's business. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&ko->poll_thread, NULL, kafka_poll_main, ko);
+    int rc = pthread_create(&lane->poll_thread, NULL, kafka_poll_main, lane);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) return KAFKA_E_NOMEM;
-    ko->poll_started = true;
+    lane->poll_started = true;
     return KAFKA_OK;
 }
 
@@ -605,12 +732,17 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
         kafka_seterr(err, errlen, "kafka: delivery_timeout_ms must be > 0");
         return KAFKA_E_CONFIG;
     }
+    if (cfg->kafka_producers > KAFKA_MAX_PRODUCERS) {
+        kafka_seterr(err, errlen, "kafka: producers must be 1..%d", KAFKA_MAX_PRODUCERS);
+        return KAFKA_E_CONFIG;
+    }
     kafka_out_t *ko = calloc(1, sizeof *ko);
     if (ko == NULL) {
         kafka_seterr(err, errlen, "kafka: out of memory");
         return KAFKA_E_NOMEM;
     }
     ko->cfg = cfg;
+    ko->n_lanes = cfg->kafka_producers > 0 ? cfg->kafka_producers : 1;
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -626,16 +758,23 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
     uint64_t kb = cfg->kafka_queue_bytes / 1024;
     ko->queue_cap_bytes = (kb < 1 ? 1 : kb > INT32_MAX ? INT32_MAX : kb) * 1024;
     ko->queue_cap_msgs = KAFKA_QUEUE_MAX_MESSAGES;
+    atomic_init(&ko->events_partitions, 0);
     atomic_init(&ko->recreated, 0u);
     atomic_init(&ko->stop_poll, false);
     atomic_init(&ko->stopping, false);
     atomic_init(&ko->queued_bytes, 0u);
-    atomic_init(&ko->fatal, 0);
+    atomic_init(&ko->fatal_lanes, 0u);
     atomic_init(&ko->brokers_down, false);
     atomic_init(&ko->delivery_failing, 0);
     atomic_init(&ko->rdlog_last_ms, INT64_MIN / 2);
     atomic_init(&ko->rdlog_suppressed, 0u);
-    ko->errlog_last_ms = INT64_MIN / 2;
+    for (unsigned i = 0; i < ko->n_lanes; i++) {
+        kafka_lane_t *lane = &ko->lane[i];
+        lane->ko = ko;
+        lane->index = i;
+        atomic_init(&lane->fatal, 0);
+        lane->errlog_last_ms = INT64_MIN / 2;
+    }
 
     int rc;
     if (cfg->brokers == NULL || cfg->brokers[0] == '\0') {
@@ -646,18 +785,26 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
     }
     if (rc != KAFKA_OK) goto fail;
 
-    rc = kafka_new_producer(ko, &ko->rk, ko->rkt, err, errlen);
-    if (rc != KAFKA_OK) goto fail;
-    rc = kafka_start_poll_thread(ko);
-    if (rc != KAFKA_OK) {
-        kafka_seterr(err, errlen, "kafka: cannot start the poll thread");
-        goto fail;
+    for (unsigned i = 0; i < ko->n_lanes; i++) {
+        rc = kafka_new_producer(&ko->lane[i], &ko->lane[i].rk, ko->lane[i].rkt, err, errlen);
+        if (rc != KAFKA_OK) goto fail;
+    }
+    if (ko->mcluster != NULL) kafka_set_partitions(ko, kafka_mock_partitions[KAFKA_TOPIC_EVENTS]);
+    for (unsigned i = 0; i < ko->n_lanes; i++) {
+        rc = kafka_start_poll_thread(&ko->lane[i]);
+        if (rc != KAFKA_OK) {
+            kafka_seterr(err, errlen, "kafka: cannot start the poll thread");
+            goto fail;
+        }
     }
     /* A full gauge table costs the metric, not the service. */
     if (metrics_gauge_register("kafka_queue_messages", "messages waiting in the Kafka producer",
                                kafka_gauge_messages, ko) != 0 ||
         metrics_gauge_register("kafka_queue_bytes", "key+value bytes waiting in the producer",
-                               kafka_gauge_bytes, ko) != 0)
+                               kafka_gauge_bytes, ko) != 0 ||
+        metrics_gauge_register("kafka_producers",
+                               "Kafka producers (kafka.producers), each with its own connections",
+                               kafka_gauge_producers, ko) != 0)
         LOG(LOG_WARN, "kafka_gauge", LS("reason", "gauge table full"));
     *out = ko;
     return KAFKA_OK;
@@ -679,13 +826,34 @@ bool kafka_out_embedded(const kafka_out_t *ko)
 
 /* ---- produce --------------------------------------------------------------------------- */
 
+/* The lane (and explicit partition, or RD_KAFKA_PARTITION_UA) of one message. Keyed events go
+ * to the lane that owns their partition (partition % lanes), computed with the partitioner
+ * librdkafka would use, so a key's messages always share one producer and keep their order;
+ * everything else goes through lane 0 with librdkafka's own partitioning. */
+static kafka_lane_t *kafka_route(kafka_out_t *ko, kafka_topic_t topic, const void *key,
+                                 size_t keylen, int32_t *partition)
+{
+    *partition = RD_KAFKA_PARTITION_UA;
+    if (ko->n_lanes == 1 || topic != KAFKA_TOPIC_EVENTS || keylen == 0 || ko->partitioner == NULL)
+        return &ko->lane[0];
+    int n = atomic_load(&ko->events_partitions);
+    if (n <= 0) return &ko->lane[0];
+    /* The partitioners ignore rkt for a non-empty key (it serves the random fallback only). */
+    int32_t p = ko->partitioner(NULL, key, keylen, n, NULL, NULL);
+    if (p < 0 || p >= n) return &ko->lane[0];
+    *partition = p;
+    return &ko->lane[(unsigned)p % ko->n_lanes];
+}
+
 int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, size_t keylen,
                       const void *value, size_t vallen, const kafka_header_t *headers,
                       size_t nheaders, kafka_group_t *g)
 {
     if ((unsigned)topic >= KAFKA_NTOPICS) return KAFKA_E_CONFIG;
     if (atomic_load(&ko->stopping)) return KAFKA_E_STOPPED;
-    if (atomic_load(&ko->fatal) != 0) return KAFKA_E_FATAL;
+    int32_t partition;
+    kafka_lane_t *lane = kafka_route(ko, topic, key, keylen, &partition);
+    if (atomic_load(&lane->fatal) != 0) return KAFKA_E_FATAL;
 
     rd_kafka_headers_t *hdrs = NULL;
     if (nheaders > 0) {
@@ -706,9 +874,10 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
 
     pthread_rwlock_rdlock(&ko->lock);
     rd_kafka_resp_err_t e = rd_kafka_producev(
-        ko->rk, RD_KAFKA_V_RKT(ko->rkt[topic]), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)(uintptr_t)value, vallen),
-        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
+        lane->rk, RD_KAFKA_V_RKT(lane->rkt[topic]), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, keylen),
+        RD_KAFKA_V_VALUE((void *)(uintptr_t)value, vallen), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
     pthread_rwlock_unlock(&ko->lock);
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return KAFKA_OK; /* hdrs now belong to the message */
 
@@ -749,10 +918,13 @@ __attribute__((format(printf, 3, 4))) static bool kafka_not_ready(char *why, siz
 bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
 {
     int derr;
-    if (atomic_load(&ko->fatal) != 0) {
+    if (atomic_load(&ko->fatal_lanes) != 0) {
         pthread_rwlock_rdlock(&ko->lock);
-        kafka_not_ready(why, whylen, "kafka producer fatal error: %s",
-                        ko->fatal_reason[0] ? ko->fatal_reason : "(recovering)");
+        const char *reason = "(recovering)";
+        for (unsigned i = 0; i < ko->n_lanes; i++)
+            if (atomic_load(&ko->lane[i].fatal) != 0 && ko->lane[i].fatal_reason[0])
+                reason = ko->lane[i].fatal_reason;
+        kafka_not_ready(why, whylen, "kafka producer fatal error: %s", reason);
         pthread_rwlock_unlock(&ko->lock);
         return false;
     }
@@ -773,7 +945,7 @@ bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
 
 bool kafka_out_down(kafka_out_t *ko)
 {
-    return atomic_load(&ko->fatal) != 0 || atomic_load(&ko->brokers_down) ||
+    return atomic_load(&ko->fatal_lanes) != 0 || atomic_load(&ko->brokers_down) ||
            atomic_load(&ko->stopping);
 }
 
@@ -784,7 +956,7 @@ int kafka_out_queue_len(kafka_out_t *ko)
 
 int kafka_out_flush(kafka_out_t *ko, int timeout_ms)
 {
-    /* Waits for the poll thread to serve every report instead of calling rd_kafka_flush(),
+    /* Waits for the poll threads to serve every report instead of calling rd_kafka_flush(),
      * which would poll here and run done_cb on this thread, outside the header's promise. */
     int64_t deadline = base_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     int left;
@@ -799,12 +971,17 @@ void kafka_out_free(kafka_out_t *ko)
 {
     if (ko == NULL) return;
     atomic_store(&ko->stopping, true);
-    if (ko->poll_started) {
+    bool any_poll = false;
+    for (unsigned i = 0; i < ko->n_lanes; i++)
+        any_poll |= ko->lane[i].poll_started;
+    if (any_poll) {
         /* Fail whatever is still queued, so every group gets its done_cb (with
-         * __PURGE_QUEUE / __PURGE_INFLIGHT) instead of waiting forever; the poll thread serves
+         * __PURGE_QUEUE / __PURGE_INFLIGHT) instead of waiting forever; the poll threads serve
          * those reports, within a bounded wait. */
         pthread_rwlock_rdlock(&ko->lock);
-        rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        for (unsigned i = 0; i < ko->n_lanes; i++)
+            if (ko->lane[i].rk != NULL)
+                rd_kafka_purge(ko->lane[i].rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         pthread_rwlock_unlock(&ko->lock);
         int64_t deadline = base_mono_ms() + KAFKA_DRAIN_MS;
         while (kafka_outq_len_locked(ko) > 0 && base_mono_ms() < deadline) {
@@ -812,16 +989,20 @@ void kafka_out_free(kafka_out_t *ko)
             nanosleep(&ts, NULL);
         }
         atomic_store(&ko->stop_poll, true);
-        pthread_join(ko->poll_thread, NULL);
+        for (unsigned i = 0; i < ko->n_lanes; i++)
+            if (ko->lane[i].poll_started) pthread_join(ko->lane[i].poll_thread, NULL);
     }
-    if (ko->rk != NULL) {
+    for (unsigned i = 0; i < ko->n_lanes; i++) {
+        rd_kafka_t *rk = ko->lane[i].rk;
+        if (rk == NULL) continue;
         /* Reports that missed the bounded wait run here, on the caller's thread. */
-        rd_kafka_purge(ko->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        for (int i = 0; i < 100 && rd_kafka_outq_len(ko->rk) > 0; i++)
-            rd_kafka_poll(ko->rk, 10);
-        if (rd_kafka_outq_len(ko->rk) > 0)
-            LOG(LOG_ERROR, "kafka_reports_lost", LI("messages", rd_kafka_outq_len(ko->rk)));
-        kafka_destroy_producer(ko->rk, ko->rkt);
+        rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        for (int k = 0; k < 100 && rd_kafka_outq_len(rk) > 0; k++)
+            rd_kafka_poll(rk, 10);
+        if (rd_kafka_outq_len(rk) > 0)
+            LOG(LOG_ERROR, "kafka_reports_lost", LI("messages", rd_kafka_outq_len(rk)));
+        kafka_destroy_producer(rk, ko->lane[i].rkt);
+        ko->lane[i].rk = NULL;
     }
     if (ko->mcluster != NULL) rd_kafka_mock_cluster_destroy(ko->mcluster);
     if (ko->mock_rk != NULL) rd_kafka_destroy(ko->mock_rk);

@@ -1,9 +1,11 @@
 /*
  * kafka_out.h — the Kafka producer side of the collector (SPEC §4).
  *
- * One idempotent librdkafka producer (acks=all, zstd, linger batching) shared by every loop
- * thread; kafka.properties from the config are applied after our defaults. A dedicated poll
- * thread serves delivery reports, so no event-loop thread ever calls rd_kafka_poll/flush.
+ * kafka.producers idempotent librdkafka producers (acks=all, zstd, linger batching; each
+ * partition of the events topic written by exactly one of them, kafka_out.c "Producer lanes")
+ * shared by every loop thread; kafka.properties from the config are applied after our defaults.
+ * A dedicated poll thread per producer serves delivery reports, so no event-loop thread ever
+ * calls rd_kafka_poll/flush.
  * With no brokers configured, an in-process librdkafka mock cluster is started (embedded mode)
  * and its bootstrap address is reported by kafka_out_bootstrap().
  *
@@ -23,6 +25,9 @@
 #include <stdint.h>
 
 #include "config.h"
+
+/* Upper bound of kafka.producers. */
+#define KAFKA_MAX_PRODUCERS 16
 
 #define KAFKA_ERRORS(X)                                                                            \
     X(OK, 0, "ok")                                                                                 \

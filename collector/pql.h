@@ -157,7 +157,7 @@ int pql_submit(pql_t *p, base_buf_t *rec, int64_t now_ms);
 int pql_account_json(pql_t *p, const char *id, size_t len, int64_t now_ms, base_buf_t *out);
 /* {"accounts":[...]} of the n (1..PQL_TOP_MAX) highest-scored accounts, best first. A worker
  * walk over every account (O(accounts); shard locks held a chunk at a time, see pql.c), which
- * waits for a running snapshot or sweep: never on a loop thread (http_conn.c runs it on libuv's
+ * waits for a running snapshot or sweep: never on a loop thread (admin.c runs it on libuv's
  * threadpool). */
 #define PQL_TOP_MAX 1000
 int pql_top_json(pql_t *p, size_t n, base_buf_t *out);

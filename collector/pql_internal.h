@@ -3,8 +3,9 @@
  * tracker's layout (struct pql, shards, accounts) and the few engine functions that more than
  * one file calls (pql__ prefix). The contract is pql.h.
  *
- *   pql.c           config compiled for the hot path, account table + LRU, counters, scoring,
- *                   signals, walks and sweeps, statistics
+ *   pql.c           config compiled for the hot path, account table + LRU, records carried by
+ *                   a request, walks and sweeps, statistics
+ *   pql_score.c     per-account counters, rules, score and tier, top users, signals (pql_feed)
  *   pql_feeder.c    records handed over by the loops (pql_submit) and the feeder thread
  *   pql_admin.c     the admin answers: one account, the top accounts (JSON)
  *   pql_hll.c       HyperLogLog (pql_hll.h)
@@ -168,6 +169,10 @@ uint32_t *pql__slot_at(const pql_t *p, const pql_acct_t *a, size_t i);
 int pql__to_sketch(pql_t *p, pql_acct_t *a);
 bool pql__top_touch(pql_acct_t *a, uint64_t uh, const char *user, size_t len);
 void pql__walk_all(pql_t *p, walk_visit_fn visit, walk_flush_fn flush, void *ud);
+void pql__lru_unlink(pql_shard_t *sh, pql_acct_t *a);
+void pql__lru_front(pql_shard_t *sh, pql_acct_t *a);
+struct pql_sig;
+bool pql__evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, struct pql_sig *sg);
 json_t *pql__rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding);
 double pql__users_active(const pql_t *p, const pql_acct_t *a);
 json_t *pql__users_json(const pql_acct_t *a, size_t k);

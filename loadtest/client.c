@@ -1,14 +1,13 @@
-/* client.c — libuv/llhttp load sender; see client.h for the open-loop and ledger contracts. */
+/* client.c — libuv/llhttp load sender; see client.h for the open-loop and ledger contracts (TLS
+ * itself: tls_client.h). */
 #include "client.h"
 
 #include "base.h"
 #include "lt_error.h"
+#include "tls_client.h"
 
 #include <errno.h>
 #include <llhttp.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -274,7 +273,7 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
     return LT_E_INVAL;
 }
 
-/* ---- TLS (cfg.tls): memory BIOs driven by the loop's callbacks, never blocking ---- */
+/* ---- TLS (cfg.tls): tls_client.h's memory BIOs, driven by the loop's callbacks ---- */
 
 /* One flight of ciphertext on its way to the socket; freed by its write callback. */
 typedef struct tls_chunk {
@@ -283,37 +282,9 @@ typedef struct tls_chunk {
     char data[];
 } tls_chunk_t;
 
-static SSL_CTX *tls_ctx_make(const client_config_t *cfg, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL) {
-        snprintf(err, errlen, "cannot make an SSL_CTX (%s)",
-                 ERR_reason_error_string(ERR_get_error()));
-        ERR_clear_error();
-        return NULL;
-    }
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL); /* never off */
-    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
-    int ok = cfg->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, cfg->ca_file, NULL)
-                                  : SSL_CTX_set_default_verify_paths(ctx);
-    if (ok != 1) {
-        unsigned long e = ERR_get_error();
-        snprintf(err, errlen, "--ca-file %s: cannot load trusted certificates (%s)",
-                 cfg->ca_file ? cfg->ca_file : "(system store)",
-                 e ? ERR_reason_error_string(e) : "no certificate found");
-        ERR_clear_error();
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
 int client_tls_check(const client_config_t *cfg, char *err, size_t errlen)
 {
-    SSL_CTX *ctx = tls_ctx_make(cfg, err, errlen);
+    SSL_CTX *ctx = tls_client_ctx_new(cfg->ca_file, err, errlen);
     if (ctx == NULL) return LT_E_INVAL;
     SSL_CTX_free(ctx);
     return 0;
@@ -336,12 +307,11 @@ static void on_tls_write(uv_write_t *req, int status)
 /* Sends the ciphertext OpenSSL left in the write BIO. 0, or -1 (the caller closes). */
 static int tls_flush(conn_t *c)
 {
-    BIO *wb = SSL_get_wbio(c->ssl);
-    size_t n = BIO_ctrl_pending(wb);
+    size_t n = tls_client_pending(c->ssl);
     if (n == 0) return 0;
     tls_chunk_t *k = malloc(sizeof(*k) + n);
     if (k == NULL) return -1;
-    if (BIO_read(wb, k->data, (int)n) != (int)n) {
+    if (tls_client_take(c->ssl, k->data, n) != 0) {
         free(k);
         return -1;
     }
@@ -368,23 +338,8 @@ static void tls_failed(conn_t *c, const char *why)
     worker_t *w = c->w;
     add(&w->tls_failed, 1);
     add(&w->conn_errors, 1);
-    if (w->tls_error[0] == 0) {
-        long v = SSL_get_verify_result(c->ssl);
-        unsigned long e = ERR_peek_error();
-        if (why != NULL)
-            snprintf(w->tls_error, sizeof(w->tls_error), "%s", why);
-        else if (v != X509_V_OK)
-            snprintf(w->tls_error, sizeof(w->tls_error), "certificate verify failed: %s",
-                     X509_verify_cert_error_string(v));
-        else if (e != 0)
-            snprintf(w->tls_error, sizeof(w->tls_error), "%s%s", ERR_reason_error_string(e),
-                     ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER
-                         ? " (the server does not speak TLS on this port?)"
-                         : "");
-        else
-            snprintf(w->tls_error, sizeof(w->tls_error), "the handshake failed");
-    }
-    ERR_clear_error();
+    if (w->tls_error[0] == 0) tls_client_describe(c->ssl, why, w->tls_error, sizeof(w->tls_error));
+    tls_client_forget_errors();
     reconnect_backoff(c);
     (void)tls_flush(c); /* the alert, if OpenSSL made one */
     conn_close(c);
@@ -394,8 +349,8 @@ static void tls_failed(conn_t *c, const char *why)
  * (waiting for the server) or became C_IDLE. */
 static bool tls_handshake(conn_t *c)
 {
-    int r = SSL_do_handshake(c->ssl);
-    if (r != 1 && SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ) {
+    int r = tls_client_handshake(c->ssl);
+    if (r < 0) {
         tls_failed(c, NULL);
         return false;
     }
@@ -415,21 +370,13 @@ static bool tls_handshake(conn_t *c)
 static bool tls_start(conn_t *c, uint64_t now)
 {
     worker_t *w = c->w;
-    const char *name = w->cfg->tls_name;
-    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
-    c->ssl = rb && wb ? SSL_new(w->tls_ctx) : NULL;
-    if (c->ssl == NULL) {
-        BIO_free(rb);
-        BIO_free(wb);
+    int rc = tls_client_session_new(w->tls_ctx, w->cfg->tls_name, w->tls_ip, &c->ssl);
+    if (rc == TLS_CLIENT_E_NOMEM) {
         add(&w->conn_errors, 1);
         conn_close(c);
         return false;
     }
-    SSL_set_bio(c->ssl, rb, wb); /* the SSL owns them now */
-    SSL_set_connect_state(c->ssl);
-    int ok = w->tls_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), name)
-                       : SSL_set1_host(c->ssl, name) && SSL_set_tlsext_host_name(c->ssl, name);
-    if (!ok) {
+    if (rc != TLS_CLIENT_OK) {
         tls_failed(c, "cannot set the name to verify");
         return false;
     }
@@ -497,9 +444,9 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     add(&w->bytes_out, c->hdr_len + c->body_len);
     add(&w->body_raw, raw_len);
     if (c->ssl != NULL) { /* two records (head, body), one write of their ciphertext */
-        if (SSL_write(c->ssl, c->hdr, (int)c->hdr_len) <= 0 || c->body_len == 0 ||
-            SSL_write(c->ssl, c->body, (int)c->body_len) <= 0 || tls_flush(c) != 0) {
-            ERR_clear_error();
+        if (tls_client_write(c->ssl, c->hdr, c->hdr_len) != 0 || c->body_len == 0 ||
+            tls_client_write(c->ssl, c->body, c->body_len) != 0 || tls_flush(c) != 0) {
+            tls_client_forget_errors();
             request_failed(c, CLIENT_ST_CONN_ERROR, now);
             conn_close(c);
         }
@@ -597,7 +544,7 @@ static void after_parse(conn_t *c, llhttp_errno_t e, bool eof, uint64_t now)
 static void tls_on_read(conn_t *c, const char *p, size_t n, uint64_t now)
 {
     worker_t *w = c->w;
-    if (BIO_write(SSL_get_rbio(c->ssl), p, (int)n) != (int)n) {
+    if (!tls_client_feed(c->ssl, p, n)) {
         if (c->state == C_HANDSHAKE) {
             tls_failed(c, "out of memory");
             return;
@@ -609,14 +556,11 @@ static void tls_on_read(conn_t *c, const char *p, size_t n, uint64_t now)
     llhttp_errno_t e = HPE_OK;
     bool eof = false;
     for (;;) {
-        int r = SSL_read(c->ssl, w->tls_plain, READ_BUF);
-        if (r <= 0) {
-            eof = SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ;
-            break;
-        }
-        if (e == HPE_OK) e = llhttp_execute(&c->parser, w->tls_plain, (size_t)r);
+        size_t r = tls_client_read(c->ssl, w->tls_plain, READ_BUF, &eof);
+        if (r == 0) break;
+        if (e == HPE_OK) e = llhttp_execute(&c->parser, w->tls_plain, r);
     }
-    ERR_clear_error();
+    tls_client_forget_errors();
     if (tls_flush(c) != 0) eof = true;
     after_parse(c, e, eof, now);
 }
@@ -887,7 +831,8 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
         w->tls_plain = malloc(READ_BUF);
         if (w->tls_plain == NULL) return LT_E_NOMEM;
         char err[256];
-        if ((w->tls_ctx = tls_ctx_make(cfg, err, sizeof(err))) == NULL) return LT_E_INVAL;
+        if ((w->tls_ctx = tls_client_ctx_new(cfg->ca_file, err, sizeof(err))) == NULL)
+            return LT_E_INVAL;
     }
     return 0;
 }

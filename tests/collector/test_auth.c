@@ -157,6 +157,28 @@ static void test_rate_limit(void **state)
     auth_free(a);
 }
 
+/* The admin token (auth_check_admin): Bearer only, the write keys' grammar, constant time. */
+static void test_check_admin(void **state)
+{
+    (void)state;
+#define ADM(v) auth_check_admin((v), strlen(v), "s3cret-admin", 12)
+    assert_int_equal(ADM("Bearer s3cret-admin"), AUTH_OK);
+    assert_int_equal(ADM("bearer s3cret-admin"), AUTH_OK);
+    assert_int_equal(ADM("BEARER s3cret-admin"), AUTH_OK);
+    assert_int_equal(auth_check_admin(NULL, 0, "s3cret-admin", 12), AUTH_E_MISSING);
+    assert_int_equal(ADM("Bearer "), AUTH_E_MISSING);
+    assert_int_equal(ADM("Bearer"), AUTH_E_MISSING);
+    assert_int_equal(ADM("Bearer wrong"), AUTH_E_UNKNOWN);
+    assert_int_equal(ADM("Bearer s3cret-admi"), AUTH_E_UNKNOWN);
+    assert_int_equal(ADM("Bearer s3cret-adminx"), AUTH_E_UNKNOWN);
+    assert_int_equal(ADM("Bearer S3CRET-ADMIN"), AUTH_E_UNKNOWN); /* the token is exact */
+    /* Basic carries write keys, never the admin token. */
+    assert_int_equal(ADM("Basic czNjcmV0LWFkbWluOg=="), AUTH_E_MALFORMED);
+    assert_int_equal(ADM("s3cret-admin"), AUTH_E_MALFORMED);
+    assert_int_equal(ADM("Bearer\ts3cret-admin"), AUTH_E_MALFORMED);
+#undef ADM
+}
+
 static void test_mask(void **state)
 {
     (void)state;
@@ -175,7 +197,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_header), cmocka_unit_test(test_ct_equal),
         cmocka_unit_test(test_lookup),       cmocka_unit_test(test_rate_limit),
-        cmocka_unit_test(test_mask),
+        cmocka_unit_test(test_mask),         cmocka_unit_test(test_check_admin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

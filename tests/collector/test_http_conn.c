@@ -1,7 +1,8 @@
 /*
- * test_http_conn.c — the HTTP layer (collector/http_conn.c): routing and Content-Type parsing
- * as pure functions, then real connections over 127.0.0.1 against one event loop with the real
- * modules behind it (ingest, kafka_out, metrics, log, accounts) and librdkafka's mock cluster
+ * test_http_conn.c — the HTTP layer (collector/http_conn.c): Content-Type parsing as a pure
+ * function, then real connections over 127.0.0.1 against one event loop with the real modules
+ * behind it (ingest, kafka_out, metrics, log, accounts, the route table and its handlers, all
+ * linked from the core library: only http_conn.c is included) and librdkafka's mock cluster
  * (mock_cluster.h): pipelining, keep-alive, limits (413 before the body, chunked 413, 431),
  * CORS, errors, broken HTTP, readiness with the broker down, a failed delivery, timeouts, the
  * connection cap, and clients that leave mid-body or while their request waits for Kafka (the
@@ -19,74 +20,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "accounts.c"
-#include "auth.c"
-#include "body.c"
 #include "http_conn.c"
-#include "ingest.c"
-#include "kafka_out.c"
-#include "log.c"
-#include "metrics.c"
+
+#include "accounts.h"
+#include "kafka_out.h"
 
 #include "mock_cluster.h"
-
-static void test_routes(void **state)
-{
-    (void)state;
-    assert_int_equal(route_parse("/v1/batch", 9), ROUTE_BATCH);
-    assert_int_equal(route_parse("/v1/batch/", 10), ROUTE_BATCH);
-    assert_int_equal(route_parse("/v1/batch?x=1", 13), ROUTE_BATCH);
-    assert_int_equal(route_parse("/v1/track", 9), ROUTE_TRACK);
-    assert_int_equal(route_parse("/v1/identify", 12), ROUTE_IDENTIFY);
-    assert_int_equal(route_parse("/v1/group", 9), ROUTE_GROUP);
-    assert_int_equal(route_parse("/v1/page", 8), ROUTE_PAGE);
-    assert_int_equal(route_parse("/v1/screen", 10), ROUTE_SCREEN);
-    assert_int_equal(route_parse("/v1/alias", 9), ROUTE_ALIAS);
-    assert_int_equal(route_parse("/healthz", 8), ROUTE_HEALTHZ);
-    assert_int_equal(route_parse("/readyz", 7), ROUTE_READYZ);
-    assert_int_equal(route_parse("/metrics", 8), ROUTE_METRICS);
-    /* analytics-next's short paths. */
-    assert_int_equal(route_parse("/v1/b", 5), ROUTE_BATCH);
-    assert_int_equal(route_parse("/v1/t", 5), ROUTE_TRACK);
-    assert_int_equal(route_parse("/v1/i", 5), ROUTE_IDENTIFY);
-    assert_int_equal(route_parse("/v1/g", 5), ROUTE_GROUP);
-    assert_int_equal(route_parse("/v1/p", 5), ROUTE_PAGE);
-    assert_int_equal(route_parse("/v1/s/", 6), ROUTE_SCREEN);
-    assert_int_equal(route_parse("/v1/a?x", 7), ROUTE_ALIAS);
-    assert_int_equal(route_parse("/v1/x", 5), ROUTE_NONE);
-    /* The settings document. */
-    assert_int_equal(route_parse("/v1/projects/wk/settings", 24), ROUTE_SETTINGS);
-    assert_int_equal(route_parse("/v1/projects/wk/settings?x=1", 28), ROUTE_SETTINGS);
-    assert_int_equal(route_parse("/v1/projects//settings", 22), ROUTE_NONE);
-    assert_int_equal(route_parse("/v1/projects/a/b/settings", 25), ROUTE_NONE);
-    assert_int_equal(route_parse("/v1/projects/wk/setting", 23), ROUTE_NONE);
-    assert_true(route_is_cors(ROUTE_SETTINGS));
-    assert_false(route_is_ingest(ROUTE_SETTINGS));
-    assert_int_equal(route_parse("/v1/batc", 8), ROUTE_NONE);
-    assert_int_equal(route_parse("/v1/batchx", 10), ROUTE_NONE);
-    assert_int_equal(route_parse("/", 1), ROUTE_NONE);
-    assert_int_equal(route_parse("", 0), ROUTE_NONE);
-    assert_int_equal(route_kind(ROUTE_SCREEN), PROTO_T_SCREEN);
-    assert_int_equal(route_kind(ROUTE_BATCH), PROTO_T_NONE);
-    assert_true(route_is_ingest(ROUTE_ALIAS));
-    assert_false(route_is_ingest(ROUTE_METRICS));
-}
-
-/* admin_listen (SPEC §3): which routes each kind of listener serves. */
-static void test_routes_by_port(void **state)
-{
-    (void)state;
-    static const route_t all[] = {ROUTE_BATCH,   ROUTE_TRACK,   ROUTE_HEALTHZ, ROUTE_READYZ,
-                                  ROUTE_METRICS, ROUTE_ACCOUNT, ROUTE_PQL_TOP, ROUTE_SETTINGS};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        route_t r = all[i];
-        bool health = r == ROUTE_HEALTHZ || r == ROUTE_READYZ;
-        bool admin = r == ROUTE_METRICS || r == ROUTE_ACCOUNT || r == ROUTE_PQL_TOP;
-        assert_true(route_on_port(r, HTTP_PORT_ALL));
-        assert_int_equal(route_on_port(r, HTTP_PORT_PUBLIC), health || !admin);
-        assert_int_equal(route_on_port(r, HTTP_PORT_ADMIN), health || admin);
-    }
-}
 
 static void test_content_type(void **state)
 {
@@ -705,8 +644,6 @@ int main(void)
 {
     log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_routes),
-        cmocka_unit_test(test_routes_by_port),
         cmocka_unit_test(test_content_type),
         cmocka_unit_test(test_pipelining),
         cmocka_unit_test(test_errors),

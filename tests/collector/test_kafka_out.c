@@ -298,7 +298,7 @@ static void test_broker_down_then_up(void **state)
     assert_true(strstr(why, "kafka") != NULL);
     /* Timeouts of messages that were never sent do not make the idempotent producer fatal. */
     char fe[256];
-    assert_int_equal(rd_kafka_fatal_error(ko->rk, fe, sizeof fe), 0);
+    assert_int_equal(rd_kafka_fatal_error(ko->lane[0].rk, fe, sizeof fe), 0);
 
     assert_int_equal(rd_kafka_mock_broker_set_up(f->kc.mc, 1), 0);
     assert_true(wait_ready(ko, true, why, sizeof why)); /* no traffic needed */
@@ -310,7 +310,7 @@ static void test_broker_down_then_up(void **state)
     waiter_wait(&retry);
     assert_int_equal(atomic_load(&retry.g.delivered), 10);
     assert_int_equal(atomic_load(&retry.g.failed), 0);
-    assert_int_equal(rd_kafka_fatal_error(ko->rk, fe, sizeof fe), 0);
+    assert_int_equal(rd_kafka_fatal_error(ko->lane[0].rk, fe, sizeof fe), 0);
     kafka_out_free(ko);
 
     int seen[11] = {0};
@@ -358,7 +358,7 @@ static void test_inflight_timeout_no_fatal(void **state)
     kafka_group_seal(&after.g);
     waiter_wait(&after);
     assert_int_equal(atomic_load(&after.g.delivered), 10);
-    assert_int_equal(rd_kafka_fatal_error(ko->rk, fe, sizeof fe), 0);
+    assert_int_equal(rd_kafka_fatal_error(ko->lane[0].rk, fe, sizeof fe), 0);
     assert_true(wait_ready(ko, true, why, sizeof why));
     kafka_out_free(ko);
 
@@ -444,7 +444,7 @@ static void test_bad_properties(void **state)
     f->props[2] = (config_kv_t){"queue.buffering.max.kbytes", "8"};
     f->cfg.n_kafka_properties = 3;
     assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
-    assert_non_null(strstr(rd_kafka_name(ko->rk), "custom-id"));
+    assert_non_null(strstr(rd_kafka_name(ko->lane[0].rk), "custom-id"));
     assert_int_equal(ko->queue_cap_bytes, 8192); /* readiness measures the effective cap */
     assert_int_equal(ko->queue_cap_msgs, KAFKA_QUEUE_MAX_MESSAGES);
     kafka_out_free(ko);
@@ -462,7 +462,7 @@ static void test_bad_properties(void **state)
 static const char *effective(kafka_out_t *ko, const char *name, char *buf, size_t len)
 {
     size_t n = len;
-    const rd_kafka_conf_t *conf = rd_kafka_conf(ko->rk);
+    const rd_kafka_conf_t *conf = rd_kafka_conf(ko->lane[0].rk);
     if (rd_kafka_conf_get(conf, name, buf, &n) == RD_KAFKA_CONF_OK) return buf;
     n = len;
     const rd_kafka_topic_conf_t *tconf =
@@ -520,15 +520,16 @@ static void test_fatal_then_recreated(void **state)
     kafka_out_t *ko = NULL;
     char err[512], why[256];
     assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
-    rd_kafka_t *first = ko->rk;
+    rd_kafka_t *first = ko->lane[0].rk;
 
     waiter_t queued;
     waiter_init(&queued);
     produce_range(ko, 0, 3, &queued.g);
     kafka_group_seal(&queued.g);
 
-    assert_int_equal(rd_kafka_test_fatal_error(
-                         ko->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "injected"),
+    assert_int_equal(rd_kafka_test_fatal_error(ko->lane[0].rk,
+                                               RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                               "injected"),
                      0);
     assert_true(wait_ready(ko, false, why, sizeof why));
     assert_non_null(strstr(why, "fatal"));
@@ -548,7 +549,7 @@ static void test_fatal_then_recreated(void **state)
 
     assert_true(wait_ready(ko, true, why, sizeof why));
     assert_int_equal(atomic_load(&ko->recreated), 1);
-    assert_ptr_not_equal(ko->rk, first);
+    assert_ptr_not_equal(ko->lane[0].rk, first);
     waiter_t after;
     waiter_init(&after);
     produce_range(ko, 3, 2, &after.g);

@@ -174,6 +174,50 @@ static int reap(pid_t pid, int timeout_ms)
     }
 }
 
+pid_t sup_child_start(char *const argv[], const char *log_path)
+{
+    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (in < 0 || out < 0) {
+        fail("open %s: %s", log_path, strerror(errno));
+        if (in >= 0) close(in);
+        if (out >= 0) close(out);
+        return -1;
+    }
+    pid_t pid = spawn(argv, in, out, out);
+    close(in);
+    close(out);
+    return pid;
+}
+
+int sup_child_wait(pid_t pid, int timeout_ms)
+{
+    int st = reap(pid, timeout_ms);
+    if (st == -1 && kill(pid, SIGKILL) == 0) {
+        fail("child %d still running after %d ms: killed", (int)pid, timeout_ms);
+        (void)reap(pid, 5000);
+    }
+    return st;
+}
+
+int sup_child_wait_quiet(pid_t pid, int timeout_ms)
+{
+    return reap(pid, timeout_ms);
+}
+
+long sup_proc_hwm_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return -1;
+    long kb = -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
 /* Reads one '\n'-terminated line from fd (without the '\n') within timeout_ms. */
 static int read_line(int fd, char *line, size_t cap, int timeout_ms)
 {

