@@ -528,7 +528,7 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned 
         proto_event_t *ev = &b->events[i];
         proto_event_validate(ev, &batch->via.array.ptr[i], PROTO_T_NONE, &env, lim, checks);
         if (ev->error != PROTO_OK) continue; /* a rejected event's raw copy is as received */
-        if (b->raw_first != NULL && i < b->n_raw_first) {
+        if (b->raw_tab != NULL && b->raw_first != NULL && i < b->n_raw_first) {
             ev->raw = b->raw_tab + b->raw_first[i];
             ev->n_raw = b->raw_first[i + 1] - b->raw_first[i];
         }
