@@ -2,18 +2,49 @@
 #include "enc.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void put(enc_t *e, const void *p, size_t n)
+/* The common case inline (room in the allocation and under the cap); base_buf_append for the
+ * rest, which grows the buffer or reports TOO_LARGE (issue 11: one call per token was the second
+ * item of sluice-load's JSON profile). */
+static inline void put(enc_t *e, const void *p, size_t n)
 {
-    if (e->err == 0) e->err = base_buf_append(&e->buf, p, n);
+    base_buf_t *b = &e->buf;
+    if (e->err == 0 && n > 0 && n <= b->cap - b->len && b->len + n <= b->max) {
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return;
+    }
+    if (e->err == 0) e->err = base_buf_append(b, p, n);
 }
 
-static void putc1(enc_t *e, char c)
+static inline void putc1(enc_t *e, char c)
 {
+    base_buf_t *b = &e->buf;
+    if (e->err == 0 && b->len < b->cap && b->len + 1 <= b->max) {
+        b->data[b->len++] = c;
+        return;
+    }
     put(e, &c, 1);
+}
+
+/* Decimal text of v into tmp (room for 20 digits and a sign), returns its length: printf-free. */
+static size_t fmt_i64(char tmp[24], int64_t v)
+{
+    char d[24];
+    size_t n = 0, o = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        d[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0) tmp[o++] = '-';
+    while (n > 0)
+        tmp[o++] = d[--n];
+    return o;
 }
 
 char *enc_claim(enc_t *e, size_t n)
@@ -131,7 +162,7 @@ void enc_int_key(enc_t *e, int64_t k)
         return;
     }
     char tmp[24];
-    snprintf(tmp, sizeof(tmp), "%" PRId64, k);
+    tmp[fmt_i64(tmp, k)] = '\0';
     enc_key(e, tmp);
 }
 
@@ -159,8 +190,7 @@ void enc_int(enc_t *e, int64_t v)
     }
     json_sep(e);
     char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-    put(e, tmp, (size_t)n);
+    put(e, tmp, fmt_i64(tmp, v));
 }
 
 void enc_double(enc_t *e, double v)
@@ -171,6 +201,25 @@ void enc_double(enc_t *e, double v)
     }
     json_sep(e);
     char tmp[32];
+    /* %.3f without printf for the model's magnitudes: v * 1000 rounded to an integer, written with
+     * three decimals (printf rounds the exact binary value instead; the two can differ in the last
+     * digit on a tie, which changes nothing here: the text is generated, not compared with
+     * printf's). Beyond 2^53 / 1000 or non-finite: printf. */
+    if (v > -9.0e12 && v < 9.0e12) {
+        double r = v * 1000.0;
+        int64_t m = (int64_t)(r < 0 ? r - 0.5 : r + 0.5);
+        size_t o = 0;
+        if (m < 0 || (m == 0 && signbit(v))) tmp[o++] = '-';
+        uint64_t u = m < 0 ? (uint64_t)0 - (uint64_t)m : (uint64_t)m;
+        o += fmt_i64(tmp + o, (int64_t)(u / 1000));
+        tmp[o++] = '.';
+        unsigned f = (unsigned)(u % 1000);
+        tmp[o++] = (char)('0' + f / 100);
+        tmp[o++] = (char)('0' + f / 10 % 10);
+        tmp[o++] = (char)('0' + f % 10);
+        put(e, tmp, o);
+        return;
+    }
     int n = snprintf(tmp, sizeof(tmp), "%.3f", v);
     put(e, tmp, (size_t)n);
 }

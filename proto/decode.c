@@ -117,6 +117,25 @@ static int mp_array(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth,
     return PROTO_OK;
 }
 
+/* A map key that is a fixstr (nearly all keys), read inline: true when it was one (*rc then says
+ * whether it fit in the body), false to take mp_value(). Keys never carry batch_next: it is set
+ * after the root's "batch" key and consumed by its value. */
+static inline bool mp_fixstr_key(struct mp *r, msgpack_object *o, int *rc)
+{
+    if (r->p >= r->end || (*r->p & 0xe0) != 0xa0) return false;
+    uint32_t n = *r->p & 0x1f;
+    if (n >= (size_t)(r->end - r->p)) {
+        *rc = PROTO_E_MALFORMED;
+        return true;
+    }
+    o->type = MSGPACK_OBJECT_STR;
+    o->via.str.size = n;
+    o->via.str.ptr = (const char *)r->p + 1;
+    r->p += 1 + n;
+    *rc = PROTO_OK;
+    return true;
+}
+
 static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, const uint8_t *start)
 {
     if (depth > r->depth_cap) return PROTO_E_TOO_DEEP;
@@ -130,7 +149,8 @@ static int mp_map(struct mp *r, msgpack_object *o, uint64_t n, uint32_t depth, c
     if (o->via.map.ptr == NULL) return PROTO_E_NOMEM;
     for (uint64_t i = 0; i < n; i++) {
         msgpack_object_kv *kv = &o->via.map.ptr[i];
-        int rc = mp_value(r, &kv->key, depth + 1);
+        int rc;
+        if (!mp_fixstr_key(r, &kv->key, &rc)) rc = mp_value(r, &kv->key, depth + 1);
         if (rc != PROTO_OK) return rc;
         if (depth == 1 && r->want_batch && kv->key.type == MSGPACK_OBJECT_STR &&
             kv->key.via.str.size == 5 && memcmp(kv->key.via.str.ptr, "batch", 5) == 0)
@@ -508,7 +528,7 @@ static int envelope_batch(proto_batch_t *b, const proto_limits_t *lim, unsigned 
         proto_event_t *ev = &b->events[i];
         proto_event_validate(ev, &batch->via.array.ptr[i], PROTO_T_NONE, &env, lim, checks);
         if (ev->error != PROTO_OK) continue; /* a rejected event's raw copy is as received */
-        if (b->raw_first != NULL && i < b->n_raw_first) {
+        if (b->raw_tab != NULL && b->raw_first != NULL && i < b->n_raw_first) {
             ev->raw = b->raw_tab + b->raw_first[i];
             ev->n_raw = b->raw_first[i + 1] - b->raw_first[i];
         }
