@@ -14,143 +14,28 @@
  *
  * TLS (tls set, listen only): the connection holds a tls_conn_t (tls.h). Socket bytes go into
  * its read BIO and come out as plaintext in the loop's tlsbuf, fed to llhttp exactly as plain
- * reads are; answers are encrypted in conn_write_raw and what OpenSSL wants to send (handshake
- * records, alerts) is flushed after every read. Decryption stops while a request is BUSY, like
- * reading does; what is left (ciphertext in the read BIO, at most one socket read, charged to
- * body_mem as pending bytes are) is decrypted by conn_next before it reads the socket again, so
- * pipelined requests inside one TLS record are not stranded. The handshake happens before any
- * request, so the fresh connection's header_timeout covers it.
+ * reads are; answers are encrypted in http__conn_write_raw and what OpenSSL wants to send
+ * (handshake records, alerts) is flushed after every read. Decryption stops while a request is
+ * BUSY, like reading does; what is left (ciphertext in the read BIO, at most one socket read,
+ * charged to body_mem as pending bytes are) is decrypted by conn_next before it reads the socket
+ * again, so pipelined requests inside one TLS record are not stranded. The handshake happens before
+ * any request, so the fresh connection's header_timeout covers it.
  */
 #include "http_conn.h"
+#include "http_conn_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include <llhttp.h>
-
-#include "auth.h"
-#include "body.h"
 #include "log.h"
 #include "metrics.h"
-#include "proto.h"
 #include "reload.h"
-#include "routes.h"
-#include "tls.h"
 
-#define URL_MAX   256
-#define FIELD_MAX 32
-/* Per-header overhead counted against header_bytes (": " and CRLF), so that many empty
- * headers cannot slip past the limit. */
-#define HEADER_OVERHEAD 4
-/* Keep a connection's body allocation between requests only up to this size. */
-#define BODY_KEEP_MAX (64 * 1024)
 /* Lingering close after refusing a request mid-body: at most this long / this many bytes. */
 #define LINGER_MS        1000
 #define LINGER_MAX_BYTES (1024 * 1024)
-
-typedef enum { CS_IDLE, CS_HEADERS, CS_BODY, CS_BUSY } conn_state_t;
-
-/* Headers we capture (http_hdr_t, http_conn.h); values longer than their buffer are flagged,
- * never truncated silently. */
-static const char *const hdr_names[HTTP_HDR_COUNT] = {"content-type",
-                                                      "content-encoding",
-                                                      "authorization",
-                                                      "expect",
-                                                      "host",
-                                                      "access-control-request-headers",
-                                                      "transfer-encoding"};
-static const size_t hdr_caps[HTTP_HDR_COUNT] = {128, 64, 1100, 32, 256, 256, 32};
-
-/* Headers that may appear at most once (RFC 9110 §5.3: a second one is either a list the field
- * does not allow or a disagreement a front proxy may resolve differently; CVE-2022-32213). */
-static const char *const once_names[] = {"host",           "authorization",
-                                         "content-type",   "content-encoding",
-                                         "content-length", "transfer-encoding"};
-#define ONCE_HOST  0
-#define ONCE_COUNT (sizeof once_names / sizeof once_names[0])
-
-typedef struct hdr_val {
-    char *buf;
-    size_t len;
-    bool seen, overflow;
-} hdr_val_t;
-
-struct http_conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    llhttp_t parser;
-    http_loop_t *hl;
-    http_conn_t *prev, *next; /* hl->conns */
-    http_port_t port;         /* the listener it came from: which routes it serves */
-    int open_handles;
-    bool closing, reading, counted;
-    bool linger;    /* close after the answer by lingering: the client may still be sending */
-    bool lingering; /* write side shut, discarding input until EOF or the linger timer */
-    size_t linger_bytes;
-    conn_state_t state;
-    unsigned writes; /* uv_write requests outstanding */
-
-    /* The request being parsed. */
-    uint64_t start_ns;
-    uint64_t deadline_ns;  /* start + request_timeout: the body must be complete by then */
-    unsigned once_seen;    /* bit i: once_names[i] seen */
-    const char *exec_data; /* the buffer llhttp_execute is parsing now */
-    bool value_started;    /* a piece of the current header value was seen */
-    size_t header_bytes;
-    char url[URL_MAX];
-    size_t url_len;
-    bool url_long;
-    char field[FIELD_MAX];
-    size_t field_len;
-    bool field_long;
-    http_hdr_t cur_hdr;
-    char hdr_mem[128 + 64 + 1100 + 32 + 256 + 256 + 32];
-    hdr_val_t hdr[HTTP_HDR_COUNT];
-    const route_t *route; /* NULL: no such endpoint (on this listener) */
-    int method;
-    bool keep_alive;
-    /* A refusal decided before the body: answered at message complete, body discarded. */
-    int early_status;
-    const char *early_code, *early_msg;
-    /* A refusal that ends the connection now (413 before body, 431, draining). */
-    int fatal_status;
-    const char *fatal_code, *fatal_msg;
-    bool header_key;
-    const char *source;
-    int key_index;
-    proto_format_t fmt;
-    body_encoding_t enc;
-    char *body;
-    size_t body_len, body_cap; /* body_cap bytes are charged to hl->body_mem */
-    size_t body_seen;          /* body bytes of this request, kept or discarded */
-
-    /* Pipelined bytes received beyond the current message (pending_cap charged to body_mem). */
-    char *pending;
-    size_t pending_off, pending_len, pending_cap;
-
-    ingest_req_t *req; /* waiting for Kafka, NULL otherwise */
-    /* A handler answering later (http_conn_defer): called if the connection closes first. */
-    void (*defer_cancel)(void *arg);
-    void *defer_arg;
-
-    tls_conn_t *tls;  /* HTTPS: the session; NULL on plain connections */
-    size_t tls_held;  /* undecrypted ciphertext charged to body_mem */
-    bool tls_counted; /* handshake counted (sluice_tls_handshakes_total) */
-    bool tls_broken;  /* a protocol error: no close_notify */
-};
-
-typedef struct conn_write {
-    uv_write_t wr;
-    http_conn_t *c;
-    bool close_after, final;
-    bool observe; /* ingest request: record its latency */
-    uint64_t start_ns;
-    size_t len;
-    char data[];
-} conn_write_t;
 
 static void conn_close(http_conn_t *c);
 static void conn_linger(http_conn_t *c);
@@ -158,41 +43,6 @@ static void tls_pump(http_conn_t *c);
 static void tls_flush(http_conn_t *c);
 static void conn_next(http_conn_t *c);
 static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending);
-
-/* ---- small pure helpers (unit-tested) ---- */
-
-static bool route_is_ingest(const route_t *r)
-{
-    return r != NULL && (r->flags & ROUTE_F_INGEST) != 0;
-}
-
-/* Routes a browser page calls cross-origin: CORS headers on every answer, OPTIONS preflight. */
-static bool route_is_cors(const route_t *r)
-{
-    return r != NULL && (r->flags & ROUTE_F_CORS) != 0;
-}
-
-/* Body format from a Content-Type value (SPEC §3): msgpack only when labelled
- * application/msgpack or application/x-msgpack (parameters ignored), JSON whatever else the
- * client says — missing, application/json, text/plain (browsers' sendBeacon and
- * analytics-next's fetch), application/x-www-form-urlencoded (@rudderstack/rudder-sdk-node's
- * gzip bodies) or anything else. A body that then is not JSON is a 400, not a 415. */
-static proto_format_t content_type_parse(const char *s, size_t len)
-{
-    size_t end = 0;
-    while (end < len && s[end] != ';')
-        end++;
-    size_t b = 0;
-    while (b < end && (s[b] == ' ' || s[b] == '\t'))
-        b++;
-    while (end > b && (s[end - 1] == ' ' || s[end - 1] == '\t'))
-        end--;
-    const char *t = s + b;
-    size_t n = end - b;
-    if (n == 19 && strncasecmp(t, "application/msgpack", 19) == 0) return PROTO_FMT_MSGPACK;
-    if (n == 21 && strncasecmp(t, "application/x-msgpack", 21) == 0) return PROTO_FMT_MSGPACK;
-    return PROTO_FMT_JSON;
-}
 
 static const char *status_text(int status)
 {
@@ -231,11 +81,6 @@ static const char *status_text(int status)
 }
 
 /* ---- connection bookkeeping ---- */
-
-static http_conn_t *conn_of(llhttp_t *p)
-{
-    return p->data;
-}
 
 static void timer_arm(http_conn_t *c, uint32_t ms);
 static void conn_refuse(http_conn_t *c, int status, const char *code, const char *message);
@@ -291,7 +136,7 @@ static void timer_arm(http_conn_t *c, uint32_t ms)
 }
 
 /* Arms the timer for at most ms, and never beyond the request deadline. */
-static void timer_arm_request(http_conn_t *c, uint32_t ms)
+void http__timer_arm_request(http_conn_t *c, uint32_t ms)
 {
     uint64_t now = uv_hrtime();
     uint64_t left = c->deadline_ns > now ? (c->deadline_ns - now) / 1000000u : 0;
@@ -301,7 +146,7 @@ static void timer_arm_request(http_conn_t *c, uint32_t ms)
 /* ---- body memory (limits.body_memory, shared by every loop) ---- */
 
 /* Charges (grow) or gives back (shrink) without a limit: for memory already allocated. */
-static void body_mem_adjust(http_loop_t *hl, size_t old_size, size_t new_size)
+void http__body_mem_adjust(http_loop_t *hl, size_t old_size, size_t new_size)
 {
     if (new_size > old_size)
         atomic_fetch_add_explicit(hl->body_mem, new_size - old_size, memory_order_relaxed);
@@ -312,7 +157,7 @@ static void body_mem_adjust(http_loop_t *hl, size_t old_size, size_t new_size)
 /* Charges a body buffer growing from old_cap to new_cap, if it fits: bodies over BODY_KEEP_MAX
  * may use only the first seven eighths of limits.body_memory (the rest stays for small ones).
  * Returns false (nothing charged, the refusal counted) when it does not. */
-static bool body_mem_admit(http_loop_t *hl, size_t old_cap, size_t new_cap)
+bool http__body_mem_admit(http_loop_t *hl, size_t old_cap, size_t new_cap)
 {
     size_t delta = new_cap - old_cap;
     uint64_t limit = hl->cfg->body_memory;
@@ -328,7 +173,7 @@ static void on_handle_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->open_handles > 0) return;
-    body_mem_adjust(c->hl, c->body_cap + c->pending_cap + c->tls_held, 0);
+    http__body_mem_adjust(c->hl, c->body_cap + c->pending_cap + c->tls_held, 0);
     tls_conn_free(c->tls);
     free(c->body);
     free(c->pending);
@@ -394,7 +239,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
-        if (c->state == CS_BODY) timer_arm_request(c, c->hl->cfg->idle_timeout_ms);
+        if (c->state == CS_BODY) http__timer_arm_request(c, c->hl->cfg->idle_timeout_ms);
         if (c->tls != NULL) {
             if (tls_conn_feed(c->tls, buf->base, (size_t)nread) != TLS_OK) {
                 conn_close(c);
@@ -518,7 +363,7 @@ static conn_write_t *tls_encrypt(http_conn_t *c, conn_write_t *w)
     return e;
 }
 
-static void conn_write_raw(http_conn_t *c, conn_write_t *w)
+void http__conn_write_raw(http_conn_t *c, conn_write_t *w)
 {
     if (c->tls != NULL && (w = tls_encrypt(c, w)) == NULL) return;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
@@ -596,7 +441,7 @@ static void tls_pump(http_conn_t *c)
     tls_flush(c);
     if (c->closing) return;
     size_t held = tls_conn_pending_in(c->tls);
-    body_mem_adjust(hl, c->tls_held, held);
+    http__body_mem_adjust(hl, c->tls_held, held);
     c->tls_held = held;
 }
 
@@ -646,7 +491,7 @@ void http_respond(http_conn_t *c, int status, const char *ctype, const char *bod
     read_stop(c);
     /* The client has request_timeout to take the answer (write_cb moves on and re-arms). */
     timer_arm(c, hl->cfg->request_timeout_ms);
-    conn_write_raw(c, w);
+    http__conn_write_raw(c, w);
 }
 
 void http_respond_retry(http_conn_t *c, int status, const char *code, const char *message,
@@ -714,380 +559,6 @@ void http_conn_defer(http_conn_t *c, void (*cancel_cb)(void *arg), void *arg)
 {
     c->defer_cancel = cancel_cb;
     c->defer_arg = arg;
-}
-
-/* ---- llhttp callbacks ---- */
-
-static void request_reset(http_conn_t *c)
-{
-    c->start_ns = 0;
-    c->header_bytes = 0;
-    c->url_len = 0;
-    c->url_long = false;
-    c->field_len = 0;
-    c->field_long = false;
-    c->cur_hdr = HTTP_HDR_NONE;
-    for (int i = 0; i < HTTP_HDR_COUNT; i++) {
-        c->hdr[i].len = 0;
-        c->hdr[i].seen = false;
-        c->hdr[i].overflow = false;
-    }
-    c->route = NULL;
-    c->early_status = 0;
-    c->fatal_status = 0;
-    c->header_key = false;
-    c->source = NULL;
-    c->key_index = -1;
-    c->once_seen = 0;
-    c->body_len = 0;
-    c->body_seen = 0;
-    /* Keep a small buffer for the next request, unless bodies are using half the budget. */
-    if (c->body_cap > BODY_KEEP_MAX ||
-        (c->body_cap > 0 && atomic_load_explicit(c->hl->body_mem, memory_order_relaxed) >=
-                                c->hl->cfg->body_memory / 2)) {
-        body_mem_adjust(c->hl, c->body_cap, 0);
-        free(c->body);
-        c->body = NULL;
-        c->body_cap = 0;
-    }
-}
-
-static int on_message_begin(llhttp_t *p)
-{
-    http_conn_t *c = conn_of(p);
-    request_reset(c);
-    c->start_ns = uv_hrtime();
-    c->deadline_ns = c->start_ns + (uint64_t)c->hl->cfg->request_timeout_ms * 1000000u;
-    c->state = CS_HEADERS;
-    timer_arm_request(c, c->hl->cfg->header_timeout_ms);
-    return 0;
-}
-
-static int header_budget(http_conn_t *c, size_t n)
-{
-    c->header_bytes += n;
-    if (c->header_bytes > c->hl->cfg->header_bytes) {
-        c->fatal_status = 431;
-        c->fatal_code = "headers_too_large";
-        c->fatal_msg = "request headers larger than allowed";
-        return HPE_USER;
-    }
-    return 0;
-}
-
-/* llhttp hands a URL, field or value over in pieces: appends one piece to buf (holding *len of
- * cap bytes), or sets *overflow and keeps what it has once the piece would not fit. */
-static void append_capped(char *buf, size_t *len, size_t cap, bool *overflow, const char *at,
-                          size_t n)
-{
-    if (*overflow || *len + n > cap) {
-        *overflow = true;
-        return;
-    }
-    memcpy(buf + *len, at, n);
-    *len += n;
-}
-
-static int on_url(llhttp_t *p, const char *at, size_t len)
-{
-    http_conn_t *c = conn_of(p);
-    append_capped(c->url, &c->url_len, URL_MAX, &c->url_long, at, len);
-    return header_budget(c, len);
-}
-
-static int on_header_field(llhttp_t *p, const char *at, size_t len)
-{
-    http_conn_t *c = conn_of(p);
-    append_capped(c->field, &c->field_len, FIELD_MAX, &c->field_long, at, len);
-    return header_budget(c, len);
-}
-
-static int on_header_field_complete(llhttp_t *p)
-{
-    http_conn_t *c = conn_of(p);
-    c->cur_hdr = HTTP_HDR_NONE;
-    c->value_started = false;
-    for (unsigned i = 0; i < ONCE_COUNT && !c->field_long; i++) {
-        if (strlen(once_names[i]) != c->field_len ||
-            strncasecmp(c->field, once_names[i], c->field_len) != 0)
-            continue;
-        if (c->once_seen & (1u << i)) {
-            c->fatal_status = 400;
-            c->fatal_code = "bad_request";
-            c->fatal_msg = "a header that must appear once is repeated";
-            return HPE_USER;
-        }
-        c->once_seen |= 1u << i;
-        break;
-    }
-    if (!c->field_long) {
-        for (int i = 0; i < HTTP_HDR_COUNT; i++) {
-            if (strlen(hdr_names[i]) == c->field_len &&
-                strncasecmp(c->field, hdr_names[i], c->field_len) == 0) {
-                c->cur_hdr = (http_hdr_t)i;
-                c->hdr[i].len = 0;
-                c->hdr[i].overflow = false;
-                c->hdr[i].seen = true;
-                break;
-            }
-        }
-    }
-    c->field_len = 0;
-    c->field_long = false;
-    return header_budget(c, HEADER_OVERHEAD);
-}
-
-static int on_header_value(llhttp_t *p, const char *at, size_t len)
-{
-    http_conn_t *c = conn_of(p);
-    /* llhttp hands a value over in one piece per read, and starts a new piece within a read
-     * only for an obs-fold continuation line. RFC 9112 §5.2 lets a server refuse those, and a
-     * proxy may unfold them differently: refuse. */
-    bool fold = c->value_started && at != c->exec_data;
-    c->value_started = true;
-    if (fold) {
-        c->fatal_status = 400;
-        c->fatal_code = "bad_request";
-        c->fatal_msg = "folded header lines (obs-fold) are not accepted";
-        return HPE_USER;
-    }
-    if (c->cur_hdr != HTTP_HDR_NONE) {
-        hdr_val_t *h = &c->hdr[c->cur_hdr];
-        append_capped(h->buf, &h->len, hdr_caps[c->cur_hdr], &h->overflow, at, len);
-    }
-    return header_budget(c, len);
-}
-
-static int on_header_value_complete(llhttp_t *p)
-{
-    conn_of(p)->cur_hdr = HTTP_HDR_NONE;
-    return 0;
-}
-
-static void early(http_conn_t *c, int status, const char *code, const char *msg)
-{
-    if (c->early_status != 0) return;
-    c->early_status = status;
-    c->early_code = code;
-    c->early_msg = msg;
-}
-
-static void send_continue(http_conn_t *c)
-{
-    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    conn_write_t *w = malloc(sizeof *w + sizeof line - 1);
-    if (w == NULL) return; /* the client sends the body after its own timeout */
-    memcpy(w->data, line, sizeof line - 1);
-    w->len = sizeof line - 1;
-    w->close_after = false;
-    w->final = false;
-    w->observe = false;
-    conn_write_raw(c, w);
-}
-
-/* Auth from the Authorization header, decided before the body is read. */
-static void header_auth(http_conn_t *c)
-{
-    http_loop_t *hl = c->hl;
-    hdr_val_t *h = &c->hdr[HTTP_HDR_AUTHORIZATION];
-    if (!h->seen) return; /* maybe the body carries writeKey */
-    char key[AUTH_KEY_MAX];
-    size_t klen = 0;
-    int rc =
-        h->overflow ? AUTH_E_MALFORMED : auth_parse_header(h->buf, h->len, key, sizeof key, &klen);
-    if (rc == AUTH_OK) rc = auth_lookup(hl->ingest->auth, key, klen, &c->source, &c->key_index);
-    if (rc == AUTH_OK) {
-        c->header_key = true;
-        return;
-    }
-    if (hl->cfg->dev) return; /* dev: anything goes, the body or "dev" decides the source */
-    metrics_add(METRIC_AUTH_FAILURES, 1);
-    if (rc == AUTH_E_UNKNOWN && log_get_level() <= LOG_DEBUG) {
-        char masked[16];
-        LOG(LOG_DEBUG, "unknown_write_key", LS("key", auth_mask(key, klen, masked, sizeof masked)));
-    }
-    early(c, 401, "unauthorized",
-          rc == AUTH_E_UNKNOWN ? "unknown write key"
-                               : (rc == AUTH_E_MISSING ? "a write key is required"
-                                                       : "malformed Authorization header"));
-}
-
-/* A refusal decided at the headers is answered at message complete (the body is read and
- * discarded, the connection kept). But a client that sent Expect: 100-continue waits before
- * sending its body: answer it now and close (RFC 9110 §10.1.1). */
-static int refuse_early(http_conn_t *c, bool expect_continue)
-{
-    if (!expect_continue) return 0;
-    c->fatal_status = c->early_status;
-    c->fatal_code = c->early_code;
-    c->fatal_msg = c->early_msg;
-    return HPE_USER;
-}
-
-/* True when a Transfer-Encoding value is exactly "chunked" (case-insensitive, blanks around). */
-static bool te_is_chunked(const char *s, size_t len)
-{
-    while (len > 0 && (*s == ' ' || *s == '\t')) {
-        s++;
-        len--;
-    }
-    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
-        len--;
-    return len == 7 && strncasecmp(s, "chunked", 7) == 0;
-}
-
-/* A body that does not fit in limits.body_memory: 503 now, and close. */
-static int refuse_body_memory(http_conn_t *c)
-{
-    c->fatal_status = 503;
-    c->fatal_code = "unavailable";
-    c->fatal_msg = "request bodies are using all the memory set aside for them; retry later";
-    return HPE_USER;
-}
-
-static int on_headers_complete(llhttp_t *p)
-{
-    http_conn_t *c = conn_of(p);
-    http_loop_t *hl = c->hl;
-    const config_t *cfg = hl->cfg;
-    metrics_add(METRIC_HTTP_REQUESTS, 1);
-    c->state = CS_BODY;
-    timer_arm_request(c, cfg->idle_timeout_ms);
-    c->method = llhttp_get_method(p);
-    c->route = c->url_long ? NULL : routes_match(c->url, c->url_len, c->port);
-
-    /* RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400. */
-    if (!(c->once_seen & (1u << ONCE_HOST)) && p->http_major == 1 && p->http_minor >= 1) {
-        c->fatal_status = 400;
-        c->fatal_code = "bad_request";
-        c->fatal_msg = "an HTTP/1.1 request needs a Host header";
-        return HPE_USER;
-    }
-
-    if (atomic_load_explicit(hl->draining, memory_order_relaxed)) {
-        c->fatal_status = 503;
-        c->fatal_code = "unavailable";
-        c->fatal_msg = "shutting down";
-        return HPE_USER;
-    }
-    /* Transfer codings other than chunked are not implemented (a front proxy might decode
-     * them; we would read the coded bytes as the body). */
-    hdr_val_t *te = &c->hdr[HTTP_HDR_TRANSFER_ENCODING];
-    if (te->seen && (te->overflow || te_is_chunked(te->buf, te->len) == false)) {
-        c->fatal_status = 400;
-        c->fatal_code = "bad_request";
-        c->fatal_msg = "Transfer-Encoding must be chunked";
-        return HPE_USER;
-    }
-    /* Any request, whatever its route: a declared body over the limit is refused unread. */
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->body_bytes) {
-        c->fatal_status = 413;
-        c->fatal_code = "payload_too_large";
-        c->fatal_msg = "body larger than allowed";
-        return HPE_USER;
-    }
-    if (c->route == NULL) {
-        early(c, 404, "not_found", "no such endpoint");
-    } else if (route_is_cors(c->route) && c->method == HTTP_OPTIONS) {
-        return 0;
-    } else if (!route_allows(c->route, c->method)) {
-        early(c, 405, "method_not_allowed", c->route->wrong_method);
-    }
-    hdr_val_t *ex = &c->hdr[HTTP_HDR_EXPECT];
-    bool expect_continue = ex->seen && ex->len == 12 &&
-                           strncasecmp(ex->buf, "100-continue", 12) == 0 && p->http_major == 1 &&
-                           p->http_minor >= 1;
-    if (c->early_status != 0) return refuse_early(c, expect_continue);
-    if (!route_is_ingest(c->route)) return 0;
-
-    /* POST to an ingest endpoint. */
-    hdr_val_t *ct = &c->hdr[HTTP_HDR_CONTENT_TYPE], *ce = &c->hdr[HTTP_HDR_CONTENT_ENCODING];
-    /* A label too long to keep is no msgpack label: JSON, like any other label. */
-    c->fmt = ct->overflow ? PROTO_FMT_JSON : content_type_parse(ct->buf, ct->len);
-    c->enc = ce->overflow ? BODY_ENC_UNKNOWN : body_encoding_parse(ce->buf, ce->len);
-    if (c->enc == BODY_ENC_UNKNOWN)
-        early(c, 415, "unsupported_media_type", "Content-Encoding must be zstd, gzip or identity");
-    if (c->early_status == 0) header_auth(c);
-    if (c->early_status != 0) return refuse_early(c, expect_continue);
-
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_cap) {
-        size_t want = (size_t)p->content_length;
-        if (!body_mem_admit(hl, c->body_cap, want)) return refuse_body_memory(c);
-        char *nb = realloc(c->body, want);
-        if (nb == NULL) {
-            body_mem_adjust(hl, want, c->body_cap);
-            c->fatal_status = 503;
-            c->fatal_code = "unavailable";
-            c->fatal_msg = "out of memory";
-            return HPE_USER;
-        }
-        c->body = nb;
-        c->body_cap = want;
-    }
-    if (expect_continue) send_continue(c);
-    return 0;
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t len)
-{
-    http_conn_t *c = conn_of(p);
-    metrics_add(METRIC_BYTES_IN, len);
-    size_t max = (size_t)c->hl->cfg->body_bytes;
-    c->body_seen += len;
-    if (c->body_seen > max) { /* chunked (or discarded) bodies are bounded too */
-        c->fatal_status = 413;
-        c->fatal_code = "payload_too_large";
-        c->fatal_msg = "body larger than allowed";
-        return HPE_USER;
-    }
-    if (c->early_status != 0 || !route_is_ingest(c->route) || c->method != HTTP_POST)
-        return 0; /* discarded: the answer is already decided */
-    if (c->body_len + len > c->body_cap) {
-        size_t ncap = c->body_cap < 16384 ? 16384 : c->body_cap * 2;
-        while (ncap < c->body_len + len)
-            ncap *= 2;
-        if (ncap > max) ncap = max;
-        if (!body_mem_admit(c->hl, c->body_cap, ncap)) return refuse_body_memory(c);
-        char *nb = realloc(c->body, ncap);
-        if (nb == NULL) {
-            body_mem_adjust(c->hl, ncap, c->body_cap);
-            c->fatal_status = 503;
-            c->fatal_code = "unavailable";
-            c->fatal_msg = "out of memory";
-            return HPE_USER;
-        }
-        c->body = nb;
-        c->body_cap = ncap;
-    }
-    memcpy(c->body + c->body_len, at, len);
-    c->body_len += len;
-    return 0;
-}
-
-static int on_message_complete(llhttp_t *p)
-{
-    http_conn_t *c = conn_of(p);
-    c->keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
-    c->state = CS_BUSY;
-    /* One request at a time: stop here; conn_next() resumes after the answer is written. */
-    return HPE_PAUSED;
-}
-
-static llhttp_settings_t http_settings;
-static uv_once_t http_settings_once = UV_ONCE_INIT;
-
-static void http_settings_init(void)
-{
-    llhttp_settings_init(&http_settings);
-    http_settings.on_message_begin = on_message_begin;
-    http_settings.on_url = on_url;
-    http_settings.on_header_field = on_header_field;
-    http_settings.on_header_field_complete = on_header_field_complete;
-    http_settings.on_header_value = on_header_value;
-    http_settings.on_header_value_complete = on_header_value_complete;
-    http_settings.on_headers_complete = on_headers_complete;
-    http_settings.on_body = on_body;
-    http_settings.on_message_complete = on_message_complete;
 }
 
 /* ---- request dispatch ---- */
@@ -1194,7 +665,7 @@ static int keep_pending(http_conn_t *c, const char *data, size_t len, size_t con
      * charged to body_mem (already received: it is counted, never refused). */
     char *nb = realloc(c->pending, rest);
     if (nb == NULL) return -1;
-    body_mem_adjust(c->hl, c->pending_cap, rest);
+    http__body_mem_adjust(c->hl, c->pending_cap, rest);
     c->pending = nb;
     c->pending_cap = rest;
     memcpy(c->pending, data + consumed, rest);
@@ -1237,7 +708,7 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
 static void conn_next(http_conn_t *c)
 {
     c->state = CS_IDLE;
-    request_reset(c);
+    http__request_reset(c);
     llhttp_resume(&c->parser);
     if (c->pending_len > 0) {
         conn_feed(c, c->pending + c->pending_off, c->pending_len, true);
@@ -1257,7 +728,6 @@ int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_c
                    uv_async_t *async, atomic_bool *draining, atomic_uint *n_conns,
                    atomic_size_t *body_mem)
 {
-    uv_once(&http_settings_once, http_settings_init);
     memset(hl, 0, sizeof *hl);
     hl->uv = uv;
     hl->cfg = cfg;
@@ -1270,7 +740,7 @@ int http_loop_init(http_loop_t *hl, uv_loop_t *uv, const config_t *cfg, ingest_c
     hl->tlsbuf = cfg->tls_cert_file != NULL ? malloc(HTTP_READ_BUF) : NULL;
     int rc = ingest_scratch_init(&hl->scratch, cfg);
     /* The decompression buffer holds bodies too. */
-    body_mem_adjust(hl, 0, hl->scratch.plain_cap);
+    http__body_mem_adjust(hl, 0, hl->scratch.plain_cap);
     return hl->readbuf != NULL && (cfg->tls_cert_file == NULL || hl->tlsbuf != NULL) && rc == 0
                ? 0
                : -1;
@@ -1293,21 +763,10 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
     c->tcp.data = c;
     c->timer.data = c;
     c->key_index = -1;
-    size_t off = 0;
-    for (int i = 0; i < HTTP_HDR_COUNT; i++) {
-        c->hdr[i].buf = c->hdr_mem + off;
-        off += hdr_caps[i];
-    }
     uv_tcp_init(hl->uv, &c->tcp);
     uv_timer_init(hl->uv, &c->timer);
     c->open_handles = 2;
-    llhttp_init(&c->parser, HTTP_REQUEST, &http_settings);
-    /* Strict RFC 9112 parsing (see http_conn.h): every leniency stays off. */
-    llhttp_set_lenient_headers(&c->parser, 0);
-    llhttp_set_lenient_chunked_length(&c->parser, 0);
-    llhttp_set_lenient_keep_alive(&c->parser, 0);
-    llhttp_set_lenient_transfer_encoding(&c->parser, 0);
-    c->parser.data = c;
+    http__parser_init(c);
     c->next = hl->conns;
     if (hl->conns != NULL) hl->conns->prev = c;
     hl->conns = c;
@@ -1427,7 +886,7 @@ void http_loop_free(http_loop_t *hl)
         r = next;
     }
     hl->reqs = NULL;
-    if (hl->body_mem != NULL) body_mem_adjust(hl, hl->scratch.plain_cap, 0);
+    if (hl->body_mem != NULL) http__body_mem_adjust(hl, hl->scratch.plain_cap, 0);
     hl->body_mem = NULL;
     ingest_scratch_free(&hl->scratch);
     free(hl->readbuf);

@@ -4,14 +4,17 @@
 # so a burst of load from elsewhere on the machine hits every config alike, and prints per config
 # the median events/s, p99 and collector CPU per event, and the ratio to the first config.
 #
-# Usage: loadtest/ab.sh BUILD_DIR NAME=CONFIG.yaml [NAME=CONFIG.yaml ...]
+# Usage: loadtest/ab.sh BUILD_DIR NAME=CONFIG.yaml[@OTHER_BUILD_DIR] [NAME=CONFIG.yaml[@...] ...]
 #   e.g. loadtest/ab.sh build base=base.yaml filters=filters.yaml
+#   Two builds of the same config (before/after a change): NAME=CONFIG.yaml@DIR runs DIR's
+#   sluice-collector for that name; sluice-load and the mock broker always come from BUILD_DIR.
+#   e.g. loadtest/ab.sh build before=base.yaml@/tmp/old/build after=base.yaml
 # Environment: DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (32), DUP_RATE (0.01),
 #   OUT (report dir). Needs jq. The collectors run with --threads 2 against one
 #   sluice-mock-kafka; each config gets a fresh --data-dir. Exit status 0 when every run
 #   produced a report, else 1 (2: usage or a missing binary, 3: something did not start).
 set -u
-[ $# -ge 2 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
 BUILD=$1
 shift
 DURATION=${DURATION:-8}
@@ -55,8 +58,15 @@ NAMES=''
 for arg in "$@"; do
     name=${arg%%=*}
     cfg=${arg#*=}
+    col=$COLLECTOR
+    case $cfg in *@*)
+        col=${cfg#*@}/collector/sluice-collector
+        cfg=${cfg%%@*}
+        ;;
+    esac
     [ -f "$cfg" ] || { echo "ab.sh: $cfg: no such file" >&2; exit 2; }
-    "$COLLECTOR" --config "$cfg" --listen 127.0.0.1:0 --brokers "$BOOT" --threads 2 \
+    [ -x "$col" ] || { echo "ab.sh: $col not built" >&2; exit 2; }
+    "$col" --config "$cfg" --listen 127.0.0.1:0 --brokers "$BOOT" --threads 2 \
         --write-key ab_key=ab --data-dir "$OUT/data-$name" 2>"$OUT/$name.err" &
     pid=$!
     PIDS="$PIDS $pid"

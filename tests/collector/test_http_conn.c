@@ -1,6 +1,6 @@
 /*
- * test_http_conn.c — the HTTP layer (collector/http_conn.c): Content-Type parsing as a pure
- * function, then real connections over 127.0.0.1 against one event loop with the real modules
+ * test_http_conn.c — the HTTP layer (collector/http_conn.c, with http_parse.c): real
+ * connections over 127.0.0.1 against one event loop with the real modules
  * behind it (ingest, kafka_out, metrics, log, accounts, the route table and its handlers, all
  * linked from the core library: only http_conn.c is included) and librdkafka's mock cluster
  * (mock_cluster.h): pipelining, keep-alive, limits (413 before the body, chunked 413, 431),
@@ -26,26 +26,6 @@
 #include "kafka_out.h"
 
 #include "mock_cluster.h"
-
-static void test_content_type(void **state)
-{
-    (void)state;
-#define CT(s) content_type_parse((s), strlen(s))
-    /* msgpack only when labelled so ... */
-    assert_int_equal(CT("application/msgpack"), PROTO_FMT_MSGPACK);
-    assert_int_equal(CT(" application/x-msgpack ; q=1"), PROTO_FMT_MSGPACK);
-    assert_int_equal(CT("Application/MsgPack"), PROTO_FMT_MSGPACK);
-    /* ... JSON whatever else the label says (SPEC §3). */
-    assert_int_equal(CT(""), PROTO_FMT_JSON);
-    assert_int_equal(CT("application/json"), PROTO_FMT_JSON);
-    assert_int_equal(CT("Application/JSON; charset=utf-8"), PROTO_FMT_JSON);
-    assert_int_equal(CT("text/plain;charset=UTF-8"), PROTO_FMT_JSON);
-    assert_int_equal(CT("application/x-www-form-urlencoded"), PROTO_FMT_JSON);
-    assert_int_equal(CT("application/xml"), PROTO_FMT_JSON);
-    assert_int_equal(CT("application/msgpackx"), PROTO_FMT_JSON);
-    assert_int_equal(CT("application/msgpac"), PROTO_FMT_JSON);
-#undef CT
-}
 
 /* ---- a real loop on 127.0.0.1 ---- */
 
@@ -644,11 +624,8 @@ int main(void)
 {
     log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_content_type),
-        cmocka_unit_test(test_pipelining),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_timeouts_and_cap),
-        cmocka_unit_test(test_leave_while_waiting),
+        cmocka_unit_test(test_pipelining),       cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_timeouts_and_cap), cmocka_unit_test(test_leave_while_waiting),
         cmocka_unit_test(test_delivery_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, mock_kafka_group_teardown);

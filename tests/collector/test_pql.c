@@ -96,6 +96,48 @@ static pql_acct_t *find(pql_t *p, const char *id)
     return pql__acct_find(pql__shard_of(p, h), h, id, strlen(id));
 }
 
+/* ---- fixtures: SPEC §6's example rules (spec_yaml, dev) and a pql_t over them ---- */
+
+typedef struct pql_fx {
+    config_t c;
+    sig_log_t sl; /* the signals, with spec_setup_capture */
+    pql_t *p;
+} pql_fx_t;
+
+static int fx_setup(void **state, bool capture)
+{
+    pql_fx_t *fx = calloc(1, sizeof *fx);
+    assert_non_null(fx);
+    char err[512], yaml[4096];
+    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
+    if (load_yaml(&fx->c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(
+        pql_new(&fx->c.pql, capture ? capture_cb : NULL, capture ? &fx->sl : NULL, &fx->p), PQL_OK);
+    *state = fx;
+    return 0;
+}
+
+/* No signal callback: for tests that feed from several threads (capture_cb is single-threaded). */
+static int spec_setup(void **state)
+{
+    return fx_setup(state, false);
+}
+
+/* Signals captured into fx->sl. */
+static int spec_setup_capture(void **state)
+{
+    return fx_setup(state, true);
+}
+
+static int spec_teardown(void **state)
+{
+    pql_fx_t *fx = *state;
+    pql_free(fx->p);
+    config_free(&fx->c);
+    free(fx);
+    return 0;
+}
+
 /* ---- config ---- */
 
 static void test_spec_example_loads_verbatim(void **state)
@@ -368,14 +410,8 @@ static void test_metrics_match_brute_force(void **state)
 /* Sketch mode: thousands of users, estimate within 3%; users leave with the window. */
 static void test_sketch_mode_active_users(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512];
-    char yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     const int n = 5000;
     for (int i = 0; i < n; i++) {
         char user[32];
@@ -401,8 +437,6 @@ static void test_sketch_mode_active_users(void **state)
     pql_stats_t st;
     pql_stats(p, &st);
     assert_true(st.bytes > sizeof(pql_hll_t) * 8);
-    pql_free(p);
-    config_free(&c);
 }
 
 /* ---- scoring, tiers, signals ---- */
@@ -424,29 +458,21 @@ static const char *json_tier(const char *json)
 
 static void test_tiers_rise_once_per_window(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512];
-    char yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    sig_log_t sl;
-    memset(&sl, 0, sizeof sl);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, capture_cb, &sl, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup_capture: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     /* "hot" account as sluice-load scripts it: activity on 5 days, 8 users, Pricing, Terms. */
     int64_t day0 = T0 + 10 * 86400000LL;
     for (int d = 4; d >= 1; d--)
         assert_int_equal(feed(p, "acme", "u0", "Report Created", day0 - d * 86400000LL), PQL_OK);
     /* 5 active days (20) only: below watching (30). */
     assert_int_equal(feed(p, "acme", "u0", "Dashboard Viewed", day0), PQL_OK);
-    assert_int_equal(sl.n, 0);
+    assert_int_equal(fx->sl.n, 0);
     assert_int_equal(feed(p, "acme", "u0", "Pricing Page Viewed", day0 + 1), PQL_OK);
-    assert_int_equal(sl.n, 1); /* 30: watching */
-    assert_string_equal(json_tier(sl.json[0]), "watching");
-    assert_non_null(strstr(sl.json[0], "\"previousTier\":null"));
-    assert_non_null(strstr(sl.json[0], "\"source\":\"web\""));
-    assert_non_null(strstr(sl.json[0], "\"userIds\":[\"u0\"]"));
+    assert_int_equal(fx->sl.n, 1); /* 30: watching */
+    assert_string_equal(json_tier(fx->sl.json[0]), "watching");
+    assert_non_null(strstr(fx->sl.json[0], "\"previousTier\":null"));
+    assert_non_null(strstr(fx->sl.json[0], "\"source\":\"web\""));
+    assert_non_null(strstr(fx->sl.json[0], "\"userIds\":[\"u0\"]"));
     for (int u = 1; u < 8; u++) {
         char user[8];
         snprintf(user, sizeof user, "u%d", u);
@@ -455,27 +481,27 @@ static void test_tiers_rise_once_per_window(void **state)
     }
     /* 3 new users in the recent day vs none before: users_velocity 3 >= 2 (20) -> warm at 50;
      * 7 users: team_of_seven (40) -> 90: hot. */
-    assert_int_equal(sl.n, 3);
-    assert_string_equal(json_tier(sl.json[1]), "warm");
-    assert_non_null(strstr(sl.json[1], "\"previousTier\":\"watching\""));
-    assert_string_equal(json_tier(sl.json[2]), "hot");
-    assert_non_null(strstr(sl.json[2], "\"previousTier\":\"warm\""));
-    assert_non_null(strstr(sl.json[2], "\"name\":\"team_of_seven\""));
-    assert_null(strstr(sl.json[2], "\"name\":\"heavy_usage\"")); /* only holding rules */
+    assert_int_equal(fx->sl.n, 3);
+    assert_string_equal(json_tier(fx->sl.json[1]), "warm");
+    assert_non_null(strstr(fx->sl.json[1], "\"previousTier\":\"watching\""));
+    assert_string_equal(json_tier(fx->sl.json[2]), "hot");
+    assert_non_null(strstr(fx->sl.json[2], "\"previousTier\":\"warm\""));
+    assert_non_null(strstr(fx->sl.json[2], "\"name\":\"team_of_seven\""));
+    assert_null(strstr(fx->sl.json[2], "\"name\":\"heavy_usage\"")); /* only holding rules */
     /* The most active users, best first, at most 5. */
     /* hot came with u6's first event: u0 and u5 have 6 events, u4 5, u3 4, u2 3, u1 2. */
-    assert_non_null(strstr(sl.json[2], "\"userIds\":[\""));
-    assert_non_null(strstr(sl.json[2], "\"u2\"]"));
-    assert_non_null(strstr(sl.json[2], "\"u0\""));
-    assert_non_null(strstr(sl.json[2], "\"u5\""));
-    assert_null(strstr(sl.json[2], "\"u1\""));
-    assert_null(strstr(sl.json[2], "\"u6\""));
+    assert_non_null(strstr(fx->sl.json[2], "\"userIds\":[\""));
+    assert_non_null(strstr(fx->sl.json[2], "\"u2\"]"));
+    assert_non_null(strstr(fx->sl.json[2], "\"u0\""));
+    assert_non_null(strstr(fx->sl.json[2], "\"u5\""));
+    assert_null(strstr(fx->sl.json[2], "\"u1\""));
+    assert_null(strstr(fx->sl.json[2], "\"u6\""));
     pql_acct_t *a = find(p, "acme");
     assert_int_equal(a->score, 20 + 10 + 20 + 40);
     /* More events: no new signal. */
     for (int i = 0; i < 50; i++)
         assert_int_equal(feed(p, "acme", "u1", "Terms Viewed", day0 + 3 * HOUR_MS), PQL_OK);
-    assert_int_equal(sl.n, 3);
+    assert_int_equal(fx->sl.n, 3);
     assert_int_equal(a->score, 20 + 10 + 20 + 40 + 15);
     /* The score falls (users_velocity lapses, days leave the window) and rises again within
      * the window: hot is not signalled twice. */
@@ -489,7 +515,7 @@ static void test_tiers_rise_once_per_window(void **state)
         assert_int_equal(feed(p, "acme", user, "Dashboard Viewed", later + u), PQL_OK);
     }
     assert_int_equal(a->tier, 0); /* hot again, silently */
-    assert_int_equal(sl.n, 3);
+    assert_int_equal(fx->sl.n, 3);
     /* A window after the last hot signal, a new rise is signalled again. */
     int64_t much_later = day0 + 9 * 86400000LL;
     for (int u = 0; u < 10; u++) {
@@ -498,18 +524,16 @@ static void test_tiers_rise_once_per_window(void **state)
         assert_int_equal(feed(p, "acme", user, "Pricing Page Viewed", much_later + u), PQL_OK);
     }
     assert_int_equal(feed(p, "acme", "u0", "Terms Viewed", much_later + 20), PQL_OK);
-    assert_true(sl.n >= 4);
+    assert_true(fx->sl.n >= 4);
     bool hot_again = false;
-    for (int i = 3; i < sl.n && i < 16; i++)
-        hot_again |= strcmp(json_tier(sl.json[i]), "hot") == 0;
+    for (int i = 3; i < fx->sl.n && i < 16; i++)
+        hot_again |= strcmp(json_tier(fx->sl.json[i]), "hot") == 0;
     assert_true(hot_again);
     pql_stats_t st;
     pql_stats(p, &st);
-    assert_int_equal(st.signals, (uint64_t)sl.n);
+    assert_int_equal(st.signals, (uint64_t)fx->sl.n);
     assert_int_equal(st.signals_by_tier[0] + st.signals_by_tier[1] + st.signals_by_tier[2],
-                     (uint64_t)sl.n);
-    pql_free(p);
-    config_free(&c);
+                     (uint64_t)fx->sl.n);
 }
 
 static void test_max_accounts_evicts_least_recent(void **state)
@@ -544,13 +568,8 @@ static void test_max_accounts_evicts_least_recent(void **state)
 
 static void test_sweep_expires_idle_accounts(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     assert_int_equal(feed(p, "old", "u", "Pricing Page Viewed", T0), PQL_OK);
     assert_int_equal(feed(p, "new", "u", "Pricing Page Viewed", T0 + 6 * 86400000LL), PQL_OK);
     assert_int_equal(find(p, "old")->score, 10);
@@ -562,19 +581,12 @@ static void test_sweep_expires_idle_accounts(void **state)
     pql_stats(p, &st);
     assert_int_equal(st.accounts, 0);
     assert_int_equal(st.bytes, 0);
-    pql_free(p);
-    config_free(&c);
 }
 
 static void test_records_round_trip(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     base_buf_t buf;
     base_buf_init(&buf, 200);
     pql_event_t ev = {"acct", 4, "user-1", 6, "Pricing Page Viewed", 19, "web", 3, T0};
@@ -592,8 +604,6 @@ static void test_records_round_trip(void **state)
     assert_int_equal(a->agg[p->agg_users], 2);
     assert_int_equal(a->score, 10);
     base_buf_free(&buf);
-    pql_free(p);
-    config_free(&c);
 }
 
 /* ---- snapshot ---- */
@@ -613,15 +623,8 @@ static char *account_json(pql_t *p, const char *id)
 
 static void test_snapshot_round_trip_and_corruption(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    sig_log_t sl;
-    memset(&sl, 0, sizeof sl);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, capture_cb, &sl, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup_capture: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     for (int i = 0; i < 300; i++) {
         char acct[16], user[16];
         snprintf(acct, sizeof acct, "a%d", i % 30);
@@ -642,7 +645,7 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     pql_stats(p, &st0);
 
     pql_t *q = NULL;
-    assert_int_equal(pql_new(&c.pql, capture_cb, &sl, &q), PQL_OK);
+    assert_int_equal(pql_new(&fx->c.pql, capture_cb, &fx->sl, &q), PQL_OK);
     assert_int_equal(pql_snapshot_load(q, path), PQL_OK);
     pql_stats_t st1;
     pql_stats(q, &st1);
@@ -657,9 +660,9 @@ static void test_snapshot_round_trip_and_corruption(void **state)
         free(y);
     }
     /* Restored signal memory: the same events do not signal again. */
-    int before = sl.n;
+    int before = fx->sl.n;
     feed(q, "a0", "u0", "Pricing Page Viewed", T0 + 300 * 20 * 60000LL);
-    assert_int_equal(sl.n, before);
+    assert_int_equal(fx->sl.n, before);
     pql_free(q);
 
     /* One flipped byte: corrupt, tracker left empty. */
@@ -670,7 +673,7 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     fseek(f, 100, SEEK_SET);
     fputc(ch ^ 0x40, f);
     fclose(f);
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &q), PQL_OK);
+    assert_int_equal(pql_new(&fx->c.pql, NULL, NULL, &q), PQL_OK);
     assert_int_equal(pql_snapshot_load(q, path), PQL_E_CORRUPT);
     pql_stats(q, &st1);
     assert_int_equal(st1.accounts, 0);
@@ -689,6 +692,7 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     /* Written under other rules: refused. */
     assert_int_equal(pql_snapshot_write(p, path, NULL), PQL_OK);
     config_t c2;
+    char err[512];
     if (load_yaml(&c2, ref_yaml, err, sizeof err) != 0) fail_msg("%s", err);
     assert_int_equal(pql_new(&c2.pql, NULL, NULL, &q), PQL_OK);
     assert_int_equal(pql_snapshot_load(q, path), PQL_E_MISMATCH);
@@ -696,19 +700,12 @@ static void test_snapshot_round_trip_and_corruption(void **state)
     config_free(&c2);
 
     unlink(path);
-    pql_free(p);
-    config_free(&c);
 }
 
 static void test_top_and_account_json(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     feed(p, "low", "u", "X", T0);
     feed(p, "mid", "u", "Pricing Page Viewed", T0);
     feed(p, "high", "u", "Pricing Page Viewed", T0);
@@ -739,8 +736,6 @@ static void test_top_and_account_json(void **state)
     assert_int_equal(pql_top_json(p, 3, &small), PQL_E_TOO_LARGE);
     base_buf_free(&small);
     base_buf_free(&out);
-    pql_free(p);
-    config_free(&c);
 }
 
 /* Two feeders on overlapping accounts (run under TSan by tests/run.sh) and the snapshot worker
@@ -766,13 +761,8 @@ static void *feeder_main(void *arg)
 
 static void test_concurrent_feeders_and_saver(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     char path[] = "/tmp/sluice_test_pql_saver_XXXXXX";
     int fd = mkstemp(path);
     close(fd);
@@ -798,13 +788,11 @@ static void test_concurrent_feeders_and_saver(void **state)
     }
     assert_int_equal(total, 40000);
     pql_t *q = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &q), PQL_OK);
+    assert_int_equal(pql_new(&fx->c.pql, NULL, NULL, &q), PQL_OK);
     assert_int_equal(pql_snapshot_load(q, path), PQL_OK);
     assert_int_equal(find(q, "c7")->agg[0], 800);
     unlink(path);
     pql_free(q);
-    pql_free(p);
-    config_free(&c);
 }
 
 /* ---- worker walks hold each shard lock only briefly (regression: the snapshot and the sweep
@@ -841,13 +829,8 @@ static void walk_probe_hook(void *ud)
 
 static void test_walks_release_shard_locks_between_chunks(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     const int n = 6000;
     for (int i = 0; i < n; i++) {
         char acct[32];
@@ -876,7 +859,7 @@ static void test_walks_release_shard_locks_between_chunks(void **state)
     /* Every account present at the start written exactly once (a duplicate would fail the
      * load), the ones created during the walk not: the loaded tracker has exactly n. */
     pql_t *q = NULL;
-    assert_int_equal(pql_new(&c.pql, NULL, NULL, &q), PQL_OK);
+    assert_int_equal(pql_new(&fx->c.pql, NULL, NULL, &q), PQL_OK);
     assert_int_equal(pql_snapshot_load(q, path), PQL_OK);
     pql_stats_t st;
     pql_stats(q, &st);
@@ -902,8 +885,6 @@ static void test_walks_release_shard_locks_between_chunks(void **state)
     assert_true(out.len > 0);
     base_buf_free(&out);
     unlink(path);
-    pql_free(p);
-    config_free(&c);
 }
 
 /* The feeder thread: records submitted from two threads are all counted once pql_feeder_stop
@@ -937,15 +918,8 @@ static void *submitter_main(void *arg)
 
 static void test_feeder_thread_counts_everything_submitted(void **state)
 {
-    (void)state;
-    config_t c;
-    char err[512], yaml[4096];
-    snprintf(yaml, sizeof yaml, "dev: true\n%s", spec_yaml);
-    if (load_yaml(&c, yaml, err, sizeof err) != 0) fail_msg("%s", err);
-    sig_log_t sl;
-    memset(&sl, 0, sizeof sl);
-    pql_t *p = NULL;
-    assert_int_equal(pql_new(&c.pql, capture_cb, &sl, &p), PQL_OK);
+    pql_fx_t *fx = *state; /* spec_setup_capture: SPEC §6's rules, dev */
+    pql_t *p = fx->p;
     assert_int_equal(pql_feeder_start(p, 64ull << 20), PQL_OK);
     assert_int_equal(pql_feeder_start(p, 64ull << 20), PQL_E_INVALID);
     pthread_t th[2];
@@ -970,8 +944,8 @@ static void test_feeder_thread_counts_everything_submitted(void **state)
     assert_int_equal(total, 2 * 200 * 50);
     pql_stats_t st;
     pql_stats(p, &st);
-    assert_true(sl.n >= 10); /* every account rose at least once, on the feeder thread */
-    assert_int_equal((uint64_t)sl.n, st.signals);
+    assert_true(fx->sl.n >= 10); /* every account rose at least once, on the feeder thread */
+    assert_int_equal((uint64_t)fx->sl.n, st.signals);
     assert_int_equal(st.queue_bytes, 0);
     assert_int_equal(st.queue_dropped, 0);
 
@@ -992,8 +966,6 @@ static void test_feeder_thread_counts_everything_submitted(void **state)
     pql_feeder_stop(p);
     pql_feeder_stop(p); /* idempotent */
     assert_null(find(p, "full"));
-    pql_free(p);
-    config_free(&c);
 }
 
 int main(void)
@@ -1003,16 +975,22 @@ int main(void)
         cmocka_unit_test(test_config_errors_name_the_line),
         cmocka_unit_test(test_config_diff_reports_pql_changes),
         cmocka_unit_test(test_metrics_match_brute_force),
-        cmocka_unit_test(test_sketch_mode_active_users),
-        cmocka_unit_test(test_tiers_rise_once_per_window),
+        cmocka_unit_test_setup_teardown(test_sketch_mode_active_users, spec_setup, spec_teardown),
+        cmocka_unit_test_setup_teardown(test_tiers_rise_once_per_window, spec_setup_capture,
+                                        spec_teardown),
         cmocka_unit_test(test_max_accounts_evicts_least_recent),
-        cmocka_unit_test(test_sweep_expires_idle_accounts),
-        cmocka_unit_test(test_records_round_trip),
-        cmocka_unit_test(test_snapshot_round_trip_and_corruption),
-        cmocka_unit_test(test_top_and_account_json),
-        cmocka_unit_test(test_concurrent_feeders_and_saver),
-        cmocka_unit_test(test_walks_release_shard_locks_between_chunks),
-        cmocka_unit_test(test_feeder_thread_counts_everything_submitted),
+        cmocka_unit_test_setup_teardown(test_sweep_expires_idle_accounts, spec_setup,
+                                        spec_teardown),
+        cmocka_unit_test_setup_teardown(test_records_round_trip, spec_setup, spec_teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_round_trip_and_corruption, spec_setup_capture,
+                                        spec_teardown),
+        cmocka_unit_test_setup_teardown(test_top_and_account_json, spec_setup, spec_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_feeders_and_saver, spec_setup,
+                                        spec_teardown),
+        cmocka_unit_test_setup_teardown(test_walks_release_shard_locks_between_chunks, spec_setup,
+                                        spec_teardown),
+        cmocka_unit_test_setup_teardown(test_feeder_thread_counts_everything_submitted,
+                                        spec_setup_capture, spec_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
