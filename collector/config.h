@@ -92,7 +92,7 @@ typedef struct config {
 
     uint32_t shutdown_timeout_ms; /* graceful drain bound, 10 s */
 
-    struct filter_set *filters; /* `filters:` compiled by filter.c; NULL when absent */
+    struct filter_set *filters; /* `filters:` compiled by filter_config.c; NULL when absent */
 
     /* dedup (SPEC §5) */
     uint32_t dedup_window_ms;            /* 1 h; 0 = off */

@@ -2,7 +2,7 @@
  * pql_config.h — PQL's section of the collector's config (SPEC §6): the pql.* settings, the
  * tiers and the rules as loaded. pql_config.c parses pql.tiers and pql.rules itself (they are
  * sections of config.c's table, see config_yaml.h), so a new metric touches only this module and
- * the scoring in pql.c. Rules are compiled by pql_new(), not here.
+ * the scoring in pql_score.c. Rules are compiled by pql_new(), not here.
  */
 #ifndef SLUICE_PQL_CONFIG_H
 #define SLUICE_PQL_CONFIG_H
