@@ -54,8 +54,10 @@
  * key's messages keep their order. Rejected and PQL messages (low volume), keyless messages,
  * a non-keyed partitioner, and events produced before lane 0 has read the partition count go
  * through lane 0 with librdkafka's own partitioning. Each lane has 1/N of the queue caps and
- * its own poll thread; health (brokers down, deliveries failing) is shared, a fatal error
- * replaces only the lane it hit (the collector reports "down" until then).
+ * its own poll thread. "All brokers down" is tracked per lane (Kafka counts as down while any
+ * lane is: a late success report of one producer must not hide the outage another reported),
+ * cleared by that lane's next delivery or by lane 0's probe; "deliveries failing" is shared; a
+ * fatal error replaces only the lane it hit (the collector reports "down" until then).
  *
  * Queue accounting: librdkafka enforces queue.buffering.max.kbytes itself (produce answers
  * __QUEUE_FULL); the byte count kept here (key + value of every message not yet reported)
@@ -144,6 +146,10 @@ typedef struct kafka_lane {
     rd_kafka_topic_t *rkt[KAFKA_NTOPICS];
     atomic_int fatal; /* rd_kafka_resp_err_t underlying the fatal error, 0 if none */
     char fatal_reason[2 * KAFKA_REASON_MAX];
+    /* __ALL_BROKERS_DOWN seen by this producer, no delivery or probe success since. Per lane:
+     * a lane's late success report must not hide another lane's outage (each producer raises
+     * __ALL_BROKERS_DOWN once per outage). Changed through kafka_lane_down() only. */
+    atomic_bool down;
 
     pthread_t poll_thread;
     bool poll_started;
@@ -189,7 +195,7 @@ struct kafka_out {
     /* Health, shared by the lanes. */
     atomic_uint fatal_lanes;     /* lanes whose producer is in a fatal state */
     atomic_uint recreated;       /* producers replaced after a fatal error */
-    atomic_bool brokers_down;    /* __ALL_BROKERS_DOWN seen, no success since */
+    atomic_uint lanes_down;      /* lanes with __ALL_BROKERS_DOWN seen and no success since */
     atomic_int delivery_failing; /* error of the last failed report, 0 after a success */
 
     /* log_cb limiter (any librdkafka thread). */
@@ -263,6 +269,16 @@ void kafka_group_report(kafka_group_t *g, unsigned delivered, unsigned failed, i
 
 /* ---- librdkafka callbacks -------------------------------------------------------------- */
 
+/* Any thread: marks lane down or up, keeping ko->lanes_down the count of lanes down. */
+static void kafka_lane_down(kafka_lane_t *lane, bool down)
+{
+    if (atomic_exchange(&lane->down, down) == down) return;
+    if (down)
+        atomic_fetch_add(&lane->ko->lanes_down, 1u);
+    else
+        atomic_fetch_sub(&lane->ko->lanes_down, 1u);
+}
+
 /* A lane's poll thread (or kafka_out_free's thread after the poll threads are gone). Reports of
  * a replaced producer count for their groups and metrics, not for health. */
 static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -277,7 +293,7 @@ static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         metrics_add(METRIC_KAFKA_DELIVERED, 1);
         if (current) {
             atomic_store(&ko->delivery_failing, 0);
-            atomic_store(&ko->brokers_down, false);
+            kafka_lane_down(lane, false);
         }
         if (g != NULL) atomic_fetch_add(&g->delivered, 1u);
     } else {
@@ -319,7 +335,7 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
             LI("producer", lane->index), LI("recreate_in_ms", kafka_recreate_delay_ms));
         return;
     }
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) atomic_store(&ko->brokers_down, true);
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) kafka_lane_down(lane, true);
 
     int64_t now = base_mono_ms();
     if (err == lane->errlog_code && now - lane->errlog_last_ms < KAFKA_ERRLOG_REPEAT_MS) {
@@ -363,7 +379,7 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
 
 static bool kafka_unhealthy(kafka_out_t *ko)
 {
-    return atomic_load(&ko->brokers_down) || atomic_load(&ko->delivery_failing) != 0;
+    return atomic_load(&ko->lanes_down) != 0 || atomic_load(&ko->delivery_failing) != 0;
 }
 
 /* Metadata of the events topic from lane's producer, bounded by timeout_ms. Returns the
@@ -469,7 +485,8 @@ static void *kafka_poll_main(void *arg)
         if (probe) {
             lane->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
             if (led) {
-                atomic_store(&ko->brokers_down, false);
+                for (unsigned i = 0; i < ko->n_lanes; i++)
+                    kafka_lane_down(&ko->lane[i], false);
                 atomic_store(&ko->delivery_failing, 0);
                 LOG(LOG_INFO, "kafka_reachable", LS("bootstrap", ko->bootstrap));
             }
@@ -764,7 +781,7 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
     atomic_init(&ko->stopping, false);
     atomic_init(&ko->queued_bytes, 0u);
     atomic_init(&ko->fatal_lanes, 0u);
-    atomic_init(&ko->brokers_down, false);
+    atomic_init(&ko->lanes_down, 0u);
     atomic_init(&ko->delivery_failing, 0);
     atomic_init(&ko->rdlog_last_ms, INT64_MIN / 2);
     atomic_init(&ko->rdlog_suppressed, 0u);
@@ -773,6 +790,7 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
         lane->ko = ko;
         lane->index = i;
         atomic_init(&lane->fatal, 0);
+        atomic_init(&lane->down, false);
         lane->errlog_last_ms = INT64_MIN / 2;
     }
 
@@ -929,7 +947,7 @@ bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
         return false;
     }
     if (atomic_load(&ko->stopping)) return kafka_not_ready(why, whylen, "kafka producer stopped");
-    if (atomic_load(&ko->brokers_down))
+    if (atomic_load(&ko->lanes_down) != 0)
         return kafka_not_ready(why, whylen, "all kafka brokers down");
     if ((derr = atomic_load(&ko->delivery_failing)) != 0)
         return kafka_not_ready(why, whylen, "kafka deliveries failing: %s",
@@ -945,7 +963,7 @@ bool kafka_out_ready(kafka_out_t *ko, char *why, size_t whylen)
 
 bool kafka_out_down(kafka_out_t *ko)
 {
-    return atomic_load(&ko->fatal_lanes) != 0 || atomic_load(&ko->brokers_down) ||
+    return atomic_load(&ko->fatal_lanes) != 0 || atomic_load(&ko->lanes_down) != 0 ||
            atomic_load(&ko->stopping);
 }
 

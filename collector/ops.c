@@ -51,9 +51,9 @@ void ops_readyz_cb(http_conn_t *c, const route_t *r)
         if (rc == 0) rc = proto_json_str(&out, kafka_why, strnlen(kafka_why, sizeof kafka_why));
         if (rc == 0)
             rc = base_buf_printf(&out,
-                                 ",\"spool\":{\"bytes\":%" PRIu64 ",\"records\":%" PRIu64
-                                 ",\"oldest_age_seconds\":%.3f}",
-                                 st.bytes, st.records, st.oldest_age_s);
+                                 ",\"spool\":{\"bytes\":%" PRIu64 ",\"max_bytes\":%" PRIu64
+                                 ",\"records\":%" PRIu64 ",\"oldest_age_seconds\":%.3f}",
+                                 st.bytes, st.max_bytes, st.records, st.oldest_age_s);
     }
     if (rc == 0) rc = BASE_BUF_LIT(&out, "}");
     http_respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);

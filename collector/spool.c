@@ -281,6 +281,7 @@ void spool_stats(spool_t *sp, spool_stats_t *st)
     int64_t oldest = atomic_load(&sp->oldest_ms);
     int64_t now = base_wall_ms();
     st->oldest_age_s = st->records > 0 && oldest > 0 && now > oldest ? (now - oldest) / 1000.0 : 0;
+    st->max_bytes = sp->o.max_bytes;
 }
 
 static double gauge_bytes(void *ud)
@@ -305,10 +306,17 @@ bool spool_busy(const spool_t *sp)
     return atomic_load(&((spool_t *)sp)->pending) > 0;
 }
 
+/* Free bytes below which the spool counts as full for /readyz and fail fast: with less, most
+ * requests would be refused by spool_submit anyway (measured: /readyz said ready with 2 KiB of
+ * 1 MiB left while every request got 503). An eighth of the cap, at most SPOOL_ROOM_RESERVE. */
+#define SPOOL_ROOM_RESERVE ((uint64_t)1 << 20)
+
 bool spool_has_room(const spool_t *sp)
 {
+    uint64_t reserve = sp->o.max_bytes / 8;
+    if (reserve > SPOOL_ROOM_RESERVE) reserve = SPOOL_ROOM_RESERVE;
     return !atomic_load(&((spool_t *)sp)->stopped) &&
-           atomic_load(&((spool_t *)sp)->used) < sp->o.max_bytes;
+           atomic_load(&((spool_t *)sp)->used) + reserve < sp->o.max_bytes;
 }
 
 /* ---- recovery -------------------------------------------------------------------------- */

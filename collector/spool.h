@@ -150,13 +150,15 @@ int spool_submit(spool_t *sp, spool_batch_t *b);
 /* True while records are spooled and not yet delivered (or queued for the writer): new messages
  * must go to the spool too, behind them. */
 bool spool_busy(const spool_t *sp);
-/* True when the spool is below max_bytes (a request can be taken). */
+/* True when the spool has room for a request: more than min(max_bytes / 8, 1 MiB) free (below
+ * that most requests would not fit; /readyz and fail fast treat it as full). */
 bool spool_has_room(const spool_t *sp);
 
 typedef struct spool_stats {
     uint64_t bytes;      /* on disk (live segments) plus queued for the writer */
     uint64_t records;    /* spooled and not yet delivered */
     double oldest_age_s; /* 0 when nothing is spooled */
+    uint64_t max_bytes; /* the cap (spool.max_bytes): at it, requests that need the spool get 503 */
 } spool_stats_t;
 void spool_stats(spool_t *sp, spool_stats_t *st);
 
