@@ -195,11 +195,17 @@ int dedup_snapshot_load(dedup_t *d, const char *dir)
     /* Pass 1: checksum of everything but the last 8 bytes. */
     XXH3_64bits_reset(h);
     XXH3_64bits_update(h, hdr, sizeof hdr);
-    uint64_t left = size - sizeof hdr - 8;
+    /* The same pass checks every record's generation index, so that pass 2 never meets a bad
+     * record after it has inserted entries (DEDUP_E_CORRUPT leaves d empty). */
+    uint64_t left = size - sizeof hdr - 8, pos = sizeof hdr;
+    uint64_t gi_at = head + 8, recs_end = head + n_recs * SNAP_REC;
     while (left > 0) {
         size_t want = left > (1 << 20) ? (1 << 20) : (size_t)left;
         if (fread(buf, 1, want, f) != want) goto out;
         XXH3_64bits_update(h, buf, want);
+        for (; gi_at < recs_end && gi_at < pos + want; gi_at += SNAP_REC)
+            if (gi_at >= pos && buf[gi_at - pos] >= n_gens) goto out;
+        pos += want;
         left -= want;
     }
     if (fread(tail, 1, 8, f) != 8 || get_u64(tail) != XXH3_64bits_digest(h)) goto out;

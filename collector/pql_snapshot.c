@@ -187,7 +187,9 @@ static void clear_all(pql_t *p)
     }
 }
 
-/* One account from r into the tracker. Returns false on a malformed record. */
+/* One account from r into the tracker. Returns false on a malformed record (r->bad set: an empty
+ * or repeated account id, slots out of order, a truncated field) or when memory ran out
+ * (r->bad left clear), so the caller can tell PQL_E_CORRUPT from PQL_E_NOMEM. */
 static bool acct_restore(pql_t *p, rbuf_t *r)
 {
     uint8_t len = 0, flags = 0;
@@ -195,13 +197,18 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
     rb_get(r, &len, 1);
     rb_get(r, id, len);
     rb_get(r, &flags, 1);
-    if (r->bad || len == 0) return false;
+    if (len == 0) r->bad = true;
+    if (r->bad) return false;
     uint64_t h = XXH3_64bits(id, len);
     pql_shard_t *sh = pql__shard_of(p, h);
     pthread_mutex_lock(&sh->mu);
     bool ok = false;
-    pql_acct_t *a =
-        pql__acct_find(sh, h, id, len) == NULL ? pql__acct_create(p, sh, h, id, len) : NULL;
+    pql_acct_t *a = NULL;
+    if (pql__acct_find(sh, h, id, len) != NULL) {
+        r->bad = true; /* the same account twice */
+        goto out;
+    }
+    a = pql__acct_create(p, sh, h, id, len);
     if (a == NULL) goto out;
     rb_get(r, &a->head, 4);
     uint16_t n = 0;
@@ -258,7 +265,10 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
     }
     if (r->bad) goto out;
     for (uint16_t i = 1; i < a->n_slots; i++)
-        if (pql__slot_at(p, a, i)[0] <= pql__slot_at(p, a, i - 1)[0]) goto out;
+        if (pql__slot_at(p, a, i)[0] <= pql__slot_at(p, a, i - 1)[0]) {
+            r->bad = true; /* buckets out of order */
+            goto out;
+        }
     pql__recompute(p, a);
     a->score = pql__score_of(p, a);
     pql__acct_remeasure(p, a);
@@ -317,7 +327,9 @@ int pql_snapshot_load(pql_t *p, const char *path)
                 rc = PQL_E_CORRUPT;
             else if (mark == 0)
                 break;
-            else if (mark != 1 || !acct_restore(p, &r))
+            else if (mark != 1)
+                rc = PQL_E_CORRUPT; /* neither an account (1) nor the end (0) */
+            else if (!acct_restore(p, &r))
                 rc = r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
             else
                 got++;
