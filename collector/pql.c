@@ -174,6 +174,7 @@ int pql_new(const pql_config_t *cfg, pql_signal_cb cb, void *ud, pql_t **out)
         pthread_mutex_init(&sh->mu, NULL);
         sh->max = per + (s < extra ? 1 : 0);
         if (sh->max == 0) sh->max = 1;
+        base_buf_init(&sh->gone, 0); /* no tombstones kept until pql_changes_track */
         sh->cap = 64;
         sh->tab = calloc(sh->cap, sizeof *sh->tab);
         if (sh->tab == NULL) rc = PQL_E_NOMEM;
@@ -219,6 +220,7 @@ void pql_free(pql_t *p)
             }
         }
         free(sh->tab);
+        base_buf_free(&sh->gone);
         pthread_mutex_destroy(&sh->mu);
     }
     for (size_t i = 0; i < PQL_MAX_SETS; i++) {
@@ -291,17 +293,53 @@ pql_acct_t *pql__acct_find(pql_shard_t *sh, uint64_t h, const char *id, size_t l
     return NULL;
 }
 
-void pql__acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a)
+/* tombstone: whether the changelog must learn of the removal (pql__acct_forget: no, the
+ * changelog already says so or is about to be overwritten). */
+static void acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a, bool tombstone)
 {
     pql_acct_t **pp = &sh->tab[(a->h >> PQL_SHARD_BITS) & (sh->cap - 1)];
     while (*pp != a)
         pp = &(*pp)->hnext;
     *pp = a->hnext;
     pql__lru_unlink(sh, a);
+    if (p->track) {
+        if (a->dirty) {
+            if (a->dprev)
+                a->dprev->dnext = a->dnext;
+            else
+                sh->dirty_head = a->dnext;
+            if (a->dnext) a->dnext->dprev = a->dprev;
+        }
+        /* The tombstone for the changelog; at the buffer's cap it is lost (counted): the
+         * changelog then keeps a stale account, which a restore loads and the next sweep
+         * expires again. */
+        uint8_t l = a->id_len;
+        if (tombstone) {
+            if (sh->gone.len + 1u + l > sh->gone.max)
+                atomic_fetch_add_explicit(&p->gone_lost, 1, memory_order_relaxed);
+            else if (base_buf_reserve(&sh->gone, 1u + l) != BASE_OK)
+                atomic_fetch_add_explicit(&p->gone_lost, 1, memory_order_relaxed);
+            else {
+                sh->gone.data[sh->gone.len] = (char)l;
+                memcpy(sh->gone.data + sh->gone.len + 1, a->id, l);
+                sh->gone.len += 1u + l;
+            }
+        }
+    }
     sh->n--;
     atomic_fetch_sub_explicit(&p->n_accounts, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->bytes, a->bytes, memory_order_relaxed);
     acct_free(a);
+}
+
+void pql__acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a)
+{
+    acct_remove(p, sh, a, true);
+}
+
+void pql__acct_forget(pql_t *p, pql_shard_t *sh, pql_acct_t *a)
+{
+    acct_remove(p, sh, a, false);
 }
 
 static void shard_grow(pql_shard_t *sh)
@@ -478,6 +516,7 @@ static void sweep_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
     } else {
         (void)pql__evaluate(p, a, NULL, NULL); /* a fall: no signal */
         pql__acct_remeasure(p, a);
+        pql__acct_touched(p, sh, a);
     }
 }
 

@@ -195,6 +195,55 @@ int pql_saver_start(pql_t *p, const char *path, uint32_t interval_ms, pql_saver_
  * sluice_pql_snapshot_errors_total. */
 int pql_saver_stop(pql_saver_t *s);
 
+/* ---- changelog (sluice-stream, SPEC section 10) ----
+ * One account's state as bytes, to be written to a compacted topic keyed by account and read
+ * back into another tracker (another worker, after a rebalance). The value is the snapshot's
+ * account record behind an 11-byte header (magic, version, the rules' fingerprint): a value
+ * written under other rules or window is refused (PQL_E_MISMATCH). Native byte order.
+ *
+ * pql_changes_track: from now on the tracker remembers which accounts changed (fed, or moved by
+ * pql_sweep) and which were removed (expired by pql_sweep, evicted at pql.max_accounts, dropped)
+ * since the last pql_changes_flush. Call once, right after pql_new, before any feed (the
+ * collector never calls it; its cost is then nil). max_tombstone_bytes (>= 64 KiB) bounds the
+ * removed ids kept between two flushes (1 + id bytes each, spread over the shards): beyond it a
+ * tombstone is lost and counted (pql_changes_lost) — the changelog then keeps a stale account
+ * that a restore loads and the next sweep expires again. PQL_OK or PQL_E_INVALID (called twice,
+ * bound too small). */
+int pql_changes_track(pql_t *p, uint64_t max_tombstone_bytes);
+uint64_t pql_changes_lost(pql_t *p);
+
+/* emit gets one change: state/slen the account's value (pql_account_export's bytes), or NULL/0
+ * for a tombstone (the account is gone). account/state are valid only during the call; emit
+ * must not call back into p. Returns 0 to go on, anything else stops the flush. */
+typedef int (*pql_change_fn)(void *ud, const char *account, size_t alen, const void *state,
+                             size_t slen);
+typedef struct pql_changes_stats {
+    uint64_t values, tombstones, bytes; /* bytes: ids + values handed to emit */
+} pql_changes_stats_t;
+/* Hands every change since the last flush to emit, shard by shard: a shard's changes are copied
+ * into scratch under its lock (bounded by the accounts changed since the last flush; scratch's
+ * max bounds it: PQL_E_TOO_LARGE) and emitted without any lock. Returns PQL_OK, PQL_E_INVALID
+ * (not tracking), PQL_E_NOMEM / PQL_E_TOO_LARGE (scratch), or emit's non-zero value. After a
+ * failure the changes already copied out are no longer pending: the caller must treat the
+ * tracker's changelog as broken and rebuild it (sluice-stream aborts its transaction and
+ * restores the partition from the changelog). st (may be NULL) counts what was emitted. */
+int pql_changes_flush(pql_t *p, base_buf_t *scratch, pql_change_fn emit, void *ud,
+                      pql_changes_stats_t *st);
+
+/* Appends account id's value to out. PQL_E_NOTFOUND, PQL_E_NOMEM / PQL_E_TOO_LARGE (out full:
+ * out is left as it was). Thread-safe (one shard lock, for the copy). */
+int pql_account_export(pql_t *p, const char *id, size_t len, base_buf_t *out);
+/* Loads one value (from pql_account_export or pql_changes_flush), replacing the account of the
+ * same id if tracked. PQL_OK, PQL_E_CORRUPT (not a value of this version, malformed),
+ * PQL_E_MISMATCH (written under other rules or window), PQL_E_NOMEM; on failure no account of
+ * that id is left tracked. An imported account is not "changed" (it is what the changelog
+ * holds); at pql.max_accounts the import evicts the least recently active account as a feed
+ * would. Thread-safe. */
+int pql_account_import(pql_t *p, const void *state, size_t len);
+/* Forgets account id (a tombstone read back from the changelog: no tombstone is written back).
+ * PQL_OK, PQL_E_NOTFOUND, PQL_E_INVALID. */
+int pql_account_drop(pql_t *p, const char *id, size_t len);
+
 typedef struct pql_stats {
     uint64_t accounts, bytes, evictions, expired, late, signals;
     uint64_t queue_bytes, queue_dropped;            /* pql_submit */

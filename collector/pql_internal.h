@@ -9,7 +9,8 @@
  *   pql_feeder.c    records handed over by the loops (pql_submit) and the feeder thread
  *   pql_admin.c     the admin answers: one account, the top accounts (JSON)
  *   pql_hll.c       HyperLogLog (pql_hll.h)
- *   pql_snapshot.c  the snapshot file format: write and load
+ *   pql_snapshot.c  the snapshot file format: write and load; one account's record
+ *   pql_changelog.c per-account export/import and the changed/removed accounts (sluice-stream)
  *   pql_saver.c     the snapshot worker (base_worker)
  */
 #ifndef SLUICE_PQL_INTERNAL_H
@@ -84,6 +85,7 @@ typedef struct pql_acct pql_acct_t;
 struct pql_acct {
     pql_acct_t *hnext;
     pql_acct_t *lprev, *lnext; /* shard LRU: head most recent */
+    pql_acct_t *dprev, *dnext; /* shard dirty list (changelog tracking), valid while dirty */
     uint64_t h;
     uint32_t head;      /* newest bucket */
     uint32_t *slots;    /* n_slots x stride: bucket, counts[n_sets] */
@@ -99,6 +101,7 @@ struct pql_acct {
     int8_t tier;
     uint8_t walk_gen; /* the last worker walk that visited it (see shard_walk) */
     uint8_t id_len;
+    uint8_t dirty; /* on the shard's dirty list: changed since the last pql_changes_flush */
     char id[];
 };
 
@@ -107,7 +110,9 @@ typedef struct pql_shard {
     pql_acct_t **tab;
     size_t cap, n, max;
     pql_acct_t *lru_head, *lru_tail;
-    pql_acct_t *cursor; /* a walk's next account (towards lru_head), kept valid by lru_unlink */
+    pql_acct_t *cursor;     /* a walk's next account (towards lru_head), kept valid by lru_unlink */
+    pql_acct_t *dirty_head; /* changelog tracking: accounts changed since the last flush */
+    base_buf_t gone;        /* changelog tracking: ids (len byte + id) removed since then */
 } pql_shard_t;
 
 /* Records handed over by pql_submit: a lock-free stack (push CAS, take-all exchange). */
@@ -152,6 +157,9 @@ struct pql {
     bool feeder_on;
     bool orphaned; /* a saver stop timed out: its tick may still use p, never freed */
     pthread_t feeder;
+    /* Changelog tracking (pql_changes_track): off in the collector. */
+    bool track;
+    _Atomic uint64_t gone_lost; /* tombstones not kept (the gone buffer at its cap) */
 };
 
 typedef void (*walk_visit_fn)(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud);
@@ -162,6 +170,7 @@ pql_acct_t *pql__acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char *
 pql_acct_t *pql__acct_find(pql_shard_t *sh, uint64_t h, const char *id, size_t len);
 void pql__acct_remeasure(pql_t *p, pql_acct_t *a);
 void pql__acct_remove(pql_t *p, pql_shard_t *sh, pql_acct_t *a);
+void pql__acct_forget(pql_t *p, pql_shard_t *sh, pql_acct_t *a); /* no tombstone */
 void pql__recompute(pql_t *p, pql_acct_t *a);
 uint32_t pql__score_of(const pql_t *p, const pql_acct_t *a);
 pql_shard_t *pql__shard_of(pql_t *p, uint64_t h);
@@ -174,6 +183,9 @@ void pql__lru_front(pql_shard_t *sh, pql_acct_t *a);
 struct pql_sig;
 bool pql__evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, struct pql_sig *sg);
 json_t *pql__rules_json(const pql_t *p, const pql_acct_t *a, bool only_holding);
+void pql__acct_touched(pql_t *p, pql_shard_t *sh, pql_acct_t *a);
+void pql__acct_serialize(const pql_t *p, const pql_acct_t *a, base_buf_t *b, int *rc);
+int pql__acct_restore(pql_t *p, const unsigned char *d, size_t len, size_t *used, bool replace);
 double pql__users_active(const pql_t *p, const pql_acct_t *a);
 json_t *pql__users_json(const pql_acct_t *a, size_t k);
 

@@ -562,6 +562,7 @@ int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
 out:
     if (rc != PQL_OK && slow) pql__recompute(p, a); /* keep the aggregates true to the buckets */
     if (slow || grew || rc != PQL_OK) pql__acct_remeasure(p, a);
+    pql__acct_touched(p, sh, a);
     pthread_mutex_unlock(&sh->mu);
     if (sig && p->cb != NULL) {
         size_t jlen = 0;

@@ -35,31 +35,37 @@ static void wb_put(wbuf_t *w, const void *src, size_t n)
     if (w->rc == BASE_OK) w->rc = base_buf_append(&w->b, src, n);
 }
 
-static void acct_serialize(const pql_t *p, const pql_acct_t *a, wbuf_t *w)
+/* One account's record (the layout in the file comment), appended to b. Sticky: does nothing
+ * when *rc is not BASE_OK, and keeps the first append's error there. Shared with the changelog
+ * (pql_changelog.c): the same record is one account's changelog value. */
+void pql__acct_serialize(const pql_t *p, const pql_acct_t *a, base_buf_t *b, int *rc)
 {
+    wbuf_t w = {*b, *rc};
     uint8_t flags = (a->sk != NULL) | (a->tier_sig != NULL) << 1;
-    wb_put(w, &a->id_len, 1);
-    wb_put(w, a->id, a->id_len);
-    wb_put(w, &flags, 1);
-    wb_put(w, &a->head, 4);
-    wb_put(w, &a->n_slots, 2);
-    wb_put(w, a->slots, (size_t)a->n_slots * p->stride * 4);
-    wb_put(w, &a->n_users, 2);
-    wb_put(w, a->users, (size_t)a->n_users * sizeof(pql_user_t));
+    wb_put(&w, &a->id_len, 1);
+    wb_put(&w, a->id, a->id_len);
+    wb_put(&w, &flags, 1);
+    wb_put(&w, &a->head, 4);
+    wb_put(&w, &a->n_slots, 2);
+    wb_put(&w, a->slots, (size_t)a->n_slots * p->stride * 4);
+    wb_put(&w, &a->n_users, 2);
+    wb_put(&w, a->users, (size_t)a->n_users * sizeof(pql_user_t));
     if (a->sk != NULL) {
-        wb_put(w, a->sk->day_of, p->n_days * 4);
+        wb_put(&w, a->sk->day_of, p->n_days * 4);
         for (uint32_t i = 0; i < p->n_days; i++)
-            if (a->sk->day_of[i] != UINT32_MAX) wb_put(w, a->sk->days[i].reg, PQL_HLL_M);
+            if (a->sk->day_of[i] != UINT32_MAX) wb_put(&w, a->sk->days[i].reg, PQL_HLL_M);
     }
-    if (a->tier_sig != NULL) wb_put(w, a->tier_sig, p->n_tiers * 4);
+    if (a->tier_sig != NULL) wb_put(&w, a->tier_sig, p->n_tiers * 4);
     int8_t tier = a->tier;
-    wb_put(w, &tier, 1);
-    wb_put(w, &a->n_top, 1);
+    wb_put(&w, &tier, 1);
+    wb_put(&w, &a->n_top, 1);
     for (uint8_t i = 0; i < a->n_top; i++) {
-        wb_put(w, &a->top[i].len, 1);
-        wb_put(w, a->top[i].id, a->top[i].len);
-        wb_put(w, &a->top[i].count, 4);
+        wb_put(&w, &a->top[i].len, 1);
+        wb_put(&w, a->top[i].id, a->top[i].len);
+        wb_put(&w, &a->top[i].count, 4);
     }
+    *b = w.b;
+    *rc = w.rc;
 }
 
 typedef struct snap_walk {
@@ -78,7 +84,7 @@ static void snap_visit(pql_t *p, pql_shard_t *sh, pql_acct_t *a, void *ud)
     if (sw->rc != PQL_OK) return; /* the walk still ends normally; the file is dropped */
     uint8_t mark = 1;
     wb_put(sw->w, &mark, 1);
-    acct_serialize(p, a, sw->w);
+    pql__acct_serialize(p, a, &sw->w->b, &sw->w->rc);
     sw->total++;
 }
 
@@ -189,8 +195,10 @@ static void clear_all(pql_t *p)
 
 /* One account from r into the tracker. Returns false on a malformed record (r->bad set: an empty
  * or repeated account id, slots out of order, a truncated field) or when memory ran out
- * (r->bad left clear), so the caller can tell PQL_E_CORRUPT from PQL_E_NOMEM. */
-static bool acct_restore(pql_t *p, rbuf_t *r)
+ * (r->bad left clear), so the caller can tell PQL_E_CORRUPT from PQL_E_NOMEM. With replace, an
+ * account already tracked under that id is replaced (a changelog holds several values per key
+ * until compaction) instead of being refused. */
+static bool acct_restore(pql_t *p, rbuf_t *r, bool replace)
 {
     uint8_t len = 0, flags = 0;
     char id[256];
@@ -204,7 +212,10 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
     pthread_mutex_lock(&sh->mu);
     bool ok = false;
     pql_acct_t *a = NULL;
-    if (pql__acct_find(sh, h, id, len) != NULL) {
+    pql_acct_t *old = pql__acct_find(sh, h, id, len);
+    if (old != NULL && replace) {
+        pql__acct_forget(p, sh, old);
+    } else if (old != NULL) {
         r->bad = true; /* the same account twice */
         goto out;
     }
@@ -274,7 +285,7 @@ static bool acct_restore(pql_t *p, rbuf_t *r)
     pql__acct_remeasure(p, a);
     ok = true;
 out:
-    if (!ok && a != NULL) pql__acct_remove(p, sh, a);
+    if (!ok && a != NULL) pql__acct_forget(p, sh, a);
     pthread_mutex_unlock(&sh->mu);
     return ok;
 }
@@ -329,7 +340,7 @@ int pql_snapshot_load(pql_t *p, const char *path)
                 break;
             else if (mark != 1)
                 rc = PQL_E_CORRUPT; /* neither an account (1) nor the end (0) */
-            else if (!acct_restore(p, &r))
+            else if (!acct_restore(p, &r, false))
                 rc = r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
             else
                 got++;
@@ -342,4 +353,12 @@ int pql_snapshot_load(pql_t *p, const char *path)
     base_buf_free(&b);
     if (rc != PQL_OK) clear_all(p);
     return rc;
+}
+
+int pql__acct_restore(pql_t *p, const unsigned char *d, size_t len, size_t *used, bool replace)
+{
+    rbuf_t r = {d, len, 0, false};
+    if (!acct_restore(p, &r, replace)) return r.bad ? PQL_E_CORRUPT : PQL_E_NOMEM;
+    *used = r.off;
+    return PQL_OK;
 }
