@@ -111,6 +111,15 @@ static const config_key_t config_keys[] = {
      "Topic of rejected events, with their reasons."},
     {"kafka.topics.pql", CT_STRING, F(topic_pql), 0, 0, "pql_signals", NULL,
      "Topic of PQL tier changes."},
+    {"kafka.topics.changelog", CT_STRING, F(topic_changelog), 0, 0, "sluice_stream_changelog", NULL,
+     "sluice-stream: its state, one record per account (PQL) and per dedup chunk; create it "
+     "compacted (cleanup.policy=compact) with as many partitions as kafka.topics.events "
+     "(partition p holds the state of events partition p; fewer partitions: the worker refuses "
+     "to start)."},
+    {"kafka.topics.events_deduped", CT_STRING, F(topic_events_deduped), 0, 0, "events_deduped",
+     NULL,
+     "sluice-stream with stream.events_deduped: the events topic's records without the "
+     "duplicates, same key, headers and partition, written exactly once."},
     {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
      "Map of librdkafka properties (string values, in order), applied after sluice's own "
      "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
@@ -156,6 +165,44 @@ static const config_key_t config_keys[] = {
     {"spool.segment_bytes", CT_SIZE, F(spool_segment_bytes), 64 * KiB, 1 * GiB, "64MiB", NULL,
      "A spool segment file is closed at this size and deleted once all its records are "
      "delivered."},
+    {"stream.group_id", CT_STRING, F(stream_group_id), 0, 0, "sluice-stream", NULL,
+     "sluice-stream: Kafka consumer group on kafka.topics.events (flag --group-id); every worker "
+     "of one fleet uses the same."},
+    {"stream.transactional_id", CT_STRING, F(stream_transactional_id), 0, 0, NULL, NULL,
+     "sluice-stream: transactional.id of the worker's producer; must be unique per worker and "
+     "stable across its restarts to fence its previous incarnation at once. Unset: "
+     "<group_id>-<hostname>-<pid> (a crashed worker's open transaction is then aborted by the "
+     "broker after stream.transaction_timeout)."},
+    {"stream.commit_interval", CT_DURATION, F(stream_commit_interval_ms), 10, 60000, "100ms", NULL,
+     "sluice-stream: a transaction (signals, changelog, events_deduped, consumed offsets) is "
+     "committed at least this often while records arrive; the latency a signal adds beyond "
+     "processing (sluice_stream_txn_commits_total)."},
+    {"stream.max_batch", CT_UINT, F(stream_max_batch), 1, 1000000, "20000", NULL,
+     "sluice-stream: records per transaction at most (then it commits early); bounds the changes "
+     "a flush writes and a restore buffers."},
+    {"stream.transaction_timeout", CT_DURATION, F(stream_txn_timeout_ms), 1000, 900000, "10s", NULL,
+     "sluice-stream: transaction.timeout.ms of its producer: how long the broker keeps a dead "
+     "worker's open transaction (which holds back read_committed readers, a restoring worker "
+     "included) before aborting it."},
+    {"stream.events_deduped", CT_BOOL, F(stream_events_deduped), 0, 0, "false", NULL,
+     "sluice-stream: also write every first-seen event to kafka.topics.events_deduped."},
+    {"stream.max_partitions", CT_UINT, F(stream_max_partitions), 1, 4096, "32", NULL,
+     "sluice-stream: each owned partition gets pql.max_accounts / max_partitions accounts and "
+     "dedup.max_memory / max_partitions bytes, so memory stays within those caps while a worker "
+     "owns at most this many partitions; beyond it the worker still takes them (a warning, "
+     "sluice_stream_partitions_owned) and its memory grows past the caps in proportion."},
+    {"stream.tombstone_bytes", CT_SIZE, F(stream_tombstone_bytes), 64 * KiB, 1 * GiB, "1MiB", NULL,
+     "sluice-stream: ids of expired/evicted PQL accounts kept per partition until the next "
+     "commit writes their tombstones; beyond it a tombstone is lost "
+     "(sluice_stream_tombstones_lost_total) and the stale account is expired again after a "
+     "restore."},
+    {"stream.admin_connections", CT_UINT, F(stream_admin_connections), 1, 10000, "64", NULL,
+     "sluice-stream: open connections of the --admin-listen listener; beyond it new ones are "
+     "answered 503 and closed."},
+    {"stream.restore_timeout", CT_DURATION, F(stream_restore_timeout_ms), 1000, 3600000, "5m", NULL,
+     "sluice-stream: reading one partition's changelog to its end on assignment must finish "
+     "within this; beyond it the worker exits 1 (its partitions move to another worker) rather "
+     "than process events on a partial state."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
@@ -1004,9 +1051,11 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                            (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
         return config_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
-    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql};
-    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql"};
-    for (int i = 0; i < 3; i++) {
+    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql, c->topic_changelog,
+                            c->topic_events_deduped};
+    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql",
+                            "kafka.topics.changelog", "kafka.topics.events_deduped"};
+    for (int i = 0; i < (int)(sizeof topics / sizeof topics[0]); i++) {
         if (topics[i] == NULL || topics[i][0] == '\0')
             return config_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
         for (int j = 0; j < i; j++)

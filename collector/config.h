@@ -84,6 +84,8 @@ typedef struct config {
     char *brokers;    /* NULL/empty: embedded mock cluster */
     int kafka_format; /* proto_format_t: msgpack (default) or json */
     char *topic_events, *topic_rejected, *topic_pql;
+    char *topic_changelog;         /* sluice-stream's state (compacted); sluice_stream_changelog */
+    char *topic_events_deduped;    /* sluice-stream's deduplicated events; events_deduped */
     config_kv_t *kafka_properties; /* passed to librdkafka as-is, after ours */
     size_t n_kafka_properties;
     uint32_t delivery_timeout_ms; /* 503 when a request's events are not delivered by then; 5 s */
@@ -102,6 +104,18 @@ typedef struct config {
     uint64_t dedup_journal_max_bytes;    /* 64 MiB: forced snapshot at it, no journal at 2x */
 
     pql_config_t pql; /* SPEC §6 */
+
+    /* stream: read by sluice-stream only (SPEC §10); the collector accepts and ignores it. */
+    char *stream_group_id;              /* consumer group; "sluice-stream" */
+    char *stream_transactional_id;      /* NULL: <group_id>-<hostname>-<pid> */
+    uint32_t stream_commit_interval_ms; /* a transaction at least this often; 100 ms */
+    uint32_t stream_max_batch;          /* records per transaction at most; 20000 */
+    uint32_t stream_txn_timeout_ms;     /* transaction.timeout.ms; 10 s */
+    bool stream_events_deduped;         /* write events_deduped; false */
+    uint32_t stream_max_partitions;     /* partitions the per-partition shares are cut for; 32 */
+    uint64_t stream_tombstone_bytes;    /* removed PQL ids kept between two flushes; 1 MiB */
+    uint32_t stream_admin_connections;  /* admin listener connections; 64 */
+    uint32_t stream_restore_timeout_ms; /* one partition's restore from the changelog; 5 min */
 
     /* spool (SPEC §4) */
     bool spool_enabled;           /* default true */

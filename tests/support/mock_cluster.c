@@ -81,6 +81,21 @@ int mock_cluster_command(mock_cluster_t *c, char *line, char *ans, size_t anslen
         return 1;
     }
     int id = 0, ms = 0;
+    if (strcmp(verb, "topic") == 0) {
+        /* "topic NAME PARTITIONS": a topic of its own partition count (the mock has no
+         * compaction: a changelog topic is an ordinary one) */
+        int parts = 0;
+        char e[256];
+        if (a1 == NULL || a2 == NULL || mock_parse_int(a2, 1, 256, &parts) != 0) {
+            snprintf(ans, anslen, "error: topic NAME PARTITIONS");
+            return 0;
+        }
+        if (mock_cluster_topic(c, a1, parts, 1, e, sizeof e) != 0)
+            snprintf(ans, anslen, "error: %s", e);
+        else
+            snprintf(ans, anslen, "ok");
+        return 0;
+    }
     if (a1 == NULL || mock_parse_int(a1, -1, 1000, &id) != 0) {
         snprintf(ans, anslen, "error: broker id expected");
         return 0;

@@ -52,8 +52,8 @@ int mock_cluster_topic(mock_cluster_t *c, const char *topic, int partitions, int
                        char *err, size_t errlen);
 /*
  * One fault command (the helper's stdin protocol, see mock_kafka.c): "down ID" (ID -1: all),
- * "up ID", "rtt ID MS", "quit". Writes the answer ("ok" or "error: why") into ans and returns 1
- * for quit, else 0. line is modified (tokenised).
+ * "up ID", "rtt ID MS", "topic NAME PARTITIONS" (creates a topic), "quit". Writes the answer ("ok"
+ * or "error: why") into ans and returns 1 for quit, else 0. line is modified (tokenised).
  */
 int mock_cluster_command(mock_cluster_t *c, char *line, char *ans, size_t anslen);
 /* Parses a decimal int in [lo, hi] (the whole of s). 0, or -1 (*out untouched). */

@@ -10,6 +10,7 @@
  *   down ID   rd_kafka_mock_broker_set_down (ID -1: all brokers)
  *   up ID     rd_kafka_mock_broker_set_up
  *   rtt ID MS rd_kafka_mock_broker_set_rtt
+ *   topic NAME PARTITIONS  creates a topic (sluice-stream's changelog, events_deduped)
  *   quit      exit 0 (EOF on stdin does the same, so a dead test never leaves the helper behind)
  * Topics events, events_rejected and pql_signals are created up front. The process ends itself
  * after SLUICE_MOCK_LIFETIME seconds (default 600) whatever happens (alarm).
