@@ -66,7 +66,8 @@ struct stream_dedup {
     size_t nruns, rcap;
     gen_rec_t *gens;
     size_t ngens, gcap;
-    unsigned char *val; /* one record's value, 16 + 8 * max_fps bytes */
+    unsigned char *val; /* one record's value: grown to the largest written, <= max record */
+    size_t vcap;
     stream_dedup_stats_t st;
 };
 
@@ -173,8 +174,7 @@ int stream_dedup_new_opts(const stream_dedup_opts_t *o, stream_dedup_t **out)
                        .max_memory = o->max_bytes,
                        .clock = engine_clock,
                        .clock_ud = d};
-    d->val = malloc(STREAM_DEDUP_HDR_LEN + d->max_fps * 8);
-    if (d->val == NULL || dedup_new(&eo, &d->dd) != DEDUP_OK) {
+    if (dedup_new(&eo, &d->dd) != DEDUP_OK) {
         stream_dedup_free(d);
         return STREAM_DEDUP_E_NOMEM;
     }
@@ -301,6 +301,13 @@ int stream_dedup_changelog(stream_dedup_t *d, stream_dedup_emit_fn emit, void *u
         for (size_t i = run->start; i < end; i += d->max_fps) {
             size_t n = end - i < d->max_fps ? end - i : (size_t)d->max_fps;
             make_key(key, d->gen_ms, run->gen, g->nseq + run->nrec);
+            size_t vlen = STREAM_DEDUP_HDR_LEN + 8 * n;
+            if (vlen > d->vcap) {
+                unsigned char *nv = realloc(d->val, vlen);
+                if (nv == NULL) return STREAM_DEDUP_E_NOMEM;
+                d->val = nv;
+                d->vcap = vlen;
+            }
             unsigned char *v = d->val;
             v[0] = 'S';
             v[1] = 'D';
@@ -310,7 +317,7 @@ int stream_dedup_changelog(stream_dedup_t *d, stream_dedup_emit_fn emit, void *u
             for (size_t j = 0; j < n; j++)
                 put_le64(v + STREAM_DEDUP_HDR_LEN + 8 * j, d->pend[i + j]);
             put_le64(v + 8, rec_sum(key, v + STREAM_DEDUP_HDR_LEN, n));
-            int rc = emit_one(d, emit, ud, key, v, STREAM_DEDUP_HDR_LEN + 8 * n);
+            int rc = emit_one(d, emit, ud, key, v, vlen);
             if (rc != STREAM_DEDUP_OK) return rc;
             run->nrec++;
             records++;
@@ -414,7 +421,7 @@ void stream_dedup_stats(stream_dedup_t *d, stream_dedup_stats_t *st)
     *st = d->st;
     st->entries = es.entries;
     st->bytes = es.bytes + d->pcap * 8 + d->rcap * sizeof(run_t) + d->gcap * sizeof(gen_rec_t) +
-                STREAM_DEDUP_HDR_LEN + d->max_fps * 8 + sizeof *d;
+                d->vcap + sizeof *d;
     st->window_s = es.window_s;
     st->evicted_by_cap = es.evicted_by_cap;
     st->pending = d->npend;

@@ -113,8 +113,9 @@ int stream_dedup_seen_first(stream_dedup_t *d, const char *src, size_t slen, con
 /* Appends the changelog records for everything remembered since the last call (and the
  * tombstones of expired state); emit returns 0 or an error that aborts the flush.
  * emit's key and val are valid only during the call (copy them: rd_kafka_producev does).
- * Returns 0, or STREAM_DEDUP_E_EMIT when emit failed: nothing is marked written, so the next
- * call emits the same records again (same keys, same values: harmless under compaction). */
+ * Returns 0, STREAM_DEDUP_E_EMIT when emit failed or STREAM_DEDUP_E_NOMEM (the record buffer
+ * could not grow): nothing is marked written, so the next call emits the same records again
+ * (same keys, same values: harmless under compaction). */
 typedef int (*stream_dedup_emit_fn)(void *ud, const void *key, size_t klen, const void *val,
                                     size_t vlen);
 int stream_dedup_changelog(stream_dedup_t *d, stream_dedup_emit_fn emit, void *ud);
@@ -143,9 +144,10 @@ typedef struct stream_dedup_stats {
 } stream_dedup_stats_t;
 void stream_dedup_stats(stream_dedup_t *d, stream_dedup_stats_t *st);
 
-/* Process totals over every instance (created, freed, restored ones included), as /metrics
- * counters: sluice_stream_dedup_{duplicates,pending_full,changelog_records,tombstones,
- * changelog_bytes,restored,restore_errors,evicted_by_cap}_total. Call once per process;
+/* Process totals over every instance (created, freed, restored ones included), as one /metrics
+ * section of counters: sluice_stream_dedup_{duplicates,pending_full,changelog_records,
+ * tombstones,changelog_bytes,restored,restore_errors}_total (the per-partition gauges —
+ * entries, bytes, window, evicted_by_cap — come from stream_dedup_stats). Call once per process;
  * returns 0 or -1 (registry full). */
 int stream_dedup_register_metrics(void);
 
