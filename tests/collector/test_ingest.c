@@ -11,13 +11,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "accounts.c"
-#include "auth.c"
-#include "body.c"
+#include <zlib.h>
+
 #include "ingest.c"
-#include "kafka_out.c"
-#include "log.c"
-#include "metrics.c"
 
 #include "mock_cluster.h"
 

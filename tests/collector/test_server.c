@@ -20,15 +20,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "accounts.c"
-#include "auth.c"
-#include "body.c"
-#include "config.c"
-#include "http_conn.c"
-#include "ingest.c"
-#include "kafka_out.c"
-#include "log.c"
-#include "metrics.c"
 #include "server.c"
 
 #include "mock_cluster.h"

@@ -17,9 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kafka_out.c"
-#include "log.c"
-#include "metrics.c"
 #include "spool.c"
 
 #include "mock_cluster.h"
