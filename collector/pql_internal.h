@@ -189,4 +189,12 @@ int pql__acct_restore(pql_t *p, const unsigned char *d, size_t len, size_t *used
 double pql__users_active(const pql_t *p, const pql_acct_t *a);
 json_t *pql__users_json(const pql_acct_t *a, size_t k);
 
+/* Test hooks (tests/collector/test_pql.c links the module instead of #including its files): each
+ * calls the static function of pql_score.c it is named after; nothing else calls them. */
+/* The value rule ru compares with at_least for account a; *recent (when not NULL) gets the
+ * recent part of a two-part rule. */
+double pql__rule_value(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru, double *recent);
+/* Sketch-mode "new users" in the recent window of rule ru (exact counter in exact mode). */
+double pql__users_new_recent(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru);
+
 #endif

@@ -572,3 +572,13 @@ out:
     }
     return rc;
 }
+
+double pql__rule_value(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru, double *recent)
+{
+    return rule_value(p, a, ru, recent);
+}
+
+double pql__users_new_recent(const pql_t *p, const pql_acct_t *a, const pql_rule_t *ru)
+{
+    return users_new_recent(p, a, ru);
+}

@@ -24,8 +24,6 @@
 #include <time.h>
 
 #include "../../collector/kafka_out.c"
-#include "../../collector/log.c"
-#include "../../collector/metrics.c"
 #include "mock_cluster.h"
 
 #define WAIT_MS 8000

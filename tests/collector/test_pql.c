@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,15 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../collector/config.c"
-#include "../../collector/log.c"
-#include "../../collector/metrics.c"
-#include "../../collector/pql.c"
-#include "../../collector/pql_admin.c"
-#include "../../collector/pql_feeder.c"
-#include "../../collector/pql_saver.c"
-#include "../../collector/pql_score.c"
-#include "../../collector/pql_snapshot.c"
+#include <xxhash.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "pql_internal.h"
 
 #define HOUR_MS 3600000LL
 /* A fixed epoch-aligned start (2026-01-01T00:00:00Z). */
@@ -392,7 +389,7 @@ static void test_metrics_match_brute_force(void **state)
             assert_int_equal(a->head, head);
             for (size_t r = 0; r < q->n_rules; r++) {
                 double want = ref_value(q, r, acc, n_acc, head, users, USERS);
-                double got = rule_value(p, a, &p->rules[r], NULL);
+                double got = pql__rule_value(p, a, &p->rules[r], NULL);
                 if (fabs(want - got) > 1e-9)
                     fail_msg("seed %u event %d rule %s: got %f want %f", seed, i, q->rules[r].name,
                              got, want);
@@ -428,7 +425,7 @@ static void test_sketch_mode_active_users(void **state)
         snprintf(user, sizeof user, "user-%d", i);
         assert_int_equal(feed(p, "big", user, "X", T0 + 2 * 86400000LL + i), PQL_OK);
     }
-    double fresh = users_new_recent(p, a, &p->rules[3]);
+    double fresh = pql__users_new_recent(p, a, &p->rules[3]);
     assert_true(fresh < 0.03 * n);
     /* Ten days later everything earlier left the window. */
     assert_int_equal(feed(p, "big", "late-comer", "X", T0 + 10 * 86400000LL), PQL_OK);

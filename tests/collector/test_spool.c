@@ -17,9 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kafka_out.c"
-#include "log.c"
-#include "metrics.c"
 #include "spool.c"
 
 #include "mock_cluster.h"
@@ -308,19 +305,21 @@ static void test_spool_then_drain(void **state)
     assert_false(spool_busy(sp));
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), NB * NR);
     /* In spool order (one partition), exact values and headers, once each. */
-    static mock_msg_t msgs[NB * NR + 1];
-    size_t n = mock_consume(&f->mk, f->mk.events, NB * NR, msgs, NB * NR + 1);
+    sup_kmsgs_t got;
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, NB * NR, &got), 0);
+    size_t n = got.n;
+    const sup_kmsg_t *msgs = got.msgs;
     assert_int_equal(n, NB * NR);
     for (int j = 0; j < NB; j++)
         for (int i = 0; i < NR; i++) {
             char v[32];
             snprintf(v, sizeof v, "v-%d-%02d", j, i);
-            const mock_msg_t *m = &msgs[j * NR + i];
+            const sup_kmsg_t *m = &msgs[j * NR + i];
             assert_string_equal(m->value, v);
             assert_string_equal(m->key, "same-key");
-            assert_string_equal(mock_header(m, "message-id"), v);
+            assert_string_equal(sup_kmsg_header(m, "message-id"), v);
         }
-    mock_msgs_free(msgs, n);
+    sup_kmsgs_free(&got);
     /* Delivered segments are deleted (the active one by the writer's idle tick). */
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS;
          count_segments(f->data) > 0 && base_mono_ms() < dl;)
@@ -379,11 +378,13 @@ static void test_lost_segment_is_skipped(void **state)
     assert_false(spool_busy(sp));
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 10);
     assert_true(metrics_get(METRIC_SPOOL_TRUNCATED_BYTES) > 0);
-    mock_msg_t msgs[12] = {0};
-    size_t n = mock_consume(&f->mk, f->mk.events, 10, msgs, 12);
+    sup_kmsgs_t got;
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, 10, &got), 0);
+    size_t n = got.n;
+    const sup_kmsg_t *msgs = got.msgs;
     assert_int_equal(n, 10);
     assert_string_equal(msgs[0].value, "b1-0");
-    mock_msgs_free(msgs, n);
+    sup_kmsgs_free(&got);
     spool_free(sp);
     for (int j = 0; j < 2; j++)
         base_buf_free(&recs[j]);
@@ -454,12 +455,14 @@ static void test_cursor_survives_restart(void **state)
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; spool_busy(sp) && base_mono_ms() < dl;)
         mock_sleep_ms(20);
     assert_false(spool_busy(sp));
-    mock_msg_t msgs[8] = {0};
-    size_t n = mock_consume(&f->mk, f->mk.events, 4, msgs, 8);
+    sup_kmsgs_t got;
+    assert_int_equal(mock_consume(&f->mk, f->mk.events, 4, &got), 0);
+    size_t n = got.n;
+    const sup_kmsg_t *msgs = got.msgs;
     assert_int_equal(n, 4);
     assert_string_equal(msgs[0].value, "value-2");
     assert_string_equal(msgs[3].value, "value-5");
-    mock_msgs_free(msgs, n);
+    sup_kmsgs_free(&got);
     spool_free(sp);
     base_buf_free(&b);
 }

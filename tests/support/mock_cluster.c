@@ -209,76 +209,12 @@ int64_t mock_topic_count(const mock_kafka_t *m, const char *topic)
     return hi;
 }
 
-static char *dup_bytes(const void *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (s == NULL) abort();
-    if (n > 0) memcpy(s, p, n);
-    s[n] = '\0';
-    return s;
-}
-
-size_t mock_consume(const mock_kafka_t *m, const char *topic, size_t want, mock_msg_t *out,
-                    size_t cap)
+int mock_consume(const mock_kafka_t *m, const char *topic, size_t want, sup_kmsgs_t *out)
 {
     rd_kafka_t *rk = consumer(m);
-    if (rk == NULL) return 0;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    size_t got = 0;
-    if (rkt != NULL && rd_kafka_consume_start(rkt, 0, RD_KAFKA_OFFSET_BEGINNING) == 0) {
-        int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
-        while (got < want && got < cap && base_mono_ms() < deadline) {
-            rd_kafka_message_t *msg = rd_kafka_consume(rkt, 0, 50);
-            if (msg == NULL) continue;
-            if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                rd_kafka_message_destroy(msg);
-                continue;
-            }
-            mock_msg_t *o = &out[got++];
-            memset(o, 0, sizeof *o);
-            o->key = msg->key != NULL ? dup_bytes(msg->key, msg->key_len) : NULL;
-            o->keylen = msg->key != NULL ? msg->key_len : 0;
-            o->value = dup_bytes(msg->payload, msg->len);
-            o->vallen = msg->len;
-            rd_kafka_timestamp_type_t tstype;
-            o->ts_ms = rd_kafka_message_timestamp(msg, &tstype);
-            rd_kafka_headers_t *hdrs = NULL;
-            if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                const char *name;
-                const void *val;
-                size_t vlen;
-                for (size_t i = 0; o->nheaders < MOCK_MAX_HEADERS &&
-                                   rd_kafka_header_get_all(hdrs, i, &name, &val, &vlen) ==
-                                       RD_KAFKA_RESP_ERR_NO_ERROR;
-                     i++) {
-                    o->hname[o->nheaders] = dup_bytes(name, strlen(name));
-                    o->hval[o->nheaders] = dup_bytes(val, vlen);
-                    o->nheaders++;
-                }
-            }
-            rd_kafka_message_destroy(msg);
-        }
-        rd_kafka_consume_stop(rkt, 0);
+    if (rk == NULL) {
+        memset(out, 0, sizeof *out);
+        return -1;
     }
-    if (rkt != NULL) rd_kafka_topic_destroy(rkt);
-    return got;
-}
-
-const char *mock_header(const mock_msg_t *msg, const char *name)
-{
-    for (size_t i = 0; i < msg->nheaders; i++)
-        if (strcmp(msg->hname[i], name) == 0) return msg->hval[i];
-    return NULL;
-}
-
-void mock_msgs_free(mock_msg_t *msgs, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(msgs[i].key);
-        free(msgs[i].value);
-        for (size_t h = 0; h < msgs[i].nheaders; h++) {
-            free(msgs[i].hname[h]);
-            free(msgs[i].hval[h]);
-        }
-    }
+    return sup_kafka_read(rk, topic, want, MOCK_WAIT_MS, out);
 }

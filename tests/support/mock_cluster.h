@@ -1,6 +1,7 @@
 /*
  * mock_cluster.h — the one mock-Kafka helper: librdkafka's mock cluster (a real Kafka protocol
- * peer), its fault levers and a consumer that reads messages back. Two users:
+ * peer), its fault levers and a consumer that reads messages back (through kafka_read.h). Two
+ * users:
  *   - sluice-mock-kafka (mock_kafka.c): hosts a cluster in a process of its own and takes
  *     mock_cluster_command() lines on stdin, for the integration tests (support.h, sup_mock_*);
  *   - the collector's unit tests (test_ingest.c, test_http_conn.c, test_server.c, test_spool.c,
@@ -31,8 +32,9 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
-#define MOCK_WAIT_MS     8000
-#define MOCK_MAX_HEADERS 8
+#include "kafka_read.h"
+
+#define MOCK_WAIT_MS 8000
 /* Kafka protocol ApiKey of Produce, for rd_kafka_mock_push_request_errors. */
 #define MOCK_API_PRODUCE 0
 
@@ -69,18 +71,6 @@ typedef struct mock_kafka {
     char events[32], rejected[32], pql[32]; /* this test's topics */
 } mock_kafka_t;
 
-/* A message read back, copied out of librdkafka (free with mock_msgs_free). */
-typedef struct mock_msg {
-    char *key; /* NUL-terminated copies; key NULL when the message had none */
-    size_t keylen;
-    char *value;
-    size_t vallen;
-    int64_t ts_ms; /* producer CreateTime */
-    size_t nheaders;
-    char *hname[MOCK_MAX_HEADERS];
-    char *hval[MOCK_MAX_HEADERS];
-} mock_msg_t;
-
 void mock_sleep_ms(int ms);
 
 /* Creates this test's topics (starting the program's cluster on first use). Returns 0 or -1. */
@@ -94,13 +84,10 @@ int mock_kafka_group_teardown(void **state);
 /* Messages the cluster holds for topic (its high watermark: the topic is fresh per test and the
  * producer idempotent, so this is exactly the number of messages written). -1 on error. */
 int64_t mock_topic_count(const mock_kafka_t *m, const char *topic);
-/* Reads topic from the beginning until `want` messages arrived or MOCK_WAIT_MS passed; copies
- * them, in partition order, into out[0..cap). Returns how many were read. */
-size_t mock_consume(const mock_kafka_t *m, const char *topic, size_t want, mock_msg_t *out,
-                    size_t cap);
-/* The value of header name (NUL-terminated), or NULL. */
-const char *mock_header(const mock_msg_t *msg, const char *name);
-void mock_msgs_free(mock_msg_t *msgs, size_t n);
+/* Reads what topic holds once it holds at least `want` messages (or MOCK_WAIT_MS passed), with
+ * the program's consumer: sup_kafka_read (kafka_read.h), the reader the integration tests use
+ * too. Returns 0 or -1; free out with sup_kmsgs_free. */
+int mock_consume(const mock_kafka_t *m, const char *topic, size_t want, sup_kmsgs_t *out);
 
 #ifdef SLUICE_CONFIG_H
 /* The Kafka part of a collector config pointing at the cluster and this test's topics (for the

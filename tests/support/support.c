@@ -30,7 +30,6 @@
 
 #define SUP_MAX_CHILD 8
 #define SUP_LINE_MAX  512
-#define SUP_KMSGS_MAX 100000
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
@@ -1064,14 +1063,9 @@ done:
 static rd_kafka_t *consumer_new(const char *bootstrap)
 {
     char err[512];
-    char group[64];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    /* A group is needed for assign()/consumer_poll(); nothing is committed to it. */
-    snprintf(group, sizeof group, "sluice-it-%d-%lld", (int)getpid(), (long long)base_mono_ms());
+    /* No group: sup_kafka_read uses the simple consumer, which commits nothing. */
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err) ||
-        rd_kafka_conf_set(conf, "group.id", group, err, sizeof err) ||
-        rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err) ||
-        rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", err, sizeof err) ||
         rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err)) {
         fail("consumer conf: %s", err);
         rd_kafka_conf_destroy(conf);
@@ -1085,186 +1079,17 @@ static rd_kafka_t *consumer_new(const char *bootstrap)
     return rk;
 }
 
-static int partition_count(rd_kafka_t *rk, const char *topic, int64_t deadline)
-{
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    if (!rkt) return -1;
-    int n = -1;
-    while (n <= 0 && base_mono_ms() < deadline) {
-        const struct rd_kafka_metadata *md = NULL;
-        if (rd_kafka_metadata(rk, 0, rkt, &md,
-                              remaining_ms(deadline) > 2000 ? 2000 : remaining_ms(deadline) + 1) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR &&
-            md) {
-            if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-                n = md->topics[0].partition_cnt;
-            rd_kafka_metadata_destroy(md);
-        }
-        if (n <= 0) sup_sleep_ms(50);
-    }
-    rd_kafka_topic_destroy(rkt);
-    return n;
-}
-
-static char *dup_bytes(const void *p, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (!d) return NULL;
-    if (n) memcpy(d, p, n);
-    d[n] = '\0';
-    return d;
-}
-
-static int store_msg(sup_kmsgs_t *out, size_t cap, const rd_kafka_message_t *m)
-{
-    if (out->n >= cap) return -1;
-    sup_kmsg_t *k = &out->msgs[out->n];
-    memset(k, 0, sizeof *k);
-    k->partition = m->partition;
-    k->offset = m->offset;
-    if (m->key) {
-        k->key = dup_bytes(m->key, m->key_len);
-        k->key_len = m->key_len;
-    }
-    k->value = dup_bytes(m->payload ? m->payload : "", m->len);
-    k->value_len = m->len;
-    rd_kafka_headers_t *hdrs = NULL;
-    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs) {
-        size_t n = rd_kafka_header_cnt(hdrs);
-        k->headers = calloc(n ? n : 1, sizeof *k->headers);
-        for (size_t i = 0; k->headers && i < n; i++) {
-            const char *name;
-            const void *val;
-            size_t len;
-            if (rd_kafka_header_get_all(hdrs, i, &name, &val, &len) != 0) break;
-            k->headers[i].name = dup_bytes(name, strlen(name));
-            k->headers[i].value = dup_bytes(val ? val : "", val ? len : 0);
-            k->headers[i].len = val ? len : 0;
-            k->n_headers = i + 1;
-        }
-    }
-    out->n++;
-    return 0;
-}
-
 int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int timeout_ms,
                 sup_kmsgs_t *out)
 {
-    memset(out, 0, sizeof *out);
-    int64_t deadline = base_mono_ms() + timeout_ms;
     rd_kafka_t *rk = consumer_new(bootstrap);
-    if (!rk) return -1;
-    int rc = -1;
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    int64_t *hi = NULL, *next = NULL;
-    int np = partition_count(rk, topic, deadline);
-    if (np <= 0) {
-        fail("topic %s: no partitions seen", topic);
-        goto out;
+    if (!rk) {
+        memset(out, 0, sizeof *out);
+        return -1;
     }
-    hi = calloc((size_t)np, sizeof *hi);
-    next = calloc((size_t)np, sizeof *next);
-    if (!hi || !next) goto out;
-
-    /* Wait for the topic to hold at least min_count messages, then read exactly what it holds. */
-    int64_t total = 0;
-    for (;;) {
-        total = 0;
-        bool ok = true;
-        for (int p = 0; p < np; p++) {
-            int64_t lo = 0;
-            if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi[p], 2000) !=
-                RD_KAFKA_RESP_ERR_NO_ERROR) {
-                ok = false;
-                break;
-            }
-            next[p] = lo;
-            total += hi[p] - lo;
-        }
-        if (ok && total >= (int64_t)min_count) break;
-        if (base_mono_ms() >= deadline) {
-            if (!ok) {
-                fail("topic %s: watermarks unavailable", topic);
-                goto out;
-            }
-            break;
-        }
-        sup_sleep_ms(50);
-    }
-    if (total > SUP_KMSGS_MAX) {
-        fail("topic %s holds %lld messages, more than the test reader's cap", topic,
-             (long long)total);
-        goto out;
-    }
-    out->msgs = calloc(total ? (size_t)total : 1, sizeof *out->msgs);
-    if (!out->msgs) goto out;
-    parts = rd_kafka_topic_partition_list_new(np);
-    for (int p = 0; p < np; p++)
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    if (rd_kafka_assign(rk, parts) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        fail("topic %s: assign failed", topic);
-        goto out;
-    }
-    for (;;) {
-        bool done = true;
-        for (int p = 0; p < np; p++)
-            if (next[p] < hi[p]) done = false;
-        if (done) {
-            rc = 0;
-            break;
-        }
-        if (base_mono_ms() >= deadline + 5000) {
-            fail("topic %s: read %zu of %lld messages before the deadline", topic, out->n,
-                 (long long)total);
-            break;
-        }
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (!m) continue;
-        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->partition >= 0 && m->partition < np &&
-            m->offset < hi[m->partition] && m->offset >= next[m->partition]) {
-            if (store_msg(out, (size_t)total, m) != 0) {
-                rd_kafka_message_destroy(m);
-                break;
-            }
-            next[m->partition] = m->offset + 1;
-        } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            fail("topic %s: consume error: %s", topic, rd_kafka_message_errstr(m));
-        }
-        rd_kafka_message_destroy(m);
-    }
-out:
-    if (parts) {
-        rd_kafka_assign(rk, NULL);
-        rd_kafka_topic_partition_list_destroy(parts);
-    }
-    free(hi);
-    free(next);
-    rd_kafka_consumer_close(rk);
+    int rc = sup_kafka_read(rk, topic, min_count, timeout_ms, out);
     rd_kafka_destroy(rk);
     return rc;
-}
-
-void sup_kmsgs_free(sup_kmsgs_t *m)
-{
-    for (size_t i = 0; i < m->n; i++) {
-        sup_kmsg_t *k = &m->msgs[i];
-        free(k->key);
-        free(k->value);
-        for (size_t h = 0; h < k->n_headers; h++) {
-            free(k->headers[h].name);
-            free(k->headers[h].value);
-        }
-        free(k->headers);
-    }
-    free(m->msgs);
-    memset(m, 0, sizeof *m);
-}
-
-const char *sup_kmsg_header(const sup_kmsg_t *m, const char *name)
-{
-    for (size_t i = 0; i < m->n_headers; i++)
-        if (m->headers[i].name && strcmp(m->headers[i].name, name) == 0) return m->headers[i].value;
-    return NULL;
 }
 
 json_t *sup_kmsg_value(const sup_kmsg_t *m)

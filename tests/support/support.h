@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include "base.h"
+#include "kafka_read.h"
 
 /* ---------- time (clocks: base_mono_ms / base_wall_ms) ---------- */
 
@@ -227,30 +228,11 @@ int sup_gzip_zeros(size_t zero_bytes, base_buf_t *out);
 
 /* ---------- Kafka consumer ---------- */
 
-typedef struct sup_kheader {
-    char *name;
-    char *value; /* NUL-terminated copy */
-    size_t len;
-} sup_kheader_t;
-
-typedef struct sup_kmsg {
-    int32_t partition;
-    int64_t offset;
-    char *key; /* NUL-terminated copy, NULL when the message has no key */
-    size_t key_len;
-    char *value;
-    size_t value_len;
-    sup_kheader_t *headers;
-    size_t n_headers;
-} sup_kmsg_t;
-
-typedef struct sup_kmsgs {
-    sup_kmsg_t *msgs;
-    size_t n;
-} sup_kmsgs_t;
+/* The message types, sup_kmsgs_free and sup_kmsg_header: kafka_read.h (the one reader). */
 
 /*
- * Reads every message of topic (all partitions, from the beginning). First waits until the
+ * Reads every message of topic (all partitions, from the beginning) with a consumer of its own
+ * (sup_kafka_read, kafka_read.h). First waits until the
  * topic's high watermarks add up to at least min_count (or timeout_ms passes), then reads up to
  * the watermarks seen at that moment, so the result is exactly what the topic held — extra or
  * duplicate messages are visible to the caller. Returns 0 (out->n may be below min_count when the
@@ -258,9 +240,6 @@ typedef struct sup_kmsgs {
  */
 int sup_consume(const char *bootstrap, const char *topic, size_t min_count, int timeout_ms,
                 sup_kmsgs_t *out);
-void sup_kmsgs_free(sup_kmsgs_t *m);
-/* Header value (NUL-terminated) or NULL. */
-const char *sup_kmsg_header(const sup_kmsg_t *m, const char *name);
 /* The value decoded: msgpack when it starts like a msgpack map, else JSON. New ref or NULL. */
 json_t *sup_kmsg_value(const sup_kmsg_t *m);
 /* Index of the message whose decoded value has messageId id (in the value, or in "raw" for
