@@ -83,11 +83,17 @@ int stream_produce(stream_worker_t *w, const char *topic, int32_t partition, con
     /* A full queue: let librdkafka deliver (bounded by kafka.delivery_timeout), then give up. */
     uint64_t deadline = base_mono_ns() + (uint64_t)w->cfg->delivery_timeout_ms * 1000000u;
     for (;;) {
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-            RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            hdrs ? RD_KAFKA_V_HEADERS(hdrs) : RD_KAFKA_V_END, RD_KAFKA_V_END);
+        rd_kafka_resp_err_t e =
+            hdrs != NULL
+                ? rd_kafka_producev(
+                      w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                      RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
+                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+                      RD_KAFKA_V_END)
+                : rd_kafka_producev(
+                      w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                      RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
+                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || base_mono_ns() > deadline) {
             LOG(LOG_ERROR, "stream_produce_failed", LS("topic", topic),
