@@ -9,7 +9,7 @@
  * YAML is read with libyaml's document API so that every node carries its line; every error is
  * one line "FILE:LINE: key: reason" (CLI errors: "--flag: reason").
  */
-#include "config.h"
+#include "config_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,30 +31,6 @@
 #define CONFIG_KEY_MAX_LEN    256
 #define CONFIG_SOURCE_MAX_LEN 64
 #define CONFIG_NAME_MAX       128
-
-typedef enum {
-    CT_STRING,
-    CT_BOOL,
-    CT_UINT,     /* uint32_t or uint64_t, by width */
-    CT_DOUBLE,   /* double */
-    CT_SIZE,     /* uint64_t bytes; units B KB KiB MB MiB GB GiB */
-    CT_DURATION, /* uint32_t milliseconds; units ms s m h d */
-    CT_ENUM,     /* int: index into the '|'-separated values */
-    CT_ENV,      /* name of an environment variable whose value goes into a string field */
-    CT_WRITE_KEYS,
-    CT_PROPERTIES,
-    CT_SECTION, /* parsed by the module that owns it: key.section (config_yaml.h) */
-} config_type_t;
-
-typedef struct config_key {
-    const char *name; /* dotted YAML path */
-    config_type_t type;
-    size_t offset, width; /* of the field in config_t */
-    double min, max;      /* numeric types (durations in ms, sizes in bytes) */
-    const char *def;      /* default as written in YAML; NULL: unset */
-    const char *values;   /* CT_ENUM: "a|b|c"; "b/bee" gives one value two spellings */
-    const char *doc;
-} config_key_t;
 
 #define F(field) offsetof(config_t, field), sizeof(((config_t *)0)->field)
 #define KiB      1024.0
@@ -282,13 +258,6 @@ static size_t section_index(const config_key_t *k)
 
 static const char *const config_unsupported[] = {NULL}; /* NULL-terminated; none today */
 
-typedef struct config_flag {
-    const char *flag;
-    const char *arg; /* NULL: takes no value */
-    const char *key; /* table key it sets, or NULL for the special flags */
-    const char *doc;
-} config_flag_t;
-
 static const config_flag_t config_flags[] = {
     {"--config", "FILE", NULL, "Read the YAML config FILE first; the other flags override it."},
     {"--listen", "ADDR:PORT", "listen", NULL},
@@ -366,10 +335,6 @@ static void free_properties(config_kv_t *kv, size_t n)
 }
 
 /* ---- scalar parsing: each returns NULL on success or a reason (static or in why[]) ---- */
-
-typedef struct config_why {
-    char text[160];
-} config_why_t;
 
 static const char *parse_bool(const char *s, bool *out)
 {
@@ -1410,4 +1375,22 @@ void config_print_reference(FILE *out)
                 flag_doc(f));
     }
     filter_print_reference(out);
+}
+
+const config_key_t *config__keys(size_t *n)
+{
+    *n = CONFIG_N_KEYS;
+    return config_keys;
+}
+
+const config_flag_t *config__flags(size_t *n)
+{
+    *n = CONFIG_N_FLAGS;
+    return config_flags;
+}
+
+int config__set_scalar(config_t *c, const config_key_t *k, const char *s, bool is_null,
+                       config_why_t *why)
+{
+    return set_scalar(c, k, s, is_null, why);
 }

@@ -867,6 +867,16 @@ static void sweep_all(dedup_t *d)
     }
 }
 
+uint32_t dedup__grown_nb(const shard_t *s, uint32_t nb)
+{
+    return grown_nb(s, nb);
+}
+
+void dedup__sweep_all(dedup_t *d)
+{
+    sweep_all(d);
+}
+
 /* The one warning of a failed snapshot, periodic or final (same fields): the file, the step and
  * errno by name and text, so a full disk (ENOSPC), a read-only one (EROFS) and a missing
  * directory (ENOENT, ENOTDIR) read differently. */
@@ -890,6 +900,11 @@ static int snapshot_with_journal(dedup_t *d, base_ioerr_t *e)
     int rc = dedup_snapshot_write(d, d->w_dir, e);
     if (rc == DEDUP_OK && d->journal != NULL) dedup_journal_drop_before(d->journal, seq);
     return rc;
+}
+
+int dedup__snapshot_with_journal(dedup_t *d, base_ioerr_t *e)
+{
+    return snapshot_with_journal(d, e);
 }
 
 /* One worker tick (every DEDUP_WORKER_PERIOD_MS, or at once after dedup_snapshot_soon):

@@ -167,7 +167,7 @@ static inline void shard_unlock(shard_t *s)
     atomic_store_explicit(&s->lock, 0, memory_order_release);
 }
 
-static int path_join(char *out, size_t cap, const char *dir, const char *name)
+static inline int path_join(char *out, size_t cap, const char *dir, const char *name)
 {
     int n = snprintf(out, cap, "%s/%s", dir, name);
     return n > 0 && (size_t)n < cap ? 0 : -1;
@@ -180,5 +180,16 @@ void dedup__shard_prepare(dedup_t *d, shard_t *s, const view_t *v);
 /* Inserts a remembered entry (fingerprint fp, generation tag) while a snapshot loads: d is
  * private to the loader, no request runs. */
 void dedup__load_insert(dedup_t *d, uint64_t fp, uint8_t tag);
+
+/* Test hooks (tests/collector/test_dedup*.c link the module instead of #including dedup.c).
+ * Each calls the static function of dedup.c it is named after; nothing else calls them. */
+/* The bucket count a shard of nb buckets grows to (1.5x, capped at s->max_nb). */
+uint32_t dedup__grown_nb(const shard_t *s, uint32_t nb);
+/* One worker sweep round: sweeps due shards, prepares spare tables, moves a growth chunk. Takes
+ * each shard's lock; the caller holds none. */
+void dedup__sweep_all(dedup_t *d);
+/* Rotates the journal (when d has one), writes the snapshot into d->w_dir and drops the journal
+ * segments it covers once it is durable. Returns DEDUP_OK or the snapshot's error, with *e set. */
+int dedup__snapshot_with_journal(dedup_t *d, base_ioerr_t *e);
 
 #endif

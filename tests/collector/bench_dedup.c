@@ -14,9 +14,14 @@
  * whole shard inside one call showed up there as milliseconds.
  * Fingerprints are precomputed (hashing is timed separately as "xxh3").
  */
-#include "dedup.c"
-#include "log.c"
-#include "metrics.c"
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dedup.h"
 
 /* Rates are per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID): "on one core",
  * and not inflated by other processes sharing the machine (memory stalls still count). Run with

@@ -13,9 +13,14 @@
 
 #include <dirent.h>
 
-#include "dedup.c"
-#include "log.c"
-#include "metrics.c"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dedup_internal.h"
+#include "metrics.h"
 
 typedef struct fake_clock {
     _Atomic uint64_t ms;
@@ -404,7 +409,7 @@ static void test_growth_bounded_and_exact(void **state)
     assert_int_equal(st.entries, N);
     /* The worker's rounds finish every growth in progress, one bounded chunk per shard each. */
     for (int round = 0; round < 1000; round++) {
-        sweep_all(d);
+        dedup__sweep_all(d);
         dedup_stats(d, &st);
         if (st.growing == 0) break;
     }
@@ -458,9 +463,9 @@ static void test_growth_uses_spare(void **state)
         assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
     uint32_t nb = atomic_load(&s0->nb);
     assert_null(s0->spare);
-    sweep_all(d);
+    dedup__sweep_all(d);
     assert_non_null(s0->spare);
-    assert_int_equal(s0->spare_nb, grown_nb(s0, nb));
+    assert_int_equal(s0->spare_nb, dedup__grown_nb(s0, nb));
     bucket_t *spare = s0->spare;
     while (atomic_load(&s0->nb) == nb)
         assert_int_equal(seen(d, key(i++)), DEDUP_NEW);

@@ -12,10 +12,15 @@
 
 #include <dirent.h>
 
-#include "dedup.c"
-#include "dedup_journal.c"
-#include "log.c"
-#include "metrics.c"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "dedup_internal.h"
+#include "dedup_journal.h"
+#include "metrics.h"
 
 typedef struct waiter {
     dedup_journal_req_t r;
@@ -194,7 +199,7 @@ static void test_snapshot_rotates_and_truncates(void **state)
     journal_n(d, j, 0, 200);
     assert_int_equal(dedup_worker_start(d, dir, 0), DEDUP_OK);
     base_ioerr_t e;
-    assert_int_equal(snapshot_with_journal(d, &e), DEDUP_OK);
+    assert_int_equal(dedup__snapshot_with_journal(d, &e), DEDUP_OK);
     char path[4300];
     seg0(dir, path, sizeof path);
     assert_int_equal(access(path, F_OK), -1); /* segment 0 dropped */

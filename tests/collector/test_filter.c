@@ -20,10 +20,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../collector/config.c"
-#include "../../collector/filter.c"
-#include "../../collector/log.c"
-#include "../../collector/reload.c"
+#include "config.h"
+#include "filter.h"
+#include "log.h"
+#include "metrics.h"
+#include "reload.h"
 
 static char tmpdir[64];
 static char yaml_path[128];
