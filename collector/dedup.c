@@ -436,7 +436,9 @@ static inline int bucket_scan(const bucket_t *bk, const view_t *v, uint64_t fp, 
     return -1;
 }
 
-static int reserve_one(dedup_t *d, uint64_t fp)
+/* Looks fp up and, when absent, places it with tag open generation | pend (DEDUP_PENDING for a
+ * reservation, 0 to remember at once); *gen gets the generation it went to. */
+static int reserve_tagged(dedup_t *d, uint64_t fp, uint8_t pend, uint64_t *gen)
 {
     shard_t *s = shard_of(d, fp);
     view_t v;
@@ -462,24 +464,33 @@ static int reserve_one(dedup_t *d, uint64_t fp)
     if (t != NULL) {
         verdict = (*t & DEDUP_PENDING) ? DEDUP_BUSY : DEDUP_DUPLICATE;
     } else {
-        const uint8_t tag = (uint8_t)(v.ctag | DEDUP_PENDING);
+        const uint8_t tag = (uint8_t)(v.ctag | pend);
         if ((f1 > 0 || f2 > 0) && s->live + 1 <= DEDUP_LIMIT(nb)) {
             bucket_t *bk = f1 >= f2 ? b1 : b2;
             int k = f1 >= f2 ? k1 : k2;
             bk->fp[k] = fp;
             bk->tag[k] = tag;
             s->count[v.ctag - 1]++;
-            s->pcount[v.ctag - 1]++;
             s->live++;
-            s->pending++;
+            if (pend) {
+                s->pcount[v.ctag - 1]++;
+                s->pending++;
+            }
         } else {
             shard_make_room(d, s, &v);
-            shard_place(s, &v, fp, (uint8_t)(v.ctag | DEDUP_PENDING));
+            shard_place(s, &v, fp, (uint8_t)(v.ctag | pend));
         }
         verdict = DEDUP_NEW;
+        *gen = v.cur;
     }
     shard_unlock(s);
     return verdict;
+}
+
+static int reserve_one(dedup_t *d, uint64_t fp)
+{
+    uint64_t gen;
+    return reserve_tagged(d, fp, DEDUP_PENDING, &gen);
 }
 
 /* commit: a PENDING entry becomes remembered; else it is forgotten. */
@@ -970,4 +981,117 @@ int dedup_worker_stop(dedup_t *d, bool final)
     int rc = snapshot_with_journal(d, &e);
     if (rc != DEDUP_OK) snapshot_failed(d, "final", rc, &e);
     return rc;
+}
+
+/* ---- caller-numbered generations (dedup.h; sluice-stream's stream_dedup) ---- */
+
+/* Empties every shard: all its entries are dead (a jump of more than a window). */
+static void gen_clear_all(dedup_t *d, const view_t *v)
+{
+    for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
+        shard_t *s = &d->shards[i];
+        shard_lock(s);
+        memset(atomic_load_explicit(&s->b, memory_order_relaxed), 0,
+               (size_t)atomic_load_explicit(&s->nb, memory_order_relaxed) * sizeof(bucket_t));
+        buckets_free(s->ob, s->onb);
+        s->ob = NULL;
+        s->onb = s->mig = 0;
+        s->live = s->pending = 0;
+        memset(s->count, 0, sizeof s->count);
+        memset(s->pcount, 0, sizeof s->pcount);
+        s->seen_floor = v->floor;
+        s->swept_gen = v->cur;
+        s->swept_floor = v->floor;
+        shard_unlock(s);
+    }
+}
+
+uint64_t dedup_gen_ms(const dedup_t *d)
+{
+    return d->gen_ms;
+}
+
+void dedup_gen_range(dedup_t *d, uint64_t *cur, uint64_t *floor)
+{
+    view_t v;
+    view_load(d, &v);
+    *cur = v.cur;
+    *floor = v.floor;
+}
+
+void dedup_gen_advance(dedup_t *d, uint64_t gen, uint64_t floor, uint64_t start_ms)
+{
+    pthread_mutex_lock(&d->gen_mu);
+    uint64_t cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+    uint64_t old_floor = atomic_load_explicit(&d->floor, memory_order_relaxed);
+    uint64_t ncur = gen > cur ? gen : cur;
+    uint64_t nfloor = floor > old_floor ? floor : old_floor;
+    if (nfloor > ncur) nfloor = ncur;
+    if (ncur - nfloor >= DEDUP_MAX_LIVE) nfloor = ncur - (DEDUP_MAX_LIVE - 1);
+    if (ncur == cur && nfloor == old_floor) {
+        pthread_mutex_unlock(&d->gen_mu);
+        return;
+    }
+    /* Start times of the generations opened (only the last DEDUP_TAGS can matter). */
+    uint64_t from = ncur - cur > DEDUP_TAGS ? ncur - DEDUP_TAGS : cur;
+    for (uint64_t g = from + 1; g <= ncur; g++) {
+        uint64_t back = (ncur - g) * d->gen_ms;
+        atomic_store_explicit(&d->gen_start[tag_of(g) - 1], start_ms > back ? start_ms - back : 0,
+                              memory_order_relaxed);
+        atomic_store_explicit(&d->gen_by_cap[tag_of(g) - 1], 0, memory_order_relaxed);
+    }
+    /* A jump past every live generation: all entries are dead, and their tags may alias the
+     * new live range, so the tables are cleared rather than swept. */
+    bool clear = ncur - cur >= DEDUP_MAX_LIVE || nfloor > cur;
+    atomic_store_explicit(&d->cur, ncur, memory_order_release);
+    atomic_store_explicit(&d->floor, nfloor, memory_order_release);
+    pthread_mutex_unlock(&d->gen_mu);
+    view_t v;
+    view_load(d, &v);
+    if (clear) {
+        gen_clear_all(d, &v);
+        d->g_swept_cur = v.cur;
+        return;
+    }
+    /* No worker sweeps here: 4 shards per generation advanced, round robin, so every shard is
+     * swept at least every 16 generations and a dead slot is never older than 16 +
+     * DEDUP_MAX_LIVE generations when swept (its tag cannot alias a live one before 127). */
+    uint64_t adv = v.cur - d->g_swept_cur;
+    unsigned n = adv >= DEDUP_SHARDS / 4 ? DEDUP_SHARDS : (unsigned)adv * 4;
+    if (n == 0 && nfloor > old_floor) n = 1; /* counts of the dead move with the next ops */
+    for (unsigned k = 0; k < n; k++) {
+        shard_t *s = &d->shards[d->g_sweep_next];
+        d->g_sweep_next = (d->g_sweep_next + 1) % DEDUP_SHARDS;
+        shard_lock(s);
+        view_load(d, &v);
+        dedup__shard_prepare(d, s, &v);
+        shard_sweep(s, &v);
+        shard_unlock(s);
+    }
+    d->g_swept_cur = v.cur;
+}
+
+int dedup_insert(dedup_t *d, uint64_t fp, uint64_t *gen)
+{
+    return reserve_tagged(d, fp, 0, gen) == DEDUP_NEW ? DEDUP_NEW : DEDUP_DUPLICATE;
+}
+
+bool dedup_insert_gen(dedup_t *d, uint64_t fp, uint64_t gen)
+{
+    shard_t *s = shard_of(d, fp);
+    view_t v;
+    shard_lock(s);
+    view_load(d, &v);
+    shard_enter(d, s, &v);
+    bool added = false;
+    if (gen >= v.floor && gen <= v.cur && shard_find(s, &v, fp) == NULL) {
+        shard_make_room(d, s, &v);
+        /* The cap may have dropped this generation meanwhile. */
+        if (gen >= v.floor && gen <= v.cur) {
+            shard_place(s, &v, fp, (uint8_t)tag_of(gen));
+            added = true;
+        }
+    }
+    shard_unlock(s);
+    return added;
 }

@@ -200,4 +200,26 @@ int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms);
  * sluice_dedup_snapshot_errors_total. */
 int dedup_worker_stop(dedup_t *d, bool final);
 
+/*
+ * Caller-numbered generations, for a dedup_t that one thread drives without the worker nor
+ * dedup_tick (sluice-stream's collector/stream/stream_dedup.c, which numbers generation G as
+ * wall time [G*gen_ms, (G+1)*gen_ms) so that every process agrees on it). Mixing these with
+ * dedup_tick or the worker is undefined.
+ */
+/* window / 32 (at least 1): the length of a generation. */
+uint64_t dedup_gen_ms(const dedup_t *d);
+/* The open generation and the oldest live one. */
+void dedup_gen_range(dedup_t *d, uint64_t *cur, uint64_t *floor);
+/* Opens generation gen (started at start_ms) when it is newer than the open one, and drops every
+ * generation below floor (clamped to the open one, and so that at most DEDUP_MAX_LIVE live).
+ * Generations never go back. Sweeps 4 shards per generation opened (the worker's job); a jump
+ * past every live generation clears the tables instead. */
+void dedup_gen_advance(dedup_t *d, uint64_t gen, uint64_t floor, uint64_t start_ms);
+/* Reserve and commit in one step: DEDUP_NEW (remembered now, in generation *gen: the open one)
+ * or DEDUP_DUPLICATE. At the cap the oldest generation is dropped. */
+int dedup_insert(dedup_t *d, uint64_t fp, uint64_t *gen);
+/* Remembers fp in generation gen (restore) when gen is live and fp unknown. Returns true when
+ * added. */
+bool dedup_insert_gen(dedup_t *d, uint64_t fp, uint64_t gen);
+
 #endif

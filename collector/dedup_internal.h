@@ -95,6 +95,10 @@ struct dedup {
     uint64_t w_interval_ms, w_last_snap_ms; /* w_last_snap_ms: the worker's own */
     atomic_bool w_snap_soon;                /* dedup_snapshot_soon: snapshot at the next tick */
     struct dedup_journal *journal;          /* rotated around each snapshot; may be NULL */
+    /* dedup_gen_advance (caller-numbered generations): the next shard to sweep, and cur when
+     * the last sweep round ran. */
+    unsigned g_sweep_next;
+    uint64_t g_swept_cur;
 };
 
 typedef struct view {

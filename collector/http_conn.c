@@ -173,9 +173,9 @@ static void on_handle_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->open_handles > 0) return;
-    http__body_mem_adjust(c->hl, c->body_cap + c->pending_cap + c->tls_held, 0);
+    http__body_mem_adjust(c->hl, c->body.cap + c->pending_cap + c->tls_held, 0);
     tls_conn_free(c->tls);
-    free(c->body);
+    base_buf_free(&c->body);
     free(c->pending);
     free(c);
 }
@@ -609,8 +609,8 @@ void http_conn_ingest(http_conn_t *c, const route_t *r)
         .kind = r->kind,
         .fmt = c->fmt,
         .enc = c->enc,
-        .body = c->body,
-        .len = c->body_len,
+        .body = c->body.data,
+        .len = c->body.len,
         .header_key = c->header_key,
         .source = c->source,
         .key_index = c->key_index,
@@ -763,6 +763,7 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
     c->tcp.data = c;
     c->timer.data = c;
     c->key_index = -1;
+    base_buf_init(&c->body, (size_t)hl->cfg->body_bytes);
     uv_tcp_init(hl->uv, &c->tcp);
     uv_timer_init(hl->uv, &c->timer);
     c->open_handles = 2;

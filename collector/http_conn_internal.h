@@ -14,6 +14,7 @@
 
 #include <llhttp.h>
 
+#include "base.h"
 #include "body.h"
 #include "http_conn.h"
 #include "proto.h"
@@ -82,9 +83,11 @@ struct http_conn {
     int key_index;
     proto_format_t fmt;
     body_encoding_t enc;
-    char *body;
-    size_t body_len, body_cap; /* body_cap bytes are charged to hl->body_mem */
-    size_t body_seen;          /* body bytes of this request, kept or discarded */
+    /* The request body: max = limits.body_bytes (set at accept and at each request start); grown
+     * only by body_grow in http_parse.c, which charges every allocation (body.cap bytes) to
+     * hl->body_mem first. */
+    base_buf_t body;
+    size_t body_seen; /* body bytes of this request, kept or discarded */
 
     /* Pipelined bytes received beyond the current message (pending_cap charged to body_mem). */
     char *pending;

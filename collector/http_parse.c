@@ -83,16 +83,15 @@ void http__request_reset(http_conn_t *c)
     c->source = NULL;
     c->key_index = -1;
     c->once_seen = 0;
-    c->body_len = 0;
+    base_buf_reset(&c->body);
+    c->body.max = (size_t)c->hl->cfg->body_bytes;
     c->body_seen = 0;
     /* Keep a small buffer for the next request, unless bodies are using half the budget. */
-    if (c->body_cap > BODY_KEEP_MAX ||
-        (c->body_cap > 0 && atomic_load_explicit(c->hl->body_mem, memory_order_relaxed) >=
+    if (c->body.cap > BODY_KEEP_MAX ||
+        (c->body.cap > 0 && atomic_load_explicit(c->hl->body_mem, memory_order_relaxed) >=
                                 c->hl->cfg->body_memory / 2)) {
-        http__body_mem_adjust(c->hl, c->body_cap, 0);
-        free(c->body);
-        c->body = NULL;
-        c->body_cap = 0;
+        http__body_mem_adjust(c->hl, c->body.cap, 0);
+        base_buf_free(&c->body);
     }
 }
 
@@ -289,6 +288,38 @@ static int refuse_body_memory(http_conn_t *c)
     return HPE_USER;
 }
 
+/* The answer when the body buffer cannot take the request: 413 past limits.body_bytes (the
+ * buffer's max; the parser checks that limit first, so this is a backstop), 503 when malloc
+ * failed. */
+static int body_failed(http_conn_t *c, int rc)
+{
+    if (rc == BASE_E_TOO_LARGE) {
+        c->fatal_status = 413;
+        c->fatal_code = "payload_too_large";
+        c->fatal_msg = "body larger than allowed";
+    } else {
+        c->fatal_status = 503;
+        c->fatal_code = "unavailable";
+        c->fatal_msg = "out of memory";
+    }
+    return HPE_USER;
+}
+
+/* Grows the body buffer to exactly ncap bytes, charging them to limits.body_memory first
+ * (http__body_mem_admit); a charge whose allocation fails is given back. Returns 0 or the
+ * parser's HPE_USER with the refusal set (503 when body memory is exhausted). */
+static int body_grow(http_conn_t *c, size_t ncap)
+{
+    size_t old = c->body.cap;
+    if (!http__body_mem_admit(c->hl, old, ncap)) return refuse_body_memory(c);
+    int rc = base_buf_grow_to(&c->body, ncap);
+    if (rc != BASE_OK) {
+        http__body_mem_adjust(c->hl, ncap, old);
+        return body_failed(c, rc);
+    }
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     http_conn_t *c = conn_of(p);
@@ -354,19 +385,9 @@ static int on_headers_complete(llhttp_t *p)
     if (c->early_status == 0) header_auth(c);
     if (c->early_status != 0) return refuse_early(c, expect_continue);
 
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_cap) {
-        size_t want = (size_t)p->content_length;
-        if (!http__body_mem_admit(hl, c->body_cap, want)) return refuse_body_memory(c);
-        char *nb = realloc(c->body, want);
-        if (nb == NULL) {
-            http__body_mem_adjust(hl, want, c->body_cap);
-            c->fatal_status = 503;
-            c->fatal_code = "unavailable";
-            c->fatal_msg = "out of memory";
-            return HPE_USER;
-        }
-        c->body = nb;
-        c->body_cap = want;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body.cap) {
+        int rc = body_grow(c, (size_t)p->content_length);
+        if (rc != 0) return rc;
     }
     if (expect_continue) send_continue(c);
     return 0;
@@ -386,26 +407,17 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     }
     if (c->early_status != 0 || !route_is_ingest(c->route) || c->method != HTTP_POST)
         return 0; /* discarded: the answer is already decided */
-    if (c->body_len + len > c->body_cap) {
-        size_t ncap = c->body_cap < 16384 ? 16384 : c->body_cap * 2;
-        while (ncap < c->body_len + len)
+    if (c->body.len + len > c->body.cap) {
+        size_t ncap = c->body.cap < 16384 ? 16384 : c->body.cap * 2;
+        while (ncap < c->body.len + len)
             ncap *= 2;
         if (ncap > max) ncap = max;
-        if (!http__body_mem_admit(c->hl, c->body_cap, ncap)) return refuse_body_memory(c);
-        char *nb = realloc(c->body, ncap);
-        if (nb == NULL) {
-            http__body_mem_adjust(c->hl, ncap, c->body_cap);
-            c->fatal_status = 503;
-            c->fatal_code = "unavailable";
-            c->fatal_msg = "out of memory";
-            return HPE_USER;
-        }
-        c->body = nb;
-        c->body_cap = ncap;
+        int rc = body_grow(c, ncap);
+        if (rc != 0) return rc;
     }
-    memcpy(c->body + c->body_len, at, len);
-    c->body_len += len;
-    return 0;
+    /* Cannot fail: body_seen <= body.max (checked above) and the allocation has room. */
+    int rc = base_buf_append(&c->body, at, len);
+    return rc == BASE_OK ? 0 : body_failed(c, rc);
 }
 
 static int on_message_complete(llhttp_t *p)

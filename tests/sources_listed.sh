@@ -20,7 +20,7 @@ check() { # check DIR FILE...
         fi
     done
 }
-for area in base collector integration loadtest proto sdk; do
+for area in base collector integration loadtest proto sdk stream; do
     check "$root/tests/$area" "$root/tests/$area"/test_*.c
 done
 for d in collector proto proto/base sdk loadtest; do

@@ -73,6 +73,11 @@ typedef struct base_buf {
 void base_buf_init(base_buf_t *b, size_t max);
 void base_buf_init_fixed(base_buf_t *b, void *mem, size_t cap);
 int base_buf_reserve(base_buf_t *b, size_t n); /* afterwards len + n <= cap */
+/* Makes the allocation exactly cap bytes when it is smaller (no doubling), for a caller that
+ * charges each allocation to a memory budget and so picks the size itself. BASE_E_TOO_LARGE when
+ * cap > max, BASE_E_NOMEM when realloc fails; b is unchanged on failure and when cap is not
+ * larger than the allocation. Not for a fixed buffer. */
+int base_buf_grow_to(base_buf_t *b, size_t cap);
 int base_buf_append(base_buf_t *b, const void *p, size_t n);
 int base_buf_append_str(base_buf_t *b, const char *s); /* strlen(s) bytes, no NUL */
 /* printf-style append (no NUL kept); BASE_E_INVAL on a format error. */

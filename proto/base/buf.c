@@ -40,6 +40,17 @@ int base_buf_reserve(base_buf_t *b, size_t n)
     return BASE_OK;
 }
 
+int base_buf_grow_to(base_buf_t *b, size_t cap)
+{
+    if (cap > b->max) return BASE_E_TOO_LARGE;
+    if (cap <= b->cap) return BASE_OK;
+    char *p = realloc(b->data, cap);
+    if (p == NULL) return BASE_E_NOMEM;
+    b->data = p;
+    b->cap = cap;
+    return BASE_OK;
+}
+
 int base_buf_append(base_buf_t *b, const void *p, size_t n)
 {
     if (n == 0) return BASE_OK;

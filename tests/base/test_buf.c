@@ -51,6 +51,25 @@ static void lowered_max_bounds_a_grown_buffer(void **state)
     base_buf_free(&b);
 }
 
+static void grow_to_allocates_exactly_and_stays_within_max(void **state)
+{
+    (void)state;
+    base_buf_t b;
+    base_buf_init(&b, 100);
+    assert_int_equal(base_buf_grow_to(&b, 101), BASE_E_TOO_LARGE);
+    assert_null(b.data);
+    assert_int_equal(base_buf_grow_to(&b, 37), BASE_OK);
+    assert_int_equal(b.cap, 37);
+    assert_int_equal(BASE_BUF_LIT(&b, "abc"), BASE_OK);
+    /* Not larger than the allocation: nothing changes. */
+    assert_int_equal(base_buf_grow_to(&b, 10), BASE_OK);
+    assert_int_equal(b.cap, 37);
+    assert_int_equal(base_buf_grow_to(&b, 100), BASE_OK);
+    assert_int_equal(b.cap, 100);
+    assert_memory_equal(b.data, "abc", 3);
+    base_buf_free(&b);
+}
+
 static void zero_cap_refuses_everything_but_empty(void **state)
 {
     (void)state;
@@ -140,6 +159,7 @@ int main(void)
         cmocka_unit_test(append_grows_to_the_cap),
         cmocka_unit_test(append_past_the_cap_is_too_large_and_leaves_the_buffer),
         cmocka_unit_test(lowered_max_bounds_a_grown_buffer),
+        cmocka_unit_test(grow_to_allocates_exactly_and_stays_within_max),
         cmocka_unit_test(zero_cap_refuses_everything_but_empty),
         cmocka_unit_test(printf_short_and_long),
         cmocka_unit_test(reset_keeps_and_detach_hands_over),
