@@ -203,6 +203,11 @@ static const config_key_t config_keys[] = {
      "sluice-stream: reading one partition's changelog to its end on assignment must finish "
      "within this; beyond it the worker exits 1 (its partitions move to another worker) rather "
      "than process events on a partial state."},
+    {"stream.max_aborts", CT_UINT, F(stream_max_aborts), 1, 1000000, "10", NULL,
+     "sluice-stream: transactions aborted in a row (each one rebuilds the owned partitions from "
+     "the changelog and retries) before the worker gives up with exit 1, so a persistent failure "
+     "(a missing topic, a record too large) moves the partitions rather than spinning "
+     "(sluice_stream_txn_aborts_total)."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,

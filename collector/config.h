@@ -116,6 +116,7 @@ typedef struct config {
     uint64_t stream_tombstone_bytes;    /* removed PQL ids kept between two flushes; 1 MiB */
     uint32_t stream_admin_connections;  /* admin listener connections; 64 */
     uint32_t stream_restore_timeout_ms; /* one partition's restore from the changelog; 5 min */
+    uint32_t stream_max_aborts;         /* aborted transactions in a row before exit 1; 10 */
 
     /* spool (SPEC §4) */
     bool spool_enabled;           /* default true */

@@ -72,7 +72,7 @@ typedef struct stream_stats {
     _Atomic uint64_t processed, duplicates, undecodable, not_counted, signals, commits, aborts;
     _Atomic uint64_t restores, restore_ms_total, restore_ms_last, restore_records;
     _Atomic uint64_t restore_discarded, restore_bad, changelog_records, changelog_bytes;
-    _Atomic uint64_t deduped_out, partitions_owned, rebalances;
+    _Atomic uint64_t deduped_out, partitions_owned, rebalances, dedup_full;
 } stream_stats_t;
 
 typedef struct stream_worker {

@@ -146,6 +146,9 @@ int main(int argc, char **argv)
         return 1;
     }
     stream_worker_register_metrics(w);
+#ifdef SLUICE_STREAM_DEDUP
+    (void)stream_dedup_register_metrics();
+#endif
     stream_admin_t *adm = NULL;
     if (admin != NULL) {
         int port = 0;

@@ -83,11 +83,17 @@ int stream_produce(stream_worker_t *w, const char *topic, int32_t partition, con
     /* A full queue: let librdkafka deliver (bounded by kafka.delivery_timeout), then give up. */
     uint64_t deadline = base_mono_ns() + (uint64_t)w->cfg->delivery_timeout_ms * 1000000u;
     for (;;) {
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-            RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            hdrs ? RD_KAFKA_V_HEADERS(hdrs) : RD_KAFKA_V_END, RD_KAFKA_V_END);
+        rd_kafka_resp_err_t e =
+            hdrs != NULL
+                ? rd_kafka_producev(
+                      w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                      RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
+                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+                      RD_KAFKA_V_END)
+                : rd_kafka_producev(
+                      w->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                      RD_KAFKA_V_KEY((void *)key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
+                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || base_mono_ns() > deadline) {
             LOG(LOG_ERROR, "stream_produce_failed", LS("topic", topic),
@@ -149,10 +155,18 @@ static void rebuild_all(stream_worker_t *w)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+static uint32_t aborts_in_a_row;
+
 static void txn_abort(stream_worker_t *w, const char *why)
 {
     atomic_fetch_add_explicit(&w->st.aborts, 1, memory_order_relaxed);
-    LOG(LOG_WARN, "stream_txn_aborted", LS("reason", why));
+    LOG(LOG_WARN, "stream_txn_aborted", LS("reason", why), LI("in_a_row", aborts_in_a_row + 1));
+    if (++aborts_in_a_row >= w->cfg->stream_max_aborts) {
+        LOG(LOG_ERROR, "stream_giving_up",
+            LS("reason", "stream.max_aborts aborted transactions "
+                         "in a row"));
+        atomic_store(&w->fatal, true);
+    }
     rd_kafka_error_t *e = rd_kafka_abort_transaction(w->producer, KAFKA_TIMEOUT_MS);
     if (e != NULL) {
         LOG(LOG_ERROR, "stream_txn_abort_failed", LS("reason", rd_kafka_error_string(e)));
@@ -194,6 +208,7 @@ static int txn_commit(stream_worker_t *w, bool rebuild_on_abort)
     rd_kafka_topic_partition_list_destroy(offs);
     if (why == NULL && e == NULL) {
         w->txn_open = false;
+        aborts_in_a_row = 0;
         atomic_fetch_add_explicit(&w->st.commits, 1, memory_order_relaxed);
         for (int32_t p = 0; p < STREAM_MAX_PARTITIONS; p++) {
             stream_task_t *t = w->tasks[p];
@@ -333,6 +348,13 @@ static void process(stream_worker_t *w, rd_kafka_message_t *m)
         if (first == 0) {
             atomic_fetch_add_explicit(&w->st.duplicates, 1, memory_order_relaxed);
             return;
+        }
+        if (first < 0) {
+            /* STREAM_DEDUP_E_FULL: its pending changelog is full, so this event is passed on
+             * unremembered (a retry of it could pass too: counted) and the transaction commits
+             * right after this record, which empties the pending buffer. */
+            atomic_fetch_add_explicit(&w->st.dedup_full, 1, memory_order_relaxed);
+            w->txn_records = w->cfg->stream_max_batch;
         }
     }
 #endif
@@ -612,6 +634,8 @@ static const struct {
     C("sluice_stream_changelog_records_total", "changelog records produced", changelog_records),
     C("sluice_stream_changelog_bytes_total", "changelog key+value bytes produced", changelog_bytes),
     C("sluice_stream_events_deduped_total", "records written to events_deduped", deduped_out),
+    C("sluice_stream_dedup_unremembered_total",
+      "events passed on without being remembered (dedup pending buffer full)", dedup_full),
     C("sluice_stream_rebalances_total", "assign and revoke callbacks", rebalances),
     G("sluice_stream_partitions_owned", "events partitions this worker owns", partitions_owned),
     G("sluice_stream_restore_ms_last", "duration of the last partition restore (ms)",

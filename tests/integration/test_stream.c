@@ -3,7 +3,8 @@
  * and two stream workers on the mock cluster (events and the changelog with 4 partitions each),
  * scripted accounts that each rise to one tier (watching, warm or hot) exactly once:
  *   - two workers share the partitions; every account is signalled once at its tier and its
- *     counters are exact; an undecodable record on events is counted and skipped;
+ *     counters are exact; an undecodable record on events is counted and skipped; every event
+ *     is on events_deduped exactly once (all three scenarios);
  *   - kill -9 one worker between two phases: its partitions move to the other, which restores
  *     them from the changelog (restore logged with its time) and resumes at the committed
  *     offset: the accounts already signalled are not signalled again, the others are signalled
@@ -35,7 +36,7 @@
 
 static const char stream_yaml[] =
     "admin_token: " ADMIN "\n"
-    "stream: {commit_interval: 100ms}\n"
+    "stream: {commit_interval: 100ms, events_deduped: true}\n"
     "pql:\n"
     "  window: 7d\n"
     "  tiers: {hot: 65, warm: 50, watching: 30}\n"
@@ -187,6 +188,7 @@ static fleet_t *fleet_start(void **state)
     assert_int_equal(sup_env_start(&f->env, &o), 0);
     write_stream_yaml(f);
     assert_int_equal(sup_mock_cmd(&f->env.mock, "topic sluice_stream_changelog 4", 5000), 0);
+    assert_int_equal(sup_mock_cmd(&f->env.mock, "topic events_deduped 4", 5000), 0);
     worker_start(f, 0);
     worker_start(f, 1);
     wait_owned(f, 2);
@@ -353,6 +355,36 @@ static void assert_counters(fleet_t *f)
     }
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* events_deduped (stream.events_deduped: true) holds every event sent exactly once. */
+static void assert_deduped_exactly_once(fleet_t *f)
+{
+    long want = total_sent();
+    sup_kmsgs_t m;
+    assert_int_equal(
+        sup_consume(f->env.mock.bootstrap, "events_deduped", (size_t)want, WAIT_MS, &m), 0);
+    assert_int_equal(m.n, want);
+    char **ids = calloc(m.n ? m.n : 1, sizeof *ids);
+    assert_non_null(ids);
+    for (size_t k = 0; k < m.n; k++) {
+        json_t *j = sup_kmsg_value(&m.msgs[k]);
+        assert_non_null(j);
+        ids[k] = strdup(json_string_value(json_object_get(j, "messageId")));
+        json_decref(j);
+    }
+    qsort(ids, m.n, sizeof *ids, cmp_str);
+    for (size_t k = 1; k < m.n; k++)
+        if (strcmp(ids[k - 1], ids[k]) == 0) fail_msg("events_deduped: %s twice", ids[k]);
+    for (size_t k = 0; k < m.n; k++)
+        free(ids[k]);
+    free(ids);
+    sup_kmsgs_free(&m);
+}
+
 static void run_phases(fleet_t *f, int victim, int sig)
 {
     memset(sent_events, 0, sizeof sent_events);
@@ -393,6 +425,7 @@ static void run_phases(fleet_t *f, int victim, int sig)
         expected[i] = true;
     assert_signals(f, expected);
     assert_counters(f);
+    assert_deduped_exactly_once(f);
 }
 
 static void test_stream_two_workers_signal_each_account_once(void **state)

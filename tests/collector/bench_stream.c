@@ -1,0 +1,231 @@
+/*
+ * bench_stream — sluice-stream's per-core figures without Kafka (a benchmark, not a ctest):
+ *   1. events/s of the record path of one worker thread: stream_record_decode of a msgpack
+ *      normalized event (type, event, ids, ISO timestamp, a properties map and a context map)
+ *      then pql_feed (SPEC §6 example rules), over accounts of a Zipf-like size mix;
+ *   2. changelog bytes per account (pql_changes_flush: key + value);
+ *   3. restore time per 100 k accounts: pql_account_import of those values into a fresh tracker
+ *      (the CPU part of a restore; the fetch from Kafka comes on top).
+ * Usage: bench_stream [EVENTS (default 2000000)] [ACCOUNTS (default 100000)] [RUNS (default 5)]
+ * Prints each run and the median.
+ */
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base.h"
+#include "config.h"
+#include "pql.h"
+#include "stream_record.h"
+
+static const char rules_yaml[] =
+    "dev: true\n"
+    "pql:\n"
+    "  window: 7d\n"
+    "  max_accounts: 2000000\n"
+    "  tiers: {hot: 80, warm: 50, watching: 30}\n"
+    "  rules:\n"
+    "    - {name: team_of_seven,   metric: active_users,    at_least: 7,     points: 40}\n"
+    "    - {name: heavy_usage,     metric: events,          at_least: 10000, points: 20}\n"
+    "    - {name: surge,           metric: events_velocity, recent: 24h, at_least: 3.0, "
+    "min_recent: 200, points: 25}\n"
+    "    - {name: new_user_surge,  metric: users_velocity,  recent: 24h, at_least: 2.0, "
+    "min_recent: 3, points: 20}\n"
+    "    - {name: regular_use,     metric: active_days,     at_least: 5,     points: 20}\n"
+    "    - {name: pricing_interest, metric: event_seen, event: \"Pricing Page Viewed\", points: "
+    "10}\n"
+    "    - {name: legal_review,    metric: event_seen, event: [\"Terms Viewed\", \"Privacy Policy "
+    "Viewed\"], points: 15}\n";
+
+static void pk_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+typedef struct recs {
+    char *data;
+    size_t *off, *len;
+    size_t n;
+} recs_t;
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* Account of event i: a Zipf-like mix (a few big accounts, a long tail). */
+static size_t pick_account(size_t accounts)
+{
+    double u = (double)(next() % 1000000) / 1000000.0;
+    size_t a = (size_t)((double)accounts * u * u * u);
+    return a < accounts ? a : accounts - 1;
+}
+
+static void build(recs_t *r, size_t n, size_t accounts, int64_t t0)
+{
+    static const char *names[] = {"Doc Viewed", "Pricing Page Viewed", "Feature Used",
+                                  "Terms Viewed", "Signed In"};
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    r->off = malloc(n * sizeof *r->off);
+    r->len = malloc(n * sizeof *r->len);
+    for (size_t i = 0; i < n; i++) {
+        size_t start = sb.size;
+        size_t a = pick_account(accounts);
+        char acct[32], user[48], mid[48], ts[BASE_ISO8601_LEN + 1];
+        snprintf(acct, sizeof acct, "acct-%zu", a);
+        snprintf(user, sizeof user, "user-%zu-%u", a, (unsigned)(next() % 12));
+        snprintf(mid, sizeof mid, "%016llx-%zu", (unsigned long long)next(), i);
+        base_iso8601_format(t0 + (int64_t)(i % 86400000), ts);
+        msgpack_pack_map(&pk, 10);
+        pk_str(&pk, "type"), pk_str(&pk, "track");
+        pk_str(&pk, "event"), pk_str(&pk, names[next() % 5]);
+        pk_str(&pk, "userId"), pk_str(&pk, user);
+        pk_str(&pk, "messageId"), pk_str(&pk, mid);
+        pk_str(&pk, "properties");
+        msgpack_pack_map(&pk, 3);
+        pk_str(&pk, "plan"), pk_str(&pk, "pro");
+        pk_str(&pk, "count"), msgpack_pack_int(&pk, (int)(next() % 100));
+        pk_str(&pk, "path"), pk_str(&pk, "/docs/getting-started");
+        pk_str(&pk, "context");
+        msgpack_pack_map(&pk, 2);
+        pk_str(&pk, "library");
+        msgpack_pack_map(&pk, 2);
+        pk_str(&pk, "name"), pk_str(&pk, "sluice-c");
+        pk_str(&pk, "version"), pk_str(&pk, "0.1.0");
+        pk_str(&pk, "groupId"), pk_str(&pk, acct);
+        pk_str(&pk, "receivedAt"), pk_str(&pk, ts);
+        pk_str(&pk, "timestamp"), pk_str(&pk, ts);
+        pk_str(&pk, "source"), pk_str(&pk, "web");
+        pk_str(&pk, "accountId"), pk_str(&pk, acct);
+        r->off[i] = start;
+        r->len[i] = sb.size - start;
+    }
+    r->data = sb.data; /* owned now */
+    r->n = n;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return v[n / 2];
+}
+
+typedef struct sink {
+    base_buf_t keys, vals;
+    size_t *koff, *klen, *voff, *vlen;
+    size_t n, cap;
+} sink_t;
+
+static int emit(void *ud, const char *account, size_t alen, const void *state, size_t slen)
+{
+    sink_t *s = ud;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 1024;
+        s->voff = realloc(s->voff, s->cap * sizeof *s->voff);
+        s->vlen = realloc(s->vlen, s->cap * sizeof *s->vlen);
+    }
+    (void)account;
+    s->voff[s->n] = s->vals.len;
+    s->vlen[s->n] = slen;
+    if (state != NULL && base_buf_append(&s->vals, state, slen) != 0) return -1;
+    s->keys.len += 1 + alen; /* bytes only: the key is 'p' + accountId */
+    s->n++;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
+    size_t accounts = argc > 2 ? strtoull(argv[2], NULL, 10) : 100000;
+    int runs = argc > 3 ? atoi(argv[3]) : 5;
+    if (runs < 1 || runs > 99 || n == 0 || accounts == 0) return 2;
+    char path[] = "/tmp/bench_stream_XXXXXX", err[512];
+    int fd = mkstemp(path);
+    if (fd < 0 || write(fd, rules_yaml, sizeof rules_yaml - 1) != (ssize_t)(sizeof rules_yaml - 1))
+        return 1;
+    close(fd);
+    config_t c;
+    config_init(&c);
+    if (config_load_file(&c, path, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    unlink(path);
+    int64_t t0 = base_wall_ms() - 3600000;
+    recs_t r;
+    build(&r, n, accounts, t0);
+    double rate[99], restore[99], bpa = 0;
+    for (int k = 0; k < runs; k++) {
+        pql_t *p = NULL;
+        if (pql_new(&c.pql, NULL, NULL, &p) != PQL_OK || pql_changes_track(p, 64u << 20) != 0)
+            return 1;
+        stream_decoder_t d;
+        stream_decoder_init(&d);
+        uint64_t s0 = base_mono_ns();
+        size_t bad = 0;
+        for (size_t i = 0; i < r.n; i++) {
+            stream_rec_t rec;
+            if (stream_record_decode(&d, r.data + r.off[i], r.len[i], false, &rec) != 0) {
+                bad++;
+                continue;
+            }
+            pql_event_t ev = {rec.account.p, rec.account.n, rec.user.p,   rec.user.n, rec.event.p,
+                              rec.event.n,   rec.source.p,  rec.source.n, rec.ts_ms};
+            (void)pql_feed(p, &ev, t0);
+        }
+        double secs = (double)(base_mono_ns() - s0) / 1e9;
+        rate[k] = (double)r.n / secs;
+        stream_decoder_free(&d);
+        /* changelog of everything fed, then a restore of it */
+        sink_t s = {0};
+        base_buf_init(&s.keys, 0);
+        base_buf_init(&s.vals, (size_t)4 << 30);
+        base_buf_t scratch;
+        base_buf_init(&scratch, (size_t)1 << 30);
+        if (pql_changes_flush(p, &scratch, emit, &s, NULL) != PQL_OK) return 1;
+        pql_stats_t st;
+        pql_stats(p, &st);
+        bpa = (double)(s.keys.len + s.vals.len) / (double)st.accounts;
+        pql_t *q = NULL;
+        if (pql_new(&c.pql, NULL, NULL, &q) != PQL_OK) return 1;
+        uint64_t r0 = base_mono_ns();
+        for (size_t i = 0; i < s.n; i++)
+            if (pql_account_import(q, s.vals.data + s.voff[i], s.vlen[i]) != PQL_OK) return 1;
+        double rsecs = (double)(base_mono_ns() - r0) / 1e9;
+        restore[k] = rsecs * 100000.0 / (double)s.n;
+        printf("run %d: %.0f events/s (decode + pql_feed, %zu undecodable), %llu accounts, "
+               "changelog %.0f B/account, restore %.1f ms per 100k accounts\n",
+               k + 1, rate[k], bad, (unsigned long long)st.accounts, bpa, restore[k] * 1000.0);
+        pql_free(q);
+        pql_free(p);
+        base_buf_free(&scratch);
+        base_buf_free(&s.vals);
+        free(s.voff);
+        free(s.vlen);
+    }
+    printf("median: %.0f events/s per core, %.1f ms restore per 100k accounts, %.0f changelog "
+           "bytes/account (last run)\n",
+           median(rate, runs), median(restore, runs) * 1000.0, bpa);
+    free(r.data);
+    free(r.off);
+    free(r.len);
+    config_free(&c);
+    return 0;
+}
