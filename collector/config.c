@@ -135,6 +135,10 @@ static const config_key_t config_keys[] = {
      "Topic of rejected events, with their reasons."},
     {"kafka.topics.pql", CT_STRING, F(topic_pql), 0, 0, "pql_signals", NULL,
      "Topic of PQL tier changes."},
+    {"kafka.topics.identities", CT_STRING, F(topic_identities), 0, 0, "identities", NULL,
+     "Compacted topic of user -> account links (key userId, value the accountId), written for "
+     "every accepted group call and read by every collector (identities.*). Create it with "
+     "cleanup.policy=compact."},
     {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
      "Map of librdkafka properties (string values, in order), applied after sluice's own "
      "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
@@ -180,6 +184,30 @@ static const config_key_t config_keys[] = {
     {"spool.segment_bytes", CT_SIZE, F(spool_segment_bytes), 64 * KiB, 1 * GiB, "64MiB", NULL,
      "A spool segment file is closed at this size and deleted once all its records are "
      "delivered."},
+    {"identities.produce", CT_BOOL, F(identities_produce), 0, 0, "true", NULL,
+     "Produce each accepted group call's link (userId -> groupId) to kafka.topics.identities as "
+     "part of its request: the 200 waits for the link's acknowledgement as for the event's, a "
+     "link that cannot be delivered fails the request (503, the client retries), and a spooled "
+     "request spools its links with its events (sluice_identities_produced_total)."},
+    {"identities.consume", CT_BOOL, F(identities_consume), 0, 0, "true", NULL,
+     "Read every partition of kafka.topics.identities from the beginning (no consumer group) on "
+     "a thread of its own into the user->account map (limits.max_users), so a user who joined an "
+     "account through any collector resolves here too; the last record in topic order wins "
+     "(sluice_identities_applied_total, sluice_identities_lag, sluice_identities_caught_up)."},
+    {"identities.queue_bytes", CT_SIZE, F(identities_queue_bytes), 64 * KiB, 1 * GiB, "8MiB", NULL,
+     "Records the identities consumer prefetches (librdkafka queued.max.messages.kbytes); "
+     "when full, fetching pauses until the thread has applied them."},
+    {"identities.ready_wait", CT_DURATION, F(identities_ready_wait_ms), 0, 3600000, "0s", NULL,
+     "/readyz answers 503 (\"identities catching up\") until the identities consumer has read "
+     "every partition to its end once, for at most this long after start (a Kafka that cannot "
+     "be read must not hold readiness longer than that); 0 (the single-node default): readiness "
+     "does not wait. In a fleet behind a load balancer set it (e.g. 30s), so a starting "
+     "collector gets traffic only once it resolves every user's account."},
+    {"pql.mode", CT_ENUM, F(pql_mode), 0, 0, "local", "local|stream",
+     "local: PQL (pql.rules) runs in this process. stream: sluice-stream computes it from the "
+     "events topic (SPEC §10); this collector keeps no PQL state (no feeder, no snapshot) and "
+     "GET /v1/accounts/{id} and /v1/pql/top answer 404 with error pql_in_stream, naming "
+     "sluice-stream's --admin-listen as the place to ask."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
@@ -1039,9 +1067,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                            (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
         return config_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
-    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql};
-    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql"};
-    for (int i = 0; i < 3; i++) {
+    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql, c->topic_identities};
+    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql",
+                            "kafka.topics.identities"};
+    for (int i = 0; i < (int)(sizeof topics / sizeof topics[0]); i++) {
         if (topics[i] == NULL || topics[i][0] == '\0')
             return config_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
         for (int j = 0; j < i; j++)
@@ -1052,8 +1081,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
     int prc = pql_config_validate(&c->pql, err, errlen);
     if (prc != CONFIG_OK) return prc;
     if (c->log_level < LOG_DEBUG || c->log_level > LOG_OFF ||
-        (c->kafka_format != 0 && c->kafka_format != 1))
-        return config_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
+        (c->kafka_format != 0 && c->kafka_format != 1) ||
+        (c->pql_mode != CONFIG_PQL_LOCAL && c->pql_mode != CONFIG_PQL_STREAM))
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "log_level, kafka.format or pql.mode out of range");
     return CONFIG_OK;
 }
 
