@@ -247,6 +247,20 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
     return ACCOUNTS_OK;
 }
 
+bool accounts_forget(accounts_t *a, const char *user, size_t ulen)
+{
+    if (a == NULL || user == NULL || ulen == 0 || ulen > ACCOUNTS_STR_MAX) return false;
+    uint64_t h = XXH3_64bits(user, ulen);
+    acct_shard_t *s = shard_of(a, h);
+    pthread_mutex_lock(&s->mu);
+    acct_entry_t *e = *find_slot(s, h, user, ulen);
+    bool found = e != NULL;
+    if (found) entry_remove(s, e);
+    pthread_mutex_unlock(&s->mu);
+    free(e); /* outside the lock, as every free here */
+    return found;
+}
+
 bool accounts_lookup(accounts_t *a, const char *user, size_t ulen, char *out, size_t outcap,
                      size_t *outlen)
 {

@@ -39,6 +39,9 @@ void accounts_free(accounts_t *a);
  * ACCOUNTS_E_NOMEM; on failure the map is unchanged. */
 int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen);
 
+/* Forgets user (an identities tombstone, identities.h). Returns true when it was remembered. */
+bool accounts_forget(accounts_t *a, const char *user, size_t ulen);
+
 /* Copies the account of user into out (outcap >= 256 always suffices) and sets *outlen.
  * Returns true when found (and marks it recently used). */
 bool accounts_lookup(accounts_t *a, const char *user, size_t ulen, char *out, size_t outcap,

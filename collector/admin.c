@@ -81,6 +81,13 @@ static admin_job_t *admin_begin(http_conn_t *c)
         http_respond_error(c, 401, "unauthorized", "admin token required (Authorization: Bearer)");
         return NULL;
     }
+    if (cfg->pql_mode == CONFIG_PQL_STREAM) {
+        /* SPEC §10: the counters live in sluice-stream; this process has none to show. */
+        http_respond_error(c, 404, "pql_in_stream",
+                           "pql.mode is stream: PQL runs in sluice-stream; ask its --admin-listen "
+                           "for /v1/accounts/{id} and /v1/pql/top");
+        return NULL;
+    }
     if (pql == NULL) {
         http_respond_error(c, 404, "not_found", "PQL is off (no pql.rules configured)");
         return NULL;

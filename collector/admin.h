@@ -5,11 +5,12 @@
  *
  * Answers, in this order: 404 "admin endpoints are disabled" with no admin token configured
  * (config.h: "unset disables them"); 401 without "Authorization: Bearer <admin token>" (checked
- * by auth_check_admin, constant time; counted in sluice_auth_failures_total); 404 with PQL off
- * (no pql.rules); 400 a malformed account id (bad percent-escape, %00, over ADMIN_ID_MAX bytes),
- * a malformed query string, or n not an integer 1..PQL_TOP_MAX; then the JSON of
- * pql_account_json / pql_top_json (404 account not tracked; 500 too_large over
- * ADMIN_ANSWER_MAX; 503 out of memory).
+ * by auth_check_admin, constant time; counted in sluice_auth_failures_total); 404
+ * "pql_in_stream" with pql.mode: stream (SPEC §10: the counters live in sluice-stream, whose
+ * --admin-listen serves these views); 404 with PQL off (no pql.rules); 400 a malformed account id
+ * (bad percent-escape, %00, over ADMIN_ID_MAX bytes), a malformed query string, or n not an
+ * integer 1..PQL_TOP_MAX; then the JSON of pql_account_json / pql_top_json (404 account not
+ * tracked; 500 too_large over ADMIN_ANSWER_MAX; 503 out of memory).
  *
  * The read runs on libuv's threadpool: it takes PQL's shard locks (top walks every account),
  * which a loop thread must not wait on. The connection defers its answer (http_conn_defer);

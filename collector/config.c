@@ -120,6 +120,10 @@ static const config_key_t config_keys[] = {
      NULL,
      "sluice-stream with stream.events_deduped: the events topic's records without the "
      "duplicates, same key, headers and partition, written exactly once."},
+    {"kafka.topics.identities", CT_STRING, F(topic_identities), 0, 0, "identities", NULL,
+     "Compacted topic of user -> account links (key userId, value the accountId), written for "
+     "every accepted group call and read by every collector (identities.*). Create it with "
+     "cleanup.policy=compact."},
     {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
      "Map of librdkafka properties (string values, in order), applied after sluice's own "
      "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
@@ -208,6 +212,30 @@ static const config_key_t config_keys[] = {
      "the changelog and retries) before the worker gives up with exit 1, so a persistent failure "
      "(a missing topic, a record too large) moves the partitions rather than spinning "
      "(sluice_stream_txn_aborts_total)."},
+    {"identities.produce", CT_BOOL, F(identities_produce), 0, 0, "true", NULL,
+     "Produce each accepted group call's link (userId -> groupId) to kafka.topics.identities as "
+     "part of its request: the 200 waits for the link's acknowledgement as for the event's, a "
+     "link that cannot be delivered fails the request (503, the client retries), and a spooled "
+     "request spools its links with its events (sluice_identities_produced_total)."},
+    {"identities.consume", CT_BOOL, F(identities_consume), 0, 0, "true", NULL,
+     "Read every partition of kafka.topics.identities from the beginning (no consumer group) on "
+     "a thread of its own into the user->account map (limits.max_users), so a user who joined an "
+     "account through any collector resolves here too; the last record in topic order wins "
+     "(sluice_identities_applied_total, sluice_identities_lag, sluice_identities_caught_up)."},
+    {"identities.queue_bytes", CT_SIZE, F(identities_queue_bytes), 64 * KiB, 1 * GiB, "8MiB", NULL,
+     "Records the identities consumer prefetches (librdkafka queued.max.messages.kbytes); "
+     "when full, fetching pauses until the thread has applied them."},
+    {"identities.ready_wait", CT_DURATION, F(identities_ready_wait_ms), 0, 3600000, "0s", NULL,
+     "/readyz answers 503 (\"identities catching up\") until the identities consumer has read "
+     "every partition to its end once, for at most this long after start (a Kafka that cannot "
+     "be read must not hold readiness longer than that); 0 (the single-node default): readiness "
+     "does not wait. In a fleet behind a load balancer set it (e.g. 30s), so a starting "
+     "collector gets traffic only once it resolves every user's account."},
+    {"pql.mode", CT_ENUM, F(pql_mode), 0, 0, "local", "local|stream",
+     "local: PQL (pql.rules) runs in this process. stream: sluice-stream computes it from the "
+     "events topic (SPEC §10); this collector keeps no PQL state (no feeder, no snapshot) and "
+     "GET /v1/accounts/{id} and /v1/pql/top answer 404 with error pql_in_stream, naming "
+     "sluice-stream's --admin-listen as the place to ask."},
     {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
      "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
     {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
@@ -1057,9 +1085,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
         return config_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
     const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql, c->topic_changelog,
-                            c->topic_events_deduped};
+                            c->topic_events_deduped, c->topic_identities};
     const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql",
-                            "kafka.topics.changelog", "kafka.topics.events_deduped"};
+                            "kafka.topics.changelog", "kafka.topics.events_deduped",
+                            "kafka.topics.identities"};
     for (int i = 0; i < (int)(sizeof topics / sizeof topics[0]); i++) {
         if (topics[i] == NULL || topics[i][0] == '\0')
             return config_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
@@ -1071,8 +1100,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
     int prc = pql_config_validate(&c->pql, err, errlen);
     if (prc != CONFIG_OK) return prc;
     if (c->log_level < LOG_DEBUG || c->log_level > LOG_OFF ||
-        (c->kafka_format != 0 && c->kafka_format != 1))
-        return config_fail(CONFIG_E_INVALID, err, errlen, "log_level or kafka.format out of range");
+        (c->kafka_format != 0 && c->kafka_format != 1) ||
+        (c->pql_mode != CONFIG_PQL_LOCAL && c->pql_mode != CONFIG_PQL_STREAM))
+        return config_fail(CONFIG_E_INVALID, err, errlen,
+                           "log_level, kafka.format or pql.mode out of range");
     return CONFIG_OK;
 }
 

@@ -86,6 +86,7 @@ typedef struct config {
     char *topic_events, *topic_rejected, *topic_pql;
     char *topic_changelog;         /* sluice-stream's state (compacted); sluice_stream_changelog */
     char *topic_events_deduped;    /* sluice-stream's deduplicated events; events_deduped */
+    char *topic_identities;        /* compacted user -> account links (SPEC §10), "identities" */
     config_kv_t *kafka_properties; /* passed to librdkafka as-is, after ours */
     size_t n_kafka_properties;
     uint32_t delivery_timeout_ms; /* 503 when a request's events are not delivered by then; 5 s */
@@ -104,6 +105,13 @@ typedef struct config {
     uint64_t dedup_journal_max_bytes;    /* 64 MiB: forced snapshot at it, no journal at 2x */
 
     pql_config_t pql; /* SPEC §6 */
+    int pql_mode;     /* config_pql_mode_t: local (default) or stream (SPEC §10) */
+
+    /* identities (SPEC §10, collector/identities.h) */
+    bool identities_produce;           /* each accepted group call's link to topic_identities */
+    bool identities_consume;           /* every link of the topic into the accounts map */
+    uint64_t identities_queue_bytes;   /* consumer's prefetch queue (librdkafka), 8 MiB */
+    uint32_t identities_ready_wait_ms; /* /readyz waits this long for the catch-up; 0 */
 
     /* stream: read by sluice-stream only (SPEC §10); the collector accepts and ignores it. */
     char *stream_group_id;              /* consumer group; "sluice-stream" */
@@ -132,6 +140,13 @@ typedef struct config {
     unsigned long inline_secret_line;
     const char *cli_secret_flag;
 } config_t;
+
+/* pql.mode: where the PQL counters of SPEC §6 live. */
+typedef enum {
+    CONFIG_PQL_LOCAL = 0, /* in this process (the single-node default) */
+    CONFIG_PQL_STREAM =
+        1, /* in sluice-stream: no in-process PQL, admin views answer 404 pql_in_stream */
+} config_pql_mode_t;
 
 typedef enum {
     CONFIG_RUN = 0,   /* start the server */

@@ -43,6 +43,7 @@ void ingest_ctx_init(ingest_ctx_t *ctx, const config_t *cfg, kafka_out_t *ko, au
     ctx->ko = ko;
     ctx->auth = auth;
     ctx->accounts = accounts;
+    ctx->identities = NULL;
     ctx->pql = NULL;
     ctx->dedup = NULL;
     ctx->journal = NULL;
@@ -401,6 +402,16 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                       received_at);
             if (rc != 0) return rc;
             req->n_accepted++;
+            if (ev->type == PROTO_T_GROUP && ev->user_id.ptr != NULL && ev->group_id.ptr != NULL &&
+                ctx->cfg->identities_produce) {
+                /* SPEC §10: the link, keyed by userId, in the same group as its event (so the
+                 * 200 waits for both, a failure of either is a 503 and a spooled request spools
+                 * both). groupId is 1..255 bytes (validated), as the consumers require. */
+                rc = emit(ctx, req, KAFKA_TOPIC_IDENTITIES, ev->user_id, ev->group_id.ptr,
+                          ev->group_id.len, NULL, 0, received_at);
+                if (rc != 0) return rc;
+                metrics_add(METRIC_IDENTITIES_PRODUCED, 1);
+            }
             if (ctx->pql != NULL) {
                 proto_str_t user = ev->user_id.ptr != NULL ? ev->user_id : ev->anonymous_id;
                 pql_event_t pe = {ev->account_id.ptr, ev->account_id.len, user.ptr,

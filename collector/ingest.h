@@ -2,7 +2,9 @@
  * ingest.h — one readable request body to durable Kafka messages and back to an answer
  * (SPEC §2–§4): decode → authenticate (body writeKey) → rate-limit → normalize → encode and
  * produce every event (valid ones to the events topic, invalid ones with their reason to the
- * rejected topic), all into one Kafka delivery group → wait for every delivery report → answer.
+ * rejected topic, and each accepted group call's userId → groupId link to the identities topic
+ * when identities.produce), all into one Kafka delivery group → wait for every delivery report
+ * → answer.
  *
  * Threads: ingest_start() and ingest_finish() run on the request's event-loop thread (the
  * encoding is CPU work, never blocking). The group's done callback runs on Kafka's poll thread
@@ -67,12 +69,14 @@ typedef struct ingest_ctx {
     const config_t *cfg;
     kafka_out_t *ko;
     auth_t *auth;
-    accounts_t *accounts; /* may be NULL: no account learning */
-    reload_t *reload;     /* filter rules (SPEC §5); NULL: none. Set after ingest_ctx_init */
-    struct pql *pql;      /* may be NULL: PQL off. Set after ingest_ctx_init (main). Delivered
-                           * events are fed in ingest_finish's success branch only, so a failed
-                           * request's retry is not counted twice (records: pql_record_append). */
-    dedup_t *dedup;       /* may be NULL: dedup off (dedup.window 0). Set after ingest_ctx_init */
+    accounts_t *accounts;          /* may be NULL: no account learning */
+    struct identities *identities; /* may be NULL: identities.consume off (identities.h); /readyz
+                                    * waits for its catch-up. Set after ingest_ctx_init (main). */
+    reload_t *reload; /* filter rules (SPEC §5); NULL: none. Set after ingest_ctx_init */
+    struct pql *pql;  /* may be NULL: PQL off. Set after ingest_ctx_init (main). Delivered
+                       * events are fed in ingest_finish's success branch only, so a failed
+                       * request's retry is not counted twice (records: pql_record_append). */
+    dedup_t *dedup;   /* may be NULL: dedup off (dedup.window 0). Set after ingest_ctx_init */
     struct dedup_journal *journal; /* may be NULL: no journal (dedup.journal false). A delivered
                                     * request's reservations go through it before its answer */
     spool_t *spool; /* may be NULL: spool off (spool.enabled false). Set after init */

@@ -81,9 +81,9 @@
 #include "log.h"
 #include "metrics.h"
 
-#define KAFKA_NTOPICS 3
-/* Embedded mode: partitions of each pre-created topic (events, rejected, pql). */
-static const int kafka_mock_partitions[KAFKA_NTOPICS] = {4, 1, 1};
+#define KAFKA_NTOPICS KAFKA_TOPIC_COUNT
+/* Embedded mode: partitions of each pre-created topic (events, rejected, pql, identities). */
+static const int kafka_mock_partitions[KAFKA_NTOPICS] = {4, 1, 1, 1};
 /* Producer defaults chosen with loadtest/bench.sh (figures in loadtest/README.md); every one can
  * be overridden through kafka.properties.
  *  - linger.ms 1: a request waits for its slowest message, so linger is a floor under every
@@ -203,7 +203,8 @@ struct kafka_out {
     atomic_uint rdlog_suppressed;
 };
 
-static const char *const kafka_topic_names[KAFKA_NTOPICS] = {"events", "rejected", "pql"};
+static const char *const kafka_topic_names[KAFKA_NTOPICS] = {"events", "rejected", "pql",
+                                                             "identities"};
 
 const char *kafka_strerror(int err)
 {
@@ -225,6 +226,13 @@ __attribute__((format(printf, 3, 4))) static void kafka_seterr(char *err, size_t
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+/* kafka.topics.identities; a config_t built by hand (unit tests) may leave it unset. */
+static const char *kafka_identities_topic(const config_t *cfg)
+{
+    return cfg->topic_identities != NULL && cfg->topic_identities[0] ? cfg->topic_identities
+                                                                     : "identities";
 }
 
 /* ---- delivery groups ------------------------------------------------------------------- */
@@ -558,7 +566,7 @@ static int kafka_start_mock(kafka_out_t *ko, char *err, size_t errlen)
         return KAFKA_E_CONFIG;
     }
     const char *names[KAFKA_NTOPICS] = {ko->cfg->topic_events, ko->cfg->topic_rejected,
-                                        ko->cfg->topic_pql};
+                                        ko->cfg->topic_pql, kafka_identities_topic(ko->cfg)};
     for (int i = 0; i < KAFKA_NTOPICS; i++) {
         rd_kafka_resp_err_t e =
             rd_kafka_mock_topic_create(ko->mcluster, names[i], kafka_mock_partitions[i], 1);
@@ -698,7 +706,7 @@ static int kafka_new_producer(kafka_lane_t *lane, rd_kafka_t **rkp, rd_kafka_top
         return KAFKA_E_CONFIG;
     }
     const char *names[KAFKA_NTOPICS] = {ko->cfg->topic_events, ko->cfg->topic_rejected,
-                                        ko->cfg->topic_pql};
+                                        ko->cfg->topic_pql, kafka_identities_topic(ko->cfg)};
     for (int i = 0; i < KAFKA_NTOPICS; i++) {
         rkt[i] = rd_kafka_topic_new(rk, names[i], NULL);
         if (rkt[i] == NULL) {

@@ -48,8 +48,12 @@ const char *kafka_strerror(int err);
 typedef enum {
     KAFKA_TOPIC_EVENTS = 0,
     KAFKA_TOPIC_REJECTED = 1,
-    KAFKA_TOPIC_PQL = 2
+    KAFKA_TOPIC_PQL = 2,
+    KAFKA_TOPIC_IDENTITIES = 3 /* kafka.topics.identities: compacted user -> account links */
 } kafka_topic_t;
+/* Topics kafka_out produces to (kafka_topic_t values are 0 .. KAFKA_TOPIC_COUNT - 1; the spool
+ * stores them as one byte). */
+#define KAFKA_TOPIC_COUNT 4
 
 typedef struct kafka_out kafka_out_t;
 typedef struct kafka_group kafka_group_t;

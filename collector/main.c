@@ -21,6 +21,7 @@
 #include "config.h"
 #include "dedup.h"
 #include "dedup_journal.h"
+#include "identities.h"
 #include "ingest.h"
 #include "kafka_out.h"
 #include "log.h"
@@ -85,6 +86,12 @@ static void pql_signal_to_kafka(void *ud, const char *account, size_t alen, cons
 static int pql_start(const config_t *cfg, kafka_out_t *ko, pql_t **pql, pql_saver_t **saver)
 {
     if (cfg->pql.n_rules == 0) return 0;
+    if (cfg->pql_mode == CONFIG_PQL_STREAM) {
+        /* SPEC §10: sluice-stream owns the counters; a local snapshot, if any, is left alone. */
+        LOG(LOG_INFO, "pql_off", LS("reason", "pql.mode is stream"),
+            LS("effect", "no in-process PQL: sluice-stream signals from the events topic"));
+        return 0;
+    }
     if (pql_new(&cfg->pql, pql_signal_to_kafka, ko, pql) != PQL_OK) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/pql.snapshot", cfg->data_dir);
@@ -297,6 +304,7 @@ int main(int argc, char **argv)
     kafka_out_t *ko = NULL;
     auth_t *auth = NULL;
     server_t *srv = NULL;
+    identities_t *ident = NULL;
     pql_t *pql = NULL;
     pql_saver_t *pql_saver = NULL;
     dedup_t *dedup = NULL;
@@ -332,6 +340,17 @@ int main(int argc, char **argv)
         goto out;
     }
     ingest_ctx_init(&ingest, &cfg, ko, auth, accounts);
+    if (cfg.identities_consume) {
+        if (identities_start(&cfg, kafka_out_bootstrap(ko), accounts, &ident, err, sizeof err) !=
+            IDENTITIES_OK) {
+            LOG(LOG_ERROR, "startup_failed", LS("reason", err));
+            goto out;
+        }
+        ingest.identities = ident;
+    } else {
+        LOG(LOG_INFO, "identities_consumer_off", LS("reason", "identities.consume is false"),
+            LS("effect", "only links learned by this collector's own group calls resolve here"));
+    }
     if (reload_init(&rl, &cfg) != 0) {
         LOG(LOG_ERROR, "startup_failed", LS("reason", "out of memory (runtime)"));
         goto out;
@@ -411,6 +430,9 @@ int main(int argc, char **argv)
      * queued; those done_cb push into the stopped loops' mailboxes, whose async handles stay
      * open until server_free, which frees the requests (test_kafka_free_after_server_stop). */
     server_stop(srv);
+    /* No /readyz or /metrics reads it any more; before kafka_out_free ends an embedded cluster. */
+    identities_stop(ident);
+    ident = NULL;
     /* The loops no longer submit to the spool either: write what is queued, stop the writer. */
     spool_stop(spool);
     /* The loops no longer submit to PQL: feed what is queued (its signals flushed within what
@@ -451,8 +473,9 @@ int main(int argc, char **argv)
     uv_loop_close(main_loop);
     LOG(LOG_INFO, "shutdown_complete", LI("ms", (uv_hrtime() - t0) / 1000000ull));
 out:
+    if (srv != NULL) server_stop(srv);
+    identities_stop(ident);
     if (srv != NULL) {
-        server_stop(srv);
         kafka_out_free(ko);
         ko = NULL;
         dedup_journal_free(journal);

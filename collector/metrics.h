@@ -56,6 +56,14 @@
       "JSON integers beyond 64 bits read as doubles")                                              \
     X(MESSAGE_IDS_GENERATED, "sluice_message_ids_generated_total",                                 \
       "events that came without a messageId (one was generated; not deduplicated)")                \
+    X(IDENTITIES_PRODUCED, "sluice_identities_produced_total",                                     \
+      "group calls' user->account links produced to kafka.topics.identities")                      \
+    X(IDENTITIES_APPLIED, "sluice_identities_applied_total",                                       \
+      "identities records applied to the user->account map (tombstones included)")                 \
+    X(IDENTITIES_FORGOTTEN, "sluice_identities_forgotten_total",                                   \
+      "identities tombstones (no value) that removed a user from the map")                         \
+    X(IDENTITIES_SKIPPED, "sluice_identities_skipped_total",                                       \
+      "identities records skipped as malformed (key or value empty, over 255 bytes, not UTF-8)")   \
     X(KAFKA_DELIVERED, "sluice_kafka_delivered_total", "messages acknowledged by Kafka")           \
     X(KAFKA_ERRORS, "sluice_kafka_errors_total", "messages whose delivery failed")                 \
     X(KAFKA_QUEUE_FULL, "sluice_kafka_queue_full_total", "produce calls refused: queue full")      \

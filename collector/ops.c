@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "identities.h"
 #include "kafka_out.h"
 #include "metrics.h"
 #include "proto.h"
@@ -34,6 +35,14 @@ void ops_readyz_cb(http_conn_t *c, const route_t *r)
         size_t n = strnlen(why, sizeof why - 13);
         memcpy(why + n, "; spool full", 13);
     }
+    /* A collector that has not read the fleet's links yet would key a user's events by userId
+     * (identities.h); bounded by identities.ready_wait, so a Kafka that cannot be read does not
+     * hold readiness beyond it. */
+    char id_why[96] = "";
+    if (ready && !identities_ready(hl->ingest->identities, id_why, sizeof id_why)) {
+        ready = false;
+        snprintf(why, sizeof why, "%s", id_why);
+    }
     if (atomic_load_explicit(hl->draining, memory_order_relaxed)) {
         ready = false;
         snprintf(why, sizeof why, "shutting down");
@@ -54,6 +63,13 @@ void ops_readyz_cb(http_conn_t *c, const route_t *r)
                                  ",\"spool\":{\"bytes\":%" PRIu64 ",\"max_bytes\":%" PRIu64
                                  ",\"records\":%" PRIu64 ",\"oldest_age_seconds\":%.3f}",
                                  st.bytes, st.max_bytes, st.records, st.oldest_age_s);
+    }
+    if (rc == 0 && hl->ingest->identities != NULL) {
+        identities_stats_t ist;
+        identities_stats(hl->ingest->identities, &ist);
+        rc = base_buf_printf(
+            &out, ",\"identities\":{\"caught_up\":%s,\"lag\":%" PRId64 ",\"partitions\":%d}",
+            ist.caught_up ? "true" : "false", ist.lag, ist.partitions);
     }
     if (rc == 0) rc = BASE_BUF_LIT(&out, "}");
     http_respond_json(c, ready ? 200 : 503, out.data, rc == 0 ? out.len : 0);

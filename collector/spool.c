@@ -145,7 +145,7 @@ long spool_record_parse(const void *data, size_t n, spool_record_t *rec)
     rec->topic = b[8];
     rec->n_headers = b[9];
     uint64_t key_len = get_u32(b + 12), value_len = get_u32(b + 16);
-    if (rec->topic > KAFKA_TOPIC_PQL || rec->n_headers > SPOOL_MAX_HEADERS || b[10] || b[11] ||
+    if (rec->topic >= KAFKA_TOPIC_COUNT || rec->n_headers > SPOOL_MAX_HEADERS || b[10] || b[11] ||
         get_u32(b + 20) != 0)
         return SPOOL_E_CORRUPT;
     uint64_t off = SPOOL_BODY_FIXED;

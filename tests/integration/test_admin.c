@@ -110,12 +110,39 @@ static void test_admin_listen_refused(void **state)
                       "admin_listen: \"127.0.0.1:39123\" is the listen address", NULL);
 }
 
+/* pql.mode: stream (SPEC §10): no in-process PQL at all (no snapshot written at shutdown, no PQL
+ * metrics), and both admin views answer 404 pql_in_stream pointing at sluice-stream, while
+ * events are still accepted. */
+static void test_pql_mode_stream(void **state)
+{
+    sup_env_t *e = it_start(state, "admin_listen: 127.0.0.1:0\n"
+                                   "admin_token: " ADMIN "\n"
+                                   "pql:\n"
+                                   "  mode: stream\n"
+                                   "  tiers: {hot: 80}\n"
+                                   "  rules:\n"
+                                   "    - {name: busy, metric: events, at_least: 1, points: 80}\n");
+    int adm = e->coll.admin_port;
+    it_ids_t ids = {0};
+    it_post_good(e, "pqlstream", 2, &ids);
+    expect(adm, "GET", "/v1/pql/top?n=5", ADMIN, NULL, 404, "\"error\":\"pql_in_stream\"");
+    expect(adm, "GET", "/v1/accounts/acct-1", ADMIN, NULL, 404, "sluice-stream");
+    expect(adm, "GET", "/v1/pql/top?n=5", NULL, NULL, 401, "admin token");
+    sup_http_resp_t r;
+    assert_int_equal(req(adm, "GET", "/metrics", NULL, NULL, &r), 200);
+    assert_null(strstr(r.body.data, "sluice_pql_accounts"));
+    sup_http_resp_free(&r);
+    assert_true(sup_collector_log_contains(&e->coll, "\"msg\":\"pql_off\""));
+    it_assert_events_exactly(e, &ids, NULL);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_admin_listen_splits_routes, it_teardown),
         cmocka_unit_test_teardown(test_admin_listen_unset_metrics_public, it_teardown),
         cmocka_unit_test(test_admin_listen_refused),
+        cmocka_unit_test_teardown(test_pql_mode_stream, it_teardown),
     };
     return it_run(argc, argv, "admin", tests, sizeof tests / sizeof tests[0]);
 }

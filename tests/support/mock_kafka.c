@@ -12,8 +12,8 @@
  *   rtt ID MS rd_kafka_mock_broker_set_rtt
  *   topic NAME PARTITIONS  creates a topic (sluice-stream's changelog, events_deduped)
  *   quit      exit 0 (EOF on stdin does the same, so a dead test never leaves the helper behind)
- * Topics events, events_rejected and pql_signals are created up front. The process ends itself
- * after SLUICE_MOCK_LIFETIME seconds (default 600) whatever happens (alarm).
+ * Topics events, events_rejected, pql_signals and identities are created up front. The process ends
+ * itself after SLUICE_MOCK_LIFETIME seconds (default 600) whatever happens (alarm).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +22,7 @@
 
 #include "mock_cluster.h"
 
-static const char *const topics[] = {"events", "events_rejected", "pql_signals"};
+static const char *const topics[] = {"events", "events_rejected", "pql_signals", "identities"};
 
 int main(int argc, char **argv)
 {
