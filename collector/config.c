@@ -1084,11 +1084,11 @@ int config_validate(const config_t *c, char *err, size_t errlen)
                            (unsigned long long)c->body_memory, (unsigned long long)min_body_memory);
     if (c->data_dir == NULL || c->data_dir[0] == '\0')
         return config_fail(CONFIG_E_INVALID, err, errlen, "data_dir: must not be empty");
-    const char *topics[] = {c->topic_events, c->topic_rejected, c->topic_pql, c->topic_changelog,
-                            c->topic_events_deduped, c->topic_identities};
-    const char *tnames[] = {"kafka.topics.events", "kafka.topics.rejected", "kafka.topics.pql",
-                            "kafka.topics.changelog", "kafka.topics.events_deduped",
-                            "kafka.topics.identities"};
+    const char *topics[] = {c->topic_events,    c->topic_rejected,       c->topic_pql,
+                            c->topic_changelog, c->topic_events_deduped, c->topic_identities};
+    const char *tnames[] = {
+        "kafka.topics.events",    "kafka.topics.rejected",       "kafka.topics.pql",
+        "kafka.topics.changelog", "kafka.topics.events_deduped", "kafka.topics.identities"};
     for (int i = 0; i < (int)(sizeof topics / sizeof topics[0]); i++) {
         if (topics[i] == NULL || topics[i][0] == '\0')
             return config_fail(CONFIG_E_INVALID, err, errlen, "%s: must not be empty", tnames[i]);
