@@ -43,9 +43,7 @@
 #include "pql.h"
 #include "stream_record.h"
 
-#ifdef SLUICE_STREAM_DEDUP
 #include "stream_dedup.h"
-#endif
 
 #define STREAM_MAX_PARTITIONS 4096 /* of the events topic (the table is indexed by partition) */
 #define STREAM_KIND_PQL       'p'
@@ -58,9 +56,7 @@ typedef struct stream_task {
     struct stream_worker *w;
     int32_t partition;
     pql_t *pql;
-#ifdef SLUICE_STREAM_DEDUP
     stream_dedup_t *dedup;
-#endif
     int64_t next_offset;      /* next events offset to process; -1: none seen, none restored */
     int64_t committed_offset; /* next_offset as of the last commit (marker written) */
     bool changed;             /* state changed since the last commit */

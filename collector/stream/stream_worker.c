@@ -340,7 +340,6 @@ static void process(stream_worker_t *w, rd_kafka_message_t *m)
         return;
     }
     int64_t now = base_wall_ms();
-#ifdef SLUICE_STREAM_DEDUP
     if (t->dedup != NULL && r.message_id.p != NULL && !r.message_id_generated) {
         const char *src = r.source.p ? r.source.p : "";
         int first =
@@ -357,7 +356,6 @@ static void process(stream_worker_t *w, rd_kafka_message_t *m)
             w->txn_records = w->cfg->stream_max_batch;
         }
     }
-#endif
     if (w->cfg->stream_events_deduped) {
         rd_kafka_headers_t *h = NULL, *hc = NULL;
         if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
