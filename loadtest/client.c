@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,8 +54,7 @@ typedef struct conn {
     uint64_t intended_ns, sent_ns, deadline_ns, next_connect_ns, backoff_ns;
     char hdr[HDR_MAX];
     size_t hdr_len;
-    char *body;
-    size_t body_len, body_cap;
+    base_buf_t body;     /* the encoded request body; sized by compress_body */
     model_item_t *items; /* the events of the request in flight */
     size_t n_items;
     bool fixed_ready; /* --body: c->body holds the fixed body, encoded, for every request */
@@ -262,31 +262,26 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
         bound = ZSTD_compressBound(len);
     else if (w->cfg->compress == CLIENT_COMPRESS_GZIP)
         bound = deflateBound(&w->zs, (uLong)len) + 32;
-    if (bound > c->body_cap) {
-        char *p = realloc(c->body, bound);
-        if (!p) return LT_E_NOMEM;
-        c->body = p;
-        c->body_cap = bound;
-    }
+    if (base_buf_grow_to(&c->body, bound) != BASE_OK) return LT_E_NOMEM;
     switch (w->cfg->compress) {
     case CLIENT_COMPRESS_NONE:
-        memcpy(c->body, src, len);
-        c->body_len = len;
+        memcpy(c->body.data, src, len);
+        c->body.len = len;
         return 0;
     case CLIENT_COMPRESS_ZSTD: {
-        size_t r = ZSTD_compressCCtx(w->zc, c->body, c->body_cap, src, len, w->cfg->level);
+        size_t r = ZSTD_compressCCtx(w->zc, c->body.data, c->body.cap, src, len, w->cfg->level);
         if (ZSTD_isError(r)) return LT_E_IO;
-        c->body_len = r;
+        c->body.len = r;
         return 0;
     }
     case CLIENT_COMPRESS_GZIP:
         if (deflateReset(&w->zs) != Z_OK) return LT_E_IO;
         w->zs.next_in = (Bytef *)(uintptr_t)src;
         w->zs.avail_in = (uInt)len;
-        w->zs.next_out = (Bytef *)c->body;
-        w->zs.avail_out = (uInt)c->body_cap;
+        w->zs.next_out = (Bytef *)c->body.data;
+        w->zs.avail_out = (uInt)c->body.cap;
         if (deflate(&w->zs, Z_FINISH) != Z_STREAM_END) return LT_E_IO;
-        c->body_len = c->body_cap - w->zs.avail_out;
+        c->body.len = c->body.cap - w->zs.avail_out;
         return 0;
     }
     return LT_E_INVAL;
@@ -448,11 +443,11 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
                       "Content-Type: application/%s\r\n%sContent-Length: %zu\r\n"
                       "User-Agent: sluice-load/" SLUICE_VERSION "\r\n\r\n",
                       cfg->targets[c->target].path, cfg->targets[c->target].host_header, w->auth,
-                      ctype, cenc, c->body_len);
+                      ctype, cenc, c->body.len);
     if (hl < 0 || (size_t)hl >= sizeof(c->hdr)) return LT_E_TOO_LARGE;
     c->hdr_len = (size_t)hl;
     uv_buf_t bufs[2] = {uv_buf_init(c->hdr, (unsigned)c->hdr_len),
-                        uv_buf_init(c->body, (unsigned)c->body_len)};
+                        uv_buf_init(c->body.data, (unsigned)c->body.len)};
     c->state = C_BUSY;
     c->answered = false;
     c->resp_len = 0;
@@ -464,11 +459,11 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     add(&w->events_sent, n);
     w->url[c->target].requests_sent++;
     w->url[c->target].events_sent += n;
-    add(&w->bytes_out, c->hdr_len + c->body_len);
+    add(&w->bytes_out, c->hdr_len + c->body.len);
     add(&w->body_raw, raw_len);
     if (c->ssl != NULL) { /* two records (head, body), one write of their ciphertext */
-        if (tls_client_write(c->ssl, c->hdr, c->hdr_len) != 0 || c->body_len == 0 ||
-            tls_client_write(c->ssl, c->body, c->body_len) != 0 || tls_flush(c) != 0) {
+        if (tls_client_write(c->ssl, c->hdr, c->hdr_len) != 0 || c->body.len == 0 ||
+            tls_client_write(c->ssl, c->body.data, c->body.len) != 0 || tls_flush(c) != 0) {
             tls_client_forget_errors();
             request_failed(c, CLIENT_ST_CONN_ERROR, now);
             conn_close(c);
@@ -795,7 +790,7 @@ static void worker_free(worker_t *w)
     }
     if (w->conns) {
         for (uint32_t i = 0; i < w->n_conns; i++) {
-            free(w->conns[i].body);
+            base_buf_free(&w->conns[i].body);
             free(w->conns[i].items);
             SSL_free(w->conns[i].ssl); /* closed by finish()'s uv_walk, without on_close */
         }
@@ -839,6 +834,9 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
     uint32_t batch = model_config(cfg->model)->batch;
     for (uint32_t i = 0; i < n_conns; i++) {
         w->conns[i].w = w;
+        /* No cap of its own: a body is at most the compression bound of a raw body the model
+         * (its batch size) or --body (the file, already in memory) produced. */
+        base_buf_init(&w->conns[i].body, SIZE_MAX);
         w->conns[i].target = (first_conn + i) % cfg->n_targets;
         w->url[w->conns[i].target].connections++;
         w->conns[i].items = malloc(sizeof(model_item_t) * batch);
