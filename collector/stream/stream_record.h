@@ -33,7 +33,8 @@ typedef struct stream_rec {
     int64_t ts_ms; /* the normalized "timestamp"; -1 when absent */
 } stream_rec_t;
 
-/* A reusable decoder (its msgpack zone / JSON document live until the next call). */
+/* A reusable decoder (its JSON document lives until the next call; msgpack is read in place, with
+ * no allocation: the zone is unused since the in-place walker and kept for the layout). */
 typedef struct stream_decoder {
     msgpack_zone zone;
     void *json; /* json_t * of the last JSON record */
