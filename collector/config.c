@@ -1,10 +1,11 @@
 /*
  * config.c — the collector's configuration (contract in config.h, keys in SPEC §7).
  *
- * One table, config_keys[], describes every key: its dotted YAML path, type, place in config_t,
+ * One table (config_keys.c) describes every key: its dotted YAML path, type, place in config_t,
  * bounds, default (spelled exactly as a user would write it in YAML, and parsed by the same code
- * as user input, so a default can never be out of its own bounds) and doc. Defaults, YAML
- * loading, CLI flags, --help and collector/CONFIG.md are all produced from it.
+ * as user input, so a default can never be out of its own bounds) and doc. This file gives the
+ * defaults, loads YAML, checks the whole, and reads CLI flags from it; config_doc.c prints
+ * --help and collector/CONFIG.md from it.
  *
  * YAML is read with libyaml's document API so that every node carries its line; every error is
  * one line "FILE:LINE: key: reason" (CLI errors: "--flag: reason").
@@ -24,288 +25,9 @@
 #include "log.h"
 #include "tls.h"
 
-/* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
- * limit. */
-#define CONFIG_MAX_WRITE_KEYS 1024
-#define CONFIG_MAX_PROPERTIES 256
-#define CONFIG_KEY_MAX_LEN    256
-#define CONFIG_SOURCE_MAX_LEN 64
-#define CONFIG_NAME_MAX       128
-
-#define F(field) offsetof(config_t, field), sizeof(((config_t *)0)->field)
-#define KiB      1024.0
-#define MiB      (1024.0 * 1024.0)
-#define GiB      (1024.0 * 1024.0 * 1024.0)
-
-static const config_key_t config_keys[] = {
-    {"listen", CT_STRING, F(listen), 0, 0, "0.0.0.0:8080", NULL,
-     "Address to serve HTTP on: IPV4:PORT, [IPV6]:PORT or localhost:PORT (port 0 picks a free "
-     "port)."},
-    {"admin_listen", CT_STRING, F(admin_listen), 0, 0, NULL, NULL,
-     "Address of a second, plain-HTTP listener (typically 127.0.0.1:PORT) for /metrics and the "
-     "admin views (GET /v1/accounts/{id}, /v1/pql/top); when set, the listen port answers 404 "
-     "for them and this one answers 404 for everything else but /healthz and /readyz, which "
-     "both serve. Its connections count against limits.max_connections. Unset: everything on "
-     "listen."},
-    {"tls.cert_file", CT_STRING, F(tls_cert_file), 0, 0, NULL, NULL,
-     "PEM certificate chain (leaf first) to serve HTTPS on listen (TLS 1.2+, HTTP/1.1); with "
-     "tls.key_file. Re-read on SIGHUP: new connections use the new certificate, open ones keep "
-     "theirs; a pair that does not load is refused (config_reload_failed) and the old one stays. "
-     "Turning TLS on or off needs a restart. admin_listen stays plain HTTP. Unset: plain HTTP."},
-    {"tls.key_file", CT_STRING, F(tls_key_file), 0, 0, NULL, NULL,
-     "PEM private key (unencrypted) of tls.cert_file; must match it."},
-    {"threads", CT_UINT, F(threads), 1, 64, "2", NULL, "Event-loop threads."},
-    {"data_dir", CT_STRING, F(data_dir), 0, 0, "./sluice-data", NULL,
-     "Directory for the spool and snapshots; created (mkdir -p, mode 0750) when missing."},
-    {"admin_token", CT_STRING, F(admin_token), 0, 0, NULL, NULL,
-     "Bearer token for the admin endpoints; unset disables them."},
-    {"admin_token_env", CT_ENV, F(admin_token), 0, 0, NULL, NULL,
-     "Name of an environment variable holding admin_token (exclusive with admin_token)."},
-    {"write_keys", CT_WRITE_KEYS, F(write_keys), 0, CONFIG_MAX_WRITE_KEYS, NULL, NULL,
-     "List of {key: K, source: S} or {key_env: VAR, source: S}; source defaults to \"default\". "
-     "Keys are 1..256 visible ASCII characters without ':'. Required unless dev."},
-    {"public_url", CT_STRING, F(public_url), 0, 0, NULL, NULL,
-     "Base URL browsers reach this collector at (http[s]://HOST[:PORT][/PREFIX]), named in the "
-     "settings document GET /v1/projects/{writeKey}/settings serves to @segment/analytics-next; "
-     "unset: http:// and the request's Host header."},
-    {"dev", CT_BOOL, F(dev), 0, 0, "false", NULL,
-     "Development mode: accept any write key (source \"dev\")."},
-    {"log_level", CT_ENUM, F(log_level), 0, 0, "info", "debug|info|warn/warning|error|off",
-     "Minimum level of the JSON log lines on stderr."},
-    {"limits.event_bytes", CT_SIZE, F(event_bytes), 64, 64 * MiB, "32KiB", NULL,
-     "Largest encoded event; bigger events are rejected (event_too_large)."},
-    {"limits.body_bytes", CT_SIZE, F(body_bytes), 1 * KiB, 1 * GiB, "512KiB", NULL,
-     "Largest request body, before and after decompression (413 beyond)."},
-    {"limits.max_connections", CT_UINT, F(max_connections), 1, 1000000, "10000", NULL,
-     "Open connections per process; beyond it new connections get 503."},
-    {"limits.rate_per_key", CT_DOUBLE, F(rate_per_key), 0, 1e9, "0", NULL,
-     "Events per second per write key (429 beyond); 0 = unlimited."},
-    {"limits.max_events", CT_UINT, F(max_events), 1, 1000000, "10000", NULL, "Events per batch."},
-    {"limits.header_bytes", CT_SIZE, F(header_bytes), 1 * KiB, 1 * MiB, "16KiB", NULL,
-     "All request headers together; a request with more is refused."},
-    {"limits.header_timeout", CT_DURATION, F(header_timeout_ms), 100, 3600000, "10s", NULL,
-     "A request whose headers have not arrived by then is closed (slowloris)."},
-    {"limits.idle_timeout", CT_DURATION, F(idle_timeout_ms), 100, 86400000, "60s", NULL,
-     "Idle keep-alive connections are closed after this."},
-    {"limits.request_timeout", CT_DURATION, F(request_timeout_ms), 100, 3600000, "30s", NULL,
-     "A whole request (headers and body) must arrive within this, however slowly it trickles "
-     "(408 and close beyond; sluice_request_timeouts_total); an answer the client has not read "
-     "within it closes the connection (sluice_write_timeouts_total)."},
-    {"limits.body_memory", CT_SIZE, F(body_memory), 1 * MiB, 64 * GiB, "256MiB", NULL,
-     "Request bodies held in memory across all connections, the loops' decompression buffers "
-     "included (sluice_http_body_memory_bytes); a body that does not fit gets 503 + Retry-After "
-     "(sluice_body_memory_refused_total). The last eighth is kept for bodies up to 64 KiB. At "
-     "least 2 x (threads + 1) x limits.body_bytes."},
-    {"limits.max_depth", CT_UINT, F(max_depth), 1, 64, "16", NULL,
-     "Nesting depth of properties, traits and context."},
-    {"limits.max_users", CT_UINT, F(max_users), 64, 1e9, "1000000", NULL,
-     "Entries of the user->account map learned from group calls (LRU beyond)."},
-    {"kafka.brokers", CT_STRING, F(brokers), 0, 0, NULL, NULL,
-     "Bootstrap servers HOST:PORT,...; unset or empty starts the embedded mock cluster (data in "
-     "memory only)."},
-    {"kafka.format", CT_ENUM, F(kafka_format), 0, 0, "msgpack", "msgpack|json",
-     "Encoding of the events topic's values."},
-    {"kafka.topics.events", CT_STRING, F(topic_events), 0, 0, "events", NULL,
-     "Topic of accepted events."},
-    {"kafka.topics.rejected", CT_STRING, F(topic_rejected), 0, 0, "events_rejected", NULL,
-     "Topic of rejected events, with their reasons."},
-    {"kafka.topics.pql", CT_STRING, F(topic_pql), 0, 0, "pql_signals", NULL,
-     "Topic of PQL tier changes."},
-    {"kafka.topics.changelog", CT_STRING, F(topic_changelog), 0, 0, "sluice_stream_changelog", NULL,
-     "sluice-stream: its state, one record per account (PQL) and per dedup chunk; create it "
-     "compacted (cleanup.policy=compact) with as many partitions as kafka.topics.events "
-     "(partition p holds the state of events partition p; fewer partitions: the worker refuses "
-     "to start)."},
-    {"kafka.topics.events_deduped", CT_STRING, F(topic_events_deduped), 0, 0, "events_deduped",
-     NULL,
-     "sluice-stream with stream.events_deduped: the events topic's records without the "
-     "duplicates, same key, headers and partition, written exactly once."},
-    {"kafka.topics.identities", CT_STRING, F(topic_identities), 0, 0, "identities", NULL,
-     "Compacted topic of user -> account links (key userId, value the accountId), written for "
-     "every accepted group call and read by every collector (identities.*). Create it with "
-     "cleanup.policy=compact."},
-    {"kafka.properties", CT_PROPERTIES, F(kafka_properties), 0, CONFIG_MAX_PROPERTIES, NULL, NULL,
-     "Map of librdkafka properties (string values, in order), applied after sluice's own "
-     "(e.g. security.protocol, sasl.*, linger.ms). sluice's own include reconnect.backoff.ms 50 "
-     "and reconnect.backoff.max.ms 500, so the producer is back within ~1 s of a broker."},
-    {"kafka.delivery_timeout", CT_DURATION, F(delivery_timeout_ms), 100, 600000, "5s", NULL,
-     "A request whose events are not acknowledged by Kafka by then gets 503."},
-    {"kafka.queue_bytes", CT_SIZE, F(kafka_queue_bytes), 1 * MiB, 64 * GiB, "256MiB", NULL,
-     "Producer queue cap; when full, requests get 503."},
-    {"kafka.producers", CT_UINT, F(kafka_producers), 1, 16, "16", NULL,
-     "Idempotent producers, each with its own connection per broker; each partition of the events "
-     "topic is written by one of them (partition modulo producers). librdkafka sends one request "
-     "per partition and keeps at most 5 in flight per connection, so a partition waits about "
-     "partitions x RTT / (5 x producers) for its turn, and beyond 5 partitions per producer and "
-     "broker librdkafka serves them unevenly (some wait much longer). 16 keeps 64 partitions "
-     "per broker at 500 ms RTT within ~1.5 s. Gauge sluice_kafka_producers."},
-    {"filters", CT_SECTION, F(filters), 0, FILTER_MAX_RULES, NULL, NULL,
-     "Edge filter rules (drop, allow, sample, strip, hash), applied in order to every valid "
-     "event; see \"Filter rules\" below. Reloaded by SIGHUP."},
-    {"shutdown_timeout", CT_DURATION, F(shutdown_timeout_ms), 0, 600000, "10s", NULL,
-     "On SIGTERM/SIGINT, how long in-flight requests and Kafka get to finish."},
-    {"dedup.window", CT_DURATION, F(dedup_window_ms), 0, 7 * 86400000.0, "1h", NULL,
-     "Exact dedup of (source, messageId) within this window; 0 disables dedup."},
-    {"dedup.max_memory", CT_SIZE, F(dedup_max_memory), 1 * MiB, 64 * GiB, "256MiB", NULL,
-     "Memory cap of the dedup tables; at the cap the oldest entries go first and the effective "
-     "window shrinks (sluice_dedup_window_seconds)."},
-    {"dedup.snapshot_interval", CT_DURATION, F(dedup_snapshot_interval_ms), 1000, 86400000, "60s",
-     NULL, "How often the dedup state is written to data_dir (also at shutdown)."},
-    {"dedup.journal", CT_BOOL, F(dedup_journal), 0, 0, "true", NULL,
-     "Append every remembered (delivered) event to a journal in data_dir, fsync'd before the 200, "
-     "so dedup survives kill -9; replayed over the snapshot at start."},
-    {"dedup.journal_max_bytes", CT_SIZE, F(dedup_journal_max_bytes), 64 * KiB, 16 * GiB, "64MiB",
-     NULL,
-     "Journal cap (records of 24 bytes; also the bound of its queue): at it a snapshot is forced "
-     "(which truncates the journal); at twice it records are dropped "
-     "(sluice_dedup_journal_dropped_total) until a snapshot succeeds."},
-    {"spool.enabled", CT_BOOL, F(spool_enabled), 0, 0, "true", NULL,
-     "Spool to data_dir/spool when Kafka is unreachable or its queue is full: such requests get "
-     "200 once their events are fsync'd there, and the spool drains to Kafka in order when it "
-     "recovers. false: those requests get 503."},
-    {"spool.max_bytes", CT_SIZE, F(spool_max_bytes), 1 * MiB, 16384 * GiB, "1GiB", NULL,
-     "Spool cap (segments on disk); beyond it requests that need the spool get 503 + "
-     "Retry-After (sluice_spool_full_total, sluice_spool_bytes)."},
-    {"spool.segment_bytes", CT_SIZE, F(spool_segment_bytes), 64 * KiB, 1 * GiB, "64MiB", NULL,
-     "A spool segment file is closed at this size and deleted once all its records are "
-     "delivered."},
-    {"stream.group_id", CT_STRING, F(stream_group_id), 0, 0, "sluice-stream", NULL,
-     "sluice-stream: Kafka consumer group on kafka.topics.events (flag --group-id); every worker "
-     "of one fleet uses the same."},
-    {"stream.transactional_id", CT_STRING, F(stream_transactional_id), 0, 0, NULL, NULL,
-     "sluice-stream: transactional.id of the worker's producer; must be unique per worker and "
-     "stable across its restarts to fence its previous incarnation at once. Unset: "
-     "<group_id>-<hostname>-<pid> (a crashed worker's open transaction is then aborted by the "
-     "broker after stream.transaction_timeout)."},
-    {"stream.commit_interval", CT_DURATION, F(stream_commit_interval_ms), 10, 60000, "100ms", NULL,
-     "sluice-stream: a transaction (signals, changelog, events_deduped, consumed offsets) is "
-     "committed at least this often while records arrive; the latency a signal adds beyond "
-     "processing (sluice_stream_txn_commits_total)."},
-    {"stream.max_batch", CT_UINT, F(stream_max_batch), 1, 1000000, "20000", NULL,
-     "sluice-stream: records per transaction at most (then it commits early); bounds the changes "
-     "a flush writes and a restore buffers."},
-    {"stream.transaction_timeout", CT_DURATION, F(stream_txn_timeout_ms), 1000, 900000, "10s", NULL,
-     "sluice-stream: transaction.timeout.ms of its producer: how long the broker keeps a dead "
-     "worker's open transaction (which holds back read_committed readers, a restoring worker "
-     "included) before aborting it."},
-    {"stream.events_deduped", CT_BOOL, F(stream_events_deduped), 0, 0, "false", NULL,
-     "sluice-stream: also write every first-seen event to kafka.topics.events_deduped."},
-    {"stream.max_partitions", CT_UINT, F(stream_max_partitions), 1, 4096, "32", NULL,
-     "sluice-stream: each owned partition gets pql.max_accounts / max_partitions accounts and "
-     "dedup.max_memory / max_partitions bytes, so memory stays within those caps while a worker "
-     "owns at most this many partitions; beyond it the worker still takes them (a warning, "
-     "sluice_stream_partitions_owned) and its memory grows past the caps in proportion."},
-    {"stream.tombstone_bytes", CT_SIZE, F(stream_tombstone_bytes), 64 * KiB, 1 * GiB, "1MiB", NULL,
-     "sluice-stream: ids of expired/evicted PQL accounts kept per partition until the next "
-     "commit writes their tombstones; beyond it a tombstone is lost "
-     "(sluice_stream_tombstones_lost_total) and the stale account is expired again after a "
-     "restore."},
-    {"stream.admin_connections", CT_UINT, F(stream_admin_connections), 1, 10000, "64", NULL,
-     "sluice-stream: open connections of the --admin-listen listener; beyond it new ones are "
-     "answered 503 and closed."},
-    {"stream.restore_timeout", CT_DURATION, F(stream_restore_timeout_ms), 1000, 3600000, "5m", NULL,
-     "sluice-stream: reading one partition's changelog to its end on assignment must finish "
-     "within this; beyond it the worker exits 1 (its partitions move to another worker) rather "
-     "than process events on a partial state."},
-    {"stream.max_aborts", CT_UINT, F(stream_max_aborts), 1, 1000000, "10", NULL,
-     "sluice-stream: transactions aborted in a row (each one rebuilds the owned partitions from "
-     "the changelog and retries) before the worker gives up with exit 1, so a persistent failure "
-     "(a missing topic, a record too large) moves the partitions rather than spinning "
-     "(sluice_stream_txn_aborts_total)."},
-    {"identities.produce", CT_BOOL, F(identities_produce), 0, 0, "true", NULL,
-     "Produce each accepted group call's link (userId -> groupId) to kafka.topics.identities as "
-     "part of its request: the 200 waits for the link's acknowledgement as for the event's, a "
-     "link that cannot be delivered fails the request (503, the client retries), and a spooled "
-     "request spools its links with its events (sluice_identities_produced_total)."},
-    {"identities.consume", CT_BOOL, F(identities_consume), 0, 0, "true", NULL,
-     "Read every partition of kafka.topics.identities from the beginning (no consumer group) on "
-     "a thread of its own into the user->account map (limits.max_users), so a user who joined an "
-     "account through any collector resolves here too; the last record in topic order wins "
-     "(sluice_identities_applied_total, sluice_identities_lag, sluice_identities_caught_up)."},
-    {"identities.queue_bytes", CT_SIZE, F(identities_queue_bytes), 64 * KiB, 1 * GiB, "8MiB", NULL,
-     "Records the identities consumer prefetches (librdkafka queued.max.messages.kbytes); "
-     "when full, fetching pauses until the thread has applied them."},
-    {"identities.ready_wait", CT_DURATION, F(identities_ready_wait_ms), 0, 3600000, "0s", NULL,
-     "/readyz answers 503 (\"identities catching up\") until the identities consumer has read "
-     "every partition to its end once, for at most this long after start (a Kafka that cannot "
-     "be read must not hold readiness longer than that); 0 (the single-node default): readiness "
-     "does not wait. In a fleet behind a load balancer set it (e.g. 30s), so a starting "
-     "collector gets traffic only once it resolves every user's account."},
-    {"pql.mode", CT_ENUM, F(pql_mode), 0, 0, "local", "local|stream",
-     "local: PQL (pql.rules) runs in this process. stream: sluice-stream computes it from the "
-     "events topic (SPEC §10); this collector keeps no PQL state (no feeder, no snapshot) and "
-     "GET /v1/accounts/{id} and /v1/pql/top answer 404 with error pql_in_stream, naming "
-     "sluice-stream's --admin-listen as the place to ask."},
-    {"pql.window", CT_DURATION, F(pql.window_ms), 3600000, 30 * 86400000.0, "7d", NULL,
-     "PQL sliding window per account; a multiple of pql.bucket. Idle accounts expire after it."},
-    {"pql.bucket", CT_DURATION, F(pql.bucket_ms), 60000, 86400000, "1h", NULL,
-     "PQL counter bucket; must divide 1d (active days are whole UTC days)."},
-    {"pql.late", CT_DURATION, F(pql.late_ms), 0, 30 * 86400000.0, "7d", NULL,
-     "Late allowance: an event older than its account's newest event by more than this (or than "
-     "the window) is not counted (sluice_pql_late_events_total)."},
-    {"pql.snapshot_interval", CT_DURATION, F(pql.snapshot_interval_ms), 1000, 86400000, "5m", NULL,
-     "How often the PQL counters are written to data_dir (also at shutdown)."},
-    {"pql.max_accounts", CT_UINT, F(pql.max_accounts), 1024, 1e9, "1000000", NULL,
-     "Accounts tracked; beyond it the least recently active account is forgotten "
-     "(sluice_pql_evictions_total)."},
-    {"pql.queue_bytes", CT_SIZE, F(pql.queue_bytes), 64 * KiB, 4 * GiB, "64MiB", NULL,
-     "Event records waiting for PQL's feeder thread (the loops hand accepted events to it); "
-     "beyond it a request's events are not counted (sluice_pql_queue_dropped_events_total)."},
-    {"pql.tiers", CT_SECTION, F(pql), 0, PQL_CONFIG_MAX_TIERS, NULL, NULL,
-     "Map of tier name to score threshold, e.g. {hot: 80, warm: 50}; required with rules."},
-    {"pql.rules", CT_SECTION, F(pql), 0, PQL_CONFIG_MAX_RULES, NULL, NULL,
-     "List of {name, metric, at_least, points, recent, min_recent, event}; metric is "
-     "active_users, events, events_velocity, users_velocity, active_days or event_seen; event (a "
-     "name or a list) restricts events/events_velocity and names what event_seen looks for; "
-     "recent (default 24h) and min_recent (default 0) are for the velocities. No rules: PQL off."},
-};
-#define CONFIG_N_KEYS (sizeof config_keys / sizeof config_keys[0])
-
-/* Sections of SPEC §7 that later versions implement; naming them is a clear error, not an
- * "unknown key", so an operator knows the file is right but the binary is too old. */
-/* The sections: keys of type CT_SECTION and the module that parses each (config_yaml.h); the
- * slot is the key's field. */
-static const struct {
-    const char *key;
-    const config_section_t *section;
-    const char *shape; /* for the reference: "list" or "map" */
-} config_sections[] = {
-    {"filters", &filter_config_section, "list"},
-    {"pql.tiers", &pql_config_tiers_section, "map"},
-    {"pql.rules", &pql_config_rules_section, "list"},
-};
-
-static size_t section_index(const config_key_t *k)
-{
-    for (size_t i = 0; i < sizeof config_sections / sizeof config_sections[0]; i++)
-        if (strcmp(config_sections[i].key, k->name) == 0) return i;
-    abort(); /* a CT_SECTION key missing from config_sections: a build-time mistake */
-}
-
-#define SECTION(k) (config_sections[section_index(k)].section)
-
-static const char *const config_unsupported[] = {NULL}; /* NULL-terminated; none today */
-
-static const config_flag_t config_flags[] = {
-    {"--config", "FILE", NULL, "Read the YAML config FILE first; the other flags override it."},
-    {"--listen", "ADDR:PORT", "listen", NULL},
-    {"--brokers", "LIST", "kafka.brokers", NULL},
-    {"--data-dir", "DIR", "data_dir", NULL},
-    {"--threads", "N", "threads", NULL},
-    {"--write-key", "KEY[=SOURCE]", NULL,
-     "Accept write key KEY for source SOURCE (default \"default\"); repeatable. Given on the "
-     "command line, these replace the file's write_keys. The text is split at its LAST '=' when "
-     "what follows is a valid source name ([A-Za-z0-9_.-], 1..64), so a key may itself contain "
-     "'=' (write KEY=default to be explicit)."},
-    {"--admin-token", "T", "admin_token", NULL},
-    {"--log-level", "L", "log_level", NULL},
-    {"--dev", NULL, "dev", NULL},
-    {"--public-url", "URL", "public_url", NULL},
-    {"--check-config", NULL, NULL, "Load and validate everything, then exit (0 if valid)."},
-    {"--version", NULL, NULL, "Print the version and exit."},
-    {"--help", NULL, NULL, "Print this help and exit."},
-};
-#define CONFIG_N_FLAGS (sizeof config_flags / sizeof config_flags[0])
+#define KiB 1024.0
+#define MiB (1024.0 * 1024.0)
+#define GiB (1024.0 * 1024.0 * 1024.0)
 
 const char *config_strerror(int err)
 {
@@ -320,10 +42,10 @@ const char *config_strerror(int err)
     }
 }
 
-static const config_key_t *key_find(const char *name)
+const config_key_t *config__key_find(const char *name)
 {
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
-        if (strcmp(config_keys[i].name, name) == 0) return &config_keys[i];
+    for (size_t i = 0; i < config__n_keys; i++)
+        if (strcmp(config__key_tab[i].name, name) == 0) return &config__key_tab[i];
     return NULL;
 }
 
@@ -331,8 +53,8 @@ static const config_key_t *key_find(const char *name)
 static bool key_is_section(const char *name)
 {
     size_t n = strlen(name);
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
-        if (strncmp(config_keys[i].name, name, n) == 0 && config_keys[i].name[n] == '.')
+    for (size_t i = 0; i < config__n_keys; i++)
+        if (strncmp(config__key_tab[i].name, name, n) == 0 && config__key_tab[i].name[n] == '.')
             return true;
     return false;
 }
@@ -413,7 +135,7 @@ static void store_uint(void *dst, size_t width, uint64_t v)
     }
 }
 
-static void format_bound(const config_key_t *k, double v, char *out, size_t outlen)
+void config__format_bound(const config_key_t *k, double v, char *out, size_t outlen)
 {
     if (k->type == CT_SIZE && v >= GiB && fmod(v, GiB) == 0)
         snprintf(out, outlen, "%.0fGiB", v / GiB);
@@ -517,8 +239,8 @@ static int set_scalar(config_t *c, const config_key_t *k, const char *s, bool is
 
 out_of_bounds : {
     char lo[32], hi[32];
-    format_bound(k, k->min, lo, sizeof lo);
-    format_bound(k, k->max, hi, sizeof hi);
+    config__format_bound(k, k->min, lo, sizeof lo);
+    config__format_bound(k, k->max, hi, sizeof hi);
     snprintf(why->text, sizeof why->text, "%s is out of range %s..%s", s, lo, hi);
     return CONFIG_E_INVALID;
 }
@@ -527,8 +249,8 @@ out_of_bounds : {
 void config_init(config_t *c)
 {
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
-        const config_key_t *k = &config_keys[i];
+    for (size_t i = 0; i < config__n_keys; i++) {
+        const config_key_t *k = &config__key_tab[i];
         config_why_t why;
         /* Defaults are checked by the unit tests; a failure here (out of memory for a string)
          * leaves the field NULL, which config_validate reports. */
@@ -539,8 +261,8 @@ void config_init(config_t *c)
 void config_free(config_t *c)
 {
     if (c == NULL) return;
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
-        const config_key_t *k = &config_keys[i];
+    for (size_t i = 0; i < config__n_keys; i++) {
+        const config_key_t *k = &config__key_tab[i];
         if (k->type == CT_STRING) {
             char **sp = field(c, k);
             if (*sp != NULL && k->offset == offsetof(config_t, admin_token))
@@ -555,9 +277,9 @@ void config_free(config_t *c)
     free_properties(c->kafka_properties, c->n_kafka_properties);
     c->kafka_properties = NULL;
     c->n_kafka_properties = 0;
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++)
-        if (config_keys[i].type == CT_SECTION)
-            SECTION(&config_keys[i])->free(field(c, &config_keys[i]));
+    for (size_t i = 0; i < config__n_keys; i++)
+        if (config__key_tab[i].type == CT_SECTION)
+            config__section(&config__key_tab[i], NULL)->free(field(c, &config__key_tab[i]));
     tls_ctx_free(c->tls_ctx);
     c->tls_ctx = NULL;
     free(c->config_file);
@@ -572,15 +294,16 @@ static bool str_differs(const char *a, const char *b)
 void config_diff(const config_t *a, const config_t *b, void (*fn)(const char *key, void *ud),
                  void *ud)
 {
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
-        const config_key_t *k = &config_keys[i];
+    for (size_t i = 0; i < config__n_keys; i++) {
+        const config_key_t *k = &config__key_tab[i];
         const void *fa = (const char *)a + k->offset, *fb = (const char *)b + k->offset;
         bool differs = false;
         switch (k->type) {
         case CT_ENV: /* an alias of admin_token, compared there */
             break;
         case CT_SECTION: /* the owner says; a live section (differs NULL) never "changed" */
-            differs = SECTION(k)->differs != NULL && SECTION(k)->differs(fa, fb);
+            differs = config__section(k, NULL)->differs != NULL &&
+                      config__section(k, NULL)->differs(fa, fb);
             break;
         case CT_STRING:
             differs = str_differs(*(char *const *)fa, *(char *const *)fb);
@@ -822,7 +545,7 @@ static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_nod
         return yaml_properties(y, v, k->name);
     case CT_SECTION: {
         config_yaml_t cy = {y->doc, y->file, y->err, y->errlen};
-        return SECTION(k)->parse(&cy, v, k->name, field(y->c, k));
+        return config__section(k, NULL)->parse(&cy, v, k->name, field(y->c, k));
     }
     case CT_ENV: {
         const char *val = NULL;
@@ -830,7 +553,7 @@ static int yaml_key(yctx_t *y, const config_key_t *k, yaml_node_t *key, yaml_nod
         if (rc != CONFIG_OK) return rc;
         y->admin_env_line = (int)config_yaml_line(key);
         config_why_t why;
-        rc = set_scalar(y->c, key_find("admin_token"), val, false, &why);
+        rc = set_scalar(y->c, config__key_find("admin_token"), val, false, &why);
         if (rc != CONFIG_OK)
             return config_fail(rc, y->err, y->errlen, "%s:%lu: %s: %s", y->file,
                                config_yaml_line(v), k->name, why.text);
@@ -882,14 +605,14 @@ static int yaml_map(yctx_t *y, yaml_node_t *map, const char *prefix)
         bool name_ok = len > 0 && (size_t)len < sizeof name && strchr(kn, '.') == NULL &&
                        kn[0] != '\0' && !config_yaml_has_nul(k);
         if (name_ok && prefix[0] == '\0') {
-            for (size_t i = 0; config_unsupported[i] != NULL; i++)
-                if (strcmp(kn, config_unsupported[i]) == 0)
+            for (size_t i = 0; config__unsupported_tab[i] != NULL; i++)
+                if (strcmp(kn, config__unsupported_tab[i]) == 0)
                     return config_fail(
                         CONFIG_E_INVALID, y->err, y->errlen,
                         "%s:%lu: %s: not supported by this version of sluice-collector", y->file,
                         config_yaml_line(k), kn);
         }
-        const config_key_t *key = name_ok ? key_find(name) : NULL;
+        const config_key_t *key = name_ok ? config__key_find(name) : NULL;
         if (key != NULL) {
             rc = yaml_key(y, key, k, v);
         } else if (name_ok && key_is_section(name)) {
@@ -1111,9 +834,10 @@ int config_validate(const config_t *c, char *err, size_t errlen)
 
 static const config_flag_t *flag_find(const char *arg, size_t len)
 {
-    for (size_t i = 0; i < CONFIG_N_FLAGS; i++)
-        if (strlen(config_flags[i].flag) == len && strncmp(config_flags[i].flag, arg, len) == 0)
-            return &config_flags[i];
+    for (size_t i = 0; i < config__n_flags; i++)
+        if (strlen(config__flag_tab[i].flag) == len &&
+            strncmp(config__flag_tab[i].flag, arg, len) == 0)
+            return &config__flag_tab[i];
     if (len == 2 && strncmp(arg, "-h", 2) == 0) return flag_find("--help", 6);
     return NULL;
 }
@@ -1232,7 +956,7 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
         }
         if (f->key == NULL) continue;
         if (strcmp(f->key, "admin_token") == 0) c->cli_secret_flag = "--admin-token";
-        const config_key_t *k = key_find(f->key);
+        const config_key_t *k = config__key_find(f->key);
         config_why_t why;
         rc = set_scalar(c, k, val ? val : "true", false, &why);
         if (rc != CONFIG_OK) return config_fail(rc, err, errlen, "%s: %s", f->flag, why.text);
@@ -1244,180 +968,6 @@ int config_from_args(config_t *c, int argc, char **argv, config_action_t *action
     }
     *action = check ? CONFIG_CHECK : CONFIG_RUN;
     return CONFIG_OK;
-}
-
-/* ---- help and reference ---- */
-
-static const char *type_name(const config_key_t *k)
-{
-    switch (k->type) {
-    case CT_STRING:
-        return "string";
-    case CT_BOOL:
-        return "bool";
-    case CT_UINT:
-        return "integer";
-    case CT_DOUBLE:
-        return "number";
-    case CT_SIZE:
-        return "size";
-    case CT_DURATION:
-        return "duration";
-    case CT_ENUM:
-        return "enum";
-    case CT_ENV:
-        return "env var name";
-    case CT_WRITE_KEYS:
-        return "list";
-    case CT_PROPERTIES:
-        return "map";
-    case CT_SECTION:
-        return config_sections[section_index(k)].shape;
-    }
-    return "?";
-}
-
-/* "1..64", "one of a, b", or "" */
-static void range_text(const config_key_t *k, char *out, size_t outlen)
-{
-    out[0] = '\0';
-    if (k->type == CT_ENUM) {
-        /* ", " rather than '|', which would split a Markdown table cell */
-        size_t o = 0;
-        for (const char *p = k->values; *p && o + 3 < outlen; p++) {
-            if (*p == '|') {
-                out[o++] = ',';
-                out[o++] = ' ';
-            } else {
-                out[o++] = *p;
-            }
-        }
-        out[o] = '\0';
-    } else if (k->type == CT_UINT || k->type == CT_DOUBLE || k->type == CT_SIZE ||
-               k->type == CT_DURATION) {
-        char lo[32], hi[32];
-        format_bound(k, k->min, lo, sizeof lo);
-        format_bound(k, k->max, hi, sizeof hi);
-        snprintf(out, outlen, "%s..%s", lo, hi);
-    } else if (k->type == CT_WRITE_KEYS || k->type == CT_PROPERTIES || k->type == CT_SECTION) {
-        snprintf(out, outlen, "≤ %.0f entries", k->max);
-    }
-}
-
-static const char *flag_doc(const config_flag_t *f)
-{
-    if (f->doc != NULL) return f->doc;
-    const config_key_t *k = key_find(f->key);
-    return k ? k->doc : "";
-}
-
-/* Prints text word-wrapped to 100 columns, every line indented by indent spaces. */
-static void print_wrapped(FILE *out, int indent, const char *text)
-{
-    const int width = 100 - indent;
-    while (*text) {
-        int len = (int)strlen(text);
-        if (len > width) {
-            len = width;
-            while (len > 0 && text[len] != ' ')
-                len--;
-            if (len == 0) /* one word longer than the line */
-                len = (int)strcspn(text, " ");
-        }
-        fprintf(out, "%*s%.*s\n", indent, "", len, text);
-        text += len;
-        while (*text == ' ')
-            text++;
-    }
-}
-
-void config_print_help(FILE *out)
-{
-    fprintf(out, "Usage: sluice-collector [OPTIONS]\n\n"
-                 "Takes batched usage events over HTTP and produces them to Kafka.\n\nOptions:\n");
-    for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {
-        const config_flag_t *f = &config_flags[i];
-        char doc[512];
-        fprintf(out, "  %s%s%s\n", f->flag, f->arg ? " " : "", f->arg ? f->arg : "");
-        snprintf(doc, sizeof doc, "%s%s%s%s", flag_doc(f), f->key ? " (YAML: " : "",
-                 f->key ? f->key : "", f->key ? ")" : "");
-        print_wrapped(out, 6, doc);
-    }
-    fprintf(out, "\nYAML config keys (all optional but the write keys; sizes take B, KB, KiB, MB,\n"
-                 "MiB, GB, GiB; durations ms, s, m, h, d):\n");
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
-        const config_key_t *k = &config_keys[i];
-        char range[96];
-        range_text(k, range, sizeof range);
-        fprintf(out, "  %-24s %s", k->name, type_name(k));
-        if (range[0]) fprintf(out, " [%s]", range);
-        fprintf(out, ", default %s\n", k->def ? k->def : "unset");
-        print_wrapped(out, 6, k->doc);
-    }
-    if (config_unsupported[0] != NULL) {
-        fprintf(out, "\nNot supported by this version: ");
-        for (size_t i = 0; config_unsupported[i] != NULL; i++)
-            fprintf(out, "%s%s", i ? ", " : "", config_unsupported[i]);
-        fprintf(out, ".\n");
-    }
-}
-
-void config_print_reference(FILE *out)
-{
-    fprintf(out,
-            "# sluice-collector configuration reference\n\n"
-            "<!-- Generated from the key table in collector/config.c by config_print_reference();"
-            " do not edit.\n     Regenerate: build-*/tests/collector/collector_test_config "
-            "--print-reference > collector/CONFIG.md -->\n\n"
-            "Every key is optional except the write keys (unless `dev`). Command-line flags "
-            "override the file.\nSizes are an integer with an optional unit (B, KB, KiB, MB, MiB, "
-            "GB, GiB; none means bytes);\ndurations an integer with a unit (ms, s, m, h, d). "
-            "Errors name the file and line: `sluice.yaml:12: limits.body_bytes: ...`.\n\n"
-            "## YAML keys\n\n"
-            "| key | type | default | range | description |\n"
-            "| --- | --- | --- | --- | --- |\n");
-    for (size_t i = 0; i < CONFIG_N_KEYS; i++) {
-        const config_key_t *k = &config_keys[i];
-        char range[96];
-        range_text(k, range, sizeof range);
-        fprintf(out, "| `%s` | %s | %s%s%s | %s | %s |\n", k->name, type_name(k), k->def ? "`" : "",
-                k->def ? k->def : "unset", k->def ? "`" : "", range, k->doc);
-    }
-    /* Listed from config_unsupported[], so implementing a section only edits that array. */
-    size_t n_unsup = 0;
-    while (config_unsupported[n_unsup] != NULL)
-        n_unsup++;
-    if (n_unsup > 0) {
-        fprintf(out, "\nSection%s ", n_unsup == 1 ? "" : "s");
-        for (size_t i = 0; i < n_unsup; i++) {
-            const char *sep = i == 0 ? "" : (i + 1 == n_unsup ? " and " : ", ");
-            fprintf(out, "%s`%s`", sep, config_unsupported[i]);
-        }
-        fprintf(out, " %s refused by this version with\n", n_unsup == 1 ? "is" : "are");
-        fprintf(out, "\"not supported by this version of sluice-collector\".\n");
-    }
-    fprintf(out, "\n## Command-line flags\n\n");
-    fprintf(out, "| flag | YAML key | description |\n"
-                 "| --- | --- | --- |\n");
-    for (size_t i = 0; i < CONFIG_N_FLAGS; i++) {
-        const config_flag_t *f = &config_flags[i];
-        fprintf(out, "| `%s%s%s` | %s%s%s | %s |\n", f->flag, f->arg ? " " : "",
-                f->arg ? f->arg : "", f->key ? "`" : "", f->key ? f->key : "", f->key ? "`" : "",
-                flag_doc(f));
-    }
-    filter_print_reference(out);
-}
-
-const config_key_t *config__keys(size_t *n)
-{
-    *n = CONFIG_N_KEYS;
-    return config_keys;
-}
-
-const config_flag_t *config__flags(size_t *n)
-{
-    *n = CONFIG_N_FLAGS;
-    return config_flags;
 }
 
 int config__set_scalar(config_t *c, const config_key_t *k, const char *s, bool is_null,

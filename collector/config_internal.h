@@ -1,8 +1,9 @@
 /*
- * config_internal.h — what config.c keeps to itself, shown to its unit test
- * (tests/collector/test_config.c links the module instead of #including config.c): the shape of
- * the key table and the flag table, and three hooks onto them. Nothing in the collector calls
- * the hooks; the contract is config.h.
+ * config_internal.h — what the config module's three files share (config_keys.c: the tables;
+ * config.c: defaults, YAML, checks, flags; config_doc.c: --help and CONFIG.md), also shown to its
+ * unit test (tests/collector/test_config.c links the module instead of #including a .c): the
+ * shape of the key and flag tables, the tables, and hooks onto them. Nothing outside the module
+ * uses this header; the contract is config.h.
  */
 #ifndef SLUICE_CONFIG_INTERNAL_H
 #define SLUICE_CONFIG_INTERNAL_H
@@ -11,6 +12,14 @@
 #include <stddef.h>
 
 #include "config.h"
+
+/* Bounds on what a config file may hold, so a mistaken file cannot make us allocate without
+ * limit. */
+#define CONFIG_MAX_WRITE_KEYS 1024
+#define CONFIG_MAX_PROPERTIES 256
+#define CONFIG_KEY_MAX_LEN    256
+#define CONFIG_SOURCE_MAX_LEN 64
+#define CONFIG_NAME_MAX       128
 
 typedef enum {
     CT_STRING,
@@ -48,9 +57,27 @@ typedef struct config_why {
     char text[160];
 } config_why_t;
 
-/* The key table (config_keys[] in config.c): *n gets its length. Static storage, never freed. */
+struct config_section;
+
+/* The tables (config_keys.c): every key, every flag, and the NULL-terminated list of SPEC §7
+ * sections this version refuses by name. Static storage, never freed. */
+extern const config_key_t *const config__key_tab;
+extern const size_t config__n_keys;
+extern const config_flag_t *const config__flag_tab;
+extern const size_t config__n_flags;
+extern const char *const *const config__unsupported_tab;
+/* The module that parses CT_SECTION key k (config_yaml.h); *shape (if not NULL) gets "list" or
+ * "map", for the reference. Aborts on a CT_SECTION key without a module (a build mistake). */
+const struct config_section *config__section(const config_key_t *k, const char **shape);
+/* Writes bound v of key k as a user would (64MiB, 5s, 1000) into out. */
+void config__format_bound(const config_key_t *k, double v, char *out, size_t outlen);
+/* The key called name, or NULL. */
+const config_key_t *config__key_find(const char *name);
+
+/* The key table (config_keys[] in config_keys.c): *n gets its length. Static storage, never freed.
+ */
 const config_key_t *config__keys(size_t *n);
-/* The CLI flag table (config_flags[] in config.c): *n gets its length. Static storage. */
+/* The CLI flag table (config_flags[] in config_keys.c): *n gets its length. Static storage. */
 const config_flag_t *config__flags(size_t *n);
 /* Sets scalar key k of c from text s, as a YAML value or a flag would (set_scalar in config.c).
  * Returns CONFIG_OK, or CONFIG_E_INVALID / CONFIG_E_NOMEM with a reason in why, leaving the

@@ -173,10 +173,10 @@ static void on_handle_closed(uv_handle_t *h)
 {
     http_conn_t *c = h->data;
     if (--c->open_handles > 0) return;
-    http__body_mem_adjust(c->hl, c->body.cap + c->pending_cap + c->tls_held, 0);
+    http__body_mem_adjust(c->hl, c->body.cap + c->pending.cap + c->tls_held, 0);
     tls_conn_free(c->tls);
     base_buf_free(&c->body);
-    free(c->pending);
+    base_buf_free(&c->pending);
     free(c);
 }
 
@@ -652,24 +652,20 @@ static void conn_dispatch(http_conn_t *c)
 static int keep_pending(http_conn_t *c, const char *data, size_t len, size_t consumed,
                         bool from_pending)
 {
-    size_t rest = len - consumed;
-    if (from_pending) {
+    if (from_pending) { /* still in place: pending.data[pending_off..pending.len) */
         c->pending_off += consumed;
-        c->pending_len = rest;
         return 0;
     }
+    size_t rest = len - consumed;
     c->pending_off = 0;
-    c->pending_len = rest;
+    base_buf_reset(&c->pending);
     if (rest == 0) return 0;
-    /* The buffer holds at most one read (HTTP_READ_BUF): bounded per connection. It is
-     * charged to body_mem (already received: it is counted, never refused). */
-    char *nb = realloc(c->pending, rest);
-    if (nb == NULL) return -1;
-    http__body_mem_adjust(c->hl, c->pending_cap, rest);
-    c->pending = nb;
-    c->pending_cap = rest;
-    memcpy(c->pending, data + consumed, rest);
-    return 0;
+    /* The buffer holds at most one read (HTTP_READ_BUF, its max): bounded per connection. Its
+     * allocation is charged to body_mem (already received: it is counted, never refused). */
+    size_t was = c->pending.cap;
+    if (base_buf_grow_to(&c->pending, rest) != BASE_OK) return -1;
+    http__body_mem_adjust(c->hl, was, c->pending.cap);
+    return base_buf_append(&c->pending, data + consumed, rest) == BASE_OK ? 0 : -1;
 }
 
 static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pending)
@@ -677,7 +673,10 @@ static void conn_feed(http_conn_t *c, const char *data, size_t len, bool from_pe
     c->exec_data = data;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     if (err == HPE_OK) {
-        if (from_pending) c->pending_off = c->pending_len = 0;
+        if (from_pending) {
+            c->pending_off = 0;
+            base_buf_reset(&c->pending);
+        }
         return;
     }
     if (err == HPE_PAUSED) {
@@ -710,8 +709,8 @@ static void conn_next(http_conn_t *c)
     c->state = CS_IDLE;
     http__request_reset(c);
     llhttp_resume(&c->parser);
-    if (c->pending_len > 0) {
-        conn_feed(c, c->pending + c->pending_off, c->pending_len, true);
+    if (c->pending.len > c->pending_off) {
+        conn_feed(c, c->pending.data + c->pending_off, c->pending.len - c->pending_off, true);
         if (c->closing || c->state == CS_BUSY) return;
     }
     if (c->tls != NULL && (tls_conn_pending_in(c->tls) > 0 || tls_conn_has_plaintext(c->tls))) {
@@ -764,6 +763,7 @@ void http_conn_accept(http_loop_t *hl, uv_stream_t *listener, http_port_t port)
     c->timer.data = c;
     c->key_index = -1;
     base_buf_init(&c->body, (size_t)hl->cfg->body_bytes);
+    base_buf_init(&c->pending, HTTP_READ_BUF);
     uv_tcp_init(hl->uv, &c->tcp);
     uv_timer_init(hl->uv, &c->timer);
     c->open_handles = 2;
@@ -867,7 +867,8 @@ void http_loop_drain(http_loop_t *hl)
     http_conn_t *c = hl->conns;
     while (c != NULL) {
         http_conn_t *next = c->next;
-        if (c->state == CS_IDLE && c->pending_len == 0 && c->writes == 0) conn_close(c);
+        if (c->state == CS_IDLE && c->pending.len == c->pending_off && c->writes == 0)
+            conn_close(c);
         c = next;
     }
 }

@@ -89,9 +89,10 @@ struct http_conn {
     base_buf_t body;
     size_t body_seen; /* body bytes of this request, kept or discarded */
 
-    /* Pipelined bytes received beyond the current message (pending_cap charged to body_mem). */
-    char *pending;
-    size_t pending_off, pending_len, pending_cap;
+    /* Pipelined bytes received beyond the current message, data[pending_off..len) still to
+     * parse (its cap charged to body_mem; max one read). */
+    base_buf_t pending;
+    size_t pending_off;
 
     ingest_req_t *req; /* waiting for Kafka, NULL otherwise */
     /* A handler answering later (http_conn_defer): called if the connection closes first. */

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,14 +54,14 @@ typedef struct conn {
     uint64_t intended_ns, sent_ns, deadline_ns, next_connect_ns, backoff_ns;
     char hdr[HDR_MAX];
     size_t hdr_len;
-    char *body;
-    size_t body_len, body_cap;
+    base_buf_t body;     /* the encoded request body; sized by compress_body */
     model_item_t *items; /* the events of the request in flight */
     size_t n_items;
     bool fixed_ready; /* --body: c->body holds the fixed body, encoded, for every request */
     char resp[RESP_HEAD + 1];
     size_t resp_len;
     SSL *ssl; /* cfg.tls: this connection's TLS, over two memory BIOs; freed when it closes */
+    uint32_t target; /* index in cfg.targets, fixed for the run (client.h: round-robin) */
 } conn_t;
 
 struct worker {
@@ -79,8 +80,8 @@ struct worker {
     ZSTD_CCtx *zc;
     z_stream zs;
     bool zs_ok;
-    struct sockaddr_storage addr;
-    const char *auth; /* base64 "key:"; shared, read-only */
+    struct sockaddr_storage addr[CLIENT_MAX_URLS]; /* cfg.targets' addresses */
+    const char *auth;                              /* base64 "key:"; shared, read-only */
     uint64_t start_ns, end_ns, last_flush_ns;
     double interval_ns; /* open loop: between due requests of this thread; 0 = closed loop */
     uint64_t issued;
@@ -88,9 +89,9 @@ struct worker {
     uint64_t drain_deadline_ns;
     llhttp_settings_t settings;
     char readbuf[READ_BUF];
-    SSL_CTX *tls_ctx;    /* cfg.tls: one per worker; NULL for plain HTTP */
-    bool tls_ip;         /* cfg.tls_name is an IP address (checked against IP SANs) */
-    char *tls_plain;     /* READ_BUF bytes: SSL_read's output, fed to llhttp */
+    SSL_CTX *tls_ctx;             /* cfg.tls: one per worker; NULL for plain HTTP */
+    bool tls_ip[CLIENT_MAX_URLS]; /* targets[i].tls_name is an IP address (IP SANs) */
+    char *tls_plain;              /* READ_BUF bytes: SSL_read's output, fed to llhttp */
     char tls_error[256]; /* the first handshake failure; read by client_run after the join */
 
     /* Written by the worker, read by the collecting thread. */
@@ -103,6 +104,9 @@ struct worker {
     hist_t mail;
     hist_t local; /* worker-only: answers since the last hand-off */
     hist_t total; /* worker-only until joined */
+
+    /* Worker-only until joined: what each target was sent and answered. */
+    client_url_result_t url[CLIENT_MAX_URLS];
 
     uint8_t *ledger;
     uint64_t ledger_len, ledger_cap, ledger_max;
@@ -118,6 +122,13 @@ static uint64_t add(_Atomic uint64_t *a, uint64_t v)
 static uint64_t get(_Atomic uint64_t *a)
 {
     return atomic_load_explicit(a, memory_order_relaxed);
+}
+
+/* A connection error that is not a request's (connect, handshake): the totals and c's target. */
+static void conn_error(conn_t *c)
+{
+    add(&c->w->conn_errors, 1);
+    c->w->url[c->target].conn_errors++;
 }
 
 /* ---- ledger ---- */
@@ -170,13 +181,17 @@ static void record_latency(worker_t *w, uint64_t ns)
 static void request_failed(conn_t *c, int slot, uint64_t now)
 {
     worker_t *w = c->w;
+    client_url_result_t *u = &w->url[c->target];
     add(&w->status[slot], 1);
     add(&w->non_200, 1);
+    u->non_200++;
     add(&w->events_not_ok, c->n_items);
-    if (slot == CLIENT_ST_TIMEOUT)
+    if (slot == CLIENT_ST_TIMEOUT) {
         record_latency(w, now - c->intended_ns);
-    else
+    } else {
         add(&w->conn_errors, 1);
+        u->conn_errors++;
+    }
     ledger_mark(w, c, LEDGER_UNSURE);
     c->n_items = 0;
 }
@@ -195,14 +210,17 @@ static uint64_t scan_count(const char *s, const char *key)
 static void request_answered(conn_t *c, int status, uint64_t now)
 {
     worker_t *w = c->w;
+    client_url_result_t *u = &w->url[c->target];
     record_latency(w, now - c->intended_ns);
     add(&w->responses, 1);
+    u->responses++;
     if (status >= 100 && status < CLIENT_ST_SLOTS)
         add(&w->status[status], 1);
     else
         add(&w->status[CLIENT_ST_CONN_ERROR], 1);
     if (status == 200) {
         add(&w->events_ok, c->n_items);
+        u->events_ok += c->n_items;
         ledger_mark(w, c, LEDGER_ACKED);
         c->resp[c->resp_len] = 0;
         add(&w->accepted, scan_count(c->resp, "\"accepted\":"));
@@ -210,6 +228,7 @@ static void request_answered(conn_t *c, int status, uint64_t now)
         add(&w->rejected, scan_count(c->resp, "\"rejected\":"));
     } else {
         add(&w->non_200, 1);
+        u->non_200++;
         add(&w->events_not_ok, c->n_items);
         /* Other 4xx refuse the whole request: nothing was delivered. */
         bool definite = status >= 400 && status < 500 && status != 408 && status != 429;
@@ -243,31 +262,26 @@ static int compress_body(worker_t *w, conn_t *c, const char *src, size_t len)
         bound = ZSTD_compressBound(len);
     else if (w->cfg->compress == CLIENT_COMPRESS_GZIP)
         bound = deflateBound(&w->zs, (uLong)len) + 32;
-    if (bound > c->body_cap) {
-        char *p = realloc(c->body, bound);
-        if (!p) return LT_E_NOMEM;
-        c->body = p;
-        c->body_cap = bound;
-    }
+    if (base_buf_grow_to(&c->body, bound) != BASE_OK) return LT_E_NOMEM;
     switch (w->cfg->compress) {
     case CLIENT_COMPRESS_NONE:
-        memcpy(c->body, src, len);
-        c->body_len = len;
+        memcpy(c->body.data, src, len);
+        c->body.len = len;
         return 0;
     case CLIENT_COMPRESS_ZSTD: {
-        size_t r = ZSTD_compressCCtx(w->zc, c->body, c->body_cap, src, len, w->cfg->level);
+        size_t r = ZSTD_compressCCtx(w->zc, c->body.data, c->body.cap, src, len, w->cfg->level);
         if (ZSTD_isError(r)) return LT_E_IO;
-        c->body_len = r;
+        c->body.len = r;
         return 0;
     }
     case CLIENT_COMPRESS_GZIP:
         if (deflateReset(&w->zs) != Z_OK) return LT_E_IO;
         w->zs.next_in = (Bytef *)(uintptr_t)src;
         w->zs.avail_in = (uInt)len;
-        w->zs.next_out = (Bytef *)c->body;
-        w->zs.avail_out = (uInt)c->body_cap;
+        w->zs.next_out = (Bytef *)c->body.data;
+        w->zs.avail_out = (uInt)c->body.cap;
         if (deflate(&w->zs, Z_FINISH) != Z_STREAM_END) return LT_E_IO;
-        c->body_len = c->body_cap - w->zs.avail_out;
+        c->body.len = c->body.cap - w->zs.avail_out;
         return 0;
     }
     return LT_E_INVAL;
@@ -299,7 +313,7 @@ static void on_tls_write(uv_write_t *req, int status)
         if (c->state == C_BUSY)
             request_failed(c, CLIENT_ST_CONN_ERROR, uv_hrtime());
         else
-            add(&c->w->conn_errors, 1);
+            conn_error(c);
         conn_close(c);
     }
 }
@@ -337,7 +351,7 @@ static void tls_failed(conn_t *c, const char *why)
 {
     worker_t *w = c->w;
     add(&w->tls_failed, 1);
-    add(&w->conn_errors, 1);
+    conn_error(c);
     if (w->tls_error[0] == 0) tls_client_describe(c->ssl, why, w->tls_error, sizeof(w->tls_error));
     tls_client_forget_errors();
     reconnect_backoff(c);
@@ -370,9 +384,10 @@ static bool tls_handshake(conn_t *c)
 static bool tls_start(conn_t *c, uint64_t now)
 {
     worker_t *w = c->w;
-    int rc = tls_client_session_new(w->tls_ctx, w->cfg->tls_name, w->tls_ip, &c->ssl);
+    int rc = tls_client_session_new(w->tls_ctx, w->cfg->targets[c->target].tls_name,
+                                    w->tls_ip[c->target], &c->ssl);
     if (rc == TLS_CLIENT_E_NOMEM) {
-        add(&w->conn_errors, 1);
+        conn_error(c);
         conn_close(c);
         return false;
     }
@@ -427,11 +442,12 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
                       "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Basic %s\r\n"
                       "Content-Type: application/%s\r\n%sContent-Length: %zu\r\n"
                       "User-Agent: sluice-load/" SLUICE_VERSION "\r\n\r\n",
-                      cfg->path, cfg->host_header, w->auth, ctype, cenc, c->body_len);
+                      cfg->targets[c->target].path, cfg->targets[c->target].host_header, w->auth,
+                      ctype, cenc, c->body.len);
     if (hl < 0 || (size_t)hl >= sizeof(c->hdr)) return LT_E_TOO_LARGE;
     c->hdr_len = (size_t)hl;
     uv_buf_t bufs[2] = {uv_buf_init(c->hdr, (unsigned)c->hdr_len),
-                        uv_buf_init(c->body, (unsigned)c->body_len)};
+                        uv_buf_init(c->body.data, (unsigned)c->body.len)};
     c->state = C_BUSY;
     c->answered = false;
     c->resp_len = 0;
@@ -441,11 +457,13 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
     c->wreq.data = c;
     add(&w->requests_sent, 1);
     add(&w->events_sent, n);
-    add(&w->bytes_out, c->hdr_len + c->body_len);
+    w->url[c->target].requests_sent++;
+    w->url[c->target].events_sent += n;
+    add(&w->bytes_out, c->hdr_len + c->body.len);
     add(&w->body_raw, raw_len);
     if (c->ssl != NULL) { /* two records (head, body), one write of their ciphertext */
-        if (tls_client_write(c->ssl, c->hdr, c->hdr_len) != 0 || c->body_len == 0 ||
-            tls_client_write(c->ssl, c->body, c->body_len) != 0 || tls_flush(c) != 0) {
+        if (tls_client_write(c->ssl, c->hdr, c->hdr_len) != 0 || c->body.len == 0 ||
+            tls_client_write(c->ssl, c->body.data, c->body.len) != 0 || tls_flush(c) != 0) {
             tls_client_forget_errors();
             request_failed(c, CLIENT_ST_CONN_ERROR, now);
             conn_close(c);
@@ -611,7 +629,7 @@ static void on_connect(uv_connect_t *req, int status)
     worker_t *w = c->w;
     if (c->state != C_CONNECTING) return;
     if (status < 0) {
-        add(&w->conn_errors, 1);
+        conn_error(c);
         reconnect_backoff(c);
         conn_close(c);
         return;
@@ -642,8 +660,9 @@ static void conn_connect(conn_t *c, uint64_t now)
     c->creq.data = c;
     c->state = C_CONNECTING;
     uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&w->addr, on_connect) < 0) {
-        add(&w->conn_errors, 1);
+    if (uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&w->addr[c->target],
+                       on_connect) < 0) {
+        conn_error(c);
         c->backoff_ns = RECONNECT_MAX_NS;
         conn_close(c);
     }
@@ -771,7 +790,7 @@ static void worker_free(worker_t *w)
     }
     if (w->conns) {
         for (uint32_t i = 0; i < w->n_conns; i++) {
-            free(w->conns[i].body);
+            base_buf_free(&w->conns[i].body);
             free(w->conns[i].items);
             SSL_free(w->conns[i].ssl); /* closed by finish()'s uv_walk, without on_close */
         }
@@ -787,12 +806,13 @@ static void worker_free(worker_t *w)
     pthread_mutex_destroy(&w->mu);
 }
 
+/* first_conn: the run-wide number of the worker's first connection (targets round-robin). */
 static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, uint32_t n_conns,
-                       const struct sockaddr_storage *addr, const char *auth)
+                       uint32_t first_conn, const struct sockaddr_storage *addr, const char *auth)
 {
     w->cfg = cfg;
     w->idx = idx;
-    w->addr = *addr;
+    memcpy(w->addr, addr, sizeof(w->addr));
     w->auth = auth;
     pthread_mutex_init(&w->mu, NULL);
     hist_reset(&w->mail);
@@ -814,6 +834,11 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
     uint32_t batch = model_config(cfg->model)->batch;
     for (uint32_t i = 0; i < n_conns; i++) {
         w->conns[i].w = w;
+        /* No cap of its own: a body is at most the compression bound of a raw body the model
+         * (its batch size) or --body (the file, already in memory) produced. */
+        base_buf_init(&w->conns[i].body, SIZE_MAX);
+        w->conns[i].target = (first_conn + i) % cfg->n_targets;
+        w->url[w->conns[i].target].connections++;
         w->conns[i].items = malloc(sizeof(model_item_t) * batch);
         if (!w->conns[i].items) return LT_E_NOMEM;
     }
@@ -826,8 +851,9 @@ static int worker_init(worker_t *w, const client_config_t *cfg, uint32_t idx, ui
     w->ledger_max = cfg->ledger_max / cfg->threads;
     if (cfg->tls) {
         unsigned char ip[16];
-        w->tls_ip = uv_inet_pton(AF_INET, cfg->tls_name, ip) == 0 ||
-                    uv_inet_pton(AF_INET6, cfg->tls_name, ip) == 0;
+        for (uint32_t t = 0; t < cfg->n_targets; t++)
+            w->tls_ip[t] = uv_inet_pton(AF_INET, cfg->targets[t].tls_name, ip) == 0 ||
+                           uv_inet_pton(AF_INET6, cfg->targets[t].tls_name, ip) == 0;
         w->tls_plain = malloc(READ_BUF);
         if (w->tls_plain == NULL) return LT_E_NOMEM;
         char err[256];
@@ -879,24 +905,35 @@ static uint64_t non200_of(const client_result_t *r)
     return n;
 }
 
-static int parse_addr(const client_config_t *cfg, struct sockaddr_storage *ss)
+static int parse_addr(const client_target_t *t, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof(*ss));
-    if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)ss) == 0) return 0;
-    if (uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)ss) == 0) return 0;
+    if (uv_ip4_addr(t->host, t->port, (struct sockaddr_in *)ss) == 0) return 0;
+    if (uv_ip6_addr(t->host, t->port, (struct sockaddr_in6 *)ss) == 0) return 0;
     return LT_E_INVAL;
+}
+
+/* Every target's address (numeric, resolved by the caller); https: each names its host. */
+static int parse_targets(const client_config_t *cfg, struct sockaddr_storage *addr)
+{
+    if (cfg->n_targets < 1 || cfg->n_targets > CLIENT_MAX_URLS) return LT_E_INVAL;
+    for (uint32_t t = 0; t < cfg->n_targets; t++)
+        if ((cfg->tls && !cfg->targets[t].tls_name[0]) || parse_addr(&cfg->targets[t], &addr[t]))
+            return LT_E_INVAL;
+    return 0;
 }
 
 int client_run(const client_config_t *cfg, client_result_t *res, client_progress_cb cb, void *ud)
 {
     memset(res, 0, sizeof(*res));
     hist_reset(&res->latency);
-    struct sockaddr_storage addr;
+    struct sockaddr_storage addr[CLIENT_MAX_URLS];
+    memset(addr, 0, sizeof(addr));
     if (!cfg->model || cfg->threads < 1 || cfg->threads > CLIENT_MAX_THREADS ||
         cfg->connections < cfg->threads || cfg->connections > CLIENT_MAX_CONNECTIONS ||
         !(cfg->duration_s > 0) || cfg->duration_s > CLIENT_MAX_SECONDS || cfg->rate < 0 ||
         cfg->timeout_ms < 1 || !cfg->write_key || strlen(cfg->write_key) > 512 ||
-        (cfg->tls && !cfg->tls_name[0]) || parse_addr(cfg, &addr) != 0)
+        parse_targets(cfg, addr) != 0)
         return LT_E_INVAL;
     uint32_t batch = model_config(cfg->model)->batch;
     double req_rate = cfg->rate / batch / cfg->threads; /* requests/s per thread */
@@ -920,9 +957,11 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
     int rc = 0;
     uint64_t start = uv_hrtime() + 50000000ULL;
     uint64_t end = start + (uint64_t)(cfg->duration_s * 1e9);
+    uint32_t first_conn = 0;
     for (uint32_t i = 0; i < cfg->threads && rc == 0; i++) {
         uint32_t nc = cfg->connections / cfg->threads + (i < cfg->connections % cfg->threads);
-        rc = worker_init(&ws[i], cfg, i, nc, &addr, auth);
+        rc = worker_init(&ws[i], cfg, i, nc, first_conn, addr, auth);
+        first_conn += nc;
         ws[i].start_ns = start;
         ws[i].end_ns = end;
         ws[i].last_flush_ns = start;
@@ -1024,8 +1063,20 @@ int client_run(const client_config_t *cfg, client_result_t *res, client_progress
             res->ledger_overflow = true;
         }
     }
+    res->n_urls = cfg->n_targets;
     for (uint32_t i = 0; i < cfg->threads; i++) {
         worker_t *w = &ws[i];
+        for (uint32_t t = 0; t < cfg->n_targets; t++) {
+            client_url_result_t *d = &res->urls[t];
+            const client_url_result_t *u = &w->url[t];
+            d->connections += u->connections;
+            d->requests_sent += u->requests_sent;
+            d->events_sent += u->events_sent;
+            d->responses += u->responses;
+            d->events_ok += u->events_ok;
+            d->non_200 += u->non_200;
+            d->conn_errors += u->conn_errors;
+        }
         hist_merge(&res->latency, &w->total);
         res->backlog_at_end += w->backlog_at_end;
         res->in_flight_at_end += w->in_flight_at_end;

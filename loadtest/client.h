@@ -42,6 +42,7 @@
 #define CLIENT_MAX_CONNECTIONS 65536
 #define CLIENT_MAX_SECONDS     86400
 #define CLIENT_RESP_MAX        65536 /* response bytes kept for the accepted/rejected counts */
+#define CLIENT_MAX_URLS        16    /* collectors one run sends to (--url repeated) */
 
 #define LEDGER_KIND_MASK 0x3f
 #define LEDGER_UNSURE    0x40
@@ -58,11 +59,35 @@ typedef enum {
     CLIENT_COMPRESS_GZIP
 } client_compress_t;
 
-typedef struct client_config {
+/* One collector to send to (one --url). */
+typedef struct client_target {
     char host[64]; /* numeric address */
     int port;
     char host_header[300]; /* Host: header value as the user wrote it */
     char path[256];        /* "/v1/batch" */
+    /* https: the URL's host (no brackets), checked against the certificate (an IP address
+     * against its IP SANs, a name against its DNS names, and sent as SNI). */
+    char tls_name[300];
+} client_target_t;
+
+/* What one target was sent and answered (client_result_t.urls[i] is targets[i]'s). */
+typedef struct client_url_result {
+    uint32_t connections; /* connections opened to it (fixed for the run) */
+    uint64_t requests_sent, events_sent;
+    uint64_t responses, events_ok; /* answers of any status; events in 200 answers */
+    uint64_t non_200;              /* answers other than 200 plus timeouts and conn errors */
+    uint64_t conn_errors;
+} client_url_result_t;
+
+typedef struct client_config {
+    /* Several collectors (a fleet): connection k, numbered across threads (thread 0's first,
+     * then thread 1's, ...), goes to targets[k % n_targets] for the whole run, reconnects
+     * included: round-robin per connection, as an L4 load balancer spreads keep-alive
+     * connections. A thread with at least n_targets connections sends to every target, and its
+     * batches (hence every user's events, the PQL script of thread 0 included) go to whichever
+     * connection is free: they are spread over the targets. All targets use the same scheme. */
+    client_target_t targets[CLIENT_MAX_URLS];
+    uint32_t n_targets;    /* 1..CLIENT_MAX_URLS */
     const char *write_key; /* borrowed for the run */
     uint32_t threads;      /* 1..CLIENT_MAX_THREADS */
     uint32_t connections;  /* total, spread over threads, >= threads */
@@ -79,11 +104,9 @@ typedef struct client_config {
     const char *fixed_body;
     size_t fixed_len;
     uint32_t fixed_events;
-    /* https:// URL: TLS on every connection. tls_name is the URL's host (no brackets), checked
-     * against the certificate (an IP address against its IP SANs, a name against its DNS names,
-     * and sent as SNI). ca_file: PEM file of trusted CAs (borrowed); NULL = the system's store. */
+    /* https:// URLs: TLS on every connection (each target's tls_name is checked).
+     * ca_file: PEM file of trusted CAs (borrowed); NULL = the system's store. */
     bool tls;
-    char tls_name[300];
     const char *ca_file;
 } client_config_t;
 
@@ -108,7 +131,9 @@ typedef struct client_result {
     uint64_t accepted, duplicates, rejected; /* sums of the 200 answers' counts */
     uint64_t conn_errors;
     uint64_t tls_handshakes, tls_handshake_failures; /* counted in conn_errors too */
-    char tls_error[256];     /* the first handshake failure, as OpenSSL explained it; "" if none */
+    char tls_error[256]; /* the first handshake failure, as OpenSSL explained it; "" if none */
+    client_url_result_t urls[CLIENT_MAX_URLS]; /* per target, n_targets of them */
+    uint32_t n_urls;
     hist_t latency;          /* microseconds, answered requests (any status) */
     client_second_t *series; /* owned; n_series entries */
     size_t n_series;

@@ -25,7 +25,8 @@
 
 #define FLAGS(X)                                                                                   \
     X(URL, "url", "URL", "",                                                                       \
-      "collector base URL: http://HOST:PORT or https://HOST:PORT (path defaults to /v1/batch)")    \
+      "collector base URL: http://HOST:PORT or https://HOST:PORT (path defaults to /v1/batch); "   \
+      "repeat it (up to 16, one scheme) to spread the connections round-robin over a fleet")       \
     X(CAFILE, "ca-file", "PATH", "",                                                               \
       "https: PEM file of the CA certificates to trust (e.g. the collector's self-signed "         \
       "certificate); the certificate is always verified, and must name the URL's host (IP "        \
@@ -101,6 +102,8 @@ static const flag_t flags[F_COUNT] = {
 
 static const char *val[F_COUNT];
 static bool set[F_COUNT];
+static const char *urls[CLIENT_MAX_URLS + 1]; /* every --url in order (val[F_URL]: the last) */
+static size_t n_urls;
 
 static void usage(FILE *out)
 {
@@ -138,6 +141,15 @@ static void usage(FILE *out)
                  "3 run failed.\nSee loadtest/README.md for sizing a fleet.\n");
 }
 
+static const char *ordinal(size_t i)
+{
+    static const char *const o[] = {"first", "second", "third"};
+    static char buf[16];
+    if (i < 3) return o[i];
+    snprintf(buf, sizeof(buf), "%zuth", i + 1);
+    return buf;
+}
+
 static int bad(const char *what, const char *v)
 {
     fprintf(stderr, "sluice-load: bad %s: %s (see --help)\n", what, v ? v : "(missing)");
@@ -163,9 +175,10 @@ static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
     return true;
 }
 
-/* http[s]://HOST:PORT[/path] -> numeric host (resolved here, never on a loop thread); https
- * also sets cfg->tls and cfg->tls_name (HOST without brackets, what the certificate must name). */
-static int parse_url(const char *url, client_config_t *cfg)
+/* http[s]://HOST:PORT[/path] -> numeric host (resolved here, never on a loop thread); *tls says
+ * whether it is https, which also sets cfg->tls_name (HOST without brackets, what the
+ * certificate must name). */
+static int parse_url(const char *url, client_target_t *cfg, bool *tls)
 {
     size_t skip;
     if (strncmp(url, "http://", 7) == 0)
@@ -174,7 +187,7 @@ static int parse_url(const char *url, client_config_t *cfg)
         skip = 8;
     else
         return -1;
-    cfg->tls = skip == 8;
+    *tls = skip == 8;
     const char *h = url + skip, *slash = strchr(h, '/');
     size_t hl = slash ? (size_t)(slash - h) : strlen(h);
     if (hl == 0 || hl >= sizeof(cfg->host_header)) return -1;
@@ -195,12 +208,12 @@ static int parse_url(const char *url, client_config_t *cfg)
         port = strrchr(host, ':');
         if (port) *port = 0;
     }
-    if (cfg->tls) {
+    if (*tls) {
         size_t nl = strlen(host);
         if (nl == 0 || nl >= sizeof(cfg->tls_name)) return -1;
         memcpy(cfg->tls_name, host, nl + 1);
     }
-    cfg->port = cfg->tls ? 443 : 80;
+    cfg->port = *tls ? 443 : 80;
     if (port) {
         uint64_t p;
         if (!parse_u64(port + 1, 1, 65535, &p)) return -1;
@@ -330,6 +343,14 @@ int main(int argc, char **argv)
         }
         val[c - 1000] = optarg ? optarg : "1";
         set[c - 1000] = true;
+        if (c - 1000 == F_URL) {
+            if (n_urls == CLIENT_MAX_URLS) {
+                fprintf(stderr, "sluice-load: bad --url: more than %d given (see --help)\n",
+                        CLIENT_MAX_URLS);
+                return 2;
+            }
+            urls[n_urls++] = optarg;
+        }
     }
     if (set[F_HELP]) {
         usage(stdout);
@@ -340,9 +361,36 @@ int main(int argc, char **argv)
     client_config_t cc = {0};
     model_config_t mc;
     model_config_default(&mc);
-    if (!val[F_URL][0] || parse_url(val[F_URL], &cc) != 0) return bad("--url", val[F_URL]);
+    if (n_urls == 0) return bad("--url", NULL);
+    char url_list[CLIENT_MAX_URLS * 64]; /* "A,B": the report's config.url and the summary */
+    url_list[0] = 0;
+    for (size_t i = 0; i < n_urls; i++) {
+        bool tls = false;
+        if (!urls[i][0] || parse_url(urls[i], &cc.targets[i], &tls) != 0) {
+            if (n_urls == 1) return bad("--url", urls[i]);
+            fprintf(stderr, "sluice-load: bad --url (the %s of %zu): %s (see --help)\n", ordinal(i),
+                    n_urls, urls[i]);
+            return 2;
+        }
+        if (i == 0) cc.tls = tls;
+        if (tls != cc.tls) {
+            fprintf(stderr,
+                    "sluice-load: bad --url (the %s of %zu): %s: every --url must use the "
+                    "first one's scheme (%s://); mixing http and https is not supported\n",
+                    ordinal(i), n_urls, urls[i], cc.tls ? "https" : "http");
+            return 2;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(urls[j], urls[i]) == 0) {
+                fprintf(stderr, "sluice-load: bad --url: %s given twice\n", urls[i]);
+                return 2;
+            }
+        size_t used = strlen(url_list);
+        snprintf(url_list + used, sizeof(url_list) - used, "%s%s", i ? "," : "", urls[i]);
+    }
+    cc.n_targets = (uint32_t)n_urls;
     if (val[F_CAFILE][0]) {
-        if (!cc.tls) return bad("--ca-file (needs an https:// --url)", val[F_CAFILE]);
+        if (!cc.tls) return bad("--ca-file (needs https:// --url values)", val[F_CAFILE]);
         cc.ca_file = val[F_CAFILE];
     }
     if (cc.tls) {
@@ -367,8 +415,9 @@ int main(int argc, char **argv)
     if (!parse_u64(val[F_THREADS], 1, CLIENT_MAX_THREADS, &u))
         return bad("--threads", val[F_THREADS]);
     cc.threads = (uint32_t)u;
-    if (!parse_u64(val[F_CONNS], cc.threads, CLIENT_MAX_CONNECTIONS, &u))
-        return bad("--connections (at least --threads)", val[F_CONNS]);
+    uint64_t min_conns = cc.threads > cc.n_targets ? cc.threads : cc.n_targets;
+    if (!parse_u64(val[F_CONNS], min_conns, CLIENT_MAX_CONNECTIONS, &u))
+        return bad("--connections (at least --threads and the number of --url)", val[F_CONNS]);
     cc.connections = (uint32_t)u;
     if (!parse_u64(val[F_BATCH], 1, MODEL_MAX_BATCH, &u)) return bad("--batch", val[F_BATCH]);
     mc.batch = (uint32_t)u;
@@ -422,6 +471,14 @@ int main(int argc, char **argv)
     if (!parse_u64(val[F_VQUIET], 0, 600000, &vquiet))
         return bad("--verify-quiet-ms", val[F_VQUIET]);
     bool verify = val[F_VERIFY][0] != 0;
+    /* A re-send may go to another collector, whose own dedup has not seen the first copy: on
+     * `events` it is then there twice (SPEC §10: exact dedup across collectors is
+     * sluice-stream's, on events_deduped). */
+    if (verify && cc.n_targets > 1 && mc.dup_rate > 0 && strcmp(val[F_TEVENTS], "events") == 0)
+        fprintf(stderr,
+                "sluice-load: note: --dup-rate with several --url: a re-send taken by another "
+                "collector is on `events` twice and --verify counts it as duplicated; verify "
+                "against sluice-stream's output instead (--topic-events events_deduped)\n");
     cc.ledger_max = verify ? ledger_max : 0;
     char *fixed = NULL;
     if (val[F_BODY][0]) {
@@ -449,7 +506,7 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "sluice-load: %s, run %s, %s+%s, batch %u, %u connections, %u threads, "
                 "rate %s, %.0f s\n",
-                val[F_URL], mc.run_id, val[F_FORMAT], comp, mc.batch, cc.connections, cc.threads,
+                url_list, mc.run_id, val[F_FORMAT], comp, mc.batch, cc.connections, cc.threads,
                 val[F_RATE], cc.duration_s);
     verify_config_t vc = {
         .brokers = val[F_VERIFY],
@@ -499,7 +556,8 @@ int main(int argc, char **argv)
             exit_code = 1;
         }
     }
-    report_input_t in = {.url = val[F_URL],
+    report_input_t in = {.url = url_list,
+                         .urls = urls,
                          .format = val[F_FORMAT],
                          .compress = comp,
                          .started_at = started,
@@ -510,7 +568,7 @@ int main(int argc, char **argv)
     report_print_summary(&in, stdout);
     if (res.tls_handshake_failures)
         fprintf(stderr, "sluice-load: %llu TLS handshake failures with %s (first: %s)\n",
-                (unsigned long long)res.tls_handshake_failures, val[F_URL], res.tls_error);
+                (unsigned long long)res.tls_handshake_failures, url_list, res.tls_error);
     if (res.responses == 0) {
         fprintf(stderr, "sluice-load: no request was answered (%llu connection errors)\n",
                 (unsigned long long)res.conn_errors);

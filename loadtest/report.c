@@ -67,6 +67,16 @@ void report_print_summary(const report_input_t *in, FILE *out)
                     (unsigned long long)r->status[s]);
     fprintf(out, "\n   wire              %.1f MB out (%.1f MB before compression), %.1f MB in\n",
             (double)r->bytes_out / 1e6, (double)r->body_bytes_raw / 1e6, (double)r->bytes_in / 1e6);
+    for (uint32_t i = 0; r->n_urls > 1 && i < r->n_urls; i++) {
+        const client_url_result_t *u = &r->urls[i];
+        fprintf(out,
+                "   url %-2u            %s: %u conns, %llu requests, %llu events sent, %llu ok, "
+                "%llu not 200, %llu conn errors\n",
+                i + 1, in->urls && in->urls[i] ? in->urls[i] : "?", u->connections,
+                (unsigned long long)u->requests_sent, (unsigned long long)u->events_sent,
+                (unsigned long long)u->events_ok, (unsigned long long)u->non_200,
+                (unsigned long long)u->conn_errors);
+    }
     fprintf(out, "   collector said    accepted %llu, duplicates %llu, rejected %llu\n",
             (unsigned long long)r->accepted, (unsigned long long)r->duplicates,
             (unsigned long long)r->rejected);
@@ -179,6 +189,24 @@ int report_write_json(const report_input_t *in, const char *path)
             json_decref(tls);
     }
     if (!root) return LT_E_NOMEM;
+    /* Per --url, in the order given: where the connections went and what each collector took. */
+    json_t *urls = json_array();
+    for (uint32_t i = 0; urls && i < r->n_urls; i++) {
+        const client_url_result_t *u = &r->urls[i];
+        json_array_append_new(
+            urls,
+            json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "url",
+                      in->urls && in->urls[i] ? in->urls[i] : "", "connections",
+                      (int)u->connections, "requests_sent", (json_int_t)u->requests_sent,
+                      "events_sent", (json_int_t)u->events_sent, "responses",
+                      (json_int_t)u->responses, "events_ok", (json_int_t)u->events_ok, "non_200",
+                      (json_int_t)u->non_200, "conn_errors", (json_int_t)u->conn_errors));
+    }
+    if (!urls) {
+        json_decref(root);
+        return LT_E_NOMEM;
+    }
+    json_object_set_new(root, "urls", urls);
     int rc =
         json_dump_file(root, path, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) == 0 ? 0 : LT_E_IO;
     json_decref(root);

@@ -12,9 +12,10 @@
 #include <stdio.h>
 
 typedef struct report_input {
-    const char *url;
-    const char *format;   /* "msgpack" | "json" */
-    const char *compress; /* "zstd" | "gzip" | "none" */
+    const char *url;         /* every --url, comma-separated (config.url) */
+    const char *const *urls; /* res->n_urls of them, in --url order (the "urls" array) */
+    const char *format;      /* "msgpack" | "json" */
+    const char *compress;    /* "zstd" | "gzip" | "none" */
     const char *started_at;
     const client_config_t *cfg;
     const model_config_t *model;

@@ -43,9 +43,7 @@
 #include "pql.h"
 #include "stream_record.h"
 
-#ifdef SLUICE_STREAM_DEDUP
 #include "stream_dedup.h"
-#endif
 
 #define STREAM_MAX_PARTITIONS 4096 /* of the events topic (the table is indexed by partition) */
 #define STREAM_KIND_PQL       'p'
@@ -58,9 +56,7 @@ typedef struct stream_task {
     struct stream_worker *w;
     int32_t partition;
     pql_t *pql;
-#ifdef SLUICE_STREAM_DEDUP
     stream_dedup_t *dedup;
-#endif
     int64_t next_offset;      /* next events offset to process; -1: none seen, none restored */
     int64_t committed_offset; /* next_offset as of the last commit (marker written) */
     bool changed;             /* state changed since the last commit */
@@ -70,6 +66,7 @@ typedef struct stream_task {
 
 typedef struct stream_stats {
     _Atomic uint64_t processed, duplicates, undecodable, not_counted, signals, commits, aborts;
+    _Atomic uint64_t commit_us; /* time in committed txn_commit calls: changes, offsets, commit */
     _Atomic uint64_t restores, restore_ms_total, restore_ms_last, restore_records;
     _Atomic uint64_t restore_discarded, restore_bad, changelog_records, changelog_bytes;
     _Atomic uint64_t deduped_out, partitions_owned, rebalances, dedup_full;
@@ -79,6 +76,9 @@ typedef struct stream_worker {
     const config_t *cfg;
     rd_kafka_t *consumer; /* the group member on events */
     rd_kafka_t *producer; /* transactional */
+    /* The producer's output topics (pql, changelog, events_deduped), opened and their metadata
+     * read at start: the first signal of a process then does not wait for a metadata lookup. */
+    rd_kafka_topic_t *out_topics[3];
     rd_kafka_t *restorer; /* reads changelog partitions (assign, read_committed, no commits) */
     bool json;            /* kafka.format: json */
     pthread_rwlock_t tasks_mu;

@@ -66,8 +66,7 @@ struct stream_dedup {
     size_t nruns, rcap;
     gen_rec_t *gens;
     size_t ngens, gcap;
-    unsigned char *val; /* one record's value: grown to the largest written, <= max record */
-    size_t vcap;
+    base_buf_t val; /* one record's value: grown to the largest written, <= max record */
     stream_dedup_stats_t st;
 };
 
@@ -169,6 +168,7 @@ int stream_dedup_new_opts(const stream_dedup_opts_t *o, stream_dedup_t **out)
     d->clock_ud = o->clock ? o->clock_ud : NULL;
     d->max_pending = o->max_pending ? o->max_pending : STREAM_DEDUP_DEF_MAX_PENDING;
     d->max_fps = (rec - STREAM_DEDUP_HDR_LEN) / 8;
+    base_buf_init(&d->val, STREAM_DEDUP_HDR_LEN + 8 * (size_t)d->max_fps);
     d->now = d->clock(d->clock_ud);
     dedup_opts_t eo = {.window_ms = o->window_ms,
                        .max_memory = o->max_bytes,
@@ -197,7 +197,7 @@ void stream_dedup_free(stream_dedup_t *d)
     free(d->pend);
     free(d->runs);
     free(d->gens);
-    free(d->val);
+    base_buf_free(&d->val);
     free(d);
 }
 
@@ -302,13 +302,8 @@ int stream_dedup_changelog(stream_dedup_t *d, stream_dedup_emit_fn emit, void *u
             size_t n = end - i < d->max_fps ? end - i : (size_t)d->max_fps;
             make_key(key, d->gen_ms, run->gen, g->nseq + run->nrec);
             size_t vlen = STREAM_DEDUP_HDR_LEN + 8 * n;
-            if (vlen > d->vcap) {
-                unsigned char *nv = realloc(d->val, vlen);
-                if (nv == NULL) return STREAM_DEDUP_E_NOMEM;
-                d->val = nv;
-                d->vcap = vlen;
-            }
-            unsigned char *v = d->val;
+            if (base_buf_grow_to(&d->val, vlen) != BASE_OK) return STREAM_DEDUP_E_NOMEM;
+            unsigned char *v = (unsigned char *)d->val.data;
             v[0] = 'S';
             v[1] = 'D';
             v[2] = 1;
@@ -421,7 +416,7 @@ void stream_dedup_stats(stream_dedup_t *d, stream_dedup_stats_t *st)
     *st = d->st;
     st->entries = es.entries;
     st->bytes = es.bytes + d->pcap * 8 + d->rcap * sizeof(run_t) + d->gcap * sizeof(gen_rec_t) +
-                d->vcap + sizeof *d;
+                d->val.cap + sizeof *d;
     st->window_s = es.window_s;
     st->evicted_by_cap = es.evicted_by_cap;
     st->pending = d->npend;

@@ -1,6 +1,6 @@
 /*
  * stream_main.c — sluice-stream (SPEC §10): command line, the YAML config (the collector's own
- * parser and table, collector/config.c: its pql, dedup, kafka and stream sections), signals.
+ * parser and table, collector/config_keys.c: its pql, dedup, kafka and stream sections), signals.
  *
  * Usage: sluice-stream --brokers LIST [--config FILE] [--group-id ID] [--data-dir DIR]
  *        [--admin-listen ADDR:PORT] [--log-level L] [--check-config] [--version] [--help]
@@ -146,9 +146,7 @@ int main(int argc, char **argv)
         return 1;
     }
     stream_worker_register_metrics(w);
-#ifdef SLUICE_STREAM_DEDUP
     (void)stream_dedup_register_metrics();
-#endif
     stream_admin_t *adm = NULL;
     if (admin != NULL) {
         int port = 0;

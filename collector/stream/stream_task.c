@@ -45,7 +45,6 @@ static stream_task_t *task_new(stream_worker_t *w, int32_t p)
         stream_task_free(t);
         return NULL;
     }
-#ifdef SLUICE_STREAM_DEDUP
     if (cfg->dedup_window_ms > 0) {
         uint64_t mem = cfg->dedup_max_memory / cfg->stream_max_partitions;
         if (stream_dedup_new(cfg->dedup_window_ms, mem, &t->dedup) != 0) {
@@ -53,7 +52,6 @@ static stream_task_t *task_new(stream_worker_t *w, int32_t p)
             return NULL;
         }
     }
-#endif
     return t;
 }
 
@@ -61,9 +59,7 @@ void stream_task_free(stream_task_t *t)
 {
     if (t == NULL) return;
     pql_free(t->pql);
-#ifdef SLUICE_STREAM_DEDUP
     stream_dedup_free(t->dedup);
-#endif
     free(t);
 }
 
@@ -81,12 +77,8 @@ static bool apply(stream_task_t *t, const rd_kafka_message_t *m)
             return false; /* other rules (restart with new pql rules) or corrupt: starts afresh */
         return true;
     case STREAM_KIND_DEDUP:
-#ifdef SLUICE_STREAM_DEDUP
         if (t->dedup == NULL) return true; /* dedup off now: its old state is ignored */
         return stream_dedup_restore(t->dedup, m->key, m->key_len, m->payload, m->len) == 0;
-#else
-        return true;
-#endif
     default:
         return false;
     }
@@ -212,7 +204,6 @@ static int emit_pql(void *ud, const char *account, size_t alen, const void *stat
                           slen, NULL);
 }
 
-#ifdef SLUICE_STREAM_DEDUP
 static int emit_dedup(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
 {
     emit_ctx_t *c = ud;
@@ -221,7 +212,6 @@ static int emit_dedup(void *ud, const void *key, size_t klen, const void *val, s
     atomic_fetch_add_explicit(&w->st.changelog_bytes, klen + vlen, memory_order_relaxed);
     return stream_produce(w, w->cfg->topic_changelog, c->t->partition, key, klen, val, vlen, NULL);
 }
-#endif
 
 int stream_task_write_changes(stream_task_t *t)
 {
@@ -230,9 +220,7 @@ int stream_task_write_changes(stream_task_t *t)
     emit_ctx_t c = {.t = t};
     int rc = pql_changes_flush(t->pql, &w->scratch, emit_pql, &c, NULL);
     if (rc != PQL_OK) return -1;
-#ifdef SLUICE_STREAM_DEDUP
     if (t->dedup != NULL && stream_dedup_changelog(t->dedup, emit_dedup, &c) != 0) return -1;
-#endif
     char mk = STREAM_KIND_MARK;
     int64_t off = t->next_offset;
     atomic_fetch_add_explicit(&w->st.changelog_records, 1, memory_order_relaxed);

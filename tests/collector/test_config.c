@@ -1,7 +1,8 @@
 /*
- * Unit tests for collector/config.c. Fixtures live in tests/collector/configs/ (ctest runs with
- * tests/collector as the working directory); error cases write small files to a temp dir so each
- * case shows its YAML next to the line number it expects.
+ * Unit tests for the config module (collector/config.c, config_keys.c, config_doc.c). Fixtures live
+ * in tests/collector/configs/ (ctest runs with tests/collector as the working directory); error
+ * cases write small files to a temp dir so each case shows its YAML next to the line number it
+ * expects.
  *
  * `collector_test_config --print-reference` prints the generated reference: that is how
  * collector/CONFIG.md is regenerated, and test_reference_up_to_date fails when they differ.

@@ -5,6 +5,7 @@
  *    latency is counted from the intended send time (grows with the queue) and the unsent
  *    backlog is reported, while closed loop reports only the service time;
  *  - the verification ledger marks events ACKED on 200, UNSURE on 503, neither on 400;
+ *  - several targets (--url repeated): connections round-robin over them, counted per target;
  *  - the end of a run with connections still connecting (the server closed idle ones and the
  *    client was reconnecting) finishes with a report instead of aborting in uv_close (issue 12
  *    item 8).
@@ -215,10 +216,11 @@ static client_config_t base_cfg(const server_t *s, const model_t *m)
 {
     client_config_t c;
     memset(&c, 0, sizeof(c));
-    strcpy(c.host, "127.0.0.1");
-    snprintf(c.host_header, sizeof(c.host_header), "127.0.0.1:%d", s->port);
-    strcpy(c.path, "/v1/batch");
-    c.port = s->port;
+    strcpy(c.targets[0].host, "127.0.0.1");
+    snprintf(c.targets[0].host_header, sizeof(c.targets[0].host_header), "127.0.0.1:%d", s->port);
+    strcpy(c.targets[0].path, "/v1/batch");
+    c.targets[0].port = s->port;
+    c.n_targets = 1;
     c.write_key = "k";
     c.threads = 1;
     c.connections = 1;
@@ -358,6 +360,58 @@ static void test_run_ends_while_reconnecting(void **state)
     server_stop(&s);
 }
 
+/* Two targets (--url A --url B): connection k goes to target k % 2 across threads, so each of
+ * the two threads sends to both; the per-url counts say which target answered what (A answers
+ * 200, B 503, so a request counted on the wrong target would show up in the statuses). */
+static void test_targets_round_robin_per_connection(void **state)
+{
+    server_t a, b;
+    server_start(&a, 5, 200);
+    server_start(&b, 5, 503);
+    model_t *m = new_model();
+    client_config_t c = base_cfg(&a, m);
+    c.targets[1] = c.targets[0];
+    snprintf(c.targets[1].host_header, sizeof(c.targets[1].host_header), "127.0.0.1:%d", b.port);
+    c.targets[1].port = b.port;
+    c.n_targets = 2;
+    c.rate = 0;
+    c.threads = 2;
+    c.connections = 4;
+    c.duration_s = 0.3;
+    c.ledger_max = 1 << 20;
+    client_result_t r;
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    server_stop(&a);
+    server_stop(&b);
+    assert_int_equal(r.n_urls, 2);
+    assert_int_equal(r.urls[0].connections, 2);
+    assert_int_equal(r.urls[1].connections, 2);
+    assert_true(r.urls[0].responses > 0 && r.urls[1].responses > 0);
+    assert_int_equal(r.urls[0].responses, a.requests);
+    assert_int_equal(r.urls[1].responses, b.requests);
+    assert_int_equal(r.status[200], r.urls[0].responses);
+    assert_int_equal(r.status[503], r.urls[1].responses);
+    assert_int_equal(r.urls[0].non_200, 0);
+    assert_int_equal(r.urls[1].non_200, r.urls[1].responses);
+    assert_int_equal(r.urls[0].events_ok, r.events_ok);
+    assert_int_equal(r.urls[1].events_ok, 0);
+    assert_int_equal(r.urls[0].requests_sent + r.urls[1].requests_sent, r.requests_sent);
+    assert_int_equal(r.urls[0].events_sent + r.urls[1].events_sent, r.events_sent);
+    /* both threads' streams reached both targets: each thread's ledger has ACKED events (A)
+     * and UNSURE ones (B's 503) */
+    assert_int_equal(r.n_ledgers, 2);
+    for (uint32_t t = 0; t < 2; t++) {
+        uint64_t acked = 0, unsure = 0;
+        for (uint64_t q = 0; q < r.ledger_len[t]; q++) {
+            acked += (r.ledgers[t][q] & LEDGER_ACKED) != 0;
+            unsure += (r.ledgers[t][q] & LEDGER_UNSURE) != 0;
+        }
+        assert_true(acked > 0 && unsure > 0);
+    }
+    client_result_free(&r);
+    model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -367,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_ledger_200_acked),
         cmocka_unit_test(test_ledger_503_unsure),
         cmocka_unit_test(test_ledger_400_refused),
+        cmocka_unit_test(test_targets_round_robin_per_connection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
