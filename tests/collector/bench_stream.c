@@ -1,12 +1,17 @@
 /*
  * bench_stream — sluice-stream's per-core figures without Kafka (a benchmark, not a ctest):
- *   1. events/s of the record path of one worker thread: stream_record_decode of a msgpack
- *      normalized event (type, event, ids, ISO timestamp, a properties map and a context map)
- *      then pql_feed (SPEC §6 example rules), over accounts of a Zipf-like size mix;
+ *   1. events/s of the record path of one worker thread, as stream_worker.c's process() runs it:
+ *      stream_record_decode of a msgpack normalized event (type, event, ids, ISO timestamp, a
+ *      properties map and a context map), stream_dedup_seen_first on (source, messageId) (every
+ *      10th record is a retry of an earlier one: a duplicate, not counted), then pql_feed
+ *      (SPEC §6 example rules), over accounts of a Zipf-like size mix; the dedup changelog is
+ *      flushed every 20000 records (stream.max_batch's default) inside the timing;
  *   2. changelog bytes per account (pql_changes_flush: key + value);
  *   3. restore time per 100 k accounts: pql_account_import of those values into a fresh tracker
  *      (the CPU part of a restore; the fetch from Kafka comes on top).
  * Usage: bench_stream [EVENTS (default 2000000)] [ACCOUNTS (default 100000)] [RUNS (default 5)]
+ *                     [DEDUP_MIB (default 8 = dedup.max_memory / stream.max_partitions defaults;
+ *                      0 = no dedup, the figure before dedup existed)]
  * Prints each run and the median.
  */
 #include <msgpack.h>
@@ -18,6 +23,7 @@
 #include "base.h"
 #include "config.h"
 #include "pql.h"
+#include "stream_dedup.h"
 #include "stream_record.h"
 
 static const char rules_yaml[] =
@@ -85,7 +91,12 @@ static void build(recs_t *r, size_t n, size_t accounts, int64_t t0)
         char acct[32], user[48], mid[48], ts[BASE_ISO8601_LEN + 1];
         snprintf(acct, sizeof acct, "acct-%zu", a);
         snprintf(user, sizeof user, "user-%zu-%u", a, (unsigned)(next() % 12));
-        snprintf(mid, sizeof mid, "%016llx-%zu", (unsigned long long)next(), i);
+        if (i % 10 == 9)
+            snprintf(mid, sizeof mid, "retry-%zu", i - 9); /* the messageId of record i - 9 */
+        else if (i % 10 == 0)
+            snprintf(mid, sizeof mid, "retry-%zu", i);
+        else
+            snprintf(mid, sizeof mid, "%016llx-%zu", (unsigned long long)next(), i);
         base_iso8601_format(t0 + (int64_t)(i % 86400000), ts);
         msgpack_pack_map(&pk, 10);
         pk_str(&pk, "type"), pk_str(&pk, "track");
@@ -150,11 +161,19 @@ static int emit(void *ud, const char *account, size_t alen, const void *state, s
     return 0;
 }
 
+static int count_bytes(void *ud, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)val;
+    *(uint64_t *)ud += klen + vlen;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
     size_t accounts = argc > 2 ? strtoull(argv[2], NULL, 10) : 100000;
     int runs = argc > 3 ? atoi(argv[3]) : 5;
+    uint64_t dedup_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 8;
     if (runs < 1 || runs > 99 || n == 0 || accounts == 0) return 2;
     char path[] = "/tmp/bench_stream_XXXXXX", err[512];
     int fd = mkstemp(path);
@@ -176,15 +195,29 @@ int main(int argc, char **argv)
         pql_t *p = NULL;
         if (pql_new(&c.pql, NULL, NULL, &p) != PQL_OK || pql_changes_track(p, 64u << 20) != 0)
             return 1;
+        stream_dedup_t *dd = NULL;
+        if (dedup_mib > 0 && stream_dedup_new(c.dedup_window_ms, dedup_mib << 20, &dd) != 0)
+            return 1;
         stream_decoder_t d;
         stream_decoder_init(&d);
         uint64_t s0 = base_mono_ns();
-        size_t bad = 0;
+        size_t bad = 0, dups = 0;
+        uint64_t cl_bytes = 0;
         for (size_t i = 0; i < r.n; i++) {
             stream_rec_t rec;
             if (stream_record_decode(&d, r.data + r.off[i], r.len[i], false, &rec) != 0) {
                 bad++;
                 continue;
+            }
+            if (dd != NULL) {
+                if (i % 20000 == 19999 && stream_dedup_changelog(dd, count_bytes, &cl_bytes) != 0)
+                    return 1;
+                int64_t now = t0 + (int64_t)(i / 1000); /* 1 M events/s */
+                if (stream_dedup_seen_first(dd, rec.source.p, rec.source.n, rec.message_id.p,
+                                            rec.message_id.n, now) == 0) {
+                    dups++;
+                    continue;
+                }
             }
             pql_event_t ev = {rec.account.p, rec.account.n, rec.user.p,   rec.user.n, rec.event.p,
                               rec.event.n,   rec.source.p,  rec.source.n, rec.ts_ms};
@@ -193,6 +226,7 @@ int main(int argc, char **argv)
         double secs = (double)(base_mono_ns() - s0) / 1e9;
         rate[k] = (double)r.n / secs;
         stream_decoder_free(&d);
+        stream_dedup_free(dd);
         /* changelog of everything fed, then a restore of it */
         sink_t s = {0};
         base_buf_init(&s.keys, 0);
@@ -210,9 +244,12 @@ int main(int argc, char **argv)
             if (pql_account_import(q, s.vals.data + s.voff[i], s.vlen[i]) != PQL_OK) return 1;
         double rsecs = (double)(base_mono_ns() - r0) / 1e9;
         restore[k] = rsecs * 100000.0 / (double)s.n;
-        printf("run %d: %.0f events/s (decode + pql_feed, %zu undecodable), %llu accounts, "
-               "changelog %.0f B/account, restore %.1f ms per 100k accounts\n",
-               k + 1, rate[k], bad, (unsigned long long)st.accounts, bpa, restore[k] * 1000.0);
+        printf("run %d: %.0f events/s (decode + %spql_feed, %zu undecodable, %zu duplicates, "
+               "dedup changelog %llu B), %llu accounts, changelog %.0f B/account, restore %.1f ms "
+               "per 100k accounts\n",
+               k + 1, rate[k], dedup_mib > 0 ? "dedup + " : "", bad, dups,
+               (unsigned long long)cl_bytes, (unsigned long long)st.accounts, bpa,
+               restore[k] * 1000.0);
         pql_free(q);
         pql_free(p);
         base_buf_free(&scratch);
