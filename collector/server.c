@@ -20,6 +20,7 @@
 #include "http_conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "server_internal.h"
 
 #define LISTEN_BACKLOG 1024
 
@@ -441,4 +442,14 @@ void server_free(server_t *s)
     }
     free(s->loops);
     free(s);
+}
+
+unsigned server__n_conns(server_t *s)
+{
+    return atomic_load(&s->n_conns);
+}
+
+bool server__mailbox_pending(server_t *s, uint32_t loop)
+{
+    return atomic_load(&s->loops[loop].http.mailbox.stack.head) != NULL;
 }

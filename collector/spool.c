@@ -37,6 +37,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "spool_internal.h"
 
 static const char spool_magic[8] = {'S', 'L', 'U', 'I', 'C', 'E', 'S', 'P'};
 #define SPOOL_VERSION 1u
@@ -990,5 +991,14 @@ void spool_free(spool_t *sp)
     pthread_cond_destroy(&sp->dcv);
     pthread_mutex_destroy(&sp->dmu);
     pthread_mutex_destroy(&sp->mu);
+    free(sp);
+}
+
+void spool__cursor_save(const char *dir, uint64_t seq, uint64_t off)
+{
+    spool_t *sp = calloc(1, sizeof *sp);
+    if (sp == NULL) return;
+    snprintf(sp->dir, sizeof sp->dir, "%s", dir);
+    cursor_save(sp, seq, off);
     free(sp);
 }

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base.h"
 #include "config.h"
 #include "filter.h"
 #include "proto.h"
@@ -38,9 +39,7 @@ static const char rules[] =
 
 static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)base_mono_ns() / 1e9;
 }
 
 /* The msgpack body of a 100-event batch (JSON built here, re-encoded as msgpack). */

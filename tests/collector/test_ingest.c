@@ -13,7 +13,19 @@
 
 #include <zlib.h>
 
-#include "ingest.c"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base.h"
+#include "ingest.h"
+#include "log.h"
+#include "metrics.h"
+#include "pql.h"
+
+/* Appends a string literal (as ingest.c does). */
+#define buf_lit(out, lit) base_buf_append((out), (lit), sizeof(lit) - 1)
 
 #include "mock_cluster.h"
 

@@ -17,7 +17,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "spool.c"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zlib.h>
+
+#include "base.h"
+#include "log.h"
+#include "metrics.h"
+#include "spool.h"
+#include "spool_internal.h"
 
 #include "mock_cluster.h"
 
@@ -438,9 +448,7 @@ static void test_cursor_survives_restart(void **state)
     long r0 = spool_record_parse(b.data + SPOOL_SEG_HEADER, b.len - SPOOL_SEG_HEADER, &r);
     long r1 = spool_record_parse(b.data + SPOOL_SEG_HEADER + r0, b.len, &r);
     assert_true(r0 > 0 && r1 > 0);
-    spool_t tmp = {0};
-    snprintf(tmp.dir, sizeof tmp.dir, "%s", dir);
-    cursor_save(&tmp, 5, SPOOL_SEG_HEADER + (uint64_t)r0 + (uint64_t)r1);
+    spool__cursor_save(dir, 5, SPOOL_SEG_HEADER + (uint64_t)r0 + (uint64_t)r1);
     (void)valid;
 
     spool_opts_t o = {
