@@ -532,6 +532,11 @@ static inline void prefetch_fp(dedup_t *d, uint64_t fp)
 
 /* ---- public API ---- */
 
+void dedup_prefetch(dedup_t *d, uint64_t fp)
+{
+    prefetch_fp(d, fp);
+}
+
 int dedup_new(const dedup_opts_t *opts, dedup_t **out)
 {
     *out = NULL;

@@ -99,6 +99,10 @@ void dedup_free(dedup_t *d);
 uint64_t dedup_seed(const char *source, size_t len);
 uint64_t dedup_fp(uint64_t seed, const char *id, size_t len);
 
+/* A hint: fetches the two candidate buckets of fp into the cache ahead of an insert or lookup.
+ * No lock, no effect on any answer (any thread). */
+void dedup_prefetch(dedup_t *d, uint64_t fp);
+
 /* Low level, one verdict per key: verdict[i] = DEDUP_NEW (now PENDING), DEDUP_DUPLICATE (live and
  * delivered) or DEDUP_BUSY (PENDING). Keys repeated inside fps: the later copies see the first
  * one's PENDING entry (BUSY). Never fails: at the cap the oldest generation is dropped. */

@@ -244,7 +244,7 @@ static uint32_t acct_bytes(const pql_t *p, const pql_acct_t *a)
     size_t b = sizeof *a + a->id_len + (size_t)a->cap_slots * p->stride * 4 + p->n_agg * 4 +
                (size_t)a->cap_users * sizeof(pql_user_t) + (size_t)a->n_top * sizeof(pql_top_t);
     for (uint8_t i = 0; i < a->n_top; i++)
-        b += a->top[i].len + 1u;
+        b += a->top[i].cap + 1u;
     if (a->tier_sig != NULL) b += p->n_tiers * 4;
     if (a->sk != NULL)
         b +=
@@ -394,6 +394,40 @@ pql_acct_t *pql__acct_create(pql_t *p, pql_shard_t *sh, uint64_t h, const char *
 pql_shard_t *pql__shard_of(pql_t *p, uint64_t h)
 {
     return &p->shards[h & (PQL_SHARDS - 1)];
+}
+
+void pql_prefetch(pql_t *p, uint64_t ah, int step)
+{
+    /* Hints only (see pql.h): no lock, nothing written; every pointer read is valid because no
+     * other thread changes the table. */
+    pql_shard_t *sh = pql__shard_of(p, ah);
+    pql_acct_t **slot = &sh->tab[(ah >> PQL_SHARD_BITS) & (sh->cap - 1)];
+    if (step == PQL_PREFETCH_SLOT) {
+        __builtin_prefetch(slot);
+        return;
+    }
+    pql_acct_t *a = *slot;
+    if (step == PQL_PREFETCH_ACCOUNT) {
+        if (a == NULL) return;
+        /* The header, its id and the aggregates after it (one allocation of ~140 bytes +
+         * 4 per aggregate, 16-byte aligned: up to four lines). Nothing of it is read here: it
+         * is still on its way. */
+        const char *c = (const char *)a;
+        __builtin_prefetch(c, 1);
+        __builtin_prefetch(c + 64, 1);
+        __builtin_prefetch(c + 128, 1);
+        __builtin_prefetch(c + 192, 1);
+        return;
+    }
+    while (a != NULL && a->h != ah)
+        a = a->hnext;
+    if (a == NULL) return;
+    if (a->n_slots > 0) __builtin_prefetch(pql__slot_at(p, a, a->n_slots - 1u), 1);
+    if (a->users != NULL) __builtin_prefetch(a->users, 1);
+    if (a->top != NULL) __builtin_prefetch(a->top, 1);
+    /* the LRU neighbours pql_feed relinks it between */
+    if (a->lprev != NULL) __builtin_prefetch(&a->lprev->lnext, 1);
+    if (a->lnext != NULL) __builtin_prefetch(&a->lnext->lprev, 1);
 }
 
 /* ---- records carried by a request (see pql.h) ---- */

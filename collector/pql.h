@@ -125,6 +125,24 @@ typedef struct pql_event {
  * account or user, ids too long) or PQL_E_NOMEM (not counted). Thread-safe. */
 int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms);
 
+/* pql_feed with the hashes of ev's account and user given (ah = pql_hash(account), uh =
+ * pql_hash(user)), for a caller that computed them already for pql_prefetch: the same answer
+ * and effects as pql_feed(p, ev, now_ms), which is pql_feed_hashed with those hashes. */
+uint64_t pql_hash(const char *id, size_t len);
+int pql_feed_hashed(pql_t *p, const pql_event_t *ev, uint64_t ah, uint64_t uh, int64_t now_ms);
+
+/* Prefetch hints for the account of hash ah (pql_hash of its id) ahead of pql_feed_hashed, in
+ * three steps, each issued a while after the previous one for the same account (a step reads
+ * what the previous one fetched): PQL_PREFETCH_SLOT its hash table slot, PQL_PREFETCH_ACCOUNT its
+ * header, id and aggregates, PQL_PREFETCH_STATE its newest bucket, users, top users and LRU
+ * neighbours. Changes nothing and has no effect on any answer; an unknown account stops at the
+ * step that finds nothing. It reads the tracker without its locks, so it is only for a tracker
+ * that no other thread modifies meanwhile (sluice-stream: a partition's tracker is fed, swept
+ * and restored by its worker thread alone; other threads only read it under the locks), never
+ * for the collector's (its snapshot worker sweeps while the feeder feeds). */
+enum { PQL_PREFETCH_SLOT = 0, PQL_PREFETCH_ACCOUNT = 1, PQL_PREFETCH_STATE = 2 };
+void pql_prefetch(pql_t *p, uint64_t ah, int step);
+
 /* Event records carried by a request from accept to delivery (ingest: the events are counted
  * only once Kafka acknowledged them, so a failed request's retry is not counted twice).
  * pql_record_append copies ev into buf (bounded by buf's max: returns PROTO_E_NOMEM when full,

@@ -71,6 +71,7 @@ typedef struct pql_top {
     uint64_t h;
     uint32_t count;
     uint8_t len;
+    uint8_t cap; /* id's allocation holds cap + 1 bytes (a multiple of 16): reused in place */
     char *id;
 } pql_top_t;
 

@@ -309,25 +309,42 @@ bool pql__top_touch(pql_acct_t *a, uint64_t uh, const char *user, size_t len)
             a->top[i].count++;
             return false;
         }
-    char *id = malloc(len + 1);
+    if (a->n_top == PQL_TOP_USERS) {
+        /* Space-saving: the least counted entry takes the new user, in its id's allocation
+         * when that is large enough (a thrashing top list then allocates nothing). */
+        uint8_t mi = 0;
+        for (uint8_t i = 1; i < a->n_top; i++)
+            if (a->top[i].count < a->top[mi].count) mi = i;
+        pql_top_t *t = &a->top[mi];
+        bool grew = false;
+        if (len > t->cap) {
+            size_t alloc = (len + 16) & ~(size_t)15;
+            char *id = malloc(alloc);
+            if (id == NULL) return false;
+            free(t->id);
+            t->id = id;
+            t->cap = (uint8_t)(alloc - 1);
+            grew = true;
+        }
+        memcpy(t->id, user, len);
+        t->id[len] = '\0';
+        t->h = uh;
+        t->count++;
+        t->len = (uint8_t)len;
+        return grew;
+    }
+    size_t alloc = (len + 16) & ~(size_t)15; /* len <= 255: at most 256 */
+    char *id = malloc(alloc);
     if (id == NULL) return false;
     memcpy(id, user, len);
     id[len] = '\0';
-    if (a->n_top < PQL_TOP_USERS) {
-        pql_top_t *nt = realloc(a->top, (a->n_top + 1u) * sizeof *nt);
-        if (nt == NULL) {
-            free(id);
-            return false;
-        }
-        a->top = nt;
-        a->top[a->n_top++] = (pql_top_t){uh, 1, (uint8_t)len, id};
-        return true;
+    pql_top_t *nt = realloc(a->top, (a->n_top + 1u) * sizeof *nt);
+    if (nt == NULL) {
+        free(id);
+        return false;
     }
-    uint8_t mi = 0;
-    for (uint8_t i = 1; i < a->n_top; i++)
-        if (a->top[i].count < a->top[mi].count) mi = i;
-    free(a->top[mi].id);
-    a->top[mi] = (pql_top_t){uh, a->top[mi].count + 1, (uint8_t)len, id};
+    a->top = nt;
+    a->top[a->n_top++] = (pql_top_t){uh, 1, (uint8_t)len, (uint8_t)(alloc - 1), id};
     return true;
 }
 
@@ -462,13 +479,23 @@ bool pql__evaluate(pql_t *p, pql_acct_t *a, const pql_event_t *ev, pql_sig_t *sg
     return true;
 }
 
+uint64_t pql_hash(const char *id, size_t len)
+{
+    return XXH3_64bits(id, len);
+}
+
 int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
+{
+    if (ev->account == NULL || ev->user == NULL) return PQL_E_INVALID;
+    return pql_feed_hashed(p, ev, pql_hash(ev->account, ev->account_len),
+                           pql_hash(ev->user, ev->user_len), now_ms);
+}
+
+int pql_feed_hashed(pql_t *p, const pql_event_t *ev, uint64_t ah, uint64_t uh, int64_t now_ms)
 {
     if (ev->account == NULL || ev->account_len == 0 || ev->account_len > 255 || ev->user == NULL ||
         ev->user_len == 0 || ev->user_len > 255 || ev->ts_ms < 0)
         return PQL_E_INVALID;
-    uint64_t ah = XXH3_64bits(ev->account, ev->account_len);
-    uint64_t uh = XXH3_64bits(ev->user, ev->user_len);
     uint64_t sets = sets_of(p, ev->event, ev->event_len);
     uint32_t b = (uint32_t)((uint64_t)ev->ts_ms / p->bucket_ms);
     pql_shard_t *sh = pql__shard_of(p, ah);

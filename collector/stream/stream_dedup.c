@@ -22,6 +22,8 @@
  * ~860 k): a restored seq beyond it is refused as corrupt, so garbage cannot make a flush write
  * billions of tombstones. */
 #define SD_MAX_SEQ (1u << 24)
+/* Sources up to this long have their seed kept (stream_dedup_fp). */
+#define SD_SEED_SRC 64
 /* dedup.c's generations per window (DEDUP_GENS). */
 #define DEDUP_GENS_PER_WINDOW 32
 
@@ -67,6 +69,10 @@ struct stream_dedup {
     gen_rec_t *gens;
     size_t ngens, gcap;
     base_buf_t val; /* one record's value: grown to the largest written, <= max record */
+    /* The last source's seed (a partition's events come from few sources). */
+    char seed_src[SD_SEED_SRC];
+    size_t seed_len; /* SD_SEED_SRC + 1: none yet */
+    uint64_t seed;
     stream_dedup_stats_t st;
 };
 
@@ -170,6 +176,7 @@ int stream_dedup_new_opts(const stream_dedup_opts_t *o, stream_dedup_t **out)
     d->max_fps = (rec - STREAM_DEDUP_HDR_LEN) / 8;
     base_buf_init(&d->val, STREAM_DEDUP_HDR_LEN + 8 * (size_t)d->max_fps);
     d->now = d->clock(d->clock_ud);
+    d->seed_len = SD_SEED_SRC + 1;
     dedup_opts_t eo = {.window_ms = o->window_ms,
                        .max_memory = o->max_bytes,
                        .clock = engine_clock,
@@ -223,11 +230,32 @@ static bool pend_room(stream_dedup_t *d)
     return true;
 }
 
+uint64_t stream_dedup_fp(stream_dedup_t *d, const char *src, size_t slen, const char *mid,
+                         size_t mlen)
+{
+    if (slen > SD_SEED_SRC) return dedup_fp(dedup_seed(src, slen), mid, mlen);
+    if (slen != d->seed_len || (slen > 0 && memcmp(src, d->seed_src, slen) != 0)) {
+        d->seed = dedup_seed(src, slen);
+        d->seed_len = slen;
+        if (slen > 0) memcpy(d->seed_src, src, slen);
+    }
+    return dedup_fp(d->seed, mid, mlen);
+}
+
+void stream_dedup_prefetch(stream_dedup_t *d, uint64_t fp)
+{
+    dedup_prefetch(d->dd, fp);
+}
+
 int stream_dedup_seen_first(stream_dedup_t *d, const char *src, size_t slen, const char *mid,
                             size_t mlen, int64_t now_ms)
 {
+    return stream_dedup_seen_first_fp(d, stream_dedup_fp(d, src, slen, mid, mlen), now_ms);
+}
+
+int stream_dedup_seen_first_fp(stream_dedup_t *d, uint64_t fp, int64_t now_ms)
+{
     advance(d, now_ms > 0 ? (uint64_t)now_ms : 0);
-    uint64_t fp = dedup_fp(dedup_seed(src, slen), mid, mlen);
     if (!pend_room(d)) {
         /* Cannot be written to the changelog: a duplicate is still one, a new key is not
          * remembered (it would be lost on a move) and goes through. */

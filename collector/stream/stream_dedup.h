@@ -110,6 +110,17 @@ void stream_dedup_free(stream_dedup_t *d);
 int stream_dedup_seen_first(stream_dedup_t *d, const char *src, size_t slen, const char *mid,
                             size_t mlen, int64_t now_ms);
 
+/* The same in two steps, for a caller that prefetches (sluice-stream's batches):
+ * stream_dedup_fp is the key's fingerprint (the engine's dedup_fp(dedup_seed(src), mid); d keeps
+ * the last source's seed), stream_dedup_prefetch a hint that fetches its buckets (no effect on
+ * any answer), stream_dedup_seen_first_fp the answer of stream_dedup_seen_first for that key.
+ * stream_dedup_seen_first(d, src, slen, mid, mlen, now) is
+ * stream_dedup_seen_first_fp(d, stream_dedup_fp(d, src, slen, mid, mlen), now). */
+uint64_t stream_dedup_fp(stream_dedup_t *d, const char *src, size_t slen, const char *mid,
+                         size_t mlen);
+void stream_dedup_prefetch(stream_dedup_t *d, uint64_t fp);
+int stream_dedup_seen_first_fp(stream_dedup_t *d, uint64_t fp, int64_t now_ms);
+
 /* Appends the changelog records for everything remembered since the last call (and the
  * tombstones of expired state); emit returns 0 or an error that aborts the flush.
  * emit's key and val are valid only during the call (copy them: rd_kafka_producev does).

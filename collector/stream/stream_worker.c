@@ -18,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "stream.h"
+#include "stream_batch.h"
 
 #define POLL_MS          50
 #define KAFKA_TIMEOUT_MS 30000
@@ -322,7 +323,8 @@ static void undecodable(stream_worker_t *w, const rd_kafka_message_t *m, const c
             LI("offset", m->offset), LS("reason", why), LI("count", n + 1));
 }
 
-static void process(stream_worker_t *w, rd_kafka_message_t *m)
+/* One record, in order (its decode, hashes and prefetches done by stream_batch_prepare). */
+static void process(stream_worker_t *w, rd_kafka_message_t *m, stream_ev_t *e)
 {
     int32_t p = m->partition;
     stream_task_t *t = p >= 0 && p < STREAM_MAX_PARTITIONS ? w->tasks[p] : NULL;
@@ -336,28 +338,22 @@ static void process(stream_worker_t *w, rd_kafka_message_t *m)
     t->changed = true;
     w->txn_records++;
     atomic_fetch_add_explicit(&w->st.processed, 1, memory_order_relaxed);
-    stream_rec_t r;
-    int rc = stream_record_decode(&w->dec, m->payload, m->len, w->json, &r);
-    if (rc != 0) {
-        undecodable(w, m, rc == STREAM_REC_E_NOMEM ? "out of memory" : "not a normalized event");
+    if (e->rc != 0) {
+        undecodable(w, m, e->rc == STREAM_REC_E_NOMEM ? "out of memory" : "not a normalized event");
         return;
     }
     int64_t now = base_wall_ms();
-    if (t->dedup != NULL && r.message_id.p != NULL && !r.message_id_generated) {
-        const char *src = r.source.p ? r.source.p : "";
-        int first =
-            stream_dedup_seen_first(t->dedup, src, r.source.n, r.message_id.p, r.message_id.n, now);
-        if (first == 0) {
-            atomic_fetch_add_explicit(&w->st.duplicates, 1, memory_order_relaxed);
-            return;
-        }
-        if (first < 0) {
-            /* STREAM_DEDUP_E_FULL: its pending changelog is full, so this event is passed on
-             * unremembered (a retry of it could pass too: counted) and the transaction commits
-             * right after this record, which empties the pending buffer. */
-            atomic_fetch_add_explicit(&w->st.dedup_full, 1, memory_order_relaxed);
-            w->txn_records = w->cfg->stream_max_batch;
-        }
+    int first = stream_ev_dedup(t->dedup, e, now);
+    if (first == 0) {
+        atomic_fetch_add_explicit(&w->st.duplicates, 1, memory_order_relaxed);
+        return;
+    }
+    if (first < 0) {
+        /* STREAM_DEDUP_E_FULL: its pending changelog is full, so this event is passed on
+         * unremembered (a retry of it could pass too: counted) and the transaction commits
+         * right after this record, which empties the pending buffer. */
+        atomic_fetch_add_explicit(&w->st.dedup_full, 1, memory_order_relaxed);
+        w->txn_records = w->cfg->stream_max_batch;
     }
     if (w->cfg->stream_events_deduped) {
         rd_kafka_headers_t *h = NULL, *hc = NULL;
@@ -367,20 +363,75 @@ static void process(stream_worker_t *w, rd_kafka_message_t *m)
                            m->len, hc) == 0)
             atomic_fetch_add_explicit(&w->st.deduped_out, 1, memory_order_relaxed);
     }
-    if (r.account.p == NULL) return; /* PQL counts accounts only (SPEC §6) */
-    const stream_str_t *user = r.user.p ? &r.user : &r.anon;
-    bool track = r.type.n == 5 && memcmp(r.type.p, "track", 5) == 0;
-    pql_event_t ev = {r.account.p,
-                      r.account.n,
-                      user->p,
-                      user->n,
-                      track ? r.event.p : NULL,
-                      track ? r.event.n : 0,
-                      r.source.p,
-                      r.source.n,
-                      r.ts_ms >= 0 ? r.ts_ms : rd_kafka_message_timestamp(m, NULL)};
-    int prc = pql_feed(t->pql, &ev, now);
-    if (prc != PQL_OK) atomic_fetch_add_explicit(&w->st.not_counted, 1, memory_order_relaxed);
+    int prc = stream_ev_count(t->pql, e, now);
+    if (prc != PQL_OK && prc != STREAM_EV_NO_ACCOUNT)
+        atomic_fetch_add_explicit(&w->st.not_counted, 1, memory_order_relaxed);
+}
+
+/* What follows every record: a failed transaction aborts (and every partition is rebuilt), a
+ * full or old one commits. false when the state was rebuilt (or the worker must stop): the
+ * records still held are then dropped, as the rebuild seeked back to before them. */
+static bool after_record(stream_worker_t *w)
+{
+    if (txn_failed && w->txn_open) {
+        txn_abort(w, "a produce failed");
+        rebuild_all(w);
+        return false;
+    }
+    if (w->txn_open &&
+        (base_mono_ns() - w->txn_start_ns >=
+             (uint64_t)w->cfg->stream_commit_interval_ms * 1000000u ||
+         w->txn_records >= w->cfg->stream_max_batch) &&
+        txn_commit(w, true) != 0)
+        return false;
+    return !atomic_load(&w->fatal);
+}
+
+/* Up to STREAM_BATCH_MAX records (one with kafka.format: json): the first waits up to POLL_MS,
+ * the others only take what the consumer already has. Rebalance callbacks may run in these
+ * polls: a record held for a partition revoked meanwhile is dropped by process() (its new owner
+ * resumes at the offset the revoke committed, which is before it). */
+static size_t poll_batch(stream_worker_t *w, rd_kafka_message_t **ms)
+{
+    size_t max = w->json ? 1 : STREAM_BATCH_MAX, n = 0;
+    while (n < max) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, n == 0 ? POLL_MS : 0);
+        if (m == NULL) break;
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                LOG(LOG_WARN, "stream_consume_error", LS("reason", rd_kafka_message_errstr(m)));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        ms[n++] = m;
+    }
+    return n;
+}
+
+static void process_batch(stream_worker_t *w, rd_kafka_message_t **ms, size_t n)
+{
+    stream_ev_t evs[STREAM_BATCH_MAX];
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = ms[i]->partition;
+        stream_task_t *t = p >= 0 && p < STREAM_MAX_PARTITIONS ? w->tasks[p] : NULL;
+        evs[i] = (stream_ev_t){.val = ms[i]->payload,
+                               .len = ms[i]->len,
+                               .dedup = t != NULL ? t->dedup : NULL,
+                               .pql = t != NULL ? t->pql : NULL,
+                               .fallback_ts = rd_kafka_message_timestamp(ms[i], NULL)};
+    }
+    (void)stream_batch_prepare(&w->dec, w->json, evs, n); /* n <= 1 with json */
+    size_t i = 0;
+    for (; i < n; i++) {
+        process(w, ms[i], &evs[i]);
+        rd_kafka_message_destroy(ms[i]);
+        if (!after_record(w)) {
+            i++;
+            break;
+        }
+    }
+    for (; i < n; i++)
+        rd_kafka_message_destroy(ms[i]);
 }
 
 static void refresh_lag(stream_worker_t *w)
@@ -402,14 +453,9 @@ int stream_worker_run(stream_worker_t *w)
     const config_t *cfg = w->cfg;
     uint64_t interval_ns = (uint64_t)cfg->stream_commit_interval_ms * 1000000u;
     while (!*w->stop && !atomic_load(&w->fatal)) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, POLL_MS);
-        if (m != NULL) {
-            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-                process(w, m);
-            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                LOG(LOG_WARN, "stream_consume_error", LS("reason", rd_kafka_message_errstr(m)));
-            rd_kafka_message_destroy(m);
-        }
+        rd_kafka_message_t *ms[STREAM_BATCH_MAX];
+        size_t n = poll_batch(w, ms);
+        process_batch(w, ms, n);
         rd_kafka_poll(w->producer, 0);
         uint64_t now = base_mono_ns();
         if (txn_failed && w->txn_open) {

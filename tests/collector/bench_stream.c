@@ -1,11 +1,13 @@
 /*
  * bench_stream — sluice-stream's per-core figures without Kafka (a benchmark, not a ctest):
- *   1. events/s of the record path of one worker thread, as stream_worker.c's process() runs it:
- *      stream_record_decode of a msgpack normalized event (type, event, ids, ISO timestamp, a
- *      properties map and a context map), stream_dedup_seen_first on (source, messageId) (every
- *      10th record is a retry of an earlier one: a duplicate, not counted), then pql_feed
- *      (SPEC §6 example rules), over accounts of a Zipf-like size mix; the dedup changelog is
- *      flushed every 20000 records (stream.max_batch's default) inside the timing;
+ *   1. events/s of the record path of one worker thread, as stream_worker.c's process_batch()
+ *      runs it (stream_batch.h, batches of STREAM_BATCH_MAX): stream_batch_prepare (decode of a
+ *      msgpack normalized event — type, event, ids, ISO timestamp, a properties map and a
+ *      context map —, hashes, prefetches), then per event stream_ev_dedup on (source,
+ *      messageId) (every 10th record is a retry of an earlier one: a duplicate, not counted)
+ *      and stream_ev_count (pql_feed, SPEC §6 example rules), over accounts of a Zipf-like size
+ *      mix; the dedup changelog is flushed every 20000 records (stream.max_batch's default)
+ *      inside the timing;
  *   2. changelog bytes per account (pql_changes_flush: key + value);
  *   3. restore time per 100 k accounts: pql_account_import of those values into a fresh tracker
  *      (the CPU part of a restore; the fetch from Kafka comes on top).
@@ -23,6 +25,7 @@
 #include "base.h"
 #include "config.h"
 #include "pql.h"
+#include "stream_batch.h"
 #include "stream_dedup.h"
 #include "stream_record.h"
 
@@ -168,6 +171,46 @@ static int count_bytes(void *ud, const void *key, size_t klen, const void *val, 
     return 0;
 }
 
+/* The timed part: the records in batches of STREAM_BATCH_MAX, each through the worker's
+ * process() calls (stream_batch.h): stream_batch_prepare, then per event stream_ev_dedup and
+ * stream_ev_count; the dedup changelog is flushed before record i when i % 20000 == 19999.
+ * Separate (and not inlined) so that callgrind can count it alone
+ * (--toggle-collect=feed_all). */
+static __attribute__((noinline)) int feed_all(const recs_t *r, stream_decoder_t *d,
+                                              stream_dedup_t *dd, pql_t *p, int64_t t0, size_t *bad,
+                                              size_t *dups, uint64_t *cl_bytes)
+{
+    stream_ev_t evs[STREAM_BATCH_MAX];
+    for (size_t b0 = 0; b0 < r->n; b0 += STREAM_BATCH_MAX) {
+        size_t n = r->n - b0 < STREAM_BATCH_MAX ? r->n - b0 : STREAM_BATCH_MAX;
+        for (size_t j = 0; j < n; j++)
+            evs[j] = (stream_ev_t){.val = r->data + r->off[b0 + j],
+                                   .len = r->len[b0 + j],
+                                   .dedup = dd,
+                                   .pql = p,
+                                   .fallback_ts = t0};
+        (void)stream_batch_prepare(d, false, evs, n);
+        for (size_t j = 0; j < n; j++) {
+            size_t i = b0 + j;
+            stream_ev_t *e = &evs[j];
+            if (e->rc != 0) {
+                (*bad)++;
+                continue;
+            }
+            if (dd != NULL && i % 20000 == 19999 &&
+                stream_dedup_changelog(dd, count_bytes, cl_bytes) != 0)
+                return -1;
+            int64_t now = t0 + (int64_t)(i / 1000); /* 1 M events/s */
+            if (stream_ev_dedup(dd, e, now) == 0) {
+                (*dups)++;
+                continue;
+            }
+            (void)stream_ev_count(p, e, t0);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
@@ -200,29 +243,10 @@ int main(int argc, char **argv)
             return 1;
         stream_decoder_t d;
         stream_decoder_init(&d);
-        uint64_t s0 = base_mono_ns();
         size_t bad = 0, dups = 0;
         uint64_t cl_bytes = 0;
-        for (size_t i = 0; i < r.n; i++) {
-            stream_rec_t rec;
-            if (stream_record_decode(&d, r.data + r.off[i], r.len[i], false, &rec) != 0) {
-                bad++;
-                continue;
-            }
-            if (dd != NULL) {
-                if (i % 20000 == 19999 && stream_dedup_changelog(dd, count_bytes, &cl_bytes) != 0)
-                    return 1;
-                int64_t now = t0 + (int64_t)(i / 1000); /* 1 M events/s */
-                if (stream_dedup_seen_first(dd, rec.source.p, rec.source.n, rec.message_id.p,
-                                            rec.message_id.n, now) == 0) {
-                    dups++;
-                    continue;
-                }
-            }
-            pql_event_t ev = {rec.account.p, rec.account.n, rec.user.p,   rec.user.n, rec.event.p,
-                              rec.event.n,   rec.source.p,  rec.source.n, rec.ts_ms};
-            (void)pql_feed(p, &ev, t0);
-        }
+        uint64_t s0 = base_mono_ns();
+        if (feed_all(&r, &d, dd, p, t0, &bad, &dups, &cl_bytes) != 0) return 1;
         double secs = (double)(base_mono_ns() - s0) / 1e9;
         rate[k] = (double)r.n / secs;
         stream_decoder_free(&d);
