@@ -118,6 +118,7 @@ typedef struct config {
     char *stream_transactional_id;      /* NULL: <group_id>-<hostname>-<pid> */
     uint32_t stream_commit_interval_ms; /* a transaction at least this often; 100 ms */
     uint32_t stream_max_batch;          /* records per transaction at most; 20000 */
+    uint32_t stream_poll_batch;         /* records per per-event batch, 1..32; 32 */
     uint32_t stream_txn_timeout_ms;     /* transaction.timeout.ms; 10 s */
     bool stream_events_deduped;         /* write events_deduped; false */
     uint32_t stream_max_partitions;     /* partitions the per-partition shares are cut for; 32 */

@@ -164,6 +164,12 @@ static const config_key_t config_keys[] = {
     {"stream.max_batch", CT_UINT, F(stream_max_batch), 1, 1000000, "20000", NULL,
      "sluice-stream: records per transaction at most (then it commits early); bounds the changes "
      "a flush writes and a restore buffers."},
+    {"stream.poll_batch", CT_UINT, F(stream_poll_batch), 1, 32, "32", NULL,
+     "sluice-stream: records taken from the consumer at once (at most what it already holds "
+     "after the first) and run through the per-event path together: decoded, hashed and their "
+     "dedup and PQL memory prefetched as one batch, then processed in order with the same "
+     "results as one at a time (sluice_stream_batches_total: events processed / batches is the "
+     "mean batch). 1 = one record at a time; JSON records (kafka.format: json) always are."},
     {"stream.transaction_timeout", CT_DURATION, F(stream_txn_timeout_ms), 1000, 900000, "10s", NULL,
      "sluice-stream: transaction.timeout.ms of its producer: how long the broker keeps a dead "
      "worker's open transaction (which holds back read_committed readers, a restoring worker "

@@ -7,6 +7,8 @@
  *   stream_task.c    one partition's state: restore from the changelog, the changes to write
  *   stream_worker.c  the consumer group, rebalances, the transaction loop, /metrics figures
  *   stream_record.c  one events record to the fields used (stream_record.h)
+ *   stream_batch.c   the per-event path over a batch: decode, dedup, PQL with prefetches
+ *                    (stream_batch.h; stream.poll_batch records at a time)
  *   stream_admin.c   the --admin-listen HTTP listener (its own libuv thread)
  *   stream_main.c    command line, config, signals
  *
@@ -70,6 +72,7 @@ typedef struct stream_stats {
     _Atomic uint64_t restores, restore_ms_total, restore_ms_last, restore_records;
     _Atomic uint64_t restore_discarded, restore_bad, changelog_records, changelog_bytes;
     _Atomic uint64_t deduped_out, partitions_owned, rebalances, dedup_full;
+    _Atomic uint64_t batches; /* record batches through the per-event path (stream_batch.h) */
 } stream_stats_t;
 
 typedef struct stream_worker {

@@ -12,6 +12,7 @@ void stream_decoder_init(stream_decoder_t *d)
 {
     msgpack_zone_init(&d->zone, 4096);
     d->json = NULL;
+    d->ts_cache = (base_iso8601_cache_t){0};
 }
 
 void stream_decoder_free(stream_decoder_t *d)
@@ -34,8 +35,8 @@ static int take_str(stream_str_t *out, const char *p, size_t n, bool is_str, boo
     return 0;
 }
 
-static int field(stream_rec_t *r, const char *k, size_t kn, const char *s, size_t sn, bool is_str,
-                 bool is_nil, int is_bool)
+static int field(stream_decoder_t *d, stream_rec_t *r, const char *k, size_t kn, const char *s,
+                 size_t sn, bool is_str, bool is_nil, int is_bool)
 {
     /* By length first: one comparison per key instead of one per field read. */
     switch (kn) {
@@ -54,7 +55,8 @@ static int field(stream_rec_t *r, const char *k, size_t kn, const char *s, size_
         if (KEY_IS(k, "messageId")) return take_str(&r->message_id, s, sn, is_str, is_nil);
         if (KEY_IS(k, "timestamp")) {
             if (is_nil) return 0;
-            if (!is_str || !base_iso8601_parse(s, sn, &r->ts_ms)) return STREAM_REC_E_BAD;
+            if (!is_str || !base_iso8601_parse_cached(&d->ts_cache, s, sn, &r->ts_ms))
+                return STREAM_REC_E_BAD;
         }
         return 0;
     case 11:
@@ -260,7 +262,6 @@ static bool mp_skip(mp_t *m, int depth)
 
 static int decode_msgpack(stream_decoder_t *d, const void *val, size_t len, stream_rec_t *r)
 {
-    (void)d;
     const unsigned char *b = val;
     mp_t m = {b, b + len};
     uint64_t n;
@@ -282,7 +283,7 @@ static int decode_msgpack(stream_decoder_t *d, const void *val, size_t len, stre
             m.p = vstart;
             if (!mp_skip(&m, 1)) return STREAM_REC_E_BAD;
         }
-        int rc = field(r, k, (size_t)kn, vk == 's' ? v : NULL, vk == 's' ? (size_t)vn : 0,
+        int rc = field(d, r, k, (size_t)kn, vk == 's' ? v : NULL, vk == 's' ? (size_t)vn : 0,
                        vk == 's', vk == 'n', vk == 'b' ? (int)vn : -1);
         if (rc != 0) return rc;
     }
@@ -303,7 +304,7 @@ static int decode_json(stream_decoder_t *d, const void *val, size_t len, stream_
     {
         bool is_str = json_is_string(v);
         int is_bool = json_is_boolean(v) ? (json_is_true(v) ? 1 : 0) : -1;
-        int rc = field(r, k, strlen(k), is_str ? json_string_value(v) : NULL,
+        int rc = field(d, r, k, strlen(k), is_str ? json_string_value(v) : NULL,
                        is_str ? json_string_length(v) : 0, is_str, json_is_null(v), is_bool);
         if (rc != 0) return rc;
     }

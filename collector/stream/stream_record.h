@@ -19,6 +19,8 @@
 
 #include <msgpack.h>
 
+#include "base.h"
+
 #define STREAM_REC_E_BAD   (-1) /* not a normalized event record */
 #define STREAM_REC_E_NOMEM (-2)
 
@@ -37,7 +39,8 @@ typedef struct stream_rec {
  * no allocation: the zone is unused since the in-place walker and kept for the layout). */
 typedef struct stream_decoder {
     msgpack_zone zone;
-    void *json; /* json_t * of the last JSON record */
+    void *json;                    /* json_t * of the last JSON record */
+    base_iso8601_cache_t ts_cache; /* the last timestamp's minute (a stream's are alike) */
 } stream_decoder_t;
 
 void stream_decoder_init(stream_decoder_t *d);

@@ -387,13 +387,15 @@ static bool after_record(stream_worker_t *w)
     return !atomic_load(&w->fatal);
 }
 
-/* Up to STREAM_BATCH_MAX records (one with kafka.format: json): the first waits up to POLL_MS,
+/* Up to stream.poll_batch records (one with kafka.format: json): the first waits up to POLL_MS,
  * the others only take what the consumer already has. Rebalance callbacks may run in these
  * polls: a record held for a partition revoked meanwhile is dropped by process() (its new owner
  * resumes at the offset the revoke committed, which is before it). */
 static size_t poll_batch(stream_worker_t *w, rd_kafka_message_t **ms)
 {
-    size_t max = w->json ? 1 : STREAM_BATCH_MAX, n = 0;
+    size_t max = w->json ? 1 : w->cfg->stream_poll_batch, n = 0;
+    if (max > STREAM_BATCH_MAX) max = STREAM_BATCH_MAX; /* the key's range: 1..32 */
+    if (max == 0) max = 1;
     while (n < max) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, n == 0 ? POLL_MS : 0);
         if (m == NULL) break;
@@ -410,6 +412,8 @@ static size_t poll_batch(stream_worker_t *w, rd_kafka_message_t **ms)
 
 static void process_batch(stream_worker_t *w, rd_kafka_message_t **ms, size_t n)
 {
+    if (n == 0) return;
+    atomic_fetch_add_explicit(&w->st.batches, 1, memory_order_relaxed);
     stream_ev_t evs[STREAM_BATCH_MAX];
     for (size_t i = 0; i < n; i++) {
         int32_t p = ms[i]->partition;
@@ -708,6 +712,10 @@ static const struct {
     C("sluice_stream_dedup_unremembered_total",
       "events passed on without being remembered (dedup pending buffer full)", dedup_full),
     C("sluice_stream_rebalances_total", "assign and revoke callbacks", rebalances),
+    C("sluice_stream_batches_total",
+      "record batches run through the per-event path (events processed / batches = the mean "
+      "batch, at most stream.poll_batch)",
+      batches),
     G("sluice_stream_partitions_owned", "events partitions this worker owns", partitions_owned),
     G("sluice_stream_restore_ms_last", "duration of the last partition restore (ms)",
       restore_ms_last),

@@ -124,6 +124,15 @@ size_t base_iso8601_format(int64_t ms, char *out);
  * truncated to ms; second 60 rolls into the next minute) into epoch ms. Returns true on success;
  * *ms_out is untouched on failure. */
 bool base_iso8601_parse(const char *s, size_t len, int64_t *ms_out);
+/* The same answer, with the minute ("YYYY-MM-DDThh:mm") of the last valid parse kept in c: a
+ * stream of timestamps of the same minute then parses only seconds, fraction and zone. c starts
+ * zeroed ({0}); one per thread. */
+typedef struct base_iso8601_cache {
+    char minute[16];
+    int64_t minute_ms;
+    bool valid;
+} base_iso8601_cache_t;
+bool base_iso8601_parse_cached(base_iso8601_cache_t *c, const char *s, size_t len, int64_t *ms_out);
 
 /* ---- clocks ---------------------------------------------------------------------------------- */
 

@@ -47,21 +47,29 @@ static bool digits(const char *s, size_t n, unsigned *out)
     return true;
 }
 
-bool base_iso8601_parse(const char *s, size_t len, int64_t *ms_out)
+/* "YYYY-MM-DD(T|t| )hh:mm" (s has at least 19 bytes): the epoch ms of that minute. */
+static bool parse_minute(const char *s, int64_t *minute_ms)
 {
-    unsigned y, mo, d, h, mi, sec, ms = 0;
-    if (s == NULL || len < 19 || len > 64) return false;
+    unsigned y, mo, d, h, mi;
     if (!digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
         !digits(s + 8, 2, &d))
         return false;
     if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return false;
-    if (!digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
-        !digits(s + 17, 2, &sec))
-        return false;
+    if (!digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi)) return false;
     static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (mo < 1 || mo > 12 || d < 1) return false;
     if (d > mdays[mo - 1] + (mo == 2 && leap(y))) return false;
-    if (h > 23 || mi > 59 || sec > 60) return false;
+    if (h > 23 || mi > 59) return false;
+    int64_t days = days_from_civil((int64_t)y, mo, d);
+    *minute_ms = (days * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60) * 1000;
+    return true;
+}
+
+/* ":ss[.f+][Z|z|±hh:mm|±hhmm]" from s[16] to s[len): ms to add to the minute. */
+static bool parse_rest(const char *s, size_t len, int64_t *rest_ms)
+{
+    unsigned sec, ms = 0;
+    if (s[16] != ':' || !digits(s + 17, 2, &sec) || sec > 60) return false;
     size_t i = 19;
     if (i < len && s[i] == '.') {
         i++;
@@ -98,9 +106,33 @@ bool base_iso8601_parse(const char *s, size_t len, int64_t *ms_out)
         }
     }
     if (i != len) return false;
-    int64_t days = days_from_civil((int64_t)y, mo, d);
-    int64_t secs = days * 86400 + (int64_t)h * 3600 + (int64_t)mi * 60 + sec - off_min * 60;
-    *ms_out = secs * 1000 + ms;
+    *rest_ms = ((int64_t)sec - off_min * 60) * 1000 + ms;
+    return true;
+}
+
+bool base_iso8601_parse(const char *s, size_t len, int64_t *ms_out)
+{
+    int64_t minute, rest;
+    if (s == NULL || len < 19 || len > 64) return false;
+    if (!parse_minute(s, &minute) || !parse_rest(s, len, &rest)) return false;
+    *ms_out = minute + rest;
+    return true;
+}
+
+bool base_iso8601_parse_cached(base_iso8601_cache_t *c, const char *s, size_t len, int64_t *ms_out)
+{
+    int64_t minute, rest;
+    if (s == NULL || len < 19 || len > 64) return false;
+    if (c->valid && memcmp(s, c->minute, sizeof c->minute) == 0) {
+        minute = c->minute_ms;
+    } else {
+        if (!parse_minute(s, &minute)) return false;
+        memcpy(c->minute, s, sizeof c->minute);
+        c->minute_ms = minute;
+        c->valid = true;
+    }
+    if (!parse_rest(s, len, &rest)) return false;
+    *ms_out = minute + rest;
     return true;
 }
 

@@ -130,6 +130,55 @@ static void clocks_move_forward(void **state)
     assert_true(dl.tv_nsec >= 0 && dl.tv_nsec < 1000000000L);
 }
 
+/* base_iso8601_parse_cached answers exactly as base_iso8601_parse: random mutations of a few
+ * timestamps (same minute, next minute, other zones, bad bytes at every position, truncations)
+ * parsed in a random order through one cache, and a bad text after a good one of the same
+ * minute. */
+static void cached_parse_matches_parse(void **state)
+{
+    (void)state;
+    static const char *const seeds[] = {
+        "2026-12-04T19:09:20.123Z",  "2026-12-04T19:09:59.9Z",        "2026-12-04T19:10:00Z",
+        "2026-12-04t19:09:01+01:00", "2026-12-04 19:09:30-0130",      "2024-02-29T23:59:60.5z",
+        "1969-12-31T23:59:59.999Z",  "2026-12-04T19:09:20.123456789",
+    };
+    static const char alphabet[] = "0123456789:-.+TtZz x";
+    base_iso8601_cache_t c = {0};
+    uint64_t x = 88172645463325252ull;
+    for (int iter = 0; iter < 200000; iter++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        char s[72];
+        const char *seed = seeds[x % (sizeof seeds / sizeof seeds[0])];
+        size_t len = strlen(seed);
+        memcpy(s, seed, len + 1);
+        switch ((x >> 8) % 4) {
+        case 0: /* as is */
+            break;
+        case 1: /* one byte changed */
+            s[(x >> 16) % len] = alphabet[(x >> 24) % (sizeof alphabet - 1)];
+            break;
+        case 2: /* truncated */
+            len = (size_t)((x >> 16) % (len + 1));
+            break;
+        default: /* another second of the same minute */
+            s[17] = (char)('0' + (x >> 16) % 7);
+            s[18] = (char)('0' + (x >> 24) % 10);
+            break;
+        }
+        int64_t a = 7, b = 7;
+        bool ok = base_iso8601_parse(s, len, &a);
+        assert_int_equal(base_iso8601_parse_cached(&c, s, len, &b), ok);
+        assert_int_equal(a, b);
+    }
+    int64_t ms = 7;
+    assert_true(base_iso8601_parse_cached(&c, "2026-12-04T19:09:20Z", 20, &ms));
+    assert_false(base_iso8601_parse_cached(&c, "2026-12-04T19:09:2xZ", 20, &ms));
+    assert_false(base_iso8601_parse_cached(&c, "2026-12-04T19:09", 16, &ms));
+    assert_false(base_iso8601_parse_cached(&c, NULL, 0, &ms));
+    assert_true(base_iso8601_parse_cached(&c, "2026-12-04T19:09:21Z", 20, &ms));
+    assert_int_equal(ms, parse("2026-12-04T19:09:21Z"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +186,7 @@ int main(void)
         cmocka_unit_test(formats_before_1970),
         cmocka_unit_test(parses_zones_and_fractions),
         cmocka_unit_test(rejects_bad_shapes),
+        cmocka_unit_test(cached_parse_matches_parse),
         cmocka_unit_test(round_trips),
         cmocka_unit_test(format_cache_never_serves_a_stale_second),
         cmocka_unit_test(clocks_move_forward),

@@ -130,15 +130,16 @@ static int ref_decode(msgpack_zone *z, const void *val, size_t len, stream_rec_t
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR) return STREAM_REC_E_NOMEM;
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len || obj.type != MSGPACK_OBJECT_MAP)
         return STREAM_REC_E_BAD;
+    stream_decoder_t fresh = {0}; /* an empty timestamp cache every time: the plain parse */
     for (uint32_t i = 0; i < obj.via.map.size; i++) {
         const msgpack_object_kv *kv = &obj.via.map.ptr[i];
         if (kv->key.type != MSGPACK_OBJECT_STR) return STREAM_REC_E_BAD;
         const msgpack_object *v = &kv->val;
         bool is_str = v->type == MSGPACK_OBJECT_STR;
         int is_bool = v->type == MSGPACK_OBJECT_BOOLEAN ? (v->via.boolean ? 1 : 0) : -1;
-        int rc =
-            field(r, kv->key.via.str.ptr, kv->key.via.str.size, is_str ? v->via.str.ptr : NULL,
-                  is_str ? v->via.str.size : 0, is_str, v->type == MSGPACK_OBJECT_NIL, is_bool);
+        int rc = field(&fresh, r, kv->key.via.str.ptr, kv->key.via.str.size,
+                       is_str ? v->via.str.ptr : NULL, is_str ? v->via.str.size : 0, is_str,
+                       v->type == MSGPACK_OBJECT_NIL, is_bool);
         if (rc != 0) return rc;
     }
     if (r->type.p == NULL) return STREAM_REC_E_BAD;
