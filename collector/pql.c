@@ -423,8 +423,15 @@ void pql_prefetch(pql_t *p, uint64_t ah, int step)
         a = a->hnext;
     if (a == NULL) return;
     if (a->n_slots > 0) __builtin_prefetch(pql__slot_at(p, a, a->n_slots - 1u), 1);
-    if (a->users != NULL) __builtin_prefetch(a->users, 1);
-    if (a->top != NULL) __builtin_prefetch(a->top, 1);
+    /* the users pql_feed scans (up to four lines of them) and the whole top list */
+    const char *u = (const char *)a->users;
+    size_t ub = (size_t)a->n_users * sizeof *a->users;
+    for (size_t off = 0; u != NULL && off < ub && off < 256; off += 64)
+        __builtin_prefetch(u + off, 1);
+    const char *tp = (const char *)a->top;
+    size_t tb = (size_t)a->n_top * sizeof *a->top;
+    for (size_t off = 0; tp != NULL && off < tb; off += 64)
+        __builtin_prefetch(tp + off, 1);
     /* the LRU neighbours pql_feed relinks it between */
     if (a->lprev != NULL) __builtin_prefetch(&a->lprev->lnext, 1);
     if (a->lnext != NULL) __builtin_prefetch(&a->lnext->lprev, 1);
