@@ -17,6 +17,9 @@ static const stream_str_t *user_of(const stream_rec_t *r)
  * coming in one burst. */
 #define STEP_AHEAD 4
 
+/* Records ahead whose bytes are fetched while one is decoded (their first 512 bytes). */
+#define RECORD_AHEAD 2
+
 static void pql_step(stream_ev_t *evs, size_t n, size_t i, int step)
 {
     if (i < n && evs[i].rc == 0 && evs[i].rec.account.p != NULL && evs[i].pql != NULL)
@@ -34,6 +37,12 @@ size_t stream_batch_prepare(stream_decoder_t *dec, bool json, stream_ev_t *evs, 
         if (i >= STEP_AHEAD) pql_step(evs, n, i - STEP_AHEAD, PQL_PREFETCH_ACCOUNT);
         if (i >= 2 * STEP_AHEAD) pql_step(evs, n, i - 2 * STEP_AHEAD, PQL_PREFETCH_STATE);
         if (i >= n) continue;
+        if (i + RECORD_AHEAD < n) { /* a later record's bytes (a record is a few lines) */
+            const char *v = evs[i + RECORD_AHEAD].val;
+            size_t len = evs[i + RECORD_AHEAD].len < 512 ? evs[i + RECORD_AHEAD].len : 512;
+            for (size_t off = 0; v != NULL && off < len; off += 64)
+                __builtin_prefetch(v + off);
+        }
         stream_ev_t *e = &evs[i];
         e->rc = stream_record_decode(dec, e->val, e->len, json, &e->rec);
         e->dedup_key = e->has_fp = false;

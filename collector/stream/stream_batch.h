@@ -14,10 +14,10 @@
  * stream_dedup_seen_first and pql_feed one record at a time (test_stream_batch compares both
  * on a random stream with retries).
  *
- * Bounds: at most STREAM_BATCH_MAX events per batch (the worker's poll gathers up to that many
- * records: small enough for the batch's records and prefetched lines to stay in L1/L2). JSON
- * records live in the decoder one at a time, so with json only the first event of a batch is
- * prepared (the worker then processes JSON one record at a time).
+ * Bounds: at most STREAM_BATCH_MAX events per batch (the worker gathers stream.poll_batch
+ * records, 1..32, default 32: small enough for the batch's records and prefetched lines to stay
+ * in L1/L2; a larger n is cut to it). JSON records live in the decoder one at a time, so with
+ * json only the first event of a batch is prepared (the worker then takes JSON one at a time).
  *
  * Threads: the prefetches read the dedup table and the PQL tracker without their locks
  * (pql_prefetch's contract): only the thread that alone modifies them (sluice-stream's worker).

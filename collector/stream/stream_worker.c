@@ -396,8 +396,8 @@ static size_t poll_batch(stream_worker_t *w, rd_kafka_message_t **ms)
     size_t max = w->json ? 1 : w->cfg->stream_poll_batch, n = 0;
     if (max > STREAM_BATCH_MAX) max = STREAM_BATCH_MAX; /* the key's range: 1..32 */
     if (max == 0) max = 1;
-    while (n < max) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, n == 0 ? POLL_MS : 0);
+    for (size_t polls = 0; polls < max; polls++) { /* an error message counts as a record */
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(w->consumer, polls == 0 ? POLL_MS : 0);
         if (m == NULL) break;
         if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
