@@ -484,18 +484,22 @@ uint64_t pql_hash(const char *id, size_t len)
     return XXH3_64bits(id, len);
 }
 
+static bool ev_invalid(const pql_event_t *ev)
+{
+    return ev->account == NULL || ev->account_len == 0 || ev->account_len > 255 ||
+           ev->user == NULL || ev->user_len == 0 || ev->user_len > 255 || ev->ts_ms < 0;
+}
+
 int pql_feed(pql_t *p, const pql_event_t *ev, int64_t now_ms)
 {
-    if (ev->account == NULL || ev->user == NULL) return PQL_E_INVALID;
+    if (ev_invalid(ev)) return PQL_E_INVALID; /* before hashing: the lengths are checked */
     return pql_feed_hashed(p, ev, pql_hash(ev->account, ev->account_len),
                            pql_hash(ev->user, ev->user_len), now_ms);
 }
 
 int pql_feed_hashed(pql_t *p, const pql_event_t *ev, uint64_t ah, uint64_t uh, int64_t now_ms)
 {
-    if (ev->account == NULL || ev->account_len == 0 || ev->account_len > 255 || ev->user == NULL ||
-        ev->user_len == 0 || ev->user_len > 255 || ev->ts_ms < 0)
-        return PQL_E_INVALID;
+    if (ev_invalid(ev)) return PQL_E_INVALID;
     uint64_t sets = sets_of(p, ev->event, ev->event_len);
     uint32_t b = (uint32_t)((uint64_t)ev->ts_ms / p->bucket_ms);
     pql_shard_t *sh = pql__shard_of(p, ah);
