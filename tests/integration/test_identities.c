@@ -119,7 +119,7 @@ static int64_t wait_ready(const sup_collector_t *c, int timeout_ms)
         sup_http_resp_free(&r);
         if (rc == 0 && st == 200) return base_mono_ms() - t0;
         assert_true(base_mono_ms() - t0 < timeout_ms);
-        sup_sleep_ms(20);
+        base_sleep_ms(20);
     }
 }
 
@@ -133,7 +133,7 @@ static int64_t wait_metric(const sup_collector_t *c, const char *name, double wa
             sup_collector_dump_log(c, 4000);
             fail();
         }
-        sup_sleep_ms(5);
+        base_sleep_ms(5);
     }
     return base_mono_ms() - t0;
 }
