@@ -26,6 +26,7 @@ typedef struct acct_entry {
     struct acct_entry *prev, *next; /* LRU: head = most recently used */
     uint64_t hash;
     uint16_t ulen, alen, acap; /* acap: room for the account, so a shorter one fits in place */
+    bool linked;               /* read back from the identities topic since it last changed */
     char data[];               /* user bytes, then acap account bytes */
 } acct_entry_t;
 
@@ -195,13 +196,30 @@ const char *accounts_strerror(int err)
     }
 }
 
-int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen)
+static bool entry_is(const acct_entry_t *e, const char *acct, size_t alen)
+{
+    return e->alen == alen && memcmp(e->data + e->ulen, acct, alen) == 0;
+}
+
+static int accounts_put(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen,
+                        bool linked)
 {
     if (a == NULL || user == NULL || acct == NULL || ulen == 0 || alen == 0 ||
         ulen > ACCOUNTS_STR_MAX || alen > ACCOUNTS_STR_MAX)
         return ACCOUNTS_E_INVALID;
     uint64_t h = XXH3_64bits(user, ulen);
     acct_shard_t *s = shard_of(a, h);
+    /* The common case, a user's repeated group call: the same link, nothing to allocate. */
+    pthread_mutex_lock(&s->mu);
+    acct_entry_t *same = *find_slot(s, h, user, ulen);
+    if (same != NULL && entry_is(same, acct, alen)) {
+        same->linked |= linked;
+        lru_unlink(s, same);
+        lru_push_front(s, same);
+        pthread_mutex_unlock(&s->mu);
+        return ACCOUNTS_OK;
+    }
+    pthread_mutex_unlock(&s->mu);
 
     /* Allocated before locking; freed after unlocking if an in-place update was enough. */
     acct_entry_t *fresh = malloc(entry_size(ulen, alen));
@@ -209,6 +227,7 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
     fresh->hash = h;
     fresh->ulen = (uint16_t)ulen;
     fresh->alen = fresh->acap = (uint16_t)alen;
+    fresh->linked = linked;
     memcpy(fresh->data, user, ulen);
     memcpy(fresh->data + ulen, acct, alen);
     fresh->hnext = fresh->prev = fresh->next = NULL;
@@ -218,6 +237,8 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
     acct_entry_t **pp = find_slot(s, h, user, ulen);
     acct_entry_t *old = *pp;
     if (old != NULL && old->acap >= alen) {
+        /* Another thread may have stored this very link meanwhile: its mark stays. */
+        old->linked = linked || (entry_is(old, acct, alen) && old->linked);
         memcpy(old->data + old->ulen, acct, alen);
         old->alen = (uint16_t)alen;
         lru_unlink(s, old);
@@ -245,6 +266,30 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
     if (nb < s->max_buckets && atomic_load_explicit(&s->count, memory_order_relaxed) > nb)
         shard_grow(s, nb);
     return ACCOUNTS_OK;
+}
+
+int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen)
+{
+    return accounts_put(a, user, ulen, acct, alen, false);
+}
+
+int accounts_learn_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
+                          size_t alen)
+{
+    return accounts_put(a, user, ulen, acct, alen, true);
+}
+
+bool accounts_is_linked(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen)
+{
+    if (a == NULL || user == NULL || acct == NULL || ulen == 0 || ulen > ACCOUNTS_STR_MAX)
+        return false;
+    uint64_t h = XXH3_64bits(user, ulen);
+    acct_shard_t *s = shard_of(a, h);
+    pthread_mutex_lock(&s->mu);
+    const acct_entry_t *e = *find_slot(s, h, user, ulen);
+    bool linked = e != NULL && e->linked && entry_is(e, acct, alen);
+    pthread_mutex_unlock(&s->mu);
+    return linked;
 }
 
 bool accounts_forget(accounts_t *a, const char *user, size_t ulen)

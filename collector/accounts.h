@@ -5,6 +5,10 @@
  * Sharded (64 shards, one mutex each, held only for a hash-table operation: never during I/O),
  * LRU per shard. At max_entries the least recently used user of the shard is forgotten.
  * Keys and values are copied in; nothing returned points into the map.
+ *
+ * Each link also remembers whether it was read back from the identities topic (the identities
+ * consumer learns through accounts_learn_linked): a group call whose link the topic already holds
+ * need not be produced again (accounts_is_linked), which a compacted topic would only collapse.
  */
 #ifndef SLUICE_ACCOUNTS_H
 #define SLUICE_ACCOUNTS_H
@@ -34,10 +38,22 @@ typedef struct accounts accounts_t;
 accounts_t *accounts_new(size_t max_entries);
 void accounts_free(accounts_t *a);
 
-/* Remembers that user joined account (replacing any earlier account). Returns ACCOUNTS_OK,
- * ACCOUNTS_E_INVALID when either string is empty or longer than 255 bytes (or a is NULL), or
- * ACCOUNTS_E_NOMEM; on failure the map is unchanged. */
+/* Remembers that user joined account (replacing any earlier account). A link the map already
+ * holds with the same account keeps its "read back" mark; a new or changed one has none. Returns
+ * ACCOUNTS_OK, ACCOUNTS_E_INVALID when either string is empty or longer than 255 bytes (or a is
+ * NULL), or ACCOUNTS_E_NOMEM; on failure the map is unchanged. A repeated link allocates
+ * nothing. */
 int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acct, size_t alen);
+
+/* As accounts_learn, for a link read back from the identities topic: marks it "read back". */
+int accounts_learn_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
+                          size_t alen);
+
+/* True when user is remembered with account acct and that link was read back from the
+ * identities topic since it last changed (so the topic holds it as its latest record for the
+ * user, as far as this map has read). Does not touch the LRU order. */
+bool accounts_is_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
+                        size_t alen);
 
 /* Forgets user (an identities tombstone, identities.h). Returns true when it was remembered. */
 bool accounts_forget(accounts_t *a, const char *user, size_t ulen);

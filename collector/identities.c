@@ -133,7 +133,7 @@ static void identities_apply(identities_t *id, const rd_kafka_message_t *m)
     if (m->payload == NULL) {
         if (accounts_forget(id->accounts, m->key, m->key_len))
             metrics_add(METRIC_IDENTITIES_FORGOTTEN, 1);
-    } else if (accounts_learn(id->accounts, m->key, m->key_len, m->payload, m->len) !=
+    } else if (accounts_learn_linked(id->accounts, m->key, m->key_len, m->payload, m->len) !=
                ACCOUNTS_OK) {
         /* Valid by identities_check, so only memory can be short: this link is not known here
          * until the user's next group call. */

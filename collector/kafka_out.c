@@ -48,16 +48,21 @@
  * for their turn, beyond the 5 s message timeout, so every request timed out (503) whatever the
  * event rate — measured: exactly 10 ProduceRequests/s, 0 answers 200 in 10 s. More in flight
  * needs more connections, so the collector runs N producers ("lanes"), each with its own
- * connection per broker: a keyed events message goes to the lane owning its partition
- * (partition % N, the partition computed with the partitioner librdkafka is configured with),
- * so each partition is written by one producer (its idempotent sequence stays valid) and a
- * key's messages keep their order. Rejected and PQL messages (low volume), keyless messages,
- * a non-keyed partitioner, and events produced before lane 0 has read the partition count go
- * through lane 0 with librdkafka's own partitioning. Each lane has 1/N of the queue caps and
- * its own poll thread. "All brokers down" is tracked per lane (Kafka counts as down while any
- * lane is: a late success report of one producer must not hide the outage another reported),
- * cleared by that lane's next delivery or by lane 0's probe; "deliveries failing" is shared; a
- * fatal error replaces only the lane it hit (the collector reports "down" until then).
+ * connection per broker: a keyed events or identities message goes to the lane owning its
+ * partition (partition % N, the partition computed with the partitioner librdkafka is
+ * configured with), so each partition is written by one producer (its idempotent sequence
+ * stays valid) and a key's messages keep their order. The identities topic is routed too: it
+ * carries one link per group event, and through lane 0 alone its partitions waited their turn
+ * like the events' did (measured: 794 of 800 answers 503 at 64 partitions and a 500 ms RTT).
+ * Both partition counts are read before kafka_out_new returns (bounded by
+ * KAFKA_PARTS_TIMEOUT_MS), so the first requests are routed too. Rejected and PQL messages
+ * (low volume), keyless messages, a non-keyed partitioner, and messages produced while a
+ * topic's partition count is unknown go through lane 0 with librdkafka's own partitioning. Each
+ * lane has 1/N of the queue caps and its own poll thread. "All brokers down" is tracked per lane
+ * (Kafka counts as down while any lane is: a late success report of one producer must not hide the
+ * outage another reported), cleared by that lane's next delivery or by lane 0's probe; "deliveries
+ * failing" is shared; a fatal error replaces only the lane it hit (the collector reports "down"
+ * until then).
  *
  * Queue accounting: librdkafka enforces queue.buffering.max.kbytes itself (produce answers
  * __QUEUE_FULL); the byte count kept here (key + value of every message not yet reported)
@@ -173,11 +178,12 @@ struct kafka_out {
     kafka_lane_t lane[KAFKA_MAX_PRODUCERS];
     unsigned n_lanes;
 
-    /* Routing of keyed events messages to lanes: the partitioner librdkafka is configured with
-     * (NULL: not one we can compute, everything goes through lane 0) and the events topic's
-     * partition count (0 until known: lane 0, partition chosen by librdkafka). */
+    /* Routing of keyed events and identities messages to lanes: the partitioner librdkafka is
+     * configured with (NULL: not one we can compute, everything goes through lane 0) and each
+     * routed topic's partition count (0 until known: lane 0, partition chosen by librdkafka;
+     * other topics stay 0). */
     int32_t (*partitioner)(const rd_kafka_topic_t *, const void *, size_t, int32_t, void *, void *);
-    atomic_int events_partitions;
+    atomic_int partitions[KAFKA_NTOPICS];
 
     /* Embedded mode: the mock cluster and the client handle that owns it (librdkafka needs an
      * rd_kafka_t for the cluster's bookkeeping; it sends nothing). */
@@ -390,13 +396,14 @@ static bool kafka_unhealthy(kafka_out_t *ko)
     return atomic_load(&ko->lanes_down) != 0 || atomic_load(&ko->delivery_failing) != 0;
 }
 
-/* Metadata of the events topic from lane's producer, bounded by timeout_ms. Returns the
- * partition count (0 when unknown) and sets *all_led when every partition has a leader. */
-static int kafka_events_metadata(kafka_lane_t *lane, int timeout_ms, bool *all_led)
+/* Metadata of one topic from lane's producer, bounded by timeout_ms. Returns the partition
+ * count (0 when unknown) and sets *all_led when every partition has a leader. */
+static int kafka_topic_metadata(kafka_lane_t *lane, kafka_topic_t topic, int timeout_ms,
+                                bool *all_led)
 {
     const struct rd_kafka_metadata *md = NULL;
     *all_led = false;
-    if (rd_kafka_metadata(lane->rk, 0, lane->rkt[KAFKA_TOPIC_EVENTS], &md, timeout_ms) !=
+    if (rd_kafka_metadata(lane->rk, 0, lane->rkt[topic], &md, timeout_ms) !=
         RD_KAFKA_RESP_ERR_NO_ERROR)
         return 0;
     int n = 0;
@@ -413,14 +420,49 @@ static int kafka_events_metadata(kafka_lane_t *lane, int timeout_ms, bool *all_l
     return n > 0 ? n : 0;
 }
 
-/* Lane 0 (or the only lane): records the events topic's partition count n for the routing. */
-static void kafka_set_partitions(kafka_out_t *ko, int n)
+/* Lane 0 (or the only lane): records a routed topic's partition count n. */
+static void kafka_set_partitions(kafka_out_t *ko, kafka_topic_t topic, int n)
 {
     if (n <= 0) return;
-    int old = atomic_exchange(&ko->events_partitions, n);
+    int old = atomic_exchange(&ko->partitions[topic], n);
     if (old != n)
-        LOG(LOG_INFO, "kafka_partitions", LS("topic", ko->cfg->topic_events), LI("partitions", n),
-            LI("previous", old), LI("producers", ko->n_lanes));
+        LOG(LOG_INFO, "kafka_partitions", LS("topic", rd_kafka_topic_name(ko->lane[0].rkt[topic])),
+            LI("partitions", n), LI("previous", old), LI("producers", ko->n_lanes));
+}
+
+/* The topics routed to lanes by partition: events, and identities when links are produced. */
+static bool kafka_routed(const kafka_out_t *ko, kafka_topic_t topic)
+{
+    return topic == KAFKA_TOPIC_EVENTS ||
+           (topic == KAFKA_TOPIC_IDENTITIES && ko->cfg->identities_produce);
+}
+
+static bool kafka_partitions_known(kafka_out_t *ko)
+{
+    for (int t = 0; t < KAFKA_NTOPICS; t++)
+        if (kafka_routed(ko, (kafka_topic_t)t) && atomic_load(&ko->partitions[t]) <= 0)
+            return false;
+    return true;
+}
+
+/* Lane 0: reads the partition count of every routed topic, or (while some are unknown) of the
+ * unknown ones only, within one budget of timeout_ms; then schedules the next read. */
+static void kafka_read_partitions(kafka_out_t *ko, int timeout_ms)
+{
+    kafka_lane_t *lane = &ko->lane[0];
+    bool refresh = kafka_partitions_known(ko);
+    int64_t deadline = base_mono_ms() + timeout_ms;
+    for (int t = 0; t < KAFKA_NTOPICS; t++) {
+        if (!kafka_routed(ko, (kafka_topic_t)t)) continue;
+        if (!refresh && atomic_load(&ko->partitions[t]) > 0) continue;
+        int64_t left = deadline - base_mono_ms();
+        if (left <= 0) break;
+        bool led = false;
+        kafka_set_partitions(ko, (kafka_topic_t)t,
+                             kafka_topic_metadata(lane, (kafka_topic_t)t, (int)left, &led));
+    }
+    lane->next_parts_ms = base_mono_ms() + (kafka_partitions_known(ko) ? KAFKA_PARTS_REFRESH_MS
+                                                                       : KAFKA_PROBE_INTERVAL_MS);
 }
 
 static int kafka_new_producer(kafka_lane_t *lane, rd_kafka_t **rkp, rd_kafka_topic_t **rkt,
@@ -480,16 +522,15 @@ static void *kafka_poll_main(void *arg)
         bool probe = lane->index == 0 && kafka_unhealthy(ko) && now >= lane->next_probe_ms;
         bool parts = lane->index == 0 && ko->n_lanes > 1 && now >= lane->next_parts_ms;
         if (!probe && !parts) continue;
-        /* Lane 0 alone probes (health is shared) and keeps the partition count current. */
+        /* Lane 0 alone probes (health is shared) and keeps the partition counts current. */
         bool led = false;
-        int n = kafka_events_metadata(lane, probe ? KAFKA_PROBE_TIMEOUT_MS : KAFKA_PARTS_TIMEOUT_MS,
-                                      &led);
-        kafka_set_partitions(ko, n);
+        if (probe)
+            kafka_set_partitions(
+                ko, KAFKA_TOPIC_EVENTS,
+                kafka_topic_metadata(lane, KAFKA_TOPIC_EVENTS, KAFKA_PROBE_TIMEOUT_MS, &led));
+        if (parts)
+            kafka_read_partitions(ko, probe ? KAFKA_PROBE_TIMEOUT_MS : KAFKA_PARTS_TIMEOUT_MS);
         now = base_mono_ms();
-        if (parts || n > 0)
-            lane->next_parts_ms =
-                now + (atomic_load(&ko->events_partitions) > 0 ? KAFKA_PARTS_REFRESH_MS
-                                                               : KAFKA_PROBE_INTERVAL_MS);
         if (probe) {
             lane->next_probe_ms = now + KAFKA_PROBE_INTERVAL_MS;
             if (led) {
@@ -783,7 +824,8 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
     uint64_t kb = cfg->kafka_queue_bytes / 1024;
     ko->queue_cap_bytes = (kb < 1 ? 1 : kb > INT32_MAX ? INT32_MAX : kb) * 1024;
     ko->queue_cap_msgs = KAFKA_QUEUE_MAX_MESSAGES;
-    atomic_init(&ko->events_partitions, 0);
+    for (int t = 0; t < KAFKA_NTOPICS; t++)
+        atomic_init(&ko->partitions[t], 0);
     atomic_init(&ko->recreated, 0u);
     atomic_init(&ko->stop_poll, false);
     atomic_init(&ko->stopping, false);
@@ -815,7 +857,15 @@ int kafka_out_new(const config_t *cfg, kafka_out_t **out, char *err, size_t errl
         rc = kafka_new_producer(&ko->lane[i], &ko->lane[i].rk, ko->lane[i].rkt, err, errlen);
         if (rc != KAFKA_OK) goto fail;
     }
-    if (ko->mcluster != NULL) kafka_set_partitions(ko, kafka_mock_partitions[KAFKA_TOPIC_EVENTS]);
+    if (ko->mcluster != NULL) {
+        for (int t = 0; t < KAFKA_NTOPICS; t++)
+            if (kafka_routed(ko, (kafka_topic_t)t))
+                kafka_set_partitions(ko, (kafka_topic_t)t, kafka_mock_partitions[t]);
+    } else if (ko->n_lanes > 1) {
+        /* Before the first request: routed from the start (bounded; brokers down at start
+         * cost this once, then lane 0 keeps trying every KAFKA_PROBE_INTERVAL_MS). */
+        kafka_read_partitions(ko, KAFKA_PARTS_TIMEOUT_MS);
+    }
     for (unsigned i = 0; i < ko->n_lanes; i++) {
         rc = kafka_start_poll_thread(&ko->lane[i]);
         if (rc != KAFKA_OK) {
@@ -852,17 +902,17 @@ bool kafka_out_embedded(const kafka_out_t *ko)
 
 /* ---- produce --------------------------------------------------------------------------- */
 
-/* The lane (and explicit partition, or RD_KAFKA_PARTITION_UA) of one message. Keyed events go
- * to the lane that owns their partition (partition % lanes), computed with the partitioner
- * librdkafka would use, so a key's messages always share one producer and keep their order;
- * everything else goes through lane 0 with librdkafka's own partitioning. */
+/* The lane (and explicit partition, or RD_KAFKA_PARTITION_UA) of one message. Keyed events and
+ * identities go to the lane that owns their partition (partition % lanes), computed with the
+ * partitioner librdkafka would use, so a key's messages always share one producer and keep
+ * their order; everything else goes through lane 0 with librdkafka's own partitioning. */
 static kafka_lane_t *kafka_route(kafka_out_t *ko, kafka_topic_t topic, const void *key,
                                  size_t keylen, int32_t *partition)
 {
     *partition = RD_KAFKA_PARTITION_UA;
-    if (ko->n_lanes == 1 || topic != KAFKA_TOPIC_EVENTS || keylen == 0 || ko->partitioner == NULL)
+    if (ko->n_lanes == 1 || !kafka_routed(ko, topic) || keylen == 0 || ko->partitioner == NULL)
         return &ko->lane[0];
-    int n = atomic_load(&ko->events_partitions);
+    int n = atomic_load(&ko->partitions[topic]);
     if (n <= 0) return &ko->lane[0];
     /* The partitioners ignore rkt for a non-empty key (it serves the random fallback only). */
     int32_t p = ko->partitioner(NULL, key, keylen, n, NULL, NULL);

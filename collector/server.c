@@ -385,12 +385,6 @@ void server_drain_begin(server_t *s)
         if (s->loops[i].thread_ok) uv_async_send(&s->loops[i].async);
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 bool server_wait_drained(server_t *s, uint32_t timeout_ms)
 {
     uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000ull;
@@ -404,7 +398,7 @@ bool server_wait_drained(server_t *s, uint32_t timeout_ms)
         if (acked && atomic_load(&s->ingest->in_flight) == 0 && atomic_load(&s->n_conns) == 0)
             return true;
         if (uv_hrtime() >= deadline) return false;
-        sleep_ms(10);
+        base_sleep_ms(10);
     }
 }
 

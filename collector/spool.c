@@ -808,12 +808,6 @@ static bool drain_wait(spool_t *sp)
     return done;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Delivers the window of count records; returns true once every one is delivered, false when
  * stopping. Failed records are produced again (only those), in order, while Kafka is up. */
 static bool drain_window(spool_t *sp, long count)
@@ -843,7 +837,7 @@ static bool drain_window(spool_t *sp, long count)
             left |= sp->slots[i].state != 2;
         if (!left) return true;
         if (atomic_load(&sp->draining_stopped)) return false;
-        sleep_ms(SPOOL_RETRY_MS);
+        base_sleep_ms(SPOOL_RETRY_MS);
     }
 }
 

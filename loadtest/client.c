@@ -47,7 +47,7 @@ typedef struct conn {
     worker_t *w;
     llhttp_t parser;
     conn_state_t state;
-    bool in_idle;     /* on the worker's idle stack */
+    bool in_idle;     /* on the worker's idle queue */
     bool close_after; /* the answer said Connection: close, or the parser failed */
     bool answered;    /* the current request got its answer (set inside parser callbacks) */
     int answer_status;
@@ -74,8 +74,12 @@ struct worker {
     uv_timer_t tick;
     conn_t *conns;
     uint32_t n_conns;
-    uint32_t *idle; /* stack of conn indexes; lazily cleaned (entries re-checked on pop) */
-    uint32_t n_idle;
+    /* FIFO ring of idle conn indexes (n_conns slots: a conn is queued at most once, in_idle);
+     * lazily cleaned (entries re-checked on pop). FIFO, not a stack: at a low open-loop rate a
+     * stack handed every request to the connection that answered last, so one connection (and
+     * with several --url, one target) took all the traffic. */
+    uint32_t *idle;
+    uint32_t idle_head, n_idle;
     model_stream_t *stream;
     ZSTD_CCtx *zc;
     z_stream zs;
@@ -481,7 +485,9 @@ static int conn_send(conn_t *c, uint64_t intended_ns, uint64_t now)
 static conn_t *pop_idle(worker_t *w)
 {
     while (w->n_idle > 0) {
-        conn_t *c = &w->conns[w->idle[--w->n_idle]];
+        conn_t *c = &w->conns[w->idle[w->idle_head]];
+        w->idle_head = w->idle_head + 1 == w->n_conns ? 0 : w->idle_head + 1;
+        w->n_idle--;
         c->in_idle = false;
         if (c->state == C_IDLE) return c;
     }
@@ -493,7 +499,9 @@ static void push_idle(conn_t *c)
     worker_t *w = c->w;
     if (c->in_idle || c->state != C_IDLE) return;
     c->in_idle = true;
-    w->idle[w->n_idle++] = (uint32_t)(c - w->conns);
+    uint32_t tail = w->idle_head + w->n_idle;
+    w->idle[tail >= w->n_conns ? tail - w->n_conns : tail] = (uint32_t)(c - w->conns);
+    w->n_idle++;
 }
 
 /* ---- llhttp callbacks ---- */

@@ -454,9 +454,8 @@ int main(int argc, char **argv)
         if (strlen(val[F_RUNID]) > MODEL_RUN_ID_MAX) return bad("--run-id", val[F_RUNID]);
         snprintf(mc.run_id, sizeof(mc.run_id), "%s", val[F_RUNID]);
     } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        unsigned x = (unsigned)(ts.tv_nsec ^ (ts.tv_sec << 12) ^ ((long)getpid() << 20));
+        uint64_t t = (uint64_t)base_wall_ms() * 1000003u ^ base_mono_ns();
+        unsigned x = (unsigned)(t ^ (t >> 32) ^ ((uint64_t)getpid() << 20));
         snprintf(mc.run_id, sizeof(mc.run_id), "r%08x", x);
     }
     mc.scripted = !set[F_NOSCRIPT];

@@ -294,9 +294,7 @@ static void rng_seed(void)
     if (got != (ssize_t)sizeof seed) {
         /* No entropy syscall (very old kernel or seccomp): time and address mix; ids stay unique
          * per thread because the state is never shared. */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        seed[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30);
+        seed[0] = base_mono_ns() ^ ((uint64_t)base_wall_ms() << 20);
         seed[1] = (uint64_t)(uintptr_t)&tl_rng;
         seed[2] = (uint64_t)getpid() << 32 | gen;
         seed[3] = 0x9e3779b97f4a7c15u;
@@ -461,18 +459,10 @@ static bool flushed(const sluice_client *c, uint64_t target)
     return (!c->head || c->head->seq >= target) && c->inflight_lo >= target;
 }
 
-static void deadline_ts(struct timespec *ts, int64_t deadline_ms)
-{
-    ts->tv_sec = deadline_ms / 1000;
-    ts->tv_nsec = (deadline_ms % 1000) * 1000000;
-}
-
 int sluice_flush(sluice_client *c, uint32_t timeout_ms)
 {
     if (!c) return SLUICE_E_INVAL;
-    int64_t deadline = base_mono_ms() + timeout_ms;
-    struct timespec ts;
-    deadline_ts(&ts, deadline);
+    struct timespec ts = base_deadline(CLOCK_MONOTONIC, timeout_ms);
     int rc = SLUICE_OK;
     pthread_mutex_lock(&c->mu);
     uint64_t target = c->next_seq;
@@ -492,9 +482,7 @@ int sluice_flush(sluice_client *c, uint32_t timeout_ms)
 int sluice_client_close(sluice_client *c, uint32_t timeout_ms)
 {
     if (!c) return SLUICE_E_INVAL;
-    int64_t deadline = base_mono_ms() + timeout_ms;
-    struct timespec ts;
-    deadline_ts(&ts, deadline);
+    struct timespec ts = base_deadline(CLOCK_MONOTONIC, timeout_ms);
     reg_remove(c);
     pthread_mutex_lock(&c->mu);
     c->stopping = true;

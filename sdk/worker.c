@@ -46,11 +46,6 @@ void sdk_nodes_free(sdk_node_t *n)
     }
 }
 
-static void abs_ts(struct timespec *ts, int64_t mono_ms)
-{
-    ts->tv_sec = mono_ms / 1000;
-    ts->tv_nsec = (mono_ms % 1000) * 1000000;
-}
 /* Waits (interruptibly by abort) until the sender's pause is over. False when aborted. */
 static bool wait_pause(sluice_client *c)
 {
@@ -60,7 +55,7 @@ static bool wait_pause(sluice_client *c)
         int64_t now = base_mono_ms();
         if (now >= c->pause_until_ms) break;
         struct timespec ts;
-        abs_ts(&ts, c->pause_until_ms);
+        ts = base_mono_ts(c->pause_until_ms);
         pthread_cond_timedwait(&c->wake, &c->mu, &ts);
     }
     pthread_mutex_unlock(&c->mu);
@@ -401,7 +396,7 @@ void *sdk_worker_main(void *arg)
         if (ready || (c->storage_files && c->pause_until_ms > now)) until = c->pause_until_ms;
         if (c->storage_files && !paused && c->storage_retry_ms < until) until = c->storage_retry_ms;
         struct timespec ts;
-        abs_ts(&ts, until);
+        ts = base_mono_ts(until);
         pthread_cond_timedwait(&c->wake, &c->mu, &ts);
     }
     sdk_node_t *rest = c->head;

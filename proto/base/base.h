@@ -142,6 +142,12 @@ int64_t base_wall_ms(void); /* CLOCK_REALTIME epoch ms: for timestamps only */
 /* The absolute time ms from now on clock (CLOCK_MONOTONIC or CLOCK_REALTIME), for
  * pthread_cond_timedwait / sem_timedwait. */
 struct timespec base_deadline(clockid_t clock, uint64_t ms);
+/* The timespec of the monotonic instant mono_ms (a base_mono_ms() value; a past one is fine),
+ * for pthread_cond_timedwait on a condition set to CLOCK_MONOTONIC. */
+struct timespec base_mono_ts(int64_t mono_ms);
+/* Sleeps ms milliseconds of CLOCK_MONOTONIC, resuming after a signal. Blocks: never on an event
+ * loop thread (SPEC: the loops never sleep). */
+void base_sleep_ms(uint32_t ms);
 
 /* ---- files ----------------------------------------------------------------------------------- */
 

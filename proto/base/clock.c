@@ -1,6 +1,8 @@
 /* clock.c — the process's clocks: monotonic for intervals and deadlines, realtime for stamps. */
 #include "base.h"
 
+#include <errno.h>
+
 uint64_t base_mono_ns(void)
 {
     struct timespec ts;
@@ -31,4 +33,18 @@ struct timespec base_deadline(clockid_t clock, uint64_t ms)
         ts.tv_nsec -= 1000000000L;
     }
     return ts;
+}
+
+struct timespec base_mono_ts(int64_t mono_ms)
+{
+    if (mono_ms < 0) mono_ms = 0;
+    struct timespec ts = {(time_t)(mono_ms / 1000), (long)(mono_ms % 1000) * 1000000L};
+    return ts;
+}
+
+void base_sleep_ms(uint32_t ms)
+{
+    struct timespec at = base_deadline(CLOCK_MONOTONIC, ms);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL) == EINTR) {
+    }
 }

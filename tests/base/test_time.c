@@ -179,6 +179,23 @@ static void cached_parse_matches_parse(void **state)
     assert_int_equal(ms, parse("2026-12-04T19:09:21Z"));
 }
 
+/* base_sleep_ms sleeps at least its time (a lower bound only: the machine is shared);
+ * base_mono_ts is the instant of a base_mono_ms() value, a negative one clamped to 0. */
+static void sleep_and_instant(void **state)
+{
+    (void)state;
+    int64_t t0 = base_mono_ms();
+    base_sleep_ms(30);
+    assert_true(base_mono_ms() - t0 >= 30);
+    base_sleep_ms(0);
+    struct timespec ts = base_mono_ts(12345);
+    assert_int_equal(ts.tv_sec, 12);
+    assert_int_equal(ts.tv_nsec, 345000000L);
+    ts = base_mono_ts(-5);
+    assert_int_equal(ts.tv_sec, 0);
+    assert_int_equal(ts.tv_nsec, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +207,7 @@ int main(void)
         cmocka_unit_test(round_trips),
         cmocka_unit_test(format_cache_never_serves_a_stale_second),
         cmocka_unit_test(clocks_move_forward),
+        cmocka_unit_test(sleep_and_instant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -196,6 +196,56 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* The "read back" mark (identities.produce skips a link the topic already holds): set only by
+ * accounts_learn_linked, kept by a local learn of the same account, lost when the account
+ * changes, gone with the user (forget, eviction); accounts_is_linked answers for the exact
+ * account only. */
+static bool linked(accounts_t *a, const char *u, const char *acct)
+{
+    return accounts_is_linked(a, u, strlen(u), acct, strlen(acct));
+}
+
+static void test_linked_mark(void **state)
+{
+    (void)state;
+    accounts_t *a = accounts_new(64);
+    assert_non_null(a);
+    assert_false(linked(a, "u1", "acme")); /* unknown user */
+    assert_int_equal(learn(a, "u1", "acme"), 0);
+    assert_false(linked(a, "u1", "acme")); /* learned locally only: not in the topic yet */
+    assert_int_equal(accounts_learn_linked(a, "u1", 2, "acme", 4), 0);
+    assert_true(linked(a, "u1", "acme"));
+    assert_false(linked(a, "u1", "acm"));   /* another account: a prefix */
+    assert_false(linked(a, "u1", "acmex")); /* another account: longer */
+    assert_int_equal(learn(a, "u1", "acme"), 0);
+    assert_true(linked(a, "u1", "acme")); /* the same link again keeps the mark */
+    assert_int_equal(learn(a, "u1", "globex"), 0);
+    assert_false(linked(a, "u1", "globex")); /* changed: the topic's latest is still acme */
+    assert_false(linked(a, "u1", "acme"));
+    assert_int_equal(learn(a, "u1", "acme"), 0);
+    assert_false(linked(a, "u1", "acme")); /* back to acme, but the topic may say globex */
+    /* A longer account than the entry has room for: a new entry, marked as asked. */
+    assert_int_equal(accounts_learn_linked(a, "u1", 2, "a-much-longer-account-id", 24), 0);
+    assert_true(linked(a, "u1", "a-much-longer-account-id"));
+    assert_string_equal(lookup(a, "u1"), "a-much-longer-account-id");
+    assert_true(accounts_forget(a, "u1", 2));
+    assert_false(linked(a, "u1", "a-much-longer-account-id"));
+    /* Eviction: 64 entries, one shard holds one; a second user of u2's shard replaces it. */
+    assert_int_equal(accounts_learn_linked(a, "u2", 2, "acme", 4), 0);
+    char other[32];
+    uint64_t shard = XXH3_64bits("u2", 2) >> (64 - ACCOUNTS_SHARD_BITS);
+    for (int i = 0;; i++) {
+        snprintf(other, sizeof other, "x%d", i);
+        if (XXH3_64bits(other, strlen(other)) >> (64 - ACCOUNTS_SHARD_BITS) == shard) break;
+    }
+    assert_int_equal(learn(a, other, "acme"), 0);
+    assert_null(lookup(a, "u2"));
+    assert_false(linked(a, "u2", "acme"));
+    assert_false(linked(a, other, "acme"));
+    assert_false(accounts_is_linked(NULL, "u2", 2, "acme", 4));
+    accounts_free(a);
+}
+
 static void test_concurrent(void **state)
 {
     accounts_t *a = accounts_new(2048); /* 32 per shard: tables grow and evict under contention */
@@ -244,7 +294,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_learn_lookup_replace), cmocka_unit_test(test_refuses_bad_strings),
         cmocka_unit_test(test_lru_eviction_order),   cmocka_unit_test(test_total_cap_and_bytes),
-        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_concurrent),           cmocka_unit_test(test_linked_mark),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

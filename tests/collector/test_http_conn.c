@@ -320,7 +320,7 @@ static bool readyz_until(const char *want)
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS; base_mono_ms() < deadline;) {
         one(req, sizeof req - 1);
         if (strncmp(rbuf, want, strlen(want)) == 0) return true;
-        mock_sleep_ms(50);
+        base_sleep_ms(50);
     }
     return false;
 }

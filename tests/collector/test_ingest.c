@@ -145,7 +145,7 @@ static int run(fixture_t *f, const char *body, size_t len, proto_type_t kind, bo
     ingest_req_t *got = NULL;
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          got == NULL && base_mono_ms() < deadline;)
-        if ((got = ingest_mailbox_take(&f->mb)) == NULL) mock_sleep_ms(2);
+        if ((got = ingest_mailbox_take(&f->mb)) == NULL) base_sleep_ms(2);
     assert_ptr_equal(got, req);
     assert_null(ingest_req_next(got));
     assert_int_equal(atomic_load(&f->ctx.in_flight), 1);
@@ -354,7 +354,7 @@ static void test_delivery_failure_is_503(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     bool ready = false;
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS; !ready && base_mono_ms() < deadline;)
-        if (!(ready = kafka_out_ready(f->ko, why, sizeof why))) mock_sleep_ms(20);
+        if (!(ready = kafka_out_ready(f->ko, why, sizeof why))) base_sleep_ms(20);
     assert_true(ready);
     assert_int_equal(
         run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
@@ -377,7 +377,7 @@ static void test_kafka_down_fails_fast(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     assert_true(kafka_out_down(f->ko));
     int64_t t0 = base_mono_ms();
     assert_int_equal(
@@ -392,7 +392,7 @@ static void test_kafka_down_fails_fast(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          kafka_out_down(f->ko) && base_mono_ms() < deadline;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     assert_false(kafka_out_down(f->ko));
     assert_int_equal(
         run(f, BODY2, strlen(BODY2), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
@@ -433,7 +433,7 @@ static void test_spool_when_kafka_down(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     assert_true(kafka_out_down(f->ko));
 
     int64_t t0 = base_mono_ms();
@@ -472,7 +472,7 @@ static void test_spool_when_kafka_down(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          spool_busy(f->spool) && base_mono_ms() < deadline;)
-        mock_sleep_ms(20);
+        base_sleep_ms(20);
     assert_false(spool_busy(f->spool));
     /* m1, m2, m4, m5 once; the rejected event of BODY2 twice (rejections are not deduped). */
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 6);
@@ -503,7 +503,7 @@ static void test_spool_full_fails_fast(void **state)
     assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     for (int64_t deadline = base_mono_ms() + MOCK_WAIT_MS;
          !kafka_out_down(f->ko) && base_mono_ms() < deadline;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     assert_int_equal(
         run(f, BODY3, strlen(BODY3), PROTO_T_NONE, BODY_ENC_IDENTITY, NULL, out, sizeof out, &ra),
         200);

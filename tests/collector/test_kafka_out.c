@@ -42,12 +42,6 @@ static int64_t now_ms(void)
     return base_mono_ms();
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void cfg_defaults(config_t *c, const char *brokers)
 {
     memset(c, 0, sizeof *c);
@@ -109,9 +103,9 @@ static void waiter_wait(waiter_t *w)
 {
     int64_t deadline = now_ms() + WAIT_MS;
     while (atomic_load(&w->calls) == 0 && now_ms() < deadline)
-        sleep_ms(5);
+        base_sleep_ms(5);
     assert_int_equal(atomic_load(&w->calls), 1);
-    sleep_ms(20);
+    base_sleep_ms(20);
     assert_int_equal(atomic_load(&w->calls), 1);
     assert_int_equal(atomic_load(&w->g.pending), 0);
 }
@@ -121,7 +115,7 @@ static bool wait_ready(kafka_out_t *ko, bool want, char *why, size_t whylen)
     int64_t deadline = now_ms() + WAIT_MS;
     while (now_ms() < deadline) {
         if (kafka_out_ready(ko, why, whylen) == want) return true;
-        sleep_ms(20);
+        base_sleep_ms(20);
     }
     return false;
 }
@@ -635,6 +629,53 @@ static void test_embedded(void **state)
     kafka_out_free(ko);
 }
 
+/* Producer lanes route keyed events and identities by partition (partition % lanes, the
+ * partitioner librdkafka uses), from the first message on: kafka_out_new reads both partition
+ * counts before it returns. Regression: the identities links went through lane 0 alone, so at
+ * 64 partitions and a 500 ms RTT their partitions waited their turn past the delivery timeout
+ * (integration_slow_broker_64_partitions: 6 of 800 answers 200). Other topics stay on lane 0. */
+static void test_lanes_route_events_and_identities(void **state)
+{
+    fixture_t *f = *state;
+    char err[512];
+    assert_int_equal(mock_cluster_topic(&f->kc, "identities", 8, 1, err, sizeof err), 0);
+    f->cfg.kafka_producers = 4;
+    f->cfg.topic_identities = "identities";
+    f->cfg.identities_produce = true;
+    kafka_out_t *ko = NULL;
+    assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
+    assert_int_equal(atomic_load(&ko->partitions[KAFKA_TOPIC_EVENTS]), 4);
+    assert_int_equal(atomic_load(&ko->partitions[KAFKA_TOPIC_IDENTITIES]), 8);
+    assert_non_null(ko->partitioner);
+    unsigned lanes_used = 0;
+    for (int i = 0; i < 64; i++) {
+        char key[32];
+        int n = snprintf(key, sizeof key, "user-%d", i);
+        int32_t p = -2;
+        kafka_lane_t *lane = kafka_route(ko, KAFKA_TOPIC_IDENTITIES, key, (size_t)n, &p);
+        assert_int_equal(p, ko->partitioner(NULL, key, (size_t)n, 8, NULL, NULL));
+        assert_ptr_equal(lane, &ko->lane[(unsigned)p % 4]);
+        lanes_used |= 1u << (lane - ko->lane);
+        lane = kafka_route(ko, KAFKA_TOPIC_EVENTS, key, (size_t)n, &p);
+        assert_true(p >= 0 && p < 4);
+        assert_ptr_equal(lane, &ko->lane[p]);
+        lane = kafka_route(ko, KAFKA_TOPIC_REJECTED, key, (size_t)n, &p);
+        assert_int_equal(p, RD_KAFKA_PARTITION_UA);
+        assert_ptr_equal(lane, &ko->lane[0]);
+    }
+    assert_int_equal(lanes_used, 0xfu);
+    kafka_out_free(ko);
+
+    /* Links not produced: the identities topic is not routed (nor read). */
+    f->cfg.identities_produce = false;
+    assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
+    assert_int_equal(atomic_load(&ko->partitions[KAFKA_TOPIC_IDENTITIES]), 0);
+    int32_t p = -2;
+    assert_ptr_equal(kafka_route(ko, KAFKA_TOPIC_IDENTITIES, "user-1", 6, &p), &ko->lane[0]);
+    assert_int_equal(p, RD_KAFKA_PARTITION_UA);
+    kafka_out_free(ko);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -657,6 +698,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fatal_then_recreated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_completes_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_embedded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lanes_route_events_and_identities, setup, teardown),
     };
     if (getenv("SLUICE_TEST_FILTER") != NULL) /* e.g. SLUICE_TEST_FILTER=test_queue_full */
         cmocka_set_test_filter(getenv("SLUICE_TEST_FILTER"));

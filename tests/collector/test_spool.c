@@ -217,7 +217,7 @@ static void waiter_done_cb(kafka_group_t *g)
 static bool wait_for(atomic_bool *flag, int ms)
 {
     for (int64_t dl = base_mono_ms() + ms; !atomic_load(flag) && base_mono_ms() < dl;)
-        mock_sleep_ms(5);
+        base_sleep_ms(5);
     return atomic_load(flag);
 }
 
@@ -261,7 +261,7 @@ static void test_spool_then_drain(void **state)
     assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
     assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; !kafka_out_down(f->ko) && base_mono_ms() < dl;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     assert_true(kafka_out_down(f->ko));
 
     /* Small segments: the 3 batches of 20 records span several files. */
@@ -306,12 +306,12 @@ static void test_spool_then_drain(void **state)
     assert_int_equal(st.records, NB * NR);
     assert_true(st.bytes > 0);
     /* Still down: nothing drained. */
-    mock_sleep_ms(300);
+    base_sleep_ms(300);
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 0);
 
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; spool_busy(sp) && base_mono_ms() < dl;)
-        mock_sleep_ms(20);
+        base_sleep_ms(20);
     assert_false(spool_busy(sp));
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), NB * NR);
     /* In spool order (one partition), exact values and headers, once each. */
@@ -333,7 +333,7 @@ static void test_spool_then_drain(void **state)
     /* Delivered segments are deleted (the active one by the writer's idle tick). */
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS;
          count_segments(f->data) > 0 && base_mono_ms() < dl;)
-        mock_sleep_ms(20);
+        base_sleep_ms(20);
     assert_int_equal(count_segments(f->data), 0);
     spool_stats(sp, &st);
     assert_int_equal(st.bytes, 0);
@@ -355,7 +355,7 @@ static void test_lost_segment_is_skipped(void **state)
     assert_int_equal(kafka_out_flush(f->ko, MOCK_WAIT_MS), 0);
     assert_int_equal(rd_kafka_mock_broker_set_down(f->mk.mc, 1), 0);
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; !kafka_out_down(f->ko) && base_mono_ms() < dl;)
-        mock_sleep_ms(10);
+        base_sleep_ms(10);
     spool_opts_t o = {.data_dir = f->data, .max_bytes = 1 << 20, .segment_bytes = 1, .ko = f->ko};
     spool_t *sp = NULL;
     char err[256];
@@ -384,7 +384,7 @@ static void test_lost_segment_is_skipped(void **state)
     assert_int_equal(unlink(seg), 0);
     assert_int_equal(rd_kafka_mock_broker_set_up(f->mk.mc, 1), 0);
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; spool_busy(sp) && base_mono_ms() < dl;)
-        mock_sleep_ms(20);
+        base_sleep_ms(20);
     assert_false(spool_busy(sp));
     assert_int_equal(metrics_get(METRIC_SPOOL_DRAINED), 10);
     assert_true(metrics_get(METRIC_SPOOL_TRUNCATED_BYTES) > 0);
@@ -461,7 +461,7 @@ static void test_cursor_survives_restart(void **state)
     assert_int_equal(st.records, 4);
     assert_int_equal(spool_start(sp), SPOOL_OK);
     for (int64_t dl = base_mono_ms() + MOCK_WAIT_MS; spool_busy(sp) && base_mono_ms() < dl;)
-        mock_sleep_ms(20);
+        base_sleep_ms(20);
     assert_false(spool_busy(sp));
     sup_kmsgs_t got;
     assert_int_equal(mock_consume(&f->mk, f->mk.events, 4, &got), 0);

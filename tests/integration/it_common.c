@@ -236,7 +236,7 @@ void it_assert_refused(const char *config_yaml, const char *const *extra_args, c
     int st = 0, done = 0;
     for (int i = 0; i < 200 && !done; i++) { /* 20 s */
         done = waitpid(pid, &st, WNOHANG) == pid;
-        if (!done) sup_sleep_ms(100);
+        if (!done) base_sleep_ms(100);
     }
     if (!done) {
         kill(pid, SIGKILL);

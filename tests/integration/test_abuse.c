@@ -216,7 +216,7 @@ static void test_slow_body_trickle_is_cut(void **state)
             }
             if (send(fds[i], " ", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) trickled++;
         }
-        sup_sleep_ms(500);
+        base_sleep_ms(500);
     }
     int64_t last_cut = 0;
     int n408 = 0;
@@ -253,7 +253,7 @@ static void test_near_limit_bodies_memory_bounded(void **state)
                                    "  request_timeout: 8s\n");
     legit_t l;
     legit_start(&l, e->coll.port);
-    sup_sleep_ms(500);
+    base_sleep_ms(500);
     long rss0 = rss_kib(e), rss_peak = rss0;
     char *body = malloc(BODY_BYTES);
     assert_non_null(body);
@@ -279,7 +279,7 @@ static void test_near_limit_bodies_memory_bounded(void **state)
             if (held > held_max) held_max = held;
         }
     }
-    sup_sleep_ms(1000);
+    base_sleep_ms(1000);
     long r = rss_kib(e);
     if (r > rss_peak) rss_peak = r;
     uint64_t refused = metric(e, "sluice_body_memory_refused_total");
@@ -300,7 +300,7 @@ static void test_near_limit_bodies_memory_bounded(void **state)
             n408 += status[i] == 408;
         }
         if (n_closed == HOLDERS) break;
-        sup_sleep_ms(250);
+        base_sleep_ms(250);
     }
     for (int i = 0; i < HOLDERS; i++)
         close(fds[i]);
@@ -375,7 +375,7 @@ static void test_non_reading_pipeliner_is_cut(void **state)
                 n_cut++;
             }
         }
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     int64_t elapsed = base_mono_ms() - t0;
     uint64_t wt = metric(e, "sluice_write_timeouts_total");

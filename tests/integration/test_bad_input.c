@@ -721,14 +721,14 @@ static void bad_disconnect_mid_body(sup_env_t *e, it_ids_t *ids)
                          txt.len);
         assert_int_equal(sup_tcp_send(fd, head, (size_t)n, 2000), 0);
         assert_int_equal(sup_tcp_send(fd, txt.data, txt.len / 2, 2000), 0);
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
         close(fd);
     }
     base_buf_free(&txt);
     /* The half-sent events must not appear; the abort is counted. */
     int64_t deadline = base_mono_ms() + 3000;
     while (metric(e, "sluice_client_aborts_total") < 3 && base_mono_ms() < deadline)
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     assert_true(metric(e, "sluice_client_aborts_total") >= 3);
 }
 
@@ -917,7 +917,7 @@ static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
         held[i] = sup_tcp_connect(e->coll.port, 5000);
         assert_true(held[i] >= 0);
     }
-    sup_sleep_ms(200); /* let the collector accept them */
+    base_sleep_ms(200); /* let the collector accept them */
     /* The cap (3) is reached: the next client is answered 503 and closed. */
     base_buf_t answer = {0};
     static const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -929,7 +929,7 @@ static void bad_connection_cap(sup_env_t *e, it_ids_t *ids)
     /* Slots free again once the held connections are gone. */
     int64_t deadline = base_mono_ms() + 3000;
     do {
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
         status = raw_exchange(e, get, sizeof get - 1, &answer, 5000);
         base_buf_free(&answer);
     } while (status != 200 && base_mono_ms() < deadline);

@@ -182,7 +182,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
     it_assert_error(&r, 503, NULL);
     sup_http_resp_free(&r);
     /* Stay down past the message timeout, so the first attempt's delivery really failed. */
-    sup_sleep_ms(3000);
+    base_sleep_ms(3000);
     assert_int_equal(sup_mock_cmd(&e->mock, "up 1", 5000), 0);
 
     long status = 0;
@@ -200,7 +200,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
         }
         it_assert_error(&r, 503, NULL);
         sup_http_resp_free(&r);
-        sup_sleep_ms(250);
+        base_sleep_ms(250);
     }
     fprintf(stderr, "retry accepted after %d attempt(s)\n", attempts);
     assert_int_equal(status, 200);
@@ -209,7 +209,7 @@ static void test_dedup_retry_after_delivery_failure(void **state)
     assert_counts(&r, 0, 8);
     sup_http_resp_free(&r);
     base_buf_free(&body);
-    sup_sleep_ms(2500); /* anything still pending from the failed attempt lands before counting */
+    base_sleep_ms(2500); /* anything still pending from the failed attempt lands before counting */
     it_assert_events_exactly(e, &ids, NULL);
 }
 
@@ -273,7 +273,7 @@ static void test_dedup_concurrent_copies(void **state)
                           b->len);
         assert_int_equal(sup_tcp_send(fds[i], head, (size_t)hn, 2000), 0);
         assert_int_equal(sup_tcp_send(fds[i], b->data, b->len, 2000), 0);
-        if (i == 0) sup_sleep_ms(200); /* the first is reserved and waiting for its acks */
+        if (i == 0) base_sleep_ms(200); /* the first is reserved and waiting for its acks */
     }
     long acc, dup;
     int ra;

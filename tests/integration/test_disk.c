@@ -46,7 +46,7 @@ static bool wait_log_line(const sup_collector_t *c, const char *const *needles, 
     int64_t deadline = base_mono_ms() + ms;
     while (base_mono_ms() < deadline) {
         if (log_line_has(c, needles)) return true;
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
     return log_line_has(c, needles);
 }

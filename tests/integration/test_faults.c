@@ -29,7 +29,7 @@ static long wait_status(const sup_env_t *e, const char *path, long want, int tim
     int64_t deadline = base_mono_ms() + timeout_ms;
     long s;
     while ((s = get_status(e, path)) != want && base_mono_ms() < deadline)
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     return s;
 }
 
@@ -85,7 +85,7 @@ static void test_broker_down_then_retry(void **state)
         }
         it_assert_error(&r, 503, NULL);
         sup_http_resp_free(&r);
-        sup_sleep_ms(250);
+        base_sleep_ms(250);
     }
     fprintf(stderr, "retry accepted after %d attempt(s)\n", attempts);
     assert_int_equal(status, 200);
@@ -94,7 +94,7 @@ static void test_broker_down_then_retry(void **state)
         it_ids_add(&ids, retry_ids.id[i]);
     it_assert_still_serving(e, &ids);
     /* Let any delivery still pending from the failed attempt land before counting. */
-    sup_sleep_ms(2500);
+    base_sleep_ms(2500);
     it_assert_events_exactly(e, &ids, NULL);
     base_buf_free(&body);
 }
@@ -165,14 +165,14 @@ static void test_kafka_down_fails_fast(void **state)
         status = r.status;
         if (status == 200) it_ids_add(&ids, id);
         sup_http_resp_free(&r);
-        if (status != 200) sup_sleep_ms(20);
+        if (status != 200) base_sleep_ms(20);
     }
     int64_t t_ok = base_mono_ms() - t_up;
     fprintf(stderr, "first 200 %lld ms after broker up\n", (long long)t_ok);
     assert_int_equal(status, 200);
     assert_true(t_ok < 3000);
     /* Nothing refused was written; what got a 200 is there once. */
-    sup_sleep_ms(2500);
+    base_sleep_ms(2500);
     it_assert_events_exactly(e, &ids, NULL);
 }
 
@@ -223,9 +223,9 @@ static void test_sigterm_mid_body(void **state)
     base_buf_t body = {0};
     size_t split = 0;
     int fd = send_head_and_part(e, &ids, &body, &split);
-    sup_sleep_ms(300);
+    base_sleep_ms(300);
     sup_collector_signal(&e->coll, SIGTERM);
-    sup_sleep_ms(300);
+    base_sleep_ms(300);
     /* Draining: no new work is taken (refused, or answered 503). */
     long s = get_status(e, "/v1/batch");
     assert_true(s == 0 || s == 503);
@@ -252,7 +252,7 @@ static void test_sigterm_waiting_for_kafka(void **state)
     int fd = send_head_and_part(e, &ids, &body, &split);
     assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
     int64_t t0 = base_mono_ms();
-    sup_sleep_ms(300);
+    base_sleep_ms(300);
     sup_collector_signal(&e->coll, SIGTERM);
     base_buf_t answer = {0};
     int status = sup_tcp_read_answer(fd, &answer, 15000);
@@ -279,7 +279,7 @@ static void test_client_leaves_while_waiting_for_kafka(void **state)
         size_t split = 0;
         int fd = send_head_and_part(e, &ids, &body, &split);
         assert_int_equal(sup_tcp_send(fd, body.data + split, body.len - split, 2000), 0);
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
         close(fd);
         base_buf_free(&body);
     }
@@ -287,7 +287,7 @@ static void test_client_leaves_while_waiting_for_kafka(void **state)
     /* The collector survives its clients leaving (the requests finish detached), and the events
      * it had accepted are still delivered, once each. */
     it_assert_still_serving(e, &ids);
-    sup_sleep_ms(1500);
+    base_sleep_ms(1500);
     it_assert_events_exactly(e, &ids, NULL);
 }
 

@@ -260,7 +260,7 @@ static void *load_thread(void *arg)
             l->accepted += (long)json_integer_value(json_object_get(r.json, "accepted"));
         }
         sup_http_resp_free(&r);
-        sup_sleep_ms(5);
+        base_sleep_ms(5);
     }
     sup_http_free(h);
     return NULL;
@@ -283,7 +283,7 @@ static void wait_log(const sup_env_t *e, const char *needle, int timeout_ms)
 {
     int64_t until = base_mono_ms() + timeout_ms;
     while (!sup_collector_log_contains(&e->coll, needle) && base_mono_ms() < until)
-        sup_sleep_ms(20);
+        base_sleep_ms(20);
     if (!sup_collector_log_contains(&e->coll, needle)) sup_collector_dump_log(&e->coll, 4000);
     assert_true(sup_collector_log_contains(&e->coll, needle));
 }
@@ -309,17 +309,17 @@ static void test_filter_sighup_reload_under_load(void **state)
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&th[i], NULL, load_thread, &l[i]), 0);
 
-    sup_sleep_ms(700);
+    base_sleep_ms(700);
     write_config(e, rules_b);
     sup_collector_signal(&e->coll, SIGHUP);
     wait_log(e, "\"config_reloaded\"", 5000);
     wait_log(e, "\"config_reload_restart_required\"", 2000); /* threads changed */
-    sup_sleep_ms(700);
+    base_sleep_ms(700);
     write_config(e, rules_bad);
     sup_collector_signal(&e->coll, SIGHUP);
     wait_log(e, "\"config_reload_failed\"", 5000);
     wait_log(e, "unterminated '[' in pattern", 1000);
-    sup_sleep_ms(700);
+    base_sleep_ms(700);
     atomic_store(&stop, 1);
     for (int i = 0; i < 2; i++)
         pthread_join(th[i], NULL);

@@ -165,7 +165,7 @@ static void worker_start(fleet_t *f, int i)
             dump(w->log);
             fail_msg("stream worker %d did not start", i);
         }
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     const char *p = strstr(line, "\"port\":");
     assert_non_null(p);
@@ -184,7 +184,7 @@ static void wait_owned(fleet_t *f)
             dump_all(f);
             fail_msg("partitions not shared out: %lld + %lld", a, b);
         }
-        sup_sleep_ms(200);
+        base_sleep_ms(200);
     }
 }
 
@@ -203,7 +203,7 @@ static void wait_ready(const sup_collector_t *c)
             sup_collector_dump_log(c, 4000);
             fail_msg("collector on port %d never ready", c->port);
         }
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
 }
 
@@ -290,9 +290,9 @@ static void wait_processed(fleet_t *f, long long want)
             dump_all(f);
             fail_msg("the workers processed %lld of %lld events", s, want);
         }
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
-    sup_sleep_ms(1000); /* commit_interval is 100 ms */
+    base_sleep_ms(1000); /* commit_interval is 100 ms */
 }
 
 /* ---- a: the scripted accounts, members spread over both collectors ---- */

@@ -5,6 +5,8 @@
  *  - identity_across_collectors: a user's group call goes to collector A, their track to B;
  *    once the link has propagated (B's sluice_identities_applied_total), B's event carries the
  *    same Kafka key and accountId as A's. The propagation delay is printed ("propagation_ms").
+ *  - identity_repeated_link_produced_once: a link the topic already holds (read back) is not
+ *    produced again; a changed one is, on either collector (sluice_identities_unchanged_total).
  *  - identity_restart_catch_up: a collector started after the links were produced resolves them
  *    (it reads the topic from the beginning; /readyz waits for that).
  *  - identity_bad_records: malformed records on the topic are skipped, counted and logged once
@@ -119,7 +121,7 @@ static int64_t wait_ready(const sup_collector_t *c, int timeout_ms)
         sup_http_resp_free(&r);
         if (rc == 0 && st == 200) return base_mono_ms() - t0;
         assert_true(base_mono_ms() - t0 < timeout_ms);
-        sup_sleep_ms(20);
+        base_sleep_ms(20);
     }
 }
 
@@ -133,7 +135,7 @@ static int64_t wait_metric(const sup_collector_t *c, const char *name, double wa
             sup_collector_dump_log(c, 4000);
             fail();
         }
-        sup_sleep_ms(5);
+        base_sleep_ms(5);
     }
     return base_mono_ms() - t0;
 }
@@ -203,6 +205,63 @@ static void test_identity_across_collectors(void **state)
     assert_int_equal(m.msgs[0].value_len, strlen("acct-ident"));
     assert_memory_equal(m.msgs[0].value, "acct-ident", m.msgs[0].value_len);
     sup_kmsgs_free(&m);
+    fleet_stop(f);
+}
+
+/* A link the topic already holds is not produced again (sluice_identities_unchanged_total): a
+ * user's repeated group call costs one events message, not two. Only a link read back from the
+ * topic counts as held: the first call produces, a changed account produces, and another
+ * collector's change (read back by A) makes A's next call with that account a repeat. */
+static const char *group_call(char *buf, size_t cap, const char *id, const char *acct)
+{
+    snprintf(buf, cap,
+             "{\"batch\":[{\"type\":\"group\",\"messageId\":\"%s\",\"userId\":\"rep-user\","
+             "\"groupId\":\"%s\"}]}",
+             id, acct);
+    return buf;
+}
+
+static void test_identity_repeated_link_produced_once(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_start();
+    fleet_start_one(f, 0);
+    fleet_start_one(f, 1);
+    sup_collector_t *a = &f->c[0], *b = &f->c[1];
+    wait_ready(a, 20000);
+    wait_ready(b, 20000);
+    char body[256];
+    post_ok(a, group_call(body, sizeof body, "rep-g1", "acct-x"));
+    assert_true(metric(a, "sluice_identities_produced_total") == 1);
+    wait_metric(a, "sluice_identities_applied_total", 1, PROPAGATION_DEADLINE_MS); /* read back */
+    post_ok(a, group_call(body, sizeof body, "rep-g2", "acct-x"));
+    assert_true(metric(a, "sluice_identities_produced_total") == 1);
+    assert_true(metric(a, "sluice_identities_unchanged_total") == 1);
+    post_ok(a, group_call(body, sizeof body, "rep-g3", "acct-y")); /* changed */
+    assert_true(metric(a, "sluice_identities_produced_total") == 2);
+    /* B has read both links (its map: acct-y, read back): acct-x again is a change there. */
+    wait_metric(b, "sluice_identities_applied_total", 2, PROPAGATION_DEADLINE_MS);
+    post_ok(b, group_call(body, sizeof body, "rep-g4", "acct-x"));
+    assert_true(metric(b, "sluice_identities_produced_total") == 1);
+    /* Once A has read B's link back, acct-x is what the topic holds last: a repeat on A. */
+    wait_metric(a, "sluice_identities_applied_total", 3, PROPAGATION_DEADLINE_MS);
+    post_ok(a, group_call(body, sizeof body, "rep-g5", "acct-x"));
+    assert_true(metric(a, "sluice_identities_produced_total") == 2);
+    assert_true(metric(a, "sluice_identities_unchanged_total") == 2);
+    /* The topic: x, y, x for the user, the latest what both collectors resolve. */
+    sup_kmsgs_t m = {0};
+    assert_int_equal(sup_consume(f->mock.bootstrap, "identities", 3, 10000, &m), 0);
+    assert_int_equal(m.n, 3);
+    const char *want[] = {"acct-x", "acct-y", "acct-x"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(m.msgs[i].key, "rep-user");
+        assert_int_equal(m.msgs[i].value_len, strlen(want[i]));
+        assert_memory_equal(m.msgs[i].value, want[i], m.msgs[i].value_len);
+    }
+    sup_kmsgs_free(&m);
+    /* Every group event itself went to the events topic. */
+    assert_keyed(f, "rep-g2", 5, "acct-x");
+    assert_keyed(f, "rep-g5", 5, "acct-x");
     fleet_stop(f);
 }
 
@@ -295,6 +354,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_across_collectors),
+        cmocka_unit_test(test_identity_repeated_link_produced_once),
         cmocka_unit_test(test_identity_restart_catch_up),
         cmocka_unit_test(test_identity_bad_records),
     };

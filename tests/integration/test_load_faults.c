@@ -8,8 +8,10 @@
  *    request got a 200: librdkafka sends one ProduceRequest per partition and keeps 5 in flight
  *    per connection, so each partition waited ~6.4 s for its turn, beyond the 5 s delivery
  *    timeout. Asserted (loose: results vary with the shared machine's load, see the note): the
- *    first 200 within 8 s, >= 25% of the answers 200, p99 < 10 s, <= 2 s without an answer,
- *    every 200'd event delivered. Idle machine: 100% 200s, p99 ~1.5 s.
+ *    first 200 within 8 s, >= 25% of the answers 200, p99 < 10 s, no 3 s in a row without an
+ *    answer, every 200'd event delivered. Idle machine: 100% 200s, first 200 in second 2, p99
+ *    ~3.6 s (each request waits for its identities links too; answers come in 2-s waves). The
+ *    links once went through lane 0 alone: 6 of 800 answers 200, first in second 12.
  *  - sigterm_mid_load: SIGTERM 2 s into a steady load: exit 0 within shutdown_timeout, every
  *    200'd event in Kafka exactly once.
  * Figures (sent, acknowledged, delivered, duplicated, p99, collector RSS) are printed.
@@ -32,7 +34,7 @@ typedef struct load_report {
     long sent, ok_events, responses, status_200, non_200;
     double p50, p99, max;
     double first_ok_s; /* series: end of the first second with a 200, -1 if none */
-    int stalled_s;     /* seconds while sending with no answer at all, after the first 200 */
+    int stalled_s; /* longest run of seconds while sending with no answer, after the first 200 */
     long delivered, missing, duplicated, unexpected, unsure, unsure_delivered;
     bool verify_ok;
 } load_report_t;
@@ -68,13 +70,20 @@ static void read_report(const char *path, double send_s, load_report_t *r)
     r->max = jnum(lat, "max");
     r->first_ok_s = -1;
     r->stalled_s = 0;
+    int run = 0;
     size_t i;
     const json_t *sec;
     json_array_foreach(json_object_get(j, "series"), i, sec)
     {
         double t = jnum(sec, "t");
         if (r->first_ok_s < 0 && jint(sec, "events_ok") > 0) r->first_ok_s = t;
-        if (r->first_ok_s >= 0 && t < send_s && jint(sec, "responses") == 0) r->stalled_s++;
+        /* A run, not a total: at a 500 ms RTT the answers come in waves (all in-flight requests
+         * answered together every ~2 s, so every other second is empty) and that is no stall. */
+        if (r->first_ok_s >= 0 && t < send_s && jint(sec, "responses") == 0) {
+            if (++run > r->stalled_s) r->stalled_s = run;
+        } else {
+            run = 0;
+        }
     }
     assert_true(json_is_object(v));
     r->verify_ok = json_is_true(json_object_get(v, "ok"));
@@ -138,7 +147,7 @@ static void print_report(const char *name, const load_report_t *r, long rss_kb)
             "%s: sent %ld events in %ld requests; acknowledged %ld (%ld answers 200, %ld other); "
             "delivered %ld, missing %ld, duplicated %ld, unexpected %ld; unsure %ld (%ld of them "
             "delivered); latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; first 200 in second %.0f; "
-            "%d s without an answer; collector RSS %ld KiB\n",
+            "longest %d s without an answer; collector RSS %ld KiB\n",
             name, r->sent, r->responses, r->ok_events, r->status_200, r->non_200, r->delivered,
             r->missing, r->duplicated, r->unexpected, r->unsure, r->unsure_delivered, r->p50,
             r->p99, r->max, r->first_ok_s, r->stalled_s, rss_kb);
@@ -172,7 +181,7 @@ static void test_slow_broker_64_partitions(void **state)
     /* Bounded and honest: 200s flow from the start (before the lanes: none at all, every answer
      * a 503 after 5 s), and answers come within the delivery timeout (5 s; p99 measured from the
      * intended send time, so it includes the harness's own backlog). Slack for a shared, loaded
-     * CI machine: an idle one gives 100% 200s, first 200 in second 1, p99 ~1.5 s at 20 k/s; a
+     * CI machine: an idle one gives 100% 200s, first 200 in second 2, p99 ~3.6 s at 20 k/s; a
      * loaded one (a full parallel ctest beside other builds) gave the first 200 in second 7 and
      * p99 8.0 s (the 503s of the delivery timeout, behind the harness's own backlog). */
     assert_true(r.first_ok_s >= 0 && r.first_ok_s <= 8.0);

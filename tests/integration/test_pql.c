@@ -66,7 +66,7 @@ static int64_t post_events(const sup_env_t *e, json_t *events, int64_t *start)
 static json_t *signal_after(const sup_env_t *e, int64_t answered, size_t index)
 {
     int64_t wait = answered + 1000 - base_wall_ms();
-    if (wait > 0) sup_sleep_ms((int)wait);
+    if (wait > 0) base_sleep_ms((int)wait);
     sup_kmsgs_t m = {0};
     /* The deadline only bounds the consumer's own start-up: the message is already there. */
     assert_int_equal(sup_consume(e->mock.bootstrap, "pql_signals", index + 1, 5000, &m), 0);
@@ -163,7 +163,7 @@ static void test_pql_warm_then_hot_signals(void **state)
     ev = json_array();
     json_array_append_new(ev, track(acct, "u1", "Privacy Policy Viewed"));
     answered = post_events(e, ev, &start);
-    sup_sleep_ms(1000);
+    base_sleep_ms(1000);
     sup_kmsgs_t m = {0};
     assert_int_equal(sup_consume(e->mock.bootstrap, "pql_signals", 3, 1500, &m), 0);
     assert_int_equal(m.n, 2);

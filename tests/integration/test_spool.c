@@ -105,7 +105,7 @@ static long load_send(const sup_env_t *e, sup_http_t *h, load_t *l, const char *
         l->refused++;
         refused = true;
         if (status == 0) break; /* the collector is gone (kill -9) */
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     (void)e;
     if (status == 200) {
@@ -199,7 +199,7 @@ static int64_t wait_spool_empty(const sup_env_t *e, int timeout_ms)
                      strstr(r.body.data, "\nsluice_spool_records 0\n") != NULL;
         sup_http_resp_free(&r);
         if (empty) return base_mono_ms() - t0;
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     return -1;
 }
@@ -226,14 +226,14 @@ static void test_spool_broker_down_20s(void **state)
     int64_t t0 = base_mono_ms();
     while (base_mono_ms() - t0 < 2000) {
         assert_int_equal(load_send(e, h, &l, "pre", base_mono_ms() + 10000), 200);
-        sup_sleep_ms(PACE_MS);
+        base_sleep_ms(PACE_MS);
     }
     assert_int_equal(sup_mock_cmd(&e->mock, "down 1", 5000), 0);
     int64_t t_down = base_mono_ms();
     bool ready_checked = false;
     while (base_mono_ms() - t_down < 20000) {
         assert_int_equal(load_send(e, h, &l, "down", base_mono_ms() + 10000), 200);
-        sup_sleep_ms(PACE_MS);
+        base_sleep_ms(PACE_MS);
         if (!ready_checked && base_mono_ms() - t_down > 3000) {
             /* Kafka down, the spool has room: ready, and the body says so. */
             sup_http_req_t get = {.method = "GET", .path = "/readyz", .timeout_ms = 5000};
@@ -256,7 +256,7 @@ static void test_spool_broker_down_20s(void **state)
     int64_t t_post = base_mono_ms();
     while (base_mono_ms() - t_post < 2000) {
         assert_int_equal(load_send(e, h, &l, "post", base_mono_ms() + 10000), 200);
-        sup_sleep_ms(PACE_MS);
+        base_sleep_ms(PACE_MS);
     }
     assert_true(wait_spool_empty(e, 30000) >= 0);
     sup_http_free(h);
@@ -479,7 +479,7 @@ static void test_readyz_spool_full(void **state)
     int64_t drained = wait_spool_empty(e, 30000);
     assert_true(drained >= 0);
     for (int64_t dl = base_mono_ms() + 5000; readyz(e, &body) != 200 && base_mono_ms() < dl;)
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     fprintf(stderr, "readyz_spool_full: spool drained %lld ms after up, /readyz %s\n",
             (long long)drained, body.data);
     assert_non_null(strstr(body.data, "\"ready\":true"));

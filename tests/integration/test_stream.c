@@ -119,7 +119,7 @@ static void worker_start(fleet_t *f, int i)
             dump(w->log);
             fail_msg("stream worker %d did not start", i);
         }
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     const char *p = strstr(line, "\"port\":");
     assert_non_null(p);
@@ -174,7 +174,7 @@ static void wait_owned(fleet_t *f, int live)
             dump(f->w[1].log);
             fail_msg("partitions not shared out: %lld + %lld", a, b);
         }
-        sup_sleep_ms(200);
+        base_sleep_ms(200);
     }
 }
 
@@ -292,9 +292,9 @@ static void wait_processed(fleet_t *f, long long want)
             }
         if (s >= want) break;
         if (base_wall_ms() > end) fail_msg("processed %lld of %lld events", s, want);
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
-    sup_sleep_ms(1000); /* the commit interval is 100 ms: the batch is committed by then */
+    base_sleep_ms(1000); /* the commit interval is 100 ms: the batch is committed by then */
 }
 
 /* Reads pql_signals until `want` signals arrived (bounded) and checks exactly one per account

@@ -286,7 +286,7 @@ static void wait_log_count(const sup_env_t *e, const char *needle, int n)
             if (strstr(line, needle) != NULL) count++;
         fclose(f);
         if (count >= n) return;
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
     sup_collector_dump_log(&e->coll, 4096);
     fail_msg("log never held \"%s\" %d times", needle, n);

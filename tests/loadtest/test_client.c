@@ -412,6 +412,37 @@ static void test_targets_round_robin_per_connection(void **state)
     model_free(m);
 }
 
+/* Open loop at a low rate over two targets: the idle connections take turns (a FIFO), so both
+ * targets get their share. Regression: with a stack of idle connections the one that answered
+ * last took the next request too, and a 1-ms server got every request on one connection. */
+static void test_open_loop_low_rate_spreads_over_targets(void **state)
+{
+    (void)state;
+    server_t a, b;
+    server_start(&a, 1, 200);
+    server_start(&b, 1, 200);
+    model_t *m = new_model();
+    client_config_t c = base_cfg(&a, m);
+    c.targets[1] = c.targets[0];
+    snprintf(c.targets[1].host_header, sizeof(c.targets[1].host_header), "127.0.0.1:%d", b.port);
+    c.targets[1].port = b.port;
+    c.n_targets = 2;
+    c.connections = 4;
+    c.rate = 400; /* 40 requests/s of 10 events: one in flight at a time */
+    c.duration_s = 0.5;
+    client_result_t r;
+    assert_int_equal(client_run(&c, &r, NULL, NULL), 0);
+    server_stop(&a);
+    server_stop(&b);
+    assert_true(r.responses >= 10);
+    assert_int_equal(r.urls[0].responses + r.urls[1].responses, r.responses);
+    /* turns: 4 connections, alternating targets, so each gets about half */
+    assert_true(r.urls[0].responses * 10 >= r.responses * 3);
+    assert_true(r.urls[1].responses * 10 >= r.responses * 3);
+    client_result_free(&r);
+    model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -422,6 +453,7 @@ int main(void)
         cmocka_unit_test(test_ledger_503_unsure),
         cmocka_unit_test(test_ledger_400_refused),
         cmocka_unit_test(test_targets_round_robin_per_connection),
+        cmocka_unit_test(test_open_loop_low_rate_spreads_over_targets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

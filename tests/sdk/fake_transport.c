@@ -1,6 +1,8 @@
 /* fake_transport.c — see fake_transport.h. */
 #include "fake_transport.h"
 
+#include "base.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <msgpack.h>
@@ -14,9 +16,7 @@
 
 int64_t fake_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return base_mono_ms();
 }
 
 static void init_sync(fake_t *f)
@@ -177,8 +177,7 @@ static int fake_send(void *ud, const sluice_request *req, sluice_response *resp)
     if (step.hang) {
         f->hanging = true;
         pthread_cond_broadcast(&f->cv);
-        int64_t deadline = fake_now_ms() + 20000;
-        struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000};
+        struct timespec ts = base_deadline(CLOCK_MONOTONIC, 20000);
         while (!f->cancelled && !f->released)
             if (pthread_cond_timedwait(&f->cv, &f->mu, &ts) == ETIMEDOUT) break;
         f->hanging = false;
@@ -221,8 +220,7 @@ sluice_transport fake_transport(fake_t *f)
 
 static bool wait_cond(fake_t *f, int timeout_ms, bool (*done)(fake_t *, long), long arg)
 {
-    int64_t deadline = fake_now_ms() + timeout_ms;
-    struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000};
+    struct timespec ts = base_deadline(CLOCK_MONOTONIC, (uint64_t)timeout_ms);
     pthread_mutex_lock(&f->mu);
     bool ok;
     while (!(ok = done(f, arg)))

@@ -147,7 +147,7 @@ static void test_embedded_kafka_mode(void **state)
             }
         }
         if (f) fclose(f);
-        if (!bootstrap[0]) sup_sleep_ms(100);
+        if (!bootstrap[0]) base_sleep_ms(100);
     }
     if (!bootstrap[0]) {
         sup_collector_dump_log(&coll, 4096);

@@ -84,7 +84,7 @@ static void coll_start(coll_t *k)
         }
         int st;
         if (waitpid(k->pid, &st, WNOHANG) == k->pid) fail_msg("collector exited (0x%x)", st);
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
     fail_msg("collector not listening on %d within 30 s", k->port);
 }
@@ -99,7 +99,7 @@ static void coll_stop(coll_t *k)
             k->pid = 0;
             return;
         }
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
     kill(k->pid, SIGKILL);
     waitpid(k->pid, NULL, 0);
@@ -206,7 +206,7 @@ static void test_collector_down_60s(void **state)
     while ((int64_t)base_mono_ms() - t0 < OUTAGE_S * 1000) {
         send_ids(c, "down", sent, sent + 10);
         sent += 10;
-        sup_sleep_ms(1000);
+        base_sleep_ms(1000);
     }
     sluice_stats st;
     assert_int_equal(sluice_client_stats(c, &st), 0);
@@ -285,7 +285,7 @@ static void test_kill9_offline_write_ahead(void **state)
     for (int i = 0; i < 300; i++) { /* bounded: 30 s */
         sluice_client_stats(c, &s);
         if (s.sent >= N) break;
-        sup_sleep_ms(100);
+        base_sleep_ms(100);
     }
     assert_int_equal(s.sent, N);
     assert_int_equal(sluice_client_close(c, 10000), 0);
@@ -334,7 +334,7 @@ static void test_two_processes_one_dir(void **state)
             uint64_t sent = UINT64_MAX;
             if (sluice_client_new(&kcl, &kc) == 0) {
                 for (int i = 0; i < 300 && count_slb(store) > 0; i++) /* bounded: 30 s */
-                    sup_sleep_ms(100);
+                    base_sleep_ms(100);
                 sluice_stats s;
                 sluice_client_stats(kcl, &s);
                 sent = s.sent;

@@ -47,7 +47,7 @@ static void start_embedded(sup_collector_t *coll, char *dir, size_t dir_size, ch
             }
         }
         if (f) fclose(f);
-        if (!bootstrap[0]) sup_sleep_ms(100);
+        if (!bootstrap[0]) base_sleep_ms(100);
     }
     if (!bootstrap[0]) {
         sup_collector_dump_log(coll, 4096);

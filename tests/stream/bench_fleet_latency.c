@@ -204,7 +204,7 @@ static void worker_start(int i)
     int64_t end = base_mono_ms() + 20000;
     while (!file_line(w->log, "stream_admin_listening", line, sizeof line)) {
         if (base_mono_ms() > end) die("a stream worker did not start");
-        sup_sleep_ms(20);
+        base_sleep_ms(20);
     }
     const char *p = strstr(line, "\"port\":");
     if (p == NULL) die("no port in stream_admin_listening");
@@ -223,7 +223,7 @@ static void wait_owned(void)
         }
         if (s == PARTITIONS && min > 0) return;
         if (base_mono_ms() > end) die("the workers did not share out the partitions");
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
 }
 
@@ -289,7 +289,7 @@ static void wait_processed(long long want)
     int64_t end = base_mono_ms() + WAIT_MS;
     while (wsum("sluice_stream_events_processed_total") < want) {
         if (base_mono_ms() > end) die("the workers did not process phase 1");
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     }
 }
 
@@ -462,7 +462,7 @@ int main(int argc, char **argv)
                 p_first = p;
             }
             if (base_mono_ms() > end) die("the workers did not drain the backlog");
-            sup_sleep_ms(20);
+            base_sleep_ms(20);
         }
         int64_t ms = base_mono_ms() - first;
         drain_eps = first > 0 && ms > 0 ? (double)(sent - p_first) * 1000.0 / (double)ms : 0;
@@ -473,13 +473,13 @@ int main(int argc, char **argv)
     pthread_t th;
     if (pthread_create(&th, NULL, consumer_main, NULL) != 0) die("pthread_create");
     for (int i = 0; i < 200 && !atomic_load(&consumer_ready); i++)
-        sup_sleep_ms(50);
+        base_sleep_ms(50);
     if (!atomic_load(&consumer_ready)) die("the bench consumer did not start");
 
     /* phase 1 */
     sent += send_users("lat", n, 0, PHASE1_USERS);
     wait_processed(sent);
-    sup_sleep_ms(1000); /* committed: more than a few commit intervals */
+    base_sleep_ms(1000); /* committed: more than a few commit intervals */
     int early = atomic_load(&n_sigs);
     long long c0 = wsum("sluice_stream_txn_commits_total");
     long long us0 = wsum("sluice_stream_txn_commit_us_total");
@@ -494,13 +494,13 @@ int main(int argc, char **argv)
         post_ms[a] = base_wall_ms();
         post(a % B.n_coll, ev);
         ok_ms[a] = base_wall_ms();
-        if (gap > 0) sup_sleep_ms(gap);
+        if (gap > 0) base_sleep_ms(gap);
     }
     sent += n;
     int64_t end = base_mono_ms() + 30000;
     while (atomic_load(&n_sigs) - early < n && base_mono_ms() < end)
-        sup_sleep_ms(20);
-    sup_sleep_ms(500); /* a duplicate would show up by then */
+        base_sleep_ms(20);
+    base_sleep_ms(500); /* a duplicate would show up by then */
     atomic_store(&consumer_stop, true);
     pthread_join(th, NULL);
     long long commits = wsum("sluice_stream_txn_commits_total") - c0;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base.h"
 #include "stream_dedup.h"
 
 typedef struct rec {
@@ -50,9 +51,7 @@ static int emit(void *ud, const void *key, size_t klen, const void *val, size_t 
 
 static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)base_mono_ns() / 1e9;
 }
 
 static int cmp_d(const void *a, const void *b)

@@ -25,13 +25,6 @@ static void fail(const char *fmt, ...)
     va_end(ap);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
 static int remaining_ms(int64_t deadline)
 {
     int64_t r = deadline - base_mono_ms();
@@ -49,7 +42,7 @@ static int partition_count(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int64_t deadli
                 n = md->topics[0].partition_cnt;
             rd_kafka_metadata_destroy(md);
         }
-        if (n <= 0) sleep_ms(50);
+        if (n <= 0) base_sleep_ms(50);
     }
     return n;
 }
@@ -178,7 +171,7 @@ int sup_kafka_read(rd_kafka_t *rk, const char *topic, size_t min_count, int time
             }
             break;
         }
-        sleep_ms(50);
+        base_sleep_ms(50);
     }
     if (total > SUP_KMSGS_MAX) {
         fail("topic %s holds %lld messages, more than the test reader's cap", topic,

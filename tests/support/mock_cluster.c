@@ -136,12 +136,6 @@ static mock_cluster_t shared_;
 static rd_kafka_t *consumer_; /* one per program too: destroying a handle can take a second */
 static int seq_;
 
-void mock_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 int mock_kafka_start(mock_kafka_t *m)
 {
     memset(m, 0, sizeof *m);

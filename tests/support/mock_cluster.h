@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base.h"
+
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -70,8 +72,6 @@ typedef struct mock_kafka {
     const char *bootstrap;
     char events[32], rejected[32], pql[32]; /* this test's topics */
 } mock_kafka_t;
-
-void mock_sleep_ms(int ms);
 
 /* Creates this test's topics (starting the program's cluster on first use). Returns 0 or -1. */
 int mock_kafka_start(mock_kafka_t *m);

@@ -44,13 +44,6 @@ static void fail(const char *fmt, ...)
 
 /* ---------- time ---------- */
 
-void sup_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static int remaining_ms(int64_t deadline)
 {
     int64_t r = deadline - base_mono_ms();
@@ -169,7 +162,7 @@ static int reap(pid_t pid, int timeout_ms)
             return -1;
         }
         if (base_mono_ms() >= deadline) return -1;
-        sup_sleep_ms(10);
+        base_sleep_ms(10);
     }
 }
 
@@ -432,7 +425,7 @@ int sup_collector_start(sup_collector_t *c, const char *path, const char *dir, c
             return -1;
         }
         if (base_mono_ms() >= deadline) break;
-        sup_sleep_ms(20);
+        base_sleep_ms(20);
     }
     fail("collector did not log \"listening\" within %d ms", timeout_ms);
     sup_collector_dump_log(c, 4096);

@@ -28,8 +28,6 @@
 
 /* ---------- time (clocks: base_mono_ms / base_wall_ms) ---------- */
 
-void sup_sleep_ms(int ms);
-
 /* ---------- text buffers: base_buf_t, kept NUL-terminated ---------- */
 
 #define SUP_TEXT_MAX ((size_t)256 << 20) /* the cap of a zeroed buffer */
