@@ -85,6 +85,30 @@ static void streamed_writes_larger_than_the_buffer(void **state)
     assert_int_equal(st.st_size, 3 * (3 + sizeof chunk));
 }
 
+/* Write-behind: a file of 2.5 x BASE_AFILE_SYNC_BYTES is fdatasync'd twice on the way (through
+ * the buffer and by large writes alike), and its content is whole. */
+static void large_file_is_synced_on_the_way(void **state)
+{
+    fx_t *f = *state;
+    base_afile_t af;
+    assert_int_equal(base_afile_open(&af, f->path, 0644), BASE_OK);
+    size_t total = BASE_AFILE_SYNC_BYTES * 5 / 2, done = 0;
+    static char big[300000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (char)(i * 7);
+    while (done < total) {
+        size_t n = done / 2 % 2 ? 1000 : sizeof big; /* small (buffered) and large writes */
+        if (n > total - done) n = total - done;
+        assert_int_equal(base_afile_write(&af, big, n), BASE_OK);
+        done += n;
+    }
+    assert_int_equal(af.syncs, 2);
+    assert_int_equal(base_afile_commit(&af), BASE_OK);
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal((size_t)st.st_size, total);
+}
+
 static void abort_keeps_the_old_file(void **state)
 {
     fx_t *f = *state;
@@ -192,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(replace_writes_the_whole_content, setup, teardown),
         cmocka_unit_test_setup_teardown(streamed_writes_larger_than_the_buffer, setup, teardown),
+        cmocka_unit_test_setup_teardown(large_file_is_synced_on_the_way, setup, teardown),
         cmocka_unit_test_setup_teardown(abort_keeps_the_old_file, setup, teardown),
         cmocka_unit_test_setup_teardown(open_in_a_missing_dir_names_the_step_and_errno, setup,
                                         teardown),
