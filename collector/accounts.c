@@ -26,7 +26,8 @@ typedef struct acct_entry {
     struct acct_entry *prev, *next; /* LRU: head = most recently used */
     uint64_t hash;
     uint16_t ulen, alen, acap; /* acap: room for the account, so a shorter one fits in place */
-    bool linked;               /* read back from the identities topic since it last changed */
+    bool linked;               /* in the identities topic (read back or acknowledged) since it
+                                * last changed */
     char data[];               /* user bytes, then acap account bytes */
 } acct_entry_t;
 
@@ -290,6 +291,21 @@ bool accounts_is_linked(accounts_t *a, const char *user, size_t ulen, const char
     bool linked = e != NULL && e->linked && entry_is(e, acct, alen);
     pthread_mutex_unlock(&s->mu);
     return linked;
+}
+
+bool accounts_mark_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
+                          size_t alen)
+{
+    if (a == NULL || user == NULL || acct == NULL || ulen == 0 || ulen > ACCOUNTS_STR_MAX)
+        return false;
+    uint64_t h = XXH3_64bits(user, ulen);
+    acct_shard_t *s = shard_of(a, h);
+    pthread_mutex_lock(&s->mu);
+    acct_entry_t *e = *find_slot(s, h, user, ulen);
+    bool marked = e != NULL && entry_is(e, acct, alen);
+    if (marked) e->linked = true;
+    pthread_mutex_unlock(&s->mu);
+    return marked;
 }
 
 bool accounts_forget(accounts_t *a, const char *user, size_t ulen)

@@ -6,9 +6,10 @@
  * LRU per shard. At max_entries the least recently used user of the shard is forgotten.
  * Keys and values are copied in; nothing returned points into the map.
  *
- * Each link also remembers whether it was read back from the identities topic (the identities
- * consumer learns through accounts_learn_linked): a group call whose link the topic already holds
- * need not be produced again (accounts_is_linked), which a compacted topic would only collapse.
+ * Each link also remembers whether the identities topic holds it: read back by the identities
+ * consumer (accounts_learn_linked), or acknowledged by Kafka when this collector produced it
+ * (accounts_mark_linked). A group call whose link the topic already holds need not be produced
+ * again (accounts_is_linked), which a compacted topic would only collapse.
  */
 #ifndef SLUICE_ACCOUNTS_H
 #define SLUICE_ACCOUNTS_H
@@ -49,9 +50,16 @@ int accounts_learn(accounts_t *a, const char *user, size_t ulen, const char *acc
 int accounts_learn_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
                           size_t alen);
 
+/* Marks the link user -> acct "in the topic" (Kafka acknowledged its produce) when the map still
+ * holds exactly that link; a user since moved to another account, or forgotten, is left alone
+ * (the later link is the latest record, or will be). Returns true when marked. Allocates
+ * nothing and does not touch the LRU order. */
+bool accounts_mark_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
+                          size_t alen);
+
 /* True when user is remembered with account acct and that link was read back from the
- * identities topic since it last changed (so the topic holds it as its latest record for the
- * user, as far as this map has read). Does not touch the LRU order. */
+ * identities topic or acknowledged by it since it last changed (so the topic holds it as its
+ * latest record for the user, as far as this collector knows). Does not touch the LRU order. */
 bool accounts_is_linked(accounts_t *a, const char *user, size_t ulen, const char *acct,
                         size_t alen);
 

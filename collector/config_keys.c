@@ -203,8 +203,8 @@ static const config_key_t config_keys[] = {
      "part of its request: the 200 waits for the link's acknowledgement as for the event's, a "
      "link that cannot be delivered fails the request (503, the client retries), and a spooled "
      "request spools its links with its events (sluice_identities_produced_total). A link this "
-     "collector has read back from the topic, unchanged since, is not produced again "
-     "(sluice_identities_unchanged_total)."},
+     "collector has read back from the topic or had acknowledged by Kafka (not spooled), "
+     "unchanged since, is not produced again (sluice_identities_unchanged_total)."},
     {"identities.consume", CT_BOOL, F(identities_consume), 0, 0, "true", NULL,
      "Read every partition of kafka.topics.identities from the beginning (no consumer group) on "
      "a thread of its own into the user->account map (limits.max_users), so a user who joined an "

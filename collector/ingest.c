@@ -27,6 +27,11 @@
 #define INGEST_MAX_FUTURE_MS (24LL * 3600 * 1000)
 /* PQL records one request may carry (~3 x the ids of 10000 events at most). */
 #define INGEST_PQL_MAX (4 * 1024 * 1024)
+/* Identities links one request remembers to mark "in the topic" once Kafka acknowledged them
+ * (each 2 + user + account bytes, so at least 128 links of the longest ids). Beyond it the rest
+ * are not marked: they are produced again by the next group call that repeats them, until the
+ * identities consumer reads them back. */
+#define INGEST_LINKS_MAX (64 * 1024)
 /* Retry-After for "cannot make events durable now". */
 #define INGEST_RETRY_AFTER_S 5
 /* A request's spool batch: its records re-encoded with their headers (rejected ones embed the
@@ -177,6 +182,34 @@ static void account_learn_cb(void *ud, proto_str_t user, proto_str_t group)
     if (user.ptr == NULL || group.ptr == NULL) return;
     /* A refusal (oversized id, memory short) only means this user is not remembered. */
     (void)accounts_learn(ud, user.ptr, user.len, group.ptr, group.len);
+}
+
+/* A link produced straight to Kafka (not spooled): marked "in the topic" by ingest_finish once
+ * the whole request is acknowledged, so the next group call that repeats it is not produced
+ * again. Waiting for the identities consumer to read it back instead took ~2 s after a start,
+ * during which every repeated link was produced again (the 50-80 ms p99 of the first seconds of
+ * an open-loop run), and forever with identities.consume off. */
+static void remember_link(ingest_req_t *req, proto_str_t user, proto_str_t acct)
+{
+    if (user.len == 0 || user.len > 255 || acct.len == 0 || acct.len > 255) return;
+    uint8_t n[2] = {(uint8_t)user.len, (uint8_t)acct.len};
+    /* Reserved first, so the three appends cannot fail halfway. */
+    if (base_buf_reserve(&req->links, 2 + (size_t)user.len + acct.len) != BASE_OK) return;
+    (void)base_buf_append(&req->links, n, 2);
+    (void)base_buf_append(&req->links, user.ptr, user.len);
+    (void)base_buf_append(&req->links, acct.ptr, acct.len);
+}
+
+static void mark_links(ingest_ctx_t *ctx, const ingest_req_t *req)
+{
+    const uint8_t *p = (const uint8_t *)req->links.data, *end = p + req->links.len;
+    while (end - p >= 2) {
+        size_t ul = p[0], al = p[1];
+        if ((size_t)(end - p) < 2 + ul + al) break;
+        (void)accounts_mark_linked(ctx->accounts, (const char *)p + 2, ul, (const char *)p + 2 + ul,
+                                   al);
+        p += 2 + ul + al;
+    }
 }
 
 static void journal_done_cb(dedup_journal_req_t *r, bool durable)
@@ -419,6 +452,7 @@ static int produce_all(ingest_ctx_t *ctx, ingest_scratch_t *s, proto_batch_t *b,
                               ev->group_id.len, NULL, 0, received_at);
                     if (rc != 0) return rc;
                     metrics_add(METRIC_IDENTITIES_PRODUCED, 1);
+                    if (!req->spooling) remember_link(req, ev->user_id, ev->group_id);
                 }
             }
             if (ctx->pql != NULL) {
@@ -564,6 +598,7 @@ int ingest_start(ingest_ctx_t *ctx, ingest_scratch_t *s, ingest_mailbox_t *mb,
     req->n_events = (uint32_t)b.n_events;
     base_buf_init(&req->answer, INGEST_ANSWER_MAX);
     base_buf_init(&req->pql, INGEST_PQL_MAX);
+    base_buf_init(&req->links, INGEST_LINKS_MAX);
     kafka_group_init(&req->group, group_done_cb, req);
     req->spooling = to_spool;
     base_buf_init(&req->spool_recs, 4 * (size_t)ctx->cfg->body_bytes + INGEST_SPOOL_SLACK);
@@ -656,6 +691,9 @@ void ingest_finish(ingest_req_t *req, ingest_reply_t *reply)
      * writer already did right after its fsync (ingest.h). */
     if (ctx->dedup != NULL && !req->journaled)
         dedup_commit(ctx->dedup, req->dedup_fps, req->n_dedup);
+    /* Every link went to Kafka and is acknowledged (none spooled: those reach the topic later). */
+    if (ctx->accounts != NULL && req->links.len > 0 && req->spool_batch.n_records == 0)
+        mark_links(ctx, req);
     metrics_add(METRIC_EVENTS_DUPLICATE, req->n_duplicates);
     metrics_add(METRIC_EVENTS_ACCEPTED, req->n_accepted);
     /* PQL counts delivered events only: here, after Kafka acknowledged them. The records go to
@@ -685,6 +723,7 @@ void ingest_req_free(ingest_req_t *req)
     if (req == NULL) return;
     base_buf_free(&req->answer);
     base_buf_free(&req->pql);
+    base_buf_free(&req->links);
     base_buf_free(&req->spool_recs);
     free(req->dedup_fps);
     free(req);

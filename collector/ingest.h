@@ -135,6 +135,7 @@ struct ingest_req {
     int produce_err;   /* kafka_err_t of the first refused produce, 0 if none */
     base_buf_t answer; /* the 200 body, built while producing */
     base_buf_t pql;    /* PQL records of the accepted events (ctx->pql set), fed on success */
+    base_buf_t links;  /* identities links produced to Kafka, marked "in the topic" on success */
 
     uint32_t n_duplicates; /* valid events skipped as duplicates (answer's "duplicates") */
     uint32_t n_dedup;      /* dedup_fps[0..n_dedup): reserved (PENDING) by this request,

@@ -59,7 +59,8 @@
     X(IDENTITIES_PRODUCED, "sluice_identities_produced_total",                                     \
       "group calls' user->account links produced to kafka.topics.identities")                      \
     X(IDENTITIES_UNCHANGED, "sluice_identities_unchanged_total",                                   \
-      "group calls whose link the identities topic already holds (read back): not produced again") \
+      "group calls whose link the identities topic already holds (read back or acknowledged): "    \
+      "not produced again")                                                                        \
     X(IDENTITIES_APPLIED, "sluice_identities_applied_total",                                       \
       "identities records applied to the user->account map (tombstones included)")                 \
     X(IDENTITIES_FORGOTTEN, "sluice_identities_forgotten_total",                                   \

@@ -246,6 +246,33 @@ static void test_linked_mark(void **state)
     accounts_free(a);
 }
 
+/* Kafka acknowledged a produced link: marked only while the map still holds exactly it. */
+static void test_mark_linked_on_ack(void **state)
+{
+    (void)state;
+    accounts_t *a = accounts_new(64);
+    assert_non_null(a);
+    assert_false(accounts_mark_linked(a, "u1", 2, "acme", 4)); /* unknown user: nothing made */
+    assert_null(lookup(a, "u1"));
+    assert_int_equal(learn(a, "u1", "acme"), 0);
+    assert_false(linked(a, "u1", "acme"));
+    assert_false(accounts_mark_linked(a, "u1", 2, "acm", 3)); /* another account */
+    assert_false(linked(a, "u1", "acme"));
+    assert_true(accounts_mark_linked(a, "u1", 2, "acme", 4));
+    assert_true(linked(a, "u1", "acme"));
+    /* An older request's ack after the user moved on: the newer link stays unmarked. */
+    assert_int_equal(learn(a, "u1", "globex"), 0);
+    assert_false(accounts_mark_linked(a, "u1", 2, "acme", 4));
+    assert_false(linked(a, "u1", "acme"));
+    assert_false(linked(a, "u1", "globex"));
+    assert_string_equal(lookup(a, "u1"), "globex");
+    assert_true(accounts_mark_linked(a, "u1", 2, "globex", 6));
+    assert_true(linked(a, "u1", "globex"));
+    assert_false(accounts_mark_linked(NULL, "u1", 2, "globex", 6));
+    assert_false(accounts_mark_linked(a, "u1", 0, "globex", 6));
+    accounts_free(a);
+}
+
 static void test_concurrent(void **state)
 {
     accounts_t *a = accounts_new(2048); /* 32 per shard: tables grow and evict under contention */
@@ -295,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_learn_lookup_replace), cmocka_unit_test(test_refuses_bad_strings),
         cmocka_unit_test(test_lru_eviction_order),   cmocka_unit_test(test_total_cap_and_bytes),
         cmocka_unit_test(test_concurrent),           cmocka_unit_test(test_linked_mark),
+        cmocka_unit_test(test_mark_linked_on_ack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

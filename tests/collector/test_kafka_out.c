@@ -654,7 +654,8 @@ static void test_lanes_route_events_and_identities(void **state)
         int32_t p = -2;
         kafka_lane_t *lane = kafka_route(ko, KAFKA_TOPIC_IDENTITIES, key, (size_t)n, &p);
         assert_int_equal(p, ko->partitioner(NULL, key, (size_t)n, 8, NULL, NULL));
-        assert_ptr_equal(lane, &ko->lane[(unsigned)p % 4]);
+        /* From the last lane down: events take lanes from 0 up (kafka_route). */
+        assert_ptr_equal(lane, &ko->lane[3u - (unsigned)p % 4]);
         lanes_used |= 1u << (lane - ko->lane);
         lane = kafka_route(ko, KAFKA_TOPIC_EVENTS, key, (size_t)n, &p);
         assert_true(p >= 0 && p < 4);
@@ -665,6 +666,24 @@ static void test_lanes_route_events_and_identities(void **state)
     }
     assert_int_equal(lanes_used, 0xfu);
     kafka_out_free(ko);
+
+    /* Lanes to spare: no producer serves both topics (4 events partitions on lanes 0-3, 8
+     * identities partitions on lanes 15-8). */
+    f->cfg.kafka_producers = 16;
+    assert_int_equal(kafka_out_new(&f->cfg, &ko, err, sizeof err), KAFKA_OK);
+    for (int i = 0; i < 64; i++) {
+        char key[32];
+        int n = snprintf(key, sizeof key, "user-%d", i);
+        int32_t p = -2;
+        kafka_lane_t *lane = kafka_route(ko, KAFKA_TOPIC_IDENTITIES, key, (size_t)n, &p);
+        assert_ptr_equal(lane, &ko->lane[15 - p]);
+        assert_true(lane - ko->lane >= 8);
+        lane = kafka_route(ko, KAFKA_TOPIC_EVENTS, key, (size_t)n, &p);
+        assert_ptr_equal(lane, &ko->lane[p]);
+        assert_true(lane - ko->lane < 4);
+    }
+    kafka_out_free(ko);
+    f->cfg.kafka_producers = 4;
 
     /* Links not produced: the identities topic is not routed (nor read). */
     f->cfg.identities_produce = false;

@@ -7,6 +7,8 @@
  *    same Kafka key and accountId as A's. The propagation delay is printed ("propagation_ms").
  *  - identity_repeated_link_produced_once: a link the topic already holds (read back) is not
  *    produced again; a changed one is, on either collector (sluice_identities_unchanged_total).
+ *  - identity_acknowledged_link_not_produced_again: with identities.consume off, Kafka's ack
+ *    marks the link, so a repeat is not produced again either.
  *  - identity_restart_catch_up: a collector started after the links were produced resolves them
  *    (it reads the topic from the beginning; /readyz waits for that).
  *  - identity_bad_records: malformed records on the topic are skipped, counted and logged once
@@ -265,6 +267,44 @@ static void test_identity_repeated_link_produced_once(void **state)
     fleet_stop(f);
 }
 
+/* identities.consume off (nothing read back): a link Kafka acknowledged is marked by that ack,
+ * so repeating it produces nothing; a change is produced, and only the latest is marked. */
+static void test_identity_acknowledged_link_not_produced_again(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_start();
+    char sub[300];
+    snprintf(sub, sizeof sub, "%s/c0", f->dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    sup_collector_t *a = &f->c[0];
+    assert_int_equal(sup_collector_start(a, getenv("SLUICE_COLLECTOR"), sub, f->mock.bootstrap,
+                                         keys, "identities: {consume: false}\n", 20000),
+                     0);
+    wait_ready(a, 20000);
+    char body[256];
+    post_ok(a, group_call(body, sizeof body, "ack-g1", "acct-x"));
+    post_ok(a, group_call(body, sizeof body, "ack-g2", "acct-x"));
+    assert_true(metric(a, "sluice_identities_produced_total") == 1);
+    assert_true(metric(a, "sluice_identities_unchanged_total") == 1);
+    post_ok(a, group_call(body, sizeof body, "ack-g3", "acct-y")); /* changed */
+    post_ok(a, group_call(body, sizeof body, "ack-g4", "acct-y"));
+    post_ok(a, group_call(body, sizeof body, "ack-g5", "acct-x")); /* changed back */
+    assert_true(metric(a, "sluice_identities_produced_total") == 3);
+    assert_true(metric(a, "sluice_identities_unchanged_total") == 2);
+    assert_true(metric(a, "sluice_identities_applied_total") == 0);
+    sup_kmsgs_t m = {0};
+    assert_int_equal(sup_consume(f->mock.bootstrap, "identities", 3, 10000, &m), 0);
+    assert_int_equal(m.n, 3);
+    const char *want[] = {"acct-x", "acct-y", "acct-x"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(m.msgs[i].key, "rep-user");
+        assert_int_equal(m.msgs[i].value_len, strlen(want[i]));
+        assert_memory_equal(m.msgs[i].value, want[i], m.msgs[i].value_len);
+    }
+    sup_kmsgs_free(&m);
+    fleet_stop(f);
+}
+
 static void test_identity_restart_catch_up(void **state)
 {
     (void)state;
@@ -355,6 +395,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_across_collectors),
         cmocka_unit_test(test_identity_repeated_link_produced_once),
+        cmocka_unit_test(test_identity_acknowledged_link_not_produced_again),
         cmocka_unit_test(test_identity_restart_catch_up),
         cmocka_unit_test(test_identity_bad_records),
     };
