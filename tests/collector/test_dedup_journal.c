@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <fcntl.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +221,33 @@ static void test_snapshot_rotates_and_truncates(void **state)
     rmdir_all(dir);
 }
 
+/* A dropped segment larger than a few MiB is freed in steps (a pause after each), then unlinked:
+ * the file is gone, and the pauses happened (a lower bound on the time, never flaky). */
+static void test_large_segment_dropped_in_steps(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    dedup_t *d = mk();
+    dedup_journal_t *j = NULL;
+    dedup_journal_replay_t rp;
+    assert_int_equal(dedup_journal_open(d, dir, 1 << 20, &rp, &j), DEDUP_OK);
+    uint64_t seq = dedup_journal_rotate(j); /* segment 0 closed, seq now open */
+    assert_true(seq >= 1);
+    char path[4300];
+    seg0(dir, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT, 0640);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 12 << 20), 0); /* 12 MiB: two 4 MiB steps before the unlink */
+    close(fd);
+    int64_t t0 = base_mono_ms();
+    dedup_journal_drop_before(j, seq);
+    assert_true(base_mono_ms() - t0 >= 10);
+    assert_int_equal(access(path, F_OK), -1);
+    dedup_journal_free(j);
+    dedup_free(d);
+    rmdir_all(dir);
+}
+
 /* dedup.journal_max_bytes: queue cap, forced snapshot at the cap, dropped from twice it. */
 static void test_caps(void **state)
 {
@@ -265,6 +293,7 @@ int main(void)
         cmocka_unit_test(test_remembered_only_when_durable_and_replayed),
         cmocka_unit_test(test_torn_tail_is_cut_and_the_rest_kept),
         cmocka_unit_test(test_snapshot_rotates_and_truncates),
+        cmocka_unit_test(test_large_segment_dropped_in_steps),
         cmocka_unit_test(test_caps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
