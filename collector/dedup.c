@@ -860,18 +860,71 @@ static bool spare_prepare(shard_t *s)
 
 /* Sweeps the shards in which generations died since their last sweep, prepares the next tables
  * of those about to grow and finishes growths in progress. */
+static bool sweep_due(const shard_t *s, const view_t *v)
+{
+    return s->swept_floor < v->floor || v->cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2;
+}
+
+/* The worker's sweep of one shard: DEDUP_SWEEP_CHUNK buckets per lock hold, each chunk against
+ * the view of that moment (so an entry of a generation opened meanwhile is live, never cleared).
+ * Both tables while growing, as shard_sweep. The shard counts as swept as of the view at the
+ * start, and only once every bucket was visited with its tables unchanged; when a growth starts
+ * or ends in between it starts over (a growth takes seconds, so that is rare), and after a few
+ * tries sweeps whole under one hold as before. */
+static void shard_sweep_chunked(dedup_t *d, shard_t *s)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        shard_lock(s);
+        view_t v0, v;
+        view_load(d, &v0);
+        dedup__shard_prepare(d, s, &v0);
+        if (!sweep_due(s, &v0)) {
+            shard_unlock(s);
+            return;
+        }
+        bucket_t *b = atomic_load_explicit(&s->b, memory_order_relaxed), *ob = s->ob;
+        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed), onb = s->onb;
+        uint64_t total = (uint64_t)nb + (ob != NULL ? onb : 0);
+        uint64_t at = 0;
+        v = v0;
+        for (;;) {
+            uint64_t end = at + DEDUP_SWEEP_CHUNK < total ? at + DEDUP_SWEEP_CHUNK : total;
+            if (at < nb) table_sweep(b, (uint32_t)at, (uint32_t)(end < nb ? end : nb), &v);
+            if (end > nb)
+                table_sweep(ob, (uint32_t)(at > nb ? at - nb : 0), (uint32_t)(end - nb), &v);
+            at = end;
+            if (at == total) break;
+            shard_unlock(s);
+            shard_lock(s);
+            if (atomic_load_explicit(&s->b, memory_order_relaxed) != b || s->ob != ob ||
+                atomic_load_explicit(&s->nb, memory_order_relaxed) != nb || s->onb != onb)
+                break;
+            view_load(d, &v);
+            dedup__shard_prepare(d, s, &v);
+        }
+        bool done = at == total;
+        if (done) {
+            s->swept_gen = v0.cur;
+            s->swept_floor = v0.floor;
+        }
+        shard_unlock(s);
+        if (done) return;
+    }
+    shard_lock(s);
+    view_t v;
+    view_load(d, &v);
+    dedup__shard_prepare(d, s, &v);
+    if (sweep_due(s, &v)) shard_sweep(s, &v);
+    shard_unlock(s);
+}
+
 static void sweep_all(dedup_t *d)
 {
     unsigned spares = 0;
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         view_t v;
-        shard_lock(s);
-        view_load(d, &v);
-        dedup__shard_prepare(d, s, &v);
-        if (s->swept_floor < v.floor || v.cur - s->swept_gen >= DEDUP_SWEEP_FORCE / 2)
-            shard_sweep(s, &v);
-        shard_unlock(s);
+        shard_sweep_chunked(d, s);
         if (spares < DEDUP_WORKER_SPARES && spare_prepare(s)) spares++;
         /* One chunk of a growth in progress, so the old table is freed (and lookups stop
          * probing it) even when the shard sees little traffic. */

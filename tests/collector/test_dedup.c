@@ -140,6 +140,58 @@ static void test_expired_entries_do_not_resurrect(void **state)
     dedup_free(d);
 }
 
+static bool remembered(dedup_t *d, uint64_t fp);
+
+/* The worker sweeps a shard in chunks with the lock released in between (DEDUP_SWEEP_CHUNK):
+ * on shards several chunks large, one round still clears every expired entry and marks each
+ * shard swept, and the live entries inserted after the expiry survive it. */
+static void test_sweep_in_chunks_covers_big_shards(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 32000, 256ull << 20); /* 1 s generations */
+    enum { N = 2500000, B = 10000 };
+    static uint64_t fps[B];
+    static uint8_t v[B];
+    for (uint64_t at = 0; at < N; at += B) {
+        for (uint64_t i = 0; i < B; i++)
+            fps[i] = key(at + i);
+        dedup_reserve_batch(d, fps, B, v);
+        dedup_commit(d, fps, B);
+    }
+    dedup_stats_t st;
+    for (int round = 0; round < 10000; round++) {
+        dedup__sweep_all(d);
+        dedup_stats(d, &st);
+        if (st.growing == 0) break;
+    }
+    assert_int_equal(st.growing, 0);
+    assert_true(atomic_load(&d->shards[0].nb) > DEDUP_SWEEP_CHUNK); /* two chunks or more */
+    advance(d, &clk, 40000, 1000); /* every entry above expired; no loop sweep forced yet */
+    for (uint64_t i = 0; i < 1000; i++)
+        assert_int_equal(seen(d, key(N + i)), DEDUP_NEW);
+    dedup__sweep_all(d);
+    view_t vw;
+    view_load(d, &vw);
+    uint64_t live = 0;
+    for (unsigned si = 0; si < DEDUP_SHARDS; si++) {
+        shard_t *s = &d->shards[si];
+        assert_null(s->ob);
+        assert_int_equal(s->swept_floor, vw.floor);
+        bucket_t *b = atomic_load(&s->b);
+        for (uint32_t i = 0; i < atomic_load(&s->nb); i++)
+            for (int k = 0; k < DEDUP_SLOTS; k++) {
+                if (b[i].tag[k] == 0) continue;
+                assert_true(tag_live(&vw, b[i].tag[k])); /* no expired entry left behind */
+                live++;
+            }
+    }
+    assert_int_equal(live, 1000);
+    for (uint64_t i = 0; i < 1000; i++)
+        assert_true(remembered(d, key(N + i)));
+    dedup_free(d);
+}
+
 static void test_cap_evicts_oldest_first(void **state)
 {
     (void)state;
@@ -714,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_invalid_and_strerror),
         cmocka_unit_test(test_window_expiry),
         cmocka_unit_test(test_expired_entries_do_not_resurrect),
+        cmocka_unit_test(test_sweep_in_chunks_covers_big_shards),
         cmocka_unit_test(test_cap_evicts_oldest_first),
         cmocka_unit_test(test_cap_single_generation),
         cmocka_unit_test(test_bytes_per_entry),
