@@ -4,7 +4,8 @@
  * Threads and what they touch:
  *  - any thread: kafka_out_produce(), kafka_group_seal(), kafka_out_ready(),
  *    kafka_out_queue_len(). They use thread-safe librdkafka calls, atomics, and the read side
- *    of ko->lock (never waited on, except during the microseconds of a producer swap).
+ *    of ko->lock (produce: its own reader slots, kafka_reader_enter), never waited on except
+ *    during the microseconds of a producer swap.
  *  - the poll thread (one per kafka_out_t): rd_kafka_poll() serves dr_cb and error_cb, so
  *    every delivery report, every health change and every done_cb (except a seal that finds
  *    the group already complete) happens here. While Kafka looks unhealthy it also probes
@@ -73,7 +74,9 @@
 #include "kafka_out.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -170,8 +173,21 @@ typedef struct kafka_lane {
     unsigned errlog_suppressed;
 } kafka_lane_t;
 
+/* One reader count of the produce path's lock (see kafka_reader_enter), a cache line each. */
+typedef struct kafka_slot {
+    _Alignas(64) atomic_uint n;
+} kafka_slot_t;
+#define KAFKA_READER_SLOTS 16
+
 struct kafka_out {
     const config_t *cfg;
+    /* The produce path's side of the lock above, without its shared cache line: a producing
+     * thread counts itself in its own slot and backs off while a swap is announced; the swap
+     * waits for every slot to empty, then takes the write side as before. With
+     * pthread_rwlock_rdlock the two loop threads bounced the lock's line between their cores on
+     * every message (2% of the collector's CPU, perf, fixed msgpack body). */
+    kafka_slot_t readers[KAFKA_READER_SLOTS];
+    atomic_uint swapping; /* swaps announced and not finished */
     /* Protects every lane's producer pointers and fatal_reason (see kafka_lane_t). Readers never
      * wait for each other; a writer holds it only for a pointer swap (writer-preferring, so a
      * steady stream of produce calls cannot starve it). */
@@ -325,6 +341,50 @@ static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         }
     }
     if (g != NULL) kafka_group_release(g);
+}
+
+/* ---- the produce path's lock ------------------------------------------------------------ */
+
+static atomic_uint kafka_slot_next;
+static _Thread_local unsigned kafka_slot_mine = UINT_MAX;
+
+/* Enters the produce path: lane->rk and lane->rkt stay as they are until kafka_reader_exit.
+ * Waits only while a swap is announced (a pointer swap, after a fatal error). */
+static kafka_slot_t *kafka_reader_enter(kafka_out_t *ko)
+{
+    if (kafka_slot_mine == UINT_MAX)
+        kafka_slot_mine = atomic_fetch_add_explicit(&kafka_slot_next, 1u, memory_order_relaxed) %
+                          KAFKA_READER_SLOTS;
+    kafka_slot_t *s = &ko->readers[kafka_slot_mine];
+    for (;;) {
+        atomic_fetch_add(&s->n, 1u);
+        if (atomic_load(&ko->swapping) == 0) return s;
+        atomic_fetch_sub(&s->n, 1u);
+        while (atomic_load(&ko->swapping) != 0)
+            sched_yield();
+    }
+}
+
+static void kafka_reader_exit(kafka_slot_t *s)
+{
+    atomic_fetch_sub_explicit(&s->n, 1u, memory_order_release);
+}
+
+/* A poll thread about to replace lane pointers: announces it, waits until no thread is in the
+ * produce path, then takes the write side of ko->lock (the other readers' side). */
+static void kafka_swap_begin(kafka_out_t *ko)
+{
+    atomic_fetch_add(&ko->swapping, 1u);
+    for (unsigned i = 0; i < KAFKA_READER_SLOTS; i++)
+        while (atomic_load(&ko->readers[i].n) != 0)
+            sched_yield();
+    pthread_rwlock_wrlock(&ko->lock);
+}
+
+static void kafka_swap_end(kafka_out_t *ko)
+{
+    pthread_rwlock_unlock(&ko->lock);
+    atomic_fetch_sub(&ko->swapping, 1u);
 }
 
 /* A lane's poll thread. Logs a new error code at once, repeats of the same code at most once per
@@ -487,13 +547,13 @@ static void kafka_recreate(kafka_lane_t *lane)
     }
     rd_kafka_t *old = lane->rk;
     rd_kafka_topic_t *oldt[KAFKA_NTOPICS];
-    pthread_rwlock_wrlock(&ko->lock);
+    kafka_swap_begin(ko);
     memcpy(oldt, lane->rkt, sizeof oldt);
     lane->rk = rk;
     memcpy(lane->rkt, rkt, sizeof rkt);
     lane->fatal_reason[0] = '\0';
     atomic_store(&lane->fatal, 0);
-    pthread_rwlock_unlock(&ko->lock);
+    kafka_swap_end(ko);
     atomic_fetch_sub(&ko->fatal_lanes, 1u);
     atomic_fetch_add(&ko->recreated, 1u);
 
@@ -959,13 +1019,13 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
     if (g != NULL) atomic_fetch_add(&g->pending, 1u);
     atomic_fetch_add(&ko->queued_bytes, (uint_fast64_t)vallen + keylen);
 
-    pthread_rwlock_rdlock(&ko->lock);
+    kafka_slot_t *slot = kafka_reader_enter(ko);
     rd_kafka_resp_err_t e = rd_kafka_producev(
         lane->rk, RD_KAFKA_V_RKT(lane->rkt[topic]), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, keylen),
         RD_KAFKA_V_VALUE((void *)(uintptr_t)value, vallen), RD_KAFKA_V_HEADERS(hdrs),
         RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
-    pthread_rwlock_unlock(&ko->lock);
+    kafka_reader_exit(slot);
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return KAFKA_OK; /* hdrs now belong to the message */
 
     /* Failed synchronously: no report will come, so undo the counts. The group still holds its
