@@ -895,6 +895,7 @@ static void shard_sweep_chunked(dedup_t *d, shard_t *s)
             at = end;
             if (at == total) break;
             shard_unlock(s);
+            base_sleep_ms(DEDUP_SWEEP_PAUSE_MS);
             shard_lock(s);
             if (atomic_load_explicit(&s->b, memory_order_relaxed) != b || s->ob != ob ||
                 atomic_load_explicit(&s->nb, memory_order_relaxed) != nb || s->onb != onb)

@@ -40,7 +40,8 @@
  * default cap, made every loop and the journal writer wait for it: at the first eviction by the
  * cap (100 k events/s, 26 M entries) all 64 shards were swept back to back, a one-second window
  * with p99 116-118 ms. */
-#define DEDUP_SWEEP_CHUNK 4096u
+#define DEDUP_SWEEP_CHUNK    4096u
+#define DEDUP_SWEEP_PAUSE_MS 1
 /* Spare tables the worker makes per round. */
 #define DEDUP_WORKER_SPARES 8
 #define DEDUP_HUGE          (2u << 20)
