@@ -35,15 +35,19 @@ typedef struct fleet {
 
 static const char *const keys[] = {IT_KEY "=" IT_SOURCE, NULL};
 
-static void fleet_start_one(fleet_t *f, int i)
+static void fleet_start_with(fleet_t *f, int i, const char *yaml)
 {
     char sub[300];
     snprintf(sub, sizeof sub, "%s/c%d", f->dir, i);
     assert_int_equal(mkdir(sub, 0700), 0);
     assert_int_equal(sup_collector_start(&f->c[i], getenv("SLUICE_COLLECTOR"), sub,
-                                         f->mock.bootstrap, keys, "identities: {ready_wait: 30s}\n",
-                                         20000),
+                                         f->mock.bootstrap, keys, yaml, 20000),
                      0);
+}
+
+static void fleet_start_one(fleet_t *f, int i)
+{
+    fleet_start_with(f, i, "identities: {ready_wait: 30s}\n");
 }
 
 static fleet_t *fleet_start(void)
@@ -223,6 +227,21 @@ static const char *group_call(char *buf, size_t cap, const char *id, const char 
     return buf;
 }
 
+/* The identities topic holds exactly x, y, x for rep-user, in that order. */
+static void assert_rep_user_links(const fleet_t *f)
+{
+    sup_kmsgs_t m = {0};
+    assert_int_equal(sup_consume(f->mock.bootstrap, "identities", 3, 10000, &m), 0);
+    assert_int_equal(m.n, 3);
+    const char *want[] = {"acct-x", "acct-y", "acct-x"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(m.msgs[i].key, "rep-user");
+        assert_int_equal(m.msgs[i].value_len, strlen(want[i]));
+        assert_memory_equal(m.msgs[i].value, want[i], m.msgs[i].value_len);
+    }
+    sup_kmsgs_free(&m);
+}
+
 static void test_identity_repeated_link_produced_once(void **state)
 {
     (void)state;
@@ -251,16 +270,7 @@ static void test_identity_repeated_link_produced_once(void **state)
     assert_true(metric(a, "sluice_identities_produced_total") == 2);
     assert_true(metric(a, "sluice_identities_unchanged_total") == 2);
     /* The topic: x, y, x for the user, the latest what both collectors resolve. */
-    sup_kmsgs_t m = {0};
-    assert_int_equal(sup_consume(f->mock.bootstrap, "identities", 3, 10000, &m), 0);
-    assert_int_equal(m.n, 3);
-    const char *want[] = {"acct-x", "acct-y", "acct-x"};
-    for (size_t i = 0; i < 3; i++) {
-        assert_string_equal(m.msgs[i].key, "rep-user");
-        assert_int_equal(m.msgs[i].value_len, strlen(want[i]));
-        assert_memory_equal(m.msgs[i].value, want[i], m.msgs[i].value_len);
-    }
-    sup_kmsgs_free(&m);
+    assert_rep_user_links(f);
     /* Every group event itself went to the events topic. */
     assert_keyed(f, "rep-g2", 5, "acct-x");
     assert_keyed(f, "rep-g5", 5, "acct-x");
@@ -273,13 +283,8 @@ static void test_identity_acknowledged_link_not_produced_again(void **state)
 {
     (void)state;
     fleet_t *f = fleet_start();
-    char sub[300];
-    snprintf(sub, sizeof sub, "%s/c0", f->dir);
-    assert_int_equal(mkdir(sub, 0700), 0);
+    fleet_start_with(f, 0, "identities: {consume: false}\n");
     sup_collector_t *a = &f->c[0];
-    assert_int_equal(sup_collector_start(a, getenv("SLUICE_COLLECTOR"), sub, f->mock.bootstrap,
-                                         keys, "identities: {consume: false}\n", 20000),
-                     0);
     wait_ready(a, 20000);
     char body[256];
     post_ok(a, group_call(body, sizeof body, "ack-g1", "acct-x"));
@@ -292,16 +297,7 @@ static void test_identity_acknowledged_link_not_produced_again(void **state)
     assert_true(metric(a, "sluice_identities_produced_total") == 3);
     assert_true(metric(a, "sluice_identities_unchanged_total") == 2);
     assert_true(metric(a, "sluice_identities_applied_total") == 0);
-    sup_kmsgs_t m = {0};
-    assert_int_equal(sup_consume(f->mock.bootstrap, "identities", 3, 10000, &m), 0);
-    assert_int_equal(m.n, 3);
-    const char *want[] = {"acct-x", "acct-y", "acct-x"};
-    for (size_t i = 0; i < 3; i++) {
-        assert_string_equal(m.msgs[i].key, "rep-user");
-        assert_int_equal(m.msgs[i].value_len, strlen(want[i]));
-        assert_memory_equal(m.msgs[i].value, want[i], m.msgs[i].value_len);
-    }
-    sup_kmsgs_free(&m);
+    assert_rep_user_links(f);
     fleet_stop(f);
 }
 
