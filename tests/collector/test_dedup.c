@@ -192,6 +192,48 @@ static void test_sweep_in_chunks_covers_big_shards(void **state)
     dedup_free(d);
 }
 
+/* Dead (not live in view v) tags left in the shard's table. */
+static uint64_t dead_tags(dedup_t *d, unsigned si)
+{
+    view_t v;
+    view_load(d, &v);
+    shard_t *s = &d->shards[si];
+    bucket_t *b = atomic_load(&s->b);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < atomic_load(&s->nb); i++)
+        for (int k = 0; k < DEDUP_SLOTS; k++)
+            if (b[i].tag[k] != 0 && !tag_live(&v, b[i].tag[k])) n++;
+    return n;
+}
+
+/* An eviction by the cap moves the floor but does not make the worker sweep (that swept the
+ * whole table at once); the sweep comes DEDUP_SWEEP_FORCE / 2 generations after the last one,
+ * long before a dead tag's value comes round again. */
+static void test_eviction_alone_does_not_sweep(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    dedup_t *d = mk(&clk, 3600000, 1 << 20);
+    const uint64_t per = 40000;
+    for (uint64_t g = 0; g < 3; g++) {
+        for (uint64_t i = 0; i < per; i++)
+            assert_int_equal(seen(d, key(g * per + i)), DEDUP_NEW);
+        advance(d, &clk, 112500, 112500);
+    }
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.evicted_by_cap, per);
+    dedup__sweep_all(d);
+    assert_true(dead_tags(d, 0) > 0); /* the evicted generation's entries are still there */
+    advance(d, &clk, 112500 * (DEDUP_SWEEP_FORCE / 2), 112500);
+    dedup__sweep_all(d);
+    for (unsigned si = 0; si < DEDUP_SHARDS; si++)
+        assert_int_equal(dead_tags(d, si), 0);
+    dedup_stats(d, &st);
+    assert_int_equal(st.entries, 2 * per); /* the live ones untouched */
+    dedup_free(d);
+}
+
 static void test_cap_evicts_oldest_first(void **state)
 {
     (void)state;
@@ -767,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_window_expiry),
         cmocka_unit_test(test_expired_entries_do_not_resurrect),
         cmocka_unit_test(test_sweep_in_chunks_covers_big_shards),
+        cmocka_unit_test(test_eviction_alone_does_not_sweep),
         cmocka_unit_test(test_cap_evicts_oldest_first),
         cmocka_unit_test(test_cap_single_generation),
         cmocka_unit_test(test_bytes_per_entry),
