@@ -127,8 +127,9 @@ static const config_key_t config_keys[] = {
     {"dedup.window", CT_DURATION, F(dedup_window_ms), 0, 7 * 86400000.0, "1h", NULL,
      "Exact dedup of (source, messageId) within this window; 0 disables dedup."},
     {"dedup.max_memory", CT_SIZE, F(dedup_max_memory), 1 * MiB, 64 * GiB, "256MiB", NULL,
-     "Memory cap of the dedup tables; at the cap the oldest entries go first and the effective "
-     "window shrinks (sluice_dedup_window_seconds)."},
+     "Memory cap of the dedup tables, including the old table a growing shard keeps while its "
+     "entries move (sluice_dedup_bytes); at the cap the oldest entries go first and the "
+     "effective window shrinks (sluice_dedup_window_seconds)."},
     {"dedup.snapshot_interval", CT_DURATION, F(dedup_snapshot_interval_ms), 1000, 86400000, "60s",
      NULL, "How often the dedup state is written to data_dir (also at shutdown)."},
     {"dedup.journal", CT_BOOL, F(dedup_journal), 0, 0, "true", NULL,

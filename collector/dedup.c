@@ -16,24 +16,30 @@
  * lookup goes on past the alternate bucket only while that bucket's ovf tag is live, so dead
  * slots are free at once without tombstones.
  *
- * Growth is incremental (as Redis's dict.c rehashes): at 90% load a shard allocates a table of
- * 1.5x the buckets and keeps the old one beside it. New entries go to the new table; every
- * operation on the shard first moves the live entries of the next DEDUP_MIGRATE_STEP old buckets
- * (at most DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), and the worker moves one chunk of
- * DEDUP_WORKER_MIGRATE buckets per shard per one-second round, so a shard without traffic finishes
- * too. Both are paced on purpose: all 64 shards cross 90% at about the same moment, and a worker
- * that finished every move at once burned seconds of CPU in one burst (a 5-minute open-loop run
- * showed 300-670 ms latency spikes at each growth); per operation, the moves cost at most
- * DEDUP_MIGRATE_STEP * DEDUP_SLOTS placements. A lookup probes the new table, then the old one
- * with its own probing rules: a moved slot is simply empty there, and the old buckets keep their
- * ovf bytes, so chains through already-moved buckets stay intact. The old table is freed when its
- * last bucket is moved. A table of ~2/3 of the new one's size is moved in ~nb operations, while
- * filling the new table to 90% takes ~3 nb inserts, so a move always ends before the next growth.
- * The new table itself is made off the loops: once a shard passes 70% load, the worker allocates
- * and faults in its next table outside the lock (at most DEDUP_WORKER_SPARES per round, again so
- * as not to burst) and leaves it as the shard's spare, so the growth step only swaps pointers.
- * (Without a spare — tests, or tables filling faster than the worker's one-second rounds, which
- * happens only while they are small — the growth allocates in place.)
+ * Growth is incremental (as Redis's dict.c rehashes): a shard allocates a table of 1.5x the
+ * buckets and keeps the old one beside it. New entries go to the new table; every operation on
+ * the shard first moves the live entries of the next DEDUP_MIGRATE_STEP old buckets (at most
+ * DEDUP_MIGRATE_STEP * DEDUP_SLOTS entries), so no operation pays for a whole rehash (a worker
+ * that moved a whole shard under one lock hold showed 300-670 ms latency spikes at each growth
+ * in a 5-minute open-loop run). A lookup probes the new table, then the old one with its own
+ * probing rules: a moved slot is simply empty there, and the old buckets keep their ovf bytes,
+ * so chains through already-moved buckets stay intact. The old table is freed when its last
+ * bucket is moved.
+ * The worker grows shards ahead of the loops: once a shard passes 75% load it allocates and
+ * faults in the next table outside the lock, swaps it in, and moves the whole old table in
+ * chunks of DEDUP_WORKER_MIGRATE buckets, DEDUP_GROW_PAUSE_MS apart, before it looks at the next
+ * shard. So at most one worker growth is in flight, and the loops, which grow only at 90% (in
+ * place: small tables filling faster than the worker's one-second rounds), seldom do. Without
+ * a running worker (sluice-stream, tests, a snapshot load before the worker starts) a growth
+ * moves its whole old table at once: nothing would stagger the shards' growths otherwise.
+ *
+ * The memory cap (dedup.max_memory) holds every table, old ones included: d->mem_used counts
+ * them all and a growth that would pass the cap waits (the shard fills on to 95%, then evicts).
+ * The tables themselves are capped at max_memory * 64 / 66 in all, so one growth of the largest
+ * tables (old table 2/3 of the new) always fits. It used to be the tables only: the shards cross
+ * 90% together, and during the last growth every old table lived beside its new one, 1.67x the
+ * cap (dedup_bytes 484 MB at the 256 MiB default, collector VmHWM 681 MB: issue 11's memory
+ * goal is 512 MiB for the whole process).
  *
  * Locks: shard.lock (spin, yields after a while) guards everything in its shard; gen_mu guards
  * changes of cur/floor/gen_start (readers use the atomics). Order: shard lock, then gen_mu.
@@ -97,7 +103,46 @@ static size_t buckets_mapped(uint32_t nb)
     return ((size_t)nb * sizeof(bucket_t) + 4095) / 4096 * 4096;
 }
 
-static bucket_t *buckets_alloc(uint32_t nb)
+/* What a table of nb buckets costs against the cap. */
+static uint64_t table_bytes(uint32_t nb)
+{
+    size_t bytes = (size_t)nb * sizeof(bucket_t);
+    return bytes < DEDUP_HUGE ? bytes : buckets_mapped(nb);
+}
+
+/* Counts bytes against the cap; false (nothing counted) when they would pass it. */
+static bool table_reserve(dedup_t *d, uint64_t bytes)
+{
+    uint64_t used = atomic_load_explicit(&d->mem_used, memory_order_relaxed);
+    do {
+        if (used + bytes > d->mem_cap) return false;
+    } while (!atomic_compare_exchange_weak_explicit(&d->mem_used, &used, used + bytes,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+static void table_unreserve(dedup_t *d, uint64_t bytes)
+{
+    atomic_fetch_sub_explicit(&d->mem_used, bytes, memory_order_relaxed);
+}
+
+static bucket_t *buckets_map(uint32_t nb);
+
+/* A zeroed table of nb buckets, counted against the cap; NULL when it would pass the cap (*capped
+ * set) or memory is short. */
+static bucket_t *buckets_alloc(dedup_t *d, uint32_t nb, bool *capped)
+{
+    *capped = false;
+    if (!table_reserve(d, table_bytes(nb))) {
+        *capped = true;
+        return NULL;
+    }
+    bucket_t *b = buckets_map(nb);
+    if (b == NULL) table_unreserve(d, table_bytes(nb));
+    return b;
+}
+
+static bucket_t *buckets_map(uint32_t nb)
 {
     size_t bytes = (size_t)nb * sizeof(bucket_t);
     if (bytes < DEDUP_HUGE) {
@@ -126,9 +171,10 @@ static bucket_t *buckets_alloc(uint32_t nb)
     return (bucket_t *)a;
 }
 
-static void buckets_free(bucket_t *b, uint32_t nb)
+static void buckets_free(dedup_t *d, bucket_t *b, uint32_t nb)
 {
     if (b == NULL) return;
+    table_unreserve(d, table_bytes(nb));
     if ((size_t)nb * sizeof(bucket_t) < DEDUP_HUGE)
         free(b);
     else
@@ -327,7 +373,7 @@ static void shard_place(shard_t *s, const view_t *v, uint64_t fp, uint8_t tag)
 /* Moves the live entries of the next `buckets` old buckets into the new table (at most
  * buckets * DEDUP_SLOTS of them); frees the old table after its last bucket. Their new places
  * are prefetched first, so the cache misses overlap. Returns the number moved. */
-static uint32_t shard_migrate(shard_t *s, const view_t *v, uint32_t buckets)
+static uint32_t shard_migrate(dedup_t *d, shard_t *s, const view_t *v, uint32_t buckets)
 {
     if (s->ob == NULL) return 0;
     bucket_t *nbk = atomic_load_explicit(&s->b, memory_order_relaxed);
@@ -357,7 +403,7 @@ static uint32_t shard_migrate(shard_t *s, const view_t *v, uint32_t buckets)
     }
     s->moved += moved;
     if (s->mig == s->onb) {
-        buckets_free(s->ob, s->onb);
+        buckets_free(d, s->ob, s->onb);
         s->ob = NULL;
         s->onb = s->mig = 0;
     }
@@ -370,7 +416,7 @@ static void shard_enter(dedup_t *d, shard_t *s, const view_t *v)
 {
     dedup__shard_prepare(d, s, v);
     if (s->ob != NULL) {
-        uint32_t m = shard_migrate(s, v, DEDUP_MIGRATE_STEP);
+        uint32_t m = shard_migrate(d, s, v, DEDUP_MIGRATE_STEP);
         if (m > s->step_max) s->step_max = m;
     }
 }
@@ -382,29 +428,41 @@ static uint32_t grown_nb(const shard_t *s, uint32_t nb)
     return want > s->max_nb ? s->max_nb : (uint32_t)want;
 }
 
-/* Starts growing into 1.5x the buckets (capped), into the spare when the worker made one: entries
- * move later, a few per operation. Returns 0, or -1 when at the cap, still moving the previous
- * table, or memory is short. */
-static int shard_grow(shard_t *s)
+/* Swaps in nbk (nnb buckets, the shard's next size) as the new table; entries move later. The
+ * shard lock is held and no growth is in progress. */
+static void shard_grow_into(shard_t *s, bucket_t *nbk, uint32_t nnb)
 {
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
-    if (nb >= s->max_nb || s->ob != NULL) return -1;
-    uint32_t nnb = grown_nb(s, nb);
-    bucket_t *nbk;
-    if (s->spare != NULL && s->spare_nb == nnb) {
-        nbk = s->spare;
-        s->spare = NULL;
-        s->spare_nb = 0;
-    } else {
-        nbk = buckets_alloc(nnb);
-    }
-    if (nbk == NULL) return -1;
     s->ob = atomic_load_explicit(&s->b, memory_order_relaxed);
     s->onb = nb;
     s->mig = 0;
     atomic_store_explicit(&s->b, nbk, memory_order_relaxed);
     atomic_store_explicit(&s->nb, nnb, memory_order_relaxed);
-    return 0;
+}
+
+enum { GROW_OK = 0, GROW_AT_MAX = -1, GROW_WAIT = -2 };
+
+/* Starts growing into 1.5x the buckets (capped at max_nb): entries move later, a few per
+ * operation (all at once without a worker). Returns GROW_OK; GROW_AT_MAX when the table has its
+ * largest size or memory is short; GROW_WAIT when the previous growth is still moving or the new
+ * table would pass the memory cap (other shards' growths hold the headroom). */
+static int shard_grow(dedup_t *d, shard_t *s, const view_t *v)
+{
+    uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+    if (nb >= s->max_nb) return GROW_AT_MAX;
+    if (s->ob != NULL) return GROW_WAIT;
+    uint32_t nnb = grown_nb(s, nb);
+    bool capped;
+    bucket_t *nbk = buckets_alloc(d, nnb, &capped);
+    if (nbk == NULL) {
+        if (!capped) return GROW_AT_MAX;
+        atomic_fetch_add_explicit(&d->grow_waits, 1, memory_order_relaxed);
+        return GROW_WAIT;
+    }
+    shard_grow_into(s, nbk, nnb);
+    if (!atomic_load_explicit(&d->incremental, memory_order_relaxed))
+        shard_migrate(d, s, v, s->onb);
+    return GROW_OK;
 }
 
 /* Makes room for one more entry: grow, else drop the oldest generation. Bounded: every eviction
@@ -412,8 +470,11 @@ static int shard_grow(shard_t *s)
 static void shard_make_room(dedup_t *d, shard_t *s, view_t *v)
 {
     for (int guard = 0; guard < 4 * DEDUP_MAX_LIVE + 64; guard++) {
-        if (s->live + 1 <= DEDUP_LIMIT(atomic_load_explicit(&s->nb, memory_order_relaxed))) return;
-        if (shard_grow(s) == 0) continue;
+        uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
+        if (s->live + 1 <= DEDUP_LIMIT(nb)) return;
+        int g = shard_grow(d, s, v);
+        if (g == GROW_OK) continue;
+        if (g == GROW_WAIT && s->live + 1 <= DEDUP_LIMIT_WAIT(nb)) return;
         gen_evict_oldest(d, v);
         dedup__shard_prepare(d, s, v);
     }
@@ -548,15 +609,22 @@ int dedup_new(const dedup_opts_t *opts, dedup_t **out)
     d->gen_ms = opts->window_ms / DEDUP_GENS > 0 ? opts->window_ms / DEDUP_GENS : 1;
     d->clock = opts->clock != NULL ? opts->clock : realtime_ms;
     d->clock_ud = opts->clock != NULL ? opts->clock_ud : NULL;
-    uint64_t per_shard = opts->max_memory / DEDUP_SHARDS / sizeof(bucket_t);
+    /* The largest tables take 64 / (64 + DEDUP_GROW_HEADROOM) of the cap (mapped ones in whole
+     * pages). */
+    uint64_t per_shard = opts->max_memory / (DEDUP_SHARDS + DEDUP_GROW_HEADROOM) / sizeof(bucket_t);
+    if (per_shard * sizeof(bucket_t) >= DEDUP_HUGE) per_shard = per_shard / 64 * 64;
     if (per_shard < DEDUP_MIN_NB) per_shard = DEDUP_MIN_NB;
     if (per_shard > UINT32_MAX / 2) per_shard = UINT32_MAX / 2;
+    d->mem_cap = opts->max_memory;
+    uint64_t least = (DEDUP_SHARDS + DEDUP_GROW_HEADROOM) * table_bytes(DEDUP_MIN_NB);
+    if (d->mem_cap < least) d->mem_cap = least;
     pthread_mutex_init(&d->gen_mu, NULL);
     atomic_store(&d->gen_start[tag_of(0) - 1], now_ms(d));
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
         s->max_nb = (uint32_t)per_shard;
-        bucket_t *b = buckets_alloc(DEDUP_MIN_NB);
+        bool capped;
+        bucket_t *b = buckets_alloc(d, DEDUP_MIN_NB, &capped);
         if (b == NULL) {
             dedup_free(d);
             return DEDUP_E_NOMEM;
@@ -575,9 +643,8 @@ void dedup_free(dedup_t *d)
     if (d->w_orphaned) return; /* the process is exiting; the worker may still read d */
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
-        buckets_free(atomic_load(&s->b), atomic_load(&s->nb));
-        buckets_free(s->ob, s->onb);
-        buckets_free(s->spare, s->spare_nb);
+        buckets_free(d, atomic_load(&s->b), atomic_load(&s->nb));
+        buckets_free(d, s->ob, s->onb);
     }
     pthread_mutex_destroy(&d->gen_mu);
     free(d->w_dir);
@@ -717,7 +784,8 @@ void dedup_stats(dedup_t *d, dedup_stats_t *st)
         st->entries += s->live;
         st->pending += s->pending;
         uint64_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed) + (uint64_t)s->onb;
-        st->bytes += (nb + s->spare_nb) * sizeof(bucket_t);
+        st->bytes += table_bytes(atomic_load_explicit(&s->nb, memory_order_relaxed));
+        if (s->ob != NULL) st->bytes += table_bytes(s->onb);
         st->table_slots += nb * DEDUP_SLOTS;
         if (s->ob != NULL) st->growing++;
         st->grow_moved += s->moved;
@@ -732,6 +800,7 @@ void dedup_stats(dedup_t *d, dedup_stats_t *st)
     if (age > d->window_ms) age = d->window_ms;
     st->window_s = (double)(age / 1000); /* whole seconds: a gauge, not a stopwatch */
     st->evicted_by_cap = atomic_load_explicit(&d->evicted, memory_order_relaxed);
+    st->grow_waits = atomic_load_explicit(&d->grow_waits, memory_order_relaxed);
     st->generations = (uint32_t)(v.span + 1);
 }
 
@@ -790,6 +859,9 @@ void dedup__load_insert(dedup_t *d, uint64_t fp, uint8_t tag)
     shard_enter(d, s, &v);
     if (shard_find(s, &v, fp) == NULL) {
         shard_make_room(d, s, &v);
+        /* No request runs: a growth moves at once, so old tables never pile up against the cap
+         * (the load grows every shard together). */
+        shard_migrate(d, s, &v, s->onb);
         /* The cap may have dropped this entry's generation meanwhile. */
         if (tag_live(&v, tag)) shard_place(s, &v, fp, tag);
     }
@@ -827,39 +899,53 @@ bool dedup_restore(dedup_t *d, uint64_t fp, uint64_t t_ms)
 
 /* ---- worker ---- */
 
-/* Makes the shard's next table when it passed DEDUP_SPARE_AT, allocated and faulted in without
- * the lock. A spare made for a size the shard no longer grows to is replaced. */
-static bool spare_prepare(shard_t *s)
+/* Moves the rest of the shard's growth in progress, DEDUP_WORKER_MIGRATE buckets per lock hold
+ * and DEDUP_GROW_PAUSE_MS apart, until its old table is freed. */
+static void worker_finish_growth(dedup_t *d, shard_t *s)
+{
+    for (;;) {
+        shard_lock(s);
+        view_t v;
+        view_load(d, &v);
+        dedup__shard_prepare(d, s, &v);
+        shard_migrate(d, s, &v, DEDUP_WORKER_MIGRATE);
+        bool done = s->ob == NULL;
+        shard_unlock(s);
+        if (done) return;
+        base_sleep_ms(DEDUP_GROW_PAUSE_MS);
+    }
+}
+
+/* Grows the shard once it passed DEDUP_GROW_AT, the next table allocated and faulted in outside
+ * the lock, then moves its old table; or finishes a growth a loop started. One shard at a time,
+ * so at most one old table of the worker's lives beside its new one. */
+static void worker_grow(dedup_t *d, shard_t *s)
 {
     shard_lock(s);
     uint32_t nb = atomic_load_explicit(&s->nb, memory_order_relaxed);
     uint32_t nnb = grown_nb(s, nb);
-    bool want = nnb > nb && s->live >= DEDUP_SPARE_AT(nb) && s->spare_nb != nnb;
-    bucket_t *stale = want ? s->spare : NULL;
-    uint32_t stale_nb = want ? s->spare_nb : 0;
-    if (want) {
-        s->spare = NULL;
-        s->spare_nb = 0;
-    }
+    bool moving = s->ob != NULL;
+    bool want = !moving && nnb > nb && s->live >= DEDUP_GROW_AT(nb);
     shard_unlock(s);
-    buckets_free(stale, stale_nb);
-    if (!want) return false;
-    bucket_t *b = buckets_alloc(nnb);
-    if (b == NULL) return false;
+    if (moving) {
+        worker_finish_growth(d, s);
+        return;
+    }
+    if (!want) return;
+    bool capped;
+    bucket_t *b = buckets_alloc(d, nnb, &capped);
+    if (b == NULL) {
+        if (capped) atomic_fetch_add_explicit(&d->grow_waits, 1, memory_order_relaxed);
+        return;
+    }
     shard_lock(s);
-    if (s->spare == NULL &&
-        grown_nb(s, atomic_load_explicit(&s->nb, memory_order_relaxed)) == nnb) {
-        s->spare = b;
-        s->spare_nb = nnb;
-        b = NULL;
-    }
+    bool still = s->ob == NULL && atomic_load_explicit(&s->nb, memory_order_relaxed) == nb;
+    if (still) shard_grow_into(s, b, nnb);
     shard_unlock(s);
-    buckets_free(b, nnb);
-    return true;
+    if (!still) buckets_free(d, b, nnb); /* a loop grew it meanwhile */
+    worker_finish_growth(d, s);
 }
 
-/* Sweeps the shards in which generations died since their last sweep, prepares the next tables
- * of those about to grow and finishes growths in progress. */
 /* The worker sweeps a shard once DEDUP_SWEEP_FORCE / 2 generations opened since its last sweep:
  * what a sweep must do is clear every dead tag before its value comes round again (tags repeat
  * every DEDUP_TAGS generations; the loops force a sweep at DEDUP_SWEEP_FORCE). A dead entry
@@ -926,21 +1012,14 @@ static void shard_sweep_chunked(dedup_t *d, shard_t *s)
     shard_unlock(s);
 }
 
+/* One worker round: sweeps the shards due for it, grows those past DEDUP_GROW_AT and finishes
+ * every growth in progress. */
 static void sweep_all(dedup_t *d)
 {
-    unsigned spares = 0;
     for (unsigned i = 0; i < DEDUP_SHARDS; i++) {
         shard_t *s = &d->shards[i];
-        view_t v;
         shard_sweep_chunked(d, s);
-        if (spares < DEDUP_WORKER_SPARES && spare_prepare(s)) spares++;
-        /* One chunk of a growth in progress, so the old table is freed (and lookups stop
-         * probing it) even when the shard sees little traffic. */
-        shard_lock(s);
-        view_load(d, &v);
-        dedup__shard_prepare(d, s, &v);
-        shard_migrate(s, &v, DEDUP_WORKER_MIGRATE);
-        shard_unlock(s);
+        worker_grow(d, s);
     }
 }
 
@@ -1026,7 +1105,9 @@ int dedup_worker_start(dedup_t *d, const char *dir, uint64_t interval_ms)
     d->w_dir = copy;
     d->w_interval_ms = interval_ms;
     d->w_last_snap_ms = (uint64_t)base_mono_ms();
+    atomic_store(&d->incremental, true);
     int rc = base_worker_start(&d->worker, "sluice-dedup", DEDUP_WORKER_PERIOD_MS, worker_tick, d);
+    if (rc != BASE_OK) atomic_store(&d->incremental, false);
     if (rc == BASE_E_NOMEM) return DEDUP_E_NOMEM;
     return rc == BASE_OK ? DEDUP_OK : DEDUP_E_THREAD;
 }
@@ -1036,6 +1117,7 @@ int dedup_worker_stop(dedup_t *d, bool final)
     if (d->worker != NULL) {
         int rc = base_worker_stop(d->worker, DEDUP_WORKER_STOP_MS);
         d->worker = NULL;
+        if (rc == BASE_OK) atomic_store(&d->incremental, false);
         if (rc != BASE_OK) {
             d->w_orphaned = true;
             return DEDUP_E_TIMEOUT;
@@ -1059,7 +1141,7 @@ static void gen_clear_all(dedup_t *d, const view_t *v)
         shard_lock(s);
         memset(atomic_load_explicit(&s->b, memory_order_relaxed), 0,
                (size_t)atomic_load_explicit(&s->nb, memory_order_relaxed) * sizeof(bucket_t));
-        buckets_free(s->ob, s->onb);
+        buckets_free(d, s->ob, s->onb);
         s->ob = NULL;
         s->onb = s->mig = 0;
         s->live = s->pending = 0;

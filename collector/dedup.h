@@ -19,12 +19,16 @@
  * new event is wrongly called a duplicate with probability about N / 2^64 (README has the figure).
  *
  * Growth is incremental: a grown shard keeps its old table beside the new one, and each operation
- * moves the entries of one old bucket (at most 7) while the worker moves a chunk per second, so
- * no insert pays for a whole rehash.
+ * moves the entries of one old bucket (at most 7) while the worker moves the rest in chunks, so
+ * no insert pays for a whole rehash. The worker grows the shards ahead of the loops (at 75%
+ * load), one at a time, so their old tables do not pile up: max_memory bounds all tables, old
+ * ones included (a growth that would pass it waits, the shard filling on to 95%). Without a
+ * running worker (sluice-stream's single thread, a snapshot load) a growth moves its whole old
+ * table at once instead: nothing else would stagger the shards' growths.
  *
  * Threads: every function may be called from any thread. Each shard has its own short spin lock
- * (held for one probe plus at most 7 moves, or for one sweep of that shard — 1/64 of the table,
- * or one 256-bucket chunk of the worker's growth moves); generation
+ * (held for one probe plus at most 7 moves, or for one 4096-bucket chunk of a sweep, or one
+ * 1024-bucket chunk of the worker's growth moves); generation
  * changes take a separate mutex, never on the lookup path. No call blocks on I/O except the
  * snapshot functions and dedup_worker_stop, which belong to main or the worker thread.
  *
@@ -81,8 +85,10 @@ enum {
 typedef uint64_t (*dedup_clock_fn)(void *ud);
 
 typedef struct dedup_opts {
-    uint64_t window_ms;  /* > 0 */
-    uint64_t max_memory; /* bytes of tables; at least 64 KiB is used whatever is asked */
+    uint64_t window_ms; /* > 0 */
+    /* Bytes of all tables, the old ones of growths in progress included; at least 66 KiB is
+     * used whatever is asked. */
+    uint64_t max_memory;
     dedup_clock_fn clock;
     void *clock_ud; /* NULL clock: CLOCK_REALTIME */
 } dedup_opts_t;
@@ -150,6 +156,7 @@ typedef struct dedup_stats {
     uint32_t growing;        /* shards moving entries into a grown table */
     uint64_t grow_moved;     /* entries moved by table growth, since creation */
     uint32_t grow_step_max;  /* most entries one lookup/insert moved (<= 7) */
+    uint64_t grow_waits;     /* growths refused because they would pass max_memory */
 } dedup_stats_t;
 /* Consistent per shard, not across shards. Takes each shard lock briefly. */
 void dedup_stats(dedup_t *d, dedup_stats_t *st);

@@ -5,7 +5,7 @@
  * (generations, probing, incremental growth, locks) is described at the top of dedup.c.
  *
  *   dedup.c           generations, shard internals, the public API, restoring entries, the
- *                     worker (ticks, sweeps, spare tables, periodic snapshots)
+ *                     worker (ticks, sweeps, growths, periodic snapshots)
  *   dedup_snapshot.c  the snapshot file format: dedup_snapshot_write, dedup_snapshot_load
  *   dedup_journal.c   the journal between snapshots (dedup_journal.h)
  */
@@ -33,24 +33,31 @@
 #define DEDUP_SWEEP_FORCE 48
 #define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
 #define DEDUP_PREFETCH    16
-/* Old buckets moved by each operation on a growing shard, and by the worker per lock hold. */
+/* Old buckets moved by each operation on a growing shard, and by the worker per lock hold (then
+ * a pause of DEDUP_GROW_PAUSE_MS: one shard of the default cap, ~44 k old buckets, moves in
+ * ~50 ms, all 64 of the last growth in ~3 s). */
 #define DEDUP_MIGRATE_STEP   1
-#define DEDUP_WORKER_MIGRATE 256
+#define DEDUP_WORKER_MIGRATE 1024
+#define DEDUP_GROW_PAUSE_MS  1
 /* Buckets the worker sweeps per lock hold (256 KiB). A whole shard under one hold, 4 MiB at the
  * default cap, made every loop and the journal writer wait for it: at the first eviction by the
  * cap (100 k events/s, 26 M entries) all 64 shards were swept back to back, a one-second window
  * with p99 116-118 ms. */
 #define DEDUP_SWEEP_CHUNK    4096u
 #define DEDUP_SWEEP_PAUSE_MS 1
-/* Spare tables the worker makes per round. */
-#define DEDUP_WORKER_SPARES 8
-#define DEDUP_HUGE          (2u << 20)
+#define DEDUP_HUGE           (2u << 20)
 /* Grow (or evict) when live entries would pass 90% of the slots. */
 #define DEDUP_LIMIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 9 / 10)
-/* The worker prepares the next table once live entries pass 70% of the slots: late enough that a
- * spare costs memory only shortly before it is needed, early enough that DEDUP_WORKER_SPARES per
- * round covers all 64 shards before they reach 90%. */
-#define DEDUP_SPARE_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 7 / 10)
+/* A shard whose growth must wait (the memory cap's headroom is taken by other shards' growths,
+ * or its own previous growth is still moving) fills on up to 95% before it evicts. */
+#define DEDUP_LIMIT_WAIT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 95 / 100)
+/* The worker grows a shard once live entries pass 75% of the slots, one shard at a time, and
+ * moves its old table before it grows the next: the loops (at 90%) rarely grow at all. */
+#define DEDUP_GROW_AT(nb) ((uint64_t)(nb)*DEDUP_SLOTS * 3 / 4)
+/* dedup.max_memory bounds every table, the old ones of growths in progress included: the
+ * shards' largest tables together get max_memory * 64 / (64 + DEDUP_GROW_HEADROOM), and the
+ * rest is room for the old tables of growths in progress (at most 2/3 of a shard each). */
+#define DEDUP_GROW_HEADROOM 2
 
 #define SNAP_NAME "dedup.snapshot"
 /* The worker ticks every second; a stop waits this long for a snapshot in progress. */
@@ -72,8 +79,6 @@ typedef struct shard {
     /* While growing: the previous table, its bucket count and the next bucket to move. */
     bucket_t *ob;
     uint32_t onb, mig;
-    bucket_t *spare; /* the next table, made ready by the worker (spare_nb buckets) */
-    uint32_t spare_nb;
     uint32_t step_max; /* most entries one operation moved (the growth bound, for tests) */
     uint64_t moved;    /* entries moved by growth, in all */
     uint64_t live, pending;
@@ -86,6 +91,14 @@ typedef struct shard {
 
 struct dedup {
     shard_t shards[DEDUP_SHARDS];
+    /* Bytes of every table (current and old ones) against the cap, dedup.max_memory: a growth
+     * that would pass it waits (table_reserve). */
+    uint64_t mem_cap;
+    _Atomic uint64_t mem_used;
+    _Atomic uint64_t grow_waits; /* growths refused for the cap's sake (they wait, up to 95%) */
+    /* A worker runs (dedup_worker_start): growths move a bucket per operation and the worker
+     * moves the rest. Without one, each growth moves its whole old table at once. */
+    atomic_bool incremental;
     pthread_mutex_t gen_mu;
     _Atomic uint64_t cur, floor;
     _Atomic uint64_t gen_start[DEDUP_TAGS]; /* ms, by tag - 1 */
@@ -195,8 +208,8 @@ void dedup__load_insert(dedup_t *d, uint64_t fp, uint8_t tag);
  * Each calls the static function of dedup.c it is named after; nothing else calls them. */
 /* The bucket count a shard of nb buckets grows to (1.5x, capped at s->max_nb). */
 uint32_t dedup__grown_nb(const shard_t *s, uint32_t nb);
-/* One worker sweep round: sweeps due shards, prepares spare tables, moves a growth chunk. Takes
- * each shard's lock; the caller holds none. */
+/* One worker sweep round: sweeps due shards, grows those past DEDUP_GROW_AT and moves every
+ * growth in progress to its end. Takes each shard's lock; the caller holds none. */
 void dedup__sweep_all(dedup_t *d);
 /* Rotates the journal (when d has one), writes the snapshot into d->w_dir and drops the journal
  * segments it covers once it is durable. Returns DEDUP_OK or the snapshot's error, with *e set. */

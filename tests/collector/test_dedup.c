@@ -43,6 +43,15 @@ static dedup_t *mk(fake_clock_t *clk, uint64_t window_ms, uint64_t max_memory)
     return d;
 }
 
+/* As when the worker runs (dedup_worker_start): growths move a bucket per operation and
+ * dedup__sweep_all, the worker's round, moves the rest. Without it each growth moves at once. */
+static dedup_t *mk_incremental(fake_clock_t *clk, uint64_t window_ms, uint64_t max_memory)
+{
+    dedup_t *d = mk(clk, window_ms, max_memory);
+    atomic_store(&d->incremental, true);
+    return d;
+}
+
 /* Distinct fingerprints for ("test", "id-<i>"). */
 static uint64_t key(uint64_t i)
 {
@@ -471,7 +480,7 @@ static bool remembered(dedup_t *d, uint64_t fp)
 static void test_growth_bounded_and_exact(void **state)
 {
     (void)state;
-    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    dedup_t *d = mk_incremental(NULL, 3600000, 256ull << 20);
     enum { N = 400000 };
     uint64_t growing_seen = 0, checks = 0;
     uint64_t lcg = 12345;
@@ -521,7 +530,7 @@ static void test_growth_bounded_and_exact(void **state)
 static void test_growth_keeps_pending(void **state)
 {
     (void)state;
-    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    dedup_t *d = mk_incremental(NULL, 3600000, 256ull << 20);
     enum { P = 2000, N = 300000 };
     static uint64_t fps[P];
     static uint8_t v[P];
@@ -545,28 +554,129 @@ static void test_growth_keeps_pending(void **state)
     dedup_free(d);
 }
 
-/* The worker makes a shard's next table before it is needed; the growth then takes it instead of
- * allocating under the lock. */
-static void test_growth_uses_spare(void **state)
+/* The worker grows a shard once it passes 75% load, before any loop would (90%), and moves its
+ * whole old table in the same round; every entry stays remembered. */
+static void test_worker_grows_ahead(void **state)
 {
     (void)state;
-    dedup_t *d = mk(NULL, 3600000, 256ull << 20);
+    dedup_t *d = mk_incremental(NULL, 3600000, 256ull << 20);
     shard_t *s0 = &d->shards[0];
     uint64_t i = 0;
-    while (s0->live < DEDUP_SPARE_AT(atomic_load(&s0->nb)) + 1)
-        assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
-    uint32_t nb = atomic_load(&s0->nb);
-    assert_null(s0->spare);
-    dedup__sweep_all(d);
-    assert_non_null(s0->spare);
-    assert_int_equal(s0->spare_nb, dedup__grown_nb(s0, nb));
-    bucket_t *spare = s0->spare;
-    while (atomic_load(&s0->nb) == nb)
-        assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
-    assert_ptr_equal(atomic_load(&s0->b), spare);
-    assert_null(s0->spare);
+    /* Past 75% of shard 0's current table, below its 90% */
+    for (int round = 0; round < 3; round++) {
+        uint32_t nb = atomic_load(&s0->nb);
+        while (s0->live < DEDUP_GROW_AT(nb) + 1) {
+            assert_int_equal(seen(d, key(i++)), DEDUP_NEW);
+            dedup__sweep_all(d); /* the worker grows the others as they pass 75% too */
+        }
+        if (atomic_load(&s0->nb) != nb) continue; /* the last round's sweep already grew it */
+        assert_true(s0->live < DEDUP_LIMIT(nb));
+        dedup__sweep_all(d);
+        assert_int_equal(atomic_load(&s0->nb), dedup__grown_nb(s0, nb));
+        for (unsigned si = 0; si < DEDUP_SHARDS; si++)
+            assert_null(d->shards[si].ob); /* every growth moved in its round */
+    }
+    assert_true(atomic_load(&s0->nb) > DEDUP_MIN_NB);
     for (uint64_t j = 0; j < i; j++)
         assert_true(remembered(d, key(j)));
+    dedup_stats_t st;
+    dedup_stats(d, &st);
+    assert_int_equal(st.grow_waits, 0);
+    assert_int_equal(st.evicted_by_cap, 0);
+    dedup_free(d);
+}
+
+/* dedup.max_memory holds every table, the old ones of growths in progress included. With the
+ * worker's rounds in between (as in the collector), a fill far past the cap stays within it at
+ * every step; the tables reach their largest size before anything is evicted, and the cap then
+ * evicts as before. (With only the tables counted, the last growth held 1.67x the cap.) */
+static void test_memory_cap_holds_while_growing(void **state)
+{
+    (void)state;
+    fake_clock_t clk = {1700000000000ull};
+    const uint64_t cap = 16ull << 20;
+    dedup_t *d = mk_incremental(&clk, 3600000, cap);
+    uint64_t slots_max = 0;
+    for (unsigned si = 0; si < DEDUP_SHARDS; si++)
+        slots_max += (uint64_t)d->shards[si].max_nb * DEDUP_SLOTS;
+    assert_true(slots_max * sizeof(bucket_t) / DEDUP_SLOTS <= cap);
+    dedup_stats_t st;
+    uint64_t first_evict_at = 0, most_bytes = 0;
+    const uint64_t n = slots_max * 13 / 10;
+    for (uint64_t i = 0; i < n; i++) {
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+        if (i % 2000 != 0) continue;
+        dedup__sweep_all(d);
+        dedup_stats(d, &st);
+        assert_true(atomic_load(&d->mem_used) <= cap);
+        assert_true(st.bytes <= cap + sizeof *d);
+        if (st.bytes > most_bytes) most_bytes = st.bytes;
+        if (st.evicted_by_cap > 0 && first_evict_at == 0) first_evict_at = i;
+        if (i % 200000 == 0) advance(d, &clk, 112500, 112500); /* a generation per 200 k */
+    }
+    print_message("cap %llu: most bytes %llu, first eviction at %llu of %llu slots\n",
+                  (unsigned long long)cap, (unsigned long long)most_bytes,
+                  (unsigned long long)first_evict_at, (unsigned long long)slots_max);
+    assert_true(first_evict_at > 0);                     /* the cap did evict */
+    assert_true(first_evict_at >= slots_max * 85 / 100); /* only once the tables were full */
+    for (unsigned si = 0; si < DEDUP_SHARDS; si++)
+        assert_int_equal(atomic_load(&d->shards[si].nb), d->shards[si].max_nb);
+    assert_true(most_bytes >= cap * 9 / 10); /* and the cap is used, not left idle */
+    for (uint64_t i = n - 1000; i < n; i++)
+        assert_true(remembered(d, key(i)));
+    dedup_free(d);
+}
+
+/* Without the worker, the loops' growths of the largest tables all start together: the first
+ * ones take the cap's headroom and the others wait, filling on past 90% (up to 95%) instead of
+ * evicting; the cap is never passed. */
+static void test_growth_waits_for_headroom(void **state)
+{
+    (void)state;
+    const uint64_t cap = 16ull << 20;
+    dedup_t *d = mk_incremental(NULL, 3600000, cap);
+    dedup_stats_t st;
+    bool waited_past_limit = false;
+    for (uint64_t i = 0; i < 2000000 && !waited_past_limit; i++) {
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+        if (i % 1000 != 0) continue;
+        assert_true(atomic_load(&d->mem_used) <= cap);
+        dedup_stats(d, &st);
+        if (st.grow_waits == 0 || st.evicted_by_cap > 0) continue;
+        for (unsigned si = 0; si < DEDUP_SHARDS; si++) {
+            shard_t *s = &d->shards[si];
+            if (s->live > DEDUP_LIMIT(atomic_load(&s->nb))) waited_past_limit = true;
+        }
+    }
+    assert_true(waited_past_limit);
+    dedup_stats(d, &st);
+    assert_true(st.grow_waits > 0);
+    assert_int_equal(st.evicted_by_cap, 0);
+    dedup_free(d);
+}
+
+/* Without a running worker (sluice-stream, a snapshot load) a growth moves its whole old table
+ * at once, so no old table is ever left beside a new one and the cap is never passed; answers
+ * stay exact. */
+static void test_growth_without_worker_moves_at_once(void **state)
+{
+    (void)state;
+    const uint64_t cap = 16ull << 20;
+    dedup_t *d = mk(NULL, 3600000, cap);
+    dedup_stats_t st;
+    enum { N = 300000 };
+    for (uint64_t i = 0; i < N; i++) {
+        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+        if (i % 997 != 0) continue;
+        dedup_stats(d, &st);
+        assert_int_equal(st.growing, 0);
+        assert_true(atomic_load(&d->mem_used) <= cap);
+    }
+    dedup_stats(d, &st);
+    assert_true(st.grow_moved > N / 2);
+    assert_int_equal(st.entries, N);
+    for (uint64_t i = 0; i < N; i++)
+        assert_true(remembered(d, key(i)));
     dedup_free(d);
 }
 
@@ -817,7 +927,10 @@ int main(void)
         cmocka_unit_test(test_concurrent_reserve_one_winner),
         cmocka_unit_test(test_growth_bounded_and_exact),
         cmocka_unit_test(test_growth_keeps_pending),
-        cmocka_unit_test(test_growth_uses_spare),
+        cmocka_unit_test(test_worker_grows_ahead),
+        cmocka_unit_test(test_memory_cap_holds_while_growing),
+        cmocka_unit_test(test_growth_waits_for_headroom),
+        cmocka_unit_test(test_growth_without_worker_moves_at_once),
         cmocka_unit_test(test_snapshot_round_trip),
         cmocka_unit_test(test_snapshot_corrupt_truncated_missing),
         cmocka_unit_test(test_snapshot_unwritable_dir),
