@@ -825,6 +825,11 @@ static double gauge_window(void *ud)
     return st.window_s;
 }
 
+static double gauge_grow_waits(void *ud)
+{
+    return (double)atomic_load_explicit(&((dedup_t *)ud)->grow_waits, memory_order_relaxed);
+}
+
 static double gauge_pending(void *ud)
 {
     dedup_stats_t st;
@@ -838,7 +843,14 @@ int dedup_register_metrics(dedup_t *d)
                                gauge_entries, d) != 0 ||
         metrics_gauge_register("dedup_pending", "dedup entries of events still being delivered",
                                gauge_pending, d) != 0 ||
-        metrics_gauge_register("dedup_bytes", "memory of the dedup tables", gauge_bytes, d) != 0 ||
+        metrics_gauge_register("dedup_bytes",
+                               "memory of the dedup tables, old ones of growths in progress "
+                               "included (capped by dedup.max_memory)",
+                               gauge_bytes, d) != 0 ||
+        metrics_gauge_register("dedup_growth_waits_total",
+                               "table growths refused because they would pass dedup.max_memory "
+                               "(the shard fills on to 95%, then evicts)",
+                               gauge_grow_waits, d) != 0 ||
         metrics_gauge_register("dedup_window_seconds",
                                "effective dedup window: age of the oldest remembered generation "
                                "(shorter than dedup.window when the memory cap evicts)",

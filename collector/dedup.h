@@ -161,7 +161,8 @@ typedef struct dedup_stats {
 /* Consistent per shard, not across shards. Takes each shard lock briefly. */
 void dedup_stats(dedup_t *d, dedup_stats_t *st);
 
-/* Registers the gauges sluice_dedup_entries, _bytes, _window_seconds, _evicted_by_cap with
+/* Registers the gauges sluice_dedup_entries, _pending, _bytes, _growth_waits_total,
+ * _window_seconds with
  * metrics.h. d must outlive /metrics rendering. Returns 0 or -1 (registry full). */
 int dedup_register_metrics(dedup_t *d);
 

@@ -269,6 +269,7 @@ void kafka_group_init(kafka_group_t *g, kafka_group_done_cb done_cb, void *ud)
     atomic_init(&g->first_err, 0);
     g->done_cb = done_cb;
     g->ud = ud;
+    g->ts_ms = base_wall_ms();
 }
 
 /* Drops one reference; the last one (the seal or the last report) calls done_cb. The counters
@@ -1019,12 +1020,13 @@ int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, siz
     if (g != NULL) atomic_fetch_add(&g->pending, 1u);
     atomic_fetch_add(&ko->queued_bytes, (uint_fast64_t)vallen + keylen);
 
+    int64_t ts = g != NULL ? g->ts_ms : 0; /* 0: librdkafka stamps it */
     kafka_slot_t *slot = kafka_reader_enter(ko);
     rd_kafka_resp_err_t e = rd_kafka_producev(
         lane->rk, RD_KAFKA_V_RKT(lane->rkt[topic]), RD_KAFKA_V_PARTITION(partition),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, keylen),
         RD_KAFKA_V_VALUE((void *)(uintptr_t)value, vallen), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
+        RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_OPAQUE(g), RD_KAFKA_V_END);
     kafka_reader_exit(slot);
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return KAFKA_OK; /* hdrs now belong to the message */
 

@@ -66,6 +66,9 @@ struct kafka_group {
     atomic_int first_err; /* rd_kafka_resp_err_t of the first failure, 0 if none */
     kafka_group_done_cb done_cb;
     void *ud;
+    /* Kafka timestamp (CreateTime, ms since the epoch) of the group's messages: the moment of
+     * kafka_group_init, read once per group instead of by librdkafka once per message. */
+    int64_t ts_ms;
 };
 
 typedef struct kafka_header {
@@ -87,11 +90,11 @@ bool kafka_out_embedded(const kafka_out_t *ko);
 
 void kafka_group_init(kafka_group_t *g, kafka_group_done_cb done_cb, void *ud);
 
-/* Queues one message (key/value/headers are copied). On success the message counts in g and will
- * be reported to it. On failure (queue full, fatal, stopped) it does not count in g.
- * g may be NULL: the message is still delivered and counted in the metrics, nobody is told.
- * Never blocks. KAFKA_E_QUEUE_FULL / E_FATAL / E_STOPPED / E_PRODUCE all mean "cannot be made
- * durable now" (503); E_NOMEM is out of memory. */
+/* Queues one message (key/value/headers are copied), timestamped g->ts_ms (g NULL: now). On
+ * success the message counts in g and will be reported to it. On failure (queue full, fatal,
+ * stopped) it does not count in g. g may be NULL: the message is still delivered and counted in the
+ * metrics, nobody is told. Never blocks. KAFKA_E_QUEUE_FULL / E_FATAL / E_STOPPED / E_PRODUCE all
+ * mean "cannot be made durable now" (503); E_NOMEM is out of memory. */
 int kafka_out_produce(kafka_out_t *ko, kafka_topic_t topic, const void *key, size_t keylen,
                       const void *value, size_t vallen, const kafka_header_t *headers,
                       size_t nheaders, kafka_group_t *g);

@@ -907,6 +907,7 @@ static void test_metrics_gauges(void **state)
     assert_non_null(strstr(out.data, "sluice_dedup_bytes "));
     assert_non_null(strstr(out.data, "sluice_dedup_window_seconds "));
     assert_non_null(strstr(out.data, "sluice_dedup_evictions_total 0"));
+    assert_non_null(strstr(out.data, "sluice_dedup_growth_waits_total 0"));
     base_buf_free(&out);
     metrics_reset();
     dedup_free(d);

@@ -154,6 +154,9 @@ static bool header_is(const rd_kafka_message_t *m, const char *name, const char 
     return len == strlen(want) && memcmp(v, want, len) == 0;
 }
 
+/* When nonzero, consume_check also wants every message's Kafka timestamp to be this CreateTime. */
+static int64_t consume_want_ts;
+
 /* Reads topic from the beginning until `expect` messages arrived (then 300 ms more, to catch
  * extra ones) or WAIT_MS passed. Checks each against produce_range()'s pattern and counts, per
  * index in [0, nseen), how often it was seen. Returns the number of messages read. */
@@ -195,6 +198,11 @@ static int consume_check(const char *bootstrap, const char *topic, int nparts, i
         assert_true(header_is(m, "sluice-schema", "1"));
         assert_true(header_is(m, "content-type", "application/msgpack"));
         assert_true(header_is(m, "event-type", "track"));
+        if (consume_want_ts != 0) {
+            rd_kafka_timestamp_type_t tt;
+            assert_int_equal(rd_kafka_message_timestamp(m, &tt), consume_want_ts);
+            assert_int_equal(tt, RD_KAFKA_TIMESTAMP_CREATE_TIME);
+        }
         seen[idx]++;
         got++;
         rd_kafka_message_destroy(m);
@@ -210,7 +218,8 @@ static int consume_check(const char *bootstrap, const char *topic, int nparts, i
 
 /* ---- tests ----------------------------------------------------------------------------- */
 
-/* N messages with headers into one group: done once with delivered == N; read back exactly. */
+/* N messages with headers into one group: done once with delivered == N; read back exactly, each
+ * with the group's timestamp as its Kafka CreateTime. */
 static void test_produce_group_roundtrip(void **state)
 {
     fixture_t *f = *state;
@@ -222,6 +231,9 @@ static void test_produce_group_roundtrip(void **state)
 
     waiter_t w;
     waiter_init(&w);
+    int64_t t0 = base_wall_ms();
+    assert_true(w.g.ts_ms >= t0 - 60000 && w.g.ts_ms <= t0 + 60000); /* kafka_group_init's */
+    w.g.ts_ms = 1700000000123; /* not now: librdkafka's own stamp would differ */
     produce_range(ko, 0, N_MSGS, &w.g);
     assert_int_equal(atomic_load(&w.calls), 0); /* not sealed: never done */
     kafka_group_seal(&w.g);
@@ -254,7 +266,9 @@ static void test_produce_group_roundtrip(void **state)
     kafka_out_free(ko);
 
     int seen[N_MSGS] = {0};
+    consume_want_ts = 1700000000123;
     assert_int_equal(consume_check(f->kc.bootstrap, "events", 4, N_MSGS, seen, N_MSGS), N_MSGS);
+    consume_want_ts = 0;
     for (int i = 0; i < N_MSGS; i++)
         assert_int_equal(seen[i], 1);
 }
