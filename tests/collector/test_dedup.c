@@ -627,6 +627,17 @@ static void test_memory_cap_holds_while_growing(void **state)
     dedup_free(d);
 }
 
+/* Remembers key(i); every `every` keys also checks that the tables are within cap and reads the
+ * stats into *st (returns true then). */
+static bool seen_within_cap(dedup_t *d, uint64_t i, uint64_t cap, uint64_t every, dedup_stats_t *st)
+{
+    assert_int_equal(seen(d, key(i)), DEDUP_NEW);
+    if (i % every != 0) return false;
+    assert_true(atomic_load(&d->mem_used) <= cap);
+    dedup_stats(d, st);
+    return true;
+}
+
 /* Without the worker, the loops' growths of the largest tables all start together: the first
  * ones take the cap's headroom and the others wait, filling on past 90% (up to 95%) instead of
  * evicting; the cap is never passed. */
@@ -638,10 +649,7 @@ static void test_growth_waits_for_headroom(void **state)
     dedup_stats_t st;
     bool waited_past_limit = false;
     for (uint64_t i = 0; i < 2000000 && !waited_past_limit; i++) {
-        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
-        if (i % 1000 != 0) continue;
-        assert_true(atomic_load(&d->mem_used) <= cap);
-        dedup_stats(d, &st);
+        if (!seen_within_cap(d, i, cap, 1000, &st)) continue;
         if (st.grow_waits == 0 || st.evicted_by_cap > 0) continue;
         for (unsigned si = 0; si < DEDUP_SHARDS; si++) {
             shard_t *s = &d->shards[si];
@@ -665,13 +673,8 @@ static void test_growth_without_worker_moves_at_once(void **state)
     dedup_t *d = mk(NULL, 3600000, cap);
     dedup_stats_t st;
     enum { N = 300000 };
-    for (uint64_t i = 0; i < N; i++) {
-        assert_int_equal(seen(d, key(i)), DEDUP_NEW);
-        if (i % 997 != 0) continue;
-        dedup_stats(d, &st);
-        assert_int_equal(st.growing, 0);
-        assert_true(atomic_load(&d->mem_used) <= cap);
-    }
+    for (uint64_t i = 0; i < N; i++)
+        if (seen_within_cap(d, i, cap, 997, &st)) assert_int_equal(st.growing, 0);
     dedup_stats(d, &st);
     assert_true(st.grow_moved > N / 2);
     assert_int_equal(st.entries, N);
