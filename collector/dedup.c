@@ -27,7 +27,7 @@
  * bucket is moved.
  * The worker grows shards ahead of the loops: once a shard passes 75% load it allocates and
  * faults in the next table outside the lock, swaps it in, and moves the whole old table in
- * chunks of DEDUP_WORKER_MIGRATE buckets, DEDUP_GROW_PAUSE_MS apart, before it looks at the next
+ * chunks of DEDUP_WORKER_MIGRATE buckets, DEDUP_GROW_PAUSE_US apart, before it looks at the next
  * shard. So at most one worker growth is in flight, and the loops, which grow only at 90% (in
  * place: small tables filling faster than the worker's one-second rounds), seldom do. Without
  * a running worker (sluice-stream, tests, a snapshot load before the worker starts) a growth
@@ -912,7 +912,7 @@ bool dedup_restore(dedup_t *d, uint64_t fp, uint64_t t_ms)
 /* ---- worker ---- */
 
 /* Moves the rest of the shard's growth in progress, DEDUP_WORKER_MIGRATE buckets per lock hold
- * and DEDUP_GROW_PAUSE_MS apart, until its old table is freed. */
+ * and DEDUP_GROW_PAUSE_US apart, until its old table is freed. */
 static void worker_finish_growth(dedup_t *d, shard_t *s)
 {
     for (;;) {
@@ -924,7 +924,7 @@ static void worker_finish_growth(dedup_t *d, shard_t *s)
         bool done = s->ob == NULL;
         shard_unlock(s);
         if (done) return;
-        base_sleep_ms(DEDUP_GROW_PAUSE_MS);
+        base_sleep_us(DEDUP_GROW_PAUSE_US);
     }
 }
 

@@ -28,7 +28,7 @@
  *
  * Threads: every function may be called from any thread. Each shard has its own short spin lock
  * (held for one probe plus at most 7 moves, or for one 4096-bucket chunk of a sweep, or one
- * 1024-bucket chunk of the worker's growth moves); generation
+ * 128-bucket chunk of the worker's growth moves); generation
  * changes take a separate mutex, never on the lookup path. No call blocks on I/O except the
  * snapshot functions and dedup_worker_stop, which belong to main or the worker thread.
  *

@@ -34,11 +34,14 @@
 #define DEDUP_MIN_NB      16 /* buckets per shard at creation (1 KiB) */
 #define DEDUP_PREFETCH    16
 /* Old buckets moved by each operation on a growing shard, and by the worker per lock hold (then
- * a pause of DEDUP_GROW_PAUSE_MS: one shard of the default cap, ~44 k old buckets, moves in
- * ~50 ms, all 64 of the last growth in ~3 s). */
+ * a pause of DEDUP_GROW_PAUSE_US: one shard of the default cap, ~42 k old buckets, moves in
+ * ~70 ms, all 64 of the last growth in ~5 s). The holds are short on purpose: every request
+ * touches every shard, and a worker preempted while it holds one (two cores, loops, broker
+ * threads and the harness all runnable) stalls them all; with 1024-bucket holds (~0.5 ms) the
+ * seconds of the worker's growths had one-second windows of 20-78 ms p99. */
 #define DEDUP_MIGRATE_STEP   1
-#define DEDUP_WORKER_MIGRATE 1024
-#define DEDUP_GROW_PAUSE_MS  1
+#define DEDUP_WORKER_MIGRATE 128
+#define DEDUP_GROW_PAUSE_US  100
 /* Buckets the worker sweeps per lock hold (256 KiB). A whole shard under one hold, 4 MiB at the
  * default cap, made every loop and the journal writer wait for it: at the first eviction by the
  * cap (100 k events/s, 26 M entries) all 64 shards were swept back to back, a one-second window

@@ -148,6 +148,8 @@ struct timespec base_mono_ts(int64_t mono_ms);
 /* Sleeps ms milliseconds of CLOCK_MONOTONIC, resuming after a signal. Blocks: never on an event
  * loop thread (SPEC: the loops never sleep). */
 void base_sleep_ms(uint32_t ms);
+/* The same in microseconds (a worker pacing short lock holds). */
+void base_sleep_us(uint32_t us);
 
 /* ---- files ----------------------------------------------------------------------------------- */
 

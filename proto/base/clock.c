@@ -42,6 +42,13 @@ struct timespec base_mono_ts(int64_t mono_ms)
     return ts;
 }
 
+void base_sleep_us(uint32_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000u), (long)(us % 1000000u) * 1000L};
+    while (nanosleep(&ts, &ts) == EINTR) {
+    }
+}
+
 void base_sleep_ms(uint32_t ms)
 {
     struct timespec at = base_deadline(CLOCK_MONOTONIC, ms);
